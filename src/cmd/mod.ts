@@ -1,0 +1,18 @@
+/**
+ * The command table of the `torus` program. Each top-level command lives in its own file; this
+ * module only lists them.
+ * @module
+ */
+
+import { type Command, notImplementedCommand } from "../cli/mod.ts";
+import { versionCommand } from "./version.ts";
+
+/** Top-level commands in the order `torus help` lists them. */
+export const commands: readonly Command[] = [
+  notImplementedCommand("serve", "Run a storage node", "step 1/3 (storage node)"),
+  notImplementedCommand("ctl", "Administer the cluster: init, peers, ring, volumes", "step 2"),
+  notImplementedCommand("blk", "Serve volumes over NBD, attach kernel NBD devices", "step 4"),
+  notImplementedCommand("aoe", "Serve a volume as an ATA-over-Ethernet target", "step 5"),
+  notImplementedCommand("ringtool", "Measure ring balance and movement", "step 1"),
+  versionCommand,
+];

@@ -1,0 +1,100 @@
+/**
+ * Time as a dependency. Code in src/ never reads Date.now() or calls setTimeout directly for
+ * protocol decisions; it takes a Clock, so tests can drive time and replay a seed.
+ * @module
+ */
+
+import { closed } from "./errors.ts";
+
+/** Wall-clock and timer source. */
+export interface Clock {
+  /** Milliseconds since the Unix epoch. */
+  nowMs(): number;
+  /** Resolves after `ms`; rejects with the signal's reason when aborted. */
+  sleep(ms: number, signal?: AbortSignal): Promise<void>;
+}
+
+/** The real clock. */
+export const systemClock: Clock = {
+  nowMs: () => Date.now(),
+  sleep: (ms, signal) =>
+    new Promise<void>((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      const timer = setTimeout(() => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      }, ms);
+      const onAbort = () => {
+        clearTimeout(timer);
+        reject(signal?.reason);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+    }),
+};
+
+interface Sleeper {
+  wakeAtMs: number;
+  resolve: () => void;
+  reject: (reason: unknown) => void;
+}
+
+/**
+ * A clock that moves only when told to. Sleepers wake in order of their deadlines when
+ * `advance` passes them. Production-quality code, used by tests and simulations.
+ */
+export class ManualClock implements Clock {
+  #nowMs: number;
+  #sleepers: Sleeper[] = [];
+  #closed = false;
+
+  constructor(startMs = 0) {
+    this.#nowMs = startMs;
+  }
+
+  nowMs(): number {
+    return this.#nowMs;
+  }
+
+  sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    if (this.#closed) return Promise.reject(closed("clock closed"));
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    return new Promise((resolve, reject) => {
+      const sleeper: Sleeper = { wakeAtMs: this.#nowMs + Math.max(0, ms), resolve, reject };
+      this.#sleepers.push(sleeper);
+      signal?.addEventListener("abort", () => {
+        this.#sleepers = this.#sleepers.filter((s) => s !== sleeper);
+        reject(signal.reason);
+      }, { once: true });
+    });
+  }
+
+  /** Moves time forward by `ms`, waking every sleeper whose deadline has passed, in order. */
+  async advance(ms: number): Promise<void> {
+    const targetMs = this.#nowMs + ms;
+    for (;;) {
+      const due = this.#sleepers
+        .filter((s) => s.wakeAtMs <= targetMs)
+        .sort((a, b) => a.wakeAtMs - b.wakeAtMs)[0];
+      if (!due) break;
+      this.#sleepers = this.#sleepers.filter((s) => s !== due);
+      this.#nowMs = Math.max(this.#nowMs, due.wakeAtMs);
+      due.resolve();
+      // Let the woken task run before the next deadline is considered.
+      await Promise.resolve();
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    this.#nowMs = targetMs;
+  }
+
+  /** Number of pending sleepers (for tests that wait for a task to go to sleep). */
+  get pendingSleepers(): number {
+    return this.#sleepers.length;
+  }
+
+  /** Rejects every pending sleeper; later sleeps fail. */
+  close(): void {
+    this.#closed = true;
+    for (const sleeper of this.#sleepers) sleeper.reject(closed("clock closed"));
+    this.#sleepers = [];
+  }
+}

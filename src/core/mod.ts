@@ -1,0 +1,17 @@
+/**
+ * Core value types and cross-cutting helpers shared by every module: block identities, errors,
+ * assertions, limits, sizes, clock, randomness, checksums, logging. Nothing here does network or
+ * disk I/O.
+ * @module
+ */
+
+export * from "./assert.ts";
+export * from "./block_ref.ts";
+export * from "./checksum.ts";
+export * from "./clock.ts";
+export * from "./errors.ts";
+export * from "./limits.ts";
+export * from "./log.ts";
+export * from "./random.ts";
+export * from "./sizes.ts";
+export * from "./version.ts";

@@ -1,0 +1,232 @@
+/**
+ * Typed protobuf models. The wire schema is proto/*.proto (loaded from the generated descriptor);
+ * these interfaces are its TypeScript face: 64-bit integers are bigint, bytes are Uint8Array, and
+ * every decoded value is a fresh copy that shares no memory with the input buffer.
+ * @module
+ */
+
+import protobuf from "protobufjs";
+import { descriptor } from "./descriptor.gen.ts";
+import { invalid } from "../core/mod.ts";
+
+const root = protobuf.Root.fromJSON(descriptor);
+
+export interface BlockLayer {
+  type: number;
+  content: Uint8Array;
+}
+
+export interface INode {
+  volume: bigint;
+  inode: bigint;
+  filesize: bigint;
+  attrs: Record<string, string>;
+  blocks: BlockLayer[];
+}
+
+export interface Volume {
+  name: string;
+  id: bigint;
+  type: string;
+  maxBytes: bigint;
+}
+
+export interface RebalanceInfo {
+  lastRebalanceFinish: bigint;
+  lastRebalanceBlocks: bigint;
+  rebalancing: boolean;
+}
+
+export interface PeerInfo {
+  uuid: string;
+  address: string;
+  /** Unix nanoseconds. */
+  lastSeen: bigint;
+  totalBlocks: bigint;
+  usedBlocks: bigint;
+  timedOut: boolean;
+  rebalanceInfo: RebalanceInfo | null;
+  protocolVersion: bigint;
+}
+
+export interface Ring {
+  type: number;
+  version: number;
+  replicationFactor: number;
+  peers: PeerInfo[];
+  attrs: Record<string, Uint8Array>;
+}
+
+/** Protobuf BlockRef: `volume` is the raw volume field (type bits included). */
+export interface BlockRefMessage {
+  volume: bigint;
+  inode: bigint;
+  block: bigint;
+}
+
+export interface INodeRefMessage {
+  volume: bigint;
+  inode: bigint;
+}
+
+export interface BlockRequest {
+  blockRef: BlockRefMessage | null;
+}
+export interface BlockResponse {
+  ok: boolean;
+  data: Uint8Array;
+  errorCode: string;
+  errorMessage: string;
+}
+export interface PutBlockRequest {
+  refs: BlockRefMessage[];
+  blocks: Uint8Array[];
+}
+export interface PutResponse {
+  ok: boolean;
+  err: string;
+  errorCode: string;
+}
+export interface RebalanceCheckRequest {
+  blockRefs: BlockRefMessage[];
+}
+export interface RebalanceCheckResponse {
+  valid: boolean[];
+  status: number;
+}
+export interface DeleteBlockRequest {
+  refs: BlockRefMessage[];
+}
+export interface DeleteBlockResponse {
+  ok: boolean;
+  errorCode: string;
+  errorMessage: string;
+}
+
+/** Encoder and decoder of one message type. */
+export interface Codec<T> {
+  /** The fully qualified protobuf name, e.g. `models.INode`. */
+  readonly typeName: string;
+  encode(message: T): Uint8Array;
+  /** Decodes `bytes`; throws `invalid` on malformed input. */
+  decode(bytes: Uint8Array): T;
+  /** A message with every field at its default. */
+  empty(): T;
+}
+
+const longTypes = new Set(["uint64", "int64", "sint64", "fixed64", "sfixed64"]);
+
+type Plain = Record<string, unknown>;
+
+/** Converts protobufjs's toObject form (longs as strings) into our form (bigint, Uint8Array). */
+function fromWire(type: protobuf.Type, object: Plain): Plain {
+  const out: Plain = {};
+  for (const field of type.fieldsArray) {
+    const value = object[field.name];
+    out[field.name] = convertIn(field, value);
+  }
+  return out;
+}
+
+function convertIn(field: protobuf.Field, value: unknown): unknown {
+  const one = (v: unknown): unknown => {
+    if (field.resolvedType instanceof protobuf.Type) {
+      return v === null || v === undefined ? null : fromWire(field.resolvedType, v as Plain);
+    }
+    if (longTypes.has(field.type)) return BigInt(v as string);
+    if (field.type === "bytes") return new Uint8Array(v as Uint8Array); // copy, never alias
+    return v;
+  };
+  if (field instanceof protobuf.MapField) {
+    const entries = Object.entries((value ?? {}) as Plain);
+    return Object.fromEntries(entries.map(([k, v]) => [k, one(v)]));
+  }
+  if (field.repeated) return ((value ?? []) as unknown[]).map(one);
+  return one(value);
+}
+
+/** Converts our form into what protobufjs's fromObject accepts (longs as decimal strings). */
+function toWire(type: protobuf.Type, message: Plain): Plain {
+  const out: Plain = {};
+  for (const field of type.fieldsArray) {
+    const value = message[field.name];
+    if (value === undefined || value === null) continue;
+    out[field.name] = convertOut(field, value);
+  }
+  return out;
+}
+
+function convertOut(field: protobuf.Field, value: unknown): unknown {
+  const one = (v: unknown): unknown => {
+    if (field.resolvedType instanceof protobuf.Type) return toWire(field.resolvedType, v as Plain);
+    if (longTypes.has(field.type)) return (v as bigint).toString();
+    return v;
+  };
+  if (field instanceof protobuf.MapField) {
+    return Object.fromEntries(Object.entries(value as Plain).map(([k, v]) => [k, one(v)]));
+  }
+  if (field.repeated) return (value as unknown[]).map(one);
+  return one(value);
+}
+
+const toObjectOptions: protobuf.IConversionOptions = {
+  longs: String,
+  defaults: true,
+  arrays: true,
+  objects: true,
+};
+
+function codec<T>(name: string): Codec<T> {
+  const type = root.lookupType(`models.${name}`);
+  return {
+    typeName: `models.${name}`,
+    encode(message: T): Uint8Array {
+      const wire = type.fromObject(toWire(type, message as Plain));
+      return type.encode(wire).finish().slice();
+    },
+    decode(bytes: Uint8Array): T {
+      let decoded: protobuf.Message;
+      try {
+        decoded = type.decode(bytes);
+      } catch (error) {
+        throw invalid(`malformed ${name} message: ${(error as Error).message}`, { cause: error });
+      }
+      return fromWire(type, type.toObject(decoded, toObjectOptions)) as T;
+    },
+    empty(): T {
+      return fromWire(type, type.toObject(type.create(), toObjectOptions)) as T;
+    },
+  };
+}
+
+export const INodeCodec: Codec<INode> = codec("INode");
+export const BlockLayerCodec: Codec<BlockLayer> = codec("BlockLayer");
+export const VolumeCodec: Codec<Volume> = codec("Volume");
+export const PeerInfoCodec: Codec<PeerInfo> = codec("PeerInfo");
+export const RebalanceInfoCodec: Codec<RebalanceInfo> = codec("RebalanceInfo");
+export const RingCodec: Codec<Ring> = codec("Ring");
+export const BlockRefCodec: Codec<BlockRefMessage> = codec("BlockRef");
+export const INodeRefCodec: Codec<INodeRefMessage> = codec("INodeRef");
+export const BlockRequestCodec: Codec<BlockRequest> = codec("BlockRequest");
+export const BlockResponseCodec: Codec<BlockResponse> = codec("BlockResponse");
+export const PutBlockRequestCodec: Codec<PutBlockRequest> = codec("PutBlockRequest");
+export const PutResponseCodec: Codec<PutResponse> = codec("PutResponse");
+export const RebalanceCheckRequestCodec: Codec<RebalanceCheckRequest> = codec(
+  "RebalanceCheckRequest",
+);
+export const RebalanceCheckResponseCodec: Codec<RebalanceCheckResponse> = codec(
+  "RebalanceCheckResponse",
+);
+export const DeleteBlockRequestCodec: Codec<DeleteBlockRequest> = codec("DeleteBlockRequest");
+export const DeleteBlockResponseCodec: Codec<DeleteBlockResponse> = codec("DeleteBlockResponse");
+
+/** The methods of the TorusStorage service, for the gRPC transport. */
+export const torusStorageMethods = {
+  Block: { request: BlockRequestCodec, response: BlockResponseCodec },
+  PutBlock: { request: PutBlockRequestCodec, response: PutResponseCodec },
+  RebalanceCheck: { request: RebalanceCheckRequestCodec, response: RebalanceCheckResponseCodec },
+  DeleteBlock: { request: DeleteBlockRequestCodec, response: DeleteBlockResponseCodec },
+} as const;
+
+/** Service path prefix of TorusStorage methods (`/models.TorusStorage/Block`). */
+export const TORUS_STORAGE_SERVICE = "models.TorusStorage";

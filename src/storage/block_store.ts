@@ -1,0 +1,65 @@
+/**
+ * The BlockStore boundary: a set of immutable, fixed-size blocks keyed by BlockRef.
+ * Implementations: memory.ts (in-process), file.ts (slots in a data file + a persistent index).
+ * The distributor (src/distributor) is also a BlockStore, over the whole cluster.
+ *
+ * Contract (checked by storage_contract.ts against every implementation):
+ * - `putBlock` copies the caller's bytes; `getBlock` returns a fresh buffer. Nothing handed in or
+ *   out aliases internal memory, so a caller mutating a buffer never changes a stored block.
+ * - Blocks are exactly `blockSizeBytes`; shorter input is zero-padded, longer is `invalid`.
+ * - Putting an existing ref replaces its bytes atomically (repair of a bad copy): a reader sees
+ *   the old or the new block, never a mix.
+ * - Missing refs: `getBlock` and `deleteBlock` throw `not_exist`; `hasBlock` answers false.
+ * - A stored block that fails its checksum, or `expectedCrc32`, is never returned:
+ *   `block_unavailable`.
+ * - Capacity is `totalBlocks()`; a put of a new ref beyond it throws `out_of_space`.
+ * - After `flush()` resolves, every put and delete before it survives a crash of the process.
+ * - After `close()`, every call throws `closed`.
+ * @module
+ */
+
+import type { BlockRef } from "../core/mod.ts";
+
+/** Per-call options. */
+export interface BlockCallOptions {
+  /** Aborts a call that waits (network stores); local stores check it before starting. */
+  signal?: AbortSignal;
+  /**
+   * getBlock only: the CRC-32 (IEEE) the caller expects (the blockset's crc layer knows it).
+   * A copy that does not match is never returned: a store with one copy throws
+   * `block_unavailable`; the distributor tries the next replica and repairs the bad one.
+   */
+  expectedCrc32?: number;
+}
+
+/** A store of immutable blocks. */
+export interface BlockStore {
+  /** Implementation name: `memory`, `file`, `distributor`. */
+  readonly kind: string;
+  /** Store name (`current` for a node's main store), used in metric labels. */
+  readonly name: string;
+  /** Size of every block. */
+  readonly blockSizeBytes: number;
+
+  /** Returns a copy of the block. */
+  getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array>;
+  /** Stores a copy of `data` under `ref`, replacing any previous bytes of that ref. */
+  putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void>;
+  /** Whether `ref` is stored (without reading or verifying its bytes). */
+  hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean>;
+  /** Removes `ref`; its slot becomes free. */
+  deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void>;
+  /**
+   * Every stored ref, as of the start of the iteration (a snapshot: puts and deletes during the
+   * iteration do not disturb it).
+   */
+  blockRefs(): AsyncIterable<BlockRef>;
+  /** Blocks stored now. */
+  usedBlocks(): number;
+  /** Capacity in blocks. */
+  totalBlocks(): number;
+  /** Makes every completed put and delete durable. */
+  flush(): Promise<void>;
+  /** Flushes and releases the store. Idempotent. */
+  close(): Promise<void>;
+}

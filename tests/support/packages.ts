@@ -1,0 +1,63 @@
+/**
+ * Debian packages the tests need, installed by `npm test` when missing (apt-get, as root), so a
+ * fresh machine needs no manual step. Tests that need a tool still check for it and are skipped
+ * with the reason when it is absent (not root, no network).
+ * @module
+ */
+
+/** A command the tests run and the Debian package that provides it. */
+export interface Requirement {
+  command: string;
+  debianPackage: string;
+}
+
+/** Everything the test suite uses. */
+export const requiredPackages: readonly Requirement[] = [
+  { command: "etcd", debianPackage: "etcd-server" },
+  { command: "ip", debianPackage: "iproute2" },
+];
+
+/** Whether `command` is on PATH. */
+export function hasCommand(command: string): boolean {
+  const path = Deno.env.get("PATH") ?? "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
+  for (const dir of path.split(":")) {
+    try {
+      const info = Deno.statSync(`${dir}/${command}`);
+      if (info.isFile && ((info.mode ?? 0) & 0o111) !== 0) return true;
+    } catch {
+      // not in this directory
+    }
+  }
+  return false;
+}
+
+async function run(args: string[]): Promise<boolean> {
+  const child = new Deno.Command(args[0]!, {
+    args: args.slice(1),
+    env: { DEBIAN_FRONTEND: "noninteractive" },
+    stdout: "inherit",
+    stderr: "inherit",
+  });
+  return (await child.output()).success;
+}
+
+/** Installs the packages of missing commands with apt-get when running as root. */
+export async function ensurePackages(requirements: readonly Requirement[]): Promise<void> {
+  const missing = requirements.filter((r) => !hasCommand(r.command));
+  if (missing.length === 0) return;
+  const packages = [...new Set(missing.map((r) => r.debianPackage))];
+  if (Deno.uid() !== 0 || !hasCommand("apt-get")) {
+    console.error(
+      `tests: missing ${packages.join(" ")}; install with: sudo apt-get install -y ${
+        packages.join(" ")
+      } (tests that need them are skipped)`,
+    );
+    return;
+  }
+  console.error(`tests: installing ${packages.join(" ")} with apt-get`);
+  const install = ["apt-get", "install", "-y", "--no-install-recommends", ...packages];
+  if (await run(install)) return;
+  // A fresh machine may have no package lists yet.
+  if (await run(["apt-get", "update"]) && await run(install)) return;
+  console.error(`tests: apt-get could not install ${packages.join(" ")}`);
+}
