@@ -12,9 +12,10 @@
  *   i >= length throws `not_exist`; data failing a layer's check throws `block_unavailable`
  *   (never returned as data).
  * - `truncate(n)` grows with unset entries or cuts; `trim(from, to)` unsets [from, to).
- * - `marshal()` into INode.blocks and `unmarshalBlockset` back give an equal blockset;
- *   `marshalRange` and `unmarshalBlocksetRange` do the same for a slice of indexes (the unit of a
- *   chunked block map, so a sync rewrites only the chunks that changed).
+ * - `marshal()` into INode.blocks and `unmarshalBlockset` back give an equal blockset.
+ *   `marshalRange(from, to)` marshals only indexes [from, to) (the unit of a chunked block map, so
+ *   a sync rewrites only the chunks that changed) and `loadRange(from, layers)` puts such a chunk
+ *   back at index `from`.
  * @module
  */
 
@@ -63,6 +64,11 @@ export interface Blockset {
   marshal(): BlockLayer[];
   /** The layers for indexes [fromIndex, toIndex) only (a chunk of a chunked block map). */
   marshalRange(fromIndex: number, toIndex: number): BlockLayer[];
+  /**
+   * Replaces indexes [fromIndex, fromIndex + n) with the n entries of a `marshalRange` result,
+   * growing the blockset if needed. Throws `invalid` if the layer kinds or encodings differ.
+   */
+  loadRange(fromIndex: number, layers: readonly BlockLayer[]): void;
   /** The layer below this one, or null for base. */
   subBlockset(): Blockset | null;
 }

@@ -1,0 +1,146 @@
+/**
+ * The KvStore boundary: the small transactional key-value contract the metadata service is
+ * written against. It is the subset of etcd v3 torus needs, so the etcd driver is thin, and the
+ * embedded driver (SQLite in the node's data dir) gives one machine the same semantics without
+ * an etcd server.
+ *
+ * Semantics (kv_contract.ts checks them against every driver):
+ * - Keys are strings, compared bytewise as UTF-8; values are bytes. `range(prefix)` returns every
+ *   key starting with `prefix`, sorted. Callers always end a directory prefix with `/`.
+ * - Every change gets a store-wide revision that only grows. An entry's `version` counts its puts
+ *   since it was created (1 after the first put); an absent key has version 0.
+ * - `txn` evaluates all `compare`s atomically and then runs `success` or `failure` atomically.
+ * - A key put with a lease is deleted when the lease expires or is revoked. A lease expires when
+ *   it is not kept alive within its TTL; `keepAliveLease` of an expired lease throws `not_exist`.
+ * - `watchPrefix` delivers every change under the prefix after the watch starts (or after
+ *   `fromRevision`), in revision order, including deletions caused by lease expiry.
+ * - A store that cannot be reached makes calls fail with `unavailable` within the call timeout;
+ *   it never hangs and never applies half a transaction.
+ * @module
+ */
+
+/** A lease id (etcd's are int64; the embedded store uses positive integers). */
+export type LeaseId = bigint;
+
+/** One stored key. */
+export interface KvEntry {
+  readonly key: string;
+  readonly value: Uint8Array;
+  /** Puts since creation (1 after the first put). */
+  readonly version: number;
+  /** Revision of the put that created the key. */
+  readonly createRevision: number;
+  /** Revision of the latest put. */
+  readonly modRevision: number;
+  /** Lease the key is attached to, or 0n. */
+  readonly lease: LeaseId;
+}
+
+/** Comparison operators of a transaction guard. */
+export type CompareOp = "==" | "!=" | "<" | ">";
+
+/** One guard of a transaction. Version 0 means "absent". */
+export type Compare =
+  | {
+    readonly key: string;
+    readonly target: "version";
+    readonly op: CompareOp;
+    readonly version: number;
+  }
+  | {
+    readonly key: string;
+    readonly target: "value";
+    readonly op: "==" | "!=";
+    readonly value: Uint8Array;
+  }
+  | {
+    readonly key: string;
+    readonly target: "modRevision";
+    readonly op: CompareOp;
+    readonly revision: number;
+  };
+
+/** One operation of a transaction branch. */
+export type TxnOp =
+  | {
+    readonly type: "put";
+    readonly key: string;
+    readonly value: Uint8Array;
+    readonly lease?: LeaseId;
+  }
+  | { readonly type: "delete"; readonly key: string }
+  | { readonly type: "deletePrefix"; readonly prefix: string }
+  | { readonly type: "get"; readonly key: string }
+  | { readonly type: "range"; readonly prefix: string };
+
+/** A compare-and-swap transaction. */
+export interface TxnRequest {
+  readonly compare: readonly Compare[];
+  readonly success: readonly TxnOp[];
+  readonly failure?: readonly TxnOp[];
+}
+
+/** Result of one executed operation: entries for get/range, the deleted count for deletes. */
+export type TxnOpResult =
+  | { readonly type: "put" }
+  | { readonly type: "delete" | "deletePrefix"; readonly deleted: number }
+  | { readonly type: "get" | "range"; readonly entries: readonly KvEntry[] };
+
+/** Outcome of a transaction. */
+export interface TxnResponse {
+  /** Whether every compare held (so `success` ran). */
+  readonly succeeded: boolean;
+  /** Store revision after the transaction. */
+  readonly revision: number;
+  /** One result per operation of the branch that ran, in order. */
+  readonly results: readonly TxnOpResult[];
+}
+
+/** A change seen by a watch. */
+export interface WatchEvent {
+  readonly type: "put" | "delete";
+  readonly key: string;
+  /** The new value for puts; empty for deletes. */
+  readonly value: Uint8Array;
+  readonly modRevision: number;
+}
+
+/** A running watch; `close` stops delivery. */
+export interface Watch {
+  close(): Promise<void>;
+}
+
+/** Options of a watch. */
+export interface WatchOptions {
+  /** Deliver changes with a revision >= this one (default: changes after the watch starts). */
+  readonly fromRevision?: number;
+  /** Called once if the watch breaks for good (store closed or unreachable for too long). */
+  readonly onError?: (error: Error) => void;
+}
+
+/** The transactional key-value store behind the metadata service. */
+export interface KvStore {
+  /** `etcd` or `embedded`. */
+  readonly kind: string;
+  get(key: string): Promise<KvEntry | null>;
+  /** Every key starting with `prefix`, sorted by key. */
+  range(prefix: string): Promise<KvEntry[]>;
+  put(key: string, value: Uint8Array, options?: { lease?: LeaseId }): Promise<void>;
+  /** Deletes `key`; returns whether it existed. */
+  delete(key: string): Promise<boolean>;
+  /** Deletes every key starting with `prefix`; returns how many. */
+  deletePrefix(prefix: string): Promise<number>;
+  txn(request: TxnRequest): Promise<TxnResponse>;
+  watchPrefix(
+    prefix: string,
+    onEvents: (events: readonly WatchEvent[]) => void,
+    options?: WatchOptions,
+  ): Promise<Watch>;
+  grantLease(ttlMs: number): Promise<LeaseId>;
+  /** Renews `lease` for another TTL; `not_exist` if it expired or was revoked. */
+  keepAliveLease(lease: LeaseId): Promise<void>;
+  /** Revokes `lease`, deleting its keys. Revoking an unknown lease is not an error. */
+  revokeLease(lease: LeaseId): Promise<void>;
+  /** Stops watches and releases connections. Idempotent. */
+  close(): Promise<void>;
+}
