@@ -1,0 +1,284 @@
+/**
+ * The key layout of the metadata service and the encodings of its values. It keeps the original
+ * torus layout (inventory §3.2) so a dump of an old cluster reads the same, under a configurable
+ * prefix (default `/github.com/coreos/torus/`).
+ *
+ * Invariants:
+ * - Every key is `<prefix><path>` and the prefix ends with `/`, so `wipe` (a range over the
+ *   prefix) never touches a sibling tree such as `/github.com/coreos/torus-other/`.
+ * - Every directory used as a range or a delete-prefix ends with `/`: deleting the metadata of
+ *   volume 2 (`volumemeta/2/`) never touches volume 20 (`volumemeta/20/`), which the original did.
+ * - Volume, snapshot and peer names never contain `/`, so a name cannot reach into another
+ *   directory.
+ * @module
+ */
+
+import { INodeRef, invalid, VOLUME_ID_MAX } from "../core/mod.ts";
+
+/** The original's key prefix. */
+export const DEFAULT_METADATA_PREFIX = "/github.com/coreos/torus/";
+
+/** Longest volume, snapshot or peer name accepted (etcd keys stay small). */
+export const NAME_LENGTH_MAX = 255;
+
+function hasControlCharacters(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code < 0x20 || code === 0x7f) return true;
+  }
+  return false;
+}
+
+/** Checks a metadata prefix: non-empty, starts and ends with `/`, no empty segment. */
+export function checkPrefix(prefix: string): string {
+  if (!prefix.startsWith("/") || !prefix.endsWith("/") || prefix.includes("//")) {
+    throw invalid(`metadata prefix "${prefix}" must start and end with "/" and have no "//"`);
+  }
+  if (hasControlCharacters(prefix)) {
+    throw invalid(`metadata prefix "${prefix}" contains control characters`);
+  }
+  return prefix;
+}
+
+/**
+ * Checks a volume or snapshot name: 1..255 characters, no `/` (it is a key segment), no `@`
+ * (`VOLUME@SNAPSHOT` is how commands name snapshots), no whitespace or control characters.
+ */
+export function checkName(name: string, what: string): string {
+  if (name.length === 0 || name.length > NAME_LENGTH_MAX) {
+    throw invalid(`${what} name must be 1 to ${NAME_LENGTH_MAX} characters`);
+  }
+  if (/[/@\s]/.test(name) || hasControlCharacters(name)) {
+    throw invalid(`${what} name "${name}" may not contain "/", "@", spaces or control characters`);
+  }
+  return name;
+}
+
+/** Checks a peer UUID (any non-empty token without `/` or whitespace). */
+export function checkPeerUuid(uuid: string): string {
+  const bad = /[/\s]/.test(uuid) || hasControlCharacters(uuid);
+  if (uuid.length === 0 || uuid.length > NAME_LENGTH_MAX || bad) {
+    throw invalid(`invalid peer uuid "${uuid}"`);
+  }
+  return uuid;
+}
+
+/** A volume id as its key segment: lowercase hex without padding, as the original. */
+export function volumeHex(volumeId: number): string {
+  return volumeId.toString(16);
+}
+
+/** Every key of the layout under one prefix. Directory keys end with `/`. */
+export class MetadataKeys {
+  readonly prefix: string;
+
+  constructor(prefix: string = DEFAULT_METADATA_PREFIX) {
+    this.prefix = checkPrefix(prefix);
+  }
+
+  /** JSON global metadata (block size, default block spec). */
+  globalMetadata(): string {
+    return `${this.prefix}meta/globalmetadata`;
+  }
+  /** 8-byte LE counter: the last minted volume id. */
+  volumeMinter(): string {
+    return `${this.prefix}meta/volumeminter`;
+  }
+  /** Protobuf Ring. */
+  ring(): string {
+    return `${this.prefix}meta/the-one-ring`;
+  }
+  /** Directory of peer registrations. */
+  nodesDir(): string {
+    return `${this.prefix}nodes/`;
+  }
+  /** Protobuf PeerInfo of one peer, under its lease. */
+  node(uuid: string): string {
+    return `${this.nodesDir()}${checkPeerUuid(uuid)}`;
+  }
+  /** Directory of the name → id index. */
+  volumeNamesDir(): string {
+    return `${this.prefix}volumes/`;
+  }
+  /** 8-byte LE volume id of the volume called `name`. */
+  volumeName(name: string): string {
+    return `${this.volumeNamesDir()}${checkName(name, "volume")}`;
+  }
+  /** Directory of volume records. */
+  volumeIdsDir(): string {
+    return `${this.prefix}volumeid/`;
+  }
+  /** Protobuf Volume of volume `id`. */
+  volumeRecord(volumeId: number): string {
+    return `${this.volumeIdsDir()}${volumeHex(volumeId)}`;
+  }
+  /** Directory of everything else about volume `id` (ends with `/`). */
+  volumeMetaDir(volumeId: number): string {
+    return `${this.prefix}volumemeta/${volumeHex(volumeId)}/`;
+  }
+  /** 8-byte LE counter: the last INode id handed out for volume `id`. */
+  inodeCounter(volumeId: number): string {
+    return `${this.volumeMetaDir(volumeId)}inode`;
+  }
+  /** 16-byte INodeRef: the head of volume `id`. */
+  head(volumeId: number): string {
+    return `${this.volumeMetaDir(volumeId)}blockinode`;
+  }
+  /** UUID of the lock holder, under the holder's lease. */
+  lock(volumeId: number): string {
+    return `${this.volumeMetaDir(volumeId)}blocklock`;
+  }
+  /** Directory of the snapshots of volume `id`. */
+  snapshotsDir(volumeId: number): string {
+    return `${this.volumeMetaDir(volumeId)}snapshots/`;
+  }
+  /** JSON snapshot `name` of volume `id`. */
+  snapshot(volumeId: number, name: string): string {
+    return `${this.snapshotsDir(volumeId)}${checkName(name, "snapshot")}`;
+  }
+}
+
+/** Encodes an unsigned counter as 8 bytes little-endian (volume minter, INode counter, ids). */
+export function encodeU64(value: bigint): Uint8Array {
+  const bytes = new Uint8Array(8);
+  new DataView(bytes.buffer).setBigUint64(0, value, true);
+  return bytes;
+}
+
+/**
+ * Decodes an 8-byte LE counter. An empty value reads as 0, as the original's BytesAddOne did;
+ * any other length is corruption and throws `invalid`.
+ */
+export function decodeU64(bytes: Uint8Array, what: string): bigint {
+  if (bytes.length === 0) return 0n;
+  if (bytes.length !== 8) throw invalid(`${what}: expected 8 bytes, found ${bytes.length}`);
+  return new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
+}
+
+/** Decodes an 8-byte LE volume id and checks its 40-bit range. */
+export function decodeVolumeId(bytes: Uint8Array, what: string): number {
+  const value = decodeU64(bytes, what);
+  if (value === 0n || value > BigInt(VOLUME_ID_MAX)) {
+    throw invalid(`${what}: volume id ${value} out of range`);
+  }
+  return Number(value);
+}
+
+/** One layer of a block spec as stored in global metadata (`{"Kind":1,"Options":""}`). */
+export interface BlockSpecLayer {
+  readonly kind: number;
+  readonly options: string;
+}
+
+/** Cluster-wide settings written by `init`. */
+export interface GlobalMetadata {
+  readonly blockSizeBytes: number;
+  /** Layers top first, as `crc,base` parses: `[{kind: 1}, {kind: 0}]`. */
+  readonly defaultBlockSpec: readonly BlockSpecLayer[];
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/** The original's JSON: `{"BlockSize":524288,"DefaultBlockSpec":[{"Kind":1,"Options":""}]}`. */
+export function encodeGlobalMetadata(global: GlobalMetadata): Uint8Array {
+  return encoder.encode(JSON.stringify({
+    BlockSize: global.blockSizeBytes,
+    DefaultBlockSpec: global.defaultBlockSpec.map((l) => ({ Kind: l.kind, Options: l.options })),
+  }));
+}
+
+/** Parses global metadata JSON; anything malformed throws `invalid`. */
+export function decodeGlobalMetadata(bytes: Uint8Array): GlobalMetadata {
+  const raw = parseJsonObject(bytes, "global metadata");
+  const blockSize = raw.BlockSize;
+  const spec = raw.DefaultBlockSpec;
+  if (typeof blockSize !== "number" || !Number.isSafeInteger(blockSize) || blockSize <= 0) {
+    throw invalid("global metadata: BlockSize is not a positive integer");
+  }
+  if (!Array.isArray(spec)) throw invalid("global metadata: DefaultBlockSpec is not a list");
+  const layers = spec.map((entry: unknown): BlockSpecLayer => {
+    const layer = entry as { Kind?: unknown; Options?: unknown } | null;
+    const kind = layer?.Kind;
+    const options = layer?.Options ?? "";
+    if (typeof kind !== "number" || !Number.isInteger(kind) || kind < 0) {
+      throw invalid("global metadata: a layer Kind is not a non-negative integer");
+    }
+    if (typeof options !== "string") throw invalid("global metadata: a layer Options is no string");
+    return { kind, options };
+  });
+  return { blockSizeBytes: blockSize, defaultBlockSpec: layers };
+}
+
+/** A named pointer to one INode of a volume. */
+export interface Snapshot {
+  readonly name: string;
+  /** When it was taken, in ms since the epoch. */
+  readonly whenMs: number;
+  readonly inodeRef: INodeRef;
+}
+
+/**
+ * The original's snapshot JSON: `{"Name": str, "When": RFC 3339 time, "INodeRef": base64 of the
+ * 16-byte INodeRef}`.
+ */
+export function encodeSnapshot(snapshot: Snapshot): Uint8Array {
+  return encoder.encode(JSON.stringify({
+    Name: snapshot.name,
+    When: new Date(snapshot.whenMs).toISOString(),
+    INodeRef: bytesToBase64(snapshot.inodeRef.toBytes()),
+  }));
+}
+
+/** Parses snapshot JSON; anything malformed throws `invalid`. */
+export function decodeSnapshot(bytes: Uint8Array): Snapshot {
+  const raw = parseJsonObject(bytes, "snapshot");
+  if (typeof raw.Name !== "string" || typeof raw.When !== "string") {
+    throw invalid("snapshot: Name and When must be strings");
+  }
+  if (typeof raw.INodeRef !== "string") throw invalid("snapshot: INodeRef must be base64");
+  const whenMs = Date.parse(raw.When);
+  if (Number.isNaN(whenMs)) throw invalid(`snapshot: bad time "${raw.When}"`);
+  return { name: raw.Name, whenMs, inodeRef: INodeRef.fromBytes(base64ToBytes(raw.INodeRef)) };
+}
+
+function parseJsonObject(bytes: Uint8Array, what: string): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(decoder.decode(bytes));
+  } catch (error) {
+    throw invalid(`${what}: malformed JSON`, { cause: error });
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw invalid(`${what}: expected a JSON object`);
+  }
+  return value as Record<string, unknown>;
+}
+
+function bytesToBase64(bytes: Uint8Array): string {
+  return btoa(String.fromCharCode(...bytes));
+}
+
+function base64ToBytes(text: string): Uint8Array {
+  let binary: string;
+  try {
+    binary = atob(text);
+  } catch (error) {
+    throw invalid("snapshot: INodeRef is not base64", { cause: error });
+  }
+  return Uint8Array.from(binary, (c) => c.charCodeAt(0));
+}
+
+/** UTF-8 bytes of `text` (lock holder values). */
+export function utf8(text: string): Uint8Array {
+  return encoder.encode(text);
+}
+
+/** Text of UTF-8 `bytes`; invalid UTF-8 throws `invalid`. */
+export function fromUtf8(bytes: Uint8Array, what: string): string {
+  try {
+    return decoder.decode(bytes);
+  } catch (error) {
+    throw invalid(`${what}: not UTF-8`, { cause: error });
+  }
+}

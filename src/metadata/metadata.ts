@@ -1,0 +1,214 @@
+/**
+ * The metadata service as role interfaces. The original had one MetadataService interface of
+ * twenty methods (rings, peers, leases, volumes, INode counters) plus a block-volume extension
+ * chosen by switching on the backend's kind; here each consumer takes only the role it uses:
+ *
+ * - {@link ClusterMetadata}: init and wipe, global settings, the ring (get, compare-and-swap set,
+ *   watch as a subscription).
+ * - {@link LeaseMetadata}: leases that bind peer registrations and volume locks to a live process.
+ * - {@link PeerMetadata}: peer registration under a lease and the list of live peers.
+ * - {@link VolumeMetadata}: the volume catalogue: id minting, create, delete, list, get.
+ * - {@link BlockVolumeMetadata}: per-volume state of a block volume: INode counter, head pointer,
+ *   the writer lock and fenced publication of a new head.
+ * - {@link SnapshotMetadata}: named pointers to past heads: save, list, delete, restore.
+ *
+ * {@link MetadataService} bundles the roles over one KvStore (service.ts builds it); the same code
+ * runs on etcd, the embedded store and the in-memory store, so they cannot drift apart.
+ *
+ * Error codes every implementation uses: `not_exist` (cluster not initialised, unknown volume,
+ * snapshot, lease), `exists` (initialised twice, duplicate volume or snapshot name), `locked`
+ * (volume locked by someone else, or the caller's lock was lost), `compare_failed` (a ring whose
+ * version is not the successor of the stored one), `again` (a compare-and-swap kept losing the
+ * race), `invalid` (bad names, sizes, corrupt values), `unavailable` (the store is unreachable),
+ * `closed` (the service was closed).
+ * @module
+ */
+
+import type { INodeRef } from "../core/mod.ts";
+import type { PeerInfo, Ring as RingMessage } from "../models/mod.ts";
+import type { KvStore, LeaseId } from "./kv.ts";
+import type { BlockSpecLayer, GlobalMetadata, MetadataKeys, Snapshot } from "./keys.ts";
+
+/** What `init` writes. */
+export interface InitOptions {
+  readonly blockSizeBytes: number;
+  /** Layers top first; the bottom one must be base (kind 0). */
+  readonly defaultBlockSpec: readonly BlockSpecLayer[];
+  /** The first ring (version 1): ketama with no peers by default, or empty. */
+  readonly ring: RingMessage;
+}
+
+/** A running subscription; `unsubscribe` stops delivery and releases the watch. */
+export interface Subscription {
+  unsubscribe(): Promise<void>;
+}
+
+/** Options of {@link ClusterMetadata.watchRing}. */
+export interface RingWatchOptions {
+  /** Called once if the watch breaks for good (store closed or unreachable). */
+  readonly onError?: (error: Error) => void;
+}
+
+/** Cluster-wide metadata: settings and the placement ring. */
+export interface ClusterMetadata {
+  /**
+   * Writes global metadata, the volume minter and the first ring in one transaction;
+   * `exists` if the cluster is already initialised.
+   */
+  init(options: InitOptions): Promise<void>;
+  /** Whether global metadata exists. */
+  isInitialised(): Promise<boolean>;
+  /** Block size and default block spec; `not_exist` when not initialised. */
+  globalMetadata(): Promise<GlobalMetadata>;
+  /** Deletes every key under the prefix (and nothing else); returns how many. */
+  wipe(): Promise<number>;
+  /** The current ring; `not_exist` when not initialised. */
+  getRing(): Promise<RingMessage>;
+  /**
+   * Replaces the ring by compare-and-swap. `next.version` must be exactly current + 1
+   * (`compare_failed` otherwise); a concurrent change in between gives `again`.
+   */
+  setRing(next: RingMessage): Promise<void>;
+  /**
+   * Reads the ring, computes `change(current)` and sets it, retrying from a fresh read when
+   * another writer won the race. `change` must return version current + 1. Returns the ring set.
+   */
+  updateRing(change: (current: RingMessage) => RingMessage): Promise<RingMessage>;
+  /**
+   * Calls `onRing` with the current ring (if any) and then with every newer ring, in version
+   * order. Rings that fail to decode or do not advance the version are skipped and logged, never
+   * fatal (the original panicked on a regression).
+   */
+  watchRing(onRing: (ring: RingMessage) => void, options?: RingWatchOptions): Promise<Subscription>;
+}
+
+/** Leases: a TTL that a live process keeps renewing; keys bound to it vanish when it lapses. */
+export interface LeaseMetadata {
+  /** A new lease of `ttlMs` (default LEASE_TTL_MS). */
+  grant(ttlMs?: number): Promise<LeaseId>;
+  /** Renews `lease`; `not_exist` if it has expired or was revoked. */
+  keepAlive(lease: LeaseId): Promise<void>;
+  /**
+   * Renews `lease`, or grants a new one when it has expired (a peer must re-register after a
+   * lost lease, original issue #252). Returns the lease now in force.
+   */
+  renewOrGrant(lease: LeaseId, ttlMs?: number): Promise<LeaseId>;
+  /** Revokes `lease`, deleting every key bound to it (registrations, locks). */
+  revoke(lease: LeaseId): Promise<void>;
+}
+
+/** Options of {@link PeerMetadata.listPeers}. */
+export interface ListPeersOptions {
+  /** Include registrations whose last heartbeat is older than PEER_STALE_MS. */
+  readonly includeStale?: boolean;
+}
+
+/** Peer registrations: `nodes/<uuid>` = PeerInfo under the peer's lease. */
+export interface PeerMetadata {
+  /** A fresh random UUID for a client or node identity. */
+  newUuid(): string;
+  /** Writes `info` stamped with the current time, bound to `lease`. */
+  registerPeer(info: PeerInfo, lease: LeaseId): Promise<void>;
+  /** Removes a registration (a clean shutdown); absent is not an error. */
+  unregisterPeer(uuid: string): Promise<void>;
+  /** Registered peers (clients included), sorted by UUID; stale and undecodable ones skipped. */
+  listPeers(options?: ListPeersOptions): Promise<PeerInfo[]>;
+}
+
+/** A volume as the catalogue knows it. */
+export interface VolumeInfo {
+  readonly id: number;
+  readonly name: string;
+  /** `block` for block volumes. */
+  readonly type: string;
+  readonly sizeBytes: number;
+}
+
+/** The volume catalogue. */
+export interface VolumeMetadata {
+  /**
+   * Creates a block volume: mints its id and writes name index, record, INode counter (1) and
+   * head (id, 1) in one transaction, so a failed create consumes no id. `exists` on a duplicate.
+   */
+  createBlockVolume(name: string, sizeBytes: number): Promise<VolumeInfo>;
+  /**
+   * Deletes a volume and everything under its metadata directory; `locked` while its lock is
+   * held, `not_exist` if unknown. Its blocks become garbage for GC.
+   */
+  deleteVolume(name: string): Promise<void>;
+  /** Every volume (sorted by name) and the highest id minted so far. */
+  listVolumes(): Promise<{ volumes: VolumeInfo[]; highestId: number }>;
+  /** The volume called `name`, read fresh (no cache); `not_exist` if unknown. */
+  getVolume(name: string): Promise<VolumeInfo>;
+  /** The volume with id `volumeId`; `not_exist` if unknown. */
+  getVolumeById(volumeId: number): Promise<VolumeInfo>;
+}
+
+/** The holder of a volume lock: its identity and the lease the lock is bound to. */
+export interface LockHolder {
+  readonly uuid: string;
+  readonly lease: LeaseId;
+}
+
+/** Whether a volume is locked, and by whom. */
+export type LockStatus =
+  | { readonly state: "free" }
+  | { readonly state: "locked"; readonly holder: string; readonly lease: LeaseId };
+
+/** Per-volume state of block volumes. */
+export interface BlockVolumeMetadata {
+  /** Hands out the next INode id of the volume (atomic increment, retried on races). */
+  commitINodeIndex(volumeId: number): Promise<bigint>;
+  /** The last INode id handed out. */
+  getINodeIndex(volumeId: number): Promise<bigint>;
+  /** The head: the INodeRef of the latest published version. */
+  getHead(volumeId: number): Promise<INodeRef>;
+  /**
+   * Takes the writer lock, bound to `holder.lease`: it is released when that lease expires or
+   * is revoked. `locked` if anyone (including the same holder) already holds it.
+   */
+  lock(volumeId: number, holder: LockHolder): Promise<void>;
+  /**
+   * Moves the head to `head`, only while `holderUuid` holds the lock (fencing): a writer that
+   * lost its lock gets `locked` and publishes nothing.
+   */
+  publishHead(volumeId: number, holderUuid: string, head: INodeRef): Promise<void>;
+  /** Releases the lock if `holderUuid` holds it; `locked` otherwise. */
+  unlock(volumeId: number, holderUuid: string): Promise<void>;
+  /** Whether the volume is locked and by whom. */
+  lockStatus(volumeId: number): Promise<LockStatus>;
+}
+
+/** Snapshots: named pointers to heads of a volume. */
+export interface SnapshotMetadata {
+  /**
+   * Records the current head under `name` (works while the volume is open: it captures the
+   * last published sync). `exists` on a duplicate name, `not_exist` for an unknown volume.
+   */
+  saveSnapshot(volumeId: number, name: string): Promise<Snapshot>;
+  /** The snapshots of a volume, sorted by name. */
+  listSnapshots(volumeId: number): Promise<Snapshot[]>;
+  /** Deletes a snapshot; `not_exist` if there is none of that name. */
+  deleteSnapshot(volumeId: number, name: string): Promise<void>;
+  /**
+   * Points the head back at snapshot `name`, in one transaction guarded by "volume unlocked";
+   * `locked` while the volume is open. Returns the restored head.
+   */
+  restoreSnapshot(volumeId: number, name: string): Promise<INodeRef>;
+}
+
+/** Every role over one KvStore. */
+export interface MetadataService extends AsyncDisposable {
+  readonly cluster: ClusterMetadata;
+  readonly leases: LeaseMetadata;
+  readonly peers: PeerMetadata;
+  readonly volumes: VolumeMetadata;
+  readonly blockVolumes: BlockVolumeMetadata;
+  readonly snapshots: SnapshotMetadata;
+  /** The key layout in use (prefix included). */
+  readonly keys: MetadataKeys;
+  /** The store underneath (for tests and the debug dump). */
+  readonly kv: KvStore;
+  /** Closes the store if the service owns it. Idempotent. */
+  close(): Promise<void>;
+}

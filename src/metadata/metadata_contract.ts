@@ -1,0 +1,525 @@
+/**
+ * The contract of the metadata service, run against every KvStore driver: the in-memory store
+ * (unit tests beside this file), the embedded store and real etcd (tests/metadata/). Each test
+ * works under its own random prefix, so drivers that share a server can run the suite in parallel.
+ *
+ * A backend opens one or more KvStore connections to the same data (several connections stand
+ * for several processes). Lease tests use real expiry with the shortest TTL the driver honours.
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import {
+  type Clock,
+  ErrorCode,
+  INodeRef,
+  isTorusError,
+  SeededRandom,
+  systemClock,
+  testSeed,
+} from "../core/mod.ts";
+import {
+  emptyPeerInfo,
+  type PeerInfo,
+  type Ring as RingMessage,
+  RingCodec,
+} from "../models/mod.ts";
+import type { KvStore } from "./kv.ts";
+import { decodeU64, encodeU64 } from "./keys.ts";
+import type { MetadataService } from "./metadata.ts";
+import { createMetadataService } from "./service.ts";
+
+/** Connections to one backing store, created per test. */
+export interface ContractBackend {
+  /** A new connection (as another process would open). */
+  open(): Promise<KvStore>;
+  /** Releases the backing store (connections are closed by the suite). */
+  close(): Promise<void>;
+}
+
+/** Options of {@link metadataServiceContract}. */
+export interface MetadataContractOptions {
+  /** Shortest lease TTL the driver honours (etcd rounds up to whole seconds, minimum 2 s). */
+  readonly leaseTtlMs: number;
+  /** How long an expired lease may take to delete its keys. */
+  readonly expiryTimeoutMs: number;
+}
+
+/** A clock that runs with the system clock plus an offset the test moves. */
+class OffsetClock implements Clock {
+  offsetMs = 0;
+  nowMs(): number {
+    return systemClock.nowMs() + this.offsetMs;
+  }
+  sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    return systemClock.sleep(ms, signal);
+  }
+}
+
+interface Fixture {
+  mds: MetadataService;
+  clock: OffsetClock;
+  prefix: string;
+  /** A second service on the same data, through its own connection. */
+  other(): Promise<MetadataService>;
+}
+
+const encoder = new TextEncoder();
+
+function ketamaRing(version: number, peers: PeerInfo[] = [], replication = 2): RingMessage {
+  return { type: 4, version, replicationFactor: replication, peers, attrs: {} };
+}
+
+const initOptions = {
+  blockSizeBytes: 4096,
+  defaultBlockSpec: [{ kind: 1, options: "" }, { kind: 0, options: "" }],
+  ring: ketamaRing(1),
+};
+
+async function assertCode(promise: Promise<unknown>, code: string, pattern?: RegExp) {
+  await assert.rejects(promise, (error: unknown) => {
+    assert.ok(isTorusError(error), `expected a TorusError, got ${String(error)}`);
+    assert.equal(error.code, code, error.message);
+    if (pattern) assert.match(error.message, pattern);
+    assert.ok(!error.message.includes("\n"), "error messages are one line");
+    return true;
+  });
+}
+
+async function waitFor(what: string, timeoutMs: number, check: () => Promise<boolean>) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}`);
+}
+
+/** Registers the metadata-service contract tests for one driver. */
+export function metadataServiceContract(
+  name: string,
+  setup: () => Promise<ContractBackend>,
+  options: MetadataContractOptions,
+): void {
+  const seed = testSeed();
+  const random = new SeededRandom(seed);
+  const test = (title: string, body: (f: Fixture) => Promise<void>) => {
+    Deno.test(`metadata contract (${name}, seed=${seed}): ${title}`, async () => {
+      const backend = await setup();
+      const services: MetadataService[] = [];
+      const id = random.nextU32().toString(16);
+      const prefix = `/torus-contract/${id}/torus/`;
+      const clock = new OffsetClock();
+      const open = async () => {
+        const service = createMetadataService(await backend.open(), {
+          prefix,
+          clock,
+          random: new SeededRandom(random.nextU32()),
+        });
+        services.push(service);
+        return service;
+      };
+      try {
+        await body({ mds: await open(), clock, prefix, other: open });
+      } finally {
+        const first = services[0];
+        if (first) await first.kv.deletePrefix(`/torus-contract/${id}/`).catch(() => {});
+        for (const service of services) await service.close();
+        await backend.close();
+      }
+    });
+  };
+  registerClusterTests(test);
+  registerRingTests(test);
+  registerPeerTests(test, options);
+  registerVolumeTests(test);
+  registerLockTests(test, options);
+  registerSnapshotTests(test);
+}
+
+type TestFn = (title: string, body: (f: Fixture) => Promise<void>) => void;
+
+function registerClusterTests(test: TestFn): void {
+  test("an uninitialised cluster says so on every read", async ({ mds }) => {
+    assert.equal(await mds.cluster.isInitialised(), false);
+    const notInit = /cluster not initialised: run `torus ctl init`/;
+    await assertCode(mds.cluster.globalMetadata(), ErrorCode.NotExist, notInit);
+    await assertCode(mds.cluster.getRing(), ErrorCode.NotExist, notInit);
+    await assertCode(mds.volumes.listVolumes(), ErrorCode.NotExist, notInit);
+    await assertCode(mds.volumes.createBlockVolume("v", 4096), ErrorCode.NotExist, notInit);
+  });
+
+  test("init writes the original's layout and refuses a second init", async ({ mds, prefix }) => {
+    await mds.cluster.init(initOptions);
+    assert.equal(await mds.cluster.isInitialised(), true);
+    const global = await mds.kv.get(`${prefix}meta/globalmetadata`);
+    assert.equal(
+      new TextDecoder().decode(global!.value),
+      '{"BlockSize":4096,"DefaultBlockSpec":[{"Kind":1,"Options":""},{"Kind":0,"Options":""}]}',
+    );
+    const minter = await mds.kv.get(`${prefix}meta/volumeminter`);
+    assert.deepEqual(minter!.value, encodeU64(1n));
+    const ring = RingCodec.decode((await mds.kv.get(`${prefix}meta/the-one-ring`))!.value);
+    assert.deepEqual([ring.type, ring.version, ring.replicationFactor], [4, 1, 2]);
+    assert.deepEqual(await mds.cluster.globalMetadata(), {
+      blockSizeBytes: 4096,
+      defaultBlockSpec: initOptions.defaultBlockSpec,
+    });
+    await assertCode(mds.cluster.init(initOptions), ErrorCode.Exists, /already initialised/);
+  });
+
+  test("init rejects bad block sizes and specs without base", async ({ mds }) => {
+    for (const blockSizeBytes of [0, 100, 4097, 2 ** 30]) {
+      await assertCode(mds.cluster.init({ ...initOptions, blockSizeBytes }), ErrorCode.Invalid);
+    }
+    const noBase = { ...initOptions, defaultBlockSpec: [{ kind: 1, options: "" }] };
+    await assertCode(mds.cluster.init(noBase), ErrorCode.Invalid, /base/);
+    assert.equal(await mds.cluster.isInitialised(), false);
+  });
+
+  test("wipe deletes the prefix and nothing beside it", async ({ mds, prefix }) => {
+    await mds.cluster.init(initOptions);
+    await mds.volumes.createBlockVolume("a", 4096);
+    const base = prefix.slice(0, -1); // ".../torus"
+    await mds.kv.put(`${base}-sibling/key`, encoder.encode("keep"));
+    await mds.kv.put(base, encoder.encode("keep"));
+    assert.ok((await mds.cluster.wipe()) >= 5);
+    assert.deepEqual(await mds.kv.range(prefix), []);
+    assert.equal(await mds.cluster.isInitialised(), false);
+    assert.ok(await mds.kv.get(`${base}-sibling/key`));
+    assert.ok(await mds.kv.get(base));
+  });
+}
+
+function registerRingTests(test: TestFn): void {
+  test("setRing accepts exactly version + 1 and never regresses", async ({ mds }) => {
+    await mds.cluster.init(initOptions);
+    await mds.cluster.setRing(ketamaRing(2));
+    assert.equal((await mds.cluster.getRing()).version, 2);
+    for (const version of [2, 1, 0, 4]) {
+      await assertCode(mds.cluster.setRing(ketamaRing(version)), ErrorCode.CompareFailed);
+    }
+    assert.equal((await mds.cluster.getRing()).version, 2);
+  });
+
+  test("concurrent setRing of the same successor: exactly one wins", async ({ mds, other }) => {
+    await mds.cluster.init(initOptions);
+    const others = await Promise.all([other(), other(), other()]);
+    const results = await Promise.allSettled(
+      [mds, ...others].map((s, i) => s.cluster.setRing(ketamaRing(2, [], i + 1))),
+    );
+    assert.equal(results.filter((r) => r.status === "fulfilled").length, 1);
+    for (const r of results) {
+      if (r.status === "rejected") {
+        assert.ok(isTorusError(r.reason));
+        assert.ok([ErrorCode.Again, ErrorCode.CompareFailed].includes(r.reason.code as "again"));
+      }
+    }
+    assert.equal((await mds.cluster.getRing()).version, 2);
+  });
+
+  test("updateRing retries lost races so every change lands", async ({ mds, other }) => {
+    await mds.cluster.init(initOptions);
+    const others = await Promise.all([other(), other()]);
+    const bump = (s: MetadataService) =>
+      s.cluster.updateRing((r) => ({ ...r, version: r.version + 1 }));
+    await Promise.all([mds, ...others, mds].map(bump));
+    assert.equal((await mds.cluster.getRing()).version, 5);
+    await assertCode(
+      mds.cluster.updateRing((r) => ({ ...r, version: r.version + 2 })),
+      ErrorCode.CompareFailed,
+    );
+  });
+
+  test("watchRing delivers the current ring, then newer ones, skipping junk", async (f) => {
+    const { mds, prefix } = f;
+    await mds.cluster.init(initOptions);
+    const seen: number[] = [];
+    const sub = await mds.cluster.watchRing((ring) => seen.push(ring.version));
+    assert.deepEqual(seen, [1]);
+    const writer = await f.other();
+    await writer.cluster.setRing(ketamaRing(2));
+    await writer.kv.put(`${prefix}meta/the-one-ring`, encoder.encode("\xff garbage"));
+    await writer.kv.put(`${prefix}meta/the-one-ring`, RingCodec.encode(ketamaRing(1)));
+    await writer.kv.put(`${prefix}meta/the-one-ring-other`, RingCodec.encode(ketamaRing(9)));
+    await writer.kv.put(`${prefix}meta/the-one-ring`, RingCodec.encode(ketamaRing(3)));
+    await waitFor("ring 3", 5_000, () => Promise.resolve(seen.includes(3)));
+    assert.deepEqual(seen, [1, 2, 3]);
+    await sub.unsubscribe();
+    await writer.kv.put(`${prefix}meta/the-one-ring`, RingCodec.encode(ketamaRing(4)));
+    await new Promise((r) => setTimeout(r, 200));
+    assert.deepEqual(seen, [1, 2, 3]);
+  });
+}
+
+function peer(uuid: string, address: string): PeerInfo {
+  return { ...emptyPeerInfo(uuid), address, totalBlocks: 100n, usedBlocks: 7n };
+}
+
+function registerPeerTests(test: TestFn, options: MetadataContractOptions): void {
+  test("peers register under a lease with a timestamp; stale ones are hidden", async (f) => {
+    const { mds, clock } = f;
+    const lease = await mds.leases.grant(60_000);
+    const before = BigInt(Date.now()) * 1_000_000n;
+    await mds.peers.registerPeer(peer("b-peer", "tdp://127.0.0.1:2"), lease);
+    await mds.peers.registerPeer(peer("a-peer", "tdp://127.0.0.1:1"), lease);
+    const peers = await mds.peers.listPeers();
+    assert.deepEqual(peers.map((p) => p.uuid), ["a-peer", "b-peer"]);
+    assert.ok(peers[0]!.lastSeen >= before);
+    assert.equal(peers[0]!.totalBlocks, 100n);
+    clock.offsetMs = 60_000;
+    assert.deepEqual(await mds.peers.listPeers(), []);
+    assert.equal((await mds.peers.listPeers({ includeStale: true })).length, 2);
+    await mds.peers.unregisterPeer("a-peer");
+    assert.equal((await mds.peers.listPeers({ includeStale: true })).length, 1);
+    await mds.leases.revoke(lease);
+    assert.deepEqual(await mds.peers.listPeers({ includeStale: true }), []);
+  });
+
+  test("a registration vanishes when its lease expires; renewOrGrant re-registers", async (f) => {
+    const { mds } = f;
+    const lease = await mds.leases.grant(options.leaseTtlMs);
+    await mds.peers.registerPeer(peer("p1", "tdp://h:1"), lease);
+    await waitFor("registration expiry", options.expiryTimeoutMs, async () => {
+      return (await mds.peers.listPeers()).length === 0;
+    });
+    await assertCode(mds.leases.keepAlive(lease), ErrorCode.NotExist);
+    await assertCode(mds.peers.registerPeer(peer("p1", "tdp://h:1"), lease), ErrorCode.NotExist);
+    const renewed = await mds.leases.renewOrGrant(lease, 60_000);
+    assert.notEqual(renewed, lease);
+    assert.equal(await mds.leases.renewOrGrant(renewed, 60_000), renewed);
+    await mds.peers.registerPeer(peer("p1", "tdp://h:1"), renewed);
+    assert.equal((await mds.peers.listPeers()).length, 1);
+  });
+
+  test("undecodable registrations are skipped, bad uuids rejected", async ({ mds, prefix }) => {
+    const lease = await mds.leases.grant(60_000);
+    await mds.kv.put(`${prefix}nodes/junk`, encoder.encode("\xff\xff\xff"));
+    await mds.peers.registerPeer(peer("good", "tdp://h:1"), lease);
+    assert.deepEqual((await mds.peers.listPeers()).map((p) => p.uuid), ["good"]);
+    await assertCode(mds.peers.registerPeer(peer("a/b", ""), lease), ErrorCode.Invalid);
+    await assertCode(mds.peers.registerPeer(peer("ok", ""), 0n), ErrorCode.Invalid);
+    assert.match(mds.peers.newUuid(), /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-/);
+  });
+}
+
+function registerVolumeTests(test: TestFn): void {
+  test("create writes the original's keys; ids start at 2", async ({ mds, prefix }) => {
+    await mds.cluster.init(initOptions);
+    const info = await mds.volumes.createBlockVolume("vol", 10_000);
+    assert.deepEqual(info, { id: 2, name: "vol", type: "block", sizeBytes: 10_000 });
+    const value = async (key: string) => (await mds.kv.get(`${prefix}${key}`))!.value;
+    assert.deepEqual(await value("volumes/vol"), encodeU64(2n));
+    assert.deepEqual(await value("meta/volumeminter"), encodeU64(2n));
+    assert.deepEqual(await value("volumemeta/2/inode"), encodeU64(1n));
+    assert.deepEqual(await value("volumemeta/2/blockinode"), new INodeRef(2, 1n).toBytes());
+    assert.ok(await mds.kv.get(`${prefix}volumeid/2`));
+    assert.deepEqual(await mds.volumes.getVolume("vol"), info);
+    assert.deepEqual(await mds.volumes.getVolumeById(2), info);
+  });
+
+  test("a failed create consumes no volume id", async ({ mds }) => {
+    await mds.cluster.init(initOptions);
+    await mds.volumes.createBlockVolume("a", 4096);
+    await assertCode(mds.volumes.createBlockVolume("a", 4096), ErrorCode.Exists, /"a"/);
+    await assertCode(mds.volumes.createBlockVolume("bad/name", 4096), ErrorCode.Invalid);
+    await assertCode(mds.volumes.createBlockVolume("b", 0), ErrorCode.Invalid);
+    assert.equal((await mds.volumes.createBlockVolume("b", 4096)).id, 3);
+    assert.equal((await mds.volumes.listVolumes()).highestId, 3);
+  });
+
+  test("concurrent creates get distinct ids; one name is created once", async (f) => {
+    const { mds } = f;
+    await mds.cluster.init(initOptions);
+    const services = [mds, await f.other(), await f.other()];
+    const made = await Promise.all(
+      [0, 1, 2, 3, 4, 5].map((i) => services[i % 3]!.volumes.createBlockVolume(`v${i}`, 4096)),
+    );
+    assert.deepEqual(made.map((v) => v.id).sort((a, b) => a - b), [2, 3, 4, 5, 6, 7]);
+    const same = await Promise.allSettled(
+      services.map((s) => s.volumes.createBlockVolume("same", 4096)),
+    );
+    assert.equal(same.filter((r) => r.status === "fulfilled").length, 1);
+    assert.equal((await mds.volumes.listVolumes()).highestId, 8);
+  });
+
+  test("list is sorted; get after delete and re-create is never stale", async ({ mds }) => {
+    await mds.cluster.init(initOptions);
+    await mds.volumes.createBlockVolume("zeta", 4096);
+    await mds.volumes.createBlockVolume("alpha", 8192);
+    const listed = await mds.volumes.listVolumes();
+    assert.deepEqual(listed.volumes.map((v) => v.name), ["alpha", "zeta"]);
+    assert.equal((await mds.volumes.getVolume("zeta")).id, 2);
+    await mds.volumes.deleteVolume("zeta");
+    await assertCode(mds.volumes.getVolume("zeta"), ErrorCode.NotExist, /"zeta"/);
+    await assertCode(mds.volumes.getVolumeById(2), ErrorCode.NotExist);
+    await mds.volumes.createBlockVolume("zeta", 4096);
+    assert.equal((await mds.volumes.getVolume("zeta")).id, 4);
+    await assertCode(mds.volumes.deleteVolume("nope"), ErrorCode.NotExist, /"nope"/);
+  });
+
+  test("deleting volume 2 does not touch volume 0x20 (trailing /)", async ({ mds, prefix }) => {
+    await mds.cluster.init(initOptions);
+    await mds.volumes.createBlockVolume("two", 4096);
+    await mds.kv.put(`${prefix}meta/volumeminter`, encodeU64(0x1fn));
+    const twenty = await mds.volumes.createBlockVolume("thirty-two", 4096);
+    assert.equal(twenty.id, 0x20);
+    await mds.blockVolumes.commitINodeIndex(0x20);
+    await mds.snapshots.saveSnapshot(0x20, "s");
+    const before = await mds.kv.range(`${prefix}volumemeta/20/`);
+    await mds.volumes.deleteVolume("two");
+    assert.deepEqual(await mds.kv.range(`${prefix}volumemeta/2/`), []);
+    assert.deepEqual(await mds.kv.range(`${prefix}volumemeta/20/`), before);
+    assert.equal(await mds.blockVolumes.getINodeIndex(0x20), 2n);
+    assert.equal((await mds.snapshots.listSnapshots(0x20)).length, 1);
+  });
+
+  test("INode counters hand out unique increasing ids", async (f) => {
+    const { mds } = f;
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    assert.equal(await mds.blockVolumes.getINodeIndex(id), 1n);
+    const second = await f.other();
+    const ids = await Promise.all(
+      [0, 1, 2, 3, 4, 5, 6, 7].map((i) => (i % 2 ? mds : second).blockVolumes.commitINodeIndex(id)),
+    );
+    assert.deepEqual(ids.sort((a, b) => Number(a - b)), [2n, 3n, 4n, 5n, 6n, 7n, 8n, 9n]);
+    assert.equal(await mds.blockVolumes.getINodeIndex(id), 9n);
+    await assertCode(mds.blockVolumes.commitINodeIndex(99), ErrorCode.NotExist);
+    await assertCode(mds.blockVolumes.getINodeIndex(99), ErrorCode.NotExist);
+    await assertCode(mds.blockVolumes.getHead(99), ErrorCode.NotExist);
+  });
+
+  test("volume ids survive the LE encoding beyond 32 bits", async ({ mds, prefix }) => {
+    await mds.cluster.init(initOptions);
+    await mds.kv.put(`${prefix}meta/volumeminter`, encodeU64(0x1_2345_6789n));
+    const big = await mds.volumes.createBlockVolume("big", 4096);
+    assert.equal(big.id, 0x1_2345_678a);
+    const stored = await mds.kv.get(`${prefix}volumes/big`);
+    assert.equal(decodeU64(stored!.value, "id"), 0x1_2345_678an);
+    assert.ok(await mds.kv.get(`${prefix}volumemeta/12345678a/blockinode`));
+  });
+}
+
+function registerLockTests(test: TestFn, options: MetadataContractOptions): void {
+  test("the lock fences publication of the head", async ({ mds }) => {
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    const lease = await mds.leases.grant(60_000);
+    assert.deepEqual(await mds.blockVolumes.lockStatus(id), { state: "free" });
+    await mds.blockVolumes.lock(id, { uuid: "writer", lease });
+    assert.deepEqual(await mds.blockVolumes.lockStatus(id), {
+      state: "locked",
+      holder: "writer",
+      lease,
+    });
+    await assertCode(mds.blockVolumes.lock(id, { uuid: "other", lease }), ErrorCode.Locked);
+    await assertCode(mds.blockVolumes.lock(id, { uuid: "writer", lease }), ErrorCode.Locked);
+    await mds.blockVolumes.publishHead(id, "writer", new INodeRef(id, 2n));
+    assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 2n));
+    const stolen = mds.blockVolumes.publishHead(id, "other", new INodeRef(id, 3n));
+    await assertCode(stolen, ErrorCode.Locked, /held by writer/);
+    await assertCode(mds.blockVolumes.unlock(id, "other"), ErrorCode.Locked);
+    await assertCode(mds.volumes.deleteVolume("v"), ErrorCode.Locked, /in use/);
+    await mds.blockVolumes.unlock(id, "writer");
+    await assertCode(
+      mds.blockVolumes.publishHead(id, "writer", new INodeRef(id, 4n)),
+      ErrorCode.Locked,
+      /free/,
+    );
+    assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 2n));
+    await mds.volumes.deleteVolume("v");
+  });
+
+  test("lock arguments are checked", async ({ mds }) => {
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    const lease = await mds.leases.grant(60_000);
+    await assertCode(mds.blockVolumes.lock(id, { uuid: "w", lease: 0n }), ErrorCode.Invalid);
+    await assertCode(mds.blockVolumes.lock(77, { uuid: "w", lease }), ErrorCode.NotExist);
+    await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    const foreign = mds.blockVolumes.publishHead(id, "w", new INodeRef(id + 1, 2n));
+    await assertCode(foreign, ErrorCode.Invalid);
+  });
+
+  test("an expired lease releases the lock and its holder can no longer publish", async (f) => {
+    const { mds } = f;
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    const lease = await mds.leases.grant(options.leaseTtlMs);
+    await mds.blockVolumes.lock(id, { uuid: "old", lease });
+    await mds.blockVolumes.publishHead(id, "old", new INodeRef(id, 2n));
+    await waitFor("lock release", options.expiryTimeoutMs, async () => {
+      return (await mds.blockVolumes.lockStatus(id)).state === "free";
+    });
+    const second = await f.other();
+    const newLease = await second.leases.grant(60_000);
+    await second.blockVolumes.lock(id, { uuid: "new", lease: newLease });
+    const fenced = mds.blockVolumes.publishHead(id, "old", new INodeRef(id, 3n));
+    await assertCode(fenced, ErrorCode.Locked, /held by new/);
+    await second.blockVolumes.publishHead(id, "new", new INodeRef(id, 4n));
+    assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 4n));
+  });
+
+  test("revoking the lease releases the lock at once", async ({ mds }) => {
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    const lease = await mds.leases.grant(60_000);
+    await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    await mds.leases.revoke(lease);
+    assert.deepEqual(await mds.blockVolumes.lockStatus(id), { state: "free" });
+    await assertCode(mds.blockVolumes.lock(id, { uuid: "w", lease }), ErrorCode.NotExist);
+  });
+}
+
+function registerSnapshotTests(test: TestFn): void {
+  test("snapshots capture the head as of the last publish", async ({ mds, prefix, clock }) => {
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    clock.offsetMs = 0;
+    const first = await mds.snapshots.saveSnapshot(id, "empty");
+    assert.deepEqual(first.inodeRef, new INodeRef(id, 1n));
+    const lease = await mds.leases.grant(60_000);
+    await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    await mds.blockVolumes.publishHead(id, "w", new INodeRef(id, 5n));
+    const second = await mds.snapshots.saveSnapshot(id, "five");
+    assert.deepEqual(second.inodeRef, new INodeRef(id, 5n));
+    await assertCode(mds.snapshots.saveSnapshot(id, "five"), ErrorCode.Exists);
+    const listed = await mds.snapshots.listSnapshots(id);
+    assert.deepEqual(listed.map((s) => [s.name, s.inodeRef.inode]), [["empty", 1n], ["five", 5n]]);
+    const raw = JSON.parse(new TextDecoder().decode(
+      (await mds.kv.get(`${prefix}volumemeta/${id.toString(16)}/snapshots/five`))!.value,
+    ));
+    assert.equal(raw.Name, "five");
+    assert.equal(raw.INodeRef, btoa(String.fromCharCode(...new INodeRef(id, 5n).toBytes())));
+    assert.ok(Math.abs(Date.parse(raw.When) - Date.now()) < 60_000);
+  });
+
+  test("restore needs the volume unlocked and moves the head back", async ({ mds }) => {
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    await mds.snapshots.saveSnapshot(id, "start");
+    const lease = await mds.leases.grant(60_000);
+    await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    await mds.blockVolumes.publishHead(id, "w", new INodeRef(id, 3n));
+    await assertCode(mds.snapshots.restoreSnapshot(id, "start"), ErrorCode.Locked);
+    await mds.blockVolumes.unlock(id, "w");
+    assert.deepEqual(await mds.snapshots.restoreSnapshot(id, "start"), new INodeRef(id, 1n));
+    assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 1n));
+    await assertCode(mds.snapshots.restoreSnapshot(id, "missing"), ErrorCode.NotExist);
+  });
+
+  test("deleting a missing snapshot is not_exist; unknown volumes too", async ({ mds }) => {
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    await assertCode(mds.snapshots.deleteSnapshot(id, "nope"), ErrorCode.NotExist, /"nope"/);
+    await mds.snapshots.saveSnapshot(id, "s");
+    await mds.snapshots.deleteSnapshot(id, "s");
+    assert.deepEqual(await mds.snapshots.listSnapshots(id), []);
+    await assertCode(mds.snapshots.saveSnapshot(99, "s"), ErrorCode.NotExist);
+    await assertCode(mds.snapshots.listSnapshots(99), ErrorCode.NotExist);
+    await assertCode(mds.snapshots.saveSnapshot(id, "a@b"), ErrorCode.Invalid);
+    await mds.volumes.deleteVolume("v");
+    await assertCode(mds.snapshots.listSnapshots(id), ErrorCode.NotExist);
+  });
+}
