@@ -40,6 +40,7 @@ interface Lease {
 interface Watcher {
   readonly prefix: string;
   readonly onEvents: (events: readonly WatchEvent[]) => void;
+  readonly onError: ((error: Error) => void) | undefined;
   closed: boolean;
 }
 
@@ -85,7 +86,8 @@ export class MemoryKvStore implements KvStore {
   readonly kind = "memory";
   #clock: Clock;
   #entries = new Map<string, KvEntry>();
-  #revision = 0;
+  // etcd starts at revision 1, so the first change of an empty store gets revision 2.
+  #revision = 1;
   #leases = new Map<LeaseId, Lease>();
   #nextLease: LeaseId = 1n;
   #history: WatchEvent[] = [];
@@ -152,7 +154,7 @@ export class MemoryKvStore implements KvStore {
     options: WatchOptions = {},
   ): Promise<Watch> {
     return this.#run(() => {
-      const watcher: Watcher = { prefix, onEvents, closed: false };
+      const watcher: Watcher = { prefix, onEvents, onError: options.onError, closed: false };
       if (options.fromRevision !== undefined) this.#replay(watcher, options.fromRevision);
       this.#watchers.add(watcher);
       return {
@@ -193,9 +195,13 @@ export class MemoryKvStore implements KvStore {
     if (this.#closed) return;
     this.#closed = true;
     this.#sweeper?.abort();
-    for (const watcher of this.#watchers) watcher.closed = true;
+    const watchers = [...this.#watchers];
     this.#watchers.clear();
     await this.#delivery;
+    for (const watcher of watchers) {
+      watcher.closed = true;
+      watcher.onError?.(closed("kv store closed"));
+    }
   }
 
   /** Runs `body` after expiring due leases, as one atomic step. */
@@ -231,6 +237,7 @@ export class MemoryKvStore implements KvStore {
 
   /** Applies `ops` in order under one new revision (if anything changed). */
   #apply(ops: readonly TxnOp[]): TxnOpResult[] {
+    this.#checkBranch(ops);
     for (const op of ops) {
       if (op.type === "put" && op.lease !== undefined && op.lease !== 0n) {
         if (!this.#leases.has(op.lease)) throw notExist(`lease ${op.lease} not found`);
@@ -241,6 +248,22 @@ export class MemoryKvStore implements KvStore {
     const results = ops.map((op) => this.#applyOne(op, revision, events));
     if (events.length > 0) this.#commit(revision, events);
     return results;
+  }
+
+  /** etcd refuses a branch that puts a key twice or puts a key it also deletes. */
+  #checkBranch(ops: readonly TxnOp[]): void {
+    const puts = new Set<string>();
+    for (const op of ops) {
+      if (op.type !== "put") continue;
+      if (puts.has(op.key)) throw invalid(`transaction puts "${op.key}" twice`);
+      puts.add(op.key);
+    }
+    for (const op of ops) {
+      const hit = op.type === "delete"
+        ? puts.has(op.key)
+        : op.type === "deletePrefix" && [...puts].some((k) => k.startsWith(op.prefix));
+      if (hit) throw invalid("transaction puts a key it also deletes");
+    }
   }
 
   #applyOne(op: TxnOp, revision: number, events: WatchEvent[]): TxnOpResult {
@@ -307,7 +330,7 @@ export class MemoryKvStore implements KvStore {
   #replay(watcher: Watcher, fromRevision: number): void {
     const oldest = this.#history[0]?.modRevision ?? this.#revision + 1;
     if (fromRevision < oldest && fromRevision <= this.#revision) {
-      throw invalid(`watch from revision ${fromRevision}: history compacted`);
+      throw notExist(`watch from revision ${fromRevision}: that history was compacted`);
     }
     const events = this.#history.filter((e) =>
       e.modRevision >= fromRevision && e.key.startsWith(watcher.prefix)

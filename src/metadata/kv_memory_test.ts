@@ -17,13 +17,13 @@ Deno.test("memory kv: versions count puts, revisions grow per write, delete rese
   await kv.put("a", bytes("1"));
   await kv.put("a", bytes("2"));
   const a = (await kv.get("a"))!;
-  assert.deepEqual([a.version, a.createRevision, a.modRevision], [2, 1, 2]);
+  assert.deepEqual([a.version, a.createRevision, a.modRevision], [2, 2, 3]);
   assert.equal(await kv.delete("a"), true);
   assert.equal(await kv.delete("a"), false);
-  assert.equal(kv.revision, 3);
+  assert.equal(kv.revision, 4);
   await kv.put("a", bytes("3"));
   const again = (await kv.get("a"))!;
-  assert.deepEqual([again.version, again.createRevision], [1, 4]);
+  assert.deepEqual([again.version, again.createRevision], [1, 5]);
   await kv.close();
 });
 
@@ -73,7 +73,7 @@ Deno.test("memory kv: a put with an unknown lease applies nothing", async () => 
     (e: unknown) => isTorusError(e, ErrorCode.NotExist),
   );
   assert.equal(await kv.get("a"), null);
-  assert.equal(kv.revision, 0);
+  assert.equal(kv.revision, 1);
   await kv.close();
 });
 
@@ -134,10 +134,10 @@ Deno.test("memory kv: watches replay from a revision in order, one batch per rev
   const batches: string[][] = [];
   const watch = await kv.watchPrefix("w/", (batch) => {
     batches.push(batch.map((e) => `${e.type}:${e.key}@${e.modRevision}`));
-  }, { fromRevision: 2 });
+  }, { fromRevision: 3 });
   await kv.put("w/d", bytes("4"));
   await tick();
-  assert.deepEqual(batches, [["put:w/b@2"], ["delete:w/a@3"], ["put:w/d@4"]]);
+  assert.deepEqual(batches, [["put:w/b@3"], ["delete:w/a@4"], ["put:w/d@5"]]);
   await watch.close();
   await kv.put("w/e", bytes("5"));
   await tick();
@@ -145,9 +145,28 @@ Deno.test("memory kv: watches replay from a revision in order, one batch per rev
   await kv.close();
 });
 
-Deno.test("memory kv: a closed store fails every call with closed", async () => {
+Deno.test("memory kv: a branch may not put a key twice or put and delete it", async () => {
   const kv = new MemoryKvStore();
+  const put = { type: "put", key: "p/k", value: bytes("1") } as const;
+  for (
+    const other of [put, { type: "delete", key: "p/k" }, { type: "deletePrefix", prefix: "p/" }]
+  ) {
+    await assert.rejects(
+      kv.txn({ compare: [], success: [put, other as typeof put] }),
+      (e: unknown) => isTorusError(e, ErrorCode.Invalid),
+    );
+  }
+  assert.equal(kv.revision, 1);
   await kv.close();
+});
+
+Deno.test("memory kv: closing ends watches with closed; later calls fail with closed", async () => {
+  const kv = new MemoryKvStore();
+  const errors: Error[] = [];
+  await kv.watchPrefix("", () => {}, { onError: (e) => errors.push(e) });
+  await kv.close();
+  assert.equal(errors.length, 1);
+  assert.ok(isTorusError(errors[0], ErrorCode.Closed));
   await kv.close();
   await assert.rejects(kv.get("k"), (e: unknown) => isTorusError(e, ErrorCode.Closed));
   await assert.rejects(kv.grantLease(1000), (e: unknown) => isTorusError(e, ErrorCode.Closed));
