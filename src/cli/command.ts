@@ -43,6 +43,8 @@ export interface Command {
   readonly help: string;
   /** A group dispatches to subcommands, so only its first argument can ask for its help. */
   readonly group?: boolean;
+  /** The subcommands of a group (for help and shell completion). */
+  readonly subcommands?: readonly Command[];
   /** Runs with the arguments after the command name; returns the exit code. */
   run(args: string[], io: Io): Promise<number>;
 }
@@ -142,6 +144,7 @@ export function commandGroup(
     summary,
     help,
     group: true,
+    subcommands,
     async run(args, io) {
       const [first, ...rest] = args;
       if (first === undefined) {

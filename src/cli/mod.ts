@@ -1,6 +1,11 @@
 /**
- * Shared pieces of the command-line edge: command shape, flag parsing, error-to-exit-code mapping.
+ * Shared pieces of the command-line edge: command shape, flag parsing, error-to-exit-code mapping,
+ * metadata backend resolution (`openMetadata`), the config file and output formats.
  * @module
  */
 
 export * from "./command.ts";
+export * from "./backend.ts";
+export * from "./config_file.ts";
+export * from "./drivers.ts";
+export * from "./table.ts";

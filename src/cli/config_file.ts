@@ -1,0 +1,134 @@
+/**
+ * The client config file, `~/.torus/config.json` by default: named profiles of metadata-service
+ * settings, in the original's format `{"etcd_config": {"<profile>": {"etcd": "host:port", ...}}}`
+ * with empty fields omitted, plus our optional `metadata-prefix`.
+ *
+ * Invariants: the directory is created 0700 and the file written 0600 (it may name client key
+ * files), by writing a temp file and renaming it over the old one, so a crash never leaves half a
+ * file. Keys we do not know are kept when a profile is merged.
+ * @module
+ */
+
+import { invalid } from "../core/mod.ts";
+
+/** The settings of one profile (the original's JSON keys). */
+export interface ConfigProfile {
+  etcd?: string;
+  "etcd-cert-file"?: string;
+  "etcd-key-file"?: string;
+  "etcd-ca-file"?: string;
+  "metadata-prefix"?: string;
+}
+
+/** The fields a profile may hold, in the order they are written. */
+export const profileFields = [
+  "etcd",
+  "etcd-cert-file",
+  "etcd-key-file",
+  "etcd-ca-file",
+  "metadata-prefix",
+] as const satisfies readonly (keyof ConfigProfile)[];
+
+/** The whole file. `etcd_config` maps profile names to settings. */
+export interface ConfigFile {
+  etcd_config: Record<string, ConfigProfile>;
+  [other: string]: unknown;
+}
+
+/** Environment lookups (injected so tests do not depend on the real $HOME). */
+export interface Env {
+  get(name: string): string | undefined;
+}
+
+/** The process environment. */
+export const processEnv: Env = { get: (name) => Deno.env.get(name) };
+
+/** `$HOME/.torus/config.json`, or null without $HOME. */
+export function defaultConfigPath(env: Env): string | null {
+  const home = env.get("HOME");
+  return home ? `${home.replace(/\/+$/, "")}/.torus/config.json` : null;
+}
+
+function checkProfile(name: string, value: unknown, path: string): ConfigProfile {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw invalid(`config file ${path}: profile "${name}" is not an object`);
+  }
+  const profile: ConfigProfile = {};
+  for (const [key, field] of Object.entries(value)) {
+    if (!(profileFields as readonly string[]).includes(key)) continue;
+    if (typeof field !== "string") {
+      throw invalid(`config file ${path}: "${key}" of profile "${name}" is not a string`);
+    }
+    if (field !== "") profile[key as keyof ConfigProfile] = field;
+  }
+  return profile;
+}
+
+/** Parses the file's text; anything malformed is `invalid` with the path in the message. */
+export function parseConfigFile(text: string, path: string): ConfigFile {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw invalid(`config file ${path} is not valid JSON`);
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw invalid(`config file ${path} is not a JSON object`);
+  }
+  const record = raw as Record<string, unknown>;
+  const profiles = record.etcd_config ?? {};
+  if (typeof profiles !== "object" || profiles === null || Array.isArray(profiles)) {
+    throw invalid(`config file ${path}: "etcd_config" is not an object`);
+  }
+  const etcdConfig: Record<string, ConfigProfile> = {};
+  for (const [name, value] of Object.entries(profiles)) {
+    etcdConfig[name] = checkProfile(name, value, path);
+  }
+  return { ...record, etcd_config: etcdConfig };
+}
+
+/** Reads the file; null when it does not exist. */
+export async function readConfigFile(path: string): Promise<ConfigFile | null> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return null;
+    throw invalid(`cannot read config file ${path}: ${(error as Error).message}`);
+  }
+  return parseConfigFile(text, path);
+}
+
+/** Serialises as the original did: tab-indented JSON, empty fields omitted. */
+export function formatConfigFile(config: ConfigFile): string {
+  return JSON.stringify(config, null, "\t") + "\n";
+}
+
+/**
+ * Merges `values` into profile `profile` of the file at `path` (creating both as needed) and
+ * writes it back with mode 0600 in a 0700 directory. Returns the file as written.
+ */
+export async function writeProfile(
+  path: string,
+  profile: string,
+  values: ConfigProfile,
+): Promise<ConfigFile> {
+  if (profile === "") throw invalid("profile name must not be empty");
+  const current = (await readConfigFile(path)) ?? { etcd_config: {} };
+  const merged: ConfigProfile = { ...current.etcd_config[profile] };
+  for (const field of profileFields) {
+    const value = values[field];
+    if (value !== undefined && value !== "") merged[field] = value;
+  }
+  const next: ConfigFile = {
+    ...current,
+    etcd_config: { ...current.etcd_config, [profile]: merged },
+  };
+  const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
+  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+  const temp = `${path}.tmp-${Deno.pid}`;
+  await Deno.writeTextFile(temp, formatConfigFile(next), { mode: 0o600 });
+  await Deno.chmod(temp, 0o600);
+  await Deno.rename(temp, path);
+  return next;
+}

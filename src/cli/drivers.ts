@@ -1,0 +1,41 @@
+/**
+ * The KvStore drivers a command can open, behind one small interface so the command functions can
+ * be unit-tested over the in-memory store and so this is the one place that names the real ones.
+ * @module
+ */
+
+import { type Clock, ErrorCode, TorusError } from "../core/mod.ts";
+import type { KvStore } from "../metadata/mod.ts";
+
+/** Options of the etcd driver (see src/metadata/etcd.ts). */
+export interface EtcdDriverOptions {
+  readonly endpoints: readonly string[];
+  readonly certFile?: string;
+  readonly keyFile?: string;
+  readonly caFile?: string;
+  readonly callTimeoutMs?: number;
+  readonly connectTimeoutMs?: number;
+}
+
+/** Options of the embedded driver (see src/metadata/embedded.ts). */
+export interface EmbeddedDriverOptions {
+  readonly path: string;
+  readonly clock?: Clock;
+}
+
+/** Constructors of the two production drivers. */
+export interface KvDrivers {
+  openEtcd(options: EtcdDriverOptions): Promise<KvStore>;
+  openEmbedded(options: EmbeddedDriverOptions): Promise<KvStore>;
+}
+
+const missing = (name: string) => () =>
+  Promise.reject(
+    new TorusError(ErrorCode.NotSupported, `the ${name} metadata driver is not in this build`),
+  );
+
+/** The production drivers. */
+export const defaultDrivers: KvDrivers = {
+  openEtcd: missing("etcd"),
+  openEmbedded: missing("embedded"),
+};

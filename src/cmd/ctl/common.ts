@@ -1,0 +1,118 @@
+/**
+ * What every `torus ctl` subcommand shares: its injected dependencies (how to open metadata, the
+ * environment, the clock, the terminal), flag plumbing and a scoped metadata connection that is
+ * always closed.
+ * @module
+ */
+
+import {
+  type Command,
+  type Env,
+  metadataFlagOptions,
+  type MetadataFlags,
+  type OpenedMetadata,
+  openMetadata,
+  type OpenMetadataOptions,
+  processEnv,
+  UsageError,
+} from "../../cli/mod.ts";
+import { type Clock, systemClock } from "../../core/mod.ts";
+
+/** Interactive input, for the confirmation `wipe` asks for on a terminal. */
+export interface Terminal {
+  /** Whether stdin is a terminal (a human can answer). */
+  isInteractive(): boolean;
+  /** One line from stdin without its newline; null at end of input. */
+  readLine(): Promise<string | null>;
+}
+
+/** The process's terminal. */
+export const processTerminal: Terminal = {
+  isInteractive: () => Deno.stdin.isTerminal(),
+  async readLine() {
+    const buffer = new Uint8Array(1);
+    const bytes: number[] = [];
+    for (;;) {
+      const n = await Deno.stdin.read(buffer);
+      if (n === null) {
+        return bytes.length > 0 ? new TextDecoder().decode(Uint8Array.from(bytes)) : null;
+      }
+      if (buffer[0] === 0x0a) break;
+      bytes.push(buffer[0]!);
+    }
+    return new TextDecoder().decode(Uint8Array.from(bytes)).replace(/\r$/, "");
+  },
+};
+
+/** Dependencies of the ctl commands; tests replace them. */
+export interface CtlDeps {
+  openMetadata(flags: MetadataFlags, options?: OpenMetadataOptions): Promise<OpenedMetadata>;
+  readonly env: Env;
+  readonly clock: Clock;
+  readonly terminal: Terminal;
+  /** The program's top-level commands (for `completion`). */
+  rootCommands(): readonly Command[];
+}
+
+/** The production dependencies. */
+export function defaultCtlDeps(rootCommands: () => readonly Command[] = () => []): CtlDeps {
+  return {
+    openMetadata: (flags, options) => openMetadata(flags, { env: processEnv, ...options }),
+    env: processEnv,
+    clock: systemClock,
+    terminal: processTerminal,
+    rootCommands,
+  };
+}
+
+/** The metadata flag values out of a parsed command line. */
+export function metadataFlagsOf(values: Record<string, unknown>): MetadataFlags {
+  const flags: Record<string, unknown> = {};
+  for (const name of Object.keys(metadataFlagOptions)) {
+    if (values[name] !== undefined) flags[name] = values[name];
+  }
+  return flags as MetadataFlags;
+}
+
+/** Opens metadata, runs `body`, and closes the connection whatever happens. */
+export async function withMetadata<T>(
+  deps: CtlDeps,
+  flags: MetadataFlags,
+  body: (opened: OpenedMetadata) => Promise<T>,
+  options: OpenMetadataOptions = {},
+): Promise<T> {
+  const opened = await deps.openMetadata(flags, options);
+  try {
+    return await body(opened);
+  } finally {
+    await opened.close();
+  }
+}
+
+/** Throws a UsageError unless exactly `names.length` positionals were given. */
+export function expectPositionals(positionals: readonly string[], names: readonly string[]): void {
+  if (positionals.length === names.length) return;
+  const wanted = names.length === 0 ? "no arguments" : names.join(" ");
+  throw new UsageError(`expected ${wanted}, got ${positionals.length} argument(s)`);
+}
+
+/**
+ * Moves metadata flags written before the subcommand (`torus ctl -C host:2379 volume list`) to
+ * the end, where the leaf command parses them, as the original's persistent flags allowed.
+ */
+export function hoistLeadingFlags(args: readonly string[]): string[] {
+  const leading: string[] = [];
+  let i = 0;
+  while (i < args.length && args[i]!.startsWith("-") && args[i] !== "--") {
+    const arg = args[i]!;
+    const name = arg.startsWith("--") ? arg.slice(2).split("=")[0]! : arg.slice(1);
+    const option = Object.entries(metadataFlagOptions).find(([long, o]) =>
+      long === name || ("short" in o && o.short === name)
+    )?.[1];
+    if (!option || arg === "-h" || arg === "--help") break;
+    const takesValue = option.type === "string" && !arg.includes("=");
+    leading.push(...args.slice(i, takesValue ? i + 2 : i + 1));
+    i += takesValue ? 2 : 1;
+  }
+  return [...args.slice(i), ...leading];
+}

@@ -1,0 +1,168 @@
+/**
+ * `torus ctl volume list|create-block|delete` and the `torus ctl block create` alias.
+ * Snapshots, dump and load of block volumes arrive with step 4 and say so.
+ * @module
+ */
+
+import {
+  type Command,
+  commandGroup,
+  ExitCode,
+  type Io,
+  metadataFlagOptions,
+  metadataFlagsHelp,
+  notImplementedCommand,
+  parseFlags,
+  renderCsv,
+  renderJson,
+  renderTable,
+} from "../../cli/mod.ts";
+import { formatSize, invalid, parseSize } from "../../core/mod.ts";
+import type { MetadataService, VolumeInfo } from "../../metadata/mod.ts";
+import { type CtlDeps, expectPositionals, metadataFlagsOf, withMetadata } from "./common.ts";
+
+const listFlags = {
+  ...metadataFlagOptions,
+  csv: { type: "boolean" },
+  si: { type: "boolean" },
+  json: { type: "boolean" },
+} as const;
+
+interface VolumeRow extends VolumeInfo {
+  /** `free`, `in-use` (its lock is held) or `unknown` (the lock could not be read). */
+  readonly status: string;
+  readonly holder?: string;
+}
+
+async function volumeRows(mds: MetadataService): Promise<VolumeRow[]> {
+  const { volumes } = await mds.volumes.listVolumes();
+  return await Promise.all(volumes.map(async (volume): Promise<VolumeRow> => {
+    try {
+      const lock = await mds.blockVolumes.lockStatus(volume.id);
+      return lock.state === "free"
+        ? { ...volume, status: "free" }
+        : { ...volume, status: "in-use", holder: lock.holder };
+    } catch {
+      return { ...volume, status: "unknown" };
+    }
+  }));
+}
+
+function printVolumes(
+  rows: VolumeRow[],
+  values: { csv?: boolean; si?: boolean; json?: boolean },
+  io: Io,
+) {
+  if (values.json) {
+    io.stdout(renderJson(rows));
+    return;
+  }
+  const header = ["VOLUME NAME", "SIZE", "TYPE", "STATUS"];
+  const size = (bytes: number) => formatSize(bytes, { si: values.si ?? false });
+  const cells = rows.map((v) => [v.name, size(v.sizeBytes), v.type, v.status]);
+  io.stdout(values.csv ? renderCsv(header, cells) : renderTable(header, cells));
+}
+
+function listCommand(deps: CtlDeps): Command {
+  return {
+    name: "list",
+    summary: "List volumes with their size, type and lock status",
+    help: `Usage: torus ctl volume list [--csv] [--si] [--json]
+
+Lists every volume: name, size, type and status (free, in-use when a client holds its lock).
+  --csv   comma-separated values with a header line
+  --si    sizes in powers of 1000 (kB, MB) instead of 1024 (KiB, MiB)
+  --json  machine-readable output
+
+${metadataFlagsHelp}
+`,
+    async run(args, io) {
+      const { values, positionals } = parseFlags(args, listFlags);
+      expectPositionals(positionals, []);
+      const rows = await withMetadata(deps, metadataFlagsOf(values), (m) => volumeRows(m.service));
+      printVolumes(rows, values, io);
+      return ExitCode.Ok;
+    },
+  };
+}
+
+function createBlockCommand(deps: CtlDeps, name: string, usage: string): Command {
+  return {
+    name,
+    summary: "Create a block volume: NAME SIZE (e.g. 10GiB)",
+    help: `Usage: ${usage} NAME SIZE
+
+Creates a block volume of SIZE bytes (512KiB, 10GiB, 20GB or plain bytes). No data is written:
+a new volume reads as zeros.
+
+${metadataFlagsHelp}
+`,
+    async run(args, io) {
+      const { values, positionals } = parseFlags(args, metadataFlagOptions);
+      expectPositionals(positionals, ["NAME", "SIZE"]);
+      const [volumeName, sizeText] = positionals as [string, string];
+      const sizeBytes = parseSize(sizeText);
+      const created = await withMetadata(deps, metadataFlagsOf(values), async (m) => {
+        return await m.service.volumes.createBlockVolume(volumeName, sizeBytes);
+      });
+      io.stdout(
+        `Created block volume "${created.name}" (id ${created.id}, ${
+          formatSize(created.sizeBytes)
+        })\n`,
+      );
+      return ExitCode.Ok;
+    },
+  };
+}
+
+function deleteCommand(deps: CtlDeps): Command {
+  return {
+    name: "delete",
+    summary: "Delete a volume (it must not be in use)",
+    help: `Usage: torus ctl volume delete NAME
+
+Deletes volume NAME and its snapshots. Fails while a client has it open (its lock is held). The
+volume's blocks are reclaimed later by garbage collection.
+
+${metadataFlagsHelp}
+`,
+    async run(args, io) {
+      const { values, positionals } = parseFlags(args, metadataFlagOptions);
+      expectPositionals(positionals, ["NAME"]);
+      const volumeName = positionals[0]!;
+      await withMetadata(deps, metadataFlagsOf(values), async (m) => {
+        const volume = await m.service.volumes.getVolume(volumeName);
+        if (volume.type !== "block") {
+          throw invalid(`volume "${volumeName}" has type ${volume.type}; only block is supported`);
+        }
+        await m.service.volumes.deleteVolume(volumeName);
+      });
+      io.stdout(`Deleted volume "${volumeName}"\n`);
+      return ExitCode.Ok;
+    },
+  };
+}
+
+/** `torus ctl volume`. */
+export function volumeCommand(deps: CtlDeps): Command {
+  return commandGroup("ctl volume", "Manage volumes", [
+    listCommand(deps),
+    createBlockCommand(deps, "create-block", "torus ctl volume create-block"),
+    deleteCommand(deps),
+  ]);
+}
+
+/** `torus ctl block`: create (an alias of volume create-block); the rest arrive with step 4. */
+export function blockCommand(deps: CtlDeps): Command {
+  const step = "step 4 (block volumes)";
+  return commandGroup(
+    "ctl block",
+    "Manage block volumes",
+    [
+      createBlockCommand(deps, "create", "torus ctl block create"),
+      notImplementedCommand("ctl block snapshot", "Create, list, delete, restore snapshots", step),
+      notImplementedCommand("ctl block dump", "Copy a volume to a file or stdout", step),
+      notImplementedCommand("ctl block load", "Create a volume from a file", step),
+    ].map((c) => ({ ...c, name: c.name.replace(/^ctl block /, "") })),
+  );
+}
