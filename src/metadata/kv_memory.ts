@@ -101,6 +101,27 @@ export class MemoryKvStore implements KvStore {
     this.#clock = options.clock ?? systemClock;
   }
 
+  /**
+   * Another handle on this store whose `close` leaves the store open, as a second process's
+   * connection to a shared store would be.
+   */
+  connection(): KvStore {
+    return {
+      kind: this.kind,
+      get: (key) => this.get(key),
+      range: (prefix) => this.range(prefix),
+      put: (key, value, options) => this.put(key, value, options),
+      delete: (key) => this.delete(key),
+      deletePrefix: (prefix) => this.deletePrefix(prefix),
+      txn: (request) => this.txn(request),
+      watchPrefix: (prefix, onEvents, options) => this.watchPrefix(prefix, onEvents, options),
+      grantLease: (ttlMs) => this.grantLease(ttlMs),
+      keepAliveLease: (lease) => this.keepAliveLease(lease),
+      revokeLease: (lease) => this.revokeLease(lease),
+      close: () => Promise.resolve(),
+    };
+  }
+
   /** The current store revision (for tests). */
   get revision(): number {
     return this.#revision;

@@ -232,7 +232,7 @@ async function changeMembers(
     const ring = ringFromMessage(current);
     if (!isModifiable(ring)) {
       throw invalid(
-        `a ${ringTypeNames[ring.type]} ring cannot ${verb} peers; ` +
+        `ring type ${ringTypeNames[ring.type]} cannot ${verb} peers; ` +
           "use torus ctl ring manual-change --type ketama",
       );
     }

@@ -103,7 +103,7 @@ ${metadataFlagsHelp}
           const ring = ringFromMessage(current);
           if (!isModifiable(ring)) {
             throw invalid(
-              `a ${ringTypeNames[ring.type]} ring has no replication to change; ` +
+              `ring type ${ringTypeNames[ring.type]} has no replication to change; ` +
                 "use torus ctl ring manual-change --type ketama",
             );
           }

@@ -1,0 +1,312 @@
+/**
+ * `torus ctl` end to end: the real program as subprocesses (`deno run -A main.ts ctl ...`) through
+ * init → config → volumes → peer registration → peer add/remove → ring changes → list-peers →
+ * wipe, on both backends: the embedded store of a temp data dir, and a real etcd with a unique
+ * key prefix. Output and exit codes are checked; independent error cases run in parallel to keep
+ * the test fast.
+ */
+
+import assert from "node:assert/strict";
+import { etcdAvailable, testEtcd } from "../support/test_etcd.ts";
+
+const root = new URL("../../", import.meta.url).pathname;
+const decoder = new TextDecoder();
+
+interface Result {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+interface Session {
+  /** Runs `torus ctl ARGS... BACKEND_FLAGS...`. */
+  ctl(...args: string[]): Promise<Result>;
+  backendFlags: string[];
+  home: string;
+}
+
+async function torus(args: string[], home: string): Promise<Result> {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", ...args],
+    cwd: root,
+    env: { HOME: home, RUST_BACKTRACE: "0", NO_COLOR: "1", TORUS_DATA_DIR: "" },
+    stdin: "null",
+  }).output();
+  return {
+    code: output.code,
+    stdout: decoder.decode(output.stdout),
+    stderr: decoder.decode(output.stderr),
+  };
+}
+
+function ok(result: Result, pattern?: RegExp): string {
+  assert.equal(result.code, 0, `expected success, got ${result.code}: ${result.stderr}`);
+  if (pattern) assert.match(result.stdout, pattern);
+  return result.stdout;
+}
+
+/** A failure: the exit code, exactly one line on stderr (two for usage errors), matching. */
+function fails(result: Result, code: 1 | 2, pattern: RegExp): void {
+  assert.equal(result.code, code, `expected exit ${code}: ${result.stdout}${result.stderr}`);
+  const lines = result.stderr.trimEnd().split("\n");
+  assert.equal(lines.length, code === 2 ? 2 : 1, `one-line error expected: ${result.stderr}`);
+  assert.match(lines[0]!, pattern);
+}
+
+/** The helper process that registers peers under a lease (see helpers/register_peers.ts). */
+async function registerPeers(session: Session, args: string[]): Promise<AsyncDisposable> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "tests/cli/helpers/register_peers.ts", ...args, ...session.backendFlags],
+    cwd: root,
+    env: { HOME: session.home, RUST_BACKTRACE: "0", NO_COLOR: "1" },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  while (!seen.includes("ready\n")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`helper exited before ready: ${seen}`);
+    seen += value;
+  }
+  return {
+    async [Symbol.asyncDispose]() {
+      await child.stdin.close();
+      await reader.cancel();
+      await child.status;
+    },
+  };
+}
+
+async function initAndConfig(s: Session) {
+  fails(await s.ctl("volume", "list"), 1, /cluster not initialised: run `torus ctl init`/);
+  ok(
+    await s.ctl("init"),
+    /^Initialised torus in .*block size 512 KiB, block spec crc,base, ring ketama \(replication 2\)\n$/,
+  );
+  const [again, view, viewJson, badSize, badSpec] = await Promise.all([
+    s.ctl("init"),
+    s.ctl("init", "--view"),
+    s.ctl("init", "--view", "--json"),
+    s.ctl("init", "--block-size", "12XB"),
+    s.ctl("init", "--block-spec", "crc,nope"),
+  ]);
+  fails(again, 1, /already initialised/);
+  assert.equal(ok(view), "Block size: 524288 bytes (512 KiB)\nBlock spec: crc,base\n");
+  assert.deepEqual(JSON.parse(ok(viewJson)), { blockSizeBytes: 524288, blockSpec: "crc,base" });
+  fails(badSize, 1, /invalid size "12XB"/);
+  fails(badSpec, 1, /nope/);
+}
+
+async function volumes(s: Session) {
+  ok(
+    await s.ctl("volume", "create-block", "db", "1GiB"),
+    /^Created block volume "db" \(id 2, 1 GiB\)\n$/,
+  );
+  ok(await s.ctl("block", "create", "logs", "10MiB"), /"logs" \(id 3, 10 MiB\)/);
+  const [dup, badSize, noArgs, unknown, list, csv, json, si] = await Promise.all([
+    s.ctl("volume", "create-block", "db", "1GiB"),
+    s.ctl("volume", "create-block", "x", "lots"),
+    s.ctl("volume", "create-block", "x"),
+    s.ctl("volume", "delete", "nope"),
+    s.ctl("volume", "list"),
+    s.ctl("volume", "list", "--csv"),
+    s.ctl("volume", "list", "--json"),
+    s.ctl("volume", "list", "--si"),
+  ]);
+  fails(dup, 1, /volume "db" already exists/);
+  fails(badSize, 1, /invalid size "lots"/);
+  fails(noArgs, 2, /expected NAME SIZE/);
+  fails(unknown, 1, /volume "nope" not found/);
+  assert.equal(
+    ok(list),
+    "VOLUME NAME  SIZE    TYPE   STATUS\ndb           1 GiB   block  free\nlogs         10 MiB  block  free\n",
+  );
+  assert.equal(
+    ok(csv),
+    "VOLUME NAME,SIZE,TYPE,STATUS\ndb,1 GiB,block,free\nlogs,10 MiB,block,free\n",
+  );
+  const rows = JSON.parse(ok(json));
+  assert.deepEqual(rows[0], {
+    id: 2,
+    name: "db",
+    type: "block",
+    sizeBytes: 1073741824,
+    status: "free",
+  });
+  assert.match(ok(si), /db +1\.1 GB +block/);
+  ok(await s.ctl("volume", "delete", "logs"), /^Deleted volume "logs"\n$/);
+}
+
+async function lockedVolume(s: Session) {
+  await using _helper = await registerPeers(s, ["--lock", "db"]);
+  const [del, list] = await Promise.all([s.ctl("volume", "delete", "db"), s.ctl("volume", "list")]);
+  fails(del, 1, /volume "db" is in use \(locked by e2e-helper\)/);
+  assert.match(ok(list), /db +1 GiB +block +in-use/);
+}
+
+const peerArgs = [
+  "--peer",
+  "uuid-a=tdp://127.0.0.1:40001:1000:100",
+  "--peer",
+  "uuid-b=tdp://127.0.0.1:40002:1000:300",
+  "--peer",
+  "uuid-c=tdp://127.0.0.1:40003:2000:0",
+  "--peer",
+  "uuid-client=:0:0",
+];
+
+async function peers(s: Session) {
+  const list = ok(await s.ctl("list-peers"));
+  const lines = list.trimEnd().split("\n");
+  assert.match(lines[0]!, /^ADDRESS +UUID +SIZE +USED +MEMBER +UPDATED +REB\/REP DATA$/);
+  assert.equal(lines.length, 5, list); // header, three nodes (the client is hidden), footer
+  assert.match(
+    lines[1]!,
+    /^tdp:\/\/127\.0\.0\.1:40001 +uuid-a +500 MiB +50 MiB +Avail +(just now|\d+ seconds? ago) +0 B\/sec$/,
+  );
+  assert.match(lines[4]!, /^Balanced: true Usage: 10\.00%$/);
+  const [unknown, both, none] = await Promise.all([
+    s.ctl("peer", "add", "uuid-zzz"),
+    s.ctl("peer", "add", "uuid-a", "--all-peers"),
+    s.ctl("peer", "add"),
+  ]);
+  fails(unknown, 1, /peer uuid-zzz is not currently registered; to add it anyway use --force/);
+  fails(both, 2, /not both/);
+  fails(none, 2, /at least one peer/);
+  ok(
+    await s.ctl("peer", "add", "127.0.0.1:40001", "uuid-b"),
+    /^Ring version 2: 2 member\(s\), replication 2\n$/,
+  );
+  ok(await s.ctl("peer", "add", "--force", "uuid-ghost"), /Ring version 3: 3 member/);
+  const withGhost = ok(await s.ctl("peer", "list"));
+  assert.match(withGhost, /\n +uuid-ghost +\?\?\? +\?\?\? +DOWN +Missing\n/);
+  assert.match(withGhost, /uuid-a .* OK /);
+  assert.match(withGhost, /uuid-c .* Avail /);
+  fails(await s.ctl("peer", "remove", "uuid-ghost"), 1, /use --force/);
+  ok(await s.ctl("peer", "remove", "--force", "uuid-ghost"), /Ring version 4: 2 member/);
+  const csv = ok(await s.ctl("list-peers", "--csv"));
+  assert.match(csv, /^ADDRESS,UUID,SIZE,USED,MEMBER,UPDATED,REB\/REP DATA\n/);
+  assert.ok(!csv.includes("Balanced"));
+  const json = JSON.parse(ok(await s.ctl("list-peers", "--json")));
+  assert.deepEqual(json.peers.map((p: { member: string }) => p.member), ["OK", "OK", "Avail"]);
+  assert.equal(json.ringVersion, 4);
+}
+
+async function rings(s: Session) {
+  const get = ok(await s.ctl("ring", "get"));
+  assert.match(get, /^Version: 4\n/);
+  assert.match(get, /uuid-a/);
+  const json = JSON.parse(ok(await s.ctl("ring", "get", "--json")));
+  assert.deepEqual([json.type, json.version, json.replication], ["ketama", 4, 2]);
+  const [zero, tooMany, notNumber, badType, single, unknownUuid] = await Promise.all([
+    s.ctl("ring", "set-replication", "0"),
+    s.ctl("ring", "set-replication", "3"),
+    s.ctl("ring", "set-replication", "two"),
+    s.ctl("ring", "manual-change", "--type", "triangle"),
+    s.ctl("ring", "manual-change", "--type", "single", "--uuids", "uuid-a,uuid-b"),
+    s.ctl("ring", "manual-change", "--uuids", "uuid-nope"),
+  ]);
+  fails(zero, 1, /at least 1/);
+  fails(tooMany, 1, /replication 3 exceeds the ring's 2 member/);
+  fails(notNumber, 1, /replication "two"/);
+  fails(badType, 1, /unknown ring type "triangle"/);
+  fails(single, 1, /exactly 1 peer/);
+  fails(unknownUuid, 1, /peer uuid-nope is not registered/);
+  ok(
+    await s.ctl("ring", "set-replication", "1"),
+    /^Ring version 5: ketama, replication 1, 2 member/,
+  );
+  ok(
+    await s.ctl("ring", "manual-change", "--type", "mod", "--all-peers", "-r", "2"),
+    /version 6: mod, replication 2, 3 member/,
+  );
+  // Original issue #364: a ring without peers can be set by hand.
+  ok(await s.ctl("ring", "manual-change", "--type", "empty", "-r", "1"), /version 7: empty/);
+  fails(
+    await s.ctl("ring", "set-replication", "1"),
+    1,
+    /ring type empty has no replication to change/,
+  );
+  fails(await s.ctl("peer", "add", "uuid-a"), 1, /ring type empty cannot add peers/);
+  ok(
+    await s.ctl("ring", "manual-change", "--type", "ketama", "--uuids", "uuid-a"),
+    /version 8: ketama, replication 2, 1 member/,
+  );
+}
+
+async function wipe(s: Session) {
+  fails(await s.ctl("wipe"), 1, /refusing to wipe all metadata without --yes-i-am-sure/);
+  ok(await s.ctl("wipe", "--yes-i-am-sure"), /^Wiped \d+ keys under \//);
+  fails(await s.ctl("ring", "get"), 1, /cluster not initialised/);
+}
+
+async function session(backendFlags: string[], body: (s: Session) => Promise<void>) {
+  const home = await Deno.makeTempDir({ prefix: "torus-e2e-home-" });
+  try {
+    await body({
+      backendFlags,
+      home,
+      ctl: (...args) => torus(["ctl", ...args, ...backendFlags], home),
+    });
+  } finally {
+    await Deno.remove(home, { recursive: true });
+  }
+}
+
+async function fullSession(s: Session) {
+  await initAndConfig(s);
+  await volumes(s);
+  await lockedVolume(s);
+  await using _peers = await registerPeers(s, peerArgs);
+  await peers(s);
+  await rings(s);
+  await wipe(s);
+}
+
+Deno.test("ctl e2e on the embedded store of a data dir", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "torus-e2e-data-" });
+  try {
+    await session(["--data-dir", dataDir], fullSession);
+    assert.equal((await Deno.stat(`${dataDir}/metadata`)).mode! & 0o777, 0o700);
+  } finally {
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: `ctl e2e on etcd${etcdAvailable() ? "" : " (ignored: etcd is not installed)"}`,
+  ignore: !etcdAvailable(),
+  async fn() {
+    await using etcd = await testEtcd();
+    const prefix = `/torus-e2e-${crypto.randomUUID()}/`;
+    await session(["-C", etcd.endpoint, "--metadata-prefix", prefix], async (s) => {
+      await fullSession(s);
+      // A profile in the config file replaces the flags.
+      const config = `${s.home}/.torus/config.json`;
+      ok(
+        await torus(["ctl", "config", "-C", etcd.endpoint, "--metadata-prefix", prefix], s.home),
+        /^Saved profile "default" in /,
+      );
+      assert.equal((await Deno.stat(config)).mode! & 0o777, 0o600);
+      assert.match(ok(await torus(["ctl", "config", "--view"], s.home)), /"etcd": "127\.0\.0\.1:/);
+      ok(await torus(["ctl", "init", "--no-ring"], s.home), /ring empty/);
+      ok(await torus(["ctl", "ring", "get"], s.home), /Version: 1/);
+      ok(await torus(["ctl", "wipe", "--yes-i-am-sure"], s.home));
+    });
+  },
+});
+
+Deno.test("ctl fails fast and in one line when etcd is unreachable", async () => {
+  const home = await Deno.makeTempDir({ prefix: "torus-e2e-home-" });
+  try {
+    const started = Date.now();
+    const result = await torus(["ctl", "-C", "127.0.0.1:1", "volume", "list"], home);
+    const elapsedMs = Date.now() - started;
+    fails(result, 1, /127\.0\.0\.1:1.*\(unavailable\)$/);
+    assert.ok(elapsedMs < 8_000, `took ${elapsedMs} ms`);
+  } finally {
+    await Deno.remove(home, { recursive: true });
+  }
+});
