@@ -197,7 +197,7 @@ function registerErrors(name: string, spec: string): void {
     await fill(f, 1);
     const aborted = AbortSignal.abort(new Error("stop"));
     await assert.rejects(f.blockset.getBlock(0, { signal: aborted }), /stop/);
-    assert.equal(f.store.reads.length <= 1, true);
+    assert.equal(f.store.reads.length, 0, "an aborted read never reaches the store");
     await f.store.close();
     await assert.rejects(f.blockset.getBlock(0), torusCode(ErrorCode.Closed));
     await assert.rejects(f.blockset.putBlock(f.epoch, 0, blockOf(1)), torusCode(ErrorCode.Closed));
@@ -241,8 +241,9 @@ function registerReadWrite(name: string, spec: string): void {
   Deno.test(`${name}: buffers handed in or out are never aliased`, async () => {
     const f = fixture(spec);
     const data = blockOf(1);
-    await f.blockset.putBlock(f.epoch, 0, data);
-    data.fill(2);
+    const putting = f.blockset.putBlock(f.epoch, 0, data);
+    data.fill(2); // the caller reuses its buffer before the put has finished
+    await putting;
     const first = await f.blockset.getBlock(0);
     first.fill(3);
     assert.deepEqual(await f.blockset.getBlock(0), blockOf(1));
