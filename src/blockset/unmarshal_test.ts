@@ -195,7 +195,7 @@ Deno.test("new refs skip past loaded refs of the epoch being written", async () 
   assert.ok(blockset.getAllBlockRefs()[3]!.index > 500n);
 });
 
-Deno.test("a loaded ref at the top of the index space makes that epoch's puts invalid", async () => {
+Deno.test("a loaded ref at the top of the index space makes puts invalid, never a reused ref", async () => {
   const epoch = new INodeRef(2, 5n);
   const top = { type: LayerKind.Base, content: epoch.blockRef(U64_MAX).toBytes() };
   const blockset = unmarshalBlockset([top], newStore());
