@@ -121,23 +121,28 @@ export function notImplementedCommand(name: string, summary: string, step: strin
 
 /**
  * Dispatches `args[0]` to one of `subcommands`; prints the group's help when no subcommand or
- * `--help` is given, and a usage error for an unknown one.
+ * `--help` is given, and a usage error for an unknown one. `options.path` is the full name of a
+ * nested group (`ctl peer`).
  */
 export function commandGroup(
   name: string,
   summary: string,
   subcommands: readonly Command[],
+  options: { path?: string } = {},
 ): Command {
+  // A nested group (`peer` inside `ctl`) is dispatched by its own name but speaks of itself by
+  // its full path (`torus ctl peer add`) in help and errors.
+  const path = options.path ?? name;
   const width = Math.max(...subcommands.map((c) => c.name.length));
   const help = [
-    `Usage: torus ${name} <command> [flags]`,
+    `Usage: torus ${path} <command> [flags]`,
     "",
     summary,
     "",
     "Commands:",
     ...subcommands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
     "",
-    `Run 'torus ${name} <command> --help' for the flags of a command.`,
+    `Run 'torus ${path} <command> --help' for the flags of a command.`,
   ].join("\n");
   return {
     name,
@@ -153,7 +158,7 @@ export function commandGroup(
       }
       const sub = subcommands.find((c) => c.name === first);
       if (!sub) throw new UsageError(`unknown command "${first}"`);
-      const qualified = { ...sub, name: `${name} ${sub.name}` };
+      const qualified = { ...sub, name: `${path} ${sub.name}` };
       return await runCommand(qualified, rest, io);
     },
   };

@@ -85,18 +85,14 @@ async function initAndConfig(s: Session) {
     await s.ctl("init"),
     /^Initialised torus in .*block size 512 KiB, block spec crc,base, ring ketama \(replication 2\)\n$/,
   );
-  const [again, view, viewJson, badSize, badSpec] = await Promise.all([
+  const [again, view, viewJson] = await Promise.all([
     s.ctl("init"),
     s.ctl("init", "--view"),
     s.ctl("init", "--view", "--json"),
-    s.ctl("init", "--block-size", "12XB"),
-    s.ctl("init", "--block-spec", "crc,nope"),
   ]);
   fails(again, 1, /already initialised/);
   assert.equal(ok(view), "Block size: 524288 bytes (512 KiB)\nBlock spec: crc,base\n");
   assert.deepEqual(JSON.parse(ok(viewJson)), { blockSizeBytes: 524288, blockSpec: "crc,base" });
-  fails(badSize, 1, /invalid size "12XB"/);
-  fails(badSpec, 1, /nope/);
 }
 
 async function volumes(s: Session) {
@@ -105,19 +101,16 @@ async function volumes(s: Session) {
     /^Created block volume "db" \(id 2, 1 GiB\)\n$/,
   );
   ok(await s.ctl("block", "create", "logs", "10MiB"), /"logs" \(id 3, 10 MiB\)/);
-  const [dup, badSize, noArgs, unknown, list, csv, json, si] = await Promise.all([
+  const [dup, badSize, unknown, list, csv, json] = await Promise.all([
     s.ctl("volume", "create-block", "db", "1GiB"),
     s.ctl("volume", "create-block", "x", "lots"),
-    s.ctl("volume", "create-block", "x"),
     s.ctl("volume", "delete", "nope"),
     s.ctl("volume", "list"),
     s.ctl("volume", "list", "--csv"),
     s.ctl("volume", "list", "--json"),
-    s.ctl("volume", "list", "--si"),
   ]);
   fails(dup, 1, /volume "db" already exists/);
   fails(badSize, 1, /invalid size "lots"/);
-  fails(noArgs, 2, /expected NAME SIZE/);
   fails(unknown, 1, /volume "nope" not found/);
   assert.equal(
     ok(list),
@@ -135,7 +128,6 @@ async function volumes(s: Session) {
     sizeBytes: 1073741824,
     status: "free",
   });
-  assert.match(ok(si), /db +1\.1 GB +block/);
   ok(await s.ctl("volume", "delete", "logs"), /^Deleted volume "logs"\n$/);
 }
 
@@ -167,53 +159,57 @@ async function peers(s: Session) {
     /^tdp:\/\/127\.0\.0\.1:40001 +uuid-a +500 MiB +50 MiB +Avail +(just now|\d+ seconds? ago) +0 B\/sec$/,
   );
   assert.match(lines[4]!, /^Balanced: true Usage: 10\.00%$/);
-  const [unknown, both, none] = await Promise.all([
-    s.ctl("peer", "add", "uuid-zzz"),
-    s.ctl("peer", "add", "uuid-a", "--all-peers"),
-    s.ctl("peer", "add"),
-  ]);
-  fails(unknown, 1, /peer uuid-zzz is not currently registered; to add it anyway use --force/);
-  fails(both, 2, /not both/);
-  fails(none, 2, /at least one peer/);
+  fails(
+    await s.ctl("peer", "add", "uuid-zzz"),
+    1,
+    /peer uuid-zzz is not currently registered; to add it anyway use --force/,
+  );
   ok(
     await s.ctl("peer", "add", "127.0.0.1:40001", "uuid-b"),
-    /^Ring version 2: 2 member\(s\), replication 2\n$/,
+    /^Ring version 2: ketama, replication 2, 2 member\(s\)\n$/,
   );
-  ok(await s.ctl("peer", "add", "--force", "uuid-ghost"), /Ring version 3: 3 member/);
+  ok(
+    await s.ctl("peer", "add", "--force", "uuid-ghost"),
+    /Ring version 3: ketama, replication 2, 3 member/,
+  );
   const withGhost = ok(await s.ctl("peer", "list"));
   assert.match(withGhost, /\n +uuid-ghost +\?\?\? +\?\?\? +DOWN +Missing\n/);
   assert.match(withGhost, /uuid-a .* OK /);
   assert.match(withGhost, /uuid-c .* Avail /);
-  fails(await s.ctl("peer", "remove", "uuid-ghost"), 1, /use --force/);
-  ok(await s.ctl("peer", "remove", "--force", "uuid-ghost"), /Ring version 4: 2 member/);
-  const csv = ok(await s.ctl("list-peers", "--csv"));
+  ok(
+    await s.ctl("peer", "remove", "--force", "uuid-ghost"),
+    /Ring version 4: ketama, replication 2, 2 member/,
+  );
+  const [csvResult, jsonResult] = await Promise.all([
+    s.ctl("list-peers", "--csv"),
+    s.ctl("list-peers", "--json"),
+  ]);
+  const csv = ok(csvResult);
   assert.match(csv, /^ADDRESS,UUID,SIZE,USED,MEMBER,UPDATED,REB\/REP DATA\n/);
   assert.ok(!csv.includes("Balanced"));
-  const json = JSON.parse(ok(await s.ctl("list-peers", "--json")));
+  const json = JSON.parse(ok(jsonResult));
   assert.deepEqual(json.peers.map((p: { member: string }) => p.member), ["OK", "OK", "Avail"]);
   assert.equal(json.ringVersion, 4);
 }
 
 async function rings(s: Session) {
-  const get = ok(await s.ctl("ring", "get"));
-  assert.match(get, /^Version: 4\n/);
-  assert.match(get, /uuid-a/);
-  const json = JSON.parse(ok(await s.ctl("ring", "get", "--json")));
-  assert.deepEqual([json.type, json.version, json.replication], ["ketama", 4, 2]);
-  const [zero, tooMany, notNumber, badType, single, unknownUuid] = await Promise.all([
+  const [getResult, jsonResult, zero, tooMany, badType, single] = await Promise.all([
+    s.ctl("ring", "get"),
+    s.ctl("ring", "get", "--json"),
     s.ctl("ring", "set-replication", "0"),
     s.ctl("ring", "set-replication", "3"),
-    s.ctl("ring", "set-replication", "two"),
     s.ctl("ring", "manual-change", "--type", "triangle"),
     s.ctl("ring", "manual-change", "--type", "single", "--uuids", "uuid-a,uuid-b"),
-    s.ctl("ring", "manual-change", "--uuids", "uuid-nope"),
   ]);
+  const get = ok(getResult);
+  assert.match(get, /^Ring: ketama\nVersion: 4\n/);
+  assert.match(get, /uuid-a/);
+  const json = JSON.parse(ok(jsonResult));
+  assert.deepEqual([json.type, json.version, json.replication], ["ketama", 4, 2]);
   fails(zero, 1, /at least 1/);
   fails(tooMany, 1, /replication 3 exceeds the ring's 2 member/);
-  fails(notNumber, 1, /replication "two"/);
   fails(badType, 1, /unknown ring type "triangle"/);
   fails(single, 1, /exactly 1 peer/);
-  fails(unknownUuid, 1, /peer uuid-nope is not registered/);
   ok(
     await s.ctl("ring", "set-replication", "1"),
     /^Ring version 5: ketama, replication 1, 2 member/,
@@ -224,15 +220,15 @@ async function rings(s: Session) {
   );
   // Original issue #364: a ring without peers can be set by hand.
   ok(await s.ctl("ring", "manual-change", "--type", "empty", "-r", "1"), /version 7: empty/);
-  fails(
-    await s.ctl("ring", "set-replication", "1"),
-    1,
-    /ring type empty has no replication to change/,
-  );
-  fails(await s.ctl("peer", "add", "uuid-a"), 1, /ring type empty cannot add peers/);
+  const [setOnEmpty, addOnEmpty] = await Promise.all([
+    s.ctl("ring", "set-replication", "1"),
+    s.ctl("peer", "add", "uuid-a"),
+  ]);
+  fails(setOnEmpty, 1, /ring type empty has no replication to change/);
+  fails(addOnEmpty, 1, /ring type empty cannot add peers/);
   ok(
-    await s.ctl("ring", "manual-change", "--type", "ketama", "--uuids", "uuid-a"),
-    /version 8: ketama, replication 2, 1 member/,
+    await s.ctl("ring", "manual-change", "--type", "ketama", "--uuids", "uuid-a", "-r", "1"),
+    /version 8: ketama, replication 1, 1 member/,
   );
 }
 
@@ -292,7 +288,7 @@ Deno.test({
       assert.equal((await Deno.stat(config)).mode! & 0o777, 0o600);
       assert.match(ok(await torus(["ctl", "config", "--view"], s.home)), /"etcd": "127\.0\.0\.1:/);
       ok(await torus(["ctl", "init", "--no-ring"], s.home), /ring empty/);
-      ok(await torus(["ctl", "ring", "get"], s.home), /Version: 1/);
+      ok(await torus(["ctl", "ring", "get"], s.home), /^Ring: empty\nVersion: 1\n/);
       ok(await torus(["ctl", "wipe", "--yes-i-am-sure"], s.home));
     });
   },

@@ -25,7 +25,7 @@ metadataServiceContract("etcd", async () => {
   const etcd = await testEtcd();
   return {
     open: () => openEtcdKv({ endpoints: [etcd.endpoint] }),
-    close: () => etcd[Symbol.asyncDispose](),
+    close: async () => await etcd[Symbol.asyncDispose](),
   };
 }, {
   // etcd raises short TTLs to its minimum (2 s here) and looks for expired leases every 500 ms.

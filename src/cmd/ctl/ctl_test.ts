@@ -191,7 +191,8 @@ Deno.test("ctl volume create-block, list and delete, with every bad input", asyn
     1,
     /volume "db" already exists \(exists\)$/,
   );
-  fails(await h.ctl("volume", "create-block", "x", "-5"), 1, /invalid size "-5"/);
+  fails(await h.ctl("volume", "create-block", "x", "-5"), 2, /Unknown option '-5'/);
+  fails(await h.ctl("volume", "create-block", "x", "12XB"), 1, /invalid size "12XB"/);
   fails(await h.ctl("volume", "create-block", "x", "0"), 1, /positive number of bytes/);
   fails(await h.ctl("volume", "create-block", "a/b", "1GiB"), 1, /may not contain/);
   fails(await h.ctl("volume", "create-block", "x"), 2, /expected NAME SIZE, got 1/);
@@ -205,7 +206,7 @@ Deno.test("ctl volume create-block, list and delete, with every bad input", asyn
   );
   assert.equal(
     ok(await h.ctl("volume", "list", "--si")).split("\n")[2],
-    "db           20 GB    block  free",
+    "db           20 GB   block  free",
   );
   const lease = await h.mds.leases.grant(60_000);
   await h.mds.blockVolumes.lock(2, { uuid: "client-1", lease });
@@ -257,10 +258,10 @@ Deno.test("list-peers shows members, available nodes, dead members and the foote
   assert.equal(
     ok(await h.ctl("list-peers")),
     [
-      "ADDRESS                UUID       SIZE   USED     MEMBER  UPDATED          REB/REP DATA",
-      "tdp://10.0.0.1:40001   uuid-1     2 GiB  512 MiB  OK      7 seconds ago",
-      "tdp://10.0.0.2:40002   uuid-2     2 GiB  0 B      Avail   2 seconds ago    0 B/sec",
-      "                       uuid-dead  ???    ???      DOWN    Missing",
+      "ADDRESS               UUID       SIZE   USED     MEMBER  UPDATED        REB/REP DATA",
+      "tdp://10.0.0.1:40001  uuid-1     2 GiB  512 MiB  OK      7 seconds ago  0 B/sec",
+      "tdp://10.0.0.2:40002  uuid-2     2 GiB  0 B      Avail   2 seconds ago  0 B/sec",
+      "                      uuid-dead  ???    ???      DOWN    Missing",
       "Balanced: false Usage: 12.50%",
       "",
     ].join("\n"),
@@ -288,13 +289,19 @@ Deno.test("peer add and remove resolve addresses and UUIDs; unknown peers need -
   );
   assert.equal(
     ok(await h.ctl("peer", "add", "10.0.0.1:40001")),
-    "Ring version 2: 1 member(s), replication 2\n",
+    "Ring version 2: ketama, replication 2, 1 member(s)\n",
   );
   fails(await h.ctl("peer", "add", "uuid-1"), 1, /\(exists\)$/);
-  assert.match(ok(await h.ctl("peer", "add", "--all-peers")), /version 3: 2 member/);
+  assert.match(
+    ok(await h.ctl("peer", "add", "--all-peers")),
+    /version 3: ketama, replication 2, 2 member/,
+  );
   fails(await h.ctl("peer", "remove", "uuid-x"), 1, /to remove it anyway use --force/);
   fails(await h.ctl("peer", "remove", "--force", "uuid-x"), 1, /\(not_exist\)$/);
-  assert.match(ok(await h.ctl("peer", "remove", "tdp://10.0.0.2:40002")), /version 4: 1 member/);
+  assert.match(
+    ok(await h.ctl("peer", "remove", "tdp://10.0.0.2:40002")),
+    /version 4: ketama, replication 2, 1 member/,
+  );
   const ring = await h.mds.cluster.getRing();
   assert.deepEqual(ring.peers.map((p) => p.uuid), ["uuid-1"]);
   assert.equal(ring.peers[0]!.totalBlocks, 2048n);
@@ -306,7 +313,7 @@ Deno.test("ring get, set-replication and manual-change check replication and rin
   await registerNodes(h);
   ok(await h.ctl("peer", "add", "--all-peers"));
   const text = ok(await h.ctl("ring", "get"));
-  assert.match(text, /^Version: 2\n/);
+  assert.match(text, /^Ring: ketama\nVersion: 2\n/);
   assert.match(text, /uuid-1/);
   const json = JSON.parse(ok(await h.ctl("ring", "get", "--json")));
   assert.deepEqual(json.members.map((m: { uuid: string }) => m.uuid), ["uuid-1", "uuid-2"]);

@@ -27,6 +27,7 @@ import type { MetadataService } from "../../metadata/mod.ts";
 import { emptyPeerInfo, type PeerInfo, type Ring as RingMessage } from "../../models/mod.ts";
 import { isModifiable, ringFromMessage, ringTypeNames } from "../../ring/mod.ts";
 import { type CtlDeps, metadataFlagsOf, withMetadata } from "./common.ts";
+import { ringSummary } from "./ring.ts";
 
 /** One row of the peer table. Sizes are null for members that are not registered. */
 export interface PeerRow {
@@ -39,7 +40,7 @@ export interface PeerRow {
   /** Last heartbeat in ms since the epoch; null when not registered. */
   readonly lastSeenMs: number | null;
   readonly rebalancing: boolean;
-  /** Bytes per second moved by the last rebalance; null when unknown. */
+  /** Bytes per second moved by the last rebalance (0 if none); null when not registered. */
   readonly rebalanceBytesPerSecond: number | null;
 }
 
@@ -55,11 +56,10 @@ export interface PeerReport {
 
 function rebalanceRate(peer: PeerInfo, blockSizeBytes: number): number | null {
   const info = peer.rebalanceInfo;
-  if (!info) return null;
-  if (info.lastRebalanceBlocks === 0n) return 0;
+  if (!info || info.lastRebalanceBlocks === 0n) return 0;
   // As the original: bytes moved over the time since the rebalance finished, in nanoseconds.
   const elapsedNs = Number(peer.lastSeen + 1n - info.lastRebalanceFinish);
-  if (elapsedNs <= 0) return null;
+  if (elapsedNs <= 0) return 0;
   return Number(info.lastRebalanceBlocks) * blockSizeBytes * 1e9 / elapsedNs;
 }
 
@@ -271,9 +271,7 @@ ${metadataFlagsHelp}
         });
         return await changeMembers(service, verb, peers);
       });
-      io.stdout(
-        `Ring version ${next.version}: ${next.peers.length} member(s), replication ${next.replicationFactor}\n`,
-      );
+      io.stdout(ringSummary(next));
       return ExitCode.Ok;
     },
   };
@@ -281,9 +279,9 @@ ${metadataFlagsHelp}
 
 /** `torus ctl peer`. */
 export function peerCommand(deps: CtlDeps): Command {
-  return commandGroup("ctl peer", "Manage the storage nodes of the ring", [
+  return commandGroup("peer", "Manage the storage nodes of the ring", [
     listPeersCommand(deps, "list", "torus ctl peer list"),
     changeCommand(deps, "add"),
     changeCommand(deps, "remove"),
-  ]);
+  ], { path: "ctl peer" });
 }

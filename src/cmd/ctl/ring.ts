@@ -42,7 +42,8 @@ export function ringJson(ring: Ring): Record<string, unknown> {
   };
 }
 
-function summary(message: RingMessage): string {
+/** One line describing a ring just written (`Ring version 3: ketama, replication 2, ...`). */
+export function ringSummary(message: RingMessage): string {
   const type = ringTypeNames[message.type as RingType] ?? `type ${message.type}`;
   return `Ring version ${message.version}: ${type}, replication ${message.replicationFactor}, ` +
     `${message.peers.length} member(s)\n`;
@@ -67,7 +68,7 @@ ${metadataFlagsHelp}
       });
       const ring = ringFromMessage(message);
       io.stdout(
-        values.json ? renderJson(ringJson(ring)) : `Version: ${ring.version}\n${ring.describe()}\n`,
+        values.json ? renderJson(ringJson(ring)) : `${ring.describe().trimEnd()}\n`,
       );
       return ExitCode.Ok;
     },
@@ -114,7 +115,7 @@ ${metadataFlagsHelp}
           return ring.changeReplication(replication).toMessage();
         });
       });
-      io.stdout(summary(next));
+      io.stdout(ringSummary(next));
       return ExitCode.Ok;
     },
   };
@@ -194,7 +195,7 @@ ${metadataFlagsHelp}
           createRing(type, { version: current.version + 1, replication, peers }).toMessage()
         );
       });
-      io.stdout(summary(next));
+      io.stdout(ringSummary(next));
       return ExitCode.Ok;
     },
   };
@@ -202,9 +203,9 @@ ${metadataFlagsHelp}
 
 /** `torus ctl ring`. */
 export function ringCommand(deps: CtlDeps): Command {
-  return commandGroup("ctl ring", "Inspect and change the placement ring", [
+  return commandGroup("ring", "Inspect and change the placement ring", [
     getCommand(deps),
     setReplicationCommand(deps),
     manualChangeCommand(deps),
-  ]);
+  ], { path: "ctl ring" });
 }

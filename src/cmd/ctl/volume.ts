@@ -145,18 +145,18 @@ ${metadataFlagsHelp}
 
 /** `torus ctl volume`. */
 export function volumeCommand(deps: CtlDeps): Command {
-  return commandGroup("ctl volume", "Manage volumes", [
+  return commandGroup("volume", "Manage volumes", [
     listCommand(deps),
     createBlockCommand(deps, "create-block", "torus ctl volume create-block"),
     deleteCommand(deps),
-  ]);
+  ], { path: "ctl volume" });
 }
 
 /** `torus ctl block`: create (an alias of volume create-block); the rest arrive with step 4. */
 export function blockCommand(deps: CtlDeps): Command {
   const step = "step 4 (block volumes)";
   return commandGroup(
-    "ctl block",
+    "block",
     "Manage block volumes",
     [
       createBlockCommand(deps, "create", "torus ctl block create"),
@@ -164,5 +164,6 @@ export function blockCommand(deps: CtlDeps): Command {
       notImplementedCommand("ctl block dump", "Copy a volume to a file or stdout", step),
       notImplementedCommand("ctl block load", "Create a volume from a file", step),
     ].map((c) => ({ ...c, name: c.name.replace(/^ctl block /, "") })),
+    { path: "ctl block" },
   );
 }
