@@ -53,8 +53,14 @@ function fails(result: Result, code: 1 | 2, pattern: RegExp): void {
   assert.match(lines[0]!, pattern);
 }
 
+/** A running helper process. */
+interface Helper extends AsyncDisposable {
+  /** SIGKILLs the helper: its lease is not revoked, so it must expire. */
+  kill(): Promise<void>;
+}
+
 /** The helper process that registers peers under a lease (see helpers/register_peers.ts). */
-async function registerPeers(session: Session, args: string[]): Promise<AsyncDisposable> {
+async function registerPeers(session: Session, args: string[]): Promise<Helper> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "tests/cli/helpers/register_peers.ts", ...args, ...session.backendFlags],
     cwd: root,
@@ -70,8 +76,17 @@ async function registerPeers(session: Session, args: string[]): Promise<AsyncDis
     if (done) throw new Error(`helper exited before ready: ${seen}`);
     seen += value;
   }
+  let exited = false;
   return {
+    async kill() {
+      child.kill("SIGKILL");
+      await reader.cancel();
+      await child.stdin.abort();
+      await child.status;
+      exited = true;
+    },
     async [Symbol.asyncDispose]() {
+      if (exited) return;
       await child.stdin.close();
       await reader.cancel();
       await child.status;
@@ -131,11 +146,18 @@ async function volumes(s: Session) {
   ok(await s.ctl("volume", "delete", "logs"), /^Deleted volume "logs"\n$/);
 }
 
+/** A lock held by another process blocks delete, and is released when that process dies. */
 async function lockedVolume(s: Session) {
-  await using _helper = await registerPeers(s, ["--lock", "db"]);
+  await using helper = await registerPeers(s, ["--lock", "db", "--ttl-ms", "2000"]);
   const [del, list] = await Promise.all([s.ctl("volume", "delete", "db"), s.ctl("volume", "list")]);
   fails(del, 1, /volume "db" is in use \(locked by e2e-helper\)/);
   assert.match(ok(list), /db +1 GiB +block +in-use/);
+  await helper.kill();
+  const killedAt = Date.now();
+  while (!/db +1 GiB +block +free/.test(ok(await s.ctl("volume", "list")))) {
+    assert.ok(Date.now() - killedAt < 10_000, "the dead holder's lease did not expire");
+    await new Promise((r) => setTimeout(r, 250));
+  }
 }
 
 const peerArgs = [
