@@ -178,7 +178,12 @@ export class ClusterMetadataImpl implements ClusterMetadata {
         return;
       }
       lastVersion = ring.version;
-      onRing(ring);
+      try {
+        onRing(ring);
+      } catch (error) {
+        // A subscriber's bug must not end the watch for every other subscriber.
+        log.error(`ring subscriber failed on version ${ring.version}: ${(error as Error).message}`);
+      }
     };
     const first = snapshot.results[0];
     if (first?.type === "get" && first.entries[0]) deliver(first.entries[0].value);
