@@ -19,8 +19,20 @@ export const REP_LAYER_COPIES_DEFAULT = 2;
 /** Most copies a `rep` layer may keep (each costs a full block write). */
 export const REP_LAYER_COPIES_MAX = 16;
 
-/** Virtual points per unit of ketama weight; see docs/adr/ for the balance measured. */
-export const KETAMA_POINTS_PER_PEER = 160;
+/**
+ * Ketama points of a member of average capacity. 1024 keeps every one of 3..50 equal peers
+ * within about ±15% of the mean share and builds a 50-peer ring in ~20 ms
+ * (docs/adr/0002-ketama-placement.md). Changing it moves data: every ring's placement changes.
+ */
+export const KETAMA_POINTS_PER_PEER = 1024;
+/** Most members a ring may have; a ring proto listing more is rejected as invalid. */
+export const RING_MEMBERS_MAX = 4096;
+/**
+ * Rings memoize the permutation of each distinct lookup outcome (a ketama point, a mod start)
+ * while outcomes x members stays within this many array slots (8 bytes each); larger rings
+ * compute each permutation on demand.
+ */
+export const RING_PERMUTATION_CACHE_ENTRIES_MAX = 2 ** 21;
 
 /** Lease TTL of a node or client registration and of the volume locks it holds. */
 export const LEASE_TTL_MS = 30_000;
