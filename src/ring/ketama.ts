@@ -10,7 +10,9 @@
  * UUID order, so every member appears exactly once.
  *
  * Invariants: the placement depends only on the set of (UUID, capacity) pairs, never on the
- * order members were listed or added in; equal points keep the owner with the smaller UUID. The
+ * order members were listed or added in. Equal points are all kept, the smaller UUID first (the
+ * original let the later one overwrite the earlier), so with equal capacities adding a member
+ * only inserts it into each permutation and removing one only deletes it. The
  * tables are built once per member set and shared, read-only, by rings that differ only in
  * version or replication.
  * @module
@@ -47,7 +49,7 @@ const POINTS_PER_DIGEST = 4;
 
 /** The placement tables of one member set. Read-only after construction. */
 export interface KetamaTable {
-  /** Distinct points, ascending. */
+  /** Points, ascending; equal points are ordered by owner. */
   readonly points: Uint32Array;
   /** `owners[i]` is the index in `uuids` of the member owning `points[i]`. */
   readonly owners: Uint32Array;
@@ -122,19 +124,15 @@ function buildTable(peers: readonly PeerInfo[], pointsPerPeer: number): KetamaTa
   const keys = pointKeys(uuids, counts).sort();
   const points = new Uint32Array(keys.length);
   const owners = new Uint32Array(keys.length);
-  let length = 0;
-  for (const key of keys) {
+  keys.forEach((key, i) => {
     const point = Math.floor(key / OWNER_INDEX_LIMIT);
-    // Keys sort by point, then owner: the first of equal points has the smaller UUID.
-    if (length > 0 && points[length - 1] === point) continue;
-    points[length] = point;
-    owners[length] = key - point * OWNER_INDEX_LIMIT;
-    length++;
-  }
-  const hasPoints = new Set(owners.subarray(0, length));
+    points[i] = point;
+    owners[i] = key - point * OWNER_INDEX_LIMIT;
+  });
+  const hasPoints = new Set(owners);
   return {
-    points: points.slice(0, length),
-    owners: owners.slice(0, length),
+    points,
+    owners,
     uuids,
     ownersWithPoints: hasPoints.size,
     pointless: Object.freeze(uuids.filter((_, owner) => !hasPoints.has(owner))),
@@ -209,7 +207,7 @@ export class KetamaRing extends ModifiableMemberRing {
     this.#cache = new PermutationCache(this.#table.points.length, this.members().length);
   }
 
-  /** Points on the circle (after dropping collisions). */
+  /** Points on the circle. */
   get pointCount(): number {
     return this.#table.points.length;
   }
