@@ -5,6 +5,7 @@
  */
 
 import { type Command, notImplementedCommand } from "../cli/mod.ts";
+import { ringtoolCommand } from "./ringtool.ts";
 import { versionCommand } from "./version.ts";
 
 /** Top-level commands in the order `torus help` lists them. */
@@ -13,6 +14,6 @@ export const commands: readonly Command[] = [
   notImplementedCommand("ctl", "Administer the cluster: init, peers, ring, volumes", "step 2"),
   notImplementedCommand("blk", "Serve volumes over NBD, attach kernel NBD devices", "step 4"),
   notImplementedCommand("aoe", "Serve a volume as an ATA-over-Ethernet target", "step 5"),
-  notImplementedCommand("ringtool", "Measure ring balance and movement", "step 1"),
+  ringtoolCommand,
   versionCommand,
 ];

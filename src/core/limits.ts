@@ -34,6 +34,9 @@ export const RING_MEMBERS_MAX = 4096;
  */
 export const RING_PERMUTATION_CACHE_ENTRIES_MAX = 2 ** 21;
 
+/** Most blocks `torus ringtool` simulates in one run (about 2 µs each). */
+export const RINGTOOL_BLOCKS_MAX = 2 ** 26;
+
 /** Lease TTL of a node or client registration and of the volume locks it holds. */
 export const LEASE_TTL_MS = 30_000;
 /** Heartbeat period; several heartbeats must fit into one lease TTL. */
