@@ -379,15 +379,27 @@ export function runRingtool(options: RingtoolOptions): RingtoolReport {
   };
 }
 
+const iecUnits = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"] as const;
+
+/** Bytes in the largest IEC unit with two decimals (`25.16 GiB`): balance needs the digits. */
+function size(bytes: number): string {
+  let value = Math.round(bytes);
+  let unit = 0;
+  while (value >= 1024 && unit < iecUnits.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(2)} ${iecUnits[unit]}`;
+}
+
 function formatBalance(title: string, report: BalanceReport): string[] {
-  const size = (bytes: number) => formatSize(Math.round(bytes));
   const stddevPercent = report.meanBytes === 0 ? 0 : (100 * report.stddevBytes) / report.meanBytes;
   return [
     `${title}: ${report.peers} peers, replication ${report.replication}`,
-    `  ${"PEER".padEnd(36)}  ${"BLOCKS".padStart(10)}  ${"BYTES".padStart(10)}  % OF MEAN`,
+    `  ${"PEER".padEnd(36)}  ${"BLOCKS".padStart(10)}  ${"BYTES".padStart(11)}  % OF MEAN`,
     ...report.perPeer.map((peer) =>
       `  ${peer.uuid.padEnd(36)}  ${String(peer.blocks).padStart(10)}  ${
-        size(peer.bytes).padStart(10)
+        size(peer.bytes).padStart(11)
       }  ${peer.percentOfMean.toFixed(1).padStart(8)}%`
     ),
     `Total: ${size(report.totalBytes)}, Mean: ${size(report.meanBytes)}, ` +
@@ -397,12 +409,11 @@ function formatBalance(title: string, report: BalanceReport): string[] {
 
 /** The human-readable report. */
 export function formatRingtoolReport(report: RingtoolReport): string {
-  const size = (bytes: number) => formatSize(bytes);
   const rewrittenPercent = (100 * report.rewrittenBlocks) / report.blocks;
   return [
     `Ring: ${report.ring}, seed ${report.seed}`,
-    `Unique blocks: ${report.blocks} of ${size(report.blockSizeBytes)} ` +
-    `(${size(report.blocks * report.blockSizeBytes)}), ` +
+    `Unique blocks: ${report.blocks} of ${formatSize(report.blockSizeBytes)} ` +
+    `(${formatSize(report.blocks * report.blockSizeBytes)}), ` +
     `${rewrittenPercent.toFixed(1)}% in rewritten files`,
     "",
     ...formatBalance("Before", report.before),
