@@ -7,11 +7,14 @@
  *
  * Contract (blockset_contract.ts runs it against every stack):
  * - `putBlock(inode, i, data)` writes `data` under a fresh BlockRef of write epoch `inode` and
- *   records it at index i; i may be < length (overwrite) or == length (append).
- * - `getBlock(i)` returns the block at i; an unset (zero) entry reads as a zero-filled block;
- *   i >= length throws `not_exist`; data failing a layer's check throws `block_unavailable`
- *   (never returned as data).
- * - `truncate(n)` grows with unset entries or cuts; `trim(from, to)` unsets [from, to).
+ *   records it at index i; i may be < length (overwrite) or == length (append); i > length and
+ *   data longer than a block are `invalid`. Shorter data is zero-padded. A put that fails (or
+ *   loses a race with a truncate) leaves the blockset as it was.
+ * - `getBlock(i)` returns the block at i; an unset (zero) entry reads as a zero-filled block
+ *   without a store call; i >= length throws `not_exist`; data failing a layer's check, or a set
+ *   block the store no longer has, throws `block_unavailable` (never returned as data).
+ * - `truncate(n)` grows with unset entries or cuts; `trim(from, to)` unsets [from, to), which must
+ *   lie within [0, length) (`invalid` otherwise), as must the range of `marshalRange`.
  * - `marshal()` into INode.blocks and `unmarshalBlockset` back give an equal blockset.
  *   `marshalRange(from, to)` marshals only indexes [from, to) (the unit of a chunked block map, so
  *   a sync rewrites only the chunks that changed) and `loadRange(from, layers)` puts such a chunk

@@ -167,7 +167,7 @@ export class BlockRef {
 
   /** Decodes 24 bytes at `offset` of `bytes`. */
   static fromBytes(bytes: Uint8Array, offset = 0): BlockRef {
-    if (offset < 0 || bytes.length - offset < BLOCK_REF_BYTES) {
+    if (!Number.isSafeInteger(offset) || offset < 0 || bytes.length - offset < BLOCK_REF_BYTES) {
       throw invalid(`BlockRef needs ${BLOCK_REF_BYTES} bytes at offset ${offset}`);
     }
     const view = new DataView(bytes.buffer, bytes.byteOffset + offset, BLOCK_REF_BYTES);

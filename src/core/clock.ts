@@ -4,6 +4,7 @@
  * @module
  */
 
+import { assert } from "./assert.ts";
 import { closed } from "./errors.ts";
 
 /** Wall-clock and timer source. */
@@ -59,17 +60,31 @@ export class ManualClock implements Clock {
     if (this.#closed) return Promise.reject(closed("clock closed"));
     if (signal?.aborted) return Promise.reject(signal.reason);
     return new Promise((resolve, reject) => {
-      const sleeper: Sleeper = { wakeAtMs: this.#nowMs + Math.max(0, ms), resolve, reject };
-      this.#sleepers.push(sleeper);
-      signal?.addEventListener("abort", () => {
+      const onAbort = () => {
         this.#sleepers = this.#sleepers.filter((s) => s !== sleeper);
-        reject(signal.reason);
-      }, { once: true });
+        reject(signal?.reason);
+      };
+      // The listener goes when the sleeper settles, so a long-lived signal shared by many
+      // sleeps does not collect one listener per sleep.
+      const sleeper: Sleeper = {
+        wakeAtMs: this.#nowMs + Math.max(0, ms),
+        resolve: () => {
+          signal?.removeEventListener("abort", onAbort);
+          resolve();
+        },
+        reject: (reason) => {
+          signal?.removeEventListener("abort", onAbort);
+          reject(reason);
+        },
+      };
+      this.#sleepers.push(sleeper);
+      signal?.addEventListener("abort", onAbort, { once: true });
     });
   }
 
   /** Moves time forward by `ms`, waking every sleeper whose deadline has passed, in order. */
   async advance(ms: number): Promise<void> {
+    assert(Number.isFinite(ms) && ms >= 0, "ManualClock.advance: time only moves forward");
     const targetMs = this.#nowMs + ms;
     for (;;) {
       const due = this.#sleepers

@@ -77,5 +77,5 @@ export function closed(message: string, options?: ErrorOptions): TorusError {
 /** The message of any thrown value, as one line (for CLI output and logs). */
 export function errorMessage(error: unknown): string {
   const text = error instanceof Error ? error.message : String(error);
-  return text.replaceAll(/\s*\n\s*/g, " ").trim();
+  return text.replaceAll(/\s*[\r\n]+\s*/g, " ").trim();
 }

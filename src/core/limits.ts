@@ -18,6 +18,12 @@ export const REPLICATION_DEFAULT = 2;
 export const REP_LAYER_COPIES_DEFAULT = 2;
 /** Most copies a `rep` layer may keep (each costs a full block write). */
 export const REP_LAYER_COPIES_MAX = 16;
+/**
+ * Most indexes one blockset may hold. A blockset keeps 24 bytes (+4 per crc layer, +24 per extra
+ * copy) per index in memory, so this bounds a map at 24 GiB before any allocation is attempted; at
+ * the default block size it is a 512 PiB volume.
+ */
+export const BLOCKSET_BLOCKS_MAX = 2 ** 30;
 
 /**
  * Ketama points of a member of average capacity. 1024 keeps every one of 3..50 equal peers

@@ -53,12 +53,20 @@ export function setLogSink(newSink: Sink): void {
 
 /** Applies a `pkg=L,pkg2=L` string (`*` = all packages), as `--logpkg`. */
 export function configureLogPackages(spec: string): void {
-  for (const part of spec.split(",").map((p) => p.trim()).filter((p) => p !== "")) {
-    const [name, letter] = part.split("=");
-    const level = levelLetters.indexOf((letter ?? "").toUpperCase() as typeof levelLetters[0]);
-    if (!name || level < 0) throw invalid(`invalid log spec "${part}": expected package=LEVEL`);
-    if (name === "*") globalLevel = level as LogLevel;
-    else packageLevels.set(name, level as LogLevel);
+  const parts = spec.split(",").map((p) => p.trim()).filter((p) => p !== "");
+  // Every part is checked before any is applied, so a bad spec changes nothing.
+  const settings = parts.map((part): [string, LogLevel] => {
+    const pieces = part.split("=").map((piece) => piece.trim());
+    const letter = (pieces[1] ?? "").toUpperCase() as typeof levelLetters[number];
+    const level = levelLetters.indexOf(letter);
+    if (pieces.length !== 2 || !pieces[0] || level < 0) {
+      throw invalid(`invalid log spec "${part}": expected package=LEVEL`);
+    }
+    return [pieces[0], level as LogLevel];
+  });
+  for (const [name, level] of settings) {
+    if (name === "*") globalLevel = level;
+    else packageLevels.set(name, level);
   }
 }
 

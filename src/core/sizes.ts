@@ -64,7 +64,7 @@ export function parseSizeOrPercent(text: string, filesystemBytes: () => number):
   if (!trimmed.endsWith("%")) return parseSize(trimmed);
   const percentText = trimmed.slice(0, -1).trim();
   const percent = Number(percentText);
-  if (!/^\d+(\.\d+)?$/.test(percentText) || percent <= 0 || percent > 100) {
+  if (!/^\d+(\.\d+)?$/.test(percentText) || percent < 1 || percent > 100) {
     throw invalid(`invalid size "${text}": a percentage must be between 1% and 100%`);
   }
   return Math.floor(filesystemBytes() * percent / 100);
@@ -75,7 +75,8 @@ const siUnits = ["B", "kB", "MB", "GB", "TB", "PB", "EB"] as const;
 
 /**
  * Formats bytes for humans: `512 KiB`, `1.5 GiB` (IEC), or with `si` `524 kB`. One decimal below
- * 10 units, none above, as go-humanize printed.
+ * 10 units and none above, as go-humanize printed, except that a zero decimal is dropped (`1 GiB`
+ * where go-humanize printed `1.0 GiB`).
  */
 export function formatSize(bytes: number, options: { si?: boolean } = {}): string {
   const base = options.si ? 1000 : 1024;

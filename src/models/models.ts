@@ -145,20 +145,65 @@ function convertIn(field: protobuf.Field, value: unknown): unknown {
   return one(value);
 }
 
-/** Converts our form into what protobufjs's fromObject accepts (longs as decimal strings). */
+/** Whether `value` is the proto3 default of a singular scalar field. */
+function isScalarDefault(field: protobuf.Field, value: unknown): boolean {
+  if (field.repeated || field instanceof protobuf.MapField) return false;
+  if (field.resolvedType instanceof protobuf.Type) return false;
+  if (value instanceof Uint8Array) return value.length === 0;
+  return value === 0n || value === 0 || value === false || value === "";
+}
+
+/**
+ * Converts our form into what protobufjs's fromObject accepts (longs as decimal strings).
+ * Scalars at their default are left out, as proto3 encoders (the original's Go code among them)
+ * do: protobufjs would write every field fromObject set, zeros included.
+ */
 function toWire(type: protobuf.Type, message: Plain): Plain {
   const out: Plain = {};
   for (const field of type.fieldsArray) {
     const value = message[field.name];
     if (value === undefined || value === null) continue;
-    out[field.name] = convertOut(field, value);
+    const converted = convertOut(field, value);
+    if (!isScalarDefault(field, value)) out[field.name] = converted;
   }
   return out;
+}
+
+/** Inclusive ranges of the integer field types; protobufjs would wrap values outside them. */
+const integerRanges: ReadonlyMap<string, readonly [bigint, bigint]> = new Map([
+  ["uint64", [0n, (1n << 64n) - 1n]],
+  ["fixed64", [0n, (1n << 64n) - 1n]],
+  ["int64", [-(1n << 63n), (1n << 63n) - 1n]],
+  ["sint64", [-(1n << 63n), (1n << 63n) - 1n]],
+  ["sfixed64", [-(1n << 63n), (1n << 63n) - 1n]],
+  ["uint32", [0n, (1n << 32n) - 1n]],
+  ["fixed32", [0n, (1n << 32n) - 1n]],
+  ["int32", [-(1n << 31n), (1n << 31n) - 1n]],
+  ["sint32", [-(1n << 31n), (1n << 31n) - 1n]],
+  ["sfixed32", [-(1n << 31n), (1n << 31n) - 1n]],
+]);
+
+/**
+ * Checks an integer field before encoding: 64-bit fields take bigints, 32-bit fields integer
+ * numbers, both within the type's range. Without this, -1n would be written as 2^64-1 and 2^32
+ * as 0.
+ */
+function checkInteger(field: protobuf.Field, value: unknown): void {
+  const range = integerRanges.get(field.type);
+  if (range === undefined) return;
+  const long = longTypes.has(field.type);
+  const exact = long ? typeof value === "bigint" : Number.isSafeInteger(value);
+  const asBigint = exact ? BigInt(value as bigint | number) : undefined;
+  if (asBigint === undefined || asBigint < range[0] || asBigint > range[1]) {
+    const shown = typeof value === "bigint" ? `${value}n` : String(value);
+    throw invalid(`cannot encode ${field.fullName.slice(1)} = ${shown}: not a ${field.type}`);
+  }
 }
 
 function convertOut(field: protobuf.Field, value: unknown): unknown {
   const one = (v: unknown): unknown => {
     if (field.resolvedType instanceof protobuf.Type) return toWire(field.resolvedType, v as Plain);
+    checkInteger(field, v);
     if (longTypes.has(field.type)) return (v as bigint).toString();
     return v;
   };
@@ -182,7 +227,9 @@ function codec<T>(name: string): Codec<T> {
     typeName: `models.${name}`,
     encode(message: T): Uint8Array {
       const wire = type.fromObject(toWire(type, message as Plain));
-      return type.encode(wire).finish().slice();
+      // protobufjs writes into a Node Buffer under Deno; hand out a plain Uint8Array copy, whose
+      // slice() copies as callers expect (Buffer's slice() is a view).
+      return new Uint8Array(type.encode(wire).finish());
     },
     decode(bytes: Uint8Array): T {
       let decoded: protobuf.Message;

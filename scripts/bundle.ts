@@ -1,0 +1,63 @@
+/**
+ * `deno task bundle`: builds dist/torus.js, one file that runs with `deno run -A dist/torus.js`.
+ * Pure-JS dependencies are inlined. Packages that cannot be inlined (a native addon, etcd3 which
+ * reads its .proto files at run time, grpc-js) stay external and are rewritten to pinned `npm:`
+ * specifiers, which Deno fetches into its cache on first use; no node_modules is needed beside
+ * the file.
+ */
+
+const root = new URL("../", import.meta.url).pathname;
+const external = ["@node-rs/crc32", "etcd3", "@grpc/grpc-js"];
+
+/** Exact versions of the external packages, from package.json (they are pinned there). */
+async function pinnedVersions(): Promise<Map<string, string>> {
+  const pkg = JSON.parse(await Deno.readTextFile(`${root}package.json`));
+  const versions = new Map<string, string>();
+  for (const name of external) {
+    const version = pkg.dependencies?.[name];
+    if (typeof version !== "string" || !/^\d+\.\d+\.\d+$/.test(version)) {
+      throw new Error(`package.json must pin ${name} to an exact version, found ${version}`);
+    }
+    versions.set(name, version);
+  }
+  return versions;
+}
+
+/** Rewrites `from "pkg"` / `import("pkg")` of external packages to `npm:pkg@version`. */
+export function pinExternalImports(code: string, versions: Map<string, string>): string {
+  let out = code;
+  for (const [name, version] of versions) {
+    const escaped = name.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+    const pattern = new RegExp(`(from\\s*|import\\s*\\(\\s*|import\\s*)(["'])${escaped}\\2`, "g");
+    out = out.replace(pattern, `$1$2npm:${name}@${version}$2`);
+  }
+  return out;
+}
+
+async function main(): Promise<void> {
+  const output = Deno.args[0] ?? `${root}dist/torus.js`;
+  await Deno.mkdir(output.replace(/\/[^/]*$/, ""), { recursive: true });
+  const args = [
+    "bundle",
+    "--platform=deno",
+    ...external.flatMap((name) => ["--external", name]),
+    "-o",
+    output,
+    `${root}main.ts`,
+  ];
+  const result = await new Deno.Command(Deno.execPath(), { args, cwd: root }).output();
+  if (!result.success) {
+    console.error(new TextDecoder().decode(result.stderr));
+    Deno.exit(1);
+  }
+  const code = await Deno.readTextFile(output);
+  const pinned = pinExternalImports(code, await pinnedVersions());
+  await Deno.writeTextFile(
+    output,
+    "#!/usr/bin/env -S deno run -A\n" + pinned.replace(/^#!.*\n/, ""),
+  );
+  await Deno.chmod(output, 0o755);
+  console.log(`wrote ${output} (${(pinned.length / 1024).toFixed(0)} KiB)`);
+}
+
+if (import.meta.main) await main();
