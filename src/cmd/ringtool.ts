@@ -49,8 +49,8 @@ Flags:
   --nodes N             peers before the change (default 5)
   --delta N             peers to add (positive) or remove (negative) (default 2)
   --block-size SIZE     block size, e.g. 256KiB (default 256KiB)
-  --total-data SIZE     data to place (default 64GiB = 262144 blocks of 256 KiB, a few
-                        seconds; the original's 1TiB = 4M blocks takes about a minute)
+  --total-data SIZE     data to place (default 64GiB = 262144 blocks of 256 KiB, under a
+                        second; the original's default 1TiB = 4Mi blocks takes ~8 s)
   --rewrite-edge N      rewritten-file threshold in percent (default 40)
   --seed N              seed of the peer UUIDs and the files, to replay a run (default: random,
                         printed)
