@@ -43,7 +43,7 @@ function without(ring: Ring, uuid: string, refs: ReturnType<typeof testRefs>): s
 // per peer the arcs vary by ~3% and 100k refs add ~2% of sampling noise at 50 peers; the worst peer
 // over 3..50 peers measured 11-14.5% across ten seeds.
 const seed = testSeed();
-Deno.test(`ketama ring: every one of 3..50 equal peers gets its share of primaries within ±20% (seed=${seed})`, () => {
+Deno.test(`ketama ring: 3..50 equal peers each get their share ±20% (seed=${seed})`, () => {
   const refs = fileRefs(100_000);
   for (let count = 3; count <= 50; count++) {
     const ring = ketama(testPeers(count, seed + count), 1);
@@ -65,7 +65,7 @@ Deno.test(`ketama ring: shares follow capacity (seed=${seed})`, () => {
   });
 });
 
-Deno.test(`ketama ring: a peer with twice the capacity gets about twice the blocks (seed=${seed})`, () => {
+Deno.test(`ketama ring: twice the capacity gets about twice the blocks (seed=${seed})`, () => {
   const peers = withCapacity(testPeers(4, seed), [1n, 1n, 1n, 2n].map((c) => c << 30n));
   const shares = primaryShares(ketama(peers), fileRefs(100_000));
   const small = (shares.get(peers[0]!.uuid)! + shares.get(peers[1]!.uuid)! +
@@ -74,7 +74,7 @@ Deno.test(`ketama ring: a peer with twice the capacity gets about twice the bloc
   assert.ok(ratio > 1.7 && ratio < 2.3, `twice the capacity got ${ratio} times the blocks`);
 });
 
-Deno.test(`ketama ring: adding one peer to n moves about 1/(n+1) of primaries, all to it (seed=${seed})`, () => {
+Deno.test(`ketama ring: adding a peer moves ~1/(n+1) of primaries to it (seed=${seed})`, () => {
   const refs = fileRefs(30_000);
   for (const count of [3, 5, 10, 20, 49]) {
     const ring = ketama(testPeers(count, seed + count));
@@ -89,7 +89,7 @@ Deno.test(`ketama ring: adding one peer to n moves about 1/(n+1) of primaries, a
   }
 });
 
-Deno.test(`ketama ring: removing one of n peers moves only its own primaries (seed=${seed})`, () => {
+Deno.test(`ketama ring: removing a peer moves only its own primaries (seed=${seed})`, () => {
   const refs = fileRefs(30_000);
   for (const count of [3, 6, 11, 50]) {
     const ring = ketama(testPeers(count, seed + count));

@@ -28,7 +28,7 @@ Deno.test("mod ring: starts at CRC-32(ref) mod n in the sorted UUIDs and rotates
 });
 
 // Sampling noise alone is ±2.2% (one sigma) per peer at 50 peers and 100k refs.
-Deno.test("mod ring: every one of 3..50 equal peers gets its share of primaries within ±12%", () => {
+Deno.test("mod ring: 3..50 equal peers each get their share of primaries ±12%", () => {
   const refs = fileRefs(100_000);
   for (let count = 3; count <= 50; count++) {
     const ring = createRing(RingType.Mod, {

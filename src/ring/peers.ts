@@ -51,7 +51,9 @@ export function checkReplication(replication: number, min: number): number {
   if (
     !Number.isSafeInteger(replication) || replication < min || replication > RING_REPLICATION_MAX
   ) {
-    throw invalid(`replication must be an integer >= ${min}, got ${replication}`);
+    throw invalid(
+      `replication must be an integer in ${min}..${RING_REPLICATION_MAX}, got ${replication}`,
+    );
   }
   return replication;
 }

@@ -39,7 +39,7 @@ function field(stdout: string, name: string): string {
 
 const small = ["--seed", "7", "--total-data", "2GiB", "--nodes", "5", "--delta", "1"];
 
-Deno.test("ringtool: ketama going 5->6 peers sends about what the new peer must receive", async () => {
+Deno.test("ringtool: ketama going 5->6 peers sends about what the newcomer must get", async () => {
   const run = await ringtool("--ring", "ketama", ...small);
   assert.equal(run.code, 0, run.stderr);
   const kept = Number(field(run.stdout, "Blocks Kept"));
