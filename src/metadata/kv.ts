@@ -16,6 +16,25 @@
  *   `fromRevision`), in revision order, including deletions caused by lease expiry.
  * - A store that cannot be reached makes calls fail with `unavailable` within the call timeout;
  *   it never hangs and never applies half a transaction.
+ *
+ * Details every driver keeps identically (they are etcd's rules, so both drivers behave alike):
+ * - A revision is consumed only by a change: a transaction that changes nothing (reads, or a
+ *   delete of an absent key) leaves the store revision as it was. All changes of one transaction
+ *   share one revision. The first change of an empty store gets revision 2.
+ * - A `value` compare on an absent key is false for both `==` and `!=`.
+ * - One branch may not put the same key twice, nor put a key it also deletes: `invalid`.
+ * - Limits (src/core/limits.ts): keys are 1..KV_KEY_MAX_BYTES of well-formed UTF-8 (prefixes may
+ *   be empty), values at most KV_VALUE_MAX_BYTES, one request at most KV_REQUEST_MAX_BYTES of keys
+ *   and values, at most KV_TXN_OPS_MAX compares and ops per branch; beyond them: `invalid`.
+ * - A put naming an unknown or expired lease throws `not_exist` and changes nothing.
+ * - Lease TTLs are whole seconds on etcd (rounded up; etcd raises very short ones to its
+ *   minimum, about 2 s); the embedded store keeps milliseconds.
+ * - To read a consistent state and then follow it, read inside a `txn` (its `revision`) and watch
+ *   with `fromRevision: revision + 1`. A `fromRevision` older than the kept history fails with
+ *   `not_exist` (etcd's compaction; the embedded store's trimmed change log).
+ * - Closing the store ends its open watches: each gets `onError` with `closed`. Closing a watch
+ *   itself calls no `onError`. Calls after close throw `closed`.
+ * - Entries and events handed out are fresh copies; values handed in are copied before use.
  * @module
  */
 

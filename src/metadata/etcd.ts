@@ -1,0 +1,452 @@
+/**
+ * The etcd driver of KvStore, over npm:etcd3's raw gRPC clients (KV, Lease, Watch), so every
+ * request is exactly one etcd v3 RPC and the semantics are etcd's own (see kv.ts).
+ *
+ * Invariants:
+ * - Every call carries a gRPC deadline of `callTimeoutMs` and a watchdog timer of the same length,
+ *   so no call outlives it: a lost etcd surfaces as `unavailable`, never as a hang.
+ * - etcd3's own retry and circuit-breaker policies are replaced by pass-through ones: a call is
+ *   retried only on another endpoint, only when etcd could not be reached at all, and only
+ *   before its deadline. (The breaker would otherwise fail every call for 5 s after etcd is back.)
+ * - Opening probes the cluster within `connectTimeoutMs`; an unreachable etcd fails the open.
+ * - `close` ends watches, fails in-flight calls with `closed` and closes every channel; nothing
+ *   of the store (timers, sockets) survives it.
+ * @module
+ */
+
+import { Buffer } from "node:buffer";
+import { Etcd3, type IKeyValue, type IOptions, type IRequestOp, type IResponseOp } from "etcd3";
+import {
+  closed,
+  invalid,
+  isTorusError,
+  KV_RESPONSE_MAX_BYTES,
+  KV_WATCH_RETRY_MAX_MS,
+  METADATA_CALL_TIMEOUT_MS,
+  METADATA_CONNECT_TIMEOUT_MS,
+  notExist,
+  TorusError,
+} from "../core/mod.ts";
+import type {
+  Compare,
+  KvEntry,
+  KvStore,
+  LeaseId,
+  TxnOp,
+  TxnOpResult,
+  TxnRequest,
+  TxnResponse,
+  Watch,
+  WatchEvent,
+  WatchOptions,
+} from "./kv.ts";
+import {
+  checkLeaseId,
+  checkPut,
+  checkTtlMs,
+  checkTxn,
+  decodeKey,
+  encodeKey,
+  encodePrefix,
+  prefixEnd,
+} from "./kv_common.ts";
+import { etcdError } from "./etcd_errors.ts";
+import { closeStream, EtcdPrefixWatch } from "./etcd_watch.ts";
+
+/** Options of {@link openEtcdKv}. */
+export interface EtcdKvOptions {
+  /** `host:port` endpoints (`http://` and `https://` prefixes accepted; commas split too). */
+  readonly endpoints: readonly string[];
+  /** Client certificate, its key and the CA that signed etcd's certificate (PEM files). */
+  readonly certFile?: string;
+  readonly keyFile?: string;
+  readonly caFile?: string;
+  /** Deadline of each call (default METADATA_CALL_TIMEOUT_MS). */
+  readonly callTimeoutMs?: number;
+  /** How long opening waits for etcd (default METADATA_CONNECT_TIMEOUT_MS). */
+  readonly connectTimeoutMs?: number;
+  /** How long a watch keeps reconnecting before it gives up (default KV_WATCH_RETRY_MAX_MS). */
+  readonly watchRetryMaxMs?: number;
+}
+
+type Policy = NonNullable<NonNullable<IOptions["faultHandling"]>["global"]>;
+
+/** A fault policy that runs the call once: retries and breakers are decided here instead. */
+const passThrough = {
+  execute: (fn: (context: { signal: AbortSignal; attempt: number }) => unknown) =>
+    Promise.resolve(fn({ signal: new AbortController().signal, attempt: 0 })),
+} as unknown as Policy;
+
+/** Endpoints as etcd3 wants them, plus whether they ask for TLS. */
+export interface ParsedEndpoints {
+  readonly hosts: string[];
+  readonly secure: boolean;
+}
+
+/** Splits and checks endpoints: `host:port` with an optional http(s):// prefix. */
+export function parseEndpoints(endpoints: readonly string[]): ParsedEndpoints {
+  const items = endpoints.flatMap((e) => e.split(",")).map((e) => e.trim()).filter((e) => e);
+  if (items.length === 0) throw invalid("no etcd endpoint given");
+  const schemes = new Set<string>();
+  const hosts = items.map((item) => {
+    const match = /^(?:(https?):\/\/)?([^/\s]+?):(\d{1,5})\/?$/.exec(item);
+    const port = Number(match?.[3]);
+    if (!match || port < 1 || port > 65535) {
+      throw invalid(`etcd endpoint ${item} is not host:port`);
+    }
+    schemes.add(match[1] ?? "http");
+    return `${match[2]}:${match[3]}`;
+  });
+  if (schemes.size > 1) throw invalid("etcd endpoints mix http:// and https://");
+  return { hosts, secure: schemes.has("https") };
+}
+
+async function readPem(path: string, what: string): Promise<Buffer> {
+  try {
+    return Buffer.from(await Deno.readFile(path));
+  } catch (error) {
+    throw invalid(`cannot read etcd ${what} file ${path}: ${(error as Error).message}`);
+  }
+}
+
+async function loadCredentials(options: EtcdKvOptions): Promise<IOptions["credentials"]> {
+  const { certFile, keyFile, caFile } = options;
+  if (certFile === undefined && keyFile === undefined && caFile === undefined) return undefined;
+  if ((certFile === undefined) !== (keyFile === undefined)) {
+    throw invalid("etcd TLS needs both a certificate file and a key file");
+  }
+  if (caFile === undefined) throw invalid("etcd TLS needs a CA file");
+  const rootCertificate = await readPem(caFile, "CA");
+  if (certFile === undefined || keyFile === undefined) return { rootCertificate };
+  return {
+    rootCertificate,
+    certChain: await readPem(certFile, "certificate"),
+    privateKey: await readPem(keyFile, "key"),
+  };
+}
+
+/**
+ * Connects to etcd and checks it answers within `connectTimeoutMs`: `unavailable` with a one-line
+ * message when it does not, `invalid` for bad endpoints or unreadable TLS files.
+ */
+export async function openEtcdKv(options: EtcdKvOptions): Promise<KvStore> {
+  const parsed = parseEndpoints(options.endpoints);
+  const credentials = await loadCredentials(options);
+  // With a CA or client certificate the connection is TLS whatever the prefix said; gRPC then
+  // checks etcd's certificate against the endpoint's host name, as the original's ServerName.
+  const hosts = parsed.secure && credentials === undefined
+    ? parsed.hosts.map((h) => `https://${h}`)
+    : parsed.hosts;
+  const client = new Etcd3({
+    hosts,
+    ...(credentials === undefined ? {} : { credentials }),
+    faultHandling: { host: () => passThrough, global: passThrough },
+    grpcOptions: {
+      "grpc.max_receive_message_length": KV_RESPONSE_MAX_BYTES,
+      // No gRPC keepalive: its timers outlive close(). Watches check liveness themselves.
+      "grpc.initial_reconnect_backoff_ms": 100,
+      "grpc.max_reconnect_backoff_ms": 2_000,
+    },
+  });
+  const store = new EtcdKvStore(client, {
+    endpointList: parsed.hosts.join(","),
+    endpointCount: parsed.hosts.length,
+    callTimeoutMs: options.callTimeoutMs ?? METADATA_CALL_TIMEOUT_MS,
+    watchRetryMaxMs: options.watchRetryMaxMs ?? KV_WATCH_RETRY_MAX_MS,
+  });
+  try {
+    await store.probe(options.connectTimeoutMs ?? METADATA_CONNECT_TIMEOUT_MS);
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
+  return store;
+}
+
+interface StoreSettings {
+  readonly endpointList: string;
+  readonly endpointCount: number;
+  readonly callTimeoutMs: number;
+  readonly watchRetryMaxMs: number;
+}
+
+/** gRPC call options with the absolute deadline gRPC wants. */
+export interface CallDeadline {
+  readonly deadline: Date;
+}
+
+class EtcdKvStore implements KvStore {
+  readonly kind = "etcd";
+  #client: Etcd3;
+  #settings: StoreSettings;
+  #closed = false;
+  #closing = new AbortController();
+  #watches = new Set<EtcdPrefixWatch>();
+
+  constructor(client: Etcd3, settings: StoreSettings) {
+    this.#client = client;
+    this.#settings = settings;
+  }
+
+  /** Fails with `unavailable` unless etcd answers within `timeoutMs`. */
+  async probe(timeoutMs: number): Promise<void> {
+    const what = `etcd at ${this.#settings.endpointList} unreachable within ${timeoutMs} ms`;
+    await this.#call(what, (o) => this.#client.maintenance.status(o), timeoutMs);
+  }
+
+  async get(key: string): Promise<KvEntry | null> {
+    const keyBytes = encodeKey(key);
+    const response = await this.#call(
+      "etcd get",
+      (o) => this.#client.kv.range({ key: Buffer.from(keyBytes) }, o),
+    );
+    const kv = response.kvs[0];
+    return kv === undefined ? null : toEntry(kv);
+  }
+
+  async range(prefix: string): Promise<KvEntry[]> {
+    const response = await this.#call(
+      "etcd range",
+      (o) => this.#client.kv.range(prefixRange(prefix), o),
+    );
+    return response.kvs.map(toEntry);
+  }
+
+  async put(key: string, value: Uint8Array, options?: { lease?: LeaseId }): Promise<void> {
+    const put = checkPut(key, value, options?.lease);
+    await this.#call("etcd put", (o) =>
+      this.#client.kv.put({
+        key: Buffer.from(put.key),
+        value: Buffer.from(put.value),
+        lease: put.lease.toString(),
+      }, o));
+  }
+
+  async delete(key: string): Promise<boolean> {
+    const keyBytes = encodeKey(key);
+    const response = await this.#call(
+      "etcd delete",
+      (o) => this.#client.kv.deleteRange({ key: Buffer.from(keyBytes) }, o),
+    );
+    return Number(response.deleted) > 0;
+  }
+
+  async deletePrefix(prefix: string): Promise<number> {
+    const response = await this.#call(
+      "etcd delete prefix",
+      (o) => this.#client.kv.deleteRange(prefixRange(prefix), o),
+    );
+    return Number(response.deleted);
+  }
+
+  async txn(request: TxnRequest): Promise<TxnResponse> {
+    const checked = checkTxn(request);
+    const success = checked.success.map(toRequestOp);
+    const failure = (checked.failure ?? []).map(toRequestOp);
+    const response = await this.#call("etcd txn", (o) =>
+      this.#client.kv.txn({
+        compare: checked.compare.map(toCompare),
+        success,
+        failure,
+      }, o));
+    const ops = response.succeeded ? checked.success : checked.failure ?? [];
+    return {
+      succeeded: response.succeeded,
+      revision: Number(response.header.revision),
+      results: ops.map((op, i) => toResult(op, response.responses[i])),
+    };
+  }
+
+  async watchPrefix(
+    prefix: string,
+    onEvents: (events: readonly WatchEvent[]) => void,
+    options: WatchOptions = {},
+  ): Promise<Watch> {
+    const range = prefixRange(prefix);
+    this.#checkOpen();
+    const watch = new EtcdPrefixWatch({
+      client: this.#client,
+      key: range.key,
+      rangeEnd: range.range_end,
+      onEvents,
+      options,
+      callTimeoutMs: this.#settings.callTimeoutMs,
+      retryMaxMs: this.#settings.watchRetryMaxMs,
+      what: `etcd watch of ${prefix} at ${this.#settings.endpointList}`,
+      onEnd: () => this.#watches.delete(watch),
+    });
+    this.#watches.add(watch);
+    await watch.start();
+    return watch;
+  }
+
+  async grantLease(ttlMs: number): Promise<LeaseId> {
+    const ttlSeconds = Math.ceil(checkTtlMs(ttlMs) / 1000);
+    const response = await this.#call(
+      "etcd lease grant",
+      (o) => this.#client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }, o),
+    );
+    if (response.error) throw new TorusError("unavailable", `etcd lease grant: ${response.error}`);
+    return BigInt(response.ID);
+  }
+
+  async keepAliveLease(lease: LeaseId): Promise<void> {
+    const id = checkLeaseId(lease).toString();
+    const ttl = await this.#call("etcd lease keepalive", async (o) => {
+      const stream = await this.#client.leaseClient.leaseKeepAlive(o);
+      try {
+        return await new Promise<number>((resolve, reject) => {
+          stream.on("data", (response) => resolve(Number(response.TTL)));
+          stream.on("error", reject);
+          stream.on("end", () => reject(new Error("keepalive stream ended")));
+          stream.write({ ID: id });
+        });
+      } finally {
+        closeStream(stream);
+      }
+    });
+    if (ttl <= 0) throw notExist(`lease ${id} expired or was revoked`);
+  }
+
+  async revokeLease(lease: LeaseId): Promise<void> {
+    const id = checkLeaseId(lease).toString();
+    try {
+      await this.#call(
+        "etcd lease revoke",
+        (o) => this.#client.leaseClient.leaseRevoke({ ID: id }, o),
+      );
+    } catch (error) {
+      if (!isTorusError(error, "not_exist")) throw error;
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#closing.abort();
+    const ending = [...this.#watches].map((w) => w.end(closed("metadata store closed")));
+    await Promise.all(ending);
+    this.#client.close();
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw closed("metadata store closed");
+  }
+
+  /**
+   * Runs one RPC under a deadline. Retries only when no endpoint could be reached (the request
+   * was never sent) and another endpoint exists, so a write is never applied twice by us.
+   */
+  async #call<T>(
+    what: string,
+    run: (options: CallDeadline) => Promise<T>,
+    timeoutMs = this.#settings.callTimeoutMs,
+  ): Promise<T> {
+    this.#checkOpen();
+    const deadlineMs = Date.now() + timeoutMs;
+    const attempts = this.#settings.endpointCount > 1 ? this.#settings.endpointCount * 2 : 1;
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await this.#withWatchdog(run({ deadline: new Date(deadlineMs) }), deadlineMs, what);
+      } catch (error) {
+        if (this.#closed) throw closed(`${what}: metadata store closed`);
+        const retry = attempt < attempts && Date.now() < deadlineMs && neverSent(error);
+        if (!retry) throw etcdError(error, what);
+      }
+    }
+  }
+
+  #withWatchdog<T>(call: Promise<T>, deadlineMs: number, what: string): Promise<T> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let onClose: (() => void) | undefined;
+    const guard = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new TorusError("unavailable", `${what}: no answer before the deadline`)),
+        Math.max(0, deadlineMs - Date.now()),
+      );
+      onClose = () => reject(closed(`${what}: metadata store closed`));
+      this.#closing.signal.addEventListener("abort", onClose, { once: true });
+    });
+    // The losing promise's rejection is handled here so it never surfaces as unhandled.
+    call.catch(() => {});
+    return Promise.race([call, guard]).finally(() => {
+      clearTimeout(timer);
+      if (onClose) this.#closing.signal.removeEventListener("abort", onClose);
+    });
+  }
+}
+
+/** Whether an error shows the request never left this process (nothing could be reached). */
+function neverSent(error: unknown): boolean {
+  const message = error instanceof Error ? error.message : "";
+  return /No connection established|ECONNREFUSED|ENOTFOUND|EHOSTUNREACH/.test(message);
+}
+
+function prefixRange(prefix: string): { key: Buffer; range_end: Buffer } {
+  const bytes = encodePrefix(prefix);
+  const end = prefixEnd(bytes);
+  // etcd spells "from the start" and "to the end" as a single zero byte.
+  return {
+    key: bytes.length === 0 ? Buffer.from([0]) : Buffer.from(bytes),
+    range_end: end === null ? Buffer.from([0]) : Buffer.from(end),
+  };
+}
+
+function toEntry(kv: IKeyValue): KvEntry {
+  return {
+    key: decodeKey(kv.key),
+    value: new Uint8Array(kv.value ?? []),
+    version: Number(kv.version),
+    createRevision: Number(kv.create_revision),
+    modRevision: Number(kv.mod_revision),
+    lease: BigInt(kv.lease || "0"),
+  };
+}
+
+const compareOps = { "==": "Equal", "!=": "NotEqual", "<": "Less", ">": "Greater" } as const;
+
+function toCompare(compare: Compare) {
+  const base = { key: Buffer.from(encodeKey(compare.key)), result: compareOps[compare.op] };
+  switch (compare.target) {
+    case "version":
+      return { ...base, target: "Version" as const, version: compare.version };
+    case "modRevision":
+      return { ...base, target: "Mod" as const, mod_revision: compare.revision };
+    case "value":
+      return { ...base, target: "Value" as const, value: Buffer.from(compare.value) };
+  }
+}
+
+function toRequestOp(op: TxnOp): IRequestOp {
+  switch (op.type) {
+    case "put":
+      return {
+        request_put: {
+          key: Buffer.from(encodeKey(op.key)),
+          value: Buffer.from(op.value),
+          lease: (op.lease ?? 0n).toString(),
+        },
+      };
+    case "delete":
+      return { request_delete_range: { key: Buffer.from(encodeKey(op.key)) } };
+    case "deletePrefix":
+      return { request_delete_range: prefixRange(op.prefix) };
+    case "get":
+      return { request_range: { key: Buffer.from(encodeKey(op.key)) } };
+    case "range":
+      return { request_range: prefixRange(op.prefix) };
+  }
+}
+
+function toResult(op: TxnOp, response: IResponseOp | undefined): TxnOpResult {
+  switch (op.type) {
+    case "put":
+      return { type: "put" };
+    case "delete":
+    case "deletePrefix":
+      return { type: op.type, deleted: Number(response?.response_delete_range?.deleted ?? 0) };
+    case "get":
+    case "range":
+      return { type: op.type, entries: (response?.response_range?.kvs ?? []).map(toEntry) };
+  }
+}
