@@ -137,10 +137,12 @@ export function checkTxn(request: TxnRequest): TxnRequest {
   const compare = request.compare ?? [];
   const success = request.success ?? [];
   const failure = request.failure ?? [];
-  for (const [what, list] of [["compares", compare], ["success ops", success], [
-    "failure ops",
-    failure,
-  ]] as const) {
+  for (
+    const [what, list] of [["compares", compare], ["success ops", success], [
+      "failure ops",
+      failure,
+    ]] as const
+  ) {
     if (list.length > KV_TXN_OPS_MAX) {
       throw invalid(`transaction has ${list.length} ${what}; at most ${KV_TXN_OPS_MAX}`);
     }

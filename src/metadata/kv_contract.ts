@@ -322,35 +322,37 @@ const txnTests: Record<string, Body> = {
     assert.equal(await check(`${p}absent`, "==", 0), true);
   },
 
-  "txn is atomic: one failing compare applies nothing; success applies all at one revision":
-    async (kv, p) => {
-      await kv.put(`${p}a`, b("1"));
-      const failed = await kv.txn({
-        compare: [
-          { key: `${p}a`, target: "version", op: "==", version: 1 },
-          { key: `${p}b`, target: "version", op: "==", version: 1 },
-        ],
-        success: [
-          { type: "put", key: `${p}x`, value: b("x") },
-          { type: "delete", key: `${p}a` },
-        ],
-      });
-      assert.equal(failed.succeeded, false);
-      assert.deepEqual(failed.results, []);
-      assert.deepEqual((await kv.range(p)).map((e) => e.key), [`${p}a`]);
-      const applied = await kv.txn({
-        compare: [{ key: `${p}a`, target: "version", op: "==", version: 1 }],
-        success: [
-          { type: "put", key: `${p}x`, value: b("x") },
-          { type: "put", key: `${p}y`, value: b("y") },
-          { type: "delete", key: `${p}a` },
-        ],
-      });
-      assert.equal(applied.succeeded, true);
-      const entries = await kv.range(p);
-      assert.deepEqual(entries.map((e) => e.key), [`${p}x`, `${p}y`]);
-      for (const e of entries) assert.equal(e.modRevision, applied.revision);
-    },
+  "txn is atomic: one failing compare applies nothing; success applies all at one revision": async (
+    kv,
+    p,
+  ) => {
+    await kv.put(`${p}a`, b("1"));
+    const failed = await kv.txn({
+      compare: [
+        { key: `${p}a`, target: "version", op: "==", version: 1 },
+        { key: `${p}b`, target: "version", op: "==", version: 1 },
+      ],
+      success: [
+        { type: "put", key: `${p}x`, value: b("x") },
+        { type: "delete", key: `${p}a` },
+      ],
+    });
+    assert.equal(failed.succeeded, false);
+    assert.deepEqual(failed.results, []);
+    assert.deepEqual((await kv.range(p)).map((e) => e.key), [`${p}a`]);
+    const applied = await kv.txn({
+      compare: [{ key: `${p}a`, target: "version", op: "==", version: 1 }],
+      success: [
+        { type: "put", key: `${p}x`, value: b("x") },
+        { type: "put", key: `${p}y`, value: b("y") },
+        { type: "delete", key: `${p}a` },
+      ],
+    });
+    assert.equal(applied.succeeded, true);
+    const entries = await kv.range(p);
+    assert.deepEqual(entries.map((e) => e.key), [`${p}x`, `${p}y`]);
+    for (const e of entries) assert.equal(e.modRevision, applied.revision);
+  },
 
   "txn results: get, range, delete and deletePrefix report per op, and reads see earlier writes":
     async (kv, p) => {
