@@ -62,6 +62,12 @@ export interface EmbeddedKvOptions {
   readonly sweepIntervalMs?: number;
 }
 
+/** The embedded store: a KvStore plus a check of its file. */
+export interface EmbeddedKv extends KvStore {
+  /** SQLite's integrity check of the file: empty when sound (for tests and diagnostics). */
+  integrityCheck(): Promise<string[]>;
+}
+
 /** Sweeps between two checks of the change log's size. */
 const SWEEPS_PER_TRIM = 20;
 /** Most change-log rows fetched per poll. */
@@ -73,7 +79,7 @@ const WORKER_GRACE_MS = 1_000;
  * Opens (creating if needed) the embedded store at `options.path`. A file that is not a torus
  * metadata store (garbage, another SQLite database, a newer format) fails with `invalid`.
  */
-export async function openEmbeddedKv(options: EmbeddedKvOptions): Promise<KvStore> {
+export async function openEmbeddedKv(options: EmbeddedKvOptions): Promise<EmbeddedKv> {
   const path = options.path;
   if (typeof path !== "string" || path === "") throw invalid("metadata store path is empty");
   const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : "";
@@ -157,7 +163,7 @@ interface StoreSettings {
   readonly sweepIntervalMs: number;
 }
 
-class EmbeddedKvStore implements KvStore {
+class EmbeddedKvStore implements EmbeddedKv {
   readonly kind = "embedded";
   #sql: SqliteWorker;
   #db: EmbeddedDb;
@@ -277,7 +283,6 @@ class EmbeddedKvStore implements KvStore {
     this.#kickPoll();
   }
 
-  /** Runs SQLite's integrity check on the file (for tests and `torus ctl` diagnostics). */
   integrityCheck(): Promise<string[]> {
     return this.#call((db) => db.integrityCheck());
   }

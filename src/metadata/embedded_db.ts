@@ -202,6 +202,8 @@ export class EmbeddedDb {
   /** Sets up the file (WAL, FULL sync, schema) or checks it is a torus store of our format. */
   static async open(sql: SqlConnection, path: string): Promise<EmbeddedDb> {
     const db = new EmbeddedDb(sql, path);
+    // Identify the file before changing anything in it (WAL mode rewrites the header).
+    await db.#identify();
     const [mode] = await sql.batch([get("PRAGMA journal_mode = WAL")]) as [SqlRow | null];
     if (mode?.journal_mode !== "wal") {
       throw invalid(`metadata store ${path}: cannot use WAL mode (${mode?.journal_mode})`);
@@ -211,26 +213,39 @@ export class EmbeddedDb {
       exec(`PRAGMA journal_size_limit = ${64 * 1024 * 1024}`),
     ]);
     await db.#initialise();
+    // A damaged file is refused at open, with SQLite's finding, rather than failing later.
+    const problems = await db.#check("PRAGMA quick_check");
+    if (problems.length > 0) {
+      throw invalid(`metadata store ${path} is damaged: ${problems.slice(0, 3).join("; ")}`);
+    }
     return db;
   }
 
-  async #initialise(): Promise<void> {
-    const [, appId, version, tables] = await this.#sql.batch([
-      exec(SQL.begin),
+  /** Whether the file is empty (true), ours (false), or neither (throws `invalid`). */
+  async #identify(steps: readonly SqlStep[] = []): Promise<boolean> {
+    const results = await this.#sql.batch([
+      ...steps,
       get("PRAGMA application_id"),
       get("PRAGMA user_version"),
       get("SELECT count(*) AS n FROM sqlite_schema"),
-    ]) as [null, SqlRow, SqlRow, SqlRow];
+    ]);
+    const [appId, version, tables] = results.slice(steps.length) as [SqlRow, SqlRow, SqlRow];
+    if (appId.application_id === 0 && version.user_version === 0 && tables.n === 0) return true;
+    if (appId.application_id !== APPLICATION_ID) {
+      throw invalid(`${this.#path} is a SQLite database but not a torus metadata store`);
+    }
+    if (version.user_version !== SCHEMA_VERSION) {
+      throw invalid(
+        `metadata store ${this.#path} has format ${version.user_version}; this torus reads 1`,
+      );
+    }
+    return false;
+  }
+
+  async #initialise(): Promise<void> {
     try {
-      if (appId.application_id === 0 && version.user_version === 0 && tables.n === 0) {
-        await this.#sql.batch([exec(SCHEMA)]);
-      } else if (appId.application_id !== APPLICATION_ID) {
-        throw invalid(`${this.#path} is a SQLite database but not a torus metadata store`);
-      } else if (version.user_version !== SCHEMA_VERSION) {
-        throw invalid(
-          `metadata store ${this.#path} has format ${version.user_version}; this torus reads 1`,
-        );
-      }
+      // Checked again under the write lock: another process may be creating the file too.
+      if (await this.#identify([exec(SQL.begin)])) await this.#sql.batch([exec(SCHEMA)]);
       await this.#sql.batch([exec(SQL.commit)]);
     } catch (error) {
       await this.#rollback();
@@ -290,7 +305,17 @@ export class EmbeddedDb {
       const succeeded = await this.#holds(tx, request.compare);
       const ops = succeeded ? request.success : request.failure ?? [];
       const results: TxnOpResult[] = [];
-      for (const op of ops) results.push(await this.#apply(tx, op));
+      for (let i = 0; i < ops.length;) {
+        // Consecutive puts touch distinct keys (checkTxn), so they are read in one round trip.
+        let end = i;
+        while (ops[end]?.type === "put") end++;
+        if (end > i) {
+          await this.#putAll(tx, ops.slice(i, end) as Extract<TxnOp, { type: "put" }>[]);
+          for (; i < end; i++) results.push({ type: "put" });
+        } else {
+          results.push(await this.#apply(tx, ops[i++]!));
+        }
+      }
       return { succeeded, results, revision: 0 };
     }).then(({ result, revision }) => ({ ...result, revision }));
   }
@@ -361,10 +386,12 @@ export class EmbeddedDb {
 
   /** SQLite's integrity check of the file: empty when it is sound. */
   integrityCheck(): Promise<string[]> {
-    return this.#exclusive(async () => {
-      const [rows] = await this.#sql.batch([all("PRAGMA integrity_check")]) as [SqlRow[]];
-      return rows.map((r) => String(r.integrity_check)).filter((r) => r !== "ok");
-    });
+    return this.#exclusive(() => this.#check("PRAGMA integrity_check"));
+  }
+
+  async #check(pragma: string): Promise<string[]> {
+    const [rows] = await this.#sql.batch([all(pragma)]) as [SqlRow[]];
+    return rows.map((r) => String(Object.values(r)[0])).filter((r) => r !== "ok");
   }
 
   #write<T>(
@@ -421,7 +448,7 @@ export class EmbeddedDb {
   async #apply(tx: WriteTx, op: TxnOp): Promise<TxnOpResult> {
     switch (op.type) {
       case "put":
-        await this.#put(tx, encodeKey(op.key), op.value, op.lease ?? 0n);
+        await this.#putAll(tx, [op]);
         return { type: "put" };
       case "delete": {
         const key = encodeKey(op.key);
@@ -452,16 +479,23 @@ export class EmbeddedDb {
     }
   }
 
-  async #put(tx: WriteTx, key: Uint8Array, value: Uint8Array, lease: LeaseId): Promise<void> {
-    const [known, old] = await tx.read([
-      get(lease === 0n ? "SELECT 1 AS found" : SQL.leaseExists, ...(lease === 0n ? [] : [lease])),
-      get(SQL.get, key),
-    ]) as [SqlRow | null, SqlRow | null];
-    if (known === null) throw notExist(`lease ${lease} expired or was revoked`);
-    const revision = tx.logChange(ChangeType.Put, key, value);
-    const version = old ? Number(old.version) + 1 : 1;
-    const created = old ? Number(old.create_revision) : revision;
-    tx.write(run(SQL.upsert, key, value, version, created, revision, lease));
+  /** Puts keys that are all distinct: one read of their state, then queued writes. */
+  async #putAll(tx: WriteTx, puts: readonly Extract<TxnOp, { type: "put" }>[]): Promise<void> {
+    const keys = puts.map((p) => encodeKey(p.key));
+    const reads = puts.flatMap((p, i) => [
+      p.lease ? get(SQL.leaseExists, p.lease) : get("SELECT 1 AS found"),
+      get(SQL.get, keys[i]!),
+    ]);
+    const rows = await tx.read(reads) as (SqlRow | null)[];
+    puts.forEach((put, i) => {
+      const [known, old] = [rows[2 * i], rows[2 * i + 1]];
+      if (!known) throw notExist(`lease ${put.lease} expired or was revoked`);
+      const key = keys[i]!;
+      const revision = tx.logChange(ChangeType.Put, key, put.value);
+      const version = old ? Number(old.version) + 1 : 1;
+      const created = old ? Number(old.create_revision) : revision;
+      tx.write(run(SQL.upsert, key, put.value, version, created, revision, put.lease ?? 0n));
+    });
   }
 
   /** Drops the oldest revisions until the log is within both limits. */

@@ -44,6 +44,11 @@ export function sqliteError(error: unknown, what: string): TorusError {
   else if (/unable to open|readonly|read-only|permission|directory/i.test(message)) {
     code = ErrorCode.Invalid;
   } else if (/disk is full/i.test(message)) code = ErrorCode.OutOfSpace;
+  else if (/locked|busy/i.test(message)) {
+    return new TorusError(code, `${what}: another process kept it locked (${message})`, {
+      cause: error,
+    });
+  }
   return new TorusError(code, `${what}: ${message}`, { cause: error });
 }
 

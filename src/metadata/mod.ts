@@ -8,4 +8,4 @@
 export * from "./kv.ts";
 export { atomicModify, type AtomicModifyResult, getWithRevision } from "./kv_ops.ts";
 export { type EtcdKvOptions, openEtcdKv } from "./etcd.ts";
-export { type EmbeddedKvOptions, openEmbeddedKv } from "./embedded.ts";
+export { type EmbeddedKv, type EmbeddedKvOptions, openEmbeddedKv } from "./embedded.ts";
