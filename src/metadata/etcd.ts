@@ -69,12 +69,21 @@ export interface EtcdKvOptions {
   readonly watchRetryMaxMs?: number;
 }
 
+/**
+ * Longest reconnect backoff of gRPC. It also bounds how long gRPC's own backoff timers outlive a
+ * client that saw etcd fail, which `close` waits out (see there).
+ */
+const GRPC_BACKOFF_MAX_MS = 1_000;
+
 type Policy = NonNullable<NonNullable<IOptions["faultHandling"]>["global"]>;
 
-/** A fault policy that runs the call once: retries and breakers are decided here instead. */
+/**
+ * A fault policy that runs the call once: retries and breakers are decided here instead. It is
+ * async so that a synchronous throw becomes a rejection (etcd3's markFailed relies on that).
+ */
 const passThrough = {
-  execute: (fn: (context: { signal: AbortSignal; attempt: number }) => unknown) =>
-    Promise.resolve(fn({ signal: new AbortController().signal, attempt: 0 })),
+  execute: async (fn: (context: { signal: AbortSignal; attempt: number }) => unknown) =>
+    await fn({ signal: new AbortController().signal, attempt: 0 }),
 } as unknown as Policy;
 
 /** Endpoints as etcd3 wants them, plus whether they ask for TLS. */
@@ -145,7 +154,9 @@ export async function openEtcdKv(options: EtcdKvOptions): Promise<KvStore> {
       "grpc.max_receive_message_length": KV_RESPONSE_MAX_BYTES,
       // No gRPC keepalive: its timers outlive close(). Watches check liveness themselves.
       "grpc.initial_reconnect_backoff_ms": 100,
-      "grpc.max_reconnect_backoff_ms": 2_000,
+      "grpc.max_reconnect_backoff_ms": GRPC_BACKOFF_MAX_MS,
+      // A private subchannel pool dies with the client instead of lingering process-wide.
+      "grpc.use_local_subchannel_pool": 1,
     },
   });
   const store = new EtcdKvStore(client, {
@@ -182,6 +193,8 @@ class EtcdKvStore implements KvStore {
   #closed = false;
   #closing = new AbortController();
   #watches = new Set<EtcdPrefixWatch>();
+  /** Whether a connection failed: gRPC then has reconnect timers running. */
+  #troubled = false;
 
   constructor(client: Etcd3, settings: StoreSettings) {
     this.#client = client;
@@ -264,6 +277,7 @@ class EtcdKvStore implements KvStore {
   ): Promise<Watch> {
     const range = prefixRange(prefix);
     this.#checkOpen();
+    if (options.fromRevision !== undefined) await this.#checkHistory(range, options.fromRevision);
     const watch = new EtcdPrefixWatch({
       client: this.#client,
       key: range.key,
@@ -274,10 +288,28 @@ class EtcdKvStore implements KvStore {
       retryMaxMs: this.#settings.watchRetryMaxMs,
       what: `etcd watch of ${prefix} at ${this.#settings.endpointList}`,
       onEnd: () => this.#watches.delete(watch),
+      onTrouble: () => {
+        this.#troubled = true;
+      },
     });
     this.#watches.add(watch);
     await watch.start();
     return watch;
+  }
+
+  /**
+   * Fails with `not_exist` when `revision` was compacted away: etcd would accept the watch and
+   * cancel it right after, which callers could not tell from a later failure.
+   */
+  async #checkHistory(range: { key: Buffer; range_end: Buffer }, revision: number): Promise<void> {
+    try {
+      await this.#call("etcd watch history", (o) =>
+        this.#client.kv.range({ ...range, revision, count_only: true, limit: 1 }, o));
+    } catch (error) {
+      // A revision still to come is a valid place to start a watch.
+      if (/future revision/.test((error as Error).message)) return;
+      throw error;
+    }
   }
 
   async grantLease(ttlMs: number): Promise<LeaseId> {
@@ -327,6 +359,10 @@ class EtcdKvStore implements KvStore {
     const ending = [...this.#watches].map((w) => w.end(closed("metadata store closed")));
     await Promise.all(ending);
     this.#client.close();
+    // After a connection failure gRPC keeps reconnect-backoff timers running for up to its
+    // maximum backoff, even once closed. Waiting them out keeps the promise of close(): nothing
+    // of the store is left behind. A healthy client closes at once.
+    if (this.#troubled) await new Promise((r) => setTimeout(r, GRPC_BACKOFF_MAX_MS * 1.3 + 100));
   }
 
   #checkOpen(): void {
@@ -350,8 +386,10 @@ class EtcdKvStore implements KvStore {
         return await this.#withWatchdog(run({ deadline: new Date(deadlineMs) }), deadlineMs, what);
       } catch (error) {
         if (this.#closed) throw closed(`${what}: metadata store closed`);
+        const mapped = etcdError(error, what);
+        if (mapped.code === "unavailable") this.#troubled = true;
         const retry = attempt < attempts && Date.now() < deadlineMs && neverSent(error);
-        if (!retry) throw etcdError(error, what);
+        if (!retry) throw mapped;
       }
     }
   }

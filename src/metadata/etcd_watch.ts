@@ -40,6 +40,8 @@ export interface EtcdWatchSettings {
   readonly what: string;
   /** Told once when the watch ends, so the store forgets it. */
   readonly onEnd: () => void;
+  /** Told when a stream breaks (the store then knows gRPC is reconnecting). */
+  readonly onTrouble: () => void;
 }
 
 type WatchStream = IDuplexStream<IWatchRequest, IWatchResponse>;
@@ -153,6 +155,7 @@ export class EtcdPrefixWatch implements Watch {
 
   #broken(error: unknown): void {
     if (this.#ended) return;
+    this.#settings.onTrouble();
     this.#dropStream();
     clearTimeout(this.#timer);
     const reason = etcdError(error, this.#settings.what);
