@@ -100,5 +100,8 @@ assert(
 assert(KV_REQUEST_MAX_BYTES < 1536 * 1024, "a metadata request stays under etcd's 1.5 MiB limit");
 assert(KV_RESPONSE_MAX_BYTES >= KV_REQUEST_MAX_BYTES, "a written entry can be read back");
 assert(METADATA_CONNECT_TIMEOUT_MS <= METADATA_CALL_TIMEOUT_MS, "connecting is one call");
-assert(KV_LEASE_SWEEP_INTERVAL_MS * 4 <= LEASE_TTL_MS, "expired leases are swept well within a TTL");
+assert(
+  KV_LEASE_SWEEP_INTERVAL_MS * 4 <= LEASE_TTL_MS,
+  "expired leases are swept well within a TTL",
+);
 assert(KV_WATCH_RETRY_MAX_MS >= LEASE_TTL_MS, "a watch outlives a lease's worth of outage");

@@ -15,8 +15,12 @@
  */
 
 import { Buffer } from "node:buffer";
+import { isIP } from "node:net";
+import { checkServerIdentity, type PeerCertificate } from "node:tls";
+import { type ChannelCredentials, credentials as grpcCredentials } from "@grpc/grpc-js";
 import { Etcd3, type IKeyValue, type IOptions, type IRequestOp, type IResponseOp } from "etcd3";
 import {
+  assert,
   closed,
   invalid,
   isTorusError,
@@ -110,6 +114,11 @@ export function parseEndpoints(endpoints: readonly string[]): ParsedEndpoints {
   return { hosts, secure: schemes.has("https") };
 }
 
+/** The host of a `host:port` endpoint, without IPv6 brackets. */
+function hostOf(endpoint: string): string {
+  return endpoint.slice(0, endpoint.lastIndexOf(":")).replace(/^\[|\]$/g, "");
+}
+
 async function readPem(path: string, what: string): Promise<Buffer> {
   try {
     return Buffer.from(await Deno.readFile(path));
@@ -118,20 +127,66 @@ async function readPem(path: string, what: string): Promise<Buffer> {
   }
 }
 
-async function loadCredentials(options: EtcdKvOptions): Promise<IOptions["credentials"]> {
+/** PEM material for TLS to etcd. */
+interface TlsFiles {
+  readonly ca: Buffer;
+  readonly cert: Buffer | null;
+  readonly key: Buffer | null;
+}
+
+async function loadTls(options: EtcdKvOptions): Promise<TlsFiles | undefined> {
   const { certFile, keyFile, caFile } = options;
   if (certFile === undefined && keyFile === undefined && caFile === undefined) return undefined;
   if ((certFile === undefined) !== (keyFile === undefined)) {
     throw invalid("etcd TLS needs both a certificate file and a key file");
   }
   if (caFile === undefined) throw invalid("etcd TLS needs a CA file");
-  const rootCertificate = await readPem(caFile, "CA");
-  if (certFile === undefined || keyFile === undefined) return { rootCertificate };
   return {
-    rootCertificate,
-    certChain: await readPem(certFile, "certificate"),
-    privateKey: await readPem(keyFile, "key"),
+    ca: await readPem(caFile, "CA"),
+    cert: certFile === undefined ? null : await readPem(certFile, "certificate"),
+    key: keyFile === undefined ? null : await readPem(keyFile, "key"),
   };
+}
+
+/**
+ * SNI name sent when an endpoint is an IP address: TLS forbids IP addresses in SNI (RFC 6066),
+ * and Deno's TLS refuses them, so gRPC is given this name and the certificate is checked
+ * against the configured endpoints instead (see tlsCredentials).
+ */
+const IP_ENDPOINT_SERVER_NAME = "etcd";
+
+/**
+ * gRPC TLS credentials that check etcd's certificate against the endpoint host names, as the
+ * original set ServerName to the endpoint's host. For IP endpoints the certificate must name the
+ * IP (subjectAltName IP:...); with several endpoints, naming any one of them is enough, since
+ * gRPC does not say which endpoint a connection is for.
+ */
+function tlsCredentials(tls: TlsFiles | undefined, hosts: readonly string[]): ChannelCredentials {
+  const names = hosts.map(hostOf);
+  return grpcCredentials.createSsl(tls?.ca ?? null, tls?.key ?? null, tls?.cert ?? null, {
+    checkServerIdentity: (_sniName: string, cert: PeerCertificate) => {
+      for (const name of names) {
+        if (checkServerIdentity(name, cert) === undefined) return undefined;
+      }
+      return new Error(`etcd's certificate names none of ${names.join(", ")}`);
+    },
+  });
+}
+
+/**
+ * Makes etcd3 use `credentials` on every endpoint. etcd3 1.1.2 builds its gRPC credentials
+ * without verify options, and those are needed to check IP endpoints (see tlsCredentials), so
+ * they are set on its hosts before any connection is made; the shape is checked, so an etcd3
+ * upgrade that changes it fails loudly here rather than connecting without TLS.
+ */
+function useCredentials(client: Etcd3, credentials: ChannelCredentials): void {
+  const pool = (client as unknown as { pool?: { hosts?: Record<string, unknown>[] } }).pool;
+  const hosts = pool?.hosts;
+  assert(
+    Array.isArray(hosts) && hosts.length > 0 && hosts.every((h) => "channelCredentials" in h),
+    "etcd3's connection pool changed shape: cannot set TLS credentials",
+  );
+  for (const host of hosts) host.channelCredentials = credentials;
 }
 
 /**
@@ -140,15 +195,12 @@ async function loadCredentials(options: EtcdKvOptions): Promise<IOptions["creden
  */
 export async function openEtcdKv(options: EtcdKvOptions): Promise<KvStore> {
   const parsed = parseEndpoints(options.endpoints);
-  const credentials = await loadCredentials(options);
-  // With a CA or client certificate the connection is TLS whatever the prefix said; gRPC then
-  // checks etcd's certificate against the endpoint's host name, as the original's ServerName.
-  const hosts = parsed.secure && credentials === undefined
-    ? parsed.hosts.map((h) => `https://${h}`)
-    : parsed.hosts;
+  const tls = await loadTls(options);
+  // With a CA or client certificate the connection is TLS whatever the prefix said.
+  const secure = parsed.secure || tls !== undefined;
+  const ipEndpoint = parsed.hosts.some((h) => isIP(hostOf(h)) !== 0);
   const client = new Etcd3({
-    hosts,
-    ...(credentials === undefined ? {} : { credentials }),
+    hosts: parsed.hosts,
     faultHandling: { host: () => passThrough, global: passThrough },
     grpcOptions: {
       "grpc.max_receive_message_length": KV_RESPONSE_MAX_BYTES,
@@ -157,8 +209,10 @@ export async function openEtcdKv(options: EtcdKvOptions): Promise<KvStore> {
       "grpc.max_reconnect_backoff_ms": GRPC_BACKOFF_MAX_MS,
       // A private subchannel pool dies with the client instead of lingering process-wide.
       "grpc.use_local_subchannel_pool": 1,
+      ...(secure && ipEndpoint ? { "grpc.ssl_target_name_override": IP_ENDPOINT_SERVER_NAME } : {}),
     },
   });
+  if (secure) useCredentials(client, tlsCredentials(tls, parsed.hosts));
   const store = new EtcdKvStore(client, {
     endpointList: parsed.hosts.join(","),
     endpointCount: parsed.hosts.length,
@@ -303,8 +357,10 @@ class EtcdKvStore implements KvStore {
    */
   async #checkHistory(range: { key: Buffer; range_end: Buffer }, revision: number): Promise<void> {
     try {
-      await this.#call("etcd watch history", (o) =>
-        this.#client.kv.range({ ...range, revision, count_only: true, limit: 1 }, o));
+      await this.#call(
+        "etcd watch history",
+        (o) => this.#client.kv.range({ ...range, revision, count_only: true, limit: 1 }, o),
+      );
     } catch (error) {
       // A revision still to come is a valid place to start a watch.
       if (/future revision/.test((error as Error).message)) return;
