@@ -55,7 +55,7 @@ import {
   prefixEnd,
 } from "./kv_common.ts";
 import { etcdError } from "./etcd_errors.ts";
-import { closeStream, EtcdPrefixWatch } from "./etcd_watch.ts";
+import { closeStream, EtcdPrefixWatch, WATCH_IDLE_PROBE_MS } from "./etcd_watch.ts";
 
 /** Options of {@link openEtcdKv}. */
 export interface EtcdKvOptions {
@@ -71,6 +71,8 @@ export interface EtcdKvOptions {
   readonly connectTimeoutMs?: number;
   /** How long a watch keeps reconnecting before it gives up (default KV_WATCH_RETRY_MAX_MS). */
   readonly watchRetryMaxMs?: number;
+  /** Silence after which a watch probes etcd for liveness (default WATCH_IDLE_PROBE_MS). */
+  readonly watchIdleProbeMs?: number;
 }
 
 /**
@@ -218,6 +220,7 @@ export async function openEtcdKv(options: EtcdKvOptions): Promise<KvStore> {
     endpointCount: parsed.hosts.length,
     callTimeoutMs: options.callTimeoutMs ?? METADATA_CALL_TIMEOUT_MS,
     watchRetryMaxMs: options.watchRetryMaxMs ?? KV_WATCH_RETRY_MAX_MS,
+    watchIdleProbeMs: options.watchIdleProbeMs ?? WATCH_IDLE_PROBE_MS,
   });
   try {
     await store.probe(options.connectTimeoutMs ?? METADATA_CONNECT_TIMEOUT_MS);
@@ -233,6 +236,7 @@ interface StoreSettings {
   readonly endpointCount: number;
   readonly callTimeoutMs: number;
   readonly watchRetryMaxMs: number;
+  readonly watchIdleProbeMs: number;
 }
 
 /** gRPC call options with the absolute deadline gRPC wants. */
@@ -340,6 +344,7 @@ class EtcdKvStore implements KvStore {
       options,
       callTimeoutMs: this.#settings.callTimeoutMs,
       retryMaxMs: this.#settings.watchRetryMaxMs,
+      idleProbeMs: this.#settings.watchIdleProbeMs,
       what: `etcd watch of ${prefix} at ${this.#settings.endpointList}`,
       onEnd: () => this.#watches.delete(watch),
       onTrouble: () => {

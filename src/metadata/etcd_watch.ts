@@ -8,9 +8,10 @@
  * - A stream that breaks is reopened with backoff (100 ms doubling to 2 s). A stream that does not
  *   confirm creation within the call timeout counts as broken, and so does one that stays silent
  *   for WATCH_IDLE_PROBE_MS and then does not answer a progress request within the call timeout
- *   (a partitioned etcd sends no reset; gRPC keepalive is off because its timers outlive close). After `retryMaxMs` without a
- *   confirmed stream the watch ends with `onError(unavailable)`; a compacted start revision ends
- *   it with `onError(not_exist)`.
+ *   (a partitioned etcd sends no reset; gRPC keepalive is off because its timers outlive close).
+ * - After `retryMaxMs` without a confirmed stream the watch ends with `onError(unavailable)`; a
+ *   start revision compacted meanwhile ends it with `onError(not_exist)`. The first stream must
+ *   work: if it does not, `start` rejects and no onError is called.
  * - After `end`, no callback runs and no timer or stream of the watch is left.
  * @module
  */
@@ -24,7 +25,7 @@ import { etcdError } from "./etcd_errors.ts";
 
 const BACKOFF_FIRST_MS = 100;
 const BACKOFF_MAX_MS = 2_000;
-/** Silence after which a watch asks etcd for a progress report to prove the stream alive. */
+/** Default silence after which a watch asks etcd for a progress report to prove it alive. */
 export const WATCH_IDLE_PROBE_MS = 10_000;
 
 /** What a watch needs from its store. */
@@ -36,6 +37,8 @@ export interface EtcdWatchSettings {
   readonly options: WatchOptions;
   readonly callTimeoutMs: number;
   readonly retryMaxMs: number;
+  /** Silence before a liveness probe (WATCH_IDLE_PROBE_MS unless set). */
+  readonly idleProbeMs?: number;
   /** Names the watch in error messages. */
   readonly what: string;
   /** Told once when the watch ends, so the store forgets it. */
@@ -185,7 +188,7 @@ export class EtcdPrefixWatch implements Watch {
       this.#livenessTimer = setTimeout(() => {
         if (this.#stream === stream) this.#broken(new Error("watch stream went silent"));
       }, this.#settings.callTimeoutMs);
-    }, WATCH_IDLE_PROBE_MS);
+    }, this.#settings.idleProbeMs ?? WATCH_IDLE_PROBE_MS);
   }
 
   #dropStream(): void {

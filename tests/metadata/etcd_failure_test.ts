@@ -3,7 +3,8 @@
  * (closed port, or a server that accepts and never answers), calls fail within their deadline
  * when etcd is killed, acknowledged writes survive an etcd crash, a watch resumes across an etcd
  * restart without losing or repeating events, gives up with onError after its retry window, and
- * reports compacted history as `not_exist`.
+ * reports compacted history as `not_exist`; behind a silent partition calls still end at their
+ * deadline and a watch notices the silence.
  * @module
  */
 
@@ -14,6 +15,7 @@ import { type KvStore, openEtcdKv, type WatchEvent } from "../../src/metadata/mo
 import { freePort } from "../support/etcd.ts";
 import { hasCommand } from "../support/packages.ts";
 import { EtcdProcess } from "./etcd_process.ts";
+import { FreezableProxy } from "./tcp_proxy.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -231,6 +233,37 @@ Deno.test({
       await ok.close();
     } finally {
       raw.close();
+      await kv.close();
+    }
+  },
+});
+
+Deno.test({
+  name: `etcd: behind a silent partition, calls time out as unavailable and a watch notices ` +
+    `the silence and gives up${needsEtcd}`,
+  ignore: !haveEtcd,
+  ...base,
+  fn: async () => {
+    await using etcd = await EtcdProcess.start();
+    await using proxy = new FreezableProxy(etcd.endpoint);
+    const kv = await openEtcdKv({
+      endpoints: [proxy.endpoint],
+      callTimeoutMs: 1_000,
+      watchIdleProbeMs: 500,
+      watchRetryMaxMs: 1_500,
+    });
+    try {
+      const { events, errors } = await watchAll(kv, "p/");
+      await kv.put("p/1", encoder.encode("1"));
+      await waitFor("the first event", () => events.length === 1, 5_000);
+      proxy.freeze();
+      const frozenAt = Date.now();
+      await assert.rejects(kv.get("p/1"), isUnavailable);
+      assert.ok(Date.now() - frozenAt < 1_800, "a call ends at its deadline");
+      await waitFor("the watch to give up", () => errors.length > 0, 8_000);
+      isUnavailable(errors[0]);
+      assert.equal(events.length, 1);
+    } finally {
       await kv.close();
     }
   },
