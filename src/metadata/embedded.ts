@@ -4,18 +4,19 @@
  * See docs/adr/0003-embedded-metadata-store.md for why it is built this way.
  *
  * Invariants:
- * - All SQLite work runs in a dedicated Web Worker (embedded_worker.ts, embedded_db.ts); the
- *   main thread only posts messages, so a lock held by another process or an fsync never
- *   stalls the event loop. Each call has a deadline: a lock wait ends with `unavailable` after
- *   `callTimeoutMs` inside the worker, and the main thread gives up a second later regardless.
+ * - All SQLite work runs in a dedicated Web Worker (embedded_worker.js, driven by the typed
+ *   data model in embedded_db.ts); the main thread only posts batches of SQL, so a lock held by
+ *   another process or an fsync never stalls the event loop.
+ * - Each call has a deadline: a lock wait ends with `unavailable` after `callTimeoutMs` inside
+ *   the worker, and the main thread gives up a second later regardless.
  * - Lease expiry is decided by the injected Clock's `nowMs`, sent with every call. Expired
  *   leases are removed by whichever process touches the file next, and by a sweep every
  *   `sweepIntervalMs` in each open store, so a dead process's keys go within about one TTL.
  * - Watches follow the shared change log by polling every `pollIntervalMs` (immediately after
  *   a local write), so they see other processes' changes, lease expiry included. A watch keeps a
  *   (revision, sub) cursor: each logged change is delivered once, in order.
- * - `close` ends watches (onError `closed`), stops both loops, closes the file and terminates
- *   the worker; nothing of the store remains.
+ * - `close` ends watches (onError `closed`), stops both loops, lets operations in progress
+ *   finish, closes the file and terminates the worker; nothing of the store remains.
  * @module
  */
 
@@ -295,6 +296,8 @@ class EmbeddedKvStore implements EmbeddedKv {
     for (const watch of [...this.#watches]) watch.end(closed("metadata store closed"));
     await this.#polling?.catch(() => {});
     await this.#sweeping?.catch(() => {});
+    // Operations already running finish (each within its deadline) before the file closes.
+    await this.#db.settled();
     await this.#sql.close().catch(() => {});
     this.#sql.terminate();
   }

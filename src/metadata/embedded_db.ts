@@ -260,6 +260,11 @@ export class EmbeddedDb {
     return result;
   }
 
+  /** Resolves once every operation started so far has finished. */
+  async settled(): Promise<void> {
+    await this.#queue;
+  }
+
   async #rollback(): Promise<void> {
     // SQLite may have ended the transaction already (a full disk does); that is fine.
     await this.#sql.batch([exec(SQL.rollback)]).catch(() => {});
