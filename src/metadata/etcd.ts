@@ -45,6 +45,7 @@ import type {
   WatchOptions,
 } from "./kv.ts";
 import {
+  checkDeletePrefix,
   checkLeaseId,
   checkPut,
   checkTtlMs,
@@ -303,6 +304,7 @@ class EtcdKvStore implements KvStore {
   }
 
   async deletePrefix(prefix: string): Promise<number> {
+    checkDeletePrefix(prefix);
     const response = await this.#call(
       "etcd delete prefix",
       (o) => this.#client.kv.deleteRange(prefixRange(prefix), o),

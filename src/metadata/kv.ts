@@ -6,7 +6,9 @@
  *
  * Semantics (kv_contract.ts checks them against every driver):
  * - Keys are strings, compared bytewise as UTF-8; values are bytes. `range(prefix)` returns every
- *   key starting with `prefix`, sorted. Callers always end a directory prefix with `/`.
+ *   key starting with `prefix`, sorted. Callers always end a directory prefix with `/`, and
+ *   `deletePrefix` insists on it (`invalid` otherwise, the empty prefix included): deleting
+ *   `volumemeta/2` must never take `volumemeta/20` with it.
  * - Every change gets a store-wide revision that only grows. An entry's `version` counts its puts
  *   since it was created (1 after the first put); an absent key has version 0.
  * - `txn` evaluates all `compare`s atomically and then runs `success` or `failure` atomically.
@@ -147,7 +149,7 @@ export interface KvStore {
   put(key: string, value: Uint8Array, options?: { lease?: LeaseId }): Promise<void>;
   /** Deletes `key`; returns whether it existed. */
   delete(key: string): Promise<boolean>;
-  /** Deletes every key starting with `prefix`; returns how many. */
+  /** Deletes every key starting with `prefix`, which must end with `/`; returns how many. */
   deletePrefix(prefix: string): Promise<number>;
   txn(request: TxnRequest): Promise<TxnResponse>;
   watchPrefix(

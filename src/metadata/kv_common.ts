@@ -42,6 +42,19 @@ function encodeBounded(text: string, what: string): Uint8Array {
   return bytes;
 }
 
+/**
+ * Checks a prefix to delete under: it must end with `/`. A bare prefix is how the original
+ * deleted volume 2's metadata together with volume 20's (inventory §12.3 item 7), and an empty
+ * one would wipe keys that are not torus's; neither can be asked for.
+ */
+export function checkDeletePrefix(prefix: string): Uint8Array {
+  const bytes = encodePrefix(prefix);
+  if (!prefix.endsWith("/")) {
+    throw invalid(`refusing to delete under prefix "${prefix}": a prefix must end with "/"`);
+  }
+  return bytes;
+}
+
 /** A key read back from a store, as a string. */
 export function decodeKey(bytes: Uint8Array): string {
   return decoder.decode(bytes);
@@ -191,7 +204,7 @@ function checkBranch(ops: readonly TxnOp[]): TxnOp[] {
     if (op.type === "put") putKeys.push(encodeKey(op.key));
     if (op.type === "delete") deleted.push({ key: encodeKey(op.key), end: null, prefix: false });
     if (op.type === "deletePrefix") {
-      const prefix = encodePrefix(op.prefix);
+      const prefix = checkDeletePrefix(op.prefix);
       deleted.push({ key: prefix, end: prefixEnd(prefix), prefix: true });
     }
   }
@@ -221,6 +234,8 @@ function checkOp(op: TxnOp): TxnOp {
       encodeKey(op.key);
       return { ...op };
     case "deletePrefix":
+      checkDeletePrefix(op.prefix);
+      return { ...op };
     case "range":
       encodePrefix(op.prefix);
       return { ...op };

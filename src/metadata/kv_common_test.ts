@@ -13,6 +13,7 @@ import {
   KV_VALUE_MAX_BYTES,
 } from "../core/mod.ts";
 import {
+  checkDeletePrefix,
   checkLeaseId,
   checkTtlMs,
   checkTxn,
@@ -128,4 +129,11 @@ Deno.test("checkTxn enforces etcd's rules on duplicate keys, counts and sizes", 
       }),
     invalid,
   );
+});
+
+Deno.test('deletePrefix prefixes must end with "/" so volume 2 never takes volume 20 along', () => {
+  assert.deepEqual(checkDeletePrefix("volumemeta/2/"), encodePrefix("volumemeta/2/"));
+  for (const bad of ["volumemeta/2", "", "torus"]) {
+    assert.throws(() => checkDeletePrefix(bad), invalid, bad);
+  }
 });

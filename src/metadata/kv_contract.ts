@@ -185,13 +185,20 @@ const basicTests: Record<string, Body> = {
     assert.equal(text(await kv.get(`${p}ab`)), "2");
   },
 
-  "deletePrefix removes every key under the prefix and no other (v/2/ keeps v/20/)": async (
-    kv,
-    p,
-  ) => {
+  [
+    "deletePrefix removes every key under the prefix and no other (v/2/ keeps v/20/); a prefix " +
+    'without a trailing "/" is refused'
+  ]: async (kv, p) => {
     for (const key of ["v/2/a", "v/2/b/c", "v/20/a", "v/2", "w/2/a"]) {
       await kv.put(`${p}${key}`, b(key));
     }
+    await rejectsWith(kv.deletePrefix(`${p}v/2`), "invalid");
+    await rejectsWith(kv.deletePrefix(""), "invalid");
+    await rejectsWith(
+      kv.txn({ compare: [], success: [{ type: "deletePrefix", prefix: `${p}v` }] }),
+      "invalid",
+    );
+    assert.equal((await kv.range(p)).length, 5, "a refused delete deletes nothing");
     assert.equal(await kv.deletePrefix(`${p}v/2/`), 2);
     assert.equal(await kv.deletePrefix(`${p}v/2/`), 0);
     assert.deepEqual((await kv.range(p)).map((e) => e.key.slice(p.length)), [
