@@ -164,9 +164,16 @@ const IP_ENDPOINT_SERVER_NAME = "etcd";
  * IP (subjectAltName IP:...); with several endpoints, naming any one of them is enough, since
  * gRPC does not say which endpoint a connection is for.
  */
-function tlsCredentials(tls: TlsFiles | undefined, hosts: readonly string[]): ChannelCredentials {
+function tlsCredentials(
+  tls: TlsFiles | undefined,
+  hosts: readonly string[],
+  ipEndpoint: boolean,
+): ChannelCredentials {
+  const [ca, key, cert] = [tls?.ca ?? null, tls?.key ?? null, tls?.cert ?? null];
+  // With host names only, gRPC's own check (certificate against the connection's host) is exact.
+  if (!ipEndpoint) return grpcCredentials.createSsl(ca, key, cert);
   const names = hosts.map(hostOf);
-  return grpcCredentials.createSsl(tls?.ca ?? null, tls?.key ?? null, tls?.cert ?? null, {
+  return grpcCredentials.createSsl(ca, key, cert, {
     checkServerIdentity: (_sniName: string, cert: PeerCertificate) => {
       for (const name of names) {
         if (checkServerIdentity(name, cert) === undefined) return undefined;
@@ -215,7 +222,7 @@ export async function openEtcdKv(options: EtcdKvOptions): Promise<KvStore> {
       ...(secure && ipEndpoint ? { "grpc.ssl_target_name_override": IP_ENDPOINT_SERVER_NAME } : {}),
     },
   });
-  if (secure) useCredentials(client, tlsCredentials(tls, parsed.hosts));
+  if (secure) useCredentials(client, tlsCredentials(tls, parsed.hosts, ipEndpoint));
   const store = new EtcdKvStore(client, {
     endpointList: parsed.hosts.join(","),
     endpointCount: parsed.hosts.length,

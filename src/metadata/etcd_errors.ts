@@ -58,7 +58,13 @@ function codeOf(error: unknown): ErrorCode {
 export function etcdError(error: unknown, what: string): TorusError {
   if (isTorusError(error)) return error;
   const code = codeOf(error);
-  let detail = errorMessage(error).replace(/^\d+ [A-Z_]+: /, "");
+  // gRPC wraps the cause in boilerplate ("14 UNAVAILABLE: No connection established. Last
+  // error: Error: connect ECONNREFUSED ... Resolution note: "); keep the cause.
+  let detail = errorMessage(error)
+    .replace(/^\d+ [A-Z_]+: /, "")
+    .replace(/^No connection established\. Last error: (?:\w*Error(?: \[\w+\])?: )?/, "")
+    .replace(/\.? ?Resolution note:.*$/, "")
+    .trim();
   if (error instanceof GRPCNotImplementedError) {
     detail = `not an etcd v3 server (${detail})`;
   }
