@@ -5,9 +5,11 @@
  * Invariants:
  * - Every call carries a gRPC deadline of `callTimeoutMs` and a watchdog timer of the same length,
  *   so no call outlives it: a lost etcd surfaces as `unavailable`, never as a hang.
- * - etcd3's own retry and circuit-breaker policies are replaced by pass-through ones: a call is
- *   retried only on another endpoint, only when etcd could not be reached at all, and only
- *   before its deadline. (The breaker would otherwise fail every call for 5 s after etcd is back.)
+ * - etcd3's own retry and circuit-breaker policies are replaced: a call is retried only on
+ *   another endpoint, only when the endpoint could not be reached at all (so the request was
+ *   never sent), and only before its deadline. An endpoint that could not be reached is skipped
+ *   for HOST_DOWN_MS when others exist. (etcd3's breaker would fail every call for 5 s after a
+ *   lone etcd is back.)
  * - Opening probes the cluster within `connectTimeoutMs`; an unreachable etcd fails the open.
  * - `close` ends watches, fails in-flight calls with `closed` and closes every channel; nothing
  *   of the store (timers, sockets) survives it.
@@ -92,6 +94,28 @@ const passThrough = {
   execute: async (fn: (context: { signal: AbortSignal; attempt: number }) => unknown) =>
     await fn({ signal: new AbortController().signal, attempt: 0 }),
 } as unknown as Policy;
+
+/** How long an unreachable endpoint is skipped while other endpoints exist. */
+const HOST_DOWN_MS = 2_000;
+
+/**
+ * The per-endpoint policy when there are several endpoints: after a connection failure the
+ * endpoint is skipped (etcd3 then picks another) until HOST_DOWN_MS have passed.
+ */
+function hostHealth(): Policy {
+  let downUntilMs = 0;
+  return {
+    execute: async (fn: (context: { signal: AbortSignal; attempt: number }) => unknown) => {
+      if (Date.now() < downUntilMs) throw new Error("etcd endpoint recently unreachable");
+      try {
+        return await fn({ signal: new AbortController().signal, attempt: 0 });
+      } catch (error) {
+        if (neverSent(error)) downUntilMs = Date.now() + HOST_DOWN_MS;
+        throw error;
+      }
+    },
+  } as unknown as Policy;
+}
 
 /** Endpoints as etcd3 wants them, plus whether they ask for TLS. */
 export interface ParsedEndpoints {
@@ -211,7 +235,10 @@ export async function openEtcdKv(options: EtcdKvOptions): Promise<KvStore> {
   const ipEndpoint = parsed.hosts.some((h) => isIP(hostOf(h)) !== 0);
   const client = new Etcd3({
     hosts: parsed.hosts,
-    faultHandling: { host: () => passThrough, global: passThrough },
+    faultHandling: {
+      host: () => parsed.hosts.length > 1 ? hostHealth() : passThrough,
+      global: passThrough,
+    },
     grpcOptions: {
       "grpc.max_receive_message_length": KV_RESPONSE_MAX_BYTES,
       // No gRPC keepalive: its timers outlive close(). Watches check liveness themselves.

@@ -16,6 +16,7 @@ import { freePort } from "../support/etcd.ts";
 import { hasCommand } from "../support/packages.ts";
 import { EtcdProcess } from "./etcd_process.ts";
 import { FreezableProxy } from "./tcp_proxy.ts";
+import { testEtcd } from "../support/test_etcd.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -265,6 +266,27 @@ Deno.test({
       assert.equal(events.length, 1);
     } finally {
       await kv.close();
+    }
+  },
+});
+
+Deno.test({
+  name: `etcd: with one of two endpoints down, every call reaches the live one${needsEtcd}`,
+  ignore: !haveEtcd,
+  ...base,
+  fn: async () => {
+    await using etcd = await testEtcd();
+    const dead = `127.0.0.1:${freePort()}`;
+    for (const endpoints of [[dead, etcd.endpoint], [etcd.endpoint, dead]]) {
+      const kv = await openEtcdKv({ endpoints });
+      try {
+        const key = `failover/${crypto.randomUUID()}`;
+        for (let i = 0; i < 20; i++) await kv.put(key, encoder.encode(String(i)));
+        assert.equal(decoder.decode((await kv.get(key))!.value), "19");
+        await kv.delete(key);
+      } finally {
+        await kv.close();
+      }
     }
   },
 });
