@@ -33,7 +33,11 @@
  *   minimum, about 2 s); the embedded store keeps milliseconds.
  * - To read a consistent state and then follow it, read inside a `txn` (its `revision`) and watch
  *   with `fromRevision: revision + 1`. A `fromRevision` older than the kept history fails with
- *   `not_exist` (etcd's compaction; the embedded store's trimmed change log).
+ *   `not_exist` (etcd's compaction; the embedded store's trimmed change log); a watch that falls
+ *   behind the kept history later ends with `onError(not_exist)`. `watchPrefix` itself fails
+ *   with `unavailable` when the store cannot be reached; once started, a watch rides out
+ *   outages (resuming by revision, nothing lost or repeated) for KV_WATCH_RETRY_MAX_MS and then
+ *   ends with `onError(unavailable)`.
  * - Closing the store ends its open watches: each gets `onError` with `closed`. Closing a watch
  *   itself calls no `onError`. Calls after close throw `closed`.
  * - Entries and events handed out are fresh copies; values handed in are copied before use.
@@ -135,7 +139,11 @@ export interface Watch {
 export interface WatchOptions {
   /** Deliver changes with a revision >= this one (default: changes after the watch starts). */
   readonly fromRevision?: number;
-  /** Called once if the watch breaks for good (store closed or unreachable for too long). */
+  /**
+   * Called at most once, when the watch ends for good without being closed: store closed
+   * (`closed`), unreachable for too long (`unavailable`), history needed was compacted
+   * (`not_exist`). No events follow it.
+   */
   readonly onError?: (error: Error) => void;
 }
 
