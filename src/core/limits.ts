@@ -54,6 +54,28 @@ export const METADATA_CALL_TIMEOUT_MS = 5_000;
 /** How long a client waits for etcd before it reports it unreachable. */
 export const METADATA_CONNECT_TIMEOUT_MS = 3_000;
 
+/** Largest metadata key, in UTF-8 bytes. */
+export const KV_KEY_MAX_BYTES = 4 * 1024;
+/** Largest metadata value. */
+export const KV_VALUE_MAX_BYTES = 1024 * 1024;
+/** Most bytes of keys and values one put or transaction may carry (etcd refuses 1.5 MiB). */
+export const KV_REQUEST_MAX_BYTES = 1280 * 1024;
+/** Most guards, and most operations per branch, of one transaction (etcd's --max-txn-ops). */
+export const KV_TXN_OPS_MAX = 128;
+/** Largest get/range/transaction answer a metadata client accepts. */
+export const KV_RESPONSE_MAX_BYTES = 64 * 1024 * 1024;
+/** Longest lease TTL accepted. */
+export const KV_LEASE_TTL_MAX_MS = 24 * 60 * 60 * 1000;
+/** A watch that cannot reconnect for this long gives up and reports the error. */
+export const KV_WATCH_RETRY_MAX_MS = 30_000;
+/** Embedded metadata store: how often watches look for new changes from other processes. */
+export const KV_WATCH_POLL_INTERVAL_MS = 50;
+/** Embedded metadata store: how often expired leases are looked for when nobody writes. */
+export const KV_LEASE_SWEEP_INTERVAL_MS = 250;
+/** Embedded metadata store: changes kept for watches (older ones are compacted away). */
+export const KV_CHANGE_LOG_MAX_ENTRIES = 10_000;
+export const KV_CHANGE_LOG_MAX_BYTES = 64 * 1024 * 1024;
+
 /** Deadlines of peer calls (distributor, TDP, gRPC). */
 export const PEER_CONNECT_TIMEOUT_MS = 2_000;
 export const PEER_READ_TIMEOUT_MS = 500;
@@ -92,3 +114,15 @@ assert(
   "an NBD request may cover a whole block",
 );
 assert(READ_CACHE_ENTRIES_MIN >= 1, "the read cache holds at least one block");
+assert(
+  KV_KEY_MAX_BYTES + KV_VALUE_MAX_BYTES <= KV_REQUEST_MAX_BYTES,
+  "one largest key and value fit a metadata request",
+);
+assert(KV_REQUEST_MAX_BYTES < 1536 * 1024, "a metadata request stays under etcd's 1.5 MiB limit");
+assert(KV_RESPONSE_MAX_BYTES >= KV_REQUEST_MAX_BYTES, "a written entry can be read back");
+assert(METADATA_CONNECT_TIMEOUT_MS <= METADATA_CALL_TIMEOUT_MS, "connecting is one call");
+assert(
+  KV_LEASE_SWEEP_INTERVAL_MS * 4 <= LEASE_TTL_MS,
+  "expired leases are swept well within a TTL",
+);
+assert(KV_WATCH_RETRY_MAX_MS >= LEASE_TTL_MS, "a watch outlives a lease's worth of outage");
