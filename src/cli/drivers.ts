@@ -4,8 +4,8 @@
  * @module
  */
 
-import { type Clock, ErrorCode, TorusError } from "../core/mod.ts";
-import type { KvStore } from "../metadata/mod.ts";
+import type { Clock } from "../core/mod.ts";
+import { type KvStore, openEmbeddedKv, openEtcdKv } from "../metadata/mod.ts";
 
 /** Options of the etcd driver (see src/metadata/etcd.ts). */
 export interface EtcdDriverOptions {
@@ -29,13 +29,8 @@ export interface KvDrivers {
   openEmbedded(options: EmbeddedDriverOptions): Promise<KvStore>;
 }
 
-const missing = (name: string) => () =>
-  Promise.reject(
-    new TorusError(ErrorCode.NotSupported, `the ${name} metadata driver is not in this build`),
-  );
-
 /** The production drivers. */
 export const defaultDrivers: KvDrivers = {
-  openEtcd: missing("etcd"),
-  openEmbedded: missing("embedded"),
+  openEtcd: (options) => openEtcdKv(options),
+  openEmbedded: (options) => openEmbeddedKv(options),
 };

@@ -6,6 +6,7 @@
 
 import { type Command, notImplementedCommand } from "../cli/mod.ts";
 import { ctlCommand, defaultCtlDeps } from "./ctl/mod.ts";
+import { ringtoolCommand } from "./ringtool.ts";
 import { versionCommand } from "./version.ts";
 
 /** Top-level commands in the order `torus help` lists them. */
@@ -14,6 +15,6 @@ export const commands: readonly Command[] = [
   ctlCommand(defaultCtlDeps(() => commands)),
   notImplementedCommand("blk", "Serve volumes over NBD, attach kernel NBD devices", "step 4"),
   notImplementedCommand("aoe", "Serve a volume as an ATA-over-Ethernet target", "step 5"),
-  notImplementedCommand("ringtool", "Measure ring balance and movement", "step 1"),
+  ringtoolCommand,
   versionCommand,
 ];

@@ -25,8 +25,23 @@ export const REP_LAYER_COPIES_MAX = 16;
  */
 export const BLOCKSET_BLOCKS_MAX = 2 ** 30;
 
-/** Virtual points per unit of ketama weight; see docs/adr/ for the balance measured. */
-export const KETAMA_POINTS_PER_PEER = 160;
+/**
+ * Ketama points of a member of average capacity. 1024 keeps every one of 3..50 equal peers
+ * within about ±15% of the mean share and builds a 50-peer ring in ~20 ms
+ * (docs/adr/0002-ketama-placement.md). Changing it moves data: every ring's placement changes.
+ */
+export const KETAMA_POINTS_PER_PEER = 1024;
+/** Most members a ring may have; a ring proto listing more is rejected as invalid. */
+export const RING_MEMBERS_MAX = 4096;
+/**
+ * Rings memoize the permutation of each distinct lookup outcome (a ketama point, a mod start)
+ * while outcomes x members stays within this many array slots (8 bytes each); larger rings
+ * compute each permutation on demand.
+ */
+export const RING_PERMUTATION_CACHE_ENTRIES_MAX = 2 ** 21;
+
+/** Most blocks `torus ringtool` simulates in one run (about 2 µs each). */
+export const RINGTOOL_BLOCKS_MAX = 2 ** 26;
 
 /** Lease TTL of a node or client registration and of the volume locks it holds. */
 export const LEASE_TTL_MS = 30_000;
@@ -38,6 +53,28 @@ export const PEER_STALE_MS = 50_000;
 export const METADATA_CALL_TIMEOUT_MS = 5_000;
 /** How long a client waits for etcd before it reports it unreachable. */
 export const METADATA_CONNECT_TIMEOUT_MS = 3_000;
+
+/** Largest metadata key, in UTF-8 bytes. */
+export const KV_KEY_MAX_BYTES = 4 * 1024;
+/** Largest metadata value. */
+export const KV_VALUE_MAX_BYTES = 1024 * 1024;
+/** Most bytes of keys and values one put or transaction may carry (etcd refuses 1.5 MiB). */
+export const KV_REQUEST_MAX_BYTES = 1280 * 1024;
+/** Most guards, and most operations per branch, of one transaction (etcd's --max-txn-ops). */
+export const KV_TXN_OPS_MAX = 128;
+/** Largest get/range/transaction answer a metadata client accepts. */
+export const KV_RESPONSE_MAX_BYTES = 64 * 1024 * 1024;
+/** Longest lease TTL accepted. */
+export const KV_LEASE_TTL_MAX_MS = 24 * 60 * 60 * 1000;
+/** A watch that cannot reconnect for this long gives up and reports the error. */
+export const KV_WATCH_RETRY_MAX_MS = 30_000;
+/** Embedded metadata store: how often watches look for new changes from other processes. */
+export const KV_WATCH_POLL_INTERVAL_MS = 50;
+/** Embedded metadata store: how often expired leases are looked for when nobody writes. */
+export const KV_LEASE_SWEEP_INTERVAL_MS = 250;
+/** Embedded metadata store: changes kept for watches (older ones are compacted away). */
+export const KV_CHANGE_LOG_MAX_ENTRIES = 10_000;
+export const KV_CHANGE_LOG_MAX_BYTES = 64 * 1024 * 1024;
 
 /** Deadlines of peer calls (distributor, TDP, gRPC). */
 export const PEER_CONNECT_TIMEOUT_MS = 2_000;
@@ -77,3 +114,15 @@ assert(
   "an NBD request may cover a whole block",
 );
 assert(READ_CACHE_ENTRIES_MIN >= 1, "the read cache holds at least one block");
+assert(
+  KV_KEY_MAX_BYTES + KV_VALUE_MAX_BYTES <= KV_REQUEST_MAX_BYTES,
+  "one largest key and value fit a metadata request",
+);
+assert(KV_REQUEST_MAX_BYTES < 1536 * 1024, "a metadata request stays under etcd's 1.5 MiB limit");
+assert(KV_RESPONSE_MAX_BYTES >= KV_REQUEST_MAX_BYTES, "a written entry can be read back");
+assert(METADATA_CONNECT_TIMEOUT_MS <= METADATA_CALL_TIMEOUT_MS, "connecting is one call");
+assert(
+  KV_LEASE_SWEEP_INTERVAL_MS * 4 <= LEASE_TTL_MS,
+  "expired leases are swept well within a TTL",
+);
+assert(KV_WATCH_RETRY_MAX_MS >= LEASE_TTL_MS, "a watch outlives a lease's worth of outage");

@@ -6,7 +6,9 @@
  *
  * Semantics (kv_contract.ts checks them against every driver):
  * - Keys are strings, compared bytewise as UTF-8; values are bytes. `range(prefix)` returns every
- *   key starting with `prefix`, sorted. Callers always end a directory prefix with `/`.
+ *   key starting with `prefix`, sorted. Callers always end a directory prefix with `/`, and
+ *   `deletePrefix` insists on it (`invalid` otherwise, the empty prefix included): deleting
+ *   `volumemeta/2` must never take `volumemeta/20` with it.
  * - Every change gets a store-wide revision that only grows. An entry's `version` counts its puts
  *   since it was created (1 after the first put); an absent key has version 0.
  * - `txn` evaluates all `compare`s atomically and then runs `success` or `failure` atomically.
@@ -16,6 +18,29 @@
  *   `fromRevision`), in revision order, including deletions caused by lease expiry.
  * - A store that cannot be reached makes calls fail with `unavailable` within the call timeout;
  *   it never hangs and never applies half a transaction.
+ *
+ * Details every driver keeps identically (they are etcd's rules, so both drivers behave alike):
+ * - A revision is consumed only by a change: a transaction that changes nothing (reads, or a
+ *   delete of an absent key) leaves the store revision as it was. All changes of one transaction
+ *   share one revision. The first change of an empty store gets revision 2.
+ * - A `value` compare on an absent key is false for both `==` and `!=`.
+ * - One branch may not put the same key twice, nor put a key it also deletes: `invalid`.
+ * - Limits (src/core/limits.ts): keys are 1..KV_KEY_MAX_BYTES of well-formed UTF-8 (prefixes may
+ *   be empty), values at most KV_VALUE_MAX_BYTES, one request at most KV_REQUEST_MAX_BYTES of keys
+ *   and values, at most KV_TXN_OPS_MAX compares and ops per branch; beyond them: `invalid`.
+ * - A put naming an unknown or expired lease throws `not_exist` and changes nothing.
+ * - Lease TTLs are whole seconds on etcd (rounded up; etcd raises very short ones to its
+ *   minimum, about 2 s); the embedded store keeps milliseconds.
+ * - To read a consistent state and then follow it, read inside a `txn` (its `revision`) and watch
+ *   with `fromRevision: revision + 1`. A `fromRevision` older than the kept history fails with
+ *   `not_exist` (etcd's compaction; the embedded store's trimmed change log); a watch that falls
+ *   behind the kept history later ends with `onError(not_exist)`. `watchPrefix` itself fails
+ *   with `unavailable` when the store cannot be reached; once started, a watch rides out
+ *   outages (resuming by revision, nothing lost or repeated) for KV_WATCH_RETRY_MAX_MS and then
+ *   ends with `onError(unavailable)`.
+ * - Closing the store ends its open watches: each gets `onError` with `closed`. Closing a watch
+ *   itself calls no `onError`. Calls after close throw `closed`.
+ * - Entries and events handed out are fresh copies; values handed in are copied before use.
  * @module
  */
 
@@ -114,7 +139,11 @@ export interface Watch {
 export interface WatchOptions {
   /** Deliver changes with a revision >= this one (default: changes after the watch starts). */
   readonly fromRevision?: number;
-  /** Called once if the watch breaks for good (store closed or unreachable for too long). */
+  /**
+   * Called at most once, when the watch ends for good without being closed: store closed
+   * (`closed`), unreachable for too long (`unavailable`), history needed was compacted
+   * (`not_exist`). No events follow it.
+   */
   readonly onError?: (error: Error) => void;
 }
 
@@ -128,7 +157,7 @@ export interface KvStore {
   put(key: string, value: Uint8Array, options?: { lease?: LeaseId }): Promise<void>;
   /** Deletes `key`; returns whether it existed. */
   delete(key: string): Promise<boolean>;
-  /** Deletes every key starting with `prefix`; returns how many. */
+  /** Deletes every key starting with `prefix`, which must end with `/`; returns how many. */
   deletePrefix(prefix: string): Promise<number>;
   txn(request: TxnRequest): Promise<TxnResponse>;
   watchPrefix(

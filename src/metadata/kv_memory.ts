@@ -13,7 +13,7 @@
  * @module
  */
 
-import { assert, type Clock, closed, invalid, notExist, systemClock } from "../core/mod.ts";
+import { assert, type Clock, closed, notExist, systemClock } from "../core/mod.ts";
 import type {
   Compare,
   KvEntry,
@@ -27,6 +27,14 @@ import type {
   WatchEvent,
   WatchOptions,
 } from "./kv.ts";
+import {
+  checkLeaseId,
+  checkPut,
+  checkTtlMs,
+  checkTxn,
+  encodeKey,
+  encodePrefix,
+} from "./kv_common.ts";
 
 /** Events kept for watches that start from an older revision. */
 const HISTORY_EVENTS_MAX = 100_000;
@@ -129,13 +137,17 @@ export class MemoryKvStore implements KvStore {
 
   get(key: string): Promise<KvEntry | null> {
     return this.#run(() => {
+      encodeKey(key);
       const entry = this.#entries.get(key);
       return entry ? copyEntry(entry) : null;
     });
   }
 
   range(prefix: string): Promise<KvEntry[]> {
-    return this.#run(() => this.#range(prefix).map(copyEntry));
+    return this.#run(() => {
+      encodePrefix(prefix);
+      return this.#range(prefix).map(copyEntry);
+    });
   }
 
   put(key: string, value: Uint8Array, options: { lease?: LeaseId } = {}): Promise<void> {
@@ -143,12 +155,14 @@ export class MemoryKvStore implements KvStore {
       ? { type: "put", key, value }
       : { type: "put", key, value, lease: options.lease };
     return this.#run(() => {
+      checkPut(key, value, options.lease);
       this.#apply([op]);
     });
   }
 
   delete(key: string): Promise<boolean> {
     return this.#run(() => {
+      encodeKey(key);
       const [result] = this.#apply([{ type: "delete", key }]);
       return result?.type === "delete" && result.deleted > 0;
     });
@@ -156,6 +170,7 @@ export class MemoryKvStore implements KvStore {
 
   deletePrefix(prefix: string): Promise<number> {
     return this.#run(() => {
+      encodePrefix(prefix);
       const [result] = this.#apply([{ type: "deletePrefix", prefix }]);
       return result?.type === "deletePrefix" ? result.deleted : 0;
     });
@@ -163,6 +178,8 @@ export class MemoryKvStore implements KvStore {
 
   txn(request: TxnRequest): Promise<TxnResponse> {
     return this.#run(() => {
+      // Both branches are checked, as etcd does, whichever one runs.
+      request = checkTxn(request);
       const succeeded = request.compare.every((c) => this.#holds(c));
       const results = this.#apply(succeeded ? request.success : request.failure ?? []);
       return { succeeded, revision: this.#revision, results };
@@ -190,7 +207,7 @@ export class MemoryKvStore implements KvStore {
 
   grantLease(ttlMs: number): Promise<LeaseId> {
     return this.#run(() => {
-      if (!Number.isFinite(ttlMs) || ttlMs <= 0) throw invalid(`lease TTL must be > 0 ms`);
+      ttlMs = checkTtlMs(ttlMs);
       const id = this.#nextLease++;
       this.#leases.set(id, { ttlMs, expiresAtMs: this.#clock.nowMs() + ttlMs, keys: new Set() });
       this.#scheduleSweep();
@@ -200,7 +217,7 @@ export class MemoryKvStore implements KvStore {
 
   keepAliveLease(lease: LeaseId): Promise<void> {
     return this.#run(() => {
-      const entry = this.#leases.get(lease);
+      const entry = this.#leases.get(checkLeaseId(lease));
       if (!entry) throw notExist(`lease ${lease} not found`);
       entry.expiresAtMs = this.#clock.nowMs() + entry.ttlMs;
     });
@@ -208,7 +225,7 @@ export class MemoryKvStore implements KvStore {
 
   revokeLease(lease: LeaseId): Promise<void> {
     return this.#run(() => {
-      this.#dropLeases([lease]);
+      this.#dropLeases([checkLeaseId(lease)]);
     });
   }
 
@@ -258,7 +275,6 @@ export class MemoryKvStore implements KvStore {
 
   /** Applies `ops` in order under one new revision (if anything changed). */
   #apply(ops: readonly TxnOp[]): TxnOpResult[] {
-    this.#checkBranch(ops);
     for (const op of ops) {
       if (op.type === "put" && op.lease !== undefined && op.lease !== 0n) {
         if (!this.#leases.has(op.lease)) throw notExist(`lease ${op.lease} not found`);
@@ -269,22 +285,6 @@ export class MemoryKvStore implements KvStore {
     const results = ops.map((op) => this.#applyOne(op, revision, events));
     if (events.length > 0) this.#commit(revision, events);
     return results;
-  }
-
-  /** etcd refuses a branch that puts a key twice or puts a key it also deletes. */
-  #checkBranch(ops: readonly TxnOp[]): void {
-    const puts = new Set<string>();
-    for (const op of ops) {
-      if (op.type !== "put") continue;
-      if (puts.has(op.key)) throw invalid(`transaction puts "${op.key}" twice`);
-      puts.add(op.key);
-    }
-    for (const op of ops) {
-      const hit = op.type === "delete"
-        ? puts.has(op.key)
-        : op.type === "deletePrefix" && [...puts].some((k) => k.startsWith(op.prefix));
-      if (hit) throw invalid("transaction puts a key it also deletes");
-    }
   }
 
   #applyOne(op: TxnOp, revision: number, events: WatchEvent[]): TxnOpResult {

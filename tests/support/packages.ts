@@ -15,6 +15,7 @@ export interface Requirement {
 export const requiredPackages: readonly Requirement[] = [
   { command: "etcd", debianPackage: "etcd-server" },
   { command: "ip", debianPackage: "iproute2" },
+  { command: "openssl", debianPackage: "openssl" },
 ];
 
 /** Whether `command` is on PATH. */

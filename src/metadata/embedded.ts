@@ -1,0 +1,407 @@
+/**
+ * The embedded driver of KvStore: etcd's semantics on one machine, in a SQLite file in the
+ * node's data dir, shared safely by every torus process on the machine (serve, ctl, blk).
+ * See docs/adr/0003-embedded-metadata-store.md for why it is built this way.
+ *
+ * Invariants:
+ * - All SQLite work runs in a dedicated Web Worker (embedded_worker.js, driven by the typed
+ *   data model in embedded_db.ts); the main thread only posts batches of SQL, so a lock held by
+ *   another process or an fsync never stalls the event loop.
+ * - Each call has a deadline: a lock wait ends with `unavailable` after `callTimeoutMs` inside
+ *   the worker, and the main thread gives up a second later regardless.
+ * - Lease expiry is decided by the injected Clock's `nowMs`, sent with every call. Expired
+ *   leases are removed by whichever process touches the file next, and by a sweep every
+ *   `sweepIntervalMs` in each open store, so a dead process's keys go within about one TTL.
+ * - Watches follow the shared change log by polling every `pollIntervalMs` (immediately after
+ *   a local write), so they see other processes' changes, lease expiry included. A watch keeps a
+ *   (revision, sub) cursor: each logged change is delivered once, in order.
+ * - `close` ends watches (onError `closed`), stops both loops, lets operations in progress
+ *   finish, closes the file and terminates the worker; nothing of the store remains.
+ * @module
+ */
+
+import {
+  type Clock,
+  closed,
+  invalid,
+  KV_LEASE_SWEEP_INTERVAL_MS,
+  KV_WATCH_POLL_INTERVAL_MS,
+  KV_WATCH_RETRY_MAX_MS,
+  logger,
+  METADATA_CALL_TIMEOUT_MS,
+  notExist,
+  systemClock,
+  TorusError,
+} from "../core/mod.ts";
+import type {
+  KvEntry,
+  KvStore,
+  LeaseId,
+  TxnRequest,
+  TxnResponse,
+  Watch,
+  WatchEvent,
+  WatchOptions,
+} from "./kv.ts";
+import { checkLeaseId, checkPut, checkTtlMs, checkTxn, encodePrefix } from "./kv_common.ts";
+import { type ChangePage, EmbeddedDb } from "./embedded_db.ts";
+import { SqliteWorker } from "./embedded_sqlite.ts";
+
+const log = logger("metadata");
+
+/** Options of {@link openEmbeddedKv}. */
+export interface EmbeddedKvOptions {
+  /** The database file, e.g. `<data-dir>/metadata/kv.sqlite`; its directory is created. */
+  readonly path: string;
+  /** Time source for lease expiry (default: the system clock). */
+  readonly clock?: Clock;
+  /** Longest wait for another process's transaction (default METADATA_CALL_TIMEOUT_MS). */
+  readonly callTimeoutMs?: number;
+  /** Watch poll period (default KV_WATCH_POLL_INTERVAL_MS). */
+  readonly pollIntervalMs?: number;
+  /** Expired-lease sweep period (default KV_LEASE_SWEEP_INTERVAL_MS). */
+  readonly sweepIntervalMs?: number;
+}
+
+/** The embedded store: a KvStore plus a check of its file. */
+export interface EmbeddedKv extends KvStore {
+  /** SQLite's integrity check of the file: empty when sound (for tests and diagnostics). */
+  integrityCheck(): Promise<string[]>;
+}
+
+/** Sweeps between two checks of the change log's size. */
+const SWEEPS_PER_TRIM = 20;
+/** Most change-log rows fetched per poll. */
+const CHANGES_PER_POLL = 1_000;
+/** Extra time the main thread grants the worker beyond its own lock-wait limit. */
+const WORKER_GRACE_MS = 1_000;
+
+/**
+ * Opens (creating if needed) the embedded store at `options.path`. A file that is not a torus
+ * metadata store (garbage, another SQLite database, a newer format) fails with `invalid`.
+ */
+export async function openEmbeddedKv(options: EmbeddedKvOptions): Promise<EmbeddedKv> {
+  const path = options.path;
+  if (typeof path !== "string" || path === "") throw invalid("metadata store path is empty");
+  const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : "";
+  if (dir !== "") {
+    await Deno.mkdir(dir, { recursive: true }).catch((error: Error) => {
+      throw invalid(`cannot create metadata directory ${dir}: ${error.message}`);
+    });
+  }
+  const callTimeoutMs = options.callTimeoutMs ?? METADATA_CALL_TIMEOUT_MS;
+  const sql = await SqliteWorker.open(path, {
+    what: `metadata store ${path}`,
+    callTimeoutMs: callTimeoutMs + WORKER_GRACE_MS,
+    busyTimeoutMs: callTimeoutMs,
+  });
+  try {
+    const db = await EmbeddedDb.open(sql, path);
+    return new EmbeddedKvStore(sql, db, {
+      clock: options.clock ?? systemClock,
+      pollIntervalMs: options.pollIntervalMs ?? KV_WATCH_POLL_INTERVAL_MS,
+      sweepIntervalMs: options.sweepIntervalMs ?? KV_LEASE_SWEEP_INTERVAL_MS,
+    });
+  } catch (error) {
+    await sql.close().catch(() => {});
+    sql.terminate();
+    throw error;
+  }
+}
+
+/** A position in the change log: the next (revision, sub) not yet delivered. */
+interface Cursor {
+  revision: number;
+  sub: number;
+}
+
+function before(a: Cursor, b: Cursor): boolean {
+  return a.revision < b.revision || (a.revision === b.revision && a.sub < b.sub);
+}
+
+class EmbeddedWatch implements Watch {
+  readonly prefix: string;
+  cursor: Cursor;
+  #onEvents: (events: readonly WatchEvent[]) => void;
+  #onError: ((error: Error) => void) | undefined;
+  #remove: (watch: EmbeddedWatch) => void;
+  ended = false;
+
+  constructor(
+    prefix: string,
+    cursor: Cursor,
+    onEvents: (events: readonly WatchEvent[]) => void,
+    options: WatchOptions,
+    remove: (watch: EmbeddedWatch) => void,
+  ) {
+    this.prefix = prefix;
+    this.cursor = cursor;
+    this.#onEvents = onEvents;
+    this.#onError = options.onError;
+    this.#remove = remove;
+  }
+
+  deliver(events: WatchEvent[]): void {
+    if (!this.ended && events.length > 0) this.#onEvents(events);
+  }
+
+  end(error: Error | null): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.#remove(this);
+    if (error) this.#onError?.(error);
+  }
+
+  close(): Promise<void> {
+    this.end(null);
+    return Promise.resolve();
+  }
+}
+
+interface StoreSettings {
+  readonly clock: Clock;
+  readonly pollIntervalMs: number;
+  readonly sweepIntervalMs: number;
+}
+
+class EmbeddedKvStore implements EmbeddedKv {
+  readonly kind = "embedded";
+  #sql: SqliteWorker;
+  #db: EmbeddedDb;
+  #settings: StoreSettings;
+  #closed = false;
+  #watches = new Set<EmbeddedWatch>();
+  #sweepTimer: ReturnType<typeof setTimeout> | undefined;
+  #sweeps = 0;
+  #sweeping: Promise<void> | null = null;
+  #pollTimer: ReturnType<typeof setTimeout> | undefined;
+  #polling: Promise<void> | null = null;
+  #pollAgain = false;
+  #pollFailingSinceMs: number | null = null;
+
+  constructor(sql: SqliteWorker, db: EmbeddedDb, settings: StoreSettings) {
+    this.#sql = sql;
+    this.#db = db;
+    this.#settings = settings;
+    this.#scheduleSweep();
+  }
+
+  /** Runs `fn` on the database unless the store is closed. */
+  async #call<T>(fn: (db: EmbeddedDb) => Promise<T>): Promise<T> {
+    if (this.#closed) throw closed("metadata store closed");
+    return await fn(this.#db);
+  }
+
+  #nowMs(): number {
+    return this.#settings.clock.nowMs();
+  }
+
+  get(key: string): Promise<KvEntry | null> {
+    return this.#call((db) => db.get(key, this.#nowMs()));
+  }
+
+  range(prefix: string): Promise<KvEntry[]> {
+    return this.#call((db) => db.range(prefix, this.#nowMs()));
+  }
+
+  async put(key: string, value: Uint8Array, options?: { lease?: LeaseId }): Promise<void> {
+    const put = checkPut(key, value, options?.lease);
+    await this.#write({
+      compare: [],
+      success: [
+        put.lease === 0n
+          ? { type: "put", key, value: put.value }
+          : { type: "put", key, value: put.value, lease: put.lease },
+      ],
+    });
+  }
+
+  async delete(key: string): Promise<boolean> {
+    const response = await this.#write({ compare: [], success: [{ type: "delete", key }] });
+    const result = response.results[0];
+    return result?.type === "delete" && result.deleted > 0;
+  }
+
+  async deletePrefix(prefix: string): Promise<number> {
+    const response = await this.#write({
+      compare: [],
+      success: [{ type: "deletePrefix", prefix }],
+    });
+    const result = response.results[0];
+    return result?.type === "deletePrefix" ? result.deleted : 0;
+  }
+
+  async txn(request: TxnRequest): Promise<TxnResponse> {
+    return await this.#write(request);
+  }
+
+  async #write(request: TxnRequest): Promise<TxnResponse> {
+    const checked = checkTxn(request);
+    const response = await this.#call((db) => db.txn(checked, this.#nowMs()));
+    this.#kickPoll();
+    return response;
+  }
+
+  async watchPrefix(
+    prefix: string,
+    onEvents: (events: readonly WatchEvent[]) => void,
+    options: WatchOptions = {},
+  ): Promise<Watch> {
+    encodePrefix(prefix);
+    const head = await this.#call((db) => db.head());
+    const from = options.fromRevision ?? head.revision + 1;
+    if (from < head.compactRevision) {
+      throw notExist(`watch of ${prefix}: history before revision ${head.compactRevision} is gone`);
+    }
+    if (this.#closed) throw closed("metadata store closed");
+    const watch = new EmbeddedWatch(
+      prefix,
+      { revision: from, sub: 0 },
+      onEvents,
+      options,
+      (w) => this.#watches.delete(w),
+    );
+    this.#watches.add(watch);
+    this.#kickPoll();
+    return watch;
+  }
+
+  async grantLease(ttlMs: number): Promise<LeaseId> {
+    const ttl = checkTtlMs(ttlMs);
+    return await this.#call((db) => db.grantLease(ttl, this.#nowMs()));
+  }
+
+  async keepAliveLease(lease: LeaseId): Promise<void> {
+    checkLeaseId(lease);
+    await this.#call((db) => db.keepAliveLease(lease, this.#nowMs()));
+    // Renewing may have expired other leases first.
+    this.#kickPoll();
+  }
+
+  async revokeLease(lease: LeaseId): Promise<void> {
+    checkLeaseId(lease);
+    await this.#call((db) => db.revokeLease(lease, this.#nowMs()));
+    this.#kickPoll();
+  }
+
+  integrityCheck(): Promise<string[]> {
+    return this.#call((db) => db.integrityCheck());
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearTimeout(this.#sweepTimer);
+    clearTimeout(this.#pollTimer);
+    for (const watch of [...this.#watches]) watch.end(closed("metadata store closed"));
+    await this.#polling?.catch(() => {});
+    await this.#sweeping?.catch(() => {});
+    // Operations already running finish (each within its deadline) before the file closes.
+    await this.#db.settled();
+    await this.#sql.close().catch(() => {});
+    this.#sql.terminate();
+  }
+
+  #scheduleSweep(): void {
+    this.#sweepTimer = setTimeout(() => {
+      this.#sweeping = this.#sweep().finally(() => {
+        this.#sweeping = null;
+        if (!this.#closed) this.#scheduleSweep();
+      });
+    }, this.#settings.sweepIntervalMs);
+  }
+
+  async #sweep(): Promise<void> {
+    const trim = ++this.#sweeps % SWEEPS_PER_TRIM === 0;
+    try {
+      const expired = await this.#db.sweep(this.#nowMs(), trim);
+      if (expired > 0) this.#kickPoll();
+    } catch (error) {
+      if (!this.#closed) log.debug(`lease sweep failed: ${(error as Error).message}`);
+    }
+  }
+
+  /** Polls now (or right after the poll in progress). */
+  #kickPoll(): void {
+    if (this.#closed || this.#watches.size === 0) return;
+    if (this.#polling) {
+      this.#pollAgain = true;
+      return;
+    }
+    clearTimeout(this.#pollTimer);
+    this.#pollTimer = undefined;
+    this.#polling = this.#pollLoop().finally(() => {
+      this.#polling = null;
+      if (!this.#closed && this.#watches.size > 0) {
+        this.#pollTimer = setTimeout(() => this.#kickPoll(), this.#settings.pollIntervalMs);
+      }
+    });
+  }
+
+  async #pollLoop(): Promise<void> {
+    do {
+      this.#pollAgain = false;
+      if (this.#closed || this.#watches.size === 0) return;
+      try {
+        this.#pollAgain = (await this.#pollOnce()) || this.#pollAgain;
+        this.#pollFailingSinceMs = null;
+      } catch (error) {
+        this.#pollFailed(error as Error);
+        return;
+      }
+    } while (this.#pollAgain);
+  }
+
+  /** Fetches one page from the earliest cursor and delivers it; true when more is waiting. */
+  async #pollOnce(): Promise<boolean> {
+    let from: Cursor | null = null;
+    for (const watch of this.#watches) {
+      if (from === null || before(watch.cursor, from)) from = { ...watch.cursor };
+    }
+    if (from === null) return false;
+    const page = await this.#db.changes(from.revision, from.sub, CHANGES_PER_POLL);
+    if (this.#closed) return false;
+    this.#deliver(from, page);
+    return page.rows.length === CHANGES_PER_POLL;
+  }
+
+  #deliver(from: Cursor, page: ChangePage): void {
+    const last = page.rows[page.rows.length - 1];
+    for (const watch of [...this.#watches]) {
+      // A watch behind the page start is served by the next poll, which starts at its cursor.
+      if (before(watch.cursor, from)) continue;
+      if (watch.cursor.revision < page.compactRevision) {
+        watch.end(
+          notExist(`watch of ${watch.prefix}: history before ${page.compactRevision} is gone`),
+        );
+        continue;
+      }
+      const events: WatchEvent[] = [];
+      for (const row of page.rows) {
+        if (before(row, watch.cursor) || !row.key.startsWith(watch.prefix)) continue;
+        const value = row.value.slice();
+        events.push({ type: row.type, key: row.key, value, modRevision: row.revision });
+      }
+      if (last !== undefined && !before(last, watch.cursor)) {
+        watch.cursor = { revision: last.revision, sub: last.sub + 1 };
+      }
+      watch.deliver(events);
+    }
+  }
+
+  #pollFailed(error: Error): void {
+    if (this.#closed) return;
+    const nowMs = Date.now();
+    this.#pollFailingSinceMs ??= nowMs;
+    if (nowMs - this.#pollFailingSinceMs < KV_WATCH_RETRY_MAX_MS) {
+      log.debug(`watch poll failed, will retry: ${error.message}`);
+      return;
+    }
+    const reason = new TorusError(
+      "unavailable",
+      `metadata watches gave up after ${KV_WATCH_RETRY_MAX_MS} ms: ${error.message}`,
+      { cause: error },
+    );
+    for (const watch of [...this.#watches]) watch.end(reason);
+  }
+}

@@ -1,0 +1,239 @@
+/**
+ * Tests of the embedded store beyond the shared contract: what it does with files that are not
+ * its own, persistence across reopen, lease expiry under an injected clock, and trimming of the
+ * change log. Multi-process behaviour is tested in tests/metadata/.
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import { DatabaseSync } from "node:sqlite";
+import { isTorusError, KV_CHANGE_LOG_MAX_ENTRIES, ManualClock } from "../core/mod.ts";
+import type { KvStore, WatchEvent } from "./kv.ts";
+import { openEmbeddedKv } from "./embedded.ts";
+
+const encoder = new TextEncoder();
+const sanitize = { sanitizeOps: true, sanitizeResources: true };
+
+async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "torus-embedded-" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function rejectsInvalid(path: string, pattern: RegExp): Promise<void> {
+  await assert.rejects(openEmbeddedKv({ path }), (error: unknown) => {
+    assert.ok(isTorusError(error, "invalid"), `expected invalid, got ${String(error)}`);
+    assert.match(error.message, pattern);
+    assert.ok(!error.message.includes("\n"), "one-line message");
+    return true;
+  });
+}
+
+async function waitFor(what: string, condition: () => Promise<boolean>, ms = 5_000) {
+  const deadline = Date.now() + ms;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+Deno.test({
+  name: "embedded: a file of random bytes is refused with invalid and left untouched",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const path = `${dir}/kv.sqlite`;
+      const garbage = crypto.getRandomValues(new Uint8Array(64 * 1024));
+      await Deno.writeFile(path, garbage);
+      await rejectsInvalid(path, /kv\.sqlite/);
+      assert.deepEqual(await Deno.readFile(path), garbage);
+    }),
+});
+
+Deno.test({
+  name: "embedded: a short text file is refused with invalid",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      await Deno.writeTextFile(`${dir}/kv.sqlite`, "this is not a database at all\n".repeat(40));
+      await rejectsInvalid(`${dir}/kv.sqlite`, /not a database/);
+    }),
+});
+
+Deno.test({
+  name: "embedded: another application's SQLite database is refused and not altered",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const path = `${dir}/other.sqlite`;
+      const other = new DatabaseSync(path);
+      other.exec("CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('ann')");
+      other.close();
+      const before = await Deno.readFile(path);
+      await rejectsInvalid(path, /not a torus metadata store/);
+      assert.deepEqual(await Deno.readFile(path), before);
+    }),
+});
+
+Deno.test({
+  name: "embedded: a store of a newer format is refused with invalid",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const path = `${dir}/kv.sqlite`;
+      await (await openEmbeddedKv({ path })).close();
+      const raw = new DatabaseSync(path);
+      raw.exec("PRAGMA user_version = 2");
+      raw.close();
+      await rejectsInvalid(path, /format 2/);
+    }),
+});
+
+Deno.test({
+  name: "embedded: a torus store with damaged pages is refused with invalid at open",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const path = `${dir}/kv.sqlite`;
+      const kv = await openEmbeddedKv({ path });
+      for (let i = 0; i < 200; i++) await kv.put(`k/${i}`, new Uint8Array(500).fill(i));
+      await kv.close();
+      const bytes = await Deno.readFile(path);
+      assert.ok(bytes.length > 8 * 4096, "the store spans several pages");
+      // Keep the header (page 1) intact so SQLite recognises the file, and smash the rest.
+      bytes.fill(0xa5, 4096 + 100, bytes.length - 100);
+      await Deno.writeFile(path, bytes);
+      await rejectsInvalid(path, /damaged|malformed|corrupt/);
+    }),
+});
+
+Deno.test({
+  name: "embedded: a directory or an empty path is refused with invalid",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      await Deno.mkdir(`${dir}/kv.sqlite`);
+      await rejectsInvalid(`${dir}/kv.sqlite`, /kv\.sqlite/);
+      await assert.rejects(openEmbeddedKv({ path: "" }), (e) => isTorusError(e, "invalid"));
+    }),
+});
+
+Deno.test({
+  name: "embedded: data, revisions and lease ids persist across close and reopen",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const path = `${dir}/nested/metadata/kv.sqlite`;
+      let kv = await openEmbeddedKv({ path });
+      await kv.put("a", encoder.encode("1"));
+      const first = (await kv.get("a"))!;
+      const lease = await kv.grantLease(60_000);
+      await kv.close();
+      kv = await openEmbeddedKv({ path });
+      try {
+        assert.deepEqual(await kv.get("a"), first);
+        await kv.put("b", encoder.encode("2"));
+        assert.ok((await kv.get("b"))!.modRevision > first.modRevision);
+        await kv.keepAliveLease(lease);
+        assert.ok((await kv.grantLease(60_000)) > lease, "lease ids are never reused");
+      } finally {
+        await kv.close();
+      }
+    }),
+});
+
+async function leaseClockScenario(kv: KvStore, clock: ManualClock): Promise<void> {
+  const events: WatchEvent[] = [];
+  const watch = await kv.watchPrefix("locks/", (e) => events.push(...e));
+  const lease = await kv.grantLease(10_000);
+  await kv.put("locks/vol", encoder.encode("me"), { lease });
+  // Real time passing does not expire a lease: only the injected clock does.
+  await new Promise((r) => setTimeout(r, 300));
+  assert.ok(await kv.get("locks/vol"));
+  await clock.advance(9_000);
+  await kv.keepAliveLease(lease);
+  await clock.advance(9_000);
+  assert.ok(await kv.get("locks/vol"), "renewed at 9 s, so alive at 18 s");
+  await clock.advance(2_000);
+  // Nobody calls the store: the sweep alone must expire it and tell the watch.
+  await waitFor("the expiry delete event", () => Promise.resolve(events.length === 2));
+  assert.deepEqual(events.map((e) => `${e.type} ${e.key}`), [
+    "put locks/vol",
+    "delete locks/vol",
+  ]);
+  assert.equal(await kv.get("locks/vol"), null);
+  await assert.rejects(kv.keepAliveLease(lease), (e) => isTorusError(e, "not_exist"));
+  await watch.close();
+}
+
+Deno.test({
+  name: "embedded: leases expire by the injected clock, swept without any caller",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const clock = new ManualClock(1_700_000_000_000);
+      const kv = await openEmbeddedKv({
+        path: `${dir}/kv.sqlite`,
+        clock,
+        sweepIntervalMs: 20,
+      });
+      try {
+        await leaseClockScenario(kv, clock);
+      } finally {
+        await kv.close();
+        clock.close();
+      }
+    }),
+});
+
+Deno.test({
+  name: `embedded: the change log is trimmed past ${KV_CHANGE_LOG_MAX_ENTRIES} entries; ` +
+    "watching trimmed history is not_exist",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const kv = await openEmbeddedKv({ path: `${dir}/kv.sqlite`, sweepIntervalMs: 5 });
+      try {
+        const firstRevision = 2;
+        for (let batch = 0; batch * 128 <= KV_CHANGE_LOG_MAX_ENTRIES + 256; batch++) {
+          await kv.txn({
+            compare: [],
+            success: Array.from({ length: 128 }, (_, i) => ({
+              type: "put" as const,
+              key: `log/${batch}/${i}`,
+              value: new Uint8Array(1),
+            })),
+          });
+        }
+        const trimmed = async () => {
+          try {
+            const watch = await kv.watchPrefix("log/", () => {}, { fromRevision: firstRevision });
+            await watch.close();
+            return false;
+          } catch (error) {
+            assert.ok(isTorusError(error, "not_exist"), String(error));
+            return true;
+          }
+        };
+        await waitFor("the log to be trimmed", trimmed, 10_000);
+        const events: WatchEvent[] = [];
+        const head = (await kv.get("log/0/0"))!.modRevision;
+        const recent = await kv.watchPrefix("log/", (e) => events.push(...e), {
+          fromRevision: head + 70,
+        });
+        const batches = Math.floor((KV_CHANGE_LOG_MAX_ENTRIES + 256) / 128) + 1;
+        const expected = (batches - 70) * 128;
+        await waitFor("recent history", () => Promise.resolve(events.length >= expected));
+        await new Promise((r) => setTimeout(r, 100));
+        await recent.close();
+        assert.equal(events.length, expected, "paged delivery neither loses nor repeats");
+        assert.equal(events[0]?.modRevision, head + 70);
+        assert.equal(events[events.length - 1]?.key, `log/${batches - 1}/127`);
+      } finally {
+        await kv.close();
+      }
+    }),
+});

@@ -1,0 +1,14 @@
+/**
+ * The KvStore contract against the embedded SQLite store, each test on its own file in a temp
+ * dir that the fixture removes.
+ * @module
+ */
+
+import { openEmbeddedKv } from "../../src/metadata/mod.ts";
+import { kvStoreContract } from "../../src/metadata/kv_contract.ts";
+
+kvStoreContract("embedded", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "torus-kv-" });
+  const kv = await openEmbeddedKv({ path: `${dir}/metadata/kv.sqlite` });
+  return { kv, cleanup: () => Deno.remove(dir, { recursive: true }) };
+}, { leaseTtlMs: 1_000, expirySlackMs: 1_000 });
