@@ -28,6 +28,7 @@ import type {
   WatchOptions,
 } from "./kv.ts";
 import {
+  checkDeletePrefix,
   checkLeaseId,
   checkPut,
   checkTtlMs,
@@ -170,7 +171,7 @@ export class MemoryKvStore implements KvStore {
 
   deletePrefix(prefix: string): Promise<number> {
     return this.#run(() => {
-      encodePrefix(prefix);
+      checkDeletePrefix(prefix);
       const [result] = this.#apply([{ type: "deletePrefix", prefix }]);
       return result?.type === "deletePrefix" ? result.deleted : 0;
     });
