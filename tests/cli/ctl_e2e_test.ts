@@ -310,6 +310,10 @@ Deno.test({
       assert.equal((await Deno.stat(config)).mode! & 0o777, 0o600);
       assert.match(ok(await torus(["ctl", "config", "--view"], s.home)), /"etcd": "127\.0\.0\.1:/);
       ok(await torus(["ctl", "init", "--no-ring"], s.home), /ring empty/);
+      // Several endpoints: an unreachable first one is skipped (original issue #405).
+      const endpoints = `127.0.0.1:1,${etcd.endpoint}`;
+      const both = ["ctl", "-C", endpoints, "--metadata-prefix", prefix, "init", "--view"];
+      ok(await torus(both, s.home), /^Block size: 524288 bytes/);
       ok(await torus(["ctl", "ring", "get"], s.home), /^Ring: empty\nVersion: 1\n/);
       ok(await torus(["ctl", "wipe", "--yes-i-am-sure"], s.home));
     });

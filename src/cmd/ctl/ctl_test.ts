@@ -150,7 +150,8 @@ Deno.test("ctl init writes the settings once; --view shows them; bad values fail
 Deno.test("ctl init --no-ring starts with an empty ring", async () => {
   await using h = await harness();
   assert.match(ok(await h.ctl("init", "--no-ring")), /ring empty\n$/);
-  assert.equal((await h.mds.cluster.getRing()).type, 0);
+  const ring = await h.mds.cluster.getRing();
+  assert.deepEqual([ring.type, ring.version, ring.replicationFactor, ring.peers], [0, 1, 0, []]);
 });
 
 Deno.test("every metadata command on an uninitialised data dir says so", async () => {

@@ -78,7 +78,7 @@ ${metadataFlagsHelp}
       const blockSizeBytes = parseSize(values["block-size"]);
       const spec = parseBlockLayerSpec(values["block-spec"]);
       const ring = values["no-ring"]
-        ? createRing(RingType.Empty, { version: 1, replication: 1, peers: [] })
+        ? createRing(RingType.Empty, { version: 1, replication: 0, peers: [] })
         : createRing(RingType.Ketama, { version: 1, replication: REPLICATION_DEFAULT, peers: [] });
       const init: InitOptions = {
         blockSizeBytes,
