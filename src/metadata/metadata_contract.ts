@@ -110,6 +110,9 @@ export function metadataServiceContract(
     Deno.test({
       name: `metadata contract (${name}, seed=${seed}): ${title}${ignored}`,
       ignore: options.ignoreReason !== undefined,
+      // Every test closes what it opened: no timer, socket or worker may outlive it.
+      sanitizeOps: true,
+      sanitizeResources: true,
       fn: () => runTest(body),
     });
   };
