@@ -20,6 +20,11 @@ import { commands } from "../mod.ts";
 import type { CtlDeps } from "./common.ts";
 import { ctlCommand } from "./mod.ts";
 
+/** Every test closes what it opens: no timer, file or store may outlive it. */
+function test(name: string, fn: () => Promise<void>): void {
+  Deno.test({ name, sanitizeOps: true, sanitizeResources: true, fn });
+}
+
 interface Output {
   code: number;
   out: string;
@@ -121,7 +126,7 @@ function node(uuid: string, port: number, totalBlocks: number, usedBlocks: numbe
   };
 }
 
-Deno.test("ctl init writes the settings once; --view shows them; bad values fail", async () => {
+test("ctl init writes the settings once; --view shows them; bad values fail", async () => {
   await using h = await harness();
   fails(await h.ctl("init", "--view"), 1, /cluster not initialised: run `torus ctl init`/);
   fails(await h.ctl("init", "--block-size", "1.5.5"), 1, /invalid size "1\.5\.5"/);
@@ -147,14 +152,14 @@ Deno.test("ctl init writes the settings once; --view shows them; bad values fail
   fails(await h.ctl("init", "extra"), 2, /expected no arguments/);
 });
 
-Deno.test("ctl init --no-ring starts with an empty ring", async () => {
+test("ctl init --no-ring starts with an empty ring", async () => {
   await using h = await harness();
   assert.match(ok(await h.ctl("init", "--no-ring")), /ring empty\n$/);
   const ring = await h.mds.cluster.getRing();
   assert.deepEqual([ring.type, ring.version, ring.replicationFactor, ring.peers], [0, 1, 0, []]);
 });
 
-Deno.test("every metadata command on an uninitialised data dir says so", async () => {
+test("every metadata command on an uninitialised data dir says so", async () => {
   await using h = await harness();
   for (
     const args of [
@@ -176,7 +181,7 @@ Deno.test("every metadata command on an uninitialised data dir says so", async (
   }
 });
 
-Deno.test("ctl volume create-block, list and delete, with every bad input", async () => {
+test("ctl volume create-block, list and delete, with every bad input", async () => {
   await using h = await harness();
   ok(await h.ctl("init"));
   assert.equal(
@@ -242,7 +247,7 @@ async function registerNodes(h: Harness) {
   return lease;
 }
 
-Deno.test("list-peers shows members, available nodes, dead members and the footer", async () => {
+test("list-peers shows members, available nodes, dead members and the footer", async () => {
   await using h = await harness();
   ok(await h.ctl("init", "--block-size", "1MiB"));
   await registerNodes(h);
@@ -277,7 +282,7 @@ Deno.test("list-peers shows members, available nodes, dead members and the foote
   fails(await h.ctl("list-peers", "x"), 2, /takes no arguments/);
 });
 
-Deno.test("peer add and remove resolve addresses and UUIDs; unknown peers need --force", async () => {
+test("peer add and remove resolve addresses and UUIDs; unknown peers need --force", async () => {
   await using h = await harness();
   ok(await h.ctl("init"));
   await registerNodes(h);
@@ -308,7 +313,7 @@ Deno.test("peer add and remove resolve addresses and UUIDs; unknown peers need -
   assert.equal(ring.peers[0]!.totalBlocks, 2048n);
 });
 
-Deno.test("ring get, set-replication and manual-change check replication and ring types", async () => {
+test("ring get, set-replication and manual-change check replication and ring types", async () => {
   await using h = await harness();
   ok(await h.ctl("init"));
   await registerNodes(h);
@@ -378,7 +383,7 @@ Deno.test("ring get, set-replication and manual-change check replication and rin
   assert.equal((await h.mds.cluster.getRing()).version, 6);
 });
 
-Deno.test("wipe refuses without the flag, asks a terminal for YES, keeps outside keys", async () => {
+test("wipe refuses without the flag, asks a terminal for YES, keeps outside keys", async () => {
   await using h = await harness();
   ok(await h.ctl("init"));
   await h.store.put("/github.com/coreos/torus-other/k", new TextEncoder().encode("keep"));
@@ -404,7 +409,7 @@ Deno.test("wipe refuses without the flag, asks a terminal for YES, keeps outside
   assert.match(ok(await h.ctl("wipe", "--yes-i-am-sure")), /^Wiped 3 keys/);
 });
 
-Deno.test("config saves a profile that later commands use; --view prints it", async () => {
+test("config saves a profile that later commands use; --view prints it", async () => {
   await using h = await harness();
   fails(await h.raw("config", "--view"), 1, /config file .*config\.json does not exist/);
   fails(await h.raw("config"), 1, /nothing to save/);
@@ -422,7 +427,7 @@ Deno.test("config saves a profile that later commands use; --view prints it", as
   fails(await h.raw("ring", "get", "--profile", "nope"), 1, /profile "nope" is not in config file/);
 });
 
-Deno.test("metadata flags may come before the noun, as the original's persistent flags", async () => {
+test("metadata flags may come before the noun, as the original's persistent flags", async () => {
   await using h = await harness();
   ok(await h.raw("--data-dir", h.dataDir, "init"));
   ok(await h.raw(`--data-dir=${h.dataDir}`, "volume", "create-block", "v", "1MiB"));
@@ -433,7 +438,7 @@ Deno.test("metadata flags may come before the noun, as the original's persistent
   fails(await h.raw("--bogus", "volume", "list"), 2, /unknown command "--bogus"/);
 });
 
-Deno.test("completion bash completes subcommands and flags of every level", async () => {
+test("completion bash completes subcommands and flags of every level", async () => {
   await using h = await harness();
   const script = ok(await h.raw("completion", "bash"));
   fails(await h.raw("completion", "zsh"), 2, /only bash/);
@@ -453,7 +458,7 @@ Deno.test("completion bash completes subcommands and flags of every level", asyn
   assert.ok((await complete("torus", "ctl", "init", "--b")).includes("--block-size"));
 });
 
-Deno.test("ctl help lists every noun and marks step-4 commands as not implemented", async () => {
+test("ctl help lists every noun and marks step-4 commands as not implemented", async () => {
   await using h = await harness();
   const help = ok(await h.raw("--help"));
   for (const noun of ["init", "config", "list-peers", "peer", "ring", "volume", "block", "wipe"]) {
