@@ -165,7 +165,9 @@ export interface BlockVolumeMetadata {
   getHead(volumeId: number): Promise<INodeRef>;
   /**
    * Takes the writer lock, bound to `holder.lease`: it is released when that lease expires or
-   * is revoked. `locked` if anyone (including the same holder) already holds it.
+   * is revoked. `locked` if anyone (including the same holder) already holds it. The caller
+   * picks the lease: its process lease (as the original did), or one per open volume with its
+   * own TTL, so a lock need not live and die with a whole process.
    */
   lock(volumeId: number, holder: LockHolder): Promise<void>;
   /**
