@@ -3,7 +3,8 @@
  * Pure-JS dependencies are inlined. Packages that cannot be inlined (a native addon, etcd3 which
  * reads its .proto files at run time, grpc-js) stay external and are rewritten to pinned `npm:`
  * specifiers, which Deno fetches into its cache on first use; no node_modules is needed beside
- * the file.
+ * the file. Files loaded at run time by URL (the embedded store's worker,
+ * `new URL("./embedded_worker.js", import.meta.url)`) are inlined as data: URLs.
  */
 
 const root = new URL("../", import.meta.url).pathname;
@@ -34,6 +35,35 @@ export function pinExternalImports(code: string, versions: Map<string, string>):
   return out;
 }
 
+/** Source files under src/ by base name, for inlining assets referenced by URL. */
+async function findSources(dir: string, found = new Map<string, string[]>()) {
+  for await (const entry of Deno.readDir(dir)) {
+    const path = `${dir}/${entry.name}`;
+    if (entry.isDirectory) await findSources(path, found);
+    else found.set(entry.name, [...(found.get(entry.name) ?? []), path]);
+  }
+  return found;
+}
+
+/**
+ * Replaces `new URL("./asset.js", import.meta.url)` with a data: URL holding the asset, so the
+ * bundle needs no file beside it. Each asset name must be unique under src/.
+ */
+export async function inlineUrlAssets(code: string): Promise<string> {
+  const sources = await findSources(`${root}src`);
+  const pattern = /new URL\(\s*["']\.\/([\w.-]+\.js)["']\s*,\s*import\.meta\.url\s*\)/g;
+  const assets = new Map<string, string>();
+  for (const match of code.matchAll(pattern)) {
+    const name = match[1]!;
+    const paths = sources.get(name) ?? [];
+    if (paths.length !== 1) throw new Error(`asset ${name}: expected one file under src/`);
+    const bytes = await Deno.readFile(paths[0]!);
+    const base64 = btoa(Array.from(bytes, (b) => String.fromCharCode(b)).join(""));
+    assets.set(name, `new URL("data:application/javascript;base64,${base64}")`);
+  }
+  return code.replace(pattern, (_whole, name: string) => assets.get(name)!);
+}
+
 async function main(): Promise<void> {
   const output = Deno.args[0] ?? `${root}dist/torus.js`;
   await Deno.mkdir(output.replace(/\/[^/]*$/, ""), { recursive: true });
@@ -51,7 +81,7 @@ async function main(): Promise<void> {
     Deno.exit(1);
   }
   const code = await Deno.readTextFile(output);
-  const pinned = pinExternalImports(code, await pinnedVersions());
+  const pinned = pinExternalImports(await inlineUrlAssets(code), await pinnedVersions());
   await Deno.writeTextFile(
     output,
     "#!/usr/bin/env -S deno run -A\n" + pinned.replace(/^#!.*\n/, ""),
