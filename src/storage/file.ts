@@ -7,7 +7,7 @@
  * Crash safety (a process kill or a power loss at any instant):
  * - A put writes the block into a free slot first and its index entry only after that write
  *   completed, so an entry never names a slot whose write was still running in this process.
- *   Every entry carries the block's CRC-32C and every read verifies it: bytes that a power loss
+ *   Every entry carries the block's CRC-32 and every read verifies it: bytes that a power loss
  *   left half-written are answered `block_unavailable` (and the entry dropped), never returned.
  * - Replacing a ref writes the new copy into another slot with a higher generation; the old slot
  *   keeps its entry until a flush has made the new entry durable, then its entry is zeroed and
@@ -41,7 +41,6 @@ import {
   blockUnavailable,
   closed,
   crc32,
-  crc32c,
   ErrorCode,
   errorMessage,
   invalid,
@@ -50,7 +49,7 @@ import {
   TorusError,
   verifyEnabled,
 } from "../core/mod.ts";
-import { fdatasync, pinned, pwriteFullSync } from "../sys/mod.ts";
+import { fdatasync, pinned, pwriteFullSync, tuneMallocForLargeBuffers } from "../sys/mod.ts";
 import type { BlockCallOptions, BlockStore } from "./block_store.ts";
 import { encodeEntry, ENTRY_BYTES, HEADER_BYTES, type IndexEntry } from "./file_format.ts";
 import {
@@ -171,6 +170,8 @@ export class FileBlockStore implements BlockStore {
       throw invalid(`invalid store size: ${options.sizeBytes} bytes`);
     }
     const slotCount = Math.floor(options.sizeBytes / options.blockSizeBytes);
+    // Every get returns a fresh block-sized buffer: keep their memory out of mmap/munmap churn.
+    tuneMallocForLargeBuffers();
     const files = await openStoreFiles({
       dir: options.dir,
       name,
@@ -255,7 +256,7 @@ export class FileBlockStore implements BlockStore {
         cause: error,
       });
     }
-    if (crc32c(block) === stored.crc32c) return block;
+    if (crc32(block) === stored.crc32) return block;
     // A changed index means the slot was reused under us, not that the disk is bad.
     if (this.#index.get(ref.key) !== stored) return null;
     this.#removeStored(stored);
@@ -304,12 +305,14 @@ export class FileBlockStore implements BlockStore {
     generation: number,
     flight: PutsInFlight,
   ): Promise<void> {
-    const sums = { crc32c: crc32c(block), crc32: crc32(block) };
     let slot = this.#takeFree();
     if (slot < 0) slot = await this.#waitForSlot();
     let installed = false;
     try {
-      await this.#slots.write(slot, block);
+      const written = this.#slots.write(slot, block);
+      // The checksum is computed while a worker thread writes the same (unchanging) bytes.
+      const sums = { crc32: crc32(block) };
+      await written;
       if (this.#failure !== null) throw this.#failure;
       const current = this.#index.get(ref.key);
       if ((current?.generation ?? 0) > generation || flight.supersededBelow > generation) return;

@@ -12,10 +12,14 @@
  *
  * Index entry: `[0:24]` BlockRef, `[24:32]` generation (a store-wide sequence number; the
  * highest verified one wins when a ref has several entries), `[32:40]` slot number (equal to the
- * entry's position: catches misdirected writes), `[40:44]` CRC-32C of the whole block (verified
- * on every read), `[44:48]` CRC-32 (IEEE) of the block (answers `expectedCrc32` without a second
- * pass), `[48:60]` zero, `[60:64]` CRC-32C of `[0:60]` (a torn entry never verifies).
+ * entry's position: catches misdirected writes), `[40:44]` CRC-32 (IEEE) of the whole block (verified
+ * on every read), `[44:60]` zero, `[60:64]` CRC-32C of `[0:60]` (a torn entry never verifies).
  * An all-zero entry marks a free slot.
+ *
+ * Blocks are checksummed with CRC-32 (IEEE), not CRC-32C: @node-rs/crc32 computes it about twice
+ * as fast on this hardware (docs/adr/0001-block-file-io.md), and it is the checksum the blockset's
+ * crc layer passes as `expectedCrc32`, so one pass both verifies a read and answers that check.
+ * The small header and entry checksums use CRC-32C, which detects more errors in short messages.
  * @module
  */
 
@@ -109,7 +113,7 @@ export interface IndexEntry {
   ref: BlockRef;
   generation: number;
   slot: number;
-  crc32c: number;
+  /** CRC-32 (IEEE) of the whole block. */
   crc32: number;
 }
 
@@ -123,8 +127,7 @@ export function encodeEntry(entry: IndexEntry, target: Uint8Array, offset = 0): 
   const view = new DataView(bytes.buffer, bytes.byteOffset, ENTRY_BYTES);
   view.setBigUint64(24, BigInt(entry.generation), true);
   view.setBigUint64(32, BigInt(entry.slot), true);
-  view.setUint32(40, entry.crc32c, true);
-  view.setUint32(44, entry.crc32, true);
+  view.setUint32(40, entry.crc32, true);
   view.setUint32(60, crc32c(bytes.subarray(0, ENTRY_CHECKED_BYTES)), true);
 }
 
@@ -178,8 +181,7 @@ export function decodeEntry(bytes: Uint8Array, offset: number, slot: number): De
       ref,
       generation: Number(generation),
       slot,
-      crc32c: view.getUint32(40, true),
-      crc32: view.getUint32(44, true),
+      crc32: view.getUint32(40, true),
     },
   };
 }

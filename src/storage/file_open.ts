@@ -16,7 +16,7 @@
 import {
   BLOCK_SIZE_MAX_BYTES,
   BLOCK_SIZE_MIN_BYTES,
-  crc32c,
+  crc32,
   ErrorCode,
   invalid,
   STORE_SLOTS_MAX,
@@ -323,7 +323,7 @@ async function pickVerified(
   for (const candidate of newestFirst) {
     const offset = slotOffsetBytes(candidate.slot, files.blockSizeBytes);
     const got = await preadFull(files.dataFd, block, offset);
-    if (got === block.length && crc32c(block) === candidate.crc32c) return candidate;
+    if (got === block.length && crc32(block) === candidate.crc32) return candidate;
   }
   return null;
 }

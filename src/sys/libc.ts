@@ -78,6 +78,7 @@ const symbols = {
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   msync: { parameters: ["pointer", "usize", "i32"], result: "i32", nonblocking: true },
+  mallopt: { parameters: ["i32", "i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
   strerror: { parameters: ["i32"], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -342,4 +343,28 @@ export async function msync(
   if (await libc().msync(start, BigInt(options.lengthBytes), options.flags) < 0) {
     throw lostErrno("msync", `${options.lengthBytes} bytes`);
   }
+}
+
+/** mallopt(3) parameters (glibc). */
+const MallocParam = { M_TRIM_THRESHOLD: -1, M_MMAP_THRESHOLD: -3 } as const;
+/** glibc's largest mmap threshold on 64-bit systems (HEAP_MAX_SIZE / 2). */
+const MMAP_THRESHOLD_MAX_BYTES = 32 * 1024 * 1024;
+/** Freed heap memory glibc keeps before giving it back to the kernel. */
+const TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024;
+let mallocTuned = false;
+
+/**
+ * Makes glibc malloc keep and reuse the memory of large buffers. Every block read returns a
+ * fresh block-sized buffer (V8 allocates its memory with calloc); by default glibc serves such
+ * sizes with mmap and gives them back with munmap, so each read faults in 128 new pages per
+ * 512 KiB, which measured 2-3x slower than reading into reused memory on this VM
+ * (docs/adr/0001-block-file-io.md). Process-wide and idempotent; the cost is memory that stays
+ * mapped (up to TRIM_THRESHOLD_BYTES of free heap) after a burst.
+ */
+export function tuneMallocForLargeBuffers(): void {
+  if (mallocTuned) return;
+  mallocTuned = true;
+  // mallopt returns 1 on success; a libc without these knobs simply keeps its defaults.
+  libc().mallopt(MallocParam.M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX_BYTES);
+  libc().mallopt(MallocParam.M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
 }

@@ -1,0 +1,188 @@
+/**
+ * Storage engine benchmark (docs/adr/0001-block-file-io.md, docs/benchmarks.md): 512 KiB blocks
+ * put and got through FileBlockStore (pread and mmap data I/O) against plain libc pwrite/pread of
+ * the same bytes to a plain file, in one run. Sequential and random slots, one call at a time
+ * (QD1) and eight in flight (QD8). Every iteration moves 64 blocks (32 MiB); names carry
+ * `[32MiB/iter]` so scripts/bench.ts can print throughput, and each group's baseline is the
+ * plain synchronous call, the fastest way to move these bytes through FFI. (Bench functions are
+ * declared `async`: Deno awaits a bench only when its function is an async function.)
+ *
+ * Run: deno task bench (or deno bench -A src/storage/file_bench.ts). Files live in a temp dir on
+ * the filesystem of $TMPDIR (removed at exit); all data fits in the page cache, so this measures
+ * the engine's CPU path, not the disk.
+ * @module
+ */
+
+import { BlockRef, SeededRandom } from "../core/mod.ts";
+import {
+  close,
+  ftruncate,
+  open,
+  OpenFlags,
+  preadFull,
+  preadSync,
+  pwriteFull,
+  pwriteSync,
+} from "../sys/mod.ts";
+import { DataIo, FileBlockStore } from "./file.ts";
+import { HEADER_BYTES } from "./file_format.ts";
+
+const BLOCK_BYTES = 512 * 1024;
+const SLOTS = 1024;
+const BATCH = 64;
+const QUEUE_DEPTH = 8;
+const TAG = "[32MiB/iter]";
+
+const dir = await Deno.makeTempDir({ prefix: "torus-bench-" });
+globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+
+const random = new SeededRandom(1);
+const payload = random.bytes(BLOCK_BYTES);
+/** Slots 0..63 in order, and 64 distinct random slots of the 1024. */
+const seqSlots = Array.from({ length: BATCH }, (_, i) => i);
+const randSlots = shuffled(Array.from({ length: SLOTS }, (_, i) => i)).slice(0, BATCH);
+
+function shuffled(values: number[]): number[] {
+  for (let i = values.length - 1; i > 0; i--) {
+    const j = random.int(i + 1);
+    [values[i], values[j]] = [values[j]!, values[i]!];
+  }
+  return values;
+}
+
+function ref(slot: number): BlockRef {
+  return new BlockRef({ volume: 2, inode: 3n, index: BigInt(slot) });
+}
+
+// The plain file: same layout as the engine's data file, every slot written once.
+const plainFd = open(`${dir}/plain.bin`, OpenFlags.O_RDWR | OpenFlags.O_CREAT);
+ftruncate(plainFd, HEADER_BYTES + SLOTS * BLOCK_BYTES);
+for (let slot = 0; slot < SLOTS; slot++) pwriteSync(plainFd, payload, offset(slot));
+globalThis.addEventListener("unload", () => close(plainFd));
+
+function offset(slot: number): number {
+  return HEADER_BYTES + slot * BLOCK_BYTES;
+}
+
+/**
+ * An engine whose ref i lives in slot i, and whose free stack hands out `randSlots` (random) or
+ * `seqSlots` (in order) to the next 64 puts; puts are undone by deleting in reverse order.
+ */
+async function openEngine(dataIo: DataIo): Promise<FileBlockStore> {
+  const store = await FileBlockStore.open({
+    dir,
+    name: dataIo,
+    blockSizeBytes: BLOCK_BYTES,
+    sizeBytes: (SLOTS + 1) * BLOCK_BYTES,
+    dataIo,
+  });
+  for (let slot = 0; slot < SLOTS; slot++) await store.putBlock(ref(slot), payload);
+  await store.flush();
+  globalThis.addEventListener("unload", () => void store.close());
+  return store;
+}
+
+const engines = {
+  [DataIo.Pread]: await openEngine(DataIo.Pread),
+  [DataIo.Mmap]: await openEngine(DataIo.Mmap),
+};
+/** Refs put by the put benches; never stored before, so every put is a fresh ref. */
+const freshRefs = Array.from(
+  { length: BATCH },
+  (_, i) => new BlockRef({ volume: 9, inode: 9n, index: BigInt(i) }),
+);
+
+/** Frees `slots` (deleting their refs) so the next puts get exactly those slots, in order. */
+async function freeSlots(store: FileBlockStore, slots: number[]): Promise<void> {
+  for (let i = slots.length - 1; i >= 0; i--) await store.deleteBlock(ref(slots[i]!));
+}
+
+/** Puts the original refs back into `slots` after a put bench borrowed them. */
+async function restore(store: FileBlockStore, slots: number[]): Promise<void> {
+  for (let i = slots.length - 1; i >= 0; i--) await store.deleteBlock(freshRefs[i]!);
+  for (const slot of slots) await store.putBlock(ref(slot), payload);
+}
+
+async function inBatches(count: number, depth: number, op: (i: number) => Promise<unknown>) {
+  for (let first = 0; first < count; first += depth) {
+    const calls: Promise<unknown>[] = [];
+    for (let i = first; i < Math.min(count, first + depth); i++) calls.push(op(i));
+    await Promise.all(calls);
+  }
+}
+
+for (const pattern of ["seq", "rand"] as const) {
+  const slots = pattern === "seq" ? seqSlots : randSlots;
+  registerPuts(pattern, slots);
+  registerGets(pattern, slots);
+}
+
+function registerPuts(pattern: "seq" | "rand", slots: number[]): void {
+  for (const depth of [1, QUEUE_DEPTH]) {
+    const group = `put ${pattern} 512KiB QD${depth}`;
+    Deno.bench({
+      name: `plain pwrite (sync FFI) ${TAG}`,
+      group,
+      baseline: true,
+      fn: () => {
+        for (const slot of slots) pwriteSync(plainFd, payload, offset(slot));
+      },
+    });
+    Deno.bench({
+      name: `plain pwrite (nonblocking FFI) ${TAG}`,
+      group,
+      fn: async () => {
+        await inBatches(BATCH, depth, (i) => pwriteFull(plainFd, payload, offset(slots[i]!)));
+      },
+    });
+    for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
+      Deno.bench({
+        name: `engine ${dataIo} putBlock ${TAG}`,
+        group,
+        fn: async (b) => {
+          const store = engines[dataIo];
+          await freeSlots(store, slots);
+          b.start();
+          await inBatches(BATCH, depth, (i) => store.putBlock(freshRefs[i]!, payload));
+          b.end();
+          await restore(store, slots);
+        },
+      });
+    }
+  }
+}
+
+function registerGets(pattern: "seq" | "rand", slots: number[]): void {
+  const buffers = Array.from({ length: QUEUE_DEPTH }, () => new Uint8Array(BLOCK_BYTES));
+  for (const depth of [1, QUEUE_DEPTH]) {
+    const group = `get ${pattern} 512KiB QD${depth}`;
+    Deno.bench({
+      name: `plain pread (sync FFI) ${TAG}`,
+      group,
+      baseline: true,
+      fn: () => {
+        for (const slot of slots) preadSync(plainFd, buffers[0]!, offset(slot));
+      },
+    });
+    Deno.bench({
+      name: `plain pread (nonblocking FFI) ${TAG}`,
+      group,
+      fn: async () => {
+        await inBatches(
+          BATCH,
+          depth,
+          (i) => preadFull(plainFd, buffers[i % depth]!, offset(slots[i]!)),
+        );
+      },
+    });
+    for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
+      Deno.bench({
+        name: `engine ${dataIo} getBlock ${TAG}`,
+        group,
+        fn: async () => {
+          await inBatches(BATCH, depth, (i) => engines[dataIo].getBlock(ref(slots[i]!)));
+        },
+      });
+    }
+  }
+}
