@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { ErrorCode, SeededRandom, testSeed } from "../core/mod.ts";
+import { ErrorCode, isTorusError, SeededRandom, testSeed } from "../core/mod.ts";
 import { DataIo, FileBlockStore, type FileBlockStoreOptions, SPARE_SLOTS } from "./file.ts";
 import {
   decodeEntry,
@@ -354,6 +354,32 @@ Deno.test("FileBlockStore: replacing blocks in a full store recycles old slots t
       assert.deepEqual(await reopened.getBlock(testRef(i)), patternBlock(BLOCK, 19 + i));
     }
     await reopened.close();
+  } finally {
+    await cleanup();
+  }
+});
+
+Deno.test("FileBlockStore: a get racing a delete and slot reuse never returns the new bytes", async () => {
+  const { options, cleanup } = await tempStore({ sizeBytes: BLOCK * 4 });
+  try {
+    const store = await FileBlockStore.open(options);
+    for (let round = 0; round < 40; round++) {
+      const old = patternBlock(BLOCK, 2 * round);
+      const next = patternBlock(BLOCK, 2 * round + 1);
+      await store.putBlock(testRef(1), old);
+      const get = store.getBlock(testRef(1)).catch((error: unknown) => error);
+      // The freed slot is the first one handed out again: ref 2 overwrites it while the get runs.
+      await store.deleteBlock(testRef(1));
+      const put = store.putBlock(testRef(2), next);
+      const result = await get;
+      await put;
+      // Old bytes (read before the reuse) or not_exist (the retry saw the delete); nothing else.
+      if (result instanceof Uint8Array) assert.deepEqual(result, old);
+      else assert.ok(isTorusError(result, ErrorCode.NotExist), String(result));
+      assert.deepEqual(await store.getBlock(testRef(2)), next);
+      await store.deleteBlock(testRef(2));
+    }
+    await store.close();
   } finally {
     await cleanup();
   }
