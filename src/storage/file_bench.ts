@@ -2,20 +2,24 @@
  * Storage engine benchmark (docs/adr/0001-block-file-io.md, docs/benchmarks.md): 512 KiB blocks
  * put and got through FileBlockStore (pread and mmap data I/O) against plain libc pwrite/pread of
  * the same bytes to a plain file, in one run. Sequential and random slots, one call at a time
- * (QD1) and eight in flight (QD8). Every iteration moves 64 blocks (32 MiB); names carry
+ * (QD1) and eight in flight (QD8), from the page cache and cold (cache dropped), plus how long
+ * cold gets block the event loop. Every iteration moves 64 blocks (32 MiB); names carry
  * `[32MiB/iter]` so scripts/bench.ts can print throughput, and each group's baseline is the
  * plain synchronous call, the fastest way to move these bytes through FFI. (Bench functions are
  * declared `async`: Deno awaits a bench only when its function is an async function.)
  *
  * Run: deno task bench (or deno bench -A src/storage/file_bench.ts). Files live in a temp dir on
- * the filesystem of $TMPDIR (removed at exit); all data fits in the page cache, so this measures
- * the engine's CPU path, not the disk.
+ * the filesystem of $TMPDIR (removed at exit). The warm groups fit in the page cache and measure
+ * the engine's CPU path; the cold groups measure the disk behind $TMPDIR as well.
  * @module
  */
 
 import { BlockRef, SeededRandom } from "../core/mod.ts";
 import {
+  Advice,
   close,
+  fadvise,
+  fdatasync,
   ftruncate,
   open,
   OpenFlags,
@@ -68,24 +72,53 @@ function offset(slot: number): number {
  * An engine whose ref i lives in slot i, and whose free stack hands out `randSlots` (random) or
  * `seqSlots` (in order) to the next 64 puts; puts are undone by deleting in reverse order.
  */
-async function openEngine(dataIo: DataIo): Promise<FileBlockStore> {
-  const store = await FileBlockStore.open({
+function openEngine(dataIo: DataIo): Promise<FileBlockStore> {
+  return FileBlockStore.open({
     dir,
     name: dataIo,
     blockSizeBytes: BLOCK_BYTES,
     sizeBytes: (SLOTS + 1) * BLOCK_BYTES,
     dataIo,
   });
+}
+
+async function filledEngine(dataIo: DataIo): Promise<FileBlockStore> {
+  const store = await openEngine(dataIo);
   for (let slot = 0; slot < SLOTS; slot++) await store.putBlock(ref(slot), payload);
   await store.flush();
-  globalThis.addEventListener("unload", () => void store.close());
   return store;
 }
 
-const engines = {
-  [DataIo.Pread]: await openEngine(DataIo.Pread),
-  [DataIo.Mmap]: await openEngine(DataIo.Mmap),
+const engines: Record<DataIo, FileBlockStore> = {
+  [DataIo.Pread]: await filledEngine(DataIo.Pread),
+  [DataIo.Mmap]: await filledEngine(DataIo.Mmap),
 };
+globalThis.addEventListener("unload", () => {
+  for (const store of Object.values(engines)) void store.close();
+});
+
+/** Drops the cached pages of a file (after syncing them), so the next access goes to the disk. */
+async function evict(path: string): Promise<void> {
+  const fd = open(path, OpenFlags.O_RDONLY);
+  try {
+    await fdatasync(fd);
+    fadvise(fd, { advice: Advice.POSIX_FADV_DONTNEED });
+  } finally {
+    close(fd);
+  }
+}
+
+/**
+ * Closes an engine, evicts its data file from the page cache and opens it again: a mapping keeps
+ * its pages cached, so the mmap variant only goes cold through a new mapping.
+ */
+async function reopenCold(dataIo: DataIo): Promise<FileBlockStore> {
+  await engines[dataIo].close();
+  await evict(`${dir}/data-${dataIo}.blk`);
+  engines[dataIo] = await openEngine(dataIo);
+  return engines[dataIo];
+}
+
 /** Refs put by the put benches; never stored before, so every put is a fresh ref. */
 const freshRefs = Array.from(
   { length: BATCH },
@@ -184,5 +217,112 @@ function registerGets(pattern: "seq" | "rand", slots: number[]): void {
         },
       });
     }
+  }
+}
+
+// Cold data: the same random slots with the page cache dropped before every iteration, so reads
+// and partial-page work go to the disk. Writes cover whole pages, so pwrite never reads, while a
+// store into a mapping faults each page in from the disk first.
+const coldSlots = [...randSlots].sort((a, b) => a - b);
+const plainPath = `${dir}/plain.bin`;
+registerColdGets();
+registerColdPuts();
+registerStall();
+
+function registerColdGets(): void {
+  const group = `get rand cold 512KiB QD${QUEUE_DEPTH}`;
+  const buffers = Array.from({ length: QUEUE_DEPTH }, () => new Uint8Array(BLOCK_BYTES));
+  Deno.bench({
+    name: `plain pread (nonblocking FFI) ${TAG}`,
+    group,
+    baseline: true,
+    fn: async (b) => {
+      await evict(plainPath);
+      b.start();
+      await inBatches(
+        BATCH,
+        QUEUE_DEPTH,
+        (i) => preadFull(plainFd, buffers[i % QUEUE_DEPTH]!, offset(coldSlots[i]!)),
+      );
+      b.end();
+    },
+  });
+  for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
+    Deno.bench({
+      name: `engine ${dataIo} getBlock ${TAG}`,
+      group,
+      fn: async (b) => {
+        const store = await reopenCold(dataIo);
+        b.start();
+        await inBatches(BATCH, QUEUE_DEPTH, (i) => store.getBlock(ref(coldSlots[i]!)));
+        b.end();
+      },
+    });
+  }
+}
+
+function registerColdPuts(): void {
+  const group = `put rand cold 512KiB QD${QUEUE_DEPTH}`;
+  Deno.bench({
+    name: `plain pwrite (nonblocking FFI) ${TAG}`,
+    group,
+    baseline: true,
+    fn: async (b) => {
+      await evict(plainPath);
+      b.start();
+      await inBatches(
+        BATCH,
+        QUEUE_DEPTH,
+        (i) => pwriteFull(plainFd, payload, offset(coldSlots[i]!)),
+      );
+      b.end();
+    },
+  });
+  for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
+    Deno.bench({
+      name: `engine ${dataIo} putBlock ${TAG}`,
+      group,
+      fn: async (b) => {
+        await freeSlots(engines[dataIo], coldSlots);
+        // Reopening rebuilds the free stack in slot order: the puts get coldSlots in order.
+        const store = await reopenCold(dataIo);
+        b.start();
+        await inBatches(BATCH, QUEUE_DEPTH, (i) => store.putBlock(freshRefs[i]!, payload));
+        b.end();
+        await restore(store, coldSlots);
+      },
+    });
+  }
+}
+
+/**
+ * How long the event loop is blocked while 8 gets of cold blocks start: the time until a 0 ms
+ * timer set right after the calls fires (the gets complete afterwards, untimed).
+ */
+function registerStall(): void {
+  const group = `event-loop stall while ${QUEUE_DEPTH} cold gets start`;
+  Deno.bench({
+    name: "no gets (the timer alone)",
+    group,
+    baseline: true,
+    fn: async (b) => {
+      b.start();
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      b.end();
+    },
+  });
+  for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
+    Deno.bench({
+      name: `engine ${dataIo} getBlock`,
+      group,
+      fn: async (b) => {
+        const store = await reopenCold(dataIo);
+        b.start();
+        const gets = coldSlots.slice(0, QUEUE_DEPTH).map((slot) => store.getBlock(ref(slot)));
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        b.end();
+        await Promise.all(gets);
+      },
+    });
   }
 }

@@ -280,12 +280,15 @@ export async function scanIndex(files: StoreFiles): Promise<ScanResult> {
   const toZero: number[] = [];
   let maxGeneration = 0;
   const chunk = new Uint8Array(entriesPerChunk * ENTRY_BYTES);
+  const words = new Uint32Array(chunk.buffer);
   for (let first = 0; first < files.slotCount; first += entriesPerChunk) {
     const count = Math.min(entriesPerChunk, files.slotCount - first);
     const bytes = chunk.subarray(0, count * ENTRY_BYTES);
     const got = await preadFull(files.mapFd, bytes, HEADER_BYTES + first * ENTRY_BYTES);
     if (got !== bytes.length) throw invalid(`${files.mapPath} ended while reading the index`);
     for (let i = 0; i < count; i++) {
+      // Most entries of a young store are free: skip them without decoding.
+      if (isZeroEntry(words, i)) continue;
       const decoded = decodeEntry(bytes, i * ENTRY_BYTES, first + i);
       if (decoded.state === EntryState.Damaged) toZero.push(first + i);
       if (decoded.state !== EntryState.Used) continue;
@@ -311,6 +314,14 @@ export async function scanIndex(files: StoreFiles): Promise<ScanResult> {
     damagedEntries,
     supersededEntries: toZero.length - damagedEntries,
   };
+}
+
+const wordsPerEntry = ENTRY_BYTES / 4;
+
+function isZeroEntry(words: Uint32Array, entry: number): boolean {
+  const first = entry * wordsPerEntry;
+  for (let i = first; i < first + wordsPerEntry; i++) if (words[i] !== 0) return false;
+  return true;
 }
 
 /** The newest candidate whose data verifies, or null. */

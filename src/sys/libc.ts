@@ -51,6 +51,15 @@ export const MmapFlags = {
 /** flock(2) operations. */
 export const FlockOps = { LOCK_SH: 1, LOCK_EX: 2, LOCK_NB: 4, LOCK_UN: 8 } as const;
 
+/** posix_fadvise(2) advice values. */
+export const Advice = {
+  POSIX_FADV_NORMAL: 0,
+  POSIX_FADV_RANDOM: 1,
+  POSIX_FADV_SEQUENTIAL: 2,
+  POSIX_FADV_WILLNEED: 3,
+  POSIX_FADV_DONTNEED: 4,
+} as const;
+
 /** lseek(2) whence values. */
 export const Whence = { SEEK_SET: 0, SEEK_CUR: 1, SEEK_END: 2 } as const;
 
@@ -73,6 +82,7 @@ const symbols = {
   fdatasync: { parameters: ["i32"], result: "i32", nonblocking: true },
   ftruncate: { parameters: ["i32", "i64"], result: "i32" },
   fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
+  posix_fadvise: { parameters: ["i32", "i64", "i64", "i32"], result: "i32" },
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   flock: { parameters: ["i32", "i32"], result: "i32" },
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
@@ -265,6 +275,20 @@ export function fallocate(fd: number, offsetBytes: number, lengthBytes: number):
   const errno = lastErrno();
   if (errno === Errno.EOPNOTSUPP || errno === Errno.ENOSYS) return false;
   throw failure("fallocate", `fd ${fd}, ${lengthBytes} bytes at ${offsetBytes}`, errno);
+}
+
+/**
+ * posix_fadvise(2) over a range (`lengthBytes` 0 = to the end of the file). Synchronous: it only
+ * updates readahead state or drops clean cached pages. posix_fadvise returns its error number
+ * instead of setting errno.
+ */
+export function fadvise(
+  fd: number,
+  options: { offsetBytes?: number; lengthBytes?: number; advice: number },
+): void {
+  const offset = BigInt(options.offsetBytes ?? 0);
+  const errno = libc().posix_fadvise(fd, offset, BigInt(options.lengthBytes ?? 0), options.advice);
+  if (errno !== 0) throw failure("posix_fadvise", `fd ${fd}, advice ${options.advice}`, errno);
 }
 
 /** The size of the file behind `fd` (lseek to its end; the offset is unused by pread/pwrite). */
