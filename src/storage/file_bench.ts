@@ -14,7 +14,7 @@
  * @module
  */
 
-import { BlockRef, SeededRandom } from "../core/mod.ts";
+import { BlockRef, crc32, crc32c, SeededRandom } from "../core/mod.ts";
 import {
   Advice,
   close,
@@ -228,6 +228,7 @@ const plainPath = `${dir}/plain.bin`;
 registerColdGets();
 registerColdPuts();
 registerStall();
+registerParts();
 
 function registerColdGets(): void {
   const group = `get rand cold 512KiB QD${QUEUE_DEPTH}`;
@@ -325,4 +326,55 @@ function registerStall(): void {
       },
     });
   }
+}
+
+/**
+ * The parts of a get, one block at a time, to see where its time goes: the nonblocking read into
+ * a reused buffer, into a fresh buffer (what a get must return), plus the checksum; and the two
+ * checksums the format could use.
+ */
+function registerParts(): void {
+  const group = "get parts, one 512KiB block";
+  const reused = new Uint8Array(BLOCK_BYTES);
+  let sink = 0;
+  Deno.bench({
+    name: "pread (nonblocking) into a reused buffer [512KiB/iter]",
+    group,
+    baseline: true,
+    fn: async () => {
+      await preadFull(plainFd, reused, offset(randSlots[0]!));
+    },
+  });
+  Deno.bench({
+    name: "pread (nonblocking) into a fresh buffer [512KiB/iter]",
+    group,
+    fn: async () => {
+      await preadFull(plainFd, new Uint8Array(BLOCK_BYTES), offset(randSlots[0]!));
+    },
+  });
+  Deno.bench({
+    name: "pread (nonblocking) into a fresh buffer + CRC-32 [512KiB/iter]",
+    group,
+    fn: async () => {
+      const block = new Uint8Array(BLOCK_BYTES);
+      await preadFull(plainFd, block, offset(randSlots[0]!));
+      sink ^= crc32(block);
+    },
+  });
+  Deno.bench({
+    name: "CRC-32 (IEEE) [512KiB/iter]",
+    group: "checksum of one 512KiB block",
+    baseline: true,
+    fn: () => {
+      sink ^= crc32(payload);
+    },
+  });
+  Deno.bench({
+    name: "CRC-32C [512KiB/iter]",
+    group: "checksum of one 512KiB block",
+    fn: () => {
+      sink ^= crc32c(payload);
+    },
+  });
+  globalThis.addEventListener("unload", () => void sink);
 }
