@@ -12,12 +12,12 @@
  *
  * Index entry: `[0:24]` BlockRef, `[24:32]` generation (a store-wide sequence number; the
  * highest verified one wins when a ref has several entries), `[32:40]` slot number (equal to the
- * entry's position: catches misdirected writes), `[40:44]` CRC-32 (IEEE) of the whole block (verified
- * on every read), `[44:60]` zero, `[60:64]` CRC-32C of `[0:60]` (a torn entry never verifies).
- * An all-zero entry marks a free slot.
+ * entry's position: catches misdirected writes), `[40:44]` CRC-32 (IEEE) of the whole block
+ * (verified on every read), `[44:60]` zero, `[60:64]` CRC-32C of `[0:60]` (a torn entry never
+ * verifies). An all-zero entry marks a free slot.
  *
- * Blocks are checksummed with CRC-32 (IEEE), not CRC-32C: @node-rs/crc32 computes it about twice
- * as fast on this hardware (docs/adr/0001-block-file-io.md), and it is the checksum the blockset's
+ * Blocks are checksummed with CRC-32 (IEEE), not CRC-32C: @node-rs/crc32 computes it 1.4-2x as
+ * fast on this hardware (docs/adr/0001-block-file-io.md), and it is the checksum the blockset's
  * crc layer passes as `expectedCrc32`, so one pass both verifies a read and answers that check.
  * The small header and entry checksums use CRC-32C, which detects more errors in short messages.
  * @module

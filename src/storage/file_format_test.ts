@@ -1,4 +1,4 @@
-/** The on-disk codecs of the file engine: round trips, and garbage, truncated and oversized input. */
+/** The file engine's on-disk codecs: round trips; garbage, truncated and oversized input. */
 
 import assert from "node:assert/strict";
 import { BlockRef, SeededRandom, testSeed } from "../core/mod.ts";
@@ -78,6 +78,8 @@ Deno.test(`file format: every single-bit flip and garbage entry is damaged (seed
     // A torn entry: a random prefix of the new entry over random old bytes.
     const torn = random.bytes(ENTRY_BYTES);
     torn.set(bytes.subarray(0, random.int(ENTRY_BYTES)));
+    // Random old bytes equal to the new ones make a whole entry, not a torn one.
+    if (torn.every((value, j) => value === bytes[j])) continue;
     assert.notEqual(decodeEntry(torn, 0, 12).state, EntryState.Used);
   }
 });

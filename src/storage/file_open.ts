@@ -35,6 +35,7 @@ import {
   preadFull,
   pwriteFullSync,
   tryFlock,
+  unlockFlock,
 } from "../sys/mod.ts";
 import {
   decodeEntry,
@@ -86,7 +87,8 @@ export function checkStoreOptions(options: StoreFilesOptions): void {
     size % BLOCK_SIZE_MIN_BYTES !== 0
   ) {
     throw invalid(
-      `invalid block size ${size}: a multiple of ${BLOCK_SIZE_MIN_BYTES} up to ${BLOCK_SIZE_MAX_BYTES}`,
+      `invalid block size ${size}: ` +
+        `a multiple of ${BLOCK_SIZE_MIN_BYTES} up to ${BLOCK_SIZE_MAX_BYTES}`,
     );
   }
   if (!Number.isSafeInteger(options.slotCount) || options.slotCount < 0) {
@@ -94,7 +96,8 @@ export function checkStoreOptions(options: StoreFilesOptions): void {
   }
   if (options.slotCount > STORE_SLOTS_MAX) {
     throw invalid(
-      `store of ${options.slotCount} blocks exceeds the limit of ${STORE_SLOTS_MAX} blocks per store`,
+      `store of ${options.slotCount} blocks exceeds the limit of ` +
+        `${STORE_SLOTS_MAX} blocks per store`,
     );
   }
 }
@@ -131,6 +134,8 @@ export async function openStoreFiles(options: StoreFilesOptions): Promise<StoreF
     if (await exists(mapPath)) return await openExisting(paths, dataFd, options);
     return await createStore(paths, dataFd, options);
   } catch (error) {
+    // Unlocking a file this call did not lock is harmless.
+    unlockFlock(dataFd);
     close(dataFd);
     throw error;
   }
@@ -374,10 +379,11 @@ export async function resizeStore(
   files.slotCount = slotCount;
 }
 
-/** Closes both files (the lock goes with the data file). */
+/** Releases the lock and closes both files. */
 export function closeStoreFiles(files: StoreFiles): void {
   try {
     close(files.mapFd);
+    unlockFlock(files.dataFd);
   } finally {
     close(files.dataFd);
   }

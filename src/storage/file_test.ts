@@ -30,6 +30,11 @@ for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
   });
 }
 
+/** Registers a FileBlockStore-specific test. */
+function fileTest(behaviour: string, body: () => Promise<void>): void {
+  Deno.test(`FileBlockStore: ${behaviour}`, body);
+}
+
 /** A temp dir with store options; removed by `using`-style cleanup in each test. */
 async function tempStore(
   extra: Partial<FileBlockStoreOptions> = {},
@@ -58,7 +63,7 @@ async function patchFile(path: string, offset: number, bytes: Uint8Array): Promi
   await file.write(bytes);
 }
 
-Deno.test("FileBlockStore: damaged block bytes on disk are block_unavailable, never data", async () => {
+fileTest("damaged block bytes on disk are block_unavailable, never data", async () => {
   const { options, cleanup } = await tempStore();
   try {
     const store = await FileBlockStore.open(options);
@@ -87,7 +92,7 @@ Deno.test("FileBlockStore: damaged block bytes on disk are block_unavailable, ne
   }
 });
 
-Deno.test("FileBlockStore: a damaged index entry is ignored and cleared at open", async () => {
+fileTest("a damaged index entry is ignored and cleared at open", async () => {
   const { options, cleanup } = await tempStore();
   try {
     const store = await FileBlockStore.open(options);
@@ -118,7 +123,7 @@ Deno.test("FileBlockStore: a damaged index entry is ignored and cleared at open"
   }
 });
 
-Deno.test("FileBlockStore: a store opened with another block size is refused", async () => {
+fileTest("a store opened with another block size is refused", async () => {
   const { options, cleanup } = await tempStore();
   try {
     await (await FileBlockStore.open(options)).close();
@@ -133,7 +138,7 @@ Deno.test("FileBlockStore: a store opened with another block size is refused", a
   }
 });
 
-Deno.test("FileBlockStore: foreign, damaged, mismatched or half stores are refused", async () => {
+fileTest("foreign, damaged, mismatched or half stores are refused", async () => {
   const { options, cleanup } = await tempStore();
   const dataPath = `${options.dir}/data-current.blk`;
   const mapPath = `${options.dir}/map-current.blk`;
@@ -178,7 +183,7 @@ Deno.test("FileBlockStore: foreign, damaged, mismatched or half stores are refus
   }
 });
 
-Deno.test("FileBlockStore: an interrupted creation (empty data file) is completed", async () => {
+fileTest("an interrupted creation (empty data file) is completed", async () => {
   const { options, cleanup } = await tempStore();
   try {
     await Deno.writeFile(`${options.dir}/data-current.blk`, new Uint8Array(0));
@@ -190,7 +195,7 @@ Deno.test("FileBlockStore: an interrupted creation (empty data file) is complete
   }
 });
 
-Deno.test("FileBlockStore: invalid options are refused with invalid", async () => {
+fileTest("invalid options are refused with invalid", async () => {
   const { options, cleanup } = await tempStore();
   try {
     await rejectsWithCode(FileBlockStore.open({ ...options, name: "../x" }), ErrorCode.Invalid);
@@ -208,7 +213,7 @@ Deno.test("FileBlockStore: invalid options are refused with invalid", async () =
   }
 });
 
-Deno.test("FileBlockStore: a second open of an open store is locked", async () => {
+fileTest("a second open of an open store is locked", async () => {
   const { options, cleanup } = await tempStore();
   try {
     const store = await FileBlockStore.open(options);
@@ -220,7 +225,7 @@ Deno.test("FileBlockStore: a second open of an open store is locked", async () =
   }
 });
 
-Deno.test("FileBlockStore: reopening with a larger size grows the store and keeps blocks", async () => {
+fileTest("reopening with a larger size grows the store and keeps blocks", async () => {
   const { options, cleanup } = await tempStore({ sizeBytes: BLOCK * 5 });
   try {
     const store = await FileBlockStore.open(options);
@@ -243,7 +248,7 @@ Deno.test("FileBlockStore: reopening with a larger size grows the store and keep
   }
 });
 
-Deno.test("FileBlockStore: shrinking drops a free tail and refuses to drop stored blocks", async () => {
+fileTest("shrinking drops a free tail and refuses to drop stored blocks", async () => {
   const { options, cleanup } = await tempStore({ sizeBytes: BLOCK * 10 });
   try {
     const store = await FileBlockStore.open(options);
@@ -275,7 +280,7 @@ async function snapshotFiles(from: string, to: string): Promise<void> {
   }
 }
 
-Deno.test("FileBlockStore: after a crash mid-replace the newest verified copy wins", async () => {
+fileTest("after a crash mid-replace the newest verified copy wins", async () => {
   const { options, cleanup } = await tempStore();
   const crashed = await tempStore();
   try {
@@ -312,7 +317,7 @@ Deno.test("FileBlockStore: after a crash mid-replace the newest verified copy wi
   }
 });
 
-Deno.test("FileBlockStore: a delete after an unflushed replace leaves no older copy behind", async () => {
+fileTest("a delete after an unflushed replace leaves no older copy behind", async () => {
   const { options, cleanup } = await tempStore();
   const crashed = await tempStore();
   try {
@@ -333,7 +338,7 @@ Deno.test("FileBlockStore: a delete after an unflushed replace leaves no older c
   }
 });
 
-Deno.test("FileBlockStore: replacing blocks in a full store recycles old slots through flushes", async () => {
+fileTest("replacing blocks in a full store recycles old slots through flushes", async () => {
   const { options, cleanup } = await tempStore({ sizeBytes: BLOCK * 4 });
   try {
     const store = await FileBlockStore.open(options);
@@ -359,7 +364,7 @@ Deno.test("FileBlockStore: replacing blocks in a full store recycles old slots t
   }
 });
 
-Deno.test("FileBlockStore: a get racing a delete and slot reuse never returns the new bytes", async () => {
+fileTest("a get racing a delete and slot reuse never returns the new bytes", async () => {
   const { options, cleanup } = await tempStore({ sizeBytes: BLOCK * 4 });
   try {
     const store = await FileBlockStore.open(options);

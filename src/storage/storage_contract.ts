@@ -76,9 +76,11 @@ export function blockStoreContract(name: string, factory: ContractFactory): void
   const test = (behaviour: string, body: (fixture: ContractFixture) => Promise<void>) =>
     Deno.test(`${name}: ${behaviour}`, () => withStore(factory, body));
   registerDataTests(test);
+  registerLookupTests(test);
   registerCapacityTests(test);
   registerLifecycleTests(test);
   registerConcurrencyTests(test);
+  registerSameRefTests(test);
 }
 
 type Register = (behaviour: string, body: (fixture: ContractFixture) => Promise<void>) => void;
@@ -124,14 +126,16 @@ function registerDataTests(test: Register): void {
     assert.equal(store.usedBlocks(), 0);
   });
 
-  test("putting an existing ref replaces its bytes and uses no extra capacity", async ({ store }) => {
+  test("putting an existing ref replaces its bytes, using no extra capacity", async ({ store }) => {
     await store.putBlock(testRef(1), patternBlock(store.blockSizeBytes, 4));
     const second = patternBlock(store.blockSizeBytes, 5);
     await store.putBlock(testRef(1), second);
     assert.deepEqual(await store.getBlock(testRef(1)), second);
     assert.equal(store.usedBlocks(), 1);
   });
+}
 
+function registerLookupTests(test: Register): void {
   test("missing refs: get and delete throw not_exist, has answers false", async ({ store }) => {
     await rejectsWithCode(store.getBlock(testRef(7)), ErrorCode.NotExist);
     await rejectsWithCode(store.deleteBlock(testRef(7)), ErrorCode.NotExist);
@@ -158,7 +162,7 @@ function registerDataTests(test: Register): void {
     }
   });
 
-  test("expectedCrc32: a match returns the block, a mismatch is block_unavailable", async ({ store }) => {
+  test("expectedCrc32: a match returns the block, else block_unavailable", async ({ store }) => {
     const data = patternBlock(store.blockSizeBytes, 7);
     await store.putBlock(testRef(1), data);
     const crc = crc32(data);
@@ -331,8 +335,10 @@ function registerConcurrencyTests(test: Register): void {
     assert.deepEqual(await store.getBlock(testRef(1)), patternBlock(size, 4));
     assert.equal(store.usedBlocks(), 1);
   });
+}
 
-  test("a get during a replace returns the old or the new bytes, never a mix", async ({ store }) => {
+function registerSameRefTests(test: Register): void {
+  test("a get during a replace returns old or new bytes, never a mix", async ({ store }) => {
     const size = store.blockSizeBytes;
     const old = patternBlock(size, 20);
     const next = patternBlock(size, 21);

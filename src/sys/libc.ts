@@ -308,6 +308,14 @@ export function tryFlock(fd: number, operation: number): boolean {
   throw failure("flock", `fd ${fd}`, errno);
 }
 
+/**
+ * Releases a flock(2) lock now. Closing the descriptor is not enough while another process holds
+ * a copy of it: a child forked to run a command keeps the open file (and its lock) until exec.
+ */
+export function unlockFlock(fd: number): void {
+  if (libc().flock(fd, FlockOps.LOCK_UN) < 0) throw failure("flock", `fd ${fd}, LOCK_UN`);
+}
+
 /** A memory mapping made by {@link mmap}. */
 export interface Mapping {
   readonly pointer: Deno.PointerObject;

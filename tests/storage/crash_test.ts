@@ -146,7 +146,8 @@ async function readKey(store: FileBlockStore, key: number): Promise<number> {
 const seed = testSeed();
 for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
   Deno.test(
-    `FileBlockStore(${dataIo}) keeps flushed blocks across SIGKILLs at random points (seed=${seed})`,
+    `FileBlockStore(${dataIo}) keeps flushed blocks across SIGKILLs at random points ` +
+      `(seed=${seed})`,
     async () => {
       const random = new SeededRandom(seed + (dataIo === DataIo.Mmap ? 1 : 0));
       const dir = await Deno.makeTempDir({ prefix: "torus-crash-" });
