@@ -53,7 +53,30 @@ async function runAndKill(
     env: { RUST_BACKTRACE: "0", NO_COLOR: "1" },
   }).spawn();
   const stderr = new Response(child.stderr).text();
-  let lastFlushed = options.start;
+  let exited = false;
+  const status = child.status.then((value) => {
+    exited = true;
+    return value;
+  });
+  try {
+    const lastFlushed = await readUntilKilled(child, options.start, kill);
+    assert.equal((await status).signal, "SIGKILL", `writer ended on its own: ${await stderr}`);
+    return lastFlushed;
+  } finally {
+    // Whatever failed above, no writer outlives the test.
+    if (!exited) child.kill("SIGKILL");
+    await status;
+    await stderr;
+  }
+}
+
+/** Reads `flushed N` lines, kills the writer after `kill.flushes` of them; the last N. */
+async function readUntilKilled(
+  child: Deno.ChildProcess,
+  start: number,
+  kill: { flushes: number; delayMs: number },
+): Promise<number> {
+  let lastFlushed = start;
   let flushes = 0;
   let killed = false;
   let text = "";
@@ -73,8 +96,6 @@ async function runAndKill(
       child.kill("SIGKILL");
     }
   }
-  const status = await child.status;
-  assert.equal(status.signal, "SIGKILL", `writer ended on its own: ${await stderr}`);
   return lastFlushed;
 }
 
