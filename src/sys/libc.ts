@@ -6,9 +6,10 @@
  * - Calls that can wait on a disk for long (pread/pwrite of data, fsync/fdatasync, msync) are
  *   `nonblocking` FFI calls: they run on a worker thread and return a Promise.
  * - Synchronous variants exist only where a call is short and bounded: `pwriteSync` for small
- *   page-cache writes (an index entry: measured ~1 µs in place of a ~20-40 µs thread hop, and
- *   being synchronous makes "check then write then publish" atomic for the caller), and
- *   metadata calls at open time (open, ftruncate, flock, lseek, mmap, munmap).
+ *   page-cache writes (a 64-byte index entry: measured 1.0-1.4 µs, where a nonblocking call
+ *   costs a ~40 µs thread hop, and being synchronous makes "check, write, publish" atomic for
+ *   the caller; docs/adr/0001-block-file-io.md), and calls that only touch metadata or tables
+ *   (open, close, ftruncate, fallocate, posix_fadvise, flock, lseek, mmap, munmap, mallopt).
  *
  * errno is thread-local and a nonblocking call runs on a worker thread, so its errno cannot be
  * read afterwards. For positional I/O (idempotent) a failed nonblocking call is repeated once
