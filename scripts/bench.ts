@@ -3,7 +3,8 @@
  * so one failing file does not hide the others) and prints, per group, each bench's mean time per
  * iteration, its throughput when its name ends with a `[<size>/iter]` tag (e.g. `[32MiB/iter]`,
  * any size parseSize accepts), and its speed relative to the group's baseline bench
- * (`baseline: true`): `0.50x` means half the baseline's throughput.
+ * (`baseline: true`): `0.50x` means half the baseline's throughput. Each file runs with its own
+ * TMPDIR (a fresh directory in the system's temp dir), removed afterwards even after a crash.
  *
  * Usage: deno run -A scripts/bench.ts [--filter TEXT] [files...]
  */
@@ -107,13 +108,20 @@ export function formatResults(results: BenchResult[]): string[] {
 
 async function runFile(file: string, filter: string | undefined): Promise<BenchResult[] | null> {
   const args = ["bench", "-A", "--json", ...(filter ? ["--filter", filter] : []), file];
-  const output = await new Deno.Command(Deno.execPath(), {
-    args,
-    cwd: root,
-    env: { RUST_BACKTRACE: "0", NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "inherit",
-  }).output();
+  // Each bench file gets its own TMPDIR, removed afterwards even when the bench crashed.
+  const tmpDir = await Deno.makeTempDir({ prefix: "torus-bench-run-" });
+  let output: Deno.CommandOutput;
+  try {
+    output = await new Deno.Command(Deno.execPath(), {
+      args,
+      cwd: root,
+      env: { RUST_BACKTRACE: "0", NO_COLOR: "1", TMPDIR: tmpDir },
+      stdout: "piped",
+      stderr: "inherit",
+    }).output();
+  } finally {
+    await Deno.remove(tmpDir, { recursive: true });
+  }
   const text = new TextDecoder().decode(output.stdout);
   try {
     const results = parseReport(text);
