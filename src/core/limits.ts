@@ -12,6 +12,12 @@ export const BLOCK_SIZE_DEFAULT_BYTES = 512 * 1024;
 export const BLOCK_SIZE_MIN_BYTES = 512;
 export const BLOCK_SIZE_MAX_BYTES = 16 * 1024 * 1024;
 
+/**
+ * Most slots (blocks) one file block store may have: its in-memory index is a JavaScript Map, and
+ * V8 caps a Map at 2^24 entries. 16M blocks are 8 TiB at the default block size.
+ */
+export const STORE_SLOTS_MAX = 16_000_000;
+
 /** Default replication factor of a new ring. */
 export const REPLICATION_DEFAULT = 2;
 /** Default copies of the `rep` blockset layer. */
@@ -113,6 +119,7 @@ assert(
   NBD_REQUEST_LENGTH_MAX_BYTES >= BLOCK_SIZE_MAX_BYTES,
   "an NBD request may cover a whole block",
 );
+assert(STORE_SLOTS_MAX < 2 ** 24, "a store's index fits one JavaScript Map");
 assert(READ_CACHE_ENTRIES_MIN >= 1, "the read cache holds at least one block");
 assert(
   KV_KEY_MAX_BYTES + KV_VALUE_MAX_BYTES <= KV_REQUEST_MAX_BYTES,

@@ -46,49 +46,57 @@ export class MemoryBlockStore implements BlockStore {
     return this.#blocks;
   }
 
+  // Every failure, a closed store or an aborted signal included, arrives as a rejected promise
+  // (never a synchronous throw), as with the disk engine.
+
   getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {
-    options?.signal?.throwIfAborted();
-    const entry = this.#open().get(ref.key);
-    if (!entry) return Promise.reject(notExist(`block ${ref} not found`));
-    if (options?.expectedCrc32 !== undefined && crc32(entry.data) !== options.expectedCrc32) {
-      return Promise.reject(blockUnavailable(`block ${ref} does not match its expected CRC`));
-    }
-    return Promise.resolve(entry.data.slice());
+    return settle(() => {
+      const blocks = this.#open();
+      options?.signal?.throwIfAborted();
+      const entry = blocks.get(ref.key);
+      if (!entry) throw notExist(`block ${ref} not found`);
+      if (
+        options?.expectedCrc32 !== undefined && crc32(entry.data) !== options.expectedCrc32 >>> 0
+      ) {
+        throw blockUnavailable(`block ${ref} does not match its expected CRC`);
+      }
+      return entry.data.slice();
+    });
   }
 
   putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
-    options?.signal?.throwIfAborted();
-    const blocks = this.#open();
-    if (data.length > this.blockSizeBytes) {
-      return Promise.reject(
-        invalid(`block of ${data.length} bytes exceeds block size ${this.blockSizeBytes}`),
-      );
-    }
-    if (!blocks.has(ref.key) && blocks.size >= this.#totalBlocks) {
-      return Promise.reject(
-        new TorusError(
+    return settle(() => {
+      const blocks = this.#open();
+      options?.signal?.throwIfAborted();
+      if (data.length > this.blockSizeBytes) {
+        throw invalid(`block of ${data.length} bytes exceeds block size ${this.blockSizeBytes}`);
+      }
+      if (!blocks.has(ref.key) && blocks.size >= this.#totalBlocks) {
+        throw new TorusError(
           ErrorCode.OutOfSpace,
           `block store ${this.name} is full (${blocks.size} blocks)`,
-        ),
-      );
-    }
-    const copy = new Uint8Array(this.blockSizeBytes);
-    copy.set(data);
-    blocks.set(ref.key, { ref, data: copy });
-    return Promise.resolve();
+        );
+      }
+      const copy = new Uint8Array(this.blockSizeBytes);
+      copy.set(data);
+      blocks.set(ref.key, { ref, data: copy });
+    });
   }
 
   hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean> {
-    options?.signal?.throwIfAborted();
-    return Promise.resolve(this.#open().has(ref.key));
+    return settle(() => {
+      const blocks = this.#open();
+      options?.signal?.throwIfAborted();
+      return blocks.has(ref.key);
+    });
   }
 
   deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
-    options?.signal?.throwIfAborted();
-    if (!this.#open().delete(ref.key)) {
-      return Promise.reject(notExist(`block ${ref} not found`));
-    }
-    return Promise.resolve();
+    return settle(() => {
+      const blocks = this.#open();
+      options?.signal?.throwIfAborted();
+      if (!blocks.delete(ref.key)) throw notExist(`block ${ref} not found`);
+    });
   }
 
   async *blockRefs(): AsyncIterable<BlockRef> {
@@ -106,12 +114,27 @@ export class MemoryBlockStore implements BlockStore {
   }
 
   flush(): Promise<void> {
-    this.#open();
-    return Promise.resolve();
+    return settle(() => {
+      this.#open();
+    });
   }
 
   close(): Promise<void> {
     this.#blocks = null;
     return Promise.resolve();
+  }
+
+  /** Same as {@link close}, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/** Runs `body` now and reports its result or its exception as a promise. */
+function settle<T>(body: () => T): Promise<T> {
+  try {
+    return Promise.resolve(body());
+  } catch (error) {
+    return Promise.reject(error);
   }
 }

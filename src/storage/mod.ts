@@ -6,3 +6,4 @@
 
 export * from "./block_store.ts";
 export * from "./memory.ts";
+export * from "./file.ts";

@@ -1,0 +1,449 @@
+/**
+ * FileBlockStore: the BlockStore contract (both data I/O variants) plus what only a disk engine
+ * has: checksums against damaged bytes on disk, header checks, resizing, locking, duplicate
+ * entries left by a crash, and a seeded model test against a Map.
+ */
+
+import assert from "node:assert/strict";
+import { ErrorCode, isTorusError, SeededRandom, testSeed } from "../core/mod.ts";
+import { DataIo, FileBlockStore, type FileBlockStoreOptions, SPARE_SLOTS } from "./file.ts";
+import {
+  decodeEntry,
+  ENTRY_BYTES,
+  EntryState,
+  FORMAT_VERSION,
+  HEADER_BYTES,
+} from "./file_format.ts";
+import { blockStoreContract, patternBlock, rejectsWithCode, testRef } from "./storage_contract.ts";
+
+const BLOCK = 4096;
+
+for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
+  blockStoreContract(`FileBlockStore(${dataIo})`, async () => {
+    const dir = await Deno.makeTempDir({ prefix: "torus-file-" });
+    const options = { dir, blockSizeBytes: BLOCK, sizeBytes: BLOCK * 17, dataIo };
+    return {
+      store: await FileBlockStore.open(options),
+      reopen: () => FileBlockStore.open(options),
+      cleanup: () => Deno.remove(dir, { recursive: true }),
+    };
+  });
+}
+
+/** Registers a FileBlockStore-specific test. */
+function fileTest(behaviour: string, body: () => Promise<void>): void {
+  Deno.test(`FileBlockStore: ${behaviour}`, body);
+}
+
+/** A temp dir with store options; removed by `using`-style cleanup in each test. */
+async function tempStore(
+  extra: Partial<FileBlockStoreOptions> = {},
+): Promise<{ options: FileBlockStoreOptions; cleanup: () => Promise<void> }> {
+  const dir = await Deno.makeTempDir({ prefix: "torus-file-" });
+  return {
+    options: { dir, blockSizeBytes: BLOCK, sizeBytes: BLOCK * 9, ...extra },
+    cleanup: () => Deno.remove(dir, { recursive: true }),
+  };
+}
+
+/** The slot holding `key` according to the map file on disk, or -1. */
+async function slotOnDisk(mapPath: string, key: string): Promise<number> {
+  const bytes = await Deno.readFile(mapPath);
+  const slots = (bytes.length - HEADER_BYTES) / ENTRY_BYTES;
+  for (let slot = 0; slot < slots; slot++) {
+    const decoded = decodeEntry(bytes, HEADER_BYTES + slot * ENTRY_BYTES, slot);
+    if (decoded.state === EntryState.Used && decoded.entry.ref.key === key) return slot;
+  }
+  return -1;
+}
+
+async function patchFile(path: string, offset: number, bytes: Uint8Array): Promise<void> {
+  using file = await Deno.open(path, { read: true, write: true });
+  await file.seek(offset, Deno.SeekMode.Start);
+  await file.write(bytes);
+}
+
+fileTest("damaged block bytes on disk are block_unavailable, never data", async () => {
+  const { options, cleanup } = await tempStore();
+  try {
+    const store = await FileBlockStore.open(options);
+    await store.putBlock(testRef(1), patternBlock(BLOCK, 1));
+    await store.putBlock(testRef(2), patternBlock(BLOCK, 2));
+    await store.flush();
+    const slot = await slotOnDisk(store.mapPath, testRef(1).key);
+    assert.ok(slot >= 0);
+    await patchFile(
+      store.dataPath,
+      HEADER_BYTES + slot * BLOCK + 100,
+      new Uint8Array([0xff ^ patternBlock(BLOCK, 1)[100]!]),
+    );
+    await rejectsWithCode(store.getBlock(testRef(1)), ErrorCode.BlockUnavailable);
+    // The entry was dropped: the block is gone, its capacity is back, the neighbour is intact.
+    assert.equal(await store.hasBlock(testRef(1)), false);
+    assert.equal(store.usedBlocks(), 1);
+    assert.deepEqual(await store.getBlock(testRef(2)), patternBlock(BLOCK, 2));
+    await store.close();
+    const reopened = await FileBlockStore.open(options);
+    assert.equal(await reopened.hasBlock(testRef(1)), false);
+    assert.deepEqual(await reopened.getBlock(testRef(2)), patternBlock(BLOCK, 2));
+    await reopened.close();
+  } finally {
+    await cleanup();
+  }
+});
+
+fileTest("a damaged index entry is ignored and cleared at open", async () => {
+  const { options, cleanup } = await tempStore();
+  try {
+    const store = await FileBlockStore.open(options);
+    for (let i = 0; i < 4; i++) await store.putBlock(testRef(i), patternBlock(BLOCK, i));
+    const slot = await slotOnDisk(store.mapPath, testRef(2).key);
+    await store.close();
+    // Flip one bit of the generation field: the entry checksum no longer matches.
+    const offset = HEADER_BYTES + slot * ENTRY_BYTES + 25;
+    const original = (await Deno.readFile(options.dir + "/map-current.blk"))[offset]!;
+    await patchFile(`${options.dir}/map-current.blk`, offset, new Uint8Array([original ^ 1]));
+    const reopened = await FileBlockStore.open(options);
+    assert.equal(reopened.usedBlocks(), 3);
+    await rejectsWithCode(reopened.getBlock(testRef(2)), ErrorCode.NotExist);
+    for (const i of [0, 1, 3]) {
+      assert.deepEqual(await reopened.getBlock(testRef(i)), patternBlock(BLOCK, i));
+    }
+    // The freed slot is usable again.
+    await reopened.putBlock(testRef(9), patternBlock(BLOCK, 9));
+    assert.deepEqual(await reopened.getBlock(testRef(9)), patternBlock(BLOCK, 9));
+    await reopened.close();
+    const map = await Deno.readFile(`${options.dir}/map-current.blk`);
+    assert.notEqual(
+      decodeEntry(map, HEADER_BYTES + slot * ENTRY_BYTES, slot).state,
+      EntryState.Damaged,
+    );
+  } finally {
+    await cleanup();
+  }
+});
+
+fileTest("a store opened with another block size is refused", async () => {
+  const { options, cleanup } = await tempStore();
+  try {
+    await (await FileBlockStore.open(options)).close();
+    await assert.rejects(
+      FileBlockStore.open({ ...options, blockSizeBytes: BLOCK * 2 }),
+      /has block size 4096, not 8192/,
+    );
+    // The refused open released its lock: the right size still opens.
+    await (await FileBlockStore.open(options)).close();
+  } finally {
+    await cleanup();
+  }
+});
+
+fileTest("foreign, damaged, mismatched or half stores are refused", async () => {
+  const { options, cleanup } = await tempStore();
+  const dataPath = `${options.dir}/data-current.blk`;
+  const mapPath = `${options.dir}/map-current.blk`;
+  try {
+    await (await FileBlockStore.open(options)).close();
+    const data = await Deno.readFile(dataPath);
+    const map = await Deno.readFile(mapPath);
+    const refuse = async (pattern: RegExp) => {
+      await assert.rejects(FileBlockStore.open(options), (error: unknown) => {
+        assert.match(String(error), pattern);
+        return true;
+      });
+    };
+    await Deno.writeFile(dataPath, new TextEncoder().encode("#!/bin/sh\necho not a store\n"));
+    await refuse(/is not a torus store file/);
+    await Deno.writeFile(dataPath, map);
+    await refuse(/is a TORUSMAP file where a TORUSDAT file was expected/);
+    const otherVersion = data.slice();
+    new DataView(otherVersion.buffer).setUint32(8, FORMAT_VERSION + 1, true);
+    await Deno.writeFile(dataPath, otherVersion);
+    await refuse(/format version 2/);
+    const damaged = data.slice();
+    damaged[17] = damaged[17]! ^ 0x40;
+    await Deno.writeFile(dataPath, damaged);
+    await refuse(/damaged header/);
+    await Deno.writeFile(dataPath, data.subarray(0, HEADER_BYTES + BLOCK));
+    await refuse(/is truncated/);
+    // A map of another store (other store id) next to this data file.
+    const other = await tempStore();
+    await (await FileBlockStore.open(other.options)).close();
+    await Deno.writeFile(dataPath, data);
+    await Deno.copyFile(`${other.options.dir}/map-current.blk`, mapPath);
+    await other.cleanup();
+    await refuse(/belong to different stores/);
+    await Deno.remove(mapPath);
+    await refuse(/map-current\.blk is missing/);
+    await Deno.remove(dataPath);
+    await Deno.writeFile(mapPath, map);
+    await refuse(/data-current\.blk is missing/);
+  } finally {
+    await cleanup();
+  }
+});
+
+fileTest("an interrupted creation (empty data file) is completed", async () => {
+  const { options, cleanup } = await tempStore();
+  try {
+    await Deno.writeFile(`${options.dir}/data-current.blk`, new Uint8Array(0));
+    const store = await FileBlockStore.open(options);
+    await store.putBlock(testRef(1), patternBlock(BLOCK, 1));
+    await store.close();
+  } finally {
+    await cleanup();
+  }
+});
+
+fileTest("invalid options are refused with invalid", async () => {
+  const { options, cleanup } = await tempStore();
+  try {
+    await rejectsWithCode(FileBlockStore.open({ ...options, name: "../x" }), ErrorCode.Invalid);
+    await rejectsWithCode(
+      FileBlockStore.open({ ...options, blockSizeBytes: 1000 }),
+      ErrorCode.Invalid,
+    );
+    await rejectsWithCode(FileBlockStore.open({ ...options, sizeBytes: -1 }), ErrorCode.Invalid);
+    await rejectsWithCode(
+      FileBlockStore.open({ ...options, sizeBytes: 2 ** 60 }),
+      ErrorCode.Invalid,
+    );
+  } finally {
+    await cleanup();
+  }
+});
+
+fileTest("a second open of an open store is locked", async () => {
+  const { options, cleanup } = await tempStore();
+  try {
+    const store = await FileBlockStore.open(options);
+    await rejectsWithCode(FileBlockStore.open(options), ErrorCode.Locked);
+    await store.close();
+    await (await FileBlockStore.open(options)).close();
+  } finally {
+    await cleanup();
+  }
+});
+
+fileTest("reopening with a larger size grows the store and keeps blocks", async () => {
+  const { options, cleanup } = await tempStore({ sizeBytes: BLOCK * 5 });
+  try {
+    const store = await FileBlockStore.open(options);
+    assert.equal(store.totalBlocks(), 5 - SPARE_SLOTS);
+    for (let i = 0; i < store.totalBlocks(); i++) {
+      await store.putBlock(testRef(i), patternBlock(BLOCK, i));
+    }
+    await store.close();
+    const grown = await FileBlockStore.open({ ...options, sizeBytes: BLOCK * 12 + 100 });
+    assert.equal(grown.totalBlocks(), 12 - SPARE_SLOTS);
+    for (let i = 4; i < 11; i++) await grown.putBlock(testRef(i), patternBlock(BLOCK, i));
+    for (let i = 0; i < 11; i++) {
+      assert.deepEqual(await grown.getBlock(testRef(i)), patternBlock(BLOCK, i));
+    }
+    await grown.close();
+    const stat = await Deno.stat(`${options.dir}/data-current.blk`);
+    assert.equal(stat.size, HEADER_BYTES + 12 * BLOCK);
+  } finally {
+    await cleanup();
+  }
+});
+
+fileTest("shrinking drops a free tail and refuses to drop stored blocks", async () => {
+  const { options, cleanup } = await tempStore({ sizeBytes: BLOCK * 10 });
+  try {
+    const store = await FileBlockStore.open(options);
+    for (let i = 0; i < 4; i++) await store.putBlock(testRef(i), patternBlock(BLOCK, i));
+    await store.close();
+    await assert.rejects(
+      FileBlockStore.open({ ...options, sizeBytes: BLOCK * 3 }),
+      /cannot shrink block store current to 3 blocks: slot 3 holds a block/,
+    );
+    const shrunk = await FileBlockStore.open({ ...options, sizeBytes: BLOCK * 6 });
+    assert.equal(shrunk.totalBlocks(), 6 - SPARE_SLOTS);
+    for (let i = 0; i < 4; i++) {
+      assert.deepEqual(await shrunk.getBlock(testRef(i)), patternBlock(BLOCK, i));
+    }
+    await shrunk.close();
+    assert.equal(
+      (await Deno.stat(`${options.dir}/data-current.blk`)).size,
+      HEADER_BYTES + 6 * BLOCK,
+    );
+  } finally {
+    await cleanup();
+  }
+});
+
+/** Copies the store's files as they are now (what a killed process leaves in the page cache). */
+async function snapshotFiles(from: string, to: string): Promise<void> {
+  for (const name of ["data-current.blk", "map-current.blk"]) {
+    await Deno.copyFile(`${from}/${name}`, `${to}/${name}`);
+  }
+}
+
+fileTest("after a crash mid-replace the newest verified copy wins", async () => {
+  const { options, cleanup } = await tempStore();
+  const crashed = await tempStore();
+  try {
+    const store = await FileBlockStore.open(options);
+    await store.putBlock(testRef(1), patternBlock(BLOCK, 1));
+    await store.flush();
+    await store.putBlock(testRef(1), patternBlock(BLOCK, 2));
+    // Not flushed: both entries of ref 1 are on disk now.
+    await snapshotFiles(options.dir, crashed.options.dir);
+    await store.close();
+    const newest = await FileBlockStore.open(crashed.options);
+    assert.deepEqual(await newest.getBlock(testRef(1)), patternBlock(BLOCK, 2));
+    assert.equal(newest.usedBlocks(), 1);
+    await newest.close();
+    // Same crash, but the new copy's bytes never reached the disk: the old copy comes back.
+    await snapshotFiles(options.dir, crashed.options.dir);
+    const store2 = await FileBlockStore.open(options);
+    await store2.putBlock(testRef(1), patternBlock(BLOCK, 3));
+    const slot = await slotOnDisk(store2.mapPath, testRef(1).key);
+    await snapshotFiles(options.dir, crashed.options.dir);
+    await store2.close();
+    await patchFile(
+      `${crashed.options.dir}/data-current.blk`,
+      HEADER_BYTES + slot * BLOCK,
+      new Uint8Array(64),
+    );
+    const fallback = await FileBlockStore.open(crashed.options);
+    assert.deepEqual(await fallback.getBlock(testRef(1)), patternBlock(BLOCK, 2));
+    assert.equal(fallback.usedBlocks(), 1);
+    await fallback.close();
+  } finally {
+    await cleanup();
+    await crashed.cleanup();
+  }
+});
+
+fileTest("a delete after an unflushed replace leaves no older copy behind", async () => {
+  const { options, cleanup } = await tempStore();
+  const crashed = await tempStore();
+  try {
+    const store = await FileBlockStore.open(options);
+    await store.putBlock(testRef(1), patternBlock(BLOCK, 1));
+    await store.flush();
+    await store.putBlock(testRef(1), patternBlock(BLOCK, 2));
+    await store.deleteBlock(testRef(1));
+    await snapshotFiles(options.dir, crashed.options.dir);
+    await store.close();
+    const reopened = await FileBlockStore.open(crashed.options);
+    assert.equal(await reopened.hasBlock(testRef(1)), false);
+    assert.equal(reopened.usedBlocks(), 0);
+    await reopened.close();
+  } finally {
+    await cleanup();
+    await crashed.cleanup();
+  }
+});
+
+fileTest("replacing blocks in a full store recycles old slots through flushes", async () => {
+  const { options, cleanup } = await tempStore({ sizeBytes: BLOCK * 4 });
+  try {
+    const store = await FileBlockStore.open(options);
+    for (let i = 0; i < 3; i++) await store.putBlock(testRef(i), patternBlock(BLOCK, i));
+    // Many concurrent replaces with one spare slot: each waits for a slot to retire.
+    await Promise.all(
+      Array.from(
+        { length: 12 },
+        (_, v) => store.putBlock(testRef(v % 3), patternBlock(BLOCK, 10 + v)),
+      ),
+    );
+    for (let i = 0; i < 3; i++) {
+      assert.deepEqual(await store.getBlock(testRef(i)), patternBlock(BLOCK, 19 + i));
+    }
+    await store.close();
+    const reopened = await FileBlockStore.open(options);
+    for (let i = 0; i < 3; i++) {
+      assert.deepEqual(await reopened.getBlock(testRef(i)), patternBlock(BLOCK, 19 + i));
+    }
+    await reopened.close();
+  } finally {
+    await cleanup();
+  }
+});
+
+fileTest("a get racing a delete and slot reuse never returns the new bytes", async () => {
+  const { options, cleanup } = await tempStore({ sizeBytes: BLOCK * 4 });
+  try {
+    const store = await FileBlockStore.open(options);
+    for (let round = 0; round < 40; round++) {
+      const old = patternBlock(BLOCK, 2 * round);
+      const next = patternBlock(BLOCK, 2 * round + 1);
+      await store.putBlock(testRef(1), old);
+      const get = store.getBlock(testRef(1)).catch((error: unknown) => error);
+      // The freed slot is the first one handed out again: ref 2 overwrites it while the get runs.
+      await store.deleteBlock(testRef(1));
+      const put = store.putBlock(testRef(2), next);
+      const result = await get;
+      await put;
+      // Old bytes (read before the reuse) or not_exist (the retry saw the delete); nothing else.
+      if (result instanceof Uint8Array) assert.deepEqual(result, old);
+      else assert.ok(isTorusError(result, ErrorCode.NotExist), String(result));
+      assert.deepEqual(await store.getBlock(testRef(2)), next);
+      await store.deleteBlock(testRef(2));
+    }
+    await store.close();
+  } finally {
+    await cleanup();
+  }
+});
+
+const modelSeed = testSeed();
+Deno.test(`FileBlockStore: random operations match a Map model (seed=${modelSeed})`, async () => {
+  const random = new SeededRandom(modelSeed);
+  const { options, cleanup } = await tempStore({ sizeBytes: BLOCK * 40, blockSizeBytes: 512 });
+  const size = 512;
+  try {
+    let store = await FileBlockStore.open({ ...options, sizeBytes: size * 40 });
+    const model = new Map<number, number>();
+    let version = 0;
+    const pending: Promise<void>[] = [];
+    for (let step = 0; step < 3000; step++) {
+      const index = random.int(48);
+      const roll = random.float();
+      if (roll < 0.45) {
+        const full = model.size >= store.totalBlocks() && !model.has(index);
+        const seed = ++version;
+        const put = store.putBlock(testRef(index), patternBlock(size, seed));
+        if (full) {
+          await rejectsWithCode(put, ErrorCode.OutOfSpace);
+        } else {
+          model.set(index, seed);
+          pending.push(put);
+        }
+      } else if (roll < 0.6) {
+        if (model.has(index)) {
+          model.delete(index);
+          pending.push(store.deleteBlock(testRef(index)));
+        } else {
+          await rejectsWithCode(store.deleteBlock(testRef(index)), ErrorCode.NotExist);
+        }
+      } else if (roll < 0.9) {
+        await Promise.all(pending.splice(0));
+        const seed = model.get(index);
+        if (seed === undefined) {
+          await rejectsWithCode(store.getBlock(testRef(index)), ErrorCode.NotExist);
+        } else assert.deepEqual(await store.getBlock(testRef(index)), patternBlock(size, seed));
+      } else if (roll < 0.97) {
+        pending.push(store.flush());
+      } else {
+        await Promise.all(pending.splice(0));
+        await store.close();
+        store = await FileBlockStore.open({ ...options, sizeBytes: size * 40 });
+      }
+      if (step % 100 === 99) {
+        await Promise.all(pending.splice(0));
+        assert.equal(store.usedBlocks(), model.size);
+      }
+    }
+    await Promise.all(pending.splice(0));
+    for (const [index, seed] of model) {
+      assert.deepEqual(await store.getBlock(testRef(index)), patternBlock(size, seed));
+    }
+    await store.close();
+  } finally {
+    await cleanup();
+  }
+});
