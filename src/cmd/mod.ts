@@ -7,11 +7,12 @@
 import { type Command, notImplementedCommand } from "../cli/mod.ts";
 import { ctlCommand, defaultCtlDeps } from "./ctl/mod.ts";
 import { ringtoolCommand } from "./ringtool.ts";
+import { serveCommand } from "./serve.ts";
 import { versionCommand } from "./version.ts";
 
 /** Top-level commands in the order `torus help` lists them. */
 export const commands: readonly Command[] = [
-  notImplementedCommand("serve", "Run a storage node", "step 1/3 (storage node)"),
+  serveCommand,
   ctlCommand(defaultCtlDeps(() => commands)),
   notImplementedCommand("blk", "Serve volumes over NBD, attach kernel NBD devices", "step 4"),
   notImplementedCommand("aoe", "Serve a volume as an ATA-over-Ethernet target", "step 5"),

@@ -1,0 +1,170 @@
+/**
+ * `torus serve`: a storage node. This build opens the node's data dir (node UUID, block store,
+ * embedded metadata), initialises a single-node cluster on the embedded store when none exists,
+ * prints what it serves and keeps the store open until SIGINT/SIGTERM, then flushes and closes.
+ * The peer protocol, heartbeats, rebalancing and HTTP arrive with the cluster data path (step 3);
+ * their flags are not accepted until then, so nothing pretends to work.
+ * @module
+ */
+
+import { statfsSync } from "node:fs";
+import {
+  type Command,
+  ExitCode,
+  type Io,
+  metadataFlagOptions,
+  metadataFlagsHelp,
+  type OpenedMetadata,
+  openMetadata,
+  parseFlags,
+  UsageError,
+} from "../cli/mod.ts";
+import {
+  BLOCK_SIZE_DEFAULT_BYTES,
+  CryptoRandom,
+  formatSize,
+  invalid,
+  isTorusError,
+  parseSizeOrPercent,
+  randomUuid,
+  REPLICATION_DEFAULT,
+} from "../core/mod.ts";
+import { parseBlockLayerSpec } from "../blockset/mod.ts";
+import { type InitOptions } from "../metadata/mod.ts";
+import { createRing, RingType } from "../ring/mod.ts";
+import { FileBlockStore } from "../storage/mod.ts";
+
+const flags = {
+  ...metadataFlagOptions,
+  size: { type: "string", default: "1GiB" },
+} as const;
+
+const help = `Usage: torus serve [--data-dir DIR] [--size SIZE|N%] [metadata flags]
+
+Runs a storage node on DIR (default $TORUS_DATA_DIR or ./torus-data). Without -C it is a
+single-node cluster on the embedded metadata store in DIR, initialised on first start
+(block size 512 KiB, block spec crc,base).
+
+This build opens the data dir, the node's block store and its metadata, prints what it serves
+and holds them until SIGINT/SIGTERM (then flushes and closes). Serving peers, replication,
+rebalancing and HTTP status come with the cluster data path (roadmap step 3).
+
+  --size SIZE|N%   capacity of the block store: bytes with a unit (1GiB, 500GB) or a
+                   percentage of the filesystem holding the data dir (default 1GiB)
+
+${metadataFlagsHelp}
+`;
+
+/** The node's persistent identity: `<data-dir>/metadata/uuid`, created on first start. */
+export async function nodeUuid(dataDir: string): Promise<string> {
+  const path = `${dataDir}/metadata/uuid`;
+  try {
+    const text = (await Deno.readTextFile(path)).trim();
+    if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(text)) {
+      throw invalid(`${path} does not hold a node UUID`);
+    }
+    return text;
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  const uuid = randomUuid(new CryptoRandom());
+  // Write then rename, so a crash never leaves a half-written identity behind.
+  await Deno.writeTextFile(`${path}.tmp`, uuid + "\n", { mode: 0o600 });
+  await Deno.rename(`${path}.tmp`, path);
+  return uuid;
+}
+
+function singleNodeInit(): InitOptions {
+  const spec = parseBlockLayerSpec("crc,base");
+  return {
+    blockSizeBytes: BLOCK_SIZE_DEFAULT_BYTES,
+    defaultBlockSpec: spec.map((layer) => ({ kind: layer.kind, options: layer.options })),
+    ring: createRing(RingType.Ketama, { version: 1, replication: REPLICATION_DEFAULT, peers: [] })
+      .toMessage(),
+  };
+}
+
+/** Opens the metadata service; an embedded store is created and initialised when absent. */
+async function openNodeMetadata(
+  values: Record<string, unknown>,
+  io: Io,
+): Promise<OpenedMetadata> {
+  const opened = await openMetadata(values, { create: true });
+  if (opened.backend.kind === "embedded" && !(await opened.service.cluster.isInitialised())) {
+    try {
+      await opened.service.cluster.init(singleNodeInit());
+      io.stdout(`Initialised a single-node cluster in ${opened.backend.path}\n`);
+    } catch (error) {
+      // Another local process (ctl init, a second serve) may have initialised it meanwhile.
+      if (!isTorusError(error, "exists")) throw error;
+    }
+  }
+  return opened;
+}
+
+function waitForStopSignal(): Promise<Deno.Signal> {
+  return new Promise((resolve) => {
+    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+    const handlers = signals.map((signal) => {
+      const handler = () => {
+        signals.forEach((s, i) => Deno.removeSignalListener(s, handlers[i]!));
+        resolve(signal);
+      };
+      Deno.addSignalListener(signal, handler);
+      return handler;
+    });
+  });
+}
+
+async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
+  const dataDir = String(values["data-dir"] ?? Deno.env.get("TORUS_DATA_DIR") ?? "./torus-data")
+    .replace(/\/+$/, "");
+  await Deno.mkdir(`${dataDir}/metadata`, { recursive: true, mode: 0o700 });
+  await Deno.mkdir(`${dataDir}/block`, { recursive: true, mode: 0o700 });
+  const sizeBytes = parseSizeOrPercent(String(values.size), () => {
+    const stats = statfsSync(dataDir);
+    return stats.blocks * stats.bsize;
+  });
+  const uuid = await nodeUuid(dataDir);
+  await using metadata = await openNodeMetadata({ ...values, "data-dir": dataDir }, io);
+  const global = await metadata.service.cluster.globalMetadata();
+  const store = await FileBlockStore.open({
+    dir: `${dataDir}/block`,
+    blockSizeBytes: global.blockSizeBytes,
+    sizeBytes,
+  });
+  try {
+    const where = metadata.backend.kind === "etcd"
+      ? `etcd ${metadata.backend.endpoints.join(",")}`
+      : `embedded store ${metadata.backend.path}`;
+    io.stdout(
+      [
+        `torus serve: node ${uuid}`,
+        `  data dir:    ${dataDir}`,
+        `  block store: ${store.totalBlocks()} blocks of ${formatSize(store.blockSizeBytes)} ` +
+        `(${formatSize(store.totalBlocks() * store.blockSizeBytes)}), ${store.usedBlocks()} used`,
+        `  metadata:    ${where}`,
+        `  not serving peers, NBD or HTTP yet (roadmap steps 3 and 4)`,
+        `Ready. Stop with Ctrl-C (SIGINT) or SIGTERM.`,
+        "",
+      ].join("\n"),
+    );
+    const signal = await waitForStopSignal();
+    io.stdout(`Received ${signal}: flushing the block store and stopping\n`);
+  } finally {
+    await store.close();
+  }
+  return ExitCode.Ok;
+}
+
+/** `torus serve`. */
+export const serveCommand: Command = {
+  name: "serve",
+  summary: "Run a storage node (single-node mode with embedded metadata)",
+  help,
+  run(args, io) {
+    const { values, positionals } = parseFlags(args, flags);
+    if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
+    return serve(values, io);
+  },
+};
