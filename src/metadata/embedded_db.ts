@@ -40,7 +40,7 @@ import type {
   TxnRequest,
   TxnResponse,
 } from "./kv.ts";
-import { compareBytes, decodeKey, encodeKey, encodePrefix, prefixEnd } from "./kv_common.ts";
+import { compareHolds, decodeKey, encodeKey, encodePrefix, prefixEnd } from "./kv_common.ts";
 import type { RunInfo, SqlConnection, SqlRow, SqlStep, SqlValue } from "./embedded_sqlite.ts";
 
 /** "tors" in ASCII: marks a SQLite file as a torus metadata store. */
@@ -307,7 +307,7 @@ export class EmbeddedDb {
   /** Runs a checked transaction (kv_common.ts checkTxn) atomically. */
   txn(request: TxnRequest, nowMs: number): Promise<TxnResponse> {
     return this.#write(nowMs, async (tx) => {
-      const succeeded = await this.#holds(tx, request.compare);
+      const succeeded = await this.#allHold(tx, request.compare);
       const ops = succeeded ? request.success : request.failure ?? [];
       const results: TxnOpResult[] = [];
       for (let i = 0; i < ops.length;) {
@@ -441,13 +441,13 @@ export class EmbeddedDb {
     tx.write(run(SQL.deleteLease, lease));
   }
 
-  async #holds(tx: WriteTx, compares: readonly Compare[]): Promise<boolean> {
+  async #allHold(tx: WriteTx, compares: readonly Compare[]): Promise<boolean> {
     if (compares.length === 0) return true;
     const rows = await tx.read(compares.map((c) => get(SQL.get, encodeKey(c.key)))) as (
       | SqlRow
       | null
     )[];
-    return compares.every((c, i) => holds(c, rows[i] ? toEntry(rows[i]) : null));
+    return compares.every((c, i) => compareHolds(c, rows[i] ? toEntry(rows[i]) : null));
   }
 
   async #apply(tx: WriteTx, op: TxnOp): Promise<TxnOpResult> {
@@ -519,34 +519,6 @@ export class EmbeddedDb {
 function rangeStep(prefix: Uint8Array): SqlStep {
   const end = prefixEnd(prefix);
   return end === null ? all(SQL.rangeFrom, prefix) : all(SQL.rangeBetween, prefix, end);
-}
-
-function holds(compare: Compare, entry: KvEntry | null): boolean {
-  switch (compare.target) {
-    case "version":
-      return compareNumbers(entry?.version ?? 0, compare.op, compare.version);
-    case "modRevision":
-      return compareNumbers(entry?.modRevision ?? 0, compare.op, compare.revision);
-    case "value":
-      // etcd: a value compare on a missing key always fails, whatever the operator.
-      if (entry === null) return false;
-      return compareNumbers(compareBytes(entry.value, compare.value), compare.op, 0);
-    default:
-      return unreachable(compare, "compare target");
-  }
-}
-
-function compareNumbers(actual: number, op: Compare["op"], expected: number): boolean {
-  switch (op) {
-    case "==":
-      return actual === expected;
-    case "!=":
-      return actual !== expected;
-    case "<":
-      return actual < expected;
-    case ">":
-      return actual > expected;
-  }
 }
 
 function toEntry(row: SqlRow): KvEntry {

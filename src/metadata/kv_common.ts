@@ -16,7 +16,7 @@ import {
   KV_TXN_OPS_MAX,
   KV_VALUE_MAX_BYTES,
 } from "../core/mod.ts";
-import type { LeaseId, TxnOp, TxnRequest } from "./kv.ts";
+import type { Compare, KvEntry, LeaseId, TxnOp, TxnRequest } from "./kv.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -106,6 +106,33 @@ export function hasPrefix(key: Uint8Array, prefix: Uint8Array): boolean {
 /** Bytewise equality. */
 export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && compareBytes(a, b) === 0;
+}
+
+/** Whether `compare` holds for `entry` (null: the key is absent), by etcd's rules. */
+export function compareHolds(compare: Compare, entry: KvEntry | null): boolean {
+  switch (compare.target) {
+    case "version":
+      return compareNumbers(entry?.version ?? 0, compare.op, compare.version);
+    case "modRevision":
+      return compareNumbers(entry?.modRevision ?? 0, compare.op, compare.revision);
+    case "value":
+      // etcd: a value compare on a missing key always fails, whatever the operator.
+      if (entry === null) return false;
+      return compareNumbers(compareBytes(entry.value, compare.value), compare.op, 0);
+  }
+}
+
+function compareNumbers(actual: number, op: Compare["op"], expected: number): boolean {
+  switch (op) {
+    case "==":
+      return actual === expected;
+    case "!=":
+      return actual !== expected;
+    case "<":
+      return actual < expected;
+    case ">":
+      return actual > expected;
+  }
 }
 
 /** A lease TTL in whole milliseconds; `invalid` outside 1 ms..KV_LEASE_TTL_MAX_MS. */

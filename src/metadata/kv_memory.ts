@@ -33,6 +33,7 @@ import {
   checkPut,
   checkTtlMs,
   checkTxn,
+  compareHolds,
   encodeKey,
   encodePrefix,
 } from "./kv_common.ts";
@@ -69,25 +70,6 @@ export function compareKeys(a: string, b: string): number {
 
 function copyEntry(entry: KvEntry): KvEntry {
   return { ...entry, value: entry.value.slice() };
-}
-
-function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
-function compareNumbers(op: Compare["op"], actual: number, expected: number): boolean {
-  switch (op) {
-    case "==":
-      return actual === expected;
-    case "!=":
-      return actual !== expected;
-    case "<":
-      return actual < expected;
-    case ">":
-      return actual > expected;
-  }
 }
 
 /** The in-memory KvStore. */
@@ -260,18 +242,7 @@ export class MemoryKvStore implements KvStore {
   }
 
   #holds(compare: Compare): boolean {
-    const entry = this.#entries.get(compare.key);
-    switch (compare.target) {
-      case "version":
-        return compareNumbers(compare.op, entry?.version ?? 0, compare.version);
-      case "modRevision":
-        return compareNumbers(compare.op, entry?.modRevision ?? 0, compare.revision);
-      case "value": {
-        if (!entry) return false;
-        const equal = bytesEqual(entry.value, compare.value);
-        return compare.op === "==" ? equal : !equal;
-      }
-    }
+    return compareHolds(compare, this.#entries.get(compare.key) ?? null);
   }
 
   /** Applies `ops` in order under one new revision (if anything changed). */
