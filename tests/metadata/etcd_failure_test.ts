@@ -12,9 +12,8 @@ import assert from "node:assert/strict";
 import { Etcd3 } from "etcd3";
 import { isTorusError } from "../../src/core/mod.ts";
 import { type KvStore, openEtcdKv, type WatchEvent } from "../../src/metadata/mod.ts";
-import { freePort } from "../support/etcd.ts";
+import { EtcdProcess, freePort } from "../support/etcd.ts";
 import { hasCommand } from "../support/packages.ts";
-import { EtcdProcess } from "./etcd_process.ts";
 import { FreezableProxy } from "./tcp_proxy.ts";
 import { testEtcd } from "../support/test_etcd.ts";
 

@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { isTorusError } from "../../src/core/mod.ts";
 import { openEtcdKv } from "../../src/metadata/mod.ts";
 import { hasCommand } from "../support/packages.ts";
-import { EtcdProcess } from "./etcd_process.ts";
+import { EtcdProcess } from "../support/etcd.ts";
 
 const ready = hasCommand("etcd") && hasCommand("openssl");
 const skip = ready ? "" : " (skipped: etcd or openssl is not installed)";

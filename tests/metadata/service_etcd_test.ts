@@ -15,7 +15,7 @@ import {
 } from "../../src/metadata/mod.ts";
 import { metadataServiceContract } from "../../src/metadata/metadata_contract.ts";
 import { RingCodec } from "../../src/models/mod.ts";
-import { freePort } from "../support/etcd.ts";
+import { EtcdProcess } from "../support/etcd.ts";
 import { hasCommand } from "../support/packages.ts";
 import { etcdAvailable, testEtcd } from "../support/test_etcd.ts";
 
@@ -33,59 +33,6 @@ metadataServiceContract("etcd", async () => {
   expiryTimeoutMs: 6_000,
   ...(ignoreReason ? { ignoreReason } : {}),
 });
-
-/** An etcd on a data dir we keep, so it can be killed and restarted on the same data. */
-class RestartableEtcd {
-  readonly endpoint: string;
-  #dataDir: string;
-  #clientPort: number;
-  #peerPort: number;
-  #child: Deno.ChildProcess | null = null;
-
-  constructor(dataDir: string) {
-    this.#dataDir = dataDir;
-    this.#clientPort = freePort();
-    this.#peerPort = freePort();
-    this.endpoint = `127.0.0.1:${this.#clientPort}`;
-  }
-
-  async start(): Promise<void> {
-    const client = `http://${this.endpoint}`;
-    const peer = `http://127.0.0.1:${this.#peerPort}`;
-    this.#child = new Deno.Command("etcd", {
-      args: [
-        "--name=r",
-        `--data-dir=${this.#dataDir}`,
-        `--listen-client-urls=${client}`,
-        `--advertise-client-urls=${client}`,
-        `--listen-peer-urls=${peer}`,
-        `--initial-advertise-peer-urls=${peer}`,
-        `--initial-cluster=r=${peer}`,
-        "--log-level=error",
-      ],
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    const deadline = Date.now() + 15_000;
-    while (Date.now() < deadline) {
-      try {
-        const response = await fetch(`${client}/health`);
-        if ((await response.text()).includes("true")) return;
-      } catch {
-        // not up yet
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    throw new Error("etcd did not start");
-  }
-
-  async kill(): Promise<void> {
-    if (!this.#child) return;
-    this.#child.kill("SIGKILL");
-    await this.#child.status;
-    this.#child = null;
-  }
-}
 
 /** Creates volumes, bumps INode counters and the ring until calls start failing. */
 async function churn(mds: MetadataService, stopAfterMs: number) {
@@ -146,10 +93,8 @@ Deno.test({
   }`,
   ignore: !hasCommand("etcd"),
   async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "torus-etcd-loss-" });
-    const etcd = new RestartableEtcd(`${dir}/data`);
+    const etcd = await EtcdProcess.start();
     try {
-      await etcd.start();
       const options = { endpoints: [etcd.endpoint], callTimeoutMs: 1_000, connectTimeoutMs: 1_000 };
       const prefix = "/loss/";
       const first = createMetadataService(await openEtcdKv(options), { prefix });
@@ -170,7 +115,7 @@ Deno.test({
       await first.close();
       assert.ok(run.created.length > 0, "some volumes were created before the kill");
 
-      await etcd.start();
+      await etcd.restart();
       const second = createMetadataService(await openEtcdKv(options), { prefix });
       try {
         await checkConsistent(second, run.created);
@@ -178,8 +123,7 @@ Deno.test({
         await second.close();
       }
     } finally {
-      await etcd.kill();
-      await Deno.remove(dir, { recursive: true });
+      await etcd[Symbol.asyncDispose]();
     }
   },
 });

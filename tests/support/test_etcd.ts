@@ -5,7 +5,7 @@
  * @module
  */
 
-import { startEtcd } from "./etcd.ts";
+import { EtcdProcess } from "./etcd.ts";
 import { hasCommand } from "./packages.ts";
 
 /** An endpoint to test against and how to release it. */
@@ -27,17 +27,6 @@ export function etcdAvailable(): boolean {
 export async function testEtcd(): Promise<TestEtcd> {
   const shared = Deno.env.get("TORUS_TEST_ETCD");
   if (shared) return { endpoint: shared, [Symbol.asyncDispose]: () => Promise.resolve() };
-  const workDir = await Deno.makeTempDir({ prefix: "torus-etcd-" });
-  const server = await startEtcd({ workDir });
-  if (server.endpoint === null) {
-    await Deno.remove(workDir, { recursive: true });
-    throw new Error("etcd is not installed (apt-get install etcd-server)");
-  }
-  return {
-    endpoint: server.endpoint,
-    async [Symbol.asyncDispose]() {
-      await server[Symbol.asyncDispose]();
-      await Deno.remove(workDir, { recursive: true }).catch(() => {});
-    },
-  };
+  if (!hasCommand("etcd")) throw new Error("etcd is not installed (apt-get install etcd-server)");
+  return await EtcdProcess.start();
 }
