@@ -1,0 +1,7 @@
+/**
+ * Block volumes and their front ends. `device.ts` is the contract every front end serves; `nbd/`
+ * is the NBD protocol (codec, server, client); `aoe/` the ATA-over-Ethernet target (step 5).
+ * @module
+ */
+
+export * from "./device.ts";
