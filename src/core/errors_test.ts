@@ -27,6 +27,7 @@ Deno.test("error codes keep their wire values", () => {
     Closed: "closed",
     Unavailable: "unavailable",
     NotSupported: "not_supported",
+    ReadOnly: "read_only",
   });
 });
 
