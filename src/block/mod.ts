@@ -5,3 +5,7 @@
  */
 
 export * from "./device.ts";
+export * from "./volume_format.ts";
+export * from "./volume_map.ts";
+export * from "./volume_reader.ts";
+export * from "./volume.ts";

@@ -50,7 +50,8 @@ import {
   verifyEnabled,
 } from "../core/mod.ts";
 import { fdatasync, pinned, pwriteFullSync, tuneMallocForLargeBuffers } from "../sys/mod.ts";
-import type { BlockCallOptions, BlockStore } from "./block_store.ts";
+import type { BlockCallOptions, BlockStore, RangeWriteOptions } from "./block_store.ts";
+import { checkBlockRange } from "./range.ts";
 import { encodeEntry, ENTRY_BYTES, HEADER_BYTES, type IndexEntry } from "./file_format.ts";
 import {
   closeStoreFiles,
@@ -359,6 +360,74 @@ export class FileBlockStore implements BlockStore {
     );
     log.error(this.#failure.message);
     return this.#failure;
+  }
+
+  // Range operations as whole-block read-modify-write, serialized per ref. Correct but slow:
+  // the journaled path of docs/adr/0004-block-volume-write-path.md replaces it.
+  readonly #rangeChains = new Map<string, Promise<void>>();
+
+  async readAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    into: Uint8Array,
+    options?: BlockCallOptions,
+  ): Promise<void> {
+    checkBlockRange(this.blockSizeBytes, offsetBytes, into.length);
+    const block = await this.getBlock(ref, options);
+    into.set(block.subarray(offsetBytes, offsetBytes + into.length));
+  }
+
+  writeAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    data: Uint8Array,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
+    const copy = data.slice();
+    return this.#rangeChange(ref, offsetBytes, copy.length, options, (block) => {
+      block.set(copy, offsetBytes);
+    });
+  }
+
+  zeroAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    lengthBytes: number,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
+    return this.#rangeChange(ref, offsetBytes, lengthBytes, options, (block) => {
+      block.fill(0, offsetBytes, offsetBytes + lengthBytes);
+    });
+  }
+
+  #rangeChange(
+    ref: BlockRef,
+    offsetBytes: number,
+    lengthBytes: number,
+    options: RangeWriteOptions | undefined,
+    change: (block: Uint8Array) => void,
+  ): Promise<void> {
+    try {
+      this.#checkUsable();
+      checkBlockRange(this.blockSizeBytes, offsetBytes, lengthBytes);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const key = ref.key;
+    const previous = this.#rangeChains.get(key) ?? Promise.resolve();
+    const run = previous.catch(() => {}).then(async () => {
+      let block: Uint8Array;
+      if (options?.fresh || !this.#index.has(key)) block = new Uint8Array(this.blockSizeBytes);
+      else block = await this.getBlock(ref, options);
+      change(block);
+      await this.putBlock(ref, block, options);
+    });
+    const tail = run.catch(() => {});
+    this.#rangeChains.set(key, tail);
+    void tail.then(() => {
+      if (this.#rangeChains.get(key) === tail) this.#rangeChains.delete(key);
+    });
+    return run;
   }
 
   hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean> {

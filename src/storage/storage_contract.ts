@@ -11,6 +11,7 @@
 import assert from "node:assert/strict";
 import { BlockRef, crc32, ErrorCode, isTorusError } from "../core/mod.ts";
 import type { BlockStore } from "./block_store.ts";
+import { registerRangeTests } from "./storage_contract_ranges.ts";
 
 /** What a contract factory returns. */
 export interface ContractFixture {
@@ -81,6 +82,7 @@ export function blockStoreContract(name: string, factory: ContractFactory): void
   registerLifecycleTests(test);
   registerConcurrencyTests(test);
   registerSameRefTests(test);
+  registerRangeTests(test);
 }
 
 type Register = (behaviour: string, body: (fixture: ContractFixture) => Promise<void>) => void;
