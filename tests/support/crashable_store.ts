@@ -77,7 +77,12 @@ export class CrashableStore implements BlockStore {
   getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {
     return this.#inOrder(ref, () => this.#live.getBlock(ref, options));
   }
-  readAt(ref: BlockRef, offset: number, into: Uint8Array, options?: BlockCallOptions) {
+  readAt(
+    ref: BlockRef,
+    offset: number,
+    into: Uint8Array,
+    options?: BlockCallOptions,
+  ): Promise<void> {
     return this.#inOrder(ref, () => this.#live.readAt(ref, offset, into, options));
   }
   hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean> {
@@ -109,7 +114,12 @@ export class CrashableStore implements BlockStore {
     });
   }
 
-  writeAt(ref: BlockRef, offset: number, data: Uint8Array, options?: RangeWriteOptions) {
+  writeAt(
+    ref: BlockRef,
+    offset: number,
+    data: Uint8Array,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
     const copy = data.slice();
     return this.#inOrder(ref, async () => {
       await this.#live.writeAt(ref, offset, copy, options);
@@ -118,7 +128,12 @@ export class CrashableStore implements BlockStore {
     });
   }
 
-  zeroAt(ref: BlockRef, offset: number, length: number, options?: RangeWriteOptions) {
+  zeroAt(
+    ref: BlockRef,
+    offset: number,
+    length: number,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
     return this.#inOrder(ref, async () => {
       await this.#live.zeroAt(ref, offset, length, options);
       const fresh = options?.fresh ?? false;
