@@ -22,9 +22,11 @@ import {
 import {
   BLOCK_SIZE_DEFAULT_BYTES,
   CryptoRandom,
+  escapeText,
   formatSize,
   invalid,
   isTorusError,
+  normalizeUuid,
   parseSizeOrPercent,
   randomUuid,
   REPLICATION_DEFAULT,
@@ -60,10 +62,9 @@ export async function nodeUuid(dataDir: string): Promise<string> {
   const path = `${dataDir}/metadata/uuid`;
   try {
     const text = (await Deno.readTextFile(path)).trim();
-    if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(text)) {
-      throw invalid(`${path} does not hold a node UUID`);
-    }
-    return text;
+    const uuid = normalizeUuid(text);
+    if (uuid === null) throw invalid(`${path} does not hold a node UUID`);
+    return uuid;
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
@@ -93,7 +94,7 @@ async function openNodeMetadata(
   if (opened.backend.kind === "embedded" && !(await opened.service.cluster.isInitialised())) {
     try {
       await opened.service.cluster.init(singleNodeInit());
-      io.stdout(`Initialised a single-node cluster in ${opened.backend.path}\n`);
+      io.stdout(`Initialised a single-node cluster in ${escapeText(opened.backend.path)}\n`);
     } catch (error) {
       // Another local process (ctl init, a second serve) may have initialised it meanwhile.
       if (!isTorusError(error, "exists")) throw error;
@@ -140,10 +141,10 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
     io.stdout(
       [
         `torus serve: node ${uuid}`,
-        `  data dir:    ${dataDir}`,
+        `  data dir:    ${escapeText(dataDir)}`,
         `  block store: ${store.totalBlocks()} blocks of ${formatSize(store.blockSizeBytes)} ` +
         `(${formatSize(store.totalBlocks() * store.blockSizeBytes)}), ${store.usedBlocks()} used`,
-        `  metadata:    ${where}`,
+        `  metadata:    ${escapeText(where)}`,
         `  not serving peers, NBD or HTTP yet (roadmap steps 3 and 4)`,
         `Ready. Stop with Ctrl-C (SIGINT) or SIGTERM.`,
         "",
