@@ -298,10 +298,10 @@ ${verb === "add" ? "Adds" : "Removes"} peers ${
       verb === "add" ? "to" : "from"
     } the ring (a new ring version; nodes then rebalance). Peers are
 named by UUID (in any case) or address and must be registered (alive), unless --force.
-  --all-peers  every registered storage node
-  --force      ${forceHelp}${
+  --all-peers      every registered storage node
+  --force          ${forceHelp}${
       verb === "remove"
-        ? "\n  --yes-i-am-sure  needed to remove every member (no block can then be read); on a" +
+        ? "\n  --yes-i-am-sure  needed to remove every member (then no block can be read); on a" +
           "\n                   terminal you must also type YES"
         : ""
     }

@@ -202,8 +202,8 @@ function setReplicationCommand(deps: CtlDeps): Command {
     help: `Usage: torus ctl ring set-replication N
 
 Sets how many nodes keep each block in a new ring version; nodes then rebalance. Only mod and
-ketama rings have a replication to change: 1 <= N <= members, or up to ${REPLICATION_DEFAULT} while
-the ring has fewer members than that (so a cluster can be set up before its nodes join).
+ketama rings have a replication to change: 1 <= N <= members, or up to ${REPLICATION_DEFAULT}
+while the ring has fewer members than that (so a cluster can be set up before its nodes join).
 
 ${metadataFlagsHelp}
 `,

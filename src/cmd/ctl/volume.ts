@@ -120,7 +120,8 @@ function createBlockCommand(deps: CtlDeps, name: string, usage: string): Command
     help: `Usage: ${usage} NAME SIZE
 
 Creates a block volume of SIZE bytes (512KiB, 10GiB, 20GB or plain bytes). No data is written:
-a new volume reads as zeros. NAME is ${NAME_RULE_TEXT}.
+a new volume reads as zeros.
+NAME is ${NAME_RULE_TEXT}.
 
 ${metadataFlagsHelp}
 `,
