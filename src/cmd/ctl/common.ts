@@ -17,7 +17,14 @@ import {
   processEnv,
   UsageError,
 } from "../../cli/mod.ts";
-import { type Clock, escapeText, invalid, systemClock } from "../../core/mod.ts";
+import {
+  type Clock,
+  CONFIRMATION_LINE_MAX_BYTES,
+  escapeText,
+  invalid,
+  readLineBounded,
+  systemClock,
+} from "../../core/mod.ts";
 
 /** Interactive input, for the confirmation destructive commands ask for on a terminal. */
 export interface Terminal {
@@ -31,17 +38,9 @@ export interface Terminal {
 export const processTerminal: Terminal = {
   isInteractive: () => Deno.stdin.isTerminal(),
   async readLine() {
-    const buffer = new Uint8Array(1);
-    const bytes: number[] = [];
-    for (;;) {
-      const n = await Deno.stdin.read(buffer);
-      if (n === null) {
-        return bytes.length > 0 ? new TextDecoder().decode(Uint8Array.from(bytes)) : null;
-      }
-      if (buffer[0] === 0x0a) break;
-      bytes.push(buffer[0]!);
-    }
-    return new TextDecoder().decode(Uint8Array.from(bytes)).replace(/\r$/, "");
+    // Capped: an answer is one word; a pasted file or an endless stream must not grow memory.
+    const line = await readLineBounded(Deno.stdin, CONFIRMATION_LINE_MAX_BYTES, "the answer");
+    return line === null ? null : new TextDecoder().decode(line);
   },
 };
 

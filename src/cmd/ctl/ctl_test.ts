@@ -221,9 +221,9 @@ test("ctl volume create-block, list and delete, with every bad input", async () 
     1,
     /volume "db" already exists \(exists\)$/,
   );
-  fails(await h.ctl("volume", "create-block", "x", "-5"), 2, /Unknown option '-5'/);
+  fails(await h.ctl("volume", "create-block", "x", "-5"), 1, /invalid size "-5": .*negative/);
   fails(await h.ctl("volume", "create-block", "x", "12XB"), 1, /invalid size "12XB"/);
-  fails(await h.ctl("volume", "create-block", "x", "0"), 1, /positive number of bytes/);
+  fails(await h.ctl("volume", "create-block", "x", "0"), 1, /must be more than 0 bytes/);
   fails(
     await h.ctl("volume", "create-block", "a/b", "1GiB"),
     1,
@@ -353,7 +353,7 @@ test("ring get, set-replication and manual-change check replication and ring typ
   const json = JSON.parse(ok(await h.ctl("ring", "get", "--json")));
   assert.deepEqual(json.members.map((m: { uuid: string }) => m.uuid), [U1, U2]);
   fails(await h.ctl("ring", "set-replication", "0"), 1, /at least 1/);
-  fails(await h.ctl("ring", "set-replication", "-1"), 2, /Unknown option '-1'/);
+  fails(await h.ctl("ring", "set-replication", "-1"), 1, /"-1" must be a whole number/);
   fails(await h.ctl("ring", "set-replication", "1.5"), 1, /whole number/);
   fails(
     await h.ctl("ring", "set-replication", "3"),
@@ -527,7 +527,7 @@ test("dropping every ring member asks like wipe; the confirmed path applies it",
   const refusal = /refusing to remove every member of the ring without --yes-i-am-sure$/;
   fails(await h.ctl("ring", "manual-change"), 1, refusal);
   fails(await h.ctl("ring", "manual-change", "--type", "empty"), 1, refusal);
-  fails(await h.ctl("ring", "manual-change", "--type", "mod", "--uuids", ","), 1, refusal);
+  fails(await h.ctl("ring", "manual-change", "--type", "mod", "--all-peers"), 1, refusal);
   // An empty flag value either is refused as such or counts as no UUID: never an empty ring.
   assert.notEqual((await h.ctl("ring", "manual-change", "--uuids", "")).code, 0);
   fails(await h.ctl("peer", "remove", "--force", ...twenty), 1, refusal);

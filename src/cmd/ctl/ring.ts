@@ -20,6 +20,7 @@ import {
   metadataFlagsHelp,
   parseFlags,
   renderJson,
+  splitList,
   UsageError,
 } from "../../cli/mod.ts";
 import {
@@ -240,9 +241,8 @@ function checkManualRing(type: RingType, peers: readonly PeerInfo[]): void {
   }
 }
 
-/** The UUIDs of `--uuids`: comma-separated, each checked and normalised, duplicates once. */
-export function parseUuidList(text: string | undefined): string[] {
-  const items = (text ?? "").split(",").map((u) => u.trim()).filter((u) => u !== "");
+/** The UUIDs of `--uuids` (split by splitList): each checked and normalised, duplicates once. */
+export function parseUuidList(items: readonly string[]): string[] {
   return [...new Set(items.map((item) => parseUuid(item, "peer UUID")))];
 }
 
@@ -293,7 +293,9 @@ ${metadataFlagsHelp}
       const replication = values.replication === undefined
         ? defaultReplication(type)
         : parseReplication(values.replication);
-      const uuids = parseUuidList(values.uuids);
+      const uuids = values.uuids === undefined
+        ? []
+        : parseUuidList(splitList(values.uuids, "UUID"));
       const confirmed = values["yes-i-am-sure"] ?? false;
       const next = await withMetadata(deps, metadataFlagsOf(values), async ({ service }) => {
         const peers = choosePeers(

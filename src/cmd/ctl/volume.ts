@@ -27,7 +27,7 @@ import {
   formatSize,
   invalid,
   NAME_RULE_TEXT,
-  parseSize,
+  parseVolumeSize,
 } from "../../core/mod.ts";
 import type { InvalidRecord, MetadataService, VolumeInfo } from "../../metadata/mod.ts";
 import { type CtlDeps, expectPositionals, metadataFlagsOf, withMetadata } from "./common.ts";
@@ -119,8 +119,8 @@ function createBlockCommand(deps: CtlDeps, name: string, usage: string): Command
     summary: "Create a block volume: NAME SIZE (e.g. 10GiB)",
     help: `Usage: ${usage} NAME SIZE
 
-Creates a block volume of SIZE bytes (512KiB, 10GiB, 20GB or plain bytes). No data is written:
-a new volume reads as zeros.
+Creates a block volume of SIZE bytes (512KiB, 10GiB, 20GB or plain bytes): a whole number of
+512-byte sectors. No data is written: a new volume reads as zeros.
 NAME is ${NAME_RULE_TEXT}.
 
 ${metadataFlagsHelp}
@@ -130,7 +130,7 @@ ${metadataFlagsHelp}
       expectPositionals(positionals, ["NAME", "SIZE"]);
       const [volumeName, sizeText] = positionals as [string, string];
       checkName(volumeName, "volume");
-      const sizeBytes = parseSize(sizeText);
+      const sizeBytes = parseVolumeSize(sizeText);
       const created = await withMetadata(deps, metadataFlagsOf(values), async (m) => {
         return await m.service.volumes.createBlockVolume(volumeName, sizeBytes);
       });
