@@ -5,7 +5,7 @@
  */
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { ErrorCode, errorMessage, isTorusError } from "../core/mod.ts";
+import { ErrorCode, errorMessage, escapedErrorMessage, isTorusError } from "../core/mod.ts";
 import { checkArgsNotBlank, checkNotBlank, protectNegativeNumbers } from "./input.ts";
 import { UsageError } from "./usage_error.ts";
 
@@ -102,16 +102,19 @@ export async function runCommand(command: Command, args: string[], io: Io): Prom
   }
 }
 
-/** Prints `torus <cmd>: <message>` and returns the exit code for `error`. */
+/**
+ * Prints `torus <cmd>: <message>` and returns the exit code for `error`. Messages quote what the
+ * user typed and what the store holds, so they are escaped (src/core/text.ts) before printing.
+ */
 export function reportError(commandName: string, error: unknown, io: Io): number {
   if (error instanceof UsageError) {
-    io.stderr(`torus ${commandName}: ${errorMessage(error)}\n`);
+    io.stderr(`torus ${commandName}: ${escapedErrorMessage(error)}\n`);
     io.stderr(`Run 'torus ${commandName} --help' for usage.\n`);
     return ExitCode.Usage;
   }
   if (isTorusError(error) || error instanceof Error && error.name !== "AssertionError") {
     const code = isTorusError(error) && error.code !== ErrorCode.Invalid ? ` (${error.code})` : "";
-    io.stderr(`torus ${commandName}: ${errorMessage(error)}${code}\n`);
+    io.stderr(`torus ${commandName}: ${escapedErrorMessage(error)}${code}\n`);
     return ExitCode.Failure;
   }
   throw error;

@@ -25,10 +25,12 @@ import {
   BLOCK_SIZE_DEFAULT_BYTES,
   CryptoRandom,
   decodeUtf8,
+  escapeText,
   formatSize,
   invalid,
   isTorusError,
   NODE_ID_FILE_MAX_BYTES,
+  normalizeUuid,
   parseCapacity,
   randomUuid,
   REPLICATION_DEFAULT,
@@ -76,11 +78,9 @@ export async function nodeUuid(dataDir: string): Promise<string> {
   const path = `${dataDir}/metadata/uuid`;
   try {
     const bytes = await readFileBounded(path, NODE_ID_FILE_MAX_BYTES, path);
-    const text = decodeUtf8(bytes, path).trim();
-    if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(text)) {
-      throw invalid(`${path} does not hold a node UUID`);
-    }
-    return text;
+    const uuid = normalizeUuid(decodeUtf8(bytes, path).trim());
+    if (uuid === null) throw invalid(`${path} does not hold a node UUID`);
+    return uuid;
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
@@ -110,7 +110,7 @@ async function openNodeMetadata(
   if (opened.backend.kind === "embedded" && !(await opened.service.cluster.isInitialised())) {
     try {
       await opened.service.cluster.init(singleNodeInit());
-      io.stdout(`Initialised a single-node cluster in ${opened.backend.path}\n`);
+      io.stdout(`Initialised a single-node cluster in ${escapeText(opened.backend.path)}\n`);
     } catch (error) {
       // Another local process (ctl init, a second serve) may have initialised it meanwhile.
       if (!isTorusError(error, "exists")) throw error;
@@ -184,10 +184,10 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
     io.stdout(
       [
         `torus serve: node ${uuid}`,
-        `  data dir:    ${dataDir}`,
+        `  data dir:    ${escapeText(dataDir)}`,
         `  block store: ${store.totalBlocks()} blocks of ${formatSize(store.blockSizeBytes)} ` +
         `(${formatSize(store.totalBlocks() * store.blockSizeBytes)}), ${store.usedBlocks()} used`,
-        `  metadata:    ${where}`,
+        `  metadata:    ${escapeText(where)}`,
         `  not serving peers, NBD or HTTP yet (roadmap steps 3 and 4)`,
         `Ready. Stop with Ctrl-C (SIGINT) or SIGTERM.`,
         "",

@@ -42,6 +42,19 @@ export const BLOCKSET_BLOCKS_MAX = 2 ** 30;
 export const KETAMA_POINTS_PER_PEER = 1024;
 /** Most members a ring may have; a ring proto listing more is rejected as invalid. */
 export const RING_MEMBERS_MAX = 4096;
+
+/**
+ * Longest new volume or snapshot name, in characters; names are ASCII (src/core/names.ts), so
+ * this is also their length in bytes.
+ */
+export const NAME_LENGTH_MAX = 255;
+/**
+ * Longest name looked up (or listed) in UTF-8 bytes. Larger than NAME_LENGTH_MAX because names
+ * stored by older builds (up to 255 UTF-16 units of any script) must stay deletable.
+ */
+export const NAME_LOOKUP_MAX_BYTES = 1024;
+/** Longest peer address accepted in a peer record or ring member (`tdp://host:port`). */
+export const PEER_ADDRESS_LENGTH_MAX = 1024;
 /**
  * Rings memoize the permutation of each distinct lookup outcome (a ketama point, a mod start)
  * while outcomes x members stays within this many array slots (8 bytes each); larger rings
@@ -133,6 +146,11 @@ assert(
   "an NBD request may cover a whole block",
 );
 assert(BLOCK_SIZE_MIN_BYTES % SECTOR_SIZE_BYTES === 0, "a block is whole sectors");
+assert(
+  NAME_LOOKUP_MAX_BYTES >= 3 * NAME_LENGTH_MAX,
+  "older names of 255 UTF-16 units stay reachable",
+);
+assert(NAME_LOOKUP_MAX_BYTES * 2 <= KV_KEY_MAX_BYTES, "a name key leaves room for its prefix");
 assert(STORE_SLOTS_MAX < 2 ** 24, "a store's index fits one JavaScript Map");
 assert(READ_CACHE_ENTRIES_MIN >= 1, "the read cache holds at least one block");
 assert(
