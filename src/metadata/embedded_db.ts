@@ -168,7 +168,7 @@ class WriteTx {
   async read(steps: readonly SqlStep[]): Promise<unknown[]> {
     const queued = this.#queued;
     this.#queued = [];
-    const results = await this.#sql.batch([...queued, ...steps]);
+    const results = await this.#sql.batch([...queued, ...steps], { inTransaction: true });
     return results.slice(queued.length);
   }
 
@@ -245,8 +245,11 @@ export class EmbeddedDb {
   async #initialise(): Promise<void> {
     try {
       // Checked again under the write lock: another process may be creating the file too.
-      if (await this.#identify([exec(SQL.begin)])) await this.#sql.batch([exec(SCHEMA)]);
-      await this.#sql.batch([exec(SQL.commit)]);
+      const inTransaction = { inTransaction: true };
+      if (await this.#identify([exec(SQL.begin)])) {
+        await this.#sql.batch([exec(SCHEMA)], inTransaction);
+      }
+      await this.#sql.batch([exec(SQL.commit)], inTransaction);
     } catch (error) {
       await this.#rollback();
       throw error;

@@ -29,10 +29,19 @@ export interface RunInfo {
 /** A row as SQLite returns it. */
 export type SqlRow = Record<string, SqlValue>;
 
+/** Options of one batch. */
+export interface BatchOptions {
+  /**
+   * The batch continues a transaction an earlier batch opened: it is refused (and nothing of it
+   * runs) when that transaction is no longer open, e.g. rolled back by the worker's guard.
+   */
+  readonly inTransaction?: boolean;
+}
+
 /** Something that runs batches of SQL in order on one connection. */
 export interface SqlConnection {
   /** Runs `steps` in order; the answer of step i is `results[i]`. A failing step stops it. */
-  batch(steps: readonly SqlStep[]): Promise<unknown[]>;
+  batch(steps: readonly SqlStep[], options?: BatchOptions): Promise<unknown[]>;
 }
 
 /** Maps SQLite's errors (node:sqlite reports them by message only) to TorusError codes. */
@@ -70,6 +79,11 @@ export interface SqliteWorkerOptions {
   readonly callTimeoutMs: number;
   /** How long SQLite waits for another process's lock before failing the statement. */
   readonly busyTimeoutMs: number;
+  /**
+   * How long a transaction may stay open between two batches before the worker rolls it back
+   * (default twice `callTimeoutMs`: past the main thread's deadline it gave up anyway).
+   */
+  readonly transactionLimitMs?: number;
 }
 
 /** A SQLite connection in its own worker. */
@@ -102,8 +116,7 @@ export class SqliteWorker implements SqlConnection {
         op: "open",
         path,
         busyTimeoutMs: options.busyTimeoutMs,
-        // Past the main thread's deadline the caller has given up on the transaction anyway.
-        transactionLimitMs: options.callTimeoutMs * 2,
+        transactionLimitMs: options.transactionLimitMs ?? options.callTimeoutMs * 2,
       });
     } catch (error) {
       worker.terminate();
@@ -112,8 +125,9 @@ export class SqliteWorker implements SqlConnection {
     return worker;
   }
 
-  batch(steps: readonly SqlStep[]): Promise<unknown[]> {
-    return this.#request({ op: "batch", steps }) as Promise<unknown[]>;
+  batch(steps: readonly SqlStep[], options: BatchOptions = {}): Promise<unknown[]> {
+    const inTransaction = options.inTransaction ?? false;
+    return this.#request({ op: "batch", steps, inTransaction }) as Promise<unknown[]>;
   }
 
   /** Closes the file in the worker (rolling back an open transaction). */
