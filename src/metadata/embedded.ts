@@ -9,7 +9,8 @@
  *   another process or an fsync never stalls the event loop.
  * - Each call has a deadline: a lock wait ends with `unavailable` after `callTimeoutMs` inside
  *   the worker, and the main thread gives up a second later regardless.
- * - Lease expiry is decided by the injected Clock's `nowMs`, sent with every call. Expired
+ * - Lease expiry is decided by the machine's boot-time clock (lease_clock.ts: immune to
+ *   wall-clock steps, one clock for every process of the machine), read for every call. Expired
  *   leases are removed by whichever process touches the file next, and by a sweep every
  *   `sweepIntervalMs` in each open store, so a dead process's keys go within about one TTL.
  * - Watches follow the shared change log by polling every `pollIntervalMs` (immediately after
@@ -21,7 +22,6 @@
  */
 
 import {
-  type Clock,
   closed,
   invalid,
   KV_LEASE_SWEEP_INTERVAL_MS,
@@ -30,7 +30,6 @@ import {
   logger,
   METADATA_CALL_TIMEOUT_MS,
   notExist,
-  systemClock,
   TorusError,
 } from "../core/mod.ts";
 import type {
@@ -46,6 +45,7 @@ import type {
 import { checkLeaseId, checkPut, checkTtlMs, checkTxn, encodePrefix } from "./kv_common.ts";
 import { type ChangePage, EmbeddedDb } from "./embedded_db.ts";
 import { SqliteWorker } from "./embedded_sqlite.ts";
+import { bootClock, type LeaseClock, type LeaseTime } from "./lease_clock.ts";
 
 const log = logger("metadata");
 
@@ -53,8 +53,8 @@ const log = logger("metadata");
 export interface EmbeddedKvOptions {
   /** The database file, e.g. `<data-dir>/metadata/kv.sqlite`; its directory is created. */
   readonly path: string;
-  /** Time source for lease expiry (default: the system clock). */
-  readonly clock?: Clock;
+  /** Time source of lease deadlines (default: the machine's boot-time clock). */
+  readonly leaseClock?: LeaseClock;
   /** Longest wait for another process's transaction (default METADATA_CALL_TIMEOUT_MS). */
   readonly callTimeoutMs?: number;
   /** Watch poll period (default KV_WATCH_POLL_INTERVAL_MS). */
@@ -95,10 +95,15 @@ export async function openEmbeddedKv(options: EmbeddedKvOptions): Promise<Embedd
     callTimeoutMs: callTimeoutMs + WORKER_GRACE_MS,
     busyTimeoutMs: callTimeoutMs,
   });
+  const leaseClock = options.leaseClock ?? bootClock;
   try {
-    const db = await EmbeddedDb.open(sql, path);
+    // Format-1 files kept lease deadlines in wall-clock ms: the wall clock reads them once.
+    const db = await EmbeddedDb.open(sql, path, {
+      lease: await leaseClock.now(),
+      wallMs: Date.now(),
+    });
     return new EmbeddedKvStore(sql, db, {
-      clock: options.clock ?? systemClock,
+      leaseClock,
       pollIntervalMs: options.pollIntervalMs ?? KV_WATCH_POLL_INTERVAL_MS,
       sweepIntervalMs: options.sweepIntervalMs ?? KV_LEASE_SWEEP_INTERVAL_MS,
     });
@@ -159,7 +164,7 @@ class EmbeddedWatch implements Watch {
 }
 
 interface StoreSettings {
-  readonly clock: Clock;
+  readonly leaseClock: LeaseClock;
   readonly pollIntervalMs: number;
   readonly sweepIntervalMs: number;
 }
@@ -192,16 +197,16 @@ class EmbeddedKvStore implements EmbeddedKv {
     return await fn(this.#db);
   }
 
-  #nowMs(): number {
-    return this.#settings.clock.nowMs();
+  #now(): Promise<LeaseTime> {
+    return this.#settings.leaseClock.now();
   }
 
   get(key: string): Promise<KvEntry | null> {
-    return this.#call((db) => db.get(key, this.#nowMs()));
+    return this.#call(async (db) => db.get(key, await this.#now()));
   }
 
   range(prefix: string): Promise<KvEntry[]> {
-    return this.#call((db) => db.range(prefix, this.#nowMs()));
+    return this.#call(async (db) => db.range(prefix, await this.#now()));
   }
 
   async put(key: string, value: Uint8Array, options?: { lease?: LeaseId }): Promise<void> {
@@ -237,7 +242,7 @@ class EmbeddedKvStore implements EmbeddedKv {
 
   async #write(request: TxnRequest): Promise<TxnResponse> {
     const checked = checkTxn(request);
-    const response = await this.#call((db) => db.txn(checked, this.#nowMs()));
+    const response = await this.#call(async (db) => db.txn(checked, await this.#now()));
     this.#kickPoll();
     return response;
   }
@@ -268,19 +273,19 @@ class EmbeddedKvStore implements EmbeddedKv {
 
   async grantLease(ttlMs: number): Promise<LeaseId> {
     const ttl = checkTtlMs(ttlMs);
-    return await this.#call((db) => db.grantLease(ttl, this.#nowMs()));
+    return await this.#call(async (db) => db.grantLease(ttl, await this.#now()));
   }
 
   async keepAliveLease(lease: LeaseId): Promise<void> {
     checkLeaseId(lease);
-    await this.#call((db) => db.keepAliveLease(lease, this.#nowMs()));
+    await this.#call(async (db) => db.keepAliveLease(lease, await this.#now()));
     // Renewing may have expired other leases first.
     this.#kickPoll();
   }
 
   async revokeLease(lease: LeaseId): Promise<void> {
     checkLeaseId(lease);
-    await this.#call((db) => db.revokeLease(lease, this.#nowMs()));
+    await this.#call(async (db) => db.revokeLease(lease, await this.#now()));
     this.#kickPoll();
   }
 
@@ -314,7 +319,7 @@ class EmbeddedKvStore implements EmbeddedKv {
   async #sweep(): Promise<void> {
     const trim = ++this.#sweeps % SWEEPS_PER_TRIM === 0;
     try {
-      const expired = await this.#db.sweep(this.#nowMs(), trim);
+      const expired = await this.#db.sweep(await this.#now(), trim);
       if (expired > 0) this.#kickPoll();
     } catch (error) {
       if (!this.#closed) log.debug(`lease sweep failed: ${(error as Error).message}`);
@@ -391,7 +396,8 @@ class EmbeddedKvStore implements EmbeddedKv {
 
   #pollFailed(error: Error): void {
     if (this.#closed) return;
-    const nowMs = Date.now();
+    // Monotonic: a wall-clock step must neither end the watches early nor keep them failing.
+    const nowMs = performance.now();
     this.#pollFailingSinceMs ??= nowMs;
     if (nowMs - this.#pollFailingSinceMs < KV_WATCH_RETRY_MAX_MS) {
       log.debug(`watch poll failed, will retry: ${error.message}`);

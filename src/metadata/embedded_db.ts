@@ -12,14 +12,17 @@
  * - `meta.revision` is the store revision. A transaction that changes at least one key takes the
  *   next revision for all its changes and logs each in `changes` as (revision, sub); one that
  *   changes nothing consumes no revision (etcd's rule).
- * - Leases carry an absolute expiry in wall-clock ms (`nowMs` comes with every call, from the
- *   store's injected Clock). Every write first removes expired leases and their keys, one
+ * - Leases carry an absolute deadline in the machine's boot-time clock and the boot it counts
+ *   from (lease_clock.ts; `now` comes with every call, from the store's LeaseClock), so no
+ *   wall-clock step moves them and every process of the machine reads them alike. A lease of
+ *   another boot is expired. Every write first removes expired leases and their keys, one
  *   revision per lease; reads do the same first when a lease is due. So an expired lease is never
  *   observed, whichever process touches the file next.
  * - `meta.compact_revision` is the oldest revision still in the change log; trimming only moves
  *   it forward.
  * - The file is marked with application_id and user_version; a file that is not ours is refused
- *   with `invalid` and never altered.
+ *   with `invalid` and never altered. Format 1 (lease deadlines in wall-clock ms) is upgraded to
+ *   format 2 in place at open, each lease keeping what was left of its TTL.
  * @module
  */
 
@@ -42,11 +45,12 @@ import type {
 } from "./kv.ts";
 import { compareHolds, decodeKey, encodeKey, encodePrefix, prefixEnd } from "./kv_common.ts";
 import type { RunInfo, SqlConnection, SqlRow, SqlStep, SqlValue } from "./embedded_sqlite.ts";
+import type { LeaseTime } from "./lease_clock.ts";
 
 /** "tors" in ASCII: marks a SQLite file as a torus metadata store. */
 export const APPLICATION_ID = 0x746f7273;
-/** Version of the schema below. */
-export const SCHEMA_VERSION = 1;
+/** Version of the schema below. Format 1 kept lease deadlines in wall-clock ms, without boot. */
+export const SCHEMA_VERSION = 2;
 
 const SCHEMA = `
 CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -56,7 +60,8 @@ CREATE TABLE kv (
 ) WITHOUT ROWID;
 CREATE INDEX kv_by_lease ON kv (lease) WHERE lease != 0;
 CREATE TABLE leases (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, ttl_ms INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL
+  id INTEGER PRIMARY KEY AUTOINCREMENT, ttl_ms INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL,
+  boot_id TEXT NOT NULL
 );
 CREATE INDEX leases_by_expiry ON leases (expires_at_ms);
 CREATE TABLE changes (
@@ -67,6 +72,12 @@ INSERT INTO meta VALUES ('revision', 1), ('compact_revision', 1);
 PRAGMA application_id = ${APPLICATION_ID};
 PRAGMA user_version = ${SCHEMA_VERSION};
 `;
+
+/** The time at open: the lease clock, and the wall clock that format-1 deadlines count in. */
+export interface OpenTime {
+  readonly lease: LeaseTime;
+  readonly wallMs: number;
+}
 
 /** Change types in the `changes` table. */
 const ChangeType = { Put: 0, Delete: 1 } as const;
@@ -95,10 +106,12 @@ const SQL = {
   rollback: "ROLLBACK",
   meta: "SELECT value FROM meta WHERE name = ?",
   setMeta: "UPDATE meta SET value = ? WHERE name = ?",
-  dueLeases: "SELECT id FROM leases WHERE expires_at_ms <= ? ORDER BY expires_at_ms, id",
-  anyDue: "SELECT 1 AS due FROM leases WHERE expires_at_ms <= ? LIMIT 1",
+  // A lease is due when its deadline passed or it counts from another boot.
+  dueLeases: "SELECT id FROM leases WHERE expires_at_ms <= ? OR boot_id != ? " +
+    "ORDER BY expires_at_ms, id",
+  anyDue: "SELECT 1 AS due FROM leases WHERE expires_at_ms <= ? OR boot_id != ? LIMIT 1",
   leaseExists: "SELECT 1 AS found FROM leases WHERE id = ?",
-  insertLease: "INSERT INTO leases (ttl_ms, expires_at_ms) VALUES (?, ?)",
+  insertLease: "INSERT INTO leases (ttl_ms, expires_at_ms, boot_id) VALUES (?, ?, ?)",
   renewLease: "UPDATE leases SET expires_at_ms = ? + ttl_ms WHERE id = ?",
   deleteLease: "DELETE FROM leases WHERE id = ?",
   keysOfLease: "SELECT key FROM kv WHERE lease = ? ORDER BY key",
@@ -199,8 +212,11 @@ export class EmbeddedDb {
     this.#path = path;
   }
 
-  /** Sets up the file (WAL, FULL sync, schema) or checks it is a torus store of our format. */
-  static async open(sql: SqlConnection, path: string): Promise<EmbeddedDb> {
+  /**
+   * Sets up the file (WAL, FULL sync, schema) or checks it is a torus store of our format,
+   * upgrading format 1 in place (its wall-clock lease deadlines are read against `now.wallMs`).
+   */
+  static async open(sql: SqlConnection, path: string, now: OpenTime): Promise<EmbeddedDb> {
     const db = new EmbeddedDb(sql, path);
     // Identify the file before changing anything in it (WAL mode rewrites the header).
     await db.#identify();
@@ -212,7 +228,7 @@ export class EmbeddedDb {
       exec("PRAGMA synchronous = FULL"),
       exec(`PRAGMA journal_size_limit = ${64 * 1024 * 1024}`),
     ]);
-    await db.#initialise();
+    await db.#initialise(now);
     // A damaged file is refused at open, with SQLite's finding, rather than failing later.
     const problems = await db.#check("PRAGMA quick_check");
     if (problems.length > 0) {
@@ -221,8 +237,8 @@ export class EmbeddedDb {
     return db;
   }
 
-  /** Whether the file is empty (true), ours (false), or neither (throws `invalid`). */
-  async #identify(steps: readonly SqlStep[] = []): Promise<boolean> {
+  /** What the file is: empty, ours (current or older format), or neither (throws `invalid`). */
+  async #identify(steps: readonly SqlStep[] = []): Promise<"empty" | "current" | "format1"> {
     const results = await this.#sql.batch([
       ...steps,
       get("PRAGMA application_id"),
@@ -230,25 +246,29 @@ export class EmbeddedDb {
       get("SELECT count(*) AS n FROM sqlite_schema"),
     ]);
     const [appId, version, tables] = results.slice(steps.length) as [SqlRow, SqlRow, SqlRow];
-    if (appId.application_id === 0 && version.user_version === 0 && tables.n === 0) return true;
+    if (appId.application_id === 0 && version.user_version === 0 && tables.n === 0) {
+      return "empty";
+    }
     if (appId.application_id !== APPLICATION_ID) {
       throw invalid(`${this.#path} is a SQLite database but not a torus metadata store`);
     }
+    if (version.user_version === 1) return "format1";
     if (version.user_version !== SCHEMA_VERSION) {
       throw invalid(
-        `metadata store ${this.#path} has format ${version.user_version}; this torus reads 1`,
+        `metadata store ${this.#path} has format ${version.user_version}; this torus reads ` +
+          `1 to ${SCHEMA_VERSION}`,
       );
     }
-    return false;
+    return "current";
   }
 
-  async #initialise(): Promise<void> {
+  async #initialise(now: OpenTime): Promise<void> {
     try {
       // Checked again under the write lock: another process may be creating the file too.
       const inTransaction = { inTransaction: true };
-      if (await this.#identify([exec(SQL.begin)])) {
-        await this.#sql.batch([exec(SCHEMA)], inTransaction);
-      }
+      const found = await this.#identify([exec(SQL.begin)]);
+      if (found === "empty") await this.#sql.batch([exec(SCHEMA)], inTransaction);
+      if (found === "format1") await this.#sql.batch(upgradeFromFormat1(now), inTransaction);
       await this.#sql.batch([exec(SQL.commit)], inTransaction);
     } catch (error) {
       await this.#rollback();
@@ -285,31 +305,31 @@ export class EmbeddedDb {
   }
 
   /** One key, after expiring due leases. */
-  get(key: string, nowMs: number): Promise<KvEntry | null> {
+  get(key: string, now: LeaseTime): Promise<KvEntry | null> {
     const keyBytes = encodeKey(key);
-    return this.#read(nowMs, get(SQL.get, keyBytes), (row) => row ? toEntry(row as SqlRow) : null);
+    return this.#read(now, get(SQL.get, keyBytes), (row) => row ? toEntry(row as SqlRow) : null);
   }
 
   /** Every key under `prefix`, sorted, after expiring due leases. */
-  range(prefix: string, nowMs: number): Promise<KvEntry[]> {
+  range(prefix: string, now: LeaseTime): Promise<KvEntry[]> {
     const bytes = encodePrefix(prefix);
-    return this.#read(nowMs, rangeStep(bytes), (rows) => toEntries(rows as SqlRow[], bytes));
+    return this.#read(now, rangeStep(bytes), (rows) => toEntries(rows as SqlRow[], bytes));
   }
 
   /** A read that first expires due leases, in one round trip when none is due. */
-  #read<T>(nowMs: number, step: SqlStep, decode: (result: unknown) => T): Promise<T> {
+  #read<T>(now: LeaseTime, step: SqlStep, decode: (result: unknown) => T): Promise<T> {
     return this.#exclusive(async () => {
-      const [due, result] = await this.#sql.batch([get(SQL.anyDue, nowMs), step]);
+      const [due, result] = await this.#sql.batch([get(SQL.anyDue, now.ms, now.bootId), step]);
       if (due === null) return decode(result);
-      await this.#writeLocked(nowMs, () => Promise.resolve());
+      await this.#writeLocked(now, () => Promise.resolve());
       const [again] = await this.#sql.batch([step]);
       return decode(again);
     });
   }
 
   /** Runs a checked transaction (kv_common.ts checkTxn) atomically. */
-  txn(request: TxnRequest, nowMs: number): Promise<TxnResponse> {
-    return this.#write(nowMs, async (tx) => {
+  txn(request: TxnRequest, now: LeaseTime): Promise<TxnResponse> {
+    return this.#write(now, async (tx) => {
       const succeeded = await this.#allHold(tx, request.compare);
       const ops = succeeded ? request.success : request.failure ?? [];
       const results: TxnOpResult[] = [];
@@ -328,42 +348,44 @@ export class EmbeddedDb {
     }).then(({ result, revision }) => ({ ...result, revision }));
   }
 
-  /** A new lease expiring `ttlMs` after `nowMs`; ids are never reused in one file. */
-  async grantLease(ttlMs: number, nowMs: number): Promise<LeaseId> {
-    const { result } = await this.#write(nowMs, async (tx) => {
-      const [info] = await tx.read([run(SQL.insertLease, ttlMs, nowMs + ttlMs)]) as [RunInfo];
+  /** A new lease expiring `ttlMs` after `now`; ids are never reused in one file. */
+  async grantLease(ttlMs: number, now: LeaseTime): Promise<LeaseId> {
+    const { result } = await this.#write(now, async (tx) => {
+      const insert = run(SQL.insertLease, ttlMs, now.ms + ttlMs, now.bootId);
+      const [info] = await tx.read([insert]) as [RunInfo];
       return BigInt(info.lastInsertRowid);
     });
     return result;
   }
 
-  /** Renews a lease for its TTL from `nowMs`; `not_exist` when it expired or was revoked. */
-  async keepAliveLease(lease: LeaseId, nowMs: number): Promise<void> {
-    await this.#write(nowMs, async (tx) => {
-      const [info] = await tx.read([run(SQL.renewLease, nowMs, lease)]) as [RunInfo];
+  /** Renews a lease for its TTL from `now`; `not_exist` when it expired or was revoked. */
+  async keepAliveLease(lease: LeaseId, now: LeaseTime): Promise<void> {
+    // Due leases go first (#writeLocked), so a lease renewed here is of this boot.
+    await this.#write(now, async (tx) => {
+      const [info] = await tx.read([run(SQL.renewLease, now.ms, lease)]) as [RunInfo];
       if (info.changes === 0) throw notExist(`lease ${lease} expired or was revoked`);
     });
   }
 
   /** Revokes a lease and deletes its keys; an unknown lease is ignored. */
-  async revokeLease(lease: LeaseId, nowMs: number): Promise<void> {
-    await this.#write(nowMs, (tx) => this.#dropLease(tx, lease));
+  async revokeLease(lease: LeaseId, now: LeaseTime): Promise<void> {
+    await this.#write(now, (tx) => this.#dropLease(tx, lease));
   }
 
   /**
    * Expires due leases (writing only if one is due) and, when `trim`, cuts the change log to its
    * limits. Returns how many leases expired.
    */
-  sweep(nowMs: number, trim: boolean): Promise<number> {
+  sweep(now: LeaseTime, trim: boolean): Promise<number> {
     return this.#exclusive(async () => {
       const [due, size] = await this.#sql.batch([
-        get(SQL.anyDue, nowMs),
+        get(SQL.anyDue, now.ms, now.bootId),
         get(trim ? SQL.logSize : "SELECT 0 AS n, 0 AS bytes"),
       ]) as [SqlRow | null, SqlRow];
       const overLimit = Number(size.n) > KV_CHANGE_LOG_MAX_ENTRIES ||
         Number(size.bytes) > KV_CHANGE_LOG_MAX_BYTES;
       if (due === null && !overLimit) return 0;
-      const { expired } = await this.#writeLocked(nowMs, async (tx) => {
+      const { expired } = await this.#writeLocked(now, async (tx) => {
         if (overLimit) await this.#trimLog(tx);
       });
       return expired;
@@ -403,21 +425,21 @@ export class EmbeddedDb {
   }
 
   #write<T>(
-    nowMs: number,
+    now: LeaseTime,
     body: (tx: WriteTx) => Promise<T>,
   ): Promise<{ result: T; revision: number; expired: number }> {
-    return this.#exclusive(() => this.#writeLocked(nowMs, body));
+    return this.#exclusive(() => this.#writeLocked(now, body));
   }
 
   /** A write transaction, for callers already inside `#exclusive`. Expires due leases first. */
   async #writeLocked<T>(
-    nowMs: number,
+    now: LeaseTime,
     body: (tx: WriteTx) => Promise<T>,
   ): Promise<{ result: T; revision: number; expired: number }> {
     const [, revision, due] = await this.#sql.batch([
       exec(SQL.begin),
       get(SQL.meta, "revision"),
-      all(SQL.dueLeases, nowMs),
+      all(SQL.dueLeases, now.ms, now.bootId),
     ]) as [null, SqlRow, SqlRow[]];
     try {
       const tx = new WriteTx(this.#sql, Number(revision.value));
@@ -517,6 +539,23 @@ export class EmbeddedDb {
     tx.write(run(SQL.trim, cut));
     tx.write(run(SQL.setMeta, cut + 1, "compact_revision"));
   }
+}
+
+/**
+ * Format 1 to 2: lease deadlines move from wall-clock ms to the boot-time clock, each lease
+ * keeping what was left of its TTL (at most the TTL, in case the wall clock had stepped back).
+ */
+function upgradeFromFormat1(now: OpenTime): SqlStep[] {
+  return [
+    exec("ALTER TABLE leases ADD COLUMN boot_id TEXT NOT NULL DEFAULT ''"),
+    run(
+      "UPDATE leases SET expires_at_ms = ? + max(0, min(ttl_ms, expires_at_ms - ?)), boot_id = ?",
+      now.lease.ms,
+      now.wallMs,
+      now.lease.bootId,
+    ),
+    exec(`PRAGMA user_version = ${SCHEMA_VERSION}`),
+  ];
 }
 
 function rangeStep(prefix: Uint8Array): SqlStep {

@@ -65,12 +65,12 @@ Deno.test({
   fn: () =>
     withWorker({ transactionLimitMs: 100 }, async (worker, path) => {
       const sql = new StallingConnection(worker);
-      const db = await EmbeddedDb.open(sql, path);
-      const nowMs = Date.now();
+      const now = { bootId: "test", ms: 1_000 };
+      const db = await EmbeddedDb.open(sql, path, { lease: now, wallMs: Date.now() });
       await db.txn({
         compare: [],
         success: [{ type: "put", key: "b", value: encoder.encode("b") }],
-      }, nowMs);
+      }, now);
       const before = await db.head();
       // Batches of this txn: 1 BEGIN and lease check, 2 read for "a", 3 write "a" and delete
       // "b", 4 read for "c", 5 write "c" and COMMIT. The stall lets the worker's guard roll
@@ -84,16 +84,16 @@ Deno.test({
             { type: "delete", key: "b" },
             { type: "put", key: "c", value: encoder.encode("c") },
           ],
-        }, nowMs),
+        }, now),
         (error: unknown) => {
           assert.ok(isTorusError(error, "unavailable"), String(error));
           assert.match(error.message, /rolled back/);
           return true;
         },
       );
-      assert.equal(await db.get("a", nowMs), null, "a failed transaction wrote a key");
-      assert.ok(await db.get("b", nowMs), "a failed transaction deleted a key");
-      assert.equal(await db.get("c", nowMs), null);
+      assert.equal(await db.get("a", now), null, "a failed transaction wrote a key");
+      assert.ok(await db.get("b", now), "a failed transaction deleted a key");
+      assert.equal(await db.get("c", now), null);
       assert.deepEqual(await db.head(), before, "a failed transaction moved the revision");
       const page = await db.changes(before.revision + 1, 0, 10);
       assert.deepEqual(page.rows, [], "a failed transaction logged changes");
@@ -101,7 +101,7 @@ Deno.test({
       await db.txn({
         compare: [],
         success: [{ type: "put", key: "a", value: encoder.encode("1") }],
-      }, nowMs);
+      }, now);
       assert.equal((await db.head()).revision, before.revision + 1);
     }),
 });

@@ -10,6 +10,7 @@ import { DatabaseSync } from "node:sqlite";
 import { isTorusError, KV_CHANGE_LOG_MAX_ENTRIES, ManualClock } from "../core/mod.ts";
 import type { KvStore, WatchEvent } from "./kv.ts";
 import { openEmbeddedKv } from "./embedded.ts";
+import { leaseClockOf } from "./lease_clock.ts";
 
 const encoder = new TextEncoder();
 const sanitize = { sanitizeOps: true, sanitizeResources: true };
@@ -86,9 +87,9 @@ Deno.test({
       const path = `${dir}/kv.sqlite`;
       await (await openEmbeddedKv({ path })).close();
       const raw = new DatabaseSync(path);
-      raw.exec("PRAGMA user_version = 2");
+      raw.exec("PRAGMA user_version = 3");
       raw.close();
-      await rejectsInvalid(path, /format 2/);
+      await rejectsInvalid(path, /format 3/);
     }),
 });
 
@@ -170,14 +171,14 @@ async function leaseClockScenario(kv: KvStore, clock: ManualClock): Promise<void
 }
 
 Deno.test({
-  name: "embedded: leases expire by the injected clock, swept without any caller",
+  name: "embedded: leases expire by the injected lease clock, swept without any caller",
   ...sanitize,
   fn: () =>
     withDir(async (dir) => {
       const clock = new ManualClock(1_700_000_000_000);
       const kv = await openEmbeddedKv({
         path: `${dir}/kv.sqlite`,
-        clock,
+        leaseClock: leaseClockOf(clock),
         sweepIntervalMs: 20,
       });
       try {
@@ -235,5 +236,115 @@ Deno.test({
       } finally {
         await kv.close();
       }
+    }),
+});
+
+/** Runs `fn` with this process's wall clock (Date.now) stepped by `stepMs`. */
+function steppedWallClock(): { step(ms: number): void; restore(): void } {
+  const machineNow = Date.now;
+  return {
+    step: (ms) => void (Date.now = () => machineNow() + ms),
+    restore: () => void (Date.now = machineNow),
+  };
+}
+
+async function sleepMs(ms: number): Promise<void> {
+  await new Promise((r) => setTimeout(r, ms));
+}
+
+Deno.test({
+  name: "embedded: an hour's wall-clock step, forward or back, neither expires a lease early " +
+    "nor keeps it late",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const kv = await openEmbeddedKv({ path: `${dir}/kv.sqlite`, sweepIntervalMs: 20 });
+      const wall = steppedWallClock();
+      try {
+        const ttlMs = 1_000;
+        const kept = await kv.grantLease(ttlMs);
+        await kv.put("locks/kept", encoder.encode("kept"), { lease: kept });
+        const dropped = await kv.grantLease(ttlMs);
+        await kv.put("locks/dropped", encoder.encode("dropped"), { lease: dropped });
+        wall.step(3_600_000);
+        // A write and a few sweeps: with wall-clock deadlines both leases would be gone now.
+        await kv.put("other", encoder.encode("x"));
+        await sleepMs(100);
+        assert.ok(await kv.get("locks/kept"), "a forward step expired a live lease");
+        assert.ok(await kv.get("locks/dropped"), "a forward step expired a lease before its TTL");
+        wall.step(-3_600_000);
+        // `kept` is renewed, `dropped` is not: it must go within its TTL plus a few sweeps,
+        // however far back the wall clock went.
+        const started = performance.now();
+        while (performance.now() - started < ttlMs * 2.5) {
+          await kv.keepAliveLease(kept);
+          await sleepMs(100);
+        }
+        assert.equal(await kv.get("locks/dropped"), null, "a backward step kept a dead lease");
+        assert.ok(await kv.get("locks/kept"));
+      } finally {
+        wall.restore();
+        await kv.close();
+      }
+    }),
+});
+
+Deno.test({
+  name: "embedded: a format-1 store (wall-clock lease deadlines) is upgraded at open, each lease " +
+    "keeping what was left of its TTL",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const path = `${dir}/kv.sqlite`;
+      const raw = new DatabaseSync(path);
+      raw.exec(`PRAGMA journal_mode = WAL;
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE kv (
+          key BLOB PRIMARY KEY, value BLOB NOT NULL, version INTEGER NOT NULL,
+          create_revision INTEGER NOT NULL, mod_revision INTEGER NOT NULL, lease INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX kv_by_lease ON kv (lease) WHERE lease != 0;
+        CREATE TABLE leases (
+          id INTEGER PRIMARY KEY AUTOINCREMENT, ttl_ms INTEGER NOT NULL,
+          expires_at_ms INTEGER NOT NULL
+        );
+        CREATE INDEX leases_by_expiry ON leases (expires_at_ms);
+        CREATE TABLE changes (
+          revision INTEGER NOT NULL, sub INTEGER NOT NULL, type INTEGER NOT NULL,
+          key BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY (revision, sub)
+        ) WITHOUT ROWID;
+        INSERT INTO meta VALUES ('revision', 3), ('compact_revision', 1);
+        PRAGMA application_id = ${0x746f7273};
+        PRAGMA user_version = 1;`);
+      const wallMs = Date.now();
+      const insertLease = raw.prepare("INSERT INTO leases VALUES (?, ?, ?)");
+      insertLease.run(1, 60_000, wallMs + 30_000);
+      insertLease.run(2, 60_000, wallMs - 1_000);
+      const insertKey = raw.prepare("INSERT INTO kv VALUES (?, ?, 1, ?, ?, ?)");
+      insertKey.run(encoder.encode("live"), encoder.encode("l"), 2, 2, 1);
+      insertKey.run(encoder.encode("dead"), encoder.encode("d"), 3, 3, 2);
+      raw.close();
+      const clock = new ManualClock(5_000);
+      const kv = await openEmbeddedKv({
+        path,
+        leaseClock: leaseClockOf(clock),
+        sweepIntervalMs: 20,
+      });
+      try {
+        assert.equal(await kv.get("dead"), null, "an expired format-1 lease is expired");
+        assert.equal((await kv.get("live"))?.lease, 1n);
+        await clock.advance(29_000);
+        assert.ok(await kv.get("live"), "the lease kept the rest of its TTL");
+        await clock.advance(2_000);
+        await waitFor("the upgraded lease to expire", async () => (await kv.get("live")) === null);
+        await assert.rejects(kv.keepAliveLease(1n), (e) => isTorusError(e, "not_exist"));
+        assert.deepEqual(await kv.integrityCheck(), []);
+      } finally {
+        await kv.close();
+        clock.close();
+      }
+      const check = new DatabaseSync(path);
+      assert.equal(check.prepare("PRAGMA user_version").get()?.user_version, 2);
+      check.close();
     }),
 });

@@ -106,11 +106,11 @@ function hostHealth(): Policy {
   let downUntilMs = 0;
   return {
     execute: async (fn: (context: { signal: AbortSignal; attempt: number }) => unknown) => {
-      if (Date.now() < downUntilMs) throw new Error("etcd endpoint recently unreachable");
+      if (performance.now() < downUntilMs) throw new Error("etcd endpoint recently unreachable");
       try {
         return await fn({ signal: new AbortController().signal, attempt: 0 });
       } catch (error) {
-        if (neverSent(error)) downUntilMs = Date.now() + HOST_DOWN_MS;
+        if (neverSent(error)) downUntilMs = performance.now() + HOST_DOWN_MS;
         throw error;
       }
     },
@@ -476,28 +476,32 @@ class EtcdKvStore implements KvStore {
     timeoutMs = this.#settings.callTimeoutMs,
   ): Promise<T> {
     this.#checkOpen();
-    const deadlineMs = Date.now() + timeoutMs;
+    // Monotonic, so a wall-clock step cannot cut a call short or stretch it; gRPC gets the
+    // deadline as a wall-clock Date when each attempt starts.
+    const deadlineMs = performance.now() + timeoutMs;
     const attempts = this.#settings.endpointCount > 1 ? this.#settings.endpointCount * 2 : 1;
     for (let attempt = 1;; attempt++) {
       try {
-        return await this.#withWatchdog(run({ deadline: new Date(deadlineMs) }), deadlineMs, what);
+        const remainingMs = Math.max(0, deadlineMs - performance.now());
+        const call = run({ deadline: new Date(Date.now() + remainingMs) });
+        return await this.#withWatchdog(call, remainingMs, what);
       } catch (error) {
         if (this.#closed) throw closed(`${what}: metadata store closed`);
         const mapped = etcdError(error, what);
         if (mapped.code === "unavailable") this.#troubled = true;
-        const retry = attempt < attempts && Date.now() < deadlineMs && neverSent(error);
+        const retry = attempt < attempts && performance.now() < deadlineMs && neverSent(error);
         if (!retry) throw mapped;
       }
     }
   }
 
-  #withWatchdog<T>(call: Promise<T>, deadlineMs: number, what: string): Promise<T> {
+  #withWatchdog<T>(call: Promise<T>, remainingMs: number, what: string): Promise<T> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     let onClose: (() => void) | undefined;
     const guard = new Promise<never>((_, reject) => {
       timer = setTimeout(
         () => reject(new TorusError("unavailable", `${what}: no answer before the deadline`)),
-        Math.max(0, deadlineMs - Date.now()),
+        remainingMs,
       );
       onClose = () => reject(closed(`${what}: metadata store closed`));
       this.#closing.signal.addEventListener("abort", onClose, { once: true });

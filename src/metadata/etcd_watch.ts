@@ -164,7 +164,8 @@ export class EtcdPrefixWatch implements Watch {
     const reason = etcdError(error, this.#settings.what);
     // The first stream must work: opening a watch on an unreachable etcd fails the call.
     if (this.#started !== null) return this.#finish(reason);
-    const nowMs = Date.now();
+    // Monotonic: a wall-clock step must neither end the watch early nor keep it retrying.
+    const nowMs = performance.now();
     this.#failingSinceMs ??= nowMs;
     if (nowMs - this.#failingSinceMs >= this.#settings.retryMaxMs) {
       return this.#finish(

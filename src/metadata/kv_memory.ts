@@ -13,7 +13,7 @@
  * @module
  */
 
-import { assert, type Clock, closed, notExist, systemClock } from "../core/mod.ts";
+import { assert, type Clock, closed, notExist } from "../core/mod.ts";
 import type {
   Compare,
   KvEntry,
@@ -37,6 +37,7 @@ import {
   encodeKey,
   encodePrefix,
 } from "./kv_common.ts";
+import { monotonicClock } from "./lease_clock.ts";
 
 /** Events kept for watches that start from an older revision. */
 const HISTORY_EVENTS_MAX = 100_000;
@@ -89,7 +90,8 @@ export class MemoryKvStore implements KvStore {
   #closed = false;
 
   constructor(options: { clock?: Clock } = {}) {
-    this.#clock = options.clock ?? systemClock;
+    // Leases live in this process only: a monotonic clock keeps them safe from wall-clock steps.
+    this.#clock = options.clock ?? monotonicClock;
   }
 
   /**
