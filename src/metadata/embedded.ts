@@ -16,6 +16,8 @@
  * - Watches follow the shared change log by polling every `pollIntervalMs` (immediately after
  *   a local write), so they see other processes' changes, lease expiry included. A watch keeps a
  *   (revision, sub) cursor: each logged change is delivered once, in order.
+ * - A store this user cannot write opens read-only: reads and watches work (keys of due leases
+ *   read as absent, since it cannot expire them), every write fails with `invalid` saying so.
  * - `close` ends watches (onError `closed`), stops both loops, lets operations in progress
  *   finish, closes the file and terminates the worker; nothing of the store remains.
  * @module
@@ -23,6 +25,7 @@
 
 import {
   closed,
+  errorMessage,
   invalid,
   KV_LEASE_SWEEP_INTERVAL_MS,
   KV_WATCH_POLL_INTERVAL_MS,
@@ -61,10 +64,17 @@ export interface EmbeddedKvOptions {
   readonly pollIntervalMs?: number;
   /** Expired-lease sweep period (default KV_LEASE_SWEEP_INTERVAL_MS). */
   readonly sweepIntervalMs?: number;
+  /**
+   * Open read-only even if this user could write. Without it the store is read-only exactly when
+   * the file or its directory cannot be written (another user's data dir, a read-only mount).
+   */
+  readonly readOnly?: boolean;
 }
 
 /** The embedded store: a KvStore plus a check of its file. */
 export interface EmbeddedKv extends KvStore {
+  /** Whether the store was opened read-only: reads work, every write fails with `invalid`. */
+  readonly readOnly: boolean;
   /** SQLite's integrity check of the file: empty when sound (for tests and diagnostics). */
   integrityCheck(): Promise<string[]>;
 }
@@ -78,40 +88,106 @@ const WORKER_GRACE_MS = 1_000;
 
 /**
  * Opens (creating if needed) the embedded store at `options.path`. A file that is not a torus
- * metadata store (garbage, another SQLite database, a newer format) fails with `invalid`.
+ * metadata store (garbage, another SQLite database, a newer format) fails with `invalid`. A store
+ * this user cannot write is opened read-only (see {@link EmbeddedKvOptions.readOnly}).
  */
 export async function openEmbeddedKv(options: EmbeddedKvOptions): Promise<EmbeddedKv> {
   const path = options.path;
   if (typeof path !== "string" || path === "") throw invalid("metadata store path is empty");
   const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : "";
-  if (dir !== "") {
+  if (dir !== "" && !options.readOnly) {
     await Deno.mkdir(dir, { recursive: true }).catch((error: Error) => {
       throw invalid(`cannot create metadata directory ${dir}: ${error.message}`);
     });
   }
+  const leaseClock = options.leaseClock ?? bootClock;
+  const settings = {
+    leaseClock,
+    pollIntervalMs: options.pollIntervalMs ?? KV_WATCH_POLL_INTERVAL_MS,
+    sweepIntervalMs: options.sweepIntervalMs ?? KV_LEASE_SWEEP_INTERVAL_MS,
+  };
+  if (options.readOnly || !(await fileWritable(path))) {
+    const { sql, db } = await openFile(path, options, await readAccess(path));
+    return new EmbeddedKvStore(sql, db, settings);
+  }
+  try {
+    const { sql, db } = await openFile(path, options, "write");
+    return new EmbeddedKvStore(sql, db, settings);
+  } catch (error) {
+    if (!(await unwritable(path, error))) throw error;
+  }
+  const { sql, db } = await openFile(path, options, await readAccess(path)).catch((error) => {
+    throw invalid(
+      `metadata store ${path} is read-only for this user and cannot be read either: ` +
+        errorMessage(error),
+      { cause: error },
+    );
+  });
+  return new EmbeddedKvStore(sql, db, settings);
+}
+
+/** Starts a worker on `path` with `access` and opens the data model over it. */
+async function openFile(
+  path: string,
+  options: EmbeddedKvOptions,
+  access: "write" | "read" | "immutable",
+): Promise<{ sql: SqliteWorker; db: EmbeddedDb }> {
   const callTimeoutMs = options.callTimeoutMs ?? METADATA_CALL_TIMEOUT_MS;
   const sql = await SqliteWorker.open(path, {
     what: `metadata store ${path}`,
     callTimeoutMs: callTimeoutMs + WORKER_GRACE_MS,
     busyTimeoutMs: callTimeoutMs,
+    access,
   });
-  const leaseClock = options.leaseClock ?? bootClock;
   try {
     // Format-1 files kept lease deadlines in wall-clock ms: the wall clock reads them once.
-    const db = await EmbeddedDb.open(sql, path, {
-      lease: await leaseClock.now(),
-      wallMs: Date.now(),
-    });
-    return new EmbeddedKvStore(sql, db, {
-      leaseClock,
-      pollIntervalMs: options.pollIntervalMs ?? KV_WATCH_POLL_INTERVAL_MS,
-      sweepIntervalMs: options.sweepIntervalMs ?? KV_LEASE_SWEEP_INTERVAL_MS,
-    });
+    const now = { lease: await (options.leaseClock ?? bootClock).now(), wallMs: Date.now() };
+    const db = await EmbeddedDb.open(sql, path, now, { readOnly: access !== "write" });
+    return { sql, db };
   } catch (error) {
     await sql.close().catch(() => {});
     sql.terminate();
     throw error;
   }
+}
+
+/**
+ * Whether this user may write the file (true when it does not exist yet: creating it is the
+ * write path's business). SQLite itself would open an unwritable file read-only without a word
+ * and fail only at the first write, with its own words.
+ */
+async function fileWritable(path: string): Promise<boolean> {
+  try {
+    (await Deno.open(path, { read: true, write: true })).close();
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.PermissionDenied) return false;
+    // EPERM (an immutable file) and EROFS (a read-only mount) have no error class of their own.
+    return !/EPERM|EROFS|operation not permitted|read-only file system/i.test(errorMessage(error));
+  }
+}
+
+/**
+ * Whether opening for writing failed because this user cannot write the store: SQLite says so
+ * ("attempt to write a readonly database": the file, or the directory that must hold its -wal and
+ * -shm files) or cannot open an existing file read-write at all.
+ */
+async function unwritable(path: string, error: unknown): Promise<boolean> {
+  if (!/readonly|read-only|unable to open database file/i.test(errorMessage(error))) return false;
+  const info = await Deno.stat(path).catch(() => null);
+  return info?.isFile === true;
+}
+
+/**
+ * How to read a store read-only. While a process has it open (or one left it unclean) its
+ * write-ahead log exists, and SQLite reads the log and the file together through the -shm
+ * index; with no log, a WAL database can only be read without its -shm file as immutable, which
+ * is right because the whole state is then in the file. A writer that starts while such a reader
+ * runs writes to a new log, not the file, until it checkpoints.
+ */
+async function readAccess(path: string): Promise<"read" | "immutable"> {
+  const log = await Deno.stat(`${path}-wal`).catch(() => null);
+  return log === null ? "immutable" : "read";
 }
 
 /** A position in the change log: the next (revision, sub) not yet delivered. */
@@ -188,7 +264,12 @@ class EmbeddedKvStore implements EmbeddedKv {
     this.#sql = sql;
     this.#db = db;
     this.#settings = settings;
-    this.#scheduleSweep();
+    // A read-only store cannot expire leases; its reads hide the keys of due ones instead.
+    if (!db.readOnly) this.#scheduleSweep();
+  }
+
+  get readOnly(): boolean {
+    return this.#db.readOnly;
   }
 
   /** Runs `fn` on the database unless the store is closed. */

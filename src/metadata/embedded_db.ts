@@ -20,6 +20,10 @@
  *   observed, whichever process touches the file next.
  * - `meta.compact_revision` is the oldest revision still in the change log; trimming only moves
  *   it forward.
+ * - A store opened read-only (this user cannot write the file or its directory) never writes:
+ *   reads hide keys whose lease is due instead of expiring them, a transaction of reads runs in
+ *   a read transaction, and anything that would write fails with `invalid` and a one-line
+ *   message saying the store is read-only.
  * - The file is marked with application_id and user_version; a file that is not ours is refused
  *   with `invalid` and never altered. Format 1 (lease deadlines in wall-clock ms) is upgraded to
  *   format 2 in place at open, each lease keeping what was left of its TTL.
@@ -27,11 +31,13 @@
  */
 
 import {
+  assert,
   invalid,
   KV_CHANGE_LOG_MAX_BYTES,
   KV_CHANGE_LOG_MAX_ENTRIES,
   KV_RESPONSE_MAX_BYTES,
   notExist,
+  type TorusError,
   unreachable,
 } from "../core/mod.ts";
 import type {
@@ -100,6 +106,10 @@ export interface ChangePage {
   readonly headRevision: number;
 }
 
+/** The key's lease, if any, is not due (parameters: now's ms and boot id). */
+const LIVE =
+  "(lease = 0 OR lease IN (SELECT id FROM leases WHERE expires_at_ms > ? AND boot_id = ?))";
+
 const SQL = {
   begin: "BEGIN IMMEDIATE",
   commit: "COMMIT",
@@ -118,6 +128,10 @@ const SQL = {
   get: "SELECT * FROM kv WHERE key = ?",
   rangeFrom: "SELECT * FROM kv WHERE key >= ? ORDER BY key",
   rangeBetween: "SELECT * FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+  // Read-only stores cannot expire leases, so they read past the keys of due ones.
+  liveGet: `SELECT * FROM kv WHERE key = ? AND ${LIVE}`,
+  liveRangeFrom: `SELECT * FROM kv WHERE key >= ? AND ${LIVE} ORDER BY key`,
+  liveRangeBetween: `SELECT * FROM kv WHERE key >= ? AND key < ? AND ${LIVE} ORDER BY key`,
   upsert: "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?)",
   deleteKey: "DELETE FROM kv WHERE key = ?",
   logChange: "INSERT INTO changes VALUES (?, ?, ?, ?, ?)",
@@ -205,30 +219,46 @@ class WriteTx {
 export class EmbeddedDb {
   #sql: SqlConnection;
   #path: string;
+  #readOnly: boolean;
   #queue: Promise<unknown> = Promise.resolve();
 
-  private constructor(sql: SqlConnection, path: string) {
+  private constructor(sql: SqlConnection, path: string, readOnly: boolean) {
     this.#sql = sql;
     this.#path = path;
+    this.#readOnly = readOnly;
+  }
+
+  /** Whether the store was opened read-only (see the module doc). */
+  get readOnly(): boolean {
+    return this.#readOnly;
   }
 
   /**
    * Sets up the file (WAL, FULL sync, schema) or checks it is a torus store of our format,
    * upgrading format 1 in place (its wall-clock lease deadlines are read against `now.wallMs`).
    */
-  static async open(sql: SqlConnection, path: string, now: OpenTime): Promise<EmbeddedDb> {
-    const db = new EmbeddedDb(sql, path);
+  static async open(
+    sql: SqlConnection,
+    path: string,
+    now: OpenTime,
+    options: { readOnly?: boolean } = {},
+  ): Promise<EmbeddedDb> {
+    const db = new EmbeddedDb(sql, path, options.readOnly ?? false);
     // Identify the file before changing anything in it (WAL mode rewrites the header).
-    await db.#identify();
-    const [mode] = await sql.batch([get("PRAGMA journal_mode = WAL")]) as [SqlRow | null];
-    if (mode?.journal_mode !== "wal") {
-      throw invalid(`metadata store ${path}: cannot use WAL mode (${mode?.journal_mode})`);
+    const found = await db.#identify();
+    if (db.#readOnly) {
+      db.#checkReadable(found);
+    } else {
+      const [mode] = await sql.batch([get("PRAGMA journal_mode = WAL")]) as [SqlRow | null];
+      if (mode?.journal_mode !== "wal") {
+        throw invalid(`metadata store ${path}: cannot use WAL mode (${mode?.journal_mode})`);
+      }
+      await sql.batch([
+        exec("PRAGMA synchronous = FULL"),
+        exec(`PRAGMA journal_size_limit = ${64 * 1024 * 1024}`),
+      ]);
+      await db.#initialise(now);
     }
-    await sql.batch([
-      exec("PRAGMA synchronous = FULL"),
-      exec(`PRAGMA journal_size_limit = ${64 * 1024 * 1024}`),
-    ]);
-    await db.#initialise(now);
     // A damaged file is refused at open, with SQLite's finding, rather than failing later.
     const problems = await db.#check("PRAGMA quick_check");
     if (problems.length > 0) {
@@ -262,6 +292,30 @@ export class EmbeddedDb {
     return "current";
   }
 
+  /** A read-only store must already be set up in the current format: it cannot write either. */
+  #checkReadable(found: "empty" | "current" | "format1"): void {
+    if (found === "empty") {
+      throw invalid(
+        `metadata store ${this.#path} is empty and read-only for this user: initialise it as ` +
+          "a user who can write it",
+      );
+    }
+    if (found === "format1") {
+      throw invalid(
+        `metadata store ${this.#path} has format 1 and is read-only for this user: open it ` +
+          "once as a user who can write it, to upgrade it",
+      );
+    }
+  }
+
+  /** The error of anything that would write a read-only store. */
+  #readOnlyError(): TorusError {
+    return invalid(
+      `metadata store ${this.#path} is read-only for this user (no write access to it or its ` +
+        "directory): cannot change metadata",
+    );
+  }
+
   async #initialise(now: OpenTime): Promise<void> {
     try {
       // Checked again under the write lock: another process may be creating the file too.
@@ -270,6 +324,34 @@ export class EmbeddedDb {
       if (found === "empty") await this.#sql.batch([exec(SCHEMA)], inTransaction);
       if (found === "format1") await this.#sql.batch(upgradeFromFormat1(now), inTransaction);
       await this.#sql.batch([exec(SQL.commit)], inTransaction);
+    } catch (error) {
+      await this.#rollback();
+      throw error;
+    }
+  }
+
+  /**
+   * A transaction on a read-only store: only reads are possible, and they run in one read
+   * transaction, so compares and results see one state, with the keys of due leases hidden.
+   */
+  async #readOnlyTxn(request: TxnRequest, now: LeaseTime): Promise<TxnResponse> {
+    const ops = [...request.success, ...request.failure ?? []];
+    if (ops.some((op) => op.type !== "get" && op.type !== "range")) throw this.#readOnlyError();
+    try {
+      const [, revision, ...rows] = await this.#sql.batch([
+        exec("BEGIN"),
+        get(SQL.meta, "revision"),
+        ...request.compare.map((c) => getStep(encodeKey(c.key), now)),
+      ]) as [null, SqlRow, ...(SqlRow | null)[]];
+      const succeeded = request.compare.every((c, i) => {
+        const row = rows[i];
+        return compareHolds(c, row ? toEntry(row) : null);
+      });
+      const branch = succeeded ? request.success : request.failure ?? [];
+      const reads = branch.map((op) => readStep(op, now));
+      const answers = await this.#sql.batch([...reads, exec(SQL.commit)], { inTransaction: true });
+      const results = branch.map((op, i) => readResult(op, answers[i]));
+      return { succeeded, revision: Number(revision.value), results };
     } catch (error) {
       await this.#rollback();
       throw error;
@@ -307,18 +389,33 @@ export class EmbeddedDb {
   /** One key, after expiring due leases. */
   get(key: string, now: LeaseTime): Promise<KvEntry | null> {
     const keyBytes = encodeKey(key);
-    return this.#read(now, get(SQL.get, keyBytes), (row) => row ? toEntry(row as SqlRow) : null);
+    return this.#read(now, (live) => getStep(keyBytes, live), (row) => {
+      return row ? toEntry(row as SqlRow) : null;
+    });
   }
 
   /** Every key under `prefix`, sorted, after expiring due leases. */
   range(prefix: string, now: LeaseTime): Promise<KvEntry[]> {
     const bytes = encodePrefix(prefix);
-    return this.#read(now, rangeStep(bytes), (rows) => toEntries(rows as SqlRow[], bytes));
+    return this.#read(
+      now,
+      (live) => rangeStep(bytes, live),
+      (rows) => toEntries(rows as SqlRow[], bytes),
+    );
   }
 
-  /** A read that first expires due leases, in one round trip when none is due. */
-  #read<T>(now: LeaseTime, step: SqlStep, decode: (result: unknown) => T): Promise<T> {
+  /**
+   * A read that first expires due leases, in one round trip when none is due. A read-only store
+   * reads past the keys of due leases instead.
+   */
+  #read<T>(
+    now: LeaseTime,
+    stepAt: (live: LeaseTime | null) => SqlStep,
+    decode: (result: unknown) => T,
+  ): Promise<T> {
     return this.#exclusive(async () => {
+      if (this.#readOnly) return decode((await this.#sql.batch([stepAt(now)]))[0]);
+      const step = stepAt(null);
       const [due, result] = await this.#sql.batch([get(SQL.anyDue, now.ms, now.bootId), step]);
       if (due === null) return decode(result);
       await this.#writeLocked(now, () => Promise.resolve());
@@ -329,6 +426,7 @@ export class EmbeddedDb {
 
   /** Runs a checked transaction (kv_common.ts checkTxn) atomically. */
   txn(request: TxnRequest, now: LeaseTime): Promise<TxnResponse> {
+    if (this.#readOnly) return this.#exclusive(() => this.#readOnlyTxn(request, now));
     return this.#write(now, async (tx) => {
       const succeeded = await this.#allHold(tx, request.compare);
       const ops = succeeded ? request.success : request.failure ?? [];
@@ -436,6 +534,7 @@ export class EmbeddedDb {
     now: LeaseTime,
     body: (tx: WriteTx) => Promise<T>,
   ): Promise<{ result: T; revision: number; expired: number }> {
+    if (this.#readOnly) throw this.#readOnlyError();
     const [, revision, due] = await this.#sql.batch([
       exec(SQL.begin),
       get(SQL.meta, "revision"),
@@ -468,7 +567,7 @@ export class EmbeddedDb {
 
   async #allHold(tx: WriteTx, compares: readonly Compare[]): Promise<boolean> {
     if (compares.length === 0) return true;
-    const rows = await tx.read(compares.map((c) => get(SQL.get, encodeKey(c.key)))) as (
+    const rows = await tx.read(compares.map((c) => getStep(encodeKey(c.key), null))) as (
       | SqlRow
       | null
     )[];
@@ -488,21 +587,17 @@ export class EmbeddedDb {
       }
       case "deletePrefix": {
         const prefix = encodePrefix(op.prefix);
-        const [rows] = await tx.read([rangeStep(prefix)]) as [SqlRow[]];
+        const [rows] = await tx.read([rangeStep(prefix, null)]) as [SqlRow[]];
         for (const { key } of rows) {
           tx.write(run(SQL.deleteKey, key as Uint8Array));
           tx.logChange(ChangeType.Delete, key as Uint8Array, new Uint8Array());
         }
         return { type: "deletePrefix", deleted: rows.length };
       }
-      case "get": {
-        const [row] = await tx.read([get(SQL.get, encodeKey(op.key))]) as [SqlRow | null];
-        return { type: "get", entries: row ? [toEntry(row)] : [] };
-      }
+      case "get":
       case "range": {
-        const prefix = encodePrefix(op.prefix);
-        const [rows] = await tx.read([rangeStep(prefix)]) as [SqlRow[]];
-        return { type: "range", entries: toEntries(rows, prefix) };
+        const [answer] = await tx.read([readStep(op, null)]);
+        return readResult(op, answer);
       }
       default:
         return unreachable(op, "txn op");
@@ -514,7 +609,7 @@ export class EmbeddedDb {
     const keys = puts.map((p) => encodeKey(p.key));
     const reads = puts.flatMap((p, i) => [
       p.lease ? get(SQL.leaseExists, p.lease) : get("SELECT 1 AS found"),
-      get(SQL.get, keys[i]!),
+      getStep(keys[i]!, null),
     ]);
     const rows = await tx.read(reads) as (SqlRow | null)[];
     puts.forEach((put, i) => {
@@ -558,9 +653,38 @@ function upgradeFromFormat1(now: OpenTime): SqlStep[] {
   ];
 }
 
-function rangeStep(prefix: Uint8Array): SqlStep {
+/** Reads one key; with `live`, a key of a lease due at `live` reads as absent. */
+function getStep(key: Uint8Array, live: LeaseTime | null): SqlStep {
+  return live ? get(SQL.liveGet, key, live.ms, live.bootId) : get(SQL.get, key);
+}
+
+/** Reads the keys under `prefix`; with `live`, keys of leases due at `live` are left out. */
+function rangeStep(prefix: Uint8Array, live: LeaseTime | null): SqlStep {
   const end = prefixEnd(prefix);
-  return end === null ? all(SQL.rangeFrom, prefix) : all(SQL.rangeBetween, prefix, end);
+  if (live === null) {
+    return end === null ? all(SQL.rangeFrom, prefix) : all(SQL.rangeBetween, prefix, end);
+  }
+  const lease = [live.ms, live.bootId] as const;
+  return end === null
+    ? all(SQL.liveRangeFrom, prefix, ...lease)
+    : all(SQL.liveRangeBetween, prefix, end, ...lease);
+}
+
+/** The statement of a get or range op. */
+function readStep(op: TxnOp, live: LeaseTime | null): SqlStep {
+  if (op.type === "get") return getStep(encodeKey(op.key), live);
+  assert(op.type === "range", `readStep of a ${op.type} op`);
+  return rangeStep(encodePrefix(op.prefix), live);
+}
+
+/** The result of a get or range op from its statement's answer. */
+function readResult(op: TxnOp, answer: unknown): TxnOpResult {
+  if (op.type === "get") {
+    const row = answer as SqlRow | null;
+    return { type: "get", entries: row ? [toEntry(row)] : [] };
+  }
+  assert(op.type === "range", `readResult of a ${op.type} op`);
+  return { type: "range", entries: toEntries(answer as SqlRow[], encodePrefix(op.prefix)) };
 }
 
 function toEntry(row: SqlRow): KvEntry {

@@ -50,7 +50,13 @@ export function sqliteError(error: unknown, what: string): TorusError {
   const message = errorMessage(error);
   let code: ErrorCode = ErrorCode.Unavailable;
   if (/not a database|malformed|corrupt/i.test(message)) code = ErrorCode.Invalid;
-  else if (/unable to open|readonly|read-only|permission|directory/i.test(message)) {
+  else if (/attempt to write a readonly database/i.test(message)) {
+    return new TorusError(
+      ErrorCode.Invalid,
+      `${what} is read-only for this user: cannot change metadata (${message})`,
+      { cause: error },
+    );
+  } else if (/unable to open|readonly|read-only|permission|directory/i.test(message)) {
     code = ErrorCode.Invalid;
   } else if (/disk is full/i.test(message)) code = ErrorCode.OutOfSpace;
   else if (/locked|busy/i.test(message)) {
@@ -84,6 +90,19 @@ export interface SqliteWorkerOptions {
    * (default twice `callTimeoutMs`: past the main thread's deadline it gave up anyway).
    */
   readonly transactionLimitMs?: number;
+  /**
+   * `write` (default) opens the file read-write, creating it when absent; `read` opens it
+   * read-only; `immutable` reads it as a file nobody changes (SQLite's `immutable` URI option:
+   * no locks, no -shm file), the only way to read a WAL database whose directory this user
+   * cannot write while no other process has it open.
+   */
+  readonly access?: "write" | "read" | "immutable";
+}
+
+/** `path` as a SQLite URI that opens it immutable. */
+export function immutableUri(path: string): string {
+  const escaped = path.split("/").map((part) => encodeURIComponent(part)).join("/");
+  return `file:${escaped}?immutable=1`;
 }
 
 /** A SQLite connection in its own worker. */
@@ -112,9 +131,11 @@ export class SqliteWorker implements SqlConnection {
   static async open(path: string, options: SqliteWorkerOptions): Promise<SqliteWorker> {
     const worker = new SqliteWorker(options.what, options.callTimeoutMs);
     try {
+      const access = options.access ?? "write";
       await worker.#request({
         op: "open",
-        path,
+        path: access === "immutable" ? immutableUri(path) : path,
+        readOnly: access !== "write",
         busyTimeoutMs: options.busyTimeoutMs,
         transactionLimitMs: options.transactionLimitMs ?? options.callTimeoutMs * 2,
       });

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { isTorusError, KV_CHANGE_LOG_MAX_ENTRIES, ManualClock } from "../core/mod.ts";
 import type { KvStore, WatchEvent } from "./kv.ts";
+import type { EmbeddedKv } from "./embedded.ts";
 import { openEmbeddedKv } from "./embedded.ts";
 import { leaseClockOf } from "./lease_clock.ts";
 
@@ -346,5 +347,143 @@ Deno.test({
       const check = new DatabaseSync(path);
       assert.equal(check.prepare("PRAGMA user_version").get()?.user_version, 2);
       check.close();
+    }),
+});
+
+const writeAttempts: [string, (kv: KvStore) => Promise<unknown>][] = [
+  ["put", (kv) => kv.put("k", encoder.encode("x"))],
+  ["delete", (kv) => kv.delete("locks/live")],
+  ["deletePrefix", (kv) => kv.deletePrefix("locks/")],
+  ["txn with a write in a branch", (kv) =>
+    kv.txn({
+      compare: [{ key: "nothing", target: "version", op: "==", version: 1 }],
+      success: [{ type: "put", key: "k", value: encoder.encode("x") }],
+      failure: [{ type: "get", key: "k" }],
+    })],
+  ["grantLease", (kv) => kv.grantLease(1_000)],
+  ["keepAliveLease", (kv) => kv.keepAliveLease(1n)],
+  ["revokeLease", (kv) => kv.revokeLease(1n)],
+];
+
+/** Fills a store with a plain key, a key of a live lease and one of a lease due at 10 s. */
+async function fillForReadOnly(path: string, clock: ManualClock): Promise<void> {
+  const kv = await openEmbeddedKv({ path, leaseClock: leaseClockOf(clock) });
+  try {
+    await kv.put("plain", encoder.encode("p"));
+    const live = await kv.grantLease(60_000);
+    await kv.put("locks/live", encoder.encode("l"), { lease: live });
+    const due = await kv.grantLease(10_000);
+    await kv.put("locks/due", encoder.encode("d"), { lease: due });
+  } finally {
+    await kv.close();
+  }
+}
+
+/** What every read-only store must do: read, hide keys of due leases, refuse writes clearly. */
+async function checkReadOnly(kv: EmbeddedKv, clock: ManualClock): Promise<void> {
+  assert.equal(kv.readOnly, true);
+  assert.deepEqual((await kv.range("locks/")).map((e) => e.key), ["locks/due", "locks/live"]);
+  await clock.advance(20_000);
+  // It cannot expire the due lease, so it reads past its key instead.
+  assert.equal(await kv.get("locks/due"), null);
+  assert.deepEqual((await kv.range("locks/")).map((e) => e.key), ["locks/live"]);
+  assert.equal((await kv.get("plain"))?.value[0], "p".charCodeAt(0));
+  const read = await kv.txn({
+    compare: [{ key: "locks/due", target: "version", op: "==", version: 0 }],
+    success: [{ type: "get", key: "plain" }, { type: "range", prefix: "locks/" }],
+    failure: [],
+  });
+  assert.equal(read.succeeded, true);
+  assert.ok(read.revision >= 4);
+  assert.deepEqual(
+    read.results.map((r) => r.type === "get" || r.type === "range" ? r.entries.length : -1),
+    [1, 1],
+  );
+  const watch = await kv.watchPrefix("locks/", () => {}, { fromRevision: 2 });
+  await watch.close();
+  for (const [what, attempt] of writeAttempts) {
+    await assert.rejects(attempt(kv), (error: unknown) => {
+      assert.ok(isTorusError(error, "invalid"), `${what}: ${String(error)}`);
+      assert.match(error.message, /is read-only for this user/, what);
+      assert.ok(!error.message.includes("\n"), "one-line message");
+      return true;
+    });
+  }
+}
+
+Deno.test({
+  name: "embedded: a store opened read-only reads, hides keys of due leases and refuses every " +
+    "write with a one-line error",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const path = `${dir}/kv.sqlite`;
+      const clock = new ManualClock(1_000_000);
+      await fillForReadOnly(path, clock);
+      const kv = await openEmbeddedKv({ path, leaseClock: leaseClockOf(clock), readOnly: true });
+      try {
+        await checkReadOnly(kv, clock);
+      } finally {
+        await kv.close();
+        clock.close();
+      }
+      const again = await openEmbeddedKv({ path });
+      try {
+        assert.equal(again.readOnly, false);
+        assert.ok(await again.get("plain"), "a read-only store changed nothing");
+      } finally {
+        await again.close();
+      }
+    }),
+});
+
+/** Whether this process can make files immutable (root on ext4 can; `chattr +i`). */
+function canMakeImmutable(): boolean {
+  try {
+    const probe = Deno.makeTempFileSync({ prefix: "torus-chattr-" });
+    try {
+      const on = new Deno.Command("chattr", { args: ["+i", probe] }).outputSync();
+      if (!on.success) return false;
+      new Deno.Command("chattr", { args: ["-i", probe] }).outputSync();
+      return true;
+    } finally {
+      Deno.removeSync(probe);
+    }
+  } catch {
+    return false;
+  }
+}
+
+const immutableOk = canMakeImmutable();
+
+async function chattr(flag: "+i" | "-i", ...paths: string[]): Promise<void> {
+  const result = await new Deno.Command("chattr", { args: [flag, ...paths] }).output();
+  assert.ok(result.success, new TextDecoder().decode(result.stderr));
+}
+
+Deno.test({
+  name: "embedded: a store whose file and directory cannot be written (immutable, even for " +
+    "root) opens read-only: reads work, writes fail with one line" +
+    (immutableOk ? "" : " (ignored: cannot chattr +i here; needs root on ext4)"),
+  ignore: !immutableOk,
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const metadataDir = `${dir}/metadata`;
+      const path = `${metadataDir}/kv.sqlite`;
+      const clock = new ManualClock(1_000_000);
+      await fillForReadOnly(path, clock);
+      await chattr("+i", path, metadataDir);
+      try {
+        const kv = await openEmbeddedKv({ path, leaseClock: leaseClockOf(clock) });
+        try {
+          await checkReadOnly(kv, clock);
+        } finally {
+          await kv.close();
+          clock.close();
+        }
+      } finally {
+        await chattr("-i", path, metadataDir);
+      }
     }),
 });

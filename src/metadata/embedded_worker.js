@@ -17,7 +17,7 @@
  *   are refused instead of running one by one in autocommit: a transaction reported as failed
  *   is never partly applied.
  *
- * Requests: {id, op: "open", path, busyTimeoutMs, transactionLimitMs} | {id, op: "batch",
+ * Requests: {id, op: "open", path, readOnly, busyTimeoutMs, transactionLimitMs} | {id, op: "batch",
  * steps: [{sql, params, mode: "run"|"get"|"all"|"exec"}], inTransaction} | {id, op: "close"}.
  * Replies: {id, ok: true, value} | {id, ok: false, message}. A failing step stops its batch.
  * @module
@@ -78,7 +78,8 @@ function guardOpenTransaction() {
 function handle(request) {
   switch (request.op) {
     case "open":
-      db = new DatabaseSync(request.path);
+      // `path` may be a file: URI (the main thread builds one for immutable reading).
+      db = new DatabaseSync(request.path, { readOnly: request.readOnly === true });
       transactionLimitMs = request.transactionLimitMs;
       db.exec(`PRAGMA busy_timeout = ${Math.max(0, Math.floor(request.busyTimeoutMs))}`);
       return null;
