@@ -77,6 +77,12 @@ export interface EmbeddedKv extends KvStore {
   readonly readOnly: boolean;
   /** SQLite's integrity check of the file: empty when sound (for tests and diagnostics). */
   integrityCheck(): Promise<string[]>;
+  /**
+   * Drops the change log before `revision` (default: the current one), like etcd's compaction:
+   * a watch that still needs that history ends with `not_exist`. Returns the oldest revision
+   * kept. The log is also trimmed to its size limits by itself.
+   */
+  compact(revision?: number): Promise<number>;
 }
 
 /** Sweeps between two checks of the change log's size. */
@@ -205,6 +211,8 @@ class EmbeddedWatch implements Watch {
   cursor: Cursor;
   #onEvents: (events: readonly WatchEvent[]) => void;
   #onError: ((error: Error) => void) | undefined;
+  #onProgress: ((revision: number) => void) | undefined;
+  #reported: number;
   #remove: (watch: EmbeddedWatch) => void;
   ended = false;
 
@@ -219,11 +227,19 @@ class EmbeddedWatch implements Watch {
     this.cursor = cursor;
     this.#onEvents = onEvents;
     this.#onError = options.onError;
+    this.#onProgress = options.onProgress;
+    this.#reported = cursor.revision - 1;
     this.#remove = remove;
   }
 
+  /** Delivers `events`, then reports progress: every revision below the cursor is complete. */
   deliver(events: WatchEvent[]): void {
     if (!this.ended && events.length > 0) this.#onEvents(events);
+    const complete = this.cursor.revision - 1;
+    if (!this.ended && complete > this.#reported) {
+      this.#reported = complete;
+      this.#onProgress?.(complete);
+    }
   }
 
   end(error: Error | null): void {
@@ -374,6 +390,10 @@ class EmbeddedKvStore implements EmbeddedKv {
     return this.#call((db) => db.integrityCheck());
   }
 
+  compact(revision?: number): Promise<number> {
+    return this.#call(async (db) => db.compact(await this.#now(), revision));
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
@@ -447,11 +467,17 @@ class EmbeddedKvStore implements EmbeddedKv {
     if (from === null) return false;
     const page = await this.#db.changes(from.revision, from.sub, CHANGES_PER_POLL);
     if (this.#closed) return false;
-    this.#deliver(from, page);
-    return page.rows.length === CHANGES_PER_POLL;
+    const more = page.rows.length === CHANGES_PER_POLL;
+    this.#deliver(from, page, more);
+    return more;
   }
 
-  #deliver(from: Cursor, page: ChangePage): void {
+  /**
+   * Hands each watch its events of `page`. A watch's cursor moves past every row of the page,
+   * whatever its prefix, so a quiet watch keeps up with the log; when the page is the end of the
+   * log (`more` false) it moves to the head revision read before the rows.
+   */
+  #deliver(from: Cursor, page: ChangePage, more: boolean): void {
     const last = page.rows[page.rows.length - 1];
     for (const watch of [...this.#watches]) {
       // A watch behind the page start is served by the next poll, which starts at its cursor.
@@ -471,6 +497,8 @@ class EmbeddedKvStore implements EmbeddedKv {
       if (last !== undefined && !before(last, watch.cursor)) {
         watch.cursor = { revision: last.revision, sub: last.sub + 1 };
       }
+      const head = { revision: page.headRevision + 1, sub: 0 };
+      if (!more && before(watch.cursor, head)) watch.cursor = head;
       watch.deliver(events);
     }
   }

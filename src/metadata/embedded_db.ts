@@ -490,6 +490,19 @@ export class EmbeddedDb {
     });
   }
 
+  /** Drops logged changes before `revision` (default: the current one); the oldest kept. */
+  async compact(now: LeaseTime, revision?: number): Promise<number> {
+    const { result } = await this.#write(now, async (tx) => {
+      const [kept] = await tx.read([get(SQL.meta, "compact_revision")]) as [SqlRow];
+      const target = Math.min(revision ?? tx.startRevision, tx.startRevision);
+      if (target <= Number(kept.value)) return Number(kept.value);
+      tx.write(run(SQL.trim, target - 1));
+      tx.write(run(SQL.setMeta, target, "compact_revision"));
+      return target;
+    });
+    return result;
+  }
+
   /** Up to `limit` logged changes at or after (revision, sub), oldest first. */
   changes(revision: number, sub: number, limit: number): Promise<ChangePage> {
     return this.#exclusive(async () => {

@@ -47,6 +47,11 @@ export interface Subscription {
 export interface RingWatchOptions {
   /** Called once if the watch breaks for good (store closed or unreachable). */
   readonly onError?: (error: Error) => void;
+  /**
+   * Called when the watch knows the ring it delivered last is current as of store `revision`
+   * (see WatchOptions.onProgress); the watch keeps up this way while the ring does not change.
+   */
+  readonly onProgress?: (revision: number) => void;
 }
 
 /** Cluster-wide metadata: settings and the placement ring. */

@@ -11,7 +11,12 @@
 import assert from "node:assert/strict";
 import { Etcd3 } from "etcd3";
 import { isTorusError } from "../../src/core/mod.ts";
-import { type KvStore, openEtcdKv, type WatchEvent } from "../../src/metadata/mod.ts";
+import {
+  createMetadataService,
+  type KvStore,
+  openEtcdKv,
+  type WatchEvent,
+} from "../../src/metadata/mod.ts";
 import { EtcdProcess, freePort } from "../support/etcd.ts";
 import { hasCommand } from "../support/packages.ts";
 import { FreezableProxy } from "./tcp_proxy.ts";
@@ -286,6 +291,48 @@ Deno.test({
       } finally {
         await kv.close();
       }
+    }
+  },
+});
+
+Deno.test({
+  name: `etcd: the ring watch keeps up while only other keys change, so compaction and an etcd ` +
+    `restart do not end it${needsEtcd}`,
+  ignore: !haveEtcd,
+  ...base,
+  fn: async () => {
+    await using etcd = await EtcdProcess.start();
+    const kv = await openEtcdKv({ endpoints: [etcd.endpoint], watchIdleProbeMs: 300 });
+    const mds = createMetadataService(kv, { prefix: "/ring-watch/" });
+    const raw = new Etcd3({ hosts: [etcd.endpoint] });
+    try {
+      const ring = { type: 4, version: 1, replicationFactor: 2, peers: [], attrs: {} };
+      await mds.cluster.init({
+        blockSizeBytes: 4096,
+        defaultBlockSpec: [{ kind: 0, options: "" }],
+        ring,
+      });
+      const versions: number[] = [];
+      const errors: Error[] = [];
+      let progress = 0;
+      const sub = await mds.cluster.watchRing((r) => versions.push(r.version), {
+        onError: (e) => errors.push(e),
+        onProgress: (revision) => (progress = revision),
+      });
+      for (let i = 0; i < 10; i++) await mds.volumes.createBlockVolume(`v${i}`, 4096);
+      const head = (await kv.txn({ compare: [], success: [] })).revision;
+      await waitFor(`ring watch progress to ${head}`, () => progress >= head, 15_000);
+      await raw.kv.compact({ revision: head, physical: true });
+      await etcd.kill();
+      await etcd.restart();
+      await retryUntilUp(() => mds.cluster.setRing({ ...ring, version: 2 }));
+      await waitFor("ring version 2", () => versions.includes(2) || errors.length > 0, 15_000);
+      assert.deepEqual(errors, []);
+      assert.deepEqual(versions, [1, 2]);
+      await sub.unsubscribe();
+    } finally {
+      raw.close();
+      await mds.close();
     }
   },
 });
