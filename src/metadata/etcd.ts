@@ -551,6 +551,8 @@ function toCompare(compare: Compare) {
       return { ...base, target: "Version" as const, version: compare.version };
     case "modRevision":
       return { ...base, target: "Mod" as const, mod_revision: compare.revision };
+    case "createRevision":
+      return { ...base, target: "Create" as const, create_revision: compare.revision };
     case "value":
       return { ...base, target: "Value" as const, value: Buffer.from(compare.value) };
   }

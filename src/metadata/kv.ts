@@ -83,7 +83,15 @@ export type Compare =
   }
   | {
     readonly key: string;
+    /** The revision of the latest put (0 when absent). */
     readonly target: "modRevision";
+    readonly op: CompareOp;
+    readonly revision: number;
+  }
+  | {
+    readonly key: string;
+    /** The revision of the put that created the key (0 when absent): one per incarnation. */
+    readonly target: "createRevision";
     readonly op: CompareOp;
     readonly revision: number;
   };

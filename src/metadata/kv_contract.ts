@@ -349,6 +349,26 @@ const txnTests: Record<string, Body> = {
     assert.equal(await check(`${p}absent`, "==", 0), true);
   },
 
+  "txn compares on createRevision: it stays across puts, changes on re-create, 0 when absent":
+    async (kv, p) => {
+      await kv.put(`${p}k`, b("1"));
+      const created = (await kv.get(`${p}k`))!.createRevision;
+      await kv.put(`${p}k`, b("2"));
+      const check = async (key: string, op: "==" | "!=" | "<" | ">", revision: number) =>
+        (await kv.txn({ compare: [{ key, target: "createRevision", op, revision }], success: [] }))
+          .succeeded;
+      assert.equal(await check(`${p}k`, "==", created), true);
+      assert.equal(await check(`${p}k`, ">", created - 1), true);
+      assert.equal(await check(`${p}k`, "<", created), false);
+      await kv.delete(`${p}k`);
+      assert.equal(await check(`${p}k`, "==", created), false);
+      assert.equal(await check(`${p}k`, "==", 0), true);
+      await kv.put(`${p}k`, b("3"));
+      assert.equal(await check(`${p}k`, "==", created), false);
+      assert.equal(await check(`${p}k`, ">", created), true);
+      assert.equal(await check(`${p}absent`, "==", 0), true);
+    },
+
   "txn is atomic: one failing compare applies nothing; success applies all at one revision": async (
     kv,
     p,
