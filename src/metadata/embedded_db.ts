@@ -32,12 +32,13 @@
 
 import {
   assert,
+  ErrorCode,
   invalid,
   KV_CHANGE_LOG_MAX_BYTES,
   KV_CHANGE_LOG_MAX_ENTRIES,
   KV_RESPONSE_MAX_BYTES,
   notExist,
-  type TorusError,
+  TorusError,
   unreachable,
 } from "../core/mod.ts";
 import type {
@@ -50,7 +51,14 @@ import type {
   TxnResponse,
 } from "./kv.ts";
 import { compareHolds, decodeKey, encodeKey, encodePrefix, prefixEnd } from "./kv_common.ts";
-import type { RunInfo, SqlConnection, SqlRow, SqlStep, SqlValue } from "./embedded_sqlite.ts";
+import {
+  type RunInfo,
+  type SqlConnection,
+  SqlDeadlineError,
+  type SqlRow,
+  type SqlStep,
+  type SqlValue,
+} from "./embedded_sqlite.ts";
 import type { LeaseTime } from "./lease_clock.ts";
 
 /** "tors" in ASCII: marks a SQLite file as a torus metadata store. */
@@ -206,12 +214,27 @@ class WriteTx {
     return this.#revision;
   }
 
+  /**
+   * Commits. When the worker does not answer in time the commit may still happen there: that
+   * is `outcome_unknown`, not a failure (a deadline on any earlier batch is a plain failure,
+   * since the rollback that follows it is queued behind that batch).
+   */
   async commit(): Promise<void> {
     if (this.revision !== this.startRevision) {
       this.write(run(SQL.setMeta, this.revision, "revision"));
     }
     this.write(exec(SQL.commit));
-    await this.read([]);
+    try {
+      await this.read([]);
+    } catch (error) {
+      if (!(error instanceof SqlDeadlineError)) throw error;
+      throw new TorusError(
+        ErrorCode.OutcomeUnknown,
+        `${error.message} to its commit: outcome unknown, the change may or may not have been ` +
+          "applied",
+        { cause: error },
+      );
+    }
   }
 }
 

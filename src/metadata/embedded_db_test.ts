@@ -8,7 +8,13 @@
 import assert from "node:assert/strict";
 import { isTorusError } from "../core/mod.ts";
 import { EmbeddedDb } from "./embedded_db.ts";
-import { type SqlConnection, SqliteWorker, type SqlStep } from "./embedded_sqlite.ts";
+import {
+  type BatchOptions,
+  type SqlConnection,
+  SqlDeadlineError,
+  SqliteWorker,
+  type SqlStep,
+} from "./embedded_sqlite.ts";
 
 const encoder = new TextEncoder();
 const sanitize = { sanitizeOps: true, sanitizeResources: true };
@@ -103,5 +109,46 @@ Deno.test({
         success: [{ type: "put", key: "a", value: encoder.encode("1") }],
       }, now);
       assert.equal((await db.head()).revision, before.revision + 1);
+    }),
+});
+
+/** A SqlConnection whose next COMMIT reaches the worker but whose answer comes too late. */
+class LateCommitConnection implements SqlConnection {
+  #inner: SqlConnection;
+  armed = false;
+  /** The batch that was still running when the caller gave up. */
+  late: Promise<unknown> | null = null;
+
+  constructor(inner: SqlConnection) {
+    this.#inner = inner;
+  }
+
+  batch(steps: readonly SqlStep[], options?: BatchOptions): Promise<unknown[]> {
+    const running = this.#inner.batch(steps, options);
+    if (!this.armed || !steps.some((step) => step.sql === "COMMIT")) return running;
+    this.armed = false;
+    this.late = running.catch(() => {});
+    return Promise.reject(new SqlDeadlineError("test store: no answer within 6000 ms"));
+  }
+}
+
+Deno.test({
+  name: "embedded db: a commit whose answer comes too late is outcome unknown, not a failure",
+  ...sanitize,
+  fn: () =>
+    withWorker({ transactionLimitMs: 10_000 }, async (worker, path) => {
+      const sql = new LateCommitConnection(worker);
+      const now = { bootId: "test", ms: 1_000 };
+      const db = await EmbeddedDb.open(sql, path, { lease: now, wallMs: Date.now() });
+      sql.armed = true;
+      const put = { type: "put" as const, key: "k", value: encoder.encode("v") };
+      await assert.rejects(db.txn({ compare: [], success: [put] }, now), (error: unknown) => {
+        assert.ok(isTorusError(error, "outcome_unknown"), String(error));
+        assert.match(error.message, /outcome unknown, the change may or may not have been applied/);
+        assert.ok(!error.message.includes("\n"));
+        return true;
+      });
+      await sql.late;
+      assert.ok(await db.get("k", now), "the commit the caller gave up on was applied");
     }),
 });

@@ -44,6 +44,16 @@ export interface SqlConnection {
   batch(steps: readonly SqlStep[], options?: BatchOptions): Promise<unknown[]>;
 }
 
+/**
+ * A batch the worker did not answer within the deadline. It may still be running there: a
+ * COMMIT in it may yet succeed, so the caller decides what the outcome means.
+ */
+export class SqlDeadlineError extends TorusError {
+  constructor(message: string) {
+    super(ErrorCode.Unavailable, message);
+  }
+}
+
 /** Maps SQLite's errors (node:sqlite reports them by message only) to TorusError codes. */
 export function sqliteError(error: unknown, what: string): TorusError {
   if (isTorusError(error)) return error;
@@ -168,12 +178,7 @@ export class SqliteWorker implements SqlConnection {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id);
-        reject(
-          new TorusError(
-            "unavailable",
-            `${this.#what}: no answer within ${this.#callTimeoutMs} ms`,
-          ),
-        );
+        reject(new SqlDeadlineError(`${this.#what}: no answer within ${this.#callTimeoutMs} ms`));
       }, this.#callTimeoutMs);
       this.#pending.set(id, { resolve, reject, timer });
       this.#worker.postMessage({ ...message, id });

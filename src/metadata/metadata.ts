@@ -20,8 +20,9 @@
  * snapshot, lease), `exists` (initialised twice, duplicate volume or snapshot name), `locked`
  * (volume locked by someone else, or the caller's lock was lost), `compare_failed` (a ring whose
  * version is not the successor of the stored one), `again` (a compare-and-swap kept losing the
- * race), `invalid` (bad names, sizes, corrupt values), `unavailable` (the store is unreachable),
- * `closed` (the service was closed).
+ * race), `invalid` (bad names, sizes, corrupt values; a store this user cannot write),
+ * `unavailable` (the store is unreachable), `outcome_unknown` (a change was sent but never
+ * answered: it may have been applied), `closed` (the service was closed).
  * @module
  */
 
