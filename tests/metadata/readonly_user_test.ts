@@ -1,6 +1,6 @@
 /**
- * Another user's data dir: the embedded store is readable but not writable. `torus ctl volume list`
- * and `torus ctl init --view` must work there, and a write must fail with one clear line, both
+ * Another user's data dir: the embedded store is readable but not writable. `torus ctl volume list`,
+ * `init --view`, `ring get` and `list-peers` must work there, and a write must fail with one clear line, both
  * when no process has the store open (no write-ahead log: read as immutable) and while one does
  * (read through its log). The program runs as the unprivileged user `nobody` (setpriv), since
  * root may write anything; skipped, with the reason in the name, when that is not possible.
@@ -65,6 +65,9 @@ async function checkReads(dataDir: string, home: string): Promise<void> {
   assert.match(list, /^VOLUME NAME +SIZE +TYPE +STATUS\nv1 +1 GiB +block +free\n$/);
   const view = ok(await torus(["ctl", "init", "--view", "--data-dir", dataDir], asNobody));
   assert.match(view, /^Block size: 524288 bytes \(512 KiB\)\nBlock spec: crc,base\n$/);
+  const ring = ok(await torus(["ctl", "ring", "get", "--data-dir", dataDir], asNobody));
+  assert.match(ring, /^Ring: ketama\nVersion: 1\n/);
+  ok(await torus(["ctl", "list-peers", "--data-dir", dataDir], asNobody));
   const create = await torus(
     ["ctl", "volume", "create-block", "v2", "1GiB", "--data-dir", dataDir],
     asNobody,
