@@ -12,6 +12,9 @@ export const BLOCK_SIZE_DEFAULT_BYTES = 512 * 1024;
 export const BLOCK_SIZE_MIN_BYTES = 512;
 export const BLOCK_SIZE_MAX_BYTES = 16 * 1024 * 1024;
 
+/** A disk sector: block volume sizes and NBD export sizes are whole numbers of sectors. */
+export const SECTOR_SIZE_BYTES = 512;
+
 /**
  * Most slots (blocks) one file block store may have: its in-memory index is a JavaScript Map, and
  * V8 caps a Map at 2^24 entries. 16M blocks are 8 TiB at the default block size.
@@ -82,6 +85,16 @@ export const KV_LEASE_SWEEP_INTERVAL_MS = 250;
 export const KV_CHANGE_LOG_MAX_ENTRIES = 10_000;
 export const KV_CHANGE_LOG_MAX_BYTES = 64 * 1024 * 1024;
 
+/**
+ * Most bytes read from a file or stream whose size is not ours to trust (a config file, a TLS
+ * PEM file, the node identity file, a line typed at a confirmation prompt): `--config /dev/zero`
+ * must fail at once, not fill the memory.
+ */
+export const CONFIG_FILE_MAX_BYTES = 1024 * 1024;
+export const TLS_FILE_MAX_BYTES = 1024 * 1024;
+export const NODE_ID_FILE_MAX_BYTES = 4 * 1024;
+export const CONFIRMATION_LINE_MAX_BYTES = 1024;
+
 /** Deadlines of peer calls (distributor, TDP, gRPC). */
 export const PEER_CONNECT_TIMEOUT_MS = 2_000;
 export const PEER_READ_TIMEOUT_MS = 500;
@@ -119,6 +132,7 @@ assert(
   NBD_REQUEST_LENGTH_MAX_BYTES >= BLOCK_SIZE_MAX_BYTES,
   "an NBD request may cover a whole block",
 );
+assert(BLOCK_SIZE_MIN_BYTES % SECTOR_SIZE_BYTES === 0, "a block is whole sectors");
 assert(STORE_SLOTS_MAX < 2 ** 24, "a store's index fits one JavaScript Map");
 assert(READ_CACHE_ENTRIES_MIN >= 1, "the read cache holds at least one block");
 assert(

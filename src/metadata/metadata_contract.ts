@@ -317,8 +317,8 @@ function registerPeerTests(test: TestFn, options: MetadataContractOptions): void
 function registerVolumeTests(test: TestFn): void {
   test("create writes the original's keys; ids start at 2", async ({ mds, prefix }) => {
     await mds.cluster.init(initOptions);
-    const info = await mds.volumes.createBlockVolume("vol", 10_000);
-    assert.deepEqual(info, { id: 2, name: "vol", type: "block", sizeBytes: 10_000 });
+    const info = await mds.volumes.createBlockVolume("vol", 10_240);
+    assert.deepEqual(info, { id: 2, name: "vol", type: "block", sizeBytes: 10_240 });
     const value = async (key: string) => (await mds.kv.get(`${prefix}${key}`))!.value;
     assert.deepEqual(await value("volumes/vol"), encodeU64(2n));
     assert.deepEqual(await value("meta/volumeminter"), encodeU64(2n));
@@ -335,6 +335,7 @@ function registerVolumeTests(test: TestFn): void {
     await assertCode(mds.volumes.createBlockVolume("a", 4096), ErrorCode.Exists, /"a"/);
     await assertCode(mds.volumes.createBlockVolume("bad/name", 4096), ErrorCode.Invalid);
     await assertCode(mds.volumes.createBlockVolume("b", 0), ErrorCode.Invalid);
+    await assertCode(mds.volumes.createBlockVolume("b", 513), ErrorCode.Invalid, /512-byte/);
     assert.equal((await mds.volumes.createBlockVolume("b", 4096)).id, 3);
     assert.equal((await mds.volumes.listVolumes()).highestId, 3);
   });

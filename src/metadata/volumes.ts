@@ -20,6 +20,7 @@
 import {
   assert,
   checkVolumeId,
+  checkVolumeSizeBytes,
   ErrorCode,
   exists,
   INodeRef,
@@ -87,6 +88,8 @@ export function checkVolumeSize(sizeBytes: number): number {
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
     throw invalid(`volume size must be a positive number of bytes, got ${sizeBytes}`);
   }
+  // Block devices are addressed in sectors: a 513-byte volume cannot be exported whole.
+  checkVolumeSizeBytes(sizeBytes);
   return sizeBytes;
 }
 

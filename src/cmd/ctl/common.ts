@@ -16,7 +16,12 @@ import {
   processEnv,
   UsageError,
 } from "../../cli/mod.ts";
-import { type Clock, systemClock } from "../../core/mod.ts";
+import {
+  type Clock,
+  CONFIRMATION_LINE_MAX_BYTES,
+  readLineBounded,
+  systemClock,
+} from "../../core/mod.ts";
 
 /** Interactive input, for the confirmation `wipe` asks for on a terminal. */
 export interface Terminal {
@@ -30,17 +35,9 @@ export interface Terminal {
 export const processTerminal: Terminal = {
   isInteractive: () => Deno.stdin.isTerminal(),
   async readLine() {
-    const buffer = new Uint8Array(1);
-    const bytes: number[] = [];
-    for (;;) {
-      const n = await Deno.stdin.read(buffer);
-      if (n === null) {
-        return bytes.length > 0 ? new TextDecoder().decode(Uint8Array.from(bytes)) : null;
-      }
-      if (buffer[0] === 0x0a) break;
-      bytes.push(buffer[0]!);
-    }
-    return new TextDecoder().decode(Uint8Array.from(bytes)).replace(/\r$/, "");
+    // Capped: an answer is one word; a pasted file or an endless stream must not grow memory.
+    const line = await readLineBounded(Deno.stdin, CONFIRMATION_LINE_MAX_BYTES, "the answer");
+    return line === null ? null : new TextDecoder().decode(line);
   },
 };
 

@@ -13,6 +13,7 @@ import {
   metadataFlagsHelp,
   parseFlags,
   renderJson,
+  splitList,
   UsageError,
 } from "../../cli/mod.ts";
 import { invalid, notExist } from "../../core/mod.ts";
@@ -183,7 +184,7 @@ ${metadataFlagsHelp}
       }
       const type = ringTypeFromName(values.type);
       const replication = parseReplication(values.replication);
-      const uuids = (values.uuids ?? "").split(",").map((u) => u.trim()).filter((u) => u !== "");
+      const uuids = values.uuids === undefined ? [] : splitList(values.uuids, "UUID");
       const next = await withMetadata(deps, metadataFlagsOf(values), async ({ service }) => {
         const peers = choosePeers(
           await service.peers.listPeers(),

@@ -17,7 +17,7 @@ import {
   renderJson,
   renderTable,
 } from "../../cli/mod.ts";
-import { formatSize, invalid, parseSize } from "../../core/mod.ts";
+import { formatSize, invalid, parseVolumeSize } from "../../core/mod.ts";
 import type { MetadataService, VolumeInfo } from "../../metadata/mod.ts";
 import { type CtlDeps, expectPositionals, metadataFlagsOf, withMetadata } from "./common.ts";
 
@@ -92,8 +92,8 @@ function createBlockCommand(deps: CtlDeps, name: string, usage: string): Command
     summary: "Create a block volume: NAME SIZE (e.g. 10GiB)",
     help: `Usage: ${usage} NAME SIZE
 
-Creates a block volume of SIZE bytes (512KiB, 10GiB, 20GB or plain bytes). No data is written:
-a new volume reads as zeros.
+Creates a block volume of SIZE bytes (512KiB, 10GiB, 20GB or plain bytes): a whole number of
+512-byte sectors. No data is written: a new volume reads as zeros.
 
 ${metadataFlagsHelp}
 `,
@@ -101,7 +101,7 @@ ${metadataFlagsHelp}
       const { values, positionals } = parseFlags(args, metadataFlagOptions);
       expectPositionals(positionals, ["NAME", "SIZE"]);
       const [volumeName, sizeText] = positionals as [string, string];
-      const sizeBytes = parseSize(sizeText);
+      const sizeBytes = parseVolumeSize(sizeText);
       const created = await withMetadata(deps, metadataFlagsOf(values), async (m) => {
         return await m.service.volumes.createBlockVolume(volumeName, sizeBytes);
       });
