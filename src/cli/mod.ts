@@ -8,4 +8,5 @@ export * from "./command.ts";
 export * from "./backend.ts";
 export * from "./config_file.ts";
 export * from "./drivers.ts";
+export * from "./input.ts";
 export * from "./table.ts";

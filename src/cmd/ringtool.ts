@@ -281,11 +281,15 @@ export function buildRings(options: RingtoolOptions): { before: ModifiableRing; 
     ? createMeasurementKetamaRing({ ...ringOptions, pointsPerPeer: options.ketamaPoints })
     : createModifiableRing(options.ringType, ringOptions);
   let after: ModifiableRing = before;
+  // Replication is lowered before peers leave and raised after they join, as an administrator
+  // must: a ring never claims more copies than the rule allows for its members.
+  const lowering = options.replicationEnd < options.replication;
+  if (lowering) after = after.changeReplication(options.replicationEnd);
   if (options.delta > 0) after = after.addPeers(peers.slice(options.nodes));
   if (options.delta < 0) {
     after = after.removePeers(initial.slice(options.nodes + options.delta).map((p) => p.uuid));
   }
-  if (options.replicationEnd !== options.replication) {
+  if (!lowering && options.replicationEnd !== options.replication) {
     after = after.changeReplication(options.replicationEnd);
   }
   return { before, after };

@@ -95,3 +95,12 @@ Deno.test("ringtool: kept + sent covers every replica after the change", () => {
     report.blocks * report.before.replication,
   );
 });
+
+Deno.test("ringtool: lowering replication while peers leave follows the one replication rule", () => {
+  const args = ["--nodes", "3", "--delta", "-1", "--rep", "3", "--rep-end", "2"];
+  const { before, after } = buildRings(parseRingtoolArgs(args, seed));
+  assert.deepEqual([before.replication, after.replication], [3, 2]);
+  assert.equal(after.memberUuids().length, 2);
+  const grow = ["--nodes", "2", "--delta", "1", "--rep", "2", "--rep-end", "3"];
+  assert.equal(buildRings(parseRingtoolArgs(grow, seed)).after.replication, 3);
+});

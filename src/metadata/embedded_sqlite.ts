@@ -29,10 +29,29 @@ export interface RunInfo {
 /** A row as SQLite returns it. */
 export type SqlRow = Record<string, SqlValue>;
 
+/** Options of one batch. */
+export interface BatchOptions {
+  /**
+   * The batch continues a transaction an earlier batch opened: it is refused (and nothing of it
+   * runs) when that transaction is no longer open, e.g. rolled back by the worker's guard.
+   */
+  readonly inTransaction?: boolean;
+}
+
 /** Something that runs batches of SQL in order on one connection. */
 export interface SqlConnection {
   /** Runs `steps` in order; the answer of step i is `results[i]`. A failing step stops it. */
-  batch(steps: readonly SqlStep[]): Promise<unknown[]>;
+  batch(steps: readonly SqlStep[], options?: BatchOptions): Promise<unknown[]>;
+}
+
+/**
+ * A batch the worker did not answer within the deadline. It may still be running there: a
+ * COMMIT in it may yet succeed, so the caller decides what the outcome means.
+ */
+export class SqlDeadlineError extends TorusError {
+  constructor(message: string) {
+    super(ErrorCode.Unavailable, message);
+  }
 }
 
 /** Maps SQLite's errors (node:sqlite reports them by message only) to TorusError codes. */
@@ -41,7 +60,13 @@ export function sqliteError(error: unknown, what: string): TorusError {
   const message = errorMessage(error);
   let code: ErrorCode = ErrorCode.Unavailable;
   if (/not a database|malformed|corrupt/i.test(message)) code = ErrorCode.Invalid;
-  else if (/unable to open|readonly|read-only|permission|directory/i.test(message)) {
+  else if (/attempt to write a readonly database/i.test(message)) {
+    return new TorusError(
+      ErrorCode.Invalid,
+      `${what} is read-only for this user: cannot change metadata (${message})`,
+      { cause: error },
+    );
+  } else if (/unable to open|readonly|read-only|permission|directory/i.test(message)) {
     code = ErrorCode.Invalid;
   } else if (/disk is full/i.test(message)) code = ErrorCode.OutOfSpace;
   else if (/locked|busy/i.test(message)) {
@@ -70,6 +95,24 @@ export interface SqliteWorkerOptions {
   readonly callTimeoutMs: number;
   /** How long SQLite waits for another process's lock before failing the statement. */
   readonly busyTimeoutMs: number;
+  /**
+   * How long a transaction may stay open between two batches before the worker rolls it back
+   * (default twice `callTimeoutMs`: past the main thread's deadline it gave up anyway).
+   */
+  readonly transactionLimitMs?: number;
+  /**
+   * `write` (default) opens the file read-write, creating it when absent; `read` opens it
+   * read-only; `immutable` reads it as a file nobody changes (SQLite's `immutable` URI option:
+   * no locks, no -shm file), the only way to read a WAL database whose directory this user
+   * cannot write while no other process has it open.
+   */
+  readonly access?: "write" | "read" | "immutable";
+}
+
+/** `path` as a SQLite URI that opens it immutable. */
+export function immutableUri(path: string): string {
+  const escaped = path.split("/").map((part) => encodeURIComponent(part)).join("/");
+  return `file:${escaped}?immutable=1`;
 }
 
 /** A SQLite connection in its own worker. */
@@ -98,12 +141,13 @@ export class SqliteWorker implements SqlConnection {
   static async open(path: string, options: SqliteWorkerOptions): Promise<SqliteWorker> {
     const worker = new SqliteWorker(options.what, options.callTimeoutMs);
     try {
+      const access = options.access ?? "write";
       await worker.#request({
         op: "open",
-        path,
+        path: access === "immutable" ? immutableUri(path) : path,
+        readOnly: access !== "write",
         busyTimeoutMs: options.busyTimeoutMs,
-        // Past the main thread's deadline the caller has given up on the transaction anyway.
-        transactionLimitMs: options.callTimeoutMs * 2,
+        transactionLimitMs: options.transactionLimitMs ?? options.callTimeoutMs * 2,
       });
     } catch (error) {
       worker.terminate();
@@ -112,8 +156,9 @@ export class SqliteWorker implements SqlConnection {
     return worker;
   }
 
-  batch(steps: readonly SqlStep[]): Promise<unknown[]> {
-    return this.#request({ op: "batch", steps }) as Promise<unknown[]>;
+  batch(steps: readonly SqlStep[], options: BatchOptions = {}): Promise<unknown[]> {
+    const inTransaction = options.inTransaction ?? false;
+    return this.#request({ op: "batch", steps, inTransaction }) as Promise<unknown[]>;
   }
 
   /** Closes the file in the worker (rolling back an open transaction). */
@@ -133,12 +178,7 @@ export class SqliteWorker implements SqlConnection {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id);
-        reject(
-          new TorusError(
-            "unavailable",
-            `${this.#what}: no answer within ${this.#callTimeoutMs} ms`,
-          ),
-        );
+        reject(new SqlDeadlineError(`${this.#what}: no answer within ${this.#callTimeoutMs} ms`));
       }, this.#callTimeoutMs);
       this.#pending.set(id, { resolve, reject, timer });
       this.#worker.postMessage({ ...message, id });

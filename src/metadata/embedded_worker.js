@@ -8,12 +8,17 @@
  * worker starts (about 1.2 s here), which would make every test that opens a store slow. This
  * file stays small, dependency-free and obvious instead.
  *
- * Invariant: a transaction left open (the main thread stalled or died between two batches of
- * one transaction) is rolled back after `transactionLimitMs`, so it never blocks the other
- * processes sharing the file for long. The main thread's own deadline is shorter.
+ * Invariants:
+ * - A transaction left open (the main thread stalled or died between two batches of one
+ *   transaction) is rolled back after `transactionLimitMs`, so it never blocks the other
+ *   processes sharing the file for long. The main thread's own deadline is shorter.
+ * - A batch sent as part of an open transaction (`inTransaction`) runs only while a transaction
+ *   is open. After the guard above rolled one back, the rest of that transaction's statements
+ *   are refused instead of running one by one in autocommit: a transaction reported as failed
+ *   is never partly applied.
  *
- * Requests: {id, op: "open", path, busyTimeoutMs, transactionLimitMs} | {id, op: "batch",
- * steps: [{sql, params, mode: "run"|"get"|"all"}]} | {id, op: "close"}.
+ * Requests: {id, op: "open", path, readOnly, busyTimeoutMs, transactionLimitMs} | {id, op: "batch",
+ * steps: [{sql, params, mode: "run"|"get"|"all"|"exec"}], inTransaction} | {id, op: "close"}.
  * Replies: {id, ok: true, value} | {id, ok: false, message}. A failing step stops its batch.
  * @module
  */
@@ -73,11 +78,17 @@ function guardOpenTransaction() {
 function handle(request) {
   switch (request.op) {
     case "open":
-      db = new DatabaseSync(request.path);
+      // `path` may be a file: URI (the main thread builds one for immutable reading).
+      db = new DatabaseSync(request.path, { readOnly: request.readOnly === true });
       transactionLimitMs = request.transactionLimitMs;
       db.exec(`PRAGMA busy_timeout = ${Math.max(0, Math.floor(request.busyTimeoutMs))}`);
       return null;
     case "batch":
+      if (request.inTransaction && !connection().isTransaction) {
+        throw new Error(
+          "the transaction was rolled back: the caller was late between two of its statements",
+        );
+      }
       return request.steps.map(runStep);
     case "close":
       statements.clear();

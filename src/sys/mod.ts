@@ -6,4 +6,5 @@
  */
 
 export * from "./errno.ts";
+export * from "./files.ts";
 export * from "./libc.ts";

@@ -14,7 +14,7 @@ import {
   parseFlags,
   renderJson,
 } from "../../cli/mod.ts";
-import { formatSize, parseSize, REPLICATION_DEFAULT } from "../../core/mod.ts";
+import { escapeText, formatSize, parseSize, REPLICATION_DEFAULT } from "../../core/mod.ts";
 import { formatBlockLayerSpec, parseBlockLayerSpec } from "../../blockset/mod.ts";
 import { checkInitOptions, type GlobalMetadata, type InitOptions } from "../../metadata/mod.ts";
 import { createRing, RingType } from "../../ring/mod.ts";
@@ -70,7 +70,7 @@ ${metadataFlagsHelp}
             : `Block size: ${global.blockSizeBytes} bytes (${
               formatSize(global.blockSizeBytes)
             })\n` +
-              `Block spec: ${specText(global)}\n`,
+              `Block spec: ${escapeText(specText(global))}\n`,
         );
         return ExitCode.Ok;
       }
@@ -88,7 +88,7 @@ ${metadataFlagsHelp}
       checkInitOptions(init);
       const where = await withMetadata(deps, metadata, async ({ service, backend }) => {
         await service.cluster.init(init);
-        return describeBackend(backend);
+        return escapeText(describeBackend(backend));
       }, { create: true });
       io.stdout(
         `Initialised torus in ${where}: block size ${formatSize(blockSizeBytes)}, ` +
