@@ -9,3 +9,4 @@ export * from "./volume_format.ts";
 export * from "./volume_map.ts";
 export * from "./volume_reader.ts";
 export * from "./volume.ts";
+export * from "./volumes.ts";
