@@ -10,3 +10,4 @@ export * from "./volume_map.ts";
 export * from "./volume_reader.ts";
 export * from "./volume.ts";
 export * from "./volumes.ts";
+export * from "./gc.ts";
