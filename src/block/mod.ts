@@ -11,3 +11,4 @@ export * from "./volume_reader.ts";
 export * from "./volume.ts";
 export * from "./volumes.ts";
 export * from "./gc.ts";
+export * from "./transfer.ts";
