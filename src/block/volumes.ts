@@ -104,6 +104,71 @@ export function parseVolumeSpec(spec: string): { volume: string; snapshot: strin
   return { volume, snapshot };
 }
 
+/**
+ * Takes snapshot `snapshot` of volume `name` through the metadata service alone: sealed there
+ * when nobody has the volume open, else taken by its writer at a flush point (a request). For
+ * callers that hold no store (`torus ctl` beside a running node).
+ */
+export async function snapshotVolume(
+  metadata: MetadataService,
+  name: string,
+  snapshot: string,
+  options: { timeoutMs?: number } = {},
+): Promise<Snapshot> {
+  for (;;) {
+    const info = await metadata.volumes.getVolume(name);
+    try {
+      return await metadata.snapshots.saveSnapshot(info.id, snapshot);
+    } catch (error) {
+      if (!isTorusError(error, ErrorCode.Locked)) throw error;
+    }
+    if (await askWriter(metadata, info.id, { op: "snapshot", name: snapshot }, options)) {
+      return await metadata.snapshots.getSnapshot(info.id, snapshot);
+    }
+  }
+}
+
+/**
+ * Grows volume `name` to `sizeBytes` through the metadata service alone (see
+ * {@link snapshotVolume}); the caller checks that the size can be mapped.
+ */
+export async function growVolume(
+  metadata: MetadataService,
+  name: string,
+  sizeBytes: number,
+  options: { timeoutMs?: number } = {},
+): Promise<VolumeInfo> {
+  for (;;) {
+    const info = await metadata.volumes.getVolume(name);
+    try {
+      return await metadata.blockVolumes.growVolume(info.id, sizeBytes);
+    } catch (error) {
+      if (!isTorusError(error, ErrorCode.Locked)) throw error;
+    }
+    if (await askWriter(metadata, info.id, { op: "grow", sizeBytes }, options)) {
+      return await metadata.volumes.getVolumeById(info.id);
+    }
+  }
+}
+
+/** Sends `request` to the writer of `volumeId`; false when that writer left (try again). */
+async function askWriter(
+  metadata: MetadataService,
+  volumeId: number,
+  request: VolumeRequest,
+  options: { timeoutMs?: number },
+): Promise<boolean> {
+  let reply: VolumeReply;
+  try {
+    reply = await metadata.requests.send(volumeId, request, options);
+  } catch (error) {
+    if (isTorusError(error, ErrorCode.Again)) return false;
+    throw error;
+  }
+  if (!reply.ok) throw new TorusError(reply.code, reply.message);
+  return true;
+}
+
 /** See the module doc. */
 export class VolumeService {
   readonly #metadata: MetadataService;
@@ -377,20 +442,12 @@ export class VolumeService {
     for (;;) {
       const info = await this.#metadata.volumes.getVolume(name);
       const here = this.#open.get(info.id);
-      if (here !== undefined) {
-        const open = await here;
-        if (open.closing === null) return await this.#snapshotOpen(open, snapshot);
-        await open.closing.catch(() => {});
-        continue;
+      if (here === undefined) {
+        return await snapshotVolume(this.#metadata, name, snapshot, this.#requestOptions());
       }
-      try {
-        return await this.#metadata.snapshots.saveSnapshot(info.id, snapshot);
-      } catch (error) {
-        if (!isTorusError(error, ErrorCode.Locked)) throw error;
-      }
-      const reply = await this.#ask(info.id, { op: "snapshot", name: snapshot });
-      if (reply === null) continue;
-      return await this.#metadata.snapshots.getSnapshot(info.id, snapshot);
+      const open = await here;
+      if (open.closing === null) return await this.#snapshotOpen(open, snapshot);
+      await open.closing.catch(() => {});
     }
   }
 
@@ -401,41 +458,20 @@ export class VolumeService {
     for (;;) {
       const info = await this.#metadata.volumes.getVolume(name);
       const here = this.#open.get(info.id);
-      if (here !== undefined) {
-        const open = await here;
-        if (open.closing === null) {
-          await this.#growOpen(open, sizeBytes);
-          return await this.#metadata.volumes.getVolumeById(info.id);
-        }
-        await open.closing.catch(() => {});
-        continue;
+      if (here === undefined) {
+        return await growVolume(this.#metadata, name, sizeBytes, this.#requestOptions());
       }
-      try {
-        return await this.#metadata.blockVolumes.growVolume(info.id, sizeBytes);
-      } catch (error) {
-        if (!isTorusError(error, ErrorCode.Locked)) throw error;
-      }
-      if (await this.#ask(info.id, { op: "grow", sizeBytes }) !== null) {
+      const open = await here;
+      if (open.closing === null) {
+        await this.#growOpen(open, sizeBytes);
         return await this.#metadata.volumes.getVolumeById(info.id);
       }
+      await open.closing.catch(() => {});
     }
   }
 
-  /** Sends `request` to the writer of `volumeId`; null when that writer left (try again). */
-  async #ask(volumeId: number, request: VolumeRequest): Promise<VolumeReply | null> {
-    let reply: VolumeReply;
-    try {
-      reply = await this.#metadata.requests.send(
-        volumeId,
-        request,
-        this.#requestTimeoutMs === undefined ? {} : { timeoutMs: this.#requestTimeoutMs },
-      );
-    } catch (error) {
-      if (isTorusError(error, ErrorCode.Again)) return null;
-      throw error;
-    }
-    if (!reply.ok) throw new TorusError(reply.code, reply.message);
-    return reply;
+  #requestOptions(): { timeoutMs?: number } {
+    return this.#requestTimeoutMs === undefined ? {} : { timeoutMs: this.#requestTimeoutMs };
   }
 
   // ---- closing ------------------------------------------------------------------------------
