@@ -49,6 +49,14 @@ export const RING_PERMUTATION_CACHE_ENTRIES_MAX = 2 ** 21;
 /** Most blocks `torus ringtool` simulates in one run (about 2 µs each). */
 export const RINGTOOL_BLOCKS_MAX = 2 ** 26;
 
+/**
+ * Longest wait of a process that lost a lock file (the data-dir lock) for the holder to record
+ * who it is, which the holder does right after taking the lock; it only improves the message.
+ */
+export const LOCK_HOLDER_DESCRIPTION_WAIT_MS = 2_000;
+/** How long `torus ctl config` waits for another one writing the same config file. */
+export const CONFIG_FILE_LOCK_WAIT_MS = 10_000;
+
 /** Lease TTL of a node or client registration and of the volume locks it holds. */
 export const LEASE_TTL_MS = 30_000;
 /** Heartbeat period; several heartbeats must fit into one lease TTL. */

@@ -16,6 +16,7 @@ export const requiredPackages: readonly Requirement[] = [
   { command: "etcd", debianPackage: "etcd-server" },
   { command: "ip", debianPackage: "iproute2" },
   { command: "openssl", debianPackage: "openssl" },
+  { command: "strace", debianPackage: "strace" },
 ];
 
 /** Whether `command` is on PATH. */
