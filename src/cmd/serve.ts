@@ -12,6 +12,7 @@ import {
   type Command,
   ExitCode,
   type Io,
+  lockDataDir,
   metadataFlagOptions,
   metadataFlagsHelp,
   type OpenedMetadata,
@@ -33,6 +34,7 @@ import { parseBlockLayerSpec } from "../blockset/mod.ts";
 import { type InitOptions } from "../metadata/mod.ts";
 import { createRing, RingType } from "../ring/mod.ts";
 import { FileBlockStore } from "../storage/mod.ts";
+import { makeDirectoryDurable, writeFileAtomic } from "../sys/mod.ts";
 
 const flags = {
   ...metadataFlagOptions,
@@ -43,7 +45,8 @@ const help = `Usage: torus serve [--data-dir DIR] [--size SIZE|N%] [metadata fla
 
 Runs a storage node on DIR (default $TORUS_DATA_DIR or ./torus-data). Without -C it is a
 single-node cluster on the embedded metadata store in DIR, initialised on first start
-(block size 512 KiB, block spec crc,base).
+(block size 512 KiB, block spec crc,base). DIR is locked (DIR/lock) while serve runs: a
+second serve, or ctl init, on it exits with the pid of the holder.
 
 This build opens the data dir, the node's block store and its metadata, prints what it serves
 and holds them until SIGINT/SIGTERM (then flushes and closes). Serving peers, replication,
@@ -55,7 +58,10 @@ rebalancing and HTTP status come with the cluster data path (roadmap step 3).
 ${metadataFlagsHelp}
 `;
 
-/** The node's persistent identity: `<data-dir>/metadata/uuid`, created on first start. */
+/**
+ * The node's persistent identity: `<data-dir>/metadata/uuid`, created on first start. The caller
+ * holds the data-dir lock, so no other process creates one at the same time.
+ */
 export async function nodeUuid(dataDir: string): Promise<string> {
   const path = `${dataDir}/metadata/uuid`;
   try {
@@ -68,9 +74,8 @@ export async function nodeUuid(dataDir: string): Promise<string> {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
   const uuid = randomUuid(new CryptoRandom());
-  // Write then rename, so a crash never leaves a half-written identity behind.
-  await Deno.writeTextFile(`${path}.tmp`, uuid + "\n", { mode: 0o600 });
-  await Deno.rename(`${path}.tmp`, path);
+  // Written aside, synced and renamed: a crash never leaves a half-written identity behind.
+  await writeFileAtomic(path, uuid + "\n", { mode: 0o600 });
   return uuid;
 }
 
@@ -119,8 +124,10 @@ function waitForStopSignal(): Promise<Deno.Signal> {
 async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
   const dataDir = String(values["data-dir"] ?? Deno.env.get("TORUS_DATA_DIR") ?? "./torus-data")
     .replace(/\/+$/, "");
-  await Deno.mkdir(`${dataDir}/metadata`, { recursive: true, mode: 0o700 });
-  await Deno.mkdir(`${dataDir}/block`, { recursive: true, mode: 0o700 });
+  // The lock comes first: the loser of a start race creates nothing and names the winner.
+  using _dataDirLock = await lockDataDir(dataDir, "torus serve");
+  await makeDirectoryDurable(`${dataDir}/metadata`, 0o700);
+  await makeDirectoryDurable(`${dataDir}/block`, 0o700);
   const sizeBytes = parseSizeOrPercent(String(values.size), () => {
     const stats = statfsSync(dataDir);
     return stats.blocks * stats.bsize;
@@ -134,6 +141,8 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
     sizeBytes,
   });
   try {
+    // Listen before saying "Ready.": whoever reads that line may signal at once.
+    const stopSignal = waitForStopSignal();
     const where = metadata.backend.kind === "etcd"
       ? `etcd ${metadata.backend.endpoints.join(",")}`
       : `embedded store ${metadata.backend.path}`;
@@ -149,7 +158,7 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
         "",
       ].join("\n"),
     );
-    const signal = await waitForStopSignal();
+    const signal = await stopSignal;
     io.stdout(`Received ${signal}: flushing the block store and stopping\n`);
   } finally {
     await store.close();
