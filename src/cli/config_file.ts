@@ -4,12 +4,20 @@
  * with empty fields omitted, plus our optional `metadata-prefix`.
  *
  * Invariants: the directory is created 0700 and the file written 0600 (it may name client key
- * files), by writing a temp file and renaming it over the old one, so a crash never leaves half a
- * file. Keys we do not know are kept when a profile is merged.
+ * files), by writing a temp file, syncing it and renaming it over the old one, so a crash never
+ * leaves half a file. Writers hold `<file>.lock` from reading the file to renaming the new one,
+ * so two `ctl config` at once both land (neither loses the other's profile). Keys we do not know
+ * are kept when a profile is merged.
  * @module
  */
 
-import { invalid } from "../core/mod.ts";
+import { CONFIG_FILE_LOCK_WAIT_MS, ErrorCode, invalid, TorusError } from "../core/mod.ts";
+import {
+  type HeldFileLock,
+  lockFileWaiting,
+  makeDirectoryDurable,
+  writeFileAtomic,
+} from "../sys/mod.ts";
 
 /** The settings of one profile (the original's JSON keys). */
 export interface ConfigProfile {
@@ -104,6 +112,17 @@ export function formatConfigFile(config: ConfigFile): string {
   return JSON.stringify(config, null, "\t") + "\n";
 }
 
+/** Takes `<path>.lock`, waiting a little for another writer of the file to finish. */
+async function lockConfigFile(path: string): Promise<HeldFileLock> {
+  const attempt = await lockFileWaiting(`${path}.lock`, "torus ctl config", {
+    waitMs: CONFIG_FILE_LOCK_WAIT_MS,
+  });
+  if (attempt.held !== undefined) return attempt.held;
+  const { pid, description } = attempt.holder;
+  const who = `${description ?? "another process"}${pid === null ? "" : `, pid ${pid}`}`;
+  throw new TorusError(ErrorCode.Locked, `config file ${path} is being written by ${who}`);
+}
+
 /**
  * Merges `values` into profile `profile` of the file at `path` (creating both as needed) and
  * writes it back with mode 0600 in a 0700 directory. Returns the file as written.
@@ -114,6 +133,9 @@ export async function writeProfile(
   values: ConfigProfile,
 ): Promise<ConfigFile> {
   if (profile === "") throw invalid("profile name must not be empty");
+  const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
+  await makeDirectoryDurable(dir, 0o700);
+  using _lock = await lockConfigFile(path);
   const current = (await readConfigFile(path)) ?? { etcd_config: {} };
   const merged: ConfigProfile = { ...current.etcd_config[profile] };
   for (const field of profileFields) {
@@ -124,11 +146,6 @@ export async function writeProfile(
     ...current,
     etcd_config: { ...current.etcd_config, [profile]: merged },
   };
-  const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
-  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
-  const temp = `${path}.tmp-${Deno.pid}`;
-  await Deno.writeTextFile(temp, formatConfigFile(next), { mode: 0o600 });
-  await Deno.chmod(temp, 0o600);
-  await Deno.rename(temp, path);
+  await writeFileAtomic(path, formatConfigFile(next), { mode: 0o600 });
   return next;
 }
