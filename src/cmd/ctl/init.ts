@@ -21,6 +21,7 @@ import { formatSize, parseSize, REPLICATION_DEFAULT } from "../../core/mod.ts";
 import { formatBlockLayerSpec, parseBlockLayerSpec } from "../../blockset/mod.ts";
 import { checkInitOptions, type GlobalMetadata, type InitOptions } from "../../metadata/mod.ts";
 import { createRing, RingType } from "../../ring/mod.ts";
+import { makeDirectoryDurable } from "../../sys/mod.ts";
 import { type CtlDeps, expectPositionals, metadataFlagsOf, withMetadata } from "./common.ts";
 
 const flags = {
@@ -96,6 +97,9 @@ ${metadataFlagsHelp}
       using _dataDirLock = backend.kind === "embedded"
         ? await lockDataDir(backend.dataDir, "torus ctl init")
         : undefined;
+      if (backend.kind === "embedded") {
+        await makeDirectoryDurable(backend.path.slice(0, backend.path.lastIndexOf("/")), 0o700);
+      }
       const where = await withMetadata(deps, metadata, async ({ service, backend }) => {
         await service.cluster.init(init);
         return describeBackend(backend);
