@@ -28,6 +28,7 @@ import {
 import type { PeerInfo, Ring as RingMessage } from "../models/mod.ts";
 import { md5FirstWord, md5Words } from "./md5.ts";
 import {
+  holdersOf,
   type MemberRingOptions,
   ModifiableMemberRing,
   noPeers,
@@ -124,18 +125,21 @@ function buildTable(peers: readonly PeerInfo[], pointsPerPeer: number): KetamaTa
   const keys = pointKeys(uuids, counts).sort();
   const points = new Uint32Array(keys.length);
   const owners = new Uint32Array(keys.length);
-  keys.forEach((key, i) => {
+  // Plain loops: with thousands of members there are millions of points, and a callback or a
+  // Set insertion per point costs seconds there.
+  for (let i = 0; i < keys.length; i++) {
+    const key = keys[i]!;
     const point = Math.floor(key / OWNER_INDEX_LIMIT);
     points[i] = point;
     owners[i] = key - point * OWNER_INDEX_LIMIT;
-  });
-  const hasPoints = new Set(owners);
+  }
+  const pointless = Object.freeze(uuids.filter((_, owner) => counts[owner] === 0));
   return {
     points,
     owners,
     uuids,
-    ownersWithPoints: hasPoints.size,
-    pointless: Object.freeze(uuids.filter((_, owner) => !hasPoints.has(owner))),
+    ownersWithPoints: uuids.length - pointless.length,
+    pointless,
     seen: new Uint32Array(uuids.length),
     order: new Uint32Array(uuids.length),
     stamp: 0,
@@ -181,6 +185,30 @@ function walk(table: KetamaTable, start: number): string[] {
   return result;
 }
 
+/**
+ * The first `count` members of the walk from point `start` (see {@link walk}), visiting only as
+ * many points as it takes to meet `count` distinct owners: a few for the usual replication.
+ */
+function walkHolders(table: KetamaTable, start: number, count: number): readonly string[] {
+  if (table.stamp === 0xffff_ffff) {
+    table.seen.fill(0);
+    table.stamp = 0;
+  }
+  const stamp = ++table.stamp;
+  const { owners, seen, uuids, pointless } = table;
+  const result: string[] = [];
+  const fromPoints = Math.min(count, table.ownersWithPoints);
+  const length = owners.length;
+  for (let i = start; result.length < fromPoints; i = i + 1 === length ? 0 : i + 1) {
+    const owner = owners[i]!;
+    if (seen[owner] === stamp) continue;
+    seen[owner] = stamp;
+    result.push(uuids[owner]!);
+  }
+  for (let k = 0; result.length < count; k++) result.push(pointless[k]!);
+  return Object.freeze(result);
+}
+
 /** Options of a ketama ring; `pointsPerPeer` exists for measurements only (it is not stored). */
 export interface KetamaRingOptions extends MemberRingOptions {
   readonly pointsPerPeer?: number;
@@ -221,6 +249,15 @@ export class KetamaRing extends ModifiableMemberRing {
     const result = permutation(walk(table, start), this.effectiveReplication());
     this.#cache.set(start, result);
     return result;
+  }
+
+  override getHolders(ref: BlockRef): readonly string[] {
+    const table = this.#table;
+    if (table.uuids.length === 0) throw noPeers();
+    const start = successor(table.points, md5FirstWord(refBytes(ref)));
+    const cached = this.#cache.get(start);
+    if (cached !== undefined) return holdersOf(cached);
+    return walkHolders(table, start, this.effectiveReplication());
   }
 
   /** The Ring proto; refused for measurement rings, whose point count the proto cannot carry. */
