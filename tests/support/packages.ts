@@ -17,6 +17,7 @@ export const requiredPackages: readonly Requirement[] = [
   { command: "ip", debianPackage: "iproute2" },
   { command: "openssl", debianPackage: "openssl" },
   { command: "strace", debianPackage: "strace" },
+  { command: "script", debianPackage: "bsdutils" },
 ];
 
 /** Whether `command` is on PATH. */
