@@ -12,7 +12,7 @@
  * @module
  */
 
-import { ErrorCode, TorusError } from "../core/mod.ts";
+import { ErrorCode, escapeText, TorusError } from "../core/mod.ts";
 import { type LockHolder, makeDirectoryDurable, tryLockFile } from "../sys/mod.ts";
 
 /** The data-dir lock held by this process. */
@@ -27,10 +27,11 @@ export function dataDirLockPath(dataDir: string): string {
 }
 
 function inUse(dataDir: string, holder: LockHolder): TorusError {
+  // The description comes from a file anyone with access may have written: it is escaped.
   const who = holder.pid === null
     ? "another process"
-    : `${holder.description ?? "another process"}, pid ${holder.pid}`;
-  return new TorusError(ErrorCode.Locked, `data dir ${dataDir} is in use by ${who}`);
+    : `${escapeText(holder.description ?? "another process")}, pid ${holder.pid}`;
+  return new TorusError(ErrorCode.Locked, `data dir ${escapeText(dataDir)} is in use by ${who}`);
 }
 
 /**

@@ -10,4 +10,5 @@ export * from "./backend.ts";
 export * from "./config_file.ts";
 export * from "./data_dir.ts";
 export * from "./drivers.ts";
+export * from "./input.ts";
 export * from "./table.ts";

@@ -19,6 +19,7 @@ import {
   parseSize,
   type Random,
   randomUuid,
+  REPLICATION_DEFAULT,
   RING_MEMBERS_MAX,
   RINGTOOL_BLOCKS_MAX,
   RINGTOOL_KETAMA_POINTS_MAX,
@@ -31,6 +32,7 @@ import {
   createModifiableRing,
   KETAMA_POINTS_PER_PEER_MAX,
   type ModifiableRing,
+  replicationRange,
   type Ring,
   RingType,
   ringTypeFromName,
@@ -132,6 +134,30 @@ function integerFlag(name: string, text: string, min: number, max: number): numb
   const value = /^-?\d+$/.test(text) ? Number(text) : Number.NaN;
   if (!Number.isSafeInteger(value) || value < min || value > max) {
     throw new UsageError(`--${name} must be an integer in ${min}..${max}, got "${text}"`);
+  }
+  return value;
+}
+
+/**
+ * `--rep`/`--rep-end`: at most RINGTOOL_REPLICATION_MAX, and within the ring rule for `peers`
+ * members (at most max(peers, 2) copies), so the error comes here with its range rather than
+ * from building the ring.
+ */
+function replicationFlag(
+  name: string,
+  text: string,
+  rule: { min: number; ringType: RingtoolOptions["ringType"]; peers: number },
+): number {
+  const ruleMax = replicationRange(rule.ringType, rule.peers).max;
+  if (ruleMax >= RINGTOOL_REPLICATION_MAX) {
+    return integerFlag(name, text, rule.min, RINGTOOL_REPLICATION_MAX);
+  }
+  const value = /^\d+$/.test(text) ? Number(text) : Number.NaN;
+  if (!(value >= rule.min && value <= ruleMax)) {
+    throw new UsageError(
+      `--${name} must be an integer in ${rule.min}..${ruleMax} with ${rule.peers} peers ` +
+        `(a ring keeps at most max(peers, ${REPLICATION_DEFAULT}) copies), got "${text}"`,
+    );
   }
   return value;
 }
@@ -252,8 +278,13 @@ export function parseRingtoolArgs(
   if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
   const nodes = integerFlag("nodes", values.nodes, 1, RING_MEMBERS_MAX);
   const delta = integerFlag("delta", values.delta, 1 - nodes, RING_MEMBERS_MAX - nodes);
-  const replication = integerFlag("rep", values.rep, 1, RINGTOOL_REPLICATION_MAX);
-  const replicationEnd = integerFlag("rep-end", values["rep-end"], 0, RINGTOOL_REPLICATION_MAX);
+  const ringType = ringTypeFlag(values.ring);
+  const replication = replicationFlag("rep", values.rep, { min: 1, ringType, peers: nodes });
+  const replicationEnd = replicationFlag("rep-end", values["rep-end"], {
+    min: 0,
+    ringType,
+    peers: nodes + delta,
+  });
   const blockSizeBytes = blockSizeFlag(values["block-size"]);
   const blocks = blocksFlag(values["total-data"], blockSizeBytes);
   const edge = decimalFlag("rewrite-edge", values["rewrite-edge"], REWRITE_EDGE_MAX);
@@ -262,7 +293,7 @@ export function parseRingtoolArgs(
     : integerFlag("seed", values.seed, 0, SEED_MAX);
   const ketamaPoints = ketamaPointsFlag(values["ketama-points"], nodes + Math.max(0, delta));
   return {
-    ringType: ringTypeFlag(values.ring),
+    ringType,
     replication,
     replicationEnd: replicationEnd === 0 ? replication : replicationEnd,
     nodes,
@@ -334,11 +365,15 @@ export function buildRings(options: RingtoolOptions): { before: ModifiableRing; 
     ? createMeasurementKetamaRing({ ...ringOptions, pointsPerPeer: options.ketamaPoints })
     : createModifiableRing(options.ringType, ringOptions);
   let after: ModifiableRing = before;
+  // Replication is lowered before peers leave and raised after they join, as an administrator
+  // must: a ring never claims more copies than the rule allows for its members.
+  const lowering = options.replicationEnd < options.replication;
+  if (lowering) after = after.changeReplication(options.replicationEnd);
   if (options.delta > 0) after = after.addPeers(peers.slice(options.nodes));
   if (options.delta < 0) {
     after = after.removePeers(initial.slice(options.nodes + options.delta).map((p) => p.uuid));
   }
-  if (options.replicationEnd !== options.replication) {
+  if (!lowering && options.replicationEnd !== options.replication) {
     after = after.changeReplication(options.replicationEnd);
   }
   return { before, after };

@@ -105,9 +105,17 @@ Deno.test("ringtool: every numeric flag is bounded, and the error states the ran
     [["--nodes", "1e3"], /--nodes must be an integer in 1\.\.4096, got "1e3"/],
     [["--nodes", "10", "--delta", "-10"], /--delta must be an integer in -9\.\.4086, got "-10"/],
     [["--nodes", "4096", "--delta", "1"], /--delta must be an integer in -4095\.\.0/],
-    [["--rep", "0"], /--rep must be an integer in 1\.\.16, got "0"/],
-    [["--rep", "17"], /--rep must be an integer in 1\.\.16, got "17"/],
-    [["--rep-end", "4096"], /--rep-end must be an integer in 0\.\.16/],
+    [["--nodes", "40", "--rep", "0"], /--rep must be an integer in 1\.\.16, got "0"/],
+    [["--nodes", "40", "--rep", "17"], /--rep must be an integer in 1\.\.16, got "17"/],
+    [["--nodes", "40", "--rep-end", "4096"], /--rep-end must be an integer in 0\.\.16/],
+    [
+      ["--nodes", "5", "--rep", "6"],
+      /--rep must be an integer in 1\.\.5 with 5 peers \(a ring keeps at most max\(peers, 2\) copies\), got "6"/,
+    ],
+    [
+      ["--nodes", "5", "--delta", "-4", "--rep-end", "3"],
+      /--rep-end must be an integer in 0\.\.2 with 1 peers/,
+    ],
     [["--block-size", "1000"], /--block-size must be a multiple of 512 B in 512 B\.\.16 MiB/],
     [["--block-size", "32MiB"], /--block-size must be a multiple of 512 B in 512 B\.\.16 MiB/],
     [["--block-size", "0"], /--block-size must be more than 0 bytes/],
@@ -120,7 +128,7 @@ Deno.test("ringtool: every numeric flag is bounded, and the error states the ran
     [["--rewrite-edge", "-1e9"], /--rewrite-edge must be a number in -400\.\.400/],
     [["--rewrite-edge", "Infinity"], /--rewrite-edge must be a number in -400\.\.400/],
     [["--rewrite-edge", "0x10"], /--rewrite-edge must be a number in -400\.\.400/],
-    [["--rewrite-edge", ""], /--rewrite-edge must be a number in -400\.\.400/],
+    [["--rewrite-edge", ""], /--rewrite-edge needs a value/],
     [["--seed", "4294967296"], /--seed must be an integer in 0\.\.4294967295/],
     [["--seed", "-1"], /--seed must be an integer in 0\.\.4294967295/],
     [["--ketama-points", "0"], /--ketama-points must be an integer in 1\.\.65536/],
@@ -141,7 +149,8 @@ Deno.test("ringtool: every numeric flag is bounded, and the error states the ran
   const edges = [
     ["--nodes", "4096", "--delta", "-4095"],
     ["--nodes", "1", "--delta", "4095"],
-    ["--rep", "16", "--rep-end", "16"],
+    ["--nodes", "16", "--delta", "0", "--rep", "16", "--rep-end", "16"],
+    ["--nodes", "1", "--delta", "0", "--rep", "2", "--rep-end", "2"],
     ["--block-size", "512", "--total-data", "512"],
     ["--block-size", "16MiB", "--total-data", "16MiB"],
     ["--rewrite-edge", "-400"],
@@ -198,4 +207,13 @@ Deno.test("ringtool: the process's stderr check is what decides", () => {
 Deno.test("ringtool: negative values may follow their flag as a separate word", () => {
   assert.equal(parseRingtoolArgs(["--rewrite-edge", "-12.5"], seed).rewriteEdgePercent, -12.5);
   assert.equal(parseRingtoolArgs(["--nodes", "9", "--delta", "-3"], seed).delta, -3);
+});
+
+Deno.test("ringtool: lowering replication while peers leave follows the one replication rule", () => {
+  const args = ["--nodes", "3", "--delta", "-1", "--rep", "3", "--rep-end", "2"];
+  const { before, after } = buildRings(parseRingtoolArgs(args, seed));
+  assert.deepEqual([before.replication, after.replication], [3, 2]);
+  assert.equal(after.memberUuids().length, 2);
+  const grow = ["--nodes", "2", "--delta", "1", "--rep", "2", "--rep-end", "3"];
+  assert.equal(buildRings(parseRingtoolArgs(grow, seed)).after.replication, 3);
 });

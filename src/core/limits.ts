@@ -12,6 +12,9 @@ export const BLOCK_SIZE_DEFAULT_BYTES = 512 * 1024;
 export const BLOCK_SIZE_MIN_BYTES = 512;
 export const BLOCK_SIZE_MAX_BYTES = 16 * 1024 * 1024;
 
+/** A disk sector: block volume sizes and NBD export sizes are whole numbers of sectors. */
+export const SECTOR_SIZE_BYTES = 512;
+
 /**
  * Most slots (blocks) one file block store may have: its in-memory index is a JavaScript Map, and
  * V8 caps a Map at 2^24 entries. 16M blocks are 8 TiB at the default block size.
@@ -39,6 +42,19 @@ export const BLOCKSET_BLOCKS_MAX = 2 ** 30;
 export const KETAMA_POINTS_PER_PEER = 1024;
 /** Most members a ring may have; a ring proto listing more is rejected as invalid. */
 export const RING_MEMBERS_MAX = 4096;
+
+/**
+ * Longest new volume or snapshot name, in characters; names are ASCII (src/core/names.ts), so
+ * this is also their length in bytes.
+ */
+export const NAME_LENGTH_MAX = 255;
+/**
+ * Longest name looked up (or listed) in UTF-8 bytes. Larger than NAME_LENGTH_MAX because names
+ * stored by older builds (up to 255 UTF-16 units of any script) must stay deletable.
+ */
+export const NAME_LOOKUP_MAX_BYTES = 1024;
+/** Longest peer address accepted in a peer record or ring member (`tdp://host:port`). */
+export const PEER_ADDRESS_LENGTH_MAX = 1024;
 /**
  * Rings memoize the permutation of each distinct lookup outcome (a ketama point, a mod start)
  * while outcomes x members stays within this many array slots (8 bytes each); larger rings
@@ -100,6 +116,16 @@ export const KV_LEASE_SWEEP_INTERVAL_MS = 250;
 export const KV_CHANGE_LOG_MAX_ENTRIES = 10_000;
 export const KV_CHANGE_LOG_MAX_BYTES = 64 * 1024 * 1024;
 
+/**
+ * Most bytes read from a file or stream whose size is not ours to trust (a config file, a TLS
+ * PEM file, the node identity file, a line typed at a confirmation prompt): `--config /dev/zero`
+ * must fail at once, not fill the memory.
+ */
+export const CONFIG_FILE_MAX_BYTES = 1024 * 1024;
+export const TLS_FILE_MAX_BYTES = 1024 * 1024;
+export const NODE_ID_FILE_MAX_BYTES = 4 * 1024;
+export const CONFIRMATION_LINE_MAX_BYTES = 1024;
+
 /** Deadlines of peer calls (distributor, TDP, gRPC). */
 export const PEER_CONNECT_TIMEOUT_MS = 2_000;
 export const PEER_READ_TIMEOUT_MS = 500;
@@ -137,6 +163,12 @@ assert(
   NBD_REQUEST_LENGTH_MAX_BYTES >= BLOCK_SIZE_MAX_BYTES,
   "an NBD request may cover a whole block",
 );
+assert(BLOCK_SIZE_MIN_BYTES % SECTOR_SIZE_BYTES === 0, "a block is whole sectors");
+assert(
+  NAME_LOOKUP_MAX_BYTES >= 3 * NAME_LENGTH_MAX,
+  "older names of 255 UTF-16 units stay reachable",
+);
+assert(NAME_LOOKUP_MAX_BYTES * 2 <= KV_KEY_MAX_BYTES, "a name key leaves room for its prefix");
 assert(STORE_SLOTS_MAX < 2 ** 24, "a store's index fits one JavaScript Map");
 assert(READ_CACHE_ENTRIES_MIN >= 1, "the read cache holds at least one block");
 assert(

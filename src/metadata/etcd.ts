@@ -31,8 +31,10 @@ import {
   METADATA_CALL_TIMEOUT_MS,
   METADATA_CONNECT_TIMEOUT_MS,
   notExist,
+  TLS_FILE_MAX_BYTES,
   TorusError,
 } from "../core/mod.ts";
+import { readFileBounded } from "../sys/mod.ts";
 import type {
   Compare,
   KvEntry,
@@ -148,8 +150,12 @@ function hostOf(endpoint: string): string {
 
 async function readPem(path: string, what: string): Promise<Buffer> {
   try {
-    return Buffer.from(await Deno.readFile(path));
+    // Capped: a PEM path naming /dev/zero or a huge file must fail, not fill the memory.
+    return Buffer.from(
+      await readFileBounded(path, TLS_FILE_MAX_BYTES, `etcd ${what} file ${path}`),
+    );
   } catch (error) {
+    if (isTorusError(error)) throw error;
     throw invalid(`cannot read etcd ${what} file ${path}: ${(error as Error).message}`);
   }
 }

@@ -124,6 +124,12 @@ export interface VolumeInfo {
   readonly sizeBytes: number;
 }
 
+/** A stored record that could not be used (undecodable, or inconsistent with its key). */
+export interface InvalidRecord {
+  readonly key: string;
+  readonly reason: string;
+}
+
 /** The volume catalogue. */
 export interface VolumeMetadata {
   /**
@@ -136,8 +142,12 @@ export interface VolumeMetadata {
    * held, `not_exist` if unknown. Its blocks become garbage for GC.
    */
   deleteVolume(name: string): Promise<void>;
-  /** Every volume (sorted by name) and the highest id minted so far. */
-  listVolumes(): Promise<{ volumes: VolumeInfo[]; highestId: number }>;
+  /**
+   * Every valid volume (sorted by name), the highest id minted so far, and the records that are
+   * invalid. Invalid records are returned rather than thrown, so one cannot break every listing,
+   * and rather than dropped, so a caller deciding what is garbage (GC) can refuse to go on.
+   */
+  listVolumes(): Promise<{ volumes: VolumeInfo[]; highestId: number; invalid: InvalidRecord[] }>;
   /** The volume called `name`, read fresh (no cache); `not_exist` if unknown. */
   getVolume(name: string): Promise<VolumeInfo>;
   /** The volume with id `volumeId`; `not_exist` if unknown. */

@@ -16,7 +16,10 @@
  */
 
 import {
+  checkName,
+  checkNameLookup,
   checkVolumeId,
+  checkVolumeSizeBytes,
   ErrorCode,
   exists,
   INodeRef,
@@ -28,7 +31,7 @@ import {
 import { type Volume, VolumeCodec } from "../models/mod.ts";
 import type { KvEntry, TxnOp, TxnResponse } from "./kv.ts";
 import {
-  checkPeerUuid,
+  checkLockHolder,
   decodeSnapshot,
   decodeU64,
   decodeVolumeId,
@@ -37,6 +40,7 @@ import {
   fromUtf8,
   type Snapshot,
   utf8,
+  volumeHex,
 } from "./keys.ts";
 import {
   absent,
@@ -52,6 +56,7 @@ import {
 } from "./context.ts";
 import type {
   BlockVolumeMetadata,
+  InvalidRecord,
   LockHolder,
   LockStatus,
   SnapshotMetadata,
@@ -83,17 +88,24 @@ export function checkVolumeSize(sizeBytes: number): number {
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
     throw invalid(`volume size must be a positive number of bytes, got ${sizeBytes}`);
   }
+  // Block devices are addressed in sectors: a 513-byte volume cannot be exported whole.
+  checkVolumeSizeBytes(sizeBytes);
   return sizeBytes;
 }
 
-/** Decodes a stored Volume record. */
+/**
+ * Decodes and checks a stored Volume record: an id in range, an addressable size and a name that
+ * can be looked up (names of older builds that break today's rule are kept: they stay listable
+ * and deletable).
+ */
 export function volumeInfoFromRecord(bytes: Uint8Array): VolumeInfo {
   const volume = VolumeCodec.decode(bytes);
   if (volume.id === 0n || volume.id > BigInt(VOLUME_ID_MAX)) {
     throw invalid(`volume record has id ${volume.id} out of range`);
   }
+  checkNameLookup(volume.name, "volume");
   if (volume.maxBytes > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw invalid(`volume ${volume.name} is larger than this build can address`);
+    throw invalid(`volume id ${volume.id} is larger than this build can address`);
   }
   return {
     id: Number(volume.id),
@@ -101,6 +113,15 @@ export function volumeInfoFromRecord(bytes: Uint8Array): VolumeInfo {
     type: volume.type,
     sizeBytes: Number(volume.maxBytes),
   };
+}
+
+/** A record of `volumeid/<hex>` checked, including that its id is the one in its key. */
+function checkedVolumeRecord(entry: KvEntry, directory: string): VolumeInfo {
+  const info = volumeInfoFromRecord(entry.value);
+  if (entry.key !== `${directory}${volumeHex(info.id)}`) {
+    throw invalid(`the record of volume id ${info.id} is stored under another key`);
+  }
+  return info;
 }
 
 function unknownVolume(what: string | number): TorusError {
@@ -119,7 +140,7 @@ export class VolumeMetadataImpl implements VolumeMetadata {
 
   async createBlockVolume(name: string, sizeBytes: number): Promise<VolumeInfo> {
     const { kv, keys } = this.#context;
-    const nameKey = keys.volumeName(name);
+    const nameKey = keys.volumeName(checkName(name, "volume"));
     checkVolumeSize(sizeBytes);
     return await casLoop(this.#context, `create volume ${name}`, async () => {
       const read = await kv.txn({ compare: [], success: [get(keys.volumeMinter()), get(nameKey)] });
@@ -179,7 +200,9 @@ export class VolumeMetadataImpl implements VolumeMetadata {
     });
   }
 
-  async listVolumes(): Promise<{ volumes: VolumeInfo[]; highestId: number }> {
+  async listVolumes(): Promise<
+    { volumes: VolumeInfo[]; highestId: number; invalid: InvalidRecord[] }
+  > {
     const { kv, keys } = this.#context;
     const response = await kv.txn({
       compare: [],
@@ -187,9 +210,18 @@ export class VolumeMetadataImpl implements VolumeMetadata {
     });
     const minter = entryAt(response, 0);
     if (!minter) throw notInitialised();
-    const volumes = entriesAt(response, 1).map((e) => volumeInfoFromRecord(e.value));
+    const volumes: VolumeInfo[] = [];
+    const invalidRecords: InvalidRecord[] = [];
+    for (const entry of entriesAt(response, 1)) {
+      try {
+        volumes.push(checkedVolumeRecord(entry, keys.volumeIdsDir()));
+      } catch (error) {
+        invalidRecords.push({ key: entry.key, reason: (error as Error).message });
+      }
+    }
     volumes.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    return { volumes, highestId: Number(decodeU64(minter.value, "volume minter")) };
+    const highestId = Number(decodeU64(minter.value, "volume minter"));
+    return { volumes, highestId, invalid: invalidRecords };
   }
 
   async getVolume(name: string): Promise<VolumeInfo> {
@@ -252,7 +284,7 @@ export class BlockVolumeMetadataImpl implements BlockVolumeMetadata {
 
   async lock(volumeId: number, holder: LockHolder): Promise<void> {
     const { kv, keys } = this.#context;
-    checkPeerUuid(holder.uuid);
+    checkLockHolder(holder.uuid);
     if (holder.lease === 0n) throw invalid("a volume lock must be bound to a lease");
     const record = keys.volumeRecord(checkVolumeId(volumeId));
     const lockKey = keys.lock(volumeId);
@@ -320,7 +352,7 @@ export class SnapshotMetadataImpl implements SnapshotMetadata {
 
   async saveSnapshot(volumeId: number, name: string): Promise<Snapshot> {
     const { kv, keys, clock } = this.#context;
-    const snapKey = keys.snapshot(checkVolumeId(volumeId), name);
+    const snapKey = keys.snapshot(checkVolumeId(volumeId), checkName(name, "snapshot"));
     const [record, headKey] = [keys.volumeRecord(volumeId), keys.head(volumeId)];
     return await casLoop(this.#context, `snapshot ${name} of volume ${volumeId}`, async () => {
       const read = await kv.txn({

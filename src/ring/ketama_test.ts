@@ -7,6 +7,7 @@ import {
   createModifiableRing,
   createRing,
   ketamaPointCounts,
+  replicationRange,
   type Ring,
   RingType,
 } from "./mod.ts";
@@ -23,6 +24,7 @@ import {
 testRingContract("ketama ring", {
   memberCounts: [1, 2, 3, 8],
   modifiable: true,
+  replicationRange: (count) => replicationRange(RingType.Ketama, count),
   create: (options) => createRing(RingType.Ketama, options),
 });
 

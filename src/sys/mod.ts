@@ -9,5 +9,6 @@
 
 export * from "./durable_file.ts";
 export * from "./errno.ts";
+export * from "./files.ts";
 export * from "./libc.ts";
 export * from "./lock_file.ts";

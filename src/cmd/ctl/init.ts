@@ -17,7 +17,7 @@ import {
   renderJson,
   resolveBackend,
 } from "../../cli/mod.ts";
-import { formatSize, parseSize, REPLICATION_DEFAULT } from "../../core/mod.ts";
+import { escapeText, formatSize, parseSize, REPLICATION_DEFAULT } from "../../core/mod.ts";
 import { formatBlockLayerSpec, parseBlockLayerSpec } from "../../blockset/mod.ts";
 import { checkInitOptions, type GlobalMetadata, type InitOptions } from "../../metadata/mod.ts";
 import { createRing, RingType } from "../../ring/mod.ts";
@@ -75,7 +75,7 @@ ${metadataFlagsHelp}
             : `Block size: ${global.blockSizeBytes} bytes (${
               formatSize(global.blockSizeBytes)
             })\n` +
-              `Block spec: ${specText(global)}\n`,
+              `Block spec: ${escapeText(specText(global))}\n`,
         );
         return ExitCode.Ok;
       }
@@ -102,7 +102,7 @@ ${metadataFlagsHelp}
       }
       const where = await withMetadata(deps, metadata, async ({ service, backend }) => {
         await service.cluster.init(init);
-        return describeBackend(backend);
+        return escapeText(describeBackend(backend));
       }, { create: true });
       io.stdout(
         `Initialised torus in ${where}: block size ${formatSize(blockSizeBytes)}, ` +
