@@ -8,7 +8,9 @@
  *   data model in embedded_db.ts); the main thread only posts batches of SQL, so a lock held by
  *   another process or an fsync never stalls the event loop.
  * - Each call has a deadline: a lock wait ends with `unavailable` after `callTimeoutMs` inside
- *   the worker, and the main thread gives up a second later regardless.
+ *   the worker, and the main thread gives up a second later regardless. Whatever the main thread
+ *   gives up on, the worker ends the transaction it belonged to before it runs anything else
+ *   (embedded_worker.js).
  * - Lease expiry is decided by the machine's boot-time clock (lease_clock.ts: immune to
  *   wall-clock steps, one clock for every process of the machine), read for every call. Expired
  *   leases are removed by whichever process touches the file next, and by a sweep every
@@ -141,7 +143,7 @@ async function openFile(
   const callTimeoutMs = options.callTimeoutMs ?? METADATA_CALL_TIMEOUT_MS;
   const sql = await SqliteWorker.open(path, {
     what: `metadata store ${path}`,
-    callTimeoutMs: callTimeoutMs + WORKER_GRACE_MS,
+    answerTimeoutMs: callTimeoutMs + WORKER_GRACE_MS,
     busyTimeoutMs: callTimeoutMs,
     access,
   });
