@@ -231,7 +231,7 @@ async function openStore(spec: BackendSpec, options: OpenMetadataOptions): Promi
       mode: 0o700,
     });
   }
-  return await drivers.openEmbedded({ path: spec.path, clock: options.clock ?? systemClock });
+  return await drivers.openEmbedded({ path: spec.path });
 }
 
 /**

@@ -112,6 +112,14 @@ export const KV_WATCH_RETRY_MAX_MS = 30_000;
 export const KV_WATCH_POLL_INTERVAL_MS = 50;
 /** Embedded metadata store: how often expired leases are looked for when nobody writes. */
 export const KV_LEASE_SWEEP_INTERVAL_MS = 250;
+/**
+ * Embedded metadata store: how much longer than its lock wait (METADATA_CALL_TIMEOUT_MS) the main
+ * thread waits for the SQLite worker's answer to one request before it reports the worker stuck.
+ * Generous on purpose: the worker cannot be interrupted, so giving up early never makes a call
+ * shorter in effect; it only turns a commit whose fsync is slow on a loaded disk (seconds) into
+ * an `outcome_unknown` write. Lock waits are bounded by SQLite itself, with a definite error.
+ */
+export const KV_EMBEDDED_ANSWER_GRACE_MS = 30_000;
 /** Embedded metadata store: changes kept for watches (older ones are compacted away). */
 export const KV_CHANGE_LOG_MAX_ENTRIES = 10_000;
 export const KV_CHANGE_LOG_MAX_BYTES = 64 * 1024 * 1024;

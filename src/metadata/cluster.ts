@@ -195,6 +195,7 @@ export class ClusterMetadataImpl implements ClusterMetadata {
     const watch = await kv.watchPrefix(key, onEvents, {
       fromRevision: snapshot.revision + 1,
       ...(options.onError ? { onError: options.onError } : {}),
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
     });
     return { unsubscribe: () => watch.close() };
   }

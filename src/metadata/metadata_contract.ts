@@ -478,44 +478,68 @@ function registerVolumeTests(test: TestFn): void {
 }
 
 function registerLockTests(test: TestFn, options: MetadataContractOptions): void {
-  test("the lock fences publication of the head", async ({ mds }) => {
+  test("the lock fences publication of the head to its acquisition", async ({ mds }) => {
     await mds.cluster.init(initOptions);
     const { id } = await mds.volumes.createBlockVolume("v", 4096);
     const lease = await mds.leases.grant(60_000);
     assert.deepEqual(await mds.blockVolumes.lockStatus(id), { state: "free" });
-    await mds.blockVolumes.lock(id, { uuid: "writer", lease });
+    const writer = await mds.blockVolumes.lock(id, { uuid: "writer", lease });
+    assert.equal(writer.volumeId, id);
+    assert.equal(writer.holder, "writer");
+    assert.equal(writer.lease, lease);
+    assert.ok(writer.fencingToken > 0n);
     assert.deepEqual(await mds.blockVolumes.lockStatus(id), {
       state: "locked",
       holder: "writer",
       lease,
+      fencingToken: writer.fencingToken,
     });
     await assertCode(mds.blockVolumes.lock(id, { uuid: "other", lease }), ErrorCode.Locked);
     await assertCode(mds.blockVolumes.lock(id, { uuid: "writer", lease }), ErrorCode.Locked);
-    await mds.blockVolumes.publishHead(id, "writer", new INodeRef(id, 2n));
+    await mds.blockVolumes.publishHead(writer, new INodeRef(id, 2n));
     assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 2n));
-    const stolen = mds.blockVolumes.publishHead(id, "other", new INodeRef(id, 3n));
-    await assertCode(stolen, ErrorCode.Locked, /held by writer/);
-    await assertCode(mds.blockVolumes.unlock(id, "other"), ErrorCode.Locked);
+    // Handles that are not this acquisition: another holder, or a token that is not its own.
+    const other = { ...writer, holder: "other" };
+    const forged = { ...writer, fencingToken: writer.fencingToken + 1n };
+    for (const handle of [other, forged]) {
+      const stolen = mds.blockVolumes.publishHead(handle, new INodeRef(id, 3n));
+      await assertCode(stolen, ErrorCode.Locked, /held by writer with fencing token/);
+      await assertCode(mds.blockVolumes.unlock(handle), ErrorCode.Locked);
+    }
     await assertCode(mds.volumes.deleteVolume("v"), ErrorCode.Locked, /in use/);
-    await mds.blockVolumes.unlock(id, "writer");
+    await mds.blockVolumes.unlock(writer);
     await assertCode(
-      mds.blockVolumes.publishHead(id, "writer", new INodeRef(id, 4n)),
+      mds.blockVolumes.publishHead(writer, new INodeRef(id, 4n)),
       ErrorCode.Locked,
-      /free/,
+      /was lost \(it is free\)/,
     );
+    await assertCode(mds.blockVolumes.unlock(writer), ErrorCode.Locked);
     assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 2n));
     await mds.volumes.deleteVolume("v");
   });
 
-  test("lock arguments are checked", async ({ mds }) => {
+  test("lock arguments and lock handles are checked", async ({ mds }) => {
     await mds.cluster.init(initOptions);
     const { id } = await mds.volumes.createBlockVolume("v", 4096);
     const lease = await mds.leases.grant(60_000);
     await assertCode(mds.blockVolumes.lock(id, { uuid: "w", lease: 0n }), ErrorCode.Invalid);
     await assertCode(mds.blockVolumes.lock(77, { uuid: "w", lease }), ErrorCode.NotExist);
-    await mds.blockVolumes.lock(id, { uuid: "w", lease });
-    const foreign = mds.blockVolumes.publishHead(id, "w", new INodeRef(id + 1, 2n));
+    const lock = await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    const foreign = mds.blockVolumes.publishHead(lock, new INodeRef(id + 1, 2n));
     await assertCode(foreign, ErrorCode.Invalid);
+    for (
+      const bad of [
+        { ...lock, fencingToken: 0n },
+        { ...lock, fencingToken: -5n },
+        { ...lock, fencingToken: 2n ** 64n },
+        { ...lock, holder: "a/b" },
+        { ...lock, volumeId: -1 },
+      ]
+    ) {
+      await assertCode(mds.blockVolumes.publishHead(bad, new INodeRef(id, 2n)), ErrorCode.Invalid);
+      await assertCode(mds.blockVolumes.unlock(bad), ErrorCode.Invalid);
+    }
+    assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 1n));
   });
 
   test("an expired lease releases the lock and its holder can no longer publish", async (f) => {
@@ -523,28 +547,91 @@ function registerLockTests(test: TestFn, options: MetadataContractOptions): void
     await mds.cluster.init(initOptions);
     const { id } = await mds.volumes.createBlockVolume("v", 4096);
     const lease = await mds.leases.grant(options.leaseTtlMs);
-    await mds.blockVolumes.lock(id, { uuid: "old", lease });
-    await mds.blockVolumes.publishHead(id, "old", new INodeRef(id, 2n));
+    const old = await mds.blockVolumes.lock(id, { uuid: "old", lease });
+    await mds.blockVolumes.publishHead(old, new INodeRef(id, 2n));
     await waitFor("lock release", options.expiryTimeoutMs, async () => {
       return (await mds.blockVolumes.lockStatus(id)).state === "free";
     });
     const second = await f.other();
     const newLease = await second.leases.grant(60_000);
-    await second.blockVolumes.lock(id, { uuid: "new", lease: newLease });
-    const fenced = mds.blockVolumes.publishHead(id, "old", new INodeRef(id, 3n));
+    const taken = await second.blockVolumes.lock(id, { uuid: "new", lease: newLease });
+    assert.ok(taken.fencingToken > old.fencingToken);
+    const fenced = mds.blockVolumes.publishHead(old, new INodeRef(id, 3n));
     await assertCode(fenced, ErrorCode.Locked, /held by new/);
-    await second.blockVolumes.publishHead(id, "new", new INodeRef(id, 4n));
+    await second.blockVolumes.publishHead(taken, new INodeRef(id, 4n));
     assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 4n));
   });
 
-  test("revoking the lease releases the lock at once", async ({ mds }) => {
+  test(
+    "a holder whose lease expired and who locked again with the same UUID cannot publish or " +
+      "unlock from the old acquisition",
+    async ({ mds }) => {
+      await mds.cluster.init(initOptions);
+      const { id } = await mds.volumes.createBlockVolume("v", 4096);
+      const shortLease = await mds.leases.grant(options.leaseTtlMs);
+      const first = await mds.blockVolumes.lock(id, { uuid: "writer", lease: shortLease });
+      await mds.blockVolumes.publishHead(first, new INodeRef(id, 2n));
+      await waitFor("lock release", options.expiryTimeoutMs, async () => {
+        return (await mds.blockVolumes.lockStatus(id)).state === "free";
+      });
+      const lease = await mds.leases.grant(60_000);
+      const again = await mds.blockVolumes.lock(id, { uuid: "writer", lease });
+      assert.ok(again.fencingToken > first.fencingToken, "a new acquisition has a larger token");
+      const stale = mds.blockVolumes.publishHead(first, new INodeRef(id, 3n));
+      await assertCode(stale, ErrorCode.Locked, /was lost/);
+      await assertCode(mds.blockVolumes.unlock(first), ErrorCode.Locked, /was lost/);
+      assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 2n));
+      const status = await mds.blockVolumes.lockStatus(id);
+      assert.deepEqual(status, {
+        state: "locked",
+        holder: "writer",
+        lease,
+        fencingToken: again.fencingToken,
+      }, "the stale unlock released nothing");
+      await mds.blockVolumes.publishHead(again, new INodeRef(id, 4n));
+      await mds.blockVolumes.unlock(again);
+      assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 4n));
+    },
+  );
+
+  test("after a revoke and a re-lock with the same UUID, the old handle is fenced", async (f) => {
+    const { mds } = f;
     await mds.cluster.init(initOptions);
     const { id } = await mds.volumes.createBlockVolume("v", 4096);
     const lease = await mds.leases.grant(60_000);
-    await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    const first = await mds.blockVolumes.lock(id, { uuid: "writer", lease });
     await mds.leases.revoke(lease);
     assert.deepEqual(await mds.blockVolumes.lockStatus(id), { state: "free" });
-    await assertCode(mds.blockVolumes.lock(id, { uuid: "w", lease }), ErrorCode.NotExist);
+    await assertCode(mds.blockVolumes.lock(id, { uuid: "writer", lease }), ErrorCode.NotExist);
+    const second = await f.other();
+    const again = await second.blockVolumes.lock(id, {
+      uuid: "writer",
+      lease: await second.leases.grant(60_000),
+    });
+    await assertCode(mds.blockVolumes.publishHead(first, new INodeRef(id, 9n)), ErrorCode.Locked);
+    await assertCode(mds.blockVolumes.unlock(first), ErrorCode.Locked);
+    assert.equal((await mds.blockVolumes.lockStatus(id)).state, "locked");
+    await second.blockVolumes.unlock(again);
+  });
+
+  test("fencing tokens of a volume grow with every acquisition", async (f) => {
+    const { mds } = f;
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    const other = await f.other();
+    const tokens: bigint[] = [];
+    for (let i = 0; i < 4; i++) {
+      const service = i % 2 ? other : mds;
+      const lock = await service.blockVolumes.lock(id, {
+        uuid: "same-holder",
+        lease: await service.leases.grant(60_000),
+      });
+      tokens.push(lock.fencingToken);
+      // Unrelated changes in between must not matter.
+      await service.volumes.createBlockVolume(`noise${i}`, 4096);
+      await service.blockVolumes.unlock(lock);
+    }
+    for (let i = 1; i < tokens.length; i++) assert.ok(tokens[i]! > tokens[i - 1]!, `${tokens}`);
   });
 }
 
@@ -556,8 +643,8 @@ function registerSnapshotTests(test: TestFn): void {
     const first = await mds.snapshots.saveSnapshot(id, "empty");
     assert.deepEqual(first.inodeRef, new INodeRef(id, 1n));
     const lease = await mds.leases.grant(60_000);
-    await mds.blockVolumes.lock(id, { uuid: "w", lease });
-    await mds.blockVolumes.publishHead(id, "w", new INodeRef(id, 5n));
+    const lock = await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    await mds.blockVolumes.publishHead(lock, new INodeRef(id, 5n));
     const second = await mds.snapshots.saveSnapshot(id, "five");
     assert.deepEqual(second.inodeRef, new INodeRef(id, 5n));
     await assertCode(mds.snapshots.saveSnapshot(id, "five"), ErrorCode.Exists);
@@ -576,10 +663,10 @@ function registerSnapshotTests(test: TestFn): void {
     const { id } = await mds.volumes.createBlockVolume("v", 4096);
     await mds.snapshots.saveSnapshot(id, "start");
     const lease = await mds.leases.grant(60_000);
-    await mds.blockVolumes.lock(id, { uuid: "w", lease });
-    await mds.blockVolumes.publishHead(id, "w", new INodeRef(id, 3n));
+    const lock = await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    await mds.blockVolumes.publishHead(lock, new INodeRef(id, 3n));
     await assertCode(mds.snapshots.restoreSnapshot(id, "start"), ErrorCode.Locked);
-    await mds.blockVolumes.unlock(id, "w");
+    await mds.blockVolumes.unlock(lock);
     assert.deepEqual(await mds.snapshots.restoreSnapshot(id, "start"), new INodeRef(id, 1n));
     assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 1n));
     await assertCode(mds.snapshots.restoreSnapshot(id, "missing"), ErrorCode.NotExist);
