@@ -4,8 +4,10 @@
  * with empty fields omitted, plus our optional `metadata-prefix`.
  *
  * Invariants: the directory is created 0700 and the file written 0600 (it may name client key
- * files), by writing a temp file and renaming it over the old one, so a crash never leaves half a
- * file. Keys we do not know are kept when a profile is merged.
+ * files), by writing a temp file, syncing it and renaming it over the old one, so a crash never
+ * leaves half a file. Writers hold `<file>.lock` from reading the file to renaming the new one,
+ * so two `ctl config` at once both land (neither loses the other's profile). Keys we do not know
+ * are kept when a profile is merged.
  *
  * The file is input we do not control: it is read with a cap (CONFIG_FILE_MAX_BYTES, so
  * `--config /dev/zero` fails at once), must be UTF-8, a field may not be blank (the original
@@ -14,8 +16,23 @@
  * @module
  */
 
-import { CONFIG_FILE_MAX_BYTES, decodeUtf8, invalid, isTorusError } from "../core/mod.ts";
-import { readFileBounded } from "../sys/mod.ts";
+import {
+  CONFIG_FILE_LOCK_WAIT_MS,
+  CONFIG_FILE_MAX_BYTES,
+  decodeUtf8,
+  ErrorCode,
+  escapeText,
+  invalid,
+  isTorusError,
+  TorusError,
+} from "../core/mod.ts";
+import {
+  type HeldFileLock,
+  lockFileWaiting,
+  makeDirectoryDurable,
+  readFileBounded,
+  writeFileAtomic,
+} from "../sys/mod.ts";
 import { envVar, isBlank, readProcessEnv } from "./input.ts";
 
 /** The settings of one profile (the original's JSON keys). */
@@ -130,6 +147,22 @@ export function formatConfigFile(config: ConfigFile): string {
   return JSON.stringify(config, null, "\t") + "\n";
 }
 
+/** Takes `<path>.lock`, waiting a little for another writer of the file to finish. */
+async function lockConfigFile(path: string): Promise<HeldFileLock> {
+  const attempt = await lockFileWaiting(`${path}.lock`, "torus ctl config", {
+    waitMs: CONFIG_FILE_LOCK_WAIT_MS,
+  });
+  if (attempt.held !== undefined) return attempt.held;
+  const { pid, description } = attempt.holder;
+  const who = `${escapeText(description ?? "another process")}${
+    pid === null ? "" : `, pid ${pid}`
+  }`;
+  throw new TorusError(
+    ErrorCode.Locked,
+    `config file ${escapeText(path)} is being written by ${who}`,
+  );
+}
+
 /**
  * Merges `values` into profile `profile` of the file at `path` (creating both as needed) and
  * writes it back with mode 0600 in a 0700 directory. Returns the file as written.
@@ -140,6 +173,9 @@ export async function writeProfile(
   values: ConfigProfile,
 ): Promise<ConfigFile> {
   if (profile === "") throw invalid("profile name must not be empty");
+  const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
+  await makeDirectoryDurable(dir, 0o700);
+  using _lock = await lockConfigFile(path);
   const current = (await readConfigFile(path)) ?? { etcd_config: {} };
   const merged: ConfigProfile = { ...configProfile(current, profile) };
   for (const field of profileFields) {
@@ -150,11 +186,6 @@ export async function writeProfile(
     ...current,
     etcd_config: { ...current.etcd_config, [profile]: merged },
   };
-  const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
-  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
-  const temp = `${path}.tmp-${Deno.pid}`;
-  await Deno.writeTextFile(temp, formatConfigFile(next), { mode: 0o600 });
-  await Deno.chmod(temp, 0o600);
-  await Deno.rename(temp, path);
+  await writeFileAtomic(path, formatConfigFile(next), { mode: 0o600 });
   return next;
 }

@@ -12,6 +12,7 @@ import {
   dataDirOf,
   ExitCode,
   type Io,
+  lockDataDir,
   metadataFlagOptions,
   metadataFlagsHelp,
   type OpenedMetadata,
@@ -39,7 +40,7 @@ import { parseBlockLayerSpec } from "../blockset/mod.ts";
 import { type InitOptions } from "../metadata/mod.ts";
 import { createRing, RingType } from "../ring/mod.ts";
 import { FileBlockStore } from "../storage/mod.ts";
-import { readFileBounded } from "../sys/mod.ts";
+import { makeDirectoryDurable, readFileBounded, writeFileAtomic } from "../sys/mod.ts";
 import {
   checkStoreBlocks,
   checkStoreSpace,
@@ -57,7 +58,8 @@ const help = `Usage: torus serve [--data-dir DIR] [--size SIZE|N%] [metadata fla
 
 Runs a storage node on DIR (default $TORUS_DATA_DIR or ./torus-data). Without -C it is a
 single-node cluster on the embedded metadata store in DIR, initialised on first start
-(block size 512 KiB, block spec crc,base).
+(block size 512 KiB, block spec crc,base). DIR is locked (DIR/lock) while serve runs: a
+second serve, or ctl init, on it exits with the pid of the holder.
 
 This build opens the data dir, the node's block store and its metadata, prints what it serves
 and holds them until SIGINT/SIGTERM (then flushes and closes). Serving peers, replication,
@@ -73,7 +75,10 @@ rebalancing and HTTP status come with the cluster data path (roadmap step 3).
 ${metadataFlagsHelp}
 `;
 
-/** The node's persistent identity: `<data-dir>/metadata/uuid`, created on first start. */
+/**
+ * The node's persistent identity: `<data-dir>/metadata/uuid`, created on first start. The caller
+ * holds the data-dir lock, so no other process creates one at the same time.
+ */
 export async function nodeUuid(dataDir: string): Promise<string> {
   const path = `${dataDir}/metadata/uuid`;
   try {
@@ -85,9 +90,8 @@ export async function nodeUuid(dataDir: string): Promise<string> {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
   const uuid = randomUuid(new CryptoRandom());
-  // Write then rename, so a crash never leaves a half-written identity behind.
-  await Deno.writeTextFile(`${path}.tmp`, uuid + "\n", { mode: 0o600 });
-  await Deno.rename(`${path}.tmp`, path);
+  // Written aside, synced and renamed: a crash never leaves a half-written identity behind.
+  await writeFileAtomic(path, uuid + "\n", { mode: 0o600 });
   return uuid;
 }
 
@@ -153,9 +157,9 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
   // The same data dir rule as every command (an empty --data-dir or $TORUS_DATA_DIR is a usage
   // error), and "/" stays "/".
   const dataDir = dataDirOf(values, processEnv).replace(/(.)\/+$/, "$1");
-  // The size is checked before anything is created: against the disk, and against the block
-  // size when this start creates the cluster (it gets the default block size); otherwise
-  // against the cluster's block size once the metadata is open.
+  // The size is checked before anything is created (these checks only read): against the disk,
+  // and against the block size when this start creates the cluster (it gets the default block
+  // size); otherwise against the cluster's block size once the metadata is open.
   const request = { capacity: parseCapacity(String(values.size)), text: String(values.size) };
   const space = await measureStoreSpace(`${dataDir}/block`);
   const sizeBytes = storeSizeBytes(request.capacity, space);
@@ -165,8 +169,11 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
     checkBlocks(singleNodeInit().blockSizeBytes);
   }
   const spaceWarning = checkStoreSpace(sizeBytes, { ...request, space, where: dataDir });
-  await Deno.mkdir(`${dataDir}/metadata`, { recursive: true, mode: 0o700 });
-  await Deno.mkdir(`${dataDir}/block`, { recursive: true, mode: 0o700 });
+  // The lock comes before anything is created: the loser of a start race creates nothing and
+  // names the winner.
+  using _dataDirLock = await lockDataDir(dataDir, "torus serve");
+  await makeDirectoryDurable(`${dataDir}/metadata`, 0o700);
+  await makeDirectoryDurable(`${dataDir}/block`, 0o700);
   const uuid = await nodeUuid(dataDir);
   await using metadata = await openNodeMetadata({ ...values, "data-dir": dataDir }, io);
   const global = await metadata.service.cluster.globalMetadata();
@@ -178,6 +185,8 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
     sizeBytes,
   });
   try {
+    // Listen before saying "Ready.": whoever reads that line may signal at once.
+    const stopSignal = waitForStopSignal();
     const where = metadata.backend.kind === "etcd"
       ? `etcd ${metadata.backend.endpoints.join(",")}`
       : `embedded store ${metadata.backend.path}`;
@@ -193,7 +202,7 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
         "",
       ].join("\n"),
     );
-    const signal = await waitForStopSignal();
+    const signal = await stopSignal;
     io.stdout(`Received ${signal}: flushing the block store and stopping\n`);
   } finally {
     await store.close();

@@ -64,6 +64,24 @@ export const RING_PERMUTATION_CACHE_ENTRIES_MAX = 2 ** 21;
 
 /** Most blocks `torus ringtool` simulates in one run (about 2 µs each). */
 export const RINGTOOL_BLOCKS_MAX = 2 ** 26;
+/**
+ * Highest replication `torus ringtool` simulates: finding R holders on a ketama ring walks about
+ * R points while R is small against the peers, and real clusters replicate 2 to 5 times.
+ */
+export const RINGTOOL_REPLICATION_MAX = 16;
+/**
+ * Most ketama points of one simulated ring (peers x --ketama-points): each costs 16 bytes while
+ * the ring is built. 4096 peers at the built-in 1024 points make 4 Mi.
+ */
+export const RINGTOOL_KETAMA_POINTS_MAX = 2 ** 23;
+
+/**
+ * Longest wait of a process that lost a lock file (the data-dir lock) for the holder to record
+ * who it is, which the holder does right after taking the lock; it only improves the message.
+ */
+export const LOCK_HOLDER_DESCRIPTION_WAIT_MS = 2_000;
+/** How long `torus ctl config` waits for another one writing the same config file. */
+export const CONFIG_FILE_LOCK_WAIT_MS = 10_000;
 
 /** Lease TTL of a node or client registration and of the volume locks it holds. */
 export const LEASE_TTL_MS = 30_000;
@@ -94,6 +112,14 @@ export const KV_WATCH_RETRY_MAX_MS = 30_000;
 export const KV_WATCH_POLL_INTERVAL_MS = 50;
 /** Embedded metadata store: how often expired leases are looked for when nobody writes. */
 export const KV_LEASE_SWEEP_INTERVAL_MS = 250;
+/**
+ * Embedded metadata store: how much longer than its lock wait (METADATA_CALL_TIMEOUT_MS) the main
+ * thread waits for the SQLite worker's answer to one request before it reports the worker stuck.
+ * Generous on purpose: the worker cannot be interrupted, so giving up early never makes a call
+ * shorter in effect; it only turns a commit whose fsync is slow on a loaded disk (seconds) into
+ * an `outcome_unknown` write. Lock waits are bounded by SQLite itself, with a definite error.
+ */
+export const KV_EMBEDDED_ANSWER_GRACE_MS = 30_000;
 /** Embedded metadata store: changes kept for watches (older ones are compacted away). */
 export const KV_CHANGE_LOG_MAX_ENTRIES = 10_000;
 export const KV_CHANGE_LOG_MAX_BYTES = 64 * 1024 * 1024;
@@ -165,3 +191,7 @@ assert(
   "expired leases are swept well within a TTL",
 );
 assert(KV_WATCH_RETRY_MAX_MS >= LEASE_TTL_MS, "a watch outlives a lease's worth of outage");
+assert(
+  RING_MEMBERS_MAX * KETAMA_POINTS_PER_PEER <= RINGTOOL_KETAMA_POINTS_MAX,
+  "ringtool simulates the largest ring with the built-in ketama points",
+);

@@ -8,7 +8,10 @@
  *   data model in embedded_db.ts); the main thread only posts batches of SQL, so a lock held by
  *   another process or an fsync never stalls the event loop.
  * - Each call has a deadline: a lock wait ends with `unavailable` after `callTimeoutMs` inside
- *   the worker, and the main thread gives up a second later regardless.
+ *   the worker. The main thread gives up on an answer only after a further
+ *   KV_EMBEDDED_ANSWER_GRACE_MS (a stuck disk), since giving up cannot stop the worker and would
+ *   only make a slow commit's outcome unknown. Whatever the main thread gives up on, the worker
+ *   ends the transaction it belonged to before it runs anything else (embedded_worker.js).
  * - Lease expiry is decided by the machine's boot-time clock (lease_clock.ts: immune to
  *   wall-clock steps, one clock for every process of the machine), read for every call. Expired
  *   leases are removed by whichever process touches the file next, and by a sweep every
@@ -27,6 +30,7 @@ import {
   closed,
   errorMessage,
   invalid,
+  KV_EMBEDDED_ANSWER_GRACE_MS,
   KV_LEASE_SWEEP_INTERVAL_MS,
   KV_WATCH_POLL_INTERVAL_MS,
   KV_WATCH_RETRY_MAX_MS,
@@ -89,8 +93,6 @@ export interface EmbeddedKv extends KvStore {
 const SWEEPS_PER_TRIM = 20;
 /** Most change-log rows fetched per poll. */
 const CHANGES_PER_POLL = 1_000;
-/** Extra time the main thread grants the worker beyond its own lock-wait limit. */
-const WORKER_GRACE_MS = 1_000;
 
 /**
  * Opens (creating if needed) the embedded store at `options.path`. A file that is not a torus
@@ -141,7 +143,7 @@ async function openFile(
   const callTimeoutMs = options.callTimeoutMs ?? METADATA_CALL_TIMEOUT_MS;
   const sql = await SqliteWorker.open(path, {
     what: `metadata store ${path}`,
-    callTimeoutMs: callTimeoutMs + WORKER_GRACE_MS,
+    answerTimeoutMs: callTimeoutMs + KV_EMBEDDED_ANSWER_GRACE_MS,
     busyTimeoutMs: callTimeoutMs,
     access,
   });

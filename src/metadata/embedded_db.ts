@@ -57,6 +57,7 @@ import {
   SqlDeadlineError,
   type SqlRow,
   type SqlStep,
+  type SqlTransaction,
   type SqlValue,
 } from "./embedded_sqlite.ts";
 import type { LeaseTime } from "./lease_clock.ts";
@@ -119,9 +120,6 @@ const LIVE =
   "(lease = 0 OR lease IN (SELECT id FROM leases WHERE expires_at_ms > ? AND boot_id = ?))";
 
 const SQL = {
-  begin: "BEGIN IMMEDIATE",
-  commit: "COMMIT",
-  rollback: "ROLLBACK",
   meta: "SELECT value FROM meta WHERE name = ?",
   setMeta: "UPDATE meta SET value = ? WHERE name = ?",
   // A lease is due when its deadline passed or it counts from another boot.
@@ -171,7 +169,7 @@ function exec(sql: string): SqlStep {
  * transaction costs few round trips to the worker.
  */
 class WriteTx {
-  #sql: SqlConnection;
+  #sql: SqlTransaction;
   #queued: SqlStep[] = [];
   readonly startRevision: number;
   /** Revision of the changes made since the last `nextGroup`, once there is one. */
@@ -179,7 +177,7 @@ class WriteTx {
   #base: number;
   #sub = 0;
 
-  constructor(sql: SqlConnection, revision: number) {
+  constructor(sql: SqlTransaction, revision: number) {
     this.#sql = sql;
     this.startRevision = revision;
     this.#base = revision;
@@ -203,7 +201,7 @@ class WriteTx {
   async read(steps: readonly SqlStep[]): Promise<unknown[]> {
     const queued = this.#queued;
     this.#queued = [];
-    const results = await this.#sql.batch([...queued, ...steps], { inTransaction: true });
+    const results = await this.#sql.batch([...queued, ...steps]);
     return results.slice(queued.length);
   }
 
@@ -216,16 +214,17 @@ class WriteTx {
 
   /**
    * Commits. When the worker does not answer in time the commit may still happen there: that
-   * is `outcome_unknown`, not a failure (a deadline on any earlier batch is a plain failure,
-   * since the rollback that follows it is queued behind that batch).
+   * is `outcome_unknown`, not a failure (a deadline on any earlier batch is a plain failure:
+   * the connection rolls the transaction back before it runs anything sent later).
    */
   async commit(): Promise<void> {
     if (this.revision !== this.startRevision) {
       this.write(run(SQL.setMeta, this.revision, "revision"));
     }
-    this.write(exec(SQL.commit));
+    const queued = this.#queued;
+    this.#queued = [];
     try {
-      await this.read([]);
+      await this.#sql.commit(queued);
     } catch (error) {
       if (!(error instanceof SqlDeadlineError)) throw error;
       throw new TorusError(
@@ -290,15 +289,18 @@ export class EmbeddedDb {
     return db;
   }
 
-  /** What the file is: empty, ours (current or older format), or neither (throws `invalid`). */
-  async #identify(steps: readonly SqlStep[] = []): Promise<"empty" | "current" | "format1"> {
-    const results = await this.#sql.batch([
-      ...steps,
+  /**
+   * What the file is: empty, ours (current or older format), or neither (throws `invalid`).
+   * Read through `sql`, the connection or a transaction on it.
+   */
+  async #identify(
+    sql: Pick<SqlConnection, "batch"> = this.#sql,
+  ): Promise<"empty" | "current" | "format1"> {
+    const [appId, version, tables] = await sql.batch([
       get("PRAGMA application_id"),
       get("PRAGMA user_version"),
       get("SELECT count(*) AS n FROM sqlite_schema"),
-    ]);
-    const [appId, version, tables] = results.slice(steps.length) as [SqlRow, SqlRow, SqlRow];
+    ]) as [SqlRow, SqlRow, SqlRow];
     if (appId.application_id === 0 && version.user_version === 0 && tables.n === 0) {
       return "empty";
     }
@@ -340,15 +342,15 @@ export class EmbeddedDb {
   }
 
   async #initialise(now: OpenTime): Promise<void> {
+    const tx = this.#sql.transaction("immediate");
     try {
       // Checked again under the write lock: another process may be creating the file too.
-      const inTransaction = { inTransaction: true };
-      const found = await this.#identify([exec(SQL.begin)]);
-      if (found === "empty") await this.#sql.batch([exec(SCHEMA)], inTransaction);
-      if (found === "format1") await this.#sql.batch(upgradeFromFormat1(now), inTransaction);
-      await this.#sql.batch([exec(SQL.commit)], inTransaction);
+      const found = await this.#identify(tx);
+      if (found === "empty") await tx.batch([exec(SCHEMA)]);
+      if (found === "format1") await tx.batch(upgradeFromFormat1(now));
+      await tx.commit();
     } catch (error) {
-      await this.#rollback();
+      tx.rollback();
       throw error;
     }
   }
@@ -360,23 +362,23 @@ export class EmbeddedDb {
   async #readOnlyTxn(request: TxnRequest, now: LeaseTime): Promise<TxnResponse> {
     const ops = [...request.success, ...request.failure ?? []];
     if (ops.some((op) => op.type !== "get" && op.type !== "range")) throw this.#readOnlyError();
+    const tx = this.#sql.transaction("deferred");
     try {
-      const [, revision, ...rows] = await this.#sql.batch([
-        exec("BEGIN"),
+      const [revision, ...rows] = await tx.batch([
         get(SQL.meta, "revision"),
         ...request.compare.map((c) => getStep(encodeKey(c.key), now)),
-      ]) as [null, SqlRow, ...(SqlRow | null)[]];
+      ]) as [SqlRow, ...(SqlRow | null)[]];
       const succeeded = request.compare.every((c, i) => {
         const row = rows[i];
         return compareHolds(c, row ? toEntry(row) : null);
       });
       const branch = succeeded ? request.success : request.failure ?? [];
       const reads = branch.map((op) => readStep(op, now));
-      const answers = await this.#sql.batch([...reads, exec(SQL.commit)], { inTransaction: true });
+      const answers = await tx.commit(reads);
       const results = branch.map((op, i) => readResult(op, answers[i]));
       return { succeeded, revision: Number(revision.value), results };
     } catch (error) {
-      await this.#rollback();
+      tx.rollback();
       throw error;
     }
   }
@@ -391,11 +393,6 @@ export class EmbeddedDb {
   /** Resolves once every operation started so far has finished. */
   async settled(): Promise<void> {
     await this.#queue;
-  }
-
-  async #rollback(): Promise<void> {
-    // SQLite may have ended the transaction already (a full disk does); that is fine.
-    await this.#sql.batch([exec(SQL.rollback)]).catch(() => {});
   }
 
   /** The store revision and the oldest logged revision. */
@@ -571,13 +568,15 @@ export class EmbeddedDb {
     body: (tx: WriteTx) => Promise<T>,
   ): Promise<{ result: T; revision: number; expired: number }> {
     if (this.#readOnly) throw this.#readOnlyError();
-    const [, revision, due] = await this.#sql.batch([
-      exec(SQL.begin),
-      get(SQL.meta, "revision"),
-      all(SQL.dueLeases, now.ms, now.bootId),
-    ]) as [null, SqlRow, SqlRow[]];
+    const sqlTx = this.#sql.transaction("immediate");
+    // Everything from the first batch on is covered: a deadline on the batch that takes the
+    // write lock must end the transaction as surely as a failure later on.
     try {
-      const tx = new WriteTx(this.#sql, Number(revision.value));
+      const [revision, due] = await sqlTx.batch([
+        get(SQL.meta, "revision"),
+        all(SQL.dueLeases, now.ms, now.bootId),
+      ]) as [SqlRow, SqlRow[]];
+      const tx = new WriteTx(sqlTx, Number(revision.value));
       for (const lease of due) {
         tx.nextGroup();
         await this.#dropLease(tx, BigInt(lease.id as number));
@@ -587,7 +586,7 @@ export class EmbeddedDb {
       await tx.commit();
       return { result, revision: tx.revision, expired: due.length };
     } catch (error) {
-      await this.#rollback();
+      sqlTx.rollback();
       throw error;
     }
   }

@@ -16,8 +16,9 @@
  *   it is not kept alive within its TTL; `keepAliveLease` of an expired lease throws `not_exist`.
  * - `watchPrefix` delivers every change under the prefix after the watch starts (or after
  *   `fromRevision`), in revision order, including deletions caused by lease expiry.
- * - A store that cannot be reached makes calls fail with `unavailable` within the call timeout;
- *   it never hangs and never applies half a transaction.
+ * - A store that cannot be reached makes calls fail with `unavailable` within the call timeout
+ *   (embedded: one locked by another process; its worker stuck on a hung disk is reported
+ *   KV_EMBEDDED_ANSWER_GRACE_MS later); it never hangs and never applies half a transaction.
  *
  * Details every driver keeps identically (they are etcd's rules, so both drivers behave alike):
  * - A revision is consumed only by a change: a transaction that changes nothing (reads, or a

@@ -84,6 +84,11 @@ export function noPeers(): Error {
   return invalid("no peers available: the ring has no members");
 }
 
+/** The desired holders of a placement, frozen. */
+export function holdersOf(placement: PeerPermutation): readonly string[] {
+  return Object.freeze(placement.peers.slice(0, placement.replication));
+}
+
 /** A frozen permutation. */
 export function permutation(peers: readonly string[], replication: number): PeerPermutation {
   return Object.freeze({ peers: Object.freeze(peers), replication });
@@ -96,20 +101,23 @@ export function permutation(peers: readonly string[], replication: number): Peer
  * lookup. Results are identical either way: the cache only saves work.
  */
 export class PermutationCache {
-  readonly #slots: (PeerPermutation | undefined)[];
+  readonly #outcomes: number;
+  /** Allocated on first use: a ring asked only for holders never needs it. */
+  #slots: (PeerPermutation | undefined)[] | null = null;
   #remaining: number;
 
   constructor(outcomes: number, memberCount: number) {
+    this.#outcomes = outcomes;
     this.#remaining = Math.floor(RING_PERMUTATION_CACHE_ENTRIES_MAX / Math.max(1, memberCount));
-    this.#slots = new Array<PeerPermutation | undefined>(outcomes);
   }
 
   get(outcome: number): PeerPermutation | undefined {
-    return this.#slots[outcome];
+    return this.#slots?.[outcome];
   }
 
   set(outcome: number, value: PeerPermutation): void {
     if (this.#remaining === 0) return;
+    this.#slots ??= new Array<PeerPermutation | undefined>(this.#outcomes);
     this.#slots[outcome] = value;
     this.#remaining--;
   }
@@ -191,6 +199,11 @@ export abstract class MemberRing implements Ring {
   }
 
   abstract getPeers(ref: BlockRef): PeerPermutation;
+
+  /** The first `replication` peers of `getPeers`; types that can find them faster override it. */
+  getHolders(ref: BlockRef): readonly string[] {
+    return holdersOf(this.getPeers(ref));
+  }
 
   describe(): string {
     return describeMembers(this);

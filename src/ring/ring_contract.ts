@@ -5,7 +5,8 @@
  * Promises checked: lookups are deterministic across fresh instances and independent of the
  * order peers are listed in; every lookup is a full permutation of the members with
  * replication = min(configured, members) and never panics when replication exceeds the members
- * (#427); replication outside the one rule (replication.ts) is refused when building, changing
+ * (#427); `getHolders` is exactly the first `replication` peers of the permutation;
+ * replication outside the one rule (replication.ts) is refused when building, changing
  * and decoding; rings and what they hand out are immutable; every change returns a new ring one
  * version higher and leaves the old one as it was; the proto round trip rebuilds the same ring.
  * @module
@@ -24,6 +25,7 @@ import { emptyPeerInfo, type PeerInfo, RingCodec } from "../models/mod.ts";
 import {
   isModifiable,
   type ModifiableRing,
+  type PeerPermutation,
   type Ring,
   ringFromMessage,
   ringTypeNames,
@@ -73,7 +75,15 @@ export function assertFullPermutations(ring: Ring, refs: readonly BlockRef[]): v
     const placement = ring.getPeers(ref);
     assert.deepEqual([...placement.peers].sort(), members, `full permutation for ${ref}`);
     assert.equal(placement.replication, Math.min(ring.replication, members.length));
+    assertHolders(ring, ref, placement);
   }
+}
+
+/** Asserts `getHolders(ref)` is the frozen head of the permutation, whatever was asked first. */
+function assertHolders(ring: Ring, ref: BlockRef, placement: PeerPermutation): void {
+  const holders = ring.getHolders(ref);
+  assert.deepEqual(holders, placement.peers.slice(0, placement.replication), `holders of ${ref}`);
+  assert.ok(Object.isFrozen(holders));
 }
 
 function assertSamePlacements(a: Ring, b: Ring, refs: readonly BlockRef[]): void {
@@ -131,8 +141,13 @@ function testShape(name: string, factory: RingContractFactory, refs: BlockRef[])
         const ring = make(factory, count, replication);
         if (count === 0) {
           assertTorusError(() => ring.getPeers(refs[0]!), ErrorCode.Invalid);
+          assertTorusError(() => ring.getHolders(refs[0]!), ErrorCode.Invalid);
         } else {
+          // Holders first, on a fresh ring: a cached permutation must not be what makes them right.
+          const fresh = make(factory, count, replication);
+          const holders = refs.map((ref) => fresh.getHolders(ref));
           assertFullPermutations(ring, refs);
+          refs.forEach((ref, i) => assert.deepEqual(holders[i], ring.getHolders(ref)));
         }
       }
     }

@@ -9,7 +9,7 @@
  *   page-cache writes (a 64-byte index entry: measured 1.0-1.4 µs, where a nonblocking call
  *   costs a ~40 µs thread hop, and being synchronous makes "check, write, publish" atomic for
  *   the caller; docs/adr/0001-block-file-io.md), and calls that only touch metadata or tables
- *   (open, close, ftruncate, fallocate, posix_fadvise, flock, lseek, mmap, munmap, mallopt).
+ *   (open, close, ftruncate, fallocate, posix_fadvise, flock, fcntl locks, lseek, mmap, munmap, mallopt).
  *
  * errno is thread-local and a nonblocking call runs on a worker thread, so its errno cannot be
  * read afterwards. For positional I/O (idempotent) a failed nonblocking call is repeated once
@@ -86,6 +86,9 @@ const symbols = {
   posix_fadvise: { parameters: ["i32", "i64", "i64", "i32"], result: "i32" },
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   flock: { parameters: ["i32", "i32"], result: "i32" },
+  // fcntl is variadic; its third argument here is always a `struct flock *`, which the x86-64
+  // and arm64 Linux calling conventions pass as they pass a fixed pointer parameter.
+  fcntl_lock: { name: "fcntl", parameters: ["i32", "i32", "buffer"], result: "i32" },
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   msync: { parameters: ["pointer", "usize", "i32"], result: "i32", nonblocking: true },
@@ -315,6 +318,47 @@ export function tryFlock(fd: number, operation: number): boolean {
  */
 export function unlockFlock(fd: number): void {
   if (libc().flock(fd, FlockOps.LOCK_UN) < 0) throw failure("flock", `fd ${fd}, LOCK_UN`);
+}
+
+/** fcntl(2) commands of POSIX record locks (`F_GETLK`, `F_SETLK`) and lock types. */
+const RecordLock = { F_GETLK: 5, F_SETLK: 6, F_WRLCK: 1, F_UNLCK: 2 } as const;
+/**
+ * Size of `struct flock` on Linux x86-64 and arm64: type i16 at 0, whence i16 at 2, start i64 at
+ * 8, len i64 at 16, pid i32 at 24 (checked with offsetof).
+ */
+const FLOCK_STRUCT_BYTES = 32;
+
+/** A `struct flock` for a write lock over the whole file (start 0, length 0 = to the end). */
+function wholeFileWriteLock(): { bytes: Uint8Array; view: DataView } {
+  const bytes = new Uint8Array(FLOCK_STRUCT_BYTES);
+  const view = new DataView(bytes.buffer);
+  view.setInt16(0, RecordLock.F_WRLCK, true);
+  return { bytes, view };
+}
+
+/**
+ * fcntl(F_SETLK) of a POSIX write lock over the whole of `fd`'s file, without waiting: true when
+ * taken, false when another process holds a lock on it. The lock belongs to the process (not the
+ * descriptor) and goes when the process closes any descriptor of the file or exits.
+ */
+export function trySetWriteLock(fd: number): boolean {
+  if (libc().fcntl_lock(fd, RecordLock.F_SETLK, wholeFileWriteLock().bytes) === 0) return true;
+  const errno = lastErrno();
+  if (errno === Errno.EAGAIN || errno === Errno.EACCES) return false;
+  throw failure("fcntl", `fd ${fd}, F_SETLK`, errno);
+}
+
+/**
+ * fcntl(F_GETLK): the pid of a process holding a lock that keeps this process from write-locking
+ * `fd`'s whole file, or null when none does (it may have been released a moment ago). The pid
+ * comes from the kernel, so it is never stale.
+ */
+export function writeLockHolderPid(fd: number): number | null {
+  const { bytes, view } = wholeFileWriteLock();
+  if (libc().fcntl_lock(fd, RecordLock.F_GETLK, bytes) < 0) {
+    throw failure("fcntl", `fd ${fd}, F_GETLK`);
+  }
+  return view.getInt16(0, true) === RecordLock.F_UNLCK ? null : view.getInt32(24, true);
 }
 
 /** A memory mapping made by {@link mmap}. */

@@ -75,7 +75,9 @@ Deno.test({
         isUnavailable,
       );
       const tookMs = Date.now() - started;
-      assert.ok(tookMs >= 900 && tookMs < 2_500, `took ${tookMs} ms`);
+      // The point is a bounded failure near the 1 s connect timeout rather than a hang (or the
+      // library's own minutes-long default); the margin absorbs a loaded machine's scheduling.
+      assert.ok(tookMs >= 900 && tookMs < 8_000, `took ${tookMs} ms`);
     } finally {
       listener.close();
       await accepting.catch(() => {});
