@@ -149,6 +149,22 @@ export async function eventually(
   }
 }
 
+/** Whether two buffers hold the same bytes (fast for large buffers). */
+export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  const words = Math.floor(a.length / 8);
+  const aligned = a.byteOffset % 8 === 0 && b.byteOffset % 8 === 0;
+  let i = 0;
+  if (aligned) {
+    const x = new BigUint64Array(a.buffer, a.byteOffset, words);
+    const y = new BigUint64Array(b.buffer, b.byteOffset, words);
+    for (; i < words; i++) if (x[i] !== y[i]) return false;
+    i = words * 8;
+  }
+  for (; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 /** What a finished command printed. */
 export interface CommandResult {
   code: number;
