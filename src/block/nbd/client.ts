@@ -3,12 +3,24 @@
  * talk to `torus serve` through it, and the Device contract suite runs over it (client → server
  * → device), so the client and server check each other.
  *
+ * @example
  * ```ts
- * const client = await NbdClient.connect(connStream(await Deno.connect({ port: 10809 })), {
- *   exportName: "vol1",
+ * import { DeviceHandle, MemoryDevice, NbdClient, NbdServer, SharedExports } from "../mod.ts";
+ * const scratch = new MemoryDevice({ sizeBytes: 1024 * 1024 });
+ * await using server = new NbdServer({
+ *   exports: new SharedExports({
+ *     list: () => Promise.resolve(["scratch"]),
+ *     open: () => Promise.resolve(new DeviceHandle(scratch, () => Promise.resolve())),
+ *   }),
  * });
- * await client.readAt(0, buffer);  // many calls may be in flight; replies arrive in any order
- * await client.close();            // waits for calls, flushes, sends NBD_CMD_DISC
+ * const { port } = server.listen({ port: 0 });
+ * const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+ * const client = await NbdClient.connect(conn, { exportName: "scratch" });
+ * await client.writeAt(4096, new Uint8Array([1, 2, 3]));
+ * const back = new Uint8Array(3);
+ * await client.readAt(4096, back); // many calls may be in flight; replies come in any order
+ * await client.close(); // waits for calls, flushes, sends NBD_CMD_DISC
+ * console.log(back); // Uint8Array(3) [ 1, 2, 3 ]
  * ```
  *
  * Mapping onto NBD: requests longer than the server's maximum block size (32 MiB when not

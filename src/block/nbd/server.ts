@@ -3,13 +3,21 @@
  * (qemu, libnbd tools, nbd-client, the kernel through `torus blk attach`) over TCP and Unix
  * sockets.
  *
- * Public API:
+ * Public API: `new NbdServer({ exports })` (an {@link NbdExports} provider, exports.ts), then
+ * `listen({ hostname, port })` for TCP (default 127.0.0.1:10809, port 0 picks a free one) and
+ * `listenUnix(path)`, as many listeners as wanted; `stats` (NbdServerStats) are live counters;
+ * `close()` stops, answers what is in flight and closes the devices.
+ * @example
  * ```ts
- * const server = new NbdServer({ exports });          // exports: NbdExports (exports.ts)
- * const addr = server.listen({ hostname: "127.0.0.1", port: 10809 }); // port 0: any free port
- * server.listenUnix("/run/torus/nbd.sock");            // optional, as many listeners as wanted
- * server.stats;                                        // counters (NbdServerStats)
- * await server.close();                                // stop, answer in-flight, close devices
+ * import { DeviceHandle, MemoryDevice, NbdServer, SharedExports } from "../mod.ts";
+ * const scratch = new MemoryDevice({ sizeBytes: 1024 * 1024 });
+ * const exports = new SharedExports({
+ *   list: () => Promise.resolve(["scratch"]),
+ *   open: () => Promise.resolve(new DeviceHandle(scratch, () => Promise.resolve())),
+ * });
+ * await using server = new NbdServer({ exports });
+ * const { port } = server.listen({ hostname: "127.0.0.1", port: 0 });
+ * console.log(port > 0, server.stats.connectionsOpen); // true 0
  * ```
  * `serve(stream)` serves one already-connected {@link ByteStream} (tests, socketpairs).
  *
