@@ -208,6 +208,7 @@ toolTest("nbd interop: fio's nbd engine with verify=crc32c", ["fio"], async () =
     "--verify=crc32c",
     "--do_verify=1",
     "--verify_fatal=1",
+    "--verify_state_save=0",
     "--output-format=json",
   ];
   const jobs = [

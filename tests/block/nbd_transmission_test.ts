@@ -27,7 +27,7 @@ import {
   NBD_FLAG_SEND_TRIM,
 } from "../../src/block/nbd/protocol.ts";
 import { eventually, NbdFixture, RawNbd, requestBytes } from "../support/nbd_fixture.ts";
-import { FaultDevice, GatedDevice, RecordingDevice } from "../support/test_devices.ts";
+import { FaultDevice, GatedDevice, opensAtExit, RecordingDevice } from "../support/test_devices.ts";
 
 const MiB = 1024 * 1024;
 
@@ -87,6 +87,7 @@ Deno.test("nbd transmission: replies come back out of order", async () => {
   await using nbd = await fixtureWith((inner) =>
     gated = new GatedDevice(inner, (call) => call.kind === "read" && call.offsetBytes === 0)
   );
+  using _gate = opensAtExit(gated);
   const raw = await RawNbd.open(nbd, "vol");
   await raw.send({ type: NBD_CMD_READ, handle: 1, offsetBytes: 0, lengthBytes: 4096 });
   await raw.send({ type: NBD_CMD_READ, handle: 2, offsetBytes: 4096, lengthBytes: 4096 });
@@ -103,6 +104,7 @@ Deno.test("nbd transmission: DISC answers every request in flight before closing
   await using nbd = await fixtureWith((inner) =>
     gated = new GatedDevice(inner, (call) => call.kind === "write")
   );
+  using _gate = opensAtExit(gated);
   const raw = await RawNbd.open(nbd, "vol");
   const data = patternBytes(8192, 1);
   const bytes = [1, 2, 3].map((handle) =>
@@ -131,6 +133,7 @@ Deno.test("nbd transmission: requests in flight per connection are bounded", asy
   await using nbd = await fixtureWith((inner) => gated = new GatedDevice(inner), {
     server: { requestsInFlightMax: max },
   });
+  using _gate = opensAtExit(gated);
   const raw = await RawNbd.open(nbd, "vol");
   const count = 40;
   const all = new Uint8Array(
@@ -212,6 +215,7 @@ Deno.test("nbd transmission: a client that leaves with requests in flight aborts
   await using nbd = await fixtureWith((inner) =>
     gated = new GatedDevice(inner, (call) => call.kind === "read")
   );
+  using _gate = opensAtExit(gated);
   const raw = await RawNbd.open(nbd, "vol");
   for (let handle = 0; handle < 5; handle++) {
     await raw.send({ type: NBD_CMD_READ, handle, offsetBytes: handle * 4096, lengthBytes: 4096 });
@@ -336,6 +340,7 @@ Deno.test("nbd transmission: server close answers requests in flight, then close
   await using nbd = await fixtureWith((inner) =>
     gated = new GatedDevice(inner, (call) => call.kind === "read")
   );
+  using _gate = opensAtExit(gated);
   const raw = await RawNbd.open(nbd, "vol");
   await raw.send({ type: NBD_CMD_READ, handle: 1, lengthBytes: 4096 });
   await gated.whenHeld(1);

@@ -140,6 +140,15 @@ export class GatedDevice extends WrappedDevice {
   }
 }
 
+/**
+ * Opens `gate` when disposed: declared after the fixture (`using _gate = opensAtExit(gated)`), it
+ * runs first, so a failed assertion never leaves held calls that the fixture's close would wait
+ * for forever.
+ */
+export function opensAtExit(gate: GatedDevice): Disposable {
+  return { [Symbol.dispose]: () => gate.open() };
+}
+
 /** One write as the device saw it. */
 export interface RecordedWrite {
   offsetBytes: number;
