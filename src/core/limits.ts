@@ -113,6 +113,11 @@ export const NBD_CONNECTION_BUFFERED_BYTES_MAX = 64 * 1024 * 1024;
 export const NBD_BUFFER_POOL_RETAINED_BYTES_MAX = 128 * 1024 * 1024;
 /** NBD: a client must finish option haggling within this time, or it is disconnected. */
 export const NBD_HANDSHAKE_TIMEOUT_MS = 30_000;
+/**
+ * NBD server shutdown: how long connections get to receive the replies to their requests in
+ * flight before they are closed anyway (a client that stopped reading must not stall shutdown).
+ */
+export const NBD_CLOSE_GRACE_MS = 10_000;
 
 /** AoE: period of the background sync. */
 export const AOE_SYNC_INTERVAL_MS = 5_000;

@@ -147,7 +147,7 @@ Deno.test("nbd handshake: a snapshot VOLUME@SNAP is exported read-only", async (
 
 Deno.test("nbd handshake: ABORT is acknowledged and the session ends", async () => {
   await using nbd = await fixture();
-  const raw = await rawAfterFlags(nbd);
+  using raw = await rawAfterFlags(nbd);
   await raw.write(encodeOption(NBD_OPT_ABORT));
   assert.equal((await optionReply(raw)).replyType, NBD_REP_ACK);
   assert.ok(await raw.closedByServer());
@@ -157,7 +157,7 @@ Deno.test("nbd handshake: ABORT is acknowledged and the session ends", async () 
 
 Deno.test("nbd handshake: unsupported and unknown options get ERR_UNSUP", async () => {
   await using nbd = await fixture();
-  const raw = await rawAfterFlags(nbd);
+  using raw = await rawAfterFlags(nbd);
   const options = [
     NBD_OPT_STRUCTURED_REPLY,
     NBD_OPT_STARTTLS,
@@ -186,7 +186,7 @@ Deno.test("nbd handshake: unsupported and unknown options get ERR_UNSUP", async 
 
 Deno.test("nbd handshake: EXPORT_NAME of an unknown export closes only that connection", async () => {
   await using nbd = await fixture();
-  const raw = await rawAfterFlags(nbd);
+  using raw = await rawAfterFlags(nbd);
   await raw.write(encodeOption(NBD_OPT_EXPORT_NAME, encodeString("nope")));
   assert.ok(await raw.closedByServer());
   raw.close();
@@ -195,7 +195,7 @@ Deno.test("nbd handshake: EXPORT_NAME of an unknown export closes only that conn
 
 Deno.test("nbd handshake: EXPORT_NAME without NO_ZEROES gets the 124 zero bytes", async () => {
   await using nbd = await fixture();
-  const raw = await rawAfterFlags(nbd, NBD_FLAG_C_FIXED_NEWSTYLE);
+  using raw = await rawAfterFlags(nbd, NBD_FLAG_C_FIXED_NEWSTYLE);
   await raw.write(encodeOption(NBD_OPT_EXPORT_NAME, encodeString("vol")));
   const reply = await raw.data(10 + 124);
   assert.equal(new DataView(reply.buffer).getBigUint64(0), BigInt(16 * MiB));
@@ -229,7 +229,7 @@ Deno.test("nbd handshake: garbage closes only its own connection", async (t) => 
   ];
   for (const [name, send] of cases) {
     await t.step(name, async () => {
-      const raw = new RawNbd(await nbd.connect());
+      using raw = new RawNbd(await nbd.connect());
       await raw.reader.readExact(NBD_GREETING_BYTES);
       await send(raw);
       assert.ok(await raw.closedByServer(), "the server closed the connection");
@@ -240,7 +240,7 @@ Deno.test("nbd handshake: garbage closes only its own connection", async (t) => 
     });
   }
   await t.step("a client that sends half a message and leaves", async () => {
-    const raw = new RawNbd(await nbd.connect());
+    using raw = new RawNbd(await nbd.connect());
     await raw.reader.readExact(NBD_GREETING_BYTES);
     await raw.write(encodeClientFlags(NBD_FLAG_C_FIXED_NEWSTYLE));
     await raw.write(encodeOption(NBD_OPT_GO).subarray(0, 9));
@@ -254,7 +254,7 @@ Deno.test("nbd handshake: garbage closes only its own connection", async (t) => 
 Deno.test("nbd handshake: a client that does not finish in time is disconnected", async () => {
   const clock = new ManualClock();
   await using nbd = await NbdFixture.start({ exports: { vol: MiB }, server: { clock } });
-  const raw = new RawNbd(await nbd.connect());
+  using raw = new RawNbd(await nbd.connect());
   await raw.reader.readExact(NBD_GREETING_BYTES);
   while (clock.pendingSleepers === 0) await new Promise((r) => setTimeout(r, 1));
   await clock.advance(NBD_HANDSHAKE_TIMEOUT_MS);

@@ -114,7 +114,7 @@ const errorReplies: [string, RawRequest, number][] = [
 for (const [name, request, errno] of errorReplies) {
   Deno.test(`nbd malformed: ${name} gets error ${errno}, the connection goes on`, async () => {
     await withServer(async (nbd, healthy) => {
-      const raw = await RawNbd.open(nbd, "vol");
+      using raw = await RawNbd.open(nbd, "vol");
       await raw.send({ ...request, handle: 1234 });
       assert.deepEqual(await raw.reply(), { error: errno, handle: 1234 });
       await assertStillServing(raw);
@@ -148,7 +148,7 @@ const disconnects: [string, () => Uint8Array][] = [
 for (const [name, bytes] of disconnects) {
   Deno.test(`nbd malformed: ${name} closes only that connection`, async () => {
     await withServer(async (nbd, healthy) => {
-      const raw = await RawNbd.open(nbd, "vol");
+      using raw = await RawNbd.open(nbd, "vol");
       await raw.write(bytes());
       if (name.startsWith("garbage")) {
         // The valid request before the garbage is still answered.
@@ -165,7 +165,7 @@ for (const [name, bytes] of disconnects) {
 
 Deno.test("nbd malformed: zero-length requests succeed", async () => {
   await withServer(async (nbd) => {
-    const raw = await RawNbd.open(nbd, "vol");
+    using raw = await RawNbd.open(nbd, "vol");
     for (const type of [NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES]) {
       await raw.send({ type, handle: type + 1, offsetBytes: SIZE, lengthBytes: 0 });
       assert.deepEqual(await raw.reply(), { error: 0, handle: type + 1 });
@@ -176,7 +176,7 @@ Deno.test("nbd malformed: zero-length requests succeed", async () => {
 
 Deno.test("nbd malformed: requests split into single bytes are reassembled", async () => {
   await withServer(async (nbd) => {
-    const raw = await RawNbd.open(nbd, "vol");
+    using raw = await RawNbd.open(nbd, "vol");
     const payload = new Uint8Array(1000).map((_, i) => i & 0xff);
     const bytes = new Uint8Array([
       ...requestBytes({ type: NBD_CMD_WRITE, handle: 1, offsetBytes: 4097, payload }),

@@ -6,7 +6,15 @@
  */
 
 import assert from "node:assert/strict";
-import { blockUnavailable, closed, ErrorCode, invalid, TorusError } from "../../src/core/mod.ts";
+import {
+  blockUnavailable,
+  closed,
+  ErrorCode,
+  invalid,
+  ManualClock,
+  NBD_CLOSE_GRACE_MS,
+  TorusError,
+} from "../../src/core/mod.ts";
 import { type Device, MemoryDevice } from "../../src/block/mod.ts";
 import { patternBytes, rejectsWithCode } from "../../src/block/device_contract.ts";
 import {
@@ -48,7 +56,7 @@ Deno.test("nbd transmission: a read-only export refuses writes with EPERM", asyn
   const source = nbd.device("vol");
   await source.writeAt(0, new Uint8Array(512).fill(3));
   nbd.addExport("vol@snap", (source as MemoryDevice).snapshot());
-  const raw = await RawNbd.open(nbd, "vol@snap");
+  using raw = await RawNbd.open(nbd, "vol@snap");
   const refused = [
     { type: NBD_CMD_WRITE, payload: new Uint8Array(512) },
     { type: NBD_CMD_WRITE, flags: NBD_CMD_FLAG_FUA, payload: new Uint8Array(4096) },
@@ -73,7 +81,7 @@ Deno.test("nbd transmission: a read-only server makes writable exports read-only
   assert.ok(client.has(NBD_FLAG_READ_ONLY));
   assert.ok(!client.has(NBD_FLAG_SEND_TRIM));
   await client.close();
-  const raw = await RawNbd.open(nbd, "vol");
+  using raw = await RawNbd.open(nbd, "vol");
   await raw.send({ type: NBD_CMD_WRITE, handle: 1, payload: new Uint8Array(512).fill(1) });
   assert.deepEqual(await raw.reply(), { error: NBD_EPERM, handle: 1 });
   raw.close();
@@ -88,7 +96,7 @@ Deno.test("nbd transmission: replies come back out of order", async () => {
     gated = new GatedDevice(inner, (call) => call.kind === "read" && call.offsetBytes === 0)
   );
   using _gate = opensAtExit(gated);
-  const raw = await RawNbd.open(nbd, "vol");
+  using raw = await RawNbd.open(nbd, "vol");
   await raw.send({ type: NBD_CMD_READ, handle: 1, offsetBytes: 0, lengthBytes: 4096 });
   await raw.send({ type: NBD_CMD_READ, handle: 2, offsetBytes: 4096, lengthBytes: 4096 });
   assert.deepEqual(await raw.reply(), { error: 0, handle: 2 }, "the later request first");
@@ -105,7 +113,7 @@ Deno.test("nbd transmission: DISC answers every request in flight before closing
     gated = new GatedDevice(inner, (call) => call.kind === "write")
   );
   using _gate = opensAtExit(gated);
-  const raw = await RawNbd.open(nbd, "vol");
+  using raw = await RawNbd.open(nbd, "vol");
   const data = patternBytes(8192, 1);
   const bytes = [1, 2, 3].map((handle) =>
     requestBytes({ type: NBD_CMD_WRITE, handle, offsetBytes: handle * 8192, payload: data })
@@ -134,7 +142,7 @@ Deno.test("nbd transmission: requests in flight per connection are bounded", asy
     server: { requestsInFlightMax: max },
   });
   using _gate = opensAtExit(gated);
-  const raw = await RawNbd.open(nbd, "vol");
+  using raw = await RawNbd.open(nbd, "vol");
   const count = 40;
   const all = new Uint8Array(
     Array.from(
@@ -172,7 +180,7 @@ Deno.test("nbd transmission: a client that does not read its replies holds bound
     exports: { vol: 64 * MiB },
     server: { bufferedBytesMax },
   });
-  const raw = await RawNbd.open(nbd, "vol");
+  using raw = await RawNbd.open(nbd, "vol");
   const count = 64;
   const requests = Array.from(
     { length: count },
@@ -197,7 +205,7 @@ Deno.test("nbd transmission: a client that does not read its replies holds bound
 
 Deno.test("nbd transmission: a client that leaves mid-write crashes nothing", async () => {
   await using nbd = await NbdFixture.start({ exports: { vol: MiB } });
-  const raw = await RawNbd.open(nbd, "vol");
+  using raw = await RawNbd.open(nbd, "vol");
   const bytes = requestBytes({ type: NBD_CMD_WRITE, payload: new Uint8Array(65536).fill(9) });
   await raw.write(bytes.subarray(0, 28 + 1000));
   raw.close();
@@ -216,7 +224,7 @@ Deno.test("nbd transmission: a client that leaves with requests in flight aborts
     gated = new GatedDevice(inner, (call) => call.kind === "read")
   );
   using _gate = opensAtExit(gated);
-  const raw = await RawNbd.open(nbd, "vol");
+  using raw = await RawNbd.open(nbd, "vol");
   for (let handle = 0; handle < 5; handle++) {
     await raw.send({ type: NBD_CMD_READ, handle, offsetBytes: handle * 4096, lengthBytes: 4096 });
   }
@@ -283,7 +291,7 @@ Deno.test("nbd transmission: device errors map to NBD error values", async () =>
   await using nbd = await fixtureWith((inner) =>
     new FaultDevice(inner, (call) => call.offsetBytes === 4096 ? errors[next]![0] : null)
   );
-  const raw = await RawNbd.open(nbd, "vol");
+  using raw = await RawNbd.open(nbd, "vol");
   for (const [i, [, errno]] of errors.entries()) {
     next = i;
     await raw.send({ type: NBD_CMD_READ, handle: i, offsetBytes: 4096, lengthBytes: 512 });
@@ -308,7 +316,7 @@ Deno.test("nbd transmission: TRIM, WRITE_ZEROES with and without NO_HOLE, FUA", 
   let recording!: RecordingDevice;
   await using nbd = await fixtureWith((inner) => recording = new RecordingDevice(inner));
   const memory = recording.inner as MemoryDevice;
-  const raw = await RawNbd.open(nbd, "vol");
+  using raw = await RawNbd.open(nbd, "vol");
   await raw.send({ type: NBD_CMD_WRITE, handle: 1, payload: patternBytes(65536, 5) });
   assert.equal((await raw.reply()).error, 0);
   assert.equal(memory.allocatedBytes, 65536);
@@ -341,7 +349,7 @@ Deno.test("nbd transmission: server close answers requests in flight, then close
     gated = new GatedDevice(inner, (call) => call.kind === "read")
   );
   using _gate = opensAtExit(gated);
-  const raw = await RawNbd.open(nbd, "vol");
+  using raw = await RawNbd.open(nbd, "vol");
   await raw.send({ type: NBD_CMD_READ, handle: 1, lengthBytes: 4096 });
   await gated.whenHeld(1);
   const closing = nbd.server.close();
@@ -367,4 +375,29 @@ Deno.test("nbd transmission: the server listens on a Unix socket too", async () 
   await client.readAt(100, back);
   assert.deepEqual(back, patternBytes(1000, 1));
   await client.close();
+});
+
+Deno.test("nbd transmission: server close does not wait forever for a client that stopped reading", async () => {
+  const clock = new ManualClock();
+  await using nbd = await NbdFixture.start({
+    exports: { vol: 64 * MiB },
+    server: { clock, bufferedBytesMax: 4 * MiB },
+  });
+  using raw = await RawNbd.open(nbd, "vol");
+  const requests = Array.from(
+    { length: 64 },
+    (_, i) =>
+      requestBytes({ type: NBD_CMD_READ, handle: i, offsetBytes: i * MiB, lengthBytes: MiB }),
+  );
+  await raw.write(new Uint8Array(requests.flatMap((r) => [...r])));
+  await eventually(() => nbd.server.stats.requests >= 4, "the server has started answering");
+  const closing = nbd.server.close();
+  let closed = false;
+  void closing.then(() => closed = true);
+  while (clock.pendingSleepers === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+  assert.ok(!closed, "close waits while replies are owed");
+  await clock.advance(NBD_CLOSE_GRACE_MS);
+  await closing;
+  assert.equal(nbd.server.stats.connectionsOpen, 0);
+  assert.equal(nbd.exports.openDevices, 0);
 });

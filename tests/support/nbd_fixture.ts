@@ -222,7 +222,7 @@ export interface RawRequest {
 }
 
 /** A connection that speaks NBD byte by byte, for malformed-input tests. */
-export class RawNbd {
+export class RawNbd implements Disposable {
   readonly conn: Deno.TcpConn;
   readonly reader: StreamReader;
 
@@ -284,6 +284,11 @@ export class RawNbd {
     } catch {
       // Already closed.
     }
+  }
+
+  /** Closes the connection (declared after the fixture, it closes first). */
+  [Symbol.dispose](): void {
+    this.close();
   }
 }
 

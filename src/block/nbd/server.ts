@@ -39,6 +39,7 @@ import {
   type Logger,
   logger,
   NBD_BUFFER_POOL_RETAINED_BYTES_MAX,
+  NBD_CLOSE_GRACE_MS,
   NBD_CONNECTION_BUFFERED_BYTES_MAX,
   NBD_HANDSHAKE_TIMEOUT_MS,
   NBD_REQUESTS_IN_FLIGHT_MAX,
@@ -62,6 +63,11 @@ export interface NbdServerOptions {
   clock?: Clock;
   /** A client must finish option haggling within this (default NBD_HANDSHAKE_TIMEOUT_MS). */
   handshakeTimeoutMs?: number;
+  /**
+   * `close()` lets connections receive their replies for this long, then closes them anyway
+   * (default NBD_CLOSE_GRACE_MS).
+   */
+  closeGraceMs?: number;
   /** Requests in flight per connection (default NBD_REQUESTS_IN_FLIGHT_MAX). */
   requestsInFlightMax?: number;
   /** Payload and reply bytes held per connection (default NBD_CONNECTION_BUFFERED_BYTES_MAX). */
@@ -85,6 +91,7 @@ export class NbdServer implements AsyncDisposable {
   readonly #readOnly: boolean;
   readonly #clock: Clock;
   readonly #handshakeTimeoutMs: number;
+  readonly #closeGraceMs: number;
   readonly #requestsInFlightMax: number;
   readonly #bufferedBytesMax: number;
   readonly #log: Logger;
@@ -99,6 +106,7 @@ export class NbdServer implements AsyncDisposable {
     this.#readOnly = options.readOnly ?? false;
     this.#clock = options.clock ?? systemClock;
     this.#handshakeTimeoutMs = options.handshakeTimeoutMs ?? NBD_HANDSHAKE_TIMEOUT_MS;
+    this.#closeGraceMs = options.closeGraceMs ?? NBD_CLOSE_GRACE_MS;
     this.#requestsInFlightMax = options.requestsInFlightMax ?? NBD_REQUESTS_IN_FLIGHT_MAX;
     this.#bufferedBytesMax = options.bufferedBytesMax ?? NBD_CONNECTION_BUFFERED_BYTES_MAX;
     this.#log = options.log ?? logger("nbd");
@@ -158,7 +166,14 @@ export class NbdServer implements AsyncDisposable {
       if (connection.transmission) void connection.transmission.shutdown();
       else closeQuietly(connection.stream);
     }
+    // A client that stopped reading its replies would hold shutdown forever: after the grace
+    // period its connection is closed, which fails the pending writes and ends it.
+    const grace = new AbortController();
+    this.#clock.sleep(this.#closeGraceMs, grace.signal).then(() => {
+      for (const connection of this.#connections.keys()) closeQuietly(connection.stream);
+    }, () => {});
     await Promise.all(this.#connections.values());
+    grace.abort();
     for (const { unixPath } of this.#listeners) {
       if (unixPath !== null) await Deno.remove(unixPath).catch(() => {});
     }
