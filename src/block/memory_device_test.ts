@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 import { ErrorCode } from "../core/mod.ts";
-import { deviceContract, patternBytes, rejectsWithCode } from "./device_contract.ts";
+import { assertBytes, deviceContract, patternBytes, rejectsWithCode } from "./device_contract.ts";
 import { MemoryDevice } from "./memory_device.ts";
 
 deviceContract("MemoryDevice", {
@@ -58,6 +58,6 @@ Deno.test("MemoryDevice: a snapshot is read-only and independent of later writes
   await device.writeAt(0, new Uint8Array(4096).fill(9));
   const back = new Uint8Array(4096);
   await snapshot.readAt(0, back);
-  assert.deepEqual(back, patternBytes(4096, 3));
+  assertBytes(back, patternBytes(4096, 3));
   await rejectsWithCode(snapshot.writeAt(0, back), ErrorCode.ReadOnly);
 });

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { ErrorCode } from "../../src/core/mod.ts";
 import { type Device, MemoryDevice, NbdClient, NbdNegotiation } from "../../src/block/mod.ts";
 import {
+  assertBytes,
   deviceContract,
   type DeviceContractFactory,
   patternBytes,
@@ -222,7 +223,7 @@ Deno.test({
       await Promise.all(Array.from({ length: 256 }, async (_, i) => {
         const back = new Uint8Array(60_000);
         await client.readAt(i * 65536 + 3, back);
-        assert.deepEqual(back, patternBytes(60_000, i));
+        assertBytes(back, patternBytes(60_000, i));
       }));
       const big = patternBytes(40 * MiB, 9);
       await client.writeAt(MiB, big);

@@ -16,7 +16,7 @@ import {
   TorusError,
 } from "../../src/core/mod.ts";
 import { type Device, MemoryDevice } from "../../src/block/mod.ts";
-import { patternBytes, rejectsWithCode } from "../../src/block/device_contract.ts";
+import { assertBytes, patternBytes, rejectsWithCode } from "../../src/block/device_contract.ts";
 import {
   NBD_CMD_DISC,
   NBD_CMD_FLAG_FUA,
@@ -132,7 +132,7 @@ Deno.test("nbd transmission: DISC answers every request in flight before closing
   raw.close();
   const back = new Uint8Array(8192);
   await nbd.device("vol").readAt(3 * 8192, back);
-  assert.deepEqual(back, data);
+  assertBytes(back, data);
 });
 
 Deno.test("nbd transmission: requests in flight per connection are bounded", async () => {
@@ -251,7 +251,7 @@ Deno.test("nbd transmission: many connections with many requests in flight", asy
       Promise.all(Array.from({ length: 8 * 64 }, async (_, block) => {
         const back = new Uint8Array(4000);
         await client.readAt(block * 4096 + Math.floor(block / 64), back);
-        assert.deepEqual(back, patternBytes(4000, block), `connection ${c} block ${block}`);
+        assertBytes(back, patternBytes(4000, block), `connection ${c} block ${block}`);
       }))
     ),
   );
@@ -339,7 +339,7 @@ Deno.test("nbd transmission: TRIM, WRITE_ZEROES with and without NO_HOLE, FUA", 
   await raw.send({ type: NBD_CMD_READ, handle: 5, offsetBytes: 0, lengthBytes: 65536 });
   assert.equal((await raw.reply()).error, 0);
   const expected = patternBytes(65536, 5).fill(0, 0, 32768);
-  assert.deepEqual(await raw.data(65536), expected);
+  assertBytes(await raw.data(65536), expected);
   raw.close();
 });
 
@@ -373,7 +373,7 @@ Deno.test("nbd transmission: the server listens on a Unix socket too", async () 
   await client.writeAt(100, patternBytes(1000, 1));
   const back = new Uint8Array(1000);
   await client.readAt(100, back);
-  assert.deepEqual(back, patternBytes(1000, 1));
+  assertBytes(back, patternBytes(1000, 1));
   await client.close();
 });
 

@@ -252,7 +252,7 @@ export class RawNbd implements Disposable {
 
   /** Reads one simple reply header. */
   async reply(): Promise<{ error: number; handle: number }> {
-    const bytes = await this.reader.readExact(NBD_SIMPLE_REPLY_BYTES);
+    const bytes = await bounded(this.reader.readExact(NBD_SIMPLE_REPLY_BYTES), "a reply");
     const reply = { error: 0, handleHigh: 0, handleLow: 0 };
     if (!decodeSimpleReply(new DataView(bytes.buffer, bytes.byteOffset, 16), 0, reply)) {
       throw new Error("reply with a bad magic");
@@ -263,7 +263,7 @@ export class RawNbd implements Disposable {
   /** Reads `lengthBytes` of reply data. */
   async data(lengthBytes: number): Promise<Uint8Array> {
     const into = new Uint8Array(lengthBytes);
-    await this.reader.readInto(into);
+    await bounded(this.reader.readInto(into), "reply data");
     return into;
   }
 
@@ -271,9 +271,10 @@ export class RawNbd implements Disposable {
   async closedByServer(): Promise<boolean> {
     try {
       if (this.reader.end > this.reader.start) return false;
-      const n = await this.conn.read(new Uint8Array(64));
+      const n = await bounded(this.conn.read(new Uint8Array(64)), "the server to close");
       return n === null;
-    } catch {
+    } catch (error) {
+      if (error instanceof Error && error.message.startsWith("no answer")) return false;
       return true;
     }
   }
@@ -289,6 +290,22 @@ export class RawNbd implements Disposable {
   /** Closes the connection (declared after the fixture, it closes first). */
   [Symbol.dispose](): void {
     this.close();
+  }
+}
+
+/**
+ * `promise`, or a failure after a minute: turns a server that never answers into a failed test
+ * instead of a hung one (the bound is far above any real answer time, loaded or not).
+ */
+async function bounded<T>(promise: Promise<T>, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer: waited a minute for ${what}`)), 60_000);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

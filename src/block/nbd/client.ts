@@ -5,7 +5,14 @@
  *
  * @example
  * ```ts
- * import { DeviceHandle, MemoryDevice, NbdClient, NbdServer, SharedExports } from "../mod.ts";
+ * import {
+ *   connStream,
+ *   DeviceHandle,
+ *   MemoryDevice,
+ *   NbdClient,
+ *   NbdServer,
+ *   SharedExports,
+ * } from "../mod.ts";
  * const scratch = new MemoryDevice({ sizeBytes: 1024 * 1024 });
  * await using server = new NbdServer({
  *   exports: new SharedExports({
@@ -14,7 +21,7 @@
  *   }),
  * });
  * const { port } = server.listen({ port: 0 });
- * const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+ * const conn = connStream(await Deno.connect({ hostname: "127.0.0.1", port })); // TCP_NODELAY
  * const client = await NbdClient.connect(conn, { exportName: "scratch" });
  * await client.writeAt(4096, new Uint8Array([1, 2, 3]));
  * const back = new Uint8Array(3);
