@@ -54,6 +54,22 @@ Deno.test("nbd client: LIST, INFO and a handshake for kernel attach", async () =
   conn.close();
 });
 
+Deno.test("nbd client: discard sends NBD_CMD_TRIM and the server frees the space", async () => {
+  await using nbd = await NbdFixture.start({ exports: { vol: MiB } });
+  const client = await nbd.client("vol");
+  await client.writeAt(0, patternBytes(65536, 1));
+  const memory = nbd.device("vol") as MemoryDevice;
+  assert.equal(memory.allocatedBytes, 65536);
+  await client.discard(0, 32768);
+  assert.equal(memory.allocatedBytes, 32768);
+  await client.trim(32768, 4096);
+  assert.equal(memory.allocatedBytes, 28672);
+  const back = new Uint8Array(4096);
+  await client.readAt(32768, back);
+  assert.ok(back.every((b) => b === 0), "trim reads as zeros");
+  await client.close();
+});
+
 Deno.test("nbd client: refusals become TorusErrors with the server's message", async () => {
   await using nbd = await NbdFixture.start({ exports: { vol: MiB } });
   await assert.rejects(nbd.client("missing"), (error: Error) => {

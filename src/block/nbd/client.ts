@@ -34,7 +34,7 @@
  * advertised) are split; `trim` is NBD_CMD_WRITE_ZEROES without NO_HOLE (NBD_CMD_TRIM does not
  * promise zeros, the Device contract does); `writeZeroes` is NBD_CMD_WRITE_ZEROES, or plain zero
  * writes on servers without it; FUA uses NBD_CMD_FLAG_FUA or, without it, a flush after the write.
- * `extents` reports one non-zero extent (no block status). Error replies become TorusErrors
+ * `discard` is NBD_CMD_TRIM itself. `extents` reports one non-zero extent (no block status). Error replies become TorusErrors
  * (errno.ts); a lost connection fails every call with `unavailable`.
  * @module
  */
@@ -65,10 +65,12 @@ import {
   NBD_CMD_FLAG_NO_HOLE,
   NBD_CMD_FLUSH,
   NBD_CMD_READ,
+  NBD_CMD_TRIM,
   NBD_CMD_WRITE,
   NBD_CMD_WRITE_ZEROES,
   NBD_FLAG_SEND_FLUSH,
   NBD_FLAG_SEND_FUA,
+  NBD_FLAG_SEND_TRIM,
   NBD_FLAG_SEND_WRITE_ZEROES,
   NBD_REQUEST_HEADER_BYTES,
   NBD_SIMPLE_REPLY_BYTES,
@@ -208,6 +210,26 @@ export class NbdClient implements Device {
       true,
       () => this.#writeZeroes(offsetBytes, lengthBytes, options),
     );
+  }
+
+  /**
+   * NBD_CMD_TRIM: a hint that the range is no longer needed, so the server may free its space.
+   * Unlike {@link trim}, the range's contents are unspecified afterwards. A no-op on servers
+   * that do not offer it.
+   */
+  discard(offsetBytes: number, lengthBytes: number, options?: DeviceWriteOptions): Promise<void> {
+    return this.#track(offsetBytes, lengthBytes, true, async () => {
+      if (!this.has(NBD_FLAG_SEND_TRIM)) return;
+      const fua = options?.fua === true && this.has(NBD_FLAG_SEND_FUA);
+      await this.#chunked(lengthBytes, (at, length) =>
+        this.#request({
+          type: NBD_CMD_TRIM,
+          flags: fua ? NBD_CMD_FLAG_FUA : 0,
+          offsetBytes: offsetBytes + at,
+          lengthBytes: length,
+          signal: options?.signal,
+        }));
+    });
   }
 
   extents(offsetBytes: number, lengthBytes: number): Promise<DeviceExtent[]> {
@@ -471,6 +493,8 @@ function commandName(type: number): string {
       return "flush";
     case NBD_CMD_WRITE_ZEROES:
       return "write-zeroes";
+    case NBD_CMD_TRIM:
+      return "trim";
     default:
       return `command ${type}`;
   }
