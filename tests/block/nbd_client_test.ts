@@ -112,7 +112,17 @@ async function startExternal(
     } catch {
       // Already exited.
     }
+    // nbdkit waits for its clients on SIGTERM: a test that failed with a client still connected
+    // must not hang here.
+    const killer = setTimeout(() => {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // Exited meanwhile.
+      }
+    }, 10_000);
     await child.status;
+    clearTimeout(killer);
     await child.stderr.cancel().catch(() => {});
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   };
@@ -228,8 +238,8 @@ Deno.test({
       "nbdkit",
       (s) => ["-f", "--exit-with-parent", "-U", s, "memory", `${64 * MiB}`],
     );
+    const client = await connectExternal(server);
     try {
-      const client = await connectExternal(server);
       const writes = Array.from(
         { length: 256 },
         (_, i) => client.writeAt(i * 65536 + 3, patternBytes(60_000, i)),
@@ -246,8 +256,42 @@ Deno.test({
       const back = new Uint8Array(40 * MiB);
       await client.readAt(MiB, back);
       assert.ok(sameBytes(back, big), "a request over 32 MiB is split");
-      await client.close();
     } finally {
+      await client.close().catch(() => {});
+      await server.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: hasCommand("nbdkit")
+    ? "nbd client: keeps to a server's minimum block size"
+    : "nbd client: keeps to a server's minimum block size [skipped: nbdkit not installed]",
+  ignore: !hasCommand("nbdkit"),
+  fn: async () => {
+    const server = await startExternal("nbdkit", (s) => [
+      "-f",
+      "--exit-with-parent",
+      "--filter=blocksize-policy",
+      "-U",
+      s,
+      "memory",
+      `${MiB}`,
+      "blocksize-minimum=512",
+      // nbdkit would let unaligned requests through: only our client refuses them.
+      "blocksize-error-policy=allow",
+    ]);
+    const client = await connectExternal(server);
+    try {
+      assert.equal(client.info.blockSize?.minimumBytes, 512);
+      await rejectsWithCode(client.writeAt(1, new Uint8Array(512)), ErrorCode.Invalid);
+      await rejectsWithCode(client.readAt(0, new Uint8Array(100)), ErrorCode.Invalid);
+      await client.writeAt(512, patternBytes(1024, 1));
+      const back = new Uint8Array(1024);
+      await client.readAt(512, back);
+      assertBytes(back, patternBytes(1024, 1));
+    } finally {
+      await client.close().catch(() => {});
       await server.stop();
     }
   },

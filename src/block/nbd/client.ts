@@ -35,7 +35,9 @@
  * promise zeros, the Device contract does); `writeZeroes` is NBD_CMD_WRITE_ZEROES, or plain zero
  * writes on servers without it; FUA uses NBD_CMD_FLAG_FUA or, without it, a flush after the write.
  * `discard` is NBD_CMD_TRIM itself. `extents` reports one non-zero extent (no block status). Error replies become TorusErrors
- * (errno.ts); a lost connection fails every call with `unavailable`.
+ * (errno.ts); a lost connection fails every call with `unavailable`. The client asks for the
+ * server's block size constraints and keeps to them: against a server whose minimum block size is
+ * above 1 (not torus's), unaligned calls fail with `invalid` (no read-modify-write is done).
  * @module
  */
 
@@ -109,6 +111,8 @@ export class NbdClient implements Device {
   readonly #stream: ByteStream;
   readonly #reader: StreamReader;
   readonly #maxRequestBytes: number;
+  /** The server's minimum block size: offsets and lengths must be multiples of it. */
+  readonly #minimumBytes: number;
   readonly #requestsInFlightMax: number;
   readonly #pending = new Map<number, Pending>();
   readonly #slotWaiters: (() => void)[] = [];
@@ -127,10 +131,11 @@ export class NbdClient implements Device {
     this.readOnly = info.readOnly;
     const preferred = info.blockSize?.preferredBytes ?? 4096;
     this.preferredBlockSizeBytes = preferred >= 512 ? preferred : 4096;
-    this.#maxRequestBytes = Math.min(
-      info.blockSize?.maximumBytes ?? NBD_REQUEST_LENGTH_MAX_BYTES,
-      NBD_REQUEST_LENGTH_MAX_BYTES,
-    );
+    const maximum = info.blockSize?.maximumBytes ?? 0;
+    this.#maxRequestBytes = maximum > 0
+      ? Math.min(maximum, NBD_REQUEST_LENGTH_MAX_BYTES)
+      : NBD_REQUEST_LENGTH_MAX_BYTES;
+    this.#minimumBytes = Math.max(1, info.blockSize?.minimumBytes ?? 1);
     this.#stream = negotiation.stream;
     this.#reader = negotiation.reader;
     this.#requestsInFlightMax = inFlightMax;
@@ -297,6 +302,13 @@ export class NbdClient implements Device {
       throw invalid(
         `range ${offsetBytes}+${lengthBytes} is outside NBD export "${this.info.name}" ` +
           `(${this.sizeBytes} bytes)`,
+      );
+    }
+    // Having asked for NBD_INFO_BLOCK_SIZE in NBD_OPT_GO, the client must keep to it.
+    if (offsetBytes % this.#minimumBytes !== 0 || lengthBytes % this.#minimumBytes !== 0) {
+      throw invalid(
+        `range ${offsetBytes}+${lengthBytes} is not aligned to the ${this.#minimumBytes}-byte ` +
+          `minimum block size of NBD export "${this.info.name}"`,
       );
     }
   }
