@@ -34,6 +34,8 @@ export const ErrorCode = {
   OutcomeUnknown: "outcome_unknown",
   /** The operation is not supported by this implementation or this kernel. */
   NotSupported: "not_supported",
+  /** A write to something that only reads (a snapshot, a read-only export). */
+  ReadOnly: "read_only",
 } as const;
 
 /** One of the values of {@link ErrorCode}. */

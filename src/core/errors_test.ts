@@ -28,6 +28,7 @@ Deno.test("error codes keep their wire values", () => {
     Unavailable: "unavailable",
     OutcomeUnknown: "outcome_unknown",
     NotSupported: "not_supported",
+    ReadOnly: "read_only",
   });
 });
 
