@@ -32,6 +32,8 @@ const errnoOfCode = {
   [ErrorCode.NotExist]: NBD_EIO,
   [ErrorCode.Exists]: NBD_EIO,
   [ErrorCode.CompareFailed]: NBD_EIO,
+  // A metadata change whose answer was lost: the client must not assume the write happened.
+  [ErrorCode.OutcomeUnknown]: NBD_EIO,
 } as const satisfies Record<ErrorCode, number>;
 
 /**
