@@ -1,6 +1,7 @@
 /**
- * Block volumes and their front ends. `device.ts` is the contract every front end serves; `nbd/`
- * is the NBD protocol (codec, server, client); `aoe/` the ATA-over-Ethernet target (step 5).
+ * Block volumes and their front ends. `device.ts` is the contract every front end serves,
+ * `memory_device.ts` an in-memory Device, `device_contract.ts` the suite every Device runs;
+ * `nbd/` is the NBD protocol (codec, server, client); `aoe/` the ATA-over-Ethernet target (step 5).
  * @module
  */
 
@@ -12,3 +13,5 @@ export * from "./volume.ts";
 export * from "./volumes.ts";
 export * from "./gc.ts";
 export * from "./transfer.ts";
+export * from "./memory_device.ts";
+export * from "./nbd/mod.ts";

@@ -155,6 +155,21 @@ export const NBD_REQUESTS_IN_FLIGHT_MAX = 64;
 export const NBD_REQUEST_LENGTH_MAX_BYTES = 32 * 1024 * 1024;
 /** NBD option haggling: the largest option payload accepted. */
 export const NBD_OPTION_LENGTH_MAX_BYTES = 4096;
+/**
+ * NBD: most payload and read-reply bytes one connection holds at once (requests received and not
+ * yet answered). A client that stops reading replies stalls at this much; one request of the
+ * largest length is always let through, so it never deadlocks.
+ */
+export const NBD_CONNECTION_BUFFERED_BYTES_MAX = 64 * 1024 * 1024;
+/** NBD: free request/reply buffers a server keeps for reuse, across its connections. */
+export const NBD_BUFFER_POOL_RETAINED_BYTES_MAX = 128 * 1024 * 1024;
+/** NBD: a client must finish option haggling within this time, or it is disconnected. */
+export const NBD_HANDSHAKE_TIMEOUT_MS = 30_000;
+/**
+ * NBD server shutdown: how long connections get to receive the replies to their requests in
+ * flight before they are closed anyway (a client that stopped reading must not stall shutdown).
+ */
+export const NBD_CLOSE_GRACE_MS = 10_000;
 
 /** AoE: period of the background sync. */
 export const AOE_SYNC_INTERVAL_MS = 5_000;
@@ -177,6 +192,10 @@ assert(
   "older names of 255 UTF-16 units stay reachable",
 );
 assert(NAME_LOOKUP_MAX_BYTES * 2 <= KV_KEY_MAX_BYTES, "a name key leaves room for its prefix");
+assert(
+  NBD_CONNECTION_BUFFERED_BYTES_MAX >= NBD_REQUEST_LENGTH_MAX_BYTES,
+  "an NBD connection can hold one request of the largest length",
+);
 assert(STORE_SLOTS_MAX < 2 ** 24, "a store's index fits one JavaScript Map");
 assert(READ_CACHE_ENTRIES_MIN >= 1, "the read cache holds at least one block");
 assert(

@@ -18,6 +18,14 @@ export const requiredPackages: readonly Requirement[] = [
   { command: "openssl", debianPackage: "openssl" },
   { command: "strace", debianPackage: "strace" },
   { command: "script", debianPackage: "bsdutils" },
+  // Third-party NBD clients and servers for the interop tests of src/block/nbd.
+  { command: "nbdinfo", debianPackage: "libnbd-bin" },
+  { command: "nbdcopy", debianPackage: "libnbd-bin" },
+  { command: "qemu-img", debianPackage: "qemu-utils" },
+  { command: "qemu-io", debianPackage: "qemu-utils" },
+  { command: "qemu-nbd", debianPackage: "qemu-utils" },
+  { command: "nbdkit", debianPackage: "nbdkit" },
+  { command: "fio", debianPackage: "fio" },
 ];
 
 /** Whether `command` is on PATH. */
