@@ -563,40 +563,45 @@ class VolumeHandle implements Device {
     return this.#volume.preferredBlockSizeBytes;
   }
 
-  #check(): void {
-    if (this.#closed !== null) throw new TorusError(ErrorCode.Closed, "volume handle is closed");
+  /** Calls of this handle in flight, which its close waits for. */
+  readonly #inFlight = new Set<Promise<unknown>>();
+
+  /** Runs `call` on the volume unless this handle is closed (a rejection, never a throw). */
+  #call<T>(call: () => Promise<T>): Promise<T> {
+    if (this.#closed !== null) {
+      return Promise.reject(new TorusError(ErrorCode.Closed, "volume handle is closed"));
+    }
+    const running = call();
+    this.#inFlight.add(running);
+    const forget = () => this.#inFlight.delete(running);
+    running.then(forget, forget);
+    return running;
   }
 
   readAt(offsetBytes: number, into: Uint8Array, options?: DeviceCallOptions): Promise<void> {
-    this.#check();
-    return this.#volume.readAt(offsetBytes, into, options);
+    return this.#call(() => this.#volume.readAt(offsetBytes, into, options));
   }
   writeAt(offsetBytes: number, data: Uint8Array, options?: DeviceWriteOptions): Promise<void> {
-    this.#check();
-    return this.#volume.writeAt(offsetBytes, data, options);
+    return this.#call(() => this.#volume.writeAt(offsetBytes, data, options));
   }
   flush(options?: DeviceCallOptions): Promise<void> {
-    this.#check();
-    return this.#volume.flush(options);
+    return this.#call(() => this.#volume.flush(options));
   }
   trim(offsetBytes: number, lengthBytes: number, options?: DeviceWriteOptions): Promise<void> {
-    this.#check();
-    return this.#volume.trim(offsetBytes, lengthBytes, options);
+    return this.#call(() => this.#volume.trim(offsetBytes, lengthBytes, options));
   }
   writeZeroes(
     offsetBytes: number,
     lengthBytes: number,
     options?: WriteZeroesOptions,
   ): Promise<void> {
-    this.#check();
-    return this.#volume.writeZeroes(offsetBytes, lengthBytes, options);
+    return this.#call(() => this.#volume.writeZeroes(offsetBytes, lengthBytes, options));
   }
   extents(offsetBytes: number, lengthBytes: number): Promise<DeviceExtent[]> {
-    this.#check();
-    return this.#volume.extents(offsetBytes, lengthBytes);
+    return this.#call(() => this.#volume.extents(offsetBytes, lengthBytes));
   }
   close(): Promise<void> {
-    this.#closed ??= this.#release();
+    this.#closed ??= Promise.allSettled(this.#inFlight).then(() => this.#release());
     return this.#closed;
   }
 }
