@@ -267,16 +267,6 @@ export async function pwriteFull(
   }
 }
 
-/** Writes all of a small `buffer` synchronously (index entries, headers). */
-export function pwriteFullSync(fd: number, buffer: Uint8Array, offsetBytes: number): void {
-  let done = pwriteSync(fd, buffer, offsetBytes);
-  while (done < buffer.length) {
-    const more = pwriteSync(fd, buffer.subarray(done), offsetBytes + done);
-    if (more === 0) throw failure("pwrite", describeIo(fd, buffer, offsetBytes), Errno.ENOSPC);
-    done += more;
-  }
-}
-
 function lostErrno(call: string, detail: string): SysError {
   return new SysError(
     call,
