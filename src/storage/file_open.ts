@@ -47,7 +47,7 @@ import {
   slotOffsetBytes,
   STORE_ID_BYTES,
 } from "./file_format.ts";
-import { HIGH_WATER_STEP_SLOTS } from "./map_writer.ts";
+import { highWaterStepSlots } from "./map_writer.ts";
 import { SlotIndex, SlotState } from "./slot_index.ts";
 
 /** Slots never counted as capacity, so a replacement always finds room. */
@@ -446,8 +446,8 @@ export async function settleHighWater(
     await writeHeaders(files, { ...files, version: FORMAT_VERSION });
     files.version = FORMAT_VERSION;
   }
-  const wanted = Math.ceil((loaded.highestUsedSlot + 1) / HIGH_WATER_STEP_SLOTS) *
-    HIGH_WATER_STEP_SLOTS;
+  const step = highWaterStepSlots(files.slotCount);
+  const wanted = Math.ceil((loaded.highestUsedSlot + 1) / step) * step;
   const mark = {
     sequence: (current?.sequence ?? 0) + 1,
     slots: Math.min(files.slotCount, Math.max(wanted, loaded.highestUsedSlot + 1)),

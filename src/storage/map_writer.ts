@@ -9,8 +9,13 @@
  * - One batch at a time, and all map writes of a running store go through here, so two writes
  *   of one entry are never in flight together and the later content always lands last.
  * - What a batch writes is what the index says when the batch encodes it: a Stored or Retiring
- *   slot's entry, else zero. Writing the current state of any slot is always correct, as the
- *   engine changes a slot's state only when the entry it implies may reach the disk.
+ *   slot's entry, else zero. Writing the current state of any slot is correct, as the engine
+ *   changes a slot's state only when the entry it implies may reach the disk.
+ * - A valid entry that did not change is never rewritten: a write that a power loss tears can
+ *   leave garbage in the bytes it covered, and a rewrite would put a durable entry at that risk.
+ *   Runs of dirty slots are therefore only joined over slots whose entry is zero (garbage there
+ *   reads as a damaged entry, which is treated as free), and they are encoded all at once so
+ *   the states that decided this cannot change before they are written.
  * - `onWritten` reports the slots whose entry is in the file as the index still says (slots
  *   marked again meanwhile are left for the next batch), before the batch's waiters resume.
  * - High-water mark: every entry at or above the persisted mark H is zero on disk. Before an
@@ -33,9 +38,17 @@ import {
 } from "./file_format.ts";
 import { type SlotIndex, SlotState } from "./slot_index.ts";
 
-/** Fewest slots a raise of the high-water mark adds (1 MiB of entries). */
-export const HIGH_WATER_STEP_SLOTS = 16_384;
-/** Entries encoded and written per write call. */
+/** Most slots of a high-water mark step (1 MiB of entries). */
+export const HIGH_WATER_STEP_SLOTS_MAX = 16_384;
+
+/**
+ * The unit the high-water mark moves in: 1/8 of a small store (so even a test store raises it
+ * several times), at most HIGH_WATER_STEP_SLOTS_MAX.
+ */
+export function highWaterStepSlots(slotCount: number): number {
+  return Math.min(HIGH_WATER_STEP_SLOTS_MAX, Math.max(8, Math.ceil(slotCount / 8)));
+}
+/** Entries of a raised range encoded and written per write call. */
 const ENTRIES_PER_WRITE = 16_384;
 /** Dirty slots this close together are written as one run (the gap rewritten as it is). */
 const RUN_GAP_SLOTS_MAX = 8;
@@ -61,11 +74,14 @@ interface Waiter {
   reject(error: unknown): void;
 }
 
-/** The high-water mark a write of `slot` needs, raised from `current` (see the module doc). */
+/**
+ * The high-water mark a write of `slot` needs, raised from `current` (see the module doc): by a
+ * step at least and by half at least, so a store that fills up raises it a few dozen times.
+ */
 export function raisedHighWater(current: number, slot: number, slotCount: number): number {
-  const wanted = Math.max(slot + 1, current + Math.max(HIGH_WATER_STEP_SLOTS, current >>> 1));
-  const rounded = Math.ceil(wanted / HIGH_WATER_STEP_SLOTS) * HIGH_WATER_STEP_SLOTS;
-  return Math.min(slotCount, rounded);
+  const step = highWaterStepSlots(slotCount);
+  const wanted = Math.max(slot + 1, current + Math.max(step, current >>> 1));
+  return Math.min(slotCount, Math.ceil(wanted / step) * step);
 }
 
 /** Background writer of map entries; see the module doc. */
@@ -167,28 +183,34 @@ export class MapWriter {
     const slots = this.#dirty.sort((a, b) => a - b);
     this.#dirty = [];
     for (const slot of slots) this.#isDirty[slot] = 0;
+    const highWater = this.#highWater.slots;
     const highest = slots[slots.length - 1]!;
-    let raiseTo = this.#highWater.slots;
-    if (highest >= raiseTo) raiseTo = raisedHighWater(raiseTo, highest, this.#options.slotCount);
-    const runs = toRuns(slots, { from: this.#highWater.slots, to: raiseTo });
-    for (const [first, end] of runs) await this.#writeRun(first, end);
-    if (raiseTo > this.#highWater.slots) await this.#raise(raiseTo);
+    // Slots at or above the high-water mark are written with the whole raised range below.
+    const below = slots.filter((slot) => slot < highWater);
+    const zeroEntry = (slot: number) => !hasEntry(this.#index.states[slot]!);
+    const writes = toRuns(below, zeroEntry).map(([first, end]) => {
+      const buffer = this.#encode(first, end);
+      return this.#options.map.write(buffer.bytes, entryOffsetBytes(first));
+    });
+    await Promise.all(writes);
+    if (highest >= highWater) {
+      const raiseTo = raisedHighWater(highWater, highest, this.#options.slotCount);
+      for (let start = highWater; start < raiseTo; start += ENTRIES_PER_WRITE) {
+        const end = Math.min(raiseTo, start + ENTRIES_PER_WRITE);
+        await this.#options.map.write(this.#encode(start, end).bytes, entryOffsetBytes(start));
+      }
+      await this.#raise(raiseTo);
+    }
     return slots.filter((slot) => this.#isDirty[slot] === 0);
   }
 
-  /** Writes the current entries of slots [first, end). */
-  async #writeRun(first: number, end: number): Promise<void> {
-    for (let start = first; start < end; start += ENTRIES_PER_WRITE) {
-      const count = Math.min(ENTRIES_PER_WRITE, end - start);
-      const buffer = new EntryBuffer(count, this.#index);
-      for (let i = 0; i < count; i++) {
-        const state = this.#index.states[start + i];
-        if (state === SlotState.Stored || state === SlotState.Retiring) {
-          buffer.encodeSlot(i, start + i);
-        }
-      }
-      await this.#options.map.write(buffer.bytes, entryOffsetBytes(start));
+  /** The current entries of slots [first, end). */
+  #encode(first: number, end: number): EntryBuffer {
+    const buffer = new EntryBuffer(end - first, this.#index);
+    for (let slot = first; slot < end; slot++) {
+      if (hasEntry(this.#index.states[slot]!)) buffer.encodeSlot(slot - first, slot);
     }
+    return buffer;
   }
 
   async #raise(slots: number): Promise<void> {
@@ -200,29 +222,32 @@ export class MapWriter {
   }
 }
 
+/** Whether a slot in `state` has a used entry on disk (else its entry is zero). */
+function hasEntry(state: number): boolean {
+  return state === SlotState.Stored || state === SlotState.Retiring;
+}
+
 /**
- * Sorted slots (plus the whole range [from, to) when it is not empty) as runs [first, end):
- * neighbours closer than RUN_GAP_SLOTS_MAX share a run.
+ * Sorted slots as runs [first, end): neighbours at most RUN_GAP_SLOTS_MAX apart share a run when
+ * every slot between them has a zero entry (`zeroEntry`).
  */
 export function toRuns(
   sortedSlots: readonly number[],
-  range: { from: number; to: number },
+  zeroEntry: (slot: number) => boolean,
 ): [number, number][] {
   const runs: [number, number][] = [];
-  const add = (first: number, end: number) => {
-    const last = runs[runs.length - 1];
-    if (last !== undefined && first <= last[1] + RUN_GAP_SLOTS_MAX) {
-      last[1] = Math.max(last[1], end);
-    } else runs.push([first, end]);
-  };
-  let rangeAdded = range.from >= range.to;
   for (const slot of sortedSlots) {
-    if (!rangeAdded && range.from <= slot) {
-      add(range.from, range.to);
-      rangeAdded = true;
+    const last = runs[runs.length - 1];
+    if (last !== undefined && slot <= last[1] + RUN_GAP_SLOTS_MAX && gapIsZero(last[1], slot)) {
+      last[1] = slot + 1;
+    } else {
+      runs.push([slot, slot + 1]);
     }
-    add(slot, slot + 1);
   }
-  if (!rangeAdded) add(range.from, range.to);
   return runs;
+
+  function gapIsZero(from: number, to: number): boolean {
+    for (let slot = from; slot < to; slot++) if (!zeroEntry(slot)) return false;
+    return true;
+  }
 }

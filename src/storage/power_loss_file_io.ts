@@ -167,6 +167,8 @@ export class PowerLossFileIo implements FileIo {
   /** The operation running now, settled or not. */
   #current: Promise<void> | null = null;
   #operations = 0;
+  /** Drivers waiting for operations to run (see {@link ran}). */
+  #progress: { operations: number; resolve: () => void }[] = [];
   #cut: Promise<PowerCutReport> | null = null;
   readonly #cutDone = Promise.withResolvers<PowerCutReport>();
 
@@ -204,6 +206,17 @@ export class PowerLossFileIo implements FileIo {
   /** Resolves once a cut, requested or automatic, has written what survives. */
   whenCut(): Promise<PowerCutReport> {
     return this.#cutDone.promise;
+  }
+
+  /**
+   * Resolves once `count` more operations ran, or as soon as none is waiting (or the power is
+   * off). A test driver that paces itself with this instead of timers replays exactly.
+   */
+  ran(count: number): Promise<void> {
+    if (!this.#running || this.#cut !== null) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.#progress.push({ operations: this.#operations + count, resolve });
+    });
   }
 
   open(path: string, options: OpenFileOptions = {}): Promise<IoFile> {
@@ -301,6 +314,7 @@ export class PowerLossFileIo implements FileIo {
     for (;;) {
       // Every microtask reacting to the last result runs first, so the choice below is replayable.
       await new Promise<void>((resolve) => setImmediate(resolve));
+      if (this.#wakeDrivers()) await new Promise<void>((resolve) => setImmediate(resolve));
       if (this.#cut !== null || this.#waiting.length === 0) break;
       if (this.#operations + 1 >= this.#cutBeforeOperation) {
         void this.cut();
@@ -313,6 +327,17 @@ export class PowerLossFileIo implements FileIo {
       this.#current = null;
     }
     this.#running = false;
+    this.#wakeDrivers();
+  }
+
+  /** Resumes the drivers whose operations ran (all when nothing waits); whether any was. */
+  #wakeDrivers(): boolean {
+    const idle = !this.#running || this.#waiting.length === 0 || this.#cut !== null;
+    const ready = this.#progress.filter((w) => idle || w.operations <= this.#operations);
+    if (ready.length === 0) return false;
+    this.#progress = this.#progress.filter((w) => !ready.includes(w));
+    for (const waiter of ready) waiter.resolve();
+    return true;
   }
 
   async #runOne(next: Waiting): Promise<void> {
