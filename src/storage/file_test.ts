@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { ErrorCode, isTorusError, SeededRandom, testSeed } from "../core/mod.ts";
+import { ErrorCode, isTorusError, SeededRandom, STORE_SLOTS_MAX, testSeed } from "../core/mod.ts";
 import { FileBlockStore, type FileBlockStoreOptions, SPARE_SLOTS } from "./file.ts";
 import {
   decodeEntry,
@@ -616,3 +616,31 @@ Deno.test(`FileBlockStore: random operations match a Map model (seed=${modelSeed
     await cleanup();
   }
 });
+
+fileTest(
+  "a store of the most slots allowed opens at once and works; one more is refused",
+  async () => {
+    const { options, cleanup } = await tempStore({ blockSizeBytes: 512 });
+    try {
+      const sizeBytes = STORE_SLOTS_MAX * 512;
+      await rejectsWithCode(
+        FileBlockStore.open({ ...options, sizeBytes: sizeBytes + 512 }),
+        ErrorCode.Invalid,
+      );
+      const store = await FileBlockStore.open({ ...options, sizeBytes });
+      assert.equal(store.totalBlocks(), STORE_SLOTS_MAX - SPARE_SLOTS);
+      for (let i = 0; i < 100; i++) await store.putBlock(testRef(i), patternBlock(512, i));
+      await store.close();
+      // Reopening reads the entries below the high-water mark, not the 1 GiB map.
+      const reopened = await FileBlockStore.open({ ...options, sizeBytes });
+      assert.equal(reopened.usedBlocks(), 100);
+      assert.deepEqual(await reopened.getBlock(testRef(99)), patternBlock(512, 99));
+      let refs = 0;
+      for await (const _ of reopened.blockRefs()) refs++;
+      assert.equal(refs, 100);
+      await reopened.close();
+    } finally {
+      await cleanup();
+    }
+  },
+);
