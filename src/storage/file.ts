@@ -95,7 +95,7 @@ const STAGING_BUFFERS_MAX = 16;
 /** Reads of a block that keeps being replaced under a get before it gives up. */
 const READ_ATTEMPTS_MAX = 8;
 /** Slots `blockRefs` looks at between two turns of the event loop. */
-const REFS_CHUNK_SLOTS = 16_384;
+const REFS_CHUNK_SLOTS = 4096;
 
 const log = logger("storage");
 
@@ -259,13 +259,13 @@ export class FileBlockStore implements BlockStore {
       for (let attempt = 1;; attempt++) {
         const slot = this.#index.find(key);
         if (slot < 0) throw notExist(`block ${ref} not found`);
-        const block = await this.#readVerified(ref, key, slot);
-        if (block !== null) {
+        const read = await this.#readVerified(ref, key, slot);
+        if (read !== null) {
           const expected = options?.expectedCrc32;
-          if (expected !== undefined && this.#index.crcs[slot] !== expected >>> 0) {
+          if (expected !== undefined && read.crc !== expected >>> 0) {
             throw blockUnavailable(`block ${ref} does not match its expected CRC`);
           }
-          return block;
+          return read.block;
         }
         if (attempt >= READ_ATTEMPTS_MAX) {
           throw blockUnavailable(`block ${ref} kept changing while being read`);
@@ -277,10 +277,15 @@ export class FileBlockStore implements BlockStore {
   }
 
   /**
-   * Reads stored `slot` into a fresh buffer. Null when the version changed while reading (retry);
-   * throws `block_unavailable` (and drops the entry) when the bytes fail their checksum.
+   * Reads stored `slot` into a fresh buffer, with its checksum. Null when the version changed
+   * while reading (retry); throws `block_unavailable` (and drops the entry) when the bytes fail
+   * their checksum.
    */
-  async #readVerified(ref: BlockRef, key: Uint32Array, slot: number): Promise<Uint8Array | null> {
+  async #readVerified(
+    ref: BlockRef,
+    key: Uint32Array,
+    slot: number,
+  ): Promise<{ block: Uint8Array; crc: number } | null> {
     const generation = this.#index.generations[slot]!;
     const expectedCrc = this.#index.crcs[slot]!;
     // A changed index means the slot was reused under us, not that the disk is bad.
@@ -298,7 +303,7 @@ export class FileBlockStore implements BlockStore {
         cause: error,
       });
     }
-    if (crc32(block) === expectedCrc) return block;
+    if (crc32(block) === expectedCrc) return { block, crc: expectedCrc };
     if (changed()) return null;
     this.#removeStored(slot);
     this.#checkInvariants();

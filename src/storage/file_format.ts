@@ -349,11 +349,23 @@ export class EntryBuffer {
     return this.#words[i * WORDS_PER_ENTRY + 10]!;
   }
 
-  /** Copies the ref of entry `i` into `target` at slot `slot` (6 words per slot). */
-  copyRef(i: number, target: { refWords: Uint32Array; slot: number }): void {
+  /**
+   * Copies used entry `i` (ref, generation, block CRC) into slot `slot` of `target`, the typed
+   * per-slot fields of an index.
+   */
+  copyTo(i: number, target: EntrySource, slot: number): void {
+    const w = this.#words;
     const at = i * WORDS_PER_ENTRY;
-    const to = target.slot * REF_WORDS;
-    for (let k = 0; k < REF_WORDS; k++) target.refWords[to + k] = this.#words[at + k]!;
+    const refs = target.refWords;
+    const to = slot * REF_WORDS;
+    refs[to] = w[at]!;
+    refs[to + 1] = w[at + 1]!;
+    refs[to + 2] = w[at + 2]!;
+    refs[to + 3] = w[at + 3]!;
+    refs[to + 4] = w[at + 4]!;
+    refs[to + 5] = w[at + 5]!;
+    target.generations[slot] = w[at + 7]! * TWO_32 + w[at + 6]!;
+    target.crcs[slot] = w[at + 10]!;
   }
 }
 

@@ -115,9 +115,15 @@ Deno.test("file format: EntryBuffer encodes and checks entries exactly as the co
   assert.equal(buffer.check(1, 13), EntryState.Damaged);
   assert.equal(buffer.generation(1), entry.generation);
   assert.equal(buffer.blockCrc32(1), entry.crc32);
-  const target = { refWords: new Uint32Array(6 * 3), slot: 2 };
-  buffer.copyRef(1, target);
+  const target = {
+    refWords: new Uint32Array(6 * 3),
+    generations: new Float64Array(3),
+    crcs: new Uint32Array(3),
+  };
+  buffer.copyTo(1, target, 2);
   assert.ok(BlockRef.fromBytes(new Uint8Array(target.refWords.buffer), 48).equals(entry.ref));
+  assert.equal(target.generations[2], entry.generation);
+  assert.equal(target.crcs[2], entry.crc32);
   for (let bit = 0; bit < ENTRY_BYTES * 8; bit++) {
     const flipped = new EntryBuffer(1);
     flipped.bytes.set(expected);

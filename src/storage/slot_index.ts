@@ -96,7 +96,27 @@ export class SlotIndex {
 
   /** The stored slot of the ref held by `slot` (which may be in any state), or -1. */
   findRefOf(slot: number): number {
-    return this.find(this.refWords.subarray(slot * REF_WORDS, slot * REF_WORDS + REF_WORDS));
+    for (let cell = this.#hashOfSlot(slot) & this.#mask;; cell = (cell + 1) & this.#mask) {
+      const entry = this.#table[cell]!;
+      if (entry === 0) return -1;
+      if (this.#refEquals(entry - 1, this.refWords, slot)) return entry - 1;
+    }
+  }
+
+  /**
+   * Adds `slot` (its ref field set) as Stored unless its ref is stored already: returns -1 when
+   * added, else the slot that stores the ref (nothing changes then). One probe for both.
+   */
+  insertIfAbsent(slot: number): number {
+    let cell = this.#hashOfSlot(slot) & this.#mask;
+    for (; this.#table[cell] !== 0; cell = (cell + 1) & this.#mask) {
+      const other = this.#table[cell]! - 1;
+      if (this.#refEquals(other, this.refWords, slot)) return other;
+    }
+    this.#table[cell] = slot + 1;
+    this.states[slot] = SlotState.Stored;
+    this.#size++;
+    return -1;
   }
 
   /** Copies `key` into the ref field of `slot`. */
