@@ -14,11 +14,12 @@ export const BLOCK_SIZE_MAX_BYTES = 16 * 1024 * 1024;
 
 /**
  * Most slots (blocks) one file block store may have: 2^24, 8 TiB at the default block size. The
- * store's index lives in typed arrays (about 54 bytes per slot, committed only for slots in use):
- * a full store of this size holds about 0.9 GiB of index and opens in about twice the time of the
- * 8M-slot store measured in `deno task bench` (docs/benchmarks.md); an empty one opens at once, as
- * opening reads only the entries below the store's high-water mark. Beyond this, memory and open
- * time, not the data structures, are the limit (slot numbers in the index are 32-bit).
+ * store's index lives in typed arrays (about 46 bytes per used slot, measured; pages are committed
+ * only for slots in use): a full store of this size holds about 0.8 GiB of index and opens in
+ * about twice the time of the 8M-slot store measured by `deno task bench` (docs/benchmarks.md); an
+ * empty one opens at once, as opening reads only the entries below the high-water mark. Beyond
+ * this, memory and open time, not the data structures, are the limit (the index's slot numbers
+ * are 32-bit).
  */
 export const STORE_SLOTS_MAX = 2 ** 24;
 
