@@ -34,7 +34,7 @@ export interface OpenFileOptions {
 
 /** One open file. */
 export interface IoFile {
-  /** The path it was opened with. */
+  /** The path it was opened with (a later rename does not change it). */
   readonly path: string;
   /** Reads into `into` from `offsetBytes`; returns the bytes read (fewer only at end of file). */
   read(into: Uint8Array, offsetBytes: number): Promise<number>;

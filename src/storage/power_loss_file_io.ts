@@ -21,6 +21,8 @@
  *   subset of its unsynced name changes (a rename stays atomic).
  * - Flags a hazard when a write is issued while another write to overlapping bytes of the same
  *   file is still waiting or running: callers must never do that (their order is undefined).
+ * - A test driver paces itself with `ran(n)` (resume after n more operations) instead of timers,
+ *   so the whole run, not only the cut, replays from the seed.
  *
  * Scope: for tests of stores of a few MiB. It reads every file it sees whole into memory, paths
  * it tracks are files (directories pass through, treated as durable), and it assumes nothing else
