@@ -5,6 +5,7 @@
  */
 
 import { type Command, ExitCode, type Io, processIo, runCommand } from "./src/cli/mod.ts";
+import { escapeText } from "./src/core/mod.ts";
 import { commands } from "./src/cmd/mod.ts";
 
 function topLevelHelp(): string {
@@ -34,7 +35,10 @@ export async function main(args: string[], io: Io = processIo): Promise<number> 
   if (name === "--version") return await main(["version"], io);
   const command = commands.find((c) => c.name === name);
   if (!command) {
-    io.stderr(`torus: unknown command "${name}"\nRun 'torus help' for the list of commands.\n`);
+    io.stderr(
+      `torus: unknown command "${escapeText(name)}"\n` +
+        "Run 'torus help' for the list of commands.\n",
+    );
     return ExitCode.Usage;
   }
   return await runCommand(command, rest, io);
@@ -48,7 +52,7 @@ function help(args: string[], io: Io): number {
   }
   const command: Command | undefined = commands.find((c) => c.name === name);
   if (!command) {
-    io.stderr(`torus help: unknown command "${name}"\n`);
+    io.stderr(`torus help: unknown command "${escapeText(name)}"\n`);
     return ExitCode.Usage;
   }
   io.stdout(command.help.trimEnd() + "\n");

@@ -1,5 +1,6 @@
 /**
- * `deno task bundle`: builds dist/torus.js, one file that runs with `deno run -A dist/torus.js`.
+ * `deno task bundle`: builds dist/torus.js, one file that runs with `deno run -A dist/torus.js`
+ * or, as a program, `./dist/torus.js` (see {@link launcherHeader}).
  * Pure-JS dependencies are inlined. Packages that cannot be inlined (a native addon, etcd3 which
  * reads its .proto files at run time, grpc-js) stay external and are rewritten to pinned `npm:`
  * specifiers, which Deno fetches into its cache on first use; no node_modules is needed beside
@@ -64,6 +65,21 @@ export async function inlineUrlAssets(code: string): Promise<string> {
   return code.replace(pattern, (_whole, name: string) => assets.get(name)!);
 }
 
+/**
+ * The first two lines of the bundle: a file that is both a shell script and a module. Run as a
+ * program (`./torus.js ARGS`), /bin/sh checks that every argument is valid UTF-8 (Deno refuses
+ * other command lines before any torus code runs, with its own usage text and backtrace) and
+ * then runs the file with Deno; to Deno the second line is a comment. Same check as bin/torus.
+ */
+export const launcherHeader = "#!/bin/sh\n" +
+  "//usr/bin/env true; " +
+  "if command -v iconv >/dev/null 2>&1 && " +
+  "! printf '%s\\n' \"$@\" | iconv -f UTF-8 -t UTF-8 >/dev/null 2>&1; then n=0; " +
+  'for a in "$@"; do n=$((n + 1)); ' +
+  "printf '%s' \"$a\" | iconv -f UTF-8 -t UTF-8 >/dev/null 2>&1 || " +
+  '{ echo "torus: argument $n is not valid UTF-8" >&2; exit 2; }; done; fi; ' +
+  'exec deno run -A "$0" "$@"\n';
+
 async function main(): Promise<void> {
   const output = Deno.args[0] ?? `${root}dist/torus.js`;
   await Deno.mkdir(output.replace(/\/[^/]*$/, ""), { recursive: true });
@@ -84,7 +100,7 @@ async function main(): Promise<void> {
   const pinned = pinExternalImports(await inlineUrlAssets(code), await pinnedVersions());
   await Deno.writeTextFile(
     output,
-    "#!/usr/bin/env -S deno run -A\n" + pinned.replace(/^#!.*\n/, ""),
+    launcherHeader + pinned.replace(/^#!.*\n/, ""),
   );
   await Deno.chmod(output, 0o755);
   console.log(`wrote ${output} (${(pinned.length / 1024).toFixed(0)} KiB)`);

@@ -8,6 +8,9 @@
  * 3. otherwise the embedded store of the data dir (`--data-dir`, else `$TORUS_DATA_DIR`, else
  *    `./torus-data`) at `<data-dir>/metadata/kv.sqlite`, so one machine needs no flag.
  *
+ * An empty or blank flag value, profile field or $TORUS_DATA_DIR/$HOME is refused (input.ts):
+ * `-C ""` from a script with an unset variable must not quietly pick the embedded store.
+ *
  * Each setting is taken from the first of flag, profile, default that has it. `--metadata-prefix`
  * (flag or profile) moves the keys away from the original's `/github.com/coreos/torus/`.
  *
@@ -36,12 +39,14 @@ import {
 } from "../metadata/mod.ts";
 import {
   type ConfigProfile,
+  configProfile,
   defaultConfigPath,
   type Env,
   processEnv,
   readConfigFile,
 } from "./config_file.ts";
 import { defaultDrivers, type KvDrivers } from "./drivers.ts";
+import { envVar, splitList } from "./input.ts";
 
 /** Flags every metadata-using command accepts (spread into its parseFlags options). */
 export const metadataFlagOptions = {
@@ -100,9 +105,17 @@ export type BackendSpec =
     readonly prefix: string;
   };
 
-/** The data dir default: $TORUS_DATA_DIR, else `./torus-data`. */
+/**
+ * The data dir default: $TORUS_DATA_DIR, else `./torus-data`, for every command. A set but empty
+ * $TORUS_DATA_DIR is a UsageError (input.ts), never the filesystem root or the default.
+ */
 export function defaultDataDir(env: Env): string {
-  return env.get("TORUS_DATA_DIR") || "./torus-data";
+  return envVar(env, "TORUS_DATA_DIR") ?? "./torus-data";
+}
+
+/** The data dir of `flags` (`--data-dir`, else {@link defaultDataDir}). */
+export function dataDirOf(flags: MetadataFlags, env: Env): string {
+  return flags["data-dir"] ?? defaultDataDir(env);
 }
 
 /** The embedded store's file inside a data dir. */
@@ -117,17 +130,21 @@ async function profileOf(flags: MetadataFlags, env: Env): Promise<ConfigProfile>
     throw invalid(`config file ${flags.config} does not exist`);
   }
   const name = flags.profile ?? "default";
-  const profile = config?.etcd_config[name];
+  const profile = config === null ? undefined : configProfile(config, name);
   if (flags.profile !== undefined && profile === undefined) {
-    throw invalid(`profile "${name}" is not in config file ${path}`);
+    throw invalid(
+      path === null
+        ? `profile "${name}" needs a config file: $HOME is not set; pass --config FILE`
+        : config === null
+        ? `profile "${name}" needs a config file: ${path} does not exist`
+        : `profile "${name}" is not in config file ${path}`,
+    );
   }
   return profile ?? {};
 }
 
 function splitEndpoints(text: string): string[] {
-  const endpoints = text.split(",").map((e) => e.trim()).filter((e) => e !== "");
-  if (endpoints.length === 0) throw invalid(`no etcd endpoint in "${text}"`);
-  return endpoints;
+  return splitList(text, "etcd endpoint");
 }
 
 /** Decides the backend from flags, config file and environment (flag > profile > default). */
@@ -139,8 +156,10 @@ export async function resolveBackend(
   const prefix = checkPrefix(
     flags["metadata-prefix"] ?? profile["metadata-prefix"] ?? DEFAULT_METADATA_PREFIX,
   );
+  // Never blank here (parseFlags and the config file refuse that), and never silently ignored:
+  // a value without any endpoint fails in splitEndpoints instead of falling back to embedded.
   const etcd = flags.etcd ?? profile.etcd;
-  if (etcd !== undefined && etcd.trim() !== "") {
+  if (etcd !== undefined) {
     const tls = {
       certFile: flags["etcd-cert-file"] ?? profile["etcd-cert-file"],
       keyFile: flags["etcd-key-file"] ?? profile["etcd-key-file"],
@@ -157,7 +176,7 @@ export async function resolveBackend(
   const tlsFlag = ["etcd-cert-file", "etcd-key-file", "etcd-ca-file"] as const;
   const stray = tlsFlag.find((f) => flags[f] !== undefined);
   if (stray) throw invalid(`--${stray} needs an etcd endpoint (-C HOST:PORT)`);
-  const dataDir = flags["data-dir"] ?? defaultDataDir(env);
+  const dataDir = dataDirOf(flags, env);
   const spec: BackendSpec = { kind: "embedded", dataDir, path: embeddedStorePath(dataDir), prefix };
   return spec;
 }
@@ -212,7 +231,7 @@ async function openStore(spec: BackendSpec, options: OpenMetadataOptions): Promi
       mode: 0o700,
     });
   }
-  return await drivers.openEmbedded({ path: spec.path, clock: options.clock ?? systemClock });
+  return await drivers.openEmbedded({ path: spec.path });
 }
 
 /**

@@ -5,6 +5,7 @@ import { ErrorCode, isTorusError } from "../core/mod.ts";
 import { MemoryKvStore } from "../metadata/mod.ts";
 import { embeddedStorePath, openMetadata, resolveBackend } from "./backend.ts";
 import type { Env } from "./config_file.ts";
+import { UsageError } from "./usage_error.ts";
 import type { EmbeddedDriverOptions, KvDrivers } from "./drivers.ts";
 
 function envOf(values: Record<string, string>): Env {
@@ -87,7 +88,10 @@ Deno.test("bad config paths, TLS without etcd and bad prefixes are one-line erro
       isInvalid(/needs an etcd/),
     );
     await assert.rejects(resolveBackend({ "metadata-prefix": "nope" }, env), isInvalid(/prefix/));
-    await assert.rejects(resolveBackend({ etcd: " , " }, env), isInvalid(/no etcd endpoint/));
+    await assert.rejects(
+      resolveBackend({ etcd: " , " }, env),
+      (e: unknown) => e instanceof UsageError && /empty etcd endpoint/.test(e.message),
+    );
     await Deno.writeTextFile(`${home}/bad.json`, "{not json");
     await assert.rejects(
       resolveBackend({ config: `${home}/bad.json` }, env),
@@ -125,4 +129,75 @@ Deno.test("an absent embedded store is 'not initialised' unless the caller creat
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+const builtinNames = ["constructor", "toString", "__proto__", "hasOwnProperty", "valueOf"];
+
+Deno.test("--profile naming a JavaScript built-in is not a profile", async () => {
+  await withHome({ etcd_config: { default: { etcd: "h:1" } } }, async (home) => {
+    const env = envOf({ HOME: home });
+    for (const profile of builtinNames) {
+      await assert.rejects(
+        resolveBackend({ profile }, env),
+        isInvalid(new RegExp(`profile "${profile}" is not in config file`)),
+        profile,
+      );
+    }
+  });
+});
+
+Deno.test("profiles named like built-ins are data: found when present, nothing else", async () => {
+  const text = '{"etcd_config":{"__proto__":{"etcd":"p:1"},"constructor":{"etcd":"c:1"}}}';
+  await withHome(undefined, async (home) => {
+    await Deno.mkdir(`${home}/.torus`);
+    await Deno.writeTextFile(`${home}/.torus/config.json`, text);
+    const env = envOf({ HOME: home });
+    const proto = await resolveBackend({ profile: "__proto__" }, env);
+    assert.deepEqual(proto.kind === "etcd" && proto.endpoints, ["p:1"]);
+    const ctor = await resolveBackend({ profile: "constructor" }, env);
+    assert.deepEqual(ctor.kind === "etcd" && ctor.endpoints, ["c:1"]);
+    // The "__proto__" profile did not become the prototype of the others.
+    assert.equal((await resolveBackend({}, env)).kind, "embedded");
+    await assert.rejects(resolveBackend({ profile: "etcd" }, env), isInvalid(/not in config/));
+  });
+});
+
+Deno.test("a blank $TORUS_DATA_DIR or $HOME is a usage error, never a default place", async () => {
+  await withHome(undefined, async (home) => {
+    const blank = (pattern: RegExp) => (e: unknown) =>
+      e instanceof UsageError && pattern.test(e.message);
+    for (const value of ["", " "]) {
+      await assert.rejects(
+        resolveBackend({}, envOf({ HOME: home, TORUS_DATA_DIR: value })),
+        blank(/^\$TORUS_DATA_DIR is set but empty/),
+      );
+      await assert.rejects(resolveBackend({}, envOf({ HOME: value })), blank(/^\$HOME is set/));
+    }
+    // Where the variable is not needed it does not matter.
+    const spec = await resolveBackend(
+      { "data-dir": `${home}/d` },
+      envOf({ HOME: home, TORUS_DATA_DIR: "" }),
+    );
+    assert.equal(spec.kind === "embedded" && spec.dataDir, `${home}/d`);
+  });
+});
+
+Deno.test("--config /dev/zero and TLS files of /dev/zero fail at once on the cap", async () => {
+  await withHome(undefined, async (home) => {
+    const env = envOf({ HOME: home });
+    await assert.rejects(
+      resolveBackend({ config: "/dev/zero" }, env),
+      isInvalid(/^config file \/dev\/zero is larger than 1048576 bytes$/),
+    );
+    const zero = {
+      etcd: "127.0.0.1:1",
+      "etcd-cert-file": "/dev/zero",
+      "etcd-key-file": "/dev/zero",
+      "etcd-ca-file": "/dev/zero",
+    };
+    await assert.rejects(
+      openMetadata(zero, { env }),
+      isInvalid(/^etcd (certificate|key|CA) file \/dev\/zero is larger than 1048576 bytes$/),
+    );
+  });
 });

@@ -5,15 +5,14 @@
  */
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { ErrorCode, errorMessage, isTorusError } from "../core/mod.ts";
+import { ErrorCode, errorMessage, escapedErrorMessage, isTorusError } from "../core/mod.ts";
+import { checkArgsNotBlank, checkNotBlank, protectNegativeNumbers } from "./input.ts";
+import { UsageError } from "./usage_error.ts";
 
 /** Exit codes of the program. */
 export const ExitCode = { Ok: 0, Failure: 1, Usage: 2 } as const;
 
-/** A wrong invocation: printed with a hint to `--help`, exit 2. */
-export class UsageError extends Error {
-  override name = "UsageError";
-}
+export { UsageError } from "./usage_error.ts";
 
 /** Where a command writes; injected so tests can capture output. */
 export interface Io {
@@ -59,15 +58,27 @@ export interface ParsedArgs<O extends Options> {
   positionals: string[];
 }
 
-/** Parses flags strictly; unknown flags and missing values become a UsageError. */
+/**
+ * Parses flags strictly, by the rules of input.ts: unknown flags, missing values and empty or
+ * blank values (of flags and arguments) become a UsageError; negative numbers are values.
+ */
 export function parseFlags<O extends Options>(args: string[], options: O): ParsedArgs<O> {
+  const negatives = protectNegativeNumbers(args);
+  let parsed;
   try {
-    const parsed = parseArgs({ args, options, allowPositionals: true, strict: true });
-    return { values: parsed.values, positionals: parsed.positionals };
+    parsed = parseArgs({ args: negatives.args, options, allowPositionals: true, strict: true });
   } catch (error) {
     // node:util appends advice about "--" to unknown-option errors; keep the first sentence.
     throw new UsageError(errorMessage(error).split(". ")[0]!);
   }
+  const values: Record<string, unknown> = { ...parsed.values };
+  for (const [name, value] of Object.entries(values)) {
+    if (typeof value === "string") values[name] = negatives.restore(value);
+    if (Array.isArray(value)) values[name] = value.map((v) => negatives.restore(String(v)));
+  }
+  const positionals = parsed.positionals.map(negatives.restore);
+  checkNotBlank(values, positionals);
+  return { values: values as ParsedArgs<O>["values"], positionals };
 }
 
 /** Whether `args` asks for help. */
@@ -91,16 +102,19 @@ export async function runCommand(command: Command, args: string[], io: Io): Prom
   }
 }
 
-/** Prints `torus <cmd>: <message>` and returns the exit code for `error`. */
+/**
+ * Prints `torus <cmd>: <message>` and returns the exit code for `error`. Messages quote what the
+ * user typed and what the store holds, so they are escaped (src/core/text.ts) before printing.
+ */
 export function reportError(commandName: string, error: unknown, io: Io): number {
   if (error instanceof UsageError) {
-    io.stderr(`torus ${commandName}: ${errorMessage(error)}\n`);
+    io.stderr(`torus ${commandName}: ${escapedErrorMessage(error)}\n`);
     io.stderr(`Run 'torus ${commandName} --help' for usage.\n`);
     return ExitCode.Usage;
   }
   if (isTorusError(error) || error instanceof Error && error.name !== "AssertionError") {
     const code = isTorusError(error) && error.code !== ErrorCode.Invalid ? ` (${error.code})` : "";
-    io.stderr(`torus ${commandName}: ${errorMessage(error)}${code}\n`);
+    io.stderr(`torus ${commandName}: ${escapedErrorMessage(error)}${code}\n`);
     return ExitCode.Failure;
   }
   throw error;
@@ -112,7 +126,8 @@ export function notImplementedCommand(name: string, summary: string, step: strin
     name,
     summary: `${summary} (not implemented yet)`,
     help: `Usage: torus ${name} ...\n\n${summary}.\nNot implemented yet: arrives with ${step}.\n`,
-    run: (_args, io) => {
+    run: (args, io) => {
+      checkArgsNotBlank(args);
       io.stderr(`torus ${name}: not implemented yet (arrives with ${step})\n`);
       return Promise.resolve(ExitCode.Failure);
     },

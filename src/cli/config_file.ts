@@ -4,12 +4,36 @@
  * with empty fields omitted, plus our optional `metadata-prefix`.
  *
  * Invariants: the directory is created 0700 and the file written 0600 (it may name client key
- * files), by writing a temp file and renaming it over the old one, so a crash never leaves half a
- * file. Keys we do not know are kept when a profile is merged.
+ * files), by writing a temp file, syncing it and renaming it over the old one, so a crash never
+ * leaves half a file. Writers hold `<file>.lock` from reading the file to renaming the new one,
+ * so two `ctl config` at once both land (neither loses the other's profile). Keys we do not know
+ * are kept when a profile is merged.
+ *
+ * The file is input we do not control: it is read with a cap (CONFIG_FILE_MAX_BYTES, so
+ * `--config /dev/zero` fails at once), must be UTF-8, a field may not be blank (the original
+ * omitted empty fields; a blank `etcd` would silently mean the embedded store), and profiles are
+ * looked up as own properties only (`--profile constructor` is not a profile).
  * @module
  */
 
-import { invalid } from "../core/mod.ts";
+import {
+  CONFIG_FILE_LOCK_WAIT_MS,
+  CONFIG_FILE_MAX_BYTES,
+  decodeUtf8,
+  ErrorCode,
+  escapeText,
+  invalid,
+  isTorusError,
+  TorusError,
+} from "../core/mod.ts";
+import {
+  type HeldFileLock,
+  lockFileWaiting,
+  makeDirectoryDurable,
+  readFileBounded,
+  writeFileAtomic,
+} from "../sys/mod.ts";
+import { envVar, isBlank, readProcessEnv } from "./input.ts";
 
 /** The settings of one profile (the original's JSON keys). */
 export interface ConfigProfile {
@@ -40,13 +64,19 @@ export interface Env {
   get(name: string): string | undefined;
 }
 
-/** The process environment. */
-export const processEnv: Env = { get: (name) => Deno.env.get(name) };
+/** The process environment (a value that is not valid UTF-8 is a UsageError). */
+export const processEnv: Env = { get: readProcessEnv };
 
-/** `$HOME/.torus/config.json`, or null without $HOME. */
+/** `$HOME/.torus/config.json`, or null without $HOME (a blank $HOME is a UsageError). */
 export function defaultConfigPath(env: Env): string | null {
-  const home = env.get("HOME");
-  return home ? `${home.replace(/\/+$/, "")}/.torus/config.json` : null;
+  const home = envVar(env, "HOME");
+  if (home === undefined) return null;
+  return `${home.replace(/\/+$/, "")}/.torus/config.json`;
+}
+
+/** Profile `name` of `config`, looked up as an own property only; undefined when absent. */
+export function configProfile(config: ConfigFile, name: string): ConfigProfile | undefined {
+  return Object.hasOwn(config.etcd_config, name) ? config.etcd_config[name] : undefined;
 }
 
 function checkProfile(name: string, value: unknown, path: string): ConfigProfile {
@@ -59,7 +89,12 @@ function checkProfile(name: string, value: unknown, path: string): ConfigProfile
     if (typeof field !== "string") {
       throw invalid(`config file ${path}: "${key}" of profile "${name}" is not a string`);
     }
-    if (field !== "") profile[key as keyof ConfigProfile] = field;
+    if (isBlank(field)) {
+      throw invalid(
+        `config file ${path}: "${key}" of profile "${name}" is empty; remove it or give a value`,
+      );
+    }
+    profile[key as keyof ConfigProfile] = field;
   }
   return profile;
 }
@@ -82,26 +117,50 @@ export function parseConfigFile(text: string, path: string): ConfigFile {
   }
   const etcdConfig: Record<string, ConfigProfile> = {};
   for (const [name, value] of Object.entries(profiles)) {
-    etcdConfig[name] = checkProfile(name, value, path);
+    // Defined, not assigned: a profile named "__proto__" is data like any other name, not the
+    // object's prototype. Lookups go through configProfile (own properties only).
+    Object.defineProperty(etcdConfig, name, {
+      value: checkProfile(name, value, path),
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
   }
   return { ...record, etcd_config: etcdConfig };
 }
 
-/** Reads the file; null when it does not exist. */
+/** Reads the file (at most CONFIG_FILE_MAX_BYTES of UTF-8); null when it does not exist. */
 export async function readConfigFile(path: string): Promise<ConfigFile | null> {
-  let text: string;
+  let bytes: Uint8Array;
   try {
-    text = await Deno.readTextFile(path);
+    bytes = await readFileBounded(path, CONFIG_FILE_MAX_BYTES, `config file ${path}`);
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return null;
+    if (isTorusError(error)) throw error;
     throw invalid(`cannot read config file ${path}: ${(error as Error).message}`);
   }
-  return parseConfigFile(text, path);
+  return parseConfigFile(decodeUtf8(bytes, `config file ${path}`), path);
 }
 
 /** Serialises as the original did: tab-indented JSON, empty fields omitted. */
 export function formatConfigFile(config: ConfigFile): string {
   return JSON.stringify(config, null, "\t") + "\n";
+}
+
+/** Takes `<path>.lock`, waiting a little for another writer of the file to finish. */
+async function lockConfigFile(path: string): Promise<HeldFileLock> {
+  const attempt = await lockFileWaiting(`${path}.lock`, "torus ctl config", {
+    waitMs: CONFIG_FILE_LOCK_WAIT_MS,
+  });
+  if (attempt.held !== undefined) return attempt.held;
+  const { pid, description } = attempt.holder;
+  const who = `${escapeText(description ?? "another process")}${
+    pid === null ? "" : `, pid ${pid}`
+  }`;
+  throw new TorusError(
+    ErrorCode.Locked,
+    `config file ${escapeText(path)} is being written by ${who}`,
+  );
 }
 
 /**
@@ -114,8 +173,11 @@ export async function writeProfile(
   values: ConfigProfile,
 ): Promise<ConfigFile> {
   if (profile === "") throw invalid("profile name must not be empty");
+  const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
+  await makeDirectoryDurable(dir, 0o700);
+  using _lock = await lockConfigFile(path);
   const current = (await readConfigFile(path)) ?? { etcd_config: {} };
-  const merged: ConfigProfile = { ...current.etcd_config[profile] };
+  const merged: ConfigProfile = { ...configProfile(current, profile) };
   for (const field of profileFields) {
     const value = values[field];
     if (value !== undefined && value !== "") merged[field] = value;
@@ -124,11 +186,6 @@ export async function writeProfile(
     ...current,
     etcd_config: { ...current.etcd_config, [profile]: merged },
   };
-  const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
-  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
-  const temp = `${path}.tmp-${Deno.pid}`;
-  await Deno.writeTextFile(temp, formatConfigFile(next), { mode: 0o600 });
-  await Deno.chmod(temp, 0o600);
-  await Deno.rename(temp, path);
+  await writeFileAtomic(path, formatConfigFile(next), { mode: 0o600 });
   return next;
 }

@@ -73,3 +73,37 @@ Deno.test("garbage, truncated and oversized config files are invalid", () => {
   assert.equal(defaultConfigPath({ get: () => undefined }), null);
   assert.equal(defaultConfigPath({ get: () => "/home/u/" }), "/home/u/.torus/config.json");
 });
+
+Deno.test("a blank field of a profile is refused, not read as absent", () => {
+  for (const value of ["", " ", "\t"]) {
+    const text = JSON.stringify({ etcd_config: { default: { etcd: value } } });
+    assert.throws(
+      () => parseConfigFile(text, "c.json"),
+      (e: unknown) =>
+        isInvalid(e) && /"etcd" of profile "default" is empty/.test((e as Error).message),
+    );
+  }
+});
+
+Deno.test("a config file that is not UTF-8, or too large, is refused", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/c.json`;
+    await Deno.writeFile(
+      path,
+      Uint8Array.of(...new TextEncoder().encode('{"a":"'), 0xff, 0x22, 0x7d),
+    );
+    await assert.rejects(
+      readConfigFile(path),
+      (e: unknown) => isInvalid(e) && /not valid UTF-8/.test((e as Error).message),
+    );
+    await Deno.writeTextFile(path, `{"pad":"${"x".repeat(1024 * 1024)}"}`);
+    await assert.rejects(
+      readConfigFile(path),
+      (e: unknown) => isInvalid(e) && /larger than 1048576 bytes/.test((e as Error).message),
+    );
+    await assert.rejects(readConfigFile(dir), isInvalid);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

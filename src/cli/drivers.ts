@@ -4,7 +4,6 @@
  * @module
  */
 
-import type { Clock } from "../core/mod.ts";
 import { type KvStore, openEmbeddedKv, openEtcdKv } from "../metadata/mod.ts";
 
 /** Options of the etcd driver (see src/metadata/etcd.ts). */
@@ -17,10 +16,12 @@ export interface EtcdDriverOptions {
   readonly connectTimeoutMs?: number;
 }
 
-/** Options of the embedded driver (see src/metadata/embedded.ts). */
+/**
+ * Options of the embedded driver (see src/metadata/embedded.ts). Its leases follow the machine's
+ * boot-time clock, not an injected wall clock, so a clock step cannot expire them.
+ */
 export interface EmbeddedDriverOptions {
   readonly path: string;
-  readonly clock?: Clock;
 }
 
 /** Constructors of the two production drivers. */

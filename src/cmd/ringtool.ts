@@ -10,14 +10,20 @@
 
 import { type Command, ExitCode, type Io, parseFlags, UsageError } from "../cli/mod.ts";
 import {
+  BLOCK_SIZE_MAX_BYTES,
+  BLOCK_SIZE_MIN_BYTES,
   BlockRef,
   errorMessage,
   formatSize,
+  KETAMA_POINTS_PER_PEER,
   parseSize,
   type Random,
   randomUuid,
+  REPLICATION_DEFAULT,
   RING_MEMBERS_MAX,
   RINGTOOL_BLOCKS_MAX,
+  RINGTOOL_KETAMA_POINTS_MAX,
+  RINGTOOL_REPLICATION_MAX,
   SeededRandom,
 } from "../core/mod.ts";
 import { emptyPeerInfo, type PeerInfo } from "../models/mod.ts";
@@ -26,11 +32,17 @@ import {
   createModifiableRing,
   KETAMA_POINTS_PER_PEER_MAX,
   type ModifiableRing,
+  replicationRange,
   type Ring,
   RingType,
   ringTypeFromName,
   ringTypeNames,
 } from "../ring/mod.ts";
+
+/** `--rewrite-edge` range: beyond 4 standard deviations every file, or none, is rewritten. */
+const REWRITE_EDGE_MAX = 400;
+/** `--seed` range: a 32-bit seed. */
+const SEED_MAX = 2 ** 32 - 1;
 
 const help = `Usage: torus ringtool [flags]
 
@@ -42,21 +54,26 @@ or removing (--delta < 0) peers, and prints per-peer balance and the replicas th
 Perfect Traffic is the least any placement must send: what the new peers must receive, or what
 the removed peers held, plus new replicas when --rep-end raises replication.
 
-Flags:
+Flags (numbers outside the range shown are refused):
   --ring mod|ketama     ring type (default ketama, the type 'torus ctl init' creates)
-  --rep N               replication before the change (default 2)
-  --rep-end N           replication after the change; 0 = same as --rep (default 0)
-  --nodes N             peers before the change (default 5)
-  --delta N             peers to add (positive) or remove (negative) (default 2)
-  --block-size SIZE     block size, e.g. 256KiB (default 256KiB)
-  --total-data SIZE     data to place (default 64GiB = 262144 blocks of 256 KiB, under a
-                        second; the original's default 1TiB = 4Mi blocks takes ~8 s)
-  --rewrite-edge N      rewritten-file threshold in percent (default 40)
-  --seed N              seed of the peer UUIDs and the files, to replay a run (default: random,
-                        printed)
-  --ketama-points N     ketama points per average peer, for tuning (default: the built-in
-                        value; rings with other values are never stored)
+  --rep N               replication before the change, 1..${RINGTOOL_REPLICATION_MAX} (default 2)
+  --rep-end N           replication after the change, 0..${RINGTOOL_REPLICATION_MAX}; 0 = same as --rep (default 0)
+  --nodes N             peers before the change, 1..${RING_MEMBERS_MAX} (default 5)
+  --delta N             peers to add (positive) or remove (negative); 1..${RING_MEMBERS_MAX} peers must
+                        remain (default 2)
+  --block-size SIZE     block size, a multiple of 512 B up to 16 MiB (default 256KiB)
+  --total-data SIZE     data to place, 1 to ${RINGTOOL_BLOCKS_MAX} blocks (default 64GiB = 262144
+                        blocks of 256 KiB; the original's default was 1TiB = 4 Mi blocks)
+  --rewrite-edge N      rewritten-file threshold in hundredths of a standard deviation,
+                        -${REWRITE_EDGE_MAX}..${REWRITE_EDGE_MAX} (default 40: about 65% of the files)
+  --seed N              seed of the peer UUIDs and the files, 0..${SEED_MAX}, to replay a
+                        run (default: random, printed)
+  --ketama-points N     ketama points per average peer, 1..${KETAMA_POINTS_PER_PEER_MAX} and at most
+                        ${RINGTOOL_KETAMA_POINTS_MAX} in a ring (default: the built-in ${KETAMA_POINTS_PER_PEER}; rings
+                        with other values are never stored)
   --json                print one JSON object instead of the tables
+
+On a terminal, progress is shown on stderr while the blocks are placed, then erased.
 `;
 
 /** Equal capacity of every simulated peer: 100 Gi blocks, as the original. */
@@ -121,6 +138,39 @@ function integerFlag(name: string, text: string, min: number, max: number): numb
   return value;
 }
 
+/**
+ * `--rep`/`--rep-end`: at most RINGTOOL_REPLICATION_MAX, and within the ring rule for `peers`
+ * members (at most max(peers, 2) copies), so the error comes here with its range rather than
+ * from building the ring.
+ */
+function replicationFlag(
+  name: string,
+  text: string,
+  rule: { min: number; ringType: RingtoolOptions["ringType"]; peers: number },
+): number {
+  const ruleMax = replicationRange(rule.ringType, rule.peers).max;
+  if (ruleMax >= RINGTOOL_REPLICATION_MAX) {
+    return integerFlag(name, text, rule.min, RINGTOOL_REPLICATION_MAX);
+  }
+  const value = /^\d+$/.test(text) ? Number(text) : Number.NaN;
+  if (!(value >= rule.min && value <= ruleMax)) {
+    throw new UsageError(
+      `--${name} must be an integer in ${rule.min}..${ruleMax} with ${rule.peers} peers ` +
+        `(a ring keeps at most max(peers, ${REPLICATION_DEFAULT}) copies), got "${text}"`,
+    );
+  }
+  return value;
+}
+
+/** A decimal number in `-max..max` (no hex, exponents or Infinity). */
+function decimalFlag(name: string, text: string, max: number): number {
+  const value = /^-?\d+(\.\d+)?$/.test(text) ? Number(text) : Number.NaN;
+  if (!(Math.abs(value) <= max)) {
+    throw new UsageError(`--${name} must be a number in -${max}..${max}, got "${text}"`);
+  }
+  return value;
+}
+
 function sizeFlag(name: string, text: string): number {
   try {
     const bytes = parseSize(text);
@@ -129,6 +179,45 @@ function sizeFlag(name: string, text: string): number {
     throw new UsageError(`--${name}: ${errorMessage(error)}`);
   }
   throw new UsageError(`--${name} must be more than 0 bytes, got "${text}"`);
+}
+
+/** A block size a cluster may have: a multiple of 512 B up to 16 MiB. */
+function blockSizeFlag(text: string): number {
+  const bytes = sizeFlag("block-size", text);
+  if (bytes % BLOCK_SIZE_MIN_BYTES !== 0 || bytes > BLOCK_SIZE_MAX_BYTES) {
+    throw new UsageError(
+      `--block-size must be a multiple of ${BLOCK_SIZE_MIN_BYTES} B in ` +
+        `${formatSize(BLOCK_SIZE_MIN_BYTES)}..${formatSize(BLOCK_SIZE_MAX_BYTES)}, got "${text}"`,
+    );
+  }
+  return bytes;
+}
+
+/** `--total-data` in blocks of `blockSizeBytes`: 1..RINGTOOL_BLOCKS_MAX. */
+function blocksFlag(text: string, blockSizeBytes: number): number {
+  const blocks = Math.floor(sizeFlag("total-data", text) / blockSizeBytes);
+  if (blocks < 1 || blocks > RINGTOOL_BLOCKS_MAX) {
+    throw new UsageError(
+      `--total-data must be 1..${RINGTOOL_BLOCKS_MAX} blocks of ${formatSize(blockSizeBytes)} ` +
+        `(${formatSize(blockSizeBytes)}..${formatSize(RINGTOOL_BLOCKS_MAX * blockSizeBytes)}), ` +
+        `got "${text}" = ${blocks} blocks`,
+    );
+  }
+  return blocks;
+}
+
+/** `--ketama-points`, also bounded by the points of the larger ring. */
+function ketamaPointsFlag(text: string | undefined, largestRingPeers: number): number | null {
+  if (text === undefined) return null;
+  const points = integerFlag("ketama-points", text, 1, KETAMA_POINTS_PER_PEER_MAX);
+  const perPeerMax = Math.floor(RINGTOOL_KETAMA_POINTS_MAX / largestRingPeers);
+  if (points > perPeerMax) {
+    throw new UsageError(
+      `--ketama-points with ${largestRingPeers} peers must be in 1..${perPeerMax} ` +
+        `(at most ${RINGTOOL_KETAMA_POINTS_MAX} points in a ring), got "${text}"`,
+    );
+  }
+  return points;
 }
 
 function ringTypeFlag(text: string): RingtoolOptions["ringType"] {
@@ -159,8 +248,9 @@ const flagSpec = {
 } as const;
 
 /**
- * Joins `--delta -1` into `--delta=-1`: node:util's parser takes a value that starts with a dash
- * for a flag, and removing peers is written with a negative number.
+ * Joins `--delta -1` into `--delta=-1` (any value starting with a dash and a digit, such as
+ * `--rewrite-edge -12.5`): node:util's parser takes a value that starts with a dash for a flag,
+ * and removing peers is written with a negative number.
  */
 function joinNegativeValues(args: readonly string[]): string[] {
   const out: string[] = [];
@@ -169,7 +259,7 @@ function joinNegativeValues(args: readonly string[]): string[] {
     const next = args[i + 1];
     const takesValue = Object.hasOwn(flagSpec, name) &&
       flagSpec[name as keyof typeof flagSpec].type === "string";
-    if (takesValue && next !== undefined && /^-\d+$/.test(next)) {
+    if (takesValue && next !== undefined && /^-\d/.test(next)) {
       out.push(`${args[i]}=${next}`);
       i++;
     } else {
@@ -188,28 +278,22 @@ export function parseRingtoolArgs(
   if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
   const nodes = integerFlag("nodes", values.nodes, 1, RING_MEMBERS_MAX);
   const delta = integerFlag("delta", values.delta, 1 - nodes, RING_MEMBERS_MAX - nodes);
-  const replication = integerFlag("rep", values.rep, 1, RING_MEMBERS_MAX);
-  const replicationEnd = integerFlag("rep-end", values["rep-end"], 0, RING_MEMBERS_MAX);
-  const blockSizeBytes = sizeFlag("block-size", values["block-size"]);
-  const totalBytes = sizeFlag("total-data", values["total-data"]);
-  const blocks = Math.floor(totalBytes / blockSizeBytes);
-  if (blocks < 1 || blocks > RINGTOOL_BLOCKS_MAX) {
-    throw new UsageError(
-      `--total-data / --block-size must give 1..${RINGTOOL_BLOCKS_MAX} blocks, got ${blocks}`,
-    );
-  }
-  const edge = Number(values["rewrite-edge"]);
-  if (values["rewrite-edge"].trim() === "" || !Number.isFinite(edge)) {
-    throw new UsageError(`--rewrite-edge must be a number, got "${values["rewrite-edge"]}"`);
-  }
+  const ringType = ringTypeFlag(values.ring);
+  const replication = replicationFlag("rep", values.rep, { min: 1, ringType, peers: nodes });
+  const replicationEnd = replicationFlag("rep-end", values["rep-end"], {
+    min: 0,
+    ringType,
+    peers: nodes + delta,
+  });
+  const blockSizeBytes = blockSizeFlag(values["block-size"]);
+  const blocks = blocksFlag(values["total-data"], blockSizeBytes);
+  const edge = decimalFlag("rewrite-edge", values["rewrite-edge"], REWRITE_EDGE_MAX);
   const seed = values.seed === undefined
     ? newSeed()
-    : integerFlag("seed", values.seed, 0, 2 ** 32 - 1);
-  const ketamaPoints = values["ketama-points"] === undefined
-    ? null
-    : integerFlag("ketama-points", values["ketama-points"], 1, KETAMA_POINTS_PER_PEER_MAX);
+    : integerFlag("seed", values.seed, 0, SEED_MAX);
+  const ketamaPoints = ketamaPointsFlag(values["ketama-points"], nodes + Math.max(0, delta));
   return {
-    ringType: ringTypeFlag(values.ring),
+    ringType,
     replication,
     replicationEnd: replicationEnd === 0 ? replication : replicationEnd,
     nodes,
@@ -281,19 +365,18 @@ export function buildRings(options: RingtoolOptions): { before: ModifiableRing; 
     ? createMeasurementKetamaRing({ ...ringOptions, pointsPerPeer: options.ketamaPoints })
     : createModifiableRing(options.ringType, ringOptions);
   let after: ModifiableRing = before;
+  // Replication is lowered before peers leave and raised after they join, as an administrator
+  // must: a ring never claims more copies than the rule allows for its members.
+  const lowering = options.replicationEnd < options.replication;
+  if (lowering) after = after.changeReplication(options.replicationEnd);
   if (options.delta > 0) after = after.addPeers(peers.slice(options.nodes));
   if (options.delta < 0) {
     after = after.removePeers(initial.slice(options.nodes + options.delta).map((p) => p.uuid));
   }
-  if (options.replicationEnd !== options.replication) {
+  if (!lowering && options.replicationEnd !== options.replication) {
     after = after.changeReplication(options.replicationEnd);
   }
   return { before, after };
-}
-
-function holders(ring: Ring, ref: BlockRef): readonly string[] {
-  const placement = ring.getPeers(ref);
-  return placement.peers.slice(0, placement.replication);
 }
 
 function balance(ring: Ring, counts: Map<string, number>, blockSizeBytes: number): BalanceReport {
@@ -331,9 +414,21 @@ export function perfectReplicasSent(
   return survivors * Math.max(0, share - held) + (peersAfter - survivors) * share;
 }
 
-/** Runs the simulation. */
-export function runRingtool(options: RingtoolOptions): RingtoolReport {
+/** How a run reports progress. */
+export interface RingtoolProgress {
+  /** Blocks between two reports. */
+  readonly intervalBlocks: number;
+  /** Called after every `intervalBlocks` placed blocks. */
+  onPlaced(placedBlocks: number): void;
+}
+
+/**
+ * Runs the simulation. Each ref needs only its holders before and after the change, which a
+ * ring finds without building the whole permutation (with 4096 peers that walk was the cost).
+ */
+export function runRingtool(options: RingtoolOptions, progress?: RingtoolProgress): RingtoolReport {
   const { before, after } = buildRings(options);
+  let placed = 0;
   const countsBefore = new Map<string, number>();
   const countsAfter = new Map<string, number>();
   let kept = 0;
@@ -343,8 +438,8 @@ export function runRingtool(options: RingtoolOptions): RingtoolReport {
   const rewrittenBlocks = synthesizeRefs(
     { blocks: options.blocks, rewriteEdgePercent: options.rewriteEdgePercent, random: fileRandom },
     (ref) => {
-      const old = holders(before, ref);
-      const fresh = holders(after, ref);
+      const old = before.getHolders(ref);
+      const fresh = after.getHolders(ref);
       for (const uuid of old) countsBefore.set(uuid, (countsBefore.get(uuid) ?? 0) + 1);
       for (const uuid of fresh) {
         countsAfter.set(uuid, (countsAfter.get(uuid) ?? 0) + 1);
@@ -352,6 +447,9 @@ export function runRingtool(options: RingtoolOptions): RingtoolReport {
         else sent++;
       }
       for (const uuid of old) if (!fresh.includes(uuid)) dropped++;
+      if (progress !== undefined && ++placed % progress.intervalBlocks === 0) {
+        progress.onPlaced(placed);
+      }
     },
   );
   const balanceBefore = balance(before, countsBefore, options.blockSizeBytes);
@@ -430,16 +528,68 @@ export function formatRingtoolReport(report: RingtoolReport): string {
   ].join("\n");
 }
 
-/** `torus ringtool`. */
-export const ringtoolCommand: Command = {
-  name: "ringtool",
-  summary: "Measure ring balance and data movement of a ring change",
-  help,
-  run(args: string[], io: Io): Promise<number> {
-    const newSeed = () => crypto.getRandomValues(new Uint32Array(1))[0]!;
-    const { json, ...options } = parseRingtoolArgs(args, newSeed);
-    const report = runRingtool(options);
-    io.stdout(json ? JSON.stringify(report) + "\n" : formatRingtoolReport(report));
-    return Promise.resolve(ExitCode.Ok);
-  },
+/** What the command takes from its process; tests replace it. */
+export interface RingtoolDeps {
+  /** A fresh seed when `--seed` is not given. */
+  newSeed(): number;
+  /** Whether stderr is a terminal: progress is shown there, and only there. */
+  stderrIsTerminal(): boolean;
+  /** Blocks between two progress updates. */
+  readonly progressIntervalBlocks: number;
+}
+
+/** Progress updates: often enough to move, rare enough to cost nothing (~20 a second). */
+const PROGRESS_INTERVAL_BLOCKS = 65_536;
+
+/** The process's seed source and stderr. */
+export const processRingtoolDeps: RingtoolDeps = {
+  newSeed: () => crypto.getRandomValues(new Uint32Array(1))[0]!,
+  stderrIsTerminal: () => Deno.stderr.isTerminal(),
+  progressIntervalBlocks: PROGRESS_INTERVAL_BLOCKS,
 };
+
+/** Progress on one terminal line of stderr, rewritten in place and erased at the end. */
+function terminalProgress(
+  io: Io,
+  options: RingtoolOptions,
+  intervalBlocks: number,
+): RingtoolProgress & { done(): void } {
+  const peersAfter = options.nodes + options.delta;
+  io.stderr(`\rtorus ringtool: building rings of ${options.nodes} and ${peersAfter} peers\x1b[K`);
+  return {
+    intervalBlocks,
+    onPlaced(placed) {
+      const percent = Math.floor((100 * placed) / options.blocks);
+      io.stderr(
+        `\rtorus ringtool: placed ${placed} of ${options.blocks} blocks (${percent}%)\x1b[K`,
+      );
+    },
+    done: () => io.stderr("\r\x1b[K"),
+  };
+}
+
+/** `torus ringtool` with its dependencies. */
+export function createRingtoolCommand(deps: RingtoolDeps): Command {
+  return {
+    name: "ringtool",
+    summary: "Measure ring balance and data movement of a ring change",
+    help,
+    run(args: string[], io: Io): Promise<number> {
+      const { json, ...options } = parseRingtoolArgs(args, deps.newSeed);
+      const progress = deps.stderrIsTerminal()
+        ? terminalProgress(io, options, deps.progressIntervalBlocks)
+        : undefined;
+      let report: RingtoolReport;
+      try {
+        report = runRingtool(options, progress);
+      } finally {
+        progress?.done();
+      }
+      io.stdout(json ? JSON.stringify(report) + "\n" : formatRingtoolReport(report));
+      return Promise.resolve(ExitCode.Ok);
+    },
+  };
+}
+
+/** `torus ringtool`. */
+export const ringtoolCommand: Command = createRingtoolCommand(processRingtoolDeps);

@@ -7,25 +7,32 @@
  * @module
  */
 
-import { statfsSync } from "node:fs";
 import {
   type Command,
+  dataDirOf,
   ExitCode,
   type Io,
+  lockDataDir,
   metadataFlagOptions,
   metadataFlagsHelp,
   type OpenedMetadata,
   openMetadata,
   parseFlags,
+  processEnv,
+  resolveBackend,
   UsageError,
 } from "../cli/mod.ts";
 import {
   BLOCK_SIZE_DEFAULT_BYTES,
   CryptoRandom,
+  decodeUtf8,
+  escapeText,
   formatSize,
   invalid,
   isTorusError,
-  parseSizeOrPercent,
+  NODE_ID_FILE_MAX_BYTES,
+  normalizeUuid,
+  parseCapacity,
   randomUuid,
   REPLICATION_DEFAULT,
 } from "../core/mod.ts";
@@ -33,8 +40,16 @@ import { parseBlockLayerSpec } from "../blockset/mod.ts";
 import { type InitOptions } from "../metadata/mod.ts";
 import { createRing, RingType } from "../ring/mod.ts";
 import { FileBlockStore } from "../storage/mod.ts";
+import { makeDirectoryDurable, readFileBounded, writeFileAtomic } from "../sys/mod.ts";
+import {
+  checkStoreBlocks,
+  checkStoreSpace,
+  measureStoreSpace,
+  storeSizeBytes,
+} from "./serve_size.ts";
 
-const flags = {
+/** The flags of `torus serve` (exported for the table test of every command's flags). */
+export const serveFlags = {
   ...metadataFlagOptions,
   size: { type: "string", default: "1GiB" },
 } as const;
@@ -43,34 +58,40 @@ const help = `Usage: torus serve [--data-dir DIR] [--size SIZE|N%] [metadata fla
 
 Runs a storage node on DIR (default $TORUS_DATA_DIR or ./torus-data). Without -C it is a
 single-node cluster on the embedded metadata store in DIR, initialised on first start
-(block size 512 KiB, block spec crc,base).
+(block size 512 KiB, block spec crc,base). DIR is locked (DIR/lock) while serve runs: a
+second serve, or ctl init, on it exits with the pid of the holder.
 
 This build opens the data dir, the node's block store and its metadata, prints what it serves
 and holds them until SIGINT/SIGTERM (then flushes and closes). Serving peers, replication,
 rebalancing and HTTP status come with the cluster data path (roadmap step 3).
 
-  --size SIZE|N%   capacity of the block store: bytes with a unit (1GiB, 500GB) or a
-                   percentage of the filesystem holding the data dir (default 1GiB)
+  --size SIZE|N%   capacity of the block store (default 1GiB): bytes with a unit (1GiB,
+                   500GB), or N% of the space available to it: the free space of the
+                   filesystem holding DIR plus what the store already occupies. At least
+                   two blocks (one is kept spare). A size beyond the available space is
+                   refused for a new or growing store, and only warned about for an
+                   existing store whose disk filled up.
 
 ${metadataFlagsHelp}
 `;
 
-/** The node's persistent identity: `<data-dir>/metadata/uuid`, created on first start. */
+/**
+ * The node's persistent identity: `<data-dir>/metadata/uuid`, created on first start. The caller
+ * holds the data-dir lock, so no other process creates one at the same time.
+ */
 export async function nodeUuid(dataDir: string): Promise<string> {
   const path = `${dataDir}/metadata/uuid`;
   try {
-    const text = (await Deno.readTextFile(path)).trim();
-    if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(text)) {
-      throw invalid(`${path} does not hold a node UUID`);
-    }
-    return text;
+    const bytes = await readFileBounded(path, NODE_ID_FILE_MAX_BYTES, path);
+    const uuid = normalizeUuid(decodeUtf8(bytes, path).trim());
+    if (uuid === null) throw invalid(`${path} does not hold a node UUID`);
+    return uuid;
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
   const uuid = randomUuid(new CryptoRandom());
-  // Write then rename, so a crash never leaves a half-written identity behind.
-  await Deno.writeTextFile(`${path}.tmp`, uuid + "\n", { mode: 0o600 });
-  await Deno.rename(`${path}.tmp`, path);
+  // Written aside, synced and renamed: a crash never leaves a half-written identity behind.
+  await writeFileAtomic(path, uuid + "\n", { mode: 0o600 });
   return uuid;
 }
 
@@ -93,13 +114,29 @@ async function openNodeMetadata(
   if (opened.backend.kind === "embedded" && !(await opened.service.cluster.isInitialised())) {
     try {
       await opened.service.cluster.init(singleNodeInit());
-      io.stdout(`Initialised a single-node cluster in ${opened.backend.path}\n`);
+      io.stdout(`Initialised a single-node cluster in ${escapeText(opened.backend.path)}\n`);
     } catch (error) {
       // Another local process (ctl init, a second serve) may have initialised it meanwhile.
       if (!isTorusError(error, "exists")) throw error;
     }
   }
   return opened;
+}
+
+/** Whether this start will create the single-node cluster (embedded, no store yet). */
+async function createsEmbeddedCluster(
+  values: Record<string, unknown>,
+  dataDir: string,
+): Promise<boolean> {
+  const backend = await resolveBackend({ ...values, "data-dir": dataDir });
+  if (backend.kind !== "embedded") return false;
+  try {
+    await Deno.stat(backend.path);
+    return false;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return true;
+    throw error;
+  }
 }
 
 function waitForStopSignal(): Promise<Deno.Signal> {
@@ -117,39 +154,55 @@ function waitForStopSignal(): Promise<Deno.Signal> {
 }
 
 async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
-  const dataDir = String(values["data-dir"] ?? Deno.env.get("TORUS_DATA_DIR") ?? "./torus-data")
-    .replace(/\/+$/, "");
-  await Deno.mkdir(`${dataDir}/metadata`, { recursive: true, mode: 0o700 });
-  await Deno.mkdir(`${dataDir}/block`, { recursive: true, mode: 0o700 });
-  const sizeBytes = parseSizeOrPercent(String(values.size), () => {
-    const stats = statfsSync(dataDir);
-    return stats.blocks * stats.bsize;
-  });
+  // The same data dir rule as every command (an empty --data-dir or $TORUS_DATA_DIR is a usage
+  // error), and "/" stays "/".
+  const dataDir = dataDirOf(values, processEnv).replace(/(.)\/+$/, "$1");
+  // The size is checked before anything is created (these checks only read): against the disk,
+  // and against the block size when this start creates the cluster (it gets the default block
+  // size); otherwise against the cluster's block size once the metadata is open.
+  const request = { capacity: parseCapacity(String(values.size)), text: String(values.size) };
+  const space = await measureStoreSpace(`${dataDir}/block`);
+  const sizeBytes = storeSizeBytes(request.capacity, space);
+  const checkBlocks = (blockSizeBytes: number) =>
+    checkStoreBlocks(sizeBytes, { ...request, blockSizeBytes });
+  if (await createsEmbeddedCluster(values, dataDir)) {
+    checkBlocks(singleNodeInit().blockSizeBytes);
+  }
+  const spaceWarning = checkStoreSpace(sizeBytes, { ...request, space, where: dataDir });
+  // The lock comes before anything is created: the loser of a start race creates nothing and
+  // names the winner.
+  using _dataDirLock = await lockDataDir(dataDir, "torus serve");
+  await makeDirectoryDurable(`${dataDir}/metadata`, 0o700);
+  await makeDirectoryDurable(`${dataDir}/block`, 0o700);
   const uuid = await nodeUuid(dataDir);
   await using metadata = await openNodeMetadata({ ...values, "data-dir": dataDir }, io);
   const global = await metadata.service.cluster.globalMetadata();
+  checkBlocks(global.blockSizeBytes);
+  if (spaceWarning !== null) io.stderr(`torus serve: ${spaceWarning}\n`);
   const store = await FileBlockStore.open({
     dir: `${dataDir}/block`,
     blockSizeBytes: global.blockSizeBytes,
     sizeBytes,
   });
   try {
+    // Listen before saying "Ready.": whoever reads that line may signal at once.
+    const stopSignal = waitForStopSignal();
     const where = metadata.backend.kind === "etcd"
       ? `etcd ${metadata.backend.endpoints.join(",")}`
       : `embedded store ${metadata.backend.path}`;
     io.stdout(
       [
         `torus serve: node ${uuid}`,
-        `  data dir:    ${dataDir}`,
+        `  data dir:    ${escapeText(dataDir)}`,
         `  block store: ${store.totalBlocks()} blocks of ${formatSize(store.blockSizeBytes)} ` +
         `(${formatSize(store.totalBlocks() * store.blockSizeBytes)}), ${store.usedBlocks()} used`,
-        `  metadata:    ${where}`,
+        `  metadata:    ${escapeText(where)}`,
         `  not serving peers, NBD or HTTP yet (roadmap steps 3 and 4)`,
         `Ready. Stop with Ctrl-C (SIGINT) or SIGTERM.`,
         "",
       ].join("\n"),
     );
-    const signal = await waitForStopSignal();
+    const signal = await stopSignal;
     io.stdout(`Received ${signal}: flushing the block store and stopping\n`);
   } finally {
     await store.close();
@@ -163,7 +216,7 @@ export const serveCommand: Command = {
   summary: "Run a storage node (single-node mode with embedded metadata)",
   help,
   run(args, io) {
-    const { values, positionals } = parseFlags(args, flags);
+    const { values, positionals } = parseFlags(args, serveFlags);
     if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
     return serve(values, io);
   },

@@ -32,5 +32,12 @@ const verifyFlag = readVerifyFlag();
 function readVerifyFlag(): boolean {
   const permission = Deno.permissions.querySync({ name: "env", variable: "TORUS_VERIFY" });
   // Without --allow-env we never prompt: treat it as production.
-  return permission.state === "granted" && Deno.env.get("TORUS_VERIFY") === "1";
+  if (permission.state !== "granted") return false;
+  try {
+    return Deno.env.get("TORUS_VERIFY") === "1";
+  } catch {
+    // A value that is not valid UTF-8 is not "1"; this runs while modules load, where a throw
+    // would print Deno's backtrace instead of a one-line error.
+    return false;
+  }
 }

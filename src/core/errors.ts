@@ -27,6 +27,11 @@ export const ErrorCode = {
   Closed: "closed",
   /** A service (etcd, a peer) could not be reached in time. */
   Unavailable: "unavailable",
+  /**
+   * A change was sent but its answer never came (deadline passed, connection lost): it may or
+   * may not have been applied. Read the state before deciding to retry.
+   */
+  OutcomeUnknown: "outcome_unknown",
   /** The operation is not supported by this implementation or this kernel. */
   NotSupported: "not_supported",
 } as const;

@@ -26,6 +26,7 @@ Deno.test("error codes keep their wire values", () => {
     Again: "again",
     Closed: "closed",
     Unavailable: "unavailable",
+    OutcomeUnknown: "outcome_unknown",
     NotSupported: "not_supported",
   });
 });

@@ -12,6 +12,9 @@ export const BLOCK_SIZE_DEFAULT_BYTES = 512 * 1024;
 export const BLOCK_SIZE_MIN_BYTES = 512;
 export const BLOCK_SIZE_MAX_BYTES = 16 * 1024 * 1024;
 
+/** A disk sector: block volume sizes and NBD export sizes are whole numbers of sectors. */
+export const SECTOR_SIZE_BYTES = 512;
+
 /**
  * Most slots (blocks) one file block store may have: 2^24, 8 TiB at the default block size. The
  * store's index lives in typed arrays (about 46 bytes per used slot, measured; pages are committed
@@ -44,6 +47,19 @@ export const BLOCKSET_BLOCKS_MAX = 2 ** 30;
 export const KETAMA_POINTS_PER_PEER = 1024;
 /** Most members a ring may have; a ring proto listing more is rejected as invalid. */
 export const RING_MEMBERS_MAX = 4096;
+
+/**
+ * Longest new volume or snapshot name, in characters; names are ASCII (src/core/names.ts), so
+ * this is also their length in bytes.
+ */
+export const NAME_LENGTH_MAX = 255;
+/**
+ * Longest name looked up (or listed) in UTF-8 bytes. Larger than NAME_LENGTH_MAX because names
+ * stored by older builds (up to 255 UTF-16 units of any script) must stay deletable.
+ */
+export const NAME_LOOKUP_MAX_BYTES = 1024;
+/** Longest peer address accepted in a peer record or ring member (`tdp://host:port`). */
+export const PEER_ADDRESS_LENGTH_MAX = 1024;
 /**
  * Rings memoize the permutation of each distinct lookup outcome (a ketama point, a mod start)
  * while outcomes x members stays within this many array slots (8 bytes each); larger rings
@@ -53,6 +69,24 @@ export const RING_PERMUTATION_CACHE_ENTRIES_MAX = 2 ** 21;
 
 /** Most blocks `torus ringtool` simulates in one run (about 2 µs each). */
 export const RINGTOOL_BLOCKS_MAX = 2 ** 26;
+/**
+ * Highest replication `torus ringtool` simulates: finding R holders on a ketama ring walks about
+ * R points while R is small against the peers, and real clusters replicate 2 to 5 times.
+ */
+export const RINGTOOL_REPLICATION_MAX = 16;
+/**
+ * Most ketama points of one simulated ring (peers x --ketama-points): each costs 16 bytes while
+ * the ring is built. 4096 peers at the built-in 1024 points make 4 Mi.
+ */
+export const RINGTOOL_KETAMA_POINTS_MAX = 2 ** 23;
+
+/**
+ * Longest wait of a process that lost a lock file (the data-dir lock) for the holder to record
+ * who it is, which the holder does right after taking the lock; it only improves the message.
+ */
+export const LOCK_HOLDER_DESCRIPTION_WAIT_MS = 2_000;
+/** How long `torus ctl config` waits for another one writing the same config file. */
+export const CONFIG_FILE_LOCK_WAIT_MS = 10_000;
 
 /** Lease TTL of a node or client registration and of the volume locks it holds. */
 export const LEASE_TTL_MS = 30_000;
@@ -83,9 +117,27 @@ export const KV_WATCH_RETRY_MAX_MS = 30_000;
 export const KV_WATCH_POLL_INTERVAL_MS = 50;
 /** Embedded metadata store: how often expired leases are looked for when nobody writes. */
 export const KV_LEASE_SWEEP_INTERVAL_MS = 250;
+/**
+ * Embedded metadata store: how much longer than its lock wait (METADATA_CALL_TIMEOUT_MS) the main
+ * thread waits for the SQLite worker's answer to one request before it reports the worker stuck.
+ * Generous on purpose: the worker cannot be interrupted, so giving up early never makes a call
+ * shorter in effect; it only turns a commit whose fsync is slow on a loaded disk (seconds) into
+ * an `outcome_unknown` write. Lock waits are bounded by SQLite itself, with a definite error.
+ */
+export const KV_EMBEDDED_ANSWER_GRACE_MS = 30_000;
 /** Embedded metadata store: changes kept for watches (older ones are compacted away). */
 export const KV_CHANGE_LOG_MAX_ENTRIES = 10_000;
 export const KV_CHANGE_LOG_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Most bytes read from a file or stream whose size is not ours to trust (a config file, a TLS
+ * PEM file, the node identity file, a line typed at a confirmation prompt): `--config /dev/zero`
+ * must fail at once, not fill the memory.
+ */
+export const CONFIG_FILE_MAX_BYTES = 1024 * 1024;
+export const TLS_FILE_MAX_BYTES = 1024 * 1024;
+export const NODE_ID_FILE_MAX_BYTES = 4 * 1024;
+export const CONFIRMATION_LINE_MAX_BYTES = 1024;
 
 /** Deadlines of peer calls (distributor, TDP, gRPC). */
 export const PEER_CONNECT_TIMEOUT_MS = 2_000;
@@ -124,6 +176,12 @@ assert(
   NBD_REQUEST_LENGTH_MAX_BYTES >= BLOCK_SIZE_MAX_BYTES,
   "an NBD request may cover a whole block",
 );
+assert(BLOCK_SIZE_MIN_BYTES % SECTOR_SIZE_BYTES === 0, "a block is whole sectors");
+assert(
+  NAME_LOOKUP_MAX_BYTES >= 3 * NAME_LENGTH_MAX,
+  "older names of 255 UTF-16 units stay reachable",
+);
+assert(NAME_LOOKUP_MAX_BYTES * 2 <= KV_KEY_MAX_BYTES, "a name key leaves room for its prefix");
 assert(STORE_SLOTS_MAX < 2 ** 31, "a store's slot numbers (+1) fit the index's 32-bit table");
 assert(READ_CACHE_ENTRIES_MIN >= 1, "the read cache holds at least one block");
 assert(
@@ -138,3 +196,7 @@ assert(
   "expired leases are swept well within a TTL",
 );
 assert(KV_WATCH_RETRY_MAX_MS >= LEASE_TTL_MS, "a watch outlives a lease's worth of outage");
+assert(
+  RING_MEMBERS_MAX * KETAMA_POINTS_PER_PEER <= RINGTOOL_KETAMA_POINTS_MAX,
+  "ringtool simulates the largest ring with the built-in ketama points",
+);

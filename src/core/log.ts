@@ -1,11 +1,13 @@
 /**
  * Leveled logging per package, as the original's capnslog: `--debug` lowers the global level and
  * `--logpkg "distributor=T,etcd=D"` sets levels per package. Lines go to stderr so stdout stays
- * clean for tables and JSON.
+ * clean for tables and JSON. Every line is escaped (src/core/text.ts): a logged value read from the
+ * metadata store or the network cannot drive the terminal or break the line.
  * @module
  */
 
 import { invalid } from "./errors.ts";
+import { escapeText } from "./text.ts";
 
 /** Levels, most severe first (capnslog letters C,E,W,N,I,D,T). */
 export const LogLevel = {
@@ -75,7 +77,8 @@ export function logger(name: string): Logger {
   const enabled = (level: LogLevel) => level <= (packageLevels.get(name) ?? globalLevel);
   const emit = (level: LogLevel, message: string) => {
     if (!enabled(level)) return;
-    sink(`${new Date().toISOString()} ${levelLetters[level]} | ${name}: ${message}`);
+    const text = escapeText(`${name}: ${message}`);
+    sink(`${new Date().toISOString()} ${levelLetters[level]} | ${text}`);
   };
   return {
     error: (m) => emit(LogLevel.Error, m),

@@ -46,3 +46,11 @@ Deno.test("a bad log spec is invalid and changes nothing", () => {
   }
   assert.ok(!logger("gc").enabled(LogLevel.Debug), "the good part of a bad spec was not applied");
 });
+
+Deno.test("log lines are escaped: a value cannot drive the terminal or break the line", () => {
+  setGlobalLogLevel(LogLevel.Info);
+  lines.length = 0;
+  logger("metadata").warn("skipping peer nodes/\x1b[2J\nforged\u202e");
+  assert.equal(lines.length, 1);
+  assert.match(lines[0]!, / W \| metadata: skipping peer nodes\/\\x1b\[2J\\x0aforged\\u202e$/);
+});

@@ -116,7 +116,12 @@ export class CryptoRandom extends RandomBase {
 /** A seed for a test: $SEED when set, else a fresh random one (print it in the test name). */
 export function testSeed(): number {
   const permission = Deno.permissions.querySync({ name: "env", variable: "SEED" });
-  const fromEnv = permission.state === "granted" ? Deno.env.get("SEED") : undefined;
+  let fromEnv: string | undefined;
+  try {
+    fromEnv = permission.state === "granted" ? Deno.env.get("SEED") : undefined;
+  } catch {
+    // Not valid UTF-8, so not a seed: a random one is used (and printed by the test).
+  }
   if (fromEnv !== undefined && /^\d+$/.test(fromEnv)) return Number(fromEnv) >>> 0;
   return crypto.getRandomValues(new Uint32Array(1))[0]!;
 }

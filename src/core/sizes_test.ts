@@ -1,5 +1,14 @@
 import assert from "node:assert/strict";
-import { ErrorCode, formatSize, isTorusError, parseSize, parseSizeOrPercent } from "./mod.ts";
+import {
+  ErrorCode,
+  formatSize,
+  isTorusError,
+  parseCapacity,
+  parseSize,
+  parseSizeOrPercent,
+  parseVolumeSize,
+  SIZE_MAX_BYTES,
+} from "./mod.ts";
 
 const sizes: [string, number][] = [
   ["0", 0],
@@ -30,6 +39,13 @@ const sizes: [string, number][] = [
   ["1.0001", 1],
   ["0.9", 0],
   ["8PB", 8e15],
+  // Exact decimal arithmetic: in floats 4.1 * 1e6 is 4099999.999... and 2.01 * 1000 2009.999...
+  ["4.1MB", 4_100_000],
+  ["2.01kB", 2010],
+  ["4.35MB", 4_350_000],
+  ["0.000001EB", 1e12],
+  ["7.99PiB", Number((799n << 50n) / 100n)],
+  [String(SIZE_MAX_BYTES), SIZE_MAX_BYTES],
 ];
 
 for (const [text, bytes] of sizes) {
@@ -73,6 +89,62 @@ for (const text of badSizes) {
     });
   });
 }
+
+/** Each bad size gets the message of its class, on one line. */
+const sizeMessages: [string, RegExp][] = [
+  ["-1", /^invalid size "-1": a size cannot be negative$/],
+  ["-1KiB", /negative/],
+  ["- 5", /negative/],
+  ["-0.5GiB", /negative/],
+  ["9007199254740992", /^size "9007199254740992" is too large: at most 9007199254740991 bytes/],
+  ["8EiB", /too large/],
+  ["10000PiB", /too large/],
+  ["9".repeat(400), /^size "9{40}\.\.\." is too large/],
+  ["12XB", /^invalid size "12XB": expected a number with an optional unit/],
+  ["--5", /expected a number/],
+];
+
+for (const [text, pattern] of sizeMessages) {
+  Deno.test(`parseSize("${text.slice(0, 12)}") says ${pattern.source.slice(0, 40)}`, () => {
+    assert.throws(() => parseSize(text), (error: unknown) => {
+      assert.ok(isTorusError(error, ErrorCode.Invalid), String(error));
+      assert.match(error.message, pattern);
+      return true;
+    });
+  });
+}
+
+Deno.test("parseVolumeSize takes whole 512-byte sectors above 0 bytes", () => {
+  assert.equal(parseVolumeSize("512"), 512);
+  assert.equal(parseVolumeSize("1.5KiB"), 1536);
+  assert.equal(parseVolumeSize("10GiB"), 10 * 2 ** 30);
+  assert.equal(parseVolumeSize("1GB"), 1e9);
+  const bad: [string, RegExp][] = [
+    ["513", /^invalid volume size "513": must be a whole number of 512-byte sectors/],
+    ["1000", /512-byte sectors/],
+    ["1.1KiB", /512-byte sectors/],
+    ["1kB", /512-byte sectors/],
+    ["0", /must be more than 0 bytes/],
+    ["0.5", /must be more than 0 bytes/],
+    ["-512", /negative/],
+    ["16EiB", /too large/],
+  ];
+  for (const [text, pattern] of bad) {
+    assert.throws(
+      () => parseVolumeSize(text),
+      (e: unknown) => isTorusError(e, ErrorCode.Invalid) && pattern.test(e.message),
+      text,
+    );
+  }
+});
+
+Deno.test("parseCapacity tells bytes from a percentage, and a negative one from a bad one", () => {
+  assert.deepEqual(parseCapacity("2GiB"), { kind: "bytes", bytes: 2 ** 31 });
+  assert.deepEqual(parseCapacity(" 12.5% "), { kind: "percent", percent: 12.5 });
+  assert.throws(() => parseCapacity("-5%"), /cannot be negative/);
+  assert.throws(() => parseCapacity("-5"), /cannot be negative/);
+  assert.throws(() => parseCapacity("0%"), /between 1% and 100%/);
+});
 
 Deno.test("parseSizeOrPercent takes 1%..100% of the filesystem, or a plain size", () => {
   const filesystemBytes = () => 1_000_000_007;

@@ -25,6 +25,7 @@ import {
   TorusError,
 } from "../core/mod.ts";
 import {
+  checkedPeerInfo,
   type PeerInfo,
   PeerInfoCodec,
   type Ring as RingMessage,
@@ -32,7 +33,6 @@ import {
 } from "../models/mod.ts";
 import type { LeaseId, WatchEvent } from "./kv.ts";
 import {
-  checkPeerUuid,
   decodeGlobalMetadata,
   encodeGlobalMetadata,
   encodeU64,
@@ -195,6 +195,7 @@ export class ClusterMetadataImpl implements ClusterMetadata {
     const watch = await kv.watchPrefix(key, onEvents, {
       fromRevision: snapshot.revision + 1,
       ...(options.onError ? { onError: options.onError } : {}),
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
     });
     return { unsubscribe: () => watch.close() };
   }
@@ -260,13 +261,13 @@ export class PeerMetadataImpl implements PeerMetadata {
   }
 
   async registerPeer(info: PeerInfo, lease: LeaseId): Promise<void> {
-    checkPeerUuid(info.uuid);
+    const peer = checkedPeerInfo(info);
     if (lease === 0n) throw invalid("a peer registration needs a lease");
     const stamped: PeerInfo = {
-      ...info,
+      ...peer,
       lastSeen: BigInt(this.#context.clock.nowMs()) * 1_000_000n,
     };
-    await this.#context.kv.put(this.#context.keys.node(info.uuid), PeerInfoCodec.encode(stamped), {
+    await this.#context.kv.put(this.#context.keys.node(peer.uuid), PeerInfoCodec.encode(stamped), {
       lease,
     });
   }
@@ -283,9 +284,11 @@ export class PeerMetadataImpl implements PeerMetadata {
     for (const entry of entries) {
       let peer: PeerInfo;
       try {
-        peer = PeerInfoCodec.decode(entry.value);
+        peer = peerFromRecord(entry.key.slice(keys.nodesDir().length), entry.value);
       } catch (error) {
-        log.warn(`skipping undecodable peer ${entry.key}: ${(error as Error).message}`);
+        // One bad record must not break every command that lists peers (`--all-peers`); the
+        // logger escapes the line, as the key and the message may carry anything.
+        log.warn(`skipping invalid peer record ${entry.key}: ${(error as Error).message}`);
         continue;
       }
       if (!options.includeStale && peer.lastSeen < oldestNs) continue;
@@ -293,4 +296,16 @@ export class PeerMetadataImpl implements PeerMetadata {
     }
     return peers;
   }
+}
+
+/**
+ * Decodes and checks the registration stored under `nodes/<keyUuid>`: a valid PeerInfo whose UUID
+ * (normalised) is the key's. A record whose key and value disagree would list one node twice.
+ */
+export function peerFromRecord(keyUuid: string, value: Uint8Array): PeerInfo {
+  const peer = checkedPeerInfo(PeerInfoCodec.decode(value));
+  if (keyUuid !== peer.uuid) {
+    throw invalid(`the record of ${peer.uuid} is stored under another key`);
+  }
+  return peer;
 }

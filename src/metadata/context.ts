@@ -4,9 +4,10 @@
  *
  * Retry policy (as the original): compare-and-swap conflicts (another writer changed the key
  * between our read and our transaction) are retried from a fresh read, up to
- * {@link CAS_ATTEMPTS_MAX} times, then fail with `again`. Store failures (`unavailable`, `closed`)
- * are never retried here: they reach the caller at once, with nothing half-applied, because
- * every change is a single transaction.
+ * {@link CAS_ATTEMPTS_MAX} times, then fail with `again`. Store failures (`unavailable`,
+ * `outcome_unknown`, `closed`) are never retried here: they reach the caller at once, with
+ * nothing half-applied, because every change is a single transaction (which, for
+ * `outcome_unknown`, may or may not have been applied as a whole).
  * @module
  */
 

@@ -9,7 +9,9 @@ import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { isTorusError, KV_CHANGE_LOG_MAX_ENTRIES, ManualClock } from "../core/mod.ts";
 import type { KvStore, WatchEvent } from "./kv.ts";
+import type { EmbeddedKv } from "./embedded.ts";
 import { openEmbeddedKv } from "./embedded.ts";
+import { leaseClockOf } from "./lease_clock.ts";
 
 const encoder = new TextEncoder();
 const sanitize = { sanitizeOps: true, sanitizeResources: true };
@@ -86,9 +88,9 @@ Deno.test({
       const path = `${dir}/kv.sqlite`;
       await (await openEmbeddedKv({ path })).close();
       const raw = new DatabaseSync(path);
-      raw.exec("PRAGMA user_version = 2");
+      raw.exec("PRAGMA user_version = 3");
       raw.close();
-      await rejectsInvalid(path, /format 2/);
+      await rejectsInvalid(path, /format 3/);
     }),
 });
 
@@ -170,14 +172,14 @@ async function leaseClockScenario(kv: KvStore, clock: ManualClock): Promise<void
 }
 
 Deno.test({
-  name: "embedded: leases expire by the injected clock, swept without any caller",
+  name: "embedded: leases expire by the injected lease clock, swept without any caller",
   ...sanitize,
   fn: () =>
     withDir(async (dir) => {
       const clock = new ManualClock(1_700_000_000_000);
       const kv = await openEmbeddedKv({
         path: `${dir}/kv.sqlite`,
-        clock,
+        leaseClock: leaseClockOf(clock),
         sweepIntervalMs: 20,
       });
       try {
@@ -234,6 +236,254 @@ Deno.test({
         assert.equal(events[events.length - 1]?.key, `log/${batches - 1}/127`);
       } finally {
         await kv.close();
+      }
+    }),
+});
+
+/** Runs `fn` with this process's wall clock (Date.now) stepped by `stepMs`. */
+function steppedWallClock(): { step(ms: number): void; restore(): void } {
+  const machineNow = Date.now;
+  return {
+    step: (ms) => void (Date.now = () => machineNow() + ms),
+    restore: () => void (Date.now = machineNow),
+  };
+}
+
+async function sleepMs(ms: number): Promise<void> {
+  await new Promise((r) => setTimeout(r, ms));
+}
+
+Deno.test({
+  name: "embedded: an hour's wall-clock step, forward or back, neither expires a lease early " +
+    "nor keeps it late",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const kv = await openEmbeddedKv({ path: `${dir}/kv.sqlite`, sweepIntervalMs: 20 });
+      const wall = steppedWallClock();
+      try {
+        const ttlMs = 1_000;
+        const kept = await kv.grantLease(ttlMs);
+        await kv.put("locks/kept", encoder.encode("kept"), { lease: kept });
+        const dropped = await kv.grantLease(ttlMs);
+        await kv.put("locks/dropped", encoder.encode("dropped"), { lease: dropped });
+        wall.step(3_600_000);
+        // A write and a few sweeps: with wall-clock deadlines both leases would be gone now.
+        await kv.put("other", encoder.encode("x"));
+        await sleepMs(100);
+        assert.ok(await kv.get("locks/kept"), "a forward step expired a live lease");
+        assert.ok(await kv.get("locks/dropped"), "a forward step expired a lease before its TTL");
+        wall.step(-3_600_000);
+        // `kept` is renewed, `dropped` is not: it must go within its TTL plus a few sweeps,
+        // however far back the wall clock went.
+        const started = performance.now();
+        while (performance.now() - started < ttlMs * 2.5) {
+          await kv.keepAliveLease(kept);
+          await sleepMs(100);
+        }
+        assert.equal(await kv.get("locks/dropped"), null, "a backward step kept a dead lease");
+        assert.ok(await kv.get("locks/kept"));
+      } finally {
+        wall.restore();
+        await kv.close();
+      }
+    }),
+});
+
+Deno.test({
+  name: "embedded: a format-1 store (wall-clock lease deadlines) is upgraded at open, each lease " +
+    "keeping what was left of its TTL",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const path = `${dir}/kv.sqlite`;
+      const raw = new DatabaseSync(path);
+      raw.exec(`PRAGMA journal_mode = WAL;
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE kv (
+          key BLOB PRIMARY KEY, value BLOB NOT NULL, version INTEGER NOT NULL,
+          create_revision INTEGER NOT NULL, mod_revision INTEGER NOT NULL, lease INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX kv_by_lease ON kv (lease) WHERE lease != 0;
+        CREATE TABLE leases (
+          id INTEGER PRIMARY KEY AUTOINCREMENT, ttl_ms INTEGER NOT NULL,
+          expires_at_ms INTEGER NOT NULL
+        );
+        CREATE INDEX leases_by_expiry ON leases (expires_at_ms);
+        CREATE TABLE changes (
+          revision INTEGER NOT NULL, sub INTEGER NOT NULL, type INTEGER NOT NULL,
+          key BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY (revision, sub)
+        ) WITHOUT ROWID;
+        INSERT INTO meta VALUES ('revision', 3), ('compact_revision', 1);
+        PRAGMA application_id = ${0x746f7273};
+        PRAGMA user_version = 1;`);
+      const wallMs = Date.now();
+      const insertLease = raw.prepare("INSERT INTO leases VALUES (?, ?, ?)");
+      insertLease.run(1, 60_000, wallMs + 30_000);
+      insertLease.run(2, 60_000, wallMs - 1_000);
+      const insertKey = raw.prepare("INSERT INTO kv VALUES (?, ?, 1, ?, ?, ?)");
+      insertKey.run(encoder.encode("live"), encoder.encode("l"), 2, 2, 1);
+      insertKey.run(encoder.encode("dead"), encoder.encode("d"), 3, 3, 2);
+      raw.close();
+      const clock = new ManualClock(5_000);
+      const kv = await openEmbeddedKv({
+        path,
+        leaseClock: leaseClockOf(clock),
+        sweepIntervalMs: 20,
+      });
+      try {
+        assert.equal(await kv.get("dead"), null, "an expired format-1 lease is expired");
+        assert.equal((await kv.get("live"))?.lease, 1n);
+        await clock.advance(29_000);
+        assert.ok(await kv.get("live"), "the lease kept the rest of its TTL");
+        await clock.advance(2_000);
+        await waitFor("the upgraded lease to expire", async () => (await kv.get("live")) === null);
+        await assert.rejects(kv.keepAliveLease(1n), (e) => isTorusError(e, "not_exist"));
+        assert.deepEqual(await kv.integrityCheck(), []);
+      } finally {
+        await kv.close();
+        clock.close();
+      }
+      const check = new DatabaseSync(path);
+      assert.equal(check.prepare("PRAGMA user_version").get()?.user_version, 2);
+      check.close();
+    }),
+});
+
+const writeAttempts: [string, (kv: KvStore) => Promise<unknown>][] = [
+  ["put", (kv) => kv.put("k", encoder.encode("x"))],
+  ["delete", (kv) => kv.delete("locks/live")],
+  ["deletePrefix", (kv) => kv.deletePrefix("locks/")],
+  ["txn with a write in a branch", (kv) =>
+    kv.txn({
+      compare: [{ key: "nothing", target: "version", op: "==", version: 1 }],
+      success: [{ type: "put", key: "k", value: encoder.encode("x") }],
+      failure: [{ type: "get", key: "k" }],
+    })],
+  ["grantLease", (kv) => kv.grantLease(1_000)],
+  ["keepAliveLease", (kv) => kv.keepAliveLease(1n)],
+  ["revokeLease", (kv) => kv.revokeLease(1n)],
+];
+
+/** Fills a store with a plain key, a key of a live lease and one of a lease due at 10 s. */
+async function fillForReadOnly(path: string, clock: ManualClock): Promise<void> {
+  const kv = await openEmbeddedKv({ path, leaseClock: leaseClockOf(clock) });
+  try {
+    await kv.put("plain", encoder.encode("p"));
+    const live = await kv.grantLease(60_000);
+    await kv.put("locks/live", encoder.encode("l"), { lease: live });
+    const due = await kv.grantLease(10_000);
+    await kv.put("locks/due", encoder.encode("d"), { lease: due });
+  } finally {
+    await kv.close();
+  }
+}
+
+/** What every read-only store must do: read, hide keys of due leases, refuse writes clearly. */
+async function checkReadOnly(kv: EmbeddedKv, clock: ManualClock): Promise<void> {
+  assert.equal(kv.readOnly, true);
+  assert.deepEqual((await kv.range("locks/")).map((e) => e.key), ["locks/due", "locks/live"]);
+  await clock.advance(20_000);
+  // It cannot expire the due lease, so it reads past its key instead.
+  assert.equal(await kv.get("locks/due"), null);
+  assert.deepEqual((await kv.range("locks/")).map((e) => e.key), ["locks/live"]);
+  assert.equal((await kv.get("plain"))?.value[0], "p".charCodeAt(0));
+  const read = await kv.txn({
+    compare: [{ key: "locks/due", target: "version", op: "==", version: 0 }],
+    success: [{ type: "get", key: "plain" }, { type: "range", prefix: "locks/" }],
+    failure: [],
+  });
+  assert.equal(read.succeeded, true);
+  assert.ok(read.revision >= 4);
+  assert.deepEqual(
+    read.results.map((r) => r.type === "get" || r.type === "range" ? r.entries.length : -1),
+    [1, 1],
+  );
+  const watch = await kv.watchPrefix("locks/", () => {}, { fromRevision: 2 });
+  await watch.close();
+  for (const [what, attempt] of writeAttempts) {
+    await assert.rejects(attempt(kv), (error: unknown) => {
+      assert.ok(isTorusError(error, "invalid"), `${what}: ${String(error)}`);
+      assert.match(error.message, /is read-only for this user/, what);
+      assert.ok(!error.message.includes("\n"), "one-line message");
+      return true;
+    });
+  }
+}
+
+Deno.test({
+  name: "embedded: a store opened read-only reads, hides keys of due leases and refuses every " +
+    "write with a one-line error",
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const path = `${dir}/kv.sqlite`;
+      const clock = new ManualClock(1_000_000);
+      await fillForReadOnly(path, clock);
+      const kv = await openEmbeddedKv({ path, leaseClock: leaseClockOf(clock), readOnly: true });
+      try {
+        await checkReadOnly(kv, clock);
+      } finally {
+        await kv.close();
+        clock.close();
+      }
+      const again = await openEmbeddedKv({ path });
+      try {
+        assert.equal(again.readOnly, false);
+        assert.ok(await again.get("plain"), "a read-only store changed nothing");
+      } finally {
+        await again.close();
+      }
+    }),
+});
+
+/** Whether this process can make files immutable (root on ext4 can; `chattr +i`). */
+function canMakeImmutable(): boolean {
+  try {
+    const probe = Deno.makeTempFileSync({ prefix: "torus-chattr-" });
+    try {
+      const on = new Deno.Command("chattr", { args: ["+i", probe] }).outputSync();
+      if (!on.success) return false;
+      new Deno.Command("chattr", { args: ["-i", probe] }).outputSync();
+      return true;
+    } finally {
+      Deno.removeSync(probe);
+    }
+  } catch {
+    return false;
+  }
+}
+
+const immutableOk = canMakeImmutable();
+
+async function chattr(flag: "+i" | "-i", ...paths: string[]): Promise<void> {
+  const result = await new Deno.Command("chattr", { args: [flag, ...paths] }).output();
+  assert.ok(result.success, new TextDecoder().decode(result.stderr));
+}
+
+Deno.test({
+  name: "embedded: a store whose file and directory cannot be written (immutable, even for " +
+    "root) opens read-only: reads work, writes fail with one line" +
+    (immutableOk ? "" : " (ignored: cannot chattr +i here; needs root on ext4)"),
+  ignore: !immutableOk,
+  ...sanitize,
+  fn: () =>
+    withDir(async (dir) => {
+      const metadataDir = `${dir}/metadata`;
+      const path = `${metadataDir}/kv.sqlite`;
+      const clock = new ManualClock(1_000_000);
+      await fillForReadOnly(path, clock);
+      await chattr("+i", path, metadataDir);
+      try {
+        const kv = await openEmbeddedKv({ path, leaseClock: leaseClockOf(clock) });
+        try {
+          await checkReadOnly(kv, clock);
+        } finally {
+          await kv.close();
+          clock.close();
+        }
+      } finally {
+        await chattr("-i", path, metadataDir);
       }
     }),
 });

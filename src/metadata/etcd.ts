@@ -3,8 +3,14 @@
  * request is exactly one etcd v3 RPC and the semantics are etcd's own (see kv.ts).
  *
  * Invariants:
- * - Every call carries a gRPC deadline of `callTimeoutMs` and a watchdog timer of the same length,
- *   so no call outlives it: a lost etcd surfaces as `unavailable`, never as a hang.
+ * - Every call carries a gRPC deadline of `callTimeoutMs` and a watchdog timer a little longer
+ *   (WATCHDOG_GRACE_MS), so no call outlives it: a lost etcd surfaces as `unavailable`, never as
+ *   a hang. gRPC's own deadline error comes first when gRPC works, and it tells whether the
+ *   request was ever sent.
+ * - A change (put, delete, a txn with a change, lease grant and revoke) that was sent but got no
+ *   answer fails with `outcome_unknown`: etcd may have applied it. Only a request that provably
+ *   never left (no connection, or still waiting for one at the deadline) is plain `unavailable`.
+ * - Messages are one line in our words (etcd_errors.ts): never gRPC's status names or internals.
  * - etcd3's own retry and circuit-breaker policies are replaced: a call is retried only on
  *   another endpoint, only when the endpoint could not be reached at all (so the request was
  *   never sent), and only before its deadline. An endpoint that could not be reached is skipped
@@ -31,8 +37,10 @@ import {
   METADATA_CALL_TIMEOUT_MS,
   METADATA_CONNECT_TIMEOUT_MS,
   notExist,
+  TLS_FILE_MAX_BYTES,
   TorusError,
 } from "../core/mod.ts";
+import { readFileBounded } from "../sys/mod.ts";
 import type {
   Compare,
   KvEntry,
@@ -57,7 +65,7 @@ import {
   encodePrefix,
   prefixEnd,
 } from "./kv_common.ts";
-import { etcdError } from "./etcd_errors.ts";
+import { describeFailure, etcdError, outcomeUnknown } from "./etcd_errors.ts";
 import { closeStream, EtcdPrefixWatch, WATCH_IDLE_PROBE_MS } from "./etcd_watch.ts";
 
 /** Options of {@link openEtcdKv}. */
@@ -95,6 +103,9 @@ const passThrough = {
     await fn({ signal: new AbortController().signal, attempt: 0 }),
 } as unknown as Policy;
 
+/** How long the watchdog waits past gRPC's deadline before it gives up on a call itself. */
+const WATCHDOG_GRACE_MS = 250;
+
 /** How long an unreachable endpoint is skipped while other endpoints exist. */
 const HOST_DOWN_MS = 2_000;
 
@@ -106,11 +117,11 @@ function hostHealth(): Policy {
   let downUntilMs = 0;
   return {
     execute: async (fn: (context: { signal: AbortSignal; attempt: number }) => unknown) => {
-      if (Date.now() < downUntilMs) throw new Error("etcd endpoint recently unreachable");
+      if (performance.now() < downUntilMs) throw new Error("etcd endpoint recently unreachable");
       try {
         return await fn({ signal: new AbortController().signal, attempt: 0 });
       } catch (error) {
-        if (neverSent(error)) downUntilMs = Date.now() + HOST_DOWN_MS;
+        if (neverSent(error)) downUntilMs = performance.now() + HOST_DOWN_MS;
         throw error;
       }
     },
@@ -148,8 +159,12 @@ function hostOf(endpoint: string): string {
 
 async function readPem(path: string, what: string): Promise<Buffer> {
   try {
-    return Buffer.from(await Deno.readFile(path));
+    // Capped: a PEM path naming /dev/zero or a huge file must fail, not fill the memory.
+    return Buffer.from(
+      await readFileBounded(path, TLS_FILE_MAX_BYTES, `etcd ${what} file ${path}`),
+    );
   } catch (error) {
+    if (isTorusError(error)) throw error;
     throw invalid(`cannot read etcd ${what} file ${path}: ${(error as Error).message}`);
   }
 }
@@ -297,7 +312,7 @@ class EtcdKvStore implements KvStore {
   /** Fails with `unavailable` unless etcd answers within `timeoutMs`. */
   async probe(timeoutMs: number): Promise<void> {
     const what = `etcd at ${this.#settings.endpointList} unreachable within ${timeoutMs} ms`;
-    await this.#call(what, (o) => this.#client.maintenance.status(o), timeoutMs);
+    await this.#call(what, (o) => this.#client.maintenance.status(o), { timeoutMs });
   }
 
   async get(key: string): Promise<KvEntry | null> {
@@ -325,7 +340,7 @@ class EtcdKvStore implements KvStore {
         key: Buffer.from(put.key),
         value: Buffer.from(put.value),
         lease: put.lease.toString(),
-      }, o));
+      }, o), CHANGE);
   }
 
   async delete(key: string): Promise<boolean> {
@@ -333,6 +348,7 @@ class EtcdKvStore implements KvStore {
     const response = await this.#call(
       "etcd delete",
       (o) => this.#client.kv.deleteRange({ key: Buffer.from(keyBytes) }, o),
+      CHANGE,
     );
     return Number(response.deleted) > 0;
   }
@@ -342,6 +358,7 @@ class EtcdKvStore implements KvStore {
     const response = await this.#call(
       "etcd delete prefix",
       (o) => this.#client.kv.deleteRange(prefixRange(prefix), o),
+      CHANGE,
     );
     return Number(response.deleted);
   }
@@ -350,12 +367,13 @@ class EtcdKvStore implements KvStore {
     const checked = checkTxn(request);
     const success = checked.success.map(toRequestOp);
     const failure = (checked.failure ?? []).map(toRequestOp);
+    const changes = [...checked.success, ...checked.failure ?? []].some((op) => isChange(op));
     const response = await this.#call("etcd txn", (o) =>
       this.#client.kv.txn({
         compare: checked.compare.map(toCompare),
         success,
         failure,
-      }, o));
+      }, o), changes ? CHANGE : {});
     const ops = response.succeeded ? checked.success : checked.failure ?? [];
     return {
       succeeded: response.succeeded,
@@ -414,8 +432,11 @@ class EtcdKvStore implements KvStore {
     const response = await this.#call(
       "etcd lease grant",
       (o) => this.#client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }, o),
+      CHANGE,
     );
-    if (response.error) throw new TorusError("unavailable", `etcd lease grant: ${response.error}`);
+    if (response.error) {
+      throw new TorusError("unavailable", `etcd lease grant: ${describeFailure(response.error)}`);
+    }
     return BigInt(response.ID);
   }
 
@@ -443,6 +464,7 @@ class EtcdKvStore implements KvStore {
       await this.#call(
         "etcd lease revoke",
         (o) => this.#client.leaseClient.leaseRevoke({ ID: id }, o),
+        CHANGE,
       );
     } catch (error) {
       if (!isTorusError(error, "not_exist")) throw error;
@@ -468,36 +490,49 @@ class EtcdKvStore implements KvStore {
 
   /**
    * Runs one RPC under a deadline. Retries only when no endpoint could be reached (the request
-   * was never sent) and another endpoint exists, so a write is never applied twice by us.
+   * was never sent) and another endpoint exists, so a write is never applied twice by us. A
+   * change (`options.change`) that was sent but got no answer (deadline, lost connection, etcd's
+   * own timeout) fails with `outcome_unknown`: it may have been applied.
    */
   async #call<T>(
-    what: string,
+    call: string,
     run: (options: CallDeadline) => Promise<T>,
-    timeoutMs = this.#settings.callTimeoutMs,
+    options: { change?: boolean; timeoutMs?: number } = {},
   ): Promise<T> {
     this.#checkOpen();
-    const deadlineMs = Date.now() + timeoutMs;
+    const timeoutMs = options.timeoutMs ?? this.#settings.callTimeoutMs;
+    const endpoints = this.#settings.endpointList;
+    const what = call.includes(endpoints) ? call : `${call} at ${endpoints}`;
+    // Monotonic, so a wall-clock step cannot cut a call short or stretch it; gRPC gets the
+    // deadline as a wall-clock Date when each attempt starts.
+    const deadlineMs = performance.now() + timeoutMs;
     const attempts = this.#settings.endpointCount > 1 ? this.#settings.endpointCount * 2 : 1;
     for (let attempt = 1;; attempt++) {
       try {
-        return await this.#withWatchdog(run({ deadline: new Date(deadlineMs) }), deadlineMs, what);
+        const remainingMs = Math.max(0, deadlineMs - performance.now());
+        const call = run({ deadline: new Date(Date.now() + remainingMs) });
+        return await this.#withWatchdog(call, remainingMs, what);
       } catch (error) {
         if (this.#closed) throw closed(`${what}: metadata store closed`);
         const mapped = etcdError(error, what);
         if (mapped.code === "unavailable") this.#troubled = true;
-        const retry = attempt < attempts && Date.now() < deadlineMs && neverSent(error);
-        if (!retry) throw mapped;
+        const retry = attempt < attempts && performance.now() < deadlineMs && neverSent(error);
+        if (retry) continue;
+        if (options.change && mapped.code === "unavailable" && !neverSent(error)) {
+          throw outcomeUnknown(error, what);
+        }
+        throw mapped;
       }
     }
   }
 
-  #withWatchdog<T>(call: Promise<T>, deadlineMs: number, what: string): Promise<T> {
+  #withWatchdog<T>(call: Promise<T>, remainingMs: number, what: string): Promise<T> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     let onClose: (() => void) | undefined;
     const guard = new Promise<never>((_, reject) => {
       timer = setTimeout(
-        () => reject(new TorusError("unavailable", `${what}: no answer before the deadline`)),
-        Math.max(0, deadlineMs - Date.now()),
+        () => reject(new Error("no answer before the deadline")),
+        remainingMs + WATCHDOG_GRACE_MS,
       );
       onClose = () => reject(closed(`${what}: metadata store closed`));
       this.#closing.signal.addEventListener("abort", onClose, { once: true });
@@ -511,10 +546,23 @@ class EtcdKvStore implements KvStore {
   }
 }
 
-/** Whether an error shows the request never left this process (nothing could be reached). */
+/**
+ * Whether an error shows the request never left this process: nothing could be reached, or the
+ * deadline passed while gRPC was still waiting for a connection to send it on ("Waiting for LB
+ * pick"; a call that was sent reports "LB pick: 0.001s,remote_addr=..." instead).
+ */
 function neverSent(error: unknown): boolean {
   const message = error instanceof Error ? error.message : "";
-  return /No connection established|ECONNREFUSED|ENOTFOUND|EHOSTUNREACH/.test(message);
+  return /No connection established|ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|recently unreachable|Waiting for LB pick/
+    .test(message);
+}
+
+/** Options of a call that changes the store (see #call). */
+const CHANGE = { change: true } as const;
+
+/** Whether a transaction op changes the store. */
+function isChange(op: TxnOp): boolean {
+  return op.type === "put" || op.type === "delete" || op.type === "deletePrefix";
 }
 
 function prefixRange(prefix: string): { key: Buffer; range_end: Buffer } {
@@ -547,6 +595,8 @@ function toCompare(compare: Compare) {
       return { ...base, target: "Version" as const, version: compare.version };
     case "modRevision":
       return { ...base, target: "Mod" as const, mod_revision: compare.revision };
+    case "createRevision":
+      return { ...base, target: "Create" as const, create_revision: compare.revision };
     case "value":
       return { ...base, target: "Value" as const, value: Buffer.from(compare.value) };
   }

@@ -5,10 +5,15 @@
  */
 
 import assert from "node:assert/strict";
-import { EtcdLeaseInvalidError, GRPCDeadlineExceededError, GRPCUnavailableError } from "etcd3";
+import {
+  EtcdLeaseInvalidError,
+  GRPCDeadlineExceededError,
+  GRPCInternalError,
+  GRPCUnavailableError,
+} from "etcd3";
 import { isTorusError } from "../core/mod.ts";
 import { openEtcdKv, parseEndpoints } from "./etcd.ts";
-import { etcdError } from "./etcd_errors.ts";
+import { etcdError, outcomeUnknown } from "./etcd_errors.ts";
 
 const invalid = (e: unknown) => isTorusError(e, "invalid");
 
@@ -74,5 +79,70 @@ Deno.test("etcd errors map to stable codes with one-line messages", () => {
     assert.ok(mapped.message.startsWith("etcd put: "));
     assert.ok(!mapped.message.includes("\n"));
     assert.equal(mapped.cause, error);
+  }
+});
+
+/** Words of gRPC and Node that must never reach a one-line error. */
+const internals =
+  /[A-Z]{2,}_[A-Z]+|LB pick|name resolution|remote_addr|RST_STREAM|Resolution note|Last error|\d+ [A-Z]+:|EPIPE|ECONN|grpc/;
+
+Deno.test("etcd failures are described in our words, without gRPC's internals", () => {
+  const cases: [Error, string, RegExp][] = [
+    [
+      new GRPCDeadlineExceededError(
+        "4 DEADLINE_EXCEEDED: Deadline exceeded after 0.999s,name resolution: 0.005s,Waiting " +
+          "for LB pick",
+      ),
+      "unavailable",
+      /^etcd get: no answer before the deadline$/,
+    ],
+    [
+      new GRPCDeadlineExceededError(
+        "4 DEADLINE_EXCEEDED: Deadline exceeded after 5.001s,LB pick: 0s,remote_addr=10.1.1.1:2379",
+      ),
+      "unavailable",
+      /^etcd get: no answer before the deadline$/,
+    ],
+    [
+      new GRPCInternalError(
+        "13 INTERNAL: Received RST_STREAM with code 2 triggered by internal client error: write " +
+          "EPIPE",
+      ),
+      "unavailable",
+      /^etcd get: connection lost$/,
+    ],
+    [
+      new GRPCUnavailableError(
+        "14 UNAVAILABLE: No connection established. Last error: Error: connect ECONNREFUSED " +
+          "127.0.0.1:2379. Resolution note: ",
+      ),
+      "unavailable",
+      /^etcd get: connection refused$/,
+    ],
+    [
+      new GRPCUnavailableError(
+        "14 UNAVAILABLE: No connection established. Last error: Error: self-signed certificate " +
+          "in certificate chain. Resolution note: ",
+      ),
+      "unavailable",
+      /^etcd get: TLS: self-signed certificate in certificate chain$/,
+    ],
+    [new GRPCUnavailableError("14 UNAVAILABLE: Connection dropped"), "unavailable", /lost$/],
+    [new Error("etcdserver: request timed out"), "unavailable", /^etcd get: request timed out$/],
+    [
+      new Error("etcdserver: mvcc: required revision has been compacted"),
+      "not_exist",
+      /^etcd get: required revision has been compacted$/,
+    ],
+  ];
+  for (const [error, code, pattern] of cases) {
+    const mapped = etcdError(error, "etcd get");
+    assert.equal(mapped.code, code, error.message);
+    assert.match(mapped.message, pattern);
+    assert.doesNotMatch(mapped.message, internals);
+    const unknown = outcomeUnknown(error, "etcd put");
+    assert.equal(unknown.code, "outcome_unknown");
+    assert.match(unknown.message, /^etcd put: outcome unknown \(.*\): the change may or may not/);
+    assert.doesNotMatch(unknown.message, internals);
   }
 });

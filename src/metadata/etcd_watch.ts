@@ -2,9 +2,19 @@
  * One etcd prefix watch on its own gRPC stream, resumed by revision after the stream breaks.
  *
  * Invariants:
- * - `#nextRevision` is the lowest revision not yet delivered. Every (re)created stream starts
- *   there, and events below it are dropped, so a reconnect neither loses nor repeats an event.
- *   etcd sends the events of one revision in one response, so a revision is never split.
+ * - `#nextRevision` is where a new stream starts: every revision below it has been delivered or
+ *   is known to hold no change under the prefix. It advances past every delivered event and to
+ *   the header revision of every progress report (a response without events, for a watch that
+ *   etcd has caught up), as etcd's own client does. So a watch of a quiet prefix (the ring key)
+ *   keeps up with the store while other keys change, and compacting the history it has passed,
+ *   followed by a reconnect, does not end it with `not_exist` although nothing was missed.
+ *   Progress reports come from etcd every few minutes (`progress_notify`) and in answer to the
+ *   liveness probe below. Before etcd 3.4.25/3.5.8, an answer to a progress request could run
+ *   ahead of events still queued for a watcher that was catching up (etcd #15220); the probe
+ *   asks only after a silence of WATCH_IDLE_PROBE_MS, long after a fresh watcher has caught up.
+ * - `#deliveredRevision` is the revision of the last delivered event; an event at or below it is
+ *   a repeat and dropped, so a reconnect neither loses nor repeats an event. etcd sends the
+ *   events of one revision in one response, so a revision is never split.
  * - A stream that breaks is reopened with backoff (100 ms doubling to 2 s). A stream that does not
  *   confirm creation within the call timeout counts as broken, and so does one that stays silent
  *   for WATCH_IDLE_PROBE_MS and then does not answer a progress request within the call timeout
@@ -53,6 +63,7 @@ type WatchStream = IDuplexStream<IWatchRequest, IWatchResponse>;
 export class EtcdPrefixWatch implements Watch {
   #settings: EtcdWatchSettings;
   #nextRevision: number | null;
+  #deliveredRevision: number;
   #stream: WatchStream | null = null;
   #ended = false;
   #timer: ReturnType<typeof setTimeout> | undefined;
@@ -64,6 +75,7 @@ export class EtcdPrefixWatch implements Watch {
   constructor(settings: EtcdWatchSettings) {
     this.#settings = settings;
     this.#nextRevision = settings.options.fromRevision ?? null;
+    this.#deliveredRevision = (settings.options.fromRevision ?? 0) - 1;
   }
 
   /** Resolves once etcd confirmed the watch; later changes are then delivered. */
@@ -114,13 +126,15 @@ export class EtcdPrefixWatch implements Watch {
           key: this.#settings.key,
           range_end: this.#settings.rangeEnd,
           start_revision: this.#nextRevision ?? 0,
+          // Periodic reports that the watch is current, so a quiet one still advances.
+          progress_notify: true,
         },
       });
     }, (error: unknown) => this.#broken(error));
   }
 
   #onResponse(response: IWatchResponse): void {
-    if (response.created) this.#onCreated(Number(response.header.revision));
+    if (response.created) return this.#onCreated(Number(response.header.revision));
     if (response.canceled) {
       const compacted = Number(response.compact_revision);
       const reason = compacted > 0
@@ -131,7 +145,7 @@ export class EtcdPrefixWatch implements Watch {
     const events: WatchEvent[] = [];
     for (const event of response.events ?? []) {
       const modRevision = Number(event.kv.mod_revision);
-      if (this.#nextRevision !== null && modRevision < this.#nextRevision) continue;
+      if (modRevision <= this.#deliveredRevision) continue;
       events.push({
         type: event.type === "Delete" ? "delete" : "put",
         key: decodeKey(event.kv.key),
@@ -139,9 +153,22 @@ export class EtcdPrefixWatch implements Watch {
         modRevision,
       });
     }
-    if (events.length === 0) return;
-    this.#nextRevision = events[events.length - 1]!.modRevision + 1;
-    this.#settings.onEvents(events);
+    const last = events[events.length - 1];
+    if (last) {
+      this.#deliveredRevision = last.modRevision;
+      this.#settings.onEvents(events);
+      this.#advance(last.modRevision);
+    } else if ((response.events ?? []).length === 0) {
+      // A progress report: etcd has sent every change under the prefix up to this revision.
+      this.#advance(Number(response.header.revision));
+    }
+  }
+
+  /** Every change up to `revision` is delivered: resume after it, and tell onProgress. */
+  #advance(revision: number): void {
+    if (this.#ended || this.#nextRevision === null || revision < this.#nextRevision) return;
+    this.#nextRevision = revision + 1;
+    this.#settings.options.onProgress?.(revision);
   }
 
   #onCreated(headerRevision: number): void {
@@ -150,7 +177,11 @@ export class EtcdPrefixWatch implements Watch {
     this.#failingSinceMs = null;
     this.#backoffMs = BACKOFF_FIRST_MS;
     // Without a start revision etcd watches from the revision after the one it reports here.
-    if (this.#nextRevision === null) this.#nextRevision = headerRevision + 1;
+    // With one, the header says nothing about how far the new watcher has caught up.
+    if (this.#nextRevision === null) {
+      this.#nextRevision = headerRevision + 1;
+      this.#deliveredRevision = headerRevision;
+    }
     const started = this.#started;
     this.#started = null;
     started?.resolve();
@@ -164,7 +195,8 @@ export class EtcdPrefixWatch implements Watch {
     const reason = etcdError(error, this.#settings.what);
     // The first stream must work: opening a watch on an unreachable etcd fails the call.
     if (this.#started !== null) return this.#finish(reason);
-    const nowMs = Date.now();
+    // Monotonic: a wall-clock step must neither end the watch early nor keep it retrying.
+    const nowMs = performance.now();
     this.#failingSinceMs ??= nowMs;
     if (nowMs - this.#failingSinceMs >= this.#settings.retryMaxMs) {
       return this.#finish(

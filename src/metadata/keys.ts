@@ -9,58 +9,51 @@
  * - Every directory used as a range or a delete-prefix ends with `/`: deleting the metadata of
  *   volume 2 (`volumemeta/2/`) never touches volume 20 (`volumemeta/20/`), which the original did.
  * - Volume, snapshot and peer names never contain `/`, so a name cannot reach into another
- *   directory.
+ *   directory. Peer keys hold the canonical (lowercase) UUID, so one node has one key. New names
+ *   follow the rule of src/core/names.ts; keys of existing names only need a usable segment, so
+ *   volumes named by older builds stay reachable.
  * @module
  */
 
-import { INodeRef, invalid, VOLUME_ID_MAX } from "../core/mod.ts";
+import {
+  checkNameLookup,
+  hasInvisibleOrControl,
+  INodeRef,
+  invalid,
+  parseUuid,
+  quoteForMessage,
+  VOLUME_ID_MAX,
+} from "../core/mod.ts";
 
 /** The original's key prefix. */
 export const DEFAULT_METADATA_PREFIX = "/github.com/coreos/torus/";
 
-/** Longest volume, snapshot or peer name accepted (etcd keys stay small). */
-export const NAME_LENGTH_MAX = 255;
-
-function hasControlCharacters(text: string): boolean {
-  for (let i = 0; i < text.length; i++) {
-    const code = text.charCodeAt(i);
-    if (code < 0x20 || code === 0x7f) return true;
-  }
-  return false;
-}
-
 /** Checks a metadata prefix: non-empty, starts and ends with `/`, no empty segment. */
 export function checkPrefix(prefix: string): string {
   if (!prefix.startsWith("/") || !prefix.endsWith("/") || prefix.includes("//")) {
-    throw invalid(`metadata prefix "${prefix}" must start and end with "/" and have no "//"`);
+    throw invalid(
+      `metadata prefix ${quoteForMessage(prefix)} must start and end with "/" and have no "//"`,
+    );
   }
-  if (hasControlCharacters(prefix)) {
-    throw invalid(`metadata prefix "${prefix}" contains control characters`);
+  if (hasInvisibleOrControl(prefix)) {
+    throw invalid(`metadata prefix ${quoteForMessage(prefix)} contains control characters`);
   }
   return prefix;
 }
 
-/**
- * Checks a volume or snapshot name: 1..255 characters, no `/` (it is a key segment), no `@`
- * (`VOLUME@SNAPSHOT` is how commands name snapshots), no whitespace or control characters.
- */
-export function checkName(name: string, what: string): string {
-  if (name.length === 0 || name.length > NAME_LENGTH_MAX) {
-    throw invalid(`${what} name must be 1 to ${NAME_LENGTH_MAX} characters`);
-  }
-  if (/[/@\s]/.test(name) || hasControlCharacters(name)) {
-    throw invalid(`${what} name "${name}" may not contain "/", "@", spaces or control characters`);
-  }
-  return name;
-}
+/** Longest lock holder accepted (a client UUID; see {@link checkLockHolder}). */
+const LOCK_HOLDER_LENGTH_MAX = 255;
 
-/** Checks a peer UUID (any non-empty token without `/` or whitespace). */
-export function checkPeerUuid(uuid: string): string {
-  const bad = /[/\s]/.test(uuid) || hasControlCharacters(uuid);
-  if (uuid.length === 0 || uuid.length > NAME_LENGTH_MAX || bad) {
-    throw invalid(`invalid peer uuid "${uuid}"`);
+/**
+ * Checks the holder written into a volume lock: a non-empty token without whitespace or control
+ * characters. Holders are client identities minted by `newUuid`; they never come from a flag.
+ */
+export function checkLockHolder(holder: string): string {
+  const bad = /[\s/]/.test(holder) || hasInvisibleOrControl(holder);
+  if (holder.length === 0 || holder.length > LOCK_HOLDER_LENGTH_MAX || bad) {
+    throw invalid(`invalid lock holder ${quoteForMessage(holder)}`);
   }
-  return uuid;
+  return holder;
 }
 
 /** A volume id as its key segment: lowercase hex without padding, as the original. */
@@ -92,9 +85,9 @@ export class MetadataKeys {
   nodesDir(): string {
     return `${this.prefix}nodes/`;
   }
-  /** Protobuf PeerInfo of one peer, under its lease. */
+  /** Protobuf PeerInfo of one peer, under its lease; the UUID in its canonical form. */
   node(uuid: string): string {
-    return `${this.nodesDir()}${checkPeerUuid(uuid)}`;
+    return `${this.nodesDir()}${parseUuid(uuid, "peer UUID")}`;
   }
   /** Directory of the name → id index. */
   volumeNamesDir(): string {
@@ -102,7 +95,7 @@ export class MetadataKeys {
   }
   /** 8-byte LE volume id of the volume called `name`. */
   volumeName(name: string): string {
-    return `${this.volumeNamesDir()}${checkName(name, "volume")}`;
+    return `${this.volumeNamesDir()}${checkNameLookup(name, "volume")}`;
   }
   /** Directory of volume records. */
   volumeIdsDir(): string {
@@ -134,7 +127,7 @@ export class MetadataKeys {
   }
   /** JSON snapshot `name` of volume `id`. */
   snapshot(volumeId: number, name: string): string {
-    return `${this.snapshotsDir(volumeId)}${checkName(name, "snapshot")}`;
+    return `${this.snapshotsDir(volumeId)}${checkNameLookup(name, "snapshot")}`;
   }
 }
 

@@ -1,9 +1,8 @@
 /** Key layout and value encodings: the original's formats, and garbage rejected cleanly. */
 
 import assert from "node:assert/strict";
-import { ErrorCode, INodeRef, isTorusError } from "../core/mod.ts";
+import { checkName, ErrorCode, INodeRef, isTorusError } from "../core/mod.ts";
 import {
-  checkName,
   checkPrefix,
   decodeGlobalMetadata,
   decodeSnapshot,
@@ -28,7 +27,10 @@ Deno.test("keys keep the original layout under the default prefix", () => {
   assert.equal(keys.globalMetadata(), "/github.com/coreos/torus/meta/globalmetadata");
   assert.equal(keys.volumeMinter(), "/github.com/coreos/torus/meta/volumeminter");
   assert.equal(keys.ring(), "/github.com/coreos/torus/meta/the-one-ring");
-  assert.equal(keys.node("u-1"), "/github.com/coreos/torus/nodes/u-1");
+  assert.equal(
+    keys.node("6F1A52B4-3C1E-4D5F-9A1B-0C2D3E4F5A6B"),
+    "/github.com/coreos/torus/nodes/6f1a52b4-3c1e-4d5f-9a1b-0c2d3e4f5a6b",
+  );
   assert.equal(keys.volumeName("db"), "/github.com/coreos/torus/volumes/db");
   assert.equal(keys.volumeRecord(42), "/github.com/coreos/torus/volumeid/2a");
   assert.equal(keys.inodeCounter(42), "/github.com/coreos/torus/volumemeta/2a/inode");
@@ -55,6 +57,10 @@ Deno.test("prefixes must start and end with / and names are key-safe", () => {
   }
   assert.equal(checkName("db-01_x.y", "volume"), "db-01_x.y");
   throwsInvalid(() => new MetadataKeys("/p/").node("a/b"));
+  throwsInvalid(() => new MetadataKeys("/p/").node("u-1"));
+  // Lookups reach names of older builds; only "/" and oversized names are refused.
+  assert.equal(new MetadataKeys("/p/").volumeName("db\u200b"), "/p/volumes/db\u200b");
+  throwsInvalid(() => new MetadataKeys("/p/").volumeName("a/b"));
 });
 
 Deno.test("counters are 8 bytes little-endian; empty reads as 0; other lengths are invalid", () => {

@@ -16,8 +16,9 @@
  *   it is not kept alive within its TTL; `keepAliveLease` of an expired lease throws `not_exist`.
  * - `watchPrefix` delivers every change under the prefix after the watch starts (or after
  *   `fromRevision`), in revision order, including deletions caused by lease expiry.
- * - A store that cannot be reached makes calls fail with `unavailable` within the call timeout;
- *   it never hangs and never applies half a transaction.
+ * - A store that cannot be reached makes calls fail with `unavailable` within the call timeout
+ *   (embedded: one locked by another process; its worker stuck on a hung disk is reported
+ *   KV_EMBEDDED_ANSWER_GRACE_MS later); it never hangs and never applies half a transaction.
  *
  * Details every driver keeps identically (they are etcd's rules, so both drivers behave alike):
  * - A revision is consumed only by a change: a transaction that changes nothing (reads, or a
@@ -34,7 +35,10 @@
  * - To read a consistent state and then follow it, read inside a `txn` (its `revision`) and watch
  *   with `fromRevision: revision + 1`. A `fromRevision` older than the kept history fails with
  *   `not_exist` (etcd's compaction; the embedded store's trimmed change log); a watch that falls
- *   behind the kept history later ends with `onError(not_exist)`. `watchPrefix` itself fails
+ *   behind the kept history later ends with `onError(not_exist)`. A watch keeps up with the
+ *   store even when nothing under its prefix changes (progress reports), so compacting history
+ *   it has passed never ends it, across a reconnect or a restart of etcd included. `onProgress`
+ *   tells how far a watch has got. `watchPrefix` itself fails
  *   with `unavailable` when the store cannot be reached; once started, a watch rides out
  *   outages (resuming by revision, nothing lost or repeated) for KV_WATCH_RETRY_MAX_MS and then
  *   ends with `onError(unavailable)`.
@@ -80,7 +84,15 @@ export type Compare =
   }
   | {
     readonly key: string;
+    /** The revision of the latest put (0 when absent). */
     readonly target: "modRevision";
+    readonly op: CompareOp;
+    readonly revision: number;
+  }
+  | {
+    readonly key: string;
+    /** The revision of the put that created the key (0 when absent): one per incarnation. */
+    readonly target: "createRevision";
     readonly op: CompareOp;
     readonly revision: number;
   };
@@ -145,6 +157,14 @@ export interface WatchOptions {
    * (`not_exist`). No events follow it.
    */
   readonly onError?: (error: Error) => void;
+  /**
+   * Called when the watch knows it has delivered every change under its prefix up to `revision`
+   * (after events, and on progress reports while the prefix is quiet), with growing revisions.
+   * How often is the driver's business: at once after events; for a quiet prefix within a poll
+   * (embedded) or a probe or progress interval (etcd). For callers that need to know a watch
+   * is current, and for tests.
+   */
+  readonly onProgress?: (revision: number) => void;
 }
 
 /** The transactional key-value store behind the metadata service. */

@@ -115,6 +115,8 @@ export function compareHolds(compare: Compare, entry: KvEntry | null): boolean {
       return compareNumbers(entry?.version ?? 0, compare.op, compare.version);
     case "modRevision":
       return compareNumbers(entry?.modRevision ?? 0, compare.op, compare.revision);
+    case "createRevision":
+      return compareNumbers(entry?.createRevision ?? 0, compare.op, compare.revision);
     case "value":
       // etcd: a value compare on a missing key always fails, whatever the operator.
       if (entry === null) return false;
@@ -196,8 +198,9 @@ export function checkTxn(request: TxnRequest): TxnRequest {
       return { ...c, value };
     }
     if (c.target === "version") checkCount(c.version, "compared version");
-    else if (c.target === "modRevision") checkCount(c.revision, "compared revision");
-    else throw invalid(`unknown compare target ${String((c as { target: unknown }).target)}`);
+    else if (c.target === "modRevision" || c.target === "createRevision") {
+      checkCount(c.revision, "compared revision");
+    } else throw invalid(`unknown compare target ${String((c as { target: unknown }).target)}`);
     return { ...c };
   });
   const copiedSuccess = checkBranch(success);

@@ -16,6 +16,13 @@ import { atomicModify, getWithRevision } from "./kv_ops.ts";
 export interface KvFixture {
   readonly kv: KvStore;
   cleanup(): Promise<void>;
+  /**
+   * Discards the history before the current revision: etcd's compaction, the embedded store's
+   * change-log trim. Needed by the history tests (see {@link KvContractOptions.openIsolated}).
+   */
+  compact?(): Promise<void>;
+  /** Restarts the server behind `kv` (etcd: SIGKILL, then start again); absent when none. */
+  restart?(): Promise<void>;
 }
 
 /** Knobs for drivers whose timing differs. */
@@ -26,6 +33,12 @@ export interface KvContractOptions {
   readonly expirySlackMs?: number;
   /** When set, every test is registered as ignored and the reason is put in its name. */
   readonly ignoreReason?: string;
+  /**
+   * A store on a server of its own, with `compact` (and `restart` when there is a server), for
+   * the tests that compact history or restart: they would disturb other tests sharing a server.
+   * Default: `open`.
+   */
+  readonly openIsolated?: () => Promise<KvFixture>;
 }
 
 const encoder = new TextEncoder();
@@ -67,12 +80,17 @@ class Recorder {
   }
   async waitCount(count: number, ms = 5_000): Promise<void> {
     await waitFor(`${count} watch events (have ${this.events.length})`, () => {
+      // A watch that ended will never deliver: say why at once.
+      if (this.errors.length > 0) throw this.errors[0];
       return this.events.length >= count;
     }, ms);
   }
 }
 
-type Body = (kv: KvStore, prefix: string, options: Required<KvContractOptions>) => Promise<void>;
+type Settings = Required<Omit<KvContractOptions, "openIsolated">>;
+type Body = (kv: KvStore, prefix: string, options: Settings) => Promise<void>;
+/** A test that needs the fixture's `compact` and `restart` too. */
+type FixtureBody = (fixture: KvFixture, prefix: string, options: Settings) => Promise<void>;
 
 /** Registers the contract's tests for the store `open` creates. */
 export function kvStoreContract(
@@ -80,12 +98,12 @@ export function kvStoreContract(
   open: () => Promise<KvFixture>,
   options: KvContractOptions = {},
 ): void {
-  const settings: Required<KvContractOptions> = {
+  const settings: Settings = {
     leaseTtlMs: options.leaseTtlMs ?? 1_000,
     expirySlackMs: options.expirySlackMs ?? 2_000,
     ignoreReason: options.ignoreReason ?? "",
   };
-  const register = (title: string, body: Body) => {
+  const register = (title: string, body: FixtureBody, opener = open) => {
     const ignored = settings.ignoreReason !== "";
     Deno.test({
       name: `${name}: ${title}${ignored ? ` (skipped: ${settings.ignoreReason})` : ""}`,
@@ -93,10 +111,10 @@ export function kvStoreContract(
       sanitizeOps: true,
       sanitizeResources: true,
       fn: async () => {
-        const fixture = await open();
+        const fixture = await opener();
         const prefix = `contract/${crypto.randomUUID()}/`;
         try {
-          await body(fixture.kv, prefix, settings);
+          await body(fixture, prefix, settings);
         } finally {
           await fixture.kv.deletePrefix(prefix).catch(() => {});
           await fixture.kv.close();
@@ -105,11 +123,13 @@ export function kvStoreContract(
       },
     });
   };
-  for (const [title, body] of Object.entries(basicTests)) register(title, body);
-  for (const [title, body] of Object.entries(txnTests)) register(title, body);
-  for (const [title, body] of Object.entries(leaseTests)) register(title, body);
-  for (const [title, body] of Object.entries(watchTests)) register(title, body);
-  for (const [title, body] of Object.entries(lifecycleTests)) register(title, body);
+  const simple = (body: Body): FixtureBody => (fixture, prefix, o) => body(fixture.kv, prefix, o);
+  for (const tests of [basicTests, txnTests, leaseTests, watchTests, lifecycleTests]) {
+    for (const [title, body] of Object.entries(tests)) register(title, simple(body));
+  }
+  for (const [title, body] of Object.entries(historyTests)) {
+    register(title, body, options.openIsolated ?? open);
+  }
 }
 
 const basicTests: Record<string, Body> = {
@@ -328,6 +348,26 @@ const txnTests: Record<string, Body> = {
     assert.equal(await check(`${p}k`, "!=", entry.modRevision), true);
     assert.equal(await check(`${p}absent`, "==", 0), true);
   },
+
+  "txn compares on createRevision: it stays across puts, changes on re-create, 0 when absent":
+    async (kv, p) => {
+      await kv.put(`${p}k`, b("1"));
+      const created = (await kv.get(`${p}k`))!.createRevision;
+      await kv.put(`${p}k`, b("2"));
+      const check = async (key: string, op: "==" | "!=" | "<" | ">", revision: number) =>
+        (await kv.txn({ compare: [{ key, target: "createRevision", op, revision }], success: [] }))
+          .succeeded;
+      assert.equal(await check(`${p}k`, "==", created), true);
+      assert.equal(await check(`${p}k`, ">", created - 1), true);
+      assert.equal(await check(`${p}k`, "<", created), false);
+      await kv.delete(`${p}k`);
+      assert.equal(await check(`${p}k`, "==", created), false);
+      assert.equal(await check(`${p}k`, "==", 0), true);
+      await kv.put(`${p}k`, b("3"));
+      assert.equal(await check(`${p}k`, "==", created), false);
+      assert.equal(await check(`${p}k`, ">", created), true);
+      assert.equal(await check(`${p}absent`, "==", 0), true);
+    },
 
   "txn is atomic: one failing compare applies nothing; success applies all at one revision": async (
     kv,
@@ -615,6 +655,79 @@ const watchTests: Record<string, Body> = {
     assert.equal(first.recorder.events.length, 1);
     assert.deepEqual(first.recorder.errors, []);
     await second.handle.close();
+  },
+};
+
+/** Retries `call` while the store is still coming back after a restart. */
+async function whileRestarting<T>(call: () => Promise<T>, ms = 15_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      return await call();
+    } catch (error) {
+      if (!isTorusError(error, "unavailable") || Date.now() > deadline) throw error;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+function compactOf(fixture: KvFixture): () => Promise<void> {
+  const compact = fixture.compact;
+  assert.ok(compact, "the history tests need a fixture that can compact (openIsolated)");
+  return () => compact.call(fixture);
+}
+
+const historyTests: Record<string, FixtureBody> = {
+  [
+    "a watch of a quiet key (the ring) keeps up while other keys change: compacting the history " +
+    "it passed and restarting the store neither ends it nor loses a change"
+  ]: async (fixture, p) => {
+    const { kv } = fixture;
+    const compact = compactOf(fixture);
+    const recorder = new Recorder();
+    const progress: number[] = [];
+    const handle = await kv.watchPrefix(`${p}ring`, recorder.onEvents, {
+      onError: recorder.onError,
+      onProgress: (revision) => progress.push(revision),
+    });
+    await kv.put(`${p}ring`, b("v1"));
+    await recorder.waitCount(1);
+    let head = 0;
+    for (let i = 0; i < 20; i++) {
+      const put = { type: "put" as const, key: `${p}other/${i}`, value: b(String(i)) };
+      head = (await kv.txn({ compare: [], success: [put] })).revision;
+    }
+    await waitFor(
+      `the watch to report progress to revision ${head} (at ${progress.at(-1)})`,
+      () => (progress.at(-1) ?? 0) >= head,
+      15_000,
+    );
+    for (let i = 1; i < progress.length; i++) assert.ok(progress[i]! > progress[i - 1]!);
+    await compact();
+    await fixture.restart?.();
+    await whileRestarting(() => kv.put(`${p}ring`, b("v2")));
+    await recorder.waitCount(2, 15_000);
+    await new Promise((r) => setTimeout(r, 150));
+    assert.deepEqual(recorder.summary(), [`put ${p}ring v1`, `put ${p}ring v2`]);
+    assert.deepEqual(recorder.errors, []);
+    await handle.close();
+  },
+
+  "after compaction, a watch from before it is not_exist and one from its revision works": async (
+    fixture,
+    p,
+  ) => {
+    const { kv } = fixture;
+    await kv.put(`${p}k`, b("1"));
+    const old = (await kv.get(`${p}k`))!.modRevision;
+    await kv.put(`${p}k`, b("2"));
+    const kept = (await kv.get(`${p}k`))!.modRevision;
+    await compactOf(fixture)();
+    await rejectsWith(kv.watchPrefix(p, () => {}, { fromRevision: old }), "not_exist");
+    const { recorder, handle } = await watch(kv, p, kept);
+    await recorder.waitCount(1);
+    assert.deepEqual(recorder.summary(), [`put ${p}k 2`]);
+    await handle.close();
   },
 };
 

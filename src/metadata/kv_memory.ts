@@ -13,7 +13,7 @@
  * @module
  */
 
-import { assert, type Clock, closed, notExist, systemClock } from "../core/mod.ts";
+import { assert, type Clock, closed, notExist } from "../core/mod.ts";
 import type {
   Compare,
   KvEntry,
@@ -37,6 +37,7 @@ import {
   encodeKey,
   encodePrefix,
 } from "./kv_common.ts";
+import { monotonicClock } from "./lease_clock.ts";
 
 /** Events kept for watches that start from an older revision. */
 const HISTORY_EVENTS_MAX = 100_000;
@@ -51,6 +52,9 @@ interface Watcher {
   readonly prefix: string;
   readonly onEvents: (events: readonly WatchEvent[]) => void;
   readonly onError: ((error: Error) => void) | undefined;
+  readonly onProgress: ((revision: number) => void) | undefined;
+  /** The last revision reported to onProgress. */
+  reported: number;
   closed: boolean;
 }
 
@@ -82,6 +86,8 @@ export class MemoryKvStore implements KvStore {
   #leases = new Map<LeaseId, Lease>();
   #nextLease: LeaseId = 1n;
   #history: WatchEvent[] = [];
+  /** Revisions below this one are gone from the history (compact, or the size cap). */
+  #compactRevision = 1;
   #watchers = new Set<Watcher>();
   #delivery: Promise<void> = Promise.resolve();
   #sweeper: AbortController | null = null;
@@ -89,7 +95,8 @@ export class MemoryKvStore implements KvStore {
   #closed = false;
 
   constructor(options: { clock?: Clock } = {}) {
-    this.#clock = options.clock ?? systemClock;
+    // Leases live in this process only: a monotonic clock keeps them safe from wall-clock steps.
+    this.#clock = options.clock ?? monotonicClock;
   }
 
   /**
@@ -116,6 +123,15 @@ export class MemoryKvStore implements KvStore {
   /** The current store revision (for tests). */
   get revision(): number {
     return this.#revision;
+  }
+
+  /**
+   * Forgets history before `revision` (default: the current one), like etcd's compaction: a
+   * watch from an older revision then fails with `not_exist`.
+   */
+  compact(revision: number = this.#revision): void {
+    this.#compactRevision = Math.max(this.#compactRevision, Math.min(revision, this.#revision));
+    this.#history = this.#history.filter((e) => e.modRevision >= this.#compactRevision);
   }
 
   get(key: string): Promise<KvEntry | null> {
@@ -175,8 +191,16 @@ export class MemoryKvStore implements KvStore {
     options: WatchOptions = {},
   ): Promise<Watch> {
     return this.#run(() => {
-      const watcher: Watcher = { prefix, onEvents, onError: options.onError, closed: false };
+      const watcher: Watcher = {
+        prefix,
+        onEvents,
+        onError: options.onError,
+        onProgress: options.onProgress,
+        reported: 0,
+        closed: false,
+      };
       if (options.fromRevision !== undefined) this.#replay(watcher, options.fromRevision);
+      this.#deliver(watcher, [], this.#revision);
       this.#watchers.add(watcher);
       return {
         close: () => {
@@ -313,16 +337,17 @@ export class MemoryKvStore implements KvStore {
     this.#history.push(...events);
     if (this.#history.length > HISTORY_EVENTS_MAX) {
       this.#history.splice(0, this.#history.length - HISTORY_EVENTS_MAX);
+      // The cut may have split the oldest revision: forget all of it.
+      this.compact(this.#history[0]!.modRevision + 1);
     }
     for (const watcher of this.#watchers) {
       const mine = events.filter((e) => e.key.startsWith(watcher.prefix));
-      if (mine.length > 0) this.#deliver(watcher, mine);
+      this.#deliver(watcher, mine, revision);
     }
   }
 
   #replay(watcher: Watcher, fromRevision: number): void {
-    const oldest = this.#history[0]?.modRevision ?? this.#revision + 1;
-    if (fromRevision < oldest && fromRevision <= this.#revision) {
+    if (fromRevision < this.#compactRevision) {
       throw notExist(`watch from revision ${fromRevision}: that history was compacted`);
     }
     const events = this.#history.filter((e) =>
@@ -335,15 +360,20 @@ export class MemoryKvStore implements KvStore {
       list.push(event);
       byRevision.set(event.modRevision, list);
     }
-    for (const list of byRevision.values()) this.#deliver(watcher, list);
+    for (const [revision, list] of byRevision) this.#deliver(watcher, list, revision);
   }
 
-  #deliver(watcher: Watcher, events: WatchEvent[]): void {
+  /** Hands `events` of `revision` (maybe none) to `watcher`, then reports its progress. */
+  #deliver(watcher: Watcher, events: WatchEvent[], revision: number): void {
     const copies = events.map((e) => ({ ...e, value: e.value.slice() }));
     // Delivery is asynchronous and chained, so callbacks run in revision order and never inside
     // the caller's transaction.
     this.#delivery = this.#delivery.then(() => {
-      if (!watcher.closed) watcher.onEvents(copies);
+      if (!watcher.closed && copies.length > 0) watcher.onEvents(copies);
+      if (!watcher.closed && revision > watcher.reported) {
+        watcher.reported = revision;
+        watcher.onProgress?.(revision);
+      }
     });
   }
 

@@ -5,5 +5,9 @@ import { MemoryKvStore } from "./kv_memory.ts";
 
 kvStoreContract("memory", () => {
   const kv = new MemoryKvStore();
-  return Promise.resolve({ kv, cleanup: () => Promise.resolve() });
+  return Promise.resolve({
+    kv,
+    cleanup: () => Promise.resolve(),
+    compact: () => Promise.resolve(kv.compact()),
+  });
 }, { leaseTtlMs: 300, expirySlackMs: 1_000 });

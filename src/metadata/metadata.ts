@@ -9,7 +9,8 @@
  * - {@link PeerMetadata}: peer registration under a lease and the list of live peers.
  * - {@link VolumeMetadata}: the volume catalogue: id minting, create, delete, list, get.
  * - {@link BlockVolumeMetadata}: per-volume state of a block volume: INode counter, head pointer,
- *   the writer lock and fenced publication of a new head.
+ *   the writer lock (a {@link VolumeLock} handle with a fencing token) and publication of a new
+ *   head fenced to one acquisition of the lock.
  * - {@link SnapshotMetadata}: named pointers to past heads: save, list, delete, restore.
  *
  * {@link MetadataService} bundles the roles over one KvStore (service.ts builds it); the same code
@@ -19,8 +20,9 @@
  * snapshot, lease), `exists` (initialised twice, duplicate volume or snapshot name), `locked`
  * (volume locked by someone else, or the caller's lock was lost), `compare_failed` (a ring whose
  * version is not the successor of the stored one), `again` (a compare-and-swap kept losing the
- * race), `invalid` (bad names, sizes, corrupt values), `unavailable` (the store is unreachable),
- * `closed` (the service was closed).
+ * race), `invalid` (bad names, sizes, corrupt values; a store this user cannot write),
+ * `unavailable` (the store is unreachable), `outcome_unknown` (a change was sent but never
+ * answered: it may have been applied), `closed` (the service was closed).
  * @module
  */
 
@@ -47,6 +49,11 @@ export interface Subscription {
 export interface RingWatchOptions {
   /** Called once if the watch breaks for good (store closed or unreachable). */
   readonly onError?: (error: Error) => void;
+  /**
+   * Called when the watch knows the ring it delivered last is current as of store `revision`
+   * (see WatchOptions.onProgress); the watch keeps up this way while the ring does not change.
+   */
+  readonly onProgress?: (revision: number) => void;
 }
 
 /** Cluster-wide metadata: settings and the placement ring. */
@@ -124,6 +131,12 @@ export interface VolumeInfo {
   readonly sizeBytes: number;
 }
 
+/** A stored record that could not be used (undecodable, or inconsistent with its key). */
+export interface InvalidRecord {
+  readonly key: string;
+  readonly reason: string;
+}
+
 /** The volume catalogue. */
 export interface VolumeMetadata {
   /**
@@ -136,8 +149,12 @@ export interface VolumeMetadata {
    * held, `not_exist` if unknown. Its blocks become garbage for GC.
    */
   deleteVolume(name: string): Promise<void>;
-  /** Every volume (sorted by name) and the highest id minted so far. */
-  listVolumes(): Promise<{ volumes: VolumeInfo[]; highestId: number }>;
+  /**
+   * Every valid volume (sorted by name), the highest id minted so far, and the records that are
+   * invalid. Invalid records are returned rather than thrown, so one cannot break every listing,
+   * and rather than dropped, so a caller deciding what is garbage (GC) can refuse to go on.
+   */
+  listVolumes(): Promise<{ volumes: VolumeInfo[]; highestId: number; invalid: InvalidRecord[] }>;
   /** The volume called `name`, read fresh (no cache); `not_exist` if unknown. */
   getVolume(name: string): Promise<VolumeInfo>;
   /** The volume with id `volumeId`; `not_exist` if unknown. */
@@ -150,10 +167,36 @@ export interface LockHolder {
   readonly lease: LeaseId;
 }
 
-/** Whether a volume is locked, and by whom. */
+/**
+ * One acquisition of a volume's writer lock, as {@link BlockVolumeMetadata.lock} returns it.
+ * Publishing and unlocking take this handle and are fenced to this acquisition: once the lock
+ * was lost (its lease expired or was revoked) they fail with `locked`, even after the same
+ * holder, with the same UUID, locked the volume again.
+ */
+export interface VolumeLock {
+  readonly volumeId: number;
+  /** The holder's UUID. */
+  readonly holder: string;
+  /** The lease the lock is bound to. */
+  readonly lease: LeaseId;
+  /**
+   * The fencing token of this acquisition: greater than that of every earlier acquisition of
+   * this volume's lock (it is the lock key's create revision, and store revisions only grow).
+   * The volume layer sends it with its writes, so data nodes can refuse writes from an older
+   * lock epoch.
+   */
+  readonly fencingToken: bigint;
+}
+
+/** Whether a volume is locked, and by whom (with the fencing token of that acquisition). */
 export type LockStatus =
   | { readonly state: "free" }
-  | { readonly state: "locked"; readonly holder: string; readonly lease: LeaseId };
+  | {
+    readonly state: "locked";
+    readonly holder: string;
+    readonly lease: LeaseId;
+    readonly fencingToken: bigint;
+  };
 
 /** Per-volume state of block volumes. */
 export interface BlockVolumeMetadata {
@@ -167,16 +210,17 @@ export interface BlockVolumeMetadata {
    * Takes the writer lock, bound to `holder.lease`: it is released when that lease expires or
    * is revoked. `locked` if anyone (including the same holder) already holds it. The caller
    * picks the lease: its process lease (as the original did), or one per open volume with its
-   * own TTL, so a lock need not live and die with a whole process.
+   * own TTL, so a lock need not live and die with a whole process. Returns the handle of this
+   * acquisition, with its fencing token.
    */
-  lock(volumeId: number, holder: LockHolder): Promise<void>;
+  lock(volumeId: number, holder: LockHolder): Promise<VolumeLock>;
   /**
-   * Moves the head to `head`, only while `holderUuid` holds the lock (fencing): a writer that
-   * lost its lock gets `locked` and publishes nothing.
+   * Moves the head of `lock.volumeId` to `head`, only while `lock` (this acquisition) still
+   * holds the lock: a writer that lost it gets `locked` and publishes nothing.
    */
-  publishHead(volumeId: number, holderUuid: string, head: INodeRef): Promise<void>;
-  /** Releases the lock if `holderUuid` holds it; `locked` otherwise. */
-  unlock(volumeId: number, holderUuid: string): Promise<void>;
+  publishHead(lock: VolumeLock, head: INodeRef): Promise<void>;
+  /** Releases the lock if `lock` (this acquisition) still holds it; `locked` otherwise. */
+  unlock(lock: VolumeLock): Promise<void>;
   /** Whether the volume is locked and by whom. */
   lockStatus(volumeId: number): Promise<LockStatus>;
 }

@@ -21,8 +21,10 @@ import {
 import {
   emptyPeerInfo,
   type PeerInfo,
+  PeerInfoCodec,
   type Ring as RingMessage,
   RingCodec,
+  VolumeCodec,
 } from "../models/mod.ts";
 import type { KvStore } from "./kv.ts";
 import { decodeU64, encodeU64 } from "./keys.ts";
@@ -267,21 +269,26 @@ function peer(uuid: string, address: string): PeerInfo {
   return { ...emptyPeerInfo(uuid), address, totalBlocks: 100n, usedBlocks: 7n };
 }
 
+/** Peer UUIDs of the tests, in sorted order. */
+const uuidA = "0a0a0a0a-0000-4000-8000-00000000000a";
+const uuidB = "0b0b0b0b-0000-4000-8000-00000000000b";
+const uuidC = "0c0c0c0c-0000-4000-8000-00000000000c";
+
 function registerPeerTests(test: TestFn, options: MetadataContractOptions): void {
   test("peers register under a lease with a timestamp; stale ones are hidden", async (f) => {
     const { mds, clock } = f;
     const lease = await mds.leases.grant(60_000);
     const before = BigInt(Date.now()) * 1_000_000n;
-    await mds.peers.registerPeer(peer("b-peer", "tdp://127.0.0.1:2"), lease);
-    await mds.peers.registerPeer(peer("a-peer", "tdp://127.0.0.1:1"), lease);
+    await mds.peers.registerPeer(peer(uuidB, "tdp://127.0.0.1:2"), lease);
+    await mds.peers.registerPeer(peer(uuidA, "tdp://127.0.0.1:1"), lease);
     const peers = await mds.peers.listPeers();
-    assert.deepEqual(peers.map((p) => p.uuid), ["a-peer", "b-peer"]);
+    assert.deepEqual(peers.map((p) => p.uuid), [uuidA, uuidB]);
     assert.ok(peers[0]!.lastSeen >= before);
     assert.equal(peers[0]!.totalBlocks, 100n);
     clock.offsetMs = 60_000;
     assert.deepEqual(await mds.peers.listPeers(), []);
     assert.equal((await mds.peers.listPeers({ includeStale: true })).length, 2);
-    await mds.peers.unregisterPeer("a-peer");
+    await mds.peers.unregisterPeer(uuidA);
     assert.equal((await mds.peers.listPeers({ includeStale: true })).length, 1);
     await mds.leases.revoke(lease);
     assert.deepEqual(await mds.peers.listPeers({ includeStale: true }), []);
@@ -290,35 +297,69 @@ function registerPeerTests(test: TestFn, options: MetadataContractOptions): void
   test("a registration vanishes when its lease expires; renewOrGrant re-registers", async (f) => {
     const { mds } = f;
     const lease = await mds.leases.grant(options.leaseTtlMs);
-    await mds.peers.registerPeer(peer("p1", "tdp://h:1"), lease);
+    await mds.peers.registerPeer(peer(uuidA, "tdp://h:1"), lease);
     await waitFor("registration expiry", options.expiryTimeoutMs, async () => {
       return (await mds.peers.listPeers()).length === 0;
     });
     await assertCode(mds.leases.keepAlive(lease), ErrorCode.NotExist);
-    await assertCode(mds.peers.registerPeer(peer("p1", "tdp://h:1"), lease), ErrorCode.NotExist);
+    await assertCode(mds.peers.registerPeer(peer(uuidA, "tdp://h:1"), lease), ErrorCode.NotExist);
     const renewed = await mds.leases.renewOrGrant(lease, 60_000);
     assert.notEqual(renewed, lease);
     assert.equal(await mds.leases.renewOrGrant(renewed, 60_000), renewed);
-    await mds.peers.registerPeer(peer("p1", "tdp://h:1"), renewed);
+    await mds.peers.registerPeer(peer(uuidA, "tdp://h:1"), renewed);
     assert.equal((await mds.peers.listPeers()).length, 1);
   });
 
   test("undecodable registrations are skipped, bad uuids rejected", async ({ mds, prefix }) => {
     const lease = await mds.leases.grant(60_000);
     await mds.kv.put(`${prefix}nodes/junk`, encoder.encode("\xff\xff\xff"));
-    await mds.peers.registerPeer(peer("good", "tdp://h:1"), lease);
-    assert.deepEqual((await mds.peers.listPeers()).map((p) => p.uuid), ["good"]);
-    await assertCode(mds.peers.registerPeer(peer("a/b", ""), lease), ErrorCode.Invalid);
-    await assertCode(mds.peers.registerPeer(peer("ok", ""), 0n), ErrorCode.Invalid);
+    await mds.peers.registerPeer(peer(uuidA, "tdp://h:1"), lease);
+    assert.deepEqual((await mds.peers.listPeers()).map((p) => p.uuid), [uuidA]);
+    for (const bad of ["a/b", "not-a-uuid", "x".repeat(255), "tdp://h:1"]) {
+      await assertCode(mds.peers.registerPeer(peer(bad, ""), lease), ErrorCode.Invalid);
+    }
+    await assertCode(mds.peers.registerPeer(peer(uuidB, "h:1\x1b[2J"), lease), ErrorCode.Invalid);
+    await assertCode(mds.peers.registerPeer(peer(uuidB, ""), 0n), ErrorCode.Invalid);
     assert.match(mds.peers.newUuid(), /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-/);
+  });
+
+  test("a UUID registers in its lowercase form: one node, one key", async ({ mds, prefix }) => {
+    const lease = await mds.leases.grant(60_000);
+    await mds.peers.registerPeer(peer(uuidA.toUpperCase(), "tdp://h:1"), lease);
+    await mds.peers.registerPeer(peer(uuidA, "tdp://h:2"), lease);
+    const peers = await mds.peers.listPeers();
+    assert.deepEqual(peers.map((p) => [p.uuid, p.address]), [[uuidA, "tdp://h:2"]]);
+    assert.deepEqual((await mds.kv.range(`${prefix}nodes/`)).map((e) => e.key), [
+      `${prefix}nodes/${uuidA}`,
+    ]);
+    await mds.peers.unregisterPeer(uuidA.toUpperCase());
+    assert.deepEqual(await mds.peers.listPeers(), []);
+  });
+
+  test("forged records are skipped: key and value disagree, bad UUID or address", async (f) => {
+    const { mds, prefix } = f;
+    const lease = await mds.leases.grant(60_000);
+    await mds.peers.registerPeer(peer(uuidA, "tdp://h:1"), lease);
+    const stamped = (p: PeerInfo) => ({ ...p, lastSeen: BigInt(Date.now()) * 1_000_000n });
+    const forged: [string, PeerInfo][] = [
+      [uuidB, peer(uuidA, "tdp://h:1")],
+      [uuidB.toUpperCase(), peer(uuidB, "tdp://h:2")],
+      ["not-a-uuid", peer("not-a-uuid", "tdp://h:3")],
+      [uuidC, peer(uuidC, "tdp://h:4\x1b[2J\x1b[Hforged")],
+    ];
+    for (const [key, value] of forged) {
+      await mds.kv.put(`${prefix}nodes/${key}`, PeerInfoCodec.encode(stamped(value)));
+    }
+    const peers = await mds.peers.listPeers();
+    assert.deepEqual(peers.map((p) => [p.uuid, p.address]), [[uuidA, "tdp://h:1"]]);
   });
 }
 
 function registerVolumeTests(test: TestFn): void {
   test("create writes the original's keys; ids start at 2", async ({ mds, prefix }) => {
     await mds.cluster.init(initOptions);
-    const info = await mds.volumes.createBlockVolume("vol", 10_000);
-    assert.deepEqual(info, { id: 2, name: "vol", type: "block", sizeBytes: 10_000 });
+    const info = await mds.volumes.createBlockVolume("vol", 10_240);
+    assert.deepEqual(info, { id: 2, name: "vol", type: "block", sizeBytes: 10_240 });
     const value = async (key: string) => (await mds.kv.get(`${prefix}${key}`))!.value;
     assert.deepEqual(await value("volumes/vol"), encodeU64(2n));
     assert.deepEqual(await value("meta/volumeminter"), encodeU64(2n));
@@ -333,8 +374,11 @@ function registerVolumeTests(test: TestFn): void {
     await mds.cluster.init(initOptions);
     await mds.volumes.createBlockVolume("a", 4096);
     await assertCode(mds.volumes.createBlockVolume("a", 4096), ErrorCode.Exists, /"a"/);
-    await assertCode(mds.volumes.createBlockVolume("bad/name", 4096), ErrorCode.Invalid);
+    for (const bad of ["bad/name", "db\u200b", "-x", "a@b", "caf\u00e9"]) {
+      await assertCode(mds.volumes.createBlockVolume(bad, 4096), ErrorCode.Invalid);
+    }
     await assertCode(mds.volumes.createBlockVolume("b", 0), ErrorCode.Invalid);
+    await assertCode(mds.volumes.createBlockVolume("b", 513), ErrorCode.Invalid, /512-byte/);
     assert.equal((await mds.volumes.createBlockVolume("b", 4096)).id, 3);
     assert.equal((await mds.volumes.listVolumes()).highestId, 3);
   });
@@ -367,6 +411,27 @@ function registerVolumeTests(test: TestFn): void {
     await mds.volumes.createBlockVolume("zeta", 4096);
     assert.equal((await mds.volumes.getVolume("zeta")).id, 4);
     await assertCode(mds.volumes.deleteVolume("nope"), ErrorCode.NotExist, /"nope"/);
+  });
+
+  test("invalid volume records come apart; older names stay listable, deletable", async (f) => {
+    const { mds, prefix } = f;
+    await mds.cluster.init(initOptions);
+    await mds.volumes.createBlockVolume("good", 4096);
+    // A volume an older build accepted (a zero-width space), written as that build did.
+    const old = { name: "good\u200b", id: 3n, type: "block", maxBytes: 4096n };
+    await mds.kv.put(`${prefix}volumes/${old.name}`, encodeU64(3n));
+    await mds.kv.put(`${prefix}volumeid/3`, VolumeCodec.encode(old));
+    await mds.kv.put(`${prefix}volumeid/9`, VolumeCodec.encode({ ...old, name: "x", id: 4n }));
+    await mds.kv.put(`${prefix}volumeid/a`, encoder.encode("\xff\xff"));
+    const listed = await mds.volumes.listVolumes();
+    assert.deepEqual(listed.volumes.map((v) => v.name), ["good", "good\u200b"]);
+    assert.deepEqual(listed.invalid.map((r) => r.key), [
+      `${prefix}volumeid/9`,
+      `${prefix}volumeid/a`,
+    ]);
+    assert.match(listed.invalid[0]!.reason, /stored under another key/);
+    await mds.volumes.deleteVolume("good\u200b");
+    assert.deepEqual((await mds.volumes.listVolumes()).volumes.map((v) => v.name), ["good"]);
   });
 
   test("deleting volume 2 does not touch volume 0x20 (trailing /)", async ({ mds, prefix }) => {
@@ -413,44 +478,68 @@ function registerVolumeTests(test: TestFn): void {
 }
 
 function registerLockTests(test: TestFn, options: MetadataContractOptions): void {
-  test("the lock fences publication of the head", async ({ mds }) => {
+  test("the lock fences publication of the head to its acquisition", async ({ mds }) => {
     await mds.cluster.init(initOptions);
     const { id } = await mds.volumes.createBlockVolume("v", 4096);
     const lease = await mds.leases.grant(60_000);
     assert.deepEqual(await mds.blockVolumes.lockStatus(id), { state: "free" });
-    await mds.blockVolumes.lock(id, { uuid: "writer", lease });
+    const writer = await mds.blockVolumes.lock(id, { uuid: "writer", lease });
+    assert.equal(writer.volumeId, id);
+    assert.equal(writer.holder, "writer");
+    assert.equal(writer.lease, lease);
+    assert.ok(writer.fencingToken > 0n);
     assert.deepEqual(await mds.blockVolumes.lockStatus(id), {
       state: "locked",
       holder: "writer",
       lease,
+      fencingToken: writer.fencingToken,
     });
     await assertCode(mds.blockVolumes.lock(id, { uuid: "other", lease }), ErrorCode.Locked);
     await assertCode(mds.blockVolumes.lock(id, { uuid: "writer", lease }), ErrorCode.Locked);
-    await mds.blockVolumes.publishHead(id, "writer", new INodeRef(id, 2n));
+    await mds.blockVolumes.publishHead(writer, new INodeRef(id, 2n));
     assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 2n));
-    const stolen = mds.blockVolumes.publishHead(id, "other", new INodeRef(id, 3n));
-    await assertCode(stolen, ErrorCode.Locked, /held by writer/);
-    await assertCode(mds.blockVolumes.unlock(id, "other"), ErrorCode.Locked);
+    // Handles that are not this acquisition: another holder, or a token that is not its own.
+    const other = { ...writer, holder: "other" };
+    const forged = { ...writer, fencingToken: writer.fencingToken + 1n };
+    for (const handle of [other, forged]) {
+      const stolen = mds.blockVolumes.publishHead(handle, new INodeRef(id, 3n));
+      await assertCode(stolen, ErrorCode.Locked, /held by writer with fencing token/);
+      await assertCode(mds.blockVolumes.unlock(handle), ErrorCode.Locked);
+    }
     await assertCode(mds.volumes.deleteVolume("v"), ErrorCode.Locked, /in use/);
-    await mds.blockVolumes.unlock(id, "writer");
+    await mds.blockVolumes.unlock(writer);
     await assertCode(
-      mds.blockVolumes.publishHead(id, "writer", new INodeRef(id, 4n)),
+      mds.blockVolumes.publishHead(writer, new INodeRef(id, 4n)),
       ErrorCode.Locked,
-      /free/,
+      /was lost \(it is free\)/,
     );
+    await assertCode(mds.blockVolumes.unlock(writer), ErrorCode.Locked);
     assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 2n));
     await mds.volumes.deleteVolume("v");
   });
 
-  test("lock arguments are checked", async ({ mds }) => {
+  test("lock arguments and lock handles are checked", async ({ mds }) => {
     await mds.cluster.init(initOptions);
     const { id } = await mds.volumes.createBlockVolume("v", 4096);
     const lease = await mds.leases.grant(60_000);
     await assertCode(mds.blockVolumes.lock(id, { uuid: "w", lease: 0n }), ErrorCode.Invalid);
     await assertCode(mds.blockVolumes.lock(77, { uuid: "w", lease }), ErrorCode.NotExist);
-    await mds.blockVolumes.lock(id, { uuid: "w", lease });
-    const foreign = mds.blockVolumes.publishHead(id, "w", new INodeRef(id + 1, 2n));
+    const lock = await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    const foreign = mds.blockVolumes.publishHead(lock, new INodeRef(id + 1, 2n));
     await assertCode(foreign, ErrorCode.Invalid);
+    for (
+      const bad of [
+        { ...lock, fencingToken: 0n },
+        { ...lock, fencingToken: -5n },
+        { ...lock, fencingToken: 2n ** 64n },
+        { ...lock, holder: "a/b" },
+        { ...lock, volumeId: -1 },
+      ]
+    ) {
+      await assertCode(mds.blockVolumes.publishHead(bad, new INodeRef(id, 2n)), ErrorCode.Invalid);
+      await assertCode(mds.blockVolumes.unlock(bad), ErrorCode.Invalid);
+    }
+    assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 1n));
   });
 
   test("an expired lease releases the lock and its holder can no longer publish", async (f) => {
@@ -458,28 +547,91 @@ function registerLockTests(test: TestFn, options: MetadataContractOptions): void
     await mds.cluster.init(initOptions);
     const { id } = await mds.volumes.createBlockVolume("v", 4096);
     const lease = await mds.leases.grant(options.leaseTtlMs);
-    await mds.blockVolumes.lock(id, { uuid: "old", lease });
-    await mds.blockVolumes.publishHead(id, "old", new INodeRef(id, 2n));
+    const old = await mds.blockVolumes.lock(id, { uuid: "old", lease });
+    await mds.blockVolumes.publishHead(old, new INodeRef(id, 2n));
     await waitFor("lock release", options.expiryTimeoutMs, async () => {
       return (await mds.blockVolumes.lockStatus(id)).state === "free";
     });
     const second = await f.other();
     const newLease = await second.leases.grant(60_000);
-    await second.blockVolumes.lock(id, { uuid: "new", lease: newLease });
-    const fenced = mds.blockVolumes.publishHead(id, "old", new INodeRef(id, 3n));
+    const taken = await second.blockVolumes.lock(id, { uuid: "new", lease: newLease });
+    assert.ok(taken.fencingToken > old.fencingToken);
+    const fenced = mds.blockVolumes.publishHead(old, new INodeRef(id, 3n));
     await assertCode(fenced, ErrorCode.Locked, /held by new/);
-    await second.blockVolumes.publishHead(id, "new", new INodeRef(id, 4n));
+    await second.blockVolumes.publishHead(taken, new INodeRef(id, 4n));
     assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 4n));
   });
 
-  test("revoking the lease releases the lock at once", async ({ mds }) => {
+  test(
+    "a holder whose lease expired and who locked again with the same UUID cannot publish or " +
+      "unlock from the old acquisition",
+    async ({ mds }) => {
+      await mds.cluster.init(initOptions);
+      const { id } = await mds.volumes.createBlockVolume("v", 4096);
+      const shortLease = await mds.leases.grant(options.leaseTtlMs);
+      const first = await mds.blockVolumes.lock(id, { uuid: "writer", lease: shortLease });
+      await mds.blockVolumes.publishHead(first, new INodeRef(id, 2n));
+      await waitFor("lock release", options.expiryTimeoutMs, async () => {
+        return (await mds.blockVolumes.lockStatus(id)).state === "free";
+      });
+      const lease = await mds.leases.grant(60_000);
+      const again = await mds.blockVolumes.lock(id, { uuid: "writer", lease });
+      assert.ok(again.fencingToken > first.fencingToken, "a new acquisition has a larger token");
+      const stale = mds.blockVolumes.publishHead(first, new INodeRef(id, 3n));
+      await assertCode(stale, ErrorCode.Locked, /was lost/);
+      await assertCode(mds.blockVolumes.unlock(first), ErrorCode.Locked, /was lost/);
+      assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 2n));
+      const status = await mds.blockVolumes.lockStatus(id);
+      assert.deepEqual(status, {
+        state: "locked",
+        holder: "writer",
+        lease,
+        fencingToken: again.fencingToken,
+      }, "the stale unlock released nothing");
+      await mds.blockVolumes.publishHead(again, new INodeRef(id, 4n));
+      await mds.blockVolumes.unlock(again);
+      assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 4n));
+    },
+  );
+
+  test("after a revoke and a re-lock with the same UUID, the old handle is fenced", async (f) => {
+    const { mds } = f;
     await mds.cluster.init(initOptions);
     const { id } = await mds.volumes.createBlockVolume("v", 4096);
     const lease = await mds.leases.grant(60_000);
-    await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    const first = await mds.blockVolumes.lock(id, { uuid: "writer", lease });
     await mds.leases.revoke(lease);
     assert.deepEqual(await mds.blockVolumes.lockStatus(id), { state: "free" });
-    await assertCode(mds.blockVolumes.lock(id, { uuid: "w", lease }), ErrorCode.NotExist);
+    await assertCode(mds.blockVolumes.lock(id, { uuid: "writer", lease }), ErrorCode.NotExist);
+    const second = await f.other();
+    const again = await second.blockVolumes.lock(id, {
+      uuid: "writer",
+      lease: await second.leases.grant(60_000),
+    });
+    await assertCode(mds.blockVolumes.publishHead(first, new INodeRef(id, 9n)), ErrorCode.Locked);
+    await assertCode(mds.blockVolumes.unlock(first), ErrorCode.Locked);
+    assert.equal((await mds.blockVolumes.lockStatus(id)).state, "locked");
+    await second.blockVolumes.unlock(again);
+  });
+
+  test("fencing tokens of a volume grow with every acquisition", async (f) => {
+    const { mds } = f;
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    const other = await f.other();
+    const tokens: bigint[] = [];
+    for (let i = 0; i < 4; i++) {
+      const service = i % 2 ? other : mds;
+      const lock = await service.blockVolumes.lock(id, {
+        uuid: "same-holder",
+        lease: await service.leases.grant(60_000),
+      });
+      tokens.push(lock.fencingToken);
+      // Unrelated changes in between must not matter.
+      await service.volumes.createBlockVolume(`noise${i}`, 4096);
+      await service.blockVolumes.unlock(lock);
+    }
+    for (let i = 1; i < tokens.length; i++) assert.ok(tokens[i]! > tokens[i - 1]!, `${tokens}`);
   });
 }
 
@@ -491,8 +643,8 @@ function registerSnapshotTests(test: TestFn): void {
     const first = await mds.snapshots.saveSnapshot(id, "empty");
     assert.deepEqual(first.inodeRef, new INodeRef(id, 1n));
     const lease = await mds.leases.grant(60_000);
-    await mds.blockVolumes.lock(id, { uuid: "w", lease });
-    await mds.blockVolumes.publishHead(id, "w", new INodeRef(id, 5n));
+    const lock = await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    await mds.blockVolumes.publishHead(lock, new INodeRef(id, 5n));
     const second = await mds.snapshots.saveSnapshot(id, "five");
     assert.deepEqual(second.inodeRef, new INodeRef(id, 5n));
     await assertCode(mds.snapshots.saveSnapshot(id, "five"), ErrorCode.Exists);
@@ -511,10 +663,10 @@ function registerSnapshotTests(test: TestFn): void {
     const { id } = await mds.volumes.createBlockVolume("v", 4096);
     await mds.snapshots.saveSnapshot(id, "start");
     const lease = await mds.leases.grant(60_000);
-    await mds.blockVolumes.lock(id, { uuid: "w", lease });
-    await mds.blockVolumes.publishHead(id, "w", new INodeRef(id, 3n));
+    const lock = await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    await mds.blockVolumes.publishHead(lock, new INodeRef(id, 3n));
     await assertCode(mds.snapshots.restoreSnapshot(id, "start"), ErrorCode.Locked);
-    await mds.blockVolumes.unlock(id, "w");
+    await mds.blockVolumes.unlock(lock);
     assert.deepEqual(await mds.snapshots.restoreSnapshot(id, "start"), new INodeRef(id, 1n));
     assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 1n));
     await assertCode(mds.snapshots.restoreSnapshot(id, "missing"), ErrorCode.NotExist);

@@ -19,6 +19,13 @@ export * from "./kv.ts";
 export { atomicModify, type AtomicModifyResult, getWithRevision } from "./kv_ops.ts";
 export type { EtcdKvOptions } from "./etcd.ts";
 export { type EmbeddedKv, type EmbeddedKvOptions, openEmbeddedKv } from "./embedded.ts";
+export {
+  bootClock,
+  type LeaseClock,
+  leaseClockOf,
+  type LeaseTime,
+  monotonicClock,
+} from "./lease_clock.ts";
 export * from "./kv_memory.ts";
 export * from "./keys.ts";
 export * from "./metadata.ts";

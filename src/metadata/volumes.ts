@@ -10,13 +10,19 @@
  *   and served stale volumes after a delete and re-create).
  * - Deleting volume 2 deletes `volumemeta/2/` and nothing of volume 20, and only while the volume
  *   is unlocked (etcd semantics; the original's in-memory backend had it the other way round).
- * - The head moves only by a transaction guarded by "the lock key holds my UUID": a writer whose
- *   lease expired (so its lock key vanished) or whose lock was taken over cannot publish.
+ * - The head moves only by a transaction guarded by "the lock key is the one my acquisition
+ *   created" (its create revision, the fencing token, and the holder's UUID): a writer whose
+ *   lease expired or was revoked cannot publish or unlock, not even after the same holder, with
+ *   the same UUID, locked the volume again. Fencing tokens of one volume only grow.
  * @module
  */
 
 import {
+  assert,
+  checkName,
+  checkNameLookup,
   checkVolumeId,
+  checkVolumeSizeBytes,
   ErrorCode,
   exists,
   INodeRef,
@@ -26,9 +32,9 @@ import {
   VOLUME_ID_MAX,
 } from "../core/mod.ts";
 import { type Volume, VolumeCodec } from "../models/mod.ts";
-import type { KvEntry, TxnOp, TxnResponse } from "./kv.ts";
+import type { Compare, KvEntry, TxnOp, TxnResponse } from "./kv.ts";
 import {
-  checkPeerUuid,
+  checkLockHolder,
   decodeSnapshot,
   decodeU64,
   decodeVolumeId,
@@ -37,6 +43,7 @@ import {
   fromUtf8,
   type Snapshot,
   utf8,
+  volumeHex,
 } from "./keys.ts";
 import {
   absent,
@@ -52,10 +59,12 @@ import {
 } from "./context.ts";
 import type {
   BlockVolumeMetadata,
+  InvalidRecord,
   LockHolder,
   LockStatus,
   SnapshotMetadata,
   VolumeInfo,
+  VolumeLock,
   VolumeMetadata,
 } from "./metadata.ts";
 
@@ -83,17 +92,24 @@ export function checkVolumeSize(sizeBytes: number): number {
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
     throw invalid(`volume size must be a positive number of bytes, got ${sizeBytes}`);
   }
+  // Block devices are addressed in sectors: a 513-byte volume cannot be exported whole.
+  checkVolumeSizeBytes(sizeBytes);
   return sizeBytes;
 }
 
-/** Decodes a stored Volume record. */
+/**
+ * Decodes and checks a stored Volume record: an id in range, an addressable size and a name that
+ * can be looked up (names of older builds that break today's rule are kept: they stay listable
+ * and deletable).
+ */
 export function volumeInfoFromRecord(bytes: Uint8Array): VolumeInfo {
   const volume = VolumeCodec.decode(bytes);
   if (volume.id === 0n || volume.id > BigInt(VOLUME_ID_MAX)) {
     throw invalid(`volume record has id ${volume.id} out of range`);
   }
+  checkNameLookup(volume.name, "volume");
   if (volume.maxBytes > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw invalid(`volume ${volume.name} is larger than this build can address`);
+    throw invalid(`volume id ${volume.id} is larger than this build can address`);
   }
   return {
     id: Number(volume.id),
@@ -101,6 +117,15 @@ export function volumeInfoFromRecord(bytes: Uint8Array): VolumeInfo {
     type: volume.type,
     sizeBytes: Number(volume.maxBytes),
   };
+}
+
+/** A record of `volumeid/<hex>` checked, including that its id is the one in its key. */
+function checkedVolumeRecord(entry: KvEntry, directory: string): VolumeInfo {
+  const info = volumeInfoFromRecord(entry.value);
+  if (entry.key !== `${directory}${volumeHex(info.id)}`) {
+    throw invalid(`the record of volume id ${info.id} is stored under another key`);
+  }
+  return info;
 }
 
 function unknownVolume(what: string | number): TorusError {
@@ -119,7 +144,7 @@ export class VolumeMetadataImpl implements VolumeMetadata {
 
   async createBlockVolume(name: string, sizeBytes: number): Promise<VolumeInfo> {
     const { kv, keys } = this.#context;
-    const nameKey = keys.volumeName(name);
+    const nameKey = keys.volumeName(checkName(name, "volume"));
     checkVolumeSize(sizeBytes);
     return await casLoop(this.#context, `create volume ${name}`, async () => {
       const read = await kv.txn({ compare: [], success: [get(keys.volumeMinter()), get(nameKey)] });
@@ -179,7 +204,9 @@ export class VolumeMetadataImpl implements VolumeMetadata {
     });
   }
 
-  async listVolumes(): Promise<{ volumes: VolumeInfo[]; highestId: number }> {
+  async listVolumes(): Promise<
+    { volumes: VolumeInfo[]; highestId: number; invalid: InvalidRecord[] }
+  > {
     const { kv, keys } = this.#context;
     const response = await kv.txn({
       compare: [],
@@ -187,9 +214,18 @@ export class VolumeMetadataImpl implements VolumeMetadata {
     });
     const minter = entryAt(response, 0);
     if (!minter) throw notInitialised();
-    const volumes = entriesAt(response, 1).map((e) => volumeInfoFromRecord(e.value));
+    const volumes: VolumeInfo[] = [];
+    const invalidRecords: InvalidRecord[] = [];
+    for (const entry of entriesAt(response, 1)) {
+      try {
+        volumes.push(checkedVolumeRecord(entry, keys.volumeIdsDir()));
+      } catch (error) {
+        invalidRecords.push({ key: entry.key, reason: (error as Error).message });
+      }
+    }
     volumes.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    return { volumes, highestId: Number(decodeU64(minter.value, "volume minter")) };
+    const highestId = Number(decodeU64(minter.value, "volume minter"));
+    return { volumes, highestId, invalid: invalidRecords };
   }
 
   async getVolume(name: string): Promise<VolumeInfo> {
@@ -250,51 +286,92 @@ export class BlockVolumeMetadataImpl implements BlockVolumeMetadata {
     return INodeRef.fromBytes(entry.value);
   }
 
-  async lock(volumeId: number, holder: LockHolder): Promise<void> {
+  async lock(volumeId: number, holder: LockHolder): Promise<VolumeLock> {
     const { kv, keys } = this.#context;
-    checkPeerUuid(holder.uuid);
+    checkLockHolder(holder.uuid);
     if (holder.lease === 0n) throw invalid("a volume lock must be bound to a lease");
     const record = keys.volumeRecord(checkVolumeId(volumeId));
     const lockKey = keys.lock(volumeId);
     const response = await kv.txn({
       compare: [present(record), absent(lockKey)],
-      success: [{ type: "put", key: lockKey, value: utf8(holder.uuid), lease: holder.lease }],
+      success: [
+        { type: "put", key: lockKey, value: utf8(holder.uuid), lease: holder.lease },
+        get(lockKey),
+      ],
       failure: [get(record), get(lockKey)],
     });
-    if (response.succeeded) return;
+    if (response.succeeded) {
+      const created = entryAt(response, 1);
+      assert(created !== null, "a lock put in a transaction is read back by the same one");
+      return {
+        volumeId,
+        holder: holder.uuid,
+        lease: holder.lease,
+        fencingToken: BigInt(created.createRevision),
+      };
+    }
     if (!entryAt(response, 0)) throw unknownVolume(volumeId);
     throw lockedBy(volumeId, entryAt(response, 1));
   }
 
-  async publishHead(volumeId: number, holderUuid: string, head: INodeRef): Promise<void> {
+  async publishHead(lock: VolumeLock, head: INodeRef): Promise<void> {
     const { kv, keys } = this.#context;
-    if (head.volume !== checkVolumeId(volumeId)) {
-      throw invalid(`head ${head} does not belong to volume ${volumeId}`);
+    const lockKey = keys.lock(checkLock(lock));
+    if (head.volume !== lock.volumeId) {
+      throw invalid(`head ${head} does not belong to volume ${lock.volumeId}`);
     }
-    const lockKey = keys.lock(volumeId);
     const response = await kv.txn({
-      compare: [holds(lockKey, utf8(holderUuid))],
-      success: [put(keys.head(volumeId), head.toBytes())],
+      compare: fenced(lockKey, lock),
+      success: [put(keys.head(lock.volumeId), head.toBytes())],
       failure: [get(lockKey)],
     });
-    if (!response.succeeded) throw lockLost(volumeId, holderUuid, entryAt(response, 0));
+    if (!response.succeeded) throw lockLost(lock, entryAt(response, 0));
   }
 
-  async unlock(volumeId: number, holderUuid: string): Promise<void> {
-    const lockKey = this.#context.keys.lock(checkVolumeId(volumeId));
+  async unlock(lock: VolumeLock): Promise<void> {
+    const lockKey = this.#context.keys.lock(checkLock(lock));
     const response = await this.#context.kv.txn({
-      compare: [holds(lockKey, utf8(holderUuid))],
+      compare: fenced(lockKey, lock),
       success: [del(lockKey)],
       failure: [get(lockKey)],
     });
-    if (!response.succeeded) throw lockLost(volumeId, holderUuid, entryAt(response, 0));
+    if (!response.succeeded) throw lockLost(lock, entryAt(response, 0));
   }
 
   async lockStatus(volumeId: number): Promise<LockStatus> {
     const entry = await this.#context.kv.get(this.#context.keys.lock(checkVolumeId(volumeId)));
     if (!entry) return { state: "free" };
-    return { state: "locked", holder: fromUtf8(entry.value, "lock"), lease: entry.lease };
+    return {
+      state: "locked",
+      holder: fromUtf8(entry.value, "lock"),
+      lease: entry.lease,
+      fencingToken: BigInt(entry.createRevision),
+    };
   }
+}
+
+/** Checks a lock handle's fields (it may come from anywhere); returns its volume id. */
+function checkLock(lock: VolumeLock): number {
+  checkLockHolder(lock.holder);
+  if (typeof lock.fencingToken !== "bigint" || lock.fencingToken <= 0n) {
+    throw invalid(`fencing token ${String(lock.fencingToken)} is not a positive integer`);
+  }
+  if (lock.fencingToken > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw invalid(`fencing token ${lock.fencingToken} is out of range`);
+  }
+  return checkVolumeId(lock.volumeId);
+}
+
+/**
+ * Guards of a fenced operation: the lock key is the very one `lock`'s acquisition created. Its
+ * create revision identifies the acquisition (a re-lock creates the key anew, at a later
+ * revision); the UUID is checked too, as a second line.
+ */
+function fenced(lockKey: string, lock: VolumeLock): Compare[] {
+  return [
+    { key: lockKey, target: "createRevision", op: "==", revision: Number(lock.fencingToken) },
+    holds(lockKey, utf8(lock.holder)),
+  ];
 }
 
 function lockedBy(volumeId: number, lock: KvEntry | null): TorusError {
@@ -302,11 +379,14 @@ function lockedBy(volumeId: number, lock: KvEntry | null): TorusError {
   return new TorusError(ErrorCode.Locked, `volume id ${volumeId} is locked by ${holder}`);
 }
 
-function lockLost(volumeId: number, uuid: string, lock: KvEntry | null): TorusError {
-  const now = lock ? `held by ${fromUtf8(lock.value, "lock")}` : "free";
+function lockLost(lock: VolumeLock, now: KvEntry | null): TorusError {
+  const state = now
+    ? `held by ${fromUtf8(now.value, "lock")} with fencing token ${now.createRevision}`
+    : "free";
   return new TorusError(
     ErrorCode.Locked,
-    `volume id ${volumeId}: ${uuid} does not hold the lock (it is ${now})`,
+    `volume id ${lock.volumeId}: the lock of ${lock.holder} with fencing token ` +
+      `${lock.fencingToken} was lost (it is ${state})`,
   );
 }
 
@@ -320,7 +400,7 @@ export class SnapshotMetadataImpl implements SnapshotMetadata {
 
   async saveSnapshot(volumeId: number, name: string): Promise<Snapshot> {
     const { kv, keys, clock } = this.#context;
-    const snapKey = keys.snapshot(checkVolumeId(volumeId), name);
+    const snapKey = keys.snapshot(checkVolumeId(volumeId), checkName(name, "snapshot"));
     const [record, headKey] = [keys.volumeRecord(volumeId), keys.head(volumeId)];
     return await casLoop(this.#context, `snapshot ${name} of volume ${volumeId}`, async () => {
       const read = await kv.txn({

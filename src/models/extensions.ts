@@ -1,10 +1,19 @@
 /**
  * Hand-written helpers over the models: conversions between core value types and their
- * protobuf messages.
+ * protobuf messages, and the check of a PeerInfo that was read from somewhere (the metadata
+ * store, a ring proto).
  * @module
  */
 
-import { BlockRef, INodeRef, invalid } from "../core/mod.ts";
+import {
+  BlockRef,
+  hasInvisibleOrControl,
+  INodeRef,
+  invalid,
+  parseUuid,
+  PEER_ADDRESS_LENGTH_MAX,
+  quoteForMessage,
+} from "../core/mod.ts";
 import type { BlockRefMessage, INodeRefMessage, PeerInfo } from "./models.ts";
 
 export function blockRefToMessage(ref: BlockRef): BlockRefMessage {
@@ -36,4 +45,21 @@ export function emptyPeerInfo(uuid: string): PeerInfo {
     rebalanceInfo: null,
     protocolVersion: 0n,
   };
+}
+
+/**
+ * A checked copy of a PeerInfo read from the metadata store or a ring: its UUID in canonical form
+ * ({@link parseUuid}) and an address without whitespace, control or format characters (no real
+ * address has them; a forged one could drive a terminal). `invalid` otherwise, naming `what`.
+ */
+export function checkedPeerInfo(peer: PeerInfo, what = "peer"): PeerInfo {
+  const uuid = parseUuid(peer.uuid, `${what} UUID`);
+  const address = peer.address;
+  if (
+    address.length > PEER_ADDRESS_LENGTH_MAX || /\s/.test(address) ||
+    hasInvisibleOrControl(address)
+  ) {
+    throw invalid(`${what} ${uuid} has an invalid address ${quoteForMessage(address)}`);
+  }
+  return uuid === peer.uuid ? peer : { ...peer, uuid };
 }

@@ -3,18 +3,26 @@
  * Every path checks its input and throws `invalid` with a one-line message; none asserts on
  * data, because rings arrive from etcd and from the command line.
  *
- * Replication: mod, ketama and single rings need at least 1 (a proto's 0 is read as 1, as the
- * original did); the empty ring keeps whatever it is given. Nothing is checked against the member
- * count: lookups cap replication at it (#427 panicked instead).
+ * Replication follows the one rule of replication.ts everywhere. Reading a proto, a replication
+ * of 0 is read as 1 for mod, ketama and single rings, and an empty ring's stored replication is
+ * read as 0, as the original did (it ignored it). Member UUIDs of a proto are checked and
+ * normalised by the one UUID parser (checkedPeerInfo), so a ring read from the store never holds
+ * an address or a second spelling of a member as a UUID.
  * @module
  */
 
 import { invalid } from "../core/mod.ts";
-import { type PeerInfo, type Ring as RingMessage, RingCodec } from "../models/mod.ts";
+import {
+  checkedPeerInfo,
+  type PeerInfo,
+  type Ring as RingMessage,
+  RingCodec,
+} from "../models/mod.ts";
 import { EmptyRing } from "./empty.ts";
 import { KetamaRing } from "./ketama.ts";
 import { ModRing } from "./modulo.ts";
-import { checkReplication, checkVersion } from "./peers.ts";
+import { checkVersion } from "./peers.ts";
+import { checkRingReplication } from "./replication.ts";
 import { type ModifiableRing, type Ring, RingType, ringTypeNames } from "./ring.ts";
 import { SingleRing } from "./single.ts";
 import { UnionRing } from "./union.ts";
@@ -46,15 +54,16 @@ function isRingType(value: number): value is RingType {
 
 /**
  * A new ring of `type`. Empty takes no peers, single exactly one; mod and ketama any number
- * (lookups on a ring without members fail with `invalid`). Union rings come from
- * {@link createUnionRing}.
+ * (lookups on a ring without members fail with `invalid`). The replication must obey the rule of
+ * replication.ts. Union rings come from {@link createUnionRing}.
  * @example
  * ```ts
  * import { createRing, RingType } from "./mod.ts";
  * import { emptyPeerInfo } from "../models/mod.ts";
- * const peers = ["a", "b", "c"].map(emptyPeerInfo);
+ * const uuid = (c: string) => `${c.repeat(8)}-0000-4000-8000-${"0".repeat(12)}`;
+ * const peers = ["a", "b", "c"].map((c) => emptyPeerInfo(uuid(c)));
  * const ring = createRing(RingType.Ketama, { version: 1, replication: 2, peers });
- * ring.memberUuids(); // ["a", "b", "c"]
+ * ring.memberUuids().length; // 3
  * ```
  */
 export function createRing(type: RingType, options: CreateRingOptions): Ring {
@@ -64,10 +73,10 @@ export function createRing(type: RingType, options: CreateRingOptions): Ring {
       if (options.peers.length !== 0) {
         throw invalid(`an empty ring takes no peers, got ${options.peers.length}`);
       }
-      checkReplication(options.replication, 0);
+      checkRingReplication(type, 0, options.replication);
       return new EmptyRing(options);
     case RingType.Single:
-      checkReplication(options.replication, 1);
+      checkRingReplication(type, options.peers.length, options.replication);
       return new SingleRing(options);
     case RingType.Mod:
     case RingType.Ketama:
@@ -85,7 +94,7 @@ export function createModifiableRing(
   options: CreateRingOptions,
 ): ModifiableRing {
   checkVersion(options.version);
-  checkReplication(options.replication, 1);
+  checkRingReplication(type, options.peers.length, options.replication);
   return type === RingType.Mod ? new ModRing(options) : new KetamaRing(options);
 }
 
@@ -97,7 +106,7 @@ export function createMeasurementKetamaRing(
   options: CreateRingOptions & { readonly pointsPerPeer: number },
 ): ModifiableRing {
   checkVersion(options.version);
-  checkReplication(options.replication, 1);
+  checkRingReplication(RingType.Ketama, options.peers.length, options.replication);
   return new KetamaRing(options);
 }
 
@@ -134,6 +143,12 @@ function unionFromMessage(message: RingMessage): Ring {
   return ring;
 }
 
+/** The replication of a stored ring as the original read it: 0 means 1; an empty ring has 0. */
+function storedReplication(message: RingMessage): number {
+  if (message.type === RingType.Empty) return 0;
+  return message.replicationFactor === 0 ? 1 : message.replicationFactor;
+}
+
 /** The ring described by a Ring proto; `invalid` for unknown types and malformed contents. */
 export function ringFromMessage(message: RingMessage): Ring {
   if (!isRingType(message.type)) throw invalid(`unknown ring type id ${message.type}`);
@@ -142,10 +157,9 @@ export function ringFromMessage(message: RingMessage): Ring {
   if (extra.length > 0) {
     throw invalid(`a ${ringTypeNames[message.type]} ring has no attrs, got [${extra.join(", ")}]`);
   }
-  const zeroMeansOne = message.type !== RingType.Empty && message.replicationFactor === 0;
   return createRing(message.type, {
     version: message.version,
-    replication: zeroMeansOne ? 1 : message.replicationFactor,
-    peers: message.peers,
+    replication: storedReplication(message),
+    peers: message.peers.map((peer) => checkedPeerInfo(peer, "ring member")),
   });
 }

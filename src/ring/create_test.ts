@@ -130,3 +130,31 @@ Deno.test("describe: type, version, replication and one line per peer", () => {
   const empty = createRing(Types.Empty, { version: 1, replication: 0, peers: [] });
   assert.equal(empty.describe(), "Ring: empty\nVersion: 1\nReplication: 0\nPeers: (none)");
 });
+
+Deno.test("ringFromMessage: member UUIDs go through the one parser (checked, lowercase)", () => {
+  const [a, b] = testPeers(2, 6);
+  const upper = { ...a!, uuid: a!.uuid.toUpperCase() };
+  const ring = ringFromMessage(message({ peers: [upper, b!] }));
+  assert.deepEqual(ring.memberUuids(), [a!.uuid, b!.uuid]);
+  const bad = [
+    [a!, upper],
+    [emptyPeerInfo("not-a-uuid")],
+    [emptyPeerInfo("x".repeat(255))],
+    [emptyPeerInfo("tdp://10.0.0.1:40000")],
+    [{ ...a!, address: "10.0.0.1:1\x1b[2J" }],
+  ];
+  for (const peers of bad) {
+    assert.throws(() => ringFromMessage(message({ peers })), isInvalid, peers[0]!.uuid);
+  }
+});
+
+Deno.test("describe escapes what a ring member carries, so it cannot drive a terminal", () => {
+  const [a] = testPeers(1, 8);
+  const ring = createRing(Types.Ketama, {
+    version: 2,
+    replication: 2,
+    peers: [{ ...a!, address: "h:1\x1b[2J\n\tforged" }],
+  });
+  assert.match(ring.describe(), /address=h:1\\x1b\[2J\\x0a\\x09forged {2}totalBlocks=/);
+  assert.equal(ring.describe().split("\n").length, 5);
+});

@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
 import { ErrorCode, isTorusError } from "../core/mod.ts";
-import { createRing, RingType } from "./mod.ts";
+import { createRing, replicationRange, RingType } from "./mod.ts";
 import { testPeers, testRefs, testRingContract } from "./ring_contract.ts";
 
 testRingContract("empty ring", {
   memberCounts: [0],
   modifiable: false,
+  replicationRange: (count) => replicationRange(RingType.Empty, count),
   create: (options) => createRing(RingType.Empty, options),
 });
 

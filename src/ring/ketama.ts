@@ -18,16 +18,11 @@
  * @module
  */
 
-import {
-  assert,
-  type BlockRef,
-  invalid,
-  KETAMA_POINTS_PER_PEER,
-  RING_MEMBERS_MAX,
-} from "../core/mod.ts";
+import { type BlockRef, invalid, KETAMA_POINTS_PER_PEER } from "../core/mod.ts";
 import type { PeerInfo, Ring as RingMessage } from "../models/mod.ts";
 import { md5FirstWord, md5Words } from "./md5.ts";
 import {
+  holdersOf,
   type MemberRingOptions,
   ModifiableMemberRing,
   noPeers,
@@ -36,10 +31,6 @@ import {
   refBytes,
 } from "./peers.ts";
 import { type ModifiableRing, type PeerPermutation, RingType } from "./ring.ts";
-
-/** Owner indexes must fit the low 20 bits of the sort keys below. */
-const OWNER_INDEX_LIMIT = 2 ** 20;
-assert(RING_MEMBERS_MAX <= OWNER_INDEX_LIMIT, "ketama sort keys hold every owner index");
 
 /** Most points per peer a measurement ring may ask for (memory: 8 bytes per point). */
 export const KETAMA_POINTS_PER_PEER_MAX = 65_536;
@@ -97,9 +88,17 @@ function writeDecimal(target: Uint8Array, offset: number, value: number): number
   return digits;
 }
 
-/** Every (point, owner) pair of the members, as sortable keys point · 2^20 + owner. */
-function pointKeys(uuids: readonly string[], counts: readonly number[]): Float64Array {
-  const keys = new Float64Array(counts.reduce((sum, count) => sum + count, 0));
+/** The points of one table: `owners[i]` owns `points[i]`. */
+export interface PointList {
+  readonly points: Uint32Array;
+  readonly owners: Uint32Array;
+}
+
+/** Every (point, owner) pair of the members, owners ascending. */
+function pointsByOwner(uuids: readonly string[], counts: readonly number[]): PointList {
+  const total = counts.reduce((sum, count) => sum + count, 0);
+  const points = new Uint32Array(total);
+  const owners = new Uint32Array(total);
   const digest = new Uint32Array(POINTS_PER_DIGEST);
   let next = 0;
   uuids.forEach((uuid, owner) => {
@@ -110,10 +109,58 @@ function pointKeys(uuids: readonly string[], counts: readonly number[]): Float64
     for (let group = 0; group * POINTS_PER_DIGEST < count; group++) {
       md5Words(text.subarray(0, prefix.length + writeDecimal(text, prefix.length, group)), digest);
       const inGroup = Math.min(POINTS_PER_DIGEST, count - group * POINTS_PER_DIGEST);
-      for (let j = 0; j < inGroup; j++) keys[next++] = digest[j]! * OWNER_INDEX_LIMIT + owner;
+      for (let j = 0; j < inGroup; j++) {
+        points[next] = digest[j]!;
+        owners[next++] = owner;
+      }
     }
   });
-  return keys;
+  return { points, owners };
+}
+
+/** Digit width of the radix sort: three passes over 32-bit points, 2 Ki buckets each. */
+const RADIX_BITS = 11;
+
+/** One stable counting pass of `from` into `to` on the `bits`-wide digit at `shift`. */
+function radixPass(from: PointList, to: PointList, digit: { shift: number; bits: number }): void {
+  const mask = (1 << digit.bits) - 1;
+  const starts = new Uint32Array(mask + 2);
+  const { points, owners } = from;
+  for (let i = 0; i < points.length; i++) {
+    const bucket = (points[i]! >>> digit.shift) & mask;
+    starts[bucket + 1] = starts[bucket + 1]! + 1;
+  }
+  for (let bucket = 0; bucket <= mask; bucket++) {
+    starts[bucket + 1] = starts[bucket + 1]! + starts[bucket]!;
+  }
+  for (let i = 0; i < points.length; i++) {
+    const bucket = (points[i]! >>> digit.shift) & mask;
+    const at = starts[bucket]!;
+    starts[bucket] = at + 1;
+    to.points[at] = points[i]!;
+    to.owners[at] = owners[i]!;
+  }
+}
+
+/**
+ * The points ascending, owners carried along, by a stable LSD radix sort: equal points keep
+ * their input order (owners ascending), which is ketama's tie rule. It is linear: with 4096 peers
+ * (4 Mi points) it takes a fraction of what sorting packed (point, owner) float keys took.
+ */
+export function sortPoints(list: PointList): PointList {
+  const length = list.points.length;
+  let from = list;
+  let to: PointList = { points: new Uint32Array(length), owners: new Uint32Array(length) };
+  for (let shift = 0; shift < 32; shift += RADIX_BITS) {
+    radixPass(from, to, { shift, bits: Math.min(RADIX_BITS, 32 - shift) });
+    // The input list is never written: the first pass leaves it, later passes swap buffers.
+    const next = from === list
+      ? { points: new Uint32Array(length), owners: new Uint32Array(length) }
+      : from;
+    from = to;
+    to = next;
+  }
+  return from;
 }
 
 /** Builds the tables of `peers` with `pointsPerPeer` points per average-capacity member. */
@@ -121,21 +168,14 @@ function buildTable(peers: readonly PeerInfo[], pointsPerPeer: number): KetamaTa
   const sortedPeers = [...peers].sort((a, b) => compareUuids(a.uuid, b.uuid));
   const uuids = Object.freeze(sortedPeers.map((peer) => peer.uuid));
   const counts = ketamaPointCounts(sortedPeers, pointsPerPeer);
-  const keys = pointKeys(uuids, counts).sort();
-  const points = new Uint32Array(keys.length);
-  const owners = new Uint32Array(keys.length);
-  keys.forEach((key, i) => {
-    const point = Math.floor(key / OWNER_INDEX_LIMIT);
-    points[i] = point;
-    owners[i] = key - point * OWNER_INDEX_LIMIT;
-  });
-  const hasPoints = new Set(owners);
+  const { points, owners } = sortPoints(pointsByOwner(uuids, counts));
+  const pointless = Object.freeze(uuids.filter((_, owner) => counts[owner] === 0));
   return {
     points,
     owners,
     uuids,
-    ownersWithPoints: hasPoints.size,
-    pointless: Object.freeze(uuids.filter((_, owner) => !hasPoints.has(owner))),
+    ownersWithPoints: uuids.length - pointless.length,
+    pointless,
     seen: new Uint32Array(uuids.length),
     order: new Uint32Array(uuids.length),
     stamp: 0,
@@ -181,6 +221,30 @@ function walk(table: KetamaTable, start: number): string[] {
   return result;
 }
 
+/**
+ * The first `count` members of the walk from point `start` (see {@link walk}), visiting only as
+ * many points as it takes to meet `count` distinct owners: a few for the usual replication.
+ */
+function walkHolders(table: KetamaTable, start: number, count: number): readonly string[] {
+  if (table.stamp === 0xffff_ffff) {
+    table.seen.fill(0);
+    table.stamp = 0;
+  }
+  const stamp = ++table.stamp;
+  const { owners, seen, uuids, pointless } = table;
+  const result: string[] = [];
+  const fromPoints = Math.min(count, table.ownersWithPoints);
+  const length = owners.length;
+  for (let i = start; result.length < fromPoints; i = i + 1 === length ? 0 : i + 1) {
+    const owner = owners[i]!;
+    if (seen[owner] === stamp) continue;
+    seen[owner] = stamp;
+    result.push(uuids[owner]!);
+  }
+  for (let k = 0; result.length < count; k++) result.push(pointless[k]!);
+  return Object.freeze(result);
+}
+
 /** Options of a ketama ring; `pointsPerPeer` exists for measurements only (it is not stored). */
 export interface KetamaRingOptions extends MemberRingOptions {
   readonly pointsPerPeer?: number;
@@ -221,6 +285,15 @@ export class KetamaRing extends ModifiableMemberRing {
     const result = permutation(walk(table, start), this.effectiveReplication());
     this.#cache.set(start, result);
     return result;
+  }
+
+  override getHolders(ref: BlockRef): readonly string[] {
+    const table = this.#table;
+    if (table.uuids.length === 0) throw noPeers();
+    const start = successor(table.points, md5FirstWord(refBytes(ref)));
+    const cached = this.#cache.get(start);
+    if (cached !== undefined) return holdersOf(cached);
+    return walkHolders(table, start, this.effectiveReplication());
   }
 
   /** The Ring proto; refused for measurement rings, whose point count the proto cannot carry. */

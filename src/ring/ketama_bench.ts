@@ -1,9 +1,10 @@
 /**
  * Lookup and construction speed of the rings (`deno bench -A src/ring/ketama_bench.ts`).
- * getPeers runs for every block read and write, so its cost is on the data path; the mod ring
- * (one native CRC-32 and a rotation) is the reference in each lookup group. Construction runs
- * whenever membership changes and must stay well under 100 ms for 50 peers. The refs are
- * pre-built so the figures are the ring's own cost.
+ * getPeers and getHolders run for every block read and write, so their cost is on the data path;
+ * the mod ring (one native CRC-32 and a rotation) is the reference in each lookup group, and the
+ * whole permutation in the 4096-peer group. Construction runs whenever membership changes and must
+ * stay well under 100 ms for 50 peers. The refs are pre-built so the figures are the ring's own
+ * cost.
  * @module
  */
 
@@ -76,4 +77,25 @@ Deno.bench("md5 (this module) of a 24-byte ref", { group: "hash" }, () => {
 });
 Deno.bench("md5 (node:crypto) of a 24-byte ref", { group: "hash", baseline: true }, () => {
   createHash("md5").update(scratch).digest();
+});
+
+// The largest ring (4096 peers, 4 Mi points), as `torus ringtool --nodes 4096` builds it: the
+// whole permutation walks the ring until it met every member; the holders take a few points.
+const largest = peers(4096, 4096);
+const largeKetama = createRing(RingType.Ketama, { version: 1, replication: 2, peers: largest });
+const largeMod = createRing(RingType.Mod, { version: 1, replication: 2, peers: largest });
+Deno.bench("ketama getPeers, 4096 peers", { group: "4096 peers", baseline: true }, () => {
+  largeKetama.getPeers(nextRef());
+});
+Deno.bench("ketama getHolders, 4096 peers", { group: "4096 peers" }, () => {
+  largeKetama.getHolders(nextRef());
+});
+Deno.bench("mod getPeers, 4096 peers", { group: "4096 peers" }, () => {
+  largeMod.getPeers(nextRef());
+});
+Deno.bench("mod getHolders, 4096 peers", { group: "4096 peers" }, () => {
+  largeMod.getHolders(nextRef());
+});
+Deno.bench("ketama build, 4096 peers", { group: "build 4096", n: 3, warmup: 1 }, () => {
+  createRing(RingType.Ketama, { version: 1, replication: 2, peers: largest });
 });

@@ -1,12 +1,19 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { ErrorCode, isTorusError, KETAMA_POINTS_PER_PEER, testSeed } from "../core/mod.ts";
+import {
+  ErrorCode,
+  isTorusError,
+  KETAMA_POINTS_PER_PEER,
+  SeededRandom,
+  testSeed,
+} from "../core/mod.ts";
 import { emptyPeerInfo, type PeerInfo } from "../models/mod.ts";
 import {
   createMeasurementKetamaRing,
   createModifiableRing,
   createRing,
   ketamaPointCounts,
+  replicationRange,
   type Ring,
   RingType,
 } from "./mod.ts";
@@ -19,10 +26,12 @@ import {
   testRefs,
   testRingContract,
 } from "./ring_contract.ts";
+import { sortPoints } from "./ketama.ts";
 
 testRingContract("ketama ring", {
   memberCounts: [1, 2, 3, 8],
   modifiable: true,
+  replicationRange: (count) => replicationRange(RingType.Ketama, count),
   create: (options) => createRing(RingType.Ketama, options),
 });
 
@@ -184,4 +193,23 @@ Deno.test("ketama ring: measurement rings with other point counts cannot be stor
       (e: unknown) => isTorusError(e, ErrorCode.Invalid),
     );
   }
+});
+
+Deno.test("ketama ring: points are sorted, and equal points keep their owners ascending", () => {
+  // Few distinct values force many ties across every radix digit (low, middle and high bits).
+  const random = new SeededRandom(11);
+  const values = [0, 1, 2047, 2048, 2 ** 22, 2 ** 31, 2 ** 32 - 1, 0x7ff_ffff];
+  const count = 5000;
+  const points = new Uint32Array(count);
+  const owners = new Uint32Array(count);
+  for (let i = 0; i < count; i++) {
+    points[i] = values[random.int(values.length)]!;
+    owners[i] = Math.floor(i / 7); // ascending, as built: members in UUID order
+  }
+  const input = { points: points.slice(), owners: owners.slice() };
+  const sorted = sortPoints(input);
+  const expected = [...points.keys()].sort((a, b) => points[a]! - points[b]! || a - b);
+  assert.deepEqual([...sorted.points], expected.map((i) => points[i]!));
+  assert.deepEqual([...sorted.owners], expected.map((i) => owners[i]!));
+  assert.deepEqual(input, { points, owners }, "the input is left as it was");
 });

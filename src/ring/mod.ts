@@ -20,4 +20,5 @@ export {
   ringTypeFromName,
 } from "./create.ts";
 export { KETAMA_POINTS_PER_PEER_MAX, ketamaPointCounts } from "./ketama.ts";
-export { RING_REPLICATION_MAX, RING_VERSION_MAX } from "./peers.ts";
+export { RING_VERSION_MAX } from "./peers.ts";
+export { checkRingReplication, replicationProblem, replicationRange } from "./replication.ts";

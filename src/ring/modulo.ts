@@ -59,6 +59,14 @@ export class ModRing extends ModifiableMemberRing {
     return result;
   }
 
+  override getHolders(ref: BlockRef): readonly string[] {
+    const start = this.startIndex(ref);
+    const sorted = this.#sorted;
+    const holders = new Array<string>(this.effectiveReplication());
+    for (let k = 0; k < holders.length; k++) holders[k] = sorted[(start + k) % sorted.length]!;
+    return Object.freeze(holders);
+  }
+
   protected rebuild(options: MemberRingOptions): ModifiableRing {
     return new ModRing(options);
   }

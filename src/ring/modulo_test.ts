@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { crc32 } from "../core/mod.ts";
-import { createRing, isModifiable, RingType } from "./mod.ts";
+import { createRing, isModifiable, replicationRange, RingType } from "./mod.ts";
 import {
   fileRefs,
   movedPrimaries,
@@ -13,6 +13,7 @@ import {
 testRingContract("mod ring", {
   memberCounts: [1, 2, 3, 8],
   modifiable: true,
+  replicationRange: (count) => replicationRange(RingType.Mod, count),
   create: (options) => createRing(RingType.Mod, options),
 });
 

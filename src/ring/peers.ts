@@ -12,6 +12,7 @@
 import {
   BLOCK_REF_BYTES,
   type BlockRef,
+  escapeText,
   exists,
   invalid,
   notExist,
@@ -19,6 +20,7 @@ import {
   RING_PERMUTATION_CACHE_ENTRIES_MAX,
 } from "../core/mod.ts";
 import type { PeerInfo, Ring as RingMessage } from "../models/mod.ts";
+import { checkRingReplication, replicationProblem } from "./replication.ts";
 import {
   type ModifiableRing,
   type PeerPermutation,
@@ -29,8 +31,6 @@ import {
 
 /** Largest version a ring proto can carry (uint32). */
 export const RING_VERSION_MAX = 2 ** 32 - 1;
-/** Largest replication factor a ring proto can carry (uint32). */
-export const RING_REPLICATION_MAX = 2 ** 32 - 1;
 
 /** Checks a ring version: an integer in 0 ..= 2^32-1. */
 export function checkVersion(version: number): number {
@@ -44,18 +44,6 @@ export function checkVersion(version: number): number {
 export function nextVersion(version: number): number {
   if (version >= RING_VERSION_MAX) throw invalid(`ring version ${version} cannot be raised`);
   return version + 1;
-}
-
-/** Checks a replication factor: an integer in `min ..= 2^32-1`. */
-export function checkReplication(replication: number, min: number): number {
-  if (
-    !Number.isSafeInteger(replication) || replication < min || replication > RING_REPLICATION_MAX
-  ) {
-    throw invalid(
-      `replication must be an integer in ${min}..${RING_REPLICATION_MAX}, got ${replication}`,
-    );
-  }
-  return replication;
 }
 
 /** A deep, frozen copy of `peer`. */
@@ -96,6 +84,11 @@ export function noPeers(): Error {
   return invalid("no peers available: the ring has no members");
 }
 
+/** The desired holders of a placement, frozen. */
+export function holdersOf(placement: PeerPermutation): readonly string[] {
+  return Object.freeze(placement.peers.slice(0, placement.replication));
+}
+
 /** A frozen permutation. */
 export function permutation(peers: readonly string[], replication: number): PeerPermutation {
   return Object.freeze({ peers: Object.freeze(peers), replication });
@@ -108,20 +101,23 @@ export function permutation(peers: readonly string[], replication: number): Peer
  * lookup. Results are identical either way: the cache only saves work.
  */
 export class PermutationCache {
-  readonly #slots: (PeerPermutation | undefined)[];
+  readonly #outcomes: number;
+  /** Allocated on first use: a ring asked only for holders never needs it. */
+  #slots: (PeerPermutation | undefined)[] | null = null;
   #remaining: number;
 
   constructor(outcomes: number, memberCount: number) {
+    this.#outcomes = outcomes;
     this.#remaining = Math.floor(RING_PERMUTATION_CACHE_ENTRIES_MAX / Math.max(1, memberCount));
-    this.#slots = new Array<PeerPermutation | undefined>(outcomes);
   }
 
   get(outcome: number): PeerPermutation | undefined {
-    return this.#slots[outcome];
+    return this.#slots?.[outcome];
   }
 
   set(outcome: number, value: PeerPermutation): void {
     if (this.#remaining === 0) return;
+    this.#slots ??= new Array<PeerPermutation | undefined>(this.#outcomes);
     this.#slots[outcome] = value;
     this.#remaining--;
   }
@@ -146,10 +142,10 @@ export function refBytes(ref: BlockRef): Uint8Array {
   return refScratch;
 }
 
-/** One member line of `describe()`. */
+/** One member line of `describe()`; stored text is escaped, as it may be shown on a terminal. */
 export function describePeer(peer: PeerInfo): string {
-  const address = peer.address === "" ? "-" : peer.address;
-  return `${peer.uuid}  address=${address}  totalBlocks=${peer.totalBlocks}`;
+  const address = peer.address === "" ? "-" : escapeText(peer.address);
+  return `${escapeText(peer.uuid)}  address=${address}  totalBlocks=${peer.totalBlocks}`;
 }
 
 /** `describe()` of a ring with a member list. */
@@ -204,6 +200,11 @@ export abstract class MemberRing implements Ring {
 
   abstract getPeers(ref: BlockRef): PeerPermutation;
 
+  /** The first `replication` peers of `getPeers`; types that can find them faster override it. */
+  getHolders(ref: BlockRef): readonly string[] {
+    return holdersOf(this.getPeers(ref));
+  }
+
   describe(): string {
     return describeMembers(this);
   }
@@ -228,7 +229,7 @@ export abstract class ModifiableMemberRing extends MemberRing implements Modifia
   protected abstract rebuild(options: MemberRingOptions, samePeers: boolean): ModifiableRing;
 
   changeReplication(replication: number): ModifiableRing {
-    checkReplication(replication, 1);
+    checkRingReplication(this.type, this.members().length, replication);
     const options = { version: nextVersion(this.version), replication, peers: this.members() };
     return this.rebuild(options, true);
   }
@@ -257,6 +258,13 @@ export abstract class ModifiableMemberRing extends MemberRing implements Modifia
     const peers = this.members().filter((peer) => !removed.has(peer.uuid));
     if (peers.length === this.members().length) {
       throw notExist("none of the peers to remove is a member of the ring");
+    }
+    if (replicationProblem(this.type, peers.length, this.replication) !== null) {
+      throw invalid(
+        `removing ${this.members().length - peers.length} peer(s) leaves ${peers.length} ` +
+          `member(s), too few for replication ${this.replication}; lower it first ` +
+          `(torus ctl ring set-replication ${Math.max(1, peers.length)})`,
+      );
     }
     const options = { version: nextVersion(this.version), replication: this.replication, peers };
     return this.rebuild(options, false);

@@ -52,6 +52,12 @@ export interface Ring {
   memberUuids(): readonly string[];
   /** The placement of `ref`. Throws `invalid` when the ring has no members. */
   getPeers(ref: BlockRef): PeerPermutation;
+  /**
+   * The desired holders of `ref`: the first `replication` peers of `getPeers(ref)`, found
+   * without building the rest of the permutation where the type can (a ketama lookup then walks
+   * a few points instead of the whole ring). Throws `invalid` when the ring has no members.
+   */
+  getHolders(ref: BlockRef): readonly string[];
   /** Human-readable description, as `torus ctl ring get` prints it. */
   describe(): string;
   /** The Ring proto of this ring. */

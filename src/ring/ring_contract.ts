@@ -5,7 +5,9 @@
  * Promises checked: lookups are deterministic across fresh instances and independent of the
  * order peers are listed in; every lookup is a full permutation of the members with
  * replication = min(configured, members) and never panics when replication exceeds the members
- * (#427); rings and what they hand out are immutable; every change returns a new ring one
+ * (#427); `getHolders` is exactly the first `replication` peers of the permutation;
+ * replication outside the one rule (replication.ts) is refused when building, changing
+ * and decoding; rings and what they hand out are immutable; every change returns a new ring one
  * version higher and leaves the old one as it was; the proto round trip rebuilds the same ring.
  * @module
  */
@@ -23,6 +25,7 @@ import { emptyPeerInfo, type PeerInfo, RingCodec } from "../models/mod.ts";
 import {
   isModifiable,
   type ModifiableRing,
+  type PeerPermutation,
   type Ring,
   ringFromMessage,
   ringTypeNames,
@@ -34,6 +37,8 @@ export interface RingContractFactory {
   readonly memberCounts: readonly number[];
   /** Whether the type supports addPeers/removePeers/changeReplication. */
   readonly modifiable: boolean;
+  /** The replications a ring of `count` members may be built with (replicationRange). */
+  replicationRange(count: number): { readonly min: number; readonly max: number };
   create(options: { version: number; replication: number; peers: readonly PeerInfo[] }): Ring;
 }
 
@@ -70,7 +75,15 @@ export function assertFullPermutations(ring: Ring, refs: readonly BlockRef[]): v
     const placement = ring.getPeers(ref);
     assert.deepEqual([...placement.peers].sort(), members, `full permutation for ${ref}`);
     assert.equal(placement.replication, Math.min(ring.replication, members.length));
+    assertHolders(ring, ref, placement);
   }
+}
+
+/** Asserts `getHolders(ref)` is the frozen head of the permutation, whatever was asked first. */
+function assertHolders(ring: Ring, ref: BlockRef, placement: PeerPermutation): void {
+  const holders = ring.getHolders(ref);
+  assert.deepEqual(holders, placement.peers.slice(0, placement.replication), `holders of ${ref}`);
+  assert.ok(Object.isFrozen(holders));
 }
 
 function assertSamePlacements(a: Ring, b: Ring, refs: readonly BlockRef[]): void {
@@ -96,17 +109,25 @@ export function testRingContract(name: string, factory: RingContractFactory): vo
   }
 }
 
+/** `wanted` moved into the replications a ring of `count` members of the factory's type allows. */
+function fit(factory: RingContractFactory, count: number, wanted: number): number {
+  const { min, max } = factory.replicationRange(count);
+  return Math.min(max, Math.max(min, wanted));
+}
+
 function make(factory: RingContractFactory, count: number, replication = 2, version = 3): Ring {
-  return factory.create({ version, replication, peers: testPeers(count, 100 + count) });
+  const peers = testPeers(count, 100 + count);
+  return factory.create({ version, replication: fit(factory, count, replication), peers });
 }
 
 function testShape(name: string, factory: RingContractFactory, refs: BlockRef[]): void {
   Deno.test(`${name}: reports the type, version, replication and members it was built with`, () => {
     for (const count of factory.memberCounts) {
       const peers = testPeers(count, 100 + count);
-      const ring = factory.create({ version: 3, replication: 2, peers });
+      const replication = fit(factory, count, 2);
+      const ring = factory.create({ version: 3, replication, peers });
       assert.equal(ring.version, 3);
-      assert.equal(ring.replication, 2);
+      assert.equal(ring.replication, replication);
       assert.deepEqual([...ring.memberUuids()].sort(), peers.map((p) => p.uuid).sort());
       assert.deepEqual(ring.members().map((p) => p.uuid), ring.memberUuids());
       assert.ok(ring.describe().includes(ringTypeNames[ring.type]));
@@ -120,10 +141,34 @@ function testShape(name: string, factory: RingContractFactory, refs: BlockRef[])
         const ring = make(factory, count, replication);
         if (count === 0) {
           assertTorusError(() => ring.getPeers(refs[0]!), ErrorCode.Invalid);
+          assertTorusError(() => ring.getHolders(refs[0]!), ErrorCode.Invalid);
         } else {
+          // Holders first, on a fresh ring: a cached permutation must not be what makes them right.
+          const fresh = make(factory, count, replication);
+          const holders = refs.map((ref) => fresh.getHolders(ref));
           assertFullPermutations(ring, refs);
+          refs.forEach((ref, i) => assert.deepEqual(holders[i], ring.getHolders(ref)));
         }
       }
+    }
+  });
+
+  Deno.test(`${name}: refuses a replication outside the one rule, built or decoded`, () => {
+    for (const count of factory.memberCounts) {
+      const { min, max } = factory.replicationRange(count);
+      const peers = testPeers(count, 100 + count);
+      const bad = [max + 1, 1000, 2 ** 32, 1.5, Number.NaN, ...(min > 0 ? [min - 1] : [])];
+      for (const replication of bad) {
+        assertTorusError(
+          () => factory.create({ version: 3, replication, peers }),
+          ErrorCode.Invalid,
+        );
+      }
+      const message = make(factory, count).toMessage();
+      const decoded = () => ringFromMessage({ ...message, replicationFactor: max + 1 });
+      // An empty ring's stored replication is ignored (read as 0), as the original did.
+      if (max === 0) assert.equal(decoded().replication, 0);
+      else assertTorusError(decoded, ErrorCode.Invalid);
     }
   });
 }
@@ -132,10 +177,11 @@ function testDeterminism(name: string, factory: RingContractFactory, refs: Block
   const largest = Math.max(...factory.memberCounts);
   Deno.test(`${name}: lookups are deterministic across fresh instances and peer orders`, () => {
     const peers = testPeers(largest, 100 + largest);
-    const a = factory.create({ version: 3, replication: 2, peers });
+    const replication = fit(factory, largest, 2);
+    const a = factory.create({ version: 3, replication, peers });
     const fresh = testPeers(largest, 100 + largest);
-    const b = factory.create({ version: 3, replication: 2, peers: fresh });
-    const reversed = factory.create({ version: 3, replication: 2, peers: [...peers].reverse() });
+    const b = factory.create({ version: 3, replication, peers: fresh });
+    const reversed = factory.create({ version: 3, replication, peers: [...peers].reverse() });
     assertSamePlacements(a, b, refs);
     assertSamePlacements(a, reversed, refs);
   });
@@ -145,7 +191,7 @@ function testImmutability(name: string, factory: RingContractFactory, refs: Bloc
   const largest = Math.max(...factory.memberCounts);
   Deno.test(`${name}: is immutable, and keeps no link to the PeerInfos it was given`, () => {
     const peers = testPeers(largest, 100 + largest);
-    const ring = factory.create({ version: 3, replication: 2, peers });
+    const ring = factory.create({ version: 3, replication: fit(factory, largest, 2), peers });
     const before = ring.toMessage();
     const placements = largest === 0 ? [] : refs.slice(0, 20).map((ref) => ring.getPeers(ref));
     for (const peer of peers) peer.address = "changed";
@@ -168,13 +214,13 @@ function testImmutability(name: string, factory: RingContractFactory, refs: Bloc
 function testRoundTrip(name: string, factory: RingContractFactory, refs: BlockRef[]): void {
   Deno.test(`${name}: survives the proto round trip exactly`, () => {
     for (const count of factory.memberCounts) {
-      for (const replication of [1, 3]) {
-        const ring = make(factory, count, replication, 41);
+      for (const wanted of [1, 3]) {
+        const ring = make(factory, count, wanted, 41);
         const message = ring.toMessage();
         const back = ringFromMessage(RingCodec.decode(RingCodec.encode(message)));
         assert.equal(back.type, ring.type);
         assert.equal(back.version, 41);
-        assert.equal(back.replication, replication);
+        assert.equal(back.replication, fit(factory, count, wanted));
         assert.deepEqual(back.members(), ring.members());
         assert.deepEqual(back.toMessage(), message);
         assert.deepEqual(RingCodec.encode(back.toMessage()), RingCodec.encode(message));
@@ -182,6 +228,10 @@ function testRoundTrip(name: string, factory: RingContractFactory, refs: BlockRe
       }
     }
   });
+}
+
+function count(ring: Ring): number {
+  return ring.memberUuids().length;
 }
 
 function modifiableRing(factory: RingContractFactory, version: number): ModifiableRing {
@@ -225,6 +275,18 @@ function testChanges(name: string, factory: RingContractFactory, refs: BlockRef[
     }
     const last = modifiableRing(factory, 2 ** 32 - 1);
     assertTorusError(() => last.changeReplication(1), ErrorCode.Invalid);
+    assertTorusError(() => ring.changeReplication(count(ring) + 1), ErrorCode.Invalid);
+  });
+
+  Deno.test(`${name}: removing members below the replication is refused with advice`, () => {
+    const full = modifiableRing(factory, 9).changeReplication(count(modifiableRing(factory, 9)));
+    assert.throws(
+      () => full.removePeers([full.memberUuids()[0]!]),
+      (error: unknown) =>
+        isTorusError(error, ErrorCode.Invalid) && /lower it first/.test(error.message),
+    );
+    const lowered = full.changeReplication(count(full) - 1).removePeers([full.memberUuids()[0]!]);
+    assert.equal(lowered.memberUuids().length, count(full) - 1);
   });
 
   Deno.test(`${name}: adding a peer twice in one call adds it once, as first given`, () => {

@@ -15,13 +15,17 @@
 
 import { type BlockRef, invalid } from "../core/mod.ts";
 import { type PeerInfo, type Ring as RingMessage, RingCodec } from "../models/mod.ts";
-import { noPeers, permutation } from "./peers.ts";
+import { holdersOf, noPeers, permutation } from "./peers.ts";
 import { type PeerPermutation, type Ring, RingType } from "./ring.ts";
 
 const noPermutation: PeerPermutation = Object.freeze({ peers: Object.freeze([]), replication: 0 });
 
 function permutationOf(ring: Ring, ref: BlockRef): PeerPermutation {
   return ring.memberUuids().length === 0 ? noPermutation : ring.getPeers(ref);
+}
+
+function holdersIn(ring: Ring, ref: BlockRef): readonly string[] {
+  return ring.memberUuids().length === 0 ? [] : ring.getHolders(ref);
 }
 
 function indent(text: string): string {
@@ -72,6 +76,15 @@ export class UnionRing implements Ring {
     for (const uuid of fresh.peers) ordered.add(uuid);
     for (const uuid of old.peers) ordered.add(uuid);
     return permutation([...ordered], Math.min(this.replication, ordered.size));
+  }
+
+  getHolders(ref: BlockRef): readonly string[] {
+    // The permutation starts with the new holders, then the old ones not listed yet; when those
+    // are enough, the rest of it is not needed.
+    const first = new Set(holdersIn(this.newRing, ref));
+    for (const uuid of holdersIn(this.oldRing, ref)) first.add(uuid);
+    if (first.size >= this.replication) return Object.freeze([...first].slice(0, this.replication));
+    return holdersOf(this.getPeers(ref));
   }
 
   describe(): string {

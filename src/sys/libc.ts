@@ -6,9 +6,10 @@
  * - Calls that can wait on a disk for long (pread/pwrite, fsync/fdatasync, msync) are
  *   `nonblocking` FFI calls: they run on a worker thread and return a Promise.
  * - Synchronous calls are only those that touch metadata or tables (open, close, ftruncate,
- *   fallocate, posix_fadvise, flock, lseek, mmap, munmap, mallopt). `preadSync`/`pwriteSync`
- *   exist for benchmarks (the fastest way to move bytes, as a baseline) and tests; the storage
- *   engine never calls them.
+ *   fallocate, posix_fadvise, flock, fcntl locks, lseek, mmap, munmap, mallopt).
+ *   `preadSync`/`pwriteSync` exist for benchmarks (the fastest way to move bytes, as a baseline)
+ *   and tests, `pwriteFullSync` for a few bytes written once (a lock file's owner line); the
+ *   storage engine never calls them.
  *
  * errno is thread-local and a nonblocking call runs on a pool thread, so its errno cannot be read
  * afterwards. For positional I/O (idempotent) a failed nonblocking call is repeated once on a
@@ -88,6 +89,9 @@ const symbols = {
   posix_fadvise: { parameters: ["i32", "i64", "i64", "i32"], result: "i32" },
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   flock: { parameters: ["i32", "i32"], result: "i32" },
+  // fcntl is variadic; its third argument here is always a `struct flock *`, which the x86-64
+  // and arm64 Linux calling conventions pass as they pass a fixed pointer parameter.
+  fcntl_lock: { name: "fcntl", parameters: ["i32", "i32", "buffer"], result: "i32" },
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   msync: { parameters: ["pointer", "usize", "i32"], result: "i32", nonblocking: true },
@@ -267,6 +271,19 @@ export async function pwriteFull(
   }
 }
 
+/**
+ * Writes all of a small `buffer` synchronously, on the main thread. Only for a few bytes written
+ * once outside any hot path (a lock file's owner line); the storage engine never calls it.
+ */
+export function pwriteFullSync(fd: number, buffer: Uint8Array, offsetBytes: number): void {
+  let done = pwriteSync(fd, buffer, offsetBytes);
+  while (done < buffer.length) {
+    const more = pwriteSync(fd, buffer.subarray(done), offsetBytes + done);
+    if (more === 0) throw failure("pwrite", describeIo(fd, buffer, offsetBytes), Errno.ENOSPC);
+    done += more;
+  }
+}
+
 function lostErrno(call: string, detail: string): SysError {
   return new SysError(
     call,
@@ -341,6 +358,47 @@ export function tryFlock(fd: number, operation: number): boolean {
  */
 export function unlockFlock(fd: number): void {
   if (libc().flock(fd, FlockOps.LOCK_UN) < 0) throw failure("flock", `fd ${fd}, LOCK_UN`);
+}
+
+/** fcntl(2) commands of POSIX record locks (`F_GETLK`, `F_SETLK`) and lock types. */
+const RecordLock = { F_GETLK: 5, F_SETLK: 6, F_WRLCK: 1, F_UNLCK: 2 } as const;
+/**
+ * Size of `struct flock` on Linux x86-64 and arm64: type i16 at 0, whence i16 at 2, start i64 at
+ * 8, len i64 at 16, pid i32 at 24 (checked with offsetof).
+ */
+const FLOCK_STRUCT_BYTES = 32;
+
+/** A `struct flock` for a write lock over the whole file (start 0, length 0 = to the end). */
+function wholeFileWriteLock(): { bytes: Uint8Array; view: DataView } {
+  const bytes = new Uint8Array(FLOCK_STRUCT_BYTES);
+  const view = new DataView(bytes.buffer);
+  view.setInt16(0, RecordLock.F_WRLCK, true);
+  return { bytes, view };
+}
+
+/**
+ * fcntl(F_SETLK) of a POSIX write lock over the whole of `fd`'s file, without waiting: true when
+ * taken, false when another process holds a lock on it. The lock belongs to the process (not the
+ * descriptor) and goes when the process closes any descriptor of the file or exits.
+ */
+export function trySetWriteLock(fd: number): boolean {
+  if (libc().fcntl_lock(fd, RecordLock.F_SETLK, wholeFileWriteLock().bytes) === 0) return true;
+  const errno = lastErrno();
+  if (errno === Errno.EAGAIN || errno === Errno.EACCES) return false;
+  throw failure("fcntl", `fd ${fd}, F_SETLK`, errno);
+}
+
+/**
+ * fcntl(F_GETLK): the pid of a process holding a lock that keeps this process from write-locking
+ * `fd`'s whole file, or null when none does (it may have been released a moment ago). The pid
+ * comes from the kernel, so it is never stale.
+ */
+export function writeLockHolderPid(fd: number): number | null {
+  const { bytes, view } = wholeFileWriteLock();
+  if (libc().fcntl_lock(fd, RecordLock.F_GETLK, bytes) < 0) {
+    throw failure("fcntl", `fd ${fd}, F_GETLK`);
+  }
+  return view.getInt16(0, true) === RecordLock.F_UNLCK ? null : view.getInt32(24, true);
 }
 
 /** A memory mapping made by {@link mmap}. */

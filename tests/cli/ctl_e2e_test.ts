@@ -160,15 +160,21 @@ async function lockedVolume(s: Session) {
   }
 }
 
+const UA = "aaaaaaaa-0000-4000-8000-00000000000a";
+const UB = "bbbbbbbb-0000-4000-8000-00000000000b";
+const UC = "cccccccc-0000-4000-8000-00000000000c";
+const UNKNOWN = "12345678-0000-4000-8000-000000000000";
+const GHOST = "0f0f0f0f-0000-4000-8000-00000000000f";
+
 const peerArgs = [
   "--peer",
-  "uuid-a=tdp://127.0.0.1:40001:1000:100",
+  `${UA}=tdp://127.0.0.1:40001:1000:100`,
   "--peer",
-  "uuid-b=tdp://127.0.0.1:40002:1000:300",
+  `${UB.toUpperCase()}=tdp://127.0.0.1:40002:1000:300`,
   "--peer",
-  "uuid-c=tdp://127.0.0.1:40003:2000:0",
+  `${UC}=tdp://127.0.0.1:40003:2000:0`,
   "--peer",
-  "uuid-client=:0:0",
+  "c1c1c1c1-0000-4000-8000-000000000000=:0:0",
 ];
 
 async function peers(s: Session) {
@@ -178,28 +184,34 @@ async function peers(s: Session) {
   assert.equal(lines.length, 5, list); // header, three nodes (the client is hidden), footer
   assert.match(
     lines[1]!,
-    /^tdp:\/\/127\.0\.0\.1:40001 +uuid-a +500 MiB +50 MiB +Avail +(just now|\d+ seconds? ago) +0 B\/sec$/,
+    /^tdp:\/\/127\.0\.0\.1:40001 +aaaaaaaa-0000-4000-8000-00000000000a +500 MiB +50 MiB +Avail +(just now|\d+ seconds? ago) +0 B\/sec$/,
   );
   assert.match(lines[4]!, /^Balanced: true Usage: 10\.00%$/);
   fails(
-    await s.ctl("peer", "add", "uuid-zzz"),
+    await s.ctl("peer", "add", UNKNOWN),
     1,
-    /peer uuid-zzz is not currently registered; to add it anyway use --force/,
+    new RegExp(`peer ${UNKNOWN} is not currently registered; to add it anyway use --force`),
+  );
+  fails(
+    await s.ctl("peer", "add", "--force", "127.0.0.1:40009"),
+    1,
+    /is not registered, and --force can add only a UUID/,
   );
   ok(
-    await s.ctl("peer", "add", "127.0.0.1:40001", "uuid-b"),
+    await s.ctl("peer", "add", "127.0.0.1:40001", UB),
     /^Ring version 2: ketama, replication 2, 2 member\(s\)\n$/,
   );
   ok(
-    await s.ctl("peer", "add", "--force", "uuid-ghost"),
+    await s.ctl("peer", "add", "--force", GHOST.toUpperCase()),
     /Ring version 3: ketama, replication 2, 3 member/,
   );
   const withGhost = ok(await s.ctl("peer", "list"));
-  assert.match(withGhost, /\n +uuid-ghost +\?\?\? +\?\?\? +DOWN +Missing\n/);
-  assert.match(withGhost, /uuid-a .* OK /);
-  assert.match(withGhost, /uuid-c .* Avail /);
+  assert.match(withGhost, new RegExp(`\n +${GHOST} +\\?\\?\\? +\\?\\?\\? +DOWN +Missing\n`));
+  assert.match(withGhost, new RegExp(`${UA} .* OK `));
+  assert.match(withGhost, new RegExp(`${UB} .* OK `));
+  assert.match(withGhost, new RegExp(`${UC} .* Avail `));
   ok(
-    await s.ctl("peer", "remove", "--force", "uuid-ghost"),
+    await s.ctl("peer", "remove", "--force", GHOST),
     /Ring version 4: ketama, replication 2, 2 member/,
   );
   const [csvResult, jsonResult] = await Promise.all([
@@ -221,15 +233,15 @@ async function rings(s: Session) {
     s.ctl("ring", "set-replication", "0"),
     s.ctl("ring", "set-replication", "3"),
     s.ctl("ring", "manual-change", "--type", "triangle"),
-    s.ctl("ring", "manual-change", "--type", "single", "--uuids", "uuid-a,uuid-b"),
+    s.ctl("ring", "manual-change", "--type", "single", "--uuids", `${UA},${UB}`),
   ]);
   const get = ok(getResult);
   assert.match(get, /^Ring: ketama\nVersion: 4\n/);
-  assert.match(get, /uuid-a/);
+  assert.match(get, new RegExp(UA));
   const json = JSON.parse(ok(jsonResult));
   assert.deepEqual([json.type, json.version, json.replication], ["ketama", 4, 2]);
   fails(zero, 1, /at least 1/);
-  fails(tooMany, 1, /replication 3 exceeds the ring's 2 member/);
+  fails(tooMany, 1, /replication 3 exceeds the 2 member\(s\) of the ketama ring/);
   fails(badType, 1, /unknown ring type "triangle"/);
   fails(single, 1, /exactly 1 peer/);
   ok(
@@ -240,16 +252,25 @@ async function rings(s: Session) {
     await s.ctl("ring", "manual-change", "--type", "mod", "--all-peers", "-r", "2"),
     /version 6: mod, replication 2, 3 member/,
   );
-  // Original issue #364: a ring without peers can be set by hand.
-  ok(await s.ctl("ring", "manual-change", "--type", "empty", "-r", "1"), /version 7: empty/);
+  // Original issue #364: a ring without peers can be set by hand; dropping every member of a
+  // ring that has some needs the same confirmation as wipe.
+  fails(
+    await s.ctl("ring", "manual-change", "--type", "empty"),
+    1,
+    /refusing to remove every member of the ring without --yes-i-am-sure/,
+  );
+  ok(
+    await s.ctl("ring", "manual-change", "--type", "empty", "--yes-i-am-sure"),
+    /version 7: empty, replication 0, 0 member/,
+  );
   const [setOnEmpty, addOnEmpty] = await Promise.all([
     s.ctl("ring", "set-replication", "1"),
-    s.ctl("peer", "add", "uuid-a"),
+    s.ctl("peer", "add", UA),
   ]);
   fails(setOnEmpty, 1, /ring type empty has no replication to change/);
   fails(addOnEmpty, 1, /ring type empty cannot add peers/);
   ok(
-    await s.ctl("ring", "manual-change", "--type", "ketama", "--uuids", "uuid-a", "-r", "1"),
+    await s.ctl("ring", "manual-change", "--type", "ketama", "--uuids", UA, "-r", "1"),
     /version 8: ketama, replication 1, 1 member/,
   );
 }
@@ -258,6 +279,7 @@ async function wipe(s: Session) {
   fails(await s.ctl("wipe"), 1, /refusing to wipe all metadata without --yes-i-am-sure/);
   ok(await s.ctl("wipe", "--yes-i-am-sure"), /^Wiped \d+ keys under \//);
   fails(await s.ctl("ring", "get"), 1, /cluster not initialised/);
+  fails(await s.ctl("wipe", "--yes-i-am-sure"), 1, /no torus cluster under \/.*: nothing to wipe/);
 }
 
 async function session(backendFlags: string[], body: (s: Session) => Promise<void>) {

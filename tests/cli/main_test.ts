@@ -38,6 +38,14 @@ Deno.test("an unknown command is a one-line usage error with exit 2", async () =
   assert.match(io.err, /^torus: unknown command "frobnicate"\n/);
 });
 
+Deno.test("an unknown command is printed escaped: typed input cannot drive the terminal", async () => {
+  for (const args of [["\x1b[2J\u202e"], ["help", "\x1b[2J\u202e"]]) {
+    const io = captureIo();
+    assert.equal(await main(args, io), 2);
+    assert.match(io.err, /unknown command "\\x1b\[2J\\u202e"\n/);
+  }
+});
+
 Deno.test("an unknown flag is a usage error with exit 2 and a hint", async () => {
   const io = captureIo();
   assert.equal(await main(["version", "--bogus"], io), 2);

@@ -5,6 +5,7 @@
  */
 
 import assert from "node:assert/strict";
+import { hasCommand } from "../support/packages.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 
@@ -55,6 +56,7 @@ Deno.test("ringtool: ketama going 5->6 peers sends about what the newcomer must 
 Deno.test("ringtool: mod going 5->6 peers moves most replicas", async () => {
   const run = await ringtool("--ring", "mod", ...small);
   assert.equal(run.code, 0, run.stderr);
+  assert.equal(run.stderr, "", "no progress on a stderr that is not a terminal");
   const percent = Number(field(run.stdout, "Percentage Sent").replace("%", ""));
   assert.ok(percent > 60, `mod sent only ${percent}%`);
 });
@@ -89,6 +91,9 @@ Deno.test("ringtool: bad flags exit 2 with a one-line error and the usage hint",
     ["--rep", "two"],
     ["--block-size", "12Q"],
     ["--total-data", "1KiB"],
+    ["--rep", "17"],
+    ["--rewrite-edge", "1000"],
+    ["--ketama-points", "100000"],
     ["--no-such-flag"],
     ["stray"],
   ];
@@ -117,9 +122,40 @@ Deno.test("ringtool: --help documents every flag", async () => {
       "--total-data",
       "--rewrite-edge",
       "--seed",
+      "--ketama-points",
       "--json",
     ]
   ) {
     assert.ok(run.stdout.includes(`  ${flag} `), flag);
   }
+});
+
+const haveScript = hasCommand("script");
+
+Deno.test({
+  name: "ringtool: on a real terminal, progress is shown on one line and erased" +
+    (haveScript ? "" : ": skipped, `script` (bsdutils) is not installed"),
+  ignore: !haveScript,
+  async fn() {
+    // script(1) runs the command on a pseudo-terminal: stdout and stderr both land there.
+    const command = `'${Deno.execPath()}' run -A main.ts ringtool --total-data 32GiB --ring mod ` +
+      `--seed 1 --json`;
+    const output = await new Deno.Command("script", {
+      args: ["-qec", command, "/dev/null"],
+      cwd: root,
+      env: { RUST_BACKTRACE: "0", NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(output.stdout);
+    assert.equal(output.code, 0, text);
+    assert.ok(text.includes("\rtorus ringtool: placed 65536 of 131072 blocks (50%)\x1b[K"), text);
+    const erased = text.lastIndexOf("\r\x1b[K");
+    assert.ok(erased >= 0 && text.slice(erased + 4).startsWith('{"ring":"mod"'), text);
+    // The same run through pipes: the same report and no progress at all.
+    const piped = await ringtool("--total-data", "32GiB", "--ring", "mod", "--seed", "1", "--json");
+    assert.equal(piped.stderr, "");
+    assert.equal(text.slice(erased + 4).replaceAll("\r\n", "\n"), piped.stdout);
+  },
 });

@@ -5,6 +5,7 @@
  */
 
 import assert from "node:assert/strict";
+import { statfsSync } from "node:fs";
 
 const root = new URL("../../", import.meta.url).pathname;
 const decoder = new TextDecoder();
@@ -15,10 +16,14 @@ interface Running {
   waitFor(text: string, timeoutMs?: number): Promise<void>;
 }
 
-function torus(args: string[]): Running {
+function torus(
+  args: string[],
+  options: { env?: Record<string, string>; cwd?: string } = {},
+): Running {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", `${root}main.ts`, ...args],
-    env: { RUST_BACKTRACE: "0", NO_COLOR: "1" },
+    env: { RUST_BACKTRACE: "0", NO_COLOR: "1", ...options.env },
+    ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
     stdout: "piped",
     stderr: "piped",
   }).spawn();
@@ -142,5 +147,107 @@ Deno.test("serve refuses an existing block store made with another block size", 
     assert.match(refused.output, /block size/i);
   } finally {
     await Deno.remove(dataDir, { recursive: true });
+  }
+});
+
+/** Waits for a serve that must refuse to start; one that starts instead is killed and fails. */
+async function refused(running: Running, timeoutMs = 30_000) {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const started = new Promise<"started">((resolve) => {
+    timer = setTimeout(() => resolve("started"), timeoutMs);
+  });
+  const outcome = await Promise.race([running.child.status, started]);
+  clearTimeout(timer);
+  if (outcome === "started") {
+    running.child.kill("SIGKILL");
+    await finish(running);
+    assert.fail(`serve did not exit: ${running.output()}`);
+  }
+  const result = await finish(running);
+  assert.doesNotMatch(result.output, /Ready/);
+  return result;
+}
+
+async function entries(dir: string): Promise<string[]> {
+  return (await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort();
+}
+
+Deno.test("serve refuses sizes under two blocks, negative and too-large sizes, in one line", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "torus-serve-" });
+  try {
+    const cases: [string, RegExp][] = [
+      ["0", /^torus serve: --size 0 is too small: the block store needs at least 1 MiB/],
+      ["512KiB", /too small/],
+      ["1000000", /too small/],
+      ["-5", /^torus serve: invalid size "-5": a size cannot be negative$/],
+      ["-5%", /cannot be negative/],
+      ["8TiB", /^torus serve: --size 8TiB is too large: a block store holds at most 16000000/],
+      ["9EiB", /^torus serve: size "9EiB" is too large/],
+    ];
+    for (const [size, pattern] of cases) {
+      const result = await refused(torus(["serve", "--data-dir", dataDir, "--size", size]));
+      assert.equal(result.code, 1, result.output);
+      assert.equal(result.output.trim().split("\n").length, 1, result.output);
+      assert.match(result.output.trim(), pattern);
+    }
+    // Nothing was created: no metadata, no identity, no block store.
+    assert.deepEqual(await entries(dataDir), []);
+  } finally {
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
+
+Deno.test("serve refuses a new store larger than the free space, and N% is of the free space", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "torus-serve-" });
+  try {
+    const stats = statfsSync(dataDir);
+    const freeBytes = stats.bavail * stats.bsize;
+    const tooBig = Math.ceil((freeBytes + 64 * 2 ** 30) / 2 ** 30);
+    // A store holds at most 16M blocks (7.6 TiB); beyond that the size is "too large" anyway.
+    if (tooBig * 2 ** 30 < 16_000_000 * 512 * 1024) {
+      const result = await refused(
+        torus(["serve", "--data-dir", dataDir, "--size", `${tooBig}GiB`]),
+      );
+      assert.equal(result.code, 1, result.output);
+      assert.match(
+        result.output,
+        new RegExp(`^torus serve: --size ${tooBig}GiB is more than the .* available in ${dataDir}`),
+      );
+      assert.deepEqual(await entries(dataDir), []);
+    }
+    const running = torus(["serve", "--data-dir", dataDir, "--size", "1%"]);
+    await running.waitFor("Ready.");
+    const blocks = Number(/block store: (\d+) blocks of 512 KiB/.exec(running.output())![1]);
+    // 1% of the free space (which other processes may change a little meanwhile).
+    const expected = freeBytes / 100 / (512 * 1024);
+    assert.ok(Math.abs(blocks - expected) <= expected * 0.1 + 2, `${blocks} vs ${expected}`);
+    running.child.kill("SIGTERM");
+    assert.equal((await finish(running)).code, 0);
+  } finally {
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
+
+Deno.test("an empty --data-dir, $TORUS_DATA_DIR or -C is a usage error, and nothing is created", async () => {
+  const cwd = await Deno.makeTempDir({ prefix: "torus-cwd-" });
+  try {
+    const cases: [string[], Record<string, string>, RegExp][] = [
+      [["serve", "--data-dir", ""], {}, /^torus serve: --data-dir needs a value/],
+      [["serve", "--data-dir= "], {}, /--data-dir needs a value/],
+      [["serve"], { TORUS_DATA_DIR: "" }, /^torus serve: \$TORUS_DATA_DIR is set but empty/],
+      [["serve", "-C", ""], {}, /--etcd needs a value/],
+      [["serve", "--size", ""], {}, /--size needs a value/],
+    ];
+    for (const [args, env, pattern] of cases) {
+      const result = await refused(torus(args, { env, cwd }));
+      assert.equal(result.code, 2, result.output);
+      assert.match(result.output.split("\n")[0]!, pattern);
+    }
+    assert.deepEqual(await entries(cwd), [], "nothing in the working directory");
+    for (const path of ["/metadata", "/block"]) {
+      await assert.rejects(Deno.lstat(path), Deno.errors.NotFound, `${path} was created`);
+    }
+  } finally {
+    await Deno.remove(cwd, { recursive: true });
   }
 });

@@ -16,12 +16,13 @@ export class Child implements AsyncDisposable {
   #exited = false;
   #status: Promise<Deno.CommandStatus>;
 
-  constructor(args: string[]) {
+  /** Starts `embedded_child.ts ARGS...`; `env` adds variables (e.g. TORUS_TEST_WALL_STEP_MS). */
+  constructor(args: string[], env: Record<string, string> = {}) {
     this.#process = new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", childScript, ...args],
       stdout: "piped",
       stderr: "piped",
-      env: { RUST_BACKTRACE: "0", NO_COLOR: "1" },
+      env: { RUST_BACKTRACE: "0", NO_COLOR: "1", ...env },
     }).spawn();
     this.#status = this.#process.status.then((status) => {
       this.#exited = true;

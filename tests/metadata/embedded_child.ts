@@ -10,11 +10,20 @@
  * - write PREFIX: puts PREFIX000001, PREFIX000002, ... and prints `ack N` after each put.
  * - lock MS: holds SQLite's write lock for MS ms (raw node:sqlite, no torus code), prints
  *   `locked` once it holds it and `released` after.
+ *
+ * With TORUS_TEST_WALL_STEP_MS=N the process's wall clock (Date.now) runs N ms off the machine's,
+ * as if someone had stepped the clock before it started.
  * @module
  */
 
 import { DatabaseSync } from "node:sqlite";
 import { atomicModify, openEmbeddedKv } from "../../src/metadata/mod.ts";
+
+const wallStepMs = Number(Deno.env.get("TORUS_TEST_WALL_STEP_MS") ?? "0");
+if (wallStepMs !== 0) {
+  const machineNow = Date.now;
+  Date.now = () => machineNow() + wallStepMs;
+}
 
 const [mode, path, ...args] = Deno.args;
 const encoder = new TextEncoder();

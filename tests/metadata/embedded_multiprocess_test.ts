@@ -180,3 +180,43 @@ Deno.test({
       }
     }),
 });
+
+Deno.test({
+  name: "embedded multi-process: a process whose wall clock is an hour ahead expires no live " +
+    "lease of another; one an hour behind keeps no dead holder's lock",
+  ...sanitize,
+  fn: () =>
+    withStore(async (path) => {
+      await createStore(path);
+      const ttlMs = 1_000;
+      const kv = await openEmbeddedKv({ path });
+      const lease = await kv.grantLease(ttlMs);
+      await kv.put("locks/here", new Uint8Array([1]), { lease });
+      const keepAlive = setInterval(() => kv.keepAliveLease(lease).catch(() => {}), ttlMs / 4);
+      try {
+        // Its writes and sweeps see this process's lease as an hour overdue by the wall clock.
+        await using ahead = new Child(["write", path, "ahead/"], {
+          TORUS_TEST_WALL_STEP_MS: String(3_600_000),
+        });
+        await ahead.waitLine((l) => l === "ack 20", 20_000);
+        assert.ok(await kv.get("locks/here"), "a clock ahead expired another process's lease");
+        // Its lease, by the wall clock, was due an hour before it was granted.
+        await using behind = new Child(["hold", path, "locks/behind", String(ttlMs)], {
+          TORUS_TEST_WALL_STEP_MS: String(-3_600_000),
+        });
+        await behind.waitLine((l) => l === "ready");
+        await new Promise((r) => setTimeout(r, ttlMs * 1.5));
+        assert.ok(await kv.get("locks/behind"), "a live holder's lease expired");
+        await behind.kill("SIGKILL");
+        const killedAt = performance.now();
+        while ((await kv.get("locks/behind")) !== null) {
+          assert.ok(performance.now() - killedAt < ttlMs + 3_000, "a dead holder's lock stayed");
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        assert.ok(await kv.get("locks/here"));
+      } finally {
+        clearInterval(keepAlive);
+        await kv.close();
+      }
+    }),
+});

@@ -1,6 +1,8 @@
 /**
  * A loopback TCP proxy that can freeze: it stops forwarding in both directions but keeps every
- * socket open, as a network partition looks to both ends (no reset, no FIN, just silence).
+ * socket open, as a network partition looks to both ends (no reset, no FIN, just silence). It can
+ * also freeze only the replies: requests still reach the server and are applied, but the client
+ * never hears back, as when a server stalls after applying a write or the return path fails.
  * @module
  */
 
@@ -11,6 +13,7 @@ export class FreezableProxy implements AsyncDisposable {
   #conns: Deno.Conn[] = [];
   #pumps: Promise<void>[] = [];
   #frozen = false;
+  #repliesFrozen = false;
   #accepting: Promise<void>;
   #target: { hostname: string; port: number };
 
@@ -33,21 +36,22 @@ export class FreezableProxy implements AsyncDisposable {
           continue;
         }
         this.#conns.push(outbound);
-        this.#pumps.push(this.#pump(inbound, outbound), this.#pump(outbound, inbound));
+        this.#pumps.push(this.#pump(inbound, outbound, false), this.#pump(outbound, inbound, true));
       }
     } catch {
       // listener closed
     }
   }
 
-  async #pump(from: Deno.Conn, to: Deno.Conn): Promise<void> {
+  async #pump(from: Deno.Conn, to: Deno.Conn, replies: boolean): Promise<void> {
     const buffer = new Uint8Array(64 * 1024);
     try {
       for (;;) {
         const n = await from.read(buffer);
         if (n === null) break;
         // While frozen, bytes are swallowed: the other side hears nothing.
-        if (!this.#frozen) await to.write(buffer.subarray(0, n));
+        const frozen = this.#frozen || (replies && this.#repliesFrozen);
+        if (!frozen) await to.write(buffer.subarray(0, n));
       }
     } catch {
       // a socket closed
@@ -57,6 +61,11 @@ export class FreezableProxy implements AsyncDisposable {
   /** Stops forwarding on every connection, present and future, without closing any. */
   freeze(): void {
     this.#frozen = true;
+  }
+
+  /** Stops forwarding replies (server to client) only; requests still reach the server. */
+  freezeReplies(): void {
+    this.#repliesFrozen = true;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -16,6 +16,8 @@ export const requiredPackages: readonly Requirement[] = [
   { command: "etcd", debianPackage: "etcd-server" },
   { command: "ip", debianPackage: "iproute2" },
   { command: "openssl", debianPackage: "openssl" },
+  { command: "strace", debianPackage: "strace" },
+  { command: "script", debianPackage: "bsdutils" },
 ];
 
 /** Whether `command` is on PATH. */

@@ -8,6 +8,7 @@
 import {
   type Command,
   type Env,
+  type Io,
   metadataFlagOptions,
   type MetadataFlags,
   type OpenedMetadata,
@@ -16,9 +17,16 @@ import {
   processEnv,
   UsageError,
 } from "../../cli/mod.ts";
-import { type Clock, systemClock } from "../../core/mod.ts";
+import {
+  type Clock,
+  CONFIRMATION_LINE_MAX_BYTES,
+  escapeText,
+  invalid,
+  readLineBounded,
+  systemClock,
+} from "../../core/mod.ts";
 
-/** Interactive input, for the confirmation `wipe` asks for on a terminal. */
+/** Interactive input, for the confirmation destructive commands ask for on a terminal. */
 export interface Terminal {
   /** Whether stdin is a terminal (a human can answer). */
   isInteractive(): boolean;
@@ -30,17 +38,9 @@ export interface Terminal {
 export const processTerminal: Terminal = {
   isInteractive: () => Deno.stdin.isTerminal(),
   async readLine() {
-    const buffer = new Uint8Array(1);
-    const bytes: number[] = [];
-    for (;;) {
-      const n = await Deno.stdin.read(buffer);
-      if (n === null) {
-        return bytes.length > 0 ? new TextDecoder().decode(Uint8Array.from(bytes)) : null;
-      }
-      if (buffer[0] === 0x0a) break;
-      bytes.push(buffer[0]!);
-    }
-    return new TextDecoder().decode(Uint8Array.from(bytes)).replace(/\r$/, "");
+    // Capped: an answer is one word; a pasted file or an endless stream must not grow memory.
+    const line = await readLineBounded(Deno.stdin, CONFIRMATION_LINE_MAX_BYTES, "the answer");
+    return line === null ? null : new TextDecoder().decode(line);
   },
 };
 
@@ -115,4 +115,45 @@ export function hoistLeadingFlags(args: readonly string[]): string[] {
     i += takesValue ? 2 : 1;
   }
   return [...args.slice(i), ...leading];
+}
+
+/** The flag that confirms a destructive command (`wipe`, a ring change that drops every member). */
+export const confirmFlagOptions = { "yes-i-am-sure": { type: "boolean" } } as const;
+
+/** What a destructive command says when it asks. */
+export interface Confirmation {
+  /** Whether `--yes-i-am-sure` was given. */
+  readonly confirmed: boolean;
+  /** What is refused without the flag: `wipe all metadata`. */
+  readonly action: string;
+  /** The consequence, shown before the question on a terminal (one line). */
+  readonly consequence: string;
+  /** The command named when the answer is not YES: `wipe`. */
+  readonly command: string;
+}
+
+/** The first half of {@link confirmDestructive}: `invalid` unless `--yes-i-am-sure` was given. */
+export function requireConfirmFlag(confirmation: Pick<Confirmation, "confirmed" | "action">): void {
+  if (!confirmation.confirmed) {
+    throw invalid(`refusing to ${confirmation.action} without --yes-i-am-sure`);
+  }
+}
+
+/**
+ * Asks before anything that removes every ring member, all data or all metadata: refused without
+ * `--yes-i-am-sure` (scripts give it), and on a terminal a literal `YES` must be typed as well, so
+ * neither a pasted command line nor an empty flag value can do it by accident.
+ */
+export async function confirmDestructive(
+  deps: CtlDeps,
+  io: Io,
+  confirmation: Confirmation,
+): Promise<void> {
+  requireConfirmFlag(confirmation);
+  if (!deps.terminal.isInteractive()) return;
+  io.stderr(`${escapeText(confirmation.consequence)}\nType YES to continue: `);
+  const answer = await deps.terminal.readLine();
+  if (answer?.trim() !== "YES") {
+    throw invalid(`${confirmation.command} aborted: the answer was not YES`);
+  }
 }

@@ -16,7 +16,7 @@ import {
   writeProfile,
 } from "../../cli/mod.ts";
 import { checkPrefix } from "../../metadata/mod.ts";
-import { invalid } from "../../core/mod.ts";
+import { escapeJsonText, escapeText, invalid } from "../../core/mod.ts";
 import { type CtlDeps, expectPositionals } from "./common.ts";
 
 const flags = { ...metadataFlagOptions, view: { type: "boolean" } } as const;
@@ -43,7 +43,7 @@ no -C flag is given. --view prints the file.
       if (values.view) {
         const config = await readConfigFile(path);
         if (config === null) throw invalid(`config file ${path} does not exist`);
-        io.stdout(formatConfigFile(config));
+        io.stdout(escapeJsonText(formatConfigFile(config)));
         return ExitCode.Ok;
       }
       const profile: ConfigProfile = {};
@@ -61,7 +61,7 @@ no -C flag is given. --view prints the file.
       }
       const name = values.profile ?? "default";
       await writeProfile(path, name, profile);
-      io.stdout(`Saved profile "${name}" in ${path}\n`);
+      io.stdout(`Saved profile "${escapeText(name)}" in ${escapeText(path)}\n`);
       return ExitCode.Ok;
     },
   };

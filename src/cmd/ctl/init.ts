@@ -1,7 +1,8 @@
 /**
  * `torus ctl init`: writes the cluster's settings (block size, default block spec) and its first
  * ring (ketama, replication 2, version 1, no peers; or empty with --no-ring) in one transaction.
- * `--view` shows the settings of an initialised cluster (original issue #351).
+ * `--view` shows the settings of an initialised cluster (original issue #351). On the embedded
+ * store it holds the data-dir lock while it creates and initialises the store.
  * @module
  */
 
@@ -9,15 +10,18 @@ import {
   type Command,
   describeBackend,
   ExitCode,
+  lockDataDir,
   metadataFlagOptions,
   metadataFlagsHelp,
   parseFlags,
   renderJson,
+  resolveBackend,
 } from "../../cli/mod.ts";
-import { formatSize, parseSize, REPLICATION_DEFAULT } from "../../core/mod.ts";
+import { escapeText, formatSize, parseSize, REPLICATION_DEFAULT } from "../../core/mod.ts";
 import { formatBlockLayerSpec, parseBlockLayerSpec } from "../../blockset/mod.ts";
 import { checkInitOptions, type GlobalMetadata, type InitOptions } from "../../metadata/mod.ts";
 import { createRing, RingType } from "../../ring/mod.ts";
+import { makeDirectoryDurable } from "../../sys/mod.ts";
 import { type CtlDeps, expectPositionals, metadataFlagsOf, withMetadata } from "./common.ts";
 
 const flags = {
@@ -44,7 +48,8 @@ export function initCommand(deps: CtlDeps): Command {
        torus ctl init --view [--json]
 
 Writes the cluster settings and its first ring. Without -C (or a profile naming etcd) this
-creates the embedded metadata store in the data dir.
+creates the embedded metadata store in the data dir, holding the data-dir lock meanwhile: it
+fails, naming the pid, while a torus serve runs on that data dir.
   --block-size SIZE  block size of every volume (default 512KiB)
   --block-spec SPEC  default layers of new volumes, top first (default crc; ",base" is appended
                      when missing, so the default is crc,base)
@@ -70,7 +75,7 @@ ${metadataFlagsHelp}
             : `Block size: ${global.blockSizeBytes} bytes (${
               formatSize(global.blockSizeBytes)
             })\n` +
-              `Block spec: ${specText(global)}\n`,
+              `Block spec: ${escapeText(specText(global))}\n`,
         );
         return ExitCode.Ok;
       }
@@ -86,9 +91,18 @@ ${metadataFlagsHelp}
         ring: ring.toMessage(),
       };
       checkInitOptions(init);
+      // Creating the embedded store takes the data-dir lock, as serve does, so the two never
+      // create the same files at once; a running serve is named instead.
+      const backend = await resolveBackend(metadata, deps.env);
+      using _dataDirLock = backend.kind === "embedded"
+        ? await lockDataDir(backend.dataDir, "torus ctl init")
+        : undefined;
+      if (backend.kind === "embedded") {
+        await makeDirectoryDurable(backend.path.slice(0, backend.path.lastIndexOf("/")), 0o700);
+      }
       const where = await withMetadata(deps, metadata, async ({ service, backend }) => {
         await service.cluster.init(init);
-        return describeBackend(backend);
+        return escapeText(describeBackend(backend));
       }, { create: true });
       io.stdout(
         `Initialised torus in ${where}: block size ${formatSize(blockSizeBytes)}, ` +

@@ -5,6 +5,10 @@
  * register without one, are hidden), MEMBER `OK` for ring members and `Avail` for the others, and
  * one `DOWN`/`Missing` row per ring member that is not registered (a dead node). SIZE and USED
  * are blocks × block size. REB/REP DATA is the rate of the node's last rebalance.
+ *
+ * Peers are named by address or UUID; a UUID is matched in any case (one parser, src/core/uuid.ts)
+ * and only a UUID can be forced into the ring. Every value shown comes from the metadata store
+ * and is escaped by the table printers.
  * @module
  */
 
@@ -22,12 +26,18 @@ import {
   renderTable,
   UsageError,
 } from "../../cli/mod.ts";
-import { formatSize, invalid, notExist } from "../../core/mod.ts";
-import type { MetadataService } from "../../metadata/mod.ts";
+import {
+  escapedErrorMessage,
+  formatSize,
+  invalid,
+  normalizeUuid,
+  notExist,
+  quoteForMessage,
+} from "../../core/mod.ts";
 import { emptyPeerInfo, type PeerInfo, type Ring as RingMessage } from "../../models/mod.ts";
-import { isModifiable, ringFromMessage, ringTypeNames } from "../../ring/mod.ts";
-import { type CtlDeps, metadataFlagsOf, withMetadata } from "./common.ts";
-import { ringSummary } from "./ring.ts";
+import { isModifiable, ringTypeNames } from "../../ring/mod.ts";
+import { confirmFlagOptions, type CtlDeps, metadataFlagsOf, withMetadata } from "./common.ts";
+import { changeRing, ringSummary, storedMemberUuids, storedRing } from "./ring.ts";
 
 /** One row of the peer table. Sizes are null for members that are not registered. */
 export interface PeerRow {
@@ -69,7 +79,8 @@ export function peerReport(
   registered: readonly PeerInfo[],
   blockSizeBytes: number,
 ): PeerReport {
-  const members = new Set(ring.peers.map((p) => p.uuid));
+  const memberUuids = storedMemberUuids(ring);
+  const members = new Set(memberUuids);
   const withAddress = registered.filter((p) => p.address !== "")
     .sort((a, b) => a.address.localeCompare(b.address) || a.uuid.localeCompare(b.uuid));
   const rows: PeerRow[] = withAddress.map((p) => ({
@@ -83,11 +94,11 @@ export function peerReport(
     rebalanceBytesPerSecond: rebalanceRate(p, blockSizeBytes),
   }));
   const seen = new Set(withAddress.map((p) => p.uuid));
-  for (const member of ring.peers) {
-    if (seen.has(member.uuid)) continue;
+  for (const uuid of memberUuids) {
+    if (seen.has(uuid)) continue;
     rows.push({
       address: "",
-      uuid: member.uuid,
+      uuid,
       sizeBytes: null,
       usedBytes: null,
       member: "DOWN",
@@ -169,6 +180,7 @@ ${metadataFlagsHelp}
           service.cluster.getRing(),
           service.peers.listPeers(),
         ]);
+        warnIfUnreadable(ring, name, io);
         return peerReport(ring, peers, global.blockSizeBytes);
       });
       printReport(report, { ...values, nowMs: deps.clock.nowMs() }, io);
@@ -177,10 +189,36 @@ ${metadataFlagsHelp}
   };
 }
 
-/** Whether `arg` names `peer` by UUID or by address (with or without the URL scheme). */
+/** A listing goes on when the stored ring cannot be read, and says so (one escaped line). */
+function warnIfUnreadable(ring: RingMessage, commandName: string, io: Io): void {
+  try {
+    storedRing(ring);
+  } catch (error) {
+    io.stderr(`torus ${commandName}: warning: ${escapedErrorMessage(error)}\n`);
+  }
+}
+
+/**
+ * Whether `arg` names `peer` by UUID (in any case) or by address (with or without the URL
+ * scheme). Registered peers carry canonical UUIDs (listPeers checks them).
+ */
 function names(arg: string, peer: PeerInfo): boolean {
-  if (arg === peer.uuid || arg === peer.address) return true;
+  const uuid = normalizeUuid(arg);
+  if (uuid !== null) return uuid === peer.uuid;
+  if (arg === peer.address) return true;
   return peer.address.replace(/^[a-z]+:\/\//, "") === arg.replace(/^[a-z]+:\/\//, "");
+}
+
+/** The PeerInfo `--force` puts in the ring for `arg`: only a UUID can stand for a gone node. */
+function forcedPeer(arg: string, verb: string): PeerInfo {
+  const uuid = normalizeUuid(arg);
+  if (uuid === null) {
+    throw invalid(
+      `peer ${quoteForMessage(arg)} is not registered, and --force can ${verb} only a UUID ` +
+        "(32 hex digits as 8-4-4-4-12)",
+    );
+  }
+  return emptyPeerInfo(uuid);
 }
 
 /**
@@ -207,7 +245,8 @@ export function resolvePeers(
     if (peer) {
       chosen.set(peer.uuid, peer);
     } else if (options.force) {
-      chosen.set(arg, emptyPeerInfo(arg));
+      const forced = forcedPeer(arg, options.verb);
+      chosen.set(forced.uuid, forced);
     } else {
       throw notExist(
         `peer ${arg} is not currently registered; to ${options.verb} it anyway use --force`,
@@ -217,19 +256,21 @@ export function resolvePeers(
   return [...chosen.values()];
 }
 
-const changeFlags = {
+const addFlags = {
   ...metadataFlagOptions,
   "all-peers": { type: "boolean" },
   force: { type: "boolean" },
 } as const;
+/** Removing can drop every member, so it takes the confirmation flag. */
+const removeFlags = { ...addFlags, ...confirmFlagOptions } as const;
 
 async function changeMembers(
-  service: MetadataService,
+  context: Parameters<typeof changeRing>[0],
   verb: "add" | "remove",
   peers: readonly PeerInfo[],
 ): Promise<RingMessage> {
-  return await service.cluster.updateRing((current) => {
-    const ring = ringFromMessage(current);
+  return await changeRing(context, (current) => {
+    const ring = storedRing(current);
     if (!isModifiable(ring)) {
       throw invalid(
         `ring type ${ringTypeNames[ring.type]} cannot ${verb} peers; ` +
@@ -248,20 +289,27 @@ function changeCommand(deps: CtlDeps, verb: "add" | "remove"): Command {
   return {
     name: verb,
     summary: verb === "add" ? "Add peers to the ring" : "Remove peers from the ring",
-    help: `Usage: torus ctl peer ${verb} ADDRESS|UUID... [--force]
+    help: `Usage: torus ctl peer ${verb} ADDRESS|UUID... [--force]${
+      verb === "remove" ? " [--yes-i-am-sure]" : ""
+    }
        torus ctl peer ${verb} --all-peers
 
 ${verb === "add" ? "Adds" : "Removes"} peers ${
       verb === "add" ? "to" : "from"
     } the ring (a new ring version; nodes then rebalance). Peers are
-named by UUID or address and must be registered (alive), unless --force.
-  --all-peers  every registered storage node
-  --force      ${forceHelp}
+named by UUID (in any case) or address and must be registered (alive), unless --force.
+  --all-peers      every registered storage node
+  --force          ${forceHelp}${
+      verb === "remove"
+        ? "\n  --yes-i-am-sure  needed to remove every member (then no block can be read); on a" +
+          "\n                   terminal you must also type YES"
+        : ""
+    }
 
 ${metadataFlagsHelp}
 `,
     async run(args, io) {
-      const { values, positionals } = parseFlags(args, changeFlags);
+      const { values, positionals } = parseFlags(args, verb === "add" ? addFlags : removeFlags);
       const next = await withMetadata(deps, metadataFlagsOf(values), async ({ service }) => {
         const registered = await service.peers.listPeers();
         const peers = resolvePeers(positionals, registered, {
@@ -269,7 +317,8 @@ ${metadataFlagsHelp}
           force: values.force ?? false,
           verb,
         });
-        return await changeMembers(service, verb, peers);
+        const confirmed = "yes-i-am-sure" in values && values["yes-i-am-sure"] === true;
+        return await changeMembers({ deps, io, service, confirmed }, verb, peers);
       });
       io.stdout(ringSummary(next));
       return ExitCode.Ok;

@@ -1,6 +1,10 @@
 /**
  * `torus ctl volume list|create-block|delete` and the `torus ctl block create` alias.
  * Snapshots, dump and load of block volumes arrive with step 4 and say so.
+ *
+ * New names follow the one rule of src/core/names.ts, checked before anything is opened. Names
+ * stored by older builds that break it are still listed (escaped, as every cell is) and can be
+ * deleted: type them with bash's $'...' quoting, in the form the listing shows.
  * @module
  */
 
@@ -17,8 +21,15 @@ import {
   renderJson,
   renderTable,
 } from "../../cli/mod.ts";
-import { formatSize, invalid, parseSize } from "../../core/mod.ts";
-import type { MetadataService, VolumeInfo } from "../../metadata/mod.ts";
+import {
+  checkName,
+  escapeText,
+  formatSize,
+  invalid,
+  NAME_RULE_TEXT,
+  parseVolumeSize,
+} from "../../core/mod.ts";
+import type { InvalidRecord, MetadataService, VolumeInfo } from "../../metadata/mod.ts";
 import { type CtlDeps, expectPositionals, metadataFlagsOf, withMetadata } from "./common.ts";
 
 const listFlags = {
@@ -34,9 +45,11 @@ interface VolumeRow extends VolumeInfo {
   readonly holder?: string;
 }
 
-async function volumeRows(mds: MetadataService): Promise<VolumeRow[]> {
-  const { volumes } = await mds.volumes.listVolumes();
-  return await Promise.all(volumes.map(async (volume): Promise<VolumeRow> => {
+async function volumeRows(
+  mds: MetadataService,
+): Promise<{ rows: VolumeRow[]; invalidRecords: InvalidRecord[] }> {
+  const { volumes, invalid: invalidRecords } = await mds.volumes.listVolumes();
+  const rows = await Promise.all(volumes.map(async (volume): Promise<VolumeRow> => {
     try {
       const lock = await mds.blockVolumes.lockStatus(volume.id);
       return lock.state === "free"
@@ -46,6 +59,7 @@ async function volumeRows(mds: MetadataService): Promise<VolumeRow[]> {
       return { ...volume, status: "unknown" };
     }
   }));
+  return { rows, invalidRecords };
 }
 
 function printVolumes(
@@ -70,6 +84,8 @@ function listCommand(deps: CtlDeps): Command {
     help: `Usage: torus ctl volume list [--csv] [--si] [--json]
 
 Lists every volume: name, size, type and status (free, in-use when a client holds its lock).
+Control, zero-width and bidi characters in names (possible in volumes made by older builds) are
+shown as escapes such as \\u200b; records that cannot be read are reported on stderr.
   --csv   comma-separated values with a header line
   --si    sizes in powers of 1000 (kB, MB) instead of 1024 (KiB, MiB)
   --json  machine-readable output
@@ -79,7 +95,18 @@ ${metadataFlagsHelp}
     async run(args, io) {
       const { values, positionals } = parseFlags(args, listFlags);
       expectPositionals(positionals, []);
-      const rows = await withMetadata(deps, metadataFlagsOf(values), (m) => volumeRows(m.service));
+      const { rows, invalidRecords } = await withMetadata(
+        deps,
+        metadataFlagsOf(values),
+        (m) => volumeRows(m.service),
+      );
+      // One bad record must not hide every volume: it is reported, one escaped line each.
+      for (const record of invalidRecords) {
+        io.stderr(
+          `torus ctl volume list: skipping invalid volume record ` +
+            `${escapeText(record.key)}: ${escapeText(record.reason)}\n`,
+        );
+      }
       printVolumes(rows, values, io);
       return ExitCode.Ok;
     },
@@ -92,8 +119,9 @@ function createBlockCommand(deps: CtlDeps, name: string, usage: string): Command
     summary: "Create a block volume: NAME SIZE (e.g. 10GiB)",
     help: `Usage: ${usage} NAME SIZE
 
-Creates a block volume of SIZE bytes (512KiB, 10GiB, 20GB or plain bytes). No data is written:
-a new volume reads as zeros.
+Creates a block volume of SIZE bytes (512KiB, 10GiB, 20GB or plain bytes): a whole number of
+512-byte sectors. No data is written: a new volume reads as zeros.
+NAME is ${NAME_RULE_TEXT}.
 
 ${metadataFlagsHelp}
 `,
@@ -101,7 +129,8 @@ ${metadataFlagsHelp}
       const { values, positionals } = parseFlags(args, metadataFlagOptions);
       expectPositionals(positionals, ["NAME", "SIZE"]);
       const [volumeName, sizeText] = positionals as [string, string];
-      const sizeBytes = parseSize(sizeText);
+      checkName(volumeName, "volume");
+      const sizeBytes = parseVolumeSize(sizeText);
       const created = await withMetadata(deps, metadataFlagsOf(values), async (m) => {
         return await m.service.volumes.createBlockVolume(volumeName, sizeBytes);
       });
@@ -122,7 +151,8 @@ function deleteCommand(deps: CtlDeps): Command {
     help: `Usage: torus ctl volume delete NAME
 
 Deletes volume NAME and its snapshots. Fails while a client has it open (its lock is held). The
-volume's blocks are reclaimed later by garbage collection.
+volume's blocks are reclaimed later by garbage collection. A name that volume list shows with
+escapes (\\u200b) can be typed with bash's quoting: torus ctl volume delete $'db\\u200b'.
 
 ${metadataFlagsHelp}
 `,
@@ -137,7 +167,7 @@ ${metadataFlagsHelp}
         }
         await m.service.volumes.deleteVolume(volumeName);
       });
-      io.stdout(`Deleted volume "${volumeName}"\n`);
+      io.stdout(`Deleted volume "${escapeText(volumeName)}"\n`);
       return ExitCode.Ok;
     },
   };

@@ -1,7 +1,8 @@
 /**
  * Test helper process: registers fake storage nodes (and clients) in the metadata service under
  * one lease, as `torus serve` heartbeats will, optionally takes volume locks with that lease, then
- * prints `ready` and keeps the lease alive until its stdin closes (then revokes it and exits).
+ * prints `ready` and keeps the lease alive and the registrations fresh until its stdin closes (then
+ * revokes it and exits).
  *
  * Usage: deno run -A tests/cli/helpers/register_peers.ts [metadata flags]
  *          [--peer UUID=ADDRESS:TOTAL_BLOCKS:USED_BLOCKS]... [--lock VOLUME]... [--ttl-ms N]
@@ -44,8 +45,15 @@ for (const name of locks ?? []) {
   const volume = await service.volumes.getVolume(name);
   await service.blockVolumes.lock(volume.id, { uuid: "e2e-helper", lease });
 }
+// Each period renews the lease and registers again, as heartbeats do: a registration's
+// timestamp older than PEER_STALE_MS hides the peer, however long a slow test runs.
 const keepAlive = setInterval(() => {
   service.leases.keepAlive(lease).catch((e) => console.error(`keepalive: ${e.message}`));
+  for (const spec of peerSpecs ?? []) {
+    service.peers.registerPeer(parsePeer(spec), lease).catch((e) =>
+      console.error(`heartbeat: ${e.message}`)
+    );
+  }
 }, Math.max(100, ttlMs / 3));
 console.log("ready");
 // Wait for the test to close our stdin.
