@@ -16,15 +16,15 @@ export const BLOCK_SIZE_MAX_BYTES = 16 * 1024 * 1024;
 export const SECTOR_SIZE_BYTES = 512;
 
 /**
- * Most slots (blocks) one file block store may have: 2^24, 8 TiB at the default block size. The
- * store's index lives in typed arrays (about 46 bytes per used slot, measured; pages are committed
- * only for slots in use): a full store of this size holds about 0.8 GiB of index and opens in
- * about twice the time of the 8M-slot store measured by `deno task bench` (docs/benchmarks.md); an
- * empty one opens at once, as opening reads only the entries below the high-water mark. Beyond
- * this, memory and open time, not the data structures, are the limit (the index's slot numbers
- * are 32-bit).
+ * Most slots (blocks) one file block store may have: 16 million, 7.6 TiB at the default block
+ * size. The store's index lives in typed arrays (about 46 bytes per used slot, measured; pages are
+ * committed only for slots in use): a full store of this size holds about 0.7 GiB of index and
+ * opens in about twice the time of the 8M-slot store measured by `deno task bench`
+ * (docs/benchmarks.md); an empty one opens at once, as opening reads only the entries below the
+ * high-water mark (tested at this size). Beyond it, memory and open time, not the data
+ * structures, are the limit (the index's slot numbers are 32-bit).
  */
-export const STORE_SLOTS_MAX = 2 ** 24;
+export const STORE_SLOTS_MAX = 16_000_000;
 
 /** Default replication factor of a new ring. */
 export const REPLICATION_DEFAULT = 2;
