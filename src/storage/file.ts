@@ -1,23 +1,28 @@
 /**
  * FileBlockStore: the on-disk engine of `torus serve`. Blocks live in fixed-size slots of
  * `data-<name>.blk`; `map-<name>.blk` holds one checksummed 64-byte entry per slot (format in
- * file_format.ts). The whole index is kept in memory (a Map from ref to slot) and rebuilt from
- * the map file at open.
+ * file_format.ts). The index is kept in memory off the JavaScript heap (slot_index.ts: typed
+ * arrays, about 50 bytes per slot) and loaded at open from the entries below the map's
+ * high-water mark. Every file operation goes through the FileIo the store was opened with
+ * (file_io.ts), the real one by default: nothing here blocks the event loop.
  *
  * Crash safety (a process kill or a power loss at any instant):
- * - A put writes the block into a free slot first and its index entry only after that write
- *   completed, so an entry never names a slot whose write was still running in this process.
+ * - A put writes the block into a free slot first; only after that write completed does the slot
+ *   become Stored in the index, and only Stored (or Retiring) slots have their entry written
+ *   (by the background MapWriter), so an entry never names a slot whose write was still running.
  *   Every entry carries the block's CRC-32 and every read verifies it: bytes that a power loss
  *   left half-written are answered `block_unavailable` (and the entry dropped), never returned.
  * - Replacing a ref writes the new copy into another slot with a higher generation; the old slot
- *   keeps its entry until a flush has made the new entry durable, then its entry is zeroed and
- *   synced, and only then is the slot reused. Reopening therefore finds the old or the new copy
- *   (the highest generation that verifies wins), never a mix and never another block's bytes.
- * - A delete zeroes the entries of the ref (current and not yet retired old copies); the slot is
- *   reusable at once, because its next user overwrites that same entry.
- * - `flush` = fdatasync of the data file, then of the map file (then the retirement above).
- *   A failed sync puts the store in a failed state (every later call throws `unavailable`): after
- *   a writeback error the kernel may have dropped dirty pages, so nothing can be promised.
+ *   keeps its entry (Retiring) until a flush has made the new entry durable, then its entry is
+ *   zeroed and synced, and only then is the slot reused. Reopening therefore finds the old or the
+ *   new copy (the highest generation that verifies wins), never a mix and never another block's.
+ * - A delete zeroes the entries of the ref (current and not yet retired old copies). The deleted
+ *   slot is reused only once its zeroed entry was written (Clearing), so a process kill never
+ *   leaves an entry naming another block's bytes; old copies wait for the next flush (Dead).
+ * - `flush` = fdatasync of the data file, write of every changed entry, fdatasync of the map
+ *   (then the retirement above). A failed sync or entry write puts the store in a failed state
+ *   (every later call throws `unavailable`): after a writeback error the kernel may have dropped
+ *   dirty pages, so nothing can be promised.
  *
  * Concurrency (many calls in flight; the event loop is the only thread touching this state):
  * - Puts and deletes of one ref take effect in call order: each gets a generation when called,
@@ -26,15 +31,17 @@
  *   is in flight cancels that put and resolves even if nothing was stored yet.
  * - A get reads the version current when it was called; if that slot is reused meanwhile the
  *   checksum shows it and the get retries on the new state (or answers `not_exist`).
- * - Index writes are small synchronous page-cache writes, so "check, write entry, publish" is
- *   atomic with respect to other calls; block bytes go through nonblocking I/O (slot_file.ts).
+ * - The index changes synchronously ("check, change, mark the entry dirty" is atomic with respect
+ *   to other calls); entries reach the map file in background batches.
  *
- * Slot accounting: every slot is exactly one of free, stored (in the index), held by a put in
- * flight, or retiring (an old copy awaiting a flush). One slot is kept spare, so replacing a block
- * in a full store always has room; `totalBlocks()` is the slot count minus that spare.
+ * Slot accounting: every slot is in exactly one SlotState (slot_index.ts): free, held by a put in
+ * flight, stored, retiring or dead (an old copy awaiting a flush), clearing (a zeroed entry being
+ * written) or retired (being freed by a flush). One slot is kept spare, so replacing a block in a
+ * full store always has room; `totalBlocks()` is the slot count minus that spare.
  * @module
  */
 
+import { setImmediate } from "node:timers";
 import {
   assert,
   type BlockRef,
@@ -49,20 +56,25 @@ import {
   TorusError,
   verifyEnabled,
 } from "../core/mod.ts";
-import { fdatasync, pinned, pwriteFullSync, tuneMallocForLargeBuffers } from "../sys/mod.ts";
+import { tuneMallocForLargeBuffers } from "../sys/mod.ts";
 import type { BlockCallOptions, BlockStore } from "./block_store.ts";
-import { encodeEntry, ENTRY_BYTES, HEADER_BYTES, type IndexEntry } from "./file_format.ts";
+import type { FileIo } from "./file_io.ts";
+import { slotOffsetBytes } from "./file_format.ts";
 import {
   closeStoreFiles,
+  type LoadedIndex,
+  loadIndex,
   openStoreFiles,
   resizeStore,
-  scanIndex,
-  type ScanResult,
+  settleHighWater,
+  SPARE_SLOTS,
   type StoreFiles,
 } from "./file_open.ts";
-import { DataIo, MmapSlotFile, PreadSlotFile, type SlotFile } from "./slot_file.ts";
+import { MapWriter } from "./map_writer.ts";
+import { REF_WORDS, SlotIndex, SlotState } from "./slot_index.ts";
+import { SysFileIo } from "./sys_file_io.ts";
 
-export { DataIo } from "./slot_file.ts";
+export { SPARE_SLOTS } from "./file_open.ts";
 
 /** Options of {@link FileBlockStore.open}. */
 export interface FileBlockStoreOptions {
@@ -74,24 +86,18 @@ export interface FileBlockStoreOptions {
   blockSizeBytes: number;
   /** Wanted size of the data area: floor(sizeBytes / blockSizeBytes) slots. */
   sizeBytes: number;
-  /** How block bytes move (docs/adr/0001-block-file-io.md). Default `pread`. */
-  dataIo?: DataIo;
+  /** The file system, for every file operation. Default: the real one (SysFileIo). */
+  io?: FileIo;
 }
 
-/** Slots never counted as capacity, so a replacement always finds room. */
-export const SPARE_SLOTS = 1;
 /** Staging buffers kept for reuse by puts (each one block). */
 const STAGING_BUFFERS_MAX = 16;
 /** Reads of a block that keeps being replaced under a get before it gives up. */
 const READ_ATTEMPTS_MAX = 8;
+/** Slots `blockRefs` looks at between two turns of the event loop. */
+const REFS_CHUNK_SLOTS = 4096;
 
 const log = logger("storage");
-
-/** One stored version of a ref. A new object per version: identity tells versions apart. */
-interface Stored extends IndexEntry {
-  /** Slots of older copies of this ref whose entries stay on disk until the next flush. */
-  oldSlots: number[] | null;
-}
 
 /** Puts of one ref in flight. */
 interface PutsInFlight {
@@ -104,28 +110,41 @@ interface PutsInFlight {
   reserved: boolean;
 }
 
+/**
+ * A `blockRefs` iteration in progress. Its snapshot is the refs stored when it started: the walk
+ * skips slots whose copy was installed after that (`installed`), and copies that existed then
+ * but leave the index before the walk reaches them are kept in `removed`.
+ */
+interface RefWalk {
+  position: number;
+  installed: Set<number>;
+  removed: BlockRef[];
+}
+
 /** A BlockStore over a data file and an index file; see the module doc. */
 export class FileBlockStore implements BlockStore {
   readonly kind = "file";
   readonly name: string;
   readonly blockSizeBytes: number;
-  /** The data I/O variant in use. */
-  readonly dataIo: DataIo;
   readonly #files: StoreFiles;
-  readonly #slots: SlotFile;
   readonly #slotCount: number;
   readonly #capacity: number;
-  readonly #index = new Map<string, Stored>();
+  readonly #index: SlotIndex;
+  readonly #writer: MapWriter;
   readonly #free: Uint32Array;
   #freeTop = 0;
+  /** Slots from here on were never handed out since open (all free, entries zero on disk). */
+  #fresh: number;
+  /** Retiring and dead slots, in the order they started retiring. */
   #retiring: number[] = [];
-  #retiringInFlush = 0;
-  readonly #retiringOwner = new Map<number, string>();
+  #retiredInFlush = 0;
+  #clearing = 0;
   #nextGeneration: number;
   readonly #putsInFlight = new Map<string, PutsInFlight>();
   #reservedNew = 0;
   #slotsHeld = 0;
   #slotWaiters: (() => void)[] = [];
+  readonly #walks = new Set<RefWalk>();
   #opsInFlight = 0;
   #drainWaiters: (() => void)[] = [];
   #flushRunning: Promise<void> | null = null;
@@ -134,35 +153,40 @@ export class FileBlockStore implements BlockStore {
   #closePromise: Promise<void> | null = null;
   #failure: TorusError | null = null;
   readonly #staging: Uint8Array[] = [];
-  readonly #entryBytes = pinned(new Uint8Array(ENTRY_BYTES));
-  readonly #zeroEntryBytes = pinned(new Uint8Array(ENTRY_BYTES));
 
   /** Use {@link FileBlockStore.open}. */
-  private constructor(files: StoreFiles, slots: SlotFile, scan: ScanResult) {
+  private constructor(files: StoreFiles, loaded: LoadedIndex) {
+    assert(files.highWater !== null, "a store opens with a settled high-water mark");
     this.name = files.name;
     this.blockSizeBytes = files.blockSizeBytes;
-    this.dataIo = slots.dataIo;
     this.#files = files;
-    this.#slots = slots;
     this.#slotCount = files.slotCount;
     this.#capacity = Math.max(0, files.slotCount - SPARE_SLOTS);
-    this.#nextGeneration = scan.maxGeneration + 1;
-    const used = new Uint8Array(files.slotCount);
-    for (const [key, entry] of scan.entries) {
-      this.#index.set(key, { ...entry, oldSlots: null });
-      used[entry.slot] = 1;
-    }
-    // Pushed from the top down, so puts fill the file from its start.
+    this.#index = loaded.index;
+    this.#nextGeneration = loaded.maxGeneration + 1;
+    // Pushed from the top down, so puts fill the file from its start; slots from `#fresh` on are
+    // handed out in order after the free stack is empty.
     this.#free = new Uint32Array(files.slotCount);
-    for (let slot = files.slotCount - 1; slot >= 0; slot--) {
-      if (used[slot] === 0) this.#free[this.#freeTop++] = slot;
+    const scanned = Math.min(loaded.scannedSlots, files.slotCount);
+    for (let slot = scanned - 1; slot >= 0; slot--) {
+      if (this.#index.states[slot] !== SlotState.Stored) this.#free[this.#freeTop++] = slot;
     }
+    this.#fresh = scanned;
+    this.#writer = new MapWriter({
+      map: files.map,
+      index: this.#index,
+      slotCount: files.slotCount,
+      highWater: files.highWater,
+      onWritten: (slots) => this.#entriesWritten(slots),
+      onFailure: (error) => this.#fail("writing index entries failed", error),
+    });
     this.#checkInvariants();
   }
 
   /**
    * Opens the store `<dir>/{data,map}-<name>.blk`, creating it when absent, growing it when
-   * `sizeBytes` asks for more slots and shrinking it when the dropped slots are all free.
+   * `sizeBytes` asks for more slots and shrinking it when what is dropped is free and the spare
+   * slot stays.
    */
   static async open(options: FileBlockStoreOptions): Promise<FileBlockStore> {
     const name = options.name ?? "current";
@@ -172,31 +196,28 @@ export class FileBlockStore implements BlockStore {
     const slotCount = Math.floor(options.sizeBytes / options.blockSizeBytes);
     // Every get returns a fresh block-sized buffer: keep their memory out of mmap/munmap churn.
     tuneMallocForLargeBuffers();
-    const files = await openStoreFiles({
+    const files = await openStoreFiles(options.io ?? new SysFileIo(), {
       dir: options.dir,
       name,
       blockSizeBytes: options.blockSizeBytes,
       slotCount,
     });
     try {
-      const scan = await scanIndex(files);
-      if (scan.damagedEntries + scan.supersededEntries > 0) {
+      const loaded = await loadIndex(files, slotCount);
+      if (loaded.damagedEntries + loaded.supersededEntries > 0) {
         log.notice(
-          `store ${name}: cleared ${scan.damagedEntries} damaged and ` +
-            `${scan.supersededEntries} superseded index entries`,
+          `store ${name}: cleared ${loaded.damagedEntries} damaged and ` +
+            `${loaded.supersededEntries} superseded index entries`,
         );
       }
-      let highestUsedSlot = -1;
-      for (const entry of scan.entries.values()) {
-        highestUsedSlot = Math.max(highestUsedSlot, entry.slot);
-      }
-      await resizeStore(files, slotCount, highestUsedSlot);
-      const slots = options.dataIo === DataIo.Mmap
-        ? new MmapSlotFile(files.dataFd, { blockSizeBytes: files.blockSizeBytes, slotCount })
-        : new PreadSlotFile(files.dataFd, files.blockSizeBytes);
-      return new FileBlockStore(files, slots, scan);
+      await resizeStore(files, slotCount, {
+        usedBlocks: loaded.index.size,
+        highestUsedSlot: loaded.highestUsedSlot,
+      });
+      await settleHighWater(files, loaded);
+      return new FileBlockStore(files, loaded);
     } catch (error) {
-      closeStoreFiles(files);
+      await closeStoreFiles(files).catch(() => {});
       throw error;
     }
   }
@@ -211,6 +232,19 @@ export class FileBlockStore implements BlockStore {
     return this.#files.mapPath;
   }
 
+  /**
+   * Resolves once every index change made before the call is written to the map file (not
+   * synced: what a process kill would leave). For tests and tools; `flush` is the durable one.
+   */
+  indexWritten(): Promise<void> {
+    try {
+      this.#checkUsable();
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#writer.written();
+  }
+
   #checkUsable(): void {
     if (this.#closing) throw closed(`block store ${this.name} is closed`);
     if (this.#failure !== null) throw this.#failure;
@@ -219,19 +253,19 @@ export class FileBlockStore implements BlockStore {
   async getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {
     this.#checkUsable();
     options?.signal?.throwIfAborted();
+    const key = SlotIndex.keyOf(ref, new Uint32Array(REF_WORDS));
     this.#opsInFlight++;
     try {
       for (let attempt = 1;; attempt++) {
-        const stored = this.#index.get(ref.key);
-        if (stored === undefined) throw notExist(`block ${ref} not found`);
-        const block = await this.#readVerified(ref, stored);
-        if (block !== null) {
-          if (
-            options?.expectedCrc32 !== undefined && stored.crc32 !== options.expectedCrc32 >>> 0
-          ) {
+        const slot = this.#index.find(key);
+        if (slot < 0) throw notExist(`block ${ref} not found`);
+        const read = await this.#readVerified(ref, key, slot);
+        if (read !== null) {
+          const expected = options?.expectedCrc32;
+          if (expected !== undefined && read.crc !== expected >>> 0) {
             throw blockUnavailable(`block ${ref} does not match its expected CRC`);
           }
-          return block;
+          return read.block;
         }
         if (attempt >= READ_ATTEMPTS_MAX) {
           throw blockUnavailable(`block ${ref} kept changing while being read`);
@@ -243,25 +277,37 @@ export class FileBlockStore implements BlockStore {
   }
 
   /**
-   * Reads `stored` into a fresh buffer. Null when the version changed while reading (retry);
-   * throws `block_unavailable` (and drops the entry) when the bytes fail their checksum.
+   * Reads stored `slot` into a fresh buffer, with its checksum. Null when the version changed
+   * while reading (retry); throws `block_unavailable` (and drops the entry) when the bytes fail
+   * their checksum.
    */
-  async #readVerified(ref: BlockRef, stored: Stored): Promise<Uint8Array | null> {
+  async #readVerified(
+    ref: BlockRef,
+    key: Uint32Array,
+    slot: number,
+  ): Promise<{ block: Uint8Array; crc: number } | null> {
+    const generation = this.#index.generations[slot]!;
+    const expectedCrc = this.#index.crcs[slot]!;
+    // A changed index means the slot was reused under us, not that the disk is bad.
+    const changed = () =>
+      this.#index.find(key) !== slot || this.#index.generations[slot] !== generation;
     const block = new Uint8Array(this.blockSizeBytes);
     try {
-      await this.#slots.read(stored.slot, block);
+      const got = await this.#files.data.read(block, slotOffsetBytes(slot, this.blockSizeBytes));
+      if (got !== block.length) {
+        throw blockUnavailable(`data file ends inside slot ${slot} (read ${got} bytes)`);
+      }
     } catch (error) {
-      if (this.#index.get(ref.key) !== stored) return null;
+      if (changed()) return null;
       throw blockUnavailable(`reading block ${ref} failed: ${errorMessage(error)}`, {
         cause: error,
       });
     }
-    if (crc32(block) === stored.crc32) return block;
-    // A changed index means the slot was reused under us, not that the disk is bad.
-    if (this.#index.get(ref.key) !== stored) return null;
-    this.#removeStored(stored);
+    if (crc32(block) === expectedCrc) return { block, crc: expectedCrc };
+    if (changed()) return null;
+    this.#removeStored(slot);
     this.#checkInvariants();
-    throw blockUnavailable(`block ${ref} in slot ${stored.slot} failed its checksum; dropped`);
+    throw blockUnavailable(`block ${ref} in slot ${slot} failed its checksum; dropped`);
   }
 
   async putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
@@ -270,9 +316,11 @@ export class FileBlockStore implements BlockStore {
     if (data.length > this.blockSizeBytes) {
       throw invalid(`block of ${data.length} bytes exceeds block size ${this.blockSizeBytes}`);
     }
-    const key = ref.key;
+    const keyText = ref.key;
+    const key = SlotIndex.keyOf(ref, new Uint32Array(REF_WORDS));
     // A new ref reserves capacity once, however many puts of it are in flight.
-    const reserve = !this.#index.has(key) && !(this.#putsInFlight.get(key)?.reserved ?? false);
+    const reserve = this.#index.find(key) < 0 &&
+      !(this.#putsInFlight.get(keyText)?.reserved ?? false);
     if (reserve && this.#index.size + this.#reservedNew >= this.#capacity) {
       throw new TorusError(
         ErrorCode.OutOfSpace,
@@ -282,7 +330,7 @@ export class FileBlockStore implements BlockStore {
     // Everything up to the first await runs at call time: the caller's bytes are copied now.
     const block = this.#takeStaging(data);
     const generation = this.#nextGeneration++;
-    const flight = this.#beginPut(key);
+    const flight = this.#beginPut(keyText);
     flight.latestGeneration = generation;
     if (reserve) {
       flight.reserved = true;
@@ -290,9 +338,9 @@ export class FileBlockStore implements BlockStore {
     }
     this.#opsInFlight++;
     try {
-      await this.#writeAndInstall(ref, block, generation, flight);
+      await this.#writeAndInstall({ key, block, generation, flight });
     } finally {
-      this.#endPut(key, flight);
+      this.#endPut(keyText, flight);
       this.#giveStaging(block);
       this.#opDone();
       this.#checkInvariants();
@@ -300,27 +348,25 @@ export class FileBlockStore implements BlockStore {
   }
 
   async #writeAndInstall(
-    ref: BlockRef,
-    block: Uint8Array,
-    generation: number,
-    flight: PutsInFlight,
+    put: { key: Uint32Array; block: Uint8Array; generation: number; flight: PutsInFlight },
   ): Promise<void> {
     let slot = this.#takeFree();
     if (slot < 0) slot = await this.#waitForSlot();
     let installed = false;
     try {
-      const written = this.#slots.write(slot, block);
+      const written = this.#files.data.write(put.block, slotOffsetBytes(slot, this.blockSizeBytes));
       // The checksum is computed while a worker thread writes the same (unchanging) bytes.
-      const sums = { crc32: crc32(block) };
+      const blockCrc = crc32(put.block);
       await written;
       if (this.#failure !== null) throw this.#failure;
-      const current = this.#index.get(ref.key);
-      if ((current?.generation ?? 0) > generation || flight.supersededBelow > generation) return;
-      this.#install({ ref, slot, generation, ...sums, oldSlots: null }, current);
+      const current = this.#index.find(put.key);
+      const newer = current >= 0 && this.#index.generations[current]! > put.generation;
+      if (newer || put.flight.supersededBelow > put.generation) return;
+      this.#install(slot, { ...put, blockCrc, current });
       installed = true;
-      if (current === undefined && flight.reserved) {
+      if (current < 0 && put.flight.reserved) {
         // The ref now counts in the index; its reservation is no longer needed.
-        flight.reserved = false;
+        put.flight.reserved = false;
         this.#reservedNew--;
       }
     } finally {
@@ -330,24 +376,26 @@ export class FileBlockStore implements BlockStore {
     }
   }
 
-  /** Writes the entry of `stored`, then publishes it; `previous` starts retiring. */
-  #install(stored: Stored, previous: Stored | undefined): void {
-    encodeEntry(stored, this.#entryBytes);
-    this.#writeEntry(stored.slot, this.#entryBytes);
-    if (previous !== undefined) {
-      stored.oldSlots = [...(previous.oldSlots ?? []), previous.slot];
-      this.#retiring.push(previous.slot);
-      this.#retiringOwner.set(previous.slot, stored.ref.key);
+  /** Makes held `slot` the stored copy of its ref; the previous copy starts retiring. */
+  #install(
+    slot: number,
+    copy: { key: Uint32Array; generation: number; blockCrc: number; current: number },
+  ): void {
+    const index = this.#index;
+    index.setRef(slot, copy.key);
+    index.generations[slot] = copy.generation;
+    index.crcs[slot] = copy.blockCrc;
+    if (copy.current >= 0) {
+      this.#walkRemoved(copy.current);
+      index.replace(copy.current, slot);
+      index.states[copy.current] = SlotState.Retiring;
+      index.older[slot] = copy.current + 1;
+      this.#retiring.push(copy.current);
+    } else {
+      index.insert(slot);
     }
-    this.#index.set(stored.ref.key, stored);
-  }
-
-  #writeEntry(slot: number, bytes: Uint8Array): void {
-    try {
-      pwriteFullSync(this.#files.mapFd, bytes, HEADER_BYTES + slot * ENTRY_BYTES);
-    } catch (error) {
-      throw this.#fail(`writing the index entry of slot ${slot} failed`, error);
-    }
+    this.#walkInstalled(slot);
+    this.#writer.markDirty(slot);
   }
 
   /** Enters the failed state (see the module doc) and returns the error to throw. */
@@ -365,7 +413,8 @@ export class FileBlockStore implements BlockStore {
     try {
       this.#checkUsable();
       options?.signal?.throwIfAborted();
-      return Promise.resolve(this.#index.has(ref.key));
+      const key = SlotIndex.keyOf(ref, new Uint32Array(REF_WORDS));
+      return Promise.resolve(this.#index.find(key) >= 0);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -375,8 +424,7 @@ export class FileBlockStore implements BlockStore {
     try {
       this.#checkUsable();
       options?.signal?.throwIfAborted();
-      const key = ref.key;
-      const flight = this.#putsInFlight.get(key);
+      const flight = this.#putsInFlight.get(ref.key);
       // Whether a put of this ref is in flight that no earlier delete has cancelled yet.
       const cancelsPut = flight !== undefined && flight.latestGeneration > flight.supersededBelow;
       if (flight !== undefined) {
@@ -387,12 +435,12 @@ export class FileBlockStore implements BlockStore {
           this.#reservedNew--;
         }
       }
-      const stored = this.#index.get(key);
-      if (stored === undefined) {
+      const slot = this.#index.find(SlotIndex.keyOf(ref, new Uint32Array(REF_WORDS)));
+      if (slot < 0) {
         if (cancelsPut) return Promise.resolve();
         throw notExist(`block ${ref} not found`);
       }
-      this.#removeStored(stored);
+      this.#removeStored(slot);
       this.#checkInvariants();
       return Promise.resolve();
     } catch (error) {
@@ -400,19 +448,79 @@ export class FileBlockStore implements BlockStore {
     }
   }
 
-  /** Zeroes every entry of `stored`'s ref and frees its slot (old copies keep retiring). */
-  #removeStored(stored: Stored): void {
-    this.#writeEntry(stored.slot, this.#zeroEntryBytes);
-    for (const old of stored.oldSlots ?? []) this.#writeEntry(old, this.#zeroEntryBytes);
-    this.#index.delete(stored.ref.key);
-    this.#releaseSlot(stored.slot);
-    this.#wakeSlotWaiters();
+  /**
+   * Takes stored `slot` out of the index: its entry and those of its ref's retiring copies are
+   * zeroed; the slot is reused once its zero entry was written, the old copies after a flush.
+   */
+  #removeStored(slot: number): void {
+    const index = this.#index;
+    this.#walkRemoved(slot);
+    index.remove(slot);
+    index.states[slot] = SlotState.Clearing;
+    this.#clearing++;
+    this.#writer.markDirty(slot);
+    for (let link = index.older[slot]!; link !== 0;) {
+      const old = link - 1;
+      link = index.older[old]!;
+      index.older[old] = 0;
+      index.states[old] = SlotState.Dead;
+      this.#writer.markDirty(old);
+    }
+    index.older[slot] = 0;
+  }
+
+  /** The MapWriter wrote these entries: clearing slots are free now. */
+  #entriesWritten(slots: readonly number[]): void {
+    let freed = false;
+    for (const slot of slots) {
+      if (this.#index.states[slot] !== SlotState.Clearing) continue;
+      this.#clearing--;
+      this.#releaseSlot(slot);
+      freed = true;
+    }
+    if (freed) this.#wakeSlotWaiters();
+    this.#checkInvariants();
   }
 
   async *blockRefs(): AsyncIterable<BlockRef> {
     this.#checkUsable();
-    const snapshot = Array.from(this.#index.values(), (stored) => stored.ref);
-    for (const ref of snapshot) yield ref;
+    const walk: RefWalk = { position: 0, installed: new Set(), removed: [] };
+    // Slots from `#fresh` on held nothing when the walk started.
+    const end = this.#fresh;
+    this.#walks.add(walk);
+    try {
+      while (walk.position < end) {
+        const refs: BlockRef[] = [];
+        const chunkEnd = Math.min(end, walk.position + REFS_CHUNK_SLOTS);
+        for (let slot = walk.position; slot < chunkEnd; slot++) {
+          if (this.#index.states[slot] !== SlotState.Stored || walk.installed.has(slot)) continue;
+          refs.push(this.#index.refAt(slot));
+        }
+        walk.position = chunkEnd;
+        refs.push(...walk.removed.splice(0));
+        for (const ref of refs) yield ref;
+        // Let other work run between chunks: a store of millions of blocks is walked in seconds.
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        this.#checkUsable();
+      }
+      for (const ref of walk.removed.splice(0)) yield ref;
+    } finally {
+      this.#walks.delete(walk);
+    }
+  }
+
+  /** A copy installed in `slot` is not part of the snapshots of walks in progress. */
+  #walkInstalled(slot: number): void {
+    for (const walk of this.#walks) if (slot >= walk.position) walk.installed.add(slot);
+  }
+
+  /** The copy in stored `slot` leaves the index: walks that have not reached it keep its ref. */
+  #walkRemoved(slot: number): void {
+    for (const walk of this.#walks) {
+      if (slot >= walk.position && !walk.installed.has(slot)) {
+        walk.removed.push(this.#index.refAt(slot));
+      }
+    }
   }
 
   usedBlocks(): number {
@@ -462,18 +570,21 @@ export class FileBlockStore implements BlockStore {
     // Only copies retired before the syncs start are covered by them.
     const retiring = this.#retiring;
     this.#retiring = [];
-    this.#retiringInFlush += retiring.length;
+    this.#retiredInFlush += retiring.length;
     try {
-      await this.#slots.sync();
-      await fdatasync(this.#files.mapFd);
-      if (retiring.length === 0) return;
-      // The new entries are durable: the old copies' entries can go, durably, then their slots.
-      for (const slot of retiring) this.#forgetOldSlot(slot);
-      await fdatasync(this.#files.mapFd);
+      await this.#files.data.datasync();
+      await this.#writer.written();
+      await this.#files.map.datasync();
+      if (retiring.length > 0) {
+        // The new entries are durable: the old copies' entries can go, durably, then their slots.
+        this.#retire(retiring);
+        await this.#writer.written();
+        await this.#files.map.datasync();
+      }
     } catch (error) {
       throw this.#fail("flush failed", error);
     } finally {
-      this.#retiringInFlush -= retiring.length;
+      this.#retiredInFlush -= retiring.length;
       // On failure they stay retiring (the store is failed anyway: nothing reuses them).
       if (this.#failure !== null) this.#retiring.push(...retiring);
     }
@@ -482,12 +593,31 @@ export class FileBlockStore implements BlockStore {
     this.#checkInvariants();
   }
 
-  #forgetOldSlot(slot: number): void {
-    this.#writeEntry(slot, this.#zeroEntryBytes);
-    const key = this.#retiringOwner.get(slot);
-    this.#retiringOwner.delete(slot);
-    const owner = key === undefined ? undefined : this.#index.get(key);
-    if (owner?.oldSlots) owner.oldSlots = owner.oldSlots.filter((old) => old !== slot);
+  /** Marks `slots` (retiring or dead) Retired, unlinks them from their chains, zeroes entries. */
+  #retire(slots: readonly number[]): void {
+    const index = this.#index;
+    const alive: number[] = [];
+    for (const slot of slots) {
+      if (index.states[slot] === SlotState.Retiring) alive.push(slot);
+      index.states[slot] = SlotState.Retired;
+      this.#writer.markDirty(slot);
+    }
+    // Retired copies are the oldest of their chains: cut each chain above its first one.
+    const cutChains = new Set<number>();
+    for (const slot of alive) {
+      const head = index.findRefOf(slot);
+      assert(head >= 0, "a retiring copy's ref is stored");
+      if (cutChains.has(head)) continue;
+      cutChains.add(head);
+      let link = head;
+      while (
+        index.older[link] !== 0 && index.states[index.older[link]! - 1] !== SlotState.Retired
+      ) {
+        link = index.older[link]! - 1;
+      }
+      index.older[link] = 0;
+    }
+    for (const slot of slots) index.older[slot] = 0;
   }
 
   close(): Promise<void> {
@@ -508,8 +638,8 @@ export class FileBlockStore implements BlockStore {
     try {
       if (this.#failure === null) await this.#flushNow();
     } finally {
-      this.#slots.close();
-      closeStoreFiles(this.#files);
+      this.#writer.stop();
+      await closeStoreFiles(this.#files);
     }
     if (this.#failure !== null) throw this.#failure;
   }
@@ -552,26 +682,34 @@ export class FileBlockStore implements BlockStore {
 
   /** A free slot, now held by the caller, or -1. */
   #takeFree(): number {
-    if (this.#freeTop === 0) return -1;
+    let slot: number;
+    if (this.#freeTop > 0) slot = this.#free[--this.#freeTop]!;
+    else if (this.#fresh < this.#slotCount) slot = this.#fresh++;
+    else return -1;
+    this.#index.states[slot] = SlotState.Held;
     this.#slotsHeld++;
-    return this.#free[--this.#freeTop]!;
+    return slot;
   }
 
   #releaseSlot(slot: number): void {
     assert(this.#freeTop < this.#slotCount, "free stack overflow: a slot was freed twice");
+    this.#index.states[slot] = SlotState.Free;
     this.#free[this.#freeTop++] = slot;
   }
 
   /**
-   * Waits until a slot is free: flushing retires old copies, and puts in flight release or
-   * retire theirs. Capacity reservations guarantee one of those exists (see the module doc).
+   * Waits until a slot is free: flushing retires old copies, the map writer frees clearing slots,
+   * and puts in flight release or retire theirs. Capacity reservations guarantee one of those
+   * exists (see the module doc).
    */
   async #waitForSlot(): Promise<number> {
     for (;;) {
       if (this.#retiring.length > 0) {
         await this.#flushNow();
-      } else if (this.#retiringInFlush > 0 && this.#flushRunning !== null) {
+      } else if (this.#retiredInFlush > 0 && this.#flushRunning !== null) {
         await this.#flushRunning;
+      } else if (this.#clearing > 0) {
+        await this.#writer.written();
       } else if (this.#slotsHeld > 0) {
         await new Promise<void>((resolve) => this.#slotWaiters.push(resolve));
       } else {
@@ -590,14 +728,30 @@ export class FileBlockStore implements BlockStore {
     for (const wake of waiters) wake();
   }
 
-  /** Every slot is free, stored, held or retiring (checked when TORUS_VERIFY=1). */
+  /** Every slot is in exactly one state (checked when TORUS_VERIFY=1). */
   #checkInvariants(): void {
     if (!verifyEnabled()) return;
-    const retiring = this.#retiring.length + this.#retiringInFlush;
-    const accounted = this.#freeTop + this.#index.size + retiring + this.#slotsHeld;
+    const retiring = this.#retiring.length + this.#retiredInFlush;
+    const free = this.#freeTop + (this.#slotCount - this.#fresh);
+    const accounted = free + this.#index.size + retiring + this.#slotsHeld + this.#clearing;
     assert(
       accounted === this.#slotCount,
       `slot accounting broken: ${accounted} accounted of ${this.#slotCount} slots`,
+    );
+    if (this.#slotCount <= 4096) this.#checkStates();
+  }
+
+  /** Small stores: the per-state counts match the slot states. */
+  #checkStates(): void {
+    const counts = new Array<number>(7).fill(0);
+    for (let slot = 0; slot < this.#slotCount; slot++) counts[this.#index.states[slot]!]!++;
+    assert(counts[SlotState.Held] === this.#slotsHeld, "held slots miscounted");
+    assert(counts[SlotState.Stored] === this.#index.size, "stored slots miscounted");
+    assert(counts[SlotState.Clearing] === this.#clearing, "clearing slots miscounted");
+    assert(
+      counts[SlotState.Retiring]! + counts[SlotState.Dead]! + counts[SlotState.Retired]! ===
+        this.#retiring.length + this.#retiredInFlush,
+      "retiring slots miscounted",
     );
   }
 }
