@@ -16,8 +16,13 @@ export const BLOCK_SIZE_MAX_BYTES = 16 * 1024 * 1024;
 export const SECTOR_SIZE_BYTES = 512;
 
 /**
- * Most slots (blocks) one file block store may have: its in-memory index is a JavaScript Map, and
- * V8 caps a Map at 2^24 entries. 16M blocks are 8 TiB at the default block size.
+ * Most slots (blocks) one file block store may have: 16 million, 7.6 TiB at the default block
+ * size. The store's index lives in typed arrays (about 46 bytes per used slot, measured; pages are
+ * committed only for slots in use): a full store of this size holds about 0.7 GiB of index and
+ * opens in about twice the time of the 8M-slot store measured by `deno task bench`
+ * (docs/benchmarks.md); an empty one opens at once, as opening reads only the entries below the
+ * high-water mark (tested at this size). Beyond it, memory and open time, not the data
+ * structures, are the limit (the index's slot numbers are 32-bit).
  */
 export const STORE_SLOTS_MAX = 16_000_000;
 
@@ -196,7 +201,7 @@ assert(
   NBD_CONNECTION_BUFFERED_BYTES_MAX >= NBD_REQUEST_LENGTH_MAX_BYTES,
   "an NBD connection can hold one request of the largest length",
 );
-assert(STORE_SLOTS_MAX < 2 ** 24, "a store's index fits one JavaScript Map");
+assert(STORE_SLOTS_MAX < 2 ** 31, "a store's slot numbers (+1) fit the index's 32-bit table");
 assert(READ_CACHE_ENTRIES_MIN >= 1, "the read cache holds at least one block");
 assert(
   KV_KEY_MAX_BYTES + KV_VALUE_MAX_BYTES <= KV_REQUEST_MAX_BYTES,

@@ -1,7 +1,7 @@
 /**
  * Storage engine benchmark (docs/adr/0001-block-file-io.md, docs/benchmarks.md): 512 KiB blocks
- * put and got through FileBlockStore (pread and mmap data I/O) against plain libc pwrite/pread of
- * the same bytes to a plain file, in one run. Sequential and random slots, one call at a time
+ * put and got through FileBlockStore against plain libc pwrite/pread of the same bytes to a plain
+ * file, in one run. Sequential and random slots, one call at a time
  * (QD1) and eight in flight (QD8), from the page cache and cold (cache dropped), plus how long
  * cold gets block the event loop. Every iteration moves 64 blocks (32 MiB); names carry
  * `[32MiB/iter]` so scripts/bench.ts can print throughput, and each group's baseline is the
@@ -28,7 +28,7 @@ import {
   pwriteFull,
   pwriteSync,
 } from "../sys/mod.ts";
-import { DataIo, FileBlockStore } from "./file.ts";
+import { FileBlockStore } from "./file.ts";
 import { HEADER_BYTES } from "./file_format.ts";
 
 const BLOCK_BYTES = 512 * 1024;
@@ -72,30 +72,23 @@ function offset(slot: number): number {
  * An engine whose ref i lives in slot i, and whose free stack hands out `randSlots` (random) or
  * `seqSlots` (in order) to the next 64 puts; puts are undone by deleting in reverse order.
  */
-function openEngine(dataIo: DataIo): Promise<FileBlockStore> {
+function openEngine(): Promise<FileBlockStore> {
   return FileBlockStore.open({
     dir,
-    name: dataIo,
     blockSizeBytes: BLOCK_BYTES,
     sizeBytes: (SLOTS + 1) * BLOCK_BYTES,
-    dataIo,
   });
 }
 
-async function filledEngine(dataIo: DataIo): Promise<FileBlockStore> {
-  const store = await openEngine(dataIo);
+async function filledEngine(): Promise<FileBlockStore> {
+  const store = await openEngine();
   for (let slot = 0; slot < SLOTS; slot++) await store.putBlock(ref(slot), payload);
   await store.flush();
   return store;
 }
 
-const engines: Record<DataIo, FileBlockStore> = {
-  [DataIo.Pread]: await filledEngine(DataIo.Pread),
-  [DataIo.Mmap]: await filledEngine(DataIo.Mmap),
-};
-globalThis.addEventListener("unload", () => {
-  for (const store of Object.values(engines)) void store.close();
-});
+let engine = await filledEngine();
+globalThis.addEventListener("unload", () => void engine.close());
 
 /** Drops the cached pages of a file (after syncing them), so the next access goes to the disk. */
 async function evict(path: string): Promise<void> {
@@ -109,14 +102,14 @@ async function evict(path: string): Promise<void> {
 }
 
 /**
- * Closes an engine, evicts its data file from the page cache and opens it again: a mapping keeps
- * its pages cached, so the mmap variant only goes cold through a new mapping.
+ * Closes the engine, evicts its data file from the page cache and opens it again (reopening also
+ * rebuilds the free stack in slot order).
  */
-async function reopenCold(dataIo: DataIo): Promise<FileBlockStore> {
-  await engines[dataIo].close();
-  await evict(`${dir}/data-${dataIo}.blk`);
-  engines[dataIo] = await openEngine(dataIo);
-  return engines[dataIo];
+async function reopenCold(): Promise<FileBlockStore> {
+  await engine.close();
+  await evict(`${dir}/data-current.blk`);
+  engine = await openEngine();
+  return engine;
 }
 
 /** Refs put by the put benches; never stored before, so every put is a fresh ref. */
@@ -168,20 +161,17 @@ function registerPuts(pattern: "seq" | "rand", slots: number[]): void {
         await inBatches(BATCH, depth, (i) => pwriteFull(plainFd, payload, offset(slots[i]!)));
       },
     });
-    for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
-      Deno.bench({
-        name: `engine ${dataIo} putBlock ${TAG}`,
-        group,
-        fn: async (b) => {
-          const store = engines[dataIo];
-          await freeSlots(store, slots);
-          b.start();
-          await inBatches(BATCH, depth, (i) => store.putBlock(freshRefs[i]!, payload));
-          b.end();
-          await restore(store, slots);
-        },
-      });
-    }
+    Deno.bench({
+      name: `engine putBlock ${TAG}`,
+      group,
+      fn: async (b) => {
+        await freeSlots(engine, slots);
+        b.start();
+        await inBatches(BATCH, depth, (i) => engine.putBlock(freshRefs[i]!, payload));
+        b.end();
+        await restore(engine, slots);
+      },
+    });
   }
 }
 
@@ -208,21 +198,18 @@ function registerGets(pattern: "seq" | "rand", slots: number[]): void {
         );
       },
     });
-    for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
-      Deno.bench({
-        name: `engine ${dataIo} getBlock ${TAG}`,
-        group,
-        fn: async () => {
-          await inBatches(BATCH, depth, (i) => engines[dataIo].getBlock(ref(slots[i]!)));
-        },
-      });
-    }
+    Deno.bench({
+      name: `engine getBlock ${TAG}`,
+      group,
+      fn: async () => {
+        await inBatches(BATCH, depth, (i) => engine.getBlock(ref(slots[i]!)));
+      },
+    });
   }
 }
 
 // Cold data: the same random slots with the page cache dropped before every iteration, so reads
-// and partial-page work go to the disk. Writes cover whole pages, so pwrite never reads, while a
-// store into a mapping faults each page in from the disk first.
+// go to the disk. Writes cover whole pages, so pwrite never reads.
 const coldSlots = [...randSlots].sort((a, b) => a - b);
 const plainPath = `${dir}/plain.bin`;
 registerColdGets();
@@ -248,18 +235,16 @@ function registerColdGets(): void {
       b.end();
     },
   });
-  for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
-    Deno.bench({
-      name: `engine ${dataIo} getBlock ${TAG}`,
-      group,
-      fn: async (b) => {
-        const store = await reopenCold(dataIo);
-        b.start();
-        await inBatches(BATCH, QUEUE_DEPTH, (i) => store.getBlock(ref(coldSlots[i]!)));
-        b.end();
-      },
-    });
-  }
+  Deno.bench({
+    name: `engine getBlock ${TAG}`,
+    group,
+    fn: async (b) => {
+      const store = await reopenCold();
+      b.start();
+      await inBatches(BATCH, QUEUE_DEPTH, (i) => store.getBlock(ref(coldSlots[i]!)));
+      b.end();
+    },
+  });
 }
 
 function registerColdPuts(): void {
@@ -279,21 +264,19 @@ function registerColdPuts(): void {
       b.end();
     },
   });
-  for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
-    Deno.bench({
-      name: `engine ${dataIo} putBlock ${TAG}`,
-      group,
-      fn: async (b) => {
-        await freeSlots(engines[dataIo], coldSlots);
-        // Reopening rebuilds the free stack in slot order: the puts get coldSlots in order.
-        const store = await reopenCold(dataIo);
-        b.start();
-        await inBatches(BATCH, QUEUE_DEPTH, (i) => store.putBlock(freshRefs[i]!, payload));
-        b.end();
-        await restore(store, coldSlots);
-      },
-    });
-  }
+  Deno.bench({
+    name: `engine putBlock ${TAG}`,
+    group,
+    fn: async (b) => {
+      await freeSlots(engine, coldSlots);
+      // Reopening rebuilds the free stack in slot order: the puts get coldSlots in order.
+      const store = await reopenCold();
+      b.start();
+      await inBatches(BATCH, QUEUE_DEPTH, (i) => store.putBlock(freshRefs[i]!, payload));
+      b.end();
+      await restore(store, coldSlots);
+    },
+  });
 }
 
 /**
@@ -312,20 +295,18 @@ function registerStall(): void {
       b.end();
     },
   });
-  for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
-    Deno.bench({
-      name: `engine ${dataIo} getBlock`,
-      group,
-      fn: async (b) => {
-        const store = await reopenCold(dataIo);
-        b.start();
-        const gets = coldSlots.slice(0, QUEUE_DEPTH).map((slot) => store.getBlock(ref(slot)));
-        await new Promise((resolve) => setTimeout(resolve, 0));
-        b.end();
-        await Promise.all(gets);
-      },
-    });
-  }
+  Deno.bench({
+    name: "engine getBlock",
+    group,
+    fn: async (b) => {
+      const store = await reopenCold();
+      b.start();
+      const gets = coldSlots.slice(0, QUEUE_DEPTH).map((slot) => store.getBlock(ref(slot)));
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      b.end();
+      await Promise.all(gets);
+    },
+  });
 }
 
 /**

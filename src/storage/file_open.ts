@@ -1,18 +1,26 @@
 /**
  * Opening a file store: creating its two files, checking their headers, taking the lock,
- * rebuilding the index from the map file and growing or shrinking the store. Used only by
- * FileBlockStore.open.
+ * loading the index from the map file, growing or shrinking the store and settling its
+ * high-water mark. Used only by FileBlockStore.open; every file operation goes through the
+ * store's FileIo.
  *
  * Invariants:
- * - A store is opened by one process at a time (flock on the data file, `locked` otherwise).
+ * - A store is opened by one process at a time (the data file's lock; `locked` otherwise).
  * - Creation writes the map under a temporary name and renames it last, so a store whose map
  *   file exists is complete; a data file without map is only reused when it is empty or the
  *   temporary map shows an interrupted creation.
+ * - Loading reads only the entries below the high-water mark (all of them when there is no valid
+ *   mark), so it takes time in proportion to the slots ever used, not to the store size.
  * - The index that leaves here has one verified entry per ref: damaged entries and the losers of
- *   duplicate entries are zeroed on disk (and synced) before the store serves anything.
+ *   duplicate entries are zeroed on disk (and synced) before the store serves anything, so a
+ *   superseded copy can never come back later (when its winner is deleted).
+ * - A shrink never drops a stored block nor the spare slot: the new size keeps every used slot
+ *   and at least `used + SPARE_SLOTS` slots.
+ * - When open returns, the map carries a valid high-water mark and the current format version.
  * @module
  */
 
+import { setImmediate } from "node:timers";
 import {
   BLOCK_SIZE_MAX_BYTES,
   BLOCK_SIZE_MIN_BYTES,
@@ -22,46 +30,47 @@ import {
   STORE_SLOTS_MAX,
   TorusError,
 } from "../core/mod.ts";
+import type { FileIo, IoFile } from "./file_io.ts";
 import {
-  close,
-  fallocate,
-  fdatasync,
-  fileSizeBytes,
-  FlockOps,
-  fsync,
-  ftruncate,
-  open,
-  OpenFlags,
-  preadFull,
-  pwriteFullSync,
-  tryFlock,
-  unlockFlock,
-} from "../sys/mod.ts";
-import {
-  decodeEntry,
   decodeHeader,
+  decodeHighWaterMark,
   encodeHeader,
+  encodeHighWaterMark,
   ENTRY_BYTES,
+  EntryBuffer,
+  entryOffsetBytes,
   EntryState,
   FileMagic,
+  FORMAT_VERSION,
   HEADER_BYTES,
-  type IndexEntry,
+  type HighWaterMark,
+  HWM_RECORD_OFFSETS,
+  slotOffsetBytes,
   STORE_ID_BYTES,
 } from "./file_format.ts";
-import { slotOffsetBytes } from "./slot_file.ts";
+import { highWaterStepSlots } from "./map_writer.ts";
+import { SlotIndex, SlotState } from "./slot_index.ts";
+
+/** Slots never counted as capacity, so a replacement always finds room. */
+export const SPARE_SLOTS = 1;
 
 /** The open files of a store and what their headers say. */
 export interface StoreFiles {
+  readonly io: FileIo;
   readonly dir: string;
   readonly name: string;
   readonly dataPath: string;
   readonly mapPath: string;
-  readonly dataFd: number;
-  readonly mapFd: number;
+  readonly data: IoFile;
+  readonly map: IoFile;
   readonly blockSizeBytes: number;
   readonly storeId: Uint8Array;
   /** Slots on disk now (changed by {@link resizeStore}). */
   slotCount: number;
+  /** Format version of the headers (upgraded by {@link settleHighWater}). */
+  version: number;
+  /** The map's valid high-water mark, or null (then every entry is read). */
+  highWater: HighWaterMark | null;
 }
 
 /** What {@link openStoreFiles} needs. */
@@ -74,7 +83,17 @@ export interface StoreFilesOptions {
 }
 
 const namePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-const entriesPerChunk = 65_536;
+const entriesPerRead = 16_384;
+/**
+ * Entries loaded between two turns of the event loop: a few milliseconds of work even where the
+ * first inserts fault in fresh pages of the index (tens of microseconds each on this VM).
+ */
+const ENTRIES_PER_TURN = 512;
+
+/** Resolves after the event loop ran whatever else was ready. */
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
 
 /** Checks the options every open needs; throws `invalid` with the reason. */
 export function checkStoreOptions(options: StoreFilesOptions): void {
@@ -102,45 +121,6 @@ export function checkStoreOptions(options: StoreFilesOptions): void {
   }
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
-}
-
-/** Opens (creating when absent) and locks the files of a store, checking their headers. */
-export async function openStoreFiles(options: StoreFilesOptions): Promise<StoreFiles> {
-  checkStoreOptions(options);
-  await Deno.mkdir(options.dir, { recursive: true });
-  const dataPath = `${options.dir}/data-${options.name}.blk`;
-  const mapPath = `${options.dir}/map-${options.name}.blk`;
-  const hadMap = await exists(mapPath);
-  if (hadMap && !(await exists(dataPath))) {
-    throw invalid(`${mapPath} exists but ${dataPath} is missing: refusing to open half a store`);
-  }
-  const dataFd = open(dataPath, OpenFlags.O_RDWR | (hadMap ? 0 : OpenFlags.O_CREAT));
-  try {
-    if (!tryFlock(dataFd, FlockOps.LOCK_EX)) {
-      throw new TorusError(
-        ErrorCode.Locked,
-        `block store ${options.name} in ${options.dir} is open in another process`,
-      );
-    }
-    const paths = { dir: options.dir, name: options.name, dataPath, mapPath };
-    if (await exists(mapPath)) return await openExisting(paths, dataFd, options);
-    return await createStore(paths, dataFd, options);
-  } catch (error) {
-    // Unlocking a file this call did not lock is harmless.
-    unlockFlock(dataFd);
-    close(dataFd);
-    throw error;
-  }
-}
-
 interface StorePaths {
   dir: string;
   name: string;
@@ -148,112 +128,155 @@ interface StorePaths {
   mapPath: string;
 }
 
-async function syncDirectory(dir: string): Promise<void> {
-  const fd = open(dir, OpenFlags.O_RDONLY);
+/** Opens (creating when absent) and locks the files of a store, checking their headers. */
+export async function openStoreFiles(
+  io: FileIo,
+  options: StoreFilesOptions,
+): Promise<StoreFiles> {
+  checkStoreOptions(options);
+  await io.mkdir(options.dir);
+  const paths = {
+    dir: options.dir,
+    name: options.name,
+    dataPath: `${options.dir}/data-${options.name}.blk`,
+    mapPath: `${options.dir}/map-${options.name}.blk`,
+  };
+  const hadMap = await io.exists(paths.mapPath);
+  if (hadMap && !(await io.exists(paths.dataPath))) {
+    throw invalid(
+      `${paths.mapPath} exists but ${paths.dataPath} is missing: refusing to open half a store`,
+    );
+  }
+  const data = await io.open(paths.dataPath, { create: !hadMap });
   try {
-    await fsync(fd);
-  } finally {
-    close(fd);
+    if (!(await data.tryLock())) {
+      throw new TorusError(
+        ErrorCode.Locked,
+        `block store ${options.name} in ${options.dir} is open in another process`,
+      );
+    }
+    if (await io.exists(paths.mapPath)) return await openExisting(io, paths, data, options);
+    return await createStore(io, paths, data, options);
+  } catch (error) {
+    await data.close();
+    throw error;
   }
 }
 
 async function createStore(
+  io: FileIo,
   paths: StorePaths,
-  dataFd: number,
+  data: IoFile,
   options: StoreFilesOptions,
 ): Promise<StoreFiles> {
   const tmpPath = `${paths.mapPath}.tmp`;
-  if (fileSizeBytes(dataFd) > 0 && !(await exists(tmpPath))) {
+  if ((await data.sizeBytes()) > 0 && !(await io.exists(tmpPath))) {
     throw invalid(
       `${paths.dataPath} exists but ${paths.mapPath} is missing: the blocks in it cannot be ` +
         `found without their map; move the file away to start an empty store`,
     );
   }
   // The temporary map marks a creation in progress before the data file gets any content.
-  const mapFd = open(tmpPath, OpenFlags.O_RDWR | OpenFlags.O_CREAT | OpenFlags.O_TRUNC);
+  const map = await io.open(tmpPath, { create: true, truncate: true });
   try {
-    await syncDirectory(paths.dir);
+    await io.syncDirectory(paths.dir);
     const header = {
       blockSizeBytes: options.blockSizeBytes,
       slotCount: options.slotCount,
       storeId: crypto.getRandomValues(new Uint8Array(STORE_ID_BYTES)),
     };
-    ftruncate(dataFd, 0);
-    sizeFiles(dataFd, mapFd, header);
-    pwriteFullSync(dataFd, encodeHeader({ ...header, magic: FileMagic.Data }), 0);
-    pwriteFullSync(mapFd, encodeHeader({ ...header, magic: FileMagic.Map }), 0);
-    await fdatasync(dataFd);
-    await fdatasync(mapFd);
-    await Deno.rename(tmpPath, paths.mapPath);
-    await syncDirectory(paths.dir);
-    return { ...paths, dataFd, mapFd, ...header };
+    await data.truncate(0);
+    await sizeFiles(data, map, header);
+    await data.write(encodeHeader({ ...header, magic: FileMagic.Data }), 0);
+    await map.write(encodeHeader({ ...header, magic: FileMagic.Map }), 0);
+    const highWater = { sequence: 1, slots: 0 };
+    await map.write(encodeHighWaterMark(highWater), recordOffset(highWater));
+    await data.datasync();
+    await map.datasync();
+    await io.rename(tmpPath, paths.mapPath);
+    await io.syncDirectory(paths.dir);
+    return { io, ...paths, data, map, ...header, version: FORMAT_VERSION, highWater };
   } catch (error) {
-    close(mapFd);
+    await map.close();
     throw error;
   }
 }
 
-/** Sets both file lengths for `slotCount` slots; the map is preallocated (it is small). */
-function sizeFiles(
-  dataFd: number,
-  mapFd: number,
-  header: { blockSizeBytes: number; slotCount: number },
-): void {
-  ftruncate(dataFd, slotOffsetBytes(header.slotCount, header.blockSizeBytes));
-  const mapBytes = HEADER_BYTES + header.slotCount * ENTRY_BYTES;
-  ftruncate(mapFd, mapBytes);
-  fallocate(mapFd, 0, mapBytes);
+function recordOffset(mark: HighWaterMark): number {
+  return HWM_RECORD_OFFSETS[mark.sequence % HWM_RECORD_OFFSETS.length]!;
 }
 
-async function readHeaderPage(fd: number): Promise<Uint8Array> {
+/** Sets both file lengths for `slotCount` slots; the map is preallocated (it is small). */
+async function sizeFiles(
+  data: IoFile,
+  map: IoFile,
+  header: { blockSizeBytes: number; slotCount: number },
+): Promise<void> {
+  await data.truncate(slotOffsetBytes(header.slotCount, header.blockSizeBytes));
+  const mapBytes = entryOffsetBytes(header.slotCount);
+  await map.truncate(mapBytes);
+  await map.allocate(0, mapBytes);
+}
+
+async function readHeaderPage(file: IoFile): Promise<Uint8Array> {
   const page = new Uint8Array(HEADER_BYTES);
-  const got = await preadFull(fd, page, 0);
+  const got = await file.read(page, 0);
   return page.subarray(0, got);
 }
 
 async function openExisting(
+  io: FileIo,
   paths: StorePaths,
-  dataFd: number,
+  data: IoFile,
   options: StoreFilesOptions,
 ): Promise<StoreFiles> {
-  const mapFd = open(paths.mapPath, OpenFlags.O_RDWR);
+  const map = await io.open(paths.mapPath);
   try {
-    const data = decodeHeader(await readHeaderPage(dataFd), FileMagic.Data, paths.dataPath);
-    const map = decodeHeader(await readHeaderPage(mapFd), FileMagic.Map, paths.mapPath);
-    if (!sameBytes(data.storeId, map.storeId)) {
+    const dataHeader = decodeHeader(await readHeaderPage(data), FileMagic.Data, paths.dataPath);
+    const mapPage = await readHeaderPage(map);
+    const mapHeader = decodeHeader(mapPage, FileMagic.Map, paths.mapPath);
+    if (!sameBytes(dataHeader.storeId, mapHeader.storeId)) {
       throw invalid(`${paths.dataPath} and ${paths.mapPath} belong to different stores`);
     }
     if (
-      data.blockSizeBytes !== options.blockSizeBytes || map.blockSizeBytes !== data.blockSizeBytes
+      dataHeader.blockSizeBytes !== options.blockSizeBytes ||
+      mapHeader.blockSizeBytes !== dataHeader.blockSizeBytes
     ) {
       throw invalid(
-        `block store ${paths.name} in ${paths.dir} has block size ${data.blockSizeBytes}, ` +
-          `not ${options.blockSizeBytes}`,
+        `block store ${paths.name} in ${paths.dir} has block size ` +
+          `${dataHeader.blockSizeBytes}, not ${options.blockSizeBytes}`,
       );
     }
     // A resize interrupted between the two header writes leaves them apart: the smaller is true.
-    const slotCount = Math.min(data.slotCount, map.slotCount);
-    checkLength(dataFd, paths.dataPath, slotOffsetBytes(slotCount, data.blockSizeBytes));
-    checkLength(mapFd, paths.mapPath, HEADER_BYTES + slotCount * ENTRY_BYTES);
+    const slotCount = Math.min(dataHeader.slotCount, mapHeader.slotCount);
     if (slotCount > STORE_SLOTS_MAX) {
       throw invalid(`${paths.mapPath} has ${slotCount} slots, over the limit ${STORE_SLOTS_MAX}`);
     }
+    const blockSizeBytes = dataHeader.blockSizeBytes;
+    await checkLength(data, paths.dataPath, slotOffsetBytes(slotCount, blockSizeBytes));
+    await checkLength(map, paths.mapPath, entryOffsetBytes(slotCount));
+    // Version 1 wrote no marks and would not have kept one true: its map page is ignored.
+    const version = Math.min(dataHeader.version ?? 1, mapHeader.version ?? 1);
+    const highWater = version >= 2 ? decodeHighWaterMark(mapPage) : null;
     return {
+      io,
       ...paths,
-      dataFd,
-      mapFd,
-      blockSizeBytes: data.blockSizeBytes,
-      storeId: data.storeId,
+      data,
+      map,
+      blockSizeBytes,
+      storeId: dataHeader.storeId,
       slotCount,
+      version,
+      highWater,
     };
   } catch (error) {
-    close(mapFd);
+    await map.close();
     throw error;
   }
 }
 
-function checkLength(fd: number, path: string, neededBytes: number): void {
-  const sizeBytes = fileSizeBytes(fd);
+async function checkLength(file: IoFile, path: string, neededBytes: number): Promise<void> {
+  const sizeBytes = await file.sizeBytes();
   if (sizeBytes < neededBytes) {
     throw invalid(`${path} is truncated: ${sizeBytes} bytes where its header needs ${neededBytes}`);
   }
@@ -263,12 +286,16 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((value, i) => value === b[i]);
 }
 
-/** The index rebuilt from the map file. */
-export interface ScanResult {
-  /** One entry per stored ref. */
-  entries: Map<string, IndexEntry>;
+/** The index loaded from the map file. */
+export interface LoadedIndex {
+  /** Sized for max(slots on disk, slots wanted); Stored slots are the stored blocks. */
+  index: SlotIndex;
+  /** Entries read: every entry at or above this is zero on disk (or beyond the map). */
+  scannedSlots: number;
   /** Highest generation on disk (0 for an empty map). */
   maxGeneration: number;
+  /** Highest stored slot, -1 when empty. */
+  highestUsedSlot: number;
   /** Entries that failed their checksum or slot check, now zeroed. */
   damagedEntries: number;
   /** Entries dropped because a newer verified entry of the same ref exists, now zeroed. */
@@ -276,115 +303,189 @@ export interface ScanResult {
 }
 
 /**
- * Reads every index entry. A ref with several entries keeps the highest generation whose block
- * verifies against its checksum; the others are zeroed, as are damaged entries.
+ * Reads the entries below the high-water mark into a new index. A ref with several entries
+ * keeps the highest generation whose block verifies against its checksum; the others are
+ * zeroed and synced, as are damaged entries.
  */
-export async function scanIndex(files: StoreFiles): Promise<ScanResult> {
-  const winners = new Map<string, IndexEntry>();
-  const duplicates = new Map<string, IndexEntry[]>();
+export async function loadIndex(
+  files: StoreFiles,
+  wantedSlots: number,
+  verifies: BlockVerifier = crcVerifier(files),
+): Promise<LoadedIndex> {
+  const index = new SlotIndex(Math.max(files.slotCount, wantedSlots));
+  const scannedSlots = Math.min(files.slotCount, files.highWater?.slots ?? files.slotCount);
   const toZero: number[] = [];
+  /** Duplicates of a ref, by the slot of its first entry. */
+  const duplicates = new Map<number, number[]>();
   let maxGeneration = 0;
-  const chunk = new Uint8Array(entriesPerChunk * ENTRY_BYTES);
-  const words = new Uint32Array(chunk.buffer);
-  for (let first = 0; first < files.slotCount; first += entriesPerChunk) {
-    const count = Math.min(entriesPerChunk, files.slotCount - first);
-    const bytes = chunk.subarray(0, count * ENTRY_BYTES);
-    const got = await preadFull(files.mapFd, bytes, HEADER_BYTES + first * ENTRY_BYTES);
+  const buffer = new EntryBuffer(entriesPerRead);
+  for (let first = 0; first < scannedSlots; first += entriesPerRead) {
+    const count = Math.min(entriesPerRead, scannedSlots - first);
+    const bytes = buffer.bytes.subarray(0, count * ENTRY_BYTES);
+    const got = await files.map.read(bytes, entryOffsetBytes(first));
     if (got !== bytes.length) throw invalid(`${files.mapPath} ended while reading the index`);
     for (let i = 0; i < count; i++) {
-      // Most entries of a young store are free: skip them without decoding.
-      if (isZeroEntry(words, i)) continue;
-      const decoded = decodeEntry(bytes, i * ENTRY_BYTES, first + i);
-      if (decoded.state === EntryState.Damaged) toZero.push(first + i);
-      if (decoded.state !== EntryState.Used) continue;
-      const entry = decoded.entry;
-      maxGeneration = Math.max(maxGeneration, entry.generation);
-      const key = entry.ref.key;
-      const previous = winners.get(key);
-      if (previous === undefined) winners.set(key, entry);
-      else duplicates.set(key, [...(duplicates.get(key) ?? [previous]), entry]);
+      // Let other work run now and then: the first inserts also fault in the table's pages.
+      if (i > 0 && i % ENTRIES_PER_TURN === 0) await nextTurn();
+      const slot = first + i;
+      const state = buffer.check(i, slot);
+      if (state === EntryState.Free) continue;
+      if (state === EntryState.Damaged) {
+        toZero.push(slot);
+        continue;
+      }
+      buffer.copyTo(i, index, slot);
+      maxGeneration = Math.max(maxGeneration, index.generations[slot]!);
+      const existing = index.insertIfAbsent(slot);
+      if (existing < 0) continue;
+      if (duplicates.has(existing)) duplicates.get(existing)!.push(slot);
+      else duplicates.set(existing, [slot]);
     }
   }
   const damagedEntries = toZero.length;
-  for (const [key, candidates] of duplicates) {
-    const winner = await pickVerified(files, candidates);
-    if (winner === null) winners.delete(key);
-    else winners.set(key, winner);
-    for (const candidate of candidates) if (candidate !== winner) toZero.push(candidate.slot);
+  for (const [first, others] of duplicates) {
+    await resolveDuplicates(index, [first, ...others], toZero, verifies);
   }
-  await zeroEntries(files, toZero);
+  await zeroEntries(files.map, toZero);
+  let highestUsedSlot = -1;
+  for (let slot = scannedSlots - 1; slot >= 0 && highestUsedSlot < 0; slot--) {
+    if (index.states[slot] === SlotState.Stored) highestUsedSlot = slot;
+  }
   return {
-    entries: winners,
+    index,
+    scannedSlots,
     maxGeneration,
+    highestUsedSlot,
     damagedEntries,
     supersededEntries: toZero.length - damagedEntries,
   };
 }
 
-const wordsPerEntry = ENTRY_BYTES / 4;
+/** Whether the copy in `slot` (as the index describes it) verifies against its checksums. */
+export type BlockVerifier = (slot: number, index: SlotIndex) => Promise<boolean>;
 
-function isZeroEntry(words: Uint32Array, entry: number): boolean {
-  const first = entry * wordsPerEntry;
-  for (let i = first; i < first + wordsPerEntry; i++) if (words[i] !== 0) return false;
-  return true;
-}
-
-/** The newest candidate whose data verifies, or null. */
-async function pickVerified(
-  files: StoreFiles,
-  candidates: IndexEntry[],
-): Promise<IndexEntry | null> {
+/** Verifies a copy by its entry's whole-block CRC (stores without sums records). */
+export function crcVerifier(files: StoreFiles): BlockVerifier {
   const block = new Uint8Array(files.blockSizeBytes);
-  const newestFirst = [...candidates].sort((a, b) => b.generation - a.generation);
-  for (const candidate of newestFirst) {
-    const offset = slotOffsetBytes(candidate.slot, files.blockSizeBytes);
-    const got = await preadFull(files.dataFd, block, offset);
-    if (got === block.length && crc32(block) === candidate.crc32) return candidate;
-  }
-  return null;
-}
-
-async function zeroEntries(files: StoreFiles, slots: readonly number[]): Promise<void> {
-  if (slots.length === 0) return;
-  const zero = new Uint8Array(ENTRY_BYTES);
-  for (const slot of slots) pwriteFullSync(files.mapFd, zero, HEADER_BYTES + slot * ENTRY_BYTES);
-  await fdatasync(files.mapFd);
+  return async (slot, index) => {
+    const got = await files.data.read(block, slotOffsetBytes(slot, files.blockSizeBytes));
+    return got === block.length && crc32(block) === index.crcs[slot];
+  };
 }
 
 /**
- * Grows or shrinks the store to `slotCount` slots. Shrinking drops only free slots: a block at
- * or above the new end refuses the shrink. Both headers are rewritten and synced.
+ * Keeps the newest of `slots` (entries of one ref; the first is indexed) whose block verifies,
+ * or none; every other slot goes to `toZero`.
+ */
+async function resolveDuplicates(
+  index: SlotIndex,
+  slots: number[],
+  toZero: number[],
+  verifies: BlockVerifier,
+): Promise<void> {
+  const newestFirst = [...slots].sort((a, b) => index.generations[b]! - index.generations[a]!);
+  let winner = -1;
+  for (const slot of newestFirst) {
+    if (await verifies(slot, index)) {
+      winner = slot;
+      break;
+    }
+  }
+  const indexed = slots[0]!;
+  if (winner < 0) index.remove(indexed);
+  else if (winner !== indexed) index.replace(indexed, winner);
+  for (const slot of slots) {
+    if (slot === winner) continue;
+    index.states[slot] = SlotState.Free;
+    toZero.push(slot);
+  }
+}
+
+async function zeroEntries(map: IoFile, slots: readonly number[]): Promise<void> {
+  if (slots.length === 0) return;
+  const zero = new Uint8Array(ENTRY_BYTES);
+  // One at a time: a handful of entries, and never two writes of one entry in flight.
+  for (const slot of slots) await map.write(zero, entryOffsetBytes(slot));
+  await map.datasync();
+}
+
+/**
+ * Grows or shrinks the store to `slotCount` slots. A shrink must keep every stored block and the
+ * spare slot. Both headers are rewritten and synced.
  */
 export async function resizeStore(
   files: StoreFiles,
   slotCount: number,
-  highestUsedSlot: number,
+  loaded: { usedBlocks: number; highestUsedSlot: number },
 ): Promise<void> {
   if (slotCount === files.slotCount) return;
-  if (slotCount <= highestUsedSlot) {
+  const minimum = Math.max(loaded.highestUsedSlot + 1, loaded.usedBlocks + SPARE_SLOTS);
+  if (slotCount < files.slotCount && slotCount < minimum) {
     throw invalid(
-      `cannot shrink block store ${files.name} to ${slotCount} blocks: slot ${highestUsedSlot} ` +
-        `holds a block; keep a size of at least ${highestUsedSlot + 1} blocks`,
+      `cannot shrink block store ${files.name} to ${slotCount} blocks: it holds ` +
+        `${loaded.usedBlocks} blocks up to slot ${loaded.highestUsedSlot} and keeps ` +
+        `${SPARE_SLOTS} slot spare for replacing blocks; keep a size of at least ${minimum} blocks`,
     );
   }
-  const header = { blockSizeBytes: files.blockSizeBytes, slotCount, storeId: files.storeId };
+  const header = {
+    blockSizeBytes: files.blockSizeBytes,
+    slotCount,
+    storeId: files.storeId,
+    version: files.version,
+  };
   // Growing: lengths first, then headers. Shrinking: headers first, then lengths. Either way a
   // crash in between leaves files at least as long as their headers say.
-  if (slotCount > files.slotCount) sizeFiles(files.dataFd, files.mapFd, header);
-  pwriteFullSync(files.dataFd, encodeHeader({ ...header, magic: FileMagic.Data }), 0);
-  pwriteFullSync(files.mapFd, encodeHeader({ ...header, magic: FileMagic.Map }), 0);
-  await fdatasync(files.dataFd);
-  await fdatasync(files.mapFd);
-  if (slotCount < files.slotCount) sizeFiles(files.dataFd, files.mapFd, header);
+  if (slotCount > files.slotCount) await sizeFiles(files.data, files.map, header);
+  await writeHeaders(files, header);
+  if (slotCount < files.slotCount) await sizeFiles(files.data, files.map, header);
   files.slotCount = slotCount;
 }
 
+async function writeHeaders(
+  files: StoreFiles,
+  header: { blockSizeBytes: number; slotCount: number; storeId: Uint8Array; version: number },
+): Promise<void> {
+  await files.data.write(encodeHeader({ ...header, magic: FileMagic.Data }), 0);
+  // Only the first bytes of the map page: the high-water mark records share it.
+  const mapHeader = encodeHeader({ ...header, magic: FileMagic.Map });
+  await files.map.write(mapHeader.subarray(0, HWM_RECORD_OFFSETS[0]), 0);
+  await files.data.datasync();
+  await files.map.datasync();
+}
+
+/**
+ * Leaves the map with a valid high-water mark no higher than its slot count, upgrading a version
+ * 1 store first, and returns that mark. `scannedSlots` entries were read and every entry from
+ * `highestUsedSlot + 1` on is zero.
+ */
+export async function settleHighWater(
+  files: StoreFiles,
+  loaded: { highestUsedSlot: number },
+): Promise<HighWaterMark> {
+  const current = files.highWater;
+  if (current !== null && current.slots <= files.slotCount) return current;
+  if (files.version < FORMAT_VERSION) {
+    // Headers first: a version 2 map without a valid mark is simply read whole.
+    await writeHeaders(files, { ...files, version: FORMAT_VERSION });
+    files.version = FORMAT_VERSION;
+  }
+  const step = highWaterStepSlots(files.slotCount);
+  const wanted = Math.ceil((loaded.highestUsedSlot + 1) / step) * step;
+  const mark = {
+    sequence: (current?.sequence ?? 0) + 1,
+    slots: Math.min(files.slotCount, Math.max(wanted, loaded.highestUsedSlot + 1)),
+  };
+  await files.map.write(encodeHighWaterMark(mark), recordOffset(mark));
+  await files.map.datasync();
+  files.highWater = mark;
+  return mark;
+}
+
 /** Releases the lock and closes both files. */
-export function closeStoreFiles(files: StoreFiles): void {
+export async function closeStoreFiles(files: StoreFiles): Promise<void> {
   try {
-    close(files.mapFd);
-    unlockFlock(files.dataFd);
+    await files.map.close();
   } finally {
-    close(files.dataFd);
+    await files.data.close();
   }
 }

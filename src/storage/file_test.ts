@@ -1,12 +1,12 @@
 /**
- * FileBlockStore: the BlockStore contract (both data I/O variants) plus what only a disk engine
- * has: checksums against damaged bytes on disk, header checks, resizing, locking, duplicate
- * entries left by a crash, and a seeded model test against a Map.
+ * FileBlockStore: the BlockStore contract plus what only a disk engine has: checksums against
+ * damaged bytes on disk, header checks, resizing, locking, duplicate entries left by a crash,
+ * and a seeded model test against a Map.
  */
 
 import assert from "node:assert/strict";
-import { ErrorCode, isTorusError, SeededRandom, testSeed } from "../core/mod.ts";
-import { DataIo, FileBlockStore, type FileBlockStoreOptions, SPARE_SLOTS } from "./file.ts";
+import { ErrorCode, isTorusError, SeededRandom, STORE_SLOTS_MAX, testSeed } from "../core/mod.ts";
+import { FileBlockStore, type FileBlockStoreOptions, SPARE_SLOTS } from "./file.ts";
 import {
   decodeEntry,
   ENTRY_BYTES,
@@ -14,21 +14,102 @@ import {
   FORMAT_VERSION,
   HEADER_BYTES,
 } from "./file_format.ts";
-import { blockStoreContract, patternBlock, rejectsWithCode, testRef } from "./storage_contract.ts";
+import type { FileIo, IoFile, OpenFileOptions } from "./file_io.ts";
+import {
+  blockStoreContract,
+  type IoHold,
+  patternBlock,
+  rejectsWithCode,
+  testRef,
+} from "./storage_contract.ts";
+import { SysFileIo } from "./sys_file_io.ts";
 
 const BLOCK = 4096;
 
-for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
-  blockStoreContract(`FileBlockStore(${dataIo})`, async () => {
-    const dir = await Deno.makeTempDir({ prefix: "torus-file-" });
-    const options = { dir, blockSizeBytes: BLOCK, sizeBytes: BLOCK * 17, dataIo };
+/**
+ * A FileIo whose next file operation (after `holdNext`) waits at a gate until released; the
+ * operations started meanwhile pass and are counted.
+ */
+class HoldingFileIo implements FileIo {
+  readonly #inner = new SysFileIo();
+  #armed: { arrived: () => void; gate: Promise<void> } | null = null;
+  #later = 0;
+  #holding = false;
+
+  holdNext(): IoHold {
+    const arrived = Promise.withResolvers<void>();
+    const gate = Promise.withResolvers<void>();
+    this.#armed = { arrived: arrived.resolve, gate: gate.promise };
     return {
-      store: await FileBlockStore.open(options),
-      reopen: () => FileBlockStore.open(options),
-      cleanup: () => Deno.remove(dir, { recursive: true }),
+      arrived: arrived.promise,
+      laterOperations: () => this.#later,
+      release: () => {
+        this.#holding = false;
+        gate.resolve();
+      },
     };
-  });
+  }
+
+  /** Runs `operation`, first waiting at the gate when a hold is armed. */
+  async pass<T>(operation: () => Promise<T>): Promise<T> {
+    const armed = this.#armed;
+    if (armed !== null) {
+      this.#armed = null;
+      this.#holding = true;
+      armed.arrived();
+      await armed.gate;
+    } else if (this.#holding) {
+      this.#later++;
+    }
+    return await operation();
+  }
+
+  async open(path: string, options?: OpenFileOptions): Promise<IoFile> {
+    const file = await this.pass(() => this.#inner.open(path, options));
+    const pass = <T>(operation: () => Promise<T>) => this.pass(operation);
+    return {
+      path: file.path,
+      read: (into, offset) => pass(() => file.read(into, offset)),
+      write: (bytes, offset) => pass(() => file.write(bytes, offset)),
+      datasync: () => pass(() => file.datasync()),
+      sync: () => pass(() => file.sync()),
+      truncate: (length) => pass(() => file.truncate(length)),
+      allocate: (offset, length) => pass(() => file.allocate(offset, length)),
+      sizeBytes: () => pass(() => file.sizeBytes()),
+      tryLock: () => pass(() => file.tryLock()),
+      unlock: () => pass(() => file.unlock()),
+      close: () => pass(() => file.close()),
+    };
+  }
+
+  exists(path: string): Promise<boolean> {
+    return this.pass(() => this.#inner.exists(path));
+  }
+  mkdir(path: string): Promise<void> {
+    return this.pass(() => this.#inner.mkdir(path));
+  }
+  rename(from: string, to: string): Promise<void> {
+    return this.pass(() => this.#inner.rename(from, to));
+  }
+  remove(path: string): Promise<void> {
+    return this.pass(() => this.#inner.remove(path));
+  }
+  syncDirectory(path: string): Promise<void> {
+    return this.pass(() => this.#inner.syncDirectory(path));
+  }
 }
+
+blockStoreContract("FileBlockStore", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "torus-file-" });
+  const io = new HoldingFileIo();
+  const options = { dir, blockSizeBytes: BLOCK, sizeBytes: BLOCK * 17 };
+  return {
+    store: await FileBlockStore.open({ ...options, io }),
+    reopen: () => FileBlockStore.open(options),
+    holdNextIo: () => io.holdNext(),
+    cleanup: () => Deno.remove(dir, { recursive: true }),
+  };
+});
 
 /** Registers a FileBlockStore-specific test. */
 function fileTest(behaviour: string, body: () => Promise<void>): void {
@@ -78,32 +159,88 @@ fileTest("damaged block bytes on disk are block_unavailable, never data", async 
       new Uint8Array([0xff ^ patternBlock(BLOCK, 1)[100]!]),
     );
     await rejectsWithCode(store.getBlock(testRef(1)), ErrorCode.BlockUnavailable);
-    // The entry was dropped: the block is gone, its capacity is back, the neighbour is intact.
-    assert.equal(await store.hasBlock(testRef(1)), false);
-    assert.equal(store.usedBlocks(), 1);
+    await rejectsWithCode(
+      store.readAt(testRef(1), 0, new Uint8Array(8)),
+      ErrorCode.BlockUnavailable,
+    );
+    // Only what is damaged is unreadable: the block stays (a put repairs it), the neighbour too.
+    assert.equal(await store.hasBlock(testRef(1)), true);
+    assert.equal(store.usedBlocks(), 2);
     assert.deepEqual(await store.getBlock(testRef(2)), patternBlock(BLOCK, 2));
     await store.close();
     const reopened = await FileBlockStore.open(options);
-    assert.equal(await reopened.hasBlock(testRef(1)), false);
+    await rejectsWithCode(reopened.getBlock(testRef(1)), ErrorCode.BlockUnavailable);
     assert.deepEqual(await reopened.getBlock(testRef(2)), patternBlock(BLOCK, 2));
+    await reopened.putBlock(testRef(1), patternBlock(BLOCK, 3));
+    assert.deepEqual(await reopened.getBlock(testRef(1)), patternBlock(BLOCK, 3));
     await reopened.close();
   } finally {
     await cleanup();
   }
 });
 
+fileTest("a damaged sector makes only the reads that cover it fail", async () => {
+  const block = 4 * 4096;
+  const { options, cleanup } = await tempStore({ blockSizeBytes: block, sizeBytes: block * 9 });
+  try {
+    const store = await FileBlockStore.open(options);
+    const data = patternBlock(block, 4);
+    await store.putBlock(testRef(1), data);
+    await store.writeAt(testRef(1), 2 * 4096 + 10, new Uint8Array([7, 7]));
+    await store.flush();
+    await store.close();
+    const slot = await slotOnDisk(options.dir + "/map-current.blk", testRef(1).key);
+    // Damage sector 1 of the slot (bytes 4096..8191 of the block).
+    await patchFile(
+      options.dir + "/data-current.blk",
+      HEADER_BYTES + slot * block + 4096 + 5,
+      new Uint8Array([0xff ^ data[4096 + 5]!]),
+    );
+    const reopened = await FileBlockStore.open(options);
+    const expected = data.slice();
+    expected.set([7, 7], 2 * 4096 + 10);
+    for (const sector of [0, 2, 3]) {
+      const read = new Uint8Array(4096);
+      await reopened.readAt(testRef(1), sector * 4096, read);
+      assert.deepEqual(read, expected.subarray(sector * 4096, (sector + 1) * 4096));
+    }
+    await rejectsWithCode(
+      reopened.readAt(testRef(1), 4095, new Uint8Array(2)),
+      ErrorCode.BlockUnavailable,
+    );
+    await rejectsWithCode(reopened.getBlock(testRef(1)), ErrorCode.BlockUnavailable);
+    // Writing the damaged sector whole makes it readable again.
+    await reopened.writeAt(testRef(1), 4096, expected.subarray(4096, 8192));
+    assert.deepEqual(await reopened.getBlock(testRef(1)), expected);
+    await reopened.close();
+  } finally {
+    await cleanup();
+  }
+});
+
+/** The state of the entry of `slot` in the map file on disk now. */
+async function entryStateOnDisk(mapPath: string, slot: number): Promise<EntryState> {
+  const map = await Deno.readFile(mapPath);
+  return decodeEntry(map, HEADER_BYTES + slot * ENTRY_BYTES, slot).state;
+}
+
 fileTest("a damaged index entry is ignored and cleared at open", async () => {
   const { options, cleanup } = await tempStore();
   try {
     const store = await FileBlockStore.open(options);
     for (let i = 0; i < 4; i++) await store.putBlock(testRef(i), patternBlock(BLOCK, i));
+    await store.flush();
     const slot = await slotOnDisk(store.mapPath, testRef(2).key);
+    assert.ok(slot >= 0);
     await store.close();
     // Flip one bit of the generation field: the entry checksum no longer matches.
     const offset = HEADER_BYTES + slot * ENTRY_BYTES + 25;
-    const original = (await Deno.readFile(options.dir + "/map-current.blk"))[offset]!;
-    await patchFile(`${options.dir}/map-current.blk`, offset, new Uint8Array([original ^ 1]));
+    const original = (await Deno.readFile(store.mapPath))[offset]!;
+    await patchFile(store.mapPath, offset, new Uint8Array([original ^ 1]));
+    assert.equal(await entryStateOnDisk(store.mapPath, slot), EntryState.Damaged);
     const reopened = await FileBlockStore.open(options);
+    // Cleared by the open itself, before anything could overwrite it.
+    assert.equal(await entryStateOnDisk(store.mapPath, slot), EntryState.Free);
     assert.equal(reopened.usedBlocks(), 3);
     await rejectsWithCode(reopened.getBlock(testRef(2)), ErrorCode.NotExist);
     for (const i of [0, 1, 3]) {
@@ -113,15 +250,46 @@ fileTest("a damaged index entry is ignored and cleared at open", async () => {
     await reopened.putBlock(testRef(9), patternBlock(BLOCK, 9));
     assert.deepEqual(await reopened.getBlock(testRef(9)), patternBlock(BLOCK, 9));
     await reopened.close();
-    const map = await Deno.readFile(`${options.dir}/map-current.blk`);
-    assert.notEqual(
-      decodeEntry(map, HEADER_BYTES + slot * ENTRY_BYTES, slot).state,
-      EntryState.Damaged,
-    );
   } finally {
     await cleanup();
   }
 });
+
+fileTest(
+  "a superseded copy is cleared at open and stays gone after its winner is deleted",
+  async () => {
+    const { options, cleanup } = await tempStore();
+    const crashed = await tempStore();
+    try {
+      const store = await FileBlockStore.open(options);
+      await store.putBlock(testRef(1), patternBlock(BLOCK, 1));
+      await store.flush();
+      const oldSlot = await slotOnDisk(store.mapPath, testRef(1).key);
+      await store.putBlock(testRef(1), patternBlock(BLOCK, 2));
+      await store.indexWritten();
+      // A kill now leaves both entries of ref 1 on disk: the old copy and its replacement.
+      await snapshotFiles(options.dir, crashed.options.dir);
+      await store.close();
+      const mapPath = `${crashed.options.dir}/map-current.blk`;
+      assert.equal(await entryStateOnDisk(mapPath, oldSlot), EntryState.Used);
+      const reopened = await FileBlockStore.open(crashed.options);
+      assert.deepEqual(await reopened.getBlock(testRef(1)), patternBlock(BLOCK, 2));
+      assert.equal(reopened.usedBlocks(), 1);
+      // The loser's entry is zero on disk right after open, not merely ignored in memory ...
+      assert.equal(await entryStateOnDisk(mapPath, oldSlot), EntryState.Free);
+      // ... so deleting the winner leaves nothing that could bring the old copy back.
+      await reopened.deleteBlock(testRef(1));
+      await reopened.close();
+      const again = await FileBlockStore.open(crashed.options);
+      await rejectsWithCode(again.getBlock(testRef(1)), ErrorCode.NotExist);
+      assert.equal(again.usedBlocks(), 0);
+      await again.close();
+    } finally {
+      await cleanup();
+      await crashed.cleanup();
+    }
+  },
+);
 
 fileTest("a store opened with another block size is refused", async () => {
   const { options, cleanup } = await tempStore();
@@ -159,7 +327,7 @@ fileTest("foreign, damaged, mismatched or half stores are refused", async () => 
     const otherVersion = data.slice();
     new DataView(otherVersion.buffer).setUint32(8, FORMAT_VERSION + 1, true);
     await Deno.writeFile(dataPath, otherVersion);
-    await refuse(/format version 2/);
+    await refuse(/format version 3/);
     const damaged = data.slice();
     damaged[17] = damaged[17]! ^ 0x40;
     await Deno.writeFile(dataPath, damaged);
@@ -256,7 +424,7 @@ fileTest("shrinking drops a free tail and refuses to drop stored blocks", async 
     await store.close();
     await assert.rejects(
       FileBlockStore.open({ ...options, sizeBytes: BLOCK * 3 }),
-      /cannot shrink block store current to 3 blocks: slot 3 holds a block/,
+      /cannot shrink block store current to 3 blocks: it holds 4 blocks up to slot 3 .* at least 5/,
     );
     const shrunk = await FileBlockStore.open({ ...options, sizeBytes: BLOCK * 6 });
     assert.equal(shrunk.totalBlocks(), 6 - SPARE_SLOTS);
@@ -273,9 +441,52 @@ fileTest("shrinking drops a free tail and refuses to drop stored blocks", async 
   }
 });
 
+fileTest(
+  "a shrink that would leave no spare slot is refused; the smallest size still replaces",
+  async () => {
+    const { options, cleanup } = await tempStore({ sizeBytes: BLOCK * 10 });
+    try {
+      const store = await FileBlockStore.open(options);
+      for (let i = 0; i < 4; i++) await store.putBlock(testRef(i), patternBlock(BLOCK, i));
+      await store.close();
+      // Slots 0-3 hold the blocks: 4 slots would keep them all but leave no spare slot.
+      await assert.rejects(FileBlockStore.open({ ...options, sizeBytes: BLOCK * 4 }), (error) => {
+        assert.ok(isTorusError(error, ErrorCode.Invalid), String(error));
+        assert.equal(
+          error.message,
+          "cannot shrink block store current to 4 blocks: it holds 4 blocks up to slot 3 and " +
+            "keeps 1 slot spare for replacing blocks; keep a size of at least 5 blocks",
+        );
+        return true;
+      });
+      // The refused open changed nothing.
+      const unchanged = await FileBlockStore.open(options);
+      assert.equal(unchanged.totalBlocks(), 10 - SPARE_SLOTS);
+      assert.equal(unchanged.usedBlocks(), 4);
+      await unchanged.close();
+      const smallest = await FileBlockStore.open({ ...options, sizeBytes: BLOCK * 5 });
+      assert.equal(smallest.totalBlocks(), 4);
+      assert.equal(smallest.usedBlocks(), 4);
+      await rejectsWithCode(
+        smallest.putBlock(testRef(9), patternBlock(BLOCK, 9)),
+        ErrorCode.OutOfSpace,
+      );
+      for (let round = 0; round < 6; round++) {
+        const data = patternBlock(BLOCK, 50 + round);
+        await smallest.putBlock(testRef(round % 4), data);
+        assert.deepEqual(await smallest.getBlock(testRef(round % 4)), data);
+      }
+      await smallest.close();
+    } finally {
+      await cleanup();
+    }
+  },
+);
+
 /** Copies the store's files as they are now (what a killed process leaves in the page cache). */
 async function snapshotFiles(from: string, to: string): Promise<void> {
-  for (const name of ["data-current.blk", "map-current.blk"]) {
+  // Every file of the store: data, map, sums and journal, as a process kill leaves them.
+  for (const name of ["data", "map", "sums", "journal"].map((kind) => `${kind}-current.blk`)) {
     await Deno.copyFile(`${from}/${name}`, `${to}/${name}`);
   }
 }
@@ -288,7 +499,8 @@ fileTest("after a crash mid-replace the newest verified copy wins", async () => 
     await store.putBlock(testRef(1), patternBlock(BLOCK, 1));
     await store.flush();
     await store.putBlock(testRef(1), patternBlock(BLOCK, 2));
-    // Not flushed: both entries of ref 1 are on disk now.
+    // Not flushed: both entries of ref 1 are on disk (in the page cache) once written.
+    await store.indexWritten();
     await snapshotFiles(options.dir, crashed.options.dir);
     await store.close();
     const newest = await FileBlockStore.open(crashed.options);
@@ -299,6 +511,7 @@ fileTest("after a crash mid-replace the newest verified copy wins", async () => 
     await snapshotFiles(options.dir, crashed.options.dir);
     const store2 = await FileBlockStore.open(options);
     await store2.putBlock(testRef(1), patternBlock(BLOCK, 3));
+    await store2.indexWritten();
     const slot = await slotOnDisk(store2.mapPath, testRef(1).key);
     await snapshotFiles(options.dir, crashed.options.dir);
     await store2.close();
@@ -325,7 +538,9 @@ fileTest("a delete after an unflushed replace leaves no older copy behind", asyn
     await store.putBlock(testRef(1), patternBlock(BLOCK, 1));
     await store.flush();
     await store.putBlock(testRef(1), patternBlock(BLOCK, 2));
+    await store.indexWritten();
     await store.deleteBlock(testRef(1));
+    await store.indexWritten();
     await snapshotFiles(options.dir, crashed.options.dir);
     await store.close();
     const reopened = await FileBlockStore.open(crashed.options);
@@ -447,3 +662,31 @@ Deno.test(`FileBlockStore: random operations match a Map model (seed=${modelSeed
     await cleanup();
   }
 });
+
+fileTest(
+  "a store of the most slots allowed opens at once and works; one more is refused",
+  async () => {
+    const { options, cleanup } = await tempStore({ blockSizeBytes: 512 });
+    try {
+      const sizeBytes = STORE_SLOTS_MAX * 512;
+      await rejectsWithCode(
+        FileBlockStore.open({ ...options, sizeBytes: sizeBytes + 512 }),
+        ErrorCode.Invalid,
+      );
+      const store = await FileBlockStore.open({ ...options, sizeBytes });
+      assert.equal(store.totalBlocks(), STORE_SLOTS_MAX - SPARE_SLOTS);
+      for (let i = 0; i < 100; i++) await store.putBlock(testRef(i), patternBlock(512, i));
+      await store.close();
+      // Reopening reads the entries below the high-water mark, not the 1 GiB map.
+      const reopened = await FileBlockStore.open({ ...options, sizeBytes });
+      assert.equal(reopened.usedBlocks(), 100);
+      assert.deepEqual(await reopened.getBlock(testRef(99)), patternBlock(512, 99));
+      let refs = 0;
+      for await (const _ of reopened.blockRefs()) refs++;
+      assert.equal(refs, 100);
+      await reopened.close();
+    } finally {
+      await cleanup();
+    }
+  },
+);

@@ -3,19 +3,21 @@
  * {@link SysError} (a TorusError naming the call, errno and description) on failure.
  *
  * Blocking rules (a synchronous FFI call stops the whole event loop):
- * - Calls that can wait on a disk for long (pread/pwrite of data, fsync/fdatasync, msync) are
+ * - Calls that can wait on a disk for long (pread/pwrite, fsync/fdatasync, msync) are
  *   `nonblocking` FFI calls: they run on a worker thread and return a Promise.
- * - Synchronous variants exist only where a call is short and bounded: `pwriteSync` for small
- *   page-cache writes (a 64-byte index entry: measured 1.0-1.4 µs, where a nonblocking call
- *   costs a ~40 µs thread hop, and being synchronous makes "check, write, publish" atomic for
- *   the caller; docs/adr/0001-block-file-io.md), and calls that only touch metadata or tables
- *   (open, close, ftruncate, fallocate, posix_fadvise, flock, fcntl locks, lseek, mmap, munmap, mallopt).
+ * - Synchronous calls are only those that touch metadata or tables (open, close, ftruncate,
+ *   fallocate, posix_fadvise, flock, fcntl locks, lseek, mmap, munmap, mallopt).
+ *   `preadSync`/`pwriteSync` exist for benchmarks (the fastest way to move bytes, as a baseline)
+ *   and tests, `pwriteFullSync` for a few bytes written once (a lock file's owner line); the
+ *   storage engine never calls them.
  *
- * errno is thread-local and a nonblocking call runs on a worker thread, so its errno cannot be
- * read afterwards. For positional I/O (idempotent) a failed nonblocking call is repeated once
- * synchronously on the main thread: a repeat that succeeds means the condition was transient; a
- * repeat that fails tells the errno. fsync-class calls are never repeated (after a writeback
- * error the kernel reports it once, so a repeat could falsely succeed): they fail without errno.
+ * errno is thread-local and a nonblocking call runs on a pool thread, so its errno cannot be read
+ * afterwards. For positional I/O (idempotent) a failed nonblocking call is repeated once on a
+ * dedicated worker thread (io_repeat.ts), never on the main thread: a repeat that succeeds means
+ * the condition was transient; a repeat that fails tells the errno. A transient errno (EINTR,
+ * EAGAIN) is retried the same way a few times. fsync-class calls are never repeated (after a
+ * writeback error the kernel reports it once, so a repeat could falsely succeed): they fail
+ * without errno.
  *
  * Buffers: every `buffer` parameter takes a Uint8Array whose memory must stay put while a
  * nonblocking call uses it. Callers keep the array referenced until the Promise settles (an
@@ -25,6 +27,7 @@
 
 import { assert } from "../core/mod.ts";
 import { Errno, errnoName, SysError } from "./errno.ts";
+import { repeatPread, repeatPwrite, type RepeatResult } from "./io_repeat.ts";
 
 /** open(2) flags (Linux, x86-64 and arm64). */
 export const OpenFlags = {
@@ -158,7 +161,10 @@ export function close(fd: number): void {
   if (libc().close(fd) < 0) throw failure("close", `fd ${fd}`);
 }
 
-/** One pread(2) on the main thread: bytes read, 0 at end of file. For the error path and tests. */
+/**
+ * One pread(2) on the main thread: bytes read, 0 at end of file. For benchmarks and tests only:
+ * it blocks the event loop for as long as the disk takes.
+ */
 export function preadSync(fd: number, buffer: Uint8Array, offsetBytes: number): number {
   const result = toNumber(
     libc().pread_sync(fd, buffer, BigInt(buffer.byteLength), BigInt(offsetBytes)),
@@ -168,8 +174,8 @@ export function preadSync(fd: number, buffer: Uint8Array, offsetBytes: number): 
 }
 
 /**
- * One pwrite(2) on the main thread: bytes written. Only for small page-cache writes (index
- * entries, headers); data goes through {@link pwrite}.
+ * One pwrite(2) on the main thread: bytes written. For benchmarks and tests only: it blocks the
+ * event loop for as long as the disk takes.
  */
 export function pwriteSync(fd: number, buffer: Uint8Array, offsetBytes: number): number {
   const result = toNumber(
@@ -183,23 +189,54 @@ function describeIo(fd: number, buffer: Uint8Array, offsetBytes: number): string
   return `fd ${fd}, ${buffer.byteLength} bytes at ${offsetBytes}`;
 }
 
+/** Attempts of a positional call that keeps failing with a transient errno (EINTR, EAGAIN). */
+const IO_ATTEMPTS_MAX = 3;
+
+function isTransient(errno: number): boolean {
+  return errno === Errno.EINTR || errno === Errno.EAGAIN;
+}
+
+/**
+ * Runs a nonblocking positional call; when it fails, repeats it on the repeat worker to learn
+ * the errno (see the module doc), retrying transient errnos up to IO_ATTEMPTS_MAX times.
+ */
+async function positional(
+  call: "pread" | "pwrite",
+  attempt: () => Promise<number | bigint>,
+  repeat: () => Promise<RepeatResult>,
+  detail: () => string,
+): Promise<number> {
+  for (let attempts = 1;; attempts++) {
+    const result = toNumber(await attempt());
+    if (result >= 0) return result;
+    const repeated = await repeat();
+    if (repeated.result >= 0) return repeated.result;
+    if (!isTransient(repeated.errno) || attempts >= IO_ATTEMPTS_MAX) {
+      throw failure(call, detail(), repeated.errno);
+    }
+  }
+}
+
 /** One nonblocking pread(2): bytes read, 0 at end of file. */
-export async function pread(fd: number, buffer: Uint8Array, offsetBytes: number): Promise<number> {
+export function pread(fd: number, buffer: Uint8Array, offsetBytes: number): Promise<number> {
   pinned(buffer);
-  const result = toNumber(
-    await libc().pread(fd, buffer, BigInt(buffer.byteLength), BigInt(offsetBytes)),
+  return positional(
+    "pread",
+    () => libc().pread(fd, buffer, BigInt(buffer.byteLength), BigInt(offsetBytes)),
+    () => repeatPread(fd, buffer, offsetBytes),
+    () => describeIo(fd, buffer, offsetBytes),
   );
-  // The worker thread's errno is out of reach: repeat on this thread to learn it.
-  return result >= 0 ? result : preadSync(fd, buffer, offsetBytes);
 }
 
 /** One nonblocking pwrite(2): bytes written. */
-export async function pwrite(fd: number, buffer: Uint8Array, offsetBytes: number): Promise<number> {
+export function pwrite(fd: number, buffer: Uint8Array, offsetBytes: number): Promise<number> {
   pinned(buffer);
-  const result = toNumber(
-    await libc().pwrite(fd, buffer, BigInt(buffer.byteLength), BigInt(offsetBytes)),
+  return positional(
+    "pwrite",
+    () => libc().pwrite(fd, buffer, BigInt(buffer.byteLength), BigInt(offsetBytes)),
+    () => repeatPwrite(fd, buffer, offsetBytes),
+    () => describeIo(fd, buffer, offsetBytes),
   );
-  return result >= 0 ? result : pwriteSync(fd, buffer, offsetBytes);
 }
 
 /**
@@ -234,7 +271,10 @@ export async function pwriteFull(
   }
 }
 
-/** Writes all of a small `buffer` synchronously (index entries, headers). */
+/**
+ * Writes all of a small `buffer` synchronously, on the main thread. Only for a few bytes written
+ * once outside any hot path (a lock file's owner line); the storage engine never calls it.
+ */
 export function pwriteFullSync(fd: number, buffer: Uint8Array, offsetBytes: number): void {
   let done = pwriteSync(fd, buffer, offsetBytes);
   while (done < buffer.length) {

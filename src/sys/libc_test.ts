@@ -19,7 +19,7 @@ import {
   pread,
   preadFull,
   pwriteFull,
-  pwriteFullSync,
+  pwriteSync,
   tryFlock,
 } from "./libc.ts";
 
@@ -39,7 +39,7 @@ Deno.test("libc: nonblocking and synchronous positional writes read back", async
   await withFile(async (_path, fd) => {
     const data = new Uint8Array(100_000).map((_, i) => i * 7);
     await pwriteFull(fd, data, 4096);
-    pwriteFullSync(fd, new Uint8Array([1, 2, 3]), 0);
+    assert.equal(pwriteSync(fd, new Uint8Array([1, 2, 3]), 0), 3);
     await fdatasync(fd);
     assert.equal(fileSizeBytes(fd), 4096 + data.length);
     const back = new Uint8Array(data.length);
@@ -61,7 +61,7 @@ Deno.test("libc: a failed call throws a SysError naming the call and errno", asy
     assert.match(error.message, /^open\(\/nonexistent-dir\/x\) failed: ENOENT No such file/);
     return true;
   });
-  // A nonblocking call's errno is recovered by repeating it on the main thread.
+  // A nonblocking call's errno is recovered by repeating it on the repeat worker.
   await assert.rejects(pwriteFull(987_654, new Uint8Array(8), 0), (error: unknown) => {
     assert.ok(error instanceof SysError);
     assert.equal(error.errno, Errno.EBADF);
@@ -116,4 +116,46 @@ Deno.test("libc: a shared mapping sees and syncs file bytes", async () => {
       munmap(mapping);
     }
   });
+});
+
+/** The main thread's errno, read and written directly (a synchronous libc call sets it). */
+function mainThreadErrno(): { get(): number; set(value: number): void } {
+  const lib = Deno.dlopen(
+    "libc.so.6",
+    {
+      __errno_location: { parameters: [], result: "pointer" },
+    } as const,
+  );
+  const location = lib.symbols.__errno_location();
+  assert.ok(location !== null);
+  const cell = new Int32Array(Deno.UnsafePointerView.getArrayBuffer(location, 4));
+  return { get: () => cell[0]!, set: (value) => void (cell[0] = value) };
+}
+
+Deno.test("libc: a failed nonblocking pread/pwrite learns its errno off the main thread", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "torus-libc-" });
+  // pread/pwrite of a directory fail with EISDIR / EBADF, which nothing else on this thread sets.
+  const dirFd = open(dir, OpenFlags.O_RDONLY);
+  const errno = mainThreadErrno();
+  try {
+    errno.set(0);
+    await assert.rejects(pread(dirFd, new Uint8Array(16), 0), (error: unknown) => {
+      assert.ok(error instanceof SysError);
+      assert.equal(error.errno, Errno.EISDIR);
+      assert.equal(error.code, ErrorCode.Invalid);
+      return true;
+    });
+    // A synchronous repeat on this thread would have left EISDIR in this thread's errno.
+    assert.notEqual(errno.get(), Errno.EISDIR, "the failed pread was repeated on the main thread");
+    errno.set(0);
+    await assert.rejects(pwriteFull(dirFd, new Uint8Array(16), 0), (error: unknown) => {
+      assert.ok(error instanceof SysError);
+      assert.equal(error.errno, Errno.EBADF);
+      return true;
+    });
+    assert.notEqual(errno.get(), Errno.EBADF, "the failed pwrite was repeated on the main thread");
+  } finally {
+    close(dirFd);
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -15,7 +15,7 @@
 
 import assert from "node:assert/strict";
 import { ErrorCode, isTorusError, SeededRandom, testSeed } from "../../src/core/mod.ts";
-import { DataIo, FileBlockStore, SPARE_SLOTS } from "../../src/storage/mod.ts";
+import { FileBlockStore, SPARE_SLOTS } from "../../src/storage/mod.ts";
 import {
   BATCH,
   BLOCK_BYTES,
@@ -36,7 +36,7 @@ const ABSENT = -1;
 
 /** Runs the writer until it reported `flushes` flushes, waits `delayMs`, kills it. */
 async function runAndKill(
-  options: { dir: string; start: number; dataIo: DataIo },
+  options: { dir: string; start: number },
   kill: { flushes: number; delayMs: number },
 ): Promise<number> {
   const child = new Deno.Command(Deno.execPath(), {
@@ -46,7 +46,6 @@ async function runAndKill(
       writerPath,
       `--dir=${options.dir}`,
       `--start=${options.start}`,
-      `--data-io=${options.dataIo}`,
     ],
     stdout: "piped",
     stderr: "piped",
@@ -120,14 +119,13 @@ function allowedStates(
 
 /** Reopens the store, checks every key against `allowed`, returns what it holds. */
 async function verify(
-  options: { dir: string; dataIo: DataIo },
+  options: { dir: string },
   allowed: Map<number, Set<number>>,
 ): Promise<Map<number, number>> {
   const store = await FileBlockStore.open({
     dir: options.dir,
     blockSizeBytes: BLOCK_BYTES,
     sizeBytes: SLOT_COUNT * BLOCK_BYTES,
-    dataIo: options.dataIo,
   });
   try {
     const state = new Map<number, number>();
@@ -165,25 +163,22 @@ async function readKey(store: FileBlockStore, key: number): Promise<number> {
 }
 
 const seed = testSeed();
-for (const dataIo of [DataIo.Pread, DataIo.Mmap]) {
-  Deno.test(
-    `FileBlockStore(${dataIo}) keeps flushed blocks across SIGKILLs at random points ` +
-      `(seed=${seed})`,
-    async () => {
-      const random = new SeededRandom(seed + (dataIo === DataIo.Mmap ? 1 : 0));
-      const dir = await Deno.makeTempDir({ prefix: "torus-crash-" });
-      try {
-        let state = new Map<number, number>();
-        for (let round = 0; round < ROUNDS; round++) {
-          const start = round * 1_000_000;
-          const kill = { flushes: 1 + random.int(40), delayMs: random.int(30) };
-          const lastFlushed = await runAndKill({ dir, start, dataIo }, kill);
-          assert.ok(lastFlushed > start, "the writer flushed before it was killed");
-          state = await verify({ dir, dataIo }, allowedStates(state, start, lastFlushed));
-        }
-      } finally {
-        await Deno.remove(dir, { recursive: true });
+Deno.test(
+  `FileBlockStore keeps flushed blocks across SIGKILLs at random points (seed=${seed})`,
+  async () => {
+    const random = new SeededRandom(seed);
+    const dir = await Deno.makeTempDir({ prefix: "torus-crash-" });
+    try {
+      let state = new Map<number, number>();
+      for (let round = 0; round < ROUNDS; round++) {
+        const start = round * 1_000_000;
+        const kill = { flushes: 1 + random.int(40), delayMs: random.int(30) };
+        const lastFlushed = await runAndKill({ dir, start }, kill);
+        assert.ok(lastFlushed > start, "the writer flushed before it was killed");
+        state = await verify({ dir }, allowedStates(state, start, lastFlushed));
       }
-    },
-  );
-}
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

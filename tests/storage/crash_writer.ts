@@ -4,12 +4,12 @@
  * and printing `flushed N` once a flush that started after operations [start, N) completed has
  * resolved. Runs until killed (or `--ops` operations).
  *
- * Usage: deno run -A tests/storage/crash_writer.ts --dir DIR --start N [--data-io pread|mmap]
+ * Usage: deno run -A tests/storage/crash_writer.ts --dir DIR --start N [--ops N]
  * @module
  */
 
 import { parseArgs } from "node:util";
-import { DataIo, FileBlockStore } from "../../src/storage/mod.ts";
+import { FileBlockStore } from "../../src/storage/mod.ts";
 import {
   BATCH,
   BLOCK_BYTES,
@@ -27,7 +27,6 @@ const { values } = parseArgs({
     dir: { type: "string" },
     start: { type: "string", default: "0" },
     ops: { type: "string", default: String(Number.MAX_SAFE_INTEGER) },
-    "data-io": { type: "string", default: DataIo.Pread },
   },
 });
 if (values.dir === undefined) throw new Error("--dir is required");
@@ -36,7 +35,6 @@ const store = await FileBlockStore.open({
   dir: values.dir,
   blockSizeBytes: BLOCK_BYTES,
   sizeBytes: SLOT_COUNT * BLOCK_BYTES,
-  dataIo: values["data-io"] === DataIo.Mmap ? DataIo.Mmap : DataIo.Pread,
 });
 const encoder = new TextEncoder();
 const say = (line: string) => Deno.stdout.writeSync(encoder.encode(line + "\n"));

@@ -1,0 +1,167 @@
+/**
+ * SysFileIo: the real FileIo, over libc through src/sys. Reads, writes and syncs are nonblocking
+ * FFI calls (a pool thread waits on the disk, never the event loop); a failed read or write learns
+ * its errno on a worker thread (src/sys/io_repeat.ts). open, close, ftruncate, fallocate, lseek
+ * and flock are synchronous: they change or read metadata only and return without data I/O.
+ * Names (exists, mkdir, rename, remove) go through Deno's own async file system calls.
+ * @module
+ */
+
+import { closed, ErrorCode, errorMessage, TorusError } from "../core/mod.ts";
+import {
+  close,
+  fallocate,
+  fdatasync,
+  fileSizeBytes,
+  FlockOps,
+  fsync,
+  ftruncate,
+  open,
+  OpenFlags,
+  preadFull,
+  pwriteFull,
+  tryFlock,
+  unlockFlock,
+} from "../sys/mod.ts";
+import type { FileIo, IoFile, OpenFileOptions } from "./file_io.ts";
+
+/** Maps an error of Deno's file system API to a TorusError with a code. */
+function fromDenoError(what: string, error: unknown): TorusError {
+  const code = error instanceof Deno.errors.NotFound
+    ? ErrorCode.NotExist
+    : error instanceof Deno.errors.AlreadyExists
+    ? ErrorCode.Exists
+    : error instanceof Deno.errors.PermissionDenied
+    ? ErrorCode.Invalid
+    : ErrorCode.Unavailable;
+  return new TorusError(code, `${what}: ${errorMessage(error)}`, { cause: error });
+}
+
+/** One file opened through libc. */
+class SysFile implements IoFile {
+  readonly path: string;
+  #fd: number | null;
+
+  constructor(path: string, fd: number) {
+    this.path = path;
+    this.#fd = fd;
+  }
+
+  #open(): number {
+    if (this.#fd === null) throw closed(`${this.path} is closed`);
+    return this.#fd;
+  }
+
+  async read(into: Uint8Array, offsetBytes: number): Promise<number> {
+    return await preadFull(this.#open(), into, offsetBytes);
+  }
+
+  async write(bytes: Uint8Array, offsetBytes: number): Promise<void> {
+    await pwriteFull(this.#open(), bytes, offsetBytes);
+  }
+
+  async datasync(): Promise<void> {
+    await fdatasync(this.#open());
+  }
+
+  async sync(): Promise<void> {
+    await fsync(this.#open());
+  }
+
+  truncate(lengthBytes: number): Promise<void> {
+    return settle(() => ftruncate(this.#open(), lengthBytes));
+  }
+
+  allocate(offsetBytes: number, lengthBytes: number): Promise<boolean> {
+    return settle(() => fallocate(this.#open(), offsetBytes, lengthBytes));
+  }
+
+  sizeBytes(): Promise<number> {
+    return settle(() => fileSizeBytes(this.#open()));
+  }
+
+  tryLock(): Promise<boolean> {
+    return settle(() => tryFlock(this.#open(), FlockOps.LOCK_EX));
+  }
+
+  unlock(): Promise<void> {
+    return settle(() => unlockFlock(this.#open()));
+  }
+
+  close(): Promise<void> {
+    return settle(() => {
+      const fd = this.#fd;
+      if (fd === null) return;
+      this.#fd = null;
+      // Release the lock explicitly: a child process forked meanwhile may hold a copy of the fd.
+      try {
+        unlockFlock(fd);
+      } finally {
+        close(fd);
+      }
+    });
+  }
+}
+
+/** Runs `body` now and reports its result or exception as a promise. */
+function settle<T>(body: () => T): Promise<T> {
+  try {
+    return Promise.resolve(body());
+  } catch (error) {
+    return Promise.reject(error);
+  }
+}
+
+/** The real file system. Stateless: one instance may serve any number of stores. */
+export class SysFileIo implements FileIo {
+  open(path: string, options: OpenFileOptions = {}): Promise<IoFile> {
+    return settle(() => {
+      const flags = OpenFlags.O_RDWR | (options.create ? OpenFlags.O_CREAT : 0) |
+        (options.truncate ? OpenFlags.O_TRUNC : 0);
+      return new SysFile(path, open(path, flags));
+    });
+  }
+
+  async exists(path: string): Promise<boolean> {
+    try {
+      await Deno.lstat(path);
+      return true;
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return false;
+      throw fromDenoError(`stat ${path}`, error);
+    }
+  }
+
+  async mkdir(path: string): Promise<void> {
+    try {
+      await Deno.mkdir(path, { recursive: true });
+    } catch (error) {
+      throw fromDenoError(`mkdir ${path}`, error);
+    }
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    try {
+      await Deno.rename(from, to);
+    } catch (error) {
+      throw fromDenoError(`rename ${from} to ${to}`, error);
+    }
+  }
+
+  async remove(path: string): Promise<void> {
+    try {
+      await Deno.remove(path);
+    } catch (error) {
+      throw fromDenoError(`remove ${path}`, error);
+    }
+  }
+
+  async syncDirectory(path: string): Promise<void> {
+    const fd = open(path, OpenFlags.O_RDONLY);
+    try {
+      await fsync(fd);
+    } finally {
+      close(fd);
+    }
+  }
+}
