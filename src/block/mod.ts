@@ -6,5 +6,12 @@
  */
 
 export * from "./device.ts";
+export * from "./volume_format.ts";
+export * from "./volume_map.ts";
+export * from "./volume_reader.ts";
+export * from "./volume.ts";
+export * from "./volumes.ts";
+export * from "./gc.ts";
+export * from "./transfer.ts";
 export * from "./memory_device.ts";
 export * from "./nbd/mod.ts";

@@ -19,7 +19,12 @@ import {
   TorusError,
 } from "../core/mod.ts";
 import { type BlockLayer, INodeCodec } from "../models/mod.ts";
-import { type BlockCallOptions, type BlockStore, MemoryBlockStore } from "../storage/mod.ts";
+import {
+  type BlockCallOptions,
+  type BlockStore,
+  MemoryBlockStore,
+  type RangeWriteOptions,
+} from "../storage/mod.ts";
 import { type Blockset, LayerKind, type LayerSpec } from "./blockset.ts";
 import type { BlocksetOptions } from "./layer.ts";
 import { formatBlockLayerSpec, parseBlockLayerSpec } from "./spec.ts";
@@ -65,6 +70,30 @@ export class ProbeStore implements BlockStore {
   /** Replaces the stored bytes of `ref` behind the blockset's back. */
   corrupt(ref: BlockRef, fill = 0x5a): Promise<void> {
     return this.inner.putBlock(ref, new Uint8Array(this.blockSizeBytes).fill(fill));
+  }
+  readAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    into: Uint8Array,
+    options?: BlockCallOptions,
+  ): Promise<void> {
+    return this.inner.readAt(ref, offsetBytes, into, options);
+  }
+  writeAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    data: Uint8Array,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
+    return this.inner.writeAt(ref, offsetBytes, data, options);
+  }
+  zeroAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    lengthBytes: number,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
+    return this.inner.zeroAt(ref, offsetBytes, lengthBytes, options);
   }
   hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean> {
     return this.inner.hasBlock(ref, options);

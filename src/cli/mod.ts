@@ -5,6 +5,7 @@
  * @module
  */
 
+export * from "./address.ts";
 export * from "./command.ts";
 export * from "./backend.ts";
 export * from "./config_file.ts";

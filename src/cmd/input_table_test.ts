@@ -162,6 +162,12 @@ const reachesMetadata: Record<string, string[]> = {
   "ctl volume create-block": ["v", "1GiB"],
   "ctl volume delete": ["v"],
   "ctl block create": ["v", "1GiB"],
+  "ctl block snapshot create": ["v@s"],
+  "ctl block snapshot list": ["v"],
+  "ctl block snapshot delete": ["v@s"],
+  "ctl block snapshot restore": ["v@s"],
+  "ctl block clone": ["v@s", "w"],
+  "ctl volume resize": ["v", "2GiB"],
   "ctl wipe": ["--yes-i-am-sure"],
 };
 /** ctl commands that never open metadata. */
@@ -169,7 +175,6 @@ const noMetadata = new Set([
   "ctl config",
   "ctl version",
   "ctl completion",
-  "ctl block snapshot",
   "ctl block dump",
   "ctl block load",
 ]);

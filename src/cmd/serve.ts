@@ -1,8 +1,9 @@
 /**
- * `torus serve`: a storage node. This build opens the node's data dir (node UUID, block store,
- * embedded metadata), initialises a single-node cluster on the embedded store when none exists,
- * prints what it serves and keeps the store open until SIGINT/SIGTERM, then flushes and closes.
- * The peer protocol, heartbeats, rebalancing and HTTP arrive with the cluster data path (step 3);
+ * `torus serve`: a storage node. It opens the node's data dir (node UUID, block store, embedded
+ * metadata), initialises a single-node cluster on the embedded store when none exists, serves its
+ * block volumes over NBD (`--nbd`), collects garbage, and runs until SIGINT/SIGTERM, then closes
+ * in order: the NBD server answers what is in flight, volumes flush and unlock, the store
+ * flushes. The peer protocol, heartbeats, rebalancing and HTTP arrive with the cluster data path;
  * their flags are not accepted until then, so nothing pretends to work.
  * @module
  */
@@ -11,6 +12,8 @@ import {
   type Command,
   dataDirOf,
   ExitCode,
+  formatHostPort,
+  type HostPort,
   type Io,
   lockDataDir,
   metadataFlagOptions,
@@ -18,6 +21,7 @@ import {
   type OpenedMetadata,
   openMetadata,
   parseFlags,
+  parseHostPort,
   processEnv,
   resolveBackend,
   UsageError,
@@ -33,14 +37,17 @@ import {
   NODE_ID_FILE_MAX_BYTES,
   normalizeUuid,
   parseCapacity,
+  parseDuration,
   randomUuid,
   REPLICATION_DEFAULT,
+  systemClock,
 } from "../core/mod.ts";
 import { parseBlockLayerSpec } from "../blockset/mod.ts";
 import { type InitOptions } from "../metadata/mod.ts";
 import { createRing, RingType } from "../ring/mod.ts";
 import { FileBlockStore } from "../storage/mod.ts";
 import { makeDirectoryDurable, readFileBounded, writeFileAtomic } from "../sys/mod.ts";
+import { startNode } from "./node.ts";
 import {
   checkStoreBlocks,
   checkStoreSpace,
@@ -52,18 +59,40 @@ import {
 export const serveFlags = {
   ...metadataFlagOptions,
   size: { type: "string", default: "1GiB" },
+  nbd: { type: "string" },
+  "gc-interval": { type: "string", default: "5m" },
 } as const;
 
-const help = `Usage: torus serve [--data-dir DIR] [--size SIZE|N%] [metadata flags]
+/** Where `--nbd` without an address listens. */
+export const NBD_DEFAULT_ADDRESS = "127.0.0.1:10809";
+
+/**
+ * `--nbd` takes an optional address: a bare `--nbd` (last, or followed by another flag) means the
+ * default one. node:util's parser has no optional values, so the default is filled in first.
+ */
+export function expandNbdFlag(args: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    out.push(args[i]!);
+    if (args[i] === "--nbd" && (i + 1 >= args.length || args[i + 1]!.startsWith("-"))) {
+      out.push(NBD_DEFAULT_ADDRESS);
+    }
+  }
+  return out;
+}
+
+const help = `Usage: torus serve [--data-dir DIR] [--size SIZE|N%] [--nbd [ADDR]] [metadata flags]
 
 Runs a storage node on DIR (default $TORUS_DATA_DIR or ./torus-data). Without -C it is a
 single-node cluster on the embedded metadata store in DIR, initialised on first start
 (block size 512 KiB, block spec crc,base). DIR is locked (DIR/lock) while serve runs: a
 second serve, or ctl init, on it exits with the pid of the holder.
 
-This build opens the data dir, the node's block store and its metadata, prints what it serves
-and holds them until SIGINT/SIGTERM (then flushes and closes). Serving peers, replication,
-rebalancing and HTTP status come with the cluster data path (roadmap step 3).
+It serves the cluster's block volumes from its block store: over NBD with --nbd (every
+volume as an export of its name, every snapshot read-only as VOLUME@SNAPSHOT), and to torus ctl
+block dump and load on this machine. SIGINT or SIGTERM stops it cleanly: requests in flight are
+answered, volumes are flushed and unlocked, the store is flushed. Serving peers, replication,
+rebalancing and HTTP status come with the cluster data path.
 
   --size SIZE|N%   capacity of the block store (default 1GiB): bytes with a unit (1GiB,
                    500GB), or N% of the space available to it: the free space of the
@@ -71,6 +100,10 @@ rebalancing and HTTP status come with the cluster data path (roadmap step 3).
                    two blocks (one is kept spare). A size beyond the available space is
                    refused for a new or growing store, and only warned about for an
                    existing store whose disk filled up.
+  --nbd [ADDR]     serve volumes over NBD on ADDR (HOST:PORT or PORT; default
+                   ${NBD_DEFAULT_ADDRESS}). Listening on another address than loopback
+                   lets any machine that reaches it read and write every volume.
+  --gc-interval D  how often unreferenced blocks are reclaimed (default 5m; 0 turns it off)
 
 ${metadataFlagsHelp}
 `;
@@ -153,7 +186,25 @@ function waitForStopSignal(): Promise<Deno.Signal> {
   });
 }
 
+/** What serve's own flags ask for, beyond the data dir and the store size. */
+interface ServeOptions {
+  readonly nbd: HostPort | null;
+  readonly gcIntervalMs: number;
+}
+
+function serveOptionsOf(values: Record<string, unknown>): ServeOptions {
+  const nbd = typeof values.nbd === "string" ? parseHostPort(values.nbd, "--nbd address") : null;
+  let gcIntervalMs: number;
+  try {
+    gcIntervalMs = parseDuration(String(values["gc-interval"]));
+  } catch (error) {
+    throw new UsageError(`--gc-interval: ${(error as Error).message}`);
+  }
+  return { nbd, gcIntervalMs };
+}
+
 async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
+  const options = serveOptionsOf(values);
   // The same data dir rule as every command (an empty --data-dir or $TORUS_DATA_DIR is a usage
   // error), and "/" stays "/".
   const dataDir = dataDirOf(values, processEnv).replace(/(.)\/+$/, "$1");
@@ -187,9 +238,21 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
   try {
     // Listen before saying "Ready.": whoever reads that line may signal at once.
     const stopSignal = waitForStopSignal();
+    await using node = await startNode({
+      dataDir,
+      uuid,
+      metadata: metadata.service,
+      store,
+      clock: systemClock,
+      nbd: options.nbd,
+      gcIntervalMs: options.gcIntervalMs,
+    });
     const where = metadata.backend.kind === "etcd"
       ? `etcd ${metadata.backend.endpoints.join(",")}`
       : `embedded store ${metadata.backend.path}`;
+    const nbd = node.nbdAddress === null
+      ? "off (--nbd to serve volumes)"
+      : `${formatHostPort(node.nbdAddress)} (export names: VOLUME, VOLUME@SNAPSHOT)`;
     io.stdout(
       [
         `torus serve: node ${uuid}`,
@@ -197,13 +260,14 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
         `  block store: ${store.totalBlocks()} blocks of ${formatSize(store.blockSizeBytes)} ` +
         `(${formatSize(store.totalBlocks() * store.blockSizeBytes)}), ${store.usedBlocks()} used`,
         `  metadata:    ${escapeText(where)}`,
-        `  not serving peers, NBD or HTTP yet (roadmap steps 3 and 4)`,
+        `  NBD:         ${nbd}`,
+        `  not serving peers or HTTP yet (the cluster data path)`,
         `Ready. Stop with Ctrl-C (SIGINT) or SIGTERM.`,
         "",
       ].join("\n"),
     );
     const signal = await stopSignal;
-    io.stdout(`Received ${signal}: flushing the block store and stopping\n`);
+    io.stdout(`Received ${signal}: closing volumes, flushing the block store and stopping\n`);
   } finally {
     await store.close();
   }
@@ -216,7 +280,7 @@ export const serveCommand: Command = {
   summary: "Run a storage node (single-node mode with embedded metadata)",
   help,
   run(args, io) {
-    const { values, positionals } = parseFlags(args, serveFlags);
+    const { values, positionals } = parseFlags(expandNbdFlag(args), serveFlags);
     if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
     return serve(values, io);
   },

@@ -25,8 +25,10 @@ export const INODE_REF_BYTES = 16;
 export const BlockType = {
   /** Volume data. */
   Data: 0,
-  /** A chunk of a serialized INode (or of its block map). */
+  /** A chunk of a serialized INode; index 0 is a block volume's root (src/block/volume_format.ts). */
   INode: 1,
+  /** A chunk of a block volume's block map (src/block/volume_format.ts). */
+  Map: 2,
 } as const;
 export type BlockType = typeof BlockType[keyof typeof BlockType];
 

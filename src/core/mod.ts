@@ -7,9 +7,11 @@
 
 export * from "./assert.ts";
 export * from "./block_ref.ts";
+export * from "./bytes.ts";
 export * from "./bounded_read.ts";
 export * from "./checksum.ts";
 export * from "./clock.ts";
+export * from "./durations.ts";
 export * from "./errors.ts";
 export * from "./limits.ts";
 export * from "./log.ts";

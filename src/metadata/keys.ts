@@ -56,6 +56,12 @@ export function checkLockHolder(holder: string): string {
   return holder;
 }
 
+/** Checks a request id: a key segment of 1..64 letters, digits and `-`. */
+export function checkRequestId(id: string): string {
+  if (!/^[A-Za-z0-9-]{1,64}$/.test(id)) throw invalid(`invalid request id ${quoteForMessage(id)}`);
+  return id;
+}
+
 /** A volume id as its key segment: lowercase hex without padding, as the original. */
 export function volumeHex(volumeId: number): string {
   return volumeId.toString(16);
@@ -116,6 +122,33 @@ export class MetadataKeys {
   /** 16-byte INodeRef: the head of volume `id`. */
   head(volumeId: number): string {
     return `${this.volumeMetaDir(volumeId)}blockinode`;
+  }
+  /**
+   * 8-byte LE generation whose root the head's generation starts from while it has none of its
+   * own (set by a snapshot or restore taken without a writer; cleared by the next writer).
+   */
+  base(volumeId: number): string {
+    return `${this.volumeMetaDir(volumeId)}blockbase`;
+  }
+  /** 8-byte LE count of the clones made from snapshots of volume `id`. */
+  cloneCount(volumeId: number): string {
+    return `${this.volumeMetaDir(volumeId)}clones`;
+  }
+  /** Directory of requests to the writer holding volume `id` open (snapshot, grow). */
+  requestsDir(volumeId: number): string {
+    return `${this.volumeMetaDir(volumeId)}requests/`;
+  }
+  /** JSON request `id` to the writer, under the requester's lease. */
+  request(volumeId: number, id: string): string {
+    return `${this.requestsDir(volumeId)}${checkRequestId(id)}`;
+  }
+  /** Directory of the writer's replies. */
+  repliesDir(volumeId: number): string {
+    return `${this.volumeMetaDir(volumeId)}replies/`;
+  }
+  /** JSON reply to request `id`, under the requester's lease. */
+  reply(volumeId: number, id: string): string {
+    return `${this.repliesDir(volumeId)}${checkRequestId(id)}`;
   }
   /** UUID of the lock holder, under the holder's lease. */
   lock(volumeId: number): string {
@@ -203,23 +236,30 @@ export function decodeGlobalMetadata(bytes: Uint8Array): GlobalMetadata {
   return { blockSizeBytes: blockSize, defaultBlockSpec: layers };
 }
 
-/** A named pointer to one INode of a volume. */
+/** A named, sealed generation of a volume. */
 export interface Snapshot {
   readonly name: string;
   /** When it was taken, in ms since the epoch. */
   readonly whenMs: number;
+  /** (volume, generation): the generation the snapshot sealed. */
   readonly inodeRef: INodeRef;
+  /** The volume's size when it was taken (null in records of the original, which had none). */
+  readonly sizeBytes: number | null;
+  /** Ids of the volumes cloned from this snapshot (it cannot be deleted while there are any). */
+  readonly clones: readonly number[];
 }
 
 /**
- * The original's snapshot JSON: `{"Name": str, "When": RFC 3339 time, "INodeRef": base64 of the
- * 16-byte INodeRef}`.
+ * The original's snapshot JSON, `{"Name": str, "When": RFC 3339 time, "INodeRef": base64 of the
+ * 16-byte INodeRef}`, plus `"Size"` (bytes) and `"Clones"` (volume ids) when they are known.
  */
 export function encodeSnapshot(snapshot: Snapshot): Uint8Array {
   return encoder.encode(JSON.stringify({
     Name: snapshot.name,
     When: new Date(snapshot.whenMs).toISOString(),
     INodeRef: bytesToBase64(snapshot.inodeRef.toBytes()),
+    ...(snapshot.sizeBytes === null ? {} : { Size: snapshot.sizeBytes }),
+    ...(snapshot.clones.length === 0 ? {} : { Clones: [...snapshot.clones] }),
   }));
 }
 
@@ -232,7 +272,24 @@ export function decodeSnapshot(bytes: Uint8Array): Snapshot {
   if (typeof raw.INodeRef !== "string") throw invalid("snapshot: INodeRef must be base64");
   const whenMs = Date.parse(raw.When);
   if (Number.isNaN(whenMs)) throw invalid(`snapshot: bad time "${raw.When}"`);
-  return { name: raw.Name, whenMs, inodeRef: INodeRef.fromBytes(base64ToBytes(raw.INodeRef)) };
+  const size = raw.Size ?? null;
+  if (size !== null && (typeof size !== "number" || !Number.isSafeInteger(size) || size <= 0)) {
+    throw invalid("snapshot: Size is not a positive integer");
+  }
+  const clones = raw.Clones ?? [];
+  if (
+    !Array.isArray(clones) ||
+    !clones.every((id) => Number.isSafeInteger(id) && id > 0 && id <= VOLUME_ID_MAX)
+  ) {
+    throw invalid("snapshot: Clones is not a list of volume ids");
+  }
+  return {
+    name: raw.Name,
+    whenMs,
+    inodeRef: INodeRef.fromBytes(base64ToBytes(raw.INodeRef)),
+    sizeBytes: size,
+    clones: clones as number[],
+  };
 }
 
 function parseJsonObject(bytes: Uint8Array, what: string): Record<string, unknown> {

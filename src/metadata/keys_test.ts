@@ -116,10 +116,21 @@ Deno.test("garbage, truncated and oversized global metadata is invalid, never a 
 });
 
 Deno.test("snapshots round-trip as the original's JSON; garbage is invalid", () => {
-  const snapshot = { name: "s", whenMs: 1_700_000_000_123, inodeRef: new INodeRef(2, 7n) };
+  const snapshot = {
+    name: "s",
+    whenMs: 1_700_000_000_123,
+    inodeRef: new INodeRef(2, 7n),
+    sizeBytes: null,
+    clones: [],
+  };
   const bytes = encodeSnapshot(snapshot);
   const raw = JSON.parse(new TextDecoder().decode(bytes));
   assert.deepEqual(Object.keys(raw), ["Name", "When", "INodeRef"]);
+  // Size and clones, when known, ride along under their own names.
+  const full = { ...snapshot, sizeBytes: 4096, clones: [9, 12] };
+  const fullRaw = JSON.parse(new TextDecoder().decode(encodeSnapshot(full)));
+  assert.deepEqual(Object.keys(fullRaw), ["Name", "When", "INodeRef", "Size", "Clones"]);
+  assert.deepEqual(decodeSnapshot(encodeSnapshot(full)), full);
   assert.equal(raw.When, "2023-11-14T22:13:20.123Z");
   assert.equal(raw.INodeRef, "AgAAAAAAAAAHAAAAAAAAAA==");
   assert.deepEqual(decodeSnapshot(bytes), snapshot);
@@ -135,6 +146,10 @@ Deno.test("snapshots round-trip as the original's JSON; garbage is invalid", () 
     '{"Name":"s","When":"2016-08-02T10:00:00Z","INodeRef":"!!!"}',
     '{"Name":1,"When":"2016-08-02T10:00:00Z","INodeRef":"AgAAAAAAAAAHAAAAAAAAAA=="}',
     new TextDecoder().decode(bytes).slice(0, 30),
+    '{"Name":"s","When":"2016-08-02T10:00:00Z","INodeRef":"AgAAAAAAAAAHAAAAAAAAAA==","Size":-1}',
+    '{"Name":"s","When":"2016-08-02T10:00:00Z","INodeRef":"AgAAAAAAAAAHAAAAAAAAAA==","Size":0.5}',
+    '{"Name":"s","When":"2016-08-02T10:00:00Z","INodeRef":"AgAAAAAAAAAHAAAAAAAAAA==","Clones":[0]}',
+    '{"Name":"s","When":"2016-08-02T10:00:00Z","INodeRef":"AgAAAAAAAAAHAAAAAAAAAA==","Clones":"x"}',
   ];
   for (const text of bad) throwsInvalid(() => decodeSnapshot(encoder.encode(text)));
   const long = btoa("x".repeat(1000));

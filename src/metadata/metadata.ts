@@ -26,7 +26,7 @@
  * @module
  */
 
-import type { INodeRef } from "../core/mod.ts";
+import type { ErrorCode, INodeRef } from "../core/mod.ts";
 import type { PeerInfo, Ring as RingMessage } from "../models/mod.ts";
 import type { KvStore, LeaseId } from "./kv.ts";
 import type { BlockSpecLayer, GlobalMetadata, MetadataKeys, Snapshot } from "./keys.ts";
@@ -129,6 +129,28 @@ export interface VolumeInfo {
   /** `block` for block volumes. */
   readonly type: string;
   readonly sizeBytes: number;
+  /** For a clone: the snapshot its never-written blocks read from. */
+  readonly parent: VolumeParent | null;
+}
+
+/** The snapshot a clone was made from. */
+export interface VolumeParent {
+  readonly volumeId: number;
+  /** The snapshot's generation. */
+  readonly generation: bigint;
+  readonly snapshot: string;
+}
+
+/** What the metadata service says about a block volume's current generation. */
+export interface HeadState {
+  readonly volume: VolumeInfo;
+  /** (volume, current generation). */
+  readonly head: INodeRef;
+  /**
+   * While the current generation has no root of its own yet: the generation whose root it starts
+   * from (its contents are that generation's). Null once a writer wrote the root.
+   */
+  readonly base: bigint | null;
 }
 
 /** A stored record that could not be used (undecodable, or inconsistent with its key). */
@@ -145,8 +167,15 @@ export interface VolumeMetadata {
    */
   createBlockVolume(name: string, sizeBytes: number): Promise<VolumeInfo>;
   /**
+   * Creates volume `name` as a copy-on-write clone of snapshot `snapshot` of `sourceVolumeId`,
+   * of the snapshot's size: it reads the snapshot's data until it writes its own. The snapshot
+   * records the clone and cannot be deleted while the clone exists. `exists`, `not_exist`.
+   */
+  createClone(name: string, sourceVolumeId: number, snapshot: string): Promise<VolumeInfo>;
+  /**
    * Deletes a volume and everything under its metadata directory; `locked` while its lock is
-   * held, `not_exist` if unknown. Its blocks become garbage for GC.
+   * held or while clones of its snapshots exist, `not_exist` if unknown. A clone leaves its
+   * parent snapshot's clone list. Its blocks become garbage for GC.
    */
   deleteVolume(name: string): Promise<void>;
   /**
@@ -223,24 +252,83 @@ export interface BlockVolumeMetadata {
   unlock(lock: VolumeLock): Promise<void>;
   /** Whether the volume is locked and by whom. */
   lockStatus(volumeId: number): Promise<LockStatus>;
+  /** The volume record, head and base, read together. */
+  headState(volumeId: number): Promise<HeadState>;
+  /**
+   * The writer ends its generation `ending` for snapshot `snapshotName` (of `sizeBytes`): the
+   * snapshot records `ending` and the head moves to `next`, whose root the writer already made
+   * durable. Fenced to `lock`; `exists` if the name is taken (nothing changes then).
+   */
+  sealGeneration(
+    lock: VolumeLock,
+    options: { ending: bigint; next: bigint; snapshotName: string; sizeBytes: number },
+  ): Promise<Snapshot>;
+  /** The writer wrote the root of the head's generation: the base is no longer needed. Fenced. */
+  clearBase(lock: VolumeLock): Promise<void>;
+  /**
+   * Grows the volume to `sizeBytes` (shrinking is `invalid`). With `lock` it is fenced to that
+   * writer; without, it needs the volume unlocked (`locked` otherwise).
+   */
+  growVolume(volumeId: number, sizeBytes: number, lock?: VolumeLock): Promise<VolumeInfo>;
 }
 
-/** Snapshots: named pointers to heads of a volume. */
+/** Snapshots: sealed generations of a volume, by name. */
 export interface SnapshotMetadata {
   /**
-   * Records the current head under `name` (works while the volume is open: it captures the
-   * last published sync). `exists` on a duplicate name, `not_exist` for an unknown volume.
+   * Takes snapshot `name` of a volume nobody has open: it records the head's contents (its
+   * generation, or its base) and moves the head to a new generation based on them, so later
+   * writes never change the snapshot. `locked` when a writer has the volume open (the writer
+   * takes snapshots itself: {@link VolumeRequestMetadata}); `exists`, `not_exist`.
    */
   saveSnapshot(volumeId: number, name: string): Promise<Snapshot>;
   /** The snapshots of a volume, sorted by name. */
   listSnapshots(volumeId: number): Promise<Snapshot[]>;
-  /** Deletes a snapshot; `not_exist` if there is none of that name. */
+  /** The snapshot `name` of a volume; `not_exist` if there is none. */
+  getSnapshot(volumeId: number, name: string): Promise<Snapshot>;
+  /**
+   * Deletes a snapshot; `not_exist` if there is none of that name, `locked` while clones of it
+   * exist.
+   */
   deleteSnapshot(volumeId: number, name: string): Promise<void>;
   /**
-   * Points the head back at snapshot `name`, in one transaction guarded by "volume unlocked";
-   * `locked` while the volume is open. Returns the restored head.
+   * Makes the volume's contents (and size) those of snapshot `name` again: the head moves to a new
+   * generation based on the snapshot's, in one transaction guarded by "volume unlocked";
+   * `locked` while the volume is open. Returns the new head.
    */
   restoreSnapshot(volumeId: number, name: string): Promise<INodeRef>;
+}
+
+/** What a client asks of the writer that holds a volume open. */
+export type VolumeRequest =
+  | { readonly op: "snapshot"; readonly name: string }
+  | { readonly op: "grow"; readonly sizeBytes: number };
+
+/** The writer's answer: done, or the error it met (its code and one-line message). */
+export type VolumeReply =
+  | { readonly ok: true }
+  | { readonly ok: false; readonly code: ErrorCode; readonly message: string };
+
+/**
+ * Requests to the writer of a volume, through the metadata store: a snapshot of an open volume
+ * must be taken by its writer (it alone can stop its writes at a flush point), and so must a
+ * resize. The request is a key under the requester's lease (an abandoned request vanishes), the
+ * reply another.
+ */
+export interface VolumeRequestMetadata {
+  /**
+   * Sends `request` to the writer of `volumeId` and waits for the reply. `again` when the volume
+   * stops being locked (or changes hands) before an answer came: the caller then acts itself.
+   * `unavailable` when no answer came within `timeoutMs`.
+   */
+  send(
+    volumeId: number,
+    request: VolumeRequest,
+    options?: { timeoutMs?: number },
+  ): Promise<VolumeReply>;
+  /** Answers the requests sent to `volumeId` with `handler`, one at a time, until unsubscribed. */
+  serve(volumeId: number, handler: (request: VolumeRequest) => Promise<VolumeReply>): Promise<
+    Subscription
+  >;
 }
 
 /** Every role over one KvStore. */
@@ -251,6 +339,7 @@ export interface MetadataService extends AsyncDisposable {
   readonly volumes: VolumeMetadata;
   readonly blockVolumes: BlockVolumeMetadata;
   readonly snapshots: SnapshotMetadata;
+  readonly requests: VolumeRequestMetadata;
   /** The key layout in use (prefix included). */
   readonly keys: MetadataKeys;
   /** The store underneath (for tests and the debug dump). */

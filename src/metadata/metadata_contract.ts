@@ -359,7 +359,7 @@ function registerVolumeTests(test: TestFn): void {
   test("create writes the original's keys; ids start at 2", async ({ mds, prefix }) => {
     await mds.cluster.init(initOptions);
     const info = await mds.volumes.createBlockVolume("vol", 10_240);
-    assert.deepEqual(info, { id: 2, name: "vol", type: "block", sizeBytes: 10_240 });
+    assert.deepEqual(info, { id: 2, name: "vol", type: "block", sizeBytes: 10_240, parent: null });
     const value = async (key: string) => (await mds.kv.get(`${prefix}${key}`))!.value;
     assert.deepEqual(await value("volumes/vol"), encodeU64(2n));
     assert.deepEqual(await value("meta/volumeminter"), encodeU64(2n));
@@ -446,7 +446,7 @@ function registerVolumeTests(test: TestFn): void {
     await mds.volumes.deleteVolume("two");
     assert.deepEqual(await mds.kv.range(`${prefix}volumemeta/2/`), []);
     assert.deepEqual(await mds.kv.range(`${prefix}volumemeta/20/`), before);
-    assert.equal(await mds.blockVolumes.getINodeIndex(0x20), 2n);
+    assert.equal(await mds.blockVolumes.getINodeIndex(0x20), 3n, "the snapshot took one more");
     assert.equal((await mds.snapshots.listSnapshots(0x20)).length, 1);
   });
 
@@ -636,40 +636,185 @@ function registerLockTests(test: TestFn, options: MetadataContractOptions): void
 }
 
 function registerSnapshotTests(test: TestFn): void {
-  test("snapshots capture the head as of the last publish", async ({ mds, prefix, clock }) => {
+  test("a snapshot without a writer seals the head's contents and moves on", async (f) => {
+    const { mds, prefix } = f;
     await mds.cluster.init(initOptions);
     const { id } = await mds.volumes.createBlockVolume("v", 4096);
-    clock.offsetMs = 0;
     const first = await mds.snapshots.saveSnapshot(id, "empty");
     assert.deepEqual(first.inodeRef, new INodeRef(id, 1n));
-    const lease = await mds.leases.grant(60_000);
-    const lock = await mds.blockVolumes.lock(id, { uuid: "w", lease });
-    await mds.blockVolumes.publishHead(lock, new INodeRef(id, 5n));
-    const second = await mds.snapshots.saveSnapshot(id, "five");
-    assert.deepEqual(second.inodeRef, new INodeRef(id, 5n));
-    await assertCode(mds.snapshots.saveSnapshot(id, "five"), ErrorCode.Exists);
+    assert.equal(first.sizeBytes, 4096);
+    // The head moved to a new generation whose contents are generation 1's (its base).
+    assert.deepEqual(await mds.blockVolumes.headState(id), {
+      volume: await mds.volumes.getVolumeById(id),
+      head: new INodeRef(id, 2n),
+      base: 1n,
+    });
+    // A second snapshot before any writer came: the same contents, so the same generation.
+    const second = await mds.snapshots.saveSnapshot(id, "still-empty");
+    assert.deepEqual(second.inodeRef, new INodeRef(id, 1n));
+    assert.deepEqual((await mds.blockVolumes.headState(id)).head, new INodeRef(id, 3n));
+    await assertCode(mds.snapshots.saveSnapshot(id, "empty"), ErrorCode.Exists);
     const listed = await mds.snapshots.listSnapshots(id);
-    assert.deepEqual(listed.map((s) => [s.name, s.inodeRef.inode]), [["empty", 1n], ["five", 5n]]);
+    assert.deepEqual(listed.map((s) => s.name), ["empty", "still-empty"]);
+    assert.deepEqual(await mds.snapshots.getSnapshot(id, "empty"), first);
     const raw = JSON.parse(new TextDecoder().decode(
-      (await mds.kv.get(`${prefix}volumemeta/${id.toString(16)}/snapshots/five`))!.value,
+      (await mds.kv.get(`${prefix}volumemeta/${id.toString(16)}/snapshots/empty`))!.value,
     ));
-    assert.equal(raw.Name, "five");
-    assert.equal(raw.INodeRef, btoa(String.fromCharCode(...new INodeRef(id, 5n).toBytes())));
+    assert.equal(raw.Name, "empty");
+    assert.equal(raw.INodeRef, btoa(String.fromCharCode(...new INodeRef(id, 1n).toBytes())));
+    assert.equal(raw.Size, 4096);
     assert.ok(Math.abs(Date.parse(raw.When) - Date.now()) < 60_000);
+    // A writer holds it: the snapshot is the writer's to take.
+    const lease = await mds.leases.grant(60_000);
+    await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    await assertCode(mds.snapshots.saveSnapshot(id, "busy"), ErrorCode.Locked);
   });
 
-  test("restore needs the volume unlocked and moves the head back", async ({ mds }) => {
+  test("a writer seals its generation, fenced to its lock", async (f) => {
+    const { mds } = f;
     await mds.cluster.init(initOptions);
-    const { id } = await mds.volumes.createBlockVolume("v", 4096);
-    await mds.snapshots.saveSnapshot(id, "start");
+    const { id } = await mds.volumes.createBlockVolume("v", 8192);
+    await mds.snapshots.saveSnapshot(id, "base"); // head 2, base 1
     const lease = await mds.leases.grant(60_000);
     const lock = await mds.blockVolumes.lock(id, { uuid: "w", lease });
-    await mds.blockVolumes.publishHead(lock, new INodeRef(id, 3n));
+    await mds.blockVolumes.clearBase(lock); // the writer wrote generation 2's root
+    assert.equal((await mds.blockVolumes.headState(id)).base, null);
+    const next = await mds.blockVolumes.commitINodeIndex(id);
+    const options = { ending: 2n, next, snapshotName: "s1", sizeBytes: 8192 };
+    const sealed = await mds.blockVolumes.sealGeneration(lock, options);
+    assert.deepEqual(sealed.inodeRef, new INodeRef(id, 2n));
+    assert.deepEqual((await mds.blockVolumes.headState(id)).head, new INodeRef(id, next));
+    await assertCode(
+      mds.blockVolumes.sealGeneration(lock, { ...options, snapshotName: "s1" }),
+      ErrorCode.Exists,
+    );
+    // The head is no longer `ending`: a stale seal is refused.
+    await assertCode(
+      mds.blockVolumes.sealGeneration(lock, { ...options, snapshotName: "s2" }),
+      ErrorCode.Invalid,
+    );
+    // A lost lock seals nothing, even when the same holder locks again.
+    await mds.leases.revoke(lease);
+    const again = await mds.blockVolumes.lock(id, {
+      uuid: "w",
+      lease: await mds.leases.grant(60_000),
+    });
+    const stale = { ending: next, next: next + 1n, snapshotName: "s3", sizeBytes: 8192 };
+    await assertCode(mds.blockVolumes.sealGeneration(lock, stale), ErrorCode.Locked);
+    await assertCode(mds.blockVolumes.clearBase(lock), ErrorCode.Locked);
+    assert.equal((await mds.snapshots.listSnapshots(id)).length, 2);
+    await mds.blockVolumes.sealGeneration(again, stale);
+  });
+
+  test("restore needs the volume unlocked and bases a new generation on the snapshot", async ({ mds }) => {
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    const start = await mds.snapshots.saveSnapshot(id, "start");
+    await mds.blockVolumes.growVolume(id, 8192);
+    const lease = await mds.leases.grant(60_000);
+    const lock = await mds.blockVolumes.lock(id, { uuid: "w", lease });
     await assertCode(mds.snapshots.restoreSnapshot(id, "start"), ErrorCode.Locked);
     await mds.blockVolumes.unlock(lock);
-    assert.deepEqual(await mds.snapshots.restoreSnapshot(id, "start"), new INodeRef(id, 1n));
-    assert.deepEqual(await mds.blockVolumes.getHead(id), new INodeRef(id, 1n));
+    const head = await mds.snapshots.restoreSnapshot(id, "start");
+    assert.ok(head.inode > start.inodeRef.inode);
+    const state = await mds.blockVolumes.headState(id);
+    assert.deepEqual(state.head, head);
+    assert.equal(state.base, start.inodeRef.inode);
+    assert.equal(state.volume.sizeBytes, 4096, "the snapshot's size comes back");
     await assertCode(mds.snapshots.restoreSnapshot(id, "missing"), ErrorCode.NotExist);
+  });
+
+  test("growing: only up, fenced to the writer or needing the volume free", async ({ mds }) => {
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    assert.equal((await mds.blockVolumes.growVolume(id, 8192)).sizeBytes, 8192);
+    await assertCode(mds.blockVolumes.growVolume(id, 4096), ErrorCode.Invalid, /shrink/);
+    await assertCode(mds.blockVolumes.growVolume(id, 8193), ErrorCode.Invalid);
+    const lease = await mds.leases.grant(60_000);
+    const lock = await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    await assertCode(mds.blockVolumes.growVolume(id, 16384), ErrorCode.Locked);
+    assert.equal((await mds.blockVolumes.growVolume(id, 16384, lock)).sizeBytes, 16384);
+    assert.equal((await mds.volumes.getVolumeById(id)).sizeBytes, 16384);
+    await mds.leases.revoke(lease);
+    await assertCode(mds.blockVolumes.growVolume(id, 32768, lock), ErrorCode.Locked);
+    await assertCode(mds.blockVolumes.growVolume(99, 32768), ErrorCode.NotExist);
+  });
+
+  test("clones: made from a snapshot, which they keep alive", async ({ mds }) => {
+    await mds.cluster.init(initOptions);
+    const source = await mds.volumes.createBlockVolume("src", 4096);
+    const snap = await mds.snapshots.saveSnapshot(source.id, "gold");
+    await mds.blockVolumes.growVolume(source.id, 8192);
+    const clone = await mds.volumes.createClone("copy", source.id, "gold");
+    assert.deepEqual(clone.parent, {
+      volumeId: source.id,
+      generation: snap.inodeRef.inode,
+      snapshot: "gold",
+    });
+    assert.equal(clone.sizeBytes, 4096, "a clone has its snapshot's size");
+    assert.deepEqual(await mds.volumes.getVolume("copy"), clone);
+    assert.deepEqual((await mds.snapshots.getSnapshot(source.id, "gold")).clones, [clone.id]);
+    await assertCode(mds.snapshots.deleteSnapshot(source.id, "gold"), ErrorCode.Locked, /clone/);
+    await assertCode(mds.volumes.deleteVolume("src"), ErrorCode.Locked, /clone/);
+    await assertCode(mds.volumes.createClone("copy", source.id, "gold"), ErrorCode.Exists);
+    await assertCode(mds.volumes.createClone("other", source.id, "nope"), ErrorCode.NotExist);
+    await assertCode(mds.volumes.createClone("other", 99, "gold"), ErrorCode.NotExist);
+    const second = await mds.volumes.createClone("copy2", source.id, "gold");
+    await mds.volumes.deleteVolume("copy");
+    assert.deepEqual((await mds.snapshots.getSnapshot(source.id, "gold")).clones, [second.id]);
+    await assertCode(mds.volumes.deleteVolume("src"), ErrorCode.Locked);
+    await mds.volumes.deleteVolume("copy2");
+    await mds.snapshots.deleteSnapshot(source.id, "gold");
+    await mds.volumes.deleteVolume("src");
+  });
+
+  test("requests reach the writer and its reply comes back", async (f) => {
+    const { mds } = f;
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    await assertCode(mds.requests.send(id, { op: "grow", sizeBytes: 8192 }), ErrorCode.Again);
+    const lease = await mds.leases.grant(60_000);
+    const lock = await mds.blockVolumes.lock(id, { uuid: "w", lease });
+    const seen: unknown[] = [];
+    const serving = await mds.requests.serve(id, (request) => {
+      seen.push(request);
+      if (request.op === "snapshot" && request.name === "bad") {
+        return Promise.resolve({ ok: false, code: ErrorCode.Exists, message: "taken" });
+      }
+      return Promise.resolve({ ok: true });
+    });
+    try {
+      const other = await f.other();
+      assert.deepEqual(await other.requests.send(id, { op: "snapshot", name: "s" }), { ok: true });
+      assert.deepEqual(await other.requests.send(id, { op: "snapshot", name: "bad" }), {
+        ok: false,
+        code: ErrorCode.Exists,
+        message: "taken",
+      });
+      assert.deepEqual(seen, [{ op: "snapshot", name: "s" }, { op: "snapshot", name: "bad" }]);
+      // Nothing is left behind.
+      assert.deepEqual(await mds.kv.range(mds.keys.requestsDir(id)), []);
+      assert.deepEqual(await mds.kv.range(mds.keys.repliesDir(id)), []);
+    } finally {
+      await serving.unsubscribe();
+    }
+    // Nobody answers, then the writer leaves: `again`, so the caller can act itself.
+    const pending = mds.requests.send(id, { op: "grow", sizeBytes: 8192 }, { timeoutMs: 30_000 });
+    await mds.blockVolumes.unlock(lock);
+    await assertCode(pending, ErrorCode.Again);
+  });
+
+  test("a writer that never answers makes a request fail in time", async ({ mds }) => {
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    const lease = await mds.leases.grant(60_000);
+    await mds.blockVolumes.lock(id, { uuid: "silent", lease });
+    await assertCode(
+      mds.requests.send(id, { op: "snapshot", name: "s" }, { timeoutMs: 500 }),
+      ErrorCode.Unavailable,
+      /silent/,
+    );
+    assert.deepEqual(await mds.kv.range(mds.keys.requestsDir(id)), []);
   });
 
   test("deleting a missing snapshot is not_exist; unknown volumes too", async ({ mds }) => {

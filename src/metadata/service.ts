@@ -11,6 +11,7 @@ import { DEFAULT_METADATA_PREFIX, MetadataKeys } from "./keys.ts";
 import type { MetadataContext } from "./context.ts";
 import { ClusterMetadataImpl, LeaseMetadataImpl, PeerMetadataImpl } from "./cluster.ts";
 import { BlockVolumeMetadataImpl, SnapshotMetadataImpl, VolumeMetadataImpl } from "./volumes.ts";
+import { VolumeRequestMetadataImpl } from "./requests.ts";
 import type { MetadataService } from "./metadata.ts";
 
 /** Options of {@link createMetadataService}. */
@@ -58,6 +59,7 @@ export function createMetadataService(
     volumes: new VolumeMetadataImpl(context),
     blockVolumes: new BlockVolumeMetadataImpl(context),
     snapshots: new SnapshotMetadataImpl(context),
+    requests: new VolumeRequestMetadataImpl(context),
     keys: context.keys,
     kv,
     close,

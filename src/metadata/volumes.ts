@@ -59,6 +59,7 @@ import {
 } from "./context.ts";
 import type {
   BlockVolumeMetadata,
+  HeadState,
   InvalidRecord,
   LockHolder,
   LockStatus,
@@ -111,12 +112,46 @@ export function volumeInfoFromRecord(bytes: Uint8Array): VolumeInfo {
   if (volume.maxBytes > BigInt(Number.MAX_SAFE_INTEGER)) {
     throw invalid(`volume id ${volume.id} is larger than this build can address`);
   }
+  const parentVolume = volume.parentVolume ?? 0n;
+  if (parentVolume > BigInt(VOLUME_ID_MAX)) {
+    throw invalid(`volume id ${volume.id} names parent volume ${parentVolume}, out of range`);
+  }
+  const parent = parentVolume === 0n ? null : {
+    volumeId: Number(parentVolume),
+    generation: volume.parentInode ?? 0n,
+    snapshot: volume.parentSnapshot ?? "",
+  };
   return {
     id: Number(volume.id),
     name: volume.name,
     type: volume.type,
     sizeBytes: Number(volume.maxBytes),
+    parent,
   };
+}
+
+/** The Volume record of `info`. */
+function volumeRecordOf(info: VolumeInfo): Volume {
+  return {
+    name: info.name,
+    id: BigInt(info.id),
+    type: info.type,
+    maxBytes: BigInt(info.sizeBytes),
+    parentVolume: BigInt(info.parent?.volumeId ?? 0),
+    parentInode: info.parent?.generation ?? 0n,
+    parentSnapshot: info.parent?.snapshot ?? "",
+  };
+}
+
+/** The writes that create volume `info`'s metadata (record, name index, counter, head). */
+function creationOps(keys: MetadataContext["keys"], info: VolumeInfo): TxnOp[] {
+  return [
+    put(keys.volumeMinter(), encodeU64(BigInt(info.id))),
+    put(keys.volumeName(info.name), encodeU64(BigInt(info.id))),
+    put(keys.volumeRecord(info.id), VolumeCodec.encode(volumeRecordOf(info))),
+    put(keys.inodeCounter(info.id), encodeU64(1n)),
+    put(keys.head(info.id), new INodeRef(info.id, 1n).toBytes()),
+  ];
 }
 
 /** A record of `volumeid/<hex>` checked, including that its id is the one in its key. */
@@ -126,6 +161,17 @@ function checkedVolumeRecord(entry: KvEntry, directory: string): VolumeInfo {
     throw invalid(`the record of volume id ${info.id} is stored under another key`);
   }
   return info;
+}
+
+function unknownSnapshot(volumeId: number, name: string): TorusError {
+  return notExist(`snapshot "${name}" of volume id ${volumeId} does not exist`);
+}
+
+/** The id the next created volume gets, from the minter's entry. */
+function nextVolumeId(minter: KvEntry): number {
+  const last = decodeU64(minter.value, "volume minter");
+  if (last >= BigInt(VOLUME_ID_MAX)) throw invalid("volume ids are exhausted");
+  return Number(last + 1n);
 }
 
 function unknownVolume(what: string | number): TorusError {
@@ -151,27 +197,74 @@ export class VolumeMetadataImpl implements VolumeMetadata {
       const minter = entryAt(read, 0);
       if (!minter) throw notInitialised();
       if (entryAt(read, 1)) throw exists(`volume "${name}" already exists`);
-      const last = decodeU64(minter.value, "volume minter");
-      if (last >= BigInt(VOLUME_ID_MAX)) throw invalid("volume ids are exhausted");
-      const id = Number(last + 1n);
-      const record: Volume = {
+      const info: VolumeInfo = {
+        id: nextVolumeId(minter),
         name,
-        id: BigInt(id),
         type: BLOCK_VOLUME_TYPE,
-        maxBytes: BigInt(sizeBytes),
+        sizeBytes,
+        parent: null,
       };
       const created = await kv.txn({
         compare: [absent(nameKey), unchanged(keys.volumeMinter(), minter.modRevision)],
-        success: [
-          put(keys.volumeMinter(), encodeU64(BigInt(id))),
-          put(nameKey, encodeU64(BigInt(id))),
-          put(keys.volumeRecord(id), VolumeCodec.encode(record)),
-          put(keys.inodeCounter(id), encodeU64(1n)),
-          put(keys.head(id), new INodeRef(id, 1n).toBytes()),
-        ],
+        success: creationOps(keys, info),
       });
       // On a lost race the next attempt re-reads: a duplicate name then reports `exists`.
-      return created.succeeded ? { id, name, type: BLOCK_VOLUME_TYPE, sizeBytes } : RETRY;
+      return created.succeeded ? info : RETRY;
+    });
+  }
+
+  async createClone(name: string, sourceVolumeId: number, snapshot: string): Promise<VolumeInfo> {
+    const { kv, keys } = this.#context;
+    const nameKey = keys.volumeName(checkName(name, "volume"));
+    const snapKey = keys.snapshot(checkVolumeId(sourceVolumeId), snapshot);
+    const countKey = keys.cloneCount(sourceVolumeId);
+    return await casLoop(this.#context, `clone ${name}`, async () => {
+      const read = await kv.txn({
+        compare: [],
+        success: [
+          get(keys.volumeMinter()),
+          get(nameKey),
+          get(snapKey),
+          get(keys.volumeRecord(sourceVolumeId)),
+          get(countKey),
+        ],
+      });
+      const [minter, taken, snapEntry, sourceEntry, count] = [0, 1, 2, 3, 4].map((i) =>
+        entryAt(read, i)
+      );
+      if (!minter) throw notInitialised();
+      if (taken) throw exists(`volume "${name}" already exists`);
+      if (!sourceEntry) throw unknownVolume(sourceVolumeId);
+      if (!snapEntry) throw unknownSnapshot(sourceVolumeId, snapshot);
+      const source = volumeInfoFromRecord(sourceEntry.value);
+      const parentSnapshot = decodeSnapshot(snapEntry.value);
+      const info: VolumeInfo = {
+        id: nextVolumeId(minter),
+        name,
+        type: BLOCK_VOLUME_TYPE,
+        sizeBytes: parentSnapshot.sizeBytes ?? source.sizeBytes,
+        parent: {
+          volumeId: sourceVolumeId,
+          generation: parentSnapshot.inodeRef.inode,
+          snapshot,
+        },
+      };
+      const recorded = { ...parentSnapshot, clones: [...parentSnapshot.clones, info.id] };
+      const clones = (count ? decodeU64(count.value, "clone count") : 0n) + 1n;
+      const created = await kv.txn({
+        compare: [
+          absent(nameKey),
+          unchanged(keys.volumeMinter(), minter.modRevision),
+          unchanged(snapKey, snapEntry.modRevision),
+          count ? unchanged(countKey, count.modRevision) : absent(countKey),
+        ],
+        success: [
+          ...creationOps(keys, info),
+          put(snapKey, encodeSnapshot(recorded)),
+          put(countKey, encodeU64(clones)),
+        ],
+      });
+      return created.succeeded ? info : RETRY;
     });
   }
 
@@ -182,26 +275,74 @@ export class VolumeMetadataImpl implements VolumeMetadata {
       const entry = await kv.get(nameKey);
       if (!entry) throw unknownVolume(name);
       const id = decodeVolumeId(entry.value, `volume index of ${name}`);
+      const read = await kv.txn({
+        compare: [],
+        success: [get(keys.volumeRecord(id)), get(keys.cloneCount(id))],
+      });
+      const [recordEntry, count] = [entryAt(read, 0), entryAt(read, 1)];
+      const clones = count ? decodeU64(count.value, "clone count") : 0n;
+      if (clones > 0n) {
+        throw new TorusError(
+          ErrorCode.Locked,
+          `volume "${name}" has ${clones} clone(s) made from its snapshots; delete them first`,
+        );
+      }
+      const parentOps = recordEntry ? await this.#leaveParent(recordEntry) : null;
       const response = await kv.txn({
-        compare: [unchanged(nameKey, entry.modRevision), absent(keys.lock(id))],
+        compare: [
+          unchanged(nameKey, entry.modRevision),
+          absent(keys.lock(id)),
+          count ? unchanged(keys.cloneCount(id), count.modRevision) : absent(keys.cloneCount(id)),
+          ...(recordEntry ? [unchanged(keys.volumeRecord(id), recordEntry.modRevision)] : []),
+          ...(parentOps?.compare ?? []),
+        ],
         success: [
           del(nameKey),
           del(keys.volumeRecord(id)),
           { type: "deletePrefix", prefix: keys.volumeMetaDir(id) },
+          ...(parentOps?.success ?? []),
         ],
         failure: [get(nameKey), get(keys.lock(id))],
       });
       if (response.succeeded) return undefined;
       const now = entryAt(response, 0);
-      if (now === null || now.modRevision !== entry.modRevision) return RETRY;
       const holder = entryAt(response, 1);
+      if (now === null || now.modRevision !== entry.modRevision || holder === null) return RETRY;
       throw new TorusError(
         ErrorCode.Locked,
-        `volume "${name}" is in use (locked by ${
-          holder ? fromUtf8(holder.value, "lock") : "?"
-        }); close it first`,
+        `volume "${name}" is in use (locked by ${fromUtf8(holder.value, "lock")}); close it first`,
       );
     });
+  }
+
+  /**
+   * For a clone: the guards and writes that take it off its parent snapshot's clone list and
+   * count. Null for a volume of its own, or when the parent's records are already gone.
+   */
+  async #leaveParent(
+    recordEntry: KvEntry,
+  ): Promise<{ compare: Compare[]; success: TxnOp[] } | null> {
+    const { kv, keys } = this.#context;
+    const info = volumeInfoFromRecord(recordEntry.value);
+    if (info.parent === null) return null;
+    const snapKey = keys.snapshot(info.parent.volumeId, info.parent.snapshot);
+    const countKey = keys.cloneCount(info.parent.volumeId);
+    const read = await kv.txn({ compare: [], success: [get(snapKey), get(countKey)] });
+    const [snapEntry, count] = [entryAt(read, 0), entryAt(read, 1)];
+    const compare: Compare[] = [];
+    const success: TxnOp[] = [];
+    if (snapEntry) {
+      const parentSnapshot = decodeSnapshot(snapEntry.value);
+      const clones = parentSnapshot.clones.filter((id) => id !== info.id);
+      compare.push(unchanged(snapKey, snapEntry.modRevision));
+      success.push(put(snapKey, encodeSnapshot({ ...parentSnapshot, clones })));
+    }
+    if (count) {
+      const left = decodeU64(count.value, "clone count");
+      compare.push(unchanged(countKey, count.modRevision));
+      success.push(left > 1n ? put(countKey, encodeU64(left - 1n)) : del(countKey));
+    }
+    return { compare, success };
   }
 
   async listVolumes(): Promise<
@@ -348,6 +489,119 @@ export class BlockVolumeMetadataImpl implements BlockVolumeMetadata {
       fencingToken: BigInt(entry.createRevision),
     };
   }
+
+  async headState(volumeId: number): Promise<HeadState> {
+    const { kv, keys } = this.#context;
+    const read = await kv.txn({
+      compare: [],
+      success: [
+        get(keys.volumeRecord(checkVolumeId(volumeId))),
+        get(keys.head(volumeId)),
+        get(keys.base(volumeId)),
+      ],
+    });
+    const [record, head, base] = [0, 1, 2].map((i) => entryAt(read, i));
+    if (!record || !head) throw unknownVolume(volumeId);
+    return {
+      volume: volumeInfoFromRecord(record.value),
+      head: checkedHead(head.value, volumeId),
+      base: base ? decodeU64(base.value, "base generation") : null,
+    };
+  }
+
+  async sealGeneration(
+    lock: VolumeLock,
+    options: { ending: bigint; next: bigint; snapshotName: string; sizeBytes: number },
+  ): Promise<Snapshot> {
+    const { kv, keys, clock } = this.#context;
+    const volumeId = checkLock(lock);
+    const lockKey = keys.lock(volumeId);
+    const snapKey = keys.snapshot(volumeId, checkName(options.snapshotName, "snapshot"));
+    if (options.next <= options.ending) throw invalid("a new generation must be newer");
+    const snapshot: Snapshot = {
+      name: options.snapshotName,
+      whenMs: clock.nowMs(),
+      inodeRef: new INodeRef(volumeId, options.ending),
+      sizeBytes: checkVolumeSize(options.sizeBytes),
+      clones: [],
+    };
+    const response = await kv.txn({
+      compare: [
+        ...fenced(lockKey, lock),
+        absent(snapKey),
+        holds(keys.head(volumeId), snapshot.inodeRef.toBytes()),
+      ],
+      success: [
+        put(snapKey, encodeSnapshot(snapshot)),
+        put(keys.head(volumeId), new INodeRef(volumeId, options.next).toBytes()),
+        del(keys.base(volumeId)),
+      ],
+      failure: [get(lockKey), get(snapKey), get(keys.head(volumeId))],
+    });
+    if (response.succeeded) return snapshot;
+    if (entryAt(response, 1)) {
+      throw exists(`snapshot "${options.snapshotName}" of volume id ${volumeId} exists`);
+    }
+    const lockNow = entryAt(response, 0);
+    if (lockNow === null || BigInt(lockNow.createRevision) !== lock.fencingToken) {
+      throw lockLost(lock, lockNow);
+    }
+    throw invalid(`volume id ${volumeId}: the head is not generation ${options.ending}`);
+  }
+
+  async clearBase(lock: VolumeLock): Promise<void> {
+    const { kv, keys } = this.#context;
+    const lockKey = keys.lock(checkLock(lock));
+    const response = await kv.txn({
+      compare: fenced(lockKey, lock),
+      success: [del(keys.base(lock.volumeId))],
+      failure: [get(lockKey)],
+    });
+    if (!response.succeeded) throw lockLost(lock, entryAt(response, 0));
+  }
+
+  async growVolume(volumeId: number, sizeBytes: number, lock?: VolumeLock): Promise<VolumeInfo> {
+    const { kv, keys } = this.#context;
+    const recordKey = keys.volumeRecord(checkVolumeId(volumeId));
+    const lockKey = keys.lock(volumeId);
+    checkVolumeSize(sizeBytes);
+    if (lock !== undefined && checkLock(lock) !== volumeId) throw invalid("lock of another volume");
+    return await casLoop(this.#context, `grow volume ${volumeId}`, async () => {
+      const entry = await kv.get(recordKey);
+      if (!entry) throw unknownVolume(volumeId);
+      const info = volumeInfoFromRecord(entry.value);
+      if (sizeBytes < info.sizeBytes) {
+        throw invalid(
+          `volume "${info.name}" is ${info.sizeBytes} bytes: shrinking is not supported`,
+        );
+      }
+      if (sizeBytes === info.sizeBytes) return info;
+      const grown = { ...info, sizeBytes };
+      const response = await kv.txn({
+        compare: [
+          unchanged(recordKey, entry.modRevision),
+          ...(lock === undefined ? [absent(lockKey)] : fenced(lockKey, lock)),
+        ],
+        success: [put(recordKey, VolumeCodec.encode(volumeRecordOf(grown)))],
+        failure: [get(recordKey), get(lockKey)],
+      });
+      if (response.succeeded) return grown;
+      const now = entryAt(response, 0);
+      if (now === null || now.modRevision !== entry.modRevision) return RETRY;
+      const lockNow = entryAt(response, 1);
+      if (lock !== undefined) throw lockLost(lock, lockNow);
+      throw lockedBy(volumeId, lockNow);
+    });
+  }
+}
+
+/** Decodes a head value and checks it names `volumeId`. */
+function checkedHead(bytes: Uint8Array, volumeId: number): INodeRef {
+  const head = INodeRef.fromBytes(bytes);
+  if (head.volume !== volumeId) {
+    throw invalid(`the head of volume id ${volumeId} names volume ${head.volume}`);
+  }
+  return head;
 }
 
 /** Checks a lock handle's fields (it may come from anywhere); returns its volume id. */
@@ -401,25 +655,50 @@ export class SnapshotMetadataImpl implements SnapshotMetadata {
   async saveSnapshot(volumeId: number, name: string): Promise<Snapshot> {
     const { kv, keys, clock } = this.#context;
     const snapKey = keys.snapshot(checkVolumeId(volumeId), checkName(name, "snapshot"));
-    const [record, headKey] = [keys.volumeRecord(volumeId), keys.head(volumeId)];
+    const [recordKey, headKey, baseKey] = [
+      keys.volumeRecord(volumeId),
+      keys.head(volumeId),
+      keys.base(volumeId),
+    ];
+    const [counterKey, lockKey] = [keys.inodeCounter(volumeId), keys.lock(volumeId)];
     return await casLoop(this.#context, `snapshot ${name} of volume ${volumeId}`, async () => {
       const read = await kv.txn({
         compare: [],
-        success: [get(record), get(headKey), get(snapKey)],
+        success: [recordKey, headKey, baseKey, counterKey, snapKey, lockKey].map(get),
       });
-      const head = entryAt(read, 1);
-      if (!entryAt(read, 0) || !head) throw unknownVolume(volumeId);
-      if (entryAt(read, 2)) throw exists(`snapshot "${name}" of volume id ${volumeId} exists`);
+      const [record, head, base, counter, taken, lock] = [0, 1, 2, 3, 4, 5].map((i) =>
+        entryAt(read, i)
+      );
+      if (!record || !head || !counter) throw unknownVolume(volumeId);
+      if (taken) throw exists(`snapshot "${name}" of volume id ${volumeId} exists`);
+      if (lock) throw lockedBy(volumeId, lock);
+      // The head's contents are its base's until a writer gave it a root of its own.
+      const contents = base
+        ? decodeU64(base.value, "base generation")
+        : checkedHead(head.value, volumeId).inode;
+      const next = decodeU64(counter.value, "INode counter") + 1n;
       const snapshot: Snapshot = {
         name,
         whenMs: clock.nowMs(),
-        inodeRef: INodeRef.fromBytes(head.value),
+        inodeRef: new INodeRef(volumeId, contents),
+        sizeBytes: volumeInfoFromRecord(record.value).sizeBytes,
+        clones: [],
       };
-      // The head must not move between our read and the write, or the snapshot would name a
-      // version that was already replaced.
       const response = await kv.txn({
-        compare: [unchanged(headKey, head.modRevision), absent(snapKey), present(record)],
-        success: [put(snapKey, encodeSnapshot(snapshot))],
+        compare: [
+          unchanged(recordKey, record.modRevision),
+          unchanged(headKey, head.modRevision),
+          unchanged(counterKey, counter.modRevision),
+          base ? unchanged(baseKey, base.modRevision) : absent(baseKey),
+          absent(snapKey),
+          absent(lockKey),
+        ],
+        success: [
+          put(snapKey, encodeSnapshot(snapshot)),
+          put(counterKey, encodeU64(next)),
+          put(headKey, new INodeRef(volumeId, next).toBytes()),
+          put(baseKey, encodeU64(contents)),
+        ],
       });
       return response.succeeded ? snapshot : RETRY;
     });
@@ -440,37 +719,75 @@ export class SnapshotMetadataImpl implements SnapshotMetadata {
     return entriesAt(response, 1).map((e) => decodeSnapshot(e.value));
   }
 
+  async getSnapshot(volumeId: number, name: string): Promise<Snapshot> {
+    const entry = await this.#context.kv.get(
+      this.#context.keys.snapshot(checkVolumeId(volumeId), name),
+    );
+    if (!entry) throw unknownSnapshot(volumeId, name);
+    return decodeSnapshot(entry.value);
+  }
+
   async deleteSnapshot(volumeId: number, name: string): Promise<void> {
     const snapKey = this.#context.keys.snapshot(checkVolumeId(volumeId), name);
-    const response = await this.#context.kv.txn({
-      compare: [present(snapKey)],
-      success: [del(snapKey)],
+    return await casLoop(this.#context, `delete snapshot ${name}`, async () => {
+      const entry = await this.#context.kv.get(snapKey);
+      if (!entry) throw unknownSnapshot(volumeId, name);
+      const snapshot = decodeSnapshot(entry.value);
+      if (snapshot.clones.length > 0) {
+        throw new TorusError(
+          ErrorCode.Locked,
+          `snapshot "${name}" of volume id ${volumeId} has clones (volume ids ` +
+            `${snapshot.clones.join(", ")}); delete them first`,
+        );
+      }
+      const response = await this.#context.kv.txn({
+        compare: [unchanged(snapKey, entry.modRevision)],
+        success: [del(snapKey)],
+      });
+      return response.succeeded ? undefined : RETRY;
     });
-    if (!response.succeeded) {
-      throw notExist(`snapshot "${name}" of volume id ${volumeId} does not exist`);
-    }
   }
 
   async restoreSnapshot(volumeId: number, name: string): Promise<INodeRef> {
     const { kv, keys } = this.#context;
     const snapKey = keys.snapshot(checkVolumeId(volumeId), name);
-    const lockKey = keys.lock(volumeId);
+    const [recordKey, counterKey, lockKey] = [
+      keys.volumeRecord(volumeId),
+      keys.inodeCounter(volumeId),
+      keys.lock(volumeId),
+    ];
     return await casLoop(this.#context, `restore ${name} of volume ${volumeId}`, async () => {
-      const entry = await kv.get(snapKey);
-      if (!entry) throw notExist(`snapshot "${name}" of volume id ${volumeId} does not exist`);
+      const read = await kv.txn({
+        compare: [],
+        success: [snapKey, recordKey, counterKey, lockKey].map(get),
+      });
+      const [entry, record, counter, lock] = [0, 1, 2, 3].map((i) => entryAt(read, i));
+      if (!record || !counter) throw unknownVolume(volumeId);
+      if (!entry) throw unknownSnapshot(volumeId, name);
+      if (lock) throw lockedBy(volumeId, lock);
       const snapshot = decodeSnapshot(entry.value);
       if (snapshot.inodeRef.volume !== volumeId) {
         throw invalid(`snapshot "${name}" points into volume ${snapshot.inodeRef.volume}`);
       }
+      const info = volumeInfoFromRecord(record.value);
+      const restored = { ...info, sizeBytes: snapshot.sizeBytes ?? info.sizeBytes };
+      const next = decodeU64(counter.value, "INode counter") + 1n;
+      const head = new INodeRef(volumeId, next);
       const response = await kv.txn({
-        compare: [unchanged(snapKey, entry.modRevision), absent(lockKey)],
-        success: [put(keys.head(volumeId), snapshot.inodeRef.toBytes())],
-        failure: [get(lockKey)],
+        compare: [
+          unchanged(snapKey, entry.modRevision),
+          unchanged(recordKey, record.modRevision),
+          unchanged(counterKey, counter.modRevision),
+          absent(lockKey),
+        ],
+        success: [
+          put(counterKey, encodeU64(next)),
+          put(keys.head(volumeId), head.toBytes()),
+          put(keys.base(volumeId), encodeU64(snapshot.inodeRef.inode)),
+          put(recordKey, VolumeCodec.encode(volumeRecordOf(restored))),
+        ],
       });
-      if (response.succeeded) return snapshot.inodeRef;
-      const lock = entryAt(response, 0);
-      if (lock) throw lockedBy(volumeId, lock);
-      return RETRY;
+      return response.succeeded ? head : RETRY;
     });
   }
 }

@@ -74,6 +74,18 @@ export const descriptor: INamespace = {
             "maxBytes": {
               "type": "uint64",
               "id": 4
+            },
+            "parentVolume": {
+              "type": "uint64",
+              "id": 5
+            },
+            "parentInode": {
+              "type": "uint64",
+              "id": 6
+            },
+            "parentSnapshot": {
+              "type": "string",
+              "id": 7
             }
           }
         },

@@ -29,6 +29,12 @@ export interface Volume {
   id: bigint;
   type: string;
   maxBytes: bigint;
+  /** A clone's parent volume id (0n or absent for none; decoding always fills it). */
+  parentVolume?: bigint;
+  /** The generation of the parent's snapshot (0n or absent for none). */
+  parentInode?: bigint;
+  /** The name of the parent's snapshot ("" or absent for none). */
+  parentSnapshot?: string;
 }
 
 export interface RebalanceInfo {

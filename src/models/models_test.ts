@@ -56,7 +56,24 @@ const inode: INode = {
 const samples: [Codec<unknown>, unknown][] = [
   [INodeCodec, inode],
   [BlockLayerCodec, { type: 2, content: new Uint8Array([0, 1, 255]) }],
-  [VolumeCodec, { name: "vol-ü", id: U64_MAX, type: "block", maxBytes: 1n << 40n }],
+  [VolumeCodec, {
+    name: "vol-ü",
+    id: U64_MAX,
+    type: "block",
+    maxBytes: 1n << 40n,
+    parentVolume: 0n,
+    parentInode: 0n,
+    parentSnapshot: "",
+  }],
+  [VolumeCodec, {
+    name: "clone",
+    id: 9n,
+    type: "block",
+    maxBytes: 512n,
+    parentVolume: (1n << 40n) - 1n,
+    parentInode: U64_MAX,
+    parentSnapshot: "s-1",
+  }],
   [PeerInfoCodec, peer],
   [PeerInfoCodec, { ...peer, lastSeen: I64_MAX, rebalanceInfo: null }],
   // A present sub-message with only defaults stays present (not null) after a round trip.

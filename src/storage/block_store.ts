@@ -15,6 +15,21 @@
  * - Capacity is `totalBlocks()`; a put of a new ref beyond it throws `out_of_space`.
  * - After `flush()` resolves, every put and delete before it survives a crash of the process.
  * - After `close()`, every call throws `closed`.
+ *
+ * Range operations (the small-I/O path of block volumes, docs/adr/0004-block-volume-write-path.md):
+ * - `readAt` fills a caller's buffer from a byte range of a block, reading only the sectors it
+ *   covers and verifying each against the checksum written with it: a damaged sector makes only
+ *   the reads that cover it fail (`block_unavailable`), never the rest of the block.
+ * - `writeAt` and `zeroAt` change a byte range of a block in place, creating the block (all
+ *   zeros) when the ref is absent (`out_of_space` when that needs room there is not). With
+ *   `fresh` the block is first reset to zeros even if the ref holds bytes: the volume layer
+ *   allocates a block anew that way, whatever an abandoned earlier life of it left behind.
+ * - Range writes and whole-block puts and deletes of one ref take effect in call order. A range
+ *   write resolves once a read issued after it returns its bytes.
+ * - After a crash, a range write not covered by a flush reads back, per sector, as its old or its
+ *   new bytes: never a mix inside a sector, never garbage, never a checksum error.
+ * - Every operation above is one that can be sent to the R holders of a block (the cluster's
+ *   distributor is a BlockStore too).
  * @module
  */
 
@@ -32,7 +47,13 @@ export interface BlockCallOptions {
   expectedCrc32?: number;
 }
 
-/** A store of immutable blocks. */
+/** Options of range writes. */
+export interface RangeWriteOptions extends BlockCallOptions {
+  /** Reset the block to zeros before this write, even when the ref holds bytes. */
+  fresh?: boolean;
+}
+
+/** A store of fixed-size blocks, whole or by byte range. */
 export interface BlockStore {
   /** Implementation name: `memory`, `file`, `distributor`. */
   readonly kind: string;
@@ -47,6 +68,27 @@ export interface BlockStore {
   putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void>;
   /** Whether `ref` is stored (without reading or verifying its bytes). */
   hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean>;
+  /** Fills `into` with `into.length` bytes of `ref` at `offsetBytes` (within the block). */
+  readAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    into: Uint8Array,
+    options?: BlockCallOptions,
+  ): Promise<void>;
+  /** Writes `data` into `ref` at `offsetBytes`, creating the block when absent. */
+  writeAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    data: Uint8Array,
+    options?: RangeWriteOptions,
+  ): Promise<void>;
+  /** Zeroes `lengthBytes` of `ref` at `offsetBytes`, creating the block when absent. */
+  zeroAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    lengthBytes: number,
+    options?: RangeWriteOptions,
+  ): Promise<void>;
   /** Removes `ref`; its slot becomes free. */
   deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void>;
   /**

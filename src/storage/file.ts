@@ -37,7 +37,28 @@
  * Slot accounting: every slot is in exactly one SlotState (slot_index.ts): free, held by a put in
  * flight, stored, retiring or dead (an old copy awaiting a flush), clearing (a zeroed entry being
  * written) or retired (being freed by a flush). One slot is kept spare, so replacing a block in a
- * full store always has room; `totalBlocks()` is the slot count minus that spare.
+ * full store always has room; `totalBlocks()` is the slot count minus that spare. A slot that
+ * the applier is writing into is pinned: it becomes free only when that write is done.
+ *
+ * Checksums: every slot has a sums record (sector_sums.ts, in `sums-<name>.blk`): the
+ * generation of its copy and a CRC-32C per 4 KiB sector, or "zero" for sectors never written.
+ * Every read verifies the sectors it returns (a damaged sector fails only the reads covering it)
+ * and never reads zero sectors from the disk. A put writes the record with its data, before the
+ * copy is installed; a flush syncs records with the data, before the map.
+ *
+ * Range writes (writeAt, zeroAt; docs/adr/0004-block-volume-write-path.md):
+ * - Rounded to whole sectors (the edges merged from the current bytes, with later writes to the
+ *   ref held back meanwhile), each becomes a record of the journal (journal.ts) with the next
+ *   generation as its seq, and stays in memory (the overlay) until applied: reads apply the
+ *   overlay on top of the slot. A range write to an absent ref first creates it: a slot whose
+ *   sums say zero everywhere, written before the copy is installed.
+ * - FLUSH syncs the journal after the data, sums and map files: one durable append for range
+ *   writes. Only records that are durable are applied in place (data, then the sums record),
+ *   so the slot never holds bytes a crash could leave without their record; a checkpoint (slots,
+ *   sums and map synced) then frees their journal space. Records of a ref older than its copy's
+ *   generation (a put or delete came later) are skipped.
+ * - Opening replays the records after the last checkpoint, in order: what a crash left half
+ *   applied is applied again (records hold whole sectors, so applying twice is harmless).
  * @module
  */
 
@@ -57,11 +78,31 @@ import {
   verifyEnabled,
 } from "../core/mod.ts";
 import { tuneMallocForLargeBuffers } from "../sys/mod.ts";
-import type { BlockCallOptions, BlockStore } from "./block_store.ts";
+import type { BlockCallOptions, BlockStore, RangeWriteOptions } from "./block_store.ts";
 import type { FileIo } from "./file_io.ts";
+import { checkBlockRange } from "./range.ts";
+import {
+  Journal,
+  JournalFlag,
+  JournalKind,
+  type JournalRecord,
+  journalRegionBytesFor,
+} from "./journal.ts";
+import {
+  sectorMatches,
+  sectorSum,
+  SUM_UNKNOWN,
+  SUM_ZERO,
+  sumsOfBlock,
+  type SumsRecord,
+  unknownSums,
+  zeroSums,
+} from "./sector_sums.ts";
+import { SumsFile } from "./sums_file.ts";
 import { slotOffsetBytes } from "./file_format.ts";
 import {
   closeStoreFiles,
+  crcVerifier,
   type LoadedIndex,
   loadIndex,
   openStoreFiles,
@@ -99,9 +140,44 @@ const REFS_CHUNK_SLOTS = 4096;
 
 const log = logger("storage");
 
+/** A range write or zeroing appended to the journal and not yet applied to its slot. */
+interface PendingRange {
+  readonly seq: number;
+  /** JournalKind.Write or JournalKind.Zero. */
+  readonly kind: JournalKind;
+  /** The block reads as zeros before this record (a block created or reset by it). */
+  readonly reset: boolean;
+  /** Sector-aligned range in the block. */
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+  /** The bytes of a write; null for a zeroing. */
+  readonly data: Uint8Array | null;
+}
+
+/** A journal record (range or delete) waiting to be applied, in seq order across refs. */
+interface Unapplied {
+  readonly seq: number;
+  readonly refKey: string;
+  readonly key: Uint32Array;
+  /** Null for a delete. */
+  readonly range: PendingRange | null;
+  /** Where the record ends in the journal, once written. */
+  end: number;
+}
+
+/** Journal bytes that may wait unapplied before the store flushes on its own. */
+const UNAPPLIED_BYTES_SOFT_MAX = 32 * 1024 * 1024;
+/** How long records may stay unapplied and unflushed when nobody flushes. */
+const BACKGROUND_FLUSH_MS = 2_000;
+/** Refs the applier works on at once. */
+const APPLY_CONCURRENCY = 16;
+
 /** Puts of one ref in flight. */
 interface PutsInFlight {
   count: number;
+  /** Resolves when the last of these puts settled. */
+  settled: Promise<void>;
+  settle: () => void;
   /** Generation of the newest of these puts. */
   latestGeneration: number;
   /** Puts with a lower generation were superseded by a delete. */
@@ -153,9 +229,36 @@ export class FileBlockStore implements BlockStore {
   #closePromise: Promise<void> | null = null;
   #failure: TorusError | null = null;
   readonly #staging: Uint8Array[] = [];
+  readonly #sums: SumsFile;
+  readonly #journal: Journal;
+  readonly #sectorBytes: number;
+  /** Unapplied range records per ref key, in seq order (what reads lay over the slot). */
+  readonly #overlay = new Map<string, PendingRange[]>();
+  /** Every unapplied record in seq order. */
+  #unapplied: Unapplied[] = [];
+  #unappliedBytes = 0;
+  /** Records with a seq up to this are durable in the journal. */
+  #durableSeq = 0;
+  /** Records up to this seq are applied; the journal may drop what precedes the position. */
+  #applied: { seq: number; position: number };
+  #applying: Promise<void> | null = null;
+  #checkpointing: Promise<void> | null = null;
+  /** Refs whose range writes wait for a creation or an edge merge in progress. */
+  readonly #barriers = new Map<string, Promise<void>>();
+  /** Deleted copies whose entries are zeroed once their delete record is durable. */
+  #deletesAwaitingJournal: { slot: number; seq: number }[] = [];
+  /** Slots the applier writes into: freed only when it is done (count per slot). */
+  readonly #pinned = new Map<number, number>();
+  /** Pinned slots released meanwhile: free once unpinned. */
+  readonly #releaseDeferred = new Set<number>();
+  #backgroundFlush: ReturnType<typeof setTimeout> | null = null;
 
   /** Use {@link FileBlockStore.open}. */
-  private constructor(files: StoreFiles, loaded: LoadedIndex) {
+  private constructor(
+    files: StoreFiles,
+    loaded: LoadedIndex,
+    extra: { sums: SumsFile; journal: Journal },
+  ) {
     assert(files.highWater !== null, "a store opens with a settled high-water mark");
     this.name = files.name;
     this.blockSizeBytes = files.blockSizeBytes;
@@ -164,6 +267,14 @@ export class FileBlockStore implements BlockStore {
     this.#capacity = Math.max(0, files.slotCount - SPARE_SLOTS);
     this.#index = loaded.index;
     this.#nextGeneration = loaded.maxGeneration + 1;
+    this.#sums = extra.sums;
+    this.#journal = extra.journal;
+    this.#sectorBytes = extra.sums.sectorBytes;
+    this.#applied = {
+      seq: extra.journal.checkpoint.seq,
+      position: extra.journal.checkpoint.position,
+    };
+    this.#journal.onFull = () => void this.#flushNow().catch(() => {});
     // Pushed from the top down, so puts fill the file from its start; slots from `#fresh` on are
     // handed out in order after the free stack is empty.
     this.#free = new Uint32Array(files.slotCount);
@@ -196,14 +307,51 @@ export class FileBlockStore implements BlockStore {
     const slotCount = Math.floor(options.sizeBytes / options.blockSizeBytes);
     // Every get returns a fresh block-sized buffer: keep their memory out of mmap/munmap churn.
     tuneMallocForLargeBuffers();
-    const files = await openStoreFiles(options.io ?? new SysFileIo(), {
+    const io = options.io ?? new SysFileIo();
+    const files = await openStoreFiles(io, {
       dir: options.dir,
       name,
       blockSizeBytes: options.blockSizeBytes,
       slotCount,
     });
+    let sums: SumsFile | null = null;
+    let journal: Journal | null = null;
     try {
-      const loaded = await loadIndex(files, slotCount);
+      const sumsPath = `${options.dir}/sums-${name}.blk`;
+      const sumsOptions = {
+        storeId: files.storeId,
+        blockSizeBytes: files.blockSizeBytes,
+        slotCount: Math.max(slotCount, files.slotCount),
+      };
+      journal = await Journal.open(io, `${options.dir}/journal-${name}.blk`, {
+        storeId: files.storeId,
+        regionBytes: journalRegionBytesFor(
+          slotCount * options.blockSizeBytes,
+          options.blockSizeBytes,
+        ),
+      });
+      let loaded: LoadedIndex;
+      let summary: JournalSummary;
+      if (await io.exists(sumsPath)) {
+        sums = await SumsFile.open(io, sumsPath, sumsOptions);
+        // What replay will rewrite: a copy is judged without those sectors (an apply a crash
+        // left half done is not damage).
+        summary = await summarizeJournal(journal, sums.sectorBytes);
+        loaded = await loadIndex(files, slotCount, sumsVerifier(files, sums, summary));
+      } else {
+        // New, or made by a build before sums files: the entries' CRCs decide, then the sums
+        // of the blocks already stored are made (and nothing was journaled before them).
+        loaded = await loadIndex(files, slotCount, crcVerifier(files));
+        const index = loaded;
+        await SumsFile.create(
+          io,
+          sumsPath,
+          sumsOptions,
+          (made) => writeInitialSums(files, made, index),
+        );
+        sums = await SumsFile.open(io, sumsPath, sumsOptions);
+        summary = await summarizeJournal(journal, sums.sectorBytes);
+      }
       if (loaded.damagedEntries + loaded.supersededEntries > 0) {
         log.notice(
           `store ${name}: cleared ${loaded.damagedEntries} damaged and ` +
@@ -214,9 +362,14 @@ export class FileBlockStore implements BlockStore {
         usedBlocks: loaded.index.size,
         highestUsedSlot: loaded.highestUsedSlot,
       });
+      await sums.resize(slotCount);
       await settleHighWater(files, loaded);
-      return new FileBlockStore(files, loaded);
+      const store = new FileBlockStore(files, loaded, { sums, journal });
+      await store.#replay(summary);
+      return store;
     } catch (error) {
+      await journal?.close().catch(() => {});
+      await sums?.close().catch(() => {});
       await closeStoreFiles(files).catch(() => {});
       throw error;
     }
@@ -253,61 +406,620 @@ export class FileBlockStore implements BlockStore {
   async getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {
     this.#checkUsable();
     options?.signal?.throwIfAborted();
-    const key = SlotIndex.keyOf(ref, new Uint32Array(REF_WORDS));
+    const block = new Uint8Array(this.blockSizeBytes);
     this.#opsInFlight++;
     try {
-      for (let attempt = 1;; attempt++) {
-        const slot = this.#index.find(key);
-        if (slot < 0) throw notExist(`block ${ref} not found`);
-        const read = await this.#readVerified(ref, key, slot);
-        if (read !== null) {
-          const expected = options?.expectedCrc32;
-          if (expected !== undefined && read.crc !== expected >>> 0) {
-            throw blockUnavailable(`block ${ref} does not match its expected CRC`);
-          }
-          return read.block;
-        }
-        if (attempt >= READ_ATTEMPTS_MAX) {
-          throw blockUnavailable(`block ${ref} kept changing while being read`);
-        }
-      }
+      await this.#readRange(ref, 0, block);
+    } finally {
+      this.#opDone();
+    }
+    const expected = options?.expectedCrc32;
+    if (expected !== undefined && crc32(block) !== expected >>> 0) {
+      throw blockUnavailable(`block ${ref} does not match its expected CRC`);
+    }
+    return block;
+  }
+
+  async readAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    into: Uint8Array,
+    options?: BlockCallOptions,
+  ): Promise<void> {
+    this.#checkUsable();
+    options?.signal?.throwIfAborted();
+    checkBlockRange(this.blockSizeBytes, offsetBytes, into.length);
+    this.#opsInFlight++;
+    try {
+      await this.#readRange(ref, offsetBytes, into);
     } finally {
       this.#opDone();
     }
   }
 
   /**
-   * Reads stored `slot` into a fresh buffer, with its checksum. Null when the version changed
-   * while reading (retry); throws `block_unavailable` (and drops the entry) when the bytes fail
-   * their checksum.
+   * Fills `into` with the bytes of `ref` at `offsetBytes`: the slot's verified sectors with the
+   * unapplied range records laid over them. Retries when the ref's copy changes meanwhile.
    */
-  async #readVerified(
+  async #readRange(ref: BlockRef, offsetBytes: number, into: Uint8Array): Promise<void> {
+    const key = SlotIndex.keyOf(ref, new Uint32Array(REF_WORDS));
+    const sectorBytes = this.#sectorBytes;
+    const first = Math.floor(offsetBytes / sectorBytes);
+    const end = Math.max(first + 1, Math.ceil((offsetBytes + into.length) / sectorBytes));
+    const span = new Uint8Array((end - first) * sectorBytes);
+    for (let attempt = 1;; attempt++) {
+      const slot = this.#index.find(key);
+      if (slot < 0) throw notExist(`block ${ref} not found`);
+      const generation = this.#index.generations[slot]!;
+      const overlay = this.#overlayOf(ref.key, generation);
+      const read = await this.#readSectors({ ref, key, slot, generation }, first, span, overlay);
+      if (read) {
+        applyOverlay(span, first * sectorBytes, overlay);
+        const from = offsetBytes - first * sectorBytes;
+        into.set(span.subarray(from, from + into.length));
+        return;
+      }
+      if (attempt >= READ_ATTEMPTS_MAX) {
+        throw blockUnavailable(`block ${ref} kept changing while being read`);
+      }
+    }
+  }
+
+  /** The unapplied records of `refKey` newer than the copy of `generation`, in order. */
+  #overlayOf(refKey: string, generation: number): PendingRange[] {
+    const records = this.#overlay.get(refKey);
+    if (records === undefined) return [];
+    return records.filter((record) => record.seq > generation);
+  }
+
+  /**
+   * Reads and verifies the sectors of `span` (from sector `first`) that the overlay does not
+   * cover; zero sectors are filled without reading. False when the copy changed meanwhile.
+   */
+  async #readSectors(
+    copy: { ref: BlockRef; key: Uint32Array; slot: number; generation: number },
+    first: number,
+    span: Uint8Array,
+    overlay: readonly PendingRange[],
+  ): Promise<boolean> {
+    const sectorBytes = this.#sectorBytes;
+    const count = span.length / sectorBytes;
+    // A record that resets the block makes everything under it zero: no disk read at all.
+    if (overlay.some((record) => record.reset)) return true;
+    const covered = coveredSectors(overlay, first, count, sectorBytes);
+    if (covered.every((c) => c)) return true;
+    const changed = () =>
+      this.#index.find(copy.key) !== copy.slot ||
+      this.#index.generations[copy.slot] !== copy.generation;
+    const record = await this.#sums.read(copy.slot);
+    if (changed()) return false;
+    if (record.generation !== copy.generation) {
+      throw blockUnavailable(
+        `block ${copy.ref} in slot ${copy.slot}: its checksums belong to another copy ` +
+          `(a power loss took them before a flush)`,
+      );
+    }
+    let low = -1;
+    let high = -1;
+    for (let i = 0; i < count; i++) {
+      if (covered[i] || record.sums[first + i] === SUM_ZERO) continue;
+      if (low < 0) low = i;
+      high = i;
+    }
+    if (low >= 0) {
+      const target = span.subarray(low * sectorBytes, (high + 1) * sectorBytes);
+      const at = slotOffsetBytes(copy.slot, this.blockSizeBytes) + (first + low) * sectorBytes;
+      try {
+        const got = await this.#files.data.read(target, at);
+        if (got !== target.length) {
+          throw blockUnavailable(`data file ends inside slot ${copy.slot}`);
+        }
+      } catch (error) {
+        if (changed()) return false;
+        throw blockUnavailable(`reading block ${copy.ref} failed: ${errorMessage(error)}`, {
+          cause: error,
+        });
+      }
+      if (changed()) return false;
+    }
+    for (let i = 0; i < count; i++) {
+      if (covered[i]) continue;
+      const sum = record.sums[first + i]!;
+      const sector = span.subarray(i * sectorBytes, (i + 1) * sectorBytes);
+      if (sum === SUM_ZERO) {
+        sector.fill(0);
+      } else if (!sectorMatches(sector, sum)) {
+        if (changed()) return false;
+        throw blockUnavailable(
+          `block ${copy.ref} in slot ${copy.slot}: sector ${first + i} failed its checksum` +
+            (sum === SUM_UNKNOWN ? " (its contents were lost before a flush)" : ""),
+        );
+      }
+    }
+    return true;
+  }
+
+  writeAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    data: Uint8Array,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
+    try {
+      this.#checkUsable();
+      options?.signal?.throwIfAborted();
+      checkBlockRange(this.blockSizeBytes, offsetBytes, data.length);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    // The caller's bytes are copied now: the record may be built after the caller moved on.
+    return this.#rangeWrite(ref, offsetBytes, data.length, data.slice(), options?.fresh ?? false);
+  }
+
+  zeroAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    lengthBytes: number,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
+    try {
+      this.#checkUsable();
+      options?.signal?.throwIfAborted();
+      checkBlockRange(this.blockSizeBytes, offsetBytes, lengthBytes);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#rangeWrite(ref, offsetBytes, lengthBytes, null, options?.fresh ?? false);
+  }
+
+  /**
+   * A range write or zeroing. The fast path (whole sectors of a stored ref nobody is waiting on)
+   * appends its record at once; anything else queues on the ref (see {@link #onRef}).
+   */
+  async #rangeWrite(
+    ref: BlockRef,
+    offsetBytes: number,
+    lengthBytes: number,
+    data: Uint8Array | null,
+    reset: boolean,
+  ): Promise<void> {
+    const refKey = ref.key;
+    const key = SlotIndex.keyOf(ref, new Uint32Array(REF_WORDS));
+    const sectorBytes = this.#sectorBytes;
+    const aligned = offsetBytes % sectorBytes === 0 && lengthBytes % sectorBytes === 0;
+    this.#opsInFlight++;
+    try {
+      let written: Promise<void>;
+      const fast = aligned && !this.#refTails.has(refKey) && !this.#putsInFlight.has(refKey) &&
+        this.#index.find(key) >= 0;
+      if (fast) {
+        written = this.#appendRange(ref, key, { offsetBytes, lengthBytes, data, reset });
+      } else {
+        // The append happens in turn on the ref; waiting for its write does not hold the ref.
+        const appended = await this.#onRef(
+          refKey,
+          () => this.#slowRangeWrite(ref, key, { offsetBytes, lengthBytes, data, reset }),
+        );
+        written = appended.written;
+      }
+      await written;
+    } finally {
+      this.#opDone();
+    }
+  }
+
+  /** Per ref: the last mutation queued behind one that waits (creation, merge, put in flight). */
+  readonly #refTails = new Map<string, Promise<void>>();
+
+  /**
+   * Runs `body` after every mutation of `refKey` queued before it; later mutations of the ref
+   * queue behind it until it returns. Keeps call order for what cannot finish at once.
+   */
+  async #onRef<T>(refKey: string, body: () => Promise<T>): Promise<T> {
+    const previous = this.#refTails.get(refKey);
+    let release!: () => void;
+    const mine = new Promise<void>((resolve) => release = resolve);
+    this.#refTails.set(refKey, mine);
+    try {
+      if (previous !== undefined) await previous;
+      for (let flight = this.#putsInFlight.get(refKey); flight !== undefined;) {
+        await flight.settled;
+        flight = this.#putsInFlight.get(refKey);
+      }
+      this.#checkUsable();
+      return await body();
+    } finally {
+      if (this.#refTails.get(refKey) === mine) this.#refTails.delete(refKey);
+      release();
+    }
+  }
+
+  /**
+   * The slow path of a range write, run in turn on its ref: creates the block when absent,
+   * merges partial edge sectors with the current bytes, then appends (returns the append).
+   */
+  async #slowRangeWrite(
     ref: BlockRef,
     key: Uint32Array,
-    slot: number,
-  ): Promise<{ block: Uint8Array; crc: number } | null> {
-    const generation = this.#index.generations[slot]!;
-    const expectedCrc = this.#index.crcs[slot]!;
-    // A changed index means the slot was reused under us, not that the disk is bad.
-    const changed = () =>
-      this.#index.find(key) !== slot || this.#index.generations[slot] !== generation;
-    const block = new Uint8Array(this.blockSizeBytes);
-    try {
-      const got = await this.#files.data.read(block, slotOffsetBytes(slot, this.blockSizeBytes));
-      if (got !== block.length) {
-        throw blockUnavailable(`data file ends inside slot ${slot} (read ${got} bytes)`);
-      }
-    } catch (error) {
-      if (changed()) return null;
-      throw blockUnavailable(`reading block ${ref} failed: ${errorMessage(error)}`, {
-        cause: error,
-      });
+    range: { offsetBytes: number; lengthBytes: number; data: Uint8Array | null; reset: boolean },
+  ): Promise<{ written: Promise<void> }> {
+    let reset = range.reset;
+    if (this.#index.find(key) < 0) {
+      await this.#createZeroBlock(key);
+      reset = true;
     }
-    if (crc32(block) === expectedCrc) return { block, crc: expectedCrc };
-    if (changed()) return null;
-    this.#removeStored(slot);
+    const sectorBytes = this.#sectorBytes;
+    const start = Math.floor(range.offsetBytes / sectorBytes) * sectorBytes;
+    const end = Math.ceil((range.offsetBytes + range.lengthBytes) / sectorBytes) * sectorBytes;
+    if (start === range.offsetBytes && end === range.offsetBytes + range.lengthBytes) {
+      return { written: this.#appendRange(ref, key, { ...range, reset }) };
+    }
+    // Edge sectors: the current bytes (after the reset, zeros) with the range written over them.
+    const merged = new Uint8Array(end - start);
+    if (!reset) await this.#readRange(ref, start, merged);
+    const inner = range.offsetBytes - start;
+    if (range.data === null) merged.fill(0, inner, inner + range.lengthBytes);
+    else merged.set(range.data, inner);
+    const whole = range.data === null && end - start > 2 * sectorBytes;
+    if (!whole) {
+      const written = this.#appendRange(ref, key, {
+        offsetBytes: start,
+        lengthBytes: end - start,
+        data: merged,
+        reset,
+      });
+      return { written };
+    }
+    // A long zeroing: the two edge sectors as writes, the middle as a zeroing (no data).
+    const head = this.#appendRange(ref, key, {
+      offsetBytes: start,
+      lengthBytes: sectorBytes,
+      data: merged.subarray(0, sectorBytes),
+      reset,
+    });
+    const middle = this.#appendRange(ref, key, {
+      offsetBytes: start + sectorBytes,
+      lengthBytes: end - start - 2 * sectorBytes,
+      data: null,
+      reset: false,
+    });
+    const tail = this.#appendRange(ref, key, {
+      offsetBytes: end - sectorBytes,
+      lengthBytes: sectorBytes,
+      data: merged.subarray(merged.length - sectorBytes),
+      reset: false,
+    });
+    return { written: Promise.all([head, middle, tail]).then(() => {}) };
+  }
+
+  /**
+   * Creates `ref` as a block of zeros: a slot whose sums record (written first) says zero
+   * everywhere, then installed. Needs room like a put of a new ref.
+   */
+  async #createZeroBlock(key: Uint32Array): Promise<void> {
+    if (this.#index.size + this.#reservedNew >= this.#capacity) {
+      throw new TorusError(
+        ErrorCode.OutOfSpace,
+        `block store ${this.name} is full (${this.#capacity} blocks)`,
+      );
+    }
+    this.#reservedNew++;
+    let slot = -1;
+    try {
+      slot = this.#takeFree();
+      if (slot < 0) slot = await this.#waitForSlot();
+      const generation = this.#nextGeneration++;
+      await this.#sums.write(slot, zeroSums(generation, this.#sums.sectors));
+      if (this.#failure !== null) throw this.#failure;
+      assert(this.#index.find(key) < 0, "a ref being created is queued on itself");
+      this.#install(slot, { key, generation, blockCrc: 0, current: -1 });
+      this.#journalInstall(this.#index.refAt(slot), key, generation, true);
+      this.#slotsHeld--;
+      slot = -1;
+    } finally {
+      this.#reservedNew--;
+      if (slot >= 0) {
+        this.#slotsHeld--;
+        this.#releaseSlot(slot);
+        this.#wakeSlotWaiters();
+      }
+      this.#checkInvariants();
+    }
+  }
+
+  /**
+   * Appends a whole-sector range record for stored `ref` with the next seq, synchronously up to
+   * the append (so records of one ref keep call order), and lays it over the slot for readers.
+   * Resolves when the record is written (durable after the next flush).
+   */
+  #appendRange(
+    ref: BlockRef,
+    key: Uint32Array,
+    range: { offsetBytes: number; lengthBytes: number; data: Uint8Array | null; reset: boolean },
+  ): Promise<void> {
+    const seq = this.#nextGeneration++;
+    const pending: PendingRange = {
+      seq,
+      kind: range.data === null ? JournalKind.Zero : JournalKind.Write,
+      reset: range.reset,
+      offsetBytes: range.offsetBytes,
+      lengthBytes: range.lengthBytes,
+      data: range.data,
+    };
+    const refKey = ref.key;
+    let records = this.#overlay.get(refKey);
+    if (records === undefined) {
+      records = [];
+      this.#overlay.set(refKey, records);
+    }
+    records.push(pending);
+    return this.#appendRecord({ seq, refKey, key: key.slice(), range: pending, end: 0 }, {
+      seq,
+      kind: pending.kind,
+      flags: pending.reset ? JournalFlag.Reset : 0,
+      ref,
+      offsetBytes: pending.offsetBytes,
+      lengthBytes: pending.lengthBytes,
+      data: pending.data,
+    });
+  }
+
+  /**
+   * Journals that copy `generation` of `ref` took effect (`zero`: a block created as zeros), so
+   * a replay applies later records to that copy only: records made for a put whose entry a
+   * power loss took must not land on the older copy. Nobody waits for it; a failure fails the
+   * store.
+   */
+  #journalInstall(ref: BlockRef, key: Uint32Array, generation: number, zero: boolean): void {
+    const seq = this.#nextGeneration++;
+    const data = new Uint8Array(8);
+    new DataView(data.buffer).setUint32(0, generation % 2 ** 32, true);
+    new DataView(data.buffer).setUint32(4, Math.floor(generation / 2 ** 32), true);
+    void this.#appendRecord({ seq, refKey: ref.key, key: key.slice(), range: null, end: 0 }, {
+      seq,
+      kind: JournalKind.Install,
+      flags: zero ? JournalFlag.Reset : 0,
+      ref,
+      offsetBytes: 0,
+      lengthBytes: 8,
+      data,
+    }).catch(() => {});
+  }
+
+  /** Queues `unapplied` for the applier and appends its journal record. */
+  #appendRecord(unapplied: Unapplied, record: JournalRecord): Promise<void> {
+    this.#unapplied.push(unapplied);
+    this.#unappliedBytes += record.data?.length ?? 64;
+    if (this.#unappliedBytes > UNAPPLIED_BYTES_SOFT_MAX) void this.#flushNow().catch(() => {});
+    else this.#scheduleBackgroundFlush();
+    return this.#journal.append(record).then((end) => {
+      unapplied.end = end;
+    }, (error) => {
+      throw this.#fail("appending to the journal failed", error);
+    });
+  }
+
+  /** Flushes on its own a while after the last write, so records do not wait unapplied for long. */
+  #scheduleBackgroundFlush(): void {
+    if (this.#backgroundFlush !== null) return;
+    this.#backgroundFlush = setTimeout(() => {
+      this.#backgroundFlush = null;
+      if (this.#closing || this.#failure !== null || this.#unapplied.length === 0) return;
+      void this.#flushNow().catch(() => {});
+    }, BACKGROUND_FLUSH_MS);
+  }
+
+  // ---- applying durable records, checkpoints, replay ---------------------------------------
+
+  /** Starts applying the records that are durable, unless that already runs. */
+  #scheduleApply(): void {
+    if (this.#applying !== null || this.#failure !== null) return;
+    if (this.#unapplied.length === 0 || this.#unapplied[0]!.seq > this.#durableSeq) return;
+    this.#applying = this.#applyDurable().catch((error) => {
+      this.#fail("applying journal records failed", error);
+    }).finally(() => {
+      this.#applying = null;
+      this.#scheduleApply();
+    });
+  }
+
+  /** Applies every durable record to its slot, then may checkpoint. */
+  async #applyDurable(): Promise<void> {
+    const durable = this.#durableSeq;
+    let count = 0;
+    while (count < this.#unapplied.length && this.#unapplied[count]!.seq <= durable) count++;
+    const batch = this.#unapplied.splice(0, count);
+    const byRef = new Map<string, Unapplied[]>();
+    for (const record of batch) {
+      const list = byRef.get(record.refKey);
+      if (list === undefined) byRef.set(record.refKey, [record]);
+      else list.push(record);
+    }
+    const groups = [...byRef.values()];
+    for (let i = 0; i < groups.length; i += APPLY_CONCURRENCY) {
+      await Promise.all(groups.slice(i, i + APPLY_CONCURRENCY).map((g) => this.#applyToSlot(g)));
+    }
+    for (const record of batch) this.#unappliedBytes -= record.range?.data?.length ?? 64;
+    const last = batch[batch.length - 1]!;
+    this.#applied = { seq: last.seq, position: Math.max(this.#applied.position, last.end) };
+    if (this.#journal.usedBytes > this.#journal.regionBytes / 2) void this.#checkpoint();
+  }
+
+  /**
+   * Applies the records of one ref (in seq order) to its current slot: the final bytes of every
+   * sector they touch are written once, then the sums record. Records older than the copy (a
+   * put or delete came after them) and deletes have nothing left to do here.
+   */
+  async #applyToSlot(records: readonly Unapplied[]): Promise<void> {
+    const slot = this.#index.find(records[0]!.key);
+    if (slot >= 0) {
+      const generation = this.#index.generations[slot]!;
+      const ranges = records.filter((r) => r.range !== null && r.seq > generation)
+        .map((r) => r.range!);
+      if (ranges.length > 0) await this.#writeRanges(slot, generation, ranges);
+    }
+    // Readers now find these bytes in the slot; they leave the overlay.
+    const refKey = records[0]!.refKey;
+    const done = new Set(records.map((r) => r.range));
+    const left = (this.#overlay.get(refKey) ?? []).filter((r) => !done.has(r));
+    if (left.length === 0) this.#overlay.delete(refKey);
+    else this.#overlay.set(refKey, left);
+  }
+
+  /** Writes `ranges` (in order) into `slot` in place, the slot pinned meanwhile. */
+  async #writeRanges(slot: number, generation: number, ranges: readonly PendingRange[]) {
+    this.#pinned.set(slot, (this.#pinned.get(slot) ?? 0) + 1);
+    try {
+      const record = await this.#sums.read(slot);
+      const reset = ranges.some((range) => range.reset);
+      // Sums of another copy (a power loss took this copy's before a flush): unknown, unless a
+      // reset makes every sector known again.
+      const sums = record.generation === generation
+        ? record
+        : unknownSums(generation, this.#sums.sectors);
+      const { runs, changed } = finalSectors(ranges, this.#sectorBytes, sums);
+      const writes: Promise<void>[] = [];
+      const base = slotOffsetBytes(slot, this.blockSizeBytes);
+      for (const run of runs) writes.push(this.#files.data.write(run.bytes, base + run.offset));
+      await Promise.all(writes);
+      // Pinned, the slot was not reused meanwhile: these sums describe the bytes just written,
+      // even if a put or delete made the copy old in between. Only what changed is written
+      // (all of it after a reset), so a torn write cannot hurt the sums of untouched sectors.
+      if (reset || record.generation !== generation) await this.#sums.write(slot, sums);
+      else await this.#sums.writeSums(slot, sums, changed);
+    } finally {
+      this.#unpin(slot);
+    }
+  }
+
+  #unpin(slot: number): void {
+    const count = (this.#pinned.get(slot) ?? 1) - 1;
+    if (count > 0) {
+      this.#pinned.set(slot, count);
+      return;
+    }
+    this.#pinned.delete(slot);
+    if (this.#releaseDeferred.delete(slot)) {
+      this.#releaseSlot(slot);
+      this.#wakeSlotWaiters();
+    }
+  }
+
+  /**
+   * Makes the applied records' place in the journal reusable: slots, sums and map are synced,
+   * then the checkpoint moves past them. One runs at a time.
+   */
+  #checkpoint(): Promise<void> {
+    this.#checkpointing ??= this.#syncAndCheckpoint().catch((error) => {
+      throw this.#fail("journal checkpoint failed", error);
+    }).finally(() => {
+      this.#checkpointing = null;
+    });
+    return this.#checkpointing;
+  }
+
+  async #syncAndCheckpoint(): Promise<void> {
+    const applied = this.#applied;
+    if (applied.position <= this.#journal.checkpoint.position) return;
+    await this.#files.data.datasync();
+    await this.#sums.datasync();
+    await this.#writer.written();
+    await this.#files.map.datasync();
+    await this.#journal.setCheckpoint({ ...applied, epoch: this.#journal.checkpoint.epoch });
+  }
+
+  /**
+   * Replays the journal after the last checkpoint (at open): every record is applied in order,
+   * creating blocks that range writes had created, then everything is synced and a checkpoint
+   * with a new epoch ends the old log.
+   */
+  async #replay(summary: JournalSummary): Promise<void> {
+    // A ref's records before its last delete need no replay (the delete ends them), and
+    // replaying them could need room the store never had at once.
+    const lastDelete = summary.lastDelete;
+    let lastSeq = this.#journal.checkpoint.seq;
+    let replayed = 0;
+    for await (const record of this.#journal.replay()) {
+      replayed++;
+      lastSeq = record.seq;
+      this.#nextGeneration = Math.max(this.#nextGeneration, record.seq + 1);
+      const deletedLater = (lastDelete.get(record.ref.key) ?? 0) > record.seq;
+      if (!deletedLater) await this.#replayRecord(record, summary);
+    }
+    if (replayed > 0) log.notice(`store ${this.name}: replayed ${replayed} journal records`);
+    await this.#files.data.datasync();
+    await this.#sums.datasync();
+    await this.#writer.written();
+    await this.#files.map.datasync();
+    const checkpoint = this.#journal.checkpoint;
+    await this.#journal.setCheckpoint({
+      seq: Math.max(lastSeq, checkpoint.seq),
+      position: this.#journal.head,
+      epoch: checkpoint.epoch + 1,
+    });
+    this.#applied = { seq: lastSeq, position: this.#journal.head };
     this.#checkInvariants();
-    throw blockUnavailable(`block ${ref} in slot ${slot} failed its checksum; dropped`);
+  }
+
+  /** Creates the zero block of generation `generation` again for `record`; -1 when no room. */
+  async #recreateForReplay(
+    record: JournalRecord,
+    key: Uint32Array,
+    generation: number,
+  ): Promise<number> {
+    // Deletes replayed before it may still be clearing their entries: wait for one of them.
+    let slot = this.#takeFree();
+    if (slot < 0) slot = await this.#waitForSlot().catch(() => -1);
+    if (slot < 0) {
+      // Only unflushed puts that came back can take the room a durable record had: the record
+      // loses (loudly) rather than the store refusing to open.
+      log.error(`replaying the journal of ${this.name}: no room to recreate ${record.ref}`);
+      return -1;
+    }
+    await this.#sums.write(slot, zeroSums(generation, this.#sums.sectors));
+    this.#install(slot, { key, generation, blockCrc: 0, current: -1 });
+    this.#slotsHeld--;
+    return slot;
+  }
+
+  async #replayRecord(record: JournalRecord, summary: JournalSummary): Promise<void> {
+    const key = SlotIndex.keyOf(record.ref, new Uint32Array(REF_WORDS));
+    let slot = this.#index.find(key);
+    if (record.kind === JournalKind.Delete) {
+      if (slot >= 0 && this.#index.generations[slot]! < record.seq) this.#removeStored(slot);
+      return;
+    }
+    if (record.kind === JournalKind.Install) return; // what it says guides the other records
+    // The copy this record was made for: the last one installed before it, if replayed here.
+    const events = summary.events.get(record.ref.key) ?? [];
+    const governing = events.filter((event) => event.seq < record.seq).at(-1);
+    if (governing !== undefined && governing.generation === null) return;
+    const generation = slot >= 0 ? this.#index.generations[slot]! : -1;
+    if (generation >= record.seq) return; // a later copy won
+    if (governing !== undefined && generation !== governing.generation) {
+      // Its copy did not survive: a block created as zeros is created again; the records of a
+      // put whose entry a power loss took (none of them were flushed) have nothing to land on.
+      if (!governing.zero || slot >= 0) return;
+      slot = await this.#recreateForReplay(record, key, governing.generation!);
+      if (slot < 0) return;
+    } else if (slot < 0) {
+      return; // no copy to apply it to (its delete was replayed, or it predates a checkpoint)
+    }
+    const range: PendingRange = {
+      seq: record.seq,
+      kind: record.kind,
+      reset: (record.flags & JournalFlag.Reset) !== 0,
+      offsetBytes: record.offsetBytes,
+      lengthBytes: record.lengthBytes,
+      data: record.data,
+    };
+    if (
+      range.offsetBytes % this.#sectorBytes !== 0 || range.lengthBytes % this.#sectorBytes !== 0
+    ) {
+      throw invalid(`journal record ${record.seq} of ${this.name} is not whole sectors`);
+    }
+    checkBlockRange(this.blockSizeBytes, range.offsetBytes, range.lengthBytes);
+    await this.#writeRanges(slot, this.#index.generations[slot]!, [range]);
   }
 
   async putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
@@ -316,6 +1028,22 @@ export class FileBlockStore implements BlockStore {
     if (data.length > this.blockSizeBytes) {
       throw invalid(`block of ${data.length} bytes exceeds block size ${this.blockSizeBytes}`);
     }
+    if (!this.#refTails.has(ref.key)) return await this.#put(ref, data);
+    // A mutation of this ref called earlier still waits: this put starts after it, and later
+    // mutations of the ref wait until it has started (taken its generation).
+    const copy = data.slice();
+    this.#opsInFlight++;
+    let started: { done: Promise<void> };
+    try {
+      started = await this.#onRef(ref.key, () => Promise.resolve({ done: this.#put(ref, copy) }));
+    } finally {
+      this.#opDone();
+    }
+    return await started.done;
+  }
+
+  async #put(ref: BlockRef, data: Uint8Array): Promise<void> {
+    this.#checkUsable();
     const keyText = ref.key;
     const key = SlotIndex.keyOf(ref, new Uint32Array(REF_WORDS));
     // A new ref reserves capacity once, however many puts of it are in flight.
@@ -338,7 +1066,7 @@ export class FileBlockStore implements BlockStore {
     }
     this.#opsInFlight++;
     try {
-      await this.#writeAndInstall({ key, block, generation, flight });
+      await this.#writeAndInstall({ key, keyText, block, generation, flight });
     } finally {
       this.#endPut(keyText, flight);
       this.#giveStaging(block);
@@ -348,21 +1076,37 @@ export class FileBlockStore implements BlockStore {
   }
 
   async #writeAndInstall(
-    put: { key: Uint32Array; block: Uint8Array; generation: number; flight: PutsInFlight },
+    put: {
+      key: Uint32Array;
+      keyText: string;
+      block: Uint8Array;
+      generation: number;
+      flight: PutsInFlight;
+    },
   ): Promise<void> {
     let slot = this.#takeFree();
     if (slot < 0) slot = await this.#waitForSlot();
     let installed = false;
     try {
-      const written = this.#files.data.write(put.block, slotOffsetBytes(slot, this.blockSizeBytes));
-      // The checksum is computed while a worker thread writes the same (unchanging) bytes.
+      const offset = slotOffsetBytes(slot, this.blockSizeBytes);
+      const written = this.#files.data.write(put.block, offset);
+      // Checksums are computed while a worker thread writes the same (unchanging) bytes.
+      const sums = sumsOfBlock(put.block, this.#sectorBytes, put.generation);
       const blockCrc = crc32(put.block);
-      await written;
+      await Promise.all([written, this.#sums.write(slot, sums)]);
       if (this.#failure !== null) throw this.#failure;
       const current = this.#index.find(put.key);
       const newer = current >= 0 && this.#index.generations[current]! > put.generation;
       if (newer || put.flight.supersededBelow > put.generation) return;
-      this.#install(slot, { ...put, blockCrc, current });
+      this.#install(slot, { key: put.key, generation: put.generation, blockCrc, current });
+      this.#journalInstall(this.#index.refAt(slot), put.key, put.generation, false);
+      // Range records of the ref made before this put no longer apply to it.
+      const records = this.#overlay.get(put.keyText);
+      if (records !== undefined) {
+        const left = records.filter((record) => record.seq > put.generation);
+        if (left.length === 0) this.#overlay.delete(put.keyText);
+        else this.#overlay.set(put.keyText, left);
+      }
       installed = true;
       if (current < 0 && put.flight.reserved) {
         // The ref now counts in the index; its reservation is no longer needed.
@@ -424,6 +1168,20 @@ export class FileBlockStore implements BlockStore {
     try {
       this.#checkUsable();
       options?.signal?.throwIfAborted();
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (!this.#refTails.has(ref.key)) return this.#delete(ref);
+    // A mutation of this ref called earlier still waits: this delete comes after it.
+    this.#opsInFlight++;
+    return this.#onRef(ref.key, () => Promise.resolve({ done: this.#delete(ref) }))
+      .then((started) => started.done)
+      .finally(() => this.#opDone());
+  }
+
+  #delete(ref: BlockRef): Promise<void> {
+    try {
+      this.#checkUsable();
       const flight = this.#putsInFlight.get(ref.key);
       // Whether a put of this ref is in flight that no earlier delete has cancelled yet.
       const cancelsPut = flight !== undefined && flight.latestGeneration > flight.supersededBelow;
@@ -435,14 +1193,27 @@ export class FileBlockStore implements BlockStore {
           this.#reservedNew--;
         }
       }
-      const slot = this.#index.find(SlotIndex.keyOf(ref, new Uint32Array(REF_WORDS)));
+      const key = SlotIndex.keyOf(ref, new Uint32Array(REF_WORDS));
+      const slot = this.#index.find(key);
       if (slot < 0) {
         if (cancelsPut) return Promise.resolve();
         throw notExist(`block ${ref} not found`);
       }
-      this.#removeStored(slot);
+      // Journaled too: a replay must not bring back the ref with records made before it.
+      const seq = this.#nextGeneration++;
+      this.#removeStored(slot, seq);
+      this.#overlay.delete(ref.key);
+      const appended = this.#appendRecord({ seq, refKey: ref.key, key, range: null, end: 0 }, {
+        seq,
+        kind: JournalKind.Delete,
+        flags: 0,
+        ref,
+        offsetBytes: 0,
+        lengthBytes: 0,
+        data: null,
+      });
       this.#checkInvariants();
-      return Promise.resolve();
+      return appended;
     } catch (error) {
       return Promise.reject(error);
     }
@@ -452,13 +1223,19 @@ export class FileBlockStore implements BlockStore {
    * Takes stored `slot` out of the index: its entry and those of its ref's retiring copies are
    * zeroed; the slot is reused once its zero entry was written, the old copies after a flush.
    */
-  #removeStored(slot: number): void {
+  #removeStored(slot: number, deleteSeq: number | null = null): void {
     const index = this.#index;
     this.#walkRemoved(slot);
     index.remove(slot);
-    index.states[slot] = SlotState.Clearing;
     this.#clearing++;
-    this.#writer.markDirty(slot);
+    if (deleteSeq === null) {
+      index.states[slot] = SlotState.Clearing;
+      this.#writer.markDirty(slot);
+    } else {
+      // Zeroed only once the delete's record is durable (see SlotState.Deleting).
+      index.states[slot] = SlotState.Deleting;
+      this.#deletesAwaitingJournal.push({ slot, seq: deleteSeq });
+    }
     for (let link = index.older[slot]!; link !== 0;) {
       const old = link - 1;
       link = index.older[old]!;
@@ -573,8 +1350,12 @@ export class FileBlockStore implements BlockStore {
     this.#retiredInFlush += retiring.length;
     try {
       await this.#files.data.datasync();
+      await this.#sums.datasync();
       await this.#writer.written();
       await this.#files.map.datasync();
+      // Range records last: a durable record's block (created by a range write) is durable too.
+      this.#durableSeq = Math.max(this.#durableSeq, await this.#journal.sync());
+      this.#zeroDurableDeletes();
       if (retiring.length > 0) {
         // The new entries are durable: the old copies' entries can go, durably, then their slots.
         this.#retire(retiring);
@@ -591,6 +1372,21 @@ export class FileBlockStore implements BlockStore {
     for (const slot of retiring) this.#releaseSlot(slot);
     this.#wakeSlotWaiters();
     this.#checkInvariants();
+    this.#scheduleApply();
+  }
+
+  /** Deleted copies whose delete record is now durable get their entries zeroed. */
+  #zeroDurableDeletes(): void {
+    const waiting = this.#deletesAwaitingJournal;
+    this.#deletesAwaitingJournal = [];
+    for (const pending of waiting) {
+      if (pending.seq > this.#durableSeq) {
+        this.#deletesAwaitingJournal.push(pending);
+        continue;
+      }
+      this.#index.states[pending.slot] = SlotState.Clearing;
+      this.#writer.markDirty(pending.slot);
+    }
   }
 
   /** Marks `slots` (retiring or dead) Retired, unlinks them from their chains, zeroes entries. */
@@ -635,10 +1431,24 @@ export class FileBlockStore implements BlockStore {
     while (this.#opsInFlight > 0) {
       await new Promise<void>((resolve) => this.#drainWaiters.push(resolve));
     }
+    if (this.#backgroundFlush !== null) clearTimeout(this.#backgroundFlush);
     try {
-      if (this.#failure === null) await this.#flushNow();
+      if (this.#failure === null) {
+        await this.#flushNow();
+        // Apply what is left and checkpoint, so the next open has nothing to replay.
+        while (this.#applying !== null || this.#unapplied.length > 0) {
+          if (this.#applying !== null) await this.#applying;
+          else if (this.#unapplied[0]!.seq > this.#durableSeq) await this.#flushNow();
+          else this.#scheduleApply();
+          if (this.#failure !== null) break;
+        }
+        if (this.#checkpointing !== null) await this.#checkpointing.catch(() => {});
+        if (this.#failure === null) await this.#checkpoint();
+      }
     } finally {
       this.#writer.stop();
+      await this.#journal.close().catch(() => {});
+      await this.#sums.close().catch(() => {});
       await closeStoreFiles(this.#files);
     }
     if (this.#failure !== null) throw this.#failure;
@@ -655,7 +1465,16 @@ export class FileBlockStore implements BlockStore {
   #beginPut(key: string): PutsInFlight {
     let flight = this.#putsInFlight.get(key);
     if (flight === undefined) {
-      flight = { count: 0, latestGeneration: 0, supersededBelow: 0, reserved: false };
+      let settle!: () => void;
+      const settled = new Promise<void>((resolve) => settle = resolve);
+      flight = {
+        count: 0,
+        latestGeneration: 0,
+        supersededBelow: 0,
+        reserved: false,
+        settled,
+        settle,
+      };
       this.#putsInFlight.set(key, flight);
     }
     flight.count++;
@@ -667,6 +1486,7 @@ export class FileBlockStore implements BlockStore {
     if (flight.count > 0) return;
     this.#putsInFlight.delete(key);
     if (flight.reserved) this.#reservedNew--;
+    flight.settle();
   }
 
   #takeStaging(data: Uint8Array): Uint8Array {
@@ -694,6 +1514,11 @@ export class FileBlockStore implements BlockStore {
   #releaseSlot(slot: number): void {
     assert(this.#freeTop < this.#slotCount, "free stack overflow: a slot was freed twice");
     this.#index.states[slot] = SlotState.Free;
+    // The applier is writing into it: it becomes reusable when that write is done.
+    if (this.#pinned.has(slot)) {
+      this.#releaseDeferred.add(slot);
+      return;
+    }
     this.#free[this.#freeTop++] = slot;
   }
 
@@ -709,6 +1534,7 @@ export class FileBlockStore implements BlockStore {
       } else if (this.#retiredInFlush > 0 && this.#flushRunning !== null) {
         await this.#flushRunning;
       } else if (this.#clearing > 0) {
+        if (this.#deletesAwaitingJournal.length > 0) await this.#flushNow();
         await this.#writer.written();
       } else if (this.#slotsHeld > 0) {
         await new Promise<void>((resolve) => this.#slotWaiters.push(resolve));
@@ -732,7 +1558,7 @@ export class FileBlockStore implements BlockStore {
   #checkInvariants(): void {
     if (!verifyEnabled()) return;
     const retiring = this.#retiring.length + this.#retiredInFlush;
-    const free = this.#freeTop + (this.#slotCount - this.#fresh);
+    const free = this.#freeTop + (this.#slotCount - this.#fresh) + this.#releaseDeferred.size;
     const accounted = free + this.#index.size + retiring + this.#slotsHeld + this.#clearing;
     assert(
       accounted === this.#slotCount,
@@ -743,15 +1569,196 @@ export class FileBlockStore implements BlockStore {
 
   /** Small stores: the per-state counts match the slot states. */
   #checkStates(): void {
-    const counts = new Array<number>(7).fill(0);
+    const counts = new Array<number>(8).fill(0);
     for (let slot = 0; slot < this.#slotCount; slot++) counts[this.#index.states[slot]!]!++;
     assert(counts[SlotState.Held] === this.#slotsHeld, "held slots miscounted");
     assert(counts[SlotState.Stored] === this.#index.size, "stored slots miscounted");
-    assert(counts[SlotState.Clearing] === this.#clearing, "clearing slots miscounted");
+    assert(
+      counts[SlotState.Clearing]! + counts[SlotState.Deleting]! === this.#clearing,
+      "clearing slots miscounted",
+    );
     assert(
       counts[SlotState.Retiring]! + counts[SlotState.Dead]! + counts[SlotState.Retired]! ===
         this.#retiring.length + this.#retiredInFlush,
       "retiring slots miscounted",
     );
   }
+}
+
+/** What the journal's replay will do, read before the index is loaded. */
+interface JournalSummary {
+  /** Per ref key: the seq of its last delete. */
+  readonly lastDelete: Map<string, number>;
+  /** Per ref key, in order: the copies installed (puts, creations) and the deletes. */
+  readonly events: Map<string, ReplayEvent[]>;
+  /** Per ref key: the sectors its range records rewrite (all of them after a reset). */
+  readonly touched: Map<string, { seq: number; first: number; end: number; reset: boolean }[]>;
+}
+
+/** A copy installed or a delete, as replay sees it. */
+interface ReplayEvent {
+  readonly seq: number;
+  /** The copy's generation; null for a delete. */
+  readonly generation: number | null;
+  /** The copy was created as zeros (for range writes). */
+  readonly zero: boolean;
+}
+
+async function summarizeJournal(journal: Journal, sectorBytes: number): Promise<JournalSummary> {
+  const summary: JournalSummary = { lastDelete: new Map(), events: new Map(), touched: new Map() };
+  const addEvent = (key: string, event: ReplayEvent) => {
+    const list = summary.events.get(key) ?? [];
+    list.push(event);
+    summary.events.set(key, list);
+  };
+  for await (const record of journal.replay()) {
+    const key = record.ref.key;
+    if (record.kind === JournalKind.Delete) {
+      summary.lastDelete.set(key, record.seq);
+      addEvent(key, { seq: record.seq, generation: null, zero: false });
+      continue;
+    }
+    if (record.kind === JournalKind.Install) {
+      const view = new DataView(record.data!.buffer, record.data!.byteOffset, 8);
+      const generation = view.getUint32(0, true) + view.getUint32(4, true) * 2 ** 32;
+      const zero = (record.flags & JournalFlag.Reset) !== 0;
+      addEvent(key, { seq: record.seq, generation, zero });
+      continue;
+    }
+    const list = summary.touched.get(key) ?? [];
+    list.push({
+      seq: record.seq,
+      first: Math.floor(record.offsetBytes / sectorBytes),
+      end: Math.ceil((record.offsetBytes + record.lengthBytes) / sectorBytes),
+      reset: (record.flags & JournalFlag.Reset) !== 0,
+    });
+    summary.touched.set(key, list);
+  }
+  return summary;
+}
+
+/**
+ * Verifies a copy by its sums record: the right generation, and every sector matching, but for
+ * the sectors the journal's replay will rewrite for this copy (its records newer than the copy).
+ */
+function sumsVerifier(files: StoreFiles, sums: SumsFile, summary: JournalSummary) {
+  const block = new Uint8Array(files.blockSizeBytes);
+  return async (slot: number, index: SlotIndex): Promise<boolean> => {
+    const generation = index.generations[slot]!;
+    const records = (summary.touched.get(index.refAt(slot).key) ?? [])
+      .filter((record) => record.seq > generation);
+    if (records.some((record) => record.reset)) return true; // replay rewrites all of it
+    const rewritten = new Set<number>();
+    for (const record of records) {
+      for (let sector = record.first; sector < record.end; sector++) rewritten.add(sector);
+    }
+    const record = await sums.read(slot);
+    if (record.generation !== generation) return false;
+    const got = await files.data.read(block, slotOffsetBytes(slot, files.blockSizeBytes));
+    if (got !== block.length) return false;
+    for (let sector = 0; sector < record.sums.length; sector++) {
+      const sum = record.sums[sector]!;
+      if (sum === SUM_ZERO || rewritten.has(sector)) continue;
+      const bytes = block.subarray(sector * sums.sectorBytes, (sector + 1) * sums.sectorBytes);
+      if (!sectorMatches(bytes, sum)) return false;
+    }
+    return true;
+  };
+}
+
+/**
+ * Gives every stored block of a store made before sums files existed its sums record, from its
+ * data (verified by the entry's CRC first; a block that fails it gets unknown sums, so it stays
+ * unreadable as it was), and syncs them.
+ */
+async function writeInitialSums(
+  files: StoreFiles,
+  sums: SumsFile,
+  loaded: LoadedIndex,
+): Promise<void> {
+  const block = new Uint8Array(files.blockSizeBytes);
+  const index = loaded.index;
+  for (let slot = 0; slot < loaded.scannedSlots; slot++) {
+    if (index.states[slot] !== SlotState.Stored) continue;
+    const generation = index.generations[slot]!;
+    const got = await files.data.read(block, slotOffsetBytes(slot, files.blockSizeBytes));
+    const intact = got === block.length && crc32(block) === index.crcs[slot];
+    const record = intact
+      ? sumsOfBlock(block, sums.sectorBytes, generation)
+      : unknownSums(generation, sums.sectors);
+    await sums.write(slot, record);
+  }
+}
+
+/** Which of `count` sectors from `first` the overlay's records cover whole. */
+function coveredSectors(
+  overlay: readonly PendingRange[],
+  first: number,
+  count: number,
+  sectorBytes: number,
+): boolean[] {
+  const covered = new Array<boolean>(count).fill(false);
+  for (const record of overlay) {
+    const from = Math.max(first, record.offsetBytes / sectorBytes);
+    const to = Math.min(first + count, (record.offsetBytes + record.lengthBytes) / sectorBytes);
+    for (let sector = from; sector < to; sector++) covered[sector - first] = true;
+  }
+  return covered;
+}
+
+/** Lays `overlay` (in order) over `span`, which holds the block's bytes from `spanOffset`. */
+function applyOverlay(span: Uint8Array, spanOffset: number, overlay: readonly PendingRange[]) {
+  for (const record of overlay) {
+    if (record.reset) span.fill(0);
+    const from = Math.max(spanOffset, record.offsetBytes);
+    const to = Math.min(spanOffset + span.length, record.offsetBytes + record.lengthBytes);
+    if (from >= to) continue;
+    if (record.data === null) {
+      span.fill(0, from - spanOffset, to - spanOffset);
+    } else {
+      const source = record.data.subarray(from - record.offsetBytes, to - record.offsetBytes);
+      span.set(source, from - spanOffset);
+    }
+  }
+}
+
+/**
+ * The net effect of `ranges` (in order) on a slot: `sums` is updated in place, and the data to
+ * write comes back as runs of adjacent sectors (sectors that end up zero need no data).
+ */
+function finalSectors(
+  ranges: readonly PendingRange[],
+  sectorBytes: number,
+  sums: SumsRecord,
+): { runs: { offset: number; bytes: Uint8Array }[]; changed: number[] } {
+  const content = new Map<number, Uint8Array | null>();
+  for (const range of ranges) {
+    if (range.reset) {
+      content.clear();
+      sums.sums.fill(SUM_ZERO);
+    }
+    const first = range.offsetBytes / sectorBytes;
+    const end = (range.offsetBytes + range.lengthBytes) / sectorBytes;
+    for (let sector = first; sector < end; sector++) {
+      const at = (sector - first) * sectorBytes;
+      content.set(sector, range.data === null ? null : range.data.subarray(at, at + sectorBytes));
+    }
+  }
+  const dataSectors: number[] = [];
+  for (const [sector, bytes] of content) {
+    const sum = bytes === null ? SUM_ZERO : sectorSum(bytes);
+    sums.sums[sector] = sum;
+    if (sum !== SUM_ZERO) dataSectors.push(sector);
+  }
+  dataSectors.sort((a, b) => a - b);
+  const runs: { offset: number; bytes: Uint8Array }[] = [];
+  for (let i = 0; i < dataSectors.length;) {
+    let j = i + 1;
+    while (j < dataSectors.length && dataSectors[j] === dataSectors[j - 1]! + 1) j++;
+    const bytes = new Uint8Array((j - i) * sectorBytes);
+    for (let k = i; k < j; k++) bytes.set(content.get(dataSectors[k]!)!, (k - i) * sectorBytes);
+    runs.push({ offset: dataSectors[i]! * sectorBytes, bytes });
+    i = j;
+  }
+  return { runs, changed: [...content.keys()].sort((a, b) => a - b) };
 }

@@ -307,7 +307,11 @@ export interface LoadedIndex {
  * keeps the highest generation whose block verifies against its checksum; the others are
  * zeroed and synced, as are damaged entries.
  */
-export async function loadIndex(files: StoreFiles, wantedSlots: number): Promise<LoadedIndex> {
+export async function loadIndex(
+  files: StoreFiles,
+  wantedSlots: number,
+  verifies: BlockVerifier = crcVerifier(files),
+): Promise<LoadedIndex> {
   const index = new SlotIndex(Math.max(files.slotCount, wantedSlots));
   const scannedSlots = Math.min(files.slotCount, files.highWater?.slots ?? files.slotCount);
   const toZero: number[] = [];
@@ -340,7 +344,7 @@ export async function loadIndex(files: StoreFiles, wantedSlots: number): Promise
   }
   const damagedEntries = toZero.length;
   for (const [first, others] of duplicates) {
-    await resolveDuplicates(files, index, [first, ...others], toZero);
+    await resolveDuplicates(index, [first, ...others], toZero, verifies);
   }
   await zeroEntries(files.map, toZero);
   let highestUsedSlot = -1;
@@ -357,22 +361,32 @@ export async function loadIndex(files: StoreFiles, wantedSlots: number): Promise
   };
 }
 
+/** Whether the copy in `slot` (as the index describes it) verifies against its checksums. */
+export type BlockVerifier = (slot: number, index: SlotIndex) => Promise<boolean>;
+
+/** Verifies a copy by its entry's whole-block CRC (stores without sums records). */
+export function crcVerifier(files: StoreFiles): BlockVerifier {
+  const block = new Uint8Array(files.blockSizeBytes);
+  return async (slot, index) => {
+    const got = await files.data.read(block, slotOffsetBytes(slot, files.blockSizeBytes));
+    return got === block.length && crc32(block) === index.crcs[slot];
+  };
+}
+
 /**
  * Keeps the newest of `slots` (entries of one ref; the first is indexed) whose block verifies,
  * or none; every other slot goes to `toZero`.
  */
 async function resolveDuplicates(
-  files: StoreFiles,
   index: SlotIndex,
   slots: number[],
   toZero: number[],
+  verifies: BlockVerifier,
 ): Promise<void> {
-  const block = new Uint8Array(files.blockSizeBytes);
   const newestFirst = [...slots].sort((a, b) => index.generations[b]! - index.generations[a]!);
   let winner = -1;
   for (const slot of newestFirst) {
-    const got = await files.data.read(block, slotOffsetBytes(slot, files.blockSizeBytes));
-    if (got === block.length && crc32(block) === index.crcs[slot]) {
+    if (await verifies(slot, index)) {
       winner = slot;
       break;
     }

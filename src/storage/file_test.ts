@@ -159,14 +159,59 @@ fileTest("damaged block bytes on disk are block_unavailable, never data", async 
       new Uint8Array([0xff ^ patternBlock(BLOCK, 1)[100]!]),
     );
     await rejectsWithCode(store.getBlock(testRef(1)), ErrorCode.BlockUnavailable);
-    // The entry was dropped: the block is gone, its capacity is back, the neighbour is intact.
-    assert.equal(await store.hasBlock(testRef(1)), false);
-    assert.equal(store.usedBlocks(), 1);
+    await rejectsWithCode(
+      store.readAt(testRef(1), 0, new Uint8Array(8)),
+      ErrorCode.BlockUnavailable,
+    );
+    // Only what is damaged is unreadable: the block stays (a put repairs it), the neighbour too.
+    assert.equal(await store.hasBlock(testRef(1)), true);
+    assert.equal(store.usedBlocks(), 2);
     assert.deepEqual(await store.getBlock(testRef(2)), patternBlock(BLOCK, 2));
     await store.close();
     const reopened = await FileBlockStore.open(options);
-    assert.equal(await reopened.hasBlock(testRef(1)), false);
+    await rejectsWithCode(reopened.getBlock(testRef(1)), ErrorCode.BlockUnavailable);
     assert.deepEqual(await reopened.getBlock(testRef(2)), patternBlock(BLOCK, 2));
+    await reopened.putBlock(testRef(1), patternBlock(BLOCK, 3));
+    assert.deepEqual(await reopened.getBlock(testRef(1)), patternBlock(BLOCK, 3));
+    await reopened.close();
+  } finally {
+    await cleanup();
+  }
+});
+
+fileTest("a damaged sector makes only the reads that cover it fail", async () => {
+  const block = 4 * 4096;
+  const { options, cleanup } = await tempStore({ blockSizeBytes: block, sizeBytes: block * 9 });
+  try {
+    const store = await FileBlockStore.open(options);
+    const data = patternBlock(block, 4);
+    await store.putBlock(testRef(1), data);
+    await store.writeAt(testRef(1), 2 * 4096 + 10, new Uint8Array([7, 7]));
+    await store.flush();
+    await store.close();
+    const slot = await slotOnDisk(options.dir + "/map-current.blk", testRef(1).key);
+    // Damage sector 1 of the slot (bytes 4096..8191 of the block).
+    await patchFile(
+      options.dir + "/data-current.blk",
+      HEADER_BYTES + slot * block + 4096 + 5,
+      new Uint8Array([0xff ^ data[4096 + 5]!]),
+    );
+    const reopened = await FileBlockStore.open(options);
+    const expected = data.slice();
+    expected.set([7, 7], 2 * 4096 + 10);
+    for (const sector of [0, 2, 3]) {
+      const read = new Uint8Array(4096);
+      await reopened.readAt(testRef(1), sector * 4096, read);
+      assert.deepEqual(read, expected.subarray(sector * 4096, (sector + 1) * 4096));
+    }
+    await rejectsWithCode(
+      reopened.readAt(testRef(1), 4095, new Uint8Array(2)),
+      ErrorCode.BlockUnavailable,
+    );
+    await rejectsWithCode(reopened.getBlock(testRef(1)), ErrorCode.BlockUnavailable);
+    // Writing the damaged sector whole makes it readable again.
+    await reopened.writeAt(testRef(1), 4096, expected.subarray(4096, 8192));
+    assert.deepEqual(await reopened.getBlock(testRef(1)), expected);
     await reopened.close();
   } finally {
     await cleanup();
@@ -440,7 +485,8 @@ fileTest(
 
 /** Copies the store's files as they are now (what a killed process leaves in the page cache). */
 async function snapshotFiles(from: string, to: string): Promise<void> {
-  for (const name of ["data-current.blk", "map-current.blk"]) {
+  // Every file of the store: data, map, sums and journal, as a process kill leaves them.
+  for (const name of ["data", "map", "sums", "journal"].map((kind) => `${kind}-current.blk`)) {
     await Deno.copyFile(`${from}/${name}`, `${to}/${name}`);
   }
 }

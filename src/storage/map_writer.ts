@@ -224,7 +224,8 @@ export class MapWriter {
 
 /** Whether a slot in `state` has a used entry on disk (else its entry is zero). */
 function hasEntry(state: number): boolean {
-  return state === SlotState.Stored || state === SlotState.Retiring;
+  return state === SlotState.Stored || state === SlotState.Retiring ||
+    state === SlotState.Deleting;
 }
 
 /**

@@ -15,7 +15,8 @@ import {
   notExist,
   TorusError,
 } from "../core/mod.ts";
-import type { BlockCallOptions, BlockStore } from "./block_store.ts";
+import type { BlockCallOptions, BlockStore, RangeWriteOptions } from "./block_store.ts";
+import { checkBlockRange } from "./range.ts";
 
 /** Options of {@link MemoryBlockStore}. */
 export interface MemoryBlockStoreOptions {
@@ -81,6 +82,72 @@ export class MemoryBlockStore implements BlockStore {
       copy.set(data);
       blocks.set(ref.key, { ref, data: copy });
     });
+  }
+
+  readAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    into: Uint8Array,
+    options?: BlockCallOptions,
+  ): Promise<void> {
+    return settle(() => {
+      const blocks = this.#open();
+      options?.signal?.throwIfAborted();
+      checkBlockRange(this.blockSizeBytes, offsetBytes, into.length);
+      const entry = blocks.get(ref.key);
+      if (!entry) throw notExist(`block ${ref} not found`);
+      into.set(entry.data.subarray(offsetBytes, offsetBytes + into.length));
+    });
+  }
+
+  writeAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    data: Uint8Array,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
+    return settle(() => {
+      const block = this.#blockForRangeWrite(ref, offsetBytes, data.length, options);
+      block.set(data, offsetBytes);
+    });
+  }
+
+  zeroAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    lengthBytes: number,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
+    return settle(() => {
+      const block = this.#blockForRangeWrite(ref, offsetBytes, lengthBytes, options);
+      block.fill(0, offsetBytes, offsetBytes + lengthBytes);
+    });
+  }
+
+  /** The stored bytes a range write changes, created (or reset, when `fresh`) as zeros. */
+  #blockForRangeWrite(
+    ref: BlockRef,
+    offsetBytes: number,
+    lengthBytes: number,
+    options: RangeWriteOptions | undefined,
+  ): Uint8Array {
+    const blocks = this.#open();
+    options?.signal?.throwIfAborted();
+    checkBlockRange(this.blockSizeBytes, offsetBytes, lengthBytes);
+    const entry = blocks.get(ref.key);
+    if (entry) {
+      if (options?.fresh) entry.data.fill(0);
+      return entry.data;
+    }
+    if (blocks.size >= this.#totalBlocks) {
+      throw new TorusError(
+        ErrorCode.OutOfSpace,
+        `block store ${this.name} is full (${blocks.size} blocks)`,
+      );
+    }
+    const data = new Uint8Array(this.blockSizeBytes);
+    blocks.set(ref.key, { ref, data });
+    return data;
   }
 
   hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean> {

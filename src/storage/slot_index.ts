@@ -34,6 +34,12 @@ export const SlotState = {
   Clearing: 5,
   /** An old copy retired by the running flush: entry zeroed, slot free after the map sync. */
   Retired: 6,
+  /**
+   * A deleted copy whose entry stays on disk until the delete's journal record is durable (then
+   * it is Clearing): a zeroed entry must never be found, after a power loss, without the delete
+   * that explains it (replay would otherwise bring the ref back from older records).
+   */
+  Deleting: 7,
 } as const;
 export type SlotState = typeof SlotState[keyof typeof SlotState];
 

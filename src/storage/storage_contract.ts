@@ -14,6 +14,7 @@
 import assert from "node:assert/strict";
 import { BlockRef, crc32, ErrorCode, isTorusError } from "../core/mod.ts";
 import type { BlockStore } from "./block_store.ts";
+import { registerRangeTests } from "./storage_contract_ranges.ts";
 
 /** What a contract factory returns. */
 export interface ContractFixture {
@@ -112,6 +113,7 @@ export function blockStoreContract(
   registerLifecycleTests(test);
   registerConcurrencyTests(test);
   registerSameRefTests(test);
+  registerRangeTests(test);
 }
 
 type Register = (

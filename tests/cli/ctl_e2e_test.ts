@@ -141,6 +141,7 @@ async function volumes(s: Session) {
     name: "db",
     type: "block",
     sizeBytes: 1073741824,
+    parent: null,
     status: "free",
   });
   ok(await s.ctl("volume", "delete", "logs"), /^Deleted volume "logs"\n$/);

@@ -259,6 +259,7 @@ test("ctl volume create-block, list and delete, with every bad input", async () 
     name: "db",
     type: "block",
     sizeBytes: 20e9,
+    parent: null,
     status: "in-use",
     holder: "client-1",
   });
@@ -492,19 +493,16 @@ test("completion bash completes subcommands and flags of every level", async () 
   assert.ok((await complete("torus", "ctl", "init", "--b")).includes("--block-size"));
 });
 
-test("ctl help lists every noun and marks step-4 commands as not implemented", async () => {
+test("ctl help lists every noun; snapshots and clones are there", async () => {
   await using h = await harness();
   const help = ok(await h.raw("--help"));
   for (const noun of ["init", "config", "list-peers", "peer", "ring", "volume", "block", "wipe"]) {
     assert.match(help, new RegExp(`\\n  ${noun} `));
   }
   const block = ok(await h.raw("block", "--help"));
-  assert.match(block, /snapshot +Create, list, delete, restore snapshots \(not implemented yet\)/);
-  fails(
-    await h.raw("block", "snapshot", "list", "v"),
-    1,
-    /not implemented yet \(arrives with step 4/,
-  );
+  assert.match(block, /snapshot +Create, list, delete and restore snapshots\n/);
+  assert.match(block, /clone +Make a new volume from a snapshot/);
+  assert.match(ok(await h.raw("volume", "--help")), /resize +Grow a block volume/);
   assert.match(ok(await h.raw("version")), /^torus\nVersion: /);
   const noNoun = await h.raw();
   assert.equal(noNoun.code, 2);

@@ -31,6 +31,7 @@ import {
 } from "../../core/mod.ts";
 import type { InvalidRecord, MetadataService, VolumeInfo } from "../../metadata/mod.ts";
 import { type CtlDeps, expectPositionals, metadataFlagsOf, withMetadata } from "./common.ts";
+import { cloneCommand, resizeCommand, snapshotCommand } from "./snapshot.ts";
 
 const listFlags = {
   ...metadataFlagOptions,
@@ -179,21 +180,25 @@ export function volumeCommand(deps: CtlDeps): Command {
     listCommand(deps),
     createBlockCommand(deps, "create-block", "torus ctl volume create-block"),
     deleteCommand(deps),
+    resizeCommand(deps),
   ], { path: "ctl volume" });
 }
 
-/** `torus ctl block`: create (an alias of volume create-block); the rest arrive with step 4. */
+/** `torus ctl block`: create (an alias of volume create-block), snapshots, clones. */
 export function blockCommand(deps: CtlDeps): Command {
-  const step = "step 4 (block volumes)";
+  const step = "the NBD data path of torus serve";
   return commandGroup(
     "block",
     "Manage block volumes",
     [
       createBlockCommand(deps, "create", "torus ctl block create"),
-      notImplementedCommand("ctl block snapshot", "Create, list, delete, restore snapshots", step),
-      notImplementedCommand("ctl block dump", "Copy a volume to a file or stdout", step),
-      notImplementedCommand("ctl block load", "Create a volume from a file", step),
-    ].map((c) => ({ ...c, name: c.name.replace(/^ctl block /, "") })),
+      snapshotCommand(deps),
+      cloneCommand(deps),
+      ...[
+        notImplementedCommand("ctl block dump", "Copy a volume to a file or stdout", step),
+        notImplementedCommand("ctl block load", "Create a volume from a file", step),
+      ].map((c) => ({ ...c, name: c.name.replace(/^ctl block /, "") })),
+    ],
     { path: "ctl block" },
   );
 }

@@ -1,0 +1,151 @@
+/**
+ * Moving a whole device to and from a byte stream (`torus ctl block dump` and `load`), sparse:
+ * ranges a device knows to be zero are never read, and zero chunks of an input are never written.
+ * Reads run a few chunks ahead of the writes, so a remote device (NBD) keeps a pipeline full.
+ * @module
+ */
+
+import { assert } from "../core/mod.ts";
+import type { Device } from "./device.ts";
+
+/** Bytes moved per read or write. */
+export const TRANSFER_CHUNK_BYTES = 4 * 1024 * 1024;
+/** Chunks read ahead of the one being written. */
+const READ_AHEAD_CHUNKS = 4;
+
+/** Called as bytes move: how far the transfer got of how much. */
+export type TransferProgress = (doneBytes: number, totalBytes: number) => void;
+
+/** Where a dump goes, in order of offsets. */
+export interface DumpSink {
+  /** Appends `data` (the bytes at the current end). */
+  write(data: Uint8Array): Promise<void>;
+  /** Appends `lengthBytes` of zeros: a file leaves a hole, a stream writes them. */
+  zeros(lengthBytes: number): Promise<void>;
+}
+
+/** Where a load comes from. */
+export interface LoadSource {
+  /** Fills as much of `into` as the input has; 0 at its end. */
+  read(into: Uint8Array): Promise<number>;
+}
+
+/** What a transfer moved. */
+export interface TransferResult {
+  /** Bytes covered (the device's size for a dump, the input's length for a load). */
+  readonly totalBytes: number;
+  /** Bytes actually read and written; the rest were zero ranges skipped. */
+  readonly dataBytes: number;
+}
+
+/** Options of {@link dumpDevice} and {@link loadDevice}. */
+export interface TransferOptions {
+  readonly onProgress?: TransferProgress;
+  readonly signal?: AbortSignal;
+  readonly chunkBytes?: number;
+}
+
+/** Copies every byte of `device` into `sink`, zero ranges as zeros (holes where possible). */
+export async function dumpDevice(
+  device: Device,
+  sink: DumpSink,
+  options: TransferOptions = {},
+): Promise<TransferResult> {
+  const chunkBytes = options.chunkBytes ?? TRANSFER_CHUNK_BYTES;
+  const total = device.sizeBytes;
+  const pending: Promise<Uint8Array | number>[] = [];
+  let next = 0;
+  let done = 0;
+  let dataBytes = 0;
+  const fetch = (offset: number) => chunkOf(device, offset, Math.min(chunkBytes, total - offset));
+  while (done < total) {
+    options.signal?.throwIfAborted();
+    while (pending.length < READ_AHEAD_CHUNKS && next < total) {
+      pending.push(fetch(next));
+      next += Math.min(chunkBytes, total - next);
+    }
+    const chunk = await pending.shift()!;
+    if (typeof chunk === "number") {
+      await sink.zeros(chunk);
+      done += chunk;
+    } else {
+      await sink.write(chunk);
+      done += chunk.length;
+      dataBytes += chunk.length;
+    }
+    options.onProgress?.(done, total);
+  }
+  return { totalBytes: total, dataBytes };
+}
+
+/** A chunk's bytes, or its length when the device knows it reads as zeros. */
+async function chunkOf(
+  device: Device,
+  offset: number,
+  length: number,
+): Promise<Uint8Array | number> {
+  const extents = await device.extents(offset, length);
+  if (extents.every((extent) => extent.zero)) return length;
+  const bytes = new Uint8Array(length);
+  await device.readAt(offset, bytes);
+  return bytes;
+}
+
+/**
+ * Writes `source` into `device` from offset 0 and flushes; chunks that are all zeros are skipped
+ * (the device must read as zeros where nothing is written: a new volume does). Fails with the
+ * device's `invalid` when the input is longer than the device.
+ */
+export async function loadDevice(
+  source: LoadSource,
+  device: Device,
+  options: TransferOptions & { expectedBytes?: number } = {},
+): Promise<TransferResult> {
+  const chunkBytes = options.chunkBytes ?? TRANSFER_CHUNK_BYTES;
+  const writes = new Set<Promise<void>>();
+  let offset = 0;
+  let dataBytes = 0;
+  for (;;) {
+    options.signal?.throwIfAborted();
+    const chunk = new Uint8Array(chunkBytes);
+    const filled = await readFull(source, chunk);
+    if (filled === 0) break;
+    const data = chunk.subarray(0, filled);
+    if (!isAllZero(data)) {
+      const write = device.writeAt(offset, data);
+      writes.add(write);
+      void write.then(() => writes.delete(write), () => {});
+      dataBytes += filled;
+      if (writes.size >= READ_AHEAD_CHUNKS) await Promise.race(writes);
+    }
+    offset += filled;
+    options.onProgress?.(offset, options.expectedBytes ?? offset);
+    if (filled < chunkBytes) break;
+  }
+  await Promise.all(writes);
+  await device.flush();
+  return { totalBytes: offset, dataBytes };
+}
+
+/** Reads until `into` is full or the source ends; returns the bytes read. */
+async function readFull(source: LoadSource, into: Uint8Array): Promise<number> {
+  let filled = 0;
+  while (filled < into.length) {
+    const got = await source.read(into.subarray(filled));
+    assert(got >= 0 && got <= into.length - filled, "a source read more than it was given");
+    if (got === 0) break;
+    filled += got;
+  }
+  return filled;
+}
+
+/** Whether every byte is zero (a 32-bit word at a time where aligned). */
+export function isAllZero(bytes: Uint8Array): boolean {
+  const aligned = bytes.byteOffset % 4 === 0 ? bytes.length - (bytes.length % 4) : 0;
+  if (aligned > 0) {
+    const words = new Uint32Array(bytes.buffer, bytes.byteOffset, aligned / 4);
+    for (let i = 0; i < words.length; i++) if (words[i] !== 0) return false;
+  }
+  for (let i = aligned; i < bytes.length; i++) if (bytes[i] !== 0) return false;
+  return true;
+}

@@ -1,0 +1,26 @@
+import assert from "node:assert/strict";
+import { formatHostPort, parseHostPort } from "./address.ts";
+
+Deno.test("addresses: HOST:PORT, [IPV6]:PORT and a bare PORT", () => {
+  assert.deepEqual(parseHostPort("10809", "--nbd"), { hostname: "127.0.0.1", port: 10809 });
+  assert.deepEqual(parseHostPort("0.0.0.0:1", "--nbd"), { hostname: "0.0.0.0", port: 1 });
+  assert.deepEqual(parseHostPort("node-1.example:65535", "--nbd"), {
+    hostname: "node-1.example",
+    port: 65535,
+  });
+  assert.deepEqual(parseHostPort("[::1]:10809", "--nbd"), { hostname: "::1", port: 10809 });
+  assert.equal(formatHostPort({ hostname: "::1", port: 7 }), "[::1]:7");
+  assert.equal(formatHostPort({ hostname: "127.0.0.1", port: 7 }), "127.0.0.1:7");
+});
+
+Deno.test("addresses: garbage is a usage error naming the flag", () => {
+  for (
+    const bad of ["", ":", "host:", "host:0", "host:65536", "::1:80", "a b:1", "x:1e3", "h:-1"]
+  ) {
+    assert.throws(() => parseHostPort(bad, "--nbd"), /invalid --nbd/, bad);
+  }
+  assert.throws(
+    () => parseHostPort("h:\x1b[2J", "--nbd"),
+    (e: Error) => !e.message.includes("\x1b"),
+  );
+});

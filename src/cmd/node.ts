@@ -1,0 +1,149 @@
+/**
+ * What a running `torus serve` holds once its store and metadata are open: the lease its volume
+ * locks live under, the volumes (VolumeService), the NBD server, the periodic garbage collection,
+ * and `<data-dir>/serve.json`, which tells `torus ctl` on the same machine where to reach this
+ * node's NBD server (dump and load go through it while serve owns the store).
+ * Closing stops them in the order that keeps every flush promise: NBD first (it answers what is
+ * in flight), then the volumes (flush, unlock), then the lease.
+ * @module
+ */
+
+import {
+  type Clock,
+  ErrorCode,
+  errorMessage,
+  logger,
+  type Random,
+  TorusError,
+} from "../core/mod.ts";
+import type { MetadataService } from "../metadata/mod.ts";
+import type { BlockStore } from "../storage/mod.ts";
+import { LeaseKeeper } from "../server/mod.ts";
+import { collectGarbage, NbdServer, VolumeService } from "../block/mod.ts";
+import { formatHostPort, type HostPort } from "../cli/mod.ts";
+import { readFileBounded, writeFileAtomic } from "../sys/mod.ts";
+
+const log = logger("serve");
+
+/** The file a serve writes into its data dir for local clients. */
+export const SERVE_INFO_FILE = "serve.json";
+const SERVE_INFO_MAX_BYTES = 4096;
+
+/** What `serve.json` says. */
+export interface ServeInfo {
+  readonly pid: number;
+  /** `HOST:PORT` of the NBD server, or null when serve runs without one. */
+  readonly nbd: string | null;
+}
+
+/** Options of {@link startNode}. */
+export interface NodeOptions {
+  readonly dataDir: string;
+  readonly uuid: string;
+  readonly metadata: MetadataService;
+  readonly store: BlockStore;
+  readonly clock: Clock;
+  readonly random?: Random;
+  /** Where the NBD server listens; null for none. */
+  readonly nbd: HostPort | null;
+  /** Period of garbage collection; 0 disables it. */
+  readonly gcIntervalMs: number;
+}
+
+/** A running node; see the module doc. */
+export interface Node extends AsyncDisposable {
+  readonly volumes: VolumeService;
+  /** Where the NBD server listens (the port chosen when 0 was asked), or null. */
+  readonly nbdAddress: HostPort | null;
+  close(): Promise<void>;
+}
+
+/** Starts the node's services over its open store and metadata. */
+export async function startNode(options: NodeOptions): Promise<Node> {
+  const leases = await LeaseKeeper.start({ leases: options.metadata.leases, clock: options.clock });
+  const volumes = new VolumeService({
+    metadata: options.metadata,
+    store: options.store,
+    leases,
+    holder: options.uuid,
+    clock: options.clock,
+    ...(options.random ? { random: options.random } : {}),
+  });
+  let nbd: NbdServer | null = null;
+  let nbdAddress: HostPort | null = null;
+  const stopGc = new AbortController();
+  let gcLoop: Promise<void> = Promise.resolve();
+  const close = async () => {
+    stopGc.abort();
+    await gcLoop;
+    await Deno.remove(`${options.dataDir}/${SERVE_INFO_FILE}`).catch(() => {});
+    await nbd?.close();
+    await volumes.close();
+    await leases.close();
+  };
+  try {
+    if (options.nbd !== null) {
+      nbd = new NbdServer({
+        exports: {
+          list: () => volumes.exportNames(),
+          open: (name, openOptions) => volumes.openDevice(name, openOptions ?? {}),
+        },
+      });
+      const address = nbd.listen(options.nbd);
+      nbdAddress = { hostname: address.hostname, port: address.port };
+    }
+    const info: ServeInfo = {
+      pid: Deno.pid,
+      nbd: nbdAddress === null ? null : formatHostPort(nbdAddress),
+    };
+    await writeFileAtomic(`${options.dataDir}/${SERVE_INFO_FILE}`, JSON.stringify(info) + "\n", {
+      mode: 0o600,
+    });
+    if (options.gcIntervalMs > 0) {
+      gcLoop = runGc(options, stopGc.signal);
+    }
+  } catch (error) {
+    await close().catch(() => {});
+    throw error;
+  }
+  return { volumes, nbdAddress, close, [Symbol.asyncDispose]: close };
+}
+
+/** Collects garbage every interval until stopped; a failed pass is logged and retried later. */
+async function runGc(options: NodeOptions, signal: AbortSignal): Promise<void> {
+  while (!signal.aborted) {
+    await options.clock.sleep(options.gcIntervalMs, signal).catch(() => {});
+    if (signal.aborted) return;
+    try {
+      await collectGarbage({ metadata: options.metadata, store: options.store, signal });
+    } catch (error) {
+      if (!signal.aborted) log.warn(`garbage collection failed: ${errorMessage(error)}`);
+    }
+  }
+}
+
+/** Reads the `serve.json` of a data dir; null when there is none. */
+export async function readServeInfo(dataDir: string): Promise<ServeInfo | null> {
+  const path = `${dataDir}/${SERVE_INFO_FILE}`;
+  let bytes: Uint8Array;
+  try {
+    bytes = await readFileBounded(path, SERVE_INFO_MAX_BYTES, path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return null;
+    throw error;
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    throw new TorusError(ErrorCode.Invalid, `${path} is not JSON`);
+  }
+  const raw = value as { pid?: unknown; nbd?: unknown } | null;
+  if (
+    raw === null || typeof raw !== "object" || !Number.isSafeInteger(raw.pid) ||
+    !(raw.nbd === null || typeof raw.nbd === "string")
+  ) {
+    throw new TorusError(ErrorCode.Invalid, `${path} is not a serve record`);
+  }
+  return { pid: raw.pid as number, nbd: raw.nbd as string | null };
+}

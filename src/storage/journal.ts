@@ -1,0 +1,555 @@
+/**
+ * The file engine's journal: `journal-<name>.blk`, a circular log of range writes, zeroings and
+ * deletes. A range write is durable once its record is (FLUSH = one fdatasync of this file); the
+ * engine applies records to their slots in place only after that, and a checkpoint (slots and
+ * sums synced) lets the log reuse their space. After a crash the records since the last
+ * checkpoint are replayed in order; applying a record twice gives the same bytes, so replay is
+ * idempotent (docs/adr/0004-block-volume-write-path.md).
+ *
+ * File layout (little-endian): a 4096-byte header page, then the region.
+ * - Header: `[0:8]` `TORUSJNL`, `[8:12]` version 1, `[16:24]` region bytes, `[24:40]` store id,
+ *   `[60:64]` CRC-32C of `[0:60]`. Two checkpoint records at 512 and 1024 (written in turn, so a
+ *   torn one leaves the other): `[0:8]` `TJCHECK1`, `[8:16]` counter, `[16:24]` seq (every record
+ *   up to it is applied and durable), `[24:32]` position of the first record to replay, `[32:36]`
+ *   epoch, `[36:40]` CRC-32C of `[0:36]`.
+ * - Records, 64-byte aligned: `[0:4]` magic, `[4]` kind, `[5]` flags, `[8:16]` seq, `[16:40]`
+ *   ref, `[40:44]` offset in the block, `[44:48]` length of the range, `[48:52]` record bytes,
+ *   `[52:56]` epoch, `[60:64]` CRC-32C of `[0:60]` and the data; a write's data follows,
+ *   padded to 64 bytes.
+ *   Positions are logical (they only grow); a record sits at `position % region`. One that would
+ *   cross the region's end is preceded by a wrap record filling the rest.
+ * - Replay reads from the checkpoint's position while records verify, carry the checkpoint's
+ *   epoch and have growing seqs: a torn record, or one written before the last open, ends it.
+ *   Every open starts a new epoch, so records appended after a replay can never be followed,
+ *   in a later replay, by stale records that happen to sit where the new ones end.
+ * @module
+ */
+
+import { assert, BLOCK_REF_BYTES, BlockRef, crc32c, invalid } from "../core/mod.ts";
+import type { FileIo, IoFile } from "./file_io.ts";
+
+/**
+ * What a record does. Write and Zero change a range of a block; Delete removes a ref; Install
+ * says a new copy of a ref (a put, or a block created for a range write) took effect, its data
+ * being the copy's generation (8 bytes): replay then knows which copy later records belong to.
+ * Wrap fills the end of the region.
+ */
+export const JournalKind = { Write: 1, Zero: 2, Delete: 3, Wrap: 4, Install: 5 } as const;
+export type JournalKind = typeof JournalKind[keyof typeof JournalKind];
+
+/** Record flags. */
+export const JournalFlag = {
+  /** The block reads as zeros before this record applies (a block allocated anew). */
+  Reset: 1,
+} as const;
+
+/** A decoded (or to-be-written) record. */
+export interface JournalRecord {
+  readonly seq: number;
+  readonly kind: JournalKind;
+  readonly flags: number;
+  readonly ref: BlockRef;
+  /** Sector-aligned offset in the block. */
+  readonly offsetBytes: number;
+  /** Bytes the record covers (sector-aligned). */
+  readonly lengthBytes: number;
+  /** A write's bytes (`lengthBytes` of them); null otherwise. */
+  readonly data: Uint8Array | null;
+}
+
+const HEADER_PAGE_BYTES = 4096;
+const MAGIC = "TORUSJNL";
+const VERSION = 1;
+const CHECKPOINT_OFFSETS = [512, 1024] as const;
+const CHECKPOINT_MAGIC = "TJCHECK1";
+/** Record alignment and header size. */
+export const RECORD_ALIGN_BYTES = 64;
+const RECORD_MAGIC = 0x314a5254; // "TRJ1"
+
+/** Bytes a record of `dataBytes` takes in the log. */
+export function recordBytesOf(dataBytes: number): number {
+  return RECORD_ALIGN_BYTES + Math.ceil(dataBytes / RECORD_ALIGN_BYTES) * RECORD_ALIGN_BYTES;
+}
+
+/** The region size a store of `storeBytes` gets: 1/16 of it, within bounds, 64-byte aligned. */
+export function journalRegionBytesFor(storeBytes: number, blockSizeBytes: number): number {
+  const floor = Math.max(4 * 1024 * 1024, 8 * recordBytesOf(blockSizeBytes));
+  const bytes = Math.min(256 * 1024 * 1024, Math.max(floor, Math.floor(storeBytes / 16)));
+  return Math.ceil(bytes / RECORD_ALIGN_BYTES) * RECORD_ALIGN_BYTES;
+}
+
+/** Encodes `record` (not a wrap) of `epoch` into a new buffer of {@link recordBytesOf} bytes. */
+export function encodeRecord(record: JournalRecord, epoch: number): Uint8Array {
+  const dataBytes = record.data?.length ?? 0;
+  const bytes = new Uint8Array(recordBytesOf(dataBytes));
+  const view = new DataView(bytes.buffer);
+  view.setUint32(0, RECORD_MAGIC, true);
+  bytes[4] = record.kind;
+  bytes[5] = record.flags;
+  setU64(view, 8, record.seq);
+  record.ref.writeTo(bytes, 16);
+  view.setUint32(40, record.offsetBytes, true);
+  view.setUint32(44, record.lengthBytes, true);
+  view.setUint32(48, bytes.length, true);
+  view.setUint32(52, epoch, true);
+  if (record.data !== null) bytes.set(record.data, RECORD_ALIGN_BYTES);
+  const data = bytes.subarray(RECORD_ALIGN_BYTES, RECORD_ALIGN_BYTES + dataBytes);
+  view.setUint32(60, crc32c(data, crc32c(bytes.subarray(0, 60))), true);
+  return bytes;
+}
+
+/** A wrap record of `totalBytes` (the rest of the region); only its header is written. */
+function encodeWrap(seq: number, totalBytes: number, epoch: number): Uint8Array {
+  const bytes = new Uint8Array(RECORD_ALIGN_BYTES);
+  const view = new DataView(bytes.buffer);
+  view.setUint32(0, RECORD_MAGIC, true);
+  bytes[4] = JournalKind.Wrap;
+  setU64(view, 8, seq);
+  BlockRef.ZERO.writeTo(bytes, 16);
+  view.setUint32(48, totalBytes, true);
+  view.setUint32(52, epoch, true);
+  view.setUint32(60, crc32c(new Uint8Array(0), crc32c(bytes.subarray(0, 60))), true);
+  return bytes;
+}
+
+/** The fields of a record header. */
+export interface DecodedRecordHeader {
+  readonly kind: JournalKind;
+  readonly flags: number;
+  readonly seq: number;
+  readonly epoch: number;
+  readonly ref: BlockRef;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+  readonly recordBytes: number;
+  readonly crc: number;
+}
+
+/**
+ * Decodes the record header at the start of `header` (64 bytes); null unless it is a record
+ * whose header fields are sane. The data (for writes) is checked by {@link recordDataMatches}.
+ */
+export function decodeRecordHeader(header: Uint8Array): DecodedRecordHeader | null {
+  if (header.length < RECORD_ALIGN_BYTES) return null;
+  const view = new DataView(header.buffer, header.byteOffset, RECORD_ALIGN_BYTES);
+  if (view.getUint32(0, true) !== RECORD_MAGIC) return null;
+  const kind = header[4]!;
+  if (kind < JournalKind.Write || kind > JournalKind.Install) return null;
+  const recordBytes = view.getUint32(48, true);
+  const lengthBytes = view.getUint32(44, true);
+  if (recordBytes < RECORD_ALIGN_BYTES || recordBytes % RECORD_ALIGN_BYTES !== 0) return null;
+  const carriesData = kind === JournalKind.Write || kind === JournalKind.Install;
+  if (carriesData && recordBytes !== recordBytesOf(lengthBytes)) return null;
+  if (kind === JournalKind.Install && lengthBytes !== 8) return null;
+  let ref: BlockRef;
+  try {
+    ref = BlockRef.fromBytes(header, 16);
+  } catch {
+    return null;
+  }
+  const seq = getU64(view, 8);
+  if (seq === null || seq === 0) return null;
+  return {
+    kind: kind as JournalKind,
+    flags: header[5]!,
+    seq,
+    epoch: view.getUint32(52, true),
+    ref,
+    offsetBytes: view.getUint32(40, true),
+    lengthBytes,
+    recordBytes,
+    crc: view.getUint32(60, true),
+  };
+}
+
+/** Whether a record's checksum covers its header and `data`. */
+export function recordDataMatches(header: Uint8Array, data: Uint8Array, crc: number): boolean {
+  return crc32c(data, crc32c(header.subarray(0, 60))) === crc;
+}
+
+function setU64(view: DataView, offset: number, value: number): void {
+  view.setUint32(offset, value % 2 ** 32, true);
+  view.setUint32(offset + 4, Math.floor(value / 2 ** 32), true);
+}
+
+function getU64(view: DataView, offset: number): number | null {
+  const high = view.getUint32(offset + 4, true);
+  if (high > 0x1f_ffff) return null;
+  return high * 2 ** 32 + view.getUint32(offset, true);
+}
+
+/** Where replay starts and what it may skip. */
+export interface Checkpoint {
+  /** Records with a seq up to this are applied and durable in the slots. */
+  readonly seq: number;
+  /** Logical position of the first record after them. */
+  readonly position: number;
+  /** Epoch of the records written after it. */
+  readonly epoch: number;
+}
+
+/** An appended record, placed at its logical position, waiting for its batch's write. */
+interface Pending {
+  bytes: Uint8Array;
+  seq: number;
+  /** Logical position of the record; a wrap record fills the region's end before it if needed. */
+  position: number;
+  /** Bytes of wrap padding written before it (0 when none). */
+  wrapBytes: number;
+  resolve(end: number): void;
+  reject(error: unknown): void;
+}
+
+/** The journal file of one store; see the module doc. */
+export class Journal {
+  readonly path: string;
+  readonly regionBytes: number;
+  readonly #file: IoFile;
+  #checkpoint: Checkpoint;
+  #checkpointCounter: number;
+  /** Logical position where the next record goes. */
+  #head: number;
+  /** Highest seq whose record is written (in the page cache). */
+  #writtenSeq: number;
+  /** Logical end of every record placed so far (written or not), wrap padding included. */
+  #reservedEnd: number;
+  /** Records waiting for room, in append order. */
+  #queue: Pending[] = [];
+  /** Records placed and waiting for the next write. */
+  #batch: Pending[] = [];
+  #writing: Promise<void> | null = null;
+  #scheduled = false;
+  #failure: Error | null = null;
+  /** Called when records wait for room: the engine checkpoints to make some. */
+  onFull: (() => void) | null = null;
+
+  private constructor(
+    path: string,
+    file: IoFile,
+    state: { regionBytes: number; checkpoint: Checkpoint; counter: number },
+  ) {
+    this.path = path;
+    this.#file = file;
+    this.regionBytes = state.regionBytes;
+    this.#checkpoint = state.checkpoint;
+    this.#checkpointCounter = state.counter;
+    this.#head = state.checkpoint.position;
+    this.#reservedEnd = state.checkpoint.position;
+    this.#writtenSeq = state.checkpoint.seq;
+  }
+
+  /**
+   * Opens (creating when absent, with `regionBytes`) the journal at `path` of the store whose id
+   * is `storeId`. A journal of another store, or a damaged header, is refused.
+   */
+  static async open(
+    io: FileIo,
+    path: string,
+    options: { storeId: Uint8Array; regionBytes: number },
+  ): Promise<Journal> {
+    if (!(await io.exists(path))) {
+      // Made whole under another name and renamed: a crash never leaves a half-made journal.
+      const temporary = `${path}.tmp`;
+      const fresh = await io.open(temporary, { create: true, truncate: true });
+      try {
+        await createJournal(fresh, options);
+      } finally {
+        await fresh.close();
+      }
+      await io.rename(temporary, path);
+      await io.syncDirectory(parentOf(path));
+    }
+    const file = await io.open(path);
+    try {
+      const header = new Uint8Array(HEADER_PAGE_BYTES);
+      const got = await file.read(header, 0);
+      const state = decodeJournalHeader(header.subarray(0, got), path, options.storeId);
+      if ((await file.sizeBytes()) < HEADER_PAGE_BYTES + state.regionBytes) {
+        throw invalid(`${path} is shorter than its region`);
+      }
+      return new Journal(path, file, state);
+    } catch (error) {
+      await file.close();
+      throw error;
+    }
+  }
+
+  /** The checkpoint replay starts from. */
+  get checkpoint(): Checkpoint {
+    return this.#checkpoint;
+  }
+
+  /** Logical position where the next record goes (after replay: the end of the valid log). */
+  get head(): number {
+    return this.#head;
+  }
+
+  /** Highest seq whose record is in the file (not necessarily durable). */
+  get writtenSeq(): number {
+    return this.#writtenSeq;
+  }
+
+  /**
+   * Reads the records after the checkpoint, in order, until one does not verify (torn, or of an
+   * older lap). Afterwards new records go after the last one read.
+   */
+  async *replay(): AsyncIterable<JournalRecord> {
+    let position = this.#checkpoint.position;
+    let lastSeq = this.#checkpoint.seq;
+    const header = new Uint8Array(RECORD_ALIGN_BYTES);
+    while (position - this.#checkpoint.position < this.regionBytes) {
+      const physical = position % this.regionBytes;
+      if ((await this.#file.read(header, HEADER_PAGE_BYTES + physical)) < header.length) break;
+      const decoded = decodeRecordHeader(header);
+      if (decoded === null || decoded.seq <= lastSeq) break;
+      if (decoded.epoch !== this.#checkpoint.epoch) break;
+      if (physical + decoded.recordBytes > this.regionBytes) break;
+      if (decoded.kind === JournalKind.Wrap) {
+        if (!recordDataMatches(header, new Uint8Array(0), decoded.crc)) break;
+        if (physical + decoded.recordBytes !== this.regionBytes) break;
+        // The record after a wrap has the wrap's seq.
+        lastSeq = decoded.seq - 1;
+        position += decoded.recordBytes;
+        continue;
+      }
+      const carriesData = decoded.kind === JournalKind.Write ||
+        decoded.kind === JournalKind.Install;
+      const dataBytes = carriesData ? decoded.lengthBytes : 0;
+      const data = new Uint8Array(dataBytes);
+      if (dataBytes > 0) {
+        const at = HEADER_PAGE_BYTES + physical + RECORD_ALIGN_BYTES;
+        if ((await this.#file.read(data, at)) < dataBytes) break;
+      }
+      if (!recordDataMatches(header, data, decoded.crc)) break;
+      lastSeq = decoded.seq;
+      position += decoded.recordBytes;
+      this.#head = position;
+      this.#writtenSeq = decoded.seq;
+      this.#reservedEnd = position;
+      yield {
+        seq: decoded.seq,
+        kind: decoded.kind,
+        flags: decoded.flags,
+        ref: decoded.ref,
+        offsetBytes: decoded.offsetBytes,
+        lengthBytes: decoded.lengthBytes,
+        data: carriesData ? data : null,
+      };
+    }
+  }
+
+  /** Bytes of the region in use (appended, not yet released by a checkpoint). */
+  get usedBytes(): number {
+    return this.#reservedEnd - this.#checkpoint.position;
+  }
+
+  /**
+   * Appends `record`; resolves, with the logical position where it ends, once it is written to
+   * the file (durable after the next {@link sync}). Records are written in the order appended (appends in one turn of the event
+   * loop share one write); when the region is full they wait, in order, for a checkpoint to make
+   * room ({@link onFull} asks the engine for one).
+   */
+  append(record: JournalRecord): Promise<number> {
+    if (this.#failure !== null) return Promise.reject(this.#failure);
+    const bytes = encodeRecord(record, this.#checkpoint.epoch);
+    assert(2 * bytes.length <= this.regionBytes, "a record fits the journal with room to wrap");
+    return new Promise<number>((resolve, reject) => {
+      this.#queue.push({ bytes, seq: record.seq, position: 0, wrapBytes: 0, resolve, reject });
+      this.#admit();
+    });
+  }
+
+  /** Places queued records that fit before the checkpoint's position comes round again. */
+  #admit(): void {
+    while (this.#queue.length > 0) {
+      const next = this.#queue[0]!;
+      const physical = this.#reservedEnd % this.regionBytes;
+      const wrapBytes = physical + next.bytes.length > this.regionBytes
+        ? this.regionBytes - physical
+        : 0;
+      const end = this.#reservedEnd + wrapBytes + next.bytes.length;
+      if (end - this.#checkpoint.position > this.regionBytes) {
+        this.onFull?.();
+        return;
+      }
+      this.#queue.shift();
+      next.wrapBytes = wrapBytes;
+      next.position = this.#reservedEnd + wrapBytes;
+      this.#reservedEnd = end;
+      this.#batch.push(next);
+    }
+    this.#schedule();
+  }
+
+  #schedule(): void {
+    if (this.#scheduled || this.#writing !== null || this.#batch.length === 0) return;
+    this.#scheduled = true;
+    queueMicrotask(() => {
+      this.#scheduled = false;
+      if (this.#writing !== null || this.#batch.length === 0) return;
+      this.#writing = this.#writeBatch().finally(() => {
+        this.#writing = null;
+        this.#schedule();
+      });
+    });
+  }
+
+  /** Writes the current batch: one write per contiguous run (a wrap splits it in two). */
+  async #writeBatch(): Promise<void> {
+    const batch = this.#batch;
+    this.#batch = [];
+    try {
+      let run: Uint8Array[] = [];
+      let runStart = batch[0]!.position - batch[0]!.wrapBytes;
+      for (const pending of batch) {
+        if (pending.wrapBytes > 0) {
+          // A wrap record carries the seq of the record after it, which replay then expects.
+          run.push(encodeWrap(pending.seq, pending.wrapBytes, this.#checkpoint.epoch));
+          await this.#writeRun(runStart, run);
+          run = [];
+          runStart = pending.position;
+        }
+        run.push(pending.bytes);
+      }
+      await this.#writeRun(runStart, run);
+      const last = batch[batch.length - 1]!;
+      this.#head = last.position + last.bytes.length;
+      this.#writtenSeq = last.seq;
+      for (const pending of batch) pending.resolve(pending.position + pending.bytes.length);
+    } catch (error) {
+      this.#failure ??= error as Error;
+      for (const pending of [...batch, ...this.#batch.splice(0), ...this.#queue.splice(0)]) {
+        pending.reject(error);
+      }
+    }
+  }
+
+  async #writeRun(start: number, parts: Uint8Array[]): Promise<void> {
+    if (parts.length === 0) return;
+    const total = parts.reduce((n, p) => n + p.length, 0);
+    const bytes = parts.length === 1 ? parts[0]! : new Uint8Array(total);
+    if (parts.length > 1) {
+      let at = 0;
+      for (const part of parts) {
+        bytes.set(part, at);
+        at += part.length;
+      }
+    }
+    await this.#file.write(bytes, HEADER_PAGE_BYTES + (start % this.regionBytes));
+  }
+
+  /**
+   * Makes every record whose append resolved durable; returns the highest seq that is durable.
+   */
+  async sync(): Promise<number> {
+    if (this.#failure !== null) throw this.#failure;
+    // Appends that resolved were written by batches that are done; one may be running.
+    const covered = this.#writtenSeq;
+    await this.#file.datasync();
+    return covered;
+  }
+
+  /**
+   * Records that everything up to `checkpoint.seq` is applied and durable elsewhere, so replay
+   * starts at `checkpoint.position`; the space before it is reused.
+   */
+  async setCheckpoint(checkpoint: Checkpoint): Promise<void> {
+    assert(checkpoint.position >= this.#checkpoint.position, "checkpoints only move forward");
+    const counter = this.#checkpointCounter + 1;
+    const record = encodeCheckpoint(counter, checkpoint);
+    await this.#file.write(record, CHECKPOINT_OFFSETS[counter % 2]!);
+    await this.#file.datasync();
+    this.#checkpoint = checkpoint;
+    this.#checkpointCounter = counter;
+    this.#admit();
+  }
+
+  /** Waits for writes in flight, then closes the file. */
+  async close(): Promise<void> {
+    while (this.#writing !== null) await this.#writing;
+    await this.#file.close();
+  }
+}
+
+function parentOf(path: string): string {
+  const slash = path.lastIndexOf("/");
+  return slash <= 0 ? (slash === 0 ? "/" : ".") : path.slice(0, slash);
+}
+
+async function createJournal(
+  file: IoFile,
+  options: { storeId: Uint8Array; regionBytes: number },
+): Promise<void> {
+  assert(options.regionBytes % RECORD_ALIGN_BYTES === 0, "journal region is 64-byte aligned");
+  const header = new Uint8Array(HEADER_PAGE_BYTES);
+  const view = new DataView(header.buffer);
+  for (let i = 0; i < 8; i++) header[i] = MAGIC.charCodeAt(i);
+  view.setUint32(8, VERSION, true);
+  setU64(view, 16, options.regionBytes);
+  header.set(options.storeId, 24);
+  view.setUint32(60, crc32c(header.subarray(0, 60)), true);
+  header.set(encodeCheckpoint(0, { seq: 0, position: 0, epoch: 1 }), CHECKPOINT_OFFSETS[0]);
+  await file.truncate(0);
+  await file.truncate(HEADER_PAGE_BYTES + options.regionBytes);
+  await file.allocate(0, HEADER_PAGE_BYTES + options.regionBytes);
+  await file.write(header, 0);
+  await file.sync();
+}
+
+function encodeCheckpoint(counter: number, checkpoint: Checkpoint): Uint8Array {
+  const bytes = new Uint8Array(64);
+  const view = new DataView(bytes.buffer);
+  for (let i = 0; i < 8; i++) bytes[i] = CHECKPOINT_MAGIC.charCodeAt(i);
+  setU64(view, 8, counter);
+  setU64(view, 16, checkpoint.seq);
+  setU64(view, 24, checkpoint.position);
+  view.setUint32(32, checkpoint.epoch, true);
+  view.setUint32(36, crc32c(bytes.subarray(0, 36)), true);
+  return bytes;
+}
+
+function decodeCheckpoint(bytes: Uint8Array): { counter: number; checkpoint: Checkpoint } | null {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, 64);
+  if (String.fromCharCode(...bytes.subarray(0, 8)) !== CHECKPOINT_MAGIC) return null;
+  if (view.getUint32(36, true) !== crc32c(bytes.subarray(0, 36))) return null;
+  const counter = getU64(view, 8);
+  const seq = getU64(view, 16);
+  const position = getU64(view, 24);
+  if (counter === null || seq === null || position === null) return null;
+  return { counter, checkpoint: { seq, position, epoch: view.getUint32(32, true) } };
+}
+
+function decodeJournalHeader(
+  page: Uint8Array,
+  path: string,
+  storeId: Uint8Array,
+): { regionBytes: number; checkpoint: Checkpoint; counter: number } {
+  if (page.length < HEADER_PAGE_BYTES) throw invalid(`${path} is too short for a journal header`);
+  if (String.fromCharCode(...page.subarray(0, 8)) !== MAGIC) {
+    throw invalid(`${path} is not a torus journal`);
+  }
+  const view = new DataView(page.buffer, page.byteOffset, page.byteLength);
+  if (view.getUint32(60, true) !== crc32c(page.subarray(0, 60))) {
+    throw invalid(`${path} has a damaged header (checksum mismatch)`);
+  }
+  if (view.getUint32(8, true) !== VERSION) {
+    throw invalid(`${path} has journal version ${view.getUint32(8, true)}; this torus reads 1`);
+  }
+  const id = page.subarray(24, 24 + storeId.length);
+  if (!id.every((byte, i) => byte === storeId[i])) {
+    throw invalid(`${path} belongs to another store`);
+  }
+  const regionBytes = getU64(view, 16);
+  if (regionBytes === null || regionBytes <= 0 || regionBytes % RECORD_ALIGN_BYTES !== 0) {
+    throw invalid(`${path} has a bad region size`);
+  }
+  const found = CHECKPOINT_OFFSETS
+    .map((offset) => decodeCheckpoint(page.subarray(offset, offset + 64)))
+    .filter((c): c is { counter: number; checkpoint: Checkpoint } => c !== null)
+    .sort((a, b) => b.counter - a.counter)[0];
+  if (found === undefined) throw invalid(`${path} has no valid checkpoint`);
+  return { regionBytes, checkpoint: found.checkpoint, counter: found.counter };
+}
+
+/** Size of a ref in a record (for readers of the format). */
+export const RECORD_REF_BYTES = BLOCK_REF_BYTES;
