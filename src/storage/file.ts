@@ -52,11 +52,13 @@
  *   generation as its seq, and stays in memory (the overlay) until applied: reads apply the
  *   overlay on top of the slot. A range write to an absent ref first creates it: a slot whose
  *   sums say zero everywhere, written before the copy is installed.
- * - FLUSH syncs the journal after the data, sums and map files: one durable append for range
+ * - FLUSH syncs the journal after the map file, and after the data and sums files only when a
+ *   put or a block creation wrote them since the last flush: one durable append for range
  *   writes. Only records that are durable are applied in place (data, then the sums record),
- *   so the slot never holds bytes a crash could leave without their record; a checkpoint (slots,
- *   sums and map synced) then frees their journal space. Records of a ref older than its copy's
- *   generation (a put or delete came later) are skipped.
+ *   so the slot never holds bytes a crash could leave without their record; those in-place
+ *   writes are made durable by the next checkpoint (slots, sums and map synced), which then
+ *   frees their journal space, not by every flush: until then replay writes them again. Records
+ *   of a ref older than its copy's generation (a put or delete came later) are skipped.
  * - Opening replays the records after the last checkpoint, in order: what a crash left half
  *   applied is applied again (records hold whole sectors, so applying twice is harmless).
  * @module
@@ -217,6 +219,13 @@ export class FileBlockStore implements BlockStore {
   /** Retiring and dead slots, in the order they started retiring. */
   #retiring: number[] = [];
   #retiredInFlush = 0;
+  /**
+   * A put or a block creation completed a write to the data / sums file since a flush last
+   * took the flag. Only those writes need the file synced by a flush: records applied in place
+   * stay in the journal, replayable, until a checkpoint syncs both files.
+   */
+  #dataUnsynced = false;
+  #sumsUnsynced = false;
   #clearing = 0;
   #nextGeneration: number;
   readonly #putsInFlight = new Map<string, PutsInFlight>();
@@ -719,6 +728,7 @@ export class FileBlockStore implements BlockStore {
       if (slot < 0) slot = await this.#waitForSlot();
       const generation = this.#nextGeneration++;
       await this.#sums.write(slot, zeroSums(generation, this.#sums.sectors));
+      this.#sumsUnsynced = true;
       if (this.#failure !== null) throw this.#failure;
       assert(this.#index.find(key) < 0, "a ref being created is queued on itself");
       this.#install(slot, { key, generation, blockCrc: 0, current: -1 });
@@ -1103,6 +1113,8 @@ export class FileBlockStore implements BlockStore {
       const sums = sumsOfBlock(put.block, this.#sectorBytes, put.generation);
       const blockCrc = crc32(put.block);
       await Promise.all([written, this.#sums.write(slot, sums)]);
+      this.#dataUnsynced = true;
+      this.#sumsUnsynced = true;
       if (this.#failure !== null) throw this.#failure;
       const current = this.#index.find(put.key);
       const newer = current >= 0 && this.#index.generations[current]! > put.generation;
@@ -1358,8 +1370,13 @@ export class FileBlockStore implements BlockStore {
     this.#retiring = [];
     this.#retiredInFlush += retiring.length;
     try {
-      await this.#files.data.datasync();
-      await this.#sums.datasync();
+      // Whole-block puts and created blocks are durable before the entries and records naming
+      // them. Writes that only applied records need no sync here (see #dataUnsynced).
+      const data = this.#dataUnsynced;
+      const sums = this.#sumsUnsynced;
+      this.#dataUnsynced = this.#sumsUnsynced = false;
+      if (data) await this.#files.data.datasync();
+      if (sums) await this.#sums.datasync();
       await this.#writer.written();
       await this.#files.map.datasync();
       // Range records last: a durable record's block (created by a range write) is durable too.
