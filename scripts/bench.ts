@@ -6,7 +6,11 @@
  * (`baseline: true`): `0.50x` means half the baseline's throughput. Each file runs with its own
  * TMPDIR (a fresh directory in the system's temp dir), removed afterwards even after a crash.
  *
- * Usage: deno run -A scripts/bench.ts [--filter TEXT] [files...]
+ * Then the whole-program benches (`scripts/bench_nbd.ts`: torus serve against qemu-nbd and
+ * nbdkit under fio, docs/benchmarks.md), which print their own report; they run when no file and
+ * no --filter is given, or when named. `--quick` asks them for a short smoke run.
+ *
+ * Usage: deno run -A scripts/bench.ts [--filter TEXT] [--quick] [files...]
  */
 
 import { parseArgs } from "node:util";
@@ -24,6 +28,8 @@ interface BenchResult {
 }
 
 const root = new URL("../", import.meta.url).pathname;
+/** Benches that are programs of their own, run with `deno run` after the `deno bench` files. */
+export const programBenches: readonly string[] = ["scripts/bench_nbd.ts"];
 const sizeTag = /\[([^\]/]+)\/iter\]\s*$/;
 
 async function* walk(dir: string): AsyncIterable<string> {
@@ -131,14 +137,46 @@ async function runFile(file: string, filter: string | undefined): Promise<BenchR
   }
 }
 
+/** Runs a whole-program bench; whether it succeeded. */
+async function runProgram(file: string, quick: boolean): Promise<boolean> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", file, ...(quick ? ["--quick"] : [])],
+    cwd: root,
+    env: { RUST_BACKTRACE: "0", NO_COLOR: "1" },
+    stdout: "inherit",
+    stderr: "inherit",
+  });
+  return (await child.output()).success;
+}
+
+/** Splits the named files into `deno bench` files and program benches. */
+export function selectBenches(
+  positionals: readonly string[],
+  filter: string | undefined,
+): { benchFiles: string[] | null; programs: string[] } {
+  if (positionals.length === 0) {
+    return { benchFiles: null, programs: filter === undefined ? [...programBenches] : [] };
+  }
+  const isProgram = (file: string) => programBenches.some((p) => file.endsWith(p));
+  return {
+    benchFiles: positionals.filter((file) => !isProgram(file)),
+    programs: positionals.filter(isProgram),
+  };
+}
+
 async function main(): Promise<number> {
   const { values, positionals } = parseArgs({
     args: Deno.args,
-    options: { filter: { type: "string" } },
+    options: { filter: { type: "string" }, quick: { type: "boolean", default: false } },
     allowPositionals: true,
   });
-  const files = positionals.length > 0 ? positionals : [];
-  if (files.length === 0) { for await (const file of walk(`${root}src`)) files.push(file); }
+  const selected = selectBenches(positionals, values.filter);
+  const files = selected.benchFiles ?? [];
+  if (selected.benchFiles === null) {
+    for await (const file of walk(`${root}src`)) {
+      files.push(file);
+    }
+  }
   files.sort();
   let failed = 0;
   console.log(`torus benchmarks, ${new Date().toISOString()}, ${Deno.build.target}`);
@@ -153,6 +191,13 @@ async function main(): Promise<number> {
     }
     failed += results.filter((r) => r.avgNs === null).length;
     for (const line of formatResults(results)) console.log(line);
+  }
+  for (const program of selected.programs) {
+    console.log(`\n== ${program}`);
+    if (!(await runProgram(program, values.quick))) {
+      console.log("  FAILED (see the errors above)");
+      failed++;
+    }
   }
   return failed > 0 ? 1 : 0;
 }

@@ -2,25 +2,27 @@
  * `deno task bench` part 2: a real `torus serve --nbd` against qemu-nbd and nbdkit serving plain
  * files, all three in the same run, driven by fio's nbd engine (a real client, loopback TCP).
  *
+ * The servers keep their files on a disk of the bench's own (see {@link BenchDisk}: as root,
+ * ext4 on a loop device), so that disk's sector counters, read around each run with a syncfs
+ * before and after, are exactly the disk bytes that run cost.
+ *
  * 1. Throughput: the same fio workloads (bench_nbd_report.ts) against each server, time-based,
  *    interleaved (per workload and round, the servers in a rotating order), medians and ranges
  *    over rounds, and per-round ratios of torus to each reference. Every export is filled with
- *    1 MiB writes first, so reads read data. With each write workload, the disk bytes each server
- *    process wrote (/proc/<pid>/io `write_bytes`: pages it dirtied in the page cache, i.e. what
- *    will be written back, plus direct I/O) per byte fio wrote.
+ *    1 MiB writes first, so reads read data. With each write workload, the disk bytes written
+ *    per byte fio wrote (every write run ends with a FLUSH; torus's in-place writes that follow
+ *    are waited for).
  * 2. Write amplification of torus alone, 4 KiB random writes with a FLUSH every 32, on a small
  *    and a large sparse volume (1 GiB and 16 GiB): the first pass over the fresh volume (blocks
  *    created on first touch) and the steady state (every block written once before).
  * 3. Cold reads: each server's files dropped from the page cache (fdatasync, then
  *    posix_fadvise DONTNEED through `dd iflag=nocache count=0`; no global drop_caches), torus
- *    restarted (its caches empty), then 4 KiB random reads at QD1: /proc/<pid>/io `read_bytes`
- *    (bytes the kernel fetched from the disk for the process) per read.
+ *    restarted (its caches empty), then 4 KiB random reads at QD1: disk bytes read per read.
  *
  * Servers: torus serve (the default engine, store in a temp data dir); qemu-nbd `-f raw
  * --cache=writeback --aio=threads` (qemu-nbd's defaults, spelled out: page cache, FLUSH =
  * fdatasync, a thread pool for I/O); nbdkit's file plugin with its defaults (page cache, FLUSH =
- * fdatasync, 16 threads). The temp dir must be on a disk-backed file system (not tmpfs) for the
- * disk counters to mean anything; `--dir` picks another place.
+ * fdatasync, 16 threads).
  *
  * Usage: deno run -A scripts/bench_nbd.ts [--quick] [--runtime S] [--rounds N] [--filter TEXT]
  *          [--dir DIR] [--json FILE] [--no-amplification] [--no-cold-reads]
@@ -604,7 +606,7 @@ function formatReport(
     "Throughput: median (min–max) over rounds; ratios per round",
     ...throughputTable(report.samples, names, TORUS),
     "",
-    "Disk bytes written by each server per byte fio wrote (/proc/<pid>/io write_bytes)",
+    "Disk bytes written per byte fio wrote (the bench disk's counters, dirty pages synced)",
     ...amplificationTable(report.samples, names),
   ];
   if (report.cold.length > 0) {

@@ -1,7 +1,8 @@
 /**
  * The pure half of scripts/bench_nbd.ts: the fio workloads and their command lines, parsing of
- * fio's JSON report and of /proc/<pid>/io, and the tables printed at the end (medians and ranges
- * over rounds, ratios to the references per round). No I/O here, so it is unit-tested.
+ * fio's JSON report, of /sys/block/<dev>/stat and of /proc/<pid>/io, and the tables printed at
+ * the end (medians and ranges over rounds, ratios to the references per round). No I/O here, so
+ * it is unit-tested.
  * @module
  */
 
