@@ -25,7 +25,7 @@
  * fdatasync, 16 threads).
  *
  * Usage: deno run -A scripts/bench_nbd.ts [--quick] [--runtime S] [--rounds N] [--filter TEXT]
- *          [--dir DIR] [--json FILE] [--no-amplification] [--no-cold-reads]
+ *          [--export-mib N] [--dir DIR] [--json FILE] [--no-amplification] [--no-cold-reads]
  * `--quick` (CI smoke test): small exports, 1 s per run, one round.
  * @module
  */
@@ -636,6 +636,7 @@ export function configOf(args: string[]): BenchConfig {
     args,
     options: {
       quick: { type: "boolean", default: false },
+      "export-mib": { type: "string" },
       runtime: { type: "string" },
       rounds: { type: "string" },
       filter: { type: "string" },
@@ -653,7 +654,7 @@ export function configOf(args: string[]): BenchConfig {
     return value;
   };
   return {
-    exportBytes: quick ? 64 * MiB : 4 * GiB,
+    exportBytes: positive(values["export-mib"], quick ? 64 : 4096, "export-mib") * MiB,
     runtimeSeconds: positive(values.runtime, quick ? 1 : 10, "runtime"),
     rounds: positive(values.rounds, quick ? 1 : 2, "rounds"),
     filter: values.filter ?? null,

@@ -189,15 +189,15 @@ export function median(values: readonly number[]): number {
   return sorted[Math.floor((sorted.length - 1) / 2)]!;
 }
 
-/** `median (min–max)` of `values` with `digits` decimals; `-` when empty. */
-export function formatSpread(values: readonly number[], digits = 0): string {
+/** `median (min–max)` of `values` with `digits` decimals (unit after the median); `-` if empty. */
+export function formatSpread(values: readonly number[], digits = 0, unit = ""): string {
   if (values.length === 0) return "-";
   const f = (v: number) => v.toFixed(digits);
   const low = Math.min(...values);
   const high = Math.max(...values);
   return values.length === 1 || f(low) === f(high)
-    ? f(median(values))
-    : `${f(median(values))} (${f(low)}–${f(high)})`;
+    ? f(median(values)) + unit
+    : `${f(median(values))}${unit} (${f(low)}–${f(high)})`;
 }
 
 /** Write amplification of one sample: disk bytes written per byte the client wrote. */
@@ -266,7 +266,7 @@ export function throughputTable(
       ),
       ...references.map((reference) => {
         const ratios = roundRatios(samples, workload.name, subject, reference);
-        return ratios.length === 0 ? "-" : formatSpread(ratios, 2) + "x";
+        return ratios.length === 0 ? "-" : formatSpread(ratios, 2, "x");
       }),
     ]);
   }
