@@ -133,12 +133,22 @@ export class E2eNode implements AsyncDisposable {
    * exit code 0 (a clean stop is part of what is tested).
    */
   async restart(how: "SIGTERM" | "SIGKILL"): Promise<void> {
+    await this.stop(how);
+    await this.startAgain();
+  }
+
+  /** Stops serve with `how` (see {@link restart}); {@link startAgain} starts it again. */
+  async stop(how: "SIGTERM" | "SIGKILL"): Promise<void> {
     if (how === "SIGTERM") {
       const code = await this.#serve.stop();
       if (code !== 0) throw new Error(`serve exited ${code} on SIGTERM: ${this.#serve.output()}`);
     } else {
       await this.#serve.kill();
     }
+  }
+
+  /** Starts serve again on the same data dir after {@link stop}. */
+  async startAgain(): Promise<void> {
     this.#history += this.#serve.output();
     this.#serve = await startServe(this.dataDir, serveOptions(this.#options));
   }
