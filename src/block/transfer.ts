@@ -5,7 +5,7 @@
  * @module
  */
 
-import { assert } from "../core/mod.ts";
+import { assert, invalid } from "../core/mod.ts";
 import type { Device } from "./device.ts";
 
 /** Bytes moved per read or write. */
@@ -88,7 +88,8 @@ async function chunkOf(
   if (extents.every((extent) => extent.zero)) return length;
   const bytes = new Uint8Array(length);
   await device.readAt(offset, bytes);
-  return bytes;
+  // A device that cannot tell (NBD without block status) still leaves holes where it reads zeros.
+  return isAllZero(bytes) ? length : bytes;
 }
 
 /**
@@ -111,6 +112,9 @@ export async function loadDevice(
     const filled = await readFull(source, chunk);
     if (filled === 0) break;
     const data = chunk.subarray(0, filled);
+    if (offset + filled > device.sizeBytes) {
+      throw invalid(`the input is longer than the device (${device.sizeBytes} bytes)`);
+    }
     if (!isAllZero(data)) {
       const write = device.writeAt(offset, data);
       writes.add(write);

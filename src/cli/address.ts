@@ -14,7 +14,11 @@ export interface HostPort {
 }
 
 /** Parses an address flag value; `what` names the flag in errors. */
-export function parseHostPort(text: string, what: string): HostPort {
+export function parseHostPort(
+  text: string,
+  what: string,
+  options: { listen?: boolean } = {},
+): HostPort {
   const bad = (why: string) =>
     new UsageError(`invalid ${what} "${escapeText(text)}": ${why} (HOST:PORT or PORT)`);
   let hostname = "127.0.0.1";
@@ -32,7 +36,9 @@ export function parseHostPort(text: string, what: string): HostPort {
   }
   if (!/^\d{1,5}$/.test(portText)) throw bad("the port is not a number");
   const port = Number(portText);
-  if (port < 1 || port > 65535) throw bad("the port must be 1..65535");
+  // Port 0 asks the system for any free port: only where this process listens.
+  const lowest = options.listen ? 0 : 1;
+  if (port < lowest || port > 65535) throw bad(`the port must be ${lowest}..65535`);
   return { hostname, port };
 }
 

@@ -24,3 +24,12 @@ Deno.test("addresses: garbage is a usage error naming the flag", () => {
     (e: Error) => !e.message.includes("\x1b"),
   );
 });
+
+Deno.test("addresses: port 0 (any free port) only where this process listens", () => {
+  assert.deepEqual(parseHostPort("127.0.0.1:0", "--nbd", { listen: true }), {
+    hostname: "127.0.0.1",
+    port: 0,
+  });
+  assert.throws(() => parseHostPort("127.0.0.1:0", "--nbd"), /the port must be 1\.\.65535/);
+  assert.throws(() => parseHostPort("h:65536", "--nbd", { listen: true }), /0\.\.65535/);
+});

@@ -12,4 +12,5 @@ export * from "./config_file.ts";
 export * from "./data_dir.ts";
 export * from "./drivers.ts";
 export * from "./input.ts";
+export * from "./progress.ts";
 export * from "./table.ts";

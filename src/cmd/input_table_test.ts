@@ -167,6 +167,8 @@ const reachesMetadata: Record<string, string[]> = {
   "ctl block snapshot delete": ["v@s"],
   "ctl block snapshot restore": ["v@s"],
   "ctl block clone": ["v@s", "w"],
+  "ctl block dump": ["v", "/dev/null"],
+  "ctl block load": ["/dev/null", "v", "1MiB"],
   "ctl volume resize": ["v", "2GiB"],
   "ctl wipe": ["--yes-i-am-sure"],
 };
@@ -175,8 +177,6 @@ const noMetadata = new Set([
   "ctl config",
   "ctl version",
   "ctl completion",
-  "ctl block dump",
-  "ctl block load",
 ]);
 
 Deno.test("a set but empty $TORUS_DATA_DIR or $HOME stops every ctl command", async () => {

@@ -101,7 +101,8 @@ rebalancing and HTTP status come with the cluster data path.
                    refused for a new or growing store, and only warned about for an
                    existing store whose disk filled up.
   --nbd [ADDR]     serve volumes over NBD on ADDR (HOST:PORT or PORT; default
-                   ${NBD_DEFAULT_ADDRESS}). Listening on another address than loopback
+                   ${NBD_DEFAULT_ADDRESS}; port 0 picks a free port, printed and written to
+                   DIR/serve.json). Listening on another address than loopback
                    lets any machine that reaches it read and write every volume.
   --gc-interval D  how often unreferenced blocks are reclaimed (default 5m; 0 turns it off)
 
@@ -193,7 +194,9 @@ interface ServeOptions {
 }
 
 function serveOptionsOf(values: Record<string, unknown>): ServeOptions {
-  const nbd = typeof values.nbd === "string" ? parseHostPort(values.nbd, "--nbd address") : null;
+  const nbd = typeof values.nbd === "string"
+    ? parseHostPort(values.nbd, "--nbd address", { listen: true })
+    : null;
   let gcIntervalMs: number;
   try {
     gcIntervalMs = parseDuration(String(values["gc-interval"]));

@@ -125,8 +125,11 @@ export interface FileBlockStoreOptions {
   name?: string;
   /** Size of every block; a store is refused when opened with another size. */
   blockSizeBytes: number;
-  /** Wanted size of the data area: floor(sizeBytes / blockSizeBytes) slots. */
-  sizeBytes: number;
+  /**
+   * Wanted size of the data area: floor(sizeBytes / blockSizeBytes) slots. `"existing"` opens
+   * a store that exists at the size it has (a tool that must not resize a node's store).
+   */
+  sizeBytes: number | "existing";
   /** The file system, for every file operation. Default: the real one (SysFileIo). */
   io?: FileIo;
 }
@@ -301,19 +304,25 @@ export class FileBlockStore implements BlockStore {
    */
   static async open(options: FileBlockStoreOptions): Promise<FileBlockStore> {
     const name = options.name ?? "current";
-    if (!Number.isSafeInteger(options.sizeBytes) || options.sizeBytes < 0) {
+    const existing = options.sizeBytes === "existing";
+    const sizeBytes = existing ? 0 : options.sizeBytes as number;
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) {
       throw invalid(`invalid store size: ${options.sizeBytes} bytes`);
     }
-    const slotCount = Math.floor(options.sizeBytes / options.blockSizeBytes);
+    const io = options.io ?? new SysFileIo();
+    if (existing && !(await io.exists(`${options.dir}/map-${name}.blk`))) {
+      throw notExist(`there is no block store ${name} in ${options.dir}`);
+    }
+    let slotCount = Math.floor(sizeBytes / options.blockSizeBytes);
     // Every get returns a fresh block-sized buffer: keep their memory out of mmap/munmap churn.
     tuneMallocForLargeBuffers();
-    const io = options.io ?? new SysFileIo();
     const files = await openStoreFiles(io, {
       dir: options.dir,
       name,
       blockSizeBytes: options.blockSizeBytes,
       slotCount,
     });
+    if (existing) slotCount = files.slotCount;
     let sums: SumsFile | null = null;
     let journal: Journal | null = null;
     try {

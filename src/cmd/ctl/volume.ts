@@ -1,6 +1,6 @@
 /**
  * `torus ctl volume list|create-block|delete` and the `torus ctl block create` alias.
- * Snapshots, dump and load of block volumes arrive with step 4 and say so.
+ * Snapshots and clones are in snapshot.ts, dump and load in transfer.ts.
  *
  * New names follow the one rule of src/core/names.ts, checked before anything is opened. Names
  * stored by older builds that break it are still listed (escaped, as every cell is) and can be
@@ -15,7 +15,6 @@ import {
   type Io,
   metadataFlagOptions,
   metadataFlagsHelp,
-  notImplementedCommand,
   parseFlags,
   renderCsv,
   renderJson,
@@ -32,6 +31,7 @@ import {
 import type { InvalidRecord, MetadataService, VolumeInfo } from "../../metadata/mod.ts";
 import { type CtlDeps, expectPositionals, metadataFlagsOf, withMetadata } from "./common.ts";
 import { cloneCommand, resizeCommand, snapshotCommand } from "./snapshot.ts";
+import { type BinaryStdio, processStdio, transferCommands } from "./transfer.ts";
 
 const listFlags = {
   ...metadataFlagOptions,
@@ -184,9 +184,8 @@ export function volumeCommand(deps: CtlDeps): Command {
   ], { path: "ctl volume" });
 }
 
-/** `torus ctl block`: create (an alias of volume create-block), snapshots, clones. */
-export function blockCommand(deps: CtlDeps): Command {
-  const step = "the NBD data path of torus serve";
+/** `torus ctl block`: create (an alias of volume create-block), snapshots, clones, dump, load. */
+export function blockCommand(deps: CtlDeps, stdio: BinaryStdio = processStdio): Command {
   return commandGroup(
     "block",
     "Manage block volumes",
@@ -194,10 +193,7 @@ export function blockCommand(deps: CtlDeps): Command {
       createBlockCommand(deps, "create", "torus ctl block create"),
       snapshotCommand(deps),
       cloneCommand(deps),
-      ...[
-        notImplementedCommand("ctl block dump", "Copy a volume to a file or stdout", step),
-        notImplementedCommand("ctl block load", "Create a volume from a file", step),
-      ].map((c) => ({ ...c, name: c.name.replace(/^ctl block /, "") })),
+      ...transferCommands(deps, stdio),
     ],
     { path: "ctl block" },
   );
