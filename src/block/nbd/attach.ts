@@ -16,7 +16,13 @@
 import { type Clock, ErrorCode, isTorusError, systemClock, TorusError } from "../../core/mod.ts";
 import { Capability, close, connectTcp, type FdSocket, hasCapability } from "../../sys/mod.ts";
 import { type NbdExportInfo, nbdHandshake } from "./client_handshake.ts";
-import { kernelBlockSize, kernelFlags, KernelNbdDevice } from "./kernel.ts";
+import {
+  type IoctlCalls,
+  kernelBlockSize,
+  kernelFlags,
+  KernelNbdDevice,
+  REAL_IOCTL,
+} from "./kernel.ts";
 import {
   mountPointsOf,
   type NbdDeviceStatus,
@@ -45,6 +51,8 @@ export interface AttachSystem {
   isAdmin(): Promise<boolean>;
   /** Connects to the server; the stream must expose its descriptor ({@link FdSocket}). */
   connect(target: NbdTarget, ioTimeoutMs: number): Promise<FdSocket>;
+  /** The device ioctls (tests record them instead). */
+  readonly ioctl: IoctlCalls;
 }
 
 /** The real machine. */
@@ -53,6 +61,7 @@ export const REAL_ATTACH_SYSTEM: AttachSystem = {
   clock: systemClock,
   isAdmin: () => hasCapability(Capability.CAP_SYS_ADMIN),
   connect: (target, ioTimeoutMs) => connectTcp(target.hostname, target.port, { ioTimeoutMs }),
+  ioctl: REAL_IOCTL,
 };
 
 /** Options of {@link attachKernelNbd}. */
@@ -129,12 +138,12 @@ async function negotiate(
 async function claimDevice(
   chosen: NbdDeviceStatus | null,
   socketFd: number,
-  paths: NbdSystemPaths,
+  system: AttachSystem,
 ): Promise<KernelNbdDevice> {
   const skipped = new Set<number>();
   for (;;) {
-    const status = chosen ?? await pickFreeDevice(paths, skipped);
-    const device = KernelNbdDevice.open(status.path);
+    const status = chosen ?? await pickFreeDevice(system.paths, skipped);
+    const device = KernelNbdDevice.open(status.path, system.ioctl);
     try {
       device.claim(socketFd);
       return device;
@@ -166,7 +175,7 @@ export async function attachKernelNbd(options: AttachOptions): Promise<KernelAtt
   }
   let device: KernelNbdDevice;
   try {
-    device = await claimDevice(chosen, socketFd, system.paths);
+    device = await claimDevice(chosen, socketFd, system);
   } finally {
     // The kernel holds its own reference once claimed; ours is not needed either way.
     close(socketFd);
@@ -305,6 +314,7 @@ export interface DetachOptions {
   readonly clock?: Clock;
   /** Whether this process may configure block devices (CAP_SYS_ADMIN). */
   readonly isAdmin?: () => Promise<boolean>;
+  readonly ioctl?: IoctlCalls;
 }
 
 /**
@@ -333,7 +343,7 @@ export async function detachKernelNbd(
       `${status.path} is mounted on ${mounts.join(", ")}: unmount it first`,
     );
   }
-  const device = KernelNbdDevice.open(status.path);
+  const device = KernelNbdDevice.open(status.path, options.ioctl ?? REAL_IOCTL);
   try {
     await device.flush();
     await device.disconnect();

@@ -113,21 +113,40 @@ function deviceError(path: string, action: string, error: unknown): unknown {
   return error;
 }
 
+/**
+ * The ioctl calls a device makes (sys/ioctl.ts); tests record them to check the requests and
+ * their arguments without a kernel.
+ */
+export interface IoctlCalls {
+  /** A request that returns at once; throws SysError on failure. */
+  ioctl(fd: number, request: number, arg: number | bigint, what: string): number;
+  /** A request that may wait, on a worker thread; -1 on failure. */
+  ioctlWaiting(fd: number, request: number, arg: number | bigint): Promise<number>;
+}
+
+/** The real system calls. */
+export const REAL_IOCTL: IoctlCalls = { ioctl, ioctlWaiting };
+
 /** An open `/dev/nbdN`. Close it with {@link close} once done. */
 export class KernelNbdDevice {
   readonly path: string;
   readonly #fd: number;
+  readonly #calls: IoctlCalls;
   #closed = false;
 
-  private constructor(path: string, fd: number) {
+  private constructor(path: string, fd: number, calls: IoctlCalls) {
     this.path = path;
     this.#fd = fd;
+    this.#calls = calls;
   }
 
-  /** Opens the device node read-write (the ioctls need an open file, not write access). */
-  static open(path: string): KernelNbdDevice {
+  /**
+   * Opens the device node read-write (the ioctls need an open file, not write access). `calls`
+   * replaces the ioctls (tests).
+   */
+  static open(path: string, calls: IoctlCalls = REAL_IOCTL): KernelNbdDevice {
     try {
-      return new KernelNbdDevice(path, open(path, OpenFlags.O_RDWR));
+      return new KernelNbdDevice(path, open(path, OpenFlags.O_RDWR), calls);
     } catch (error) {
       throw deviceError(path, "opening", error);
     }
@@ -139,7 +158,7 @@ export class KernelNbdDevice {
    */
   claim(socketFd: number): void {
     try {
-      ioctl(this.#fd, NbdIoctl.NBD_SET_SOCK, socketFd, "NBD_SET_SOCK");
+      this.#calls.ioctl(this.#fd, NbdIoctl.NBD_SET_SOCK, socketFd, "NBD_SET_SOCK");
     } catch (error) {
       if (error instanceof SysError && error.errno === Errno.EBUSY) {
         throw new TorusError(ErrorCode.Again, `${this.path} is in use by another process`, {
@@ -153,11 +172,13 @@ export class KernelNbdDevice {
   /** Block size, size, flags and timeout; they take effect when {@link run} starts. */
   configure(config: KernelDeviceConfig): void {
     try {
-      ioctl(this.#fd, NbdIoctl.NBD_SET_BLKSIZE, config.blockSizeBytes, "NBD_SET_BLKSIZE");
-      ioctl(this.#fd, NbdIoctl.NBD_SET_SIZE, BigInt(config.sizeBytes), "NBD_SET_SIZE");
-      ioctl(this.#fd, NbdIoctl.NBD_SET_FLAGS, config.flags, "NBD_SET_FLAGS");
+      const set = (request: number, arg: number | bigint, what: string) =>
+        this.#calls.ioctl(this.#fd, request, arg, what);
+      set(NbdIoctl.NBD_SET_BLKSIZE, config.blockSizeBytes, "NBD_SET_BLKSIZE");
+      set(NbdIoctl.NBD_SET_SIZE, BigInt(config.sizeBytes), "NBD_SET_SIZE");
+      set(NbdIoctl.NBD_SET_FLAGS, config.flags, "NBD_SET_FLAGS");
       if (config.timeoutSeconds > 0) {
-        ioctl(this.#fd, NbdIoctl.NBD_SET_TIMEOUT, config.timeoutSeconds, "NBD_SET_TIMEOUT");
+        set(NbdIoctl.NBD_SET_TIMEOUT, config.timeoutSeconds, "NBD_SET_TIMEOUT");
       }
     } catch (error) {
       throw deviceError(this.path, "configuring", error);
@@ -169,7 +190,7 @@ export class KernelNbdDevice {
    * when it ended by a disconnect request or the server closing, -1 on an error or timeout.
    */
   run(): Promise<number> {
-    return ioctlWaiting(this.#fd, NbdIoctl.NBD_DO_IT, 0);
+    return this.#calls.ioctlWaiting(this.#fd, NbdIoctl.NBD_DO_IT, 0);
   }
 
   /**
@@ -187,12 +208,12 @@ export class KernelNbdDevice {
 
   /** NBD_DISCONNECT: the kernel sends NBD_CMD_DISC; true when the request was accepted. */
   async disconnect(): Promise<boolean> {
-    return await ioctlWaiting(this.#fd, NbdIoctl.NBD_DISCONNECT, 0) === 0;
+    return await this.#calls.ioctlWaiting(this.#fd, NbdIoctl.NBD_DISCONNECT, 0) === 0;
   }
 
   /** NBD_CLEAR_SOCK: shuts the socket down and fails what is queued; true when accepted. */
   async clearSocket(): Promise<boolean> {
-    return await ioctlWaiting(this.#fd, NbdIoctl.NBD_CLEAR_SOCK, 0) === 0;
+    return await this.#calls.ioctlWaiting(this.#fd, NbdIoctl.NBD_CLEAR_SOCK, 0) === 0;
   }
 
   /** Closes the device node (the last close frees the kernel's connection state). Idempotent. */

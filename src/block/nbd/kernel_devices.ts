@@ -34,9 +34,12 @@ export interface NbdDeviceStatus {
   readonly sizeSectors: number;
 }
 
-/** The one-line answer on a kernel without NBD. */
-export function noNbdSupport(): TorusError {
-  return new TorusError(ErrorCode.NotSupported, "this kernel has no NBD support: modprobe nbd");
+/** The one-line answer on a kernel without NBD (no `/sys/block/nbdN`). */
+export function noNbdSupport(paths: NbdSystemPaths = SYSTEM_PATHS): TorusError {
+  return new TorusError(
+    ErrorCode.NotSupported,
+    `this kernel has no NBD devices (${paths.dev}/nbd0 missing): load it with modprobe nbd`,
+  );
 }
 
 async function readOptional(path: string): Promise<string | null> {
@@ -112,7 +115,7 @@ export async function pickFreeDevice(
   skip: ReadonlySet<number> = new Set(),
 ): Promise<NbdDeviceStatus> {
   const devices = await listNbdDevices(paths);
-  if (devices.length === 0) throw noNbdSupport();
+  if (devices.length === 0) throw noNbdSupport(paths);
   const free = devices.find((d) => isFree(d) && !skip.has(d.index));
   if (free !== undefined) return free;
   if (!devices.some((d) => d.nodeExists)) {
@@ -149,7 +152,7 @@ export async function requireNbdDevice(
   const index = parseNbdDevicePath(path, paths);
   const status = await nbdDeviceStatus(index, paths);
   if (status === null || !status.nodeExists) {
-    if ((await listNbdDevices(paths)).length === 0) throw noNbdSupport();
+    if ((await listNbdDevices(paths)).length === 0) throw noNbdSupport(paths);
     throw new TorusError(ErrorCode.NotExist, `no NBD device ${paths.dev}/nbd${index}`);
   }
   return status;

@@ -27,9 +27,16 @@ export interface NbdTarget {
 
 const encoder = new TextEncoder();
 
+const SCHEME = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//;
+
+/** Whether `text` is a URI (`SCHEME://…`) rather than a bare export name. */
+export function isUri(text: string): boolean {
+  return SCHEME.test(text);
+}
+
 /** Parses `nbd://HOST[:PORT]/EXPORT` or a bare export name; `invalid` saying what is wrong. */
 export function parseNbdTarget(text: string): NbdTarget {
-  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(text);
+  const scheme = SCHEME.exec(text);
   if (scheme === null) {
     if (text.includes("/")) {
       throw invalid(`${quoteForMessage(text)} is not a volume name: write nbd://HOST:PORT/VOLUME`);
