@@ -308,8 +308,12 @@ function reportEnd(devicePath: string, end: AttachEnd, io: Io): number {
   return ExitCode.Failure;
 }
 
-const attachUsage =
-  "torus blk attach [--nbd HOST:PORT] [--data-dir DIR] [--timeout D] [nbd://HOST[:PORT]/]VOLUME[@SNAPSHOT] [/dev/nbdX]";
+/** The usage line of attach under `path` (`blk attach`, `blk nbd attach`), wrapped. */
+function attachUsage(path: string): string {
+  const first = `torus ${path} [--nbd HOST:PORT] [--data-dir DIR] [--timeout D]`;
+  return `${first}\n${" ".repeat(`Usage: torus ${path} `.length)}` +
+    "[nbd://HOST[:PORT]/]VOLUME[@SNAPSHOT] [/dev/nbdX]";
+}
 
 const attachBody =
   `Attaches a volume to a kernel NBD device and keeps it attached until detached. The
@@ -333,7 +337,7 @@ kernel's nbd module (modprobe nbd).
                     the device's reads and writes fail.
 `;
 
-function attachCommand(deps: BlkDeps, usage = attachUsage): Command {
+function attachCommand(deps: BlkDeps, usage = attachUsage("blk attach")): Command {
   return {
     name: "attach",
     summary: "Attach a volume (an NBD export) to a kernel /dev/nbdX",
@@ -399,7 +403,7 @@ attaches it, -d detaches. A volume named attach or detach is attached with
 /** `torus blk nbd`: the subcommands attach and detach, or the original torusblk's forms. */
 function nbdCommand(deps: BlkDeps): Command {
   const subcommands = [
-    attachCommand(deps, attachUsage.replace("blk attach", "blk nbd attach")),
+    attachCommand(deps, attachUsage("blk nbd attach")),
     detachCommand(deps, "torus blk nbd detach /dev/nbdX"),
   ];
   return {

@@ -44,6 +44,8 @@ class FakeKernel implements IoctlCalls {
   readonly #running = new Map<string, (result: number) => void>();
   readonly #paths: NbdSystemPaths;
   readonly #sizes = new Map<string, bigint>();
+  /** Sectors the kernel shows regardless of NBD_SET_SIZE (a kernel that got it wrong). */
+  shownSectors: bigint | null = null;
 
   constructor(paths: NbdSystemPaths) {
     this.#paths = paths;
@@ -74,7 +76,8 @@ class FakeKernel implements IoctlCalls {
     const dir = `${this.#paths.sys}/block/${device}`;
     if (request === NbdIoctl.NBD_DO_IT) {
       Deno.writeTextFileSync(`${dir}/pid`, `${Deno.pid}\n`);
-      Deno.writeTextFileSync(`${dir}/size`, `${(this.#sizes.get(device) ?? 0n) / 512n}\n`);
+      const sectors = this.shownSectors ?? (this.#sizes.get(device) ?? 0n) / 512n;
+      Deno.writeTextFileSync(`${dir}/size`, `${sectors}\n`);
       return new Promise((resolve) => this.#running.set(device, resolve));
     }
     if (request === NbdIoctl.NBD_DISCONNECT || request === NbdIoctl.NBD_CLEAR_SOCK) {
@@ -223,6 +226,30 @@ Deno.test("attach: a connection ended by the server ends the attachment as disco
   });
   machine.kernel.serverClosed("nbd0", -1);
   assert.deepEqual(await attachment.ended, { reason: "disconnected", result: -1 });
+});
+
+Deno.test("attach: a device the kernel started with another size is detached, not used", async () => {
+  await using fixture = await NbdFixture.start({ exports: { vol: 64 * MiB } });
+  await using machine = await fakeMachine(1);
+  machine.kernel.shownSectors = 1024n;
+  await assert.rejects(
+    attachKernelNbd({
+      target: target(fixture, "vol"),
+      devicePath: null,
+      timeoutSeconds: 0,
+      system: machine.system,
+    }),
+    (error) =>
+      isTorusError(error, ErrorCode.Unavailable) &&
+      /started .*nbd0 with 524288 bytes, not the export's 67108864; detached it$/.test(
+        error.message,
+      ),
+  );
+  // Cut at once (no flush of a device that must not be used), then cleared for reuse.
+  const requests = machine.kernel.requests("nbd0");
+  const afterStart = requests.slice(requests.indexOf(NbdIoctl.NBD_DO_IT) + 1);
+  assert.ok(afterStart.length > 0 && afterStart.every((r) => r === NbdIoctl.NBD_CLEAR_SOCK));
+  assert.equal(Deno.readTextFileSync(`${machine.paths.sys}/block/nbd0/size`), "0\n");
 });
 
 Deno.test("attach: refusals come before any device is touched, in one line", async () => {

@@ -37,8 +37,8 @@ import type { NbdTarget } from "./uri.ts";
 
 /** How long the connect and the handshake may take by default. */
 export const ATTACH_HANDSHAKE_TIMEOUT_MS = 30_000;
-/** How long a started device may take to show its `pid` file. */
-const DEVICE_START_TIMEOUT_MS = 10_000;
+/** How long a started device may take to show its `pid` file (a hang guard, not a timing). */
+const DEVICE_START_TIMEOUT_MS = 30_000;
 /** How long a detach waits for the server to close after NBD_CMD_DISC before cutting. */
 const DISCONNECT_GRACE_MS = 5_000;
 const POLL_INTERVAL_MS = 20;
@@ -239,13 +239,24 @@ export class KernelAttachment {
     const attachment = new KernelAttachment(device, running, details);
     const index = Number(/(\d+)$/.exec(device.path)![1]);
     const started = await waitForStart(index, running, details.system);
-    if (!started) {
+    if (started === null) {
       // NBD_DO_IT may still be waiting: cut the connection so it returns.
       await attachment.detach({ force: true });
       const end = await attachment.ended;
       throw new TorusError(
         ErrorCode.Unavailable,
         `the kernel did not start ${device.path} (NBD_DO_IT returned ${end.result})`,
+      );
+    }
+    const kernelBytes = started.sizeSectors * 512;
+    if (kernelBytes !== attachment.sizeBytes) {
+      // A device of the wrong size would cut off or invent data: never leave it attached.
+      await attachment.detach({ force: true });
+      await attachment.ended;
+      throw new TorusError(
+        ErrorCode.Unavailable,
+        `the kernel started ${device.path} with ${kernelBytes} bytes, not the export's ` +
+          `${attachment.sizeBytes}; detached it`,
       );
     }
     return attachment;
@@ -286,21 +297,29 @@ export class KernelAttachment {
   }
 }
 
-/** Polls for `/sys/block/nbdN/pid`; false when NBD_DO_IT returned first or time ran out. */
+/**
+ * Polls sysfs until the device runs (its `pid` file) and has its size (the kernel creates the
+ * file before it sets the size): that state, the running state with whatever size it showed when
+ * time ran out, or null when NBD_DO_IT returned first or it never ran.
+ */
 async function waitForStart(
   index: number,
   running: Promise<number>,
   system: AttachSystem,
-): Promise<boolean> {
+): Promise<NbdDeviceStatus | null> {
   let returned = false;
   void running.then(() => returned = true);
+  let seenRunning: NbdDeviceStatus | null = null;
   const deadlineMs = system.clock.nowMs() + DEVICE_START_TIMEOUT_MS;
   while (!returned && system.clock.nowMs() < deadlineMs) {
     const status = await nbdDeviceStatus(index, system.paths);
-    if (status !== null && status.taskId !== null) return true;
+    if (status !== null && status.taskId !== null) {
+      if (status.sizeSectors !== 0) return status;
+      seenRunning = status;
+    }
     await system.clock.sleep(POLL_INTERVAL_MS);
   }
-  return false;
+  return returned ? null : seenRunning;
 }
 
 async function mountedOn(devicePath: string, paths: NbdSystemPaths): Promise<string[]> {
@@ -357,5 +376,8 @@ export async function detachKernelNbd(
     if (now === null || now.taskId === null) return;
     await clock.sleep(POLL_INTERVAL_MS);
   }
-  throw new TorusError(ErrorCode.Unavailable, `${status.path} did not stop within 10 s`);
+  throw new TorusError(
+    ErrorCode.Unavailable,
+    `${status.path} did not stop within ${DEVICE_START_TIMEOUT_MS / 1000} s`,
+  );
 }
