@@ -21,8 +21,8 @@ import {
   type NbdSystemPaths,
   REAL_ATTACH_SYSTEM,
 } from "../../src/block/mod.ts";
-import { ErrorCode, isTorusError } from "../../src/core/mod.ts";
-import { NbdFixture } from "../support/nbd_fixture.ts";
+import { ErrorCode, isTorusError, ManualClock } from "../../src/core/mod.ts";
+import { eventually, NbdFixture } from "../support/nbd_fixture.ts";
 
 const MiB = 1024 * 1024;
 
@@ -46,6 +46,8 @@ class FakeKernel implements IoctlCalls {
   readonly #sizes = new Map<string, bigint>();
   /** Sectors the kernel shows regardless of NBD_SET_SIZE (a kernel that got it wrong). */
   shownSectors: bigint | null = null;
+  /** NBD_DISCONNECT is sent but the server never closes (only NBD_CLEAR_SOCK ends it). */
+  serverIgnoresDisconnect = false;
 
   constructor(paths: NbdSystemPaths) {
     this.#paths = paths;
@@ -80,9 +82,9 @@ class FakeKernel implements IoctlCalls {
       Deno.writeTextFileSync(`${dir}/size`, `${sectors}\n`);
       return new Promise((resolve) => this.#running.set(device, resolve));
     }
-    if (request === NbdIoctl.NBD_DISCONNECT || request === NbdIoctl.NBD_CLEAR_SOCK) {
-      this.#stop(device, 0);
-    }
+    const ends = request === NbdIoctl.NBD_CLEAR_SOCK ||
+      (request === NbdIoctl.NBD_DISCONNECT && !this.serverIgnoresDisconnect);
+    if (ends) this.#stop(device, 0);
     return Promise.resolve(0);
   }
 
@@ -213,6 +215,36 @@ Deno.test("attach: an export whose size is not a multiple of 4096 gets smaller b
   assert.equal(attachment.sizeBytes, MiB + 1536);
   await attachment.detach();
   await attachment.ended;
+});
+
+Deno.test("attach: a server that ignores the disconnect is cut after a grace period", async () => {
+  await using fixture = await NbdFixture.start({ exports: { vol: MiB } });
+  await using machine = await fakeMachine(1);
+  machine.kernel.serverIgnoresDisconnect = true;
+  const clock = new ManualClock(0);
+  const attachment = await attachKernelNbd({
+    target: target(fixture, "vol"),
+    devicePath: null,
+    timeoutSeconds: 0,
+    system: { ...machine.system, clock },
+  });
+  let detached = false;
+  const detaching = attachment.detach().then(() => detached = true);
+  await eventually(
+    () => machine.kernel.requests("nbd0").includes(NbdIoctl.NBD_DISCONNECT),
+    "the disconnect is sent",
+  );
+  await clock.advance(4_000);
+  assert.equal(detached, false, "still waiting for the server within the grace period");
+  await clock.advance(1_000);
+  await eventually(() => detached, "the detach cuts the connection after the grace period");
+  await detaching;
+  assert.deepEqual(machine.kernel.requests("nbd0").slice(-3), [
+    NbdIoctl.NBD_DISCONNECT,
+    NbdIoctl.NBD_CLEAR_SOCK,
+    NbdIoctl.NBD_CLEAR_SOCK,
+  ]);
+  assert.deepEqual(await attachment.ended, { reason: "detached", result: 0 });
 });
 
 Deno.test("attach: a connection ended by the server ends the attachment as disconnected", async () => {

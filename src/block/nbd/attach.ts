@@ -280,10 +280,15 @@ export class KernelAttachment {
   async #detachGently(): Promise<void> {
     await this.#device.flush();
     await this.#device.disconnect();
-    const grace = this.#clock.sleep(DISCONNECT_GRACE_MS).then(() => "grace" as const);
-    if (await Promise.race([this.#running.then(() => "ended" as const), grace]) !== "ended") {
-      await this.#device.clearSocket();
-    }
+    const stopWaiting = new AbortController();
+    const grace = this.#clock.sleep(DISCONNECT_GRACE_MS, stopWaiting.signal).then(
+      () => "grace" as const,
+      () => "ended" as const,
+    );
+    const first = await Promise.race([this.#running.then(() => "ended" as const), grace]);
+    // No timer outlives the detach (it would keep a test, or the process, waiting).
+    stopWaiting.abort();
+    if (first !== "ended") await this.#device.clearSocket();
     await this.ended;
   }
 
