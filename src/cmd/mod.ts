@@ -16,7 +16,11 @@ export const commands: readonly Command[] = [
   serveCommand,
   ctlCommand(defaultCtlDeps(() => commands)),
   blkCommand(),
-  notImplementedCommand("aoe", "Serve a volume as an ATA-over-Ethernet target", "step 5"),
+  notImplementedCommand(
+    "aoe",
+    "Serve a volume as an ATA-over-Ethernet target",
+    "the ATA-over-Ethernet issue",
+  ),
   ringtoolCommand,
   versionCommand,
 ];
