@@ -429,6 +429,8 @@ export class Transmission {
     request.lengthBytes = header.lengthBytes;
     request.error = 0;
     request.message = "";
+    request.pieces = null;
+    request.descriptors = null;
     request.costBytes = costBytes;
     this.#inFlight++;
     this.#bufferedBytes += costBytes;
@@ -923,6 +925,8 @@ export class Transmission {
       this.#pool.give(request.buffer);
       request.buffer = null;
     }
+    request.pieces = null;
+    request.descriptors = null;
     this.#inFlight--;
     this.#bufferedBytes -= request.costBytes;
     this.#freeRequests.push(request);
