@@ -163,7 +163,7 @@ const SIZE = MiB;
 
 type Answer = (request: RequestHeader) => Uint8Array;
 
-async function scriptedServer(answer: Answer, grant = true) {
+function scriptedServer(answer: Answer, grant = true) {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   let accepted: Deno.Conn | null = null;
   const served = (async () => {
@@ -368,7 +368,7 @@ const garbage: [string, "read" | "status", (r: RequestHeader) => Uint8Array][] =
 
 for (const [name, kind, reply] of garbage) {
   Deno.test(`nbd client structured: ${name} fails the connection`, async () => {
-    await using server = await scriptedServer(reply);
+    await using server = scriptedServer(reply);
     const c = await scriptedClient(server.port);
     const call = kind === "read" ? c.readAt(0, new Uint8Array(64 * KiB)) : c.extents(0, SIZE);
     await assert.rejects(call, (error: unknown) => {
@@ -383,7 +383,7 @@ for (const [name, kind, reply] of garbage) {
 
 Deno.test("nbd client structured: chunks in any order, errors with messages and offsets", async () => {
   let calls = 0;
-  await using server = await scriptedServer((r) => {
+  await using server = scriptedServer((r) => {
     calls++;
     const half = r.lengthBytes / 2;
     if (r.type === NBD_CMD_BLOCK_STATUS) {
@@ -445,7 +445,7 @@ Deno.test("nbd client structured: chunks in any order, errors with messages and 
 });
 
 Deno.test("nbd client structured: a server that declines gets simple-reply requests", async () => {
-  await using server = await scriptedServer((r) => {
+  await using server = scriptedServer((r) => {
     const bytes = new Uint8Array(16 + r.lengthBytes);
     const view = new DataView(bytes.buffer);
     view.setUint32(0, 0x67446698);
