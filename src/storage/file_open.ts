@@ -374,8 +374,10 @@ export function crcVerifier(files: StoreFiles): BlockVerifier {
 }
 
 /**
- * Keeps the newest of `slots` (entries of one ref; the first is indexed) whose block verifies,
- * or none; every other slot goes to `toZero`.
+ * Keeps the newest of `slots` (entries of one ref; the first is indexed) whose block verifies;
+ * every other slot goes to `toZero`. When none verifies, the newest stays, unreadable, as a lone
+ * damaged copy does: the ref must answer `block_unavailable`, never vanish (a volume would read
+ * a vanished block as zeros).
  */
 async function resolveDuplicates(
   index: SlotIndex,
@@ -391,9 +393,9 @@ async function resolveDuplicates(
       break;
     }
   }
+  if (winner < 0) winner = newestFirst[0]!;
   const indexed = slots[0]!;
-  if (winner < 0) index.remove(indexed);
-  else if (winner !== indexed) index.replace(indexed, winner);
+  if (winner !== indexed) index.replace(indexed, winner);
   for (const slot of slots) {
     if (slot === winner) continue;
     index.states[slot] = SlotState.Free;

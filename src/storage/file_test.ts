@@ -129,13 +129,19 @@ async function tempStore(
 
 /** The slot holding `key` according to the map file on disk, or -1. */
 async function slotOnDisk(mapPath: string, key: string): Promise<number> {
+  return (await slotsOnDisk(mapPath, key))[0] ?? -1;
+}
+
+/** Every slot whose entry on disk names `key`. */
+async function slotsOnDisk(mapPath: string, key: string): Promise<number[]> {
   const bytes = await Deno.readFile(mapPath);
   const slots = (bytes.length - HEADER_BYTES) / ENTRY_BYTES;
+  const found: number[] = [];
   for (let slot = 0; slot < slots; slot++) {
     const decoded = decodeEntry(bytes, HEADER_BYTES + slot * ENTRY_BYTES, slot);
-    if (decoded.state === EntryState.Used && decoded.entry.ref.key === key) return slot;
+    if (decoded.state === EntryState.Used && decoded.entry.ref.key === key) found.push(slot);
   }
-  return -1;
+  return found;
 }
 
 async function patchFile(path: string, offset: number, bytes: Uint8Array): Promise<void> {
@@ -529,6 +535,43 @@ fileTest("after a crash mid-replace the newest verified copy wins", async () => 
     await crashed.cleanup();
   }
 });
+
+fileTest(
+  "a crash mid-replace of a damaged block leaves it damaged, not absent",
+  async () => {
+    const { options, cleanup } = await tempStore();
+    const crashed = await tempStore();
+    try {
+      const store = await FileBlockStore.open(options);
+      await store.putBlock(testRef(1), patternBlock(BLOCK, 1));
+      await store.flush();
+      const oldSlot = await slotOnDisk(store.mapPath, testRef(1).key);
+      await store.putBlock(testRef(1), patternBlock(BLOCK, 2));
+      await store.indexWritten();
+      const newSlots = (await slotsOnDisk(store.mapPath, testRef(1).key))
+        .filter((slot) => slot !== oldSlot);
+      assert.equal(newSlots.length, 1);
+      const newSlot = newSlots[0]!;
+      await snapshotFiles(options.dir, crashed.options.dir);
+      await store.close();
+      // The flushed copy rotted, and the unflushed replacement's bytes never reached the disk.
+      const dataPath = `${crashed.options.dir}/data-current.blk`;
+      await patchFile(dataPath, HEADER_BYTES + oldSlot * BLOCK + 7, new Uint8Array([0xff ^ 1]));
+      await patchFile(dataPath, HEADER_BYTES + newSlot * BLOCK, new Uint8Array(64));
+      const reopened = await FileBlockStore.open(crashed.options);
+      // Absent would read as zeros in a volume: the loss must stay visible.
+      await rejectsWithCode(reopened.getBlock(testRef(1)), ErrorCode.BlockUnavailable);
+      assert.equal(await reopened.hasBlock(testRef(1)), true);
+      assert.equal(reopened.usedBlocks(), 1);
+      await reopened.putBlock(testRef(1), patternBlock(BLOCK, 3));
+      assert.deepEqual(await reopened.getBlock(testRef(1)), patternBlock(BLOCK, 3));
+      await reopened.close();
+    } finally {
+      await cleanup();
+      await crashed.cleanup();
+    }
+  },
+);
 
 fileTest("a delete after an unflushed replace leaves no older copy behind", async () => {
   const { options, cleanup } = await tempStore();

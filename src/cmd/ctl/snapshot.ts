@@ -21,11 +21,14 @@ import {
 } from "../../cli/mod.ts";
 import {
   checkName,
+  ErrorCode,
   escapeText,
   formatSize,
   NAME_RULE_TEXT,
   parseVolumeSize,
+  TorusError,
 } from "../../core/mod.ts";
+import type { MetadataService } from "../../metadata/mod.ts";
 import { checkMappableSize, growVolume, mapGeometry, snapshotVolume } from "../../block/mod.ts";
 import { type CtlDeps, expectPositionals, metadataFlagsOf, withMetadata } from "./common.ts";
 
@@ -58,7 +61,7 @@ ${metadataFlagsHelp}
       const taken = await withMetadata(
         deps,
         metadataFlagsOf(values),
-        (m) => snapshotVolume(m.service, volume, snapshot),
+        (m) => inUserTerms(volume, snapshot, snapshotVolume(m.service, volume, snapshot)),
       );
       io.stdout(
         `Created snapshot ${escapeText(volume)}@${escapeText(taken.name)} (${
@@ -148,7 +151,8 @@ ${metadataFlagsHelp}
       const { volume, snapshot } = volumeAtSnapshot(positionals[0]!);
       await withMetadata(deps, metadataFlagsOf(values), async (m) => {
         const info = await m.service.volumes.getVolume(volume);
-        await m.service.snapshots.deleteSnapshot(info.id, snapshot);
+        await inUserTerms(volume, snapshot, refuseWithClones(m.service, info.id, snapshot));
+        await inUserTerms(volume, snapshot, m.service.snapshots.deleteSnapshot(info.id, snapshot));
       });
       io.stdout(`Deleted snapshot ${escapeText(volume)}@${escapeText(snapshot)}\n`);
       return ExitCode.Ok;
@@ -173,7 +177,7 @@ ${metadataFlagsHelp}
       const { volume, snapshot } = volumeAtSnapshot(positionals[0]!);
       await withMetadata(deps, metadataFlagsOf(values), async (m) => {
         const info = await m.service.volumes.getVolume(volume);
-        await m.service.snapshots.restoreSnapshot(info.id, snapshot);
+        await inUserTerms(volume, snapshot, m.service.snapshots.restoreSnapshot(info.id, snapshot));
       });
       io.stdout(`Restored ${escapeText(volume)} to snapshot ${escapeText(snapshot)}\n`);
       return ExitCode.Ok;
@@ -211,7 +215,11 @@ ${metadataFlagsHelp}
       const newName = checkName(positionals[1]!, "volume");
       const clone = await withMetadata(deps, metadataFlagsOf(values), async (m) => {
         const source = await m.service.volumes.getVolume(volume);
-        return await m.service.volumes.createClone(newName, source.id, snapshot);
+        return await inUserTerms(
+          volume,
+          snapshot,
+          m.service.volumes.createClone(newName, source.id, snapshot),
+        );
       });
       io.stdout(
         `Created block volume "${clone.name}" (id ${clone.id}, ${formatSize(clone.sizeBytes)}) ` +
@@ -249,4 +257,43 @@ ${metadataFlagsHelp}
       return ExitCode.Ok;
     },
   };
+}
+
+/**
+ * Names the clones that keep a snapshot (the service checks again under its compare-and-swap;
+ * this only says it in the user's words: volume names, not ids).
+ */
+async function refuseWithClones(
+  service: MetadataService,
+  volumeId: number,
+  snapshot: string,
+): Promise<void> {
+  const { clones } = await service.snapshots.getSnapshot(volumeId, snapshot);
+  if (clones.length === 0) return;
+  const names = await Promise.all(
+    clones.map((id) =>
+      service.volumes.getVolumeById(id).then((clone) => clone.name, () => `id ${id}`)
+    ),
+  );
+  throw new TorusError(
+    ErrorCode.Locked,
+    `snapshot "${snapshot}" of volume id ${volumeId} has clones ` +
+      `(${names.map(escapeText).join(", ")}); delete those volumes first`,
+  );
+}
+
+/**
+ * The metadata service names a snapshot by its volume's id; a user named it VOLUME@SNAPSHOT.
+ * Its errors about that snapshot are said again in the user's words (same code).
+ */
+async function inUserTerms<T>(volume: string, snapshot: string, call: Promise<T>): Promise<T> {
+  try {
+    return await call;
+  } catch (error) {
+    if (!(error instanceof TorusError)) throw error;
+    const prefix = `snapshot "${snapshot}" of volume id `;
+    if (!error.message.startsWith(prefix)) throw error;
+    const rest = error.message.slice(prefix.length).replace(/^\d+ /, "");
+    throw new TorusError(error.code, `snapshot ${volume}@${snapshot} ${rest}`);
+  }
 }
