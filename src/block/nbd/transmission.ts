@@ -740,7 +740,7 @@ export class Transmission {
       const request = batch[i]!;
       if (!this.#putInline(request, alone)) await this.#writeLarge(request);
     }
-    await this.#flushOutput();
+    if (this.#used > 0) await this.#flushOutput();
   }
 
   /** Data bytes a successful one-piece READ reply carries (0 for every other reply). */
@@ -853,7 +853,7 @@ export class Transmission {
     const data = this.#readData(request);
     if (data > 0) {
       // One data chunk or simple reply: header in front of the data, one write.
-      await this.#flushOutput();
+      if (this.#used > 0) await this.#flushOutput();
       const buffer = request.buffer!;
       const prefix = this.#readPrefix;
       if (this.#structured) {
