@@ -25,13 +25,12 @@ class FailingSyncIo implements FileIo {
 
   async open(path: string, options?: OpenFileOptions): Promise<IoFile> {
     const file = await this.#inner.open(path, options);
-    const io = this;
     return {
       path: file.path,
       read: (into, at) => file.read(into, at),
       write: (bytes, at) => file.write(bytes, at),
       datasync: () =>
-        io.failing
+        this.failing
           ? Promise.reject(new TorusError(ErrorCode.Unavailable, "fdatasync: input/output error"))
           : file.datasync(),
       sync: () => file.sync(),
