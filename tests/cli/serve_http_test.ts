@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { parseExposition, sampleValue } from "../support/prometheus_text.ts";
-import { ctlOk, runTorus, type ServeProcess, startServe } from "../support/torus_process.ts";
+import { ctlOk, type ServeProcess, startServe } from "../support/torus_process.ts";
 
 const HTTP_ARGS = ["--host", "127.0.0.1", "--port", "0"];
 
@@ -239,12 +239,36 @@ Deno.test("serve --host: bad requests get an error answer and the server keeps a
   }
 });
 
+/**
+ * `torus serve ARGS` that should exit at once; killed after a minute if it serves instead (a
+ * regression must fail the test, not hang it).
+ */
+async function serveBriefly(dataDir: string, args: string[]) {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../../main.ts", import.meta.url).pathname,
+      "serve",
+      "--data-dir",
+      dataDir,
+      "--size",
+      "16MiB",
+      ...args,
+    ],
+    env: { RUST_BACKTRACE: "0", NO_COLOR: "1" },
+    stdin: "null",
+    signal: AbortSignal.timeout(60_000),
+  }).output();
+  const decoder = new TextDecoder();
+  return { code: output.code, stderr: decoder.decode(output.stderr) };
+}
+
 Deno.test("serve --host/--port: bad values are usage errors; a port in use fails in one line", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "torus-serve-http-" });
   const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   try {
-    const serveWith = (...args: string[]) =>
-      runTorus(["serve", "--data-dir", dataDir, "--size", "16MiB", ...args]);
+    const serveWith = (...args: string[]) => serveBriefly(dataDir, args);
     const [portOnly, emptyHost, spaceHost, colonHost, bigPort, wordPort, emptyPort] = await Promise
       .all([
         serveWith("--port", "4321"),
