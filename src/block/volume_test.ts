@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { assertSameBytes, SeededRandom, testSeed } from "../core/mod.ts";
+import { assertSameBytes, type BlockRef, BlockType, SeededRandom, testSeed } from "../core/mod.ts";
 import { type BlockStore, MemoryBlockStore } from "../storage/mod.ts";
 import { BlockVolume } from "./volume.ts";
 import { decodeRoot, encodeRoot, mapGeometry, rootRef } from "./volume_format.ts";
@@ -223,4 +223,53 @@ Deno.test("volume: extents report never-written and trimmed ranges as zero", asy
   assert.deepEqual(await volume.extents(0, 4 * BLOCK), [
     { offsetBytes: 0, lengthBytes: 4 * BLOCK, zero: true },
   ]);
+});
+
+Deno.test("volume: a FLUSH of a 1 TiB volume writes a few KiB of block map, not the map", async () => {
+  const bigBlock = 512 * 1024;
+  const bytesByType = new Map<number, number>();
+  const count = (ref: BlockRef, bytes: number) =>
+    bytesByType.set(ref.type, (bytesByType.get(ref.type) ?? 0) + bytes);
+  class MeteredStore extends MemoryBlockStore {
+    override putBlock(ref: BlockRef, data: Uint8Array): Promise<void> {
+      count(ref, data.length);
+      return super.putBlock(ref, data);
+    }
+    override writeAt(ref: BlockRef, offsetBytes: number, data: Uint8Array): Promise<void> {
+      count(ref, data.length);
+      return super.writeAt(ref, offsetBytes, data);
+    }
+    override zeroAt(ref: BlockRef, offsetBytes: number, lengthBytes: number): Promise<void> {
+      count(ref, lengthBytes);
+      return super.zeroAt(ref, offsetBytes, lengthBytes);
+    }
+  }
+  const store = new MeteredStore({ blockSizeBytes: bigBlock, totalBlocks: 400 });
+  const TiB = 2 ** 40;
+  const volume = await createVolume(store, { sizeBytes: TiB });
+  const random = new SeededRandom(testSeed());
+  const sector = new Uint8Array(SECTOR).fill(7);
+  const offsets = Array.from({ length: 32 }, () => random.int(TiB / SECTOR) * SECTOR);
+  // The first FLUSH allocates each touched block and its map chunk (a new chunk is a new block).
+  for (const offset of offsets) await volume.writeAt(offset, sector);
+  await volume.flush();
+  // Later FLUSHes of writes to those blocks and to new blocks in those chunks: entries only.
+  for (let round = 0; round < 3; round++) {
+    bytesByType.clear();
+    for (const offset of offsets) {
+      await volume.writeAt(offset, sector);
+      await volume.writeAt((offset + bigBlock * (1 + round)) % TiB, sector);
+    }
+    await volume.flush();
+    const mapBytes = (bytesByType.get(BlockType.Map) ?? 0) +
+      (bytesByType.get(BlockType.INode) ?? 0);
+    const dataBytes = bytesByType.get(BlockType.Data) ?? 0;
+    assert.ok(mapBytes <= 8 * 1024, `round ${round}: ${mapBytes} bytes of map and root written`);
+    assert.equal(dataBytes, 64 * SECTOR, `round ${round}: only the data written is written`);
+  }
+  for (const offset of offsets) {
+    const back = new Uint8Array(SECTOR);
+    await volume.readAt(offset, back);
+    assertSameBytes(back, sector);
+  }
 });

@@ -316,9 +316,10 @@ function registerLifecycleTests(test: Register): void {
     const hold = holdNextIo();
     const put = store.putBlock(testRef(1), data);
     await hold.arrived;
+    // Counted before close() is called: I/O that close starts at once counts too.
+    const operationsBefore = hold.laterOperations();
     let closed = false;
     const closing = store.close().then(() => void (closed = true));
-    const operationsBefore = hold.laterOperations();
     // Every reaction to close() that needs no I/O result has run after one event-loop turn.
     await new Promise((resolve) => setTimeout(resolve, 0));
     assert.equal(closed, false, "close resolved while a put was in flight");
