@@ -1070,29 +1070,30 @@ export class FileBlockStore implements BlockStore {
       throw invalid(`block of ${data.length} bytes exceeds block size ${this.blockSizeBytes}`);
     }
     try {
-      await this.#putInTurn(ref, data);
+      if (!this.#refTails.has(ref.key)) {
+        await this.#put(ref, data);
+      } else {
+        // A mutation of this ref called earlier still waits: this put starts after it, and later
+        // mutations of the ref wait until it has started (taken its generation).
+        const copy = data.slice();
+        this.#opsInFlight++;
+        let started: { done: Promise<void> };
+        try {
+          started = await this.#onRef(
+            ref.key,
+            () => Promise.resolve({ done: this.#put(ref, copy) }),
+          );
+        } finally {
+          this.#opDone();
+        }
+        await started.done;
+      }
     } catch (error) {
       this.stats.failedWrittenBlocks++;
       throw error;
     }
     this.stats.writtenBlocks++;
     this.stats.writtenBytes += data.length;
-  }
-
-  /** A put, after the mutations of its ref called before it. */
-  async #putInTurn(ref: BlockRef, data: Uint8Array): Promise<void> {
-    if (!this.#refTails.has(ref.key)) return await this.#put(ref, data);
-    // A mutation of this ref called earlier still waits: this put starts after it, and later
-    // mutations of the ref wait until it has started (taken its generation).
-    const copy = data.slice();
-    this.#opsInFlight++;
-    let started: { done: Promise<void> };
-    try {
-      started = await this.#onRef(ref.key, () => Promise.resolve({ done: this.#put(ref, copy) }));
-    } finally {
-      this.#opDone();
-    }
-    return await started.done;
   }
 
   async #put(ref: BlockRef, data: Uint8Array): Promise<void> {
