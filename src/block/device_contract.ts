@@ -28,6 +28,11 @@ export interface DeviceContractFactory {
   writable(sizeBytes: number): Promise<DeviceFixture>;
   /** A read-only device whose bytes are `contents` (length a multiple of 4096). */
   readOnly(contents: Uint8Array): Promise<DeviceFixture>;
+  /**
+   * The device knows what reads as zeros (a sparse device, or an NBD client with block status):
+   * `extents` must then report never-written and trimmed ranges as zero, not just may.
+   */
+  knowsZeros?: boolean;
 }
 
 const SIZE_BYTES = 1024 * 1024;
@@ -95,6 +100,7 @@ export function deviceContract(name: string, factory: DeviceContractFactory): vo
   registerConcurrencyTests(writable);
   registerRangeTests(writable);
   registerZeroingTests(writable);
+  if (factory.knowsZeros) registerKnownZerosTests(writable);
   registerLifecycleTests(writable);
   registerReadOnlyTests(name, factory);
 }
@@ -236,6 +242,27 @@ function registerZeroingTests(test: Register): void {
     }
     const written = await device.extents(8192, 4096);
     assert.ok(written.every((e) => !e.zero), "written data is never reported as zeros");
+  });
+}
+
+function registerKnownZerosTests(test: Register): void {
+  test("extents report never-written and trimmed ranges as zero", async ({ device }) => {
+    const whole = { offsetBytes: 0, lengthBytes: SIZE_BYTES, zero: true };
+    assert.deepEqual(await device.extents(0, SIZE_BYTES), [whole], "a fresh device");
+    await device.writeAt(8192, patternBytes(4096, 7));
+    const extents = await device.extents(0, SIZE_BYTES);
+    assert.ok(extents.some((e) => e.zero), "the rest is still known to be zero");
+    const written = extents.find((e) =>
+      e.offsetBytes <= 8192 && 8192 < e.offsetBytes + e.lengthBytes
+    );
+    assert.equal(written?.zero, false);
+    await device.trim(0, SIZE_BYTES);
+    assert.deepEqual(await device.extents(0, SIZE_BYTES), [whole], "after a trim of everything");
+    assert.deepEqual(await device.extents(4097, 3), [{
+      offsetBytes: 4097,
+      lengthBytes: 3,
+      zero: true,
+    }]);
   });
 }
 

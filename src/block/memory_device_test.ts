@@ -13,6 +13,7 @@ deviceContract("MemoryDevice", {
     await source.writeAt(0, contents);
     return { device: source.snapshot(), cleanup: () => source.close() };
   },
+  knowsZeros: true,
 });
 
 Deno.test("MemoryDevice: rejects sizes that are not whole sectors", () => {

@@ -1,7 +1,7 @@
 /**
  * Block volumes and their front ends. `device.ts` is the contract every front end serves,
  * `memory_device.ts` an in-memory Device, `device_contract.ts` the suite every Device runs;
- * `nbd/` is the NBD protocol (codec, server, client); `aoe/` the ATA-over-Ethernet target (step 5).
+ * `nbd/` is the NBD protocol (codec, server, client); `aoe/` the ATA-over-Ethernet target (the AoE issue).
  * @module
  */
 

@@ -1,6 +1,8 @@
 /**
  * Moving a whole device to and from a byte stream (`torus ctl block dump` and `load`), sparse:
- * ranges a device knows to be zero are never read, and zero chunks of an input are never written.
+ * ranges a device knows to be zero (its `extents`: a volume's block map, or NBD block status
+ * through an NbdClient) are never read, data ranges that read as all zeros still become holes
+ * (for devices that cannot tell), and zero chunks of an input are never written.
  * Reads run a few chunks ahead of the writes, so a remote device (NBD) keeps a pipeline full.
  * @module
  */
@@ -53,7 +55,7 @@ export async function dumpDevice(
 ): Promise<TransferResult> {
   const chunkBytes = options.chunkBytes ?? TRANSFER_CHUNK_BYTES;
   const total = device.sizeBytes;
-  const pending: Promise<Uint8Array | number>[] = [];
+  const pending: Promise<ChunkPiece[]>[] = [];
   let next = 0;
   let done = 0;
   let dataBytes = 0;
@@ -64,32 +66,36 @@ export async function dumpDevice(
       pending.push(fetch(next));
       next += Math.min(chunkBytes, total - next);
     }
-    const chunk = await pending.shift()!;
-    if (typeof chunk === "number") {
-      await sink.zeros(chunk);
-      done += chunk;
-    } else {
-      await sink.write(chunk);
-      done += chunk.length;
-      dataBytes += chunk.length;
+    for (const piece of await pending.shift()!) {
+      if (typeof piece === "number") {
+        await sink.zeros(piece);
+        done += piece;
+      } else {
+        await sink.write(piece);
+        done += piece.length;
+        dataBytes += piece.length;
+      }
     }
     options.onProgress?.(done, total);
   }
   return { totalBytes: total, dataBytes };
 }
 
-/** A chunk's bytes, or its length when the device knows it reads as zeros. */
-async function chunkOf(
-  device: Device,
-  offset: number,
-  length: number,
-): Promise<Uint8Array | number> {
-  const extents = await device.extents(offset, length);
-  if (extents.every((extent) => extent.zero)) return length;
-  const bytes = new Uint8Array(length);
-  await device.readAt(offset, bytes);
-  // A device that cannot tell (NBD without block status) still leaves holes where it reads zeros.
-  return isAllZero(bytes) ? length : bytes;
+/** Part of a chunk: its bytes, or the length of a range that reads as zeros. */
+type ChunkPiece = Uint8Array | number;
+
+/** A chunk as pieces in order: only the ranges the device does not know to be zero are read. */
+function chunkOf(device: Device, offset: number, length: number): Promise<ChunkPiece[]> {
+  return device.extents(offset, length).then((extents) =>
+    Promise.all(extents.map(async (extent): Promise<ChunkPiece> => {
+      if (extent.zero) return extent.lengthBytes;
+      const bytes = new Uint8Array(extent.lengthBytes);
+      await device.readAt(extent.offsetBytes, bytes);
+      // A device that cannot tell (NBD without block status) still leaves holes where it
+      // reads zeros.
+      return isAllZero(bytes) ? bytes.length : bytes;
+    }))
+  );
 }
 
 /**

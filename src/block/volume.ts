@@ -255,7 +255,10 @@ export class BlockVolume implements Device {
         if (entry === ENTRY_UNWRITTEN && this.#parent !== null) {
           extents.push(...await this.#parent.extents(start, piece.lengthBytes));
         } else {
-          const zero = entry === ENTRY_ZERO || entry === ENTRY_UNWRITTEN;
+          // A block of this generation trimmed whole reads as zeros at once; its entry turns
+          // ZERO only at the next flush (a later write takes it off #trimPending first).
+          const trimmed = entry === this.generation && this.#trimPending.has(piece.index);
+          const zero = entry === ENTRY_ZERO || entry === ENTRY_UNWRITTEN || trimmed;
           extents.push({ offsetBytes: start, lengthBytes: piece.lengthBytes, zero });
         }
       }

@@ -58,4 +58,5 @@ deviceContract("BlockVolume", {
     await writer.close();
     return { device: await t.volumes.openSnapshot("v", "s"), cleanup: t.cleanup };
   },
+  knowsZeros: true,
 });

@@ -80,6 +80,13 @@ export interface VolumeServiceOptions {
   readonly random?: Random;
   /** How long to wait for another writer's answer to a request. */
   readonly requestTimeoutMs?: number;
+  /**
+   * No other live process uses `holder` (the caller holds the data-dir lock of the node the
+   * holder names). A lock held by `holder` under another lease is then one an earlier run of this
+   * node left when it died (SIGKILL, power loss): it is released by revoking that lease instead
+   * of waiting up to a lease TTL for it to expire. Fencing keeps the dead run from publishing.
+   */
+  readonly exclusiveHolder?: boolean;
 }
 
 /** A volume open for write here, shared by its handles. */
@@ -198,6 +205,7 @@ export class VolumeService {
   readonly #random: Random;
   readonly #geometry: MapGeometry;
   readonly #requestTimeoutMs: number | undefined;
+  readonly #exclusiveHolder: boolean;
   /** Volumes open for write, by id (a pending open is there as its promise). */
   readonly #open = new Map<number, Promise<OpenVolume>>();
   /** The same once opened, for reports (a synchronous view). */
@@ -214,6 +222,7 @@ export class VolumeService {
     this.#random = options.random ?? new CryptoRandom();
     this.#geometry = mapGeometry(options.store.blockSizeBytes);
     this.#requestTimeoutMs = options.requestTimeoutMs;
+    this.#exclusiveHolder = options.exclusiveHolder ?? false;
     this.#stopLeaseWatch = options.leases.onLost((lost) => this.#leaseLost(lost));
   }
 
@@ -262,10 +271,7 @@ export class VolumeService {
 
   async #openVolume(info: VolumeInfo): Promise<OpenVolume> {
     checkMappableSize(info.sizeBytes, this.#geometry);
-    const lock = await this.#metadata.blockVolumes.lock(info.id, {
-      uuid: this.#holder,
-      lease: this.#leases.lease,
-    });
+    const lock = await this.#lock(info.id);
     try {
       const state = await this.#metadata.blockVolumes.headState(info.id);
       const generation = Number(state.head.inode);
@@ -296,6 +302,49 @@ export class VolumeService {
     } catch (error) {
       await this.#metadata.blockVolumes.unlock(lock).catch(() => {});
       throw error;
+    }
+  }
+
+  /** Takes the lock of `volumeId`, taking it over from an earlier run (`exclusiveHolder`). */
+  async #lock(volumeId: number): Promise<VolumeLock> {
+    const holder = { uuid: this.#holder, lease: this.#leases.lease };
+    try {
+      return await this.#metadata.blockVolumes.lock(volumeId, holder);
+    } catch (error) {
+      if (!isTorusError(error, ErrorCode.Locked) || !(await this.#releaseEarlierRun(volumeId))) {
+        throw error;
+      }
+    }
+    return await this.#metadata.blockVolumes.lock(volumeId, holder);
+  }
+
+  /**
+   * Revokes the lease an earlier run of this node (see `exclusiveHolder`) holds the lock of
+   * `volumeId` under, which frees every lock of that run. False when someone else holds it.
+   */
+  async #releaseEarlierRun(volumeId: number): Promise<boolean> {
+    if (!this.#exclusiveHolder) return false;
+    const status = await this.#metadata.blockVolumes.lockStatus(volumeId);
+    if (status.state === "free") return true;
+    if (status.holder !== this.#holder || status.lease === this.#leases.lease) return false;
+    log.warn(
+      `volume id ${volumeId} is locked by an earlier run of this node (lease ${status.lease}): ` +
+        `revoking that lease`,
+    );
+    await this.#metadata.leases.revoke(status.lease);
+    return true;
+  }
+
+  /**
+   * Releases the locks every earlier run of this node left (see `exclusiveHolder`), so that ctl
+   * snapshot, resize and delete work at once after a crash, before anything opens the volumes.
+   */
+  async releaseLocksOfEarlierRuns(): Promise<void> {
+    this.#checkOpen();
+    if (!this.#exclusiveHolder) return;
+    const listed = await this.#metadata.volumes.listVolumes();
+    for (const info of listed.volumes) {
+      if (!this.#open.has(info.id)) await this.#releaseEarlierRun(info.id);
     }
   }
 

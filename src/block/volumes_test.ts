@@ -30,7 +30,7 @@ async function cluster(): Promise<{ mds: MetadataService; store: BlockStore; kv:
 async function node(
   kv: MemoryKvStore,
   store: BlockStore,
-  options: { holder: string; ttlMs?: number },
+  options: { holder: string; ttlMs?: number; exclusiveHolder?: boolean },
 ): Promise<Node> {
   const clock = systemClock;
   const mds = createMetadataService(kv, { prefix: "/t/", ownsStore: false, clock });
@@ -44,6 +44,7 @@ async function node(
     store,
     leases,
     holder: options.holder,
+    exclusiveHolder: options.exclusiveHolder ?? false,
     clock,
     requestTimeoutMs: 10_000,
   });
@@ -112,6 +113,57 @@ Deno.test("volumes: a second writer is refused while the first holds the lock", 
   } finally {
     await a.close();
     await b.close();
+  }
+});
+
+Deno.test("volumes: an exclusive holder takes over the locks its dead earlier run left", async () => {
+  const { mds, store, kv } = await cluster();
+  const db = await mds.volumes.createBlockVolume("db", 4 * BLOCK);
+  const logs = await mds.volumes.createBlockVolume("logs", 4 * BLOCK);
+  const other = await mds.volumes.createBlockVolume("other", 4 * BLOCK);
+  // A run of node-a that died holding two locks (its lease lives on until its TTL), and a live
+  // node-b holding a third.
+  const deadLease = await mds.leases.grant(30_000);
+  await mds.blockVolumes.lock(db.id, { uuid: "node-a", lease: deadLease });
+  await mds.blockVolumes.lock(logs.id, { uuid: "node-a", lease: deadLease });
+  const liveLease = await mds.leases.grant(30_000);
+  await mds.blockVolumes.lock(other.id, { uuid: "node-b", lease: liveLease });
+  const locked = (e: unknown) => isTorusError(e, ErrorCode.Locked);
+
+  // Without the guarantee, the same holder name proves nothing: refused.
+  const shared = await node(kv, store, { holder: "node-a" });
+  try {
+    await assert.rejects(shared.service.openWritable("db"), locked);
+  } finally {
+    await shared.close();
+  }
+  const restarted = await node(kv, store, { holder: "node-a", exclusiveHolder: true });
+  try {
+    const device = await restarted.service.openWritable("db");
+    await device.writeAt(0, fill(4096, 7));
+    await device.close();
+    // Revoking the dead run's lease freed its other lock too; another holder's stays.
+    assert.deepEqual(await mds.blockVolumes.lockStatus(logs.id), { state: "free" });
+    await assert.rejects(restarted.service.openWritable("other"), locked);
+    assert.equal((await mds.blockVolumes.lockStatus(other.id)).state, "locked");
+  } finally {
+    await restarted.close();
+  }
+});
+
+Deno.test("volumes: releaseLocksOfEarlierRuns frees only this holder's stale locks", async () => {
+  const { mds, store, kv } = await cluster();
+  const db = await mds.volumes.createBlockVolume("db", 4 * BLOCK);
+  const other = await mds.volumes.createBlockVolume("other", 4 * BLOCK);
+  await mds.blockVolumes.lock(db.id, { uuid: "node-a", lease: await mds.leases.grant(30_000) });
+  await mds.blockVolumes.lock(other.id, { uuid: "node-b", lease: await mds.leases.grant(30_000) });
+  const restarted = await node(kv, store, { holder: "node-a", exclusiveHolder: true });
+  try {
+    await restarted.service.releaseLocksOfEarlierRuns();
+    assert.deepEqual(await mds.blockVolumes.lockStatus(db.id), { state: "free" });
+    assert.equal((await mds.blockVolumes.lockStatus(other.id)).state, "locked");
+  } finally {
+    await restarted.close();
   }
 });
 

@@ -5,6 +5,7 @@
  */
 
 import { type Command, notImplementedCommand } from "../cli/mod.ts";
+import { blkCommand } from "./blk.ts";
 import { ctlCommand, defaultCtlDeps } from "./ctl/mod.ts";
 import { ringtoolCommand } from "./ringtool.ts";
 import { serveCommand } from "./serve.ts";
@@ -14,8 +15,12 @@ import { versionCommand } from "./version.ts";
 export const commands: readonly Command[] = [
   serveCommand,
   ctlCommand(defaultCtlDeps(() => commands)),
-  notImplementedCommand("blk", "Serve volumes over NBD, attach kernel NBD devices", "step 4"),
-  notImplementedCommand("aoe", "Serve a volume as an ATA-over-Ethernet target", "step 5"),
+  blkCommand(),
+  notImplementedCommand(
+    "aoe",
+    "Serve a volume as an ATA-over-Ethernet target",
+    "the ATA-over-Ethernet issue",
+  ),
   ringtoolCommand,
   versionCommand,
 ];

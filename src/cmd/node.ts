@@ -74,6 +74,9 @@ export async function startNode(options: NodeOptions): Promise<Node> {
     store: options.store,
     leases,
     holder: options.uuid,
+    // The caller holds the data-dir lock: locks of this node's UUID under another lease are
+    // left by an earlier run that died, and are released rather than waited for.
+    exclusiveHolder: true,
     clock: options.clock,
     ...(options.random ? { random: options.random } : {}),
   });
@@ -93,6 +96,9 @@ export async function startNode(options: NodeOptions): Promise<Node> {
     await leases.close();
   };
   try {
+    await volumes.releaseLocksOfEarlierRuns().catch((error) => {
+      log.warn(`releasing the volume locks of an earlier run: ${errorMessage(error)}`);
+    });
     if (options.nbd !== null) {
       nbd = new NbdServer({
         exports: {

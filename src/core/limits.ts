@@ -158,6 +158,13 @@ export const READ_CACHE_ENTRIES_MIN = 100;
 /** NBD: requests in flight per connection and the largest request payload. */
 export const NBD_REQUESTS_IN_FLIGHT_MAX = 64;
 export const NBD_REQUEST_LENGTH_MAX_BYTES = 32 * 1024 * 1024;
+/**
+ * NBD_CMD_BLOCK_STATUS: the most of a request's range one reply describes, and the most extents
+ * it lists (the spec lets a server answer less; clients ask again from where it stopped). Bounds
+ * the block-map walk and the reply (8 bytes an extent) of one request.
+ */
+export const NBD_BLOCK_STATUS_QUERY_MAX_BYTES = 1024 * 1024 * 1024;
+export const NBD_BLOCK_STATUS_EXTENTS_MAX = 8192;
 /** NBD option haggling: the largest option payload accepted. */
 export const NBD_OPTION_LENGTH_MAX_BYTES = 4096;
 /**

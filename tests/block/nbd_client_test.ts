@@ -38,6 +38,8 @@ deviceContract("NbdClient over NbdServer", {
     nbd.addExport("vol@snap", source.snapshot());
     return { device: await nbd.client("vol@snap"), cleanup: () => nbd[Symbol.asyncDispose]() };
   },
+  // Through NBD_CMD_BLOCK_STATUS: the client reports what the memory device knows.
+  knowsZeros: true,
 });
 
 Deno.test("nbd client: LIST, INFO and a handshake for kernel attach", async () => {
@@ -153,6 +155,7 @@ function externalContract(
   tool: string,
   startWritable: (sizeBytes: number) => Promise<External>,
   startReadOnly: (file: string) => Promise<External>,
+  knowsZeros = false,
 ): void {
   if (!hasCommand(tool)) {
     Deno.test({ name: `${name} [skipped: ${tool} not installed]`, ignore: true, fn() {} });
@@ -163,6 +166,7 @@ function externalContract(
     return { device, reopen: () => connectExternal(server), cleanup: () => server.stop() };
   };
   const factory: DeviceContractFactory = {
+    knowsZeros,
     writable: async (sizeBytes) => wrap(await startWritable(sizeBytes)),
     readOnly: async (contents) => {
       const file = await Deno.makeTempFile({ prefix: "torus-nbd-ro-" });
@@ -188,6 +192,8 @@ externalContract(
     startExternal("nbdkit", (s) => ["-f", "--exit-with-parent", "-U", s, "memory", `${size}`]),
   (file) =>
     startExternal("nbdkit", (s) => ["-f", "--exit-with-parent", "-r", "-U", s, "file", file]),
+  // nbdkit's sparse memory answers NBD_CMD_BLOCK_STATUS: our client's side of it, interop.
+  true,
 );
 
 externalContract(

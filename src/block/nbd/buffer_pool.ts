@@ -2,9 +2,10 @@
  * Reusable byte buffers for request payloads and read replies, so the transmission hot path does
  * not allocate (and later garbage-collect) a fresh buffer per request.
  *
- * Buffers come in size classes of 2^k + 16 bytes (k >= 12): a 4 KiB write payload and a 4 KiB
- * read reply (16-byte simple reply header + data) both fit the smallest class, so the reply can
- * be written from the buffer it was read into, header and data in one piece. Each buffer carries
+ * Buffers come in size classes of 2^k + 32 bytes (k >= 12): a 4 KiB write payload and a 4 KiB
+ * read reply (a 16-byte simple reply header or a 28-byte OFFSET_DATA chunk prefix, then the data)
+ * both fit the smallest class, so the reply can be written from the buffer it was read into,
+ * header and data in one piece. Each buffer carries
  * its DataView, made once. The pool keeps at most `retainedBytesMax` of free buffers; beyond that
  * a returned buffer is left to the garbage collector. Single-threaded: shared by every
  * connection of a server.
@@ -12,7 +13,7 @@
  */
 
 import { assert } from "../../core/mod.ts";
-import { NBD_SIMPLE_REPLY_BYTES } from "./protocol.ts";
+import { NBD_READ_REPLY_PREFIX_MAX_BYTES } from "./protocol.ts";
 
 const SMALLEST_CLASS_LOG2 = 12;
 
@@ -24,7 +25,9 @@ export class PooledBuffer {
 
   constructor(sizeClass: number) {
     this.sizeClass = sizeClass;
-    this.bytes = new Uint8Array(2 ** (sizeClass + SMALLEST_CLASS_LOG2) + NBD_SIMPLE_REPLY_BYTES);
+    this.bytes = new Uint8Array(
+      2 ** (sizeClass + SMALLEST_CLASS_LOG2) + NBD_READ_REPLY_PREFIX_MAX_BYTES,
+    );
     this.view = new DataView(this.bytes.buffer);
   }
 }
@@ -76,6 +79,6 @@ export class BufferPool {
 /** The smallest class whose buffers hold `lengthBytes`. */
 function classOf(lengthBytes: number): number {
   assert(Number.isSafeInteger(lengthBytes) && lengthBytes >= 0, "buffer length");
-  const payload = Math.max(lengthBytes - NBD_SIMPLE_REPLY_BYTES, 1);
+  const payload = Math.max(lengthBytes - NBD_READ_REPLY_PREFIX_MAX_BYTES, 1);
   return Math.max(0, Math.ceil(Math.log2(payload)) - SMALLEST_CLASS_LOG2);
 }

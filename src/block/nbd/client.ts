@@ -34,8 +34,17 @@
  * advertised) are split; `trim` is NBD_CMD_WRITE_ZEROES without NO_HOLE (NBD_CMD_TRIM does not
  * promise zeros, the Device contract does); `writeZeroes` is NBD_CMD_WRITE_ZEROES, or plain zero
  * writes on servers without it; FUA uses NBD_CMD_FLAG_FUA or, without it, a flush after the write.
- * `discard` is NBD_CMD_TRIM itself. `extents` reports one non-zero extent (no block status). Error replies become TorusErrors
- * (errno.ts); a lost connection fails every call with `unavailable`. The client asks for the
+ * `discard` is NBD_CMD_TRIM itself. Error replies become TorusErrors (errno.ts), with the
+ * server's message when it sent one; a lost connection fails every call with `unavailable`.
+ *
+ * Structured replies and block status: unless told not to, the client asks for structured
+ * replies and, when granted, selects `base:allocation` for its export. `extents` then asks
+ * NBD_CMD_BLOCK_STATUS (as often as the server's partial answers need) and reports ranges with
+ * NBD_STATE_ZERO as zero; without the context it reports one non-zero extent. Structured READ
+ * replies are reassembled from data and hole chunks; a chunk outside its request, overlapping
+ * another, of an unknown non-error type or with inconsistent lengths, or a reply that ends
+ * without covering its whole range, is garbage: the connection is failed (the spec's hard
+ * disconnect), never a silently wrong buffer. The client asks for the
  * server's block size constraints and keeps to them: against a server whose minimum block size is
  * above 1 (not torus's), unaligned calls fail with `invalid` (no read-modify-write is done).
  * @module
@@ -58,10 +67,18 @@ import type {
   WriteZeroesOptions,
 } from "../device.ts";
 import { type NbdExportInfo, NbdNegotiation } from "./client_handshake.ts";
-import { torusErrorOfErrno } from "./errno.ts";
+import { nbdErrnoName, torusErrorOfErrno } from "./errno.ts";
 import {
+  type BlockStatusDescriptor,
+  decodeBlockStatusPayload,
+  decodeChunkOffset,
+  decodeErrorPayload,
+  decodeOffsetHolePayload,
+  decodeReplyStart,
   decodeSimpleReply,
   encodeRequestHeader,
+  isErrorChunkType,
+  NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
   NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE,
@@ -74,9 +91,20 @@ import {
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
   NBD_FLAG_SEND_WRITE_ZEROES,
+  NBD_META_CONTEXT_BASE_ALLOCATION,
+  NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE_BLOCK_STATUS,
+  NBD_REPLY_TYPE_NONE,
+  NBD_REPLY_TYPE_OFFSET_DATA,
+  NBD_REPLY_TYPE_OFFSET_HOLE,
   NBD_REQUEST_HEADER_BYTES,
   NBD_SIMPLE_REPLY_BYTES,
+  NBD_SIMPLE_REPLY_MAGIC,
+  NBD_STATE_ZERO,
+  NBD_STRUCTURED_REPLY_MAGIC,
+  newStructuredReplyHeader,
   type RequestHeader,
+  type StructuredReplyHeader,
 } from "./protocol.ts";
 import type { ByteStream, StreamReader } from "./stream.ts";
 import { writeAll } from "./stream.ts";
@@ -88,12 +116,27 @@ export interface NbdClientOptions {
   exportName: string;
   /** Most requests in flight (default NBD_REQUESTS_IN_FLIGHT_MAX). */
   requestsInFlightMax?: number;
+  /** Ask for structured replies (default true). */
+  structuredReplies?: boolean;
+  /** With structured replies, select `base:allocation` so `extents` asks the server (default true). */
+  blockStatus?: boolean;
 }
 
 interface Pending {
   what: string;
+  type: number;
+  offsetBytes: number;
+  lengthBytes: number;
   /** Where a READ's data goes. */
   into: Uint8Array | null;
+  /** Parts of a structured READ's range that chunks have filled. */
+  covered: CoveredRanges | null;
+  /** A BLOCK_STATUS reply's extents. */
+  status: BlockStatusDescriptor[] | null;
+  /** The first error chunk of a structured reply. */
+  error: TorusError | null;
+  /** Chunks received so far (a simple reply may not follow one). */
+  chunks: number;
   resolve: () => void;
   reject: (error: unknown) => void;
 }
@@ -101,6 +144,10 @@ interface Pending {
 /** Small payloads are sent in the same write as their header. */
 const JOIN_PAYLOAD_MAX_BYTES = 64 * 1024;
 const ZERO_CHUNK_BYTES = 1024 * 1024;
+/** Longest chunk payload accepted other than OFFSET_DATA (block status, errors). */
+const CHUNK_PAYLOAD_MAX_BYTES = 1024 * 1024;
+/** Most of a range one NBD_CMD_BLOCK_STATUS asks about (a multiple of every minimum block size). */
+const BLOCK_STATUS_ASK_MAX_BYTES = 2 ** 31;
 
 /** An NBD client in the transmission phase; a Device. */
 export class NbdClient implements Device {
@@ -114,6 +161,10 @@ export class NbdClient implements Device {
   /** The server's minimum block size: offsets and lengths must be multiples of it. */
   readonly #minimumBytes: number;
   readonly #requestsInFlightMax: number;
+  /** Replies may be structured (NBD_OPT_STRUCTURED_REPLY was granted). */
+  readonly #structured: boolean;
+  /** The id of `base:allocation`, when the server selected it. */
+  readonly #contextId: number | null;
   readonly #pending = new Map<number, Pending>();
   readonly #slotWaiters: (() => void)[] = [];
   readonly #idleWaiters: (() => void)[] = [];
@@ -125,8 +176,14 @@ export class NbdClient implements Device {
   #closing: Promise<void> | null = null;
   readonly #receiving: Promise<void>;
 
-  private constructor(negotiation: NbdNegotiation, info: NbdExportInfo, inFlightMax: number) {
+  private constructor(
+    negotiation: NbdNegotiation,
+    info: NbdExportInfo,
+    options: { inFlightMax: number; structured: boolean; contextId: number | null },
+  ) {
     this.info = info;
+    this.#structured = options.structured;
+    this.#contextId = options.contextId;
     this.sizeBytes = info.sizeBytes;
     this.readOnly = info.readOnly;
     const preferred = info.blockSize?.preferredBytes ?? 4096;
@@ -138,7 +195,7 @@ export class NbdClient implements Device {
     this.#minimumBytes = Math.max(1, info.blockSize?.minimumBytes ?? 1);
     this.#stream = negotiation.stream;
     this.#reader = negotiation.reader;
-    this.#requestsInFlightMax = inFlightMax;
+    this.#requestsInFlightMax = options.inFlightMax;
     this.#receiving = this.#receive();
   }
 
@@ -147,12 +204,13 @@ export class NbdClient implements Device {
     let negotiation: NbdNegotiation | null = null;
     try {
       negotiation = await NbdNegotiation.start(stream);
+      const { structured, contextId } = await negotiateExtensions(negotiation, options);
       const info = await negotiation.go(options.exportName);
-      return new NbdClient(
-        negotiation,
-        info,
-        options.requestsInFlightMax ?? NBD_REQUESTS_IN_FLIGHT_MAX,
-      );
+      return new NbdClient(negotiation, info, {
+        inFlightMax: options.requestsInFlightMax ?? NBD_REQUESTS_IN_FLIGHT_MAX,
+        structured,
+        contextId,
+      });
     } catch (error) {
       try {
         stream.close();
@@ -161,6 +219,16 @@ export class NbdClient implements Device {
       }
       throw error;
     }
+  }
+
+  /** Whether the server agreed to structured replies. */
+  get structuredReplies(): boolean {
+    return this.#structured;
+  }
+
+  /** Whether `extents` asks the server (base:allocation was selected). */
+  get blockStatus(): boolean {
+    return this.#contextId !== null;
   }
 
   /** Whether the server offered a flag (NBD_FLAG_…). */
@@ -238,10 +306,33 @@ export class NbdClient implements Device {
   }
 
   extents(offsetBytes: number, lengthBytes: number): Promise<DeviceExtent[]> {
-    return this.#track(offsetBytes, lengthBytes, false, () => {
-      const extents = lengthBytes === 0 ? [] : [{ offsetBytes, lengthBytes, zero: false }];
-      return Promise.resolve(extents);
+    return this.#track(offsetBytes, lengthBytes, false, async () => {
+      if (lengthBytes === 0) return [];
+      if (this.#contextId === null) return [{ offsetBytes, lengthBytes, zero: false }];
+      const extents: DeviceExtent[] = [];
+      const end = offsetBytes + lengthBytes;
+      let at = offsetBytes;
+      while (at < end) {
+        // The server may describe less than was asked: ask again from where it stopped.
+        for (const descriptor of await this.#blockStatus(at, end - at)) {
+          const length = Math.min(descriptor.lengthBytes, end - at);
+          appendExtent(extents, at, length, (descriptor.flags & NBD_STATE_ZERO) !== 0);
+          at += length;
+          if (at >= end) break;
+        }
+      }
+      return extents;
     });
+  }
+
+  async #blockStatus(offsetBytes: number, lengthBytes: number): Promise<BlockStatusDescriptor[]> {
+    const pending = await this.#request({
+      type: NBD_CMD_BLOCK_STATUS,
+      flags: 0,
+      offsetBytes,
+      lengthBytes: Math.min(lengthBytes, BLOCK_STATUS_ASK_MAX_BYTES),
+    });
+    return pending.status!;
   }
 
   /** Waits for calls in flight, flushes a writable export, sends NBD_CMD_DISC and closes. */
@@ -369,13 +460,13 @@ export class NbdClient implements Device {
   /** Runs `call` over pieces of at most the server's maximum request length, all in flight. */
   async #chunked(
     lengthBytes: number,
-    call: (at: number, length: number) => Promise<void>,
+    call: (at: number, length: number) => Promise<unknown>,
   ): Promise<void> {
     if (lengthBytes <= this.#maxRequestBytes) {
       if (lengthBytes > 0) await call(0, lengthBytes);
       return;
     }
-    const calls: Promise<void>[] = [];
+    const calls: Promise<unknown>[] = [];
     for (let at = 0; at < lengthBytes; at += this.#maxRequestBytes) {
       calls.push(call(at, Math.min(this.#maxRequestBytes, lengthBytes - at)));
     }
@@ -384,7 +475,7 @@ export class NbdClient implements Device {
     if (failed) throw failed.reason;
   }
 
-  /** Sends one request and waits for its reply. */
+  /** Sends one request and waits for its reply; the settled record (a block status's extents). */
   async #request(request: {
     type: number;
     flags: number;
@@ -393,7 +484,7 @@ export class NbdClient implements Device {
     into?: Uint8Array;
     payload?: Uint8Array;
     signal?: AbortSignal | undefined;
-  }): Promise<void> {
+  }): Promise<Pending> {
     while (this.#pending.size >= this.#requestsInFlightMax) {
       await new Promise<void>((resolve) => this.#slotWaiters.push(resolve));
     }
@@ -409,12 +500,27 @@ export class NbdClient implements Device {
       offsetBytes: request.offsetBytes,
       lengthBytes: request.lengthBytes,
     };
+    let pending: Pending | null = null;
     const replied = new Promise<void>((resolve, reject) => {
-      this.#pending.set(handle, { what, into: request.into ?? null, resolve, reject });
+      pending = {
+        what,
+        type: request.type,
+        offsetBytes: request.offsetBytes,
+        lengthBytes: request.lengthBytes,
+        into: request.into ?? null,
+        covered: null,
+        status: null,
+        error: null,
+        chunks: 0,
+        resolve,
+        reject,
+      };
+      this.#pending.set(handle, pending);
     });
     // A failed send fails the connection, which rejects `replied` too.
     this.#send(encodeHeader(header, request.payload), request.payload ?? null).catch(() => {});
     await replied;
+    return pending!;
   }
 
   #newHandle(): number {
@@ -440,26 +546,153 @@ export class NbdClient implements Device {
   /** Reads replies until the connection ends. */
   async #receive(): Promise<void> {
     const reply = { error: 0, handleHigh: 0, handleLow: 0 };
+    const chunk = newStructuredReplyHeader();
     try {
       for (;;) {
         const bytes = await this.#reader.readExact(NBD_SIMPLE_REPLY_BYTES);
         const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-        if (!decodeSimpleReply(view, 0, reply)) {
-          throw invalid("NBD server sent a reply with a bad magic (or a structured reply)");
+        const magic = decodeReplyStart(view, 0, chunk);
+        if (magic === NBD_SIMPLE_REPLY_MAGIC) {
+          decodeSimpleReply(view, 0, reply);
+          await this.#simpleReply(reply);
+        } else if (magic === NBD_STRUCTURED_REPLY_MAGIC && this.#structured) {
+          const length = await this.#reader.readExact(4);
+          chunk.lengthBytes = new DataView(length.buffer, length.byteOffset, 4).getUint32(0);
+          await this.#chunk(chunk);
+        } else {
+          throw invalid("NBD server sent a reply with a bad magic");
         }
-        const pending = this.#pending.get(reply.handleLow);
-        if (reply.handleHigh !== 0 || pending === undefined) {
-          throw invalid(`NBD server replied to unknown handle ${reply.handleLow}`);
-        }
-        if (reply.error === 0 && pending.into !== null) await this.#reader.readInto(pending.into);
-        this.#pending.delete(reply.handleLow);
-        this.#slotWaiters.shift()?.();
-        if (reply.error === 0) pending.resolve();
-        else pending.reject(torusErrorOfErrno(reply.error, pending.what));
       }
     } catch (error) {
       this.#fail(this.#closing !== null ? closed("NBD client is closed") : lost(error));
     }
+  }
+
+  async #simpleReply(reply: { error: number; handleHigh: number; handleLow: number }) {
+    const pending = this.#pendingFor(reply.handleHigh, reply.handleLow);
+    // With structured replies a READ (and a successful BLOCK_STATUS) must come in chunks.
+    if (
+      this.#structured &&
+      (pending.type === NBD_CMD_READ || pending.chunks > 0 ||
+        (pending.type === NBD_CMD_BLOCK_STATUS && reply.error === 0))
+    ) {
+      throw invalid(`NBD server sent a simple reply to ${pending.what}`);
+    }
+    if (reply.error === 0 && pending.into !== null) await this.#reader.readInto(pending.into);
+    this.#settle(
+      reply.handleLow,
+      pending,
+      reply.error === 0 ? null : torusErrorOfErrno(reply.error, pending.what),
+    );
+  }
+
+  #pendingFor(handleHigh: number, handleLow: number): Pending {
+    const pending = this.#pending.get(handleLow);
+    if (handleHigh !== 0 || pending === undefined) {
+      throw invalid(`NBD server replied to unknown handle ${handleLow}`);
+    }
+    return pending;
+  }
+
+  /** One structured reply chunk: checked against its request, applied, and settled when DONE. */
+  async #chunk(chunk: StructuredReplyHeader): Promise<void> {
+    const { type, flags, lengthBytes, handleLow } = chunk;
+    const pending = this.#pendingFor(chunk.handleHigh, handleLow);
+    pending.chunks++;
+    if (type === NBD_REPLY_TYPE_OFFSET_DATA || type === NBD_REPLY_TYPE_OFFSET_HOLE) {
+      await this.#contentChunk(pending, type, lengthBytes);
+    } else if (type === NBD_REPLY_TYPE_BLOCK_STATUS) {
+      await this.#statusChunk(pending, lengthBytes);
+    } else if (isErrorChunkType(type)) {
+      await this.#errorChunk(pending, type, lengthBytes);
+    } else if (type !== NBD_REPLY_TYPE_NONE || lengthBytes !== 0) {
+      throw invalid(`NBD server sent a chunk of type ${type} (${lengthBytes} bytes)`);
+    } else if ((flags & NBD_REPLY_FLAG_DONE) === 0) {
+      throw invalid("NBD server sent NBD_REPLY_TYPE_NONE without NBD_REPLY_FLAG_DONE");
+    }
+    if ((flags & NBD_REPLY_FLAG_DONE) === 0) return;
+    if (pending.error === null) checkComplete(pending);
+    this.#settle(handleLow, pending, pending.error);
+  }
+
+  async #contentChunk(pending: Pending, type: number, lengthBytes: number): Promise<void> {
+    if (pending.type !== NBD_CMD_READ || pending.into === null) {
+      throw invalid(`NBD server sent read data in reply to ${pending.what}`);
+    }
+    let offset: number;
+    let length: number;
+    if (type === NBD_REPLY_TYPE_OFFSET_DATA) {
+      if (lengthBytes < 9) throw invalid(`NBD_REPLY_TYPE_OFFSET_DATA of ${lengthBytes} bytes`);
+      offset = decodeChunkOffset(await this.#reader.readExact(8));
+      length = lengthBytes - 8;
+    } else {
+      if (lengthBytes !== 12) throw invalid(`NBD_REPLY_TYPE_OFFSET_HOLE of ${lengthBytes} bytes`);
+      const hole = decodeOffsetHolePayload(await this.#reader.readExact(12));
+      offset = hole.offsetBytes;
+      length = hole.holeBytes;
+    }
+    const from = offset - pending.offsetBytes;
+    if (from < 0 || from + length > pending.lengthBytes) {
+      throw invalid(`NBD server sent data at ${offset}+${length} for ${pending.what}`);
+    }
+    pending.covered ??= new CoveredRanges();
+    if (!pending.covered.add(from, from + length)) {
+      throw invalid(`NBD server sent overlapping data at ${offset}+${length} for ${pending.what}`);
+    }
+    const into = pending.into.subarray(from, from + length);
+    if (type === NBD_REPLY_TYPE_OFFSET_DATA) await this.#reader.readInto(into);
+    else into.fill(0);
+  }
+
+  async #statusChunk(pending: Pending, lengthBytes: number): Promise<void> {
+    if (pending.type !== NBD_CMD_BLOCK_STATUS || pending.status !== null) {
+      throw invalid(`NBD server sent an unexpected block status for ${pending.what}`);
+    }
+    const { contextId, descriptors } = decodeBlockStatusPayload(
+      await this.#payload(lengthBytes),
+    );
+    if (contextId !== this.#contextId) {
+      throw invalid(`NBD server sent block status of unknown context ${contextId}`);
+    }
+    pending.status = descriptors;
+  }
+
+  async #errorChunk(pending: Pending, type: number, lengthBytes: number): Promise<void> {
+    const chunk = decodeErrorPayload(type, await this.#payload(lengthBytes));
+    const { offsetBytes } = chunk;
+    if (
+      offsetBytes !== null &&
+      (offsetBytes < pending.offsetBytes ||
+        offsetBytes >= pending.offsetBytes + pending.lengthBytes)
+    ) {
+      throw invalid(`NBD server reported an error at ${offsetBytes}, outside ${pending.what}`);
+    }
+    if (pending.error !== null) return;
+    const where = offsetBytes === null ? "" : ` at ${offsetBytes}`;
+    const message = chunk.message === "" ? "" : `: ${chunk.message}`;
+    const error = torusErrorOfErrno(chunk.error, pending.what);
+    pending.error = new TorusError(
+      error.code,
+      `NBD ${pending.what} failed${where}: ${nbdErrnoName(chunk.error)}${message}`,
+    );
+  }
+
+  /** A chunk payload other than read data, read whole (bounded). */
+  async #payload(lengthBytes: number): Promise<Uint8Array> {
+    if (lengthBytes > CHUNK_PAYLOAD_MAX_BYTES) {
+      throw invalid(`NBD server sent a chunk payload of ${lengthBytes} bytes`);
+    }
+    const payload = new Uint8Array(lengthBytes);
+    await this.#reader.readInto(payload);
+    return payload;
+  }
+
+  /** A reply is complete: the request settles and its slot is free. */
+  #settle(handle: number, pending: Pending, error: TorusError | null): void {
+    this.#pending.delete(handle);
+    this.#slotWaiters.shift()?.();
+    if (error === null) pending.resolve();
+    else pending.reject(error);
   }
 
   /** Fails the connection: every pending and later call rejects with `error`. */
@@ -486,6 +719,70 @@ function encodeHeader(header: RequestHeader, payload: Uint8Array | undefined): U
   return bytes;
 }
 
+/** A successful structured reply must have said everything its request asked for. */
+function checkComplete(pending: Pending): void {
+  if (pending.type === NBD_CMD_READ && (pending.covered?.totalBytes ?? 0) !== pending.lengthBytes) {
+    throw invalid(`NBD server ended its reply to ${pending.what} before sending all the data`);
+  }
+  if (pending.type === NBD_CMD_BLOCK_STATUS && pending.status === null) {
+    throw invalid(`NBD server ended its reply to ${pending.what} without a block status`);
+  }
+}
+
+/**
+ * The parts of a range that a reply's chunks have filled, as sorted, disjoint [start, end)
+ * ranges; chunks usually come in order, so adding one is an append.
+ */
+export class CoveredRanges {
+  readonly #starts: number[] = [];
+  readonly #ends: number[] = [];
+  totalBytes = 0;
+
+  /** Adds [start, end); false (nothing added) when it overlaps a range already there. */
+  add(start: number, end: number): boolean {
+    const starts = this.#starts;
+    // The first range starting at or after `end`... found from the back, where appends land.
+    let i = starts.length;
+    while (i > 0 && starts[i - 1]! >= end) i--;
+    if (i > 0 && this.#ends[i - 1]! > start) return false;
+    starts.splice(i, 0, start);
+    this.#ends.splice(i, 0, end);
+    this.totalBytes += end - start;
+    return true;
+  }
+}
+
+/** Appends an extent, joining it to the previous one when both say the same. */
+function appendExtent(
+  extents: DeviceExtent[],
+  offsetBytes: number,
+  lengthBytes: number,
+  zero: boolean,
+) {
+  const last = extents.at(-1);
+  if (last !== undefined && last.zero === zero) {
+    extents[extents.length - 1] = { ...last, lengthBytes: last.lengthBytes + lengthBytes };
+  } else {
+    extents.push({ offsetBytes, lengthBytes, zero });
+  }
+}
+
+/** Structured replies and `base:allocation`, as far as the options ask and the server grants. */
+async function negotiateExtensions(
+  negotiation: NbdNegotiation,
+  options: NbdClientOptions,
+): Promise<{ structured: boolean; contextId: number | null }> {
+  if (options.structuredReplies === false || !negotiation.fixedNewstyle) {
+    return { structured: false, contextId: null };
+  }
+  const structured = await negotiation.structuredReply();
+  if (!structured || options.blockStatus === false) return { structured, contextId: null };
+  const contexts = await negotiation.setMetaContext(options.exportName, [
+    NBD_META_CONTEXT_BASE_ALLOCATION,
+  ]);
+  return { structured, contextId: contexts.get(NBD_META_CONTEXT_BASE_ALLOCATION) ?? null };
+}
+
 function lost(error: unknown): TorusError {
   if (error instanceof TorusError && error.code === ErrorCode.Unavailable) return error;
   return new TorusError(
@@ -507,6 +804,8 @@ function commandName(type: number): string {
       return "write-zeroes";
     case NBD_CMD_TRIM:
       return "trim";
+    case NBD_CMD_BLOCK_STATUS:
+      return "block-status";
     default:
       return `command ${type}`;
   }

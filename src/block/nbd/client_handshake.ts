@@ -2,8 +2,9 @@
  * The client side of the fixed newstyle handshake over any {@link ByteStream}, so `torus blk
  * attach` can run it over a socket made through libc FFI and then hand that socket to the
  * kernel: greeting, client flags (FIXED_NEWSTYLE and NO_ZEROES when offered), then NBD_OPT_LIST,
- * NBD_OPT_INFO, NBD_OPT_GO (falling back to NBD_OPT_EXPORT_NAME on servers without it) and
- * NBD_OPT_ABORT.
+ * NBD_OPT_INFO, NBD_OPT_GO (falling back to NBD_OPT_EXPORT_NAME on servers without it),
+ * NBD_OPT_ABORT, and for {@link NbdClient} NBD_OPT_STRUCTURED_REPLY and the metadata context
+ * options (a kernel cannot take structured replies: attach never asks for them).
  *
  * Invariants: after {@link NbdNegotiation.go} succeeds the server has sent nothing more, so the
  * stream can be handed to another transmission implementation (the kernel) with no bytes lost;
@@ -19,10 +20,12 @@ import {
   decodeGreeting,
   decodeInfoReply,
   decodeMessage,
+  decodeMetaContextReply,
   decodeOptionReplyHeader,
   decodeServerReplyData,
   encodeClientFlags,
   encodeInfoRequest,
+  encodeMetaContextRequest,
   encodeOption,
   encodeString,
   isOptionReplyError,
@@ -43,6 +46,9 @@ import {
   NBD_OPT_GO,
   NBD_OPT_INFO,
   NBD_OPT_LIST,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STRUCTURED_REPLY,
   NBD_OPTION_REPLY_HEADER_BYTES,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
@@ -54,6 +60,7 @@ import {
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
+  NBD_REP_META_CONTEXT,
   NBD_REP_SERVER,
 } from "./protocol.ts";
 import { type ByteStream, StreamReader, writeAll } from "./stream.ts";
@@ -105,6 +112,72 @@ export class NbdNegotiation {
 
   get stream(): ByteStream {
     return this.reader.stream;
+  }
+
+  /** Whether the server does fixed newstyle negotiation (options other than EXPORT_NAME). */
+  get fixedNewstyle(): boolean {
+    return this.#fixedNewstyle;
+  }
+
+  /**
+   * Asks for structured replies (NBD_OPT_STRUCTURED_REPLY): true when the server agreed; false
+   * when it declined (UNSUP, POLICY or INVALID), after which replies stay simple.
+   */
+  async structuredReply(): Promise<boolean> {
+    this.#requireFixedNewstyle("NBD_OPT_STRUCTURED_REPLY");
+    await writeAll(this.stream, encodeOption(NBD_OPT_STRUCTURED_REPLY));
+    const { replyType, data } = await this.#readReply(NBD_OPT_STRUCTURED_REPLY);
+    if (replyType === NBD_REP_ACK) return true;
+    if (isDeclined(replyType)) return false;
+    if (isOptionReplyError(replyType)) {
+      throw optionError("NBD_OPT_STRUCTURED_REPLY", replyType, data);
+    }
+    throw invalid(`NBD server answered NBD_OPT_STRUCTURED_REPLY with reply type ${replyType}`);
+  }
+
+  /**
+   * Selects metadata contexts for `exportName` (NBD_OPT_SET_META_CONTEXT): the contexts the
+   * server selected, name to id; empty when it selected none or declined the option.
+   */
+  async setMetaContext(exportName: string, queries: string[]): Promise<Map<string, number>> {
+    const contexts = await this.#metaContexts(NBD_OPT_SET_META_CONTEXT, exportName, queries);
+    return new Map(contexts.map(({ name, contextId }) => [name, contextId]));
+  }
+
+  /** The metadata contexts `queries` match on `exportName` (NBD_OPT_LIST_META_CONTEXT). */
+  async listMetaContexts(exportName: string, queries: string[] = []): Promise<string[]> {
+    const contexts = await this.#metaContexts(NBD_OPT_LIST_META_CONTEXT, exportName, queries);
+    return contexts.map(({ name }) => name);
+  }
+
+  async #metaContexts(
+    option: number,
+    exportName: string,
+    queries: string[],
+  ): Promise<{ name: string; contextId: number }[]> {
+    const what = option === NBD_OPT_SET_META_CONTEXT
+      ? "NBD_OPT_SET_META_CONTEXT"
+      : "NBD_OPT_LIST_META_CONTEXT";
+    this.#requireFixedNewstyle(what);
+    await writeAll(
+      this.stream,
+      encodeOption(option, encodeMetaContextRequest({ exportName, queries })),
+    );
+    const contexts: { name: string; contextId: number }[] = [];
+    for (;;) {
+      const { replyType, data } = await this.#readReply(option);
+      if (replyType === NBD_REP_ACK) return contexts;
+      if (replyType === NBD_REP_META_CONTEXT) {
+        contexts.push(decodeMetaContextReply(data));
+      } else if (isDeclined(replyType)) {
+        // The spec: after an error the client disregards the contexts sent before it.
+        return [];
+      } else if (isOptionReplyError(replyType)) {
+        throw optionError(what, replyType, data);
+      } else {
+        throw invalid(`NBD server answered ${what} with reply type ${replyType}`);
+      }
+    }
   }
 
   /** The server's exports (NBD_OPT_LIST). */
@@ -228,6 +301,12 @@ export class NbdNegotiation {
       );
     }
   }
+}
+
+/** Errors that mean "not here, carry on without it" for an optional feature. */
+function isDeclined(replyType: number): boolean {
+  return replyType === NBD_REP_ERR_UNSUP || replyType === NBD_REP_ERR_POLICY ||
+    replyType === NBD_REP_ERR_INVALID;
 }
 
 function applyInfo(info: NbdExportInfo, data: Uint8Array): void {

@@ -11,3 +11,7 @@ export * from "./exports.ts";
 export * from "./protocol.ts";
 export * from "./server.ts";
 export * from "./stream.ts";
+export * from "./attach.ts";
+export * from "./kernel.ts";
+export * from "./kernel_devices.ts";
+export * from "./uri.ts";

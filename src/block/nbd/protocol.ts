@@ -1,12 +1,14 @@
 /**
  * The NBD wire format (NetworkBlockDevice/nbd doc/proto.md): constants named as the spec names
  * them, and encoders/decoders for the fixed newstyle handshake, options, option replies, info
- * replies, transmission requests and simple replies. Pure: no I/O, no clock.
+ * replies, metadata context options, transmission requests, simple replies and structured reply
+ * chunks (content, block status, error). Pure: no I/O, no clock.
  *
  * Invariants:
  * - Every integer on the wire is big-endian (network byte order).
- * - Handshake decoders take exactly the bytes of one message and throw only a TorusError with
- *   code `invalid` on garbage (wrong magic, short or oversized input, bad UTF-8 in a string).
+ * - Handshake and chunk payload decoders take exactly the bytes of one message and throw only a
+ *   TorusError with code `invalid` on garbage (wrong magic, short, long or inconsistent input,
+ *   bad UTF-8 in a string, a zero length where the spec demands a nonzero one).
  * - The transmission hot path ({@link decodeRequestHeader}, {@link encodeSimpleReply}) works on a
  *   caller's DataView at an offset and fills a caller's record, so decoding a request allocates
  *   nothing; a bad magic is reported by the return value, never thrown.
@@ -31,7 +33,7 @@ export const NBD_REP_MAGIC = 0x3e889045565a9n;
 export const NBD_REQUEST_MAGIC = 0x25609513;
 /** Magic of a simple reply. */
 export const NBD_SIMPLE_REPLY_MAGIC = 0x67446698;
-/** Magic of a structured reply chunk (never sent: structured replies are declined). */
+/** Magic of a structured reply chunk (sent only after NBD_OPT_STRUCTURED_REPLY). */
 export const NBD_STRUCTURED_REPLY_MAGIC = 0x668e33ef;
 
 // ---------------------------------------------------------------------------------------------
@@ -123,6 +125,32 @@ export const NBD_CMD_FLAG_REQ_ONE = 1 << 3;
 export const NBD_CMD_FLAG_FAST_ZERO = 1 << 4;
 
 // ---------------------------------------------------------------------------------------------
+// Structured replies: chunk flags and types, and the base:allocation context's status flags.
+
+export const NBD_REPLY_FLAG_DONE = 1 << 0;
+
+export const NBD_REPLY_TYPE_NONE = 0;
+export const NBD_REPLY_TYPE_OFFSET_DATA = 1;
+export const NBD_REPLY_TYPE_OFFSET_HOLE = 2;
+export const NBD_REPLY_TYPE_BLOCK_STATUS = 5;
+const NBD_REPLY_TYPE_ERROR_BIT = 1 << 15;
+export const NBD_REPLY_TYPE_ERROR = NBD_REPLY_TYPE_ERROR_BIT + 1;
+export const NBD_REPLY_TYPE_ERROR_OFFSET = NBD_REPLY_TYPE_ERROR_BIT + 2;
+
+/** Whether a chunk type is an error chunk (bit 15 set), known or not. */
+export function isErrorChunkType(type: number): boolean {
+  return (type & NBD_REPLY_TYPE_ERROR_BIT) !== 0;
+}
+
+/** base:allocation: the extent is not allocated. */
+export const NBD_STATE_HOLE = 1 << 0;
+/** base:allocation: the extent reads as zeros. */
+export const NBD_STATE_ZERO = 1 << 1;
+
+/** The one metadata context the spec defines. */
+export const NBD_META_CONTEXT_BASE_ALLOCATION = "base:allocation";
+
+// ---------------------------------------------------------------------------------------------
 // Error values of the reply's error field.
 
 export const NBD_EPERM = 1;
@@ -153,6 +181,14 @@ export const NBD_EXPORT_NAME_ZEROES_BYTES = 124;
 export const NBD_REQUEST_HEADER_BYTES = 28;
 /** Simple reply header (a successful READ's data follows it). */
 export const NBD_SIMPLE_REPLY_BYTES = 16;
+/** Structured reply chunk header: magic, flags, type, handle, payload length. */
+export const NBD_STRUCTURED_REPLY_HEADER_BYTES = 20;
+/** What precedes the data of an NBD_REPLY_TYPE_OFFSET_DATA chunk: header and 64-bit offset. */
+export const NBD_OFFSET_DATA_PREFIX_BYTES = NBD_STRUCTURED_REPLY_HEADER_BYTES + 8;
+/** A whole NBD_REPLY_TYPE_OFFSET_HOLE chunk: header, 64-bit offset, 32-bit hole size. */
+export const NBD_OFFSET_HOLE_CHUNK_BYTES = NBD_STRUCTURED_REPLY_HEADER_BYTES + 12;
+/** Room a server leaves in front of read data for either reply header (simple or OFFSET_DATA). */
+export const NBD_READ_REPLY_PREFIX_MAX_BYTES = 32;
 /** Longest string (export name, message) the spec allows. */
 export const NBD_STRING_MAX_BYTES = 4096;
 
@@ -331,9 +367,7 @@ export function encodeOptionReply(
 
 /** An error reply with a human-readable message (truncated to the spec's 4096 bytes). */
 export function encodeOptionError(option: number, replyType: number, message: string): Uint8Array {
-  let text = utf8Encoder.encode(message.replaceAll("\0", " "));
-  if (text.length > NBD_STRING_MAX_BYTES) text = text.subarray(0, NBD_STRING_MAX_BYTES);
-  return encodeOptionReply(option, replyType, text);
+  return encodeOptionReply(option, replyType, messageBytes(message));
 }
 
 /** Decodes an option reply header; `invalid` on a wrong magic. */
@@ -544,4 +578,274 @@ export function decodeSimpleReply(view: DataView, at: number, into: SimpleReply)
   into.handleHigh = view.getUint32(at + 8);
   into.handleLow = view.getUint32(at + 12);
   return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metadata contexts (NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT, NBD_REP_META_CONTEXT).
+
+/** The data of NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT. */
+export interface MetaContextRequest {
+  exportName: string;
+  queries: string[];
+}
+
+/** Encodes a metadata context request. */
+export function encodeMetaContextRequest(request: MetaContextRequest): Uint8Array {
+  const name = encodeString(request.exportName);
+  const queries = request.queries.map(encodeString);
+  const total = 8 + name.length + queries.reduce((sum, q) => sum + 4 + q.length, 0);
+  const bytes = new Uint8Array(total);
+  const view = viewOf(bytes);
+  view.setUint32(0, name.length);
+  bytes.set(name, 4);
+  let at = 4 + name.length;
+  view.setUint32(at, queries.length);
+  at += 4;
+  for (const query of queries) {
+    view.setUint32(at, query.length);
+    bytes.set(query, at + 4);
+    at += 4 + query.length;
+  }
+  return bytes;
+}
+
+/**
+ * Decodes a metadata context request; `invalid` when a length overruns the data, the query count
+ * cannot fit, bytes are left over, or a string is not a valid spec string.
+ */
+export function decodeMetaContextRequest(data: Uint8Array): MetaContextRequest {
+  if (data.length < 8) throw invalid("NBD meta context request shorter than 8 bytes");
+  const view = viewOf(data);
+  const nameBytes = view.getUint32(0);
+  if (nameBytes > data.length - 8) {
+    throw invalid("NBD meta context request: export name longer than the data");
+  }
+  const exportName = decodeString(data.subarray(4, 4 + nameBytes));
+  let at = 4 + nameBytes;
+  const count = view.getUint32(at);
+  at += 4;
+  // Each query takes at least its 4-byte length: a count that cannot fit is rejected up front,
+  // so a forged count never drives a long loop.
+  if (count > (data.length - at) / 4) {
+    throw invalid(`NBD meta context request: ${count} queries do not fit the data`);
+  }
+  const queries: string[] = [];
+  for (let i = 0; i < count; i++) {
+    if (data.length - at < 4) throw invalid("NBD meta context request: truncated query");
+    const queryBytes = view.getUint32(at);
+    if (queryBytes > data.length - at - 4) {
+      throw invalid("NBD meta context request: query longer than the data");
+    }
+    queries.push(decodeString(data.subarray(at + 4, at + 4 + queryBytes)));
+    at += 4 + queryBytes;
+  }
+  if (at !== data.length) throw invalid("NBD meta context request: bytes after the last query");
+  return { exportName, queries };
+}
+
+/** The data of NBD_REP_META_CONTEXT: a context id and the context's name. */
+export function encodeMetaContextReply(contextId: number, name: string): Uint8Array {
+  const nameBytes = encodeString(name);
+  const bytes = new Uint8Array(4 + nameBytes.length);
+  viewOf(bytes).setUint32(0, contextId >>> 0);
+  bytes.set(nameBytes, 4);
+  return bytes;
+}
+
+/** Decodes the data of NBD_REP_META_CONTEXT; `invalid` when short or the name is bad. */
+export function decodeMetaContextReply(data: Uint8Array): { contextId: number; name: string } {
+  if (data.length < 4) throw invalid("NBD_REP_META_CONTEXT shorter than 4 bytes");
+  return { contextId: viewOf(data).getUint32(0), name: decodeString(data.subarray(4)) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Structured reply chunks.
+
+/** A decoded structured reply chunk header. Reused like {@link RequestHeader}. */
+export interface StructuredReplyHeader {
+  flags: number;
+  type: number;
+  handleHigh: number;
+  handleLow: number;
+  /** Length of the payload that follows the header. */
+  lengthBytes: number;
+}
+
+/** A fresh, zeroed chunk header record. */
+export function newStructuredReplyHeader(): StructuredReplyHeader {
+  return { flags: 0, type: 0, handleHigh: 0, handleLow: 0, lengthBytes: 0 };
+}
+
+/** Encodes a 20-byte structured reply chunk header at `at`. */
+export function encodeStructuredReplyHeader(
+  view: DataView,
+  at: number,
+  header: StructuredReplyHeader,
+): void {
+  view.setUint32(at, NBD_STRUCTURED_REPLY_MAGIC);
+  view.setUint16(at + 4, header.flags);
+  view.setUint16(at + 6, header.type);
+  view.setUint32(at + 8, header.handleHigh);
+  view.setUint32(at + 12, header.handleLow);
+  view.setUint32(at + 16, header.lengthBytes);
+}
+
+/** Decodes a whole 20-byte chunk header at `at`; false when the magic is not a chunk's. */
+export function decodeStructuredReplyHeader(
+  view: DataView,
+  at: number,
+  into: StructuredReplyHeader,
+): boolean {
+  if (decodeReplyStart(view, at, into) !== NBD_STRUCTURED_REPLY_MAGIC) return false;
+  into.lengthBytes = view.getUint32(at + 16);
+  return true;
+}
+
+/**
+ * Decodes the 16 bytes a simple reply header and a chunk header share (magic, flags+type or
+ * error, handle): returns the magic, so the caller knows whether 4 more bytes (the chunk's
+ * payload length) follow. Fills `into` only for a structured reply.
+ */
+export function decodeReplyStart(
+  view: DataView,
+  at: number,
+  into: StructuredReplyHeader,
+): number {
+  const magic = view.getUint32(at);
+  if (magic === NBD_STRUCTURED_REPLY_MAGIC) {
+    into.flags = view.getUint16(at + 4);
+    into.type = view.getUint16(at + 6);
+    into.handleHigh = view.getUint32(at + 8);
+    into.handleLow = view.getUint32(at + 12);
+  }
+  return magic;
+}
+
+/** A whole chunk: header for `handle` and `payload`. */
+export function encodeChunk(
+  header: Omit<StructuredReplyHeader, "lengthBytes">,
+  payload: Uint8Array = new Uint8Array(0),
+): Uint8Array {
+  const bytes = new Uint8Array(NBD_STRUCTURED_REPLY_HEADER_BYTES + payload.length);
+  encodeStructuredReplyHeader(viewOf(bytes), 0, { ...header, lengthBytes: payload.length });
+  bytes.set(payload, NBD_STRUCTURED_REPLY_HEADER_BYTES);
+  return bytes;
+}
+
+/** The 8-byte offset that opens OFFSET_DATA and OFFSET_HOLE payloads; `invalid` beyond 2^53. */
+export function decodeChunkOffset(bytes: Uint8Array): number {
+  return readSize(expectLength(bytes, 8, "NBD chunk offset"), 0, "NBD chunk offset");
+}
+
+/** The payload of NBD_REPLY_TYPE_OFFSET_HOLE. */
+export function encodeOffsetHolePayload(offsetBytes: number, holeBytes: number): Uint8Array {
+  const bytes = new Uint8Array(12);
+  const view = viewOf(bytes);
+  view.setBigUint64(0, BigInt(offsetBytes));
+  view.setUint32(8, holeBytes);
+  return bytes;
+}
+
+/** Decodes an OFFSET_HOLE payload; `invalid` unless 12 bytes with a nonzero size. */
+export function decodeOffsetHolePayload(
+  payload: Uint8Array,
+): { offsetBytes: number; holeBytes: number } {
+  const view = expectLength(payload, 12, "NBD_REPLY_TYPE_OFFSET_HOLE");
+  const holeBytes = view.getUint32(8);
+  if (holeBytes === 0) throw invalid("NBD_REPLY_TYPE_OFFSET_HOLE with a zero hole size");
+  return { offsetBytes: readSize(view, 0, "NBD_REPLY_TYPE_OFFSET_HOLE"), holeBytes };
+}
+
+/** One extent of an NBD_REPLY_TYPE_BLOCK_STATUS chunk. */
+export interface BlockStatusDescriptor {
+  lengthBytes: number;
+  /** Status flags of the context (base:allocation: NBD_STATE_HOLE, NBD_STATE_ZERO). */
+  flags: number;
+}
+
+/** The payload of NBD_REPLY_TYPE_BLOCK_STATUS: context id, then one or more descriptors. */
+export function encodeBlockStatusPayload(
+  contextId: number,
+  descriptors: readonly BlockStatusDescriptor[],
+): Uint8Array {
+  const bytes = new Uint8Array(4 + 8 * descriptors.length);
+  const view = viewOf(bytes);
+  view.setUint32(0, contextId >>> 0);
+  descriptors.forEach((descriptor, i) => {
+    view.setUint32(4 + 8 * i, descriptor.lengthBytes);
+    view.setUint32(8 + 8 * i, descriptor.flags >>> 0);
+  });
+  return bytes;
+}
+
+/** Decodes a BLOCK_STATUS payload; `invalid` unless 4 + 8n bytes, n >= 1, lengths nonzero. */
+export function decodeBlockStatusPayload(
+  payload: Uint8Array,
+): { contextId: number; descriptors: BlockStatusDescriptor[] } {
+  if (payload.length < 12 || (payload.length - 4) % 8 !== 0) {
+    throw invalid(`NBD_REPLY_TYPE_BLOCK_STATUS of ${payload.length} bytes (4 + 8n, n >= 1)`);
+  }
+  const view = viewOf(payload);
+  const descriptors: BlockStatusDescriptor[] = [];
+  for (let at = 4; at < payload.length; at += 8) {
+    const lengthBytes = view.getUint32(at);
+    if (lengthBytes === 0) throw invalid("NBD_REPLY_TYPE_BLOCK_STATUS with a zero-length extent");
+    descriptors.push({ lengthBytes, flags: view.getUint32(at + 4) });
+  }
+  return { contextId: view.getUint32(0), descriptors };
+}
+
+/** An error chunk's contents. `offsetBytes` only for NBD_REPLY_TYPE_ERROR_OFFSET. */
+export interface ErrorChunk {
+  error: number;
+  message: string;
+  offsetBytes: number | null;
+}
+
+/** The payload of NBD_REPLY_TYPE_ERROR (no offset) or NBD_REPLY_TYPE_ERROR_OFFSET. */
+export function encodeErrorPayload(chunk: ErrorChunk): Uint8Array {
+  const message = messageBytes(chunk.message);
+  const withOffset = chunk.offsetBytes !== null;
+  const bytes = new Uint8Array(6 + message.length + (withOffset ? 8 : 0));
+  const view = viewOf(bytes);
+  view.setUint32(0, chunk.error);
+  view.setUint16(4, message.length);
+  bytes.set(message, 6);
+  if (chunk.offsetBytes !== null) view.setBigUint64(6 + message.length, BigInt(chunk.offsetBytes));
+  return bytes;
+}
+
+/**
+ * Decodes the payload of an error chunk of `type`. Known types must be exactly as long as their
+ * message (and offset); an unknown error type needs only its message to fit (the spec lets a
+ * client carry on after one). `invalid` for a zero error value or a message that overruns.
+ */
+export function decodeErrorPayload(type: number, payload: Uint8Array): ErrorChunk {
+  if (payload.length < 6) throw invalid(`NBD error chunk of ${payload.length} bytes (at least 6)`);
+  const view = viewOf(payload);
+  const error = view.getUint32(0);
+  if (error === 0) throw invalid("NBD error chunk with error value 0");
+  const messageLength = view.getUint16(4);
+  const tail = type === NBD_REPLY_TYPE_ERROR_OFFSET ? 8 : 0;
+  const fits = type === NBD_REPLY_TYPE_ERROR || type === NBD_REPLY_TYPE_ERROR_OFFSET
+    ? payload.length === 6 + messageLength + tail
+    : payload.length >= 6 + messageLength;
+  if (!fits) {
+    throw invalid(
+      `NBD error chunk: message of ${messageLength} bytes does not match its ${payload.length}`,
+    );
+  }
+  const message = decodeMessage(payload.subarray(6, 6 + messageLength));
+  const offsetBytes = tail > 0 ? readSize(view, 6 + messageLength, "NBD error offset") : null;
+  return { error, message, offsetBytes };
+}
+
+/** A message as UTF-8 without NUL, cut at a character boundary to the spec's 4096 bytes. */
+function messageBytes(message: string): Uint8Array {
+  const bytes = utf8Encoder.encode(message.replaceAll("\0", " "));
+  if (bytes.length <= NBD_STRING_MAX_BYTES) return bytes;
+  let end = NBD_STRING_MAX_BYTES;
+  // Back off over continuation bytes (10xxxxxx) so no character is split.
+  while (end > 0 && (bytes[end]! & 0xc0) === 0x80) end--;
+  return bytes.subarray(0, end);
 }

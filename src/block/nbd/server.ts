@@ -21,8 +21,10 @@
  * ```
  * `serve(stream)` serves one already-connected {@link ByteStream} (tests, socketpairs).
  *
- * Behaviour: fixed newstyle handshake with NO_ZEROES (server_handshake.ts); transmission with
- * many requests in flight per connection, answered out of order (transmission.ts). Each
+ * Behaviour: fixed newstyle handshake with NO_ZEROES, structured replies and the
+ * `base:allocation` metadata context when a client asks for them (server_handshake.ts);
+ * transmission with many requests in flight per connection, answered out of order, sparse
+ * structured reads and NBD_CMD_BLOCK_STATUS from the device's extents (transmission.ts). Each
  * connection opens its export through the provider and closes that device when it ends, so
  * several connections to one export share the provider's device. A malformed or vanished client
  * ends only its own connection. `close()` stops accepting, refuses further options with
@@ -208,6 +210,8 @@ export class NbdServer implements AsyncDisposable {
         stream: connection.stream,
         device: negotiated.device,
         readOnly: negotiated.readOnly,
+        structuredReplies: negotiated.structuredReplies,
+        metaContextId: negotiated.metaContextId,
         input,
         start: reader.start,
         end: reader.end,

@@ -9,8 +9,15 @@
  *   preferred = the device's, maximum = NBD_REQUEST_LENGTH_MAX_BYTES) and NBD_INFO_NAME when
  *   asked, then NBD_REP_ACK; an export that cannot be opened gets an error reply with a message
  *   and haggling goes on. NBD_OPT_EXPORT_NAME cannot carry an error: it closes the connection.
- * - NBD_OPT_LIST, NBD_OPT_ABORT are answered; NBD_OPT_STRUCTURED_REPLY, NBD_OPT_STARTTLS, the
- *   meta-context options and unknown options get NBD_REP_ERR_UNSUP and haggling goes on.
+ * - NBD_OPT_LIST, NBD_OPT_ABORT are answered. NBD_OPT_STRUCTURED_REPLY is accepted: the
+ *   transmission phase then uses structured replies (and advertises NBD_FLAG_SEND_DF, which is
+ *   only allowed with them). After it, NBD_OPT_SET_META_CONTEXT selects `base:allocation` (the
+ *   only context; `base:` and unknown namespaces select nothing, as the spec demands) and
+ *   NBD_OPT_LIST_META_CONTEXT lists it; before it, both get NBD_REP_ERR_INVALID. The selection
+ *   counts only if the export finally chosen has the name it was made for. The export is not
+ *   opened for these options: every Device answers `extents`, and opening a volume to answer a
+ *   query would take its lock; an unknown name is reported when the client picks it.
+ * - NBD_OPT_STARTTLS and unknown options get NBD_REP_ERR_UNSUP and haggling goes on.
  * - Garbage (a bad magic, an undecodable name) closes only this connection: the functions here
  *   throw a TorusError `invalid`, and the caller drops the connection.
  * @module
@@ -29,15 +36,18 @@ import type { NbdExports } from "./exports.ts";
 import {
   decodeClientFlags,
   decodeInfoRequest,
+  decodeMetaContextRequest,
   decodeOptionHeader,
   decodeString,
   encodeExportNameReply,
   encodeGreeting,
   encodeInfoReply,
+  encodeMetaContextReply,
   encodeOptionError,
   encodeOptionReply,
   encodeServerReplyData,
   type InfoRequest,
+  type MetaContextRequest,
   NBD_CLIENT_FLAGS_BYTES,
   NBD_FLAG_C_FIXED_NEWSTYLE,
   NBD_FLAG_C_NO_ZEROES,
@@ -46,6 +56,7 @@ import {
   NBD_FLAG_HAS_FLAGS,
   NBD_FLAG_NO_ZEROES,
   NBD_FLAG_READ_ONLY,
+  NBD_FLAG_SEND_DF,
   NBD_FLAG_SEND_FLUSH,
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
@@ -53,11 +64,15 @@ import {
   NBD_INFO_BLOCK_SIZE,
   NBD_INFO_EXPORT,
   NBD_INFO_NAME,
+  NBD_META_CONTEXT_BASE_ALLOCATION,
   NBD_OPT_ABORT,
   NBD_OPT_EXPORT_NAME,
   NBD_OPT_GO,
   NBD_OPT_INFO,
   NBD_OPT_LIST,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STRUCTURED_REPLY,
   NBD_OPTION_HEADER_BYTES,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
@@ -67,6 +82,7 @@ import {
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
+  NBD_REP_META_CONTEXT,
   NBD_REP_SERVER,
 } from "./protocol.ts";
 import { type StreamReader, writeAll } from "./stream.ts";
@@ -78,7 +94,14 @@ export interface NegotiatedExport {
   transmissionFlags: number;
   /** Writes are refused with EPERM (the device or the server is read-only). */
   readOnly: boolean;
+  /** The client negotiated NBD_OPT_STRUCTURED_REPLY. */
+  structuredReplies: boolean;
+  /** The id of `base:allocation` when selected for this export (NBD_CMD_BLOCK_STATUS allowed). */
+  metaContextId: number | null;
 }
+
+/** The id given to `base:allocation` (opaque to clients; one context, so one id). */
+export const BASE_ALLOCATION_CONTEXT_ID = 1;
 
 /** What the handshake needs from the server. */
 export interface ServerHandshakeContext {
@@ -92,11 +115,19 @@ export interface ServerHandshakeContext {
 const SUPPORTED_CLIENT_FLAGS = NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES;
 const empty = new Uint8Array(0);
 
-/** The transmission flags advertised for a device (read-only if either says so). */
-export function transmissionFlagsFor(device: Device, readOnly: boolean): number {
+/**
+ * The transmission flags advertised for a device (read-only if either says so). NBD_FLAG_SEND_DF
+ * only with structured replies: the spec forbids it otherwise.
+ */
+export function transmissionFlagsFor(
+  device: Device,
+  readOnly: boolean,
+  structuredReplies = false,
+): number {
   // Multi-conn is honest because the Device contract makes a flush cover every write any
   // connection saw acknowledged, and SharedExports gives all connections one device.
-  const common = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_CAN_MULTI_CONN;
+  const common = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_CAN_MULTI_CONN |
+    (structuredReplies ? NBD_FLAG_SEND_DF : 0);
   if (readOnly || device.readOnly) return common | NBD_FLAG_READ_ONLY;
   return common | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES;
 }
@@ -115,7 +146,11 @@ export async function serverHandshake(
   if ((clientFlags & ~SUPPORTED_CLIENT_FLAGS) !== 0) {
     throw invalid(`NBD client sent unknown client flags 0x${clientFlags.toString(16)}`);
   }
-  const noZeroes = (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0;
+  const state: HandshakeState = {
+    noZeroes: (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0,
+    structuredReplies: false,
+    metaContext: null,
+  };
   for (;;) {
     const { option, lengthBytes } = decodeOptionHeader(
       await reader.readExact(NBD_OPTION_HEADER_BYTES),
@@ -128,15 +163,23 @@ export async function serverHandshake(
       continue;
     }
     const data = (await reader.readExact(lengthBytes)).slice();
-    const outcome = await answerOption(reader, context, { option, data, noZeroes });
+    const outcome = await answerOption(reader, context, { option, data, state });
     if (outcome !== "continue") return outcome;
   }
+}
+
+/** What option haggling has settled so far on one connection. */
+interface HandshakeState {
+  readonly noZeroes: boolean;
+  structuredReplies: boolean;
+  /** `base:allocation` selected by the last NBD_OPT_SET_META_CONTEXT, for this export name. */
+  metaContext: { exportName: string } | null;
 }
 
 interface OptionRequest {
   option: number;
   data: Uint8Array;
-  noZeroes: boolean;
+  state: HandshakeState;
 }
 
 async function answerOption(
@@ -160,9 +203,16 @@ async function answerOption(
       return await exportName(reader, context, request);
     case NBD_OPT_GO:
     case NBD_OPT_INFO:
-      return await infoOrGo(reader, context, option, data);
+      return await infoOrGo(reader, context, request);
     case NBD_OPT_LIST:
       await list(reader, context, data);
+      return "continue";
+    case NBD_OPT_STRUCTURED_REPLY:
+      await structuredReply(reader, request);
+      return "continue";
+    case NBD_OPT_LIST_META_CONTEXT:
+    case NBD_OPT_SET_META_CONTEXT:
+      await metaContext(reader, request);
       return "continue";
     default:
       await reply(
@@ -181,24 +231,40 @@ async function exportName(
   const name = decodeString(request.data);
   // NBD_OPT_EXPORT_NAME cannot carry an error: a failure ends the session (the spec's MUST).
   const device = await context.exports.open(name, { readOnly: context.readOnly });
-  const transmissionFlags = transmissionFlagsFor(device, context.readOnly);
+  const { state } = request;
+  const transmissionFlags = transmissionFlagsFor(device, context.readOnly, state.structuredReplies);
   try {
     await reply(
       reader,
-      encodeExportNameReply(device.sizeBytes, transmissionFlags, request.noZeroes),
+      encodeExportNameReply(device.sizeBytes, transmissionFlags, state.noZeroes),
     );
   } catch (error) {
     await device.close().catch(() => {});
     throw error;
   }
-  return { name, device, transmissionFlags, readOnly: isReadOnly(transmissionFlags) };
+  return negotiated(name, device, transmissionFlags, state);
+}
+
+function negotiated(
+  name: string,
+  device: Device,
+  transmissionFlags: number,
+  state: HandshakeState,
+): NegotiatedExport {
+  return {
+    name,
+    device,
+    transmissionFlags,
+    readOnly: isReadOnly(transmissionFlags),
+    structuredReplies: state.structuredReplies,
+    metaContextId: state.metaContext?.exportName === name ? BASE_ALLOCATION_CONTEXT_ID : null,
+  };
 }
 
 async function infoOrGo(
   reader: StreamReader,
   context: ServerHandshakeContext,
-  option: number,
-  data: Uint8Array,
+  { option, data, state }: OptionRequest,
 ): Promise<NegotiatedExport | "continue"> {
   let request: InfoRequest;
   try {
@@ -214,21 +280,14 @@ async function infoOrGo(
     await reply(reader, openErrorReply(option, request.name, error));
     return "continue";
   }
-  const transmissionFlags = transmissionFlagsFor(device, context.readOnly);
+  const transmissionFlags = transmissionFlagsFor(device, context.readOnly, state.structuredReplies);
   try {
     await reply(reader, ...infoReplies(option, request, device, transmissionFlags));
   } catch (error) {
     await device.close().catch(() => {});
     throw error;
   }
-  if (option === NBD_OPT_GO) {
-    return {
-      name: request.name,
-      device,
-      transmissionFlags,
-      readOnly: isReadOnly(transmissionFlags),
-    };
-  }
+  if (option === NBD_OPT_GO) return negotiated(request.name, device, transmissionFlags, state);
   await device.close();
   return "continue";
 }
@@ -312,6 +371,61 @@ async function list(
     encodeOptionReply(NBD_OPT_LIST, NBD_REP_SERVER, encodeServerReplyData(name))
   );
   await reply(reader, ...replies, encodeOptionReply(NBD_OPT_LIST, NBD_REP_ACK, empty));
+}
+
+async function structuredReply(reader: StreamReader, request: OptionRequest): Promise<void> {
+  if (request.data.length > 0) {
+    const message = "STRUCTURED_REPLY takes no data";
+    await reply(reader, encodeOptionError(request.option, NBD_REP_ERR_INVALID, message));
+    return;
+  }
+  // A repeat is acknowledged again: the state it asks for is the state it gets.
+  request.state.structuredReplies = true;
+  await reply(reader, encodeOptionReply(request.option, NBD_REP_ACK));
+}
+
+async function metaContext(reader: StreamReader, request: OptionRequest): Promise<void> {
+  const { option, state } = request;
+  const setting = option === NBD_OPT_SET_META_CONTEXT;
+  // The spec: a SET replaces the selection even when it fails.
+  if (setting) state.metaContext = null;
+  let query: MetaContextRequest;
+  let contexts: string[];
+  try {
+    if (!state.structuredReplies) {
+      throw invalid("meta contexts need structured replies (NBD_OPT_STRUCTURED_REPLY) first");
+    }
+    query = decodeMetaContextRequest(request.data);
+    contexts = matchMetaContexts(query.queries, setting ? "set" : "list");
+  } catch (error) {
+    await reply(reader, encodeOptionError(option, NBD_REP_ERR_INVALID, errorMessage(error)));
+    return;
+  }
+  // LIST replies carry id 0 (reserved); SET gives each selected context its id.
+  const contextId = setting ? BASE_ALLOCATION_CONTEXT_ID : 0;
+  if (setting && contexts.length > 0) state.metaContext = { exportName: query.exportName };
+  const replies = contexts.map((name) =>
+    encodeOptionReply(option, NBD_REP_META_CONTEXT, encodeMetaContextReply(contextId, name))
+  );
+  await reply(reader, ...replies, encodeOptionReply(option, NBD_REP_ACK));
+}
+
+/**
+ * The contexts that `queries` select: for a LIST, no query means every context and `base:`
+ * lists the base namespace; for a SET, `base:` selects nothing. Queries in other namespaces and
+ * unknown leaf names are ignored (the spec's MUST); a query without a namespace is `invalid`.
+ */
+export function matchMetaContexts(queries: readonly string[], mode: "list" | "set"): string[] {
+  if (queries.length === 0) return mode === "list" ? [NBD_META_CONTEXT_BASE_ALLOCATION] : [];
+  let allocation = false;
+  for (const query of queries) {
+    const colon = query.indexOf(":");
+    if (colon <= 0) throw invalid(`meta context query "${query}" has no namespace`);
+    if (query.slice(0, colon) !== "base") continue;
+    const leaf = query.slice(colon + 1);
+    if (leaf === "allocation" || (leaf === "" && mode === "list")) allocation = true;
+  }
+  return allocation ? [NBD_META_CONTEXT_BASE_ALLOCATION] : [];
 }
 
 /** Writes option replies as one write. */

@@ -15,6 +15,22 @@
  *   16-byte header placed in front of the data.
  * - A WRITE payload that is not yet in the input buffer is read straight into its own buffer.
  *
+ * Structured replies (when the client negotiated NBD_OPT_STRUCTURED_REPLY):
+ * - A READ is answered with content chunks. Below SPARSE_READ_MIN_BYTES, or with
+ *   NBD_CMD_FLAG_DF, it is one NBD_REPLY_TYPE_OFFSET_DATA chunk flagged DONE, written from the
+ *   buffer it was read into like a simple reply, so small reads cost no more than before. A larger
+ *   read first asks the device for its extents: ranges known to read as zeros become
+ *   NBD_REPLY_TYPE_OFFSET_HOLE chunks and are never read; each data range is read on its own and
+ *   becomes an OFFSET_DATA chunk, or an NBD_REPLY_TYPE_ERROR_OFFSET chunk (with the device's
+ *   message) when that range alone failed, so one bad range does not hide the good ones.
+ * - NBD_CMD_BLOCK_STATUS (only after `base:allocation` was selected for this export) answers one
+ *   NBD_REPLY_TYPE_BLOCK_STATUS chunk: NBD_STATE_HOLE | NBD_STATE_ZERO for ranges the device
+ *   knows read as zeros (never written, trimmed, zeroed), 0 for data; with NBD_CMD_FLAG_REQ_ONE a
+ *   single extent. A reply covers at most NBD_BLOCK_STATUS_QUERY_MAX_BYTES and
+ *   NBD_BLOCK_STATUS_EXTENTS_MAX extents; the client asks again for the rest.
+ * - Every error is an NBD_REPLY_TYPE_ERROR chunk carrying a one-line message; other successes
+ *   stay 16-byte simple replies (the spec allows them for replies without a payload).
+ *
  * Rules it keeps:
  * - Requests run concurrently and are answered in completion order (out of order).
  * - At most `requestsInFlightMax` requests and `bufferedBytesMax` bytes of payloads and read
@@ -29,16 +45,30 @@
  * @module
  */
 
-import { closed, errorMessage, type Logger, NBD_REQUEST_LENGTH_MAX_BYTES } from "../../core/mod.ts";
-import type { Device, DeviceCallOptions, WriteZeroesOptions } from "../device.ts";
+import {
+  closed,
+  errorMessage,
+  type Logger,
+  NBD_BLOCK_STATUS_EXTENTS_MAX,
+  NBD_BLOCK_STATUS_QUERY_MAX_BYTES,
+  NBD_REQUEST_LENGTH_MAX_BYTES,
+} from "../../core/mod.ts";
+import type { Device, DeviceCallOptions, DeviceExtent, WriteZeroesOptions } from "../device.ts";
 import type { BufferPool, PooledBuffer } from "./buffer_pool.ts";
 import { nbdErrnoOf } from "./errno.ts";
 import {
+  type BlockStatusDescriptor,
   decodeRequestHeader,
+  encodeBlockStatusPayload,
+  encodeErrorPayload,
   encodeSimpleReply,
+  encodeStructuredReplyHeader,
+  NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
+  NBD_CMD_FLAG_DF,
   NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE,
+  NBD_CMD_FLAG_REQ_ONE,
   NBD_CMD_FLUSH,
   NBD_CMD_READ,
   NBD_CMD_TRIM,
@@ -48,9 +78,22 @@ import {
   NBD_ENOSPC,
   NBD_EPERM,
   NBD_ESHUTDOWN,
+  NBD_OFFSET_DATA_PREFIX_BYTES,
+  NBD_OFFSET_HOLE_CHUNK_BYTES,
+  NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE_BLOCK_STATUS,
+  NBD_REPLY_TYPE_ERROR,
+  NBD_REPLY_TYPE_ERROR_OFFSET,
+  NBD_REPLY_TYPE_NONE,
+  NBD_REPLY_TYPE_OFFSET_DATA,
+  NBD_REPLY_TYPE_OFFSET_HOLE,
   NBD_REQUEST_HEADER_BYTES,
   NBD_SIMPLE_REPLY_BYTES,
+  NBD_STATE_HOLE,
+  NBD_STATE_ZERO,
+  NBD_STRUCTURED_REPLY_HEADER_BYTES,
   newRequestHeader,
+  newStructuredReplyHeader,
 } from "./protocol.ts";
 import { type ByteStream, writeAll } from "./stream.ts";
 
@@ -83,8 +126,12 @@ export interface NbdServerStats {
    * last slot (labels: NBD_COMMAND_LABELS).
    */
   requestsByCommand: number[];
-  /** Bytes returned by successful READs. */
+  /** Bytes returned by successful READs (holes included). */
   readBytes: number;
+  /** Bytes of READs answered as holes (structured replies), never read from the device. */
+  holeBytes: number;
+  /** NBD_CMD_BLOCK_STATUS requests answered. */
+  blockStatusRequests: number;
   /** Bytes stored by successful WRITEs. */
   writtenBytes: number;
   /** Requests answered with an error. */
@@ -105,6 +152,8 @@ export function newServerStats(): NbdServerStats {
     requests: 0,
     requestsByCommand: NBD_COMMAND_LABELS.map(() => 0),
     readBytes: 0,
+    holeBytes: 0,
+    blockStatusRequests: 0,
     writtenBytes: 0,
     errorReplies: 0,
     protocolErrors: 0,
@@ -119,6 +168,10 @@ export interface TransmissionOptions {
   device: Device;
   /** Refuse writes with EPERM. */
   readOnly: boolean;
+  /** Answer with structured replies (NBD_OPT_STRUCTURED_REPLY was negotiated). */
+  structuredReplies: boolean;
+  /** The id of `base:allocation` when selected: NBD_CMD_BLOCK_STATUS is served. */
+  metaContextId: number | null;
   /** The handshake's read buffer; bytes [start, end) were read ahead and are parsed first. */
   input: Uint8Array;
   start: number;
@@ -140,16 +193,40 @@ interface Request {
   lengthBytes: number;
   /** NBD error value of the reply (0: success). */
   error: number;
-  /** Write payload, or read reply (header + data). */
+  /** What went wrong, for a structured error chunk ("" on success). */
+  message: string;
+  /** Write payload, or read reply (header room + data). */
   buffer: PooledBuffer | null;
+  /** A sparse READ's ranges, each a hole, data, or a failed range (structured replies only). */
+  pieces: ReadPiece[] | null;
+  /** A BLOCK_STATUS reply's extents. */
+  descriptors: BlockStatusDescriptor[] | null;
   /** Bytes counted against the connection's buffered-bytes bound. */
   costBytes: number;
   readonly onSuccess: () => void;
   readonly onFailure: (error: unknown) => void;
 }
 
+/** One range of a sparse structured READ reply. */
+interface ReadPiece {
+  offsetBytes: number;
+  lengthBytes: number;
+  /** Known to read as zeros: sent as a hole, never read. */
+  zero: boolean;
+  /** NBD error value when reading this range failed (0: fine). */
+  error: number;
+  message: string;
+}
+
 const HEADER = NBD_REQUEST_HEADER_BYTES;
 const REPLY = NBD_SIMPLE_REPLY_BYTES;
+const CHUNK = NBD_STRUCTURED_REPLY_HEADER_BYTES;
+/**
+ * Structured READs at least this long are answered sparse (holes as OFFSET_HOLE chunks, found
+ * through the device's extents); shorter ones are one data chunk, so the small-I/O hot path costs
+ * no extra device call. A hole shorter than this saves little on the wire anyway.
+ */
+export const SPARSE_READ_MIN_BYTES = 64 * 1024;
 /** Read replies up to this size are copied into the shared output buffer. */
 const INLINE_REPLY_MAX_BYTES = 64 * 1024;
 const OUTPUT_BUFFER_BYTES = 256 * 1024;
@@ -163,6 +240,10 @@ export class Transmission {
   readonly #stream: ByteStream;
   readonly #device: Device;
   readonly #readOnly: boolean;
+  readonly #structured: boolean;
+  readonly #metaContextId: number | null;
+  /** Room in front of read data for its reply header (simple reply or OFFSET_DATA prefix). */
+  readonly #readPrefix: number;
   readonly #pool: BufferPool;
   readonly #stats: NbdServerStats;
   readonly #log: Logger;
@@ -174,7 +255,10 @@ export class Transmission {
   #end: number;
   readonly #output = new Uint8Array(OUTPUT_BUFFER_BYTES);
   readonly #outputView = new DataView(this.#output.buffer);
+  /** Bytes of the output buffer filled by the batch being written. */
+  #used = 0;
   readonly #header = newRequestHeader();
+  readonly #chunkHeader = newStructuredReplyHeader();
   readonly #freeRequests: Request[] = [];
   #completed: Request[] = [];
   #spareBatch: Request[] = [];
@@ -201,6 +285,9 @@ export class Transmission {
     this.#stream = options.stream;
     this.#device = options.device;
     this.#readOnly = options.readOnly;
+    this.#structured = options.structuredReplies;
+    this.#metaContextId = options.metaContextId;
+    this.#readPrefix = this.#structured ? NBD_OFFSET_DATA_PREFIX_BYTES : REPLY;
     this.#pool = options.pool;
     this.#stats = options.stats;
     this.#log = options.log;
@@ -366,6 +453,9 @@ export class Transmission {
     request.offsetBytes = header.offsetBytes;
     request.lengthBytes = header.lengthBytes;
     request.error = 0;
+    request.message = "";
+    request.pieces = null;
+    request.descriptors = null;
     request.costBytes = costBytes;
     this.#inFlight++;
     this.#bufferedBytes += costBytes;
@@ -388,10 +478,14 @@ export class Transmission {
       offsetBytes: 0,
       lengthBytes: 0,
       error: 0,
+      message: "",
       buffer: null,
+      pieces: null,
+      descriptors: null,
       costBytes: 0,
       onSuccess: () => this.#finish(request, 0),
-      onFailure: (error: unknown) => this.#finish(request, this.#errnoOf(request, error)),
+      onFailure: (error: unknown) =>
+        this.#finish(request, this.#errnoOf(request, error), errorMessage(error)),
     };
     return request;
   }
@@ -400,7 +494,7 @@ export class Transmission {
   // Dispatching requests to the device.
 
   #dispatch(request: Request): void {
-    if (this.#shuttingDown) return this.#finish(request, NBD_ESHUTDOWN);
+    if (this.#shuttingDown) return this.#finish(request, NBD_ESHUTDOWN, SHUTTING_DOWN);
     switch (request.type) {
       case NBD_CMD_READ:
         return this.#read(request);
@@ -410,9 +504,11 @@ export class Transmission {
         return this.#trim(request);
       case NBD_CMD_WRITE_ZEROES:
         return this.#writeZeroes(request);
+      case NBD_CMD_BLOCK_STATUS:
+        return this.#blockStatus(request);
       default:
-        // Unknown commands, and NBD_CMD_CACHE / NBD_CMD_BLOCK_STATUS, which are not offered.
-        return this.#finish(request, NBD_EINVAL);
+        // Unknown commands, and NBD_CMD_CACHE, which is not offered.
+        return this.#finish(request, NBD_EINVAL, `unknown command ${request.type}`);
     }
   }
 
@@ -422,20 +518,33 @@ export class Transmission {
 
   #read(request: Request): void {
     const length = request.lengthBytes;
-    if (
-      (request.flags & ~NBD_CMD_FLAG_FUA) !== 0 || length > NBD_REQUEST_LENGTH_MAX_BYTES ||
-      !this.#inRange(request)
-    ) {
-      return this.#finish(request, NBD_EINVAL);
+    // NBD_CMD_FLAG_DF is ours to honour only with structured replies (SEND_DF is offered then).
+    const allowedFlags = this.#structured ? NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_DF : NBD_CMD_FLAG_FUA;
+    if ((request.flags & ~allowedFlags) !== 0) {
+      return this.#finish(request, NBD_EINVAL, BAD_FLAGS);
     }
+    if (length > NBD_REQUEST_LENGTH_MAX_BYTES) {
+      return this.#finish(request, NBD_EINVAL, TOO_LONG);
+    }
+    if (!this.#inRange(request)) return this.#finish(request, NBD_EINVAL, OUT_OF_RANGE);
     if (length === 0) return this.#finish(request, 0);
     // The reply header goes in front of the data, so a large reply is written in one piece.
-    const buffer = this.#pool.take(REPLY + length);
+    const prefix = this.#readPrefix;
+    const buffer = this.#pool.take(prefix + length);
     request.buffer = buffer;
+    if (
+      this.#structured && length >= SPARSE_READ_MIN_BYTES && (request.flags & NBD_CMD_FLAG_DF) === 0
+    ) {
+      this.#sparseRead(request, buffer).then(
+        (errno) => this.#finish(request, errno),
+        request.onFailure,
+      );
+      return;
+    }
     try {
       this.#device.readAt(
         request.offsetBytes,
-        buffer.bytes.subarray(REPLY, REPLY + length),
+        buffer.bytes.subarray(prefix, prefix + length),
         this.#plain,
       )
         .then(request.onSuccess, request.onFailure);
@@ -444,11 +553,80 @@ export class Transmission {
     }
   }
 
+  /**
+   * Reads only the data extents of a READ's range. Fails (one error chunk) only when the extents
+   * cannot be had; a data range that fails to read becomes an error piece of its own.
+   */
+  async #sparseRead(request: Request, buffer: PooledBuffer): Promise<number> {
+    const start = request.offsetBytes;
+    const extents = await this.#device.extents(start, request.lengthBytes);
+    if (extents.length === 1 && !extents[0]!.zero) {
+      // All data: the plain one-chunk reply.
+      const prefix = this.#readPrefix;
+      await this.#device.readAt(
+        start,
+        buffer.bytes.subarray(prefix, prefix + request.lengthBytes),
+        this.#plain,
+      );
+      return 0;
+    }
+    const pieces = extents.map((extent): ReadPiece => ({
+      offsetBytes: extent.offsetBytes,
+      lengthBytes: extent.lengthBytes,
+      zero: extent.zero,
+      error: 0,
+      message: "",
+    }));
+    const at = this.#readPrefix - start;
+    await Promise.all(
+      pieces.filter((piece) => !piece.zero).map(async (piece) => {
+        const into = buffer.bytes.subarray(
+          at + piece.offsetBytes,
+          at + piece.offsetBytes + piece.lengthBytes,
+        );
+        try {
+          await this.#device.readAt(piece.offsetBytes, into, this.#plain);
+        } catch (error) {
+          piece.error = this.#errnoOf(request, error);
+          piece.message = errorMessage(error);
+        }
+      }),
+    );
+    request.pieces = pieces;
+    // A failed range makes the reply an error reply; the pieces still carry what could be read.
+    return pieces.find((piece) => piece.error !== 0)?.error ?? 0;
+  }
+
+  #blockStatus(request: Request): void {
+    if (this.#metaContextId === null) {
+      return this.#finish(request, NBD_EINVAL, "no metadata context was selected");
+    }
+    if ((request.flags & ~(NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE)) !== 0) {
+      return this.#finish(request, NBD_EINVAL, BAD_FLAGS);
+    }
+    if (request.lengthBytes === 0) {
+      return this.#finish(request, NBD_EINVAL, "block status of an empty range");
+    }
+    if (!this.#inRange(request)) return this.#finish(request, NBD_EINVAL, OUT_OF_RANGE);
+    const length = Math.min(request.lengthBytes, NBD_BLOCK_STATUS_QUERY_MAX_BYTES);
+    const one = (request.flags & NBD_CMD_FLAG_REQ_ONE) !== 0;
+    try {
+      this.#device.extents(request.offsetBytes, length).then((extents) => {
+        request.descriptors = descriptorsOf(extents, one ? 1 : NBD_BLOCK_STATUS_EXTENTS_MAX);
+        request.onSuccess();
+      }, request.onFailure);
+    } catch (error) {
+      request.onFailure(error);
+    }
+  }
+
   #dispatchWrite(request: Request): void {
-    if (this.#shuttingDown) return this.#finish(request, NBD_ESHUTDOWN);
-    if (this.#readOnly) return this.#finish(request, NBD_EPERM);
-    if ((request.flags & ~NBD_CMD_FLAG_FUA) !== 0) return this.#finish(request, NBD_EINVAL);
-    if (!this.#inRange(request)) return this.#finish(request, NBD_ENOSPC);
+    if (this.#shuttingDown) return this.#finish(request, NBD_ESHUTDOWN, SHUTTING_DOWN);
+    if (this.#readOnly) return this.#finish(request, NBD_EPERM, READ_ONLY);
+    if ((request.flags & ~NBD_CMD_FLAG_FUA) !== 0) {
+      return this.#finish(request, NBD_EINVAL, BAD_FLAGS);
+    }
+    if (!this.#inRange(request)) return this.#finish(request, NBD_ENOSPC, OUT_OF_RANGE);
     const length = request.lengthBytes;
     if (length === 0) return this.#finish(request, 0);
     const options = (request.flags & NBD_CMD_FLAG_FUA) !== 0 ? this.#fua : this.#plain;
@@ -461,7 +639,9 @@ export class Transmission {
   }
 
   #flush(request: Request): void {
-    if ((request.flags & ~NBD_CMD_FLAG_FUA) !== 0) return this.#finish(request, NBD_EINVAL);
+    if ((request.flags & ~NBD_CMD_FLAG_FUA) !== 0) {
+      return this.#finish(request, NBD_EINVAL, BAD_FLAGS);
+    }
     try {
       this.#device.flush(this.#plain).then(request.onSuccess, request.onFailure);
     } catch (error) {
@@ -470,10 +650,11 @@ export class Transmission {
   }
 
   #trim(request: Request): void {
-    if (this.#readOnly) return this.#finish(request, NBD_EPERM);
-    if ((request.flags & ~NBD_CMD_FLAG_FUA) !== 0 || !this.#inRange(request)) {
-      return this.#finish(request, NBD_EINVAL);
+    if (this.#readOnly) return this.#finish(request, NBD_EPERM, READ_ONLY);
+    if ((request.flags & ~NBD_CMD_FLAG_FUA) !== 0) {
+      return this.#finish(request, NBD_EINVAL, BAD_FLAGS);
     }
+    if (!this.#inRange(request)) return this.#finish(request, NBD_EINVAL, OUT_OF_RANGE);
     if (request.lengthBytes === 0) return this.#finish(request, 0);
     const options = (request.flags & NBD_CMD_FLAG_FUA) !== 0 ? this.#fua : this.#plain;
     try {
@@ -485,12 +666,12 @@ export class Transmission {
   }
 
   #writeZeroes(request: Request): void {
-    if (this.#readOnly) return this.#finish(request, NBD_EPERM);
+    if (this.#readOnly) return this.#finish(request, NBD_EPERM, READ_ONLY);
     const flags = request.flags;
     if ((flags & ~(NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE)) !== 0) {
-      return this.#finish(request, NBD_EINVAL);
+      return this.#finish(request, NBD_EINVAL, BAD_FLAGS);
     }
-    if (!this.#inRange(request)) return this.#finish(request, NBD_ENOSPC);
+    if (!this.#inRange(request)) return this.#finish(request, NBD_ENOSPC, OUT_OF_RANGE);
     if (request.lengthBytes === 0) return this.#finish(request, 0);
     const options = this.#zeroOptions[
       ((flags & NBD_CMD_FLAG_FUA) !== 0 ? 1 : 0) | ((flags & NBD_CMD_FLAG_NO_HOLE) !== 0 ? 2 : 0)
@@ -518,18 +699,26 @@ export class Transmission {
   // Replies.
 
   /** Records a request's outcome and queues its reply. */
-  #finish(request: Request, error: number): void {
+  #finish(request: Request, error: number, message = ""): void {
     request.error = error;
+    if (message !== "") request.message = message;
     const stats = this.#stats;
     if (error !== 0) {
       stats.errorReplies++;
     } else if (request.type === NBD_CMD_READ) {
       stats.readBytes += request.lengthBytes;
+      if (request.pieces !== null) stats.holeBytes += holeBytesOf(request.pieces);
     } else if (request.type === NBD_CMD_WRITE) {
       stats.writtenBytes += request.lengthBytes;
+    } else if (request.type === NBD_CMD_BLOCK_STATUS) {
+      stats.blockStatusRequests++;
     }
-    // A write payload, or a failed read's buffer, is not needed for the reply.
-    if (request.buffer !== null && (request.type !== NBD_CMD_READ || error !== 0)) {
+    // A write payload, or a failed read's buffer, is not needed for the reply (a sparse read's
+    // is: its good ranges are still sent).
+    if (
+      request.buffer !== null &&
+      (request.type !== NBD_CMD_READ || (error !== 0 && request.pieces === null))
+    ) {
       this.#pool.give(request.buffer);
       request.buffer = null;
     }
@@ -566,32 +755,194 @@ export class Transmission {
     }
   }
 
+  /**
+   * Writes a batch's replies: small ones gathered in the output buffer, large read data straight
+   * from the buffer it was read into (its header placed in front of it).
+   */
   async #writeBatch(batch: Request[]): Promise<void> {
-    const output = this.#output;
-    let used = 0;
+    this.#used = 0;
+    const alone = batch.length === 1;
     for (let i = 0; i < batch.length; i++) {
       const request = batch[i]!;
-      const data = request.type === NBD_CMD_READ && request.error === 0 ? request.lengthBytes : 0;
-      if (data > 0 && (data > INLINE_REPLY_MAX_BYTES || batch.length === 1)) {
-        if (used > 0) await writeAll(this.#stream, output.subarray(0, used));
-        used = 0;
-        const buffer = request.buffer!;
+      if (!this.#putInline(request, alone)) await this.#writeLarge(request);
+    }
+    if (this.#used > 0) await this.#flushOutput();
+  }
+
+  /** Data bytes a successful one-piece READ reply carries (0 for every other reply). */
+  #readData(request: Request): number {
+    return request.type === NBD_CMD_READ && request.error === 0 && request.pieces === null
+      ? request.lengthBytes
+      : 0;
+  }
+
+  /**
+   * Puts a reply into the output buffer when it is small and fits; false when it must be written
+   * by {@link #writeLarge} (large or lone read data, sparse reads, a full buffer).
+   */
+  #putInline(request: Request, alone: boolean): boolean {
+    const data = this.#readData(request);
+    if (data > 0 && (data > INLINE_REPLY_MAX_BYTES || alone)) return false;
+    if (!this.#structured) {
+      if (this.#used + REPLY + data > this.#output.length) return false;
+      encodeSimpleReply(this.#outputView, this.#used, request);
+      this.#used += REPLY;
+      if (data > 0) this.#copyData(request, data);
+      return true;
+    }
+    if (request.pieces !== null) return false;
+    if (data > 0) {
+      if (this.#used + NBD_OFFSET_DATA_PREFIX_BYTES + data > this.#output.length) return false;
+      this.#putDataPrefix(request, request.offsetBytes, data, NBD_REPLY_FLAG_DONE);
+      this.#copyData(request, data);
+      return true;
+    }
+    const chunk = this.#structuredReply(request);
+    if (chunk === null) {
+      // A success without payload: a simple reply is allowed and shortest.
+      if (this.#used + REPLY > this.#output.length) return false;
+      encodeSimpleReply(this.#outputView, this.#used, request);
+      this.#used += REPLY;
+      return true;
+    }
+    if (this.#used + chunk.length > this.#output.length) return false;
+    this.#output.set(chunk, this.#used);
+    this.#used += chunk.length;
+    return true;
+  }
+
+  /**
+   * The one chunk of a structured reply that is not read data: an error, a zero-length READ, a
+   * block status; null for a success that a simple reply answers.
+   */
+  #structuredReply(request: Request): Uint8Array | null {
+    if (request.error !== 0) {
+      const message = request.message || `command ${request.type} failed`;
+      const payload = encodeErrorPayload({ error: request.error, message, offsetBytes: null });
+      return this.#chunk(request, NBD_REPLY_TYPE_ERROR, NBD_REPLY_FLAG_DONE, payload);
+    }
+    if (request.type === NBD_CMD_READ) {
+      return this.#chunk(request, NBD_REPLY_TYPE_NONE, NBD_REPLY_FLAG_DONE, EMPTY);
+    }
+    if (request.type === NBD_CMD_BLOCK_STATUS) {
+      const payload = encodeBlockStatusPayload(this.#metaContextId!, request.descriptors!);
+      return this.#chunk(request, NBD_REPLY_TYPE_BLOCK_STATUS, NBD_REPLY_FLAG_DONE, payload);
+    }
+    return null;
+  }
+
+  #chunk(request: Request, type: number, flags: number, payload: Uint8Array): Uint8Array {
+    const bytes = new Uint8Array(CHUNK + payload.length);
+    const header = this.#chunkHeader;
+    header.flags = flags;
+    header.type = type;
+    header.handleHigh = request.handleHigh;
+    header.handleLow = request.handleLow;
+    header.lengthBytes = payload.length;
+    encodeStructuredReplyHeader(new DataView(bytes.buffer), 0, header);
+    bytes.set(payload, CHUNK);
+    return bytes;
+  }
+
+  /** Copies a read's data from its buffer into the output buffer. */
+  #copyData(request: Request, data: number): void {
+    const prefix = this.#readPrefix;
+    this.#output.set(request.buffer!.bytes.subarray(prefix, prefix + data), this.#used);
+    this.#used += data;
+  }
+
+  /** An OFFSET_DATA chunk's header and offset for `data` bytes at `offsetBytes`, in the output. */
+  #putDataPrefix(request: Request, offsetBytes: number, data: number, flags: number): void {
+    encodeDataPrefix(this.#outputView, this.#used, this.#chunkHeader, {
+      request,
+      offsetBytes,
+      data,
+      flags,
+    });
+    this.#used += NBD_OFFSET_DATA_PREFIX_BYTES;
+  }
+
+  async #flushOutput(): Promise<void> {
+    if (this.#used === 0) return;
+    const used = this.#used;
+    this.#used = 0;
+    await writeAll(this.#stream, this.#output.subarray(0, used));
+  }
+
+  /** Makes room for `bytes` in the output buffer (they always fit an empty one). */
+  async #room(bytes: number): Promise<void> {
+    if (this.#used + bytes > this.#output.length) await this.#flushOutput();
+  }
+
+  /** Writes a reply that {@link #putInline} did not take. */
+  async #writeLarge(request: Request): Promise<void> {
+    const data = this.#readData(request);
+    if (data > 0) {
+      // One data chunk or simple reply: header in front of the data, one write.
+      if (this.#used > 0) await this.#flushOutput();
+      const buffer = request.buffer!;
+      const prefix = this.#readPrefix;
+      if (this.#structured) {
+        encodeDataPrefix(buffer.view, 0, this.#chunkHeader, {
+          request,
+          offsetBytes: request.offsetBytes,
+          data,
+          flags: NBD_REPLY_FLAG_DONE,
+        });
+      } else {
         encodeSimpleReply(buffer.view, 0, request);
-        await writeAll(this.#stream, buffer.bytes.subarray(0, REPLY + data));
-        continue;
       }
-      if (used + REPLY + data > output.length) {
-        await writeAll(this.#stream, output.subarray(0, used));
-        used = 0;
-      }
-      encodeSimpleReply(this.#outputView, used, request);
-      used += REPLY;
-      if (data > 0) {
-        output.set(request.buffer!.bytes.subarray(REPLY, REPLY + data), used);
-        used += data;
+      await writeAll(this.#stream, buffer.bytes.subarray(0, prefix + data));
+      return;
+    }
+    if (request.pieces !== null) return await this.#writePieces(request, request.pieces);
+    // Anything else is small: it fits once the output is empty.
+    await this.#flushOutput();
+    if (!this.#putInline(request, false)) throw new Error("an NBD reply larger than the buffer");
+  }
+
+  /** A sparse READ: a hole, data or error-offset chunk per piece, the last flagged DONE. */
+  async #writePieces(request: Request, pieces: ReadPiece[]): Promise<void> {
+    const buffer = request.buffer!;
+    const at = this.#readPrefix - request.offsetBytes;
+    for (let i = 0; i < pieces.length; i++) {
+      const piece = pieces[i]!;
+      const flags = i === pieces.length - 1 ? NBD_REPLY_FLAG_DONE : 0;
+      if (piece.error !== 0) {
+        const payload = encodeErrorPayload({
+          error: piece.error,
+          message: piece.message || "read failed",
+          offsetBytes: piece.offsetBytes,
+        });
+        const chunk = this.#chunk(request, NBD_REPLY_TYPE_ERROR_OFFSET, flags, payload);
+        await this.#room(chunk.length);
+        this.#output.set(chunk, this.#used);
+        this.#used += chunk.length;
+      } else if (piece.zero) {
+        await this.#room(NBD_OFFSET_HOLE_CHUNK_BYTES);
+        encodeHoleChunk(this.#outputView, this.#used, this.#chunkHeader, {
+          request,
+          offsetBytes: piece.offsetBytes,
+          data: piece.lengthBytes,
+          flags,
+        });
+        this.#used += NBD_OFFSET_HOLE_CHUNK_BYTES;
+      } else {
+        const from = at + piece.offsetBytes;
+        const bytes = buffer.bytes.subarray(from, from + piece.lengthBytes);
+        await this.#room(
+          NBD_OFFSET_DATA_PREFIX_BYTES + Math.min(bytes.length, INLINE_REPLY_MAX_BYTES),
+        );
+        this.#putDataPrefix(request, piece.offsetBytes, piece.lengthBytes, flags);
+        if (bytes.length <= INLINE_REPLY_MAX_BYTES) {
+          this.#output.set(bytes, this.#used);
+          this.#used += bytes.length;
+        } else {
+          await this.#flushOutput();
+          await writeAll(this.#stream, bytes);
+        }
       }
     }
-    if (used > 0) await writeAll(this.#stream, output.subarray(0, used));
   }
 
   /** A request is done with: its reply was written (or dropped). */
@@ -600,6 +951,8 @@ export class Transmission {
       this.#pool.give(request.buffer);
       request.buffer = null;
     }
+    request.pieces = null;
+    request.descriptors = null;
     this.#inFlight--;
     this.#bufferedBytes -= request.costBytes;
     this.#freeRequests.push(request);
@@ -637,4 +990,83 @@ export class Transmission {
       // Already closed.
     }
   }
+}
+
+const EMPTY = new Uint8Array(0);
+const SHUTTING_DOWN = "the server is shutting down";
+const BAD_FLAGS = "command flags not supported for this command";
+const TOO_LONG = "request longer than 32 MiB";
+const OUT_OF_RANGE = "range beyond the end of the export";
+const READ_ONLY = "the export is read-only";
+
+/** Where a chunk goes and what it says about the READ it answers. */
+interface ChunkPlace {
+  request: Request;
+  offsetBytes: number;
+  /** Data bytes (OFFSET_DATA) or hole bytes (OFFSET_HOLE). */
+  data: number;
+  flags: number;
+}
+
+/** Writes an OFFSET_DATA chunk's header and offset (28 bytes) at `at`. */
+function encodeDataPrefix(
+  view: DataView,
+  at: number,
+  header: StructuredHeaderRecord,
+  place: ChunkPlace,
+): void {
+  fillHeader(header, place, NBD_REPLY_TYPE_OFFSET_DATA, 8 + place.data);
+  encodeStructuredReplyHeader(view, at, header);
+  setOffset(view, at + CHUNK, place.offsetBytes);
+}
+
+/** Writes a whole OFFSET_HOLE chunk (32 bytes) at `at`. */
+function encodeHoleChunk(
+  view: DataView,
+  at: number,
+  header: StructuredHeaderRecord,
+  place: ChunkPlace,
+): void {
+  fillHeader(header, place, NBD_REPLY_TYPE_OFFSET_HOLE, 12);
+  encodeStructuredReplyHeader(view, at, header);
+  setOffset(view, at + CHUNK, place.offsetBytes);
+  view.setUint32(at + CHUNK + 8, place.data);
+}
+
+type StructuredHeaderRecord = ReturnType<typeof newStructuredReplyHeader>;
+
+function fillHeader(
+  header: StructuredHeaderRecord,
+  place: ChunkPlace,
+  type: number,
+  lengthBytes: number,
+): void {
+  header.flags = place.flags;
+  header.type = type;
+  header.handleHigh = place.request.handleHigh;
+  header.handleLow = place.request.handleLow;
+  header.lengthBytes = lengthBytes;
+}
+
+/** A 64-bit offset (a safe integer) as two 32-bit halves: no BigInt on the hot path. */
+function setOffset(view: DataView, at: number, offsetBytes: number): void {
+  view.setUint32(at, Math.floor(offsetBytes / 2 ** 32));
+  view.setUint32(at + 4, offsetBytes >>> 0);
+}
+
+/** Block status descriptors of extents: zero ranges are holes that read as zeros. */
+export function descriptorsOf(
+  extents: readonly DeviceExtent[],
+  countMax: number,
+): BlockStatusDescriptor[] {
+  return extents.slice(0, countMax).map((extent) => ({
+    lengthBytes: extent.lengthBytes,
+    flags: extent.zero ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0,
+  }));
+}
+
+function holeBytesOf(pieces: readonly ReadPiece[]): number {
+  let holes = 0;
+  for (const piece of pieces) if (piece.zero) holes += piece.lengthBytes;
+  return holes;
 }

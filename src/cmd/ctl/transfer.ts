@@ -167,6 +167,8 @@ async function localAccess(
       store,
       leases,
       holder: await nodeUuid(dataDir),
+      // Under the data-dir lock: a lock of this node's UUID is an earlier run's.
+      exclusiveHolder: true,
       clock,
     });
     closers.push(() => volumes.close());
