@@ -99,6 +99,7 @@ export class BlockVolume implements Device {
   #flushQueued: Promise<void> | null = null;
   #failure: TorusError | null = null;
   #closePromise: Promise<void> | null = null;
+  #writtenBytes = 0;
 
   constructor(options: BlockVolumeOptions) {
     assert(options.map.generation > 0, "a writable volume needs a real generation");
@@ -119,6 +120,16 @@ export class BlockVolume implements Device {
 
   get sizeBytes(): number {
     return this.#sizeBytes;
+  }
+
+  /** Bytes of writes (data and NO_HOLE zeroes) that succeeded since the volume was opened. */
+  get writtenBytes(): number {
+    return this.#writtenBytes;
+  }
+
+  /** What ended the volume (its lock was lost), or null while it is usable. */
+  get failure(): TorusError | null {
+    return this.#failure;
   }
 
   // ---- entry and exit of every operation --------------------------------------------------
@@ -316,6 +327,7 @@ export class BlockVolume implements Device {
         work.push(this.#writePiece(piece.index, piece.offsetInBlock, piece.lengthBytes, bytes));
       }
       await Promise.all(work);
+      this.#writtenBytes += lengthBytes;
     };
     return this.#operation(options, body).then(() => this.#afterWrite(options));
   }

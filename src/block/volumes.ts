@@ -99,6 +99,25 @@ interface OpenVolume {
   closing: Promise<void> | null;
 }
 
+/** A volume open for write in this process, as {@link VolumeService.openVolumes} reports it. */
+export interface OpenVolumeState {
+  readonly name: string;
+  readonly id: number;
+  readonly sizeBytes: number;
+  /** The generation being written. */
+  readonly generation: number;
+  /** Handles on it (each NBD connection to it holds one). */
+  readonly handles: number;
+  /** `open`; `closing` (its last handle went: flushing, unlocking); `failed` (its lock was lost). */
+  readonly state: "open" | "closing" | "failed";
+  /** Why it failed, or null. */
+  readonly failure: string | null;
+  /** Bytes written to it since it was opened. */
+  readonly writtenBytes: number;
+  /** The fencing token of its lock acquisition. */
+  readonly fencingToken: bigint;
+}
+
 /** Splits `VOLUME@SNAPSHOT` (the first `@`); the snapshot is null for a plain volume name. */
 export function parseVolumeSpec(spec: string): { volume: string; snapshot: string | null } {
   const at = spec.indexOf(SNAPSHOT_SEPARATOR);
@@ -189,6 +208,8 @@ export class VolumeService {
   readonly #exclusiveHolder: boolean;
   /** Volumes open for write, by id (a pending open is there as its promise). */
   readonly #open = new Map<number, Promise<OpenVolume>>();
+  /** The same once opened, for reports (a synchronous view). */
+  readonly #opened = new Map<number, OpenVolume>();
   readonly #stopLeaseWatch: () => void;
   #closed = false;
 
@@ -238,6 +259,7 @@ export class VolumeService {
       opening.catch(() => this.#open.delete(info.id));
     }
     const open = await opening;
+    this.#opened.set(info.id, open);
     if (open.closing !== null) {
       // The last handle is closing it: wait, then open afresh.
       await open.closing.catch(() => {});
@@ -538,6 +560,7 @@ export class VolumeService {
       await open.volume.close();
     } finally {
       this.#open.delete(open.info.id);
+      this.#opened.delete(open.info.id);
       await this.#metadata.blockVolumes.unlock(open.lock).catch((error) => {
         log.warn(`unlocking volume ${open.info.name}: ${errorMessage(error)}`);
       });
@@ -558,6 +581,26 @@ export class VolumeService {
         );
       }, () => {});
     }
+  }
+
+  /** The volumes open for write here now, by name. */
+  openVolumes(): OpenVolumeState[] {
+    const states: OpenVolumeState[] = [];
+    for (const open of this.#opened.values()) {
+      const failure = open.volume.failure;
+      states.push({
+        name: open.info.name,
+        id: open.info.id,
+        sizeBytes: open.volume.sizeBytes,
+        generation: open.volume.generation,
+        handles: open.handles,
+        state: failure !== null ? "failed" : open.closing !== null ? "closing" : "open",
+        failure: failure?.message ?? null,
+        writtenBytes: open.volume.writtenBytes,
+        fencingToken: open.lock.fencingToken,
+      });
+    }
+    return states.sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
   }
 
   /** Names of every volume and snapshot, as export names (`VOLUME`, `VOLUME@SNAPSHOT`). */

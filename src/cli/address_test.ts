@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { formatHostPort, parseHostPort } from "./address.ts";
+import { formatHostPort, parseHost, parseHostPort, parsePort } from "./address.ts";
 
 Deno.test("addresses: HOST:PORT, [IPV6]:PORT and a bare PORT", () => {
   assert.deepEqual(parseHostPort("10809", "--nbd"), { hostname: "127.0.0.1", port: 10809 });
@@ -32,4 +32,31 @@ Deno.test("addresses: port 0 (any free port) only where this process listens", (
   });
   assert.throws(() => parseHostPort("127.0.0.1:0", "--nbd"), /the port must be 1\.\.65535/);
   assert.throws(() => parseHostPort("h:65536", "--nbd", { listen: true }), /0\.\.65535/);
+});
+
+Deno.test("addresses: --host and --port as separate flags", () => {
+  for (const good of ["127.0.0.1", "0.0.0.0", "localhost", "node-1.example"]) {
+    assert.equal(parseHost(good, "--host"), good);
+  }
+  assert.equal(parseHost("::1", "--host"), "::1");
+  assert.equal(parseHost("[::1]", "--host"), "::1");
+  assert.equal(parseHost("[fe80::1:2]", "--host"), "fe80::1:2");
+  for (const bad of ["", "a b", "host:80", ":", ":::::", "[host]", "[::1", "h\x1b[2J", "1::2::3"]) {
+    assert.throws(
+      () => parseHost(bad, "--host"),
+      (e: Error) =>
+        /^invalid --host ".*": not a host name/.test(e.message) && !e.message.includes("\x1b"),
+      bad,
+    );
+  }
+  assert.equal(parsePort("4321", "--port"), 4321);
+  assert.equal(parsePort("0", "--port", { listen: true }), 0);
+  assert.throws(() => parsePort("0", "--port"), /invalid --port "0": the port must be 1\.\.65535/);
+  for (const bad of ["", "x", "-1", "65536", "1e3", "123456", " 80"]) {
+    assert.throws(
+      () => parsePort(bad, "--port", { listen: true }),
+      /^UsageError|invalid --port/,
+      bad,
+    );
+  }
 });

@@ -1,10 +1,10 @@
 /**
  * What a running `torus serve` holds once its store and metadata are open: the lease its volume
- * locks live under, the volumes (VolumeService), the NBD server, the periodic garbage collection,
- * and `<data-dir>/serve.json`, which tells `torus ctl` on the same machine where to reach this
+ * locks live under, the volumes (VolumeService), the NBD server, the HTTP status server, the
+ * periodic garbage collection, and `<data-dir>/serve.json`, which tells `torus ctl` on the same machine where to reach this
  * node's NBD server (dump and load go through it while serve owns the store).
- * Closing stops them in the order that keeps every flush promise: NBD first (it answers what is
- * in flight), then the volumes (flush, unlock), then the lease.
+ * Closing stops them in the order that keeps every flush promise: HTTP first (it only reports),
+ * NBD next (it answers what is in flight), then the volumes (flush, unlock), then the lease.
  * @module
  */
 
@@ -17,10 +17,12 @@ import {
   TorusError,
 } from "../core/mod.ts";
 import type { MetadataService } from "../metadata/mod.ts";
-import type { BlockStore } from "../storage/mod.ts";
+import type { MonitoredBlockStore } from "../storage/mod.ts";
 import { LeaseKeeper } from "../server/mod.ts";
 import { collectGarbage, NbdServer, VolumeService } from "../block/mod.ts";
 import { formatHostPort, type HostPort } from "../cli/mod.ts";
+import { HttpStatusServer, type MetadataReport } from "../http/mod.ts";
+import { ServeReporter } from "./node_report.ts";
 import { readFileBounded, writeFileAtomic } from "../sys/mod.ts";
 
 const log = logger("serve");
@@ -41,11 +43,15 @@ export interface NodeOptions {
   readonly dataDir: string;
   readonly uuid: string;
   readonly metadata: MetadataService;
-  readonly store: BlockStore;
+  /** Where the metadata lives, as `/status` shows it. */
+  readonly metadataWhere: MetadataReport;
+  readonly store: MonitoredBlockStore;
   readonly clock: Clock;
   readonly random?: Random;
   /** Where the NBD server listens; null for none. */
   readonly nbd: HostPort | null;
+  /** Where the HTTP status server listens; null for none. */
+  readonly http: HostPort | null;
   /** Period of garbage collection; 0 disables it. */
   readonly gcIntervalMs: number;
 }
@@ -55,6 +61,8 @@ export interface Node extends AsyncDisposable {
   readonly volumes: VolumeService;
   /** Where the NBD server listens (the port chosen when 0 was asked), or null. */
   readonly nbdAddress: HostPort | null;
+  /** Where the HTTP status server listens (the port chosen when 0 was asked), or null. */
+  readonly httpAddress: HostPort | null;
   close(): Promise<void>;
 }
 
@@ -74,12 +82,15 @@ export async function startNode(options: NodeOptions): Promise<Node> {
   });
   let nbd: NbdServer | null = null;
   let nbdAddress: HostPort | null = null;
+  let http: HttpStatusServer | null = null;
+  let httpAddress: HostPort | null = null;
   const stopGc = new AbortController();
   let gcLoop: Promise<void> = Promise.resolve();
   const close = async () => {
     stopGc.abort();
     await gcLoop;
     await Deno.remove(`${options.dataDir}/${SERVE_INFO_FILE}`).catch(() => {});
+    await http?.close();
     await nbd?.close();
     await volumes.close();
     await leases.close();
@@ -98,6 +109,27 @@ export async function startNode(options: NodeOptions): Promise<Node> {
       const address = nbd.listen(options.nbd);
       nbdAddress = { hostname: address.hostname, port: address.port };
     }
+    if (options.http !== null) {
+      http = new HttpStatusServer({
+        clock: options.clock,
+        reporter: new ServeReporter({
+          uuid: options.uuid,
+          dataDir: options.dataDir,
+          startedAtMs: options.clock.nowMs(),
+          store: options.store,
+          metadata: options.metadata,
+          metadataWhere: options.metadataWhere,
+          volumes,
+          nbd: nbd === null || nbdAddress === null ? null : { server: nbd, address: nbdAddress },
+        }),
+      });
+      const address = listenOrExplain(
+        "the HTTP status server",
+        options.http,
+        (at) => http!.listen(at),
+      );
+      httpAddress = { hostname: address.hostname, port: address.port };
+    }
     const info: ServeInfo = {
       pid: Deno.pid,
       nbd: nbdAddress === null ? null : formatHostPort(nbdAddress),
@@ -112,7 +144,24 @@ export async function startNode(options: NodeOptions): Promise<Node> {
     await close().catch(() => {});
     throw error;
   }
-  return { volumes, nbdAddress, close, [Symbol.asyncDispose]: close };
+  return { volumes, nbdAddress, httpAddress, close, [Symbol.asyncDispose]: close };
+}
+
+/** Listens with `listen`; a refusal (port taken, unknown host) names what and where. */
+function listenOrExplain(
+  what: string,
+  address: HostPort,
+  listen: (address: HostPort) => Deno.NetAddr,
+): Deno.NetAddr {
+  try {
+    return listen(address);
+  } catch (error) {
+    throw new TorusError(
+      ErrorCode.Unavailable,
+      `${what} cannot listen on ${formatHostPort(address)}: ${errorMessage(error)}`,
+      { cause: error },
+    );
+  }
 }
 
 /** Collects garbage every interval until stopped; a failed pass is logged and retried later. */

@@ -1,10 +1,11 @@
 /**
  * `torus serve`: a storage node. It opens the node's data dir (node UUID, block store, embedded
  * metadata), initialises a single-node cluster on the embedded store when none exists, serves its
- * block volumes over NBD (`--nbd`), collects garbage, and runs until SIGINT/SIGTERM, then closes
- * in order: the NBD server answers what is in flight, volumes flush and unlock, the store
- * flushes. The peer protocol, heartbeats, rebalancing and HTTP arrive with the cluster data path;
- * their flags are not accepted until then, so nothing pretends to work.
+ * block volumes over NBD (`--nbd`) and its status over HTTP (`--host`, `--port`), collects
+ * garbage, and runs until SIGINT/SIGTERM, then closes in order: HTTP stops, the NBD server
+ * answers what is in flight, volumes flush and unlock, the store flushes. The peer protocol,
+ * heartbeats and rebalancing arrive with the cluster data path; their flags are not accepted
+ * until then, so nothing pretends to work.
  * @module
  */
 
@@ -21,7 +22,9 @@ import {
   type OpenedMetadata,
   openMetadata,
   parseFlags,
+  parseHost,
   parseHostPort,
+  parsePort,
   processEnv,
   resolveBackend,
   UsageError,
@@ -32,6 +35,7 @@ import {
   decodeUtf8,
   escapeText,
   formatSize,
+  HTTP_PORT_DEFAULT,
   invalid,
   isTorusError,
   NODE_ID_FILE_MAX_BYTES,
@@ -60,6 +64,8 @@ export const serveFlags = {
   ...metadataFlagOptions,
   size: { type: "string", default: "1GiB" },
   nbd: { type: "string" },
+  host: { type: "string" },
+  port: { type: "string" },
   "gc-interval": { type: "string", default: "5m" },
 } as const;
 
@@ -81,7 +87,9 @@ export function expandNbdFlag(args: readonly string[]): string[] {
   return out;
 }
 
-const help = `Usage: torus serve [--data-dir DIR] [--size SIZE|N%] [--nbd [ADDR]] [metadata flags]
+const help =
+  `Usage: torus serve [--data-dir DIR] [--size SIZE|N%] [--nbd [ADDR]] [--host H [--port P]]
+                   [metadata flags]
 
 Runs a storage node on DIR (default $TORUS_DATA_DIR or ./torus-data). Without -C it is a
 single-node cluster on the embedded metadata store in DIR, initialised on first start
@@ -90,9 +98,10 @@ second serve, or ctl init, on it exits with the pid of the holder.
 
 It serves the cluster's block volumes from its block store: over NBD with --nbd (every
 volume as an export of its name, every snapshot read-only as VOLUME@SNAPSHOT), and to torus ctl
-block dump and load on this machine. SIGINT or SIGTERM stops it cleanly: requests in flight are
-answered, volumes are flushed and unlocked, the store is flushed. Serving peers, replication,
-rebalancing and HTTP status come with the cluster data path.
+block dump and load on this machine. With --host it serves its status over HTTP: GET /healthz
+(200 "ok", or 503 and why), /status (JSON) and /metrics (Prometheus). SIGINT or SIGTERM stops
+it cleanly: requests in flight are answered, volumes are flushed and unlocked, the store is
+flushed. Serving peers, replication and rebalancing come with the cluster data path.
 
   --size SIZE|N%   capacity of the block store (default 1GiB): bytes with a unit (1GiB,
                    500GB), or N% of the space available to it: the free space of the
@@ -104,6 +113,10 @@ rebalancing and HTTP status come with the cluster data path.
                    ${NBD_DEFAULT_ADDRESS}; port 0 picks a free port, printed and written to
                    DIR/serve.json). Listening on another address than loopback
                    lets any machine that reaches it read and write every volume.
+  --host H         serve HTTP status on host H (an address or name; 0.0.0.0 or :: for every
+                   interface); no HTTP without it. It has no authentication: whoever
+                   reaches it sees the node's volumes and counters (it changes nothing).
+  --port P         the HTTP port (default ${HTTP_PORT_DEFAULT}; 0 picks a free port, printed)
   --gc-interval D  how often unreferenced blocks are reclaimed (default 5m; 0 turns it off)
 
 ${metadataFlagsHelp}
@@ -190,6 +203,7 @@ function waitForStopSignal(): Promise<Deno.Signal> {
 /** What serve's own flags ask for, beyond the data dir and the store size. */
 interface ServeOptions {
   readonly nbd: HostPort | null;
+  readonly http: HostPort | null;
   readonly gcIntervalMs: number;
 }
 
@@ -197,13 +211,28 @@ function serveOptionsOf(values: Record<string, unknown>): ServeOptions {
   const nbd = typeof values.nbd === "string"
     ? parseHostPort(values.nbd, "--nbd address", { listen: true })
     : null;
+  const http = httpAddressOf(values);
   let gcIntervalMs: number;
   try {
     gcIntervalMs = parseDuration(String(values["gc-interval"]));
   } catch (error) {
     throw new UsageError(`--gc-interval: ${(error as Error).message}`);
   }
-  return { nbd, gcIntervalMs };
+  return { nbd, http, gcIntervalMs };
+}
+
+/** `--host H [--port P]`: where HTTP listens; `--port` alone is a mistake, not ignored. */
+function httpAddressOf(values: Record<string, unknown>): HostPort | null {
+  const port = typeof values.port === "string"
+    ? parsePort(values.port, "--port", { listen: true })
+    : HTTP_PORT_DEFAULT;
+  if (typeof values.host !== "string") {
+    if (typeof values.port === "string") {
+      throw new UsageError("--port needs --host: HTTP is served only where --host says");
+    }
+    return null;
+  }
+  return { hostname: parseHost(values.host, "--host"), port };
 }
 
 async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
@@ -248,6 +277,10 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
       store,
       clock: systemClock,
       nbd: options.nbd,
+      http: options.http,
+      metadataWhere: metadata.backend.kind === "etcd"
+        ? { kind: "etcd", endpoints: metadata.backend.endpoints }
+        : { kind: "embedded", path: metadata.backend.path },
       gcIntervalMs: options.gcIntervalMs,
     });
     const where = metadata.backend.kind === "etcd"
@@ -256,6 +289,9 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
     const nbd = node.nbdAddress === null
       ? "off (--nbd to serve volumes)"
       : `${formatHostPort(node.nbdAddress)} (export names: VOLUME, VOLUME@SNAPSHOT)`;
+    const http = node.httpAddress === null
+      ? "off (--host to serve /status, /metrics, /healthz)"
+      : `http://${formatHostPort(node.httpAddress)} (/status, /metrics, /healthz)`;
     io.stdout(
       [
         `torus serve: node ${uuid}`,
@@ -264,7 +300,8 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
         `(${formatSize(store.totalBlocks() * store.blockSizeBytes)}), ${store.usedBlocks()} used`,
         `  metadata:    ${escapeText(where)}`,
         `  NBD:         ${nbd}`,
-        `  not serving peers or HTTP yet (the cluster data path)`,
+        `  HTTP:        ${http}`,
+        `  not serving peers yet (the cluster data path)`,
         `Ready. Stop with Ctrl-C (SIGINT) or SIGTERM.`,
         "",
       ].join("\n"),

@@ -183,6 +183,14 @@ export const NBD_HANDSHAKE_TIMEOUT_MS = 30_000;
  */
 export const NBD_CLOSE_GRACE_MS = 10_000;
 
+/** HTTP status server: the default port of `torus serve --port`, as the original's. */
+export const HTTP_PORT_DEFAULT = 4321;
+/**
+ * HTTP status server: how long `/healthz` waits for the metadata service to answer a read, and
+ * `/status` for the volume list, before it reports the service unusable.
+ */
+export const HTTP_METADATA_CHECK_TIMEOUT_MS = 5_000;
+
 /** AoE: period of the background sync. */
 export const AOE_SYNC_INTERVAL_MS = 5_000;
 

@@ -74,6 +74,7 @@ import {
   ErrorCode,
   errorMessage,
   invalid,
+  isTorusError,
   logger,
   notExist,
   TorusError,
@@ -116,6 +117,7 @@ import {
 import { MapWriter } from "./map_writer.ts";
 import { REF_WORDS, SlotIndex, SlotState } from "./slot_index.ts";
 import { SysFileIo } from "./sys_file_io.ts";
+import { type BlockStoreStats, newBlockStoreStats } from "./store_stats.ts";
 
 export { SPARE_SLOTS } from "./file_open.ts";
 
@@ -207,6 +209,8 @@ export class FileBlockStore implements BlockStore {
   readonly kind = "file";
   readonly name: string;
   readonly blockSizeBytes: number;
+  /** Counters of the work done, read by the node's metrics. */
+  readonly stats: BlockStoreStats = newBlockStoreStats();
   readonly #files: StoreFiles;
   readonly #slotCount: number;
   readonly #capacity: number;
@@ -421,6 +425,18 @@ export class FileBlockStore implements BlockStore {
     if (this.#failure !== null) throw this.#failure;
   }
 
+  /** Why the store failed (see the module doc), or null while it works. */
+  get failure(): TorusError | null {
+    return this.#failure;
+  }
+
+  /** Counts a read that did not return its bytes (a missing ref or a close is no failure). */
+  #readFailed(error: unknown): void {
+    if (!isTorusError(error, ErrorCode.NotExist) && !isTorusError(error, ErrorCode.Closed)) {
+      this.stats.failedBlocks++;
+    }
+  }
+
   async getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {
     this.#checkUsable();
     options?.signal?.throwIfAborted();
@@ -428,13 +444,19 @@ export class FileBlockStore implements BlockStore {
     this.#opsInFlight++;
     try {
       await this.#readRange(ref, 0, block);
+    } catch (error) {
+      this.#readFailed(error);
+      throw error;
     } finally {
       this.#opDone();
     }
     const expected = options?.expectedCrc32;
     if (expected !== undefined && crc32(block) !== expected >>> 0) {
+      this.stats.failedBlocks++;
       throw blockUnavailable(`block ${ref} does not match its expected CRC`);
     }
+    this.stats.readBlocks++;
+    this.stats.readBytes += block.length;
     return block;
   }
 
@@ -450,9 +472,14 @@ export class FileBlockStore implements BlockStore {
     this.#opsInFlight++;
     try {
       await this.#readRange(ref, offsetBytes, into);
+    } catch (error) {
+      this.#readFailed(error);
+      throw error;
     } finally {
       this.#opDone();
     }
+    this.stats.readBlocks++;
+    this.stats.readBytes += into.length;
   }
 
   /**
@@ -621,9 +648,14 @@ export class FileBlockStore implements BlockStore {
         written = appended.written;
       }
       await written;
+    } catch (error) {
+      this.stats.failedWrittenBlocks++;
+      throw error;
     } finally {
       this.#opDone();
     }
+    this.stats.writtenBlocks++;
+    this.stats.writtenBytes += lengthBytes;
   }
 
   /** Per ref: the last mutation queued behind one that waits (creation, merge, put in flight). */
@@ -1047,18 +1079,31 @@ export class FileBlockStore implements BlockStore {
     if (data.length > this.blockSizeBytes) {
       throw invalid(`block of ${data.length} bytes exceeds block size ${this.blockSizeBytes}`);
     }
-    if (!this.#refTails.has(ref.key)) return await this.#put(ref, data);
-    // A mutation of this ref called earlier still waits: this put starts after it, and later
-    // mutations of the ref wait until it has started (taken its generation).
-    const copy = data.slice();
-    this.#opsInFlight++;
-    let started: { done: Promise<void> };
     try {
-      started = await this.#onRef(ref.key, () => Promise.resolve({ done: this.#put(ref, copy) }));
-    } finally {
-      this.#opDone();
+      if (!this.#refTails.has(ref.key)) {
+        await this.#put(ref, data);
+      } else {
+        // A mutation of this ref called earlier still waits: this put starts after it, and later
+        // mutations of the ref wait until it has started (taken its generation).
+        const copy = data.slice();
+        this.#opsInFlight++;
+        let started: { done: Promise<void> };
+        try {
+          started = await this.#onRef(
+            ref.key,
+            () => Promise.resolve({ done: this.#put(ref, copy) }),
+          );
+        } finally {
+          this.#opDone();
+        }
+        await started.done;
+      }
+    } catch (error) {
+      this.stats.failedWrittenBlocks++;
+      throw error;
     }
-    return await started.done;
+    this.stats.writtenBlocks++;
+    this.stats.writtenBytes += data.length;
   }
 
   async #put(ref: BlockRef, data: Uint8Array): Promise<void> {
@@ -1223,6 +1268,7 @@ export class FileBlockStore implements BlockStore {
       // Journaled too: a replay must not bring back the ref with records made before it.
       const seq = this.#nextGeneration++;
       this.#removeStored(slot, seq);
+      this.stats.deletedBlocks++;
       this.#overlay.delete(ref.key);
       const appended = this.#appendRecord({ seq, refKey: ref.key, key, range: null, end: 0 }, {
         seq,
@@ -1395,6 +1441,7 @@ export class FileBlockStore implements BlockStore {
       // On failure they stay retiring (the store is failed anyway: nothing reuses them).
       if (this.#failure !== null) this.#retiring.push(...retiring);
     }
+    this.stats.flushes++;
     for (const slot of retiring) this.#releaseSlot(slot);
     this.#wakeSlotWaiters();
     this.#checkInvariants();

@@ -169,6 +169,7 @@ fileTest("damaged block bytes on disk are block_unavailable, never data", async 
       store.readAt(testRef(1), 0, new Uint8Array(8)),
       ErrorCode.BlockUnavailable,
     );
+    assert.equal(store.stats.failedBlocks, 2, "both failed reads are counted for /metrics");
     // Only what is damaged is unreadable: the block stays (a put repairs it), the neighbour too.
     assert.equal(await store.hasBlock(testRef(1)), true);
     assert.equal(store.usedBlocks(), 2);

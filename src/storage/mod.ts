@@ -7,6 +7,7 @@
  */
 
 export * from "./block_store.ts";
+export * from "./store_stats.ts";
 export * from "./memory.ts";
 export * from "./file.ts";
 export * from "./file_io.ts";

@@ -1,6 +1,7 @@
 /**
  * The one-file build: `deno task bundle` output runs from a clean directory (no node_modules, no
- * sources beside it) for `torus version` and `torus ringtool`.
+ * sources beside it) for `torus version`, `torus ringtool`, and `torus serve` with its HTTP
+ * status server (prom-client inlined).
  */
 
 import assert from "node:assert/strict";
@@ -37,7 +38,54 @@ async function runSh(script: string, cwd: string) {
   };
 }
 
-Deno.test("bundled torus.js runs version and ringtool from a clean directory, and checks its arguments", async () => {
+/** Starts the bundle's `serve --host`, reads /healthz and /metrics, and stops it with SIGTERM. */
+async function serveFromBundle(cleanDir: string) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "torus.js",
+      "serve",
+      "--data-dir",
+      `${cleanDir}/data`,
+      "--size",
+      "16MiB",
+      "--host",
+      "127.0.0.1",
+      "--port",
+      "0",
+    ],
+    cwd: cleanDir,
+    env: { RUST_BACKTRACE: "0", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let text = "";
+  const decoder = new TextDecoder();
+  const pumped = Promise.all([child.stdout, child.stderr].map(async (stream) => {
+    for await (const chunk of stream) text += decoder.decode(chunk, { stream: true });
+  }));
+  try {
+    const deadline = Date.now() + 60_000;
+    let match: RegExpExecArray | null = null;
+    while ((match = /HTTP: +(http:\/\/[0-9.]+:\d+)/.exec(text)) === null) {
+      assert.ok(Date.now() < deadline, `the bundled serve did not start: ${text}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const base = match[1]!;
+    assert.equal(await (await fetch(`${base}/healthz`)).text(), "ok\n");
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    assert.match(metrics, /^# TYPE torus_storage_blocks gauge$/m);
+    assert.match(metrics, /^torus_storage_blocks_total\{storage="current"\} 31$/m);
+  } finally {
+    child.kill("SIGTERM");
+    const status = await child.status;
+    await pumped;
+    assert.equal(status.code, 0, text);
+  }
+}
+
+Deno.test("bundled torus.js runs version, ringtool and serve with HTTP from a clean directory, and checks its arguments", async () => {
   const buildDir = await Deno.makeTempDir({ prefix: "torus-bundle-" });
   const cleanDir = await Deno.makeTempDir({ prefix: "torus-clean-" });
   try {
@@ -64,6 +112,8 @@ Deno.test("bundled torus.js runs version and ringtool from a clean directory, an
     assert.equal(bad.code, 2, bad.stderr);
     assert.equal(bad.stderr, "torus: argument 4 is not valid UTF-8\n");
     assert.equal(bad.stdout, "");
+
+    await serveFromBundle(cleanDir);
   } finally {
     await Deno.remove(buildDir, { recursive: true });
     await Deno.remove(cleanDir, { recursive: true });

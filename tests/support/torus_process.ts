@@ -61,6 +61,8 @@ export interface ServeProcess extends AsyncDisposable {
   readonly child: Deno.ChildProcess;
   /** Where its NBD server listens. */
   readonly nbd: { hostname: string; port: number };
+  /** Where its HTTP status server listens, when started with `--host` (an "HTTP:" line). */
+  readonly http?: { hostname: string; port: number };
   /** Everything it printed so far. */
   output(): string;
   /** Connects an NBD client to export `name`. */
@@ -143,10 +145,12 @@ export async function startServe(
     throw new Error(`no NBD address in serve's output: ${text}`);
   }
   const nbd = { hostname: match[1]!, port: Number(match[2]) };
+  const httpMatch = /HTTP: +http:\/\/([0-9.]+):(\d+)/.exec(text);
   return {
     dataDir,
     child,
     nbd,
+    ...(httpMatch ? { http: { hostname: httpMatch[1]!, port: Number(httpMatch[2]) } } : {}),
     output: () => text,
     async connect(name) {
       const conn = await Deno.connect(nbd);

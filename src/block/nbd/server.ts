@@ -53,7 +53,7 @@ import { type NegotiatedExport, serverHandshake } from "./server_handshake.ts";
 import { type ByteStream, connStream, StreamReader } from "./stream.ts";
 import { type NbdServerStats, newServerStats, Transmission } from "./transmission.ts";
 
-export type { NbdServerStats } from "./transmission.ts";
+export { NBD_COMMAND_LABELS, type NbdServerStats } from "./transmission.ts";
 
 /** Options of {@link NbdServer}. */
 export interface NbdServerOptions {

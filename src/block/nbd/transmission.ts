@@ -97,12 +97,35 @@ import {
 } from "./protocol.ts";
 import { type ByteStream, writeAll } from "./stream.ts";
 
-/** Counters of a server, shared by its connections (a later change exports them as metrics). */
+/**
+ * Label of each slot of `requestsByCommand`: the spec's command names in lower case, by type
+ * (NBD_CMD_READ = 0 … NBD_CMD_RESIZE = 8), then `other` for any type beyond them.
+ */
+export const NBD_COMMAND_LABELS: readonly string[] = [
+  "read",
+  "write",
+  "disc",
+  "flush",
+  "trim",
+  "cache",
+  "write_zeroes",
+  "block_status",
+  "resize",
+  "other",
+];
+const OTHER_COMMAND = NBD_COMMAND_LABELS.length - 1;
+
+/** Counters of a server, shared by its connections (the node's /metrics exports them). */
 export interface NbdServerStats {
   connectionsAccepted: number;
   connectionsOpen: number;
   /** Requests received in the transmission phase (DISC excluded). */
   requests: number;
+  /**
+   * Requests by command type (DISC included): index = type, types above the spec's last in the
+   * last slot (labels: NBD_COMMAND_LABELS).
+   */
+  requestsByCommand: number[];
   /** Bytes returned by successful READs (holes included). */
   readBytes: number;
   /** Bytes of READs answered as holes (structured replies), never read from the device. */
@@ -127,6 +150,7 @@ export function newServerStats(): NbdServerStats {
     connectionsAccepted: 0,
     connectionsOpen: 0,
     requests: 0,
+    requestsByCommand: NBD_COMMAND_LABELS.map(() => 0),
     readBytes: 0,
     holeBytes: 0,
     blockStatusRequests: 0,
@@ -351,6 +375,7 @@ export class Transmission {
       }
       const type = header.type;
       if (type === NBD_CMD_DISC) {
+        this.#stats.requestsByCommand[NBD_CMD_DISC]!++;
         this.#start += HEADER;
         return Parse.Stop;
       }
@@ -436,6 +461,7 @@ export class Transmission {
     this.#bufferedBytes += costBytes;
     const stats = this.#stats;
     stats.requests++;
+    stats.requestsByCommand[header.type < OTHER_COMMAND ? header.type : OTHER_COMMAND]!++;
     if (this.#inFlight > stats.requestsInFlightPeak) stats.requestsInFlightPeak = this.#inFlight;
     if (this.#bufferedBytes > stats.bufferedBytesPeak) {
       stats.bufferedBytesPeak = this.#bufferedBytes;

@@ -1,0 +1,126 @@
+/**
+ * What a running `torus serve` tells its HTTP status server (src/http/report.ts): its identity,
+ * its block store's counters and state, its NBD server's counters, the volumes open here, and,
+ * through the metadata service, every volume with its lock. Reading the in-memory part never
+ * waits and never throws (a failed store reports its failure instead of its counts).
+ * @module
+ */
+
+import { NBD_COMMAND_LABELS, type NbdServer, type VolumeService } from "../block/mod.ts";
+import { formatHostPort, type HostPort } from "../cli/mod.ts";
+import { VERSION } from "../core/mod.ts";
+import type {
+  LiveReport,
+  MetadataReport,
+  NbdReport,
+  NodeReporter,
+  StoreReport,
+  VolumeReport,
+} from "../http/mod.ts";
+import type { MetadataService } from "../metadata/mod.ts";
+import type { MonitoredBlockStore } from "../storage/mod.ts";
+
+/** The parts of a node that {@link ServeReporter} reads. */
+export interface ServeReporterParts {
+  readonly uuid: string;
+  readonly dataDir: string;
+  readonly startedAtMs: number;
+  readonly store: MonitoredBlockStore;
+  readonly metadata: MetadataService;
+  readonly metadataWhere: MetadataReport;
+  readonly volumes: VolumeService;
+  readonly nbd: { readonly server: NbdServer; readonly address: HostPort } | null;
+}
+
+/** See the module doc. */
+export class ServeReporter implements NodeReporter {
+  readonly #parts: ServeReporterParts;
+
+  constructor(parts: ServeReporterParts) {
+    this.#parts = parts;
+  }
+
+  live(): LiveReport {
+    const parts = this.#parts;
+    return {
+      node: {
+        uuid: parts.uuid,
+        version: VERSION,
+        dataDir: parts.dataDir,
+        pid: Deno.pid,
+        startedAtMs: parts.startedAtMs,
+      },
+      store: storeReport(parts.store),
+      metadata: parts.metadataWhere,
+      nbd: parts.nbd === null ? null : nbdReport(parts.nbd.server, parts.nbd.address),
+      openVolumes: parts.volumes.openVolumes().map((volume) => ({
+        ...volume,
+        fencingToken: volume.fencingToken.toString(),
+      })),
+    };
+  }
+
+  async volumes(): Promise<VolumeReport[]> {
+    const metadata = this.#parts.metadata;
+    const { volumes } = await metadata.volumes.listVolumes();
+    const names = new Map(volumes.map((volume) => [volume.id, volume.name]));
+    return await Promise.all(volumes.map(async (volume): Promise<VolumeReport> => {
+      const lock = await metadata.blockVolumes.lockStatus(volume.id);
+      const parent = volume.parent;
+      return {
+        name: volume.name,
+        id: volume.id,
+        type: volume.type,
+        sizeBytes: volume.sizeBytes,
+        cloneOf: parent === null
+          ? null
+          : `${names.get(parent.volumeId) ?? `#${parent.volumeId}`}@${parent.snapshot}`,
+        lockHolder: lock.state === "locked" ? lock.holder : null,
+      };
+    }));
+  }
+
+  async checkMetadata(): Promise<void> {
+    await this.#parts.metadata.cluster.globalMetadata();
+  }
+}
+
+function storeReport(store: MonitoredBlockStore): StoreReport {
+  const failure = store.failure;
+  return {
+    name: store.name,
+    kind: store.kind,
+    blockSizeBytes: store.blockSizeBytes,
+    // A failed (or closing) store refuses every call, these included.
+    totalBlocks: orNull(() => store.totalBlocks()),
+    usedBlocks: orNull(() => store.usedBlocks()),
+    failure: failure === null ? null : failure.message,
+    counters: { ...store.stats },
+  };
+}
+
+function orNull(read: () => number): number | null {
+  try {
+    return read();
+  } catch {
+    return null;
+  }
+}
+
+function nbdReport(server: NbdServer, address: HostPort): NbdReport {
+  const stats = server.stats;
+  const requestsByCommand: Record<string, number> = {};
+  NBD_COMMAND_LABELS.forEach((label, type) => {
+    requestsByCommand[label] = stats.requestsByCommand[type] ?? 0;
+  });
+  return {
+    address: formatHostPort(address),
+    connectionsOpen: stats.connectionsOpen,
+    connectionsAccepted: stats.connectionsAccepted,
+    requestsByCommand,
+    errorReplies: stats.errorReplies,
+    protocolErrors: stats.protocolErrors,
+    readBytes: stats.readBytes,
+    writtenBytes: stats.writtenBytes,
+  };
+}

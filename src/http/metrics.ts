@@ -1,0 +1,184 @@
+/**
+ * `/metrics`: the node's counters in the Prometheus text exposition format (version 0.0.4),
+ * written by prom-client. Metric names are the original's where the thing exists
+ * (`torus_storage_*` with label `storage`, `torus_server_open_files{volume}`,
+ * `torus_server_file_written_bytes{volume}`), so its Grafana dashboard's storage panels work;
+ * the NBD server's are our own (`torus_nbd_*`). The list with meanings is in docs/http.md.
+ *
+ * The node keeps plain counters on its hot paths (BlockStoreStats, NbdServerStats, a volume's
+ * written bytes); nothing here runs per request. A render copies one {@link LiveReport} into the
+ * registry and writes it out; both happen before the first await, so concurrent scrapes each
+ * see one consistent moment. Label sets that disappeared (a volume closed) disappear from the
+ * output with them.
+ * @module
+ */
+
+import { Counter, Gauge, Registry } from "prom-client";
+import type { LiveReport } from "./report.ts";
+
+/** Content type of the exposition. */
+export const METRICS_CONTENT_TYPE = Registry.PROMETHEUS_CONTENT_TYPE;
+
+type StoreLabel = "storage";
+
+/** A registry of the node's metrics; see the module doc. */
+export class NodeMetrics {
+  readonly #registry = new Registry();
+  /** Every metric of the registry, reset before each render. */
+  readonly #all: { reset(): void }[] = [];
+  readonly #build = this.#gauge("torus_build_info", "Build of this node (value 1)", ["version"]);
+  readonly #storage = {
+    blocks: this.#gauge<StoreLabel>("torus_storage_blocks", "Blocks stored", ["storage"]),
+    blocksTotal: this.#gauge<StoreLabel>(
+      "torus_storage_blocks_total",
+      "Capacity of the store in blocks",
+      ["storage"],
+    ),
+    blockBytes: this.#gauge<StoreLabel>(
+      "torus_storage_block_bytes",
+      "Size of one block in bytes",
+      ["storage"],
+    ),
+    failed: this.#gauge<StoreLabel>(
+      "torus_storage_failed",
+      "1 once the store failed after an I/O error (it refuses every call until restarted)",
+      ["storage"],
+    ),
+    readBlocks: this.#counter<StoreLabel>(
+      "torus_storage_read_blocks",
+      "Block reads (whole or a byte range) that returned their bytes",
+      ["storage"],
+    ),
+    readBytes: this.#counter<StoreLabel>(
+      "torus_storage_read_bytes_total",
+      "Bytes returned by block reads",
+      ["storage"],
+    ),
+    failedBlocks: this.#counter<StoreLabel>(
+      "torus_storage_failed_blocks",
+      "Block reads that failed (checksum mismatch, unreadable copy, I/O error)",
+      ["storage"],
+    ),
+    writtenBlocks: this.#counter<StoreLabel>(
+      "torus_storage_written_blocks",
+      "Block writes (whole, a byte range, or a zeroing) that took effect",
+      ["storage"],
+    ),
+    writtenBytes: this.#counter<StoreLabel>(
+      "torus_storage_written_bytes_total",
+      "Bytes covered by block writes",
+      ["storage"],
+    ),
+    failedWrittenBlocks: this.#counter<StoreLabel>(
+      "torus_storage_failed_written_blocks",
+      "Block writes that failed (out of space, I/O error)",
+      ["storage"],
+    ),
+    deletedBlocks: this.#counter<StoreLabel>(
+      "torus_storage_deleted_blocks",
+      "Blocks deleted",
+      ["storage"],
+    ),
+    flushes: this.#counter<StoreLabel>(
+      "torus_storage_flushes",
+      "Flushes of the store that completed",
+      ["storage"],
+    ),
+  };
+  readonly #volumes = {
+    openFiles: this.#gauge<"volume">(
+      "torus_server_open_files",
+      "Handles on a volume open for write here (one per NBD connection to it)",
+      ["volume"],
+    ),
+    writtenBytes: this.#counter<"volume">(
+      "torus_server_file_written_bytes",
+      "Bytes written to a volume open here since it was opened",
+      ["volume"],
+    ),
+  };
+  readonly #nbd = {
+    connections: this.#gauge("torus_nbd_connections", "NBD connections open", []),
+    accepted: this.#counter(
+      "torus_nbd_connections_accepted_total",
+      "NBD connections accepted",
+      [],
+    ),
+    requests: this.#counter<"command">(
+      "torus_nbd_requests_total",
+      "NBD requests received, by command",
+      ["command"],
+    ),
+    errors: this.#counter(
+      "torus_nbd_request_errors_total",
+      "NBD requests answered with an error",
+      [],
+    ),
+    protocolErrors: this.#counter(
+      "torus_nbd_protocol_errors_total",
+      "NBD connections closed for a malformed request or handshake",
+      [],
+    ),
+    readBytes: this.#counter("torus_nbd_read_bytes_total", "Bytes returned by NBD reads", []),
+    writtenBytes: this.#counter("torus_nbd_written_bytes_total", "Bytes stored by NBD writes", []),
+  };
+
+  #gauge<L extends string = never>(name: string, help: string, labelNames: L[]): Gauge<L> {
+    const gauge = new Gauge<L>({ name, help, labelNames, registers: [this.#registry] });
+    this.#all.push(gauge);
+    return gauge;
+  }
+
+  #counter<L extends string = never>(name: string, help: string, labelNames: L[]): Counter<L> {
+    const counter = new Counter<L>({ name, help, labelNames, registers: [this.#registry] });
+    this.#all.push(counter);
+    return counter;
+  }
+
+  /** The exposition of `live`. */
+  render(live: LiveReport): Promise<string> {
+    this.#update(live);
+    return this.#registry.metrics();
+  }
+
+  #update(live: LiveReport): void {
+    for (const metric of this.#all) metric.reset();
+    this.#build.set({ version: live.node.version }, 1);
+    this.#updateStore(live);
+    for (const volume of live.openVolumes) {
+      const labels = { volume: volume.name };
+      this.#volumes.openFiles.set(labels, volume.handles);
+      this.#volumes.writtenBytes.inc(labels, volume.writtenBytes);
+    }
+    const nbd = live.nbd;
+    if (nbd === null) return;
+    this.#nbd.connections.set(nbd.connectionsOpen);
+    this.#nbd.accepted.inc(nbd.connectionsAccepted);
+    for (const [command, count] of Object.entries(nbd.requestsByCommand)) {
+      this.#nbd.requests.inc({ command }, count);
+    }
+    this.#nbd.errors.inc(nbd.errorReplies);
+    this.#nbd.protocolErrors.inc(nbd.protocolErrors);
+    this.#nbd.readBytes.inc(nbd.readBytes);
+    this.#nbd.writtenBytes.inc(nbd.writtenBytes);
+  }
+
+  #updateStore(live: LiveReport): void {
+    const store = live.store;
+    const labels = { storage: store.name };
+    const m = this.#storage;
+    if (store.usedBlocks !== null) m.blocks.set(labels, store.usedBlocks);
+    if (store.totalBlocks !== null) m.blocksTotal.set(labels, store.totalBlocks);
+    m.blockBytes.set(labels, store.blockSizeBytes);
+    m.failed.set(labels, store.failure === null ? 0 : 1);
+    const c = store.counters;
+    m.readBlocks.inc(labels, c.readBlocks);
+    m.readBytes.inc(labels, c.readBytes);
+    m.failedBlocks.inc(labels, c.failedBlocks);
+    m.writtenBlocks.inc(labels, c.writtenBlocks);
+    m.writtenBytes.inc(labels, c.writtenBytes);
+    m.failedWrittenBlocks.inc(labels, c.failedWrittenBlocks);
+    m.deletedBlocks.inc(labels, c.deletedBlocks);
+    m.flushes.inc(labels, c.flushes);
+  }
+}

@@ -1,0 +1,100 @@
+import assert from "node:assert/strict";
+import { NodeMetrics } from "./metrics.ts";
+import { liveReport } from "./report_fixture.ts";
+
+/** The sample lines of an exposition, as `series value`. */
+function samples(text: string): string[] {
+  return text.split("\n").filter((line) => line !== "" && !line.startsWith("#"));
+}
+
+Deno.test("metrics: the original's storage names with label storage, volumes and NBD counters", async () => {
+  const text = await new NodeMetrics().render(liveReport());
+  const lines = samples(text);
+  for (
+    const expected of [
+      'torus_build_info{version="1.2.3"} 1',
+      'torus_storage_blocks{storage="current"} 3',
+      'torus_storage_blocks_total{storage="current"} 127',
+      'torus_storage_block_bytes{storage="current"} 524288',
+      'torus_storage_failed{storage="current"} 0',
+      'torus_storage_read_blocks{storage="current"} 11',
+      'torus_storage_read_bytes_total{storage="current"} 45056',
+      'torus_storage_failed_blocks{storage="current"} 1',
+      'torus_storage_written_blocks{storage="current"} 7',
+      'torus_storage_written_bytes_total{storage="current"} 28672',
+      'torus_storage_failed_written_blocks{storage="current"} 2',
+      'torus_storage_deleted_blocks{storage="current"} 5',
+      'torus_storage_flushes{storage="current"} 4',
+      'torus_server_open_files{volume="db"} 2',
+      'torus_server_file_written_bytes{volume="db"} 28672',
+      "torus_nbd_connections 2",
+      "torus_nbd_connections_accepted_total 9",
+      'torus_nbd_requests_total{command="read"} 11',
+      'torus_nbd_requests_total{command="write"} 7',
+      'torus_nbd_requests_total{command="flush"} 3',
+      "torus_nbd_request_errors_total 1",
+      "torus_nbd_protocol_errors_total 6",
+      "torus_nbd_read_bytes_total 45056",
+      "torus_nbd_written_bytes_total 28672",
+    ]
+  ) {
+    assert.ok(lines.includes(expected), `missing "${expected}" in:\n${text}`);
+  }
+  assert.equal(lines.length, 24, text);
+  assert.match(text, /^# TYPE torus_storage_read_blocks counter$/m);
+  assert.match(text, /^# TYPE torus_storage_blocks gauge$/m);
+  assert.match(text, /^# TYPE torus_server_open_files gauge$/m);
+  assert.match(text, /^# TYPE torus_nbd_requests_total counter$/m);
+});
+
+Deno.test("metrics: each render shows only the present (a closed volume's series go away)", async () => {
+  const metrics = new NodeMetrics();
+  const first = await metrics.render(liveReport());
+  assert.match(first, /volume="db"/);
+  const later = liveReport({
+    openVolumes: [],
+    store: {
+      ...liveReport().store,
+      totalBlocks: null,
+      usedBlocks: null,
+      failure: "block store current failed: flush failed: EIO",
+    },
+    nbd: null,
+  });
+  const second = samples(await metrics.render(later));
+  assert.ok(!second.some((line) => line.includes('volume="db"')), second.join("\n"));
+  // A failed store says so; its counts are not invented.
+  assert.ok(second.includes('torus_storage_failed{storage="current"} 1'));
+  assert.ok(!second.some((line) => line.startsWith("torus_storage_blocks{")));
+  assert.ok(!second.some((line) => line.startsWith("torus_storage_blocks_total{")));
+  // Counters stay what the store counted.
+  assert.ok(second.includes('torus_storage_read_blocks{storage="current"} 11'));
+  // NBD off: no connections, no requests.
+  assert.ok(second.includes("torus_nbd_connections 0"));
+  assert.ok(!second.some((line) => line.startsWith("torus_nbd_requests_total{")));
+});
+
+Deno.test("metrics: a volume name with quotes, backslashes and a newline is escaped", async () => {
+  const open = liveReport().openVolumes[0]!;
+  const text = await new NodeMetrics().render(
+    liveReport({ openVolumes: [{ ...open, name: 'a"b\\c\nd' }] }),
+  );
+  assert.ok(
+    samples(text).includes('torus_server_open_files{volume="a\\"b\\\\c\\nd"} 2'),
+    text,
+  );
+});
+
+Deno.test("metrics: renders started together each show their own moment", async () => {
+  const metrics = new NodeMetrics();
+  const at = (reads: number) =>
+    liveReport({
+      store: {
+        ...liveReport().store,
+        counters: { ...liveReport().store.counters, readBlocks: reads },
+      },
+    });
+  const [a, b] = await Promise.all([metrics.render(at(100)), metrics.render(at(200))]);
+  assert.ok(samples(a).includes('torus_storage_read_blocks{storage="current"} 100'), a);
+  assert.ok(samples(b).includes('torus_storage_read_blocks{storage="current"} 200'), b);
+});

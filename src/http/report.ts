@@ -1,0 +1,118 @@
+/**
+ * The HTTP front end's boundary: what a node tells its status server. The node (src/cmd, the
+ * composition root) implements {@link NodeReporter} over its own parts; this folder only renders
+ * what it is given (status.ts, metrics.ts) and serves it (server.ts), so it never reaches into a
+ * storage engine or the NBD server itself.
+ *
+ * Two speeds: {@link NodeReporter.live} is synchronous and reads only counters and state held in
+ * memory (cheap enough for every scrape and health probe); the volume list and the metadata check
+ * are calls to the metadata service, bounded by a deadline by the caller.
+ *
+ * The cluster adds its sections (peers, ring, rebalance progress) here as further fields of
+ * {@link LiveReport}; the renderers add them as further top-level keys of `/status` and further
+ * metric families, without changing the ones below.
+ * @module
+ */
+
+/** Counters of a block store (names as BlockStoreStats). */
+export interface StoreCounters {
+  readonly readBlocks: number;
+  readonly readBytes: number;
+  readonly failedBlocks: number;
+  readonly writtenBlocks: number;
+  readonly writtenBytes: number;
+  readonly failedWrittenBlocks: number;
+  readonly deletedBlocks: number;
+  readonly flushes: number;
+}
+
+/** The node's block store. */
+export interface StoreReport {
+  /** Store name (`current`), the `storage` label of the metrics. */
+  readonly name: string;
+  /** Engine (`file`). */
+  readonly kind: string;
+  readonly blockSizeBytes: number;
+  /** Capacity in blocks; null once the store failed (it answers nothing any more). */
+  readonly totalBlocks: number | null;
+  /** Blocks stored; null once the store failed. */
+  readonly usedBlocks: number | null;
+  /** Why the store failed (it refuses every call until restarted), or null while it works. */
+  readonly failure: string | null;
+  readonly counters: StoreCounters;
+}
+
+/** Where the metadata lives. */
+export type MetadataReport =
+  | { readonly kind: "embedded"; readonly path: string }
+  | { readonly kind: "etcd"; readonly endpoints: readonly string[] };
+
+/** A volume open for write on this node. */
+export interface OpenVolumeReport {
+  readonly name: string;
+  readonly id: number;
+  readonly sizeBytes: number;
+  readonly generation: number;
+  /** Handles on it: each NBD connection to it holds one. */
+  readonly handles: number;
+  readonly state: "open" | "closing" | "failed";
+  readonly failure: string | null;
+  readonly writtenBytes: number;
+  /** The fencing token of its lock acquisition (a 64-bit number, as text). */
+  readonly fencingToken: string;
+}
+
+/** The NBD server. */
+export interface NbdReport {
+  /** `HOST:PORT` it listens on. */
+  readonly address: string;
+  readonly connectionsOpen: number;
+  readonly connectionsAccepted: number;
+  /** Requests by command (`read`, `write`, `flush`, …). */
+  readonly requestsByCommand: Readonly<Record<string, number>>;
+  /** Requests answered with an error. */
+  readonly errorReplies: number;
+  /** Connections closed for garbage (bad magic, oversized write, bad handshake). */
+  readonly protocolErrors: number;
+  readonly readBytes: number;
+  readonly writtenBytes: number;
+}
+
+/** Everything a node knows about itself without asking anyone. */
+export interface LiveReport {
+  readonly node: {
+    readonly uuid: string;
+    readonly version: string;
+    readonly dataDir: string;
+    readonly pid: number;
+    /** When the node started serving (epoch ms). */
+    readonly startedAtMs: number;
+  };
+  readonly store: StoreReport;
+  readonly metadata: MetadataReport;
+  /** Null when the node serves no NBD (`--nbd` not given). */
+  readonly nbd: NbdReport | null;
+  readonly openVolumes: readonly OpenVolumeReport[];
+}
+
+/** A volume as the metadata service lists it, with its lock. */
+export interface VolumeReport {
+  readonly name: string;
+  readonly id: number;
+  readonly type: string;
+  readonly sizeBytes: number;
+  /** For a clone, `VOLUME@SNAPSHOT` it was made from; null otherwise. */
+  readonly cloneOf: string | null;
+  /** The UUID of the node holding its writer lock, or null when it is unlocked. */
+  readonly lockHolder: string | null;
+}
+
+/** What a node gives its status server; see the module doc. */
+export interface NodeReporter {
+  /** The in-memory state now. Never throws, never waits. */
+  live(): LiveReport;
+  /** Every volume with its lock, from the metadata service. */
+  volumes(): Promise<VolumeReport[]>;
+  /** Resolves when the metadata service answers a read; throws why not otherwise. */
+  checkMetadata(): Promise<void>;
+}

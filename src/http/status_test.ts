@@ -1,0 +1,142 @@
+import assert from "node:assert/strict";
+import { liveReport, volumeReports } from "./report_fixture.ts";
+import { nodeStatus, renderStatus } from "./status.ts";
+
+const startedAtMs = liveReport().node.startedAtMs;
+
+Deno.test("status: every section of a working node, volumes joined with what is open here", () => {
+  const status = nodeStatus({
+    live: liveReport(),
+    volumes: volumeReports(),
+    metadataError: null,
+    nowMs: startedAtMs + 90_500,
+  });
+  assert.deepEqual(status.node, {
+    uuid: "6dd1f036-fe4c-4f22-96a1-3e2aac9f99a9",
+    version: "1.2.3",
+    dataDir: "/var/lib/torus",
+    pid: 4242,
+    startedAt: "2024-01-02T03:04:05.000Z",
+    uptimeSeconds: 90.5,
+  });
+  assert.deepEqual(status.store, {
+    name: "current",
+    kind: "file",
+    blockSizeBytes: 524288,
+    totalBlocks: 127,
+    usedBlocks: 3,
+    totalBytes: 127 * 524288,
+    usedBytes: 3 * 524288,
+    failed: false,
+    failure: null,
+  });
+  assert.deepEqual(status.metadata, {
+    kind: "embedded",
+    path: "/var/lib/torus/metadata/kv.sqlite",
+    usable: true,
+    error: null,
+  });
+  assert.equal(status.nbd?.address, "127.0.0.1:10809");
+  assert.equal(status.nbd?.connections, 2);
+  assert.equal(status.nbd?.connectionsAccepted, 9);
+  assert.deepEqual(status.nbd?.openVolumes.map((v) => [v.name, v.handles, v.state]), [
+    ["db", 2, "open"],
+  ]);
+  assert.deepEqual(
+    status.volumes?.map((v) => [v.name, v.open, v.locked, v.cloneOf]),
+    [["db", true, true, null], ["db3", false, true, "db@monday"], ["free", false, false, null]],
+  );
+});
+
+Deno.test("status: a failed store, no NBD, etcd that does not answer", () => {
+  const live = liveReport({
+    store: {
+      ...liveReport().store,
+      totalBlocks: null,
+      usedBlocks: null,
+      failure: "block store current failed: flush failed: EIO",
+    },
+    metadata: { kind: "etcd", endpoints: ["10.0.0.1:2379", "10.0.0.2:2379"] },
+    nbd: null,
+    openVolumes: [],
+  });
+  const status = nodeStatus({
+    live,
+    volumes: null,
+    metadataError: "no answer to the volume list within 5000 ms",
+    nowMs: startedAtMs,
+  });
+  assert.equal(status.store.failed, true);
+  assert.equal(status.store.failure, "block store current failed: flush failed: EIO");
+  assert.equal(status.store.totalBytes, null);
+  assert.equal(status.store.usedBytes, null);
+  assert.deepEqual(status.metadata, {
+    kind: "etcd",
+    endpoints: ["10.0.0.1:2379", "10.0.0.2:2379"],
+    usable: false,
+    error: "no answer to the volume list within 5000 ms",
+  });
+  assert.equal(status.nbd, null);
+  assert.equal(status.volumes, null);
+  assert.equal(status.node.uptimeSeconds, 0);
+});
+
+Deno.test("status: the document has every key of the schema in docs/http.md and nothing undefined", () => {
+  const text = renderStatus({
+    live: liveReport(),
+    volumes: volumeReports(),
+    metadataError: null,
+    nowMs: startedAtMs + 1,
+  });
+  assert.ok(text.endsWith("}\n"));
+  const parsed = JSON.parse(text);
+  assert.deepEqual(Object.keys(parsed), ["node", "store", "metadata", "nbd", "volumes"]);
+  assert.deepEqual(Object.keys(parsed.node), [
+    "uuid",
+    "version",
+    "dataDir",
+    "pid",
+    "startedAt",
+    "uptimeSeconds",
+  ]);
+  assert.deepEqual(Object.keys(parsed.store), [
+    "name",
+    "kind",
+    "blockSizeBytes",
+    "totalBlocks",
+    "usedBlocks",
+    "totalBytes",
+    "usedBytes",
+    "failed",
+    "failure",
+  ]);
+  assert.deepEqual(Object.keys(parsed.nbd), [
+    "address",
+    "connections",
+    "connectionsAccepted",
+    "openVolumes",
+  ]);
+  assert.deepEqual(Object.keys(parsed.nbd.openVolumes[0]), [
+    "name",
+    "id",
+    "sizeBytes",
+    "generation",
+    "handles",
+    "state",
+    "failure",
+    "writtenBytes",
+    "fencingToken",
+  ]);
+  assert.deepEqual(Object.keys(parsed.volumes[0]), [
+    "name",
+    "id",
+    "type",
+    "sizeBytes",
+    "cloneOf",
+    "lockHolder",
+    "open",
+    "locked",
+  ]);
+  // A 64-bit token survives as text, not as a rounded number.
+  assert.equal(parsed.nbd.openVolumes[0].fencingToken, "18446744073709551615");
+});
