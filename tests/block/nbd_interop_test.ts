@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { type MemoryDevice } from "../../src/block/mod.ts";
 import { patternBytes } from "../../src/block/device_contract.ts";
 import { hasCommand } from "../support/packages.ts";
-import { NbdFixture, runCommand, runOk, sameBytes } from "../support/nbd_fixture.ts";
+import { NbdFixture, randomFile, runCommand, runOk, sameBytes } from "../support/nbd_fixture.ts";
 
 const MiB = 1024 * 1024;
 
@@ -20,23 +20,6 @@ function toolTest(name: string, tools: string[], fn: () => Promise<void>): void 
     ignore: missing.length > 0,
     fn,
   });
-}
-
-/** Writes `sizeBytes` of random data to `path`. */
-async function randomFile(path: string, sizeBytes: number): Promise<void> {
-  const file = await Deno.open(path, { write: true, create: true, truncate: true });
-  try {
-    const chunk = new Uint8Array(MiB);
-    for (let done = 0; done < sizeBytes; done += chunk.length) {
-      for (let at = 0; at < chunk.length; at += 65536) {
-        crypto.getRandomValues(chunk.subarray(at, at + 65536));
-      }
-      let written = 0;
-      while (written < chunk.length) written += await file.write(chunk.subarray(written));
-    }
-  } finally {
-    file.close();
-  }
 }
 
 /** Asserts the file holds exactly what the device holds. */

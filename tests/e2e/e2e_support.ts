@@ -11,6 +11,7 @@
 import { NbdClient } from "../../src/block/mod.ts";
 import { hasCommand } from "../support/packages.ts";
 import { runTorus, type ServeProcess, startServe } from "../support/torus_process.ts";
+export { randomFile } from "../support/nbd_fixture.ts";
 
 export const MiB = 1024 * 1024;
 /** The unit of "old or new" after a crash. */
@@ -185,23 +186,6 @@ export async function readAll(client: NbdClient): Promise<Uint8Array> {
 /** Closes a client whose server may be gone (after a SIGKILL): errors are expected. */
 export async function closeQuietly(client: NbdClient | null | undefined): Promise<void> {
   await client?.close().catch(() => {});
-}
-
-/** Writes `sizeBytes` of random data to `path` (crypto randomness: incompressible). */
-export async function randomFile(path: string, sizeBytes: number): Promise<void> {
-  const file = await Deno.open(path, { write: true, create: true, truncate: true });
-  try {
-    const chunk = new Uint8Array(MiB);
-    for (let done = 0; done < sizeBytes; done += chunk.length) {
-      for (let at = 0; at < chunk.length; at += 65536) {
-        crypto.getRandomValues(chunk.subarray(at, at + 65536));
-      }
-      let written = 0;
-      while (written < chunk.length) written += await file.write(chunk.subarray(written));
-    }
-  } finally {
-    file.close();
-  }
 }
 
 /** The first offset where two buffers differ, or -1. */

@@ -324,3 +324,22 @@ export function requestBytes(request: RawRequest): Uint8Array {
   bytes.set(payload, NBD_REQUEST_HEADER_BYTES);
   return bytes;
 }
+
+/** Writes `sizeBytes` of random data to `path` (crypto randomness: incompressible). */
+export async function randomFile(path: string, sizeBytes: number): Promise<void> {
+  const chunkBytes = 1024 * 1024;
+  const file = await Deno.open(path, { write: true, create: true, truncate: true });
+  try {
+    const chunk = new Uint8Array(chunkBytes);
+    for (let done = 0; done < sizeBytes; done += chunk.length) {
+      // getRandomValues fills at most 64 KiB per call.
+      for (let at = 0; at < chunk.length; at += 65536) {
+        crypto.getRandomValues(chunk.subarray(at, at + 65536));
+      }
+      let written = 0;
+      while (written < chunk.length) written += await file.write(chunk.subarray(written));
+    }
+  } finally {
+    file.close();
+  }
+}
