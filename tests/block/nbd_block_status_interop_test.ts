@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { assertSameBytes, BLOCK_SIZE_DEFAULT_BYTES } from "../../src/core/mod.ts";
 import type { NbdClient } from "../../src/block/mod.ts";
-import { hasCommand } from "../support/packages.ts";
+import { toolTest } from "../support/packages.ts";
 import { runOk } from "../support/nbd_fixture.ts";
 import { ctlOk, type ServeProcess, startServe } from "../support/torus_process.ts";
 
@@ -79,15 +79,6 @@ async function withSparseVolume(
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
-}
-
-function toolTest(name: string, tools: string[], fn: () => Promise<void>): void {
-  const missing = tools.filter((tool) => !hasCommand(tool));
-  Deno.test({
-    name: missing.length ? `${name} [skipped: ${missing.join(", ")} not installed]` : name,
-    ignore: missing.length > 0,
-    fn,
-  });
 }
 
 /** `nbdinfo --map` lines: offset, length, type number, description. */

@@ -7,20 +7,10 @@
 import assert from "node:assert/strict";
 import { type MemoryDevice } from "../../src/block/mod.ts";
 import { patternBytes } from "../../src/block/device_contract.ts";
-import { hasCommand } from "../support/packages.ts";
+import { toolTest } from "../support/packages.ts";
 import { NbdFixture, randomFile, runCommand, runOk, sameBytes } from "../support/nbd_fixture.ts";
 
 const MiB = 1024 * 1024;
-
-/** A test that needs `tools`; skipped (and named so) when one is missing. */
-function toolTest(name: string, tools: string[], fn: () => Promise<void>): void {
-  const missing = tools.filter((tool) => !hasCommand(tool));
-  Deno.test({
-    name: missing.length ? `${name} [skipped: ${missing.join(", ")} not installed]` : name,
-    ignore: missing.length > 0,
-    fn,
-  });
-}
 
 /** Asserts the file holds exactly what the device holds. */
 async function assertFileEqualsDevice(path: string, device: MemoryDevice): Promise<void> {

@@ -72,3 +72,13 @@ export async function ensurePackages(requirements: readonly Requirement[]): Prom
   if (await run(["apt-get", "update"]) && await run(install)) return;
   console.error(`tests: apt-get could not install ${packages.join(" ")}`);
 }
+
+/** A test that needs `tools`; skipped (and named so) when one is missing. */
+export function toolTest(name: string, tools: string[], fn: () => Promise<void>): void {
+  const missing = tools.filter((tool) => !hasCommand(tool));
+  Deno.test({
+    name: missing.length ? `${name} [skipped: ${missing.join(", ")} not installed]` : name,
+    ignore: missing.length > 0,
+    fn,
+  });
+}
