@@ -350,7 +350,9 @@ Deno.test("ctl fails fast and in one line when etcd is unreachable", async () =>
     const result = await torus(["ctl", "-C", "127.0.0.1:1", "volume", "list"], home);
     const elapsedMs = Date.now() - started;
     fails(result, 1, /127\.0\.0\.1:1.*\(unavailable\)$/);
-    assert.ok(elapsedMs < 8_000, `took ${elapsedMs} ms`);
+    // Fast means within the connect deadline plus a process start, not a hang: a loaded machine
+    // took 8.5 s here, and a hang is minutes.
+    assert.ok(elapsedMs < 20_000, `took ${elapsedMs} ms`);
   } finally {
     await Deno.remove(home, { recursive: true });
   }

@@ -171,7 +171,9 @@ Deno.test({
         }
         const waitedMs = performance.now() - started;
         assert.ok(waitedMs >= 500 && waitedMs < 2_000, `failed after ${waitedMs} ms`);
-        assert.ok(worstLateMs < 150, `event loop stalled ${worstLateMs.toFixed(0)} ms`);
+        // Waiting on the lock in this thread would stall it for the whole 600 ms call; a loaded
+        // machine adds up to ~170 ms of timer lateness by itself.
+        assert.ok(worstLateMs < 400, `event loop stalled ${worstLateMs.toFixed(0)} ms`);
         await locker.waitLine((l) => l === "released", 5_000);
         await kv.put("k", new Uint8Array([2]));
         assert.deepEqual((await kv.get("k"))?.value, new Uint8Array([2]));
