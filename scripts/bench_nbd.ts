@@ -681,8 +681,29 @@ export function configOf(args: string[]): BenchConfig {
   };
 }
 
+const USAGE =
+  `Usage: deno run -A scripts/bench_nbd.ts [--quick] [--export-mib N] [--runtime SECONDS]
+  [--rounds N] [--filter TEXT] [--dir DIR] [--json FILE] [--no-amplification] [--no-cold-reads]
+
+fio's nbd engine against torus serve, qemu-nbd and nbdkit in the same run (docs/benchmarks.md).`;
+
+/** The configuration, or a one-line error and exit 2 (the usage with --help, exit 0). */
+function configOrExit(args: string[]): BenchConfig {
+  if (args.includes("--help") || args.includes("-h")) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  try {
+    return configOf(args);
+  } catch (error) {
+    console.error(`bench_nbd: ${error instanceof Error ? error.message : error}`);
+    console.error("Run with --help for usage.");
+    Deno.exit(2);
+  }
+}
+
 if (import.meta.main) {
-  const config = configOf(Deno.args);
+  const config = configOrExit(Deno.args);
   const lines = await runBench(config);
   console.log(lines.join("\n"));
   const failed = lines.some((line) => /\bNaN\b/.test(line));
