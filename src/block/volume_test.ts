@@ -1,74 +1,10 @@
 import assert from "node:assert/strict";
 import { assertSameBytes, type BlockRef, BlockType, SeededRandom, testSeed } from "../core/mod.ts";
-import { type BlockStore, MemoryBlockStore } from "../storage/mod.ts";
-import { BlockVolume } from "./volume.ts";
-import { decodeRoot, encodeRoot, mapGeometry, rootRef } from "./volume_format.ts";
-import { VolumeMap } from "./volume_map.ts";
-import { VolumeReader } from "./volume_reader.ts";
+import { MemoryBlockStore } from "../storage/mod.ts";
+import { createVolume, nextGeneration, openReader, openVolume, readAll } from "./volume_fixture.ts";
 
-const VOLUME = 5;
 const BLOCK = 16 * 1024;
 const SECTOR = 4096;
-
-async function createVolume(
-  store: BlockStore,
-  options: { sizeBytes: number; generation?: number },
-): Promise<BlockVolume> {
-  const generation = options.generation ?? 2;
-  const geometry = mapGeometry(store.blockSizeBytes);
-  const root = encodeRoot(
-    { volume: VOLUME, generation, sizeBytes: options.sizeBytes, parent: null },
-    geometry,
-  );
-  await store.putBlock(rootRef(VOLUME, generation), root);
-  await store.flush();
-  return await openVolume(store, generation, options.sizeBytes);
-}
-
-async function loadMap(store: BlockStore, generation: number): Promise<VolumeMap> {
-  const geometry = mapGeometry(store.blockSizeBytes);
-  const bytes = await store.getBlock(rootRef(VOLUME, generation));
-  return new VolumeMap(
-    store,
-    decodeRoot(bytes, { volume: VOLUME, generation }, geometry),
-    geometry,
-  );
-}
-
-async function openVolume(
-  store: BlockStore,
-  generation: number,
-  sizeBytes: number,
-): Promise<BlockVolume> {
-  const map = await loadMap(store, generation);
-  return new BlockVolume({ store, geometry: map.geometry, map, sizeBytes, parent: null });
-}
-
-async function openReader(
-  store: BlockStore,
-  generation: number,
-  sizeBytes: number,
-): Promise<VolumeReader> {
-  return new VolumeReader({
-    store,
-    map: await loadMap(store, generation),
-    sizeBytes,
-    parent: null,
-  });
-}
-
-async function readAll(device: { sizeBytes: number; readAt: BlockVolume["readAt"] }) {
-  const bytes = new Uint8Array(device.sizeBytes);
-  await device.readAt(0, bytes);
-  return bytes;
-}
-
-/** Generation changes without a metadata service: the next number, nothing to publish. */
-function nextGeneration(volume: BlockVolume): Promise<number> {
-  return volume.changeGeneration((ending) =>
-    Promise.resolve({ generation: ending + 1, commit: () => Promise.resolve() })
-  );
-}
 
 Deno.test("volume: unaligned writes, trims and zeroes read back like a plain buffer", async () => {
   const seed = testSeed();
