@@ -1,7 +1,10 @@
 /**
  * SysFileIo: the real FileIo, over libc through src/sys. Reads, writes and syncs are nonblocking
  * FFI calls (a pool thread waits on the disk, never the event loop); a failed read or write learns
- * its errno on a worker thread (src/sys/io_repeat.ts). open, close, ftruncate, fallocate, lseek
+ * its errno on a worker thread (src/sys/io_repeat.ts). Two shortcuts save most of the thread hops
+ * of small I/O: a read first copies what the page cache holds without waiting (`preadv2` with
+ * RWF_NOWAIT), and small writes of one turn go to the kernel together in one AIO `io_submit`
+ * (src/sys/aio.ts). open, close, ftruncate, fallocate, lseek
  * and flock are synchronous: they change or read metadata only and return without data I/O.
  * Names (exists, mkdir, rename, remove) go through Deno's own async file system calls.
  * @module
@@ -9,6 +12,7 @@
 
 import { closed, ErrorCode, errorMessage, TorusError } from "../core/mod.ts";
 import {
+  batchedPwrite,
   close,
   fallocate,
   fdatasync,
@@ -19,7 +23,7 @@ import {
   open,
   OpenFlags,
   preadFull,
-  pwriteFull,
+  preadNowait,
   tryFlock,
   unlockFlock,
 } from "../sys/mod.ts";
@@ -53,11 +57,16 @@ class SysFile implements IoFile {
   }
 
   async read(into: Uint8Array, offsetBytes: number): Promise<number> {
-    return await preadFull(this.#open(), into, offsetBytes);
+    const fd = this.#open();
+    // What the page cache holds is copied at once; only the rest waits for a pool thread.
+    const cached = preadNowait(fd, into, offsetBytes);
+    if (cached === into.length || cached === 0) return cached;
+    const done = Math.max(cached, 0);
+    return done + await preadFull(fd, into.subarray(done), offsetBytes + done);
   }
 
   async write(bytes: Uint8Array, offsetBytes: number): Promise<void> {
-    await pwriteFull(this.#open(), bytes, offsetBytes);
+    await batchedPwrite(this.#open(), bytes, offsetBytes);
   }
 
   async datasync(): Promise<void> {

@@ -6,7 +6,9 @@
  * - Calls that can wait on a disk for long (pread/pwrite, fsync/fdatasync, msync) are
  *   `nonblocking` FFI calls: they run on a worker thread and return a Promise.
  * - Synchronous calls are only those that touch metadata or tables (open, close, ftruncate,
- *   fallocate, posix_fadvise, flock, fcntl locks, lseek, mmap, munmap, mallopt).
+ *   fallocate, posix_fadvise, flock, fcntl locks, lseek, mmap, munmap, mallopt), and `preadv2`
+ *   with RWF_NOWAIT ({@link preadNowait}), which copies what the page cache holds and fails
+ *   rather than wait for a disk. Small writes are batched through Linux AIO (aio.ts).
  *   `preadSync`/`pwriteSync` exist for benchmarks (the fastest way to move bytes, as a baseline)
  *   and tests, `pwriteFullSync` for a few bytes written once (a lock file's owner line); the
  *   storage engine never calls them.
@@ -81,6 +83,8 @@ const symbols = {
     result: "isize",
     nonblocking: true,
   },
+  // Synchronous, but only with RWF_NOWAIT (see preadNowait): it never waits for a disk.
+  preadv2: { parameters: ["i32", "buffer", "i32", "i64", "i32"], result: "isize" },
   pwrite_sync: { name: "pwrite", parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   fsync: { parameters: ["i32"], result: "i32", nonblocking: true },
   fdatasync: { parameters: ["i32"], result: "i32", nonblocking: true },
@@ -215,6 +219,32 @@ async function positional(
       throw failure(call, detail(), repeated.errno);
     }
   }
+}
+
+/** preadv2(2) flag: fail with EAGAIN instead of waiting for data not in the page cache. */
+const RWF_NOWAIT = 0x8;
+/** Reads of more than this take a pool thread anyway: copying them would hold the event loop. */
+export const NOWAIT_READ_BYTES_MAX = 64 * 1024;
+/** The one iovec of preadNowait (the main thread makes one call at a time). */
+const nowaitIovec = new BigUint64Array(2);
+const nowaitIovecBytes = new Uint8Array(nowaitIovec.buffer);
+
+/**
+ * Reads what the page cache already holds, on the main thread without waiting: `preadv2` with
+ * RWF_NOWAIT returns at once with the bytes it could copy from memory, and fails with EAGAIN
+ * when the first of them is not cached (it would have to wait for the disk or a lock). Returns
+ * the bytes read (0 at end of file), or -1 when nothing could be read that way (not cached, a
+ * file system without RWF_NOWAIT, any error): the caller then reads with {@link preadFull},
+ * which reports real errors. Only for up to {@link NOWAIT_READ_BYTES_MAX} bytes.
+ */
+export function preadNowait(fd: number, buffer: Uint8Array, offsetBytes: number): number {
+  if (buffer.length === 0 || buffer.length > NOWAIT_READ_BYTES_MAX) return -1;
+  nowaitIovec[0] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(pinned(buffer))));
+  nowaitIovec[1] = BigInt(buffer.length);
+  const result = toNumber(
+    libc().preadv2(fd, nowaitIovecBytes, 1, BigInt(offsetBytes), RWF_NOWAIT),
+  );
+  return result < 0 ? -1 : result;
 }
 
 /** One nonblocking pread(2): bytes read, 0 at end of file. */

@@ -8,6 +8,7 @@
  * @module
  */
 
+export * from "./aio.ts";
 export * from "./durable_file.ts";
 export * from "./errno.ts";
 export * from "./files.ts";
