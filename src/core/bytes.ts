@@ -26,3 +26,27 @@ export function assertSameBytes(actual: Uint8Array, expected: Uint8Array, messag
       `${actual[at] ?? "end"} where ${expected[at] ?? "end"} was expected`,
   );
 }
+
+/**
+ * `parts` (at least one) as one array: a view of their buffer when they lie back to back in it
+ * (cut one after another from one buffer), else a copy. Saves a copy where pieces usually are
+ * adjacent (journal records of one batch, the sectors of one record).
+ */
+export function joinedBytes(parts: readonly Uint8Array[]): Uint8Array {
+  const first = parts[0]!;
+  let total = first.length;
+  let adjacent = true;
+  for (let i = 1; i < parts.length; i++) {
+    const part = parts[i]!;
+    adjacent &&= part.buffer === first.buffer && part.byteOffset === first.byteOffset + total;
+    total += part.length;
+  }
+  if (adjacent) return new Uint8Array(first.buffer, first.byteOffset, total);
+  const bytes = new Uint8Array(total);
+  let at = 0;
+  for (const part of parts) {
+    bytes.set(part, at);
+    at += part.length;
+  }
+  return bytes;
+}

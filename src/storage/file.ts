@@ -75,6 +75,7 @@ import {
   errorMessage,
   invalid,
   isTorusError,
+  joinedBytes,
   logger,
   notExist,
   TorusError,
@@ -157,8 +158,8 @@ interface PendingRange {
   /** Sector-aligned range in the block. */
   readonly offsetBytes: number;
   readonly lengthBytes: number;
-  /** The bytes of a write; null for a zeroing. */
-  readonly data: Uint8Array | null;
+  /** The bytes of a write (the journal record's own copy once appended); null for a zeroing. */
+  data: Uint8Array | null;
 }
 
 /** A journal record (range or delete) waiting to be applied, in seq order across refs. */
@@ -172,12 +173,15 @@ interface Unapplied {
   end: number;
 }
 
-/** Journal bytes that may wait unapplied before the store flushes on its own. */
-const UNAPPLIED_BYTES_SOFT_MAX = 32 * 1024 * 1024;
+/**
+ * Journal bytes appended since the last flush began after which the store flushes on its own
+ * (records are applied in place only once a flush made them durable).
+ */
+const UNFLUSHED_BYTES_SOFT_MAX = 32 * 1024 * 1024;
 /** How long records may stay unapplied and unflushed when nobody flushes. */
 const BACKGROUND_FLUSH_MS = 2_000;
 /** Refs the applier works on at once. */
-const APPLY_CONCURRENCY = 16;
+const APPLY_CONCURRENCY = 128;
 
 /** Puts of one ref in flight. */
 interface PutsInFlight {
@@ -229,6 +233,11 @@ export class FileBlockStore implements BlockStore {
    * stay in the journal, replayable, until a checkpoint syncs both files.
    */
   #dataUnsynced = false;
+  #sumsPreloaded: Promise<void> = Promise.resolve();
+  /** Journal bytes appended since the last flush began (see UNFLUSHED_BYTES_SOFT_MAX). */
+  #unflushedBytes = 0;
+  /** Map batches completed when the last map fdatasync started (see #syncMap). */
+  #mapSyncedBatches = 0;
   #sumsUnsynced = false;
   #clearing = 0;
   #nextGeneration: number;
@@ -252,7 +261,6 @@ export class FileBlockStore implements BlockStore {
   readonly #overlay = new Map<string, PendingRange[]>();
   /** Every unapplied record in seq order. */
   #unapplied: Unapplied[] = [];
-  #unappliedBytes = 0;
   /** Records with a seq up to this are durable in the journal. */
   #durableSeq = 0;
   /** Records up to this seq are applied; the journal may drop what precedes the position. */
@@ -388,6 +396,11 @@ export class FileBlockStore implements BlockStore {
       await settleHighWater(files, loaded);
       const store = new FileBlockStore(files, loaded, { sums, journal });
       await store.#replay(summary);
+      // In the background: the first reads after a restart then find their sums in memory.
+      store.#sumsPreloaded = sums.preload(
+        loaded.highestUsedSlot + 1,
+        (slot) => store.#index.states[slot] !== SlotState.Free,
+      );
       return store;
     } catch (error) {
       await journal?.close().catch(() => {});
@@ -395,6 +408,19 @@ export class FileBlockStore implements BlockStore {
       await closeStoreFiles(files).catch(() => {});
       throw error;
     }
+  }
+
+  /**
+   * Resolves once the records that flushes made durable are applied in place (the applier is
+   * idle). For tests and tools: reads see the same bytes either way.
+   */
+  async applied(): Promise<void> {
+    while (this.#applying !== null) await this.#applying;
+  }
+
+  /** Settles when the background preload of checksums that opening started has ended. */
+  sumsPreloaded(): Promise<void> {
+    return this.#sumsPreloaded;
   }
 
   /** Path of the data file. */
@@ -491,7 +517,10 @@ export class FileBlockStore implements BlockStore {
     const sectorBytes = this.#sectorBytes;
     const first = Math.floor(offsetBytes / sectorBytes);
     const end = Math.max(first + 1, Math.ceil((offsetBytes + into.length) / sectorBytes));
-    const span = new Uint8Array((end - first) * sectorBytes);
+    // Whole sectors are read straight into the caller's buffer.
+    const aligned = offsetBytes === first * sectorBytes &&
+      into.length === (end - first) * sectorBytes;
+    const span = aligned ? into : new Uint8Array((end - first) * sectorBytes);
     for (let attempt = 1;; attempt++) {
       const slot = this.#index.find(key);
       if (slot < 0) throw notExist(`block ${ref} not found`);
@@ -501,7 +530,7 @@ export class FileBlockStore implements BlockStore {
       if (read) {
         applyOverlay(span, first * sectorBytes, overlay);
         const from = offsetBytes - first * sectorBytes;
-        into.set(span.subarray(from, from + into.length));
+        if (!aligned) into.set(span.subarray(from, from + into.length));
         return;
       }
       if (attempt >= READ_ATTEMPTS_MAX) {
@@ -597,8 +626,7 @@ export class FileBlockStore implements BlockStore {
     } catch (error) {
       return Promise.reject(error);
     }
-    // The caller's bytes are copied now: the record may be built after the caller moved on.
-    return this.#rangeWrite(ref, offsetBytes, data.length, data.slice(), options?.fresh ?? false);
+    return this.#rangeWrite(ref, offsetBytes, data.length, data, options?.fresh ?? false);
   }
 
   zeroAt(
@@ -640,10 +668,12 @@ export class FileBlockStore implements BlockStore {
       if (fast) {
         written = this.#appendRange(ref, key, { offsetBytes, lengthBytes, data, reset });
       } else {
+        // The caller's bytes are copied now: the record is built after the caller moved on.
+        const owned = data === null ? null : data.slice();
         // The append happens in turn on the ref; waiting for its write does not hold the ref.
         const appended = await this.#onRef(
           refKey,
-          () => this.#slowRangeWrite(ref, key, { offsetBytes, lengthBytes, data, reset }),
+          () => this.#slowRangeWrite(ref, key, { offsetBytes, lengthBytes, data: owned, reset }),
         );
         written = appended.written;
       }
@@ -837,15 +867,27 @@ export class FileBlockStore implements BlockStore {
     }).catch(() => {});
   }
 
-  /** Queues `unapplied` for the applier and appends its journal record. */
+  /**
+   * Queues `unapplied` for the applier and appends its journal record. Resolves once the record
+   * has its place in the journal, so the next flush makes it durable: the write of the record
+   * itself runs on (a failed one fails the store, and so the next flush).
+   */
   #appendRecord(unapplied: Unapplied, record: JournalRecord): Promise<void> {
     this.#unapplied.push(unapplied);
-    this.#unappliedBytes += record.data?.length ?? 64;
-    if (this.#unappliedBytes > UNAPPLIED_BYTES_SOFT_MAX) void this.#flushNow().catch(() => {});
+    this.#unflushedBytes += record.data?.length ?? 64;
+    // Once per so many bytes, not on every append while they wait to be applied: a flush of its
+    // own covers everything appended before it.
+    if (this.#unflushedBytes > UNFLUSHED_BYTES_SOFT_MAX) void this.#flushNow().catch(() => {});
     else this.#scheduleBackgroundFlush();
-    return this.#journal.append(record).then((end) => {
+    const { admitted, written, data } = this.#journal.append(record);
+    // The overlay keeps the journal's copy of the bytes (the caller's may change from now on).
+    if (unapplied.range !== null) unapplied.range.data = data;
+    written.then((end) => {
       unapplied.end = end;
     }, (error) => {
+      this.#fail("appending to the journal failed", error);
+    });
+    return admitted.catch((error) => {
       throw this.#fail("appending to the journal failed", error);
     });
   }
@@ -890,7 +932,6 @@ export class FileBlockStore implements BlockStore {
     for (let i = 0; i < groups.length; i += APPLY_CONCURRENCY) {
       await Promise.all(groups.slice(i, i + APPLY_CONCURRENCY).map((g) => this.#applyToSlot(g)));
     }
-    for (const record of batch) this.#unappliedBytes -= record.range?.data?.length ?? 64;
     const last = batch[batch.length - 1]!;
     this.#applied = { seq: last.seq, position: Math.max(this.#applied.position, last.end) };
     if (this.#journal.usedBytes > this.#journal.regionBytes / 2) void this.#checkpoint();
@@ -975,7 +1016,7 @@ export class FileBlockStore implements BlockStore {
     await this.#files.data.datasync();
     await this.#sums.datasync();
     await this.#writer.written();
-    await this.#files.map.datasync();
+    await this.#syncMap();
     await this.#journal.setCheckpoint({ ...applied, epoch: this.#journal.checkpoint.epoch });
   }
 
@@ -1411,6 +1452,7 @@ export class FileBlockStore implements BlockStore {
 
   async #syncAndRetire(): Promise<void> {
     if (this.#failure !== null) throw this.#failure;
+    this.#unflushedBytes = 0;
     // Only copies retired before the syncs start are covered by them.
     const retiring = this.#retiring;
     this.#retiring = [];
@@ -1424,7 +1466,7 @@ export class FileBlockStore implements BlockStore {
       if (data) await this.#files.data.datasync();
       if (sums) await this.#sums.datasync();
       await this.#writer.written();
-      await this.#files.map.datasync();
+      await this.#syncMap();
       // Range records last: a durable record's block (created by a range write) is durable too.
       this.#durableSeq = Math.max(this.#durableSeq, await this.#journal.sync());
       this.#zeroDurableDeletes();
@@ -1432,7 +1474,7 @@ export class FileBlockStore implements BlockStore {
         // The new entries are durable: the old copies' entries can go, durably, then their slots.
         this.#retire(retiring);
         await this.#writer.written();
-        await this.#files.map.datasync();
+        await this.#syncMap();
       }
     } catch (error) {
       throw this.#fail("flush failed", error);
@@ -1446,6 +1488,17 @@ export class FileBlockStore implements BlockStore {
     this.#wakeSlotWaiters();
     this.#checkInvariants();
     this.#scheduleApply();
+  }
+
+  /**
+   * Makes the map's written entries durable: one fdatasync, skipped when no batch of entries
+   * finished since the last one started (a flush of range writes to stored blocks writes none).
+   */
+  async #syncMap(): Promise<void> {
+    const completed = this.#writer.batchesCompleted;
+    if (completed === this.#mapSyncedBatches) return;
+    await this.#files.map.datasync();
+    this.#mapSyncedBatches = completed;
   }
 
   /** Deleted copies whose delete record is now durable get their entries zeroed. */
@@ -1828,9 +1881,8 @@ function finalSectors(
   for (let i = 0; i < dataSectors.length;) {
     let j = i + 1;
     while (j < dataSectors.length && dataSectors[j] === dataSectors[j - 1]! + 1) j++;
-    const bytes = new Uint8Array((j - i) * sectorBytes);
-    for (let k = i; k < j; k++) bytes.set(content.get(dataSectors[k]!)!, (k - i) * sectorBytes);
-    runs.push({ offset: dataSectors[i]! * sectorBytes, bytes });
+    const sectors = dataSectors.slice(i, j).map((sector) => content.get(sector)!);
+    runs.push({ offset: dataSectors[i]! * sectorBytes, bytes: joinedBytes(sectors) });
     i = j;
   }
   return { runs, changed: [...content.keys()].sort((a, b) => a - b) };

@@ -25,7 +25,7 @@
  * @module
  */
 
-import { assert, BLOCK_REF_BYTES, BlockRef, crc32c, invalid } from "../core/mod.ts";
+import { assert, BLOCK_REF_BYTES, BlockRef, crc32c, invalid, joinedBytes } from "../core/mod.ts";
 import type { FileIo, IoFile } from "./file_io.ts";
 
 /**
@@ -78,11 +78,19 @@ export function journalRegionBytesFor(storeBytes: number, blockSizeBytes: number
   return Math.ceil(bytes / RECORD_ALIGN_BYTES) * RECORD_ALIGN_BYTES;
 }
 
-/** Encodes `record` (not a wrap) of `epoch` into a new buffer of {@link recordBytesOf} bytes. */
-export function encodeRecord(record: JournalRecord, epoch: number): Uint8Array {
+/**
+ * Encodes `record` (not a wrap) of `epoch` into `into` (zeroed, {@link recordBytesOf} bytes; a
+ * new buffer by default) and returns it.
+ */
+export function encodeRecord(
+  record: JournalRecord,
+  epoch: number,
+  into: Uint8Array = new Uint8Array(recordBytesOf(record.data?.length ?? 0)),
+): Uint8Array {
   const dataBytes = record.data?.length ?? 0;
-  const bytes = new Uint8Array(recordBytesOf(dataBytes));
-  const view = new DataView(bytes.buffer);
+  const bytes = into;
+  assert(bytes.length === recordBytesOf(dataBytes), "record buffer of the wrong size");
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   view.setUint32(0, RECORD_MAGIC, true);
   bytes[4] = record.kind;
   bytes[5] = record.flags;
@@ -198,7 +206,33 @@ interface Pending {
   wrapBytes: number;
   resolve(end: number): void;
   reject(error: unknown): void;
+  /** Settles the append's `admitted` when it had to wait for room (null when placed at once). */
+  admitted: { resolve(): void; reject(error: unknown): void } | null;
 }
+
+/** What {@link Journal.append} returns. */
+export interface Appended {
+  /**
+   * Settles when the record has its place in the journal (at once unless the region is full):
+   * from then on the next {@link Journal.sync} covers it.
+   */
+  readonly admitted: Promise<void>;
+  /** Resolves, with the logical position where the record ends, once it is written. */
+  readonly written: Promise<number>;
+  /**
+   * The record's data inside its encoded bytes (null for a record without data): a copy the
+   * caller may keep instead of making its own, since nothing changes it.
+   */
+  readonly data: Uint8Array | null;
+}
+
+/** The slab small records are encoded into (see Journal's #recordBuffer). */
+const SLAB_BYTES = 1024 * 1024;
+/** Records larger than this get a buffer of their own. */
+const SLAB_RECORD_BYTES_MAX = SLAB_BYTES / 8;
+
+/** The `admitted` of a record placed at once. */
+const PLACED: Promise<void> = Promise.resolve();
 
 /** The journal file of one store; see the module doc. */
 export class Journal {
@@ -211,6 +245,10 @@ export class Journal {
   #head: number;
   /** Highest seq whose record is written (in the page cache). */
   #writtenSeq: number;
+  /** Highest seq whose record was placed (in a batch, written or not). */
+  #placedSeq: number;
+  /** Syncs waiting for the records placed before them to be written. */
+  #writtenWaiters: { seq: number; resolve(): void; reject(error: unknown): void }[] = [];
   /** Logical end of every record placed so far (written or not), wrap padding included. */
   #reservedEnd: number;
   /** Records waiting for room, in append order. */
@@ -219,6 +257,9 @@ export class Journal {
   #batch: Pending[] = [];
   #writing: Promise<void> | null = null;
   #scheduled = false;
+  /** Where small records are encoded (see #recordBuffer). */
+  #slab = new Uint8Array(SLAB_BYTES);
+  #slabUsed = 0;
   #failure: Error | null = null;
   /** Called when records wait for room: the engine checkpoints to make some. */
   onFull: (() => void) | null = null;
@@ -236,6 +277,7 @@ export class Journal {
     this.#head = state.checkpoint.position;
     this.#reservedEnd = state.checkpoint.position;
     this.#writtenSeq = state.checkpoint.seq;
+    this.#placedSeq = state.checkpoint.seq;
   }
 
   /**
@@ -344,19 +386,58 @@ export class Journal {
   }
 
   /**
-   * Appends `record`; resolves, with the logical position where it ends, once it is written to
-   * the file (durable after the next {@link sync}). Records are written in the order appended (appends in one turn of the event
-   * loop share one write); when the region is full they wait, in order, for a checkpoint to make
-   * room ({@link onFull} asks the engine for one).
+   * Appends `record` (seqs ascend from one append to the next): it is placed in the journal at
+   * once, or when the region is full after the records before it, once a checkpoint made room
+   * ({@link onFull} asks the engine for one); a placed record is covered by the next
+   * {@link sync}, which waits for its write. Records are written in the order appended (those
+   * placed in one turn of the event loop share one write).
    */
-  append(record: JournalRecord): Promise<number> {
-    if (this.#failure !== null) return Promise.reject(this.#failure);
-    const bytes = encodeRecord(record, this.#checkpoint.epoch);
+  append(record: JournalRecord): Appended {
+    if (this.#failure !== null) {
+      const failed = Promise.reject(this.#failure);
+      return { admitted: failed, written: failed, data: null };
+    }
+    const bytes = encodeRecord(record, this.#checkpoint.epoch, this.#recordBuffer(record));
     assert(2 * bytes.length <= this.regionBytes, "a record fits the journal with room to wrap");
-    return new Promise<number>((resolve, reject) => {
-      this.#queue.push({ bytes, seq: record.seq, position: 0, wrapBytes: 0, resolve, reject });
-      this.#admit();
+    let pending!: Pending;
+    const written = new Promise<number>((resolve, reject) => {
+      pending = {
+        bytes,
+        seq: record.seq,
+        position: 0,
+        wrapBytes: 0,
+        resolve,
+        reject,
+        admitted: null,
+      };
     });
+    const data = record.data === null
+      ? null
+      : bytes.subarray(RECORD_ALIGN_BYTES, RECORD_ALIGN_BYTES + record.data.length);
+    this.#queue.push(pending);
+    this.#admit();
+    if (this.#placedSeq >= record.seq) return { admitted: PLACED, written, data };
+    const admitted = new Promise<void>((resolve, reject) => {
+      pending.admitted = { resolve, reject };
+    });
+    return { admitted, written, data };
+  }
+
+  /**
+   * Zeroed room for the encoded `record`: small records are cut one after another from a shared
+   * slab, so those of one batch usually lie back to back and are written without a copy (and
+   * without an allocation each). A slab lives while any record cut from it is referenced.
+   */
+  #recordBuffer(record: JournalRecord): Uint8Array {
+    const bytes = recordBytesOf(record.data?.length ?? 0);
+    if (bytes > SLAB_RECORD_BYTES_MAX) return new Uint8Array(bytes);
+    if (this.#slabUsed + bytes > this.#slab.length) {
+      this.#slab = new Uint8Array(SLAB_BYTES);
+      this.#slabUsed = 0;
+    }
+    const view = this.#slab.subarray(this.#slabUsed, this.#slabUsed + bytes);
+    this.#slabUsed += bytes;
+    return view;
   }
 
   /** Places queued records that fit before the checkpoint's position comes round again. */
@@ -376,7 +457,9 @@ export class Journal {
       next.wrapBytes = wrapBytes;
       next.position = this.#reservedEnd + wrapBytes;
       this.#reservedEnd = end;
+      this.#placedSeq = next.seq;
       this.#batch.push(next);
+      next.admitted?.resolve();
     }
     this.#schedule();
   }
@@ -416,37 +499,45 @@ export class Journal {
       this.#head = last.position + last.bytes.length;
       this.#writtenSeq = last.seq;
       for (const pending of batch) pending.resolve(pending.position + pending.bytes.length);
+      this.#wakeWrittenWaiters();
     } catch (error) {
       this.#failure ??= error as Error;
       for (const pending of [...batch, ...this.#batch.splice(0), ...this.#queue.splice(0)]) {
         pending.reject(error);
+        pending.admitted?.reject(error);
       }
+      for (const waiter of this.#writtenWaiters.splice(0)) waiter.reject(error);
     }
   }
 
   async #writeRun(start: number, parts: Uint8Array[]): Promise<void> {
     if (parts.length === 0) return;
-    const total = parts.reduce((n, p) => n + p.length, 0);
-    const bytes = parts.length === 1 ? parts[0]! : new Uint8Array(total);
-    if (parts.length > 1) {
-      let at = 0;
-      for (const part of parts) {
-        bytes.set(part, at);
-        at += part.length;
-      }
-    }
-    await this.#file.write(bytes, HEADER_PAGE_BYTES + (start % this.regionBytes));
+    await this.#file.write(joinedBytes(parts), HEADER_PAGE_BYTES + (start % this.regionBytes));
   }
 
   /**
-   * Makes every record whose append resolved durable; returns the highest seq that is durable.
+   * Makes every record placed before the call durable (waiting for their writes first); returns
+   * the highest seq that is durable.
    */
   async sync(): Promise<number> {
     if (this.#failure !== null) throw this.#failure;
-    // Appends that resolved were written by batches that are done; one may be running.
+    const placed = this.#placedSeq;
+    if (this.#writtenSeq < placed) {
+      await new Promise<void>((resolve, reject) => {
+        this.#writtenWaiters.push({ seq: placed, resolve, reject });
+      });
+    }
+    // Every batch that finished before the datasync starts is covered by it.
     const covered = this.#writtenSeq;
     await this.#file.datasync();
     return covered;
+  }
+
+  #wakeWrittenWaiters(): void {
+    const waiting = this.#writtenWaiters;
+    if (waiting.length === 0) return;
+    this.#writtenWaiters = waiting.filter((waiter) => waiter.seq > this.#writtenSeq);
+    for (const waiter of waiting) if (waiter.seq <= this.#writtenSeq) waiter.resolve();
   }
 
   /**

@@ -110,6 +110,11 @@ export class MapWriter {
     return this.#highWater.slots;
   }
 
+  /** Batches that finished writing (a count that only grows). */
+  get batchesCompleted(): number {
+    return this.#completed;
+  }
+
   /** Slots waiting for a batch. */
   get dirtyCount(): number {
     return this.#dirty.length;

@@ -9,6 +9,14 @@
  *
  * Writes of one slot's record are issued in order and never overlap in flight; the cache holds
  * the newest record from the moment its write is issued, so reads see it at once.
+ *
+ * Preloading: after the store opens, {@link SumsFile.preload} reads the file from its start in
+ * large chunks in the background and fills the cache until it is full, so reads after a restart
+ * find their sums in memory instead of paying a second small disk read each (the sums are about
+ * 1/1000 of the data: 64 MiB of cache covers about 55 GiB of 512 KiB blocks). It never replaces
+ * a cached record (those are as new as or newer than the disk) and stops once the cache is full,
+ * so it never evicts: a record written after a chunk was read is always still cached when the
+ * chunk is decoded, and its stale bytes are skipped.
  * @module
  */
 
@@ -27,6 +35,8 @@ const MAGIC = "TORUSSUM";
 const VERSION = 1;
 /** Memory the cache of records may use. */
 const CACHE_BYTES_MAX = 64 * 1024 * 1024;
+/** Bytes of records one preload read takes. */
+const PRELOAD_CHUNK_BYTES = 1024 * 1024;
 
 /** See the module doc. */
 export class SumsFile {
@@ -39,6 +49,10 @@ export class SumsFile {
   readonly #cacheMax: number;
   /** The last write issued for a slot, which the next one waits for. */
   readonly #writes = new Map<number, Promise<void>>();
+  /** The slots the file has records for. */
+  #slotCount = 0;
+  #preloading: Promise<void> | null = null;
+  #closing = false;
 
   private constructor(path: string, file: IoFile, blockSizeBytes: number) {
     this.path = path;
@@ -126,6 +140,7 @@ export class SumsFile {
 
   /** Sets the file's length for `slotCount` records. */
   async resize(slotCount: number): Promise<void> {
+    this.#slotCount = slotCount;
     const bytes = HEADER_BYTES + slotCount * this.recordBytes;
     if ((await this.#file.sizeBytes()) !== bytes) await this.#file.truncate(bytes);
     for (const slot of this.#cache.keys()) if (slot >= slotCount) this.#cache.delete(slot);
@@ -211,6 +226,44 @@ export class SumsFile {
     }
   }
 
+  /**
+   * Starts filling the cache in the background (see the module doc) with the records of the
+   * slots below `endSlot` for which `wanted` says yes (slots in use); a failed read ends it
+   * quietly (reads on demand report errors). Returns when it ends.
+   */
+  preload(endSlot: number, wanted: (slot: number) => boolean): Promise<void> {
+    this.#preloading ??= this.#preload(endSlot, wanted).catch(() => {});
+    return this.#preloading;
+  }
+
+  async #preload(endSlot: number, wanted: (slot: number) => boolean): Promise<void> {
+    const recordsPerChunk = Math.max(1, Math.floor(PRELOAD_CHUNK_BYTES / this.recordBytes));
+    const chunk = new Uint8Array(recordsPerChunk * this.recordBytes);
+    const end = Math.min(endSlot, this.#slotCount);
+    for (let first = 0; first < end; first += recordsPerChunk) {
+      if (this.#closing || this.#cache.size >= this.#cacheMax) return;
+      const count = Math.min(recordsPerChunk, end - first);
+      const bytes = chunk.subarray(0, count * this.recordBytes);
+      const got = await this.#file.read(bytes, HEADER_BYTES + first * this.recordBytes);
+      const whole = Math.min(count, Math.floor(got / this.recordBytes));
+      for (let i = 0; i < whole; i++) {
+        const slot = first + i;
+        if (this.#closing || this.#cache.size >= this.#cacheMax) return;
+        // Cached or being written: the cache has this record as new as the disk or newer.
+        if (slot >= this.#slotCount || this.#cache.has(slot) || this.#writes.has(slot)) continue;
+        if (!wanted(slot)) continue;
+        const at = i * this.recordBytes;
+        this.#cache.set(slot, decodeSums(bytes.subarray(at, at + this.recordBytes), this.sectors));
+      }
+      if (whole < count) return;
+    }
+  }
+
+  /** Records in the cache (for tests and status). */
+  get cachedRecords(): number {
+    return this.#cache.size;
+  }
+
   /** Makes every completed write durable. */
   datasync(): Promise<void> {
     return this.#file.datasync();
@@ -218,6 +271,8 @@ export class SumsFile {
 
   /** Waits for writes in flight and closes the file. */
   async close(): Promise<void> {
+    this.#closing = true;
+    await this.#preloading;
     await Promise.allSettled(this.#writes.values());
     await this.#file.close();
   }

@@ -1,0 +1,154 @@
+/**
+ * The journal's promise to the engine: an append is acknowledged once it has its place (before
+ * its write lands), so `sync` must cover every placed record, waiting for writes still running.
+ * A FileIo whose writes wait for the test to release them shows a sync that does not wait.
+ */
+
+import assert from "node:assert/strict";
+import { BlockRef } from "../core/mod.ts";
+import type { FileIo, IoFile, OpenFileOptions } from "./file_io.ts";
+import { Journal, JournalKind, type JournalRecord } from "./journal.ts";
+import { SysFileIo } from "./sys_file_io.ts";
+
+/** Passes calls through; writes wait for `release()` while `holding`; logs what completed. */
+class GatedFileIo implements FileIo {
+  readonly #inner = new SysFileIo();
+  holding = false;
+  /** Writes fail (after any hold) while set. */
+  failing = false;
+  readonly log: string[] = [];
+  #held: (() => void)[] = [];
+
+  release(): void {
+    this.holding = false;
+    for (const go of this.#held.splice(0)) go();
+  }
+
+  async open(path: string, options?: OpenFileOptions): Promise<IoFile> {
+    const inner = await this.#inner.open(path, options);
+    const gate = { isHolding: () => this.holding, isFailing: () => this.failing, log: this.log };
+    const held = this.#held;
+    return {
+      path: inner.path,
+      read: (into, offset) => inner.read(into, offset),
+      async write(bytes, offset) {
+        if (gate.isHolding()) await new Promise<void>((go) => held.push(go));
+        if (gate.isFailing()) throw new Error("the disk failed");
+        await inner.write(bytes, offset);
+        gate.log.push(`write ${bytes.length}`);
+      },
+      async datasync() {
+        gate.log.push("datasync");
+        await inner.datasync();
+      },
+      sync: () => inner.sync(),
+      truncate: (length) => inner.truncate(length),
+      allocate: (offset, length) => inner.allocate(offset, length),
+      sizeBytes: () => inner.sizeBytes(),
+      tryLock: () => inner.tryLock(),
+      unlock: () => inner.unlock(),
+      close: () => inner.close(),
+    };
+  }
+
+  exists(path: string): Promise<boolean> {
+    return this.#inner.exists(path);
+  }
+  mkdir(path: string): Promise<void> {
+    return this.#inner.mkdir(path);
+  }
+  rename(from: string, to: string): Promise<void> {
+    return this.#inner.rename(from, to);
+  }
+  remove(path: string): Promise<void> {
+    return this.#inner.remove(path);
+  }
+  syncDirectory(path: string): Promise<void> {
+    return this.#inner.syncDirectory(path);
+  }
+}
+
+function writeRecord(seq: number): JournalRecord {
+  return {
+    seq,
+    kind: JournalKind.Write,
+    flags: 0,
+    ref: new BlockRef({ volume: 1, inode: 1n, index: BigInt(seq) }),
+    offsetBytes: 0,
+    lengthBytes: 4096,
+    data: new Uint8Array(4096).fill(seq),
+  };
+}
+
+async function withJournal(body: (journal: Journal, io: GatedFileIo) => Promise<void>) {
+  const dir = await Deno.makeTempDir({ prefix: "torus-journal-" });
+  const io = new GatedFileIo();
+  const journal = await Journal.open(io, `${dir}/journal-test.blk`, {
+    storeId: new Uint8Array(16).fill(7),
+    regionBytes: 4 * 1024 * 1024,
+  });
+  try {
+    await body(journal, io);
+  } finally {
+    io.failing = false;
+    io.release();
+    await journal.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Lets every pending microtask and a few event loop turns run. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i++) await new Promise((resolve) => setTimeout(resolve, 1));
+}
+
+Deno.test("journal: an append is admitted before its write lands, and sync waits for that write", async () => {
+  await withJournal(async (journal, io) => {
+    io.holding = true;
+    const { admitted, written } = journal.append(writeRecord(1));
+    await admitted;
+    let writtenAt = -1;
+    void written.then((end) => writtenAt = end);
+    let synced: number | null = null;
+    const sync = journal.sync().then((seq) => synced = seq);
+    await settle();
+    assert.equal(writtenAt, -1, "the write is held");
+    assert.equal(synced, null, "sync must not finish before the placed record is written");
+    io.release();
+    await sync;
+    assert.equal(synced, 1, "the sync covers the record");
+    assert.ok(writtenAt > 0);
+    const datasync = io.log.indexOf("datasync");
+    assert.ok(datasync > io.log.indexOf("write 4160"), `the datasync follows the write: ${io.log}`);
+  });
+});
+
+Deno.test("journal: a sync covers records placed in the same turn as the call, across batches", async () => {
+  await withJournal(async (journal, io) => {
+    journal.append(writeRecord(1));
+    await settle();
+    io.holding = true;
+    // One batch is being written (held), the next one is placed behind it.
+    journal.append(writeRecord(2));
+    await settle();
+    journal.append(writeRecord(3));
+    const sync = journal.sync();
+    await settle();
+    io.release();
+    assert.equal(await sync, 3);
+  });
+});
+
+Deno.test("journal: a failed write fails the syncs waiting for it and later appends", async () => {
+  await withJournal(async (journal, io) => {
+    io.holding = true;
+    const { written } = journal.append(writeRecord(1));
+    const sync = journal.sync();
+    await settle();
+    io.failing = true;
+    io.release();
+    await assert.rejects(written);
+    await assert.rejects(sync);
+    await assert.rejects(journal.append(writeRecord(2)).admitted);
+  });
+});
