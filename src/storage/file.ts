@@ -434,8 +434,9 @@ export class FileBlockStore implements BlockStore {
   }
 
   /**
-   * Resolves once every index change made before the call is written to the map file (not
-   * synced: what a process kill would leave). For tests and tools; `flush` is the durable one.
+   * Resolves once every index change and journal record made before the call is written to
+   * the map file and the journal (not synced: what a process kill would leave). For tests and
+   * tools; `flush` is the durable one.
    */
   indexWritten(): Promise<void> {
     try {
@@ -443,7 +444,7 @@ export class FileBlockStore implements BlockStore {
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#writer.written();
+    return Promise.all([this.#writer.written(), this.#journal.written()]).then(() => {});
   }
 
   #checkUsable(): void {

@@ -231,6 +231,11 @@ const SLAB_BYTES = 1024 * 1024;
 /** Records larger than this get a buffer of their own. */
 const SLAB_RECORD_BYTES_MAX = SLAB_BYTES / 8;
 
+/** How long a small batch of placed records waits for more before its write starts. */
+const BATCH_DELAY_MS = 1;
+/** A batch of this many records is written at once. */
+const BATCH_RECORDS_EAGER = 16;
+
 /** The `admitted` of a record placed at once. */
 const PLACED: Promise<void> = Promise.resolve();
 
@@ -257,6 +262,9 @@ export class Journal {
   #batch: Pending[] = [];
   #writing: Promise<void> | null = null;
   #scheduled = false;
+  /** The delayed start of a small batch's write (see #schedule). */
+  #batchTimer: ReturnType<typeof setTimeout> | null = null;
+  #closing = false;
   /** Where small records are encoded (see #recordBuffer). */
   #slab = new Uint8Array(SLAB_BYTES);
   #slabUsed = 0;
@@ -464,8 +472,25 @@ export class Journal {
     this.#schedule();
   }
 
-  #schedule(): void {
+  /**
+   * Starts the write of the placed records: at the end of this turn when a sync waits for them
+   * or they are many, else a moment later, so that the records of a slow stream of appends
+   * (one at a time) share a write instead of paying a system call and a thread hop each.
+   * Nobody else waits: appends are acknowledged once placed.
+   */
+  #schedule(waited = false): void {
     if (this.#scheduled || this.#writing !== null || this.#batch.length === 0) return;
+    const eager = waited || this.#writtenWaiters.length > 0 || this.#closing ||
+      this.#batch.length >= BATCH_RECORDS_EAGER;
+    if (!eager) {
+      this.#batchTimer ??= setTimeout(() => {
+        this.#batchTimer = null;
+        this.#schedule(true);
+      }, BATCH_DELAY_MS);
+      return;
+    }
+    if (this.#batchTimer !== null) clearTimeout(this.#batchTimer);
+    this.#batchTimer = null;
     this.#scheduled = true;
     queueMicrotask(() => {
       this.#scheduled = false;
@@ -520,17 +545,25 @@ export class Journal {
    * the highest seq that is durable.
    */
   async sync(): Promise<number> {
-    if (this.#failure !== null) throw this.#failure;
-    const placed = this.#placedSeq;
-    if (this.#writtenSeq < placed) {
-      await new Promise<void>((resolve, reject) => {
-        this.#writtenWaiters.push({ seq: placed, resolve, reject });
-      });
-    }
+    await this.written();
     // Every batch that finished before the datasync starts is covered by it.
     const covered = this.#writtenSeq;
     await this.#file.datasync();
     return covered;
+  }
+
+  /**
+   * Resolves once every record placed before the call is written to the file (not synced: what
+   * a process kill would leave), starting the write of a batch that waits.
+   */
+  async written(): Promise<void> {
+    if (this.#failure !== null) throw this.#failure;
+    const placed = this.#placedSeq;
+    if (this.#writtenSeq >= placed) return;
+    await new Promise<void>((resolve, reject) => {
+      this.#writtenWaiters.push({ seq: placed, resolve, reject });
+      this.#schedule();
+    });
   }
 
   #wakeWrittenWaiters(): void {
@@ -555,9 +588,13 @@ export class Journal {
     this.#admit();
   }
 
-  /** Waits for writes in flight, then closes the file. */
+  /** Writes the placed records, waits for writes in flight, then closes the file. */
   async close(): Promise<void> {
-    while (this.#writing !== null) await this.#writing;
+    this.#closing = true;
+    this.#schedule();
+    while (this.#writing !== null || this.#scheduled) {
+      await (this.#writing ?? Promise.resolve());
+    }
     await this.#file.close();
   }
 }

@@ -152,3 +152,20 @@ Deno.test("journal: a failed write fails the syncs waiting for it and later appe
     await assert.rejects(journal.append(writeRecord(2)).admitted);
   });
 });
+
+Deno.test("journal: a lone append is written soon without a sync; close writes what waits", async () => {
+  await withJournal(async (journal, io) => {
+    const before = io.log.length;
+    const { written } = journal.append(writeRecord(1));
+    let landed = false;
+    void written.then(() => landed = true);
+    await settle();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.ok(landed, "written within a few milliseconds");
+    assert.deepEqual(io.log.slice(before), ["write 4160"], "one write, no datasync");
+    const second = journal.append(writeRecord(2)).written;
+    await journal.close();
+    assert.ok((await second) > 0, "close wrote the waiting record");
+    await assert.rejects(journal.sync(), "closed");
+  });
+});
