@@ -177,9 +177,9 @@ interface Unapplied {
  * Journal bytes appended since the last flush began after which the store flushes on its own
  * (records are applied in place only once a flush made them durable).
  */
-const UNFLUSHED_BYTES_SOFT_MAX = 32 * 1024 * 1024;
+const UNFLUSHED_BYTES_SOFT_MAX = 64 * 1024 * 1024;
 /** How long records may stay unapplied and unflushed when nobody flushes. */
-const BACKGROUND_FLUSH_MS = 2_000;
+const BACKGROUND_FLUSH_MS = 5_000;
 /** Refs the applier works on at once. */
 const APPLY_CONCURRENCY = 128;
 

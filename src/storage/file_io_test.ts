@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { ErrorCode, isTorusError, SeededRandom } from "../core/mod.ts";
 import { fileIoContract } from "./file_io_contract.ts";
 import { PowerLossFileIo } from "./power_loss_file_io.ts";
-import { SysFileIo } from "./sys_file_io.ts";
+import { CacheHitRate, SysFileIo } from "./sys_file_io.ts";
 
 async function tempDir(): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await Deno.makeTempDir({ prefix: "torus-io-" });
@@ -192,4 +192,16 @@ Deno.test("PowerLossFileIo: overlapping writes in flight together are flagged", 
     assert.equal(io.hazards.length, 1);
     assert.match(io.hazards[0]!, /\[4000, 8096\) issued while \[0, 4096\)/);
   });
+});
+
+Deno.test("CacheHitRate: reads that keep missing the page cache stop trying it, but sample it", () => {
+  const rate = new CacheHitRate();
+  assert.equal(rate.worthTrying(), true, "a new file tries");
+  for (let i = 0; i < 40; i++) rate.saw(false);
+  let tries = 0;
+  for (let i = 0; i < 160; i++) if (rate.worthTrying()) tries++;
+  assert.equal(tries, 160 / CacheHitRate.SAMPLE_EVERY, "only every SAMPLE_EVERY-th read tries");
+  // The pages come back: sampled hits bring the attempts back.
+  for (let i = 0; i < 40; i++) rate.saw(true);
+  assert.equal(rate.worthTrying(), true);
 });

@@ -41,10 +41,37 @@ function fromDenoError(what: string, error: unknown): TorusError {
   return new TorusError(code, `${what}: ${errorMessage(error)}`, { cause: error });
 }
 
+/**
+ * Whether a read of a file is worth trying from the page cache first. A miss is not free: the
+ * kernel starts the disk read (readahead) inside the failing `preadv2` call, on the event loop's
+ * thread, before the pool thread waits for it. A file whose reads mostly miss (a volume larger
+ * than the memory, read at random) skips the attempt, except every SAMPLE_EVERY-th read, which
+ * tells when its pages come back into memory.
+ */
+export class CacheHitRate {
+  /** Recent share of attempts that hit (decaying average). */
+  #rate = 1;
+  #skipped = 0;
+  static readonly TRY_ABOVE = 0.25;
+  static readonly SAMPLE_EVERY = 16;
+
+  worthTrying(): boolean {
+    if (this.#rate >= CacheHitRate.TRY_ABOVE) return true;
+    this.#skipped = (this.#skipped + 1) % CacheHitRate.SAMPLE_EVERY;
+    return this.#skipped === 0;
+  }
+
+  /** An attempt hit or missed (not called for reads that did not try). */
+  saw(hit: boolean): void {
+    this.#rate = 0.9 * this.#rate + (hit ? 0.1 : 0);
+  }
+}
+
 /** One file opened through libc. */
 class SysFile implements IoFile {
   readonly path: string;
   #fd: number | null;
+  readonly #cacheHits = new CacheHitRate();
 
   constructor(path: string, fd: number) {
     this.path = path;
@@ -59,7 +86,9 @@ class SysFile implements IoFile {
   async read(into: Uint8Array, offsetBytes: number): Promise<number> {
     const fd = this.#open();
     // What the page cache holds is copied at once; only the rest waits for a pool thread.
-    const cached = preadNowait(fd, into, offsetBytes);
+    const tried = this.#cacheHits.worthTrying();
+    const cached = tried ? preadNowait(fd, into, offsetBytes) : -1;
+    if (tried) this.#cacheHits.saw(cached >= 0);
     if (cached === into.length || cached === 0) return cached;
     const done = Math.max(cached, 0);
     return done + await preadFull(fd, into.subarray(done), offsetBytes + done);
