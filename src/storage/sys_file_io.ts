@@ -3,8 +3,8 @@
  * FFI calls (a pool thread waits on the disk, never the event loop); a failed read or write learns
  * its errno on a worker thread (src/sys/io_repeat.ts). Two shortcuts save most of the thread hops
  * of small I/O: a read first copies what the page cache holds without waiting (`preadv2` with
- * RWF_NOWAIT), and small writes of one turn go to the kernel together in one AIO `io_submit`
- * (src/sys/aio.ts). open, close, ftruncate, fallocate, lseek
+ * RWF_NOWAIT), the reads that miss go to the kernel together through io_uring (src/sys/uring.ts),
+ * and small writes of one turn go together in one AIO `io_submit` (src/sys/aio.ts). open, close, ftruncate, fallocate, lseek
  * and flock are synchronous: they change or read metadata only and return without data I/O.
  * Names (exists, mkdir, rename, remove) go through Deno's own async file system calls.
  * @module
@@ -12,6 +12,7 @@
 
 import { closed, ErrorCode, errorMessage, TorusError } from "../core/mod.ts";
 import {
+  batchedPreadFull,
   batchedPwrite,
   close,
   fallocate,
@@ -22,7 +23,6 @@ import {
   ftruncate,
   open,
   OpenFlags,
-  preadFull,
   preadNowait,
   tryFlock,
   unlockFlock,
@@ -91,7 +91,7 @@ class SysFile implements IoFile {
     if (tried) this.#cacheHits.saw(cached >= 0);
     if (cached === into.length || cached === 0) return cached;
     const done = Math.max(cached, 0);
-    return done + await preadFull(fd, into.subarray(done), offsetBytes + done);
+    return done + await batchedPreadFull(fd, into.subarray(done), offsetBytes + done);
   }
 
   async write(bytes: Uint8Array, offsetBytes: number): Promise<void> {

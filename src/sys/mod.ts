@@ -9,6 +9,7 @@
  */
 
 export * from "./aio.ts";
+export * from "./uring.ts";
 export * from "./durable_file.ts";
 export * from "./errno.ts";
 export * from "./files.ts";
