@@ -21,7 +21,15 @@
  * @module
  */
 
-import { assert, closed, ErrorCode, invalid, isTorusError, TorusError } from "../core/mod.ts";
+import {
+  assert,
+  closed,
+  ErrorCode,
+  invalid,
+  isTorusError,
+  SharedRun,
+  TorusError,
+} from "../core/mod.ts";
 import type { BlockStore } from "../storage/mod.ts";
 import type {
   Device,
@@ -95,8 +103,11 @@ export class BlockVolume implements Device {
   #gate: Promise<void> | null = null;
   #opsInFlight = 0;
   #drainWaiters: (() => void)[] = [];
-  #flushRunning: Promise<void> | null = null;
-  #flushQueued: Promise<void> | null = null;
+  readonly #flushes = new SharedRun(() =>
+    this.#flushPhases().catch((error) => {
+      throw this.#noteFailure(error);
+    })
+  );
   #failure: TorusError | null = null;
   #closePromise: Promise<void> | null = null;
   #writtenBytes = 0;
@@ -478,26 +489,9 @@ export class BlockVolume implements Device {
     return this.#flushNow();
   }
 
-  /** One flush runs at a time; callers arriving meanwhile share the next one. */
+  /** One flush runs at a time; callers arriving meanwhile share the next one (SharedRun). */
   #flushNow(): Promise<void> {
-    if (this.#flushQueued !== null) return this.#flushQueued;
-    if (this.#flushRunning === null) return this.#startFlush();
-    const queued = this.#flushRunning.catch(() => {}).then(() => {
-      this.#flushQueued = null;
-      return this.#startFlush();
-    });
-    this.#flushQueued = queued;
-    return queued;
-  }
-
-  #startFlush(): Promise<void> {
-    const run = this.#flushPhases().catch((error) => {
-      throw this.#noteFailure(error);
-    }).finally(() => {
-      if (this.#flushRunning === run) this.#flushRunning = null;
-    });
-    this.#flushRunning = run;
-    return run;
+    return this.#flushes.next();
   }
 
   async #flushPhases(): Promise<void> {

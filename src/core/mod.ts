@@ -17,6 +17,7 @@ export * from "./limits.ts";
 export * from "./log.ts";
 export * from "./names.ts";
 export * from "./random.ts";
+export * from "./shared_run.ts";
 export * from "./sizes.ts";
 export * from "./text.ts";
 export * from "./uuid.ts";

@@ -78,6 +78,7 @@ import {
   joinedBytes,
   logger,
   notExist,
+  SharedRun,
   TorusError,
   verifyEnabled,
 } from "../core/mod.ts";
@@ -248,8 +249,7 @@ export class FileBlockStore implements BlockStore {
   readonly #walks = new Set<RefWalk>();
   #opsInFlight = 0;
   #drainWaiters: (() => void)[] = [];
-  #flushRunning: Promise<void> | null = null;
-  #flushQueued: Promise<void> | null = null;
+  readonly #flushes = new SharedRun(() => this.#syncAndRetire());
   #closing = false;
   #closePromise: Promise<void> | null = null;
   #failure: TorusError | null = null;
@@ -1428,27 +1428,9 @@ export class FileBlockStore implements BlockStore {
     return this.#flushNow();
   }
 
-  /**
-   * Runs a flush that starts after this call. At most one runs and one waits: callers arriving
-   * while one waits share it, as it will cover their completed operations too.
-   */
+  /** Runs a flush that starts after this call (one runs, one waits: see SharedRun). */
   #flushNow(): Promise<void> {
-    if (this.#flushQueued !== null) return this.#flushQueued;
-    if (this.#flushRunning === null) return this.#startFlush();
-    const queued = this.#flushRunning.catch(() => {}).then(() => {
-      this.#flushQueued = null;
-      return this.#startFlush();
-    });
-    this.#flushQueued = queued;
-    return queued;
-  }
-
-  #startFlush(): Promise<void> {
-    const run = this.#syncAndRetire().finally(() => {
-      if (this.#flushRunning === run) this.#flushRunning = null;
-    });
-    this.#flushRunning = run;
-    return run;
+    return this.#flushes.next();
   }
 
   async #syncAndRetire(): Promise<void> {
@@ -1658,8 +1640,8 @@ export class FileBlockStore implements BlockStore {
     for (;;) {
       if (this.#retiring.length > 0) {
         await this.#flushNow();
-      } else if (this.#retiredInFlush > 0 && this.#flushRunning !== null) {
-        await this.#flushRunning;
+      } else if (this.#retiredInFlush > 0 && this.#flushes.running !== null) {
+        await this.#flushes.running;
       } else if (this.#clearing > 0) {
         if (this.#deletesAwaitingJournal.length > 0) await this.#flushNow();
         await this.#writer.written();
