@@ -7,55 +7,22 @@
 import assert from "node:assert/strict";
 import { ErrorCode, systemClock, TorusError } from "../core/mod.ts";
 import { createMetadataService, MemoryKvStore } from "../metadata/mod.ts";
-import {
-  FileBlockStore,
-  type FileIo,
-  type IoFile,
-  type OpenFileOptions,
-  SysFileIo,
-} from "../storage/mod.ts";
+import { FileBlockStore, HookedFileIo, SysFileIo } from "../storage/mod.ts";
 import { startNode } from "./node.ts";
 
 const BLOCK = 512 * 1024;
 
 /** The real file system, except that fdatasync fails while `failing` is set. */
-class FailingSyncIo implements FileIo {
+class FailingSyncIo extends HookedFileIo {
   failing = false;
-  readonly #inner = new SysFileIo();
 
-  async open(path: string, options?: OpenFileOptions): Promise<IoFile> {
-    const file = await this.#inner.open(path, options);
-    return {
-      path: file.path,
-      read: (into, at) => file.read(into, at),
-      write: (bytes, at) => file.write(bytes, at),
-      datasync: () =>
+  constructor() {
+    super(new SysFileIo(), () => ({
+      datasync: (file) =>
         this.failing
           ? Promise.reject(new TorusError(ErrorCode.Unavailable, "fdatasync: input/output error"))
           : file.datasync(),
-      sync: () => file.sync(),
-      truncate: (length) => file.truncate(length),
-      allocate: (at, length) => file.allocate(at, length),
-      sizeBytes: () => file.sizeBytes(),
-      tryLock: () => file.tryLock(),
-      unlock: () => file.unlock(),
-      close: () => file.close(),
-    };
-  }
-  exists(path: string): Promise<boolean> {
-    return this.#inner.exists(path);
-  }
-  mkdir(path: string): Promise<void> {
-    return this.#inner.mkdir(path);
-  }
-  rename(from: string, to: string): Promise<void> {
-    return this.#inner.rename(from, to);
-  }
-  remove(path: string): Promise<void> {
-    return this.#inner.remove(path);
-  }
-  syncDirectory(path: string): Promise<void> {
-    return this.#inner.syncDirectory(path);
+    }));
   }
 }
 

@@ -6,65 +6,36 @@
 
 import assert from "node:assert/strict";
 import { BlockRef } from "../core/mod.ts";
-import type { FileIo, IoFile, OpenFileOptions } from "./file_io.ts";
+import { HookedFileIo } from "./hooked_file_io.ts";
 import { Journal, JournalKind, type JournalRecord } from "./journal.ts";
 import { SysFileIo } from "./sys_file_io.ts";
 
 /** Passes calls through; writes wait for `release()` while `holding`; logs what completed. */
-class GatedFileIo implements FileIo {
-  readonly #inner = new SysFileIo();
+class GatedFileIo extends HookedFileIo {
   holding = false;
   /** Writes fail (after any hold) while set. */
   failing = false;
   readonly log: string[] = [];
-  #held: (() => void)[] = [];
+  readonly #held: (() => void)[] = [];
+
+  constructor() {
+    super(new SysFileIo(), () => ({
+      write: async (file, bytes, offset) => {
+        if (this.holding) await new Promise<void>((go) => this.#held.push(go));
+        if (this.failing) throw new Error("the disk failed");
+        await file.write(bytes, offset);
+        this.log.push(`write ${bytes.length}`);
+      },
+      datasync: async (file) => {
+        this.log.push("datasync");
+        await file.datasync();
+      },
+    }));
+  }
 
   release(): void {
     this.holding = false;
     for (const go of this.#held.splice(0)) go();
-  }
-
-  async open(path: string, options?: OpenFileOptions): Promise<IoFile> {
-    const inner = await this.#inner.open(path, options);
-    const gate = { isHolding: () => this.holding, isFailing: () => this.failing, log: this.log };
-    const held = this.#held;
-    return {
-      path: inner.path,
-      read: (into, offset) => inner.read(into, offset),
-      async write(bytes, offset) {
-        if (gate.isHolding()) await new Promise<void>((go) => held.push(go));
-        if (gate.isFailing()) throw new Error("the disk failed");
-        await inner.write(bytes, offset);
-        gate.log.push(`write ${bytes.length}`);
-      },
-      async datasync() {
-        gate.log.push("datasync");
-        await inner.datasync();
-      },
-      sync: () => inner.sync(),
-      truncate: (length) => inner.truncate(length),
-      allocate: (offset, length) => inner.allocate(offset, length),
-      sizeBytes: () => inner.sizeBytes(),
-      tryLock: () => inner.tryLock(),
-      unlock: () => inner.unlock(),
-      close: () => inner.close(),
-    };
-  }
-
-  exists(path: string): Promise<boolean> {
-    return this.#inner.exists(path);
-  }
-  mkdir(path: string): Promise<void> {
-    return this.#inner.mkdir(path);
-  }
-  rename(from: string, to: string): Promise<void> {
-    return this.#inner.rename(from, to);
-  }
-  remove(path: string): Promise<void> {
-    return this.#inner.remove(path);
-  }
-  syncDirectory(path: string): Promise<void> {
-    return this.#inner.syncDirectory(path);
   }
 }
 

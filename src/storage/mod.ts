@@ -13,3 +13,4 @@ export * from "./file.ts";
 export * from "./file_io.ts";
 export * from "./sys_file_io.ts";
 export * from "./power_loss_file_io.ts";
+export * from "./hooked_file_io.ts";

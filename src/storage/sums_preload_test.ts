@@ -8,7 +8,8 @@ import assert from "node:assert/strict";
 import { BlockRef, SeededRandom, testSeed } from "../core/mod.ts";
 import { FileBlockStore } from "./file.ts";
 import { sumsRecordBytesOf } from "./sector_sums.ts";
-import type { FileIo, IoFile, OpenFileOptions } from "./file_io.ts";
+import type { FileIo } from "./file_io.ts";
+import { HookedFileIo } from "./hooked_file_io.ts";
 import { SysFileIo } from "./sys_file_io.ts";
 
 const SECTOR = 4096;
@@ -17,68 +18,36 @@ const RECORD_BYTES = sumsRecordBytesOf(BLOCK_BYTES);
 const BLOCKS = 12;
 
 /** Counts reads of the sums file; can hold a long (preload) read after it read. */
-class SumsWatch implements FileIo {
-  readonly #inner = new SysFileIo();
+class SumsWatch extends HookedFileIo {
   smallReads = 0;
   holdLongReads = false;
-  #held: (() => void)[] = [];
+  readonly #held: (() => void)[] = [];
   #longReadDone: (() => void) | null = null;
   readonly longReadDone = new Promise<void>((resolve) => this.#longReadDone = resolve);
+
+  constructor() {
+    super(new SysFileIo(), (path) => {
+      if (!path.includes("/sums-")) return {};
+      return {
+        read: async (file, into, offset) => {
+          const got = await file.read(into, offset);
+          if (into.length <= RECORD_BYTES) {
+            this.smallReads++;
+          } else if (this.holdLongReads && offset >= 4096) {
+            // A read of many records past the header page: the preload. The bytes are read;
+            // whatever happens now is newer than them.
+            this.#longReadDone?.();
+            await new Promise<void>((go) => this.#held.push(go));
+          }
+          return got;
+        },
+      };
+    });
+  }
 
   release(): void {
     this.holdLongReads = false;
     for (const go of this.#held.splice(0)) go();
-  }
-
-  async open(path: string, options?: OpenFileOptions): Promise<IoFile> {
-    const inner = await this.#inner.open(path, options);
-    if (!path.includes("/sums-")) return inner;
-    const held = this.#held;
-    const watch = {
-      long: () => this.holdLongReads,
-      counted: () => this.smallReads++,
-      readDone: () => this.#longReadDone?.(),
-    };
-    return {
-      path: inner.path,
-      async read(into, offset) {
-        const got = await inner.read(into, offset);
-        if (into.length <= RECORD_BYTES) {
-          watch.counted();
-        } else if (watch.long() && offset >= 4096) {
-          // A read of many records past the header page: the preload.
-          // The bytes are read; whatever happens now is newer than them.
-          watch.readDone();
-          await new Promise<void>((go) => held.push(go));
-        }
-        return got;
-      },
-      write: (bytes, offset) => inner.write(bytes, offset),
-      datasync: () => inner.datasync(),
-      sync: () => inner.sync(),
-      truncate: (length) => inner.truncate(length),
-      allocate: (offset, length) => inner.allocate(offset, length),
-      sizeBytes: () => inner.sizeBytes(),
-      tryLock: () => inner.tryLock(),
-      unlock: () => inner.unlock(),
-      close: () => inner.close(),
-    };
-  }
-
-  exists(path: string): Promise<boolean> {
-    return this.#inner.exists(path);
-  }
-  mkdir(path: string): Promise<void> {
-    return this.#inner.mkdir(path);
-  }
-  rename(from: string, to: string): Promise<void> {
-    return this.#inner.rename(from, to);
-  }
-  remove(path: string): Promise<void> {
-    return this.#inner.remove(path);
-  }
-  syncDirectory(path: string): Promise<void> {
-    return this.#inner.syncDirectory(path);
   }
 }
 
