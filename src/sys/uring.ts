@@ -261,6 +261,13 @@ class UringReader {
     this.#scheduled = true;
     queueMicrotask(() => {
       this.#scheduled = false;
+      // A lone read with no batch in flight (queue depth 1) gains nothing from a ring (one hop
+      // either way) and would wait for the kernel to hand it on: it is a plain pread.
+      if (this.#queue.length === 1 && this.#free.length === this.#rings) {
+        const read = this.#queue.pop()!;
+        preadFull(read.fd, read.into, read.offsetBytes).then(read.resolve, read.reject);
+        return;
+      }
       while (this.#free.length > 0 && this.#queue.length > 0) {
         const ring = this.#free.pop()!;
         const batch = this.#queue.splice(0, BATCH_READS_MAX);
