@@ -812,7 +812,8 @@ export class FileBlockStore implements BlockStore {
   /**
    * Appends a whole-sector range record for stored `ref` with the next seq, synchronously up to
    * the append (so records of one ref keep call order), and lays it over the slot for readers.
-   * Resolves when the record is written (durable after the next flush).
+   * Resolves once the record has its place in the journal (its write follows; the next flush
+   * waits for it and makes it durable).
    */
   #appendRange(
     ref: BlockRef,
