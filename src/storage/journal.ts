@@ -79,14 +79,10 @@ export function journalRegionBytesFor(storeBytes: number, blockSizeBytes: number
 }
 
 /**
- * Encodes `record` (not a wrap) of `epoch` into `into` (zeroed, {@link recordBytesOf} bytes; a
- * new buffer by default) and returns it.
+ * Encodes `record` (not a wrap) of `epoch` into `into` (zeroed, {@link recordBytesOf} bytes) and
+ * returns it.
  */
-export function encodeRecord(
-  record: JournalRecord,
-  epoch: number,
-  into: Uint8Array = new Uint8Array(recordBytesOf(record.data?.length ?? 0)),
-): Uint8Array {
+export function encodeRecord(record: JournalRecord, epoch: number, into: Uint8Array): Uint8Array {
   const dataBytes = record.data?.length ?? 0;
   const bytes = into;
   assert(bytes.length === recordBytesOf(dataBytes), "record buffer of the wrong size");
