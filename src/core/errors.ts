@@ -80,6 +80,12 @@ export function blockUnavailable(message: string, options?: ErrorOptions): Torus
 export function closed(message: string, options?: ErrorOptions): TorusError {
   return new TorusError(ErrorCode.Closed, message, options);
 }
+export function unavailable(message: string, options?: ErrorOptions): TorusError {
+  return new TorusError(ErrorCode.Unavailable, message, options);
+}
+export function outcomeUnknown(message: string, options?: ErrorOptions): TorusError {
+  return new TorusError(ErrorCode.OutcomeUnknown, message, options);
+}
 
 /** The message of any thrown value, as one line (for CLI output and logs). */
 export function errorMessage(error: unknown): string {

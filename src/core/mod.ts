@@ -7,6 +7,7 @@
 
 export * from "./assert.ts";
 export * from "./block_ref.ts";
+export * from "./byte_stream.ts";
 export * from "./bytes.ts";
 export * from "./bounded_read.ts";
 export * from "./checksum.ts";

@@ -39,12 +39,21 @@ import type { BlockRef } from "../core/mod.ts";
 export interface BlockCallOptions {
   /** Aborts a call that waits (network stores); local stores check it before starting. */
   signal?: AbortSignal;
+  /** Deadline of a call that waits on the network (peer stores); local stores ignore it. */
+  timeoutMs?: number;
   /**
    * getBlock only: the CRC-32 (IEEE) the caller expects (the blockset's crc layer knows it).
    * A copy that does not match is never returned: a store with one copy throws
    * `block_unavailable`; the distributor tries the next replica and repairs the bad one.
    */
   expectedCrc32?: number;
+  /**
+   * Changes only: the writer's fencing token (its volume lock's, growing with every acquisition).
+   * A store that fences its volume's writes (a cluster's data nodes) refuses a token lower than
+   * one it has accepted for that volume, with `locked`; 0 or absent is no token (internal copies:
+   * rebalance, repair). Local stores ignore it.
+   */
+  fenceToken?: number;
 }
 
 /** Options of range writes. */

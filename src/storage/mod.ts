@@ -14,3 +14,4 @@ export * from "./file_io.ts";
 export * from "./sys_file_io.ts";
 export * from "./power_loss_file_io.ts";
 export * from "./hooked_file_io.ts";
+export * from "./storage_contract.ts";

@@ -100,7 +100,7 @@ export class NbdNegotiation {
 
   /** Reads the greeting and answers with the client flags. */
   static async start(stream: ByteStream): Promise<NbdNegotiation> {
-    const reader = new StreamReader(stream, new Uint8Array(READ_BUFFER_BYTES));
+    const reader = new StreamReader(stream, new Uint8Array(READ_BUFFER_BYTES), "NBD server");
     const { handshakeFlags } = decodeGreeting(await reader.readExact(NBD_GREETING_BYTES));
     const fixedNewstyle = (handshakeFlags & NBD_FLAG_FIXED_NEWSTYLE) !== 0;
     const noZeroes = (handshakeFlags & NBD_FLAG_NO_ZEROES) !== 0;

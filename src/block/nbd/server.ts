@@ -201,7 +201,7 @@ export class NbdServer implements AsyncDisposable {
     stats.connectionsAccepted++;
     stats.connectionsOpen++;
     const input = new Uint8Array(INPUT_BUFFER_BYTES);
-    const reader = new StreamReader(connection.stream, input);
+    const reader = new StreamReader(connection.stream, input, "NBD client");
     let negotiated: NegotiatedExport | null = null;
     try {
       negotiated = await this.#handshake(reader);

@@ -1,0 +1,358 @@
+/**
+ * The peer protocol contract suite (protocol.ts states the rules). Each protocol's test file
+ * calls {@link peerProtocolContract}; the same tests run over every protocol, on real loopback
+ * sockets:
+ * - the whole BlockStore contract, played by a protocol client against a server answering from
+ *   a memory store, and from a file store that is reopened behind the server;
+ * - the protocol's own rules: the handshake refuses another cluster or block size, deadlines
+ *   fail a call that gets no answer, a lost server fails calls and a new one is reconnected to,
+ *   garbage on the port closes only that connection.
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import { type BlockRef, ErrorCode, isTorusError } from "../../core/mod.ts";
+import {
+  type BlockCallOptions,
+  type BlockStore,
+  blockStoreContract,
+  type ContractFixture,
+  FileBlockStore,
+  type IoHold,
+  MemoryBlockStore,
+  patternBlock,
+  testRef,
+} from "../../storage/mod.ts";
+import type { PeerIdentity, PeerProtocol, PeerServer, PeerStore } from "./protocol.ts";
+
+const BLOCK = 4096;
+const identity: PeerIdentity = {
+  clusterId: "contract-cluster",
+  blockSizeBytes: BLOCK,
+  nodeName: "a",
+};
+
+/** Registers the contract for `protocol` (made fresh for every test). */
+export function peerProtocolContract(name: string, makeProtocol: () => PeerProtocol): void {
+  blockStoreContract(`${name} over a memory store`, async () => {
+    const store = new HeldStore(new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 16 }));
+    const served = await serveStore(makeProtocol(), store);
+    return {
+      store: served.client,
+      holdNextIo: () => store.holdNext(),
+      cleanup: () => served.close(),
+    };
+  });
+  blockStoreContract(`${name} over a file store`, async () => {
+    const dir = await Deno.makeTempDir({ prefix: "torus-peer-" });
+    const protocol = makeProtocol();
+    const options = { dir, blockSizeBytes: BLOCK, sizeBytes: BLOCK * 17 };
+    const store = new HeldStore(await FileBlockStore.open(options));
+    let served = await serveStore(protocol, store);
+    const fixture: ContractFixture = {
+      store: served.client,
+      holdNextIo: () => store.holdNext(),
+      // The node behind the server restarts: its store closes and opens again.
+      reopen: async () => {
+        await served.close();
+        served = await serveStore(protocol, await FileBlockStore.open(options));
+        return served.client;
+      },
+      cleanup: async () => {
+        await served.close();
+        await Deno.remove(dir, { recursive: true });
+      },
+    };
+    return fixture;
+  });
+  registerProtocolTests(name, makeProtocol);
+}
+
+/** A server on a loopback port answering from `store`, and a connected client. */
+interface Served {
+  server: PeerServer;
+  client: PeerStore;
+  /** Closes the client, the server and the store. */
+  close(): Promise<void>;
+}
+
+async function serveStore(
+  protocol: PeerProtocol,
+  store: BlockStore,
+  clientIdentity: PeerIdentity = { ...identity, nodeName: "b" },
+): Promise<Served> {
+  const server = await protocol.listen(`${protocol.scheme}://127.0.0.1:0`, { identity, store });
+  const client = protocol.dial(server.address, { identity: clientIdentity, callTimeoutMs: 5_000 });
+  // The contract reads totalBlocks() before its first call; a peer store knows it once asked.
+  await client.refreshCounts();
+  return {
+    server,
+    client,
+    async close() {
+      await client.close().catch(() => {});
+      await server.close();
+      await store.close();
+    },
+  };
+}
+
+function registerProtocolTests(name: string, makeProtocol: () => PeerProtocol): void {
+  const test = (behaviour: string, fn: (protocol: PeerProtocol) => Promise<void>) =>
+    Deno.test(`${name}: ${behaviour}`, () => fn(makeProtocol()));
+
+  test("a client of another cluster or block size is refused with the reason", async (protocol) => {
+    const store = new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 4 });
+    const server = await protocol.listen(`${protocol.scheme}://127.0.0.1:0`, { identity, store });
+    try {
+      const others: [PeerIdentity, RegExp][] = [
+        [{ ...identity, clusterId: "other-cluster" }, /cluster/],
+        [{ ...identity, blockSizeBytes: BLOCK * 2 }, /block size/],
+      ];
+      for (const [other, reason] of others) {
+        const client = protocol.dial(server.address, { identity: other, callTimeoutMs: 5_000 });
+        const error = await client.hasBlock(testRef(1)).then(() => null, (e: unknown) => e);
+        assert.ok(isTorusError(error), `a mismatched client was served: ${String(error)}`);
+        assert.match(error.message, reason);
+        await client.close();
+      }
+      assert.equal(store.usedBlocks(), 0);
+    } finally {
+      await server.close();
+      await store.close();
+    }
+  });
+
+  test("a call without an answer fails at its deadline: reads unavailable, changes unknown", async (protocol) => {
+    const store = new HeldStore(new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 4 }));
+    const served = await serveStore(protocol, store);
+    const holds: IoHold[] = [];
+    try {
+      holds.push(store.holdNext());
+      const started = Date.now();
+      const put = served.client.putBlock(testRef(1), new Uint8Array(8), { timeoutMs: 300 });
+      await rejectsWithCode(put, ErrorCode.OutcomeUnknown);
+      holds.push(store.holdNext());
+      const get = served.client.getBlock(testRef(1), { timeoutMs: 300 });
+      await rejectsWithCode(get, ErrorCode.Unavailable);
+      assert.ok(Date.now() - started < 4_000, "the deadline was not kept");
+      for (const hold of holds) hold.release();
+      // The held put lands after all; the connection still serves.
+      await waitFor(async () => await served.client.hasBlock(testRef(1)));
+    } finally {
+      for (const hold of holds) hold.release();
+      await served.close();
+    }
+  });
+
+  test("a lost server fails calls; a new one on the port is connected to", async (protocol) => {
+    const first = new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 4 });
+    const server = await protocol.listen(`${protocol.scheme}://127.0.0.1:0`, {
+      identity,
+      store: first,
+    });
+    const client = protocol.dial(server.address, { identity, callTimeoutMs: 2_000 });
+    await client.putBlock(testRef(1), patternBlock(BLOCK, 1));
+    await server.close();
+    const error = await client.getBlock(testRef(1)).then(() => null, (e: unknown) => e);
+    assert.ok(isTorusError(error, ErrorCode.Unavailable), `got ${String(error)}`);
+    const second = new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 4 });
+    await second.putBlock(testRef(1), patternBlock(BLOCK, 2));
+    const again = await protocol.listen(server.address, { identity, store: second });
+    try {
+      assert.deepEqual(await client.getBlock(testRef(1)), patternBlock(BLOCK, 2));
+    } finally {
+      await client.close();
+      await again.close();
+      await first.close();
+      await second.close();
+    }
+  });
+
+  test("garbage on the port closes that connection only", async (protocol) => {
+    const store = new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 4 });
+    const served = await serveStore(protocol, store);
+    try {
+      await served.client.putBlock(testRef(1), patternBlock(BLOCK, 1));
+      const { port } = new URL(served.server.address);
+      for (const garbage of garbageInputs()) {
+        const conn = await Deno.connect({ hostname: "127.0.0.1", port: Number(port) });
+        await conn.write(garbage).catch(() => 0);
+        // The server ends the connection: a read returns end of stream or fails.
+        const buffer = new Uint8Array(65536);
+        const ended = await readUntilEnd(conn, buffer);
+        conn.close();
+        assert.ok(
+          ended,
+          `the server kept a connection open after ${garbage.length} bytes of garbage`,
+        );
+      }
+      assert.deepEqual(await served.client.getBlock(testRef(1)), patternBlock(BLOCK, 1));
+    } finally {
+      await served.close();
+    }
+  });
+
+  test("hasBlocks answers many refs in order", async (protocol) => {
+    const store = new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 64 });
+    const served = await serveStore(protocol, store);
+    try {
+      for (let i = 0; i < 64; i += 3) await served.client.putBlock(testRef(i), new Uint8Array(1));
+      const refs: BlockRef[] = [];
+      for (let i = 0; i < 20_000; i++) refs.push(testRef(i % 70, 3 + Math.floor(i / 70)));
+      const held = await served.client.hasBlocks(refs);
+      assert.equal(held.length, refs.length);
+      held.forEach((h, i) => assert.equal(h, i < 70 && i % 3 === 0 && i < 64, `ref ${i}`));
+      assert.deepEqual(await served.client.hasBlocks([]), []);
+    } finally {
+      await served.close();
+    }
+  });
+
+  test("a write carries its fencing token to the remote store", async (protocol) => {
+    const store = new HeldStore(new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 4 }));
+    const served = await serveStore(protocol, store);
+    try {
+      await served.client.putBlock(testRef(1), new Uint8Array(1), { fenceToken: 7 });
+      await served.client.writeAt(testRef(1), 0, new Uint8Array(1), { fenceToken: 2 ** 40 + 3 });
+      await served.client.zeroAt(testRef(1), 0, 1, { fenceToken: 9 });
+      await served.client.deleteBlock(testRef(1), { fenceToken: 11 });
+      await served.client.putBlock(testRef(2), new Uint8Array(1));
+      assert.deepEqual(store.fenceTokens, [7, 2 ** 40 + 3, 9, 11, undefined]);
+    } finally {
+      await served.close();
+    }
+  });
+}
+
+/** Inputs no protocol accepts as a first message. */
+function garbageInputs(): Uint8Array[] {
+  const random = new Uint8Array(4096);
+  let x = 12345;
+  for (let i = 0; i < random.length; i++) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    random[i] = x >>> 24;
+  }
+  const huge = new Uint8Array(64);
+  huge.fill(0xff);
+  return [random, huge, new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n")];
+}
+
+/** Reads until end of stream or an error: true. False if the stream stays open for 5 s. */
+async function readUntilEnd(conn: Deno.Conn, buffer: Uint8Array): Promise<boolean> {
+  const deadline = Date.now() + 5_000;
+  for (;;) {
+    const left = deadline - Date.now();
+    if (left <= 0) return false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<"timeout">((resolve) =>
+      timer = setTimeout(() => resolve("timeout"), left)
+    );
+    const read = conn.read(buffer).catch(() => null);
+    const result = await Promise.race([read, timeout]);
+    clearTimeout(timer);
+    if (result === "timeout") return false;
+    if (result === null) return true;
+  }
+}
+
+async function waitFor(condition: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if (await condition()) return;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  assert.fail("the condition never held");
+}
+
+async function rejectsWithCode(promise: Promise<unknown>, code: ErrorCode): Promise<void> {
+  const error = await promise.then(() => null, (e: unknown) => e);
+  assert.ok(isTorusError(error, code), `expected ${code}, got ${String(error)}`);
+}
+
+/**
+ * A store whose next call can be held (the contract's holdNextIo, at the level of store calls),
+ * and which records the fencing tokens of the changes it got.
+ */
+class HeldStore implements BlockStore {
+  readonly kind: string;
+  readonly name: string;
+  readonly blockSizeBytes: number;
+  readonly fenceTokens: (number | undefined)[] = [];
+  readonly #inner: BlockStore;
+  #hold: { gate: Promise<void>; arrived: () => void; later: number } | null = null;
+  #armed = false;
+
+  constructor(inner: BlockStore) {
+    this.#inner = inner;
+    this.kind = inner.kind;
+    this.name = inner.name;
+    this.blockSizeBytes = inner.blockSizeBytes;
+  }
+
+  holdNext(): IoHold {
+    let release!: () => void;
+    let arrived!: () => void;
+    const gate = new Promise<void>((resolve) => release = resolve);
+    const arrivedPromise = new Promise<void>((resolve) => arrived = resolve);
+    const hold = { gate, arrived, later: 0 };
+    this.#hold = hold;
+    this.#armed = true;
+    return { arrived: arrivedPromise, laterOperations: () => hold.later, release };
+  }
+
+  async #pass<T>(call: () => Promise<T>): Promise<T> {
+    const hold = this.#hold;
+    if (hold !== null && this.#armed) {
+      this.#armed = false;
+      hold.arrived();
+      await hold.gate;
+    } else if (hold !== null) {
+      hold.later++;
+    }
+    return call();
+  }
+
+  #fenced(options?: BlockCallOptions): void {
+    this.fenceTokens.push(options?.fenceToken);
+  }
+
+  getBlock(ref: BlockRef, options?: BlockCallOptions) {
+    return this.#pass(() => this.#inner.getBlock(ref, options));
+  }
+  putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions) {
+    this.#fenced(options);
+    return this.#pass(() => this.#inner.putBlock(ref, data, options));
+  }
+  hasBlock(ref: BlockRef, options?: BlockCallOptions) {
+    return this.#pass(() => this.#inner.hasBlock(ref, options));
+  }
+  readAt(ref: BlockRef, offsetBytes: number, into: Uint8Array, options?: BlockCallOptions) {
+    return this.#pass(() => this.#inner.readAt(ref, offsetBytes, into, options));
+  }
+  writeAt(ref: BlockRef, offsetBytes: number, data: Uint8Array, options?: BlockCallOptions) {
+    this.#fenced(options);
+    return this.#pass(() => this.#inner.writeAt(ref, offsetBytes, data, options));
+  }
+  zeroAt(ref: BlockRef, offsetBytes: number, lengthBytes: number, options?: BlockCallOptions) {
+    this.#fenced(options);
+    return this.#pass(() => this.#inner.zeroAt(ref, offsetBytes, lengthBytes, options));
+  }
+  deleteBlock(ref: BlockRef, options?: BlockCallOptions) {
+    this.#fenced(options);
+    return this.#pass(() => this.#inner.deleteBlock(ref, options));
+  }
+  blockRefs(): AsyncIterable<BlockRef> {
+    return this.#inner.blockRefs();
+  }
+  usedBlocks(): number {
+    return this.#inner.usedBlocks();
+  }
+  totalBlocks(): number {
+    return this.#inner.totalBlocks();
+  }
+  flush(): Promise<void> {
+    return this.#pass(() => this.#inner.flush());
+  }
+  close(): Promise<void> {
+    return this.#inner.close();
+  }
+}
