@@ -15,3 +15,4 @@ export * from "./sys_file_io.ts";
 export * from "./power_loss_file_io.ts";
 export * from "./hooked_file_io.ts";
 export * from "./storage_contract.ts";
+export * from "./held_store.ts";

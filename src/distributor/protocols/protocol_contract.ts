@@ -13,11 +13,11 @@
 import assert from "node:assert/strict";
 import { type BlockRef, ErrorCode, isTorusError } from "../../core/mod.ts";
 import {
-  type BlockCallOptions,
   type BlockStore,
   blockStoreContract,
   type ContractFixture,
   FileBlockStore,
+  HeldStore,
   type IoHold,
   MemoryBlockStore,
   patternBlock,
@@ -266,93 +266,4 @@ async function waitFor(condition: () => Promise<boolean>): Promise<void> {
 async function rejectsWithCode(promise: Promise<unknown>, code: ErrorCode): Promise<void> {
   const error = await promise.then(() => null, (e: unknown) => e);
   assert.ok(isTorusError(error, code), `expected ${code}, got ${String(error)}`);
-}
-
-/**
- * A store whose next call can be held (the contract's holdNextIo, at the level of store calls),
- * and which records the fencing tokens of the changes it got.
- */
-class HeldStore implements BlockStore {
-  readonly kind: string;
-  readonly name: string;
-  readonly blockSizeBytes: number;
-  readonly fenceTokens: (number | undefined)[] = [];
-  readonly #inner: BlockStore;
-  #hold: { gate: Promise<void>; arrived: () => void; later: number } | null = null;
-  #armed = false;
-
-  constructor(inner: BlockStore) {
-    this.#inner = inner;
-    this.kind = inner.kind;
-    this.name = inner.name;
-    this.blockSizeBytes = inner.blockSizeBytes;
-  }
-
-  holdNext(): IoHold {
-    let release!: () => void;
-    let arrived!: () => void;
-    const gate = new Promise<void>((resolve) => release = resolve);
-    const arrivedPromise = new Promise<void>((resolve) => arrived = resolve);
-    const hold = { gate, arrived, later: 0 };
-    this.#hold = hold;
-    this.#armed = true;
-    return { arrived: arrivedPromise, laterOperations: () => hold.later, release };
-  }
-
-  async #pass<T>(call: () => Promise<T>): Promise<T> {
-    const hold = this.#hold;
-    if (hold !== null && this.#armed) {
-      this.#armed = false;
-      hold.arrived();
-      await hold.gate;
-    } else if (hold !== null) {
-      hold.later++;
-    }
-    return call();
-  }
-
-  #fenced(options?: BlockCallOptions): void {
-    this.fenceTokens.push(options?.fenceToken);
-  }
-
-  getBlock(ref: BlockRef, options?: BlockCallOptions) {
-    return this.#pass(() => this.#inner.getBlock(ref, options));
-  }
-  putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions) {
-    this.#fenced(options);
-    return this.#pass(() => this.#inner.putBlock(ref, data, options));
-  }
-  hasBlock(ref: BlockRef, options?: BlockCallOptions) {
-    return this.#pass(() => this.#inner.hasBlock(ref, options));
-  }
-  readAt(ref: BlockRef, offsetBytes: number, into: Uint8Array, options?: BlockCallOptions) {
-    return this.#pass(() => this.#inner.readAt(ref, offsetBytes, into, options));
-  }
-  writeAt(ref: BlockRef, offsetBytes: number, data: Uint8Array, options?: BlockCallOptions) {
-    this.#fenced(options);
-    return this.#pass(() => this.#inner.writeAt(ref, offsetBytes, data, options));
-  }
-  zeroAt(ref: BlockRef, offsetBytes: number, lengthBytes: number, options?: BlockCallOptions) {
-    this.#fenced(options);
-    return this.#pass(() => this.#inner.zeroAt(ref, offsetBytes, lengthBytes, options));
-  }
-  deleteBlock(ref: BlockRef, options?: BlockCallOptions) {
-    this.#fenced(options);
-    return this.#pass(() => this.#inner.deleteBlock(ref, options));
-  }
-  blockRefs(): AsyncIterable<BlockRef> {
-    return this.#inner.blockRefs();
-  }
-  usedBlocks(): number {
-    return this.#inner.usedBlocks();
-  }
-  totalBlocks(): number {
-    return this.#inner.totalBlocks();
-  }
-  flush(): Promise<void> {
-    return this.#pass(() => this.#inner.flush());
-  }
-  close(): Promise<void> {
-    return this.#inner.close();
-  }
 }

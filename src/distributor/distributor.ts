@@ -1,0 +1,669 @@
+/**
+ * The distributor: a BlockStore over the cluster. For each ref the ring gives a permutation of
+ * peers; the first R are the holders. Changes go to every holder at once and return after the
+ * write level's acknowledgements; reads try the holders (this node's own store first when it is
+ * one), then the rest of the permutation, by read level, each attempt under a deadline. A copy
+ * that fails its checksum is passed over and repaired from a good one.
+ *
+ * Rules kept here (tested in distributor_test.ts, and the BlockStore contract runs over it):
+ * - Changes of one ref are sent to each holder in call order (each peer connection keeps order).
+ * - Level `all` returns only when every holder acknowledged; otherwise it fails: with the
+ *   holders' common error code when all refused alike, else `outcome_unknown` (some holders may
+ *   have the change). There is no silent partial success.
+ * - A flush waits for every change still in flight (levels `one`/`local` leave some running),
+ *   fails if any of them failed, and flushes every store that took a change since the last one.
+ * - A read answers `not_exist` only when every holder said so; a holder that could not answer
+ *   makes it `unavailable` (the block may be there).
+ * - A repair writes the good copy to the bad holder only while no change of that ref is in
+ *   flight, and holds new changes of that ref until it is done, so it never puts back old bytes.
+ * @module
+ */
+
+import {
+  type BlockRef,
+  type Clock,
+  closed,
+  crc32,
+  ErrorCode,
+  errorMessage,
+  isTorusError,
+  logger,
+  outcomeUnknown,
+  TorusError,
+  unavailable,
+} from "../core/mod.ts";
+import type { Ring } from "../ring/mod.ts";
+import type { BlockCallOptions, BlockStore, RangeWriteOptions } from "../storage/mod.ts";
+import type { ReadLevel, WriteLevel } from "./levels.ts";
+import type { PeerDirectory } from "./peer_directory.ts";
+import { ReadCache } from "./read_cache.ts";
+import { DistributorStats } from "./stats.ts";
+
+const log = logger("distributor");
+
+/** Rounds of the `block` read level; the per-peer deadline doubles each round. */
+const BLOCK_LEVEL_ROUNDS = 3;
+
+/** What a distributor is built from (all passed in: the composition root picks them). */
+export interface DistributorOptions {
+  readonly blockSizeBytes: number;
+  /** This node's UUID when it is a ring member with a store of its own; null for a client. */
+  readonly self: string | null;
+  /** This node's store (`self`'s copies). */
+  readonly local: BlockStore | null;
+  /** The current ring (a watcher keeps it fresh). */
+  readonly ring: () => Ring;
+  readonly peers: PeerDirectory;
+  readonly readLevel: ReadLevel;
+  readonly writeLevel: WriteLevel;
+  /** Bytes of blocks read from peers kept in memory (0: none). */
+  readonly readCacheBytes: number;
+  /** Deadline of one attempt at one peer (the first round of `block` reads). */
+  readonly peerTimeoutMs: number;
+  readonly clock: Clock;
+}
+
+/** A copy source: this node's store or a peer's client. */
+interface Source {
+  readonly uuid: string;
+  readonly store: BlockStore;
+  readonly local: boolean;
+}
+
+/** One failed attempt, for the final error. */
+interface Miss {
+  readonly uuid: string;
+  readonly holder: boolean;
+  readonly error: unknown;
+}
+
+/** A BlockStore over the cluster. */
+export class Distributor implements BlockStore {
+  readonly kind = "distributor";
+  readonly name = "distributor";
+  readonly blockSizeBytes: number;
+  readonly stats = new DistributorStats();
+  readonly #options: DistributorOptions;
+  readonly #cache: ReadCache;
+  /** Changes of each ref still running at some holder (a repair waits for none). */
+  readonly #changesInFlight = new Map<string, number>();
+  readonly #repairs = new Map<string, Promise<void>>();
+  /** Attempts that outlive their call (levels one/local) and repairs: flush and close wait. */
+  readonly #background = new Set<Promise<unknown>>();
+  #backgroundFailure: unknown = null;
+  /** Stores that took a change since the last flush. */
+  readonly #unflushed = new Set<BlockStore>();
+  #callsInFlight = 0;
+  #idleWaiters: (() => void)[] = [];
+  #closing: Promise<void> | null = null;
+
+  constructor(options: DistributorOptions) {
+    this.#options = options;
+    this.blockSizeBytes = options.blockSizeBytes;
+    this.#cache = new ReadCache(options.readCacheBytes, options.blockSizeBytes);
+  }
+
+  // ---- reads ---------------------------------------------------------------------------------
+
+  getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {
+    return this.#guard(async () => {
+      this.stats.blockRequests++;
+      const cached = this.#cache.get(ref.key);
+      if (cached !== null && matchesCrc(cached, options?.expectedCrc32)) {
+        this.stats.cachedBlocks++;
+        return cached;
+      }
+      const { value, source, corrupt } = await this.#read(
+        ref,
+        options,
+        (store, timeoutMs) => store.getBlock(ref, { ...options, timeoutMs }),
+      );
+      if (!source.local) this.#cache.put(ref.key, value);
+      if (corrupt.length > 0) this.#repair(ref, corrupt, value);
+      return value;
+    });
+  }
+
+  readAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    into: Uint8Array,
+    options?: BlockCallOptions,
+  ): Promise<void> {
+    return this.#guard(async () => {
+      this.stats.blockRequests++;
+      const cached = this.#cache.peek(ref.key);
+      if (cached !== null && offsetBytes >= 0 && offsetBytes + into.length <= cached.length) {
+        this.stats.cachedBlocks++;
+        into.set(cached.subarray(offsetBytes, offsetBytes + into.length));
+        return;
+      }
+      const { corrupt } = await this.#read(
+        ref,
+        options,
+        (store, timeoutMs) => store.readAt(ref, offsetBytes, into, { ...options, timeoutMs }),
+      );
+      if (corrupt.length > 0) this.#repair(ref, corrupt, null);
+    });
+  }
+
+  hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean> {
+    return this.#guard(async () => {
+      let unanswered: Miss | null = null;
+      for (const source of this.#readOrder(ref)) {
+        try {
+          if (
+            await source.store.hasBlock(ref, { ...options, timeoutMs: this.#options.peerTimeoutMs })
+          ) {
+            return true;
+          }
+        } catch (error) {
+          if (isFatal(error)) throw error;
+          unanswered ??= { uuid: source.uuid, holder: true, error };
+        }
+      }
+      if (unanswered !== null) {
+        throw unavailable(
+          `cannot tell whether ${ref} exists: ${unanswered.uuid}: ${
+            errorMessage(unanswered.error)
+          }`,
+        );
+      }
+      return false;
+    });
+  }
+
+  /**
+   * Reads through `attempt` from the first source that has a good copy, by read level. Holders
+   * that answered `block_unavailable` while another source had the block come back in `corrupt`.
+   */
+  async #read<T>(
+    ref: BlockRef,
+    options: BlockCallOptions | undefined,
+    attempt: (store: BlockStore, timeoutMs: number) => Promise<T>,
+  ): Promise<{ value: T; source: Source; corrupt: string[] }> {
+    const order = this.#readOrder(ref);
+    const holders = new Set(this.#holders(ref));
+    const misses: Miss[] = [];
+    const tryOne = async (source: Source, timeoutMs: number) => {
+      options?.signal?.throwIfAborted();
+      try {
+        return { value: await attempt(source.store, timeoutMs), source };
+      } catch (error) {
+        if (isFatal(error)) throw error;
+        misses.push({ uuid: source.uuid, holder: holders.has(source.uuid), error });
+        this.#countMiss(source);
+        return null;
+      }
+    };
+    const found = await this.#readByLevel(order, holders, tryOne);
+    if (found === null) throw this.#readFailure(ref, misses, holders);
+    const corrupt = misses.filter((m) =>
+      m.holder && isTorusError(m.error, ErrorCode.BlockUnavailable)
+    )
+      .map((m) => m.uuid);
+    return { ...found, corrupt };
+  }
+
+  async #readByLevel<T>(
+    order: readonly Source[],
+    holders: ReadonlySet<string>,
+    tryOne: (source: Source, timeoutMs: number) => Promise<{ value: T; source: Source } | null>,
+  ): Promise<{ value: T; source: Source } | null> {
+    const timeoutMs = this.#options.peerTimeoutMs;
+    if (this.#options.readLevel === "spread") {
+      const first = order.filter((s) => holders.has(s.uuid));
+      const rest = order.filter((s) => !holders.has(s.uuid));
+      const found = await firstFound(first.map((s) => tryOne(s, timeoutMs)));
+      return found ?? await this.#sequential(rest, timeoutMs, tryOne);
+    }
+    const rounds = this.#options.readLevel === "block" ? BLOCK_LEVEL_ROUNDS : 1;
+    let left = order;
+    for (let round = 0; round < rounds && left.length > 0; round++) {
+      const retry: Source[] = [];
+      const found = await this.#sequential(left, timeoutMs * 2 ** round, tryOne, retry);
+      if (found !== null) return found;
+      // Only peers that did not answer get another round; a definite answer stands.
+      left = retry;
+    }
+    return null;
+  }
+
+  async #sequential<T>(
+    sources: readonly Source[],
+    timeoutMs: number,
+    tryOne: (source: Source, timeoutMs: number) => Promise<{ value: T; source: Source } | null>,
+    unanswered?: Source[],
+  ): Promise<{ value: T; source: Source } | null> {
+    for (const source of sources) {
+      const found = await tryOne(source, timeoutMs);
+      if (found !== null) {
+        if (!source.local) this.stats.peerBlocks++;
+        else this.stats.localBlocks++;
+        return found;
+      }
+      unanswered?.push(source);
+    }
+    return null;
+  }
+
+  #countMiss(source: Source): void {
+    if (source.local) this.stats.localBlockFails++;
+    else {this.stats.peerBlockFails.set(
+        source.uuid,
+        (this.stats.peerBlockFails.get(source.uuid) ?? 0) + 1,
+      );}
+  }
+
+  /** The error of a read no source could serve (see the module doc for the rules). */
+  #readFailure(ref: BlockRef, misses: readonly Miss[], holders: ReadonlySet<string>): TorusError {
+    this.stats.requestFailures++;
+    const fromHolders = misses.filter((m) => m.holder);
+    const answered = new Set(fromHolders.map((m) => m.uuid));
+    const detail = misses.map((m) => `${m.uuid}: ${errorMessage(m.error)}`).join("; ");
+    if (holders.size === 0) return unavailable(`no peer can hold ${ref}: the ring is empty`);
+    const everyHolderAnswered = [...holders].every((uuid) => answered.has(uuid));
+    const codes = new Set(fromHolders.map((m) => isTorusError(m.error) ? m.error.code : "other"));
+    if (everyHolderAnswered && codes.size === 1 && codes.has(ErrorCode.NotExist)) {
+      return new TorusError(ErrorCode.NotExist, `${ref} is not stored (${detail})`);
+    }
+    if (everyHolderAnswered && codes.size === 1 && codes.has(ErrorCode.Invalid)) {
+      return new TorusError(ErrorCode.Invalid, errorMessage(fromHolders[0]!.error));
+    }
+    if (
+      codes.has(ErrorCode.BlockUnavailable) &&
+      [...codes].every((c) => c === ErrorCode.BlockUnavailable || c === ErrorCode.NotExist)
+    ) {
+      return new TorusError(ErrorCode.BlockUnavailable, `no good copy of ${ref}: ${detail}`);
+    }
+    return unavailable(`no peer could serve ${ref}: ${detail || "no peer reachable"}`);
+  }
+
+  // ---- changes --------------------------------------------------------------------------------
+
+  putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
+    // A copy now: attempts outlive this call at levels one/local, the caller's buffer may change.
+    const copy = data.slice();
+    return this.#change(ref, options, (store) => store.putBlock(ref, copy, options));
+  }
+
+  writeAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    data: Uint8Array,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
+    const copy = data.slice();
+    return this.#change(ref, options, (store) => store.writeAt(ref, offsetBytes, copy, options));
+  }
+
+  zeroAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    lengthBytes: number,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
+    return this.#change(
+      ref,
+      options,
+      (store) => store.zeroAt(ref, offsetBytes, lengthBytes, options),
+    );
+  }
+
+  deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
+    return this.#change(ref, options, (store) => store.deleteBlock(ref, options), true);
+  }
+
+  /**
+   * Sends a change to every holder and waits for the write level's acknowledgements. For a
+   * delete (`tolerateMissing`), a holder without the ref counts as done, unless all lack it.
+   */
+  #change(
+    ref: BlockRef,
+    options: BlockCallOptions | undefined,
+    send: (store: BlockStore) => Promise<void>,
+    tolerateMissing = false,
+  ): Promise<void> {
+    return this.#guard(async () => {
+      options?.signal?.throwIfAborted();
+      this.#cache.drop(ref.key);
+      // A repair of this ref is writing its good copy: changes wait, in call order.
+      const repair = this.#repairs.get(ref.key);
+      if (repair !== undefined) await repair;
+      this.#cache.drop(ref.key);
+      const holders = this.#holders(ref);
+      if (holders.length === 0) throw unavailable(`no peer can hold ${ref}: the ring is empty`);
+      const attempts = holders.map((uuid) => this.#sendTo(uuid, ref, send));
+      this.#trackChange(ref.key, attempts);
+      await this.#acknowledged(ref, holders, attempts, tolerateMissing);
+    });
+  }
+
+  /** One holder's attempt; resolves to null or the error (never rejects). */
+  #sendTo(
+    uuid: string,
+    ref: BlockRef,
+    send: (store: BlockStore) => Promise<void>,
+  ): Promise<unknown> {
+    const source = this.#sourceOf(uuid);
+    if (source === null) return Promise.resolve(unavailable(`no address known for peer ${uuid}`));
+    // Only a store that took the change needs the next flush; one that refused it or could not be
+    // reached is reported by the change itself (level all) or by the next flush (one, local).
+    return send(source.store).then(() => {
+      this.#unflushed.add(source.store);
+      return null;
+    }, (error: unknown) => {
+      if (isTorusError(error, ErrorCode.OutcomeUnknown)) this.#unflushed.add(source.store);
+      if (!isTorusError(error, ErrorCode.NotExist)) {
+        log.debug(`a change of ${ref} at ${uuid} failed: ${errorMessage(error)}`);
+      }
+      return error ?? new Error("change failed");
+    });
+  }
+
+  /** Counts the ref's changes in flight until every attempt settled (repairs wait for zero). */
+  #trackChange(key: string, attempts: readonly Promise<unknown>[]): void {
+    this.#changesInFlight.set(key, (this.#changesInFlight.get(key) ?? 0) + 1);
+    const settled = Promise.all(attempts).then(() => {
+      const left = (this.#changesInFlight.get(key) ?? 1) - 1;
+      if (left === 0) this.#changesInFlight.delete(key);
+      else this.#changesInFlight.set(key, left);
+    });
+    this.#keepInBackground(settled);
+  }
+
+  /** Waits for the acknowledgements the write level asks for; throws the change's failure. */
+  async #acknowledged(
+    ref: BlockRef,
+    holders: readonly string[],
+    attempts: readonly Promise<unknown>[],
+    tolerateMissing: boolean,
+  ): Promise<void> {
+    const level = this.#options.writeLevel;
+    const selfIndex = this.#options.self === null ? -1 : holders.indexOf(this.#options.self);
+    if (level === "all") {
+      const results = await Promise.all(attempts);
+      this.#throwUnlessDone(ref, holders, results, tolerateMissing);
+      return;
+    }
+    // one / local: the first acknowledgement (this node's own for `local`) returns; the others
+    // run on, and a failure among them fails the next flush.
+    const waitFor = level === "local" && selfIndex >= 0 ? [attempts[selfIndex]!] : attempts;
+    const first = await firstSuccess(waitFor, tolerateMissing);
+    if (first === null) {
+      this.#throwUnlessDone(ref, holders, await Promise.all(attempts), tolerateMissing);
+    }
+    for (const [i, attempt] of attempts.entries()) {
+      this.#keepInBackground(attempt.then((error) => {
+        if (error !== null && !(tolerateMissing && isTorusError(error, ErrorCode.NotExist))) {
+          this.#backgroundFailure ??= unavailable(
+            `a change of ${ref} did not reach ${holders[i]}: ${errorMessage(error)}`,
+          );
+        }
+      }));
+    }
+  }
+
+  /** Throws the combined failure of a change unless every holder did it. */
+  #throwUnlessDone(
+    ref: BlockRef,
+    holders: readonly string[],
+    results: readonly unknown[],
+    tolerateMissing: boolean,
+  ): void {
+    const missing = results.filter((r) => isTorusError(r, ErrorCode.NotExist)).length;
+    if (tolerateMissing && missing > 0 && missing < results.length) {
+      results = results.map((r) => isTorusError(r, ErrorCode.NotExist) ? null : r);
+    }
+    const failures = results.map((error, i) => ({ error, uuid: holders[i]! })).filter((f) =>
+      f.error !== null
+    );
+    if (failures.length === 0) return;
+    const detail = failures.map((f) => `${f.uuid}: ${errorMessage(f.error)}`).join("; ");
+    const codes = new Set(failures.map((f) => isTorusError(f.error) ? f.error.code : "other"));
+    const [only] = codes;
+    // All holders refused alike (nothing changed anywhere): that is the answer.
+    if (
+      failures.length === results.length && codes.size === 1 && only !== "other" && definite(only!)
+    ) {
+      throw new TorusError(only as ErrorCode, `${ref}: ${detail}`);
+    }
+    throw outcomeUnknown(
+      `a change of ${ref} reached ${
+        results.length - failures.length
+      } of ${results.length} holders: ${detail}`,
+    );
+  }
+
+  // ---- repair ---------------------------------------------------------------------------------
+
+  /** Writes a good copy of `ref` to `holders` whose copy failed its checksum. */
+  #repair(ref: BlockRef, holders: readonly string[], good: Uint8Array | null): void {
+    if (this.#repairs.has(ref.key)) return;
+    const repair = this.#runRepair(ref, holders, good).catch((error) => {
+      log.warn(`repairing ${ref} failed: ${errorMessage(error)}`);
+    }).finally(() => this.#repairs.delete(ref.key));
+    this.#repairs.set(ref.key, repair);
+    this.#keepInBackground(repair);
+  }
+
+  async #runRepair(
+    ref: BlockRef,
+    holders: readonly string[],
+    good: Uint8Array | null,
+  ): Promise<void> {
+    // Changes sent before the repair began must land first, or it would put back old bytes.
+    while (this.#changesInFlight.has(ref.key)) await this.#options.clock.sleep(1);
+    // Read the good copy again now, checked against the one found before: a change since then
+    // makes it differ, and the repair stops (the next read finds the bad copy again).
+    const expected: BlockCallOptions = good === null ? {} : { expectedCrc32: crc32(good) };
+    const { value } = await this.#read(
+      ref,
+      expected,
+      (store, timeoutMs) => store.getBlock(ref, { ...expected, timeoutMs }),
+    );
+    for (const uuid of holders) {
+      const source = this.#sourceOf(uuid);
+      if (source === null) continue;
+      await source.store.putBlock(ref, value, { timeoutMs: this.#options.peerTimeoutMs });
+      this.#unflushed.add(source.store);
+      this.stats.repairedBlocks++;
+      log.info(`repaired the copy of ${ref} at ${uuid}`);
+    }
+  }
+
+  // ---- flush, listing, counts, lifecycle ------------------------------------------------------
+
+  flush(): Promise<void> {
+    return this.#guard(() => this.#flushAll());
+  }
+
+  /**
+   * Flushes every store that took a change since the last flush, then reports the first failure
+   * (a change that missed a holder at levels one/local, or a store's flush). Each failure is
+   * reported once: a dead peer fails one flush, not every flush after it.
+   */
+  async #flushAll(): Promise<void> {
+    await this.#backgroundSettled();
+    const missed = this.#backgroundFailure;
+    this.#backgroundFailure = null;
+    const stores = [...this.#unflushed];
+    this.#unflushed.clear();
+    const results = await Promise.allSettled(stores.map((store) => store.flush()));
+    if (missed !== null) throw missed;
+    const failed = results.flatMap((r, i) =>
+      r.status === "rejected" ? [`${stores[i]!.name}: ${errorMessage(r.reason)}`] : []
+    );
+    if (failed.length > 0) throw unavailable(`flush failed at ${failed.join("; ")}`);
+  }
+
+  async #backgroundSettled(): Promise<void> {
+    while (this.#background.size > 0) await Promise.all([...this.#background]);
+  }
+
+  async *blockRefs(): AsyncIterable<BlockRef> {
+    this.#checkOpen();
+    // Every member's listing is taken whole first, so the union is a snapshot of this moment.
+    const seen = new Map<string, BlockRef>();
+    const sources = this.#members().map((uuid) => this.#sourceOf(uuid)).filter((s) => s !== null);
+    await Promise.all(sources.map(async (source) => {
+      for await (const ref of source.store.blockRefs()) seen.set(ref.key, ref);
+    }));
+    yield* [...seen.keys()].sort().map((key) => seen.get(key)!);
+  }
+
+  /** Distinct refs stored, as the members' counts over the replication (exact when balanced). */
+  usedBlocks(): number {
+    this.#checkOpen();
+    return Math.round(this.#sumOverMembers((store) => store.usedBlocks()) / this.#replication());
+  }
+
+  /** Capacity in distinct blocks: the members' capacity over the replication. */
+  totalBlocks(): number {
+    this.#checkOpen();
+    return Math.floor(this.#sumOverMembers((store) => store.totalBlocks()) / this.#replication());
+  }
+
+  #sumOverMembers(count: (store: BlockStore) => number): number {
+    let sum = 0;
+    for (const uuid of this.#members()) {
+      const source = this.#sourceOf(uuid);
+      if (source !== null) sum += count(source.store);
+    }
+    return sum;
+  }
+
+  #replication(): number {
+    const ring = this.#options.ring();
+    return Math.max(1, Math.min(ring.replication, ring.memberUuids().length));
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    await this.#idle();
+    await this.#flushAll().catch((error) => {
+      log.warn(`flush on close failed: ${errorMessage(error)}`);
+    });
+  }
+
+  // ---- helpers --------------------------------------------------------------------------------
+
+  /** Runs a call while counting it in flight (close waits), after the closed check. */
+  async #guard<T>(call: () => Promise<T>): Promise<T> {
+    this.#checkOpen();
+    this.#callsInFlight++;
+    try {
+      return await call();
+    } finally {
+      this.#callsInFlight--;
+      if (this.#callsInFlight === 0) {
+        const waiters = this.#idleWaiters;
+        this.#idleWaiters = [];
+        for (const resolve of waiters) resolve();
+      }
+    }
+  }
+
+  async #idle(): Promise<void> {
+    if (this.#callsInFlight > 0) {
+      await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
+    }
+    await this.#backgroundSettled();
+  }
+
+  /** Calls made after close() began are refused (close waits only for earlier ones). */
+  #checkOpen(): void {
+    if (this.#closing !== null) throw closed("the distributor is closed");
+  }
+
+  #keepInBackground(promise: Promise<unknown>): void {
+    const tracked = promise.finally(() => this.#background.delete(tracked));
+    this.#background.add(tracked);
+  }
+
+  #members(): readonly string[] {
+    return this.#options.ring().memberUuids();
+  }
+
+  #holders(ref: BlockRef): readonly string[] {
+    const ring = this.#options.ring();
+    return ring.memberUuids().length === 0 ? [] : ring.getHolders(ref);
+  }
+
+  /** Holders first (this node's own copy first among them), then the rest of the permutation. */
+  #readOrder(ref: BlockRef): Source[] {
+    const ring = this.#options.ring();
+    if (ring.memberUuids().length === 0) return [];
+    const { peers, replication } = ring.getPeers(ref);
+    const holders = peers.slice(0, replication);
+    const self = this.#options.self;
+    const ordered = self !== null && holders.includes(self)
+      ? [self, ...holders.filter((p) => p !== self), ...peers.slice(replication)]
+      : [...peers];
+    return ordered.map((uuid) => this.#sourceOf(uuid)).filter((s): s is Source => s !== null);
+  }
+
+  #sourceOf(uuid: string): Source | null {
+    if (uuid === this.#options.self && this.#options.local !== null) {
+      return { uuid, store: this.#options.local, local: true };
+    }
+    const store = this.#options.peers.storeOf(uuid);
+    return store === null ? null : { uuid, store, local: false };
+  }
+}
+
+/** Whether `data` matches the expected CRC (or none is expected). */
+function matchesCrc(data: Uint8Array, expected: number | undefined): boolean {
+  return expected === undefined || crc32(data) === expected;
+}
+
+/** Errors that are the caller's (the same at every peer): no other source is tried. */
+function isFatal(error: unknown): boolean {
+  return error instanceof DOMException && error.name === "AbortError" ||
+    isTorusError(error, ErrorCode.Invalid);
+}
+
+/** Codes that mean the change was refused before doing anything. */
+function definite(code: string): boolean {
+  const codes: string[] = [
+    ErrorCode.Invalid,
+    ErrorCode.OutOfSpace,
+    ErrorCode.Locked,
+    ErrorCode.NotExist,
+    ErrorCode.ReadOnly,
+    ErrorCode.Closed,
+  ];
+  return codes.includes(code);
+}
+
+/** The first non-null result, or null once all are null. */
+function firstFound<T>(attempts: readonly Promise<T | null>[]): Promise<T | null> {
+  if (attempts.length === 0) return Promise.resolve(null);
+  return new Promise((resolve, reject) => {
+    let left = attempts.length;
+    for (const attempt of attempts) {
+      attempt.then((value) => {
+        if (value !== null) resolve(value);
+        else if (--left === 0) resolve(null);
+      }, reject);
+    }
+  });
+}
+
+/** Resolves with true at the first attempt that succeeded, or null when none did. */
+function firstSuccess(
+  attempts: readonly Promise<unknown>[],
+  tolerateMissing: boolean,
+): Promise<true | null> {
+  return firstFound(
+    attempts.map((attempt) =>
+      attempt.then((error) =>
+        error === null || tolerateMissing && isTorusError(error, ErrorCode.NotExist) ? true : null
+      )
+    ),
+  );
+}

@@ -1,0 +1,396 @@
+/**
+ * The distributor over real TDP servers on loopback (each over a memory store): the BlockStore
+ * contract as a client and as a member node, then placement, write levels, read levels,
+ * failures and repair.
+ */
+
+import assert from "node:assert/strict";
+import { type BlockRef, crc32, ErrorCode, isTorusError, systemClock } from "../core/mod.ts";
+import type { PeerInfo } from "../models/mod.ts";
+import { createRing, type Ring, RingType } from "../ring/mod.ts";
+import {
+  type BlockStore,
+  blockStoreContract,
+  FileBlockStore,
+  HeldStore,
+  type IoHold,
+  MemoryBlockStore,
+  patternBlock,
+  testRef,
+} from "../storage/mod.ts";
+import { Distributor, type DistributorOptions } from "./distributor.ts";
+import { DialingPeerDirectory } from "./peer_directory.ts";
+import type { PeerServer } from "./protocols/protocol.ts";
+import { TdpProtocol } from "./protocols/tdp/mod.ts";
+import type { ReadLevel, WriteLevel } from "./levels.ts";
+
+const BLOCK = 4096;
+const CLUSTER = "distributor-test";
+
+/** A cluster of `count` TDP servers over memory stores, and distributors over it. */
+class TestCluster {
+  readonly stores: HeldStore[] = [];
+  readonly servers: (PeerServer | null)[] = [];
+  readonly uuids: string[] = [];
+  ring!: Ring;
+  readonly #directories: DialingPeerDirectory[] = [];
+  readonly #protocol = new TdpProtocol();
+
+  /** Data dirs of file stores (when the cluster has them). */
+  readonly dirs: string[] = [];
+
+  static async start(
+    count: number,
+    replication = 2,
+    blocksPerPeer = 64,
+    files = false,
+  ): Promise<TestCluster> {
+    const cluster = new TestCluster();
+    const peers: PeerInfo[] = [];
+    for (let i = 0; i < count; i++) {
+      const uuid = `peer-${i}`;
+      const dir = files ? await Deno.makeTempDir({ prefix: "torus-dist-" }) : "";
+      if (files) cluster.dirs.push(dir);
+      const store = new HeldStore(
+        files
+          ? await FileBlockStore.open({
+            dir,
+            blockSizeBytes: BLOCK,
+            sizeBytes: BLOCK * blocksPerPeer,
+          })
+          : new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: blocksPerPeer }),
+      );
+      const server = await cluster.#protocol.listen("tdp://127.0.0.1:0", {
+        identity: { clusterId: CLUSTER, blockSizeBytes: BLOCK, nodeName: uuid },
+        store,
+      });
+      cluster.stores.push(store);
+      cluster.servers.push(server);
+      cluster.uuids.push(uuid);
+      peers.push(peerInfo(uuid, server.address));
+    }
+    cluster.ring = createRing(RingType.Ketama, { version: 1, replication, peers });
+    return cluster;
+  }
+
+  /** A distributor; `self` makes it member `self` using that member's store directly. */
+  async distributor(
+    options: {
+      self?: number | undefined;
+      readLevel?: ReadLevel;
+      writeLevel?: WriteLevel;
+      cacheBytes?: number;
+    } = {},
+  ): Promise<Distributor> {
+    const addresses = new Map(this.ring.members().map((p) => [p.uuid, p.address]));
+    const directory = new DialingPeerDirectory(
+      [this.#protocol],
+      (uuid) => addresses.get(uuid) ?? null,
+      {
+        identity: { clusterId: CLUSTER, blockSizeBytes: BLOCK, nodeName: "client" },
+        callTimeoutMs: 2_000,
+      },
+    );
+    this.#directories.push(directory);
+    const distributorOptions: DistributorOptions = {
+      blockSizeBytes: BLOCK,
+      self: options.self === undefined ? null : this.uuids[options.self]!,
+      local: options.self === undefined ? null : this.stores[options.self]!,
+      ring: () => this.ring,
+      peers: directory,
+      readLevel: options.readLevel ?? "block",
+      writeLevel: options.writeLevel ?? "all",
+      readCacheBytes: options.cacheBytes ?? 0,
+      peerTimeoutMs: 300,
+      clock: systemClock,
+    };
+    // Counts come with replies: ask every member once, as a node does when it starts.
+    for (const uuid of this.uuids) {
+      if (uuid !== distributorOptions.self) {
+        await directory.storeOf(uuid)?.refreshCounts().catch(() => {});
+      }
+    }
+    return new Distributor(distributorOptions);
+  }
+
+  /** Which stores hold `ref` now. */
+  async holdersOf(ref: BlockRef): Promise<string[]> {
+    const held: string[] = [];
+    for (const [i, store] of this.stores.entries()) {
+      if (await store.hasBlock(ref)) held.push(this.uuids[i]!);
+    }
+    return held;
+  }
+
+  storeOf(uuid: string): BlockStore {
+    return this.stores[this.uuids.indexOf(uuid)]!;
+  }
+
+  /** Stops peer `uuid`'s server (its store stays, as a node that is down). */
+  async stop(uuid: string): Promise<void> {
+    const i = this.uuids.indexOf(uuid);
+    await this.servers[i]?.close();
+    this.servers[i] = null;
+  }
+
+  async close(): Promise<void> {
+    for (const directory of this.#directories) await directory.close();
+    for (const server of this.servers) await server?.close();
+    for (const store of this.stores) await store.close();
+    for (const dir of this.dirs) await Deno.remove(dir, { recursive: true });
+  }
+}
+
+function peerInfo(uuid: string, address: string): PeerInfo {
+  return {
+    uuid,
+    address,
+    lastSeen: 0n,
+    totalBlocks: 0n,
+    usedBlocks: 0n,
+    timedOut: false,
+    rebalanceInfo: null,
+    protocolVersion: 1n,
+  };
+}
+
+/** Holds the next store call at every peer at once (the put in flight goes to two of them). */
+function holdAll(stores: readonly HeldStore[]): IoHold {
+  const holds = stores.map((store) => store.holdNext());
+  return {
+    arrived: Promise.any(holds.map((h) => h.arrived)),
+    laterOperations: () => holds.reduce((sum, h) => sum + h.laterOperations(), 0),
+    release: () => holds.forEach((h) => h.release()),
+  };
+}
+
+const capacityReason = "a cluster is full when a holder is, not at an exact count of blocks";
+
+for (const [name, self] of [["a client", undefined], ["member 0", 0]] as const) {
+  blockStoreContract(`Distributor as ${name} over 3 TDP peers (R=2)`, async () => {
+    const cluster = await TestCluster.start(3);
+    return {
+      store: await cluster.distributor({ self }),
+      // Another process over the same cluster: every flushed change is there.
+      reopen: () => cluster.distributor({ self }),
+      holdNextIo: () => holdAll(cluster.stores),
+      cleanup: () => cluster.close(),
+    };
+  }, { capacityNotExact: capacityReason });
+}
+
+function test(name: string, fn: (cluster: TestCluster) => Promise<void>, files = false): void {
+  Deno.test(`Distributor: ${name}`, async () => {
+    const cluster = await TestCluster.start(3, 2, 64, files);
+    try {
+      await fn(cluster);
+    } finally {
+      await cluster.close();
+    }
+  });
+}
+
+test("every block lands on exactly the ring's holders", async (cluster) => {
+  const distributor = await cluster.distributor();
+  for (let i = 0; i < 12; i++) await distributor.putBlock(testRef(i), patternBlock(BLOCK, i));
+  for (let i = 0; i < 12; i++) {
+    await distributor.writeAt(testRef(100 + i), 512, new Uint8Array([i]));
+  }
+  for (const i of [...Array(12).keys()].flatMap((i) => [i, 100 + i])) {
+    const ref = testRef(i);
+    assert.deepEqual(
+      (await cluster.holdersOf(ref)).sort(),
+      [...cluster.ring.getHolders(ref)].sort(),
+    );
+  }
+  await distributor.close();
+});
+
+test("level all fails when a holder is down, and names the outcome unknown when others took it", async (cluster) => {
+  const distributor = await cluster.distributor({ writeLevel: "all" });
+  const ref = testRef(1);
+  const [first, second] = cluster.ring.getHolders(ref);
+  await cluster.stop(second!);
+  const error = await distributor.putBlock(ref, patternBlock(BLOCK, 1)).then(
+    () => null,
+    (e: unknown) => e,
+  );
+  assert.ok(isTorusError(error, ErrorCode.OutcomeUnknown), String(error));
+  assert.match((error as Error).message, /1 of 2 holders/);
+  assert.equal(await cluster.storeOf(first!).hasBlock(ref), true);
+  // Reads still find the copy that landed.
+  assert.deepEqual(await distributor.getBlock(ref), patternBlock(BLOCK, 1));
+  await distributor.close();
+});
+
+test("level one returns after one copy; the flush reports the holder that missed it", async (cluster) => {
+  const distributor = await cluster.distributor({ writeLevel: "one" });
+  const ref = testRef(2);
+  const [, second] = cluster.ring.getHolders(ref);
+  await cluster.stop(second!);
+  await distributor.putBlock(ref, patternBlock(BLOCK, 2));
+  const error = await distributor.flush().then(() => null, (e: unknown) => e);
+  assert.ok(isTorusError(error, ErrorCode.Unavailable), String(error));
+  assert.match((error as Error).message, new RegExp(second!));
+  // The failure is reported once; the next flush covers only what came after it.
+  await distributor.flush();
+  await distributor.close();
+});
+
+test("level one with every holder up: both copies are there after the flush", async (cluster) => {
+  const distributor = await cluster.distributor({ writeLevel: "one" });
+  for (let i = 0; i < 8; i++) await distributor.writeAt(testRef(i), 0, patternBlock(100, i));
+  await distributor.flush();
+  for (let i = 0; i < 8; i++) assert.equal((await cluster.holdersOf(testRef(i))).length, 2);
+  await distributor.close();
+});
+
+for (const level of ["block", "seq", "spread"] as const) {
+  test(`read level ${level}: a dead holder is passed over`, async (cluster) => {
+    const writer = await cluster.distributor();
+    for (let i = 0; i < 6; i++) await writer.putBlock(testRef(i), patternBlock(BLOCK, i));
+    await writer.flush();
+    await cluster.stop(cluster.uuids[0]!);
+    const reader = await cluster.distributor({ readLevel: level });
+    for (let i = 0; i < 6; i++) {
+      assert.deepEqual(await reader.getBlock(testRef(i)), patternBlock(BLOCK, i));
+      const into = new Uint8Array(10);
+      await reader.readAt(testRef(i), 100, into);
+      assert.deepEqual(into, patternBlock(BLOCK, i).subarray(100, 110));
+    }
+    await writer.close();
+    await reader.close();
+  });
+}
+
+test("a stalled holder costs one deadline, not a hang", async (cluster) => {
+  const distributor = await cluster.distributor({ readLevel: "seq" });
+  const ref = testRef(3);
+  await distributor.putBlock(ref, patternBlock(BLOCK, 3));
+  const [first] = cluster.ring.getHolders(ref);
+  const hold = cluster.stores[cluster.uuids.indexOf(first!)]!.holdNext();
+  const started = Date.now();
+  assert.deepEqual(await distributor.getBlock(ref), patternBlock(BLOCK, 3));
+  assert.ok(Date.now() - started < 2_000, `took ${Date.now() - started} ms`);
+  hold.release();
+  await distributor.close();
+});
+
+test("a read is not_exist only when every holder says so; unavailable when one cannot answer", async (cluster) => {
+  const distributor = await cluster.distributor();
+  const ref = testRef(4);
+  const error = await distributor.getBlock(ref).then(() => null, (e: unknown) => e);
+  assert.ok(isTorusError(error, ErrorCode.NotExist), String(error));
+  await cluster.stop(cluster.ring.getHolders(ref)[0]!);
+  const down = await distributor.getBlock(ref).then(() => null, (e: unknown) => e);
+  assert.ok(isTorusError(down, ErrorCode.Unavailable), String(down));
+  await distributor.close();
+});
+
+test("a copy that fails its checksum is passed over and repaired", async (cluster) => {
+  const distributor = await cluster.distributor();
+  const ref = testRef(5);
+  const good = patternBlock(BLOCK, 5);
+  await distributor.putBlock(ref, good);
+  await distributor.flush();
+  // Rot one holder's copy behind the distributor's back.
+  const [first, second] = cluster.ring.getHolders(ref);
+  const bad = good.slice();
+  bad[17]! ^= 0xff;
+  await cluster.storeOf(first!).putBlock(ref, bad);
+  assert.deepEqual(await distributor.getBlock(ref, { expectedCrc32: crc32(good) }), good);
+  await distributor.flush(); // waits for the repair
+  assert.deepEqual(await cluster.storeOf(first!).getBlock(ref), good);
+  assert.deepEqual(await cluster.storeOf(second!).getBlock(ref), good);
+  assert.equal(distributor.stats.repairedBlocks, 1);
+  await distributor.close();
+});
+
+test("the read cache serves repeated reads and drops a block when it changes", async (cluster) => {
+  const distributor = await cluster.distributor({ cacheBytes: 64 * BLOCK });
+  const ref = testRef(6);
+  await distributor.putBlock(ref, patternBlock(BLOCK, 6));
+  await distributor.getBlock(ref);
+  await distributor.getBlock(ref);
+  assert.equal(distributor.stats.cachedBlocks, 1);
+  await distributor.writeAt(ref, 0, new Uint8Array([1, 2, 3]));
+  const read = await distributor.getBlock(ref);
+  assert.deepEqual(read.subarray(0, 3), new Uint8Array([1, 2, 3]));
+  await distributor.close();
+});
+
+test("a change waits for a repair of its ref, so the repair never puts back old bytes", async (cluster) => {
+  const distributor = await cluster.distributor({ cacheBytes: 64 * BLOCK });
+  const ref = testRef(7);
+  const good = patternBlock(BLOCK, 7);
+  await distributor.putBlock(ref, good);
+  const [first] = cluster.ring.getHolders(ref);
+  const bad = good.slice();
+  bad[0]! ^= 1;
+  await cluster.storeOf(first!).putBlock(ref, bad);
+  // The read finds the bad copy and starts a repair; the write right after must win.
+  const read = distributor.getBlock(ref, { expectedCrc32: crc32(good) });
+  await read;
+  await distributor.writeAt(ref, 0, new Uint8Array([9, 9]));
+  await distributor.flush();
+  for (const uuid of cluster.ring.getHolders(ref)) {
+    const copy = await cluster.storeOf(uuid).getBlock(ref);
+    assert.deepEqual(copy.subarray(0, 2), new Uint8Array([9, 9]), `copy at ${uuid}`);
+  }
+  await distributor.close();
+});
+
+test(
+  "bytes flipped in a node's data file: reads return good data and the copy is repaired",
+  async (cluster) => {
+    const writer = await cluster.distributor();
+    const ref = testRef(8);
+    const good = patternBlock(BLOCK, 8);
+    await writer.putBlock(ref, good);
+    await writer.close();
+    const [first] = cluster.ring.getHolders(ref);
+    const index = cluster.uuids.indexOf(first!);
+    // Rot one byte of the second sector of that node's copy, on disk.
+    assert.ok(
+      await flipByteOf(cluster.dirs[index]!, good.subarray(1024, 1100), 3),
+      "copy not found on disk",
+    );
+    const reader = await cluster.distributor({ self: index });
+    const into = new Uint8Array(600);
+    await reader.readAt(ref, 1000, into);
+    assert.deepEqual(into, good.subarray(1000, 1600));
+    await reader.flush(); // waits for the repair
+    assert.equal(reader.stats.repairedBlocks, 1);
+    assert.deepEqual(await cluster.stores[index]!.getBlock(ref), good);
+    await reader.close();
+  },
+  true,
+);
+
+/** Flips byte `at` of the first occurrence of `needle` in any file under `dir`. */
+async function flipByteOf(dir: string, needle: Uint8Array, at: number): Promise<boolean> {
+  for await (const entry of Deno.readDir(dir)) {
+    if (!entry.isFile) continue;
+    const path = `${dir}/${entry.name}`;
+    const bytes = await Deno.readFile(path);
+    const found = indexOf(bytes, needle);
+    if (found < 0) continue;
+    const file = await Deno.open(path, { write: true });
+    try {
+      await file.seek(found + at, Deno.SeekMode.Start);
+      await file.write(new Uint8Array([bytes[found + at]! ^ 0x40]));
+    } finally {
+      file.close();
+    }
+    return true;
+  }
+  return false;
+}
+
+function indexOf(haystack: Uint8Array, needle: Uint8Array): number {
+  outer: for (let i = 0; i + needle.length <= haystack.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
+}
