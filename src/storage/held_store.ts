@@ -56,28 +56,43 @@ export class HeldStore implements BlockStore {
     this.fenceTokens.push(options?.fenceToken);
   }
 
-  getBlock(ref: BlockRef, options?: BlockCallOptions) {
+  getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {
     return this.#pass(() => this.#inner.getBlock(ref, options));
   }
-  putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions) {
+  putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
     this.#fenced(options);
     return this.#pass(() => this.#inner.putBlock(ref, data, options));
   }
-  hasBlock(ref: BlockRef, options?: BlockCallOptions) {
+  hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean> {
     return this.#pass(() => this.#inner.hasBlock(ref, options));
   }
-  readAt(ref: BlockRef, offsetBytes: number, into: Uint8Array, options?: BlockCallOptions) {
+  readAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    into: Uint8Array,
+    options?: BlockCallOptions,
+  ): Promise<void> {
     return this.#pass(() => this.#inner.readAt(ref, offsetBytes, into, options));
   }
-  writeAt(ref: BlockRef, offsetBytes: number, data: Uint8Array, options?: BlockCallOptions) {
+  writeAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    data: Uint8Array,
+    options?: BlockCallOptions,
+  ): Promise<void> {
     this.#fenced(options);
     return this.#pass(() => this.#inner.writeAt(ref, offsetBytes, data, options));
   }
-  zeroAt(ref: BlockRef, offsetBytes: number, lengthBytes: number, options?: BlockCallOptions) {
+  zeroAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    lengthBytes: number,
+    options?: BlockCallOptions,
+  ): Promise<void> {
     this.#fenced(options);
     return this.#pass(() => this.#inner.zeroAt(ref, offsetBytes, lengthBytes, options));
   }
-  deleteBlock(ref: BlockRef, options?: BlockCallOptions) {
+  deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
     this.#fenced(options);
     return this.#pass(() => this.#inner.deleteBlock(ref, options));
   }
