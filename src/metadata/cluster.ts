@@ -112,6 +112,7 @@ export class ClusterMetadataImpl implements ClusterMetadata {
         put(keys.volumeMinter(), encodeU64(1n)),
         put(keys.ring(), RingCodec.encode(options.ring)),
         put(keys.globalMetadata(), encodeGlobalMetadata(global)),
+        put(keys.clusterId(), new TextEncoder().encode(randomUuid(this.#context.random))),
       ],
     });
     if (!response.succeeded) throw exists(`cluster already initialised under ${keys.prefix}`);
@@ -125,6 +126,21 @@ export class ClusterMetadataImpl implements ClusterMetadata {
     const entry = await this.#context.kv.get(this.#context.keys.globalMetadata());
     if (!entry) throw notInitialised();
     return decodeGlobalMetadata(entry.value);
+  }
+
+  async clusterId(): Promise<string> {
+    const { kv, keys } = this.#context;
+    const [global, id] = await Promise.all([
+      kv.get(keys.globalMetadata()),
+      kv.get(keys.clusterId()),
+    ]);
+    if (!global) throw notInitialised();
+    if (id === null) return "";
+    try {
+      return new TextDecoder("utf-8", { fatal: true }).decode(id.value);
+    } catch {
+      throw invalid(`${keys.clusterId()} is not UTF-8 text`);
+    }
   }
 
   async wipe(): Promise<number> {

@@ -79,6 +79,13 @@ export class MetadataKeys {
   globalMetadata(): string {
     return `${this.prefix}meta/globalmetadata`;
   }
+  /**
+   * The cluster's id (a UUID as text), minted by init: peers refuse connections from another
+   * cluster. A key of its own, so the original's global metadata JSON stays as it was.
+   */
+  clusterId(): string {
+    return `${this.prefix}meta/cluster-id`;
+  }
   /** 8-byte LE counter: the last minted volume id. */
   volumeMinter(): string {
     return `${this.prefix}meta/volumeminter`;

@@ -67,6 +67,11 @@ export interface ClusterMetadata {
   isInitialised(): Promise<boolean>;
   /** Block size and default block spec; `not_exist` when not initialised. */
   globalMetadata(): Promise<GlobalMetadata>;
+  /**
+   * The cluster's id, minted by init; `""` for a cluster initialised without one (by the
+   * original); `not_exist` when not initialised.
+   */
+  clusterId(): Promise<string>;
   /** Deletes every key under the prefix (and nothing else); returns how many. */
   wipe(): Promise<number>;
   /** The current ring; `not_exist` when not initialised. */

@@ -181,6 +181,17 @@ function registerClusterTests(test: TestFn): void {
     await assertCode(mds.cluster.init(initOptions), ErrorCode.Exists, /already initialised/);
   });
 
+  test("init mints a cluster id: stable, and new after a wipe", async ({ mds }) => {
+    await assertCode(mds.cluster.clusterId(), ErrorCode.NotExist, /not initialised/);
+    await mds.cluster.init(initOptions);
+    const id = await mds.cluster.clusterId();
+    assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+    assert.equal(await mds.cluster.clusterId(), id);
+    await mds.cluster.wipe();
+    await mds.cluster.init(initOptions);
+    assert.notEqual(await mds.cluster.clusterId(), id);
+  });
+
   test("init rejects bad block sizes and specs without base", async ({ mds }) => {
     for (const blockSizeBytes of [0, 100, 4097, 2 ** 30]) {
       await assertCode(mds.cluster.init({ ...initOptions, blockSizeBytes }), ErrorCode.Invalid);
