@@ -67,7 +67,12 @@ const log = logger("volumes");
 /** Separates a volume from a snapshot in export names: `VOLUME@SNAPSHOT`. */
 export const SNAPSHOT_SEPARATOR = "@";
 
+/** How long an open waits for another node to release a volume's lock. */
+const LOCK_HANDOVER_WAIT_MS = 3_000;
+const LOCK_RETRY_MS = 100;
+
 /** Options of {@link VolumeService}. */
+
 export interface VolumeServiceOptions {
   readonly metadata: MetadataService;
   readonly store: BlockStore;
@@ -305,17 +310,26 @@ export class VolumeService {
     }
   }
 
-  /** Takes the lock of `volumeId`, taking it over from an earlier run (`exclusiveHolder`). */
+  /**
+   * Takes the lock of `volumeId`, taking it over from an earlier run (`exclusiveHolder`). A lock
+   * held by another node is asked for again for LOCK_HANDOVER_WAIT_MS: a client that moves from
+   * one node to another finds the first one still flushing and unlocking for a moment.
+   */
   async #lock(volumeId: number): Promise<VolumeLock> {
     const holder = { uuid: this.#holder, lease: this.#leases.lease };
-    try {
-      return await this.#metadata.blockVolumes.lock(volumeId, holder);
-    } catch (error) {
-      if (!isTorusError(error, ErrorCode.Locked) || !(await this.#releaseEarlierRun(volumeId))) {
-        throw error;
+    const deadlineMs = this.#clock.nowMs() + LOCK_HANDOVER_WAIT_MS;
+    for (;;) {
+      try {
+        return await this.#metadata.blockVolumes.lock(volumeId, holder);
+      } catch (error) {
+        if (!isTorusError(error, ErrorCode.Locked)) throw error;
+        if (await this.#releaseEarlierRun(volumeId)) {
+          return await this.#metadata.blockVolumes.lock(volumeId, holder);
+        }
+        if (this.#clock.nowMs() >= deadlineMs) throw error;
       }
+      await this.#clock.sleep(LOCK_RETRY_MS);
     }
-    return await this.#metadata.blockVolumes.lock(volumeId, holder);
   }
 
   /**

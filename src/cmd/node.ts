@@ -18,7 +18,7 @@ import {
 } from "../core/mod.ts";
 import type { MetadataService } from "../metadata/mod.ts";
 import type { MonitoredBlockStore } from "../storage/mod.ts";
-import { LeaseKeeper } from "../server/mod.ts";
+import { ClusterMember, type ClusterMemberOptions, LeaseKeeper } from "../server/mod.ts";
 import { collectGarbage, NbdServer, VolumeService } from "../block/mod.ts";
 import { formatHostPort, type HostPort } from "../cli/mod.ts";
 import { HttpStatusServer, type MetadataReport } from "../http/mod.ts";
@@ -54,7 +54,18 @@ export interface NodeOptions {
   readonly http: HostPort | null;
   /** Period of garbage collection; 0 disables it. */
   readonly gcIntervalMs: number;
+  /**
+   * A member of a cluster (`-C` with `--peer-address`): serves its store to peers, and its
+   * volumes are written through the distributor. Null: a single node, volumes in its store.
+   */
+  readonly cluster: ClusterSettings | null;
 }
+
+/** What a cluster member needs beyond what the node already has. */
+export type ClusterSettings = Pick<
+  ClusterMemberOptions,
+  "peerAddress" | "protocols" | "autoJoin" | "readLevel" | "writeLevel" | "readCacheBytes"
+>;
 
 /** A running node; see the module doc. */
 export interface Node extends AsyncDisposable {
@@ -63,15 +74,33 @@ export interface Node extends AsyncDisposable {
   readonly nbdAddress: HostPort | null;
   /** Where the HTTP status server listens (the port chosen when 0 was asked), or null. */
   readonly httpAddress: HostPort | null;
+  /** The node's place in the cluster, or null for a single node. */
+  readonly member: ClusterMember | null;
   close(): Promise<void>;
 }
 
 /** Starts the node's services over its open store and metadata. */
 export async function startNode(options: NodeOptions): Promise<Node> {
   const leases = await LeaseKeeper.start({ leases: options.metadata.leases, clock: options.clock });
+  let member: ClusterMember | null = null;
+  if (options.cluster !== null) {
+    try {
+      member = await ClusterMember.start({
+        ...options.cluster,
+        uuid: options.uuid,
+        metadata: options.metadata,
+        leases,
+        local: options.store,
+        clock: options.clock,
+      });
+    } catch (error) {
+      await leases.close();
+      throw error;
+    }
+  }
   const volumes = new VolumeService({
     metadata: options.metadata,
-    store: options.store,
+    store: member?.distributor ?? options.store,
     leases,
     holder: options.uuid,
     // The caller holds the data-dir lock: locks of this node's UUID under another lease are
@@ -93,6 +122,7 @@ export async function startNode(options: NodeOptions): Promise<Node> {
     await http?.close();
     await nbd?.close();
     await volumes.close();
+    await member?.close();
     await leases.close();
   };
   try {
@@ -144,7 +174,7 @@ export async function startNode(options: NodeOptions): Promise<Node> {
     await close().catch(() => {});
     throw error;
   }
-  return { volumes, nbdAddress, httpAddress, close, [Symbol.asyncDispose]: close };
+  return { volumes, nbdAddress, httpAddress, member, close, [Symbol.asyncDispose]: close };
 }
 
 /** Listens with `listen`; a refusal (port taken, unknown host) names what and where. */

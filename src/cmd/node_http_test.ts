@@ -52,6 +52,7 @@ Deno.test("node HTTP: /healthz turns 503 with the reason when the block store fa
     nbd: null,
     http: { hostname: "127.0.0.1", port: 0 },
     gcIntervalMs: 0,
+    cluster: null,
   });
   try {
     const base = `http://127.0.0.1:${node.httpAddress!.port}`;

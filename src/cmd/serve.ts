@@ -3,9 +3,9 @@
  * metadata), initialises a single-node cluster on the embedded store when none exists, serves its
  * block volumes over NBD (`--nbd`) and its status over HTTP (`--host`, `--port`), collects
  * garbage, and runs until SIGINT/SIGTERM, then closes in order: HTTP stops, the NBD server
- * answers what is in flight, volumes flush and unlock, the store flushes. The peer protocol,
- * heartbeats and rebalancing arrive with the cluster data path; their flags are not accepted
- * until then, so nothing pretends to work.
+ * answers what is in flight, volumes flush and unlock, the store flushes. With `-C` and
+ * `--peer-address` it is a member of a cluster (server/cluster_member.ts): it serves its store to
+ * peers, registers itself every heartbeat, and its volumes are written through the distributor.
  * @module
  */
 
@@ -42,6 +42,7 @@ import {
   normalizeUuid,
   parseCapacity,
   parseDuration,
+  parseSize,
   randomUuid,
   REPLICATION_DEFAULT,
   systemClock,
@@ -51,7 +52,15 @@ import { type InitOptions } from "../metadata/mod.ts";
 import { createRing, RingType } from "../ring/mod.ts";
 import { FileBlockStore } from "../storage/mod.ts";
 import { makeDirectoryDurable, readFileBounded, writeFileAtomic } from "../sys/mod.ts";
-import { startNode } from "./node.ts";
+import { type ClusterSettings, startNode } from "./node.ts";
+import {
+  parsePeerUrl,
+  parseReadLevel,
+  parseWriteLevel,
+  type PeerProtocol,
+  TdpProtocol,
+} from "../distributor/mod.ts";
+import type { ClusterMember } from "../server/mod.ts";
 import {
   checkStoreBlocks,
   checkStoreSpace,
@@ -67,6 +76,11 @@ export const serveFlags = {
   host: { type: "string" },
   port: { type: "string" },
   "gc-interval": { type: "string", default: "5m" },
+  "peer-address": { type: "string" },
+  "auto-join": { type: "boolean", default: false },
+  "read-level": { type: "string", default: "block" },
+  "write-level": { type: "string", default: "all" },
+  "read-cache-size": { type: "string", default: "50MiB" },
 } as const;
 
 /** Where `--nbd` without an address listens. */
@@ -89,7 +103,8 @@ export function expandNbdFlag(args: readonly string[]): string[] {
 
 const help =
   `Usage: torus serve [--data-dir DIR] [--size SIZE|N%] [--nbd [ADDR]] [--host H [--port P]]
-                   [metadata flags]
+                   [-C ENDPOINTS --peer-address URL [--auto-join] [--read-level L]
+                   [--write-level L] [--read-cache-size SIZE]] [metadata flags]
 
 Runs a storage node on DIR (default $TORUS_DATA_DIR or ./torus-data). Without -C it is a
 single-node cluster on the embedded metadata store in DIR, initialised on first start
@@ -101,7 +116,11 @@ volume as an export of its name, every snapshot read-only as VOLUME@SNAPSHOT), a
 block dump and load on this machine. With --host it serves its status over HTTP: GET /healthz
 (200 "ok", or 503 and why), /status (JSON) and /metrics (Prometheus). SIGINT or SIGTERM stops
 it cleanly: requests in flight are answered, volumes are flushed and unlocked, the store is
-flushed. Serving peers, replication and rebalancing come with the cluster data path.
+flushed.
+
+With -C (the cluster's etcd) and --peer-address it is a node of a cluster: it serves its store
+to the other nodes at URL, registers itself in etcd every 5 s (torus ctl list-peers shows it),
+and writes its volumes' blocks to the ring's holders of each block (replication R).
 
   --size SIZE|N%   capacity of the block store (default 1GiB): bytes with a unit (1GiB,
                    500GB), or N% of the space available to it: the free space of the
@@ -118,6 +137,16 @@ flushed. Serving peers, replication and rebalancing come with the cluster data p
                    reaches it sees the node's volumes and counters (it changes nothing).
   --port P         the HTTP port (default ${HTTP_PORT_DEFAULT}; 0 picks a free port, printed)
   --gc-interval D  how often unreferenced blocks are reclaimed (default 5m; 0 turns it off)
+  --peer-address URL  where the other nodes reach this one: tdp://HOST:PORT (the binary
+                   peer protocol; port 40000 when left out). HOST must be an address the
+                   peers can reach, not 0.0.0.0. Needs -C.
+  --auto-join      add this node to the ring when it is not a member
+  --read-level L   block (default: holders, then the rest of the ring, in rounds whose
+                   deadline doubles), seq (one such round) or spread (all holders at once)
+  --write-level L  all (default: a write returns when every holder has it, else fails),
+                   one (when one holder has it; a flush reports a holder that missed it) or
+                   local (when this node's copy is written)
+  --read-cache-size SIZE  blocks read from peers kept in memory (default 50MiB)
 
 ${metadataFlagsHelp}
 `;
@@ -205,6 +234,76 @@ interface ServeOptions {
   readonly nbd: HostPort | null;
   readonly http: HostPort | null;
   readonly gcIntervalMs: number;
+  /** The cluster flags, checked; null without --peer-address. */
+  readonly cluster: ClusterSettings | null;
+}
+
+/** The peer protocols a node speaks, by URL scheme. */
+function peerProtocols(): PeerProtocol[] {
+  return [new TdpProtocol()];
+}
+
+/** `parse()`, with a failure as a usage error naming `flag`. */
+function flagValue<T>(flag: string, parse: () => T): T {
+  try {
+    return parse();
+  } catch (error) {
+    throw new UsageError(`${flag}: ${(error as Error).message}`);
+  }
+}
+
+/** `--peer-address` and the flags that only mean something with it. */
+function clusterSettingsOf(values: Record<string, unknown>): ClusterSettings | null {
+  const address = values["peer-address"];
+  if (typeof address !== "string") {
+    for (const flag of ["auto-join"] as const) {
+      if (values[flag] === true) throw new UsageError(`--${flag} needs --peer-address`);
+    }
+    if (typeof values.etcd === "string") {
+      throw new UsageError(
+        "-C/--etcd needs --peer-address: the URL peers reach this node's store at " +
+          "(tdp://HOST:PORT, for example tdp://10.0.0.5:40000)",
+      );
+    }
+    return null;
+  }
+  if (typeof values.etcd !== "string") {
+    throw new UsageError(
+      "--peer-address needs -C/--etcd: the nodes of a cluster share one etcd (the embedded " +
+        "metadata store serves one machine)",
+    );
+  }
+  const protocols = peerProtocols();
+  const readLevel = flagValue("--read-level", () => parseReadLevel(String(values["read-level"])));
+  const writeLevel = flagValue(
+    "--write-level",
+    () => parseWriteLevel(String(values["write-level"])),
+  );
+  const readCacheBytes = flagValue(
+    "--read-cache-size",
+    () => parseSize(String(values["read-cache-size"])),
+  );
+  try {
+    const scheme = /^([a-z]+):\/\//i.exec(address)?.[1] ?? "";
+    const protocol = protocols.find((p) => p.scheme === scheme.toLowerCase());
+    if (protocol === undefined) {
+      throw new Error(`it must start with ${protocols.map((p) => `${p.scheme}://`).join(" or ")}`);
+    }
+    const { hostname } = parsePeerUrl(address, protocol.scheme);
+    if (hostname === "0.0.0.0" || hostname === "::") {
+      throw new Error("give the address peers reach this node at, not a wildcard");
+    }
+    return {
+      peerAddress: address,
+      protocols,
+      autoJoin: values["auto-join"] === true,
+      readLevel,
+      writeLevel,
+      readCacheBytes,
+    };
+  } catch (error) {
+    throw new UsageError(`--peer-address ${address}: ${(error as Error).message}`);
+  }
 }
 
 function serveOptionsOf(values: Record<string, unknown>): ServeOptions {
@@ -218,7 +317,7 @@ function serveOptionsOf(values: Record<string, unknown>): ServeOptions {
   } catch (error) {
     throw new UsageError(`--gc-interval: ${(error as Error).message}`);
   }
-  return { nbd, http, gcIntervalMs };
+  return { nbd, http, gcIntervalMs, cluster: clusterSettingsOf(values) };
 }
 
 /** `--host H [--port P]`: where HTTP listens; `--port` alone is a mistake, not ignored. */
@@ -282,6 +381,7 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
         ? { kind: "etcd", endpoints: metadata.backend.endpoints }
         : { kind: "embedded", path: metadata.backend.path },
       gcIntervalMs: options.gcIntervalMs,
+      cluster: options.cluster,
     });
     const where = metadata.backend.kind === "etcd"
       ? `etcd ${metadata.backend.endpoints.join(",")}`
@@ -301,7 +401,7 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
         `  metadata:    ${escapeText(where)}`,
         `  NBD:         ${nbd}`,
         `  HTTP:        ${http}`,
-        `  not serving peers yet (the cluster data path)`,
+        `  peers:       ${peersLine(node.member)}`,
         `Ready. Stop with Ctrl-C (SIGINT) or SIGTERM.`,
         "",
       ].join("\n"),
@@ -312,6 +412,15 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
     await store.close();
   }
   return ExitCode.Ok;
+}
+
+/** The "peers:" line of the start banner. */
+function peersLine(member: ClusterMember | null): string {
+  if (member === null) return "off (a single node; -C and --peer-address make a cluster node)";
+  const ring = member.ring();
+  const inRing = ring.memberUuids().length;
+  return `${member.server.address} (ring version ${ring.version}: ${inRing} member` +
+    `${inRing === 1 ? "" : "s"}, replication ${ring.replication})`;
 }
 
 /** `torus serve`. */

@@ -6,3 +6,4 @@
  */
 
 export * from "./lease_keeper.ts";
+export * from "./cluster_member.ts";

@@ -117,9 +117,9 @@ Deno.test("serve rejects a bad size with one line and exit 1, and an unknown fla
     assert.equal(badPercent.code, 1);
     assert.match(badPercent.output, /between 1% and 100%/);
 
-    const unknown = await finish(torus(["serve", "--peer-address", "tdp://127.0.0.1:4000"]));
+    const unknown = await finish(torus(["serve", "--no-such-flag"]));
     assert.equal(unknown.code, 2);
-    assert.match(unknown.output, /Unknown option '--peer-address'/);
+    assert.match(unknown.output, /Unknown option '--no-such-flag'/);
   } finally {
     await Deno.remove(dataDir, { recursive: true });
   }
@@ -237,6 +237,24 @@ Deno.test("an empty --data-dir, $TORUS_DATA_DIR or -C is a usage error, and noth
       [["serve"], { TORUS_DATA_DIR: "" }, /^torus serve: \$TORUS_DATA_DIR is set but empty/],
       [["serve", "-C", ""], {}, /--etcd needs a value/],
       [["serve", "--size", ""], {}, /--size needs a value/],
+      [["serve", "--peer-address", "tdp://127.0.0.1:4000"], {}, /--peer-address needs -C/],
+      [["serve", "-C", "127.0.0.1:2379"], {}, /-C\/--etcd needs --peer-address/],
+      [["serve", "--auto-join"], {}, /--auto-join needs --peer-address/],
+      [
+        ["serve", "-C", "127.0.0.1:2379", "--peer-address", "ftp://x:1"],
+        {},
+        /--peer-address ftp:\/\/x:1: it must start with tdp:\/\//,
+      ],
+      [
+        ["serve", "-C", "127.0.0.1:2379", "--peer-address", "tdp://0.0.0.0:1"],
+        {},
+        /not a wildcard/,
+      ],
+      [
+        ["serve", "-C", "127.0.0.1:2379", "--peer-address", "tdp://h:1", "--read-level", "x"],
+        {},
+        /--read-level: read level "x" is not one of block, seq, spread/,
+      ],
     ];
     for (const [args, env, pattern] of cases) {
       const result = await refused(torus(args, { env, cwd }));

@@ -5,9 +5,7 @@
  * delete it; connections to A share the one open volume; a snapshot request reaches A through etcd.
  * When A is SIGKILLed its lock outlives it (bound to A's lease) and B still refuses, while A,
  * restarted on its data dir, takes its own lock back at once.
- *
- * In this issue's scope a volume's data lives in the block store of the node that wrote it (the
- * cluster data path that replicates blocks comes later), so B never reads A's data here.
+ * Both are members of the ring (replication 2), so every block A writes is on both nodes.
  */
 
 import assert from "node:assert/strict";
@@ -27,8 +25,9 @@ e2eTest(
     const meta = ["-C", etcd.endpoint, "--metadata-prefix", `/torus-e2e-${crypto.randomUUID()}/`];
     const init = await runTorus(["ctl", "init", ...meta]);
     assert.equal(init.code, 0, init.stderr);
-    await using a = await E2eNode.start({ args: meta });
-    await using b = await E2eNode.start({ args: meta });
+    const member = ["--peer-address", "tdp://127.0.0.1:0", "--auto-join"];
+    await using a = await E2eNode.start({ args: [...meta, ...member] });
+    await using b = await E2eNode.start({ args: [...meta, ...member] });
     await a.ctl("volume", "create-block", "shared", "8MiB", ...meta);
     const data = new Uint8Array(SECTOR).fill(0x42);
 

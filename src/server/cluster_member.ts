@@ -1,0 +1,228 @@
+/**
+ * A node's place in the cluster: it serves its store to peers (TDP or gRPC, by the scheme of its
+ * peer address), registers itself under its lease every heartbeat (address, capacity, usage),
+ * follows the ring, joins it when asked (`--auto-join`), and offers the distributor: the
+ * cluster-wide BlockStore its volumes are written through. Closing unregisters the node, then
+ * stops serving peers once the distributor has flushed.
+ * @module
+ */
+
+import { type Clock, errorMessage, HEARTBEAT_INTERVAL_MS, invalid, logger } from "../core/mod.ts";
+import {
+  DialingPeerDirectory,
+  Distributor,
+  PEER_CALL_TIMEOUT_MS_DEFAULT,
+  type PeerProtocol,
+  type PeerServer,
+  type ReadLevel,
+  type WriteLevel,
+} from "../distributor/mod.ts";
+import type { MetadataService, Subscription } from "../metadata/mod.ts";
+import type { PeerInfo } from "../models/mod.ts";
+import { isModifiable, type Ring, ringFromMessage } from "../ring/mod.ts";
+import type { BlockStore } from "../storage/mod.ts";
+import type { LeaseKeeper } from "./lease_keeper.ts";
+
+const log = logger("cluster");
+
+/** The peer protocol version this node registers (PeerInfo.protocol_version). */
+export const PEER_PROTOCOL_VERSION = 1n;
+
+/** Options of {@link ClusterMember.start}. */
+export interface ClusterMemberOptions {
+  readonly uuid: string;
+  readonly metadata: MetadataService;
+  readonly leases: LeaseKeeper;
+  /** This node's store, served to peers. */
+  readonly local: BlockStore;
+  /** Where peers reach this node (`tdp://HOST:PORT`); port 0 takes a free one (tests). */
+  readonly peerAddress: string;
+  readonly protocols: readonly PeerProtocol[];
+  /** Add this node to the ring when it is not a member. */
+  readonly autoJoin: boolean;
+  readonly readLevel: ReadLevel;
+  readonly writeLevel: WriteLevel;
+  readonly readCacheBytes: number;
+  readonly clock: Clock;
+  /** Deadline of one attempt at one peer. */
+  readonly peerTimeoutMs?: number;
+  readonly heartbeatMs?: number;
+}
+
+/** A running member; see the module doc. */
+export class ClusterMember {
+  readonly distributor: Distributor;
+  readonly server: PeerServer;
+  readonly #options: ClusterMemberOptions;
+  readonly #directory: DialingPeerDirectory;
+  #ring: Ring;
+  #addresses = new Map<string, string>();
+  #peers: PeerInfo[] = [];
+  #ringWatch: Subscription | null = null;
+  readonly #stop = new AbortController();
+  #heartbeats: Promise<void> = Promise.resolve();
+
+  private constructor(
+    options: ClusterMemberOptions,
+    server: PeerServer,
+    ring: Ring,
+    directory: DialingPeerDirectory,
+    distributor: Distributor,
+  ) {
+    this.#options = options;
+    this.server = server;
+    this.#ring = ring;
+    this.#directory = directory;
+    this.distributor = distributor;
+  }
+
+  /** Serves peers, registers, follows the ring (and joins it when asked). */
+  static async start(options: ClusterMemberOptions): Promise<ClusterMember> {
+    const { metadata } = options;
+    const [clusterId, global, ringMessage] = await Promise.all([
+      metadata.cluster.clusterId(),
+      metadata.cluster.globalMetadata(),
+      metadata.cluster.getRing(),
+    ]);
+    const identity = { clusterId, blockSizeBytes: global.blockSizeBytes, nodeName: options.uuid };
+    const protocol = protocolOf(options.protocols, options.peerAddress);
+    const server = await protocol.listen(options.peerAddress, { identity, store: options.local });
+    let member: ClusterMember | null = null;
+    try {
+      const directory = new DialingPeerDirectory(
+        options.protocols,
+        (uuid) => member?.addressOf(uuid) ?? null,
+        { identity, callTimeoutMs: options.peerTimeoutMs ?? PEER_CALL_TIMEOUT_MS_DEFAULT },
+      );
+      const distributor = new Distributor({
+        blockSizeBytes: global.blockSizeBytes,
+        self: options.uuid,
+        local: options.local,
+        ring: () => member!.ring(),
+        peers: directory,
+        readLevel: options.readLevel,
+        writeLevel: options.writeLevel,
+        readCacheBytes: options.readCacheBytes,
+        peerTimeoutMs: options.peerTimeoutMs ?? PEER_CALL_TIMEOUT_MS_DEFAULT,
+        clock: options.clock,
+      });
+      member = new ClusterMember(
+        options,
+        server,
+        ringFromMessage(ringMessage),
+        directory,
+        distributor,
+      );
+      await member.#begin();
+      return member;
+    } catch (error) {
+      await member?.close().catch(() => {});
+      await server.close();
+      throw error;
+    }
+  }
+
+  async #begin(): Promise<void> {
+    this.#ringWatch = await this.#options.metadata.cluster.watchRing((message) => {
+      this.#ring = ringFromMessage(message);
+    }, { onError: (error) => log.error(`the ring watch ended: ${errorMessage(error)}`) });
+    await this.#heartbeat();
+    if (this.#options.autoJoin) await this.#join();
+    this.#heartbeats = this.#beat();
+  }
+
+  /** The current ring. */
+  ring(): Ring {
+    return this.#ring;
+  }
+
+  /** The peers registered at the last heartbeat. */
+  peers(): readonly PeerInfo[] {
+    return this.#peers;
+  }
+
+  /** The address to reach `uuid` at: its registration, else what the ring recorded. */
+  addressOf(uuid: string): string | null {
+    return this.#addresses.get(uuid) ??
+      this.#ring.members().find((peer) => peer.uuid === uuid)?.address ?? null;
+  }
+
+  /** This node as it registers itself. */
+  info(): PeerInfo {
+    return {
+      uuid: this.#options.uuid,
+      address: this.server.address,
+      lastSeen: BigInt(this.#options.clock.nowMs()) * 1_000_000n,
+      totalBlocks: BigInt(this.#options.local.totalBlocks()),
+      usedBlocks: BigInt(this.#options.local.usedBlocks()),
+      timedOut: false,
+      rebalanceInfo: null,
+      protocolVersion: PEER_PROTOCOL_VERSION,
+    };
+  }
+
+  async #beat(): Promise<void> {
+    const intervalMs = this.#options.heartbeatMs ?? HEARTBEAT_INTERVAL_MS;
+    for (;;) {
+      try {
+        await this.#options.clock.sleep(intervalMs, this.#stop.signal);
+      } catch {
+        return; // Stopped.
+      }
+      await this.#heartbeat().catch((error) => {
+        log.warn(`heartbeat failed: ${errorMessage(error)}`);
+      });
+    }
+  }
+
+  /** Registers this node under the current lease and refreshes the peer map. */
+  async #heartbeat(): Promise<void> {
+    const { metadata, leases } = this.#options;
+    await metadata.peers.registerPeer(this.info(), leases.lease);
+    this.#peers = await metadata.peers.listPeers();
+    this.#addresses = new Map(
+      this.#peers.filter((p) => p.address !== "").map((p) => [p.uuid, p.address]),
+    );
+  }
+
+  /** Adds this node to the ring unless it is a member. */
+  async #join(): Promise<void> {
+    const uuid = this.#options.uuid;
+    if (this.#ring.memberUuids().includes(uuid)) return;
+    const next = await this.#options.metadata.cluster.updateRing((current) => {
+      const ring = ringFromMessage(current);
+      if (ring.memberUuids().includes(uuid)) return current;
+      if (!isModifiable(ring)) throw invalid(`a ${ring.describe()} ring cannot take new peers`);
+      return ring.addPeers([this.info()]).toMessage();
+    });
+    this.#ring = ringFromMessage(next);
+    log.info(`joined the ring (version ${next.version})`);
+  }
+
+  /** Stops heartbeats, unregisters, flushes the distributor and stops serving peers. */
+  async close(): Promise<void> {
+    this.#stop.abort();
+    await this.#heartbeats;
+    await this.#ringWatch?.unsubscribe().catch(() => {});
+    await this.#options.metadata.peers.unregisterPeer(this.#options.uuid).catch((error) => {
+      log.warn(`unregistering failed: ${errorMessage(error)}`);
+    });
+    await this.distributor.close();
+    await this.#directory.close();
+    await this.server.close();
+  }
+}
+
+/** The protocol of `address`'s scheme. */
+function protocolOf(protocols: readonly PeerProtocol[], address: string): PeerProtocol {
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(address)?.[1]?.toLowerCase();
+  const protocol = protocols.find((p) => p.scheme === scheme);
+  if (protocol === undefined) {
+    throw invalid(
+      `peer address ${address} must start with ${
+        protocols.map((p) => `${p.scheme}://`).join(" or ")
+      }`,
+    );
+  }
+  return protocol;
+}
