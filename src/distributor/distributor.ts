@@ -185,6 +185,8 @@ export class Distributor implements BlockStore {
     const order = this.#readOrder(ref);
     const holders = new Set(this.#holders(ref));
     const misses: Miss[] = [];
+    // Address lookups started by peers that could not be reached (see PeerDirectory).
+    const lookups: Promise<void>[] = [];
     const tryOne = async (source: Source, timeoutMs: number) => {
       options?.signal?.throwIfAborted();
       try {
@@ -192,11 +194,11 @@ export class Distributor implements BlockStore {
       } catch (error) {
         if (isFatal(error)) throw error;
         misses.push({ uuid: source.uuid, holder: holders.has(source.uuid), error });
-        this.#countMiss(source);
+        this.#countMiss(source, error, lookups);
         return null;
       }
     };
-    const found = await this.#readByLevel(order, holders, tryOne);
+    const found = await this.#readByLevel(ref, order, holders, tryOne, lookups);
     if (found === null) throw this.#readFailure(ref, misses, holders);
     const corrupt = misses.filter((m) =>
       m.holder && isTorusError(m.error, ErrorCode.BlockUnavailable)
@@ -206,9 +208,11 @@ export class Distributor implements BlockStore {
   }
 
   async #readByLevel<T>(
+    ref: BlockRef,
     order: readonly Source[],
     holders: ReadonlySet<string>,
     tryOne: (source: Source, timeoutMs: number) => Promise<{ value: T; source: Source } | null>,
+    lookups: Promise<void>[],
   ): Promise<{ value: T; source: Source } | null> {
     const timeoutMs = this.#options.peerTimeoutMs;
     if (this.#options.readLevel === "spread") {
@@ -223,8 +227,11 @@ export class Distributor implements BlockStore {
       const retry: Source[] = [];
       const found = await this.#sequential(left, timeoutMs * 2 ** round, tryOne, retry);
       if (found !== null) return found;
-      // Only peers that did not answer get another round; a definite answer stands.
-      left = retry;
+      // Only peers that did not answer get another round, at the addresses looked up meanwhile
+      // (a peer that came back elsewhere); a definite answer stands.
+      await Promise.all(lookups.splice(0));
+      const uuids = new Set(retry.map((s) => s.uuid));
+      left = this.#readOrder(ref).filter((s) => uuids.has(s.uuid));
     }
     return null;
   }
@@ -247,7 +254,10 @@ export class Distributor implements BlockStore {
     return null;
   }
 
-  #countMiss(source: Source): void {
+  #countMiss(source: Source, error: unknown, lookups: Promise<void>[]): void {
+    if (!source.local && isTorusError(error, ErrorCode.Unavailable)) {
+      lookups.push(this.#options.peers.unreachable(source.uuid));
+    }
     if (source.local) this.stats.localBlockFails++;
     else {this.stats.peerBlockFails.set(
         source.uuid,
@@ -353,6 +363,9 @@ export class Distributor implements BlockStore {
       this.#unflushed.add(source.store);
       return null;
     }, (error: unknown) => {
+      if (!source.local && isTorusError(error, ErrorCode.Unavailable)) {
+        this.#options.peers.unreachable(uuid);
+      }
       if (isTorusError(error, ErrorCode.OutcomeUnknown)) this.#unflushed.add(source.store);
       if (!isTorusError(error, ErrorCode.NotExist)) {
         log.debug(`a change of ${ref} at ${uuid} failed: ${errorMessage(error)}`);

@@ -5,13 +5,22 @@
  * @module
  */
 
-import { invalid } from "../core/mod.ts";
+import { type Clock, invalid, systemClock } from "../core/mod.ts";
+
+/** Least time between two lookups of the addresses after failed calls. */
+const REFRESH_INTERVAL_MS = 1_000;
 import type { PeerDialOptions, PeerProtocol, PeerStore } from "./protocols/protocol.ts";
 
 /** Where peers are, and a client for each. */
 export interface PeerDirectory {
   /** The client of peer `uuid`, or null when its address is unknown. */
   storeOf(uuid: string): PeerStore | null;
+  /**
+   * A call to `uuid` could not connect: the peer may have moved (restarted elsewhere), so the
+   * addresses are looked up again soon rather than at the next heartbeat. Resolves when that
+   * lookup is done (a caller may then try again).
+   */
+  unreachable(uuid: string): Promise<void>;
   /** Closes every client. */
   close(): Promise<void>;
 }
@@ -22,15 +31,34 @@ export class DialingPeerDirectory implements PeerDirectory {
   readonly #addressOf: (uuid: string) => string | null;
   readonly #dial: PeerDialOptions;
   readonly #stores = new Map<string, PeerStore>();
+  readonly #refresh: () => Promise<void>;
 
+  /**
+   * `refresh` looks the addresses up again (the node's peer map); it is called at most once per
+   * REFRESH_INTERVAL_MS however many calls fail.
+   */
   constructor(
     protocols: readonly PeerProtocol[],
     addressOf: (uuid: string) => string | null,
     dial: PeerDialOptions,
+    refresh: () => Promise<void> = () => Promise.resolve(),
+    clock: Clock = systemClock,
   ) {
     this.#protocols = new Map(protocols.map((p) => [p.scheme, p]));
     this.#addressOf = addressOf;
     this.#dial = dial;
+    let lastMs = -Infinity;
+    let last: Promise<void> = Promise.resolve();
+    this.#refresh = () => {
+      if (clock.nowMs() - lastMs < REFRESH_INTERVAL_MS) return last;
+      lastMs = clock.nowMs();
+      last = refresh().catch(() => {});
+      return last;
+    };
+  }
+
+  unreachable(_uuid: string): Promise<void> {
+    return this.#refresh();
   }
 
   storeOf(uuid: string): PeerStore | null {

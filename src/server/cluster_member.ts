@@ -93,6 +93,8 @@ export class ClusterMember {
         options.protocols,
         (uuid) => member?.addressOf(uuid) ?? null,
         { identity, callTimeoutMs: options.peerTimeoutMs ?? PEER_CALL_TIMEOUT_MS_DEFAULT },
+        () => member?.refreshPeers() ?? Promise.resolve(),
+        options.clock,
       );
       const distributor = new Distributor({
         blockSizeBytes: global.blockSizeBytes,
@@ -177,9 +179,13 @@ export class ClusterMember {
 
   /** Registers this node under the current lease and refreshes the peer map. */
   async #heartbeat(): Promise<void> {
-    const { metadata, leases } = this.#options;
-    await metadata.peers.registerPeer(this.info(), leases.lease);
-    this.#peers = await metadata.peers.listPeers();
+    await this.#options.metadata.peers.registerPeer(this.info(), this.#options.leases.lease);
+    await this.refreshPeers();
+  }
+
+  /** Reads the registered peers again (their addresses, counts and states). */
+  async refreshPeers(): Promise<void> {
+    this.#peers = await this.#options.metadata.peers.listPeers();
     this.#addresses = new Map(
       this.#peers.filter((p) => p.address !== "").map((p) => [p.uuid, p.address]),
     );

@@ -1,0 +1,93 @@
+/**
+ * ClusterMember over an in-memory metadata store and real TDP on loopback: members register and
+ * join the ring, write and read through their distributors, find a member that came back on
+ * another port without waiting for a heartbeat, and unregister when closed.
+ */
+
+import assert from "node:assert/strict";
+import { systemClock } from "../core/mod.ts";
+import { TdpProtocol } from "../distributor/mod.ts";
+import { createMetadataService, MemoryKvStore, type MetadataService } from "../metadata/mod.ts";
+import { createRing, RingType } from "../ring/mod.ts";
+import { MemoryBlockStore, patternBlock, testRef } from "../storage/mod.ts";
+import { ClusterMember } from "./cluster_member.ts";
+import { LeaseKeeper } from "./lease_keeper.ts";
+
+const BLOCK = 4096;
+/** Member i's UUID. */
+const m = (i: number) => `00000000-0000-4000-8000-00000000000${i + 1}`;
+
+async function cluster(): Promise<{ metadata: MetadataService; leases: LeaseKeeper }> {
+  const metadata = createMetadataService(new MemoryKvStore(), { prefix: "/member-test/" });
+  await metadata.cluster.init({
+    blockSizeBytes: BLOCK,
+    defaultBlockSpec: [{ kind: 0, options: "" }],
+    ring: createRing(RingType.Ketama, { version: 1, replication: 2, peers: [] }).toMessage(),
+  });
+  const leases = await LeaseKeeper.start({ leases: metadata.leases, clock: systemClock });
+  return { metadata, leases };
+}
+
+function start(
+  metadata: MetadataService,
+  leases: LeaseKeeper,
+  uuid: string,
+  local: MemoryBlockStore,
+): Promise<ClusterMember> {
+  return ClusterMember.start({
+    uuid,
+    metadata,
+    leases,
+    local,
+    peerAddress: "tdp://127.0.0.1:0",
+    protocols: [new TdpProtocol()],
+    autoJoin: true,
+    readLevel: "block",
+    writeLevel: "all",
+    readCacheBytes: 0,
+    clock: systemClock,
+    peerTimeoutMs: 500,
+    // No heartbeat during the test: addresses change only when a failed call asks for them.
+    heartbeatMs: 600_000,
+  });
+}
+
+Deno.test("ClusterMember: join, replicate, find a member on its new port, unregister", async () => {
+  const { metadata, leases } = await cluster();
+  const stores = [0, 1, 2].map(() =>
+    new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 256 })
+  );
+  const members: ClusterMember[] = [];
+  try {
+    for (const [i, store] of stores.entries()) {
+      members.push(await start(metadata, leases, m(i), store));
+    }
+    const ring = members[0]!.ring();
+    await members[0]!.refreshPeers();
+    assert.deepEqual([...members[2]!.ring().memberUuids()].sort(), [m(0), m(1), m(2)]);
+    assert.equal(members[2]!.ring().version, 4);
+    assert.deepEqual(members[0]!.peers().map((p) => p.uuid), [m(0), m(1), m(2)]);
+
+    const writer = members[0]!.distributor;
+    for (let i = 0; i < 24; i++) await writer.putBlock(testRef(i), patternBlock(BLOCK, i));
+    await writer.flush();
+    const copies = stores.reduce((sum, store) => sum + store.usedBlocks(), 0);
+    assert.equal(copies, 48, "two copies of every block");
+
+    // m2 comes back on another port; m1 goes away. Blocks held by m1 and m2 are only at m2 now,
+    // whose old address refuses: the failed call makes m0 read the addresses again.
+    await members[2]!.close();
+    members[2] = await start(metadata, leases, m(2), stores[2]!);
+    await members[1]!.close();
+    for (let i = 0; i < 24; i++) {
+      const holders = ring.getHolders(testRef(i));
+      if (holders.includes(m(0))) continue;
+      assert.deepEqual(await writer.getBlock(testRef(i)), patternBlock(BLOCK, i), `block ${i}`);
+    }
+    assert.deepEqual((await metadata.peers.listPeers()).map((p) => p.uuid), [m(0), m(2)]);
+  } finally {
+    for (const member of members) await member.close().catch(() => {});
+    await leases.close();
+    await metadata.close();
+  }
+});
