@@ -15,6 +15,7 @@
  * @module
  */
 
+import { FenceStampedStore } from "./fence_stamp.ts";
 import {
   assert,
   type Clock,
@@ -280,10 +281,12 @@ export class VolumeService {
     try {
       const state = await this.#metadata.blockVolumes.headState(info.id);
       const generation = Number(state.head.inode);
-      const root = await this.#writableRoot(state.volume, generation, state.base);
+      // Every change of this writer carries its lock's fencing token (ADR 0005, section 7).
+      const store = new FenceStampedStore(this.#store, lock.fencingToken);
+      const root = await this.#writableRoot(store, state.volume, generation, state.base);
       if (state.base !== null) await this.#metadata.blockVolumes.clearBase(lock);
       const parent = await this.#parentSource(state.volume.parent);
-      const map = new VolumeMap(this.#store, root, this.#geometry);
+      const map = new VolumeMap(store, root, this.#geometry);
       const open: OpenVolume = {
         info: state.volume,
         lock,
@@ -291,7 +294,7 @@ export class VolumeService {
         requests: null,
         closing: null,
         volume: new BlockVolume({
-          store: this.#store,
+          store,
           geometry: this.#geometry,
           map,
           sizeBytes: state.volume.sizeBytes,
@@ -367,7 +370,12 @@ export class VolumeService {
    * else a copy of its base's (a snapshot or restore left the head without one), else empty. Its
    * size follows the volume record (a grow while nobody had the volume open).
    */
-  async #writableRoot(info: VolumeInfo, generation: number, base: bigint | null): Promise<Root> {
+  async #writableRoot(
+    store: BlockStore,
+    info: VolumeInfo,
+    generation: number,
+    base: bigint | null,
+  ): Promise<Root> {
     const stored = await this.#readRoot(info.id, generation);
     if (stored !== null && stored.sizeBytes === info.sizeBytes) return stored;
     let bytes: Uint8Array;
@@ -387,8 +395,8 @@ export class VolumeService {
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     writeEntry(view, RootField.Generation, generation);
     writeEntry(view, RootField.Size, info.sizeBytes);
-    await this.#store.putBlock(rootRef(info.id, generation), bytes);
-    await this.#store.flush();
+    await store.putBlock(rootRef(info.id, generation), bytes);
+    await store.flush();
     return decodeRoot(bytes, { volume: info.id, generation }, this.#geometry);
   }
 

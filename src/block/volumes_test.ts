@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { assertSameBytes, ErrorCode, isTorusError, systemClock } from "../core/mod.ts";
 import { createMetadataService, MemoryKvStore, type MetadataService } from "../metadata/mod.ts";
-import { type BlockStore, MemoryBlockStore } from "../storage/mod.ts";
+import { type BlockStore, HeldStore, MemoryBlockStore } from "../storage/mod.ts";
 import { LeaseKeeper } from "../server/mod.ts";
 import type { Device } from "./device.ts";
 import { parseVolumeSpec, VolumeService } from "./volumes.ts";
@@ -95,6 +95,31 @@ Deno.test("volumes: written data survives close and reopen; handles share one vo
     await again.readAt(100, read);
     assertSameBytes(read, fill(BLOCK, 7));
     await again.close();
+  } finally {
+    await a.close();
+  }
+});
+
+Deno.test("volumes: every change of a writer carries its lock's fencing token, a newer one after a takeover", async () => {
+  const { mds, kv } = await cluster();
+  const store = new HeldStore(new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 1000 }));
+  await mds.volumes.createBlockVolume("db", 4 * BLOCK);
+  const a = await node(kv, store, { holder: "node-a" });
+  try {
+    const volume = await a.service.openWritable("db");
+    await volume.writeAt(100, fill(BLOCK, 7));
+    await volume.trim(0, BLOCK);
+    await volume.flush();
+    await volume.close();
+    const first = new Set(store.fenceTokens);
+    assert.equal(first.size, 1, `one token for one lock: ${[...first]}`);
+    const [token] = first;
+    assert.ok(token !== undefined && token > 0);
+    store.fenceTokens.length = 0;
+    const again = await a.service.openWritable("db");
+    await again.writeAt(0, fill(BLOCK, 8));
+    await again.close();
+    assert.ok(store.fenceTokens.length > 0 && store.fenceTokens.every((t) => t! > token!));
   } finally {
     await a.close();
   }

@@ -18,7 +18,12 @@ import {
 } from "../core/mod.ts";
 import type { MetadataService } from "../metadata/mod.ts";
 import type { MonitoredBlockStore } from "../storage/mod.ts";
-import { ClusterMember, type ClusterMemberOptions, LeaseKeeper } from "../server/mod.ts";
+import {
+  ClusterMember,
+  type ClusterMemberOptions,
+  FileFenceRecords,
+  LeaseKeeper,
+} from "../server/mod.ts";
 import { collectGarbage, NbdServer, VolumeService } from "../block/mod.ts";
 import { formatHostPort, type HostPort } from "../cli/mod.ts";
 import { HttpStatusServer, type MetadataReport } from "../http/mod.ts";
@@ -91,6 +96,7 @@ export async function startNode(options: NodeOptions): Promise<Node> {
         metadata: options.metadata,
         leases,
         local: options.store,
+        fenceRecords: new FileFenceRecords(`${options.dataDir}/metadata/fences.json`),
         clock: options.clock,
       });
     } catch (error) {

@@ -21,6 +21,7 @@ import type { MetadataService, Subscription } from "../metadata/mod.ts";
 import type { PeerInfo } from "../models/mod.ts";
 import { isModifiable, type Ring, ringFromMessage } from "../ring/mod.ts";
 import type { BlockStore } from "../storage/mod.ts";
+import { FencedStore, type FenceRecords } from "./fenced_store.ts";
 import type { LeaseKeeper } from "./lease_keeper.ts";
 
 const log = logger("cluster");
@@ -35,6 +36,8 @@ export interface ClusterMemberOptions {
   readonly leases: LeaseKeeper;
   /** This node's store, served to peers. */
   readonly local: BlockStore;
+  /** Where the newest fencing token of each volume is kept (see fenced_store.ts). */
+  readonly fenceRecords: FenceRecords;
   /** Where peers reach this node (`tdp://HOST:PORT`); port 0 takes a free one (tests). */
   readonly peerAddress: string;
   readonly protocols: readonly PeerProtocol[];
@@ -86,7 +89,9 @@ export class ClusterMember {
     ]);
     const identity = { clusterId, blockSizeBytes: global.blockSizeBytes, nodeName: options.uuid };
     const protocol = protocolOf(options.protocols, options.peerAddress);
-    const server = await protocol.listen(options.peerAddress, { identity, store: options.local });
+    // Peers and this node's own distributor change the store only through the fence.
+    const fenced = await FencedStore.open(options.local, options.fenceRecords);
+    const server = await protocol.listen(options.peerAddress, { identity, store: fenced });
     let member: ClusterMember | null = null;
     try {
       const directory = new DialingPeerDirectory(
@@ -99,7 +104,7 @@ export class ClusterMember {
       const distributor = new Distributor({
         blockSizeBytes: global.blockSizeBytes,
         self: options.uuid,
-        local: options.local,
+        local: fenced,
         ring: () => member!.ring(),
         peers: directory,
         readLevel: options.readLevel,

@@ -11,6 +11,7 @@ import { createMetadataService, MemoryKvStore, type MetadataService } from "../m
 import { createRing, RingType } from "../ring/mod.ts";
 import { MemoryBlockStore, patternBlock, testRef } from "../storage/mod.ts";
 import { ClusterMember } from "./cluster_member.ts";
+import { MemoryFenceRecords } from "./fenced_store.ts";
 import { LeaseKeeper } from "./lease_keeper.ts";
 
 const BLOCK = 4096;
@@ -39,6 +40,7 @@ function start(
     metadata,
     leases,
     local,
+    fenceRecords: new MemoryFenceRecords(),
     peerAddress: "tdp://127.0.0.1:0",
     protocols: [new TdpProtocol()],
     autoJoin: true,

@@ -7,3 +7,4 @@
 
 export * from "./lease_keeper.ts";
 export * from "./cluster_member.ts";
+export * from "./fenced_store.ts";
