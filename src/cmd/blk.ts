@@ -3,7 +3,7 @@
  * or any NBD server's export) on a kernel `/dev/nbdX` and stays in the foreground until it is
  * detached; `detach` detaches a device from another shell; `nbd attach|detach` are the same
  * under the original's command name, which also keeps the original's forms (`nbd VOLUME [DEV]`,
- * `nbd -d DEV`). `nbdserve` says that it comes with the cluster issue.
+ * `nbd -d DEV`), and `nbdserve` (blk_nbdserve.ts), the NBD server of a cluster client.
  *
  * A bare VOLUME is looked for on the local serve: the data dir's `serve.json` names its NBD
  * address (node.ts), else torus's default address is tried.
@@ -56,6 +56,7 @@ import {
 } from "../block/mod.ts";
 import { readServeInfo, type ServeInfo } from "./node.ts";
 import { NBD_DEFAULT_ADDRESS } from "./serve.ts";
+import { nbdserveCommand } from "./blk_nbdserve.ts";
 
 /** What a running attachment offers the command (KernelAttachment, or a test's fake). */
 export type Attachment = Pick<
@@ -434,25 +435,6 @@ function nbdCommand(deps: BlkDeps): Command {
     },
   };
 }
-
-const nbdserveCommand: Command = {
-  name: "nbdserve",
-  summary: "Serve volumes over NBD from a client (comes with the cluster: use torus serve --nbd)",
-  help: `Usage: torus blk nbdserve
-
-Not implemented yet. A node's volumes are served over NBD by 'torus serve --nbd'. A
-client-side NBD server, which reaches the volumes through the cluster's peers without a
-store of its own, comes with the cluster issue (the peer protocol).
-`,
-  run(args, io) {
-    parseFlags(args, {});
-    io.stderr(
-      "torus blk nbdserve: not implemented yet: it comes with the cluster issue (the peer " +
-        "protocol); until then volumes are served over NBD by 'torus serve --nbd'\n",
-    );
-    return Promise.resolve(ExitCode.Failure);
-  },
-};
 
 /** The `torus blk` group over `deps`. */
 export function blkCommand(deps: BlkDeps = realBlkDeps): Command {

@@ -311,14 +311,22 @@ Deno.test("blk attach: a connection that ends by itself", async () => {
   );
 });
 
-Deno.test("blk nbdserve: says it comes with the cluster issue and exits 1", async () => {
-  const result = await blk(fakeMachine(), ["nbdserve"], () => {});
-  assert.equal(result.code, 1);
-  assert.equal(
-    result.err,
-    "torus blk nbdserve: not implemented yet: it comes with the cluster issue (the peer " +
-      "protocol); until then volumes are served over NBD by 'torus serve --nbd'\n",
-  );
+Deno.test("blk nbdserve: without -C, or with a bad level or address, a usage error", async () => {
+  const cases: [string[], RegExp][] = [
+    [["nbdserve"], /give -C \(the cluster's etcd\)/],
+    [
+      ["nbdserve", "-C", "127.0.0.1:2379", "--read-level", "fast"],
+      /--read-level: read level "fast"/,
+    ],
+    [["nbdserve", "-C", "127.0.0.1:2379", "--write-level", "x"], /--write-level: write level "x"/],
+    [["nbdserve", "-C", "127.0.0.1:2379", "-l", "nowhere:99999"], /--listen/],
+    [["nbdserve", "extra"], /unexpected argument "extra"/],
+  ];
+  for (const [args, pattern] of cases) {
+    const result = await blk(fakeMachine(), args, () => {});
+    assert.equal(result.code, 2, result.err);
+    assert.match(result.err.split("\n")[0]!, pattern);
+  }
 });
 
 Deno.test("blk: help texts name the forms the parser takes", async () => {

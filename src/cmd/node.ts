@@ -67,10 +67,12 @@ export interface NodeOptions {
 }
 
 /** What a cluster member needs beyond what the node already has. */
-export type ClusterSettings = Pick<
-  ClusterMemberOptions,
-  "peerAddress" | "protocols" | "autoJoin" | "readLevel" | "writeLevel" | "readCacheBytes"
->;
+export type ClusterSettings =
+  & Pick<
+    ClusterMemberOptions,
+    "protocols" | "autoJoin" | "readLevel" | "writeLevel" | "readCacheBytes"
+  >
+  & { readonly peerAddress: string };
 
 /** A running node; see the module doc. */
 export interface Node extends AsyncDisposable {
@@ -90,13 +92,17 @@ export async function startNode(options: NodeOptions): Promise<Node> {
   let member: ClusterMember | null = null;
   if (options.cluster !== null) {
     try {
+      const { peerAddress, ...settings } = options.cluster;
       member = await ClusterMember.start({
-        ...options.cluster,
+        ...settings,
         uuid: options.uuid,
         metadata: options.metadata,
         leases,
-        local: options.store,
-        fenceRecords: new FileFenceRecords(`${options.dataDir}/metadata/fences.json`),
+        node: {
+          local: options.store,
+          fenceRecords: new FileFenceRecords(`${options.dataDir}/metadata/fences.json`),
+          peerAddress,
+        },
         clock: options.clock,
       });
     } catch (error) {

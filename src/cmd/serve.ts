@@ -215,7 +215,8 @@ async function createsEmbeddedCluster(
   }
 }
 
-function waitForStopSignal(): Promise<Deno.Signal> {
+/** Resolves with the first SIGINT or SIGTERM (listening starts at the call). */
+export function waitForStopSignal(): Promise<Deno.Signal> {
   return new Promise((resolve) => {
     const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
     const handlers = signals.map((signal) => {
@@ -419,7 +420,9 @@ function peersLine(member: ClusterMember | null): string {
   if (member === null) return "off (a single node; -C and --peer-address make a cluster node)";
   const ring = member.ring();
   const inRing = ring.memberUuids().length;
-  return `${member.server.address} (ring version ${ring.version}: ${inRing} member` +
+  return `${
+    member.server?.address ?? "not serving"
+  } (ring version ${ring.version}: ${inRing} member` +
     `${inRing === 1 ? "" : "s"}, replication ${ring.replication})`;
 }
 

@@ -1,9 +1,10 @@
 /**
- * A node's place in the cluster: it serves its store to peers (TDP or gRPC, by the scheme of its
- * peer address), registers itself under its lease every heartbeat (address, capacity, usage),
- * follows the ring, joins it when asked (`--auto-join`), and offers the distributor: the
- * cluster-wide BlockStore its volumes are written through. Closing unregisters the node, then
- * stops serving peers once the distributor has flushed.
+ * A process's place in the cluster. A node serves its store to peers (TDP or gRPC, by the scheme
+ * of its peer address), registers itself under its lease every heartbeat (address, capacity,
+ * usage), follows the ring, joins it when asked (`--auto-join`), and offers the distributor: the
+ * cluster-wide BlockStore its volumes are written through. A client (`torus blk nbdserve -C`)
+ * has no store: it follows the ring and the registrations and offers the distributor only.
+ * Closing unregisters a node, then stops serving peers once the distributor has flushed.
  * @module
  */
 
@@ -34,12 +35,17 @@ export interface ClusterMemberOptions {
   readonly uuid: string;
   readonly metadata: MetadataService;
   readonly leases: LeaseKeeper;
-  /** This node's store, served to peers. */
-  readonly local: BlockStore;
-  /** Where the newest fencing token of each volume is kept (see fenced_store.ts). */
-  readonly fenceRecords: FenceRecords;
-  /** Where peers reach this node (`tdp://HOST:PORT`); port 0 takes a free one (tests). */
-  readonly peerAddress: string;
+  /**
+   * This node's store, served to peers, with where the newest fencing token of each volume is
+   * kept (fenced_store.ts), and where peers reach it (`tdp://HOST:PORT`; port 0 takes a free
+   * one, for tests). Null for a client (`torus blk nbdserve`): no store, not registered, never a
+   * ring member; it only reaches the nodes.
+   */
+  readonly node: {
+    readonly local: BlockStore;
+    readonly fenceRecords: FenceRecords;
+    readonly peerAddress: string;
+  } | null;
   readonly protocols: readonly PeerProtocol[];
   /** Add this node to the ring when it is not a member. */
   readonly autoJoin: boolean;
@@ -55,7 +61,8 @@ export interface ClusterMemberOptions {
 /** A running member; see the module doc. */
 export class ClusterMember {
   readonly distributor: Distributor;
-  readonly server: PeerServer;
+  /** The server peers reach this node's store by; null for a client. */
+  readonly server: PeerServer | null;
   readonly #options: ClusterMemberOptions;
   readonly #directory: DialingPeerDirectory;
   #ring: Ring;
@@ -67,7 +74,7 @@ export class ClusterMember {
 
   private constructor(
     options: ClusterMemberOptions,
-    server: PeerServer,
+    server: PeerServer | null,
     ring: Ring,
     directory: DialingPeerDirectory,
     distributor: Distributor,
@@ -88,10 +95,13 @@ export class ClusterMember {
       metadata.cluster.getRing(),
     ]);
     const identity = { clusterId, blockSizeBytes: global.blockSizeBytes, nodeName: options.uuid };
-    const protocol = protocolOf(options.protocols, options.peerAddress);
+    const node = options.node;
     // Peers and this node's own distributor change the store only through the fence.
-    const fenced = await FencedStore.open(options.local, options.fenceRecords);
-    const server = await protocol.listen(options.peerAddress, { identity, store: fenced });
+    const fenced = node === null ? null : await FencedStore.open(node.local, node.fenceRecords);
+    const server = node === null || fenced === null ? null : await protocolOf(
+      options.protocols,
+      node.peerAddress,
+    ).listen(node.peerAddress, { identity, store: fenced });
     let member: ClusterMember | null = null;
     try {
       const directory = new DialingPeerDirectory(
@@ -103,7 +113,7 @@ export class ClusterMember {
       );
       const distributor = new Distributor({
         blockSizeBytes: global.blockSizeBytes,
-        self: options.uuid,
+        self: node === null ? null : options.uuid,
         local: fenced,
         ring: () => member!.ring(),
         peers: directory,
@@ -124,7 +134,7 @@ export class ClusterMember {
       return member;
     } catch (error) {
       await member?.close().catch(() => {});
-      await server.close();
+      await server?.close();
       throw error;
     }
   }
@@ -134,7 +144,7 @@ export class ClusterMember {
       this.#ring = ringFromMessage(message);
     }, { onError: (error) => log.error(`the ring watch ended: ${errorMessage(error)}`) });
     await this.#heartbeat();
-    if (this.#options.autoJoin) await this.#join();
+    if (this.#options.autoJoin && this.server !== null) await this.#join();
     this.#heartbeats = this.#beat();
   }
 
@@ -154,14 +164,15 @@ export class ClusterMember {
       this.#ring.members().find((peer) => peer.uuid === uuid)?.address ?? null;
   }
 
-  /** This node as it registers itself. */
+  /** This node as it registers itself (a client has no address and no blocks). */
   info(): PeerInfo {
+    const local = this.#options.node?.local ?? null;
     return {
       uuid: this.#options.uuid,
-      address: this.server.address,
+      address: this.server?.address ?? "",
       lastSeen: BigInt(this.#options.clock.nowMs()) * 1_000_000n,
-      totalBlocks: BigInt(this.#options.local.totalBlocks()),
-      usedBlocks: BigInt(this.#options.local.usedBlocks()),
+      totalBlocks: BigInt(local?.totalBlocks() ?? 0),
+      usedBlocks: BigInt(local?.usedBlocks() ?? 0),
       timedOut: false,
       rebalanceInfo: null,
       protocolVersion: PEER_PROTOCOL_VERSION,
@@ -184,7 +195,9 @@ export class ClusterMember {
 
   /** Registers this node under the current lease and refreshes the peer map. */
   async #heartbeat(): Promise<void> {
-    await this.#options.metadata.peers.registerPeer(this.info(), this.#options.leases.lease);
+    if (this.server !== null) {
+      await this.#options.metadata.peers.registerPeer(this.info(), this.#options.leases.lease);
+    }
     await this.refreshPeers();
   }
 
@@ -215,12 +228,14 @@ export class ClusterMember {
     this.#stop.abort();
     await this.#heartbeats;
     await this.#ringWatch?.unsubscribe().catch(() => {});
-    await this.#options.metadata.peers.unregisterPeer(this.#options.uuid).catch((error) => {
-      log.warn(`unregistering failed: ${errorMessage(error)}`);
-    });
+    if (this.server !== null) {
+      await this.#options.metadata.peers.unregisterPeer(this.#options.uuid).catch((error) => {
+        log.warn(`unregistering failed: ${errorMessage(error)}`);
+      });
+    }
     await this.distributor.close();
     await this.#directory.close();
-    await this.server.close();
+    await this.server?.close();
   }
 }
 

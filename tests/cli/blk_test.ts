@@ -28,8 +28,8 @@ Deno.test({
   },
 });
 
-Deno.test("blk process: nbdserve says it comes with the cluster issue, exit 1", async () => {
+Deno.test("blk process: nbdserve without -C is a usage error naming it, exit 2", async () => {
   const output = await runTorus(["blk", "nbdserve"]);
-  assert.equal(output.code, 1);
-  assert.match(output.stderr, /not implemented yet: it comes with the cluster issue/);
+  assert.equal(output.code, 2);
+  assert.match(output.stderr, /give -C \(the cluster's etcd\)/);
 });

@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { runCommand } from "../support/nbd_fixture.ts";
-import { runTorus } from "../support/torus_process.ts";
+import { runTorus, startTorusProcess } from "../support/torus_process.ts";
 import { etcdAvailable, testEtcd } from "../support/test_etcd.ts";
 import { E2eNode, e2eTest, MiB, randomFile } from "./e2e_support.ts";
 
@@ -89,5 +89,32 @@ e2eTest(
     assert.match(b.output(), /peers: +tdp:\/\/127\.0\.0\.1:\d+ \(ring version 3: 2 members/);
     const peers = await listPeers(meta);
     assert.deepEqual(peers.map((p) => p.member), ["OK", "OK"]);
+  },
+);
+
+e2eTest(
+  "torus blk nbdserve: a client with no store writes through the nodes; a node reads it back",
+  { tools: etcdAvailable() ? ["nbdcopy"] : ["etcd", "nbdcopy"] },
+  async () => {
+    await using etcd = await testEtcd();
+    const meta = ["-C", etcd.endpoint, "--metadata-prefix", `/torus-e2e-${crypto.randomUUID()}/`];
+    assert.equal((await runTorus(["ctl", "init", ...meta])).code, 0);
+    const member =
+      () => [...meta, "--peer-address", `tdp://127.0.0.1:${freePort()}`, "--auto-join"];
+    await using a = await E2eNode.start({ args: member() });
+    await using _b = await E2eNode.start({ args: member() });
+    assert.equal((await runTorus(["ctl", "volume", "create-block", "v", "8MiB", ...meta])).code, 0);
+    const port = freePort();
+    await using client = await startTorusProcess(
+      ["blk", "nbdserve", ...meta, "-l", `127.0.0.1:${port}`],
+      /Ready\./,
+    );
+    assert.match(client.output(), /cluster: +ring version 3, 2 nodes, replication 2/);
+    const input = `${a.dir}/in.bin`;
+    await randomFile(input, 8 * MiB);
+    await runOk("nbdcopy", ["--flush", input, `nbd://127.0.0.1:${port}/v`]);
+    assert.equal(await client.stop(), 0, client.output());
+    await runOk("nbdcopy", [a.uri("v"), `${a.dir}/out.bin`]);
+    assert.ok(await sameFiles(input, `${a.dir}/out.bin`), "node A reads what the client wrote");
   },
 );

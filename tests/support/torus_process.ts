@@ -82,25 +82,25 @@ export interface ServeOptions {
   readonly readyTimeoutMs?: number;
 }
 
-/** Starts `torus serve --nbd 127.0.0.1:0 --data-dir DIR` and waits for "Ready.". */
-export async function startServe(
-  dataDir: string,
-  options: ServeOptions = {},
-): Promise<ServeProcess> {
+/** A long-running `torus` process started by {@link startTorusProcess}. */
+export interface TorusProcess extends AsyncDisposable {
+  readonly child: Deno.ChildProcess;
+  /** Everything it printed so far (stdout and stderr). */
+  output(): string;
+  /** Sends `signal` (if it still runs) and waits: the exit code. */
+  signal(signal: Deno.Signal): Promise<number>;
+  /** SIGTERM and wait: the exit code. */
+  stop(): Promise<number>;
+}
+
+/** Starts `torus ARGS` and waits until its output matches `ready` (SIGKILLed if it never does). */
+export async function startTorusProcess(
+  args: readonly string[],
+  ready: RegExp,
+  readyTimeoutMs = 60_000,
+): Promise<TorusProcess> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      `${root}main.ts`,
-      "serve",
-      "--data-dir",
-      dataDir,
-      "--size",
-      options.size ?? "256MiB",
-      "--nbd",
-      "127.0.0.1:0",
-      ...(options.args ?? []),
-    ],
+    args: ["run", "-A", `${root}main.ts`, ...args],
     env: childEnv,
     stdin: "null",
     stdout: "piped",
@@ -116,7 +116,7 @@ export async function startServe(
     exited = true;
     return s;
   });
-  const kill = async (signal: Deno.Signal) => {
+  const signal = async (signal: Deno.Signal) => {
     if (!exited) {
       try {
         child.kill(signal);
@@ -129,16 +129,49 @@ export async function startServe(
     return s.code;
   };
   try {
-    const deadline = Date.now() + (options.readyTimeoutMs ?? 60_000);
-    while (!text.includes("Ready.")) {
-      if (exited) throw new Error(`torus serve exited before it was ready: ${text}`);
-      if (Date.now() > deadline) throw new Error(`torus serve not ready in time: ${text}`);
+    const deadline = Date.now() + readyTimeoutMs;
+    while (!ready.test(text)) {
+      if (exited) throw new Error(`torus ${args[0]} exited before it was ready: ${text}`);
+      if (Date.now() > deadline) throw new Error(`torus ${args[0]} not ready in time: ${text}`);
       await new Promise((r) => setTimeout(r, 50));
     }
   } catch (error) {
-    await kill("SIGKILL");
+    await signal("SIGKILL");
     throw error;
   }
+  return {
+    child,
+    output: () => text,
+    signal,
+    stop: () => signal("SIGTERM"),
+    [Symbol.asyncDispose]: async () => {
+      await signal("SIGKILL");
+    },
+  };
+}
+
+/** Starts `torus serve --nbd 127.0.0.1:0 --data-dir DIR` and waits for "Ready.". */
+export async function startServe(
+  dataDir: string,
+  options: ServeOptions = {},
+): Promise<ServeProcess> {
+  const process = await startTorusProcess(
+    [
+      "serve",
+      "--data-dir",
+      dataDir,
+      "--size",
+      options.size ?? "256MiB",
+      "--nbd",
+      "127.0.0.1:0",
+      ...(options.args ?? []),
+    ],
+    /Ready\./,
+    options.readyTimeoutMs ?? 60_000,
+  );
+  const text = process.output();
+  const kill = (signal: Deno.Signal) => process.signal(signal);
+  const child = process.child;
   const match = /NBD: +([0-9.]+):(\d+)/.exec(text);
   if (!match) {
     await kill("SIGKILL");
@@ -151,7 +184,7 @@ export async function startServe(
     child,
     nbd,
     ...(httpMatch ? { http: { hostname: httpMatch[1]!, port: Number(httpMatch[2]) } } : {}),
-    output: () => text,
+    output: () => process.output(),
     async connect(name) {
       const conn = await Deno.connect(nbd);
       const stream: ByteStream = connStream(conn);

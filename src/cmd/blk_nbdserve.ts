@@ -1,0 +1,160 @@
+/**
+ * `torus blk nbdserve -C ETCD [-l ADDR]`: the NBD server of `torus serve --nbd`, run by a client
+ * process with no store of its own. Its volumes are read and written through the distributor,
+ * straight to the nodes that hold each block, with the same promise: a FLUSH (or FUA write) that
+ * succeeded is on every holder (write level `all`), durably.
+ * @module
+ */
+
+import {
+  type Command,
+  ExitCode,
+  formatHostPort,
+  type HostPort,
+  type Io,
+  metadataFlagOptions,
+  metadataFlagsHelp,
+  openMetadata,
+  parseFlags,
+  parseHostPort,
+  UsageError,
+} from "../cli/mod.ts";
+import { CryptoRandom, parseSize, randomUuid, systemClock } from "../core/mod.ts";
+import type { MetadataService } from "../metadata/mod.ts";
+import { parseReadLevel, parseWriteLevel, TdpProtocol } from "../distributor/mod.ts";
+import { NbdServer, VolumeService } from "../block/mod.ts";
+import { ClusterMember, LeaseKeeper } from "../server/mod.ts";
+import { NBD_DEFAULT_ADDRESS, waitForStopSignal } from "./serve.ts";
+
+const flags = {
+  ...metadataFlagOptions,
+  listen: { type: "string", short: "l", default: NBD_DEFAULT_ADDRESS },
+  "read-level": { type: "string", default: "block" },
+  "write-level": { type: "string", default: "all" },
+  "read-cache-size": { type: "string", default: "50MiB" },
+} as const;
+
+const help = `Usage: torus blk nbdserve -C ENDPOINTS [-l ADDR] [--read-level L] [--write-level L]
+                            [--read-cache-size SIZE] [metadata flags]
+
+Serves the cluster's block volumes over NBD from this machine, without a store of its own: every
+volume as an export of its name, every snapshot read-only as VOLUME@SNAPSHOT. Reads and writes go
+straight to the nodes that hold each block (the ring's holders, over the peer protocol). A FLUSH
+or FUA write that succeeded is durable on every holder. A volume is open for write on one machine
+at a time (its lock). SIGINT or SIGTERM stops it cleanly: requests in flight are answered, volumes
+are flushed and unlocked.
+
+  -l, --listen ADDR  where NBD listens (HOST:PORT or PORT; default ${NBD_DEFAULT_ADDRESS}).
+                   Listening on another address than loopback lets any machine that reaches
+                   it read and write every volume.
+  --read-level L   block (default), seq or spread (see torus serve --help)
+  --write-level L  all (default), one or local (see torus serve --help)
+  --read-cache-size SIZE  blocks read from the nodes kept in memory (default 50MiB)
+
+${metadataFlagsHelp}
+`;
+
+async function nbdserve(values: Record<string, unknown>, io: Io): Promise<number> {
+  const listen = parseHostPort(String(values.listen), "--listen address", { listen: true });
+  const usage = <T>(flag: string, parse: () => T): T => {
+    try {
+      return parse();
+    } catch (error) {
+      throw new UsageError(`${flag}: ${(error as Error).message}`);
+    }
+  };
+  const readLevel = usage("--read-level", () => parseReadLevel(String(values["read-level"])));
+  const writeLevel = usage("--write-level", () => parseWriteLevel(String(values["write-level"])));
+  const readCacheBytes = usage(
+    "--read-cache-size",
+    () => parseSize(String(values["read-cache-size"])),
+  );
+  if (typeof values.etcd !== "string") {
+    throw new UsageError(
+      "nbdserve reaches a cluster's nodes: give -C (the cluster's etcd). A single node serves " +
+        "its volumes with 'torus serve --nbd'",
+    );
+  }
+  await using metadata = await openMetadata(values);
+  const uuid = randomUuid(new CryptoRandom());
+  const leases = await LeaseKeeper.start({ leases: metadata.service.leases, clock: systemClock });
+  try {
+    const member = await ClusterMember.start({
+      uuid,
+      metadata: metadata.service,
+      leases,
+      node: null,
+      protocols: [new TdpProtocol()],
+      autoJoin: false,
+      readLevel,
+      writeLevel,
+      readCacheBytes,
+      clock: systemClock,
+    });
+    try {
+      return await serveVolumes({ uuid, metadata: metadata.service, leases, member, listen, io });
+    } finally {
+      await member.close();
+    }
+  } finally {
+    await leases.close();
+  }
+}
+
+async function serveVolumes(options: {
+  uuid: string;
+  metadata: MetadataService;
+  leases: LeaseKeeper;
+  member: ClusterMember;
+  listen: HostPort;
+  io: Io;
+}): Promise<number> {
+  const { uuid, metadata, leases, member, io } = options;
+  const volumes = new VolumeService({
+    metadata,
+    store: member.distributor,
+    leases,
+    holder: uuid,
+    exclusiveHolder: false,
+    clock: systemClock,
+  });
+  const nbd = new NbdServer({
+    exports: {
+      list: () => volumes.exportNames(),
+      open: (name, openOptions) => volumes.openDevice(name, openOptions ?? {}),
+    },
+  });
+  try {
+    const stopSignal = waitForStopSignal();
+    const address = nbd.listen(options.listen);
+    const ring = member.ring();
+    io.stdout(
+      [
+        `torus blk nbdserve: client ${uuid}`,
+        `  NBD:         ${formatHostPort(address)} (export names: VOLUME, VOLUME@SNAPSHOT)`,
+        `  cluster:     ring version ${ring.version}, ${ring.memberUuids().length} nodes, ` +
+        `replication ${ring.replication}`,
+        `Ready. Stop with Ctrl-C (SIGINT) or SIGTERM.`,
+        "",
+      ].join("\n"),
+    );
+    const signal = await stopSignal;
+    io.stdout(`Received ${signal}: closing volumes and stopping\n`);
+  } finally {
+    await nbd.close();
+    await volumes.close();
+  }
+  return ExitCode.Ok;
+}
+
+/** `torus blk nbdserve`. */
+export const nbdserveCommand: Command = {
+  name: "nbdserve",
+  summary: "Serve the cluster's volumes over NBD from a client (no store of its own)",
+  help,
+  run(args, io) {
+    const { values, positionals } = parseFlags(args, flags);
+    if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
+    return nbdserve(values, io);
+  },
+};
