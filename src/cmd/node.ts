@@ -163,6 +163,7 @@ export async function startNode(options: NodeOptions): Promise<Node> {
           metadataWhere: options.metadataWhere,
           volumes,
           nbd: nbd === null || nbdAddress === null ? null : { server: nbd, address: nbdAddress },
+          member,
         }),
       });
       const address = listenOrExplain(

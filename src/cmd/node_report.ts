@@ -10,6 +10,7 @@ import { NBD_COMMAND_LABELS, type NbdServer, type VolumeService } from "../block
 import { formatHostPort, type HostPort } from "../cli/mod.ts";
 import { VERSION } from "../core/mod.ts";
 import type {
+  ClusterReport,
   LiveReport,
   MetadataReport,
   NbdReport,
@@ -19,6 +20,8 @@ import type {
 } from "../http/mod.ts";
 import type { MetadataService } from "../metadata/mod.ts";
 import type { MonitoredBlockStore } from "../storage/mod.ts";
+import type { ClusterMember } from "../server/mod.ts";
+import { ringTypeNames } from "../ring/mod.ts";
 
 /** The parts of a node that {@link ServeReporter} reads. */
 export interface ServeReporterParts {
@@ -30,6 +33,41 @@ export interface ServeReporterParts {
   readonly metadataWhere: MetadataReport;
   readonly volumes: VolumeService;
   readonly nbd: { readonly server: NbdServer; readonly address: HostPort } | null;
+  /** The node's place in the cluster; null for a single node. */
+  readonly member: ClusterMember | null;
+}
+
+/** The cluster part of the report. */
+export function clusterReport(member: ClusterMember): ClusterReport {
+  const ring = member.ring();
+  const stats = member.distributor.stats;
+  return {
+    peerAddress: member.server?.address ?? null,
+    ring: {
+      version: ring.version,
+      type: ringTypeNames[ring.type],
+      replication: ring.replication,
+      members: [...ring.memberUuids()],
+    },
+    peers: member.peers().map((peer) => ({
+      uuid: peer.uuid,
+      address: peer.address,
+      totalBlocks: Number(peer.totalBlocks),
+      usedBlocks: Number(peer.usedBlocks),
+      lastSeenMs: Number(peer.lastSeen / 1_000_000n),
+    })),
+    heartbeats: member.heartbeatCount,
+    distributor: {
+      blockRequests: stats.blockRequests,
+      cachedBlocks: stats.cachedBlocks,
+      localBlocks: stats.localBlocks,
+      localBlockFails: stats.localBlockFails,
+      peerBlocks: Object.fromEntries(stats.peerBlocks),
+      peerBlockFails: Object.fromEntries(stats.peerBlockFails),
+      requestFailures: stats.requestFailures,
+      repairedBlocks: stats.repairedBlocks,
+    },
+  };
 }
 
 /** See the module doc. */
@@ -57,6 +95,7 @@ export class ServeReporter implements NodeReporter {
         ...volume,
         fencingToken: volume.fencingToken.toString(),
       })),
+      cluster: parts.member === null ? null : clusterReport(parts.member),
     };
   }
 

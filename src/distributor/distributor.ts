@@ -245,8 +245,11 @@ export class Distributor implements BlockStore {
     for (const source of sources) {
       const found = await tryOne(source, timeoutMs);
       if (found !== null) {
-        if (!source.local) this.stats.peerBlocks++;
-        else this.stats.localBlocks++;
+        if (source.local) this.stats.localBlocks++;
+        else {this.stats.peerBlocks.set(
+            source.uuid,
+            (this.stats.peerBlocks.get(source.uuid) ?? 0) + 1,
+          );}
         return found;
       }
       unanswered?.push(source);

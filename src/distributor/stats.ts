@@ -14,8 +14,8 @@ export class DistributorStats {
   localBlocks = 0;
   /** torus_distributor_block_local_block_fails */
   localBlockFails = 0;
-  /** torus_distributor_block_peer_blocks{peer} (total here; per peer in peerBlockFails' style) */
-  peerBlocks = 0;
+  /** torus_distributor_block_peer_blocks{peer} */
+  readonly peerBlocks = new Map<string, number>();
   /** torus_distributor_block_peer_block_fails{peer} */
   readonly peerBlockFails = new Map<string, number>();
   /** torus_distributor_block_request_failures */

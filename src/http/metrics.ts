@@ -20,10 +20,13 @@ import type { LiveReport } from "./report.ts";
 export const METRICS_CONTENT_TYPE = Registry.PROMETHEUS_CONTENT_TYPE;
 
 type StoreLabel = "storage";
+type PeerLabel = "peer";
 
 /** A registry of the node's metrics; see the module doc. */
 export class NodeMetrics {
   readonly #registry = new Registry();
+  /** The cluster's series, rendered only by a cluster node (a single node has none at all). */
+  readonly #clusterRegistry = new Registry();
   /** Every metric of the registry, reset before each render. */
   readonly #all: { reset(): void }[] = [];
   readonly #build = this.#gauge("torus_build_info", "Build of this node (value 1)", ["version"]);
@@ -123,28 +126,104 @@ export class NodeMetrics {
     writtenBytes: this.#counter("torus_nbd_written_bytes_total", "Bytes stored by NBD writes", []),
   };
 
-  #gauge<L extends string = never>(name: string, help: string, labelNames: L[]): Gauge<L> {
-    const gauge = new Gauge<L>({ name, help, labelNames, registers: [this.#registry] });
+  readonly #cluster = {
+    heartbeats: this.#clusterCounter("torus_server_heartbeats", "Heartbeats of this node", []),
+    peers: this.#clusterGauge(
+      "torus_server_peers_total",
+      "Nodes registered at the last heartbeat",
+      [],
+    ),
+    blockRequests: this.#clusterCounter(
+      "torus_distributor_block_requests_total",
+      "Block reads asked of the distributor",
+      [],
+    ),
+    cachedBlocks: this.#clusterCounter(
+      "torus_distributor_block_cached_blocks",
+      "Block reads served from the read cache",
+      [],
+    ),
+    localBlocks: this.#clusterCounter(
+      "torus_distributor_block_local_blocks",
+      "Block reads served by this node's own copy",
+      [],
+    ),
+    localBlockFails: this.#clusterCounter(
+      "torus_distributor_block_local_block_fails",
+      "Reads of this node's own copy that failed",
+      [],
+    ),
+    peerBlocks: this.#clusterCounter<PeerLabel>(
+      "torus_distributor_block_peer_blocks",
+      "Block reads served by a peer",
+      ["peer"],
+    ),
+    peerBlockFails: this.#clusterCounter<PeerLabel>(
+      "torus_distributor_block_peer_block_fails",
+      "Block reads a peer could not serve",
+      ["peer"],
+    ),
+    requestFailures: this.#clusterCounter(
+      "torus_distributor_block_request_failures",
+      "Block reads no copy could serve",
+      [],
+    ),
+    repairedBlocks: this.#clusterCounter(
+      "torus_distributor_repaired_blocks",
+      "Copies rewritten from a good one after a checksum failure",
+      [],
+    ),
+  };
+
+  #gauge<L extends string = never>(
+    name: string,
+    help: string,
+    labelNames: L[],
+    registry = this.#registry,
+  ): Gauge<L> {
+    const gauge = new Gauge<L>({ name, help, labelNames, registers: [registry] });
     this.#all.push(gauge);
     return gauge;
   }
 
-  #counter<L extends string = never>(name: string, help: string, labelNames: L[]): Counter<L> {
-    const counter = new Counter<L>({ name, help, labelNames, registers: [this.#registry] });
+  #counter<L extends string = never>(
+    name: string,
+    help: string,
+    labelNames: L[],
+    registry = this.#registry,
+  ): Counter<L> {
+    const counter = new Counter<L>({ name, help, labelNames, registers: [registry] });
     this.#all.push(counter);
     return counter;
+  }
+
+  #clusterGauge<L extends string = never>(name: string, help: string, labelNames: L[]): Gauge<L> {
+    return this.#gauge(name, help, labelNames, this.#clusterRegistry);
+  }
+
+  #clusterCounter<L extends string = never>(
+    name: string,
+    help: string,
+    labelNames: L[],
+  ): Counter<L> {
+    return this.#counter(name, help, labelNames, this.#clusterRegistry);
   }
 
   /** The exposition of `live`. */
   render(live: LiveReport): Promise<string> {
     this.#update(live);
-    return this.#registry.metrics();
+    // Both expositions are taken before the first await: one consistent moment.
+    const node = this.#registry.metrics();
+    if (live.cluster === null) return node;
+    const cluster = this.#clusterRegistry.metrics();
+    return Promise.all([node, cluster]).then(([a, b]) => a + b);
   }
 
   #update(live: LiveReport): void {
     for (const metric of this.#all) metric.reset();
     this.#build.set({ version: live.node.version }, 1);
     this.#updateStore(live);
+    this.#updateCluster(live);
     for (const volume of live.openVolumes) {
       const labels = { volume: volume.name };
       this.#volumes.openFiles.set(labels, volume.handles);
@@ -161,6 +240,25 @@ export class NodeMetrics {
     this.#nbd.protocolErrors.inc(nbd.protocolErrors);
     this.#nbd.readBytes.inc(nbd.readBytes);
     this.#nbd.writtenBytes.inc(nbd.writtenBytes);
+  }
+
+  #updateCluster(live: LiveReport): void {
+    const cluster = live.cluster;
+    if (cluster === null) return;
+    const m = this.#cluster;
+    const d = cluster.distributor;
+    m.heartbeats.inc(cluster.heartbeats);
+    m.peers.set(cluster.peers.length);
+    m.blockRequests.inc(d.blockRequests);
+    m.cachedBlocks.inc(d.cachedBlocks);
+    m.localBlocks.inc(d.localBlocks);
+    m.localBlockFails.inc(d.localBlockFails);
+    for (const [peer, count] of Object.entries(d.peerBlocks)) m.peerBlocks.inc({ peer }, count);
+    for (const [peer, count] of Object.entries(d.peerBlockFails)) {
+      m.peerBlockFails.inc({ peer }, count);
+    }
+    m.requestFailures.inc(d.requestFailures);
+    m.repairedBlocks.inc(d.repairedBlocks);
   }
 
   #updateStore(live: LiveReport): void {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { NodeMetrics } from "./metrics.ts";
-import { liveReport } from "./report_fixture.ts";
+import { clusterSection, liveReport } from "./report_fixture.ts";
 
 /** The sample lines of an exposition, as `series value`. */
 function samples(text: string): string[] {
@@ -97,4 +97,26 @@ Deno.test("metrics: renders started together each show their own moment", async 
   const [a, b] = await Promise.all([metrics.render(at(100)), metrics.render(at(200))]);
   assert.ok(samples(a).includes('torus_storage_read_blocks{storage="current"} 100'), a);
   assert.ok(samples(b).includes('torus_storage_read_blocks{storage="current"} 200'), b);
+});
+
+Deno.test("metrics: a cluster node shows the original's distributor and server names", async () => {
+  const single = samples(await new NodeMetrics().render(liveReport()));
+  assert.ok(!single.some((line) => line.startsWith("torus_distributor_")), "no cluster, no series");
+  const lines = samples(await new NodeMetrics().render(liveReport({ cluster: clusterSection() })));
+  for (
+    const expected of [
+      "torus_server_heartbeats 9",
+      "torus_server_peers_total 2",
+      "torus_distributor_block_requests_total 20",
+      "torus_distributor_block_cached_blocks 3",
+      "torus_distributor_block_local_blocks 10",
+      "torus_distributor_block_local_block_fails 1",
+      'torus_distributor_block_peer_blocks{peer="b"} 6',
+      'torus_distributor_block_peer_block_fails{peer="c"} 2',
+      "torus_distributor_block_request_failures 1",
+      "torus_distributor_repaired_blocks 1",
+    ]
+  ) {
+    assert.ok(lines.includes(expected), `missing ${expected} in\n${lines.join("\n")}`);
+  }
 });

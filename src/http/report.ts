@@ -79,6 +79,38 @@ export interface NbdReport {
 }
 
 /** Everything a node knows about itself without asking anyone. */
+/** What a cluster node (or client) knows of the cluster and its distributor's counters. */
+export interface ClusterReport {
+  /** Where peers reach this node; null for a client. */
+  readonly peerAddress: string | null;
+  readonly ring: {
+    readonly version: number;
+    readonly type: string;
+    readonly replication: number;
+    readonly members: readonly string[];
+  };
+  /** The registered nodes at the last heartbeat. */
+  readonly peers: readonly {
+    readonly uuid: string;
+    readonly address: string;
+    readonly totalBlocks: number;
+    readonly usedBlocks: number;
+    /** Last heartbeat (epoch ms). */
+    readonly lastSeenMs: number;
+  }[];
+  readonly heartbeats: number;
+  readonly distributor: {
+    readonly blockRequests: number;
+    readonly cachedBlocks: number;
+    readonly localBlocks: number;
+    readonly localBlockFails: number;
+    readonly peerBlocks: Readonly<Record<string, number>>;
+    readonly peerBlockFails: Readonly<Record<string, number>>;
+    readonly requestFailures: number;
+    readonly repairedBlocks: number;
+  };
+}
+
 export interface LiveReport {
   readonly node: {
     readonly uuid: string;
@@ -93,6 +125,8 @@ export interface LiveReport {
   /** Null when the node serves no NBD (`--nbd` not given). */
   readonly nbd: NbdReport | null;
   readonly openVolumes: readonly OpenVolumeReport[];
+  /** Null for a single node (no -C and --peer-address). */
+  readonly cluster: ClusterReport | null;
 }
 
 /** A volume as the metadata service lists it, with its lock. */

@@ -4,7 +4,42 @@
  * @module
  */
 
-import type { LiveReport, NodeReporter, VolumeReport } from "./report.ts";
+import type { ClusterReport, LiveReport, NodeReporter, VolumeReport } from "./report.ts";
+
+/** The cluster section of a member node of three at replication 2. */
+export function clusterSection(): ClusterReport {
+  return {
+    peerAddress: "tdp://10.0.0.1:40000",
+    ring: { version: 4, type: "ketama", replication: 2, members: ["a", "b", "c"] },
+    peers: [
+      {
+        uuid: "a",
+        address: "tdp://10.0.0.1:40000",
+        totalBlocks: 100,
+        usedBlocks: 10,
+        lastSeenMs: 1,
+      },
+      {
+        uuid: "b",
+        address: "tdp://10.0.0.2:40000",
+        totalBlocks: 100,
+        usedBlocks: 12,
+        lastSeenMs: 2,
+      },
+    ],
+    heartbeats: 9,
+    distributor: {
+      blockRequests: 20,
+      cachedBlocks: 3,
+      localBlocks: 10,
+      localBlockFails: 1,
+      peerBlocks: { b: 6 },
+      peerBlockFails: { c: 2 },
+      requestFailures: 1,
+      repairedBlocks: 1,
+    },
+  };
+}
 
 /** A live report; `change` overrides whole sections. */
 export function liveReport(change: Partial<LiveReport> = {}): LiveReport {
@@ -56,6 +91,7 @@ export function liveReport(change: Partial<LiveReport> = {}): LiveReport {
       writtenBytes: 28672,
       fencingToken: "18446744073709551615",
     }],
+    cluster: null,
     ...change,
   };
 }

@@ -8,7 +8,7 @@
  * @module
  */
 
-import type { LiveReport, OpenVolumeReport, VolumeReport } from "./report.ts";
+import type { ClusterReport, LiveReport, OpenVolumeReport, VolumeReport } from "./report.ts";
 
 /** What {@link nodeStatus} renders. */
 export interface StatusInput {
@@ -54,6 +54,8 @@ export interface NodeStatus {
     readonly openVolumes: readonly OpenVolumeReport[];
   } | null;
   readonly volumes: readonly VolumeStatus[] | null;
+  /** The ring, the registered peers and the distributor's counters; null for a single node. */
+  readonly cluster: ClusterReport | null;
 }
 
 /** One volume in `/status`. */
@@ -107,6 +109,7 @@ export function nodeStatus(input: StatusInput): NodeStatus {
       open: openIds.has(volume.id),
       locked: volume.lockHolder !== null,
     })),
+    cluster: live.cluster,
   };
 }
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { liveReport, volumeReports } from "./report_fixture.ts";
+import { clusterSection, liveReport, volumeReports } from "./report_fixture.ts";
 import { nodeStatus, renderStatus } from "./status.ts";
 
 const startedAtMs = liveReport().node.startedAtMs;
@@ -90,7 +90,8 @@ Deno.test("status: the document has every key of the schema in docs/http.md and 
   });
   assert.ok(text.endsWith("}\n"));
   const parsed = JSON.parse(text);
-  assert.deepEqual(Object.keys(parsed), ["node", "store", "metadata", "nbd", "volumes"]);
+  assert.deepEqual(Object.keys(parsed), ["node", "store", "metadata", "nbd", "volumes", "cluster"]);
+  assert.equal(parsed.cluster, null, "a single node has no cluster section");
   assert.deepEqual(Object.keys(parsed.node), [
     "uuid",
     "version",
@@ -139,4 +140,29 @@ Deno.test("status: the document has every key of the schema in docs/http.md and 
   ]);
   // A 64-bit token survives as text, not as a rounded number.
   assert.equal(parsed.nbd.openVolumes[0].fencingToken, "18446744073709551615");
+});
+
+Deno.test("status: a cluster node shows its peer address, the ring, the peers and the distributor", () => {
+  const parsed = JSON.parse(renderStatus({
+    live: liveReport({ cluster: clusterSection() }),
+    volumes: volumeReports(),
+    metadataError: null,
+    nowMs: startedAtMs + 1,
+  }));
+  assert.deepEqual(Object.keys(parsed.cluster), [
+    "peerAddress",
+    "ring",
+    "peers",
+    "heartbeats",
+    "distributor",
+  ]);
+  assert.equal(parsed.cluster.peerAddress, "tdp://10.0.0.1:40000");
+  assert.deepEqual(parsed.cluster.ring, {
+    version: 4,
+    type: "ketama",
+    replication: 2,
+    members: ["a", "b", "c"],
+  });
+  assert.deepEqual(parsed.cluster.peers.map((p: { uuid: string }) => p.uuid), ["a", "b"]);
+  assert.deepEqual(parsed.cluster.distributor.peerBlocks, { b: 6 });
 });

@@ -71,6 +71,8 @@ export class ClusterMember {
   #ringWatch: Subscription | null = null;
   readonly #stop = new AbortController();
   #heartbeats: Promise<void> = Promise.resolve();
+  /** Heartbeats done (torus_server_heartbeats). */
+  heartbeatCount = 0;
 
   private constructor(
     options: ClusterMemberOptions,
@@ -199,6 +201,7 @@ export class ClusterMember {
       await this.#options.metadata.peers.registerPeer(this.info(), this.#options.leases.lease);
     }
     await this.refreshPeers();
+    this.heartbeatCount++;
   }
 
   /** Reads the registered peers again (their addresses, counts and states). */
