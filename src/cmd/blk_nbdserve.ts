@@ -21,10 +21,10 @@ import {
 } from "../cli/mod.ts";
 import { CryptoRandom, parseSize, randomUuid, systemClock } from "../core/mod.ts";
 import type { MetadataService } from "../metadata/mod.ts";
-import { parseReadLevel, parseWriteLevel, TdpProtocol } from "../distributor/mod.ts";
+import { parseReadLevel, parseWriteLevel } from "../distributor/mod.ts";
 import { NbdServer, VolumeService } from "../block/mod.ts";
 import { ClusterMember, LeaseKeeper } from "../server/mod.ts";
-import { NBD_DEFAULT_ADDRESS, waitForStopSignal } from "./serve.ts";
+import { NBD_DEFAULT_ADDRESS, peerProtocols, waitForStopSignal } from "./serve.ts";
 
 const flags = {
   ...metadataFlagOptions,
@@ -84,7 +84,7 @@ async function nbdserve(values: Record<string, unknown>, io: Io): Promise<number
       metadata: metadata.service,
       leases,
       node: null,
-      protocols: [new TdpProtocol()],
+      protocols: peerProtocols(),
       autoJoin: false,
       readLevel,
       writeLevel,

@@ -54,6 +54,7 @@ import { FileBlockStore } from "../storage/mod.ts";
 import { makeDirectoryDurable, readFileBounded, writeFileAtomic } from "../sys/mod.ts";
 import { type ClusterSettings, startNode } from "./node.ts";
 import {
+  GrpcProtocol,
   parsePeerUrl,
   parseReadLevel,
   parseWriteLevel,
@@ -138,8 +139,9 @@ and writes its volumes' blocks to the ring's holders of each block (replication 
   --port P         the HTTP port (default ${HTTP_PORT_DEFAULT}; 0 picks a free port, printed)
   --gc-interval D  how often unreferenced blocks are reclaimed (default 5m; 0 turns it off)
   --peer-address URL  where the other nodes reach this one: tdp://HOST:PORT (the binary
-                   peer protocol; port 40000 when left out). HOST must be an address the
-                   peers can reach, not 0.0.0.0. Needs -C.
+                   peer protocol) or http://HOST:PORT (gRPC, about ten times slower); port
+                   40000 when left out. HOST must be an address the peers can reach, not
+                   0.0.0.0. Needs -C.
   --auto-join      add this node to the ring when it is not a member
   --read-level L   block (default: holders, then the rest of the ring, in rounds whose
                    deadline doubles), seq (one such round) or spread (all holders at once)
@@ -239,9 +241,9 @@ interface ServeOptions {
   readonly cluster: ClusterSettings | null;
 }
 
-/** The peer protocols a node speaks, by URL scheme. */
-function peerProtocols(): PeerProtocol[] {
-  return [new TdpProtocol()];
+/** The peer protocols a node speaks, by URL scheme (`tdp://`, `http://` for gRPC). */
+export function peerProtocols(): PeerProtocol[] {
+  return [new TdpProtocol(), new GrpcProtocol()];
 }
 
 /** `parse()`, with a failure as a usage error naming `flag`. */

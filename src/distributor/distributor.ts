@@ -70,6 +70,15 @@ interface Source {
   readonly local: boolean;
 }
 
+/** Holders of a ref that missed changes the others took, until they get a whole copy. */
+interface Divergence {
+  readonly ref: BlockRef;
+  readonly stale: Set<string>;
+}
+
+/** How often holders that missed changes are tried again. */
+const RESYNC_INTERVAL_MS = 1_000;
+
 /** One failed attempt, for the final error. */
 interface Miss {
   readonly uuid: string;
@@ -90,7 +99,10 @@ export class Distributor implements BlockStore {
   readonly #repairs = new Map<string, Promise<void>>();
   /** Attempts that outlive their call (levels one/local) and repairs: flush and close wait. */
   readonly #background = new Set<Promise<unknown>>();
-  #backgroundFailure: unknown = null;
+  /** Per ref: holders that lack changes other holders took (they could not be reached). */
+  readonly #divergent = new Map<string, Divergence>();
+  #resyncing: Promise<void> | null = null;
+  readonly #stopResync = new AbortController();
   /** Stores that took a change since the last flush. */
   readonly #unflushed = new Set<BlockStore>();
   #callsInFlight = 0;
@@ -183,7 +195,9 @@ export class Distributor implements BlockStore {
     attempt: (store: BlockStore, timeoutMs: number) => Promise<T>,
   ): Promise<{ value: T; source: Source; corrupt: string[] }> {
     const order = this.#readOrder(ref);
-    const holders = new Set(this.#holders(ref));
+    // Holders that missed changes are no source, and their silence decides nothing.
+    const stale = this.#divergent.get(ref.key)?.stale;
+    const holders = new Set(this.#holders(ref).filter((uuid) => !stale?.has(uuid)));
     const misses: Miss[] = [];
     // Address lookups started by peers that could not be reached (see PeerDirectory).
     const lookups: Promise<void>[] = [];
@@ -347,7 +361,7 @@ export class Distributor implements BlockStore {
       const holders = this.#holders(ref);
       if (holders.length === 0) throw unavailable(`no peer can hold ${ref}: the ring is empty`);
       const attempts = holders.map((uuid) => this.#sendTo(uuid, ref, send));
-      this.#trackChange(ref.key, attempts);
+      this.#trackChange(ref, holders, attempts, tolerateMissing);
       await this.#acknowledged(ref, holders, attempts, tolerateMissing);
     });
   }
@@ -377,10 +391,20 @@ export class Distributor implements BlockStore {
     });
   }
 
-  /** Counts the ref's changes in flight until every attempt settled (repairs wait for zero). */
-  #trackChange(key: string, attempts: readonly Promise<unknown>[]): void {
+  /**
+   * Counts the ref's changes in flight until every attempt settled (repairs wait for zero), and
+   * then notes the holders that missed it.
+   */
+  #trackChange(
+    ref: BlockRef,
+    holders: readonly string[],
+    attempts: readonly Promise<unknown>[],
+    tolerateMissing: boolean,
+  ): void {
+    const key = ref.key;
     this.#changesInFlight.set(key, (this.#changesInFlight.get(key) ?? 0) + 1);
-    const settled = Promise.all(attempts).then(() => {
+    const settled = Promise.all(attempts).then((results) => {
+      this.#noteMissed(ref, holders, results, tolerateMissing);
       const left = (this.#changesInFlight.get(key) ?? 1) - 1;
       if (left === 0) this.#changesInFlight.delete(key);
       else this.#changesInFlight.set(key, left);
@@ -403,20 +427,11 @@ export class Distributor implements BlockStore {
       return;
     }
     // one / local: the first acknowledgement (this node's own for `local`) returns; the others
-    // run on, and a failure among them fails the next flush.
+    // run on, and a holder that misses the change is resynchronised before a flush succeeds.
     const waitFor = level === "local" && selfIndex >= 0 ? [attempts[selfIndex]!] : attempts;
     const first = await firstSuccess(waitFor, tolerateMissing);
     if (first === null) {
       this.#throwUnlessDone(ref, holders, await Promise.all(attempts), tolerateMissing);
-    }
-    for (const [i, attempt] of attempts.entries()) {
-      this.#keepInBackground(attempt.then((error) => {
-        if (error !== null && !(tolerateMissing && isTorusError(error, ErrorCode.NotExist))) {
-          this.#backgroundFailure ??= unavailable(
-            `a change of ${ref} did not reach ${holders[i]}: ${errorMessage(error)}`,
-          );
-        }
-      }));
     }
   }
 
@@ -449,6 +464,110 @@ export class Distributor implements BlockStore {
         results.length - failures.length
       } of ${results.length} holders: ${detail}`,
     );
+  }
+
+  // ---- holders that missed changes ------------------------------------------------------------
+
+  /**
+   * After a change settled everywhere: holders that failed it while another holder took it are
+   * stale for this ref. Reads pass them over and a flush fails until they have a whole copy
+   * again (see #resync). When no holder took it, nothing diverged that can be told apart.
+   */
+  #noteMissed(
+    ref: BlockRef,
+    holders: readonly string[],
+    results: readonly unknown[],
+    tolerateMissing: boolean,
+  ): void {
+    const took = (r: unknown) =>
+      r === null || tolerateMissing && isTorusError(r, ErrorCode.NotExist);
+    const missed = holders.filter((_, i) => !took(results[i]));
+    if (missed.length === 0 || missed.length === holders.length) return;
+    const entry = this.#divergent.get(ref.key) ?? { ref, stale: new Set<string>() };
+    for (const uuid of missed) entry.stale.add(uuid);
+    if (entry.stale.size >= holders.length) {
+      log.error(`every holder of ${ref} missed a change: its copies may differ`);
+    }
+    this.#divergent.set(ref.key, entry);
+    log.warn(`${[...missed].join(", ")} missed a change of ${ref}; resynchronising when reachable`);
+    this.#startResync();
+  }
+
+  /** Tries the stale holders again every RESYNC_INTERVAL_MS while any are left. */
+  #startResync(): void {
+    if (this.#resyncing !== null) return;
+    this.#resyncing = (async () => {
+      while (this.#divergent.size > 0 && !this.#stopResync.signal.aborted) {
+        await this.#resyncPass();
+        if (this.#divergent.size === 0) break;
+        await this.#options.clock.sleep(RESYNC_INTERVAL_MS, this.#stopResync.signal).catch(
+          () => {},
+        );
+      }
+    })().finally(() => {
+      this.#resyncing = null;
+    });
+  }
+
+  /** One attempt at every stale holder. */
+  async #resyncPass(): Promise<void> {
+    for (const entry of [...this.#divergent.values()]) {
+      // A repair or resync of this ref already running goes first; then it is tried again now.
+      const running = this.#repairs.get(entry.ref.key);
+      if (running !== undefined) await running;
+      if (!this.#divergent.has(entry.ref.key) || this.#repairs.has(entry.ref.key)) continue;
+      const run = this.#resync(entry).catch((error) => {
+        log.debug(`resynchronising ${entry.ref} failed: ${errorMessage(error)}`);
+      }).finally(() => this.#repairs.delete(entry.ref.key));
+      this.#repairs.set(entry.ref.key, run);
+      await run;
+    }
+  }
+
+  /**
+   * Writes a whole good copy of the ref (or its absence) to its stale holders, while its changes
+   * wait (the repair rule). A holder no longer a holder (the ring changed) is dropped.
+   */
+  async #resync(entry: Divergence): Promise<void> {
+    const { ref, stale } = entry;
+    while (this.#changesInFlight.has(ref.key)) await this.#options.clock.sleep(1);
+    const holders = this.#holders(ref);
+    for (const uuid of [...stale]) if (!holders.includes(uuid)) stale.delete(uuid);
+    const good = holders.filter((uuid) => !stale.has(uuid));
+    const copy = await this.#copyFrom(ref, good);
+    for (const uuid of [...stale]) {
+      const source = this.#sourceOf(uuid);
+      if (source === null) continue;
+      const options = { timeoutMs: this.#options.peerTimeoutMs };
+      if (copy === null) {
+        await source.store.deleteBlock(ref, options).catch((error) => {
+          if (!isTorusError(error, ErrorCode.NotExist)) throw error;
+        });
+      } else {
+        await source.store.putBlock(ref, copy, options);
+      }
+      this.#unflushed.add(source.store);
+      stale.delete(uuid);
+      this.stats.resyncedBlocks++;
+      log.info(`${uuid} has ${ref} again`);
+    }
+    if (stale.size === 0) this.#divergent.delete(ref.key);
+  }
+
+  /** The block as the first of `holders` that answers has it; null when they agree it is gone. */
+  async #copyFrom(ref: BlockRef, holders: readonly string[]): Promise<Uint8Array | null> {
+    let missing = 0;
+    for (const uuid of holders) {
+      const source = this.#sourceOf(uuid);
+      if (source === null) continue;
+      try {
+        return await source.store.getBlock(ref, { timeoutMs: this.#options.peerTimeoutMs });
+      } catch (error) {
+        if (isTorusError(error, ErrorCode.NotExist)) missing++;
+      }
+    }
+    if (holders.length > 0 && missing === holders.length) return null;
+    throw unavailable(`no holder in step with the others could give ${ref}`);
   }
 
   // ---- repair ---------------------------------------------------------------------------------
@@ -495,18 +614,23 @@ export class Distributor implements BlockStore {
   }
 
   /**
-   * Flushes every store that took a change since the last flush, then reports the first failure
-   * (a change that missed a holder at levels one/local, or a store's flush). Each failure is
-   * reported once: a dead peer fails one flush, not every flush after it.
+   * Flushes every store that took a change since the last flush. It fails while a holder lacks
+   * changes the others took (after one more attempt to resynchronise it): until then the flushed
+   * data is not on R holders. A store's failed flush is reported once.
    */
   async #flushAll(): Promise<void> {
     await this.#backgroundSettled();
-    const missed = this.#backgroundFailure;
-    this.#backgroundFailure = null;
+    if (this.#divergent.size > 0) await this.#resyncPass();
     const stores = [...this.#unflushed];
     this.#unflushed.clear();
     const results = await Promise.allSettled(stores.map((store) => store.flush()));
-    if (missed !== null) throw missed;
+    if (this.#divergent.size > 0) {
+      const holders = new Set([...this.#divergent.values()].flatMap((d) => [...d.stale]));
+      throw unavailable(
+        `${this.#divergent.size} block(s) lack copies at ${[...holders].join(", ")}, which ` +
+          `could not be reached; they are written again as soon as they can be`,
+      );
+    }
     const failed = results.flatMap((r, i) =>
       r.status === "rejected" ? [`${stores[i]!.name}: ${errorMessage(r.reason)}`] : []
     );
@@ -561,6 +685,8 @@ export class Distributor implements BlockStore {
 
   async #close(): Promise<void> {
     await this.#idle();
+    this.#stopResync.abort();
+    await this.#resyncing;
     await this.#flushAll().catch((error) => {
       log.warn(`flush on close failed: ${errorMessage(error)}`);
     });
@@ -615,11 +741,14 @@ export class Distributor implements BlockStore {
     const ring = this.#options.ring();
     if (ring.memberUuids().length === 0) return [];
     const { peers, replication } = ring.getPeers(ref);
-    const holders = peers.slice(0, replication);
+    // Holders that missed changes of this ref serve none of its reads until they are resynced.
+    const stale = this.#divergent.get(ref.key)?.stale;
+    const holders = peers.slice(0, replication).filter((p) => stale === undefined || !stale.has(p));
     const self = this.#options.self;
+    const rest = peers.slice(replication);
     const ordered = self !== null && holders.includes(self)
-      ? [self, ...holders.filter((p) => p !== self), ...peers.slice(replication)]
-      : [...peers];
+      ? [self, ...holders.filter((p) => p !== self), ...rest]
+      : [...holders, ...rest];
     return ordered.map((uuid) => this.#sourceOf(uuid)).filter((s): s is Source => s !== null);
   }
 

@@ -12,3 +12,4 @@ export * from "./stats.ts";
 export * from "./protocols/network.ts";
 export * from "./protocols/protocol.ts";
 export { TdpPeerStore, TdpProtocol, TdpServer } from "./protocols/tdp/mod.ts";
+export { GrpcPeerStore, GrpcProtocol, GrpcServer } from "./protocols/grpc/mod.ts";

@@ -22,4 +22,6 @@ export class DistributorStats {
   requestFailures = 0;
   /** torus_distributor_repaired_blocks (new: copies rewritten after a checksum failure) */
   repairedBlocks = 0;
+  /** Whole copies written to holders that had missed changes (ours) */
+  resyncedBlocks = 0;
 }

@@ -212,6 +212,35 @@ export const descriptor: INamespace = {
             "DeleteBlock": {
               "requestType": "DeleteBlockRequest",
               "responseType": "DeleteBlockResponse"
+            },
+            "Hello": {
+              "requestType": "HelloRequest",
+              "responseType": "HelloResponse"
+            },
+            "ReadAt": {
+              "requestType": "ReadAtRequest",
+              "responseType": "ReadAtResponse"
+            },
+            "WriteAt": {
+              "requestType": "WriteAtRequest",
+              "responseType": "StoreResponse"
+            },
+            "ZeroAt": {
+              "requestType": "ZeroAtRequest",
+              "responseType": "StoreResponse"
+            },
+            "Flush": {
+              "requestType": "FlushRequest",
+              "responseType": "StoreResponse"
+            },
+            "Counts": {
+              "requestType": "CountsRequest",
+              "responseType": "StoreResponse"
+            },
+            "ListRefs": {
+              "requestType": "ListRefsRequest",
+              "responseType": "ListRefsResponse",
+              "responseStream": true
             }
           }
         },
@@ -220,6 +249,14 @@ export const descriptor: INamespace = {
             "blockRef": {
               "type": "BlockRef",
               "id": 1
+            },
+            "checkCrc32": {
+              "type": "bool",
+              "id": 2
+            },
+            "expectedCrc32": {
+              "type": "fixed32",
+              "id": 3
             }
           }
         },
@@ -240,6 +277,14 @@ export const descriptor: INamespace = {
             "errorMessage": {
               "type": "string",
               "id": 4
+            },
+            "usedBlocks": {
+              "type": "uint64",
+              "id": 5
+            },
+            "totalBlocks": {
+              "type": "uint64",
+              "id": 6
             }
           }
         },
@@ -254,6 +299,10 @@ export const descriptor: INamespace = {
               "rule": "repeated",
               "type": "bytes",
               "id": 2
+            },
+            "fenceToken": {
+              "type": "uint64",
+              "id": 3
             }
           }
         },
@@ -270,6 +319,14 @@ export const descriptor: INamespace = {
             "errorCode": {
               "type": "string",
               "id": 3
+            },
+            "usedBlocks": {
+              "type": "uint64",
+              "id": 4
+            },
+            "totalBlocks": {
+              "type": "uint64",
+              "id": 5
             }
           }
         },
@@ -292,6 +349,22 @@ export const descriptor: INamespace = {
             "status": {
               "type": "int32",
               "id": 2
+            },
+            "errorCode": {
+              "type": "string",
+              "id": 3
+            },
+            "errorMessage": {
+              "type": "string",
+              "id": 4
+            },
+            "usedBlocks": {
+              "type": "uint64",
+              "id": 5
+            },
+            "totalBlocks": {
+              "type": "uint64",
+              "id": 6
             }
           }
         },
@@ -301,6 +374,10 @@ export const descriptor: INamespace = {
               "rule": "repeated",
               "type": "BlockRef",
               "id": 1
+            },
+            "fenceToken": {
+              "type": "uint64",
+              "id": 2
             }
           }
         },
@@ -317,6 +394,212 @@ export const descriptor: INamespace = {
             "errorMessage": {
               "type": "string",
               "id": 3
+            },
+            "usedBlocks": {
+              "type": "uint64",
+              "id": 4
+            },
+            "totalBlocks": {
+              "type": "uint64",
+              "id": 5
+            }
+          }
+        },
+        "HelloRequest": {
+          "fields": {
+            "protocolVersion": {
+              "type": "uint32",
+              "id": 1
+            },
+            "clusterId": {
+              "type": "string",
+              "id": 2
+            },
+            "blockSizeBytes": {
+              "type": "uint32",
+              "id": 3
+            },
+            "nodeName": {
+              "type": "string",
+              "id": 4
+            }
+          }
+        },
+        "HelloResponse": {
+          "fields": {
+            "errorCode": {
+              "type": "string",
+              "id": 1
+            },
+            "errorMessage": {
+              "type": "string",
+              "id": 2
+            },
+            "protocolVersion": {
+              "type": "uint32",
+              "id": 3
+            },
+            "clusterId": {
+              "type": "string",
+              "id": 4
+            },
+            "blockSizeBytes": {
+              "type": "uint32",
+              "id": 5
+            },
+            "nodeName": {
+              "type": "string",
+              "id": 6
+            },
+            "usedBlocks": {
+              "type": "uint64",
+              "id": 7
+            },
+            "totalBlocks": {
+              "type": "uint64",
+              "id": 8
+            }
+          }
+        },
+        "ReadAtRequest": {
+          "fields": {
+            "blockRef": {
+              "type": "BlockRef",
+              "id": 1
+            },
+            "offsetBytes": {
+              "type": "uint32",
+              "id": 2
+            },
+            "lengthBytes": {
+              "type": "uint32",
+              "id": 3
+            }
+          }
+        },
+        "ReadAtResponse": {
+          "fields": {
+            "data": {
+              "type": "bytes",
+              "id": 1
+            },
+            "errorCode": {
+              "type": "string",
+              "id": 2
+            },
+            "errorMessage": {
+              "type": "string",
+              "id": 3
+            },
+            "usedBlocks": {
+              "type": "uint64",
+              "id": 4
+            },
+            "totalBlocks": {
+              "type": "uint64",
+              "id": 5
+            }
+          }
+        },
+        "WriteAtRequest": {
+          "fields": {
+            "blockRef": {
+              "type": "BlockRef",
+              "id": 1
+            },
+            "offsetBytes": {
+              "type": "uint32",
+              "id": 2
+            },
+            "data": {
+              "type": "bytes",
+              "id": 3
+            },
+            "fresh": {
+              "type": "bool",
+              "id": 4
+            },
+            "fenceToken": {
+              "type": "uint64",
+              "id": 5
+            }
+          }
+        },
+        "ZeroAtRequest": {
+          "fields": {
+            "blockRef": {
+              "type": "BlockRef",
+              "id": 1
+            },
+            "offsetBytes": {
+              "type": "uint32",
+              "id": 2
+            },
+            "lengthBytes": {
+              "type": "uint32",
+              "id": 3
+            },
+            "fresh": {
+              "type": "bool",
+              "id": 4
+            },
+            "fenceToken": {
+              "type": "uint64",
+              "id": 5
+            }
+          }
+        },
+        "FlushRequest": {
+          "fields": {}
+        },
+        "CountsRequest": {
+          "fields": {}
+        },
+        "StoreResponse": {
+          "fields": {
+            "errorCode": {
+              "type": "string",
+              "id": 1
+            },
+            "errorMessage": {
+              "type": "string",
+              "id": 2
+            },
+            "usedBlocks": {
+              "type": "uint64",
+              "id": 3
+            },
+            "totalBlocks": {
+              "type": "uint64",
+              "id": 4
+            }
+          }
+        },
+        "ListRefsRequest": {
+          "fields": {}
+        },
+        "ListRefsResponse": {
+          "fields": {
+            "refs": {
+              "rule": "repeated",
+              "type": "BlockRef",
+              "id": 1
+            },
+            "errorCode": {
+              "type": "string",
+              "id": 2
+            },
+            "errorMessage": {
+              "type": "string",
+              "id": 3
+            },
+            "usedBlocks": {
+              "type": "uint64",
+              "id": 4
+            },
+            "totalBlocks": {
+              "type": "uint64",
+              "id": 5
             }
           }
         }

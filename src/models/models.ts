@@ -75,38 +75,88 @@ export interface INodeRefMessage {
   inode: bigint;
 }
 
-export interface BlockRequest {
-  blockRef: BlockRefMessage | null;
+/** The counts of the store that answered, carried in every reply of a store call. */
+export interface StoreCounts {
+  usedBlocks: bigint;
+  totalBlocks: bigint;
 }
-export interface BlockResponse {
-  ok: boolean;
-  data: Uint8Array;
+
+/** How a reply added by torus says a call failed: an empty errorCode is success. */
+export interface ReplyError {
+  /** A stable error code (src/core/errors.ts), or "" on success. */
   errorCode: string;
   errorMessage: string;
+}
+
+export interface BlockRequest {
+  blockRef: BlockRefMessage | null;
+  /** Whether expectedCrc32 is set (0 is a CRC like any other). */
+  checkCrc32: boolean;
+  expectedCrc32: number;
+}
+export interface BlockResponse extends ReplyError, StoreCounts {
+  ok: boolean;
+  data: Uint8Array;
 }
 export interface PutBlockRequest {
   refs: BlockRefMessage[];
   blocks: Uint8Array[];
+  fenceToken: bigint;
 }
-export interface PutResponse {
+export interface PutResponse extends StoreCounts {
   ok: boolean;
+  /** The error message when ok is false. */
   err: string;
   errorCode: string;
 }
 export interface RebalanceCheckRequest {
   blockRefs: BlockRefMessage[];
 }
-export interface RebalanceCheckResponse {
+export interface RebalanceCheckResponse extends ReplyError, StoreCounts {
   valid: boolean[];
   status: number;
 }
 export interface DeleteBlockRequest {
   refs: BlockRefMessage[];
+  fenceToken: bigint;
 }
-export interface DeleteBlockResponse {
+export interface DeleteBlockResponse extends ReplyError, StoreCounts {
   ok: boolean;
-  errorCode: string;
-  errorMessage: string;
+}
+export interface HelloRequest {
+  protocolVersion: number;
+  clusterId: string;
+  blockSizeBytes: number;
+  nodeName: string;
+}
+export interface HelloResponse extends ReplyError, StoreCounts, HelloRequest {}
+export interface ReadAtRequest {
+  blockRef: BlockRefMessage | null;
+  offsetBytes: number;
+  lengthBytes: number;
+}
+export interface ReadAtResponse extends ReplyError, StoreCounts {
+  data: Uint8Array;
+}
+export interface WriteAtRequest {
+  blockRef: BlockRefMessage | null;
+  offsetBytes: number;
+  data: Uint8Array;
+  fresh: boolean;
+  fenceToken: bigint;
+}
+export interface ZeroAtRequest {
+  blockRef: BlockRefMessage | null;
+  offsetBytes: number;
+  lengthBytes: number;
+  fresh: boolean;
+  fenceToken: bigint;
+}
+/** FlushRequest, CountsRequest and ListRefsRequest have no fields. */
+export type EmptyRequest = Record<string, never>;
+export type StoreResponse = ReplyError & StoreCounts;
+export interface ListRefsResponse extends ReplyError, StoreCounts {
+  refs: BlockRefMessage[];
 }
 
 /** Encoder and decoder of one message type. */
@@ -272,13 +322,46 @@ export const RebalanceCheckResponseCodec: Codec<RebalanceCheckResponse> = codec(
 );
 export const DeleteBlockRequestCodec: Codec<DeleteBlockRequest> = codec("DeleteBlockRequest");
 export const DeleteBlockResponseCodec: Codec<DeleteBlockResponse> = codec("DeleteBlockResponse");
+export const HelloRequestCodec: Codec<HelloRequest> = codec("HelloRequest");
+export const HelloResponseCodec: Codec<HelloResponse> = codec("HelloResponse");
+export const ReadAtRequestCodec: Codec<ReadAtRequest> = codec("ReadAtRequest");
+export const ReadAtResponseCodec: Codec<ReadAtResponse> = codec("ReadAtResponse");
+export const WriteAtRequestCodec: Codec<WriteAtRequest> = codec("WriteAtRequest");
+export const ZeroAtRequestCodec: Codec<ZeroAtRequest> = codec("ZeroAtRequest");
+export const FlushRequestCodec: Codec<EmptyRequest> = codec("FlushRequest");
+export const CountsRequestCodec: Codec<EmptyRequest> = codec("CountsRequest");
+export const StoreResponseCodec: Codec<StoreResponse> = codec("StoreResponse");
+export const ListRefsRequestCodec: Codec<EmptyRequest> = codec("ListRefsRequest");
+export const ListRefsResponseCodec: Codec<ListRefsResponse> = codec("ListRefsResponse");
 
-/** The methods of the TorusStorage service, for the gRPC transport. */
+/** One RPC of a service: its codecs, and whether the server answers with a stream. */
+export interface ServiceMethod<Request, Response> {
+  readonly request: Codec<Request>;
+  readonly response: Codec<Response>;
+  readonly responseStream: boolean;
+}
+
+function method<Request, Response>(
+  request: Codec<Request>,
+  response: Codec<Response>,
+  responseStream = false,
+): ServiceMethod<Request, Response> {
+  return { request, response, responseStream };
+}
+
+/** The methods of the TorusStorage service, for the gRPC transport (proto/rpc.proto). */
 export const torusStorageMethods = {
-  Block: { request: BlockRequestCodec, response: BlockResponseCodec },
-  PutBlock: { request: PutBlockRequestCodec, response: PutResponseCodec },
-  RebalanceCheck: { request: RebalanceCheckRequestCodec, response: RebalanceCheckResponseCodec },
-  DeleteBlock: { request: DeleteBlockRequestCodec, response: DeleteBlockResponseCodec },
+  Block: method(BlockRequestCodec, BlockResponseCodec),
+  PutBlock: method(PutBlockRequestCodec, PutResponseCodec),
+  RebalanceCheck: method(RebalanceCheckRequestCodec, RebalanceCheckResponseCodec),
+  DeleteBlock: method(DeleteBlockRequestCodec, DeleteBlockResponseCodec),
+  Hello: method(HelloRequestCodec, HelloResponseCodec),
+  ReadAt: method(ReadAtRequestCodec, ReadAtResponseCodec),
+  WriteAt: method(WriteAtRequestCodec, StoreResponseCodec),
+  ZeroAt: method(ZeroAtRequestCodec, StoreResponseCodec),
+  Flush: method(FlushRequestCodec, StoreResponseCodec),
+  Counts: method(CountsRequestCodec, StoreResponseCodec),
+  ListRefs: method(ListRefsRequestCodec, ListRefsResponseCodec, true),
 } as const;
 
 /** Service path prefix of TorusStorage methods (`/models.TorusStorage/Block`). */

@@ -7,22 +7,33 @@ import {
   BlockRequestCodec,
   BlockResponseCodec,
   type Codec,
+  CountsRequestCodec,
   DeleteBlockRequestCodec,
   DeleteBlockResponseCodec,
+  FlushRequestCodec,
+  HelloRequestCodec,
+  HelloResponseCodec,
   type INode,
   INodeCodec,
   INodeRefCodec,
+  ListRefsRequestCodec,
+  ListRefsResponseCodec,
   type PeerInfo,
   PeerInfoCodec,
   PutBlockRequestCodec,
   PutResponseCodec,
+  ReadAtRequestCodec,
+  ReadAtResponseCodec,
   RebalanceCheckRequestCodec,
   RebalanceCheckResponseCodec,
   RebalanceInfoCodec,
   RingCodec,
+  StoreResponseCodec,
   TORUS_STORAGE_SERVICE,
   torusStorageMethods,
   VolumeCodec,
+  WriteAtRequestCodec,
+  ZeroAtRequestCodec,
 } from "./mod.ts";
 
 const U64_MAX = (1n << 64n) - 1n;
@@ -92,23 +103,101 @@ const samples: [Codec<unknown>, unknown][] = [
   }],
   [BlockRefCodec, { volume: U64_MAX, inode: U64_MAX, block: U64_MAX }],
   [INodeRefCodec, { volume: 2n, inode: U64_MAX }],
-  [BlockRequestCodec, { blockRef: { volume: 1n, inode: 2n, block: 3n } }],
-  [BlockRequestCodec, { blockRef: null }],
+  [BlockRequestCodec, {
+    blockRef: { volume: 1n, inode: 2n, block: 3n },
+    checkCrc32: true,
+    expectedCrc32: U32_MAX,
+  }],
+  [BlockRequestCodec, { blockRef: null, checkCrc32: false, expectedCrc32: 0 }],
   [BlockResponseCodec, {
     ok: false,
     data: new Uint8Array(),
     errorCode: "block_unavailable",
     errorMessage: "gone",
+    usedBlocks: 0n,
+    totalBlocks: U64_MAX,
   }],
   [PutBlockRequestCodec, {
     refs: [{ volume: 1n, inode: 2n, block: 3n }, { volume: 0n, inode: 0n, block: 0n }],
     blocks: [new Uint8Array(512).fill(7), new Uint8Array()],
+    fenceToken: U64_MAX,
   }],
-  [PutResponseCodec, { ok: true, err: "", errorCode: "" }],
+  [PutResponseCodec, { ok: true, err: "", errorCode: "", usedBlocks: 3n, totalBlocks: 4n }],
   [RebalanceCheckRequestCodec, { blockRefs: [{ volume: 5n, inode: 6n, block: 7n }] }],
-  [RebalanceCheckResponseCodec, { valid: [true, false, true], status: -(2 ** 31) }],
-  [DeleteBlockRequestCodec, { refs: [] }],
-  [DeleteBlockResponseCodec, { ok: false, errorCode: "not_exist", errorMessage: "no such block" }],
+  [RebalanceCheckResponseCodec, {
+    valid: [true, false, true],
+    status: -(2 ** 31),
+    errorCode: "",
+    errorMessage: "",
+    usedBlocks: 1n,
+    totalBlocks: 2n,
+  }],
+  [DeleteBlockRequestCodec, { refs: [], fenceToken: 7n }],
+  [DeleteBlockResponseCodec, {
+    ok: false,
+    errorCode: "not_exist",
+    errorMessage: "no such block",
+    usedBlocks: 0n,
+    totalBlocks: 0n,
+  }],
+  [HelloRequestCodec, {
+    protocolVersion: 1,
+    clusterId: "c-ü",
+    blockSizeBytes: U32_MAX,
+    nodeName: "n",
+  }],
+  [HelloResponseCodec, {
+    errorCode: "invalid",
+    errorMessage: 'cluster "a" is not this node\'s cluster "b"',
+    protocolVersion: U32_MAX,
+    clusterId: "b",
+    blockSizeBytes: 4096,
+    nodeName: "",
+    usedBlocks: U64_MAX,
+    totalBlocks: U64_MAX,
+  }],
+  [ReadAtRequestCodec, {
+    blockRef: { volume: 1n, inode: 2n, block: 3n },
+    offsetBytes: U32_MAX,
+    lengthBytes: 1,
+  }],
+  [ReadAtResponseCodec, {
+    data: new Uint8Array([1, 0, 2]),
+    errorCode: "",
+    errorMessage: "",
+    usedBlocks: 9n,
+    totalBlocks: 10n,
+  }],
+  [WriteAtRequestCodec, {
+    blockRef: { volume: U64_MAX, inode: 0n, block: 1n },
+    offsetBytes: 7,
+    data: new Uint8Array(4096).fill(3),
+    fresh: true,
+    fenceToken: (1n << 53n) + 1n,
+  }],
+  [ZeroAtRequestCodec, {
+    blockRef: null,
+    offsetBytes: 0,
+    lengthBytes: U32_MAX,
+    fresh: false,
+    fenceToken: 0n,
+  }],
+  [FlushRequestCodec, {}],
+  [CountsRequestCodec, {}],
+  [StoreResponseCodec, {
+    errorCode: "outcome_unknown",
+    errorMessage: "é",
+    usedBlocks: 0n,
+    totalBlocks: 1n,
+  }],
+  [ListRefsRequestCodec, {}],
+  [ListRefsResponseCodec, {
+    refs: [{ volume: 1n, inode: 2n, block: 3n }, { volume: 0n, inode: 0n, block: 0n }],
+    errorCode: "",
+    errorMessage: "",
+    usedBlocks: 2n,
+    totalBlocks: 8n,
+  }],
 ];
 
 const allCodecs: Codec<unknown>[] = [...new Set(samples.map(([codec]) => codec))];
@@ -123,7 +212,7 @@ for (const [codec, value] of samples) {
 }
 
 Deno.test("every codec's empty() encodes to nothing and decodes from nothing", () => {
-  assert.equal(allCodecs.length, 16);
+  assert.equal(allCodecs.length, 27);
   for (const codec of allCodecs) {
     assert.equal(codec.encode(codec.empty()).length, 0, codec.typeName);
     assert.deepEqual(codec.decode(new Uint8Array()), codec.empty(), codec.typeName);
@@ -173,7 +262,11 @@ Deno.test("decoded bytes are copies that share nothing with the input", () => {
   assert.deepEqual(decoded.content, new Uint8Array([1, 2, 3, 4]));
   encoded.fill(0xee);
   assert.deepEqual(decoded.content, new Uint8Array([1, 2, 3, 4]));
-  const request = PutBlockRequestCodec.encode({ refs: [], blocks: [new Uint8Array([5, 6])] });
+  const request = PutBlockRequestCodec.encode({
+    refs: [],
+    blocks: [new Uint8Array([5, 6])],
+    fenceToken: 0n,
+  });
   const blocks = PutBlockRequestCodec.decode(request).blocks;
   blocks[0]!.fill(0);
   assert.deepEqual(PutBlockRequestCodec.decode(request).blocks[0], new Uint8Array([5, 6]));
@@ -203,7 +296,7 @@ Deno.test("encode rejects integers its field type cannot hold instead of wrappin
     () => PeerInfoCodec.encode(tooOld),
     (e: unknown) => isTorusError(e, ErrorCode.Invalid),
   );
-  const nested = { refs: [{ volume: 0n, inode: -5n, block: 0n }], blocks: [] };
+  const nested = { refs: [{ volume: 0n, inode: -5n, block: 0n }], blocks: [], fenceToken: 0n };
   assert.throws(
     () => PutBlockRequestCodec.encode(nested),
     (e: unknown) => isTorusError(e, ErrorCode.Invalid),
@@ -272,7 +365,38 @@ Deno.test("the TorusStorage method table pairs each RPC with its codecs", () => 
     "PutBlock",
     "RebalanceCheck",
     "DeleteBlock",
+    "Hello",
+    "ReadAt",
+    "WriteAt",
+    "ZeroAt",
+    "Flush",
+    "Counts",
+    "ListRefs",
   ]);
   assert.equal(torusStorageMethods.PutBlock.request.typeName, "models.PutBlockRequest");
   assert.equal(torusStorageMethods.DeleteBlock.response.typeName, "models.DeleteBlockResponse");
+  assert.equal(torusStorageMethods.WriteAt.response.typeName, "models.StoreResponse");
+  const streaming = Object.entries(torusStorageMethods).filter(([, m]) => m.responseStream);
+  assert.deepEqual(streaming.map(([name]) => name), ["ListRefs"]);
+});
+
+Deno.test("fields added to the original's messages leave its bytes unchanged", () => {
+  const hex = (bytes: Uint8Array) =>
+    Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  const ref = { volume: 1n, inode: 2n, block: 3n };
+  // An original request (no new fields set) encodes exactly as the original's did.
+  assert.equal(
+    hex(BlockRequestCodec.encode({ blockRef: ref, checkCrc32: false, expectedCrc32: 0 })),
+    "0a06080110021803",
+  );
+  // A reply of ours read by the original: ok=1 and data=2 where they always were.
+  const reply = BlockResponseCodec.encode({
+    ok: true,
+    data: new Uint8Array([9]),
+    errorCode: "",
+    errorMessage: "",
+    usedBlocks: 1n,
+    totalBlocks: 2n,
+  });
+  assert.equal(hex(reply), "0801120109" + "2801" + "3002");
 });

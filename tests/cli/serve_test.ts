@@ -243,7 +243,7 @@ Deno.test("an empty --data-dir, $TORUS_DATA_DIR or -C is a usage error, and noth
       [
         ["serve", "-C", "127.0.0.1:2379", "--peer-address", "ftp://x:1"],
         {},
-        /--peer-address ftp:\/\/x:1: it must start with tdp:\/\//,
+        /--peer-address ftp:\/\/x:1: it must start with tdp:\/\/ or http:\/\//,
       ],
       [
         ["serve", "-C", "127.0.0.1:2379", "--peer-address", "tdp://0.0.0.0:1"],

@@ -118,3 +118,28 @@ e2eTest(
     assert.ok(await sameFiles(input, `${a.dir}/out.bin`), "node A reads what the client wrote");
   },
 );
+
+e2eTest(
+  "a node on gRPC (http://) and a node on TDP in one cluster: each reads what the other wrote",
+  { tools: etcdAvailable() ? ["nbdcopy"] : ["etcd", "nbdcopy"] },
+  async () => {
+    await using etcd = await testEtcd();
+    const meta = ["-C", etcd.endpoint, "--metadata-prefix", `/torus-e2e-${crypto.randomUUID()}/`];
+    assert.equal((await runTorus(["ctl", "init", ...meta])).code, 0);
+    const node = (scheme: string) => [
+      ...meta,
+      "--peer-address",
+      `${scheme}://127.0.0.1:${freePort()}`,
+      "--auto-join",
+    ];
+    await using a = await E2eNode.start({ args: node("tdp") });
+    await using b = await E2eNode.start({ args: node("http") });
+    assert.match(b.output(), /peers: +http:\/\/127\.0\.0\.1:\d+ /);
+    assert.equal((await runTorus(["ctl", "volume", "create-block", "g", "8MiB", ...meta])).code, 0);
+    const input = `${a.dir}/in.bin`;
+    await randomFile(input, 8 * MiB);
+    await runOk("nbdcopy", ["--flush", input, a.uri("g")]);
+    await runOk("nbdcopy", [b.uri("g"), `${b.dir}/out.bin`]);
+    assert.ok(await sameFiles(input, `${b.dir}/out.bin`), "B (gRPC) reads what A (TDP) wrote");
+  },
+);

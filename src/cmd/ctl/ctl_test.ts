@@ -433,15 +433,16 @@ test("wipe refuses without the flag, asks a terminal for YES, keeps outside keys
   );
   assert.equal(await h.mds.cluster.isInitialised(), true);
   h.terminal.answers.push("YES");
+  // The cluster: global metadata, volume minter, ring, cluster id.
   assert.match(
     ok(await h.ctl("wipe", "--yes-i-am-sure")),
-    /^Wiped 3 keys under \/github\.com\/coreos\/torus\/\n$/,
+    /^Wiped 4 keys under \/github\.com\/coreos\/torus\/\n$/,
   );
   assert.equal(await h.mds.cluster.isInitialised(), false);
   assert.ok(await h.store.get("/github.com/coreos/torus-other/k"));
   h.terminal.interactive = false;
   ok(await h.ctl("init"));
-  assert.match(ok(await h.ctl("wipe", "--yes-i-am-sure")), /^Wiped 3 keys/);
+  assert.match(ok(await h.ctl("wipe", "--yes-i-am-sure")), /^Wiped 4 keys/);
 });
 
 test("config saves a profile that later commands use; --view prints it", async () => {
