@@ -66,6 +66,8 @@ export function clusterReport(member: ClusterMember): ClusterReport {
       peerBlockFails: Object.fromEntries(stats.peerBlockFails),
       requestFailures: stats.requestFailures,
       repairedBlocks: stats.repairedBlocks,
+      resyncedBlocks: stats.resyncedBlocks,
+      staleBlocks: member.distributor.staleBlocks(),
     },
   };
 }

@@ -468,6 +468,11 @@ export class Distributor implements BlockStore {
 
   // ---- holders that missed changes ------------------------------------------------------------
 
+  /** Refs some holder still lacks changes of. */
+  staleBlocks(): number {
+    return this.#divergent.size;
+  }
+
   /**
    * After a change settled everywhere: holders that failed it while another holder took it are
    * stale for this ref. Reads pass them over and a flush fails until they have a whole copy

@@ -173,6 +173,16 @@ export class NodeMetrics {
       "Copies rewritten from a good one after a checksum failure",
       [],
     ),
+    resyncedBlocks: this.#clusterCounter(
+      "torus_distributor_resynced_blocks",
+      "Whole copies written to holders that had missed changes",
+      [],
+    ),
+    staleBlocks: this.#clusterGauge(
+      "torus_distributor_stale_blocks",
+      "Blocks some holder lacks changes of (flushes fail while any are left)",
+      [],
+    ),
   };
 
   #gauge<L extends string = never>(
@@ -259,6 +269,8 @@ export class NodeMetrics {
     }
     m.requestFailures.inc(d.requestFailures);
     m.repairedBlocks.inc(d.repairedBlocks);
+    m.resyncedBlocks.inc(d.resyncedBlocks);
+    m.staleBlocks.set(d.staleBlocks);
   }
 
   #updateStore(live: LiveReport): void {

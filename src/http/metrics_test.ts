@@ -115,6 +115,8 @@ Deno.test("metrics: a cluster node shows the original's distributor and server n
       'torus_distributor_block_peer_block_fails{peer="c"} 2',
       "torus_distributor_block_request_failures 1",
       "torus_distributor_repaired_blocks 1",
+      "torus_distributor_resynced_blocks 4",
+      "torus_distributor_stale_blocks 2",
     ]
   ) {
     assert.ok(lines.includes(expected), `missing ${expected} in\n${lines.join("\n")}`);

@@ -108,6 +108,9 @@ export interface ClusterReport {
     readonly peerBlockFails: Readonly<Record<string, number>>;
     readonly requestFailures: number;
     readonly repairedBlocks: number;
+    readonly resyncedBlocks: number;
+    /** Blocks some holder still lacks changes of (a flush fails while any are left). */
+    readonly staleBlocks: number;
   };
 }
 

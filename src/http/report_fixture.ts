@@ -37,6 +37,8 @@ export function clusterSection(): ClusterReport {
       peerBlockFails: { c: 2 },
       requestFailures: 1,
       repairedBlocks: 1,
+      resyncedBlocks: 4,
+      staleBlocks: 2,
     },
   };
 }
