@@ -7,21 +7,19 @@
  */
 
 import type { BlockRef } from "../core/mod.ts";
-import type { BlockCallOptions, BlockStore, RangeWriteOptions } from "../storage/mod.ts";
+import {
+  type BlockCallOptions,
+  type BlockStore,
+  ForwardingStore,
+  type RangeWriteOptions,
+} from "../storage/mod.ts";
 
 /** `inner` with `fenceToken` added to every change. */
-export class FenceStampedStore implements BlockStore {
-  readonly kind: string;
-  readonly name: string;
-  readonly blockSizeBytes: number;
+export class FenceStampedStore extends ForwardingStore {
   readonly fenceToken: number;
-  readonly #inner: BlockStore;
 
   constructor(inner: BlockStore, fenceToken: bigint) {
-    this.#inner = inner;
-    this.kind = inner.kind;
-    this.name = inner.name;
-    this.blockSizeBytes = inner.blockSizeBytes;
+    super(inner);
     // Store revisions stay far below 2^53.
     this.fenceToken = Number(fenceToken);
   }
@@ -30,56 +28,30 @@ export class FenceStampedStore implements BlockStore {
     return { ...options, fenceToken: this.fenceToken } as T;
   }
 
-  getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {
-    return this.#inner.getBlock(ref, options);
+  override putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
+    return this.inner.putBlock(ref, data, this.#stamp(options));
   }
-  putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
-    return this.#inner.putBlock(ref, data, this.#stamp(options));
-  }
-  hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean> {
-    return this.#inner.hasBlock(ref, options);
-  }
-  readAt(
-    ref: BlockRef,
-    offsetBytes: number,
-    into: Uint8Array,
-    options?: BlockCallOptions,
-  ): Promise<void> {
-    return this.#inner.readAt(ref, offsetBytes, into, options);
-  }
-  writeAt(
+  override writeAt(
     ref: BlockRef,
     offsetBytes: number,
     data: Uint8Array,
     options?: RangeWriteOptions,
   ): Promise<void> {
-    return this.#inner.writeAt(ref, offsetBytes, data, this.#stamp(options));
+    return this.inner.writeAt(ref, offsetBytes, data, this.#stamp(options));
   }
-  zeroAt(
+  override zeroAt(
     ref: BlockRef,
     offsetBytes: number,
     lengthBytes: number,
     options?: RangeWriteOptions,
   ): Promise<void> {
-    return this.#inner.zeroAt(ref, offsetBytes, lengthBytes, this.#stamp(options));
+    return this.inner.zeroAt(ref, offsetBytes, lengthBytes, this.#stamp(options));
   }
-  deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
-    return this.#inner.deleteBlock(ref, this.#stamp(options));
-  }
-  blockRefs(): AsyncIterable<BlockRef> {
-    return this.#inner.blockRefs();
-  }
-  usedBlocks(): number {
-    return this.#inner.usedBlocks();
-  }
-  totalBlocks(): number {
-    return this.#inner.totalBlocks();
-  }
-  flush(): Promise<void> {
-    return this.#inner.flush();
+  override deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
+    return this.inner.deleteBlock(ref, this.#stamp(options));
   }
   /** The wrapped store belongs to its owner: closing the wrapper leaves it open. */
-  close(): Promise<void> {
+  override close(): Promise<void> {
     return Promise.resolve();
   }
 }

@@ -15,6 +15,7 @@ export * from "./clock.ts";
 export * from "./durations.ts";
 export * from "./errors.ts";
 export * from "./limits.ts";
+export * from "./in_flight.ts";
 export * from "./log.ts";
 export * from "./names.ts";
 export * from "./random.ts";

@@ -26,6 +26,7 @@ import {
   crc32,
   ErrorCode,
   errorMessage,
+  InFlight,
   isTorusError,
   logger,
   outcomeUnknown,
@@ -105,8 +106,7 @@ export class Distributor implements BlockStore {
   readonly #stopResync = new AbortController();
   /** Stores that took a change since the last flush. */
   readonly #unflushed = new Set<BlockStore>();
-  #callsInFlight = 0;
-  #idleWaiters: (() => void)[] = [];
+  readonly #calls = new InFlight();
   #closing: Promise<void> | null = null;
 
   constructor(options: DistributorOptions) {
@@ -700,25 +700,17 @@ export class Distributor implements BlockStore {
   // ---- helpers --------------------------------------------------------------------------------
 
   /** Runs a call while counting it in flight (close waits), after the closed check. */
-  async #guard<T>(call: () => Promise<T>): Promise<T> {
-    this.#checkOpen();
-    this.#callsInFlight++;
+  #guard<T>(call: () => Promise<T>): Promise<T> {
     try {
-      return await call();
-    } finally {
-      this.#callsInFlight--;
-      if (this.#callsInFlight === 0) {
-        const waiters = this.#idleWaiters;
-        this.#idleWaiters = [];
-        for (const resolve of waiters) resolve();
-      }
+      this.#checkOpen();
+    } catch (error) {
+      return Promise.reject(error);
     }
+    return this.#calls.run(call);
   }
 
   async #idle(): Promise<void> {
-    if (this.#callsInFlight > 0) {
-      await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
-    }
+    await this.#calls.idle();
     await this.#backgroundSettled();
   }
 

@@ -9,7 +9,12 @@
  */
 
 import { type BlockRef, ErrorCode, invalid, TorusError } from "../core/mod.ts";
-import type { BlockCallOptions, BlockStore, RangeWriteOptions } from "../storage/mod.ts";
+import {
+  type BlockCallOptions,
+  type BlockStore,
+  ForwardingStore,
+  type RangeWriteOptions,
+} from "../storage/mod.ts";
 import { readFileBounded, writeFileAtomic } from "../sys/mod.ts";
 
 /** Where the highest accepted token of each volume is kept. */
@@ -91,11 +96,7 @@ export function parseFenceRecords(bytes: Uint8Array, path: string): Map<number, 
 }
 
 /** A store that refuses changes from a writer older than the newest it has seen. */
-export class FencedStore implements BlockStore {
-  readonly kind: string;
-  readonly name: string;
-  readonly blockSizeBytes: number;
-  readonly #inner: BlockStore;
+export class FencedStore extends ForwardingStore {
   readonly #records: FenceRecords;
   readonly #tokens: Map<number, number>;
   /** Per volume: the durable recording of a new token, which its changes wait for. */
@@ -103,12 +104,9 @@ export class FencedStore implements BlockStore {
   #saving: Promise<void> = Promise.resolve();
 
   private constructor(inner: BlockStore, records: FenceRecords, tokens: Map<number, number>) {
-    this.#inner = inner;
+    super(inner);
     this.#records = records;
     this.#tokens = tokens;
-    this.kind = inner.kind;
-    this.name = inner.name;
-    this.blockSizeBytes = inner.blockSizeBytes;
   }
 
   /** Wraps `inner` with the tokens `records` hold. */
@@ -168,24 +166,10 @@ export class FencedStore implements BlockStore {
     return gate.then(() => change(copy));
   }
 
-  getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {
-    return this.#inner.getBlock(ref, options);
+  override putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
+    return this.#fenced(ref, options, data, (d) => this.inner.putBlock(ref, d!, options));
   }
-  putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
-    return this.#fenced(ref, options, data, (d) => this.#inner.putBlock(ref, d!, options));
-  }
-  hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean> {
-    return this.#inner.hasBlock(ref, options);
-  }
-  readAt(
-    ref: BlockRef,
-    offsetBytes: number,
-    into: Uint8Array,
-    options?: BlockCallOptions,
-  ): Promise<void> {
-    return this.#inner.readAt(ref, offsetBytes, into, options);
-  }
-  writeAt(
+  override writeAt(
     ref: BlockRef,
     offsetBytes: number,
     data: Uint8Array,
@@ -195,10 +179,10 @@ export class FencedStore implements BlockStore {
       ref,
       options,
       data,
-      (d) => this.#inner.writeAt(ref, offsetBytes, d!, options),
+      (d) => this.inner.writeAt(ref, offsetBytes, d!, options),
     );
   }
-  zeroAt(
+  override zeroAt(
     ref: BlockRef,
     offsetBytes: number,
     lengthBytes: number,
@@ -208,26 +192,14 @@ export class FencedStore implements BlockStore {
       ref,
       options,
       null,
-      () => this.#inner.zeroAt(ref, offsetBytes, lengthBytes, options),
+      () => this.inner.zeroAt(ref, offsetBytes, lengthBytes, options),
     );
   }
-  deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
-    return this.#fenced(ref, options, null, () => this.#inner.deleteBlock(ref, options));
-  }
-  blockRefs(): AsyncIterable<BlockRef> {
-    return this.#inner.blockRefs();
-  }
-  usedBlocks(): number {
-    return this.#inner.usedBlocks();
-  }
-  totalBlocks(): number {
-    return this.#inner.totalBlocks();
-  }
-  flush(): Promise<void> {
-    return this.#inner.flush();
+  override deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
+    return this.#fenced(ref, options, null, () => this.inner.deleteBlock(ref, options));
   }
   /** The node owns the inner store: it stays open. */
-  close(): Promise<void> {
+  override close(): Promise<void> {
     return this.#saving.catch(() => {});
   }
 }

@@ -6,28 +6,18 @@
  */
 
 import type { BlockRef } from "../core/mod.ts";
-import type { BlockCallOptions, BlockStore } from "./block_store.ts";
+import type { BlockCallOptions } from "./block_store.ts";
+import { ForwardingStore } from "./forwarding_store.ts";
 import type { IoHold } from "./storage_contract.ts";
 
 /**
  * A store whose next call can be held (the contract's holdNextIo, at the level of store calls),
  * and which records the fencing tokens of the changes it got.
  */
-export class HeldStore implements BlockStore {
-  readonly kind: string;
-  readonly name: string;
-  readonly blockSizeBytes: number;
+export class HeldStore extends ForwardingStore {
   readonly fenceTokens: (number | undefined)[] = [];
-  readonly #inner: BlockStore;
   #hold: { gate: Promise<void>; arrived: () => void; later: number } | null = null;
   #armed = false;
-
-  constructor(inner: BlockStore) {
-    this.#inner = inner;
-    this.kind = inner.kind;
-    this.name = inner.name;
-    this.blockSizeBytes = inner.blockSizeBytes;
-  }
 
   holdNext(): IoHold {
     let release!: () => void;
@@ -56,59 +46,47 @@ export class HeldStore implements BlockStore {
     this.fenceTokens.push(options?.fenceToken);
   }
 
-  getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {
-    return this.#pass(() => this.#inner.getBlock(ref, options));
+  override getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {
+    return this.#pass(() => this.inner.getBlock(ref, options));
   }
-  putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
+  override putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
     this.#fenced(options);
-    return this.#pass(() => this.#inner.putBlock(ref, data, options));
+    return this.#pass(() => this.inner.putBlock(ref, data, options));
   }
-  hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean> {
-    return this.#pass(() => this.#inner.hasBlock(ref, options));
+  override hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean> {
+    return this.#pass(() => this.inner.hasBlock(ref, options));
   }
-  readAt(
+  override readAt(
     ref: BlockRef,
     offsetBytes: number,
     into: Uint8Array,
     options?: BlockCallOptions,
   ): Promise<void> {
-    return this.#pass(() => this.#inner.readAt(ref, offsetBytes, into, options));
+    return this.#pass(() => this.inner.readAt(ref, offsetBytes, into, options));
   }
-  writeAt(
+  override writeAt(
     ref: BlockRef,
     offsetBytes: number,
     data: Uint8Array,
     options?: BlockCallOptions,
   ): Promise<void> {
     this.#fenced(options);
-    return this.#pass(() => this.#inner.writeAt(ref, offsetBytes, data, options));
+    return this.#pass(() => this.inner.writeAt(ref, offsetBytes, data, options));
   }
-  zeroAt(
+  override zeroAt(
     ref: BlockRef,
     offsetBytes: number,
     lengthBytes: number,
     options?: BlockCallOptions,
   ): Promise<void> {
     this.#fenced(options);
-    return this.#pass(() => this.#inner.zeroAt(ref, offsetBytes, lengthBytes, options));
+    return this.#pass(() => this.inner.zeroAt(ref, offsetBytes, lengthBytes, options));
   }
-  deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
+  override deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
     this.#fenced(options);
-    return this.#pass(() => this.#inner.deleteBlock(ref, options));
+    return this.#pass(() => this.inner.deleteBlock(ref, options));
   }
-  blockRefs(): AsyncIterable<BlockRef> {
-    return this.#inner.blockRefs();
-  }
-  usedBlocks(): number {
-    return this.#inner.usedBlocks();
-  }
-  totalBlocks(): number {
-    return this.#inner.totalBlocks();
-  }
-  flush(): Promise<void> {
-    return this.#pass(() => this.#inner.flush());
-  }
-  close(): Promise<void> {
-    return this.#inner.close();
+  override flush(): Promise<void> {
+    return this.#pass(() => this.inner.flush());
   }
 }

@@ -15,4 +15,5 @@ export * from "./sys_file_io.ts";
 export * from "./power_loss_file_io.ts";
 export * from "./hooked_file_io.ts";
 export * from "./storage_contract.ts";
+export * from "./forwarding_store.ts";
 export * from "./held_store.ts";

@@ -16,6 +16,7 @@ import {
   type BlockRef,
   closed,
   errorMessage,
+  InFlight,
   invalid,
   outcomeUnknown,
   TorusError,
@@ -65,8 +66,7 @@ export class GrpcPeerStore implements PeerStore {
   readonly #changeTurns = new Map<string, Promise<void>>();
   /** Listings a caller is still reading: close ends them. */
   readonly #listings = new Set<grpc.ClientReadableStream<ListRefsResponse>>();
-  #callsInFlight = 0;
-  #idleWaiters: (() => void)[] = [];
+  readonly #calls = new InFlight();
   #closed = false;
   #closing = false;
   /** A change was sent since the last flush was (close flushes only then). */
@@ -244,23 +244,12 @@ export class GrpcPeerStore implements PeerStore {
   }
 
   #idle(): Promise<void> {
-    if (this.#callsInFlight === 0) return Promise.resolve();
-    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+    return this.#calls.idle();
   }
 
   /** Runs `work` counted as a call in flight (close waits for it). */
-  async #tracked<T>(work: () => Promise<T>): Promise<T> {
-    this.#callsInFlight++;
-    try {
-      return await work();
-    } finally {
-      this.#callsInFlight--;
-      if (this.#callsInFlight === 0) {
-        const waiters = this.#idleWaiters;
-        this.#idleWaiters = [];
-        for (const resolve of waiters) resolve();
-      }
-    }
+  #tracked<T>(work: () => Promise<T>): Promise<T> {
+    return this.#calls.run(work);
   }
 
   /** A change of `ref`: sent once every earlier change of `ref` has its answer. */

@@ -13,6 +13,7 @@ import {
   closed,
   ErrorCode,
   errorMessage,
+  InFlight,
   invalid,
   isTorusError,
   outcomeUnknown,
@@ -72,8 +73,7 @@ export class TdpPeerStore implements PeerStore {
   readonly #options: TdpClientOptions;
   #connection: Promise<ClientConnection> | null = null;
   #counts: StoreCounts = { usedBlocks: 0, totalBlocks: 0 };
-  #callsInFlight = 0;
-  #idleWaiters: (() => void)[] = [];
+  readonly #calls = new InFlight();
   #closed = false;
   #closing = false;
   /** A change was sent since the last flush was (close flushes only then). */
@@ -244,8 +244,7 @@ export class TdpPeerStore implements PeerStore {
   }
 
   #idle(): Promise<void> {
-    if (this.#callsInFlight === 0) return Promise.resolve();
-    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+    return this.#calls.idle();
   }
 
   /**
@@ -259,7 +258,16 @@ export class TdpPeerStore implements PeerStore {
     else if (request.op === Op.Flush) this.#changedSinceFlush = false;
     const timeoutMs = options?.timeoutMs ?? this.#options.callTimeoutMs;
     const deadlineMs = this.#options.clock.nowMs() + timeoutMs;
-    this.#callsInFlight++;
+    return await this.#calls.run(() => this.#exchange(request, change, deadlineMs, options));
+  }
+
+  /** One request and its reply (a call in flight). */
+  async #exchange(
+    request: Request,
+    change: boolean,
+    deadlineMs: number,
+    options: PeerCallOptions | undefined,
+  ): Promise<BodyReader> {
     try {
       const connection = await this.#connect(deadlineMs);
       options?.signal?.throwIfAborted();
@@ -272,13 +280,6 @@ export class TdpPeerStore implements PeerStore {
         throw unavailable(`${this.address} broke the protocol: ${error.message}`);
       }
       throw error;
-    } finally {
-      this.#callsInFlight--;
-      if (this.#callsInFlight === 0) {
-        const waiters = this.#idleWaiters;
-        this.#idleWaiters = [];
-        for (const resolve of waiters) resolve();
-      }
     }
   }
 
