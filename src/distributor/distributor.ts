@@ -79,6 +79,15 @@ interface Divergence {
 
 /** How often holders that missed changes are tried again. */
 const RESYNC_INTERVAL_MS = 1_000;
+/** How long a resync waits for a stale holder to answer before it leaves it for the next pass. */
+const PROBE_TIMEOUT_MS = 1_000;
+/** Blocks resynchronised at once. */
+const RESYNC_CONCURRENCY = 32;
+/**
+ * How long a peer that did not answer is passed over: reads try it last and changes are not sent
+ * to it (it is then stale for them, and resynchronised once it answers again).
+ */
+const SUSPECT_MS = 3_000;
 
 /** One failed attempt, for the final error. */
 interface Miss {
@@ -104,6 +113,8 @@ export class Distributor implements BlockStore {
   readonly #divergent = new Map<string, Divergence>();
   #resyncing: Promise<void> | null = null;
   readonly #stopResync = new AbortController();
+  /** Peers that did not answer lately, until when (see SUSPECT_MS). */
+  readonly #suspects = new Map<string, number>();
   /** Stores that took a change since the last flush. */
   readonly #unflushed = new Set<BlockStore>();
   readonly #calls = new InFlight();
@@ -204,7 +215,9 @@ export class Distributor implements BlockStore {
     const tryOne = async (source: Source, timeoutMs: number) => {
       options?.signal?.throwIfAborted();
       try {
-        return { value: await attempt(source.store, timeoutMs), source };
+        const value = await attempt(source.store, timeoutMs);
+        this.#noteAnswer(source, null);
+        return { value, source };
       } catch (error) {
         if (isFatal(error)) throw error;
         misses.push({ uuid: source.uuid, holder: holders.has(source.uuid), error });
@@ -272,14 +285,16 @@ export class Distributor implements BlockStore {
   }
 
   #countMiss(source: Source, error: unknown, lookups: Promise<void>[]): void {
+    this.#noteAnswer(source, error);
     if (!source.local && isTorusError(error, ErrorCode.Unavailable)) {
       lookups.push(this.#options.peers.unreachable(source.uuid));
     }
-    if (source.local) this.stats.localBlockFails++;
-    else {this.stats.peerBlockFails.set(
-        source.uuid,
-        (this.stats.peerBlockFails.get(source.uuid) ?? 0) + 1,
-      );}
+    if (source.local) {
+      this.stats.localBlockFails++;
+    } else {
+      const fails = this.stats.peerBlockFails;
+      fails.set(source.uuid, (fails.get(source.uuid) ?? 0) + 1);
+    }
   }
 
   /** The error of a read no source could serve (see the module doc for the rules). */
@@ -374,14 +389,21 @@ export class Distributor implements BlockStore {
   ): Promise<unknown> {
     const source = this.#sourceOf(uuid);
     if (source === null) return Promise.resolve(unavailable(`no address known for peer ${uuid}`));
+    // A peer that did not answer lately is not waited for again: it misses this change and is
+    // resynchronised once it answers.
+    if (!source.local && this.#isSuspect(uuid)) {
+      return Promise.resolve(unavailable(`peer ${uuid} did not answer lately`));
+    }
     // Only a store that took the change needs the next flush; one that refused it or could not be
-    // reached is reported by the change itself (level all) or by the next flush (one, local).
+    // reached is stale for the ref (see #noteMissed).
     return send(source.store).then(() => {
+      this.#noteAnswer(source, null);
       this.#unflushed.add(source.store);
       return null;
     }, (error: unknown) => {
+      this.#noteAnswer(source, error);
       if (!source.local && isTorusError(error, ErrorCode.Unavailable)) {
-        this.#options.peers.unreachable(uuid);
+        void this.#options.peers.unreachable(uuid);
       }
       if (isTorusError(error, ErrorCode.OutcomeUnknown)) this.#unflushed.add(source.store);
       if (!isTorusError(error, ErrorCode.NotExist)) {
@@ -514,33 +536,69 @@ export class Distributor implements BlockStore {
     });
   }
 
-  /** One attempt at every stale holder. */
+  /**
+   * One attempt at every stale holder: each is asked first whether it answers at all (one short
+   * probe per peer), so a peer still down costs PROBE_TIMEOUT_MS, not a deadline per block; the
+   * blocks of the peers that answer are then written in parallel.
+   */
   async #resyncPass(): Promise<void> {
-    for (const entry of [...this.#divergent.values()]) {
-      // A repair or resync of this ref already running goes first; then it is tried again now.
-      const running = this.#repairs.get(entry.ref.key);
-      if (running !== undefined) await running;
-      if (!this.#divergent.has(entry.ref.key) || this.#repairs.has(entry.ref.key)) continue;
-      const run = this.#resync(entry).catch((error) => {
-        log.debug(`resynchronising ${entry.ref} failed: ${errorMessage(error)}`);
-      }).finally(() => this.#repairs.delete(entry.ref.key));
-      this.#repairs.set(entry.ref.key, run);
-      await run;
+    const entries = [...this.#divergent.values()];
+    const reachable = await this.#probe(entries);
+    if (reachable.size === 0) return;
+    let next = 0;
+    const worker = async () => {
+      while (next < entries.length) await this.#resyncOne(entries[next++]!, reachable);
+    };
+    await Promise.all(Array.from({ length: Math.min(RESYNC_CONCURRENCY, entries.length) }, worker));
+  }
+
+  /** The stale holders of `entries` that answer a probe now. */
+  async #probe(entries: readonly Divergence[]): Promise<Set<string>> {
+    const firstRefOf = new Map<string, BlockRef>();
+    for (const entry of entries) {
+      for (const uuid of entry.stale) if (!firstRefOf.has(uuid)) firstRefOf.set(uuid, entry.ref);
     }
+    const reachable = new Set<string>();
+    await Promise.all([...firstRefOf].map(async ([uuid, ref]) => {
+      const source = this.#sourceOf(uuid);
+      try {
+        await source?.store.hasBlock(ref, { timeoutMs: PROBE_TIMEOUT_MS });
+        if (source !== null) reachable.add(uuid);
+        this.#suspects.delete(uuid);
+      } catch {
+        this.#suspect(uuid);
+      }
+    }));
+    return reachable;
+  }
+
+  /** Resynchronises one ref at its reachable stale holders, under the repair gate of the ref. */
+  async #resyncOne(entry: Divergence, reachable: ReadonlySet<string>): Promise<void> {
+    // A repair or resync of this ref already running goes first; then it is tried again now.
+    const running = this.#repairs.get(entry.ref.key);
+    if (running !== undefined) await running;
+    if (!this.#divergent.has(entry.ref.key) || this.#repairs.has(entry.ref.key)) return;
+    const run = this.#resync(entry, reachable).catch((error) => {
+      log.debug(`resynchronising ${entry.ref} failed: ${errorMessage(error)}`);
+    }).finally(() => this.#repairs.delete(entry.ref.key));
+    this.#repairs.set(entry.ref.key, run);
+    await run;
   }
 
   /**
-   * Writes a whole good copy of the ref (or its absence) to its stale holders, while its changes
-   * wait (the repair rule). A holder no longer a holder (the ring changed) is dropped.
+   * Writes a whole good copy of the ref (or its absence) to its stale holders in `reachable`,
+   * while its changes wait (the repair rule). A holder no longer a holder (the ring changed) is
+   * dropped.
    */
-  async #resync(entry: Divergence): Promise<void> {
+  async #resync(entry: Divergence, reachable: ReadonlySet<string>): Promise<void> {
     const { ref, stale } = entry;
     while (this.#changesInFlight.has(ref.key)) await this.#options.clock.sleep(1);
     const holders = this.#holders(ref);
     for (const uuid of [...stale]) if (!holders.includes(uuid)) stale.delete(uuid);
     const good = holders.filter((uuid) => !stale.has(uuid));
-    const copy = await this.#copyFrom(ref, good);
-    for (const uuid of [...stale]) {
+    const targets = [...stale].filter((uuid) => reachable.has(uuid));
+    const copy = targets.length === 0 ? null : await this.#copyFrom(ref, good);
+    for (const uuid of targets) {
       const source = this.#sourceOf(uuid);
       if (source === null) continue;
       const options = { timeoutMs: this.#options.peerTimeoutMs };
@@ -557,6 +615,30 @@ export class Distributor implements BlockStore {
       log.info(`${uuid} has ${ref} again`);
     }
     if (stale.size === 0) this.#divergent.delete(ref.key);
+  }
+
+  // ---- peers that do not answer ---------------------------------------------------------------
+
+  /** Marks `uuid` as not answering for SUSPECT_MS: reads try it last, changes skip it. */
+  #suspect(uuid: string): void {
+    this.#suspects.set(uuid, this.#options.clock.nowMs() + SUSPECT_MS);
+  }
+
+  #isSuspect(uuid: string): boolean {
+    const until = this.#suspects.get(uuid);
+    if (until === undefined) return false;
+    if (until > this.#options.clock.nowMs()) return true;
+    this.#suspects.delete(uuid);
+    return false;
+  }
+
+  /** After a peer's answer: an error without an answer makes it a suspect, an answer clears it. */
+  #noteAnswer(source: Source, error: unknown): void {
+    if (source.local) return;
+    const silent = isTorusError(error, ErrorCode.Unavailable) ||
+      isTorusError(error, ErrorCode.OutcomeUnknown);
+    if (silent) this.#suspect(source.uuid);
+    else this.#suspects.delete(source.uuid);
   }
 
   /** The block as the first of `holders` that answers has it; null when they agree it is gone. */
@@ -746,7 +828,11 @@ export class Distributor implements BlockStore {
     const ordered = self !== null && holders.includes(self)
       ? [self, ...holders.filter((p) => p !== self), ...rest]
       : [...holders, ...rest];
-    return ordered.map((uuid) => this.#sourceOf(uuid)).filter((s): s is Source => s !== null);
+    // Peers that did not answer lately come last: each costs a deadline.
+    const answering = ordered.filter((uuid) => !this.#isSuspect(uuid));
+    const silent = ordered.filter((uuid) => this.#isSuspect(uuid));
+    return [...answering, ...silent].map((uuid) => this.#sourceOf(uuid))
+      .filter((s): s is Source => s !== null);
   }
 
   #sourceOf(uuid: string): Source | null {

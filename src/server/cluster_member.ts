@@ -27,6 +27,12 @@ import type { LeaseKeeper } from "./lease_keeper.ts";
 
 const log = logger("cluster");
 
+/**
+ * Deadline of one read attempt at one peer (doubling in later rounds of the `block` level): a
+ * copy elsewhere is tried after it, so it is short; changes keep the peer call deadline.
+ */
+const READ_ATTEMPT_TIMEOUT_MS = 1_000;
+
 /** The peer protocol version this node registers (PeerInfo.protocol_version). */
 export const PEER_PROTOCOL_VERSION = 1n;
 
@@ -53,7 +59,7 @@ export interface ClusterMemberOptions {
   readonly writeLevel: WriteLevel;
   readonly readCacheBytes: number;
   readonly clock: Clock;
-  /** Deadline of one attempt at one peer. */
+  /** Deadline of one read attempt at one peer (default 1 s); changes use the call deadline. */
   readonly peerTimeoutMs?: number;
   readonly heartbeatMs?: number;
 }
@@ -122,7 +128,7 @@ export class ClusterMember {
         readLevel: options.readLevel,
         writeLevel: options.writeLevel,
         readCacheBytes: options.readCacheBytes,
-        peerTimeoutMs: options.peerTimeoutMs ?? PEER_CALL_TIMEOUT_MS_DEFAULT,
+        peerTimeoutMs: options.peerTimeoutMs ?? READ_ATTEMPT_TIMEOUT_MS,
         clock: options.clock,
       });
       member = new ClusterMember(

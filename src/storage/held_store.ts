@@ -18,6 +18,8 @@ export class HeldStore extends ForwardingStore {
   readonly fenceTokens: (number | undefined)[] = [];
   #hold: { gate: Promise<void>; arrived: () => void; later: number } | null = null;
   #armed = false;
+  #all: IoHold | null = null;
+  #gateOfAll: Promise<void> = Promise.resolve();
 
   holdNext(): IoHold {
     let release!: () => void;
@@ -25,12 +27,27 @@ export class HeldStore extends ForwardingStore {
     const gate = new Promise<void>((resolve) => release = resolve);
     const arrivedPromise = new Promise<void>((resolve) => arrived = resolve);
     const hold = { gate, arrived, later: 0 };
+    this.#gateOfAll = gate;
     this.#hold = hold;
     this.#armed = true;
     return { arrived: arrivedPromise, laterOperations: () => hold.later, release };
   }
 
+  /** Holds every call from now on (a store that stopped answering) until released. */
+  holdAll(): IoHold {
+    const hold = this.holdNext();
+    this.#all = hold;
+    return {
+      ...hold,
+      release: () => {
+        this.#all = null;
+        hold.release();
+      },
+    };
+  }
+
   async #pass<T>(call: () => Promise<T>): Promise<T> {
+    if (this.#all !== null) await this.#gateOfAll;
     const hold = this.#hold;
     if (hold !== null && this.#armed) {
       this.#armed = false;

@@ -143,3 +143,58 @@ e2eTest(
     assert.ok(await sameFiles(input, `${b.dir}/out.bin`), "B (gRPC) reads what A (TDP) wrote");
   },
 );
+
+e2eTest(
+  "a node that stops answering (SIGSTOP): writes fail within their deadline, nothing hangs, and " +
+    "after SIGCONT it has every change before it serves the volume",
+  { tools: etcdAvailable() ? ["nbdcopy"] : ["etcd", "nbdcopy"] },
+  async () => {
+    await using etcd = await testEtcd();
+    const meta = ["-C", etcd.endpoint, "--metadata-prefix", `/torus-e2e-${crypto.randomUUID()}/`];
+    assert.equal((await runTorus(["ctl", "init", ...meta])).code, 0);
+    const member =
+      () => [...meta, "--peer-address", `tdp://127.0.0.1:${freePort()}`, "--auto-join"];
+    await using a = await E2eNode.start({ args: member() });
+    await using _b = await E2eNode.start({ args: member() });
+    await using c = await E2eNode.start({ args: member() });
+    const size = 8 * MiB;
+    assert.equal((await runTorus(["ctl", "volume", "create-block", "s", "8MiB", ...meta])).code, 0);
+    const input = `${a.dir}/in.bin`;
+    await randomFile(input, size);
+    await runOk("nbdcopy", ["--flush", input, a.uri("s")]);
+
+    const client = await a.connect("s");
+    const sector = new Uint8Array(4096).fill(0x5a);
+    Deno.kill(c.serve.child.pid, "SIGSTOP");
+    let stopped = true;
+    try {
+      // One write into every 512 KiB block: those C holds cannot reach it.
+      const started = Date.now();
+      const writes = await Promise.allSettled(
+        Array.from(
+          { length: size / (512 * 1024) },
+          (_, i) => client.writeAt(i * 512 * 1024, sector),
+        ),
+      );
+      const failed = writes.filter((w) => w.status === "rejected").length;
+      assert.ok(
+        failed > 0 && failed < writes.length,
+        `${failed} of ${writes.length} writes failed`,
+      );
+      await assert.rejects(client.flush(), "a flush while C lacks changes must fail");
+      assert.ok(Date.now() - started < 30_000, `took ${Date.now() - started} ms: something hung`);
+      Deno.kill(c.serve.child.pid, "SIGCONT");
+      stopped = false;
+      // C is back: the flush writes it what it missed, then succeeds.
+      await client.flush();
+      const viewOfA = new Uint8Array(size);
+      await client.readAt(0, viewOfA);
+      await client.close();
+      await runOk("nbdcopy", [c.uri("s"), `${c.dir}/out.bin`]);
+      const viewOfC = await Deno.readFile(`${c.dir}/out.bin`);
+      assert.ok(viewOfC.every((byte, i) => byte === viewOfA[i]), "C serves what A flushed");
+    } finally {
+      if (stopped) Deno.kill(c.serve.child.pid, "SIGCONT");
+    }
+  },
+);
