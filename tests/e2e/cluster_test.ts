@@ -198,3 +198,47 @@ e2eTest(
     }
   },
 );
+
+e2eTest(
+  "a node's peer port: garbage and truncated frames close only that connection; SIGTERM " +
+    "unregisters the node",
+  { tools: etcdAvailable() ? ["nbdcopy"] : ["etcd", "nbdcopy"] },
+  async () => {
+    await using etcd = await testEtcd();
+    const meta = ["-C", etcd.endpoint, "--metadata-prefix", `/torus-e2e-${crypto.randomUUID()}/`];
+    assert.equal((await runTorus(["ctl", "init", ...meta])).code, 0);
+    const peerPort = freePort();
+    const args = (
+      port: number,
+    ) => [...meta, "--peer-address", `tdp://127.0.0.1:${port}`, "--auto-join"];
+    await using a = await E2eNode.start({ args: args(peerPort) });
+    await using b = await E2eNode.start({ args: args(freePort()) });
+    assert.equal((await runTorus(["ctl", "volume", "create-block", "w", "4MiB", ...meta])).code, 0);
+    const garbage = [
+      new TextEncoder().encode("GET / HTTP/1.1\r\n\r\n"),
+      new Uint8Array(70_000).fill(0xff),
+      // A HELLO header that promises more body than it sends, then the end of the stream.
+      new Uint8Array([0x44, 0x54, 1, 0, 0, 0, 0, 0, 100, 0, 0, 0, 0, 0, 0, 0, 1, 2]),
+    ];
+    for (const bytes of garbage) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: peerPort });
+      await conn.write(bytes).catch(() => 0);
+      await conn.closeWrite().catch(() => {});
+      const buffer = new Uint8Array(1024);
+      while ((await conn.read(buffer).catch(() => null)) !== null) {
+        /* until the node closes it */
+      }
+      conn.close();
+    }
+    const input = `${b.dir}/in.bin`;
+    await randomFile(input, 4 * MiB);
+    await runOk("nbdcopy", ["--flush", input, b.uri("w")]);
+    await runOk("nbdcopy", [a.uri("w"), `${a.dir}/out.bin`]);
+    assert.ok(await sameFiles(input, `${a.dir}/out.bin`), "the node still serves its peers");
+    assert.match(a.output(), /closing the connection of TDP client/);
+    await a.stop("SIGTERM");
+    // Its registration is gone at once (not after its lease's 30 s): a ring member that is DOWN.
+    const members = (await listPeers(meta)).map((p) => p.member).sort();
+    assert.deepEqual(members, ["DOWN", "OK"]);
+  },
+);
