@@ -29,7 +29,10 @@ interface BenchResult {
 
 const root = new URL("../", import.meta.url).pathname;
 /** Benches that are programs of their own, run with `deno run` after the `deno bench` files. */
-export const programBenches: readonly string[] = ["scripts/bench_nbd.ts"];
+export const programBenches: readonly string[] = [
+  "scripts/bench_nbd.ts",
+  "scripts/bench_cluster.ts",
+];
 const sizeTag = /\[([^\]/]+)\/iter\]\s*$/;
 
 async function* walk(dir: string): AsyncIterable<string> {

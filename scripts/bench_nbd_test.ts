@@ -108,7 +108,10 @@ Deno.test("bench_nbd: options and the runner's choice of benches", () => {
   assert.equal(quick.filter, "QD1");
   assert.equal(configOf([]).rounds, 2);
   assert.throws(() => configOf(["--rounds", "0"]), /whole number/);
-  assert.deepEqual(selectBenches([], undefined), { benchFiles: null, programs: [PROGRAM] });
+  assert.deepEqual(selectBenches([], undefined), {
+    benchFiles: null,
+    programs: [PROGRAM, "scripts/bench_cluster.ts"],
+  });
   assert.deepEqual(selectBenches([], "x"), { benchFiles: null, programs: [] });
   assert.deepEqual(selectBenches(["src/a_bench.ts", PROGRAM], undefined), {
     benchFiles: ["src/a_bench.ts"],
