@@ -38,25 +38,63 @@ async function listPeers(
   return (JSON.parse(listed.stdout) as { peers: { member: string; usedBytes: number }[] }).peers;
 }
 
+/** An etcd with a cluster initialised under a prefix of its own, and its member nodes. */
+class Cluster implements AsyncDisposable {
+  readonly meta: readonly string[];
+  readonly #etcd: AsyncDisposable;
+
+  private constructor(etcd: AsyncDisposable, meta: readonly string[]) {
+    this.#etcd = etcd;
+    this.meta = meta;
+  }
+
+  /** Starts etcd (or uses the shared one) and runs `torus ctl init` on it. */
+  static async init(): Promise<Cluster> {
+    const etcd = await testEtcd();
+    const meta = ["-C", etcd.endpoint, "--metadata-prefix", `/torus-e2e-${crypto.randomUUID()}/`];
+    const cluster = new Cluster(etcd, meta);
+    await cluster.ctl("init");
+    return cluster;
+  }
+
+  /** `torus ctl ARGS` on this cluster; throws unless it exits 0. */
+  async ctl(...args: string[]): Promise<void> {
+    const result = await runTorus(["ctl", ...args, ...this.meta]);
+    assert.equal(result.code, 0, `torus ctl ${args.join(" ")}: ${result.stderr}`);
+  }
+
+  /**
+   * The serve flags of a member at `scheme://127.0.0.1:port`: a fixed port, free now, as an
+   * operator configures it (a restarted node is where it was), unless `port` says otherwise.
+   */
+  memberArgs(options: { scheme?: string; port?: number } = {}): string[] {
+    const address = `${options.scheme ?? "tdp"}://127.0.0.1:${options.port ?? freePort()}`;
+    return [...this.meta, "--peer-address", address, "--auto-join"];
+  }
+
+  /** Starts a member node. */
+  startNode(options: { scheme?: string; port?: number } = {}): Promise<E2eNode> {
+    return E2eNode.start({ args: this.memberArgs(options) });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.#etcd[Symbol.asyncDispose]();
+  }
+}
+
 e2eTest(
   "three nodes at replication 2: written through one node, read through another, and every " +
     "flushed byte survives SIGKILL of any one node",
   { tools: etcdAvailable() ? ["nbdcopy"] : ["etcd", "nbdcopy"] },
   async () => {
-    await using etcd = await testEtcd();
-    const meta = ["-C", etcd.endpoint, "--metadata-prefix", `/torus-e2e-${crypto.randomUUID()}/`];
-    const init = await runTorus(["ctl", "init", ...meta]);
-    assert.equal(init.code, 0, init.stderr);
-    // Fixed peer ports, as an operator configures them: a restarted node is where it was.
-    const member =
-      () => [...meta, "--peer-address", `tdp://127.0.0.1:${freePort()}`, "--auto-join"];
-    await using a = await E2eNode.start({ args: member() });
-    await using b = await E2eNode.start({ args: member() });
-    await using c = await E2eNode.start({ args: member() });
+    await using cluster = await Cluster.init();
+    const meta = cluster.meta;
+    await using a = await cluster.startNode();
+    await using b = await cluster.startNode();
+    await using c = await cluster.startNode();
     const nodes = [a, b, c];
     assert.deepEqual((await listPeers(meta)).map((p) => p.member), ["OK", "OK", "OK"]);
-    const volume = await runTorus(["ctl", "volume", "create-block", "vol", "24MiB", ...meta]);
-    assert.equal(volume.code, 0, volume.stderr);
+    await cluster.ctl("volume", "create-block", "vol", "24MiB");
 
     const input = `${a.dir}/in.bin`;
     await randomFile(input, 24 * MiB);
@@ -79,12 +117,11 @@ e2eTest(
   "a cluster node's banner names its peer address and the ring; ctl peer list shows every node",
   { tools: etcdAvailable() ? [] : ["etcd"] },
   async () => {
-    await using etcd = await testEtcd();
-    const meta = ["-C", etcd.endpoint, "--metadata-prefix", `/torus-e2e-${crypto.randomUUID()}/`];
-    assert.equal((await runTorus(["ctl", "init", ...meta])).code, 0);
-    const member = [...meta, "--peer-address", "tdp://127.0.0.1:0", "--auto-join"];
-    await using a = await E2eNode.start({ args: member });
-    await using b = await E2eNode.start({ args: member });
+    await using cluster = await Cluster.init();
+    const meta = cluster.meta;
+    // Port 0: each node takes a free port and registers it.
+    await using a = await cluster.startNode({ port: 0 });
+    await using b = await cluster.startNode({ port: 0 });
     assert.match(a.output(), /peers: +tdp:\/\/127\.0\.0\.1:\d+ \(ring version 2: 1 member/);
     assert.match(b.output(), /peers: +tdp:\/\/127\.0\.0\.1:\d+ \(ring version 3: 2 members/);
     const peers = await listPeers(meta);
@@ -96,14 +133,11 @@ e2eTest(
   "torus blk nbdserve: a client with no store writes through the nodes; a node reads it back",
   { tools: etcdAvailable() ? ["nbdcopy"] : ["etcd", "nbdcopy"] },
   async () => {
-    await using etcd = await testEtcd();
-    const meta = ["-C", etcd.endpoint, "--metadata-prefix", `/torus-e2e-${crypto.randomUUID()}/`];
-    assert.equal((await runTorus(["ctl", "init", ...meta])).code, 0);
-    const member =
-      () => [...meta, "--peer-address", `tdp://127.0.0.1:${freePort()}`, "--auto-join"];
-    await using a = await E2eNode.start({ args: member() });
-    await using _b = await E2eNode.start({ args: member() });
-    assert.equal((await runTorus(["ctl", "volume", "create-block", "v", "8MiB", ...meta])).code, 0);
+    await using cluster = await Cluster.init();
+    const meta = cluster.meta;
+    await using a = await cluster.startNode();
+    await using _b = await cluster.startNode();
+    await cluster.ctl("volume", "create-block", "v", "8MiB");
     const port = freePort();
     await using client = await startTorusProcess(
       ["blk", "nbdserve", ...meta, "-l", `127.0.0.1:${port}`],
@@ -123,19 +157,11 @@ e2eTest(
   "a node on gRPC (http://) and a node on TDP in one cluster: each reads what the other wrote",
   { tools: etcdAvailable() ? ["nbdcopy"] : ["etcd", "nbdcopy"] },
   async () => {
-    await using etcd = await testEtcd();
-    const meta = ["-C", etcd.endpoint, "--metadata-prefix", `/torus-e2e-${crypto.randomUUID()}/`];
-    assert.equal((await runTorus(["ctl", "init", ...meta])).code, 0);
-    const node = (scheme: string) => [
-      ...meta,
-      "--peer-address",
-      `${scheme}://127.0.0.1:${freePort()}`,
-      "--auto-join",
-    ];
-    await using a = await E2eNode.start({ args: node("tdp") });
-    await using b = await E2eNode.start({ args: node("http") });
+    await using cluster = await Cluster.init();
+    await using a = await cluster.startNode({ scheme: "tdp" });
+    await using b = await cluster.startNode({ scheme: "http" });
     assert.match(b.output(), /peers: +http:\/\/127\.0\.0\.1:\d+ /);
-    assert.equal((await runTorus(["ctl", "volume", "create-block", "g", "8MiB", ...meta])).code, 0);
+    await cluster.ctl("volume", "create-block", "g", "8MiB");
     const input = `${a.dir}/in.bin`;
     await randomFile(input, 8 * MiB);
     await runOk("nbdcopy", ["--flush", input, a.uri("g")]);
@@ -149,16 +175,12 @@ e2eTest(
     "after SIGCONT it has every change before it serves the volume",
   { tools: etcdAvailable() ? ["nbdcopy"] : ["etcd", "nbdcopy"] },
   async () => {
-    await using etcd = await testEtcd();
-    const meta = ["-C", etcd.endpoint, "--metadata-prefix", `/torus-e2e-${crypto.randomUUID()}/`];
-    assert.equal((await runTorus(["ctl", "init", ...meta])).code, 0);
-    const member =
-      () => [...meta, "--peer-address", `tdp://127.0.0.1:${freePort()}`, "--auto-join"];
-    await using a = await E2eNode.start({ args: member() });
-    await using _b = await E2eNode.start({ args: member() });
-    await using c = await E2eNode.start({ args: member() });
+    await using cluster = await Cluster.init();
+    await using a = await cluster.startNode();
+    await using _b = await cluster.startNode();
+    await using c = await cluster.startNode();
     const size = 8 * MiB;
-    assert.equal((await runTorus(["ctl", "volume", "create-block", "s", "8MiB", ...meta])).code, 0);
+    await cluster.ctl("volume", "create-block", "s", "8MiB");
     const input = `${a.dir}/in.bin`;
     await randomFile(input, size);
     await runOk("nbdcopy", ["--flush", input, a.uri("s")]);
@@ -204,16 +226,12 @@ e2eTest(
     "unregisters the node",
   { tools: etcdAvailable() ? ["nbdcopy"] : ["etcd", "nbdcopy"] },
   async () => {
-    await using etcd = await testEtcd();
-    const meta = ["-C", etcd.endpoint, "--metadata-prefix", `/torus-e2e-${crypto.randomUUID()}/`];
-    assert.equal((await runTorus(["ctl", "init", ...meta])).code, 0);
+    await using cluster = await Cluster.init();
+    const meta = cluster.meta;
     const peerPort = freePort();
-    const args = (
-      port: number,
-    ) => [...meta, "--peer-address", `tdp://127.0.0.1:${port}`, "--auto-join"];
-    await using a = await E2eNode.start({ args: args(peerPort) });
-    await using b = await E2eNode.start({ args: args(freePort()) });
-    assert.equal((await runTorus(["ctl", "volume", "create-block", "w", "4MiB", ...meta])).code, 0);
+    await using a = await cluster.startNode({ port: peerPort });
+    await using b = await cluster.startNode();
+    await cluster.ctl("volume", "create-block", "w", "4MiB");
     const garbage = [
       new TextEncoder().encode("GET / HTTP/1.1\r\n\r\n"),
       new Uint8Array(70_000).fill(0xff),
