@@ -14,9 +14,7 @@
 import * as grpc from "@grpc/grpc-js";
 import {
   type BlockRef,
-  closed,
   errorMessage,
-  InFlight,
   invalid,
   outcomeUnknown,
   TorusError,
@@ -30,7 +28,8 @@ import {
 } from "../../../models/mod.ts";
 import type { RangeWriteOptions } from "../../../storage/mod.ts";
 import { tcpNetwork } from "../network.ts";
-import type { PeerCallOptions, PeerDialOptions, PeerStore } from "../protocol.ts";
+import { PeerStoreBase } from "../peer_store_base.ts";
+import type { PeerCallOptions, PeerDialOptions } from "../protocol.ts";
 import {
   errorOfFailure,
   GRPC_REFS_PER_MESSAGE_MAX,
@@ -53,44 +52,19 @@ export interface GrpcClientOptions extends PeerDialOptions {
 type CallKind = "read" | "change";
 
 /** A peer's block store over gRPC. */
-export class GrpcPeerStore implements PeerStore {
+export class GrpcPeerStore extends PeerStoreBase {
   readonly kind = "grpc";
-  readonly name: string;
-  readonly address: string;
-  readonly blockSizeBytes: number;
   readonly #options: GrpcClientOptions;
   #channel: PeerChannel | null = null;
   #connecting: Promise<PeerChannel> | null = null;
-  #counts = { usedBlocks: 0, totalBlocks: 0 };
   /** Per ref, the end of the last change of it called (the next one waits for it). */
   readonly #changeTurns = new Map<string, Promise<void>>();
   /** Listings a caller is still reading: close ends them. */
   readonly #listings = new Set<grpc.ClientReadableStream<ListRefsResponse>>();
-  readonly #calls = new InFlight();
-  #closed = false;
-  #closing = false;
-  /** A change was sent since the last flush was (close flushes only then). */
-  #changedSinceFlush = false;
 
   constructor(address: string, options: GrpcClientOptions) {
-    this.address = address;
-    this.name = address;
+    super(address, options.identity.blockSizeBytes, "gRPC");
     this.#options = options;
-    this.blockSizeBytes = options.identity.blockSizeBytes;
-  }
-
-  usedBlocks(): number {
-    this.#checkOpen();
-    return this.#counts.usedBlocks;
-  }
-
-  totalBlocks(): number {
-    this.#checkOpen();
-    return this.#counts.totalBlocks;
-  }
-
-  #checkOpen(): void {
-    if (this.#closed) throw closed(`the gRPC client of ${this.address} is closed`);
   }
 
   async refreshCounts(options?: PeerCallOptions): Promise<void> {
@@ -128,7 +102,7 @@ export class GrpcPeerStore implements PeerStore {
   }
 
   async hasBlocks(refs: readonly BlockRef[], options?: PeerCallOptions): Promise<boolean[]> {
-    this.#checkOpen();
+    this.checkOpen();
     const held: boolean[] = [];
     for (let first = 0; first < refs.length; first += GRPC_REFS_PER_MESSAGE_MAX) {
       const page = refs.slice(first, first + GRPC_REFS_PER_MESSAGE_MAX);
@@ -201,21 +175,21 @@ export class GrpcPeerStore implements PeerStore {
   }
 
   async flush(): Promise<void> {
-    // Cleared before the call: a change sent while the flush is on its way needs another.
-    this.#changedSinceFlush = false;
+    // Noted before the call: a change sent while the flush is on its way needs another.
+    this.noteSent("flush");
     await this.#call(rpcs.Flush, {}, "read");
   }
 
   async *blockRefs(): AsyncIterable<BlockRef> {
-    this.#checkOpen();
+    this.checkOpen();
     const timeoutMs = this.#options.callTimeoutMs;
-    const channel = await this.#tracked(() => this.#connect(Date.now() + timeoutMs));
+    const channel = await this.tracked(() => this.#connect(Date.now() + timeoutMs));
     const listing = new Listing(channel, this.address, timeoutMs);
     this.#listings.add(listing.stream);
     try {
       for (;;) {
-        this.#checkOpen(); // close ends a listing a caller still holds
-        const part = await this.#tracked(() => listing.next());
+        this.checkOpen(); // close ends a listing a caller still holds
+        const part = await this.tracked(() => listing.next());
         if (part === null) return;
         this.#takeCounts(part);
         for (const ref of part.refs) yield blockRefFromMessage(ref);
@@ -226,30 +200,11 @@ export class GrpcPeerStore implements PeerStore {
     }
   }
 
-  async close(): Promise<void> {
-    if (this.#closing) {
-      await this.#idle();
-      return;
-    }
-    this.#closing = true;
-    await this.#idle();
-    // The BlockStore contract: close flushes. Only changes sent through this client need it.
-    if (this.#changedSinceFlush) await this.flush().catch(() => {});
-    this.#closed = true;
-    await this.#idle();
+  protected async release(): Promise<void> {
     for (const stream of this.#listings) stream.cancel();
     const channel = this.#channel ?? await this.#connecting?.catch(() => null) ?? null;
     channel?.close();
     this.#channel = null;
-  }
-
-  #idle(): Promise<void> {
-    return this.#calls.idle();
-  }
-
-  /** Runs `work` counted as a call in flight (close waits for it). */
-  #tracked<T>(work: () => Promise<T>): Promise<T> {
-    return this.#calls.run(work);
   }
 
   /** A change of `ref`: sent once every earlier change of `ref` has its answer. */
@@ -259,7 +214,7 @@ export class GrpcPeerStore implements PeerStore {
     request: Request,
     options?: PeerCallOptions,
   ): Promise<void> {
-    this.#checkOpen();
+    this.checkOpen();
     const key = ref.key;
     const before = this.#changeTurns.get(key);
     let finished!: () => void;
@@ -284,13 +239,13 @@ export class GrpcPeerStore implements PeerStore {
     options?: PeerCallOptions,
     after?: Promise<void>,
   ): Promise<Reply> {
-    this.#checkOpen();
+    this.checkOpen();
     options?.signal?.throwIfAborted();
-    if (kind === "change") this.#changedSinceFlush = true;
+    if (kind === "change") this.noteSent("change");
     const timeoutMs = options?.timeoutMs ?? this.#options.callTimeoutMs;
     // The deadline runs from the call, through any wait for its turn and for a connection.
     const deadlineMs = Date.now() + timeoutMs;
-    return await this.#tracked(async () => {
+    return await this.tracked(async () => {
       await after;
       if (after !== undefined && Date.now() >= deadlineMs) {
         throw unavailable(
@@ -316,7 +271,7 @@ export class GrpcPeerStore implements PeerStore {
   #takeCounts(reply: StoreCounts): void {
     // A server that could not count sends zeros: keep what the last reply said.
     if (reply.totalBlocks === 0n) return;
-    this.#counts = { usedBlocks: Number(reply.usedBlocks), totalBlocks: Number(reply.totalBlocks) };
+    this.counts = { usedBlocks: Number(reply.usedBlocks), totalBlocks: Number(reply.totalBlocks) };
   }
 
   /** The error of a call that got no reply; a channel whose connection failed is dropped. */

@@ -13,7 +13,6 @@ import {
   closed,
   ErrorCode,
   errorMessage,
-  InFlight,
   invalid,
   isTorusError,
   outcomeUnknown,
@@ -22,7 +21,8 @@ import {
 } from "../../../core/mod.ts";
 import type { RangeWriteOptions } from "../../../storage/mod.ts";
 import type { StreamNetwork } from "../network.ts";
-import type { PeerCallOptions, PeerDialOptions, PeerStore } from "../protocol.ts";
+import { PeerStoreBase } from "../peer_store_base.ts";
+import type { PeerCallOptions, PeerDialOptions } from "../protocol.ts";
 import {
   BodyReader,
   decodeErrorReply,
@@ -65,39 +65,14 @@ export interface TdpClientOptions extends PeerDialOptions {
 }
 
 /** A peer's block store over TDP. */
-export class TdpPeerStore implements PeerStore {
+export class TdpPeerStore extends PeerStoreBase {
   readonly kind = "tdp";
-  readonly name: string;
-  readonly address: string;
-  readonly blockSizeBytes: number;
   readonly #options: TdpClientOptions;
   #connection: Promise<ClientConnection> | null = null;
-  #counts: StoreCounts = { usedBlocks: 0, totalBlocks: 0 };
-  readonly #calls = new InFlight();
-  #closed = false;
-  #closing = false;
-  /** A change was sent since the last flush was (close flushes only then). */
-  #changedSinceFlush = false;
 
   constructor(address: string, options: TdpClientOptions) {
-    this.address = address;
-    this.name = address;
+    super(address, options.identity.blockSizeBytes, "TDP");
     this.#options = options;
-    this.blockSizeBytes = options.identity.blockSizeBytes;
-  }
-
-  usedBlocks(): number {
-    this.#checkOpen();
-    return this.#counts.usedBlocks;
-  }
-
-  totalBlocks(): number {
-    this.#checkOpen();
-    return this.#counts.totalBlocks;
-  }
-
-  #checkOpen(): void {
-    if (this.#closed) throw closed(`the TDP client of ${this.address} is closed`);
   }
 
   async refreshCounts(options?: PeerCallOptions): Promise<void> {
@@ -227,24 +202,10 @@ export class TdpPeerStore implements PeerStore {
     }
   }
 
-  async close(): Promise<void> {
-    if (this.#closing) {
-      await this.#idle();
-      return;
-    }
-    this.#closing = true;
-    await this.#idle();
-    // The BlockStore contract: close flushes. Only changes sent through this client need it.
-    if (this.#changedSinceFlush) await this.flush().catch(() => {});
-    this.#closed = true;
-    await this.#idle();
+  protected async release(): Promise<void> {
     const connection = await this.#connection?.catch(() => null);
     connection?.close();
     this.#connection = null;
-  }
-
-  #idle(): Promise<void> {
-    return this.#calls.idle();
   }
 
   /**
@@ -252,13 +213,12 @@ export class TdpPeerStore implements PeerStore {
    * error, or the deadline's, otherwise.
    */
   async #call(request: Request, change: boolean, options?: PeerCallOptions): Promise<BodyReader> {
-    this.#checkOpen();
+    this.checkOpen();
     options?.signal?.throwIfAborted();
-    if (change) this.#changedSinceFlush = true;
-    else if (request.op === Op.Flush) this.#changedSinceFlush = false;
+    this.noteSent(change ? "change" : request.op === Op.Flush ? "flush" : "read");
     const timeoutMs = options?.timeoutMs ?? this.#options.callTimeoutMs;
     const deadlineMs = this.#options.clock.nowMs() + timeoutMs;
-    return await this.#calls.run(() => this.#exchange(request, change, deadlineMs, options));
+    return await this.tracked(() => this.#exchange(request, change, deadlineMs, options));
   }
 
   /** One request and its reply (a call in flight). */
@@ -273,7 +233,7 @@ export class TdpPeerStore implements PeerStore {
       options?.signal?.throwIfAborted();
       const frame = await connection.call(request, change, deadlineMs);
       const reader = new BodyReader(frame.body, `${this.address} reply`);
-      if (request.op !== Op.ListClose && request.op !== Op.Ping) this.#counts = readCounts(reader);
+      if (request.op !== Op.ListClose && request.op !== Op.Ping) this.counts = readCounts(reader);
       return reader;
     } catch (error) {
       if (error instanceof TdpFrameError) {
@@ -289,7 +249,7 @@ export class TdpPeerStore implements PeerStore {
     if (current !== null) return current;
     const connecting = ClientConnection.open(this.#options, this.address, deadlineMs).then(
       (connection) => {
-        this.#counts = connection.helloCounts;
+        this.counts = connection.helloCounts;
         connection.ended.then(() => {
           if (this.#connection === connecting) this.#connection = null;
         });
