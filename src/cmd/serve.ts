@@ -82,6 +82,7 @@ export const serveFlags = {
   "read-level": { type: "string", default: "block" },
   "write-level": { type: "string", default: "all" },
   "read-cache-size": { type: "string", default: "50MiB" },
+  "debug-init": { type: "boolean", default: false },
 } as const;
 
 /** Where `--nbd` without an address listens. */
@@ -149,6 +150,8 @@ and writes its volumes' blocks to the ring's holders of each block (replication 
                    one (when one holder has it; a flush reports a holder that missed it) or
                    local (when this node's copy is written)
   --read-cache-size SIZE  blocks read from peers kept in memory (default 50MiB)
+  --debug-init     initialise the cluster on etcd when it is not (block size 512 KiB, block
+                   spec crc,base, a ketama ring of replication 2), as torus ctl init would
 
 ${metadataFlagsHelp}
 `;
@@ -189,10 +192,16 @@ async function openNodeMetadata(
   io: Io,
 ): Promise<OpenedMetadata> {
   const opened = await openMetadata(values, { create: true });
-  if (opened.backend.kind === "embedded" && !(await opened.service.cluster.isInitialised())) {
+  // The embedded store is this machine's own cluster; etcd's is initialised only when asked
+  // (--debug-init, as the original's: a typo in -C must not create a cluster somewhere).
+  const initialise = opened.backend.kind === "embedded" || values["debug-init"] === true;
+  if (initialise && !(await opened.service.cluster.isInitialised())) {
     try {
       await opened.service.cluster.init(singleNodeInit());
-      io.stdout(`Initialised a single-node cluster in ${escapeText(opened.backend.path)}\n`);
+      const where = opened.backend.kind === "embedded"
+        ? `a single-node cluster in ${escapeText(opened.backend.path)}`
+        : `the cluster on etcd ${opened.backend.endpoints.join(",")} (--debug-init)`;
+      io.stdout(`Initialised ${where}\n`);
     } catch (error) {
       // Another local process (ctl init, a second serve) may have initialised it meanwhile.
       if (!isTorusError(error, "exists")) throw error;
@@ -259,7 +268,7 @@ function flagValue<T>(flag: string, parse: () => T): T {
 function clusterSettingsOf(values: Record<string, unknown>): ClusterSettings | null {
   const address = values["peer-address"];
   if (typeof address !== "string") {
-    for (const flag of ["auto-join"] as const) {
+    for (const flag of ["auto-join", "debug-init"] as const) {
       if (values[flag] === true) throw new UsageError(`--${flag} needs --peer-address`);
     }
     if (typeof values.etcd === "string") {

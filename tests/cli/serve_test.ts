@@ -240,6 +240,7 @@ Deno.test("an empty --data-dir, $TORUS_DATA_DIR or -C is a usage error, and noth
       [["serve", "--peer-address", "tdp://127.0.0.1:4000"], {}, /--peer-address needs -C/],
       [["serve", "-C", "127.0.0.1:2379"], {}, /-C\/--etcd needs --peer-address/],
       [["serve", "--auto-join"], {}, /--auto-join needs --peer-address/],
+      [["serve", "--debug-init"], {}, /--debug-init needs --peer-address/],
       [
         ["serve", "-C", "127.0.0.1:2379", "--peer-address", "ftp://x:1"],
         {},

@@ -260,3 +260,24 @@ e2eTest(
     assert.deepEqual(members, ["DOWN", "OK"]);
   },
 );
+
+e2eTest(
+  "--debug-init initialises the cluster on etcd when it is not (and only then)",
+  { tools: etcdAvailable() ? [] : ["etcd"] },
+  async () => {
+    await using etcd = await testEtcd();
+    const meta = ["-C", etcd.endpoint, "--metadata-prefix", `/torus-e2e-${crypto.randomUUID()}/`];
+    const node = (port: number) => [
+      ...meta,
+      "--peer-address",
+      `tdp://127.0.0.1:${port}`,
+      "--auto-join",
+      "--debug-init",
+    ];
+    await using a = await E2eNode.start({ args: node(freePort()) });
+    assert.match(a.output(), /Initialised the cluster on etcd 127\.0\.0\.1:\d+ \(--debug-init\)/);
+    await using b = await E2eNode.start({ args: node(freePort()) });
+    assert.doesNotMatch(b.output(), /Initialised/);
+    assert.deepEqual((await listPeers(meta)).map((p) => p.member), ["OK", "OK"]);
+  },
+);
