@@ -54,7 +54,13 @@ export async function measureStoreSpace(blockDir: string): Promise<StoreSpace> {
   });
   for (const entry of files) {
     if (!entry.isFile) continue;
-    const info = await Deno.stat(`${blockDir}/${entry.name}`);
+    // This runs before the data-dir lock: a serve that holds it may rename a file away (a
+    // journal's temp file) between the listing and this stat. A file gone takes no space.
+    const info = await Deno.stat(`${blockDir}/${entry.name}`).catch((error) => {
+      if (error instanceof Deno.errors.NotFound) return null;
+      throw error;
+    });
+    if (info === null) continue;
     storeApparentBytes += info.size;
     // st_blocks counts 512-byte units whatever the filesystem's block size.
     storeAllocatedBytes += (info.blocks ?? Math.ceil(info.size / 512)) * 512;
