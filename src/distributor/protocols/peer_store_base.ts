@@ -5,7 +5,7 @@
  * @module
  */
 
-import { type BlockRef, closed, InFlight } from "../../core/mod.ts";
+import { type BlockRef, closed, InFlight, invalid, unavailable } from "../../core/mod.ts";
 import type { RangeWriteOptions } from "../../storage/mod.ts";
 import type { PeerCallOptions, PeerStore } from "./protocol.ts";
 
@@ -79,6 +79,24 @@ export abstract class PeerStoreBase implements PeerStore {
     await this.release();
   }
 
+  /** A whole block as a reply carried it; `unavailable` when it has another size. */
+  protected checkedBlock(data: Uint8Array): Uint8Array {
+    if (data.length !== this.blockSizeBytes) {
+      throw unavailable(`${this.address} sent a block of ${data.length} bytes`);
+    }
+    return data;
+  }
+
+  /** Copies a range read's reply into `into`; `unavailable` when its length differs. */
+  protected fillFrom(into: Uint8Array, data: Uint8Array): void {
+    if (data.length !== into.length) {
+      throw unavailable(
+        `${this.address} answered a read of ${into.length} bytes with ${data.length}`,
+      );
+    }
+    into.set(data);
+  }
+
   /** Closes the protocol's connections once no call is in flight. */
   protected abstract release(): Promise<void>;
 
@@ -108,4 +126,15 @@ export abstract class PeerStoreBase implements PeerStore {
   abstract deleteBlock(ref: BlockRef, options?: PeerCallOptions): Promise<void>;
   abstract flush(): Promise<void>;
   abstract blockRefs(): AsyncIterable<BlockRef>;
+}
+
+/**
+ * `value` as a u32 field; `invalid` for what no store accepts (negative, fractional, too large),
+ * rather than letting the encoding wrap it into another number.
+ */
+export function wireU32(value: number, what: string): number {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
+    throw invalid(`${what} ${value} is not a byte position in a block`);
+  }
+  return value;
 }

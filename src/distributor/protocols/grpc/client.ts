@@ -28,7 +28,7 @@ import {
 } from "../../../models/mod.ts";
 import type { RangeWriteOptions } from "../../../storage/mod.ts";
 import { tcpNetwork } from "../network.ts";
-import { PeerStoreBase } from "../peer_store_base.ts";
+import { PeerStoreBase, wireU32 } from "../peer_store_base.ts";
 import type { PeerCallOptions, PeerDialOptions } from "../protocol.ts";
 import {
   errorOfFailure,
@@ -79,10 +79,7 @@ export class GrpcPeerStore extends PeerStoreBase {
       expectedCrc32: (crc ?? 0) >>> 0,
     };
     const { data } = await this.#call(rpcs.Block, request, "read", options);
-    if (data.length !== this.blockSizeBytes) {
-      throw unavailable(`${this.address} sent a block of ${data.length} bytes`);
-    }
-    return data;
+    return this.checkedBlock(data);
   }
 
   async putBlock(ref: BlockRef, data: Uint8Array, options?: PeerCallOptions): Promise<void> {
@@ -128,12 +125,7 @@ export class GrpcPeerStore extends PeerStoreBase {
       lengthBytes: into.length,
     };
     const { data } = await this.#call(rpcs.ReadAt, request, "read", options);
-    if (data.length !== into.length) {
-      throw unavailable(
-        `${this.address} answered a read of ${into.length} bytes with ${data.length}`,
-      );
-    }
-    into.set(data);
+    this.fillFrom(into, data);
   }
 
   async writeAt(
@@ -487,15 +479,4 @@ function checkFits(lengthBytes: number, blockSizeBytes: number): void {
   if (lengthBytes > blockSizeBytes) {
     throw invalid(`${lengthBytes} bytes do not fit a block of ${blockSizeBytes}`);
   }
-}
-
-/**
- * `value` as a uint32 field; `invalid` for what no store accepts (negative, fractional, too
- * large), rather than letting the encoding refuse it as a malformed message.
- */
-function wireU32(value: number, what: string): number {
-  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
-    throw invalid(`${what} ${value} is not a byte position in a block`);
-  }
-  return value;
 }

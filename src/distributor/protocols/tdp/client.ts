@@ -13,7 +13,6 @@ import {
   closed,
   ErrorCode,
   errorMessage,
-  invalid,
   isTorusError,
   outcomeUnknown,
   TorusError,
@@ -21,7 +20,7 @@ import {
 } from "../../../core/mod.ts";
 import type { RangeWriteOptions } from "../../../storage/mod.ts";
 import type { StreamNetwork } from "../network.ts";
-import { PeerStoreBase } from "../peer_store_base.ts";
+import { PeerStoreBase, wireU32 } from "../peer_store_base.ts";
 import type { PeerCallOptions, PeerDialOptions } from "../protocol.ts";
 import {
   BodyReader,
@@ -85,10 +84,7 @@ export class TdpPeerStore extends PeerStoreBase {
       : { op: Op.Get, ref, expectedCrc32: options.expectedCrc32 };
     const reader = await this.#call(request, false, options);
     const data = reader.rest();
-    if (data.length !== this.blockSizeBytes) {
-      throw unavailable(`${this.address} sent a block of ${data.length} bytes`);
-    }
-    return data;
+    return this.checkedBlock(data);
   }
 
   async putBlock(ref: BlockRef, data: Uint8Array, options?: PeerCallOptions): Promise<void> {
@@ -134,12 +130,7 @@ export class TdpPeerStore extends PeerStoreBase {
       lengthBytes: into.length,
     };
     const data = (await this.#call(request, false, options)).rest();
-    if (data.length !== into.length) {
-      throw unavailable(
-        `${this.address} answered a read of ${into.length} bytes with ${data.length}`,
-      );
-    }
-    into.set(data);
+    this.fillFrom(into, data);
   }
 
   async writeAt(
@@ -263,17 +254,6 @@ export class TdpPeerStore extends PeerStoreBase {
     });
     return connecting;
   }
-}
-
-/**
- * `value` as a u32 field; `invalid` for what no store accepts (negative, fractional, too large),
- * rather than letting the encoding wrap it into another number.
- */
-function wireU32(value: number, what: string): number {
-  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
-    throw invalid(`${what} ${value} is not a byte position in a block`);
-  }
-  return value;
 }
 
 /** One TCP connection to a peer, after its HELLO. */
