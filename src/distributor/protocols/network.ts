@@ -23,6 +23,14 @@ export interface StreamNetwork {
   listen(hostname: string, port: number): StreamListener;
 }
 
+/** Pause after a failed accept that did not close the listener. */
+const ACCEPT_RETRY_MS = 100;
+
+/** Whether an accept failed because the listener was closed (the end of accepting). */
+function closedListener(error: unknown): boolean {
+  return error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted;
+}
+
 /** TCP through Deno, with Nagle's algorithm off (frames are small and wait on each other). */
 export const tcpNetwork: StreamNetwork = {
   async connect(hostname, port, timeoutMs) {
@@ -51,10 +59,12 @@ export const tcpNetwork: StreamNetwork = {
   listen(hostname, port) {
     const listener = Deno.listen({ hostname, port, transport: "tcp" });
     const address = listener.addr;
+    let closed = false;
     return {
       hostname: address.hostname,
       port: address.port,
       close: () => {
+        closed = true;
         try {
           listener.close();
         } catch {
@@ -66,8 +76,12 @@ export const tcpNetwork: StreamNetwork = {
           let conn: Deno.TcpConn;
           try {
             conn = await listener.accept();
-          } catch {
-            return; // The listener was closed.
+          } catch (error) {
+            if (closed || closedListener(error)) return;
+            // Out of file descriptors or a connection reset before it was taken: the listener
+            // still works, so a node keeps serving its peers once the condition passes.
+            await new Promise((resolve) => setTimeout(resolve, ACCEPT_RETRY_MS));
+            continue;
           }
           conn.setNoDelay(true);
           yield conn;
