@@ -11,6 +11,7 @@ import {
   type BlockCallOptions,
   type BlockStore,
   ForwardingStore,
+  type PutOptions,
   type RangeWriteOptions,
 } from "../storage/mod.ts";
 
@@ -28,7 +29,7 @@ export class FenceStampedStore extends ForwardingStore {
     return { ...options, fenceToken: this.fenceToken } as T;
   }
 
-  override putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
+  override putBlock(ref: BlockRef, data: Uint8Array, options?: PutOptions): Promise<void> {
     return this.inner.putBlock(ref, data, this.#stamp(options));
   }
   override writeAt(

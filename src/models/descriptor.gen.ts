@@ -138,6 +138,10 @@ export const descriptor: INamespace = {
             "rebalancing": {
               "type": "bool",
               "id": 3
+            },
+            "ringVersion": {
+              "type": "uint64",
+              "id": 4
             }
           }
         },
@@ -303,6 +307,10 @@ export const descriptor: INamespace = {
             "fenceToken": {
               "type": "uint64",
               "id": 3
+            },
+            "ifAbsent": {
+              "type": "bool",
+              "id": 4
             }
           }
         },
@@ -522,6 +530,10 @@ export const descriptor: INamespace = {
             "fenceToken": {
               "type": "uint64",
               "id": 5
+            },
+            "mustExist": {
+              "type": "bool",
+              "id": 6
             }
           }
         },
@@ -546,6 +558,10 @@ export const descriptor: INamespace = {
             "fenceToken": {
               "type": "uint64",
               "id": 5
+            },
+            "mustExist": {
+              "type": "bool",
+              "id": 6
             }
           }
         },

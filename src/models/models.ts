@@ -41,6 +41,8 @@ export interface RebalanceInfo {
   lastRebalanceFinish: bigint;
   lastRebalanceBlocks: bigint;
   rebalancing: boolean;
+  /** The ring version the node's rebalancer last worked under (0: unknown, an older node). */
+  ringVersion: bigint;
 }
 
 export interface PeerInfo {
@@ -102,6 +104,8 @@ export interface PutBlockRequest {
   refs: BlockRefMessage[];
   blocks: Uint8Array[];
   fenceToken: bigint;
+  /** Refuse refs already stored (false or absent: replace; decoding always fills it). */
+  ifAbsent?: boolean;
 }
 export interface PutResponse extends StoreCounts {
   ok: boolean;
@@ -144,6 +148,8 @@ export interface WriteAtRequest {
   data: Uint8Array;
   fresh: boolean;
   fenceToken: bigint;
+  /** Refuse an absent ref (false or absent: create it; decoding always fills it). */
+  mustExist?: boolean;
 }
 export interface ZeroAtRequest {
   blockRef: BlockRefMessage | null;
@@ -151,6 +157,8 @@ export interface ZeroAtRequest {
   lengthBytes: number;
   fresh: boolean;
   fenceToken: bigint;
+  /** As in WriteAtRequest. */
+  mustExist?: boolean;
 }
 /** FlushRequest, CountsRequest and ListRefsRequest have no fields. */
 export type EmptyRequest = Record<string, never>;

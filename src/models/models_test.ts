@@ -48,7 +48,12 @@ const peer: PeerInfo = {
   totalBlocks: U64_MAX,
   usedBlocks: 1n,
   timedOut: true,
-  rebalanceInfo: { lastRebalanceFinish: -1n, lastRebalanceBlocks: U64_MAX, rebalancing: true },
+  rebalanceInfo: {
+    lastRebalanceFinish: -1n,
+    lastRebalanceBlocks: U64_MAX,
+    rebalancing: true,
+    ringVersion: U64_MAX,
+  },
   protocolVersion: 2n,
 };
 
@@ -93,6 +98,7 @@ const samples: [Codec<unknown>, unknown][] = [
     lastRebalanceFinish: I64_MIN,
     lastRebalanceBlocks: 0n,
     rebalancing: false,
+    ringVersion: 0n,
   }],
   [RingCodec, {
     type: 4,
@@ -121,6 +127,7 @@ const samples: [Codec<unknown>, unknown][] = [
     refs: [{ volume: 1n, inode: 2n, block: 3n }, { volume: 0n, inode: 0n, block: 0n }],
     blocks: [new Uint8Array(512).fill(7), new Uint8Array()],
     fenceToken: U64_MAX,
+    ifAbsent: true,
   }],
   [PutResponseCodec, { ok: true, err: "", errorCode: "", usedBlocks: 3n, totalBlocks: 4n }],
   [RebalanceCheckRequestCodec, { blockRefs: [{ volume: 5n, inode: 6n, block: 7n }] }],
@@ -174,6 +181,7 @@ const samples: [Codec<unknown>, unknown][] = [
     data: new Uint8Array(4096).fill(3),
     fresh: true,
     fenceToken: (1n << 53n) + 1n,
+    mustExist: false,
   }],
   [ZeroAtRequestCodec, {
     blockRef: null,
@@ -181,6 +189,7 @@ const samples: [Codec<unknown>, unknown][] = [
     lengthBytes: U32_MAX,
     fresh: false,
     fenceToken: 0n,
+    mustExist: true,
   }],
   [FlushRequestCodec, {}],
   [CountsRequestCodec, {}],

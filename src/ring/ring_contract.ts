@@ -50,7 +50,12 @@ export function testPeers(count: number, seed: number): PeerInfo[] {
     address: `10.0.0.${i + 1}:40000`,
     totalBlocks: 1_000_000n,
     usedBlocks: BigInt(i),
-    rebalanceInfo: { lastRebalanceFinish: 5n, lastRebalanceBlocks: 6n, rebalancing: false },
+    rebalanceInfo: {
+      lastRebalanceFinish: 5n,
+      lastRebalanceBlocks: 6n,
+      rebalancing: false,
+      ringVersion: 7n,
+    },
     protocolVersion: 1n,
   }));
 }

@@ -24,6 +24,13 @@
  *   zeros) when the ref is absent (`out_of_space` when that needs room there is not). With
  *   `fresh` the block is first reset to zeros even if the ref holds bytes: the volume layer
  *   allocates a block anew that way, whatever an abandoned earlier life of it left behind.
+ *   With `mustExist` (and not `fresh`) a range write to an absent ref throws `not_exist` and
+ *   stores nothing: a holder that lacks the block refuses instead of making zeros around the
+ *   range (the distributor then copies the whole block there first).
+ * - `putBlock` with `ifAbsent` throws `exists` and changes nothing when the ref is stored (the
+ *   rebalancer's copy never overwrites bytes a writer put there since). Like every change, it is
+ *   decided in call order with the other calls of the ref: a put or range write of the ref
+ *   called before it counts as stored, a delete called before it as absent.
  * - Range writes and whole-block puts and deletes of one ref take effect in call order. A range
  *   write resolves once a read issued after it returns its bytes.
  * - After a crash, a range write not covered by a flush reads back, per sector, as its old or its
@@ -60,6 +67,17 @@ export interface BlockCallOptions {
 export interface RangeWriteOptions extends BlockCallOptions {
   /** Reset the block to zeros before this write, even when the ref holds bytes. */
   fresh?: boolean;
+  /**
+   * Refuse with `not_exist`, storing nothing, when the ref is absent, instead of creating the
+   * block as zeros. `fresh` wins: a fresh write creates the block either way.
+   */
+  mustExist?: boolean;
+}
+
+/** Options of whole-block puts. */
+export interface PutOptions extends BlockCallOptions {
+  /** Refuse with `exists`, changing nothing, when the ref is already stored. */
+  ifAbsent?: boolean;
 }
 
 /** A store of fixed-size blocks, whole or by byte range. */
@@ -73,8 +91,11 @@ export interface BlockStore {
 
   /** Returns a copy of the block. */
   getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array>;
-  /** Stores a copy of `data` under `ref`, replacing any previous bytes of that ref. */
-  putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void>;
+  /**
+   * Stores a copy of `data` under `ref`, replacing any previous bytes of that ref (unless
+   * `ifAbsent`: then `exists` when the ref is stored).
+   */
+  putBlock(ref: BlockRef, data: Uint8Array, options?: PutOptions): Promise<void>;
   /** Whether `ref` is stored (without reading or verifying its bytes). */
   hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean>;
   /** Fills `into` with `into.length` bytes of `ref` at `offsetBytes` (within the block). */
@@ -84,14 +105,20 @@ export interface BlockStore {
     into: Uint8Array,
     options?: BlockCallOptions,
   ): Promise<void>;
-  /** Writes `data` into `ref` at `offsetBytes`, creating the block when absent. */
+  /**
+   * Writes `data` into `ref` at `offsetBytes`, creating the block when absent (unless
+   * `mustExist`: then `not_exist`).
+   */
   writeAt(
     ref: BlockRef,
     offsetBytes: number,
     data: Uint8Array,
     options?: RangeWriteOptions,
   ): Promise<void>;
-  /** Zeroes `lengthBytes` of `ref` at `offsetBytes`, creating the block when absent. */
+  /**
+   * Zeroes `lengthBytes` of `ref` at `offsetBytes`, creating the block when absent (unless
+   * `mustExist`: then `not_exist`).
+   */
   zeroAt(
     ref: BlockRef,
     offsetBytes: number,

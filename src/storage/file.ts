@@ -29,6 +29,9 @@
  *   and a put whose write finishes after a later put or delete of the same ref was called is
  *   dropped (it still resolves; its bytes were superseded). A delete while a put of the same ref
  *   is in flight cancels that put and resolves even if nothing was stored yet.
+ * - A put with `ifAbsent` decides once every earlier call of its ref took effect (it queues on
+ *   the ref behind range writes and behind puts in flight), and starts in the same turn as its
+ *   check. A range write with `mustExist` to an absent ref is refused in its turn on the ref.
  * - A get reads the version current when it was called; if that slot is reused meanwhile the
  *   checksum shows it and the get retries on the new state (or answers `not_exist`).
  * - The index changes synchronously ("check, change, mark the entry dirty" is atomic with respect
@@ -73,6 +76,7 @@ import {
   crc32,
   ErrorCode,
   errorMessage,
+  exists,
   invalid,
   isTorusError,
   joinedBytes,
@@ -83,7 +87,7 @@ import {
   verifyEnabled,
 } from "../core/mod.ts";
 import { tuneMallocForLargeBuffers } from "../sys/mod.ts";
-import type { BlockCallOptions, BlockStore, RangeWriteOptions } from "./block_store.ts";
+import type { BlockCallOptions, BlockStore, PutOptions, RangeWriteOptions } from "./block_store.ts";
 import type { FileIo } from "./file_io.ts";
 import { checkBlockRange } from "./range.ts";
 import {
@@ -627,7 +631,7 @@ export class FileBlockStore implements BlockStore {
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#rangeWrite(ref, offsetBytes, data.length, data, options?.fresh ?? false);
+    return this.#rangeWrite(ref, offsetBytes, data.length, data, rangeFlags(options));
   }
 
   zeroAt(
@@ -643,7 +647,7 @@ export class FileBlockStore implements BlockStore {
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#rangeWrite(ref, offsetBytes, lengthBytes, null, options?.fresh ?? false);
+    return this.#rangeWrite(ref, offsetBytes, lengthBytes, null, rangeFlags(options));
   }
 
   /**
@@ -655,8 +659,9 @@ export class FileBlockStore implements BlockStore {
     offsetBytes: number,
     lengthBytes: number,
     data: Uint8Array | null,
-    reset: boolean,
+    flags: RangeFlags,
   ): Promise<void> {
+    const { reset, mustExist } = flags;
     const refKey = ref.key;
     const key = SlotIndex.keyOf(ref, new Uint32Array(REF_WORDS));
     const sectorBytes = this.#sectorBytes;
@@ -674,13 +679,20 @@ export class FileBlockStore implements BlockStore {
         // The append happens in turn on the ref; waiting for its write does not hold the ref.
         const appended = await this.#onRef(
           refKey,
-          () => this.#slowRangeWrite(ref, key, { offsetBytes, lengthBytes, data: owned, reset }),
+          () =>
+            this.#slowRangeWrite(
+              ref,
+              key,
+              { offsetBytes, lengthBytes, data: owned, reset },
+              mustExist,
+            ),
         );
         written = appended.written;
       }
       await written;
     } catch (error) {
-      this.stats.failedWrittenBlocks++;
+      // A refusal of an absent ref (mustExist) is an answer, not a failed write.
+      if (!(mustExist && isTorusError(error, ErrorCode.NotExist))) this.stats.failedWrittenBlocks++;
       throw error;
     } finally {
       this.#opDone();
@@ -716,16 +728,19 @@ export class FileBlockStore implements BlockStore {
   }
 
   /**
-   * The slow path of a range write, run in turn on its ref: creates the block when absent,
-   * merges partial edge sectors with the current bytes, then appends (returns the append).
+   * The slow path of a range write, run in turn on its ref: creates the block when absent (or
+   * refuses, `mustExist` without a reset), merges partial edge sectors with the current bytes,
+   * then appends (returns the append).
    */
   async #slowRangeWrite(
     ref: BlockRef,
     key: Uint32Array,
     range: { offsetBytes: number; lengthBytes: number; data: Uint8Array | null; reset: boolean },
+    mustExist: boolean,
   ): Promise<{ written: Promise<void> }> {
     let reset = range.reset;
     if (this.#index.find(key) < 0) {
+      if (mustExist && !reset) throw notExist(`block ${ref} not found`);
       await this.#createZeroBlock(key);
       reset = true;
     }
@@ -1116,14 +1131,18 @@ export class FileBlockStore implements BlockStore {
     await this.#writeRanges(slot, this.#index.generations[slot]!, [range]);
   }
 
-  async putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
+  async putBlock(ref: BlockRef, data: Uint8Array, options?: PutOptions): Promise<void> {
     this.#checkUsable();
     options?.signal?.throwIfAborted();
     if (data.length > this.blockSizeBytes) {
       throw invalid(`block of ${data.length} bytes exceeds block size ${this.blockSizeBytes}`);
     }
+    const ifAbsent = options?.ifAbsent ?? false;
     try {
-      if (!this.#refTails.has(ref.key)) {
+      // An ifAbsent put also waits for puts of the ref in flight: whether they install decides.
+      if (!this.#refTails.has(ref.key) && !(ifAbsent && this.#putsInFlight.has(ref.key))) {
+        // The check and the start of the put run with no await between: nothing comes between.
+        if (ifAbsent) this.#refuseStored(ref);
         await this.#put(ref, data);
       } else {
         // A mutation of this ref called earlier still waits: this put starts after it, and later
@@ -1132,21 +1151,28 @@ export class FileBlockStore implements BlockStore {
         this.#opsInFlight++;
         let started: { done: Promise<void> };
         try {
-          started = await this.#onRef(
-            ref.key,
-            () => Promise.resolve({ done: this.#put(ref, copy) }),
-          );
+          started = await this.#onRef(ref.key, () => {
+            if (ifAbsent) this.#refuseStored(ref);
+            return Promise.resolve({ done: this.#put(ref, copy) });
+          });
         } finally {
           this.#opDone();
         }
         await started.done;
       }
     } catch (error) {
-      this.stats.failedWrittenBlocks++;
+      // A refusal of a stored ref (ifAbsent) is an answer, not a failed write.
+      if (!(ifAbsent && isTorusError(error, ErrorCode.Exists))) this.stats.failedWrittenBlocks++;
       throw error;
     }
     this.stats.writtenBlocks++;
     this.stats.writtenBytes += data.length;
+  }
+
+  /** `exists` when `ref` is stored (an ifAbsent put's check, made in turn on the ref). */
+  #refuseStored(ref: BlockRef): void {
+    const key = SlotIndex.keyOf(ref, new Uint32Array(REF_WORDS));
+    if (this.#index.find(key) >= 0) throw exists(`block ${ref} is already stored`);
   }
 
   async #put(ref: BlockRef, data: Uint8Array): Promise<void> {
@@ -1870,4 +1896,16 @@ function finalSectors(
     i = j;
   }
   return { runs, changed: [...content.keys()].sort((a, b) => a - b) };
+}
+
+/** What a range write asks for besides its bytes. */
+interface RangeFlags {
+  /** Reset the block to zeros first (`fresh`). */
+  reset: boolean;
+  /** Refuse an absent ref instead of creating it (`mustExist`; `fresh` wins). */
+  mustExist: boolean;
+}
+
+function rangeFlags(options: RangeWriteOptions | undefined): RangeFlags {
+  return { reset: options?.fresh ?? false, mustExist: options?.mustExist ?? false };
 }

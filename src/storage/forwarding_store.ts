@@ -6,7 +6,7 @@
  */
 
 import type { BlockRef } from "../core/mod.ts";
-import type { BlockCallOptions, BlockStore, RangeWriteOptions } from "./block_store.ts";
+import type { BlockCallOptions, BlockStore, PutOptions, RangeWriteOptions } from "./block_store.ts";
 
 /** Every call goes to `inner`; subclasses override what they change. */
 export class ForwardingStore implements BlockStore {
@@ -25,7 +25,7 @@ export class ForwardingStore implements BlockStore {
   getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {
     return this.inner.getBlock(ref, options);
   }
-  putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
+  putBlock(ref: BlockRef, data: Uint8Array, options?: PutOptions): Promise<void> {
     return this.inner.putBlock(ref, data, options);
   }
   hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean> {

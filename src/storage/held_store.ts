@@ -6,7 +6,7 @@
  */
 
 import type { BlockRef } from "../core/mod.ts";
-import type { BlockCallOptions } from "./block_store.ts";
+import type { BlockCallOptions, PutOptions, RangeWriteOptions } from "./block_store.ts";
 import { ForwardingStore } from "./forwarding_store.ts";
 import type { IoHold } from "./storage_contract.ts";
 
@@ -66,7 +66,7 @@ export class HeldStore extends ForwardingStore {
   override getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {
     return this.#pass(() => this.inner.getBlock(ref, options));
   }
-  override putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
+  override putBlock(ref: BlockRef, data: Uint8Array, options?: PutOptions): Promise<void> {
     this.#fenced(options);
     return this.#pass(() => this.inner.putBlock(ref, data, options));
   }
@@ -85,7 +85,7 @@ export class HeldStore extends ForwardingStore {
     ref: BlockRef,
     offsetBytes: number,
     data: Uint8Array,
-    options?: BlockCallOptions,
+    options?: RangeWriteOptions,
   ): Promise<void> {
     this.#fenced(options);
     return this.#pass(() => this.inner.writeAt(ref, offsetBytes, data, options));
@@ -94,7 +94,7 @@ export class HeldStore extends ForwardingStore {
     ref: BlockRef,
     offsetBytes: number,
     lengthBytes: number,
-    options?: BlockCallOptions,
+    options?: RangeWriteOptions,
   ): Promise<void> {
     this.#fenced(options);
     return this.#pass(() => this.inner.zeroAt(ref, offsetBytes, lengthBytes, options));

@@ -11,11 +11,12 @@ import {
   closed,
   crc32,
   ErrorCode,
+  exists,
   invalid,
   notExist,
   TorusError,
 } from "../core/mod.ts";
-import type { BlockCallOptions, BlockStore, RangeWriteOptions } from "./block_store.ts";
+import type { BlockCallOptions, BlockStore, PutOptions, RangeWriteOptions } from "./block_store.ts";
 import { checkBlockRange } from "./range.ts";
 
 /** Options of {@link MemoryBlockStore}. */
@@ -65,13 +66,14 @@ export class MemoryBlockStore implements BlockStore {
     });
   }
 
-  putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
+  putBlock(ref: BlockRef, data: Uint8Array, options?: PutOptions): Promise<void> {
     return settle(() => {
       const blocks = this.#open();
       options?.signal?.throwIfAborted();
       if (data.length > this.blockSizeBytes) {
         throw invalid(`block of ${data.length} bytes exceeds block size ${this.blockSizeBytes}`);
       }
+      if (options?.ifAbsent && blocks.has(ref.key)) throw exists(`block ${ref} is already stored`);
       if (!blocks.has(ref.key) && blocks.size >= this.#totalBlocks) {
         throw new TorusError(
           ErrorCode.OutOfSpace,
@@ -124,7 +126,10 @@ export class MemoryBlockStore implements BlockStore {
     });
   }
 
-  /** The stored bytes a range write changes, created (or reset, when `fresh`) as zeros. */
+  /**
+   * The stored bytes a range write changes, created (or reset, when `fresh`) as zeros; absent
+   * with `mustExist` (and not `fresh`) is `not_exist`.
+   */
   #blockForRangeWrite(
     ref: BlockRef,
     offsetBytes: number,
@@ -139,6 +144,7 @@ export class MemoryBlockStore implements BlockStore {
       if (options?.fresh) entry.data.fill(0);
       return entry.data;
     }
+    if (options?.mustExist && !options.fresh) throw notExist(`block ${ref} not found`);
     if (blocks.size >= this.#totalBlocks) {
       throw new TorusError(
         ErrorCode.OutOfSpace,

@@ -122,6 +122,7 @@ export function blockStoreContract(
   registerLifecycleTests(test);
   registerConcurrencyTests(test);
   registerSameRefTests(test);
+  registerIfAbsentTests(test);
   registerRangeTests(test);
 }
 
@@ -460,6 +461,62 @@ function registerSameRefTests(test: Register): void {
       assert.deepEqual(await store.getBlock(testRef(index)), patternBlock(size, seed));
     }
   }, { exactCapacity: true });
+}
+
+function registerIfAbsentTests(test: Register): void {
+  test("an ifAbsent put of a stored ref is exists and keeps the stored bytes", async ({ store }) => {
+    const size = store.blockSizeBytes;
+    await store.putBlock(testRef(1), patternBlock(size, 1));
+    await rejectsWithCode(
+      store.putBlock(testRef(1), patternBlock(size, 2), { ifAbsent: true }),
+      ErrorCode.Exists,
+    );
+    assert.deepEqual(await store.getBlock(testRef(1)), patternBlock(size, 1));
+    assert.equal(store.usedBlocks(), 1);
+    // A plain put still replaces it.
+    await store.putBlock(testRef(1), patternBlock(size, 3), { ifAbsent: false });
+    assert.deepEqual(await store.getBlock(testRef(1)), patternBlock(size, 3));
+  });
+
+  test("an ifAbsent put of an absent ref stores it", async ({ store }) => {
+    const size = store.blockSizeBytes;
+    await store.putBlock(testRef(1), patternBlock(size, 4), { ifAbsent: true });
+    assert.deepEqual(await store.getBlock(testRef(1)), patternBlock(size, 4));
+    assert.equal(await store.hasBlock(testRef(1)), true);
+    assert.equal(store.usedBlocks(), 1);
+    await rejectsWithCode(
+      store.putBlock(testRef(1), patternBlock(size, 5), { ifAbsent: true }),
+      ErrorCode.Exists,
+    );
+    assert.deepEqual(await store.getBlock(testRef(1)), patternBlock(size, 4));
+  });
+
+  test("an ifAbsent put is decided in call order with the ref's other calls", async ({ store }) => {
+    const size = store.blockSizeBytes;
+    // A put called before it (maybe still in flight) stores the ref first.
+    const first = store.putBlock(testRef(1), patternBlock(size, 6));
+    const late = store.putBlock(testRef(1), patternBlock(size, 7), { ifAbsent: true });
+    await Promise.all([first, rejectsWithCode(late, ErrorCode.Exists)]);
+    assert.deepEqual(await store.getBlock(testRef(1)), patternBlock(size, 6));
+    // So does a range write that creates the ref.
+    const create = store.writeAt(testRef(2), 0, new Uint8Array([1]));
+    const behind = store.putBlock(testRef(2), patternBlock(size, 8), { ifAbsent: true });
+    await Promise.all([create, rejectsWithCode(behind, ErrorCode.Exists)]);
+    const created = new Uint8Array(size);
+    created[0] = 1;
+    assert.deepEqual(await store.getBlock(testRef(2)), created);
+    // A delete called before it frees the ref for it.
+    const gone = store.deleteBlock(testRef(1));
+    const again = store.putBlock(testRef(1), patternBlock(size, 9), { ifAbsent: true });
+    await Promise.all([gone, again]);
+    assert.deepEqual(await store.getBlock(testRef(1)), patternBlock(size, 9));
+    // Of two ifAbsent puts of a new ref, the first called wins.
+    const winner = store.putBlock(testRef(3), patternBlock(size, 10), { ifAbsent: true });
+    const loser = store.putBlock(testRef(3), patternBlock(size, 11), { ifAbsent: true });
+    await Promise.all([winner, rejectsWithCode(loser, ErrorCode.Exists)]);
+    assert.deepEqual(await store.getBlock(testRef(3)), patternBlock(size, 10));
+    assert.equal(store.usedBlocks(), 3);
+  });
 }
 
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {

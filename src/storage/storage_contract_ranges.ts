@@ -30,6 +30,7 @@ async function readAll(store: BlockStore, ref: BlockRef): Promise<Uint8Array> {
 /** Registers the range tests. */
 export function registerRangeTests(test: Register): void {
   registerRangeDataTests(test);
+  registerMustExistTests(test);
   registerRangeBoundsTests(test);
   registerRangeOrderTests(test);
   registerRangeDurabilityTests(test);
@@ -100,6 +101,86 @@ function registerRangeDataTests(test: Register): void {
     const backing = new Uint8Array(12).fill(0x55);
     await store.readAt(testRef(1), 0, backing.subarray(4, 8));
     assert.deepEqual(backing, new Uint8Array([85, 85, 85, 85, 1, 2, 3, 4, 85, 85, 85, 85]));
+  });
+}
+
+function registerMustExistTests(test: Register): void {
+  test("mustExist range writes of an absent ref are not_exist and store nothing", async ({ store }) => {
+    const size = store.blockSizeBytes;
+    const sector = Math.min(4096, size);
+    const mustExist = { mustExist: true };
+    await store.putBlock(testRef(9), patternBlock(size, 1));
+    // Odd ranges and whole sectors (engines may take different paths for each).
+    await rejectsWithCode(
+      store.writeAt(testRef(1), 7, new Uint8Array([1, 2, 3]), mustExist),
+      ErrorCode.NotExist,
+    );
+    await rejectsWithCode(
+      store.writeAt(testRef(2), 0, new Uint8Array(sector).fill(4), mustExist),
+      ErrorCode.NotExist,
+    );
+    await rejectsWithCode(store.zeroAt(testRef(3), 5, 10, mustExist), ErrorCode.NotExist);
+    await rejectsWithCode(store.zeroAt(testRef(4), 0, size, mustExist), ErrorCode.NotExist);
+    for (const index of [1, 2, 3, 4]) {
+      assert.equal(await store.hasBlock(testRef(index)), false, `ref ${index}`);
+      await rejectsWithCode(store.readAt(testRef(index), 0, new Uint8Array(1)), ErrorCode.NotExist);
+    }
+    assert.equal(store.usedBlocks(), 1);
+    const refs: string[] = [];
+    for await (const ref of store.blockRefs()) refs.push(ref.key);
+    assert.deepEqual(refs, [testRef(9).key]);
+    // The refused ref is still free to create.
+    await store.writeAt(testRef(1), 0, new Uint8Array([5]));
+    assert.equal(store.usedBlocks(), 2);
+  });
+
+  test("mustExist range writes change a stored block like any other", async ({ store }) => {
+    const size = store.blockSizeBytes;
+    const base = patternBlock(size, 2);
+    await store.putBlock(testRef(1), base);
+    await store.writeAt(testRef(1), 3, new Uint8Array([7, 8, 9]), { mustExist: true });
+    await store.zeroAt(testRef(1), size - 100, 50, { mustExist: true });
+    const expected = base.slice();
+    expected.set([7, 8, 9], 3);
+    expected.fill(0, size - 100, size - 50);
+    assert.deepEqual(await readAll(store, testRef(1)), expected);
+    assert.equal(store.usedBlocks(), 1);
+  });
+
+  test("fresh wins over mustExist: an absent ref is created", async ({ store }) => {
+    const size = store.blockSizeBytes;
+    const both = { fresh: true, mustExist: true };
+    await store.writeAt(testRef(1), 10, new Uint8Array([9, 9]), both);
+    const expected = new Uint8Array(size);
+    expected.set([9, 9], 10);
+    assert.deepEqual(await readAll(store, testRef(1)), expected);
+    await store.zeroAt(testRef(2), 0, 1, both);
+    assert.deepEqual(await readAll(store, testRef(2)), new Uint8Array(size));
+    assert.equal(store.usedBlocks(), 2);
+  });
+
+  test("mustExist is decided in call order with the ref's other calls", async ({ store }) => {
+    const size = store.blockSizeBytes;
+    // A put called before it: the ref exists for it.
+    const put = store.putBlock(testRef(1), patternBlock(size, 3));
+    const patch = store.writeAt(testRef(1), 1, new Uint8Array([1]), { mustExist: true });
+    await Promise.all([put, patch]);
+    const expected = patternBlock(size, 3);
+    expected[1] = 1;
+    assert.deepEqual(await readAll(store, testRef(1)), expected);
+    // A creating range write called before it: the same.
+    const create = store.writeAt(testRef(2), 0, new Uint8Array([2]));
+    const zero = store.zeroAt(testRef(2), 1, 1, { mustExist: true });
+    await Promise.all([create, zero]);
+    const second = new Uint8Array(size);
+    second[0] = 2;
+    assert.deepEqual(await readAll(store, testRef(2)), second);
+    // A delete called before it: the ref is gone for it.
+    const gone = store.deleteBlock(testRef(1));
+    const refused = store.writeAt(testRef(1), 0, new Uint8Array([3]), { mustExist: true });
+    await Promise.all([gone, rejectsWithCode(refused, ErrorCode.NotExist)]);
+    assert.equal(await store.hasBlock(testRef(1)), false);
+    assert.equal(store.usedBlocks(), 1);
   });
 }
 
@@ -240,6 +321,33 @@ function registerRangeDurabilityTests(test: Register): void {
       assert.deepEqual(await readAll(reopened, testRef(2)), second);
       assert.equal(await reopened.hasBlock(testRef(3)), false);
       assert.equal(reopened.usedBlocks(), 2);
+    } finally {
+      await reopened.close();
+    }
+  });
+
+  test("refused mustExist writes and ifAbsent puts leave nothing after a reopen", async (fixture) => {
+    if (fixture.reopen === undefined) return; // volatile stores have nothing to reopen
+    const { store } = fixture;
+    const size = store.blockSizeBytes;
+    await store.putBlock(testRef(1), patternBlock(size, 10));
+    await rejectsWithCode(
+      store.putBlock(testRef(1), patternBlock(size, 11), { ifAbsent: true }),
+      ErrorCode.Exists,
+    );
+    await rejectsWithCode(
+      store.writeAt(testRef(2), 1, new Uint8Array([1]), { mustExist: true }),
+      ErrorCode.NotExist,
+    );
+    await rejectsWithCode(store.zeroAt(testRef(3), 0, 1, { mustExist: true }), ErrorCode.NotExist);
+    await store.flush();
+    await store.close();
+    const reopened = await fixture.reopen();
+    try {
+      assert.deepEqual(await readAll(reopened, testRef(1)), patternBlock(size, 10));
+      assert.equal(await reopened.hasBlock(testRef(2)), false);
+      assert.equal(await reopened.hasBlock(testRef(3)), false);
+      assert.equal(reopened.usedBlocks(), 1);
     } finally {
       await reopened.close();
     }

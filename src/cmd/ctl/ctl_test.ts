@@ -290,7 +290,12 @@ test("list-peers shows members, available nodes, dead members and the footer", a
   await h.clock.advance(5_000);
   const rebalancing = {
     ...node(U2, 40002, 2048, 0),
-    rebalanceInfo: { rebalancing: true, lastRebalanceBlocks: 100n, lastRebalanceFinish: 0n },
+    rebalanceInfo: {
+      rebalancing: true,
+      lastRebalanceBlocks: 100n,
+      lastRebalanceFinish: 0n,
+      ringVersion: 1n,
+    },
   };
   const lease = await h.mds.leases.grant(60_000);
   await h.mds.peers.registerPeer(rebalancing, lease);

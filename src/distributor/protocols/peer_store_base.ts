@@ -6,7 +6,7 @@
  */
 
 import { type BlockRef, closed, InFlight, invalid, unavailable } from "../../core/mod.ts";
-import type { RangeWriteOptions } from "../../storage/mod.ts";
+import type { PutOptions, RangeWriteOptions } from "../../storage/mod.ts";
 import type { PeerCallOptions, PeerStore } from "./protocol.ts";
 
 /** Counts of the remote store, as its last reply gave them. */
@@ -102,7 +102,11 @@ export abstract class PeerStoreBase implements PeerStore {
 
   abstract refreshCounts(options?: PeerCallOptions): Promise<void>;
   abstract getBlock(ref: BlockRef, options?: PeerCallOptions): Promise<Uint8Array>;
-  abstract putBlock(ref: BlockRef, data: Uint8Array, options?: PeerCallOptions): Promise<void>;
+  abstract putBlock(
+    ref: BlockRef,
+    data: Uint8Array,
+    options?: PutOptions & PeerCallOptions,
+  ): Promise<void>;
   abstract hasBlock(ref: BlockRef, options?: PeerCallOptions): Promise<boolean>;
   abstract hasBlocks(refs: readonly BlockRef[], options?: PeerCallOptions): Promise<boolean[]>;
   abstract readAt(

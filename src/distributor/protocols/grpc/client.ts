@@ -26,7 +26,7 @@ import {
   type ListRefsResponse,
   type StoreCounts,
 } from "../../../models/mod.ts";
-import type { RangeWriteOptions } from "../../../storage/mod.ts";
+import type { PutOptions, RangeWriteOptions } from "../../../storage/mod.ts";
 import { tcpNetwork } from "../network.ts";
 import { PeerStoreBase, wireU32 } from "../peer_store_base.ts";
 import type { PeerCallOptions, PeerDialOptions } from "../protocol.ts";
@@ -82,7 +82,11 @@ export class GrpcPeerStore extends PeerStoreBase {
     return this.checkedBlock(data);
   }
 
-  async putBlock(ref: BlockRef, data: Uint8Array, options?: PeerCallOptions): Promise<void> {
+  async putBlock(
+    ref: BlockRef,
+    data: Uint8Array,
+    options?: PutOptions & PeerCallOptions,
+  ): Promise<void> {
     // A copy now: the caller may change its buffer as soon as this returns, and the call may
     // wait for an earlier change of the same ref before it is encoded.
     checkFits(data.length, this.blockSizeBytes);
@@ -90,6 +94,7 @@ export class GrpcPeerStore extends PeerStoreBase {
       refs: [blockRefToMessage(ref)],
       blocks: [data.slice()],
       fenceToken: fenceOf(options),
+      ifAbsent: options?.ifAbsent ?? false,
     };
     await this.#change(ref, rpcs.PutBlock, request, options);
   }
@@ -141,6 +146,7 @@ export class GrpcPeerStore extends PeerStoreBase {
       data: data.slice(),
       fresh: options?.fresh ?? false,
       fenceToken: fenceOf(options),
+      mustExist: options?.mustExist ?? false,
     };
     await this.#change(ref, rpcs.WriteAt, request, options);
   }
@@ -157,6 +163,7 @@ export class GrpcPeerStore extends PeerStoreBase {
       lengthBytes: wireU32(lengthBytes, "length"),
       fresh: options?.fresh ?? false,
       fenceToken: fenceOf(options),
+      mustExist: options?.mustExist ?? false,
     };
     await this.#change(ref, rpcs.ZeroAt, request, options);
   }

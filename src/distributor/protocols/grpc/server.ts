@@ -187,7 +187,7 @@ export class GrpcServer implements PeerServer {
         if (request.refs.length !== request.blocks.length) {
           throw invalid(`${request.refs.length} refs for ${request.blocks.length} blocks`);
         }
-        const options = fenced(request.fenceToken);
+        const options = { ...fenced(request.fenceToken), ifAbsent: request.ifAbsent ?? false };
         // In order, as the original did; the first failure ends the call.
         for (const [i, ref] of request.refs.entries()) {
           await store.putBlock(refOf(ref), request.blocks[i]!, options);
@@ -200,12 +200,20 @@ export class GrpcServer implements PeerServer {
         return { ...this.#ok(rpcs.DeleteBlock), ok: true };
       }),
       WriteAt: this.#unary(rpcs.WriteAt, async (request) => {
-        const options = { ...fenced(request.fenceToken), fresh: request.fresh };
+        const options = {
+          ...fenced(request.fenceToken),
+          fresh: request.fresh,
+          mustExist: request.mustExist ?? false,
+        };
         await store.writeAt(refOf(request.blockRef), request.offsetBytes, request.data, options);
         return this.#ok(rpcs.WriteAt);
       }),
       ZeroAt: this.#unary(rpcs.ZeroAt, async (request) => {
-        const options = { ...fenced(request.fenceToken), fresh: request.fresh };
+        const options = {
+          ...fenced(request.fenceToken),
+          fresh: request.fresh,
+          mustExist: request.mustExist ?? false,
+        };
         const { blockRef, offsetBytes, lengthBytes } = request;
         await store.zeroAt(refOf(blockRef), offsetBytes, lengthBytes, options);
         return this.#ok(rpcs.ZeroAt);

@@ -18,7 +18,7 @@ import {
   TorusError,
   unavailable,
 } from "../../../core/mod.ts";
-import type { RangeWriteOptions } from "../../../storage/mod.ts";
+import type { PutOptions, RangeWriteOptions } from "../../../storage/mod.ts";
 import type { StreamNetwork } from "../network.ts";
 import { PeerStoreBase, wireU32 } from "../peer_store_base.ts";
 import type { PeerCallOptions, PeerDialOptions } from "../protocol.ts";
@@ -87,12 +87,17 @@ export class TdpPeerStore extends PeerStoreBase {
     return this.checkedBlock(data);
   }
 
-  async putBlock(ref: BlockRef, data: Uint8Array, options?: PeerCallOptions): Promise<void> {
+  async putBlock(
+    ref: BlockRef,
+    data: Uint8Array,
+    options?: PutOptions & PeerCallOptions,
+  ): Promise<void> {
     // A copy now: the caller may change its buffer as soon as this returns.
     const request: Request = {
       op: Op.Put,
       ref,
       fence: options?.fenceToken ?? 0,
+      ifAbsent: options?.ifAbsent ?? false,
       data: data.slice(),
     };
     await this.#call(request, true, options);
@@ -144,6 +149,7 @@ export class TdpPeerStore extends PeerStoreBase {
       ref,
       fence: options?.fenceToken ?? 0,
       fresh: options?.fresh ?? false,
+      mustExist: options?.mustExist ?? false,
       offsetBytes: wireU32(offsetBytes, "offset"),
       data: data.slice(),
     };
@@ -161,6 +167,7 @@ export class TdpPeerStore extends PeerStoreBase {
       ref,
       fence: options?.fenceToken ?? 0,
       fresh: options?.fresh ?? false,
+      mustExist: options?.mustExist ?? false,
       offsetBytes: wireU32(offsetBytes, "offset"),
       lengthBytes: wireU32(lengthBytes, "length"),
     };

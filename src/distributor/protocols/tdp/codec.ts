@@ -15,6 +15,16 @@
  * counts (used u64, total u64); an error reply (status = an error code number) carries a UTF-8
  * message. Refs are the 24-byte BlockRef form; fencing tokens are u64, 0 for none.
  *
+ * Request flags are per opcode ({@link Flag}); every other bit is zero:
+ *
+ * ```
+ * GET                 0x01 EXPECTED_CRC  the expected CRC-32 field is set
+ * PUT                 0x01 IF_ABSENT     refuse with `exists` when the ref is stored
+ * WRITE_AT, ZERO_AT   0x01 FRESH         reset the block to zeros first
+ *                     0x02 MUST_EXIST    refuse with `not_exist` when the ref is absent
+ *                                        (FRESH wins)
+ * ```
+ *
  * Unlike the original's TDP (no handshake, one request at a time, fixed-size frames, errors never
  * sent), every bound is explicit: a header that is not one of ours or a body over the bound the
  * handshake set ends the connection ({@link TdpFrameError}); a frame that parses but asks for
@@ -70,12 +80,16 @@ export type Op = typeof Op[keyof typeof Op];
 const OP_MAX = 14;
 export const REPLY_BIT = 0x80;
 
-/** Flag bits of requests. */
+/** Flag bits of requests, per opcode (the module doc has the table). */
 export const Flag = {
   /** GET: the expected CRC-32 field is set. */
   ExpectedCrc: 1,
+  /** PUT: refuse with `exists` when the ref is stored. */
+  IfAbsent: 1,
   /** WRITE_AT / ZERO_AT: reset the block to zeros first. */
   Fresh: 1,
+  /** WRITE_AT / ZERO_AT: refuse with `not_exist` when the ref is absent (unless fresh). */
+  MustExist: 2,
 } as const;
 
 /** Error codes as numbers on the wire (0 is ok). Never renumber: peers of a cluster differ. */
@@ -248,6 +262,7 @@ export type Request =
     readonly op: typeof Op.Put;
     readonly ref: BlockRef;
     readonly fence: number;
+    readonly ifAbsent: boolean;
     readonly data: Uint8Array;
   }
   | { readonly op: typeof Op.Has; readonly refs: BlockRef[] }
@@ -262,6 +277,7 @@ export type Request =
     readonly ref: BlockRef;
     readonly fence: number;
     readonly fresh: boolean;
+    readonly mustExist: boolean;
     readonly offsetBytes: number;
     readonly data: Uint8Array;
   }
@@ -270,6 +286,7 @@ export type Request =
     readonly ref: BlockRef;
     readonly fence: number;
     readonly fresh: boolean;
+    readonly mustExist: boolean;
     readonly offsetBytes: number;
     readonly lengthBytes: number;
   }
@@ -300,6 +317,7 @@ export function encodeRequest(request: Request, requestId: number): Uint8Array[]
     case Op.Put:
       request.ref.writeTo(fixed, TDP_HEADER_BYTES);
       putU64(view, 24, request.fence);
+      if (request.ifAbsent) flags |= Flag.IfAbsent;
       data = request.data;
       break;
     case Op.Has:
@@ -317,7 +335,7 @@ export function encodeRequest(request: Request, requestId: number): Uint8Array[]
       request.ref.writeTo(fixed, TDP_HEADER_BYTES);
       putU64(view, 24, request.fence);
       view.setUint32(32, request.offsetBytes, true);
-      if (request.fresh) flags |= Flag.Fresh;
+      flags |= rangeFlags(request);
       data = request.data;
       break;
     case Op.ZeroAt:
@@ -325,7 +343,7 @@ export function encodeRequest(request: Request, requestId: number): Uint8Array[]
       putU64(view, 24, request.fence);
       view.setUint32(32, request.offsetBytes, true);
       view.setUint32(36, request.lengthBytes, true);
-      if (request.fresh) flags |= Flag.Fresh;
+      flags |= rangeFlags(request);
       break;
     case Op.Delete:
       request.ref.writeTo(fixed, TDP_HEADER_BYTES);
@@ -342,6 +360,11 @@ export function encodeRequest(request: Request, requestId: number): Uint8Array[]
   const bodyBytes = fixed.length - TDP_HEADER_BYTES + (data?.length ?? 0);
   writeHeader(fixed, 0, { op: request.op, flags, requestId, bodyBytes, status: 0 });
   return data === null || data.length === 0 ? [fixed] : [fixed, data];
+}
+
+/** The flags of a range write. */
+function rangeFlags(request: { readonly fresh: boolean; readonly mustExist: boolean }): number {
+  return (request.fresh ? Flag.Fresh : 0) | (request.mustExist ? Flag.MustExist : 0);
 }
 
 /** Bytes of a request's body before its data. */
@@ -376,6 +399,7 @@ function fixedBytesOf(request: Request): number {
 export function decodeRequest(header: FrameHeader, body: Uint8Array): Request {
   const reader = new BodyReader(body, opName(header.op));
   const fresh = (header.flags & Flag.Fresh) !== 0;
+  const mustExist = (header.flags & Flag.MustExist) !== 0;
   let request: Request;
   switch (header.op) {
     case Op.Ping:
@@ -392,9 +416,13 @@ export function decodeRequest(header: FrameHeader, body: Uint8Array): Request {
         : { op: Op.Get, ref };
       break;
     }
-    case Op.Put:
-      request = { op: Op.Put, ref: reader.ref(), fence: reader.u64(), data: reader.rest() };
+    case Op.Put: {
+      const ref = reader.ref();
+      const fence = reader.u64();
+      const ifAbsent = (header.flags & Flag.IfAbsent) !== 0;
+      request = { op: Op.Put, ref, fence, ifAbsent, data: reader.rest() };
       break;
+    }
     case Op.Has: {
       const count = reader.u32();
       if (count > TDP_REFS_PER_FRAME_MAX) throw new TdpFrameError(`HAS of ${count} refs`);
@@ -419,6 +447,7 @@ export function decodeRequest(header: FrameHeader, body: Uint8Array): Request {
         ref,
         fence,
         fresh,
+        mustExist,
         offsetBytes: reader.u32(),
         data: reader.rest(),
       };
@@ -428,7 +457,8 @@ export function decodeRequest(header: FrameHeader, body: Uint8Array): Request {
       const ref = reader.ref();
       const fence = reader.u64();
       const offsetBytes = reader.u32();
-      request = { op: Op.ZeroAt, ref, fence, fresh, offsetBytes, lengthBytes: reader.u32() };
+      const lengthBytes = reader.u32();
+      request = { op: Op.ZeroAt, ref, fence, fresh, mustExist, offsetBytes, lengthBytes };
       break;
     }
     case Op.Delete:

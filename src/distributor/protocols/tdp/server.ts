@@ -306,7 +306,10 @@ class ServerConnection {
         return store.getBlock(request.ref, options).then((data) => [data]);
       }
       case Op.Put:
-        return store.putBlock(request.ref, request.data, fenced(request.fence)).then(() => []);
+        return store.putBlock(request.ref, request.data, {
+          ...fenced(request.fence),
+          ifAbsent: request.ifAbsent,
+        }).then(() => []);
       case Op.Has:
         return Promise.all(request.refs.map((ref) => store.hasBlock(ref))).then((
           held,
@@ -324,11 +327,13 @@ class ServerConnection {
         return store.writeAt(request.ref, request.offsetBytes, request.data, {
           ...fenced(request.fence),
           fresh: request.fresh,
+          mustExist: request.mustExist,
         }).then(() => []);
       case Op.ZeroAt:
         return store.zeroAt(request.ref, request.offsetBytes, request.lengthBytes, {
           ...fenced(request.fence),
           fresh: request.fresh,
+          mustExist: request.mustExist,
         }).then(() => []);
       case Op.Delete:
         return store.deleteBlock(request.ref, fenced(request.fence)).then(() => []);

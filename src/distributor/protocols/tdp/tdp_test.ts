@@ -12,6 +12,7 @@ import {
   encodeHello,
   encodeHelloRequest,
   encodeRequest,
+  Flag,
   Op,
   readHeader,
   type Request,
@@ -31,11 +32,48 @@ const requests: Request[] = [
   { op: Op.Ping },
   { op: Op.Get, ref },
   { op: Op.Get, ref, expectedCrc32: 0xdeadbeef },
-  { op: Op.Put, ref, fence: 2 ** 52 + 1, data: new Uint8Array([1, 2, 3]) },
+  { op: Op.Put, ref, fence: 2 ** 52 + 1, ifAbsent: false, data: new Uint8Array([1, 2, 3]) },
+  { op: Op.Put, ref, fence: 0, ifAbsent: true, data: new Uint8Array([4]) },
   { op: Op.Has, refs: [ref, testRef(1), testRef(2)] },
   { op: Op.ReadAt, ref, offsetBytes: 4096, lengthBytes: 512 },
-  { op: Op.WriteAt, ref, fence: 3, fresh: true, offsetBytes: 7, data: new Uint8Array([9]) },
-  { op: Op.ZeroAt, ref, fence: 0, fresh: false, offsetBytes: 8, lengthBytes: 100 },
+  {
+    op: Op.WriteAt,
+    ref,
+    fence: 3,
+    fresh: true,
+    mustExist: false,
+    offsetBytes: 7,
+    data: new Uint8Array([9]),
+  },
+  {
+    op: Op.WriteAt,
+    ref,
+    fence: 0,
+    fresh: false,
+    mustExist: true,
+    offsetBytes: 0,
+    data: new Uint8Array([1, 2]),
+  },
+  {
+    op: Op.WriteAt,
+    ref,
+    fence: 1,
+    fresh: true,
+    mustExist: true,
+    offsetBytes: 9,
+    data: new Uint8Array([3]),
+  },
+  {
+    op: Op.ZeroAt,
+    ref,
+    fence: 0,
+    fresh: false,
+    mustExist: false,
+    offsetBytes: 8,
+    lengthBytes: 100,
+  },
+  { op: Op.ZeroAt, ref, fence: 5, fresh: false, mustExist: true, offsetBytes: 1, lengthBytes: 2 },
+  { op: Op.ZeroAt, ref, fence: 0, fresh: true, mustExist: true, offsetBytes: 0, lengthBytes: 3 },
   { op: Op.Delete, ref, fence: 12 },
   { op: Op.Flush },
   { op: Op.Counts },
@@ -70,6 +108,37 @@ Deno.test("TDP codec: every request survives a round trip", () => {
       `op ${request.op}`,
     );
   }
+});
+
+Deno.test("TDP codec: the option flags are their bits of the header, per opcode", () => {
+  const flagsOf = (request: Request) => readHeader(frameOf(request), 0, false, 1 << 20).flags;
+  const data = new Uint8Array([1]);
+  const put = { op: Op.Put, ref, fence: 0, data } as const;
+  assert.equal(flagsOf({ ...put, ifAbsent: false }), 0);
+  assert.equal(flagsOf({ ...put, ifAbsent: true }), Flag.IfAbsent);
+  assert.equal(Flag.IfAbsent, 0x01);
+  assert.equal(Flag.MustExist, 0x02);
+  const write = { op: Op.WriteAt, ref, fence: 0, offsetBytes: 0, data } as const;
+  const zero = { op: Op.ZeroAt, ref, fence: 0, offsetBytes: 0, lengthBytes: 1 } as const;
+  for (const base of [write, zero]) {
+    for (const fresh of [false, true]) {
+      for (const mustExist of [false, true]) {
+        const request: Request = { ...base, fresh, mustExist };
+        const expected = (fresh ? Flag.Fresh : 0) | (mustExist ? Flag.MustExist : 0);
+        assert.equal(
+          flagsOf(request),
+          expected,
+          `op ${base.op} fresh ${fresh} mustExist ${mustExist}`,
+        );
+        const decoded = decodeFrame(frameOf(request));
+        assert.ok(decoded.op === Op.WriteAt || decoded.op === Op.ZeroAt);
+        assert.equal(decoded.fresh, fresh);
+        assert.equal(decoded.mustExist, mustExist);
+      }
+    }
+  }
+  const decodedPut = decodeFrame(frameOf({ ...put, ifAbsent: true }));
+  assert.ok(decodedPut.op === Op.Put && decodedPut.ifAbsent);
 });
 
 Deno.test("TDP codec: a truncated or padded body of every request is a frame error", () => {
@@ -229,12 +298,15 @@ Deno.test("TDP server: a request before HELLO, or a refused HELLO, ends the conn
   await withServer(async (port, store) => {
     const before = await rawExchange(
       port,
-      frameOf({ op: Op.Put, ref, fence: 0, data: new Uint8Array(1) }),
+      frameOf({ op: Op.Put, ref, fence: 0, ifAbsent: false, data: new Uint8Array(1) }),
     );
     assert.equal(before.length, 0);
     const refused = await rawExchange(
       port,
-      concat(helloFrame("other"), frameOf({ op: Op.Put, ref, fence: 0, data: new Uint8Array(1) })),
+      concat(
+        helloFrame("other"),
+        frameOf({ op: Op.Put, ref, fence: 0, ifAbsent: false, data: new Uint8Array(1) }),
+      ),
     );
     const header = readHeader(refused, 0, true, 4096);
     assert.equal(codeOf(header.status), ErrorCode.Invalid);
@@ -252,7 +324,7 @@ function onlyHelloReply(answer: Uint8Array): boolean {
 
 Deno.test("TDP server: a frame cut short by the end of the stream stores nothing", async () => {
   await withServer(async (port, store) => {
-    const put = frameOf({ op: Op.Put, ref, fence: 0, data: new Uint8Array(10) });
+    const put = frameOf({ op: Op.Put, ref, fence: 0, ifAbsent: false, data: new Uint8Array(10) });
     for (const cut of [3, 10, put.length - 1]) {
       const answer = await rawExchange(port, concat(helloFrame(), put.subarray(0, cut)), true);
       assert.ok(onlyHelloReply(answer), `cut at ${cut}`);
@@ -263,7 +335,7 @@ Deno.test("TDP server: a frame cut short by the end of the stream stores nothing
 
 Deno.test("TDP server: a frame that stops arriving halfway closes the connection", async () => {
   await withServer(async (port, store) => {
-    const put = frameOf({ op: Op.Put, ref, fence: 0, data: new Uint8Array(10) });
+    const put = frameOf({ op: Op.Put, ref, fence: 0, ifAbsent: false, data: new Uint8Array(10) });
     const started = Date.now();
     const answer = await rawExchange(port, concat(helloFrame(), put.subarray(0, put.length - 3)));
     assert.ok(onlyHelloReply(answer));
