@@ -89,6 +89,7 @@ async function nbdserve(values: Record<string, unknown>, io: Io): Promise<number
       readLevel,
       writeLevel,
       readCacheBytes,
+      rebalanceRateBytesPerSecond: 0,
       clock: systemClock,
     });
     try {

@@ -70,7 +70,12 @@ export interface NodeOptions {
 export type ClusterSettings =
   & Pick<
     ClusterMemberOptions,
-    "protocols" | "autoJoin" | "readLevel" | "writeLevel" | "readCacheBytes"
+    | "protocols"
+    | "autoJoin"
+    | "readLevel"
+    | "writeLevel"
+    | "readCacheBytes"
+    | "rebalanceRateBytesPerSecond"
   >
   & { readonly peerAddress: string };
 

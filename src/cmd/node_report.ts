@@ -55,7 +55,9 @@ export function clusterReport(member: ClusterMember): ClusterReport {
       totalBlocks: Number(peer.totalBlocks),
       usedBlocks: Number(peer.usedBlocks),
       lastSeenMs: Number(peer.lastSeen / 1_000_000n),
+      rebalancing: peer.rebalanceInfo?.rebalancing ?? false,
     })),
+    rebalance: member.rebalancer?.progress() ?? null,
     heartbeats: member.heartbeatCount,
     distributor: {
       blockRequests: stats.blockRequests,
@@ -68,6 +70,7 @@ export function clusterReport(member: ClusterMember): ClusterReport {
       repairedBlocks: stats.repairedBlocks,
       resyncedBlocks: stats.resyncedBlocks,
       staleBlocks: member.distributor.staleBlocks(),
+      pulledBlocks: stats.pulledBlocks,
     },
   };
 }

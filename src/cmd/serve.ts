@@ -82,6 +82,7 @@ export const serveFlags = {
   "read-level": { type: "string", default: "block" },
   "write-level": { type: "string", default: "all" },
   "read-cache-size": { type: "string", default: "50MiB" },
+  "rebalance-rate": { type: "string", default: "100MiB" },
   "debug-init": { type: "boolean", default: false },
 } as const;
 
@@ -106,7 +107,8 @@ export function expandNbdFlag(args: readonly string[]): string[] {
 const help =
   `Usage: torus serve [--data-dir DIR] [--size SIZE|N%] [--nbd [ADDR]] [--host H [--port P]]
                    [-C ENDPOINTS --peer-address URL [--auto-join] [--read-level L]
-                   [--write-level L] [--read-cache-size SIZE]] [metadata flags]
+                   [--write-level L] [--read-cache-size SIZE] [--rebalance-rate SIZE]]
+                   [metadata flags]
 
 Runs a storage node on DIR (default $TORUS_DATA_DIR or ./torus-data). Without -C it is a
 single-node cluster on the embedded metadata store in DIR, initialised on first start
@@ -150,6 +152,9 @@ and writes its volumes' blocks to the ring's holders of each block (replication 
                    one (when one holder has it; a flush reports a holder that missed it) or
                    local (when this node's copy is written)
   --read-cache-size SIZE  blocks read from peers kept in memory (default 50MiB)
+  --rebalance-rate SIZE  bytes per second this node copies to peers after a ring change
+                   (default 100MiB; 0 for no bound). Client I/O shares the same links
+                   and disks: a lower rate keeps its latency, a higher one heals sooner.
   --debug-init     initialise the cluster on etcd when it is not (block size 512 KiB, block
                    spec crc,base, a ketama ring of replication 2), as torus ctl init would
 
@@ -295,6 +300,10 @@ function clusterSettingsOf(values: Record<string, unknown>): ClusterSettings | n
     "--read-cache-size",
     () => parseSize(String(values["read-cache-size"])),
   );
+  const rebalanceRateBytesPerSecond = flagValue(
+    "--rebalance-rate",
+    () => parseSize(String(values["rebalance-rate"])),
+  );
   try {
     const scheme = /^([a-z]+):\/\//i.exec(address)?.[1] ?? "";
     const protocol = protocols.find((p) => p.scheme === scheme.toLowerCase());
@@ -312,6 +321,7 @@ function clusterSettingsOf(values: Record<string, unknown>): ClusterSettings | n
       readLevel,
       writeLevel,
       readCacheBytes,
+      rebalanceRateBytesPerSecond,
     };
   } catch (error) {
     throw new UsageError(`--peer-address ${address}: ${(error as Error).message}`);

@@ -55,6 +55,17 @@ export interface DistributorOptions {
   /** The current ring (a watcher keeps it fresh). */
   readonly ring: () => Ring;
   readonly peers: PeerDirectory;
+  /**
+   * Registered nodes that are not ring members (removed ones still draining): reads and pulls
+   * try them after the whole permutation, for blocks their rebalancer has not pushed yet.
+   */
+  readonly outsideRing?: () => readonly string[];
+  /**
+   * Whether blocks may not yet be where the ring puts them (a ring change not every node has
+   * applied). Range writes are then sent with `mustExist` (see #change); otherwise they create
+   * an absent block, as in any store. Absent: never.
+   */
+  readonly moving?: () => boolean;
   readonly readLevel: ReadLevel;
   readonly writeLevel: WriteLevel;
   /** Bytes of blocks read from peers kept in memory (0: none). */
@@ -336,7 +347,13 @@ export class Distributor implements BlockStore {
     options?: RangeWriteOptions,
   ): Promise<void> {
     const copy = data.slice();
-    return this.#change(ref, options, (store) => store.writeAt(ref, offsetBytes, copy, options));
+    const sent = this.#rangeOptions(options);
+    return this.#change(
+      ref,
+      options,
+      (store) => store.writeAt(ref, offsetBytes, copy, sent),
+      { creating: (store) => store.writeAt(ref, offsetBytes, copy, options) },
+    );
   }
 
   zeroAt(
@@ -345,40 +362,74 @@ export class Distributor implements BlockStore {
     lengthBytes: number,
     options?: RangeWriteOptions,
   ): Promise<void> {
+    const sent = this.#rangeOptions(options);
     return this.#change(
       ref,
       options,
-      (store) => store.zeroAt(ref, offsetBytes, lengthBytes, options),
+      (store) => store.zeroAt(ref, offsetBytes, lengthBytes, sent),
+      { creating: (store) => store.zeroAt(ref, offsetBytes, lengthBytes, options) },
     );
   }
 
+  /**
+   * The options a range write is sent to holders with: while blocks move (a ring change), one
+   * that is not `fresh` must not make a block of zeros at a holder the block has not reached.
+   */
+  #rangeOptions(options: RangeWriteOptions | undefined): RangeWriteOptions | undefined {
+    if (options?.fresh || !(this.#options.moving?.() ?? false)) return options;
+    return { ...options, mustExist: true };
+  }
+
   deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
-    return this.#change(ref, options, (store) => store.deleteBlock(ref, options), true);
+    return this.#change(ref, options, (store) => store.deleteBlock(ref, options), {
+      tolerateMissing: true,
+    });
   }
 
   /**
    * Sends a change to every holder and waits for the write level's acknowledgements. For a
-   * delete (`tolerateMissing`), a holder without the ref counts as done, unless all lack it.
+   * delete (`tolerateMissing`), a holder without the ref counts as done, unless all lack it. A
+   * range write (sent with `mustExist` unless `fresh`, see ChangeKind.creating) that a holder
+   * refuses for lack of the block (a new holder after a ring change, before the rebalancer
+   * reached it) gets the whole block there first (see #fillMissing, #pullToHolders).
    */
   #change(
     ref: BlockRef,
     options: BlockCallOptions | undefined,
     send: (store: BlockStore) => Promise<void>,
-    tolerateMissing = false,
+    kind: ChangeKind = {},
   ): Promise<void> {
     return this.#guard(async () => {
       options?.signal?.throwIfAborted();
-      this.#cache.drop(ref.key);
-      // A repair of this ref is writing its good copy: changes wait, in call order.
-      const repair = this.#repairs.get(ref.key);
-      if (repair !== undefined) await repair;
-      this.#cache.drop(ref.key);
-      const holders = this.#holders(ref);
-      if (holders.length === 0) throw unavailable(`no peer can hold ${ref}: the ring is empty`);
-      const attempts = holders.map((uuid) => this.#sendTo(uuid, ref, send));
-      this.#trackChange(ref, holders, attempts, tolerateMissing);
-      await this.#acknowledged(ref, holders, attempts, tolerateMissing);
+      try {
+        await this.#changeOnce(ref, send, kind);
+      } catch (error) {
+        if (kind.creating === undefined || !isTorusError(error, ErrorCode.NotExist)) throw error;
+        // Every holder lacks the block: it is still where an earlier ring placed it, and comes
+        // from there first; when no node has it, the write creates it, as in any store.
+        const pulled = await this.#pullToHolders(ref);
+        await this.#changeOnce(ref, pulled ? send : kind.creating, kind);
+      }
     });
+  }
+
+  async #changeOnce(
+    ref: BlockRef,
+    send: (store: BlockStore) => Promise<void>,
+    kind: ChangeKind,
+  ): Promise<void> {
+    this.#cache.drop(ref.key);
+    // A repair of this ref is writing its good copy: changes wait, in call order.
+    for (let repair = this.#repairs.get(ref.key); repair !== undefined;) {
+      await repair;
+      repair = this.#repairs.get(ref.key);
+    }
+    this.#cache.drop(ref.key);
+    const holders = this.#holders(ref);
+    if (holders.length === 0) throw unavailable(`no peer can hold ${ref}: the ring is empty`);
+    const attempts = holders.map((uuid) => this.#sendTo(uuid, ref, send));
+    const settled = this.#trackChange(ref, holders, attempts, kind.tolerateMissing ?? false);
+    await this.#acknowledged(ref, holders, attempts, kind, settled);
   }
 
   /** One holder's attempt; resolves to null or the error (never rejects). */
@@ -422,7 +473,7 @@ export class Distributor implements BlockStore {
     holders: readonly string[],
     attempts: readonly Promise<unknown>[],
     tolerateMissing: boolean,
-  ): void {
+  ): Promise<void> {
     const key = ref.key;
     this.#changesInFlight.set(key, (this.#changesInFlight.get(key) ?? 0) + 1);
     const settled = Promise.all(attempts).then((results) => {
@@ -432,6 +483,7 @@ export class Distributor implements BlockStore {
       else this.#changesInFlight.set(key, left);
     });
     this.#keepInBackground(settled);
+    return settled;
   }
 
   /** Waits for the acknowledgements the write level asks for; throws the change's failure. */
@@ -439,12 +491,15 @@ export class Distributor implements BlockStore {
     ref: BlockRef,
     holders: readonly string[],
     attempts: readonly Promise<unknown>[],
-    tolerateMissing: boolean,
+    kind: ChangeKind,
+    settled: Promise<void>,
   ): Promise<void> {
     const level = this.#options.writeLevel;
+    const tolerateMissing = kind.tolerateMissing ?? false;
     const selfIndex = this.#options.self === null ? -1 : holders.indexOf(this.#options.self);
     if (level === "all") {
-      const results = await Promise.all(attempts);
+      let results: readonly unknown[] = await Promise.all(attempts);
+      if (kind.creating) results = await this.#fillMissing(ref, holders, results, settled);
       this.#throwUnlessDone(ref, holders, results, tolerateMissing);
       return;
     }
@@ -455,6 +510,64 @@ export class Distributor implements BlockStore {
     if (first === null) {
       this.#throwUnlessDone(ref, holders, await Promise.all(attempts), tolerateMissing);
     }
+  }
+
+  /**
+   * Level `all`, a range write that some holders took and others refused for lack of the block:
+   * those are stale for the ref (#noteMissed, once the change `settled`); they get the whole
+   * block now, from a holder that took the change, under the repair rule. They count as done
+   * once they have it.
+   */
+  async #fillMissing(
+    ref: BlockRef,
+    holders: readonly string[],
+    results: readonly unknown[],
+    settled: Promise<void>,
+  ): Promise<readonly unknown[]> {
+    const lacking = holders.filter((_, i) => isTorusError(results[i], ErrorCode.NotExist));
+    if (lacking.length === 0 || lacking.length === holders.length) return results;
+    await settled;
+    const entry = this.#divergent.get(ref.key);
+    if (entry !== undefined) await this.#resyncOne(entry, new Set(lacking));
+    const stale = this.#divergent.get(ref.key)?.stale;
+    return results.map((result, i) =>
+      isTorusError(result, ErrorCode.NotExist) && !stale?.has(holders[i]!) ? null : result
+    );
+  }
+
+  /**
+   * Every holder of `ref` lacks it: the block is still where an earlier ring placed it (the rest
+   * of the permutation, or a registered node out of the ring). Copies it from there to the
+   * holders (`ifAbsent`: a holder the rebalancer reached meanwhile keeps its copy), while the
+   * ref's changes wait. False when no node has the block.
+   */
+  async #pullToHolders(ref: BlockRef): Promise<boolean> {
+    for (let running = this.#repairs.get(ref.key); running !== undefined;) {
+      await running;
+      running = this.#repairs.get(ref.key);
+    }
+    const pull = (async () => {
+      while (this.#changesInFlight.has(ref.key)) await this.#options.clock.sleep(1);
+      const holders = this.#holders(ref);
+      const elsewhere = this.#readOrder(ref).filter((s) => !holders.includes(s.uuid));
+      if (elsewhere.length === 0) return false;
+      const copy = await this.#copyFrom(ref, elsewhere.map((s) => s.uuid));
+      if (copy === null) return false;
+      await Promise.all(holders.map(async (uuid) => {
+        const source = this.#sourceOf(uuid);
+        if (source === null) throw unavailable(`no address known for peer ${uuid}`);
+        const timeoutMs = this.#options.peerTimeoutMs;
+        await source.store.putBlock(ref, copy, { ifAbsent: true, timeoutMs }).catch((error) => {
+          if (!isTorusError(error, ErrorCode.Exists)) throw error;
+        });
+        this.#unflushed.add(source.store);
+      }));
+      this.stats.pulledBlocks++;
+      return true;
+    })();
+    const gate = pull.then(() => {}, () => {}).finally(() => this.#repairs.delete(ref.key));
+    this.#repairs.set(ref.key, gate);
+    return await pull;
   }
 
   /** Throws the combined failure of a change unless every holder did it. */
@@ -516,7 +629,13 @@ export class Distributor implements BlockStore {
       log.error(`every holder of ${ref} missed a change: its copies may differ`);
     }
     this.#divergent.set(ref.key, entry);
-    log.warn(`${[...missed].join(", ")} missed a change of ${ref}; resynchronising when reachable`);
+    // A holder that lacks the whole block is a new one (the ring changed): routine, not a fault.
+    const lacked = holders.every((_, i) =>
+      took(results[i]) || isTorusError(results[i], ErrorCode.NotExist)
+    );
+    (lacked ? log.debug : log.warn)(
+      `${[...missed].join(", ")} missed a change of ${ref}; resynchronising when reachable`,
+    );
     this.#startResync();
   }
 
@@ -824,7 +943,9 @@ export class Distributor implements BlockStore {
     const stale = this.#divergent.get(ref.key)?.stale;
     const holders = peers.slice(0, replication).filter((p) => stale === undefined || !stale.has(p));
     const self = this.#options.self;
-    const rest = peers.slice(replication);
+    const members = new Set(peers);
+    const outside = (this.#options.outsideRing?.() ?? []).filter((uuid) => !members.has(uuid));
+    const rest = [...peers.slice(replication), ...outside];
     const ordered = self !== null && holders.includes(self)
       ? [self, ...holders.filter((p) => p !== self), ...rest]
       : [...holders, ...rest];
@@ -842,6 +963,17 @@ export class Distributor implements BlockStore {
     const store = this.#options.peers.storeOf(uuid);
     return store === null ? null : { uuid, store, local: false };
   }
+}
+
+/** How a change counts the holders' answers. */
+interface ChangeKind {
+  /** A delete: a holder without the ref counts as done, unless all lack it. */
+  readonly tolerateMissing?: boolean;
+  /**
+   * A range write or zeroing: while blocks move the holders are sent it with `mustExist` (see
+   * #rangeOptions), and this is the same call without, for when no node has the block.
+   */
+  readonly creating?: (store: BlockStore) => Promise<void>;
 }
 
 /** Whether `data` matches the expected CRC (or none is expected). */
@@ -862,6 +994,7 @@ function definite(code: string): boolean {
     ErrorCode.OutOfSpace,
     ErrorCode.Locked,
     ErrorCode.NotExist,
+    ErrorCode.Exists,
     ErrorCode.ReadOnly,
     ErrorCode.Closed,
   ];

@@ -8,6 +8,7 @@ export * from "./distributor.ts";
 export * from "./levels.ts";
 export * from "./peer_directory.ts";
 export * from "./read_cache.ts";
+export * from "./rebalancer.ts";
 export * from "./stats.ts";
 export * from "./protocols/network.ts";
 export * from "./protocols/protocol.ts";

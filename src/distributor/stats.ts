@@ -24,4 +24,6 @@ export class DistributorStats {
   repairedBlocks = 0;
   /** Whole copies written to holders that had missed changes (ours) */
   resyncedBlocks = 0;
+  /** Blocks copied to their holders from where an earlier ring placed them, on a write (ours) */
+  pulledBlocks = 0;
 }

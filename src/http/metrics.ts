@@ -183,6 +183,51 @@ export class NodeMetrics {
       "Blocks some holder lacks changes of (flushes fail while any are left)",
       [],
     ),
+    pulledBlocks: this.#clusterCounter(
+      "torus_distributor_pulled_blocks",
+      "Blocks copied to new holders from where an earlier ring placed them, on a write",
+      [],
+    ),
+    rebalancing: this.#clusterGauge(
+      "torus_rebalance_rebalancing",
+      "1 while this node has not applied the last ring change it saw",
+      [],
+    ),
+    rebalanceRingVersion: this.#clusterGauge(
+      "torus_rebalance_ring_version",
+      "Ring version of the rebalance pass running now, or of the last one",
+      [],
+    ),
+    rebalanceScanned: this.#clusterGauge(
+      "torus_rebalance_pass_scanned_blocks",
+      "Blocks of this node the current (or last) rebalance pass looked at",
+      [],
+    ),
+    rebalanceTotal: this.#clusterGauge(
+      "torus_rebalance_pass_total_blocks",
+      "Blocks of this node when the current (or last) rebalance pass began",
+      [],
+    ),
+    rebalanceSentBlocks: this.#clusterCounter(
+      "torus_rebalance_sent_blocks_total",
+      "Blocks this node copied to their holders after ring changes",
+      [],
+    ),
+    rebalanceSentBytes: this.#clusterCounter(
+      "torus_rebalance_sent_bytes_total",
+      "Bytes this node copied to their holders after ring changes",
+      [],
+    ),
+    rebalanceDeleted: this.#clusterCounter(
+      "torus_rebalance_deleted_blocks_total",
+      "Surplus copies this node deleted once their holders confirmed them",
+      [],
+    ),
+    rebalanceFailures: this.#clusterCounter(
+      "torus_distributor_rebalance_rpc_failures",
+      "Rebalance calls to peers that failed (the pass tries again)",
+      [],
+    ),
   };
 
   #gauge<L extends string = never>(
@@ -271,6 +316,17 @@ export class NodeMetrics {
     m.repairedBlocks.inc(d.repairedBlocks);
     m.resyncedBlocks.inc(d.resyncedBlocks);
     m.staleBlocks.set(d.staleBlocks);
+    m.pulledBlocks.inc(d.pulledBlocks);
+    const r = cluster.rebalance;
+    if (r === null) return;
+    m.rebalancing.set(r.rebalancing ? 1 : 0);
+    m.rebalanceRingVersion.set(r.ringVersion);
+    m.rebalanceScanned.set(r.passScannedBlocks);
+    m.rebalanceTotal.set(r.passTotalBlocks);
+    m.rebalanceSentBlocks.inc(r.sentBlocks);
+    m.rebalanceSentBytes.inc(r.sentBytes);
+    m.rebalanceDeleted.inc(r.deletedBlocks);
+    m.rebalanceFailures.inc(r.failedCalls);
   }
 
   #updateStore(live: LiveReport): void {

@@ -117,6 +117,15 @@ Deno.test("metrics: a cluster node shows the original's distributor and server n
       "torus_distributor_repaired_blocks 1",
       "torus_distributor_resynced_blocks 4",
       "torus_distributor_stale_blocks 2",
+      "torus_distributor_pulled_blocks 3",
+      "torus_rebalance_rebalancing 1",
+      "torus_rebalance_ring_version 4",
+      "torus_rebalance_pass_scanned_blocks 5",
+      "torus_rebalance_pass_total_blocks 10",
+      "torus_rebalance_sent_blocks_total 9",
+      `torus_rebalance_sent_bytes_total ${9 * 524288}`,
+      "torus_rebalance_deleted_blocks_total 6",
+      "torus_distributor_rebalance_rpc_failures 1",
     ]
   ) {
     assert.ok(lines.includes(expected), `missing ${expected} in\n${lines.join("\n")}`);

@@ -78,7 +78,25 @@ export interface NbdReport {
   readonly writtenBytes: number;
 }
 
-/** Everything a node knows about itself without asking anyone. */
+/** What a node's rebalancer did (src/distributor/rebalancer.ts: RebalanceProgress). */
+export interface RebalanceReport {
+  /** A ring change has not been fully applied by this node yet. */
+  readonly rebalancing: boolean;
+  readonly ringVersion: number;
+  /** Refs of the current (or last) pass looked at, of the refs it started with. */
+  readonly passScannedBlocks: number;
+  readonly passTotalBlocks: number;
+  readonly passSentBlocks: number;
+  readonly lastPassSentBlocks: number;
+  /** When the last complete pass ended (epoch ms). */
+  readonly lastFinishMs: number | null;
+  readonly sentBlocks: number;
+  readonly sentBytes: number;
+  readonly deletedBlocks: number;
+  readonly failedCalls: number;
+  readonly passes: number;
+}
+
 /** What a cluster node (or client) knows of the cluster and its distributor's counters. */
 export interface ClusterReport {
   /** Where peers reach this node; null for a client. */
@@ -97,7 +115,11 @@ export interface ClusterReport {
     readonly usedBlocks: number;
     /** Last heartbeat (epoch ms). */
     readonly lastSeenMs: number;
+    /** It has not yet applied the last ring change it saw. */
+    readonly rebalancing: boolean;
   }[];
+  /** This node's rebalancer (null for a client). */
+  readonly rebalance: RebalanceReport | null;
   readonly heartbeats: number;
   readonly distributor: {
     readonly blockRequests: number;
@@ -111,6 +133,8 @@ export interface ClusterReport {
     readonly resyncedBlocks: number;
     /** Blocks some holder still lacks changes of (a flush fails while any are left). */
     readonly staleBlocks: number;
+    /** Blocks copied to new holders from where an earlier ring placed them, on a write. */
+    readonly pulledBlocks: number;
   };
 }
 

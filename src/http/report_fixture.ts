@@ -18,6 +18,7 @@ export function clusterSection(): ClusterReport {
         totalBlocks: 100,
         usedBlocks: 10,
         lastSeenMs: 1,
+        rebalancing: false,
       },
       {
         uuid: "b",
@@ -25,6 +26,7 @@ export function clusterSection(): ClusterReport {
         totalBlocks: 100,
         usedBlocks: 12,
         lastSeenMs: 2,
+        rebalancing: true,
       },
     ],
     heartbeats: 9,
@@ -39,6 +41,21 @@ export function clusterSection(): ClusterReport {
       repairedBlocks: 1,
       resyncedBlocks: 4,
       staleBlocks: 2,
+      pulledBlocks: 3,
+    },
+    rebalance: {
+      rebalancing: true,
+      ringVersion: 4,
+      passScannedBlocks: 5,
+      passTotalBlocks: 10,
+      passSentBlocks: 2,
+      lastPassSentBlocks: 7,
+      lastFinishMs: 1_700_000_000_000,
+      sentBlocks: 9,
+      sentBytes: 9 * 524288,
+      deletedBlocks: 6,
+      failedCalls: 1,
+      passes: 3,
     },
   };
 }

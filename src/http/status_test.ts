@@ -142,7 +142,7 @@ Deno.test("status: the document has every key of the schema in docs/http.md and 
   assert.equal(parsed.nbd.openVolumes[0].fencingToken, "18446744073709551615");
 });
 
-Deno.test("status: a cluster node shows its peer address, the ring, the peers and the distributor", () => {
+Deno.test("status: a cluster node shows its peer address, the ring, the peers, the distributor and the rebalance", () => {
   const parsed = JSON.parse(renderStatus({
     live: liveReport({ cluster: clusterSection() }),
     volumes: volumeReports(),
@@ -155,6 +155,7 @@ Deno.test("status: a cluster node shows its peer address, the ring, the peers an
     "peers",
     "heartbeats",
     "distributor",
+    "rebalance",
   ]);
   assert.equal(parsed.cluster.peerAddress, "tdp://10.0.0.1:40000");
   assert.deepEqual(parsed.cluster.ring, {
@@ -165,4 +166,7 @@ Deno.test("status: a cluster node shows its peer address, the ring, the peers an
   });
   assert.deepEqual(parsed.cluster.peers.map((p: { uuid: string }) => p.uuid), ["a", "b"]);
   assert.deepEqual(parsed.cluster.distributor.peerBlocks, { b: 6 });
+  assert.equal(parsed.cluster.rebalance.rebalancing, true);
+  assert.equal(parsed.cluster.rebalance.passScannedBlocks, 5);
+  assert.equal(parsed.cluster.peers[1].rebalancing, true);
 });

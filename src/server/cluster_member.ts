@@ -16,10 +16,11 @@ import {
   type PeerProtocol,
   type PeerServer,
   type ReadLevel,
+  Rebalancer,
   type WriteLevel,
 } from "../distributor/mod.ts";
 import type { MetadataService, Subscription } from "../metadata/mod.ts";
-import type { PeerInfo } from "../models/mod.ts";
+import type { PeerInfo, RebalanceInfo } from "../models/mod.ts";
 import { isModifiable, type Ring, ringFromMessage } from "../ring/mod.ts";
 import type { BlockStore } from "../storage/mod.ts";
 import { FencedStore, type FenceRecords } from "./fenced_store.ts";
@@ -58,6 +59,8 @@ export interface ClusterMemberOptions {
   readonly readLevel: ReadLevel;
   readonly writeLevel: WriteLevel;
   readonly readCacheBytes: number;
+  /** Bytes per second the rebalancer may copy to peers (0: no bound). */
+  readonly rebalanceRateBytesPerSecond: number;
   readonly clock: Clock;
   /** Deadline of one read attempt at one peer (default 1 s); changes use the call deadline. */
   readonly peerTimeoutMs?: number;
@@ -67,6 +70,8 @@ export interface ClusterMemberOptions {
 /** A running member; see the module doc. */
 export class ClusterMember {
   readonly distributor: Distributor;
+  /** Moves this node's blocks after ring changes; null for a client. */
+  readonly rebalancer: Rebalancer | null;
   /** The server peers reach this node's store by; null for a client. */
   readonly server: PeerServer | null;
   readonly #options: ClusterMemberOptions;
@@ -86,12 +91,14 @@ export class ClusterMember {
     ring: Ring,
     directory: DialingPeerDirectory,
     distributor: Distributor,
+    rebalancer: Rebalancer | null,
   ) {
     this.#options = options;
     this.server = server;
     this.#ring = ring;
     this.#directory = directory;
     this.distributor = distributor;
+    this.rebalancer = rebalancer;
   }
 
   /** Serves peers, registers, follows the ring (and joins it when asked). */
@@ -125,11 +132,21 @@ export class ClusterMember {
         local: fenced,
         ring: () => member!.ring(),
         peers: directory,
+        outsideRing: () => member?.outsideRing() ?? [],
+        moving: () => member?.moving() ?? true,
         readLevel: options.readLevel,
         writeLevel: options.writeLevel,
         readCacheBytes: options.readCacheBytes,
         peerTimeoutMs: options.peerTimeoutMs ?? READ_ATTEMPT_TIMEOUT_MS,
         clock: options.clock,
+      });
+      const rebalancer = fenced === null ? null : new Rebalancer({
+        self: options.uuid,
+        local: fenced,
+        ring: () => member!.ring(),
+        peers: directory,
+        clock: options.clock,
+        rateBytesPerSecond: options.rebalanceRateBytesPerSecond,
       });
       member = new ClusterMember(
         options,
@@ -137,6 +154,7 @@ export class ClusterMember {
         ringFromMessage(ringMessage),
         directory,
         distributor,
+        rebalancer,
       );
       await member.#begin();
       return member;
@@ -150,9 +168,13 @@ export class ClusterMember {
   async #begin(): Promise<void> {
     this.#ringWatch = await this.#options.metadata.cluster.watchRing((message) => {
       this.#ring = ringFromMessage(message);
+      this.rebalancer?.ringChanged();
+      // Tell the others at once that this node is rebalancing (list-peers, their moving()).
+      void this.#heartbeat().catch(() => {});
     }, { onError: (error) => log.error(`the ring watch ended: ${errorMessage(error)}`) });
     await this.#heartbeat();
     if (this.#options.autoJoin && this.server !== null) await this.#join();
+    this.rebalancer?.start();
     this.#heartbeats = this.#beat();
   }
 
@@ -164,6 +186,29 @@ export class ClusterMember {
   /** The peers registered at the last heartbeat. */
   peers(): readonly PeerInfo[] {
     return this.#peers;
+  }
+
+  /**
+   * Whether blocks may not yet be where the ring puts them: a registered member has not applied
+   * the current ring (it is rebalancing, reported an older ring, or reported none yet), or a
+   * node out of the ring still holds blocks. Range writes are then sent with `mustExist`, so a
+   * new holder without the block refuses instead of making a block of zeros (distributor.ts).
+   */
+  moving(): boolean {
+    const ring = this.#ring;
+    const members = new Set(ring.memberUuids());
+    return this.#peers.some((peer) => {
+      if (peer.address === "") return false;
+      if (!members.has(peer.uuid)) return peer.usedBlocks > 0n;
+      const info = peer.rebalanceInfo;
+      return info === null || info.rebalancing || (info.ringVersion ?? 0n) < BigInt(ring.version);
+    });
+  }
+
+  /** Registered nodes with an address that are not ring members (removed ones draining). */
+  outsideRing(): readonly string[] {
+    const members = new Set(this.#ring.memberUuids());
+    return [...this.#addresses.keys()].filter((uuid) => !members.has(uuid));
   }
 
   /** The address to reach `uuid` at: its registration, else what the ring recorded. */
@@ -182,8 +227,22 @@ export class ClusterMember {
       totalBlocks: BigInt(local?.totalBlocks() ?? 0),
       usedBlocks: BigInt(local?.usedBlocks() ?? 0),
       timedOut: false,
-      rebalanceInfo: null,
+      rebalanceInfo: this.#rebalanceInfo(),
       protocolVersion: PEER_PROTOCOL_VERSION,
+    };
+  }
+
+  /** What the rebalancer did, as the original's heartbeat carried it (list-peers REB/REP). */
+  #rebalanceInfo(): RebalanceInfo | null {
+    if (this.rebalancer === null) return null;
+    const progress = this.rebalancer.progress();
+    return {
+      rebalancing: progress.rebalancing,
+      lastRebalanceBlocks: BigInt(
+        progress.rebalancing ? progress.passSentBlocks : progress.lastPassSentBlocks,
+      ),
+      lastRebalanceFinish: BigInt(progress.lastFinishMs ?? 0) * 1_000_000n,
+      ringVersion: BigInt(progress.ringVersion),
     };
   }
 
@@ -236,6 +295,7 @@ export class ClusterMember {
   async close(): Promise<void> {
     this.#stop.abort();
     await this.#heartbeats;
+    await this.rebalancer?.stop();
     await this.#ringWatch?.unsubscribe().catch(() => {});
     if (this.server !== null) {
       await this.#options.metadata.peers.unregisterPeer(this.#options.uuid).catch((error) => {

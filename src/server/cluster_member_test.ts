@@ -45,6 +45,7 @@ function start(
     readLevel: "block",
     writeLevel: "all",
     readCacheBytes: 0,
+    rebalanceRateBytesPerSecond: 0,
     clock: systemClock,
     peerTimeoutMs: 500,
     // No heartbeat during the test: addresses change only when a failed call asks for them.

@@ -38,6 +38,13 @@ async function listPeers(
   return (JSON.parse(listed.stdout) as { peers: { member: string; usedBytes: number }[] }).peers;
 }
 
+/** How a member node is started: its peer URL's scheme and port, and more serve flags. */
+interface NodeArgs {
+  readonly scheme?: string;
+  readonly port?: number;
+  readonly extra?: readonly string[];
+}
+
 /** An etcd with a cluster initialised under a prefix of its own, and its member nodes. */
 class Cluster implements AsyncDisposable {
   readonly meta: readonly string[];
@@ -67,13 +74,13 @@ class Cluster implements AsyncDisposable {
    * The serve flags of a member at `scheme://127.0.0.1:port`: a fixed port, free now, as an
    * operator configures it (a restarted node is where it was), unless `port` says otherwise.
    */
-  memberArgs(options: { scheme?: string; port?: number } = {}): string[] {
+  memberArgs(options: NodeArgs = {}): string[] {
     const address = `${options.scheme ?? "tdp"}://127.0.0.1:${options.port ?? freePort()}`;
-    return [...this.meta, "--peer-address", address, "--auto-join"];
+    return [...this.meta, "--peer-address", address, "--auto-join", ...(options.extra ?? [])];
   }
 
   /** Starts a member node. */
-  startNode(options: { scheme?: string; port?: number } = {}): Promise<E2eNode> {
+  startNode(options: NodeArgs = {}): Promise<E2eNode> {
     return E2eNode.start({ args: this.memberArgs(options) });
   }
 
@@ -279,5 +286,143 @@ e2eTest(
     await using b = await E2eNode.start({ args: node(freePort()) });
     assert.doesNotMatch(b.output(), /Initialised/);
     assert.deepEqual((await listPeers(meta)).map((p) => p.member), ["OK", "OK"]);
+  },
+);
+
+/** The peer table, as `torus ctl list-peers --json` prints it. */
+async function peerTable(meta: readonly string[]): Promise<{
+  balanced: boolean;
+  peers: { uuid: string; member: string; usedBytes: number; rebalancing: boolean }[];
+}> {
+  const listed = await runTorus(["ctl", "list-peers", "--json", ...meta]);
+  assert.equal(listed.code, 0, listed.stderr);
+  return JSON.parse(listed.stdout);
+}
+
+/** Polls the peer table until `done` holds (heartbeats report every 5 s). */
+async function waitForPeers(
+  meta: readonly string[],
+  what: string,
+  done: (table: Awaited<ReturnType<typeof peerTable>>) => boolean,
+  timeoutMs = 60_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let table = await peerTable(meta);
+  while (!done(table)) {
+    if (Date.now() > deadline) {
+      assert.fail(`timed out waiting for ${what}: ${JSON.stringify(table, null, 1)}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    table = await peerTable(meta);
+  }
+}
+
+async function uuidOf(node: E2eNode): Promise<string> {
+  return (await Deno.readTextFile(`${node.dataDir}/metadata/uuid`)).trim();
+}
+
+function usedBytesOf(table: Awaited<ReturnType<typeof peerTable>>, uuid: string): number {
+  return table.peers.find((p) => p.uuid === uuid)?.usedBytes ?? -1;
+}
+
+function totalUsedBytes(table: Awaited<ReturnType<typeof peerTable>>): number {
+  return table.peers.reduce((sum, p) => sum + p.usedBytes, 0);
+}
+
+e2eTest(
+  "a node added: blocks move to it and off the others while a client writes into every block, " +
+    "and it serves the volume; the node removed (peer remove): its blocks drain off",
+  { tools: etcdAvailable() ? ["nbdcopy"] : ["etcd", "nbdcopy"] },
+  async () => {
+    await using cluster = await Cluster.init();
+    const meta = cluster.meta;
+    // Slow copies (1 MiB/s a node), so the client's writes land while blocks are moving.
+    const slow = { extra: ["--rebalance-rate", "1MiB"] };
+    await using a = await cluster.startNode(slow);
+    await using _b = await cluster.startNode(slow);
+    await using _c = await cluster.startNode(slow);
+    const size = 24 * MiB;
+    await cluster.ctl("volume", "create-block", "r", "24MiB");
+    const input = `${a.dir}/in.bin`;
+    await randomFile(input, size);
+    await runOk("nbdcopy", ["--flush", input, a.uri("r")]);
+    // Two copies of every block of the volume (data, map and root), as the nodes count them.
+    let copiesBytes = 0;
+    await waitForPeers(meta, "the usage of the written volume", (table) => {
+      copiesBytes = totalUsedBytes(table);
+      return copiesBytes >= 2 * size;
+    });
+
+    await using d = await cluster.startNode(slow);
+    const added = await uuidOf(d);
+    await waitForPeers(meta, "the rebalance to start", (table) => !table.balanced);
+    // 4 KiB into every 512 KiB block, while its block may be on its way to the new node.
+    const expected = await Deno.readFile(input);
+    const client = await a.connect("r");
+    const patch = new Uint8Array(4096).fill(0xa5);
+    for (let offset = 8192; offset < size; offset += 512 * 1024) {
+      await client.writeAt(offset, patch);
+      expected.set(patch, offset);
+    }
+    await client.flush();
+    await client.close();
+    await waitForPeers(
+      meta,
+      "the new node to take its share",
+      (table) =>
+        table.balanced && usedBytesOf(table, added) > 0 && totalUsedBytes(table) === copiesBytes,
+    );
+    await runOk("nbdcopy", [d.uri("r"), `${d.dir}/out.bin`]);
+    const viaD = await Deno.readFile(`${d.dir}/out.bin`);
+    assert.ok(viaD.every((byte, i) => byte === expected[i]), "the new node reads every write");
+
+    await cluster.ctl("peer", "remove", added);
+    await waitForPeers(
+      meta,
+      "the removed node to drain",
+      (table) =>
+        table.balanced && usedBytesOf(table, added) === 0 && totalUsedBytes(table) === copiesBytes,
+    );
+    await runOk("nbdcopy", [a.uri("r"), `${a.dir}/out.bin`]);
+    const viaA = await Deno.readFile(`${a.dir}/out.bin`);
+    assert.ok(
+      viaA.every((byte, i) => byte === expected[i]),
+      "the volume reads back after the drain",
+    );
+  },
+);
+
+e2eTest(
+  "a node SIGKILLed and forced out of the ring (peer remove --force): the others bring every " +
+    "block back to 2 copies, and the volume reads back",
+  { tools: etcdAvailable() ? ["nbdcopy"] : ["etcd", "nbdcopy"] },
+  async () => {
+    await using cluster = await Cluster.init();
+    const meta = cluster.meta;
+    await using a = await cluster.startNode();
+    await using b = await cluster.startNode();
+    await using c = await cluster.startNode();
+    await cluster.ctl("volume", "create-block", "k", "16MiB");
+    const input = `${a.dir}/in.bin`;
+    await randomFile(input, 16 * MiB);
+    await runOk("nbdcopy", ["--flush", input, a.uri("k")]);
+    let copiesBytes = 0;
+    await waitForPeers(meta, "the usage of the written volume", (table) => {
+      copiesBytes = totalUsedBytes(table);
+      return copiesBytes >= 2 * 16 * MiB;
+    });
+    const dead = await uuidOf(c);
+    await c.stop("SIGKILL");
+    await cluster.ctl("peer", "remove", "--force", dead);
+    const living = [await uuidOf(a), await uuidOf(b)];
+    // With two nodes left at replication 2, each holds one copy of every block.
+    await waitForPeers(
+      meta,
+      "two copies of everything on the living nodes",
+      (table) =>
+        table.balanced && living.every((uuid) => usedBytesOf(table, uuid) === copiesBytes / 2),
+    );
+    await runOk("nbdcopy", [b.uri("k"), `${b.dir}/out.bin`]);
+    assert.ok(await sameFiles(input, `${b.dir}/out.bin`), "the volume reads back");
   },
 );

@@ -1,0 +1,363 @@
+/**
+ * The rebalancer: after a ring change (peers added or removed, replication changed, a dead node
+ * forced out), each node moves the blocks of its own store so that every block ends up on exactly
+ * the first R peers of its permutation. There is no coordinator: every node pushes what it holds.
+ *
+ * One pass walks this node's refs (a snapshot of the store's listing) in batches:
+ * 1. For each desired holder other than this node, one `hasBlocks` call asks which refs it lacks.
+ * 2. Each lacking ref is read here and put there with `ifAbsent`: a holder that got the block in
+ *    the meantime (from a writer, which writes to the new holders, or from another old holder)
+ *    keeps its bytes, so a copy never puts back older bytes over newer ones.
+ * 3. The holders that took copies are flushed; only then are this node's surplus copies (refs it
+ *    is no longer a holder of) deleted, and only those every desired holder confirmed.
+ * A batch whose holder did not answer leaves its surplus refs in place and the pass incomplete;
+ * the next pass (after RETRY_MS) tries again. A ring change during a pass ends it and starts one
+ * under the new ring. A complete pass under the current ring makes the node balanced; it then
+ * looks again when the ring changes, or after IDLE_RECHECK_MS (a holder that was down meanwhile).
+ *
+ * Copies are paced to `rateBytesPerSecond` (`--rebalance-rate`) so that client I/O keeps the
+ * links and disks it needs; progress is counted for heartbeats (`torus ctl list-peers` REB/REP
+ * and Balanced), metrics and /status.
+ * @module
+ */
+
+import {
+  type BlockRef,
+  type Clock,
+  ErrorCode,
+  errorMessage,
+  isTorusError,
+  logger,
+} from "../core/mod.ts";
+import type { Ring } from "../ring/mod.ts";
+import type { BlockStore } from "../storage/mod.ts";
+import type { PeerDirectory } from "./peer_directory.ts";
+
+const log = logger("rebalance");
+
+/** Refs looked at per batch (one `hasBlocks` call per holder). */
+const BATCH_REFS_DEFAULT = 512;
+/** Copies in flight at once. */
+const COPY_CONCURRENCY = 8;
+/** Wait before a pass that could not finish (a holder did not answer) is tried again. */
+const RETRY_MS = 1_000;
+/** A balanced node looks at its blocks again this often, whatever the ring does. */
+const IDLE_RECHECK_MS = 30_000;
+/** Deadline of the rebalancer's calls to a peer. */
+const CALL_TIMEOUT_MS = 5_000;
+
+/** What a rebalancer is built from (passed in by the composition root). */
+export interface RebalancerOptions {
+  /** This node's UUID. */
+  readonly self: string;
+  /** This node's store: the blocks it pushes, and the copies it deletes. */
+  readonly local: BlockStore;
+  readonly ring: () => Ring;
+  readonly peers: PeerDirectory;
+  readonly clock: Clock;
+  /** Bytes per second copies may move (0: no bound). */
+  readonly rateBytesPerSecond: number;
+  readonly batchRefs?: number;
+  readonly idleRecheckMs?: number;
+  readonly retryMs?: number;
+  readonly callTimeoutMs?: number;
+}
+
+/** Progress and totals, for heartbeats, metrics and /status. */
+export interface RebalanceProgress {
+  /** A ring change has not been fully applied by this node yet. */
+  readonly rebalancing: boolean;
+  /** The ring version of the pass running now, or of the last one. */
+  readonly ringVersion: number;
+  /** Refs of the current (or last) pass looked at, and the refs the pass started with. */
+  readonly passScannedBlocks: number;
+  readonly passTotalBlocks: number;
+  /** Blocks copied by the current (or last) pass. */
+  readonly passSentBlocks: number;
+  /** Blocks copied and surplus copies deleted by the last complete pass. */
+  readonly lastPassSentBlocks: number;
+  /** When the last complete pass ended (ms since the epoch), null before the first. */
+  readonly lastFinishMs: number | null;
+  /** Totals since start. */
+  readonly sentBlocks: number;
+  readonly sentBytes: number;
+  readonly deletedBlocks: number;
+  readonly failedCalls: number;
+  readonly passes: number;
+}
+
+/** The result of one pass. */
+interface PassResult {
+  /** Every ref was looked at and every holder answered. */
+  readonly complete: boolean;
+}
+
+/** See the module doc. */
+export class Rebalancer {
+  readonly #options: RebalancerOptions;
+  readonly #stop = new AbortController();
+  #running: Promise<void> | null = null;
+  /** Wakes the idle wait early (a ring change). */
+  #wake: (() => void) | null = null;
+  #balancedVersion: number | null = null;
+  #progress = {
+    ringVersion: 0,
+    passScannedBlocks: 0,
+    passTotalBlocks: 0,
+    passSentBlocks: 0,
+    passDeletedBlocks: 0,
+    lastPassSentBlocks: 0,
+    lastFinishMs: null as number | null,
+    sentBlocks: 0,
+    sentBytes: 0,
+    deletedBlocks: 0,
+    failedCalls: 0,
+    passes: 0,
+  };
+  /** When the pacing allows the next copy to start (ms since the epoch). */
+  #nextCopyMs = 0;
+
+  constructor(options: RebalancerOptions) {
+    this.#options = options;
+  }
+
+  /** Starts passes in the background (see the module doc). */
+  start(): void {
+    this.#running ??= this.#loop();
+  }
+
+  /** Tells the rebalancer the ring changed: an idle one starts a pass now. */
+  ringChanged(): void {
+    this.#wake?.();
+  }
+
+  /** Progress now. */
+  progress(): RebalanceProgress {
+    const p = this.#progress;
+    return {
+      rebalancing: this.#balancedVersion !== this.#options.ring().version,
+      ringVersion: p.ringVersion,
+      passScannedBlocks: p.passScannedBlocks,
+      passTotalBlocks: p.passTotalBlocks,
+      passSentBlocks: p.passSentBlocks,
+      lastPassSentBlocks: p.lastPassSentBlocks,
+      lastFinishMs: p.lastFinishMs,
+      sentBlocks: p.sentBlocks,
+      sentBytes: p.sentBytes,
+      deletedBlocks: p.deletedBlocks,
+      failedCalls: p.failedCalls,
+      passes: p.passes,
+    };
+  }
+
+  /** Stops after the batch in progress. */
+  async stop(): Promise<void> {
+    this.#stop.abort();
+    this.#wake?.();
+    await this.#running;
+  }
+
+  async #loop(): Promise<void> {
+    const signal = this.#stop.signal;
+    while (!signal.aborted) {
+      const version = this.#options.ring().version;
+      let result: PassResult;
+      try {
+        result = await this.pass();
+      } catch (error) {
+        if (signal.aborted) return;
+        log.warn(`a rebalance pass failed: ${errorMessage(error)}`);
+        result = { complete: false };
+      }
+      const unchanged = this.#options.ring().version === version;
+      if (result.complete && unchanged) {
+        if (this.#balancedVersion !== version) log.info(`balanced at ring version ${version}`);
+        this.#balancedVersion = version;
+        await this.#idle(this.#options.idleRecheckMs ?? IDLE_RECHECK_MS, version);
+      } else if (!unchanged) {
+        continue;
+      } else {
+        await this.#idle(this.#options.retryMs ?? RETRY_MS, version);
+      }
+    }
+  }
+
+  /** Waits `ms`, or less when the ring changes or the rebalancer stops. */
+  async #idle(ms: number, version: number): Promise<void> {
+    if (this.#options.ring().version !== version) return;
+    const woken = new AbortController();
+    this.#wake = () => woken.abort();
+    const stop = () => woken.abort();
+    this.#stop.signal.addEventListener("abort", stop);
+    try {
+      await this.#options.clock.sleep(ms, woken.signal).catch(() => {});
+    } finally {
+      this.#wake = null;
+      this.#stop.signal.removeEventListener("abort", stop);
+    }
+  }
+
+  /** One pass over this node's blocks under the current ring (exported for tests). */
+  async pass(): Promise<PassResult> {
+    const ring = this.#options.ring();
+    const p = this.#progress;
+    p.ringVersion = ring.version;
+    p.passScannedBlocks = 0;
+    p.passSentBlocks = 0;
+    p.passDeletedBlocks = 0;
+    p.passTotalBlocks = this.#options.local.usedBlocks();
+    p.passes++;
+    if (ring.memberUuids().length === 0) return { complete: true };
+    const batchRefs = this.#options.batchRefs ?? BATCH_REFS_DEFAULT;
+    let complete = true;
+    let batch: BlockRef[] = [];
+    for await (const ref of this.#options.local.blockRefs()) {
+      batch.push(ref);
+      if (batch.length < batchRefs) continue;
+      if (!await this.#batch(ring, batch)) complete = false;
+      batch = [];
+      if (this.#stop.signal.aborted || this.#options.ring().version !== ring.version) {
+        return { complete: false };
+      }
+    }
+    if (batch.length > 0 && !await this.#batch(ring, batch)) complete = false;
+    await this.#options.local.flush();
+    if (complete) {
+      p.lastFinishMs = this.#options.clock.nowMs();
+      p.lastPassSentBlocks = p.passSentBlocks;
+    }
+    return { complete };
+  }
+
+  /**
+   * Copies the refs of `batch` that their holders lack and deletes this node's surplus copies the
+   * holders all confirmed. Returns whether every holder answered and took its copies.
+   */
+  async #batch(ring: Ring, batch: readonly BlockRef[]): Promise<boolean> {
+    const self = this.#options.self;
+    const wanted = new Map<string, BlockRef[]>();
+    const surplus: BlockRef[] = [];
+    for (const ref of batch) {
+      const holders = ring.getHolders(ref);
+      if (!holders.includes(self)) surplus.push(ref);
+      for (const uuid of holders) {
+        if (uuid === self) continue;
+        const refs = wanted.get(uuid) ?? [];
+        refs.push(ref);
+        wanted.set(uuid, refs);
+      }
+    }
+    // Refs some holder may still lack: their surplus copy here must stay.
+    const unconfirmed = new Set<string>();
+    const results = await Promise.all(
+      [...wanted].map(([uuid, refs]) => this.#fillHolder(uuid, refs, unconfirmed)),
+    );
+    await this.#deleteSurplus(surplus.filter((ref) => !unconfirmed.has(ref.key)));
+    this.#progress.passScannedBlocks += batch.length;
+    return results.every((ok) => ok);
+  }
+
+  /** Gives holder `uuid` the refs it lacks; adds the ones it may still lack to `unconfirmed`. */
+  async #fillHolder(uuid: string, refs: readonly BlockRef[], unconfirmed: Set<string>) {
+    const peer = this.#options.peers.storeOf(uuid);
+    const timeoutMs = this.#options.callTimeoutMs ?? CALL_TIMEOUT_MS;
+    const giveUp = (error: unknown, what: string) => {
+      this.#progress.failedCalls++;
+      log.debug(`rebalance: ${what} at ${uuid} failed: ${errorMessage(error)}`);
+      for (const ref of refs) unconfirmed.add(ref.key);
+      return false;
+    };
+    if (peer === null) return giveUp(new Error("no address known"), "reaching it");
+    let has: boolean[];
+    try {
+      has = await peer.hasBlocks(refs, { timeoutMs });
+    } catch (error) {
+      return giveUp(error, "asking which blocks it has");
+    }
+    const lacking = refs.filter((_, i) => !has[i]);
+    if (lacking.length === 0) return true;
+    let ok = true;
+    let next = 0;
+    const copyNext = async () => {
+      while (next < lacking.length && !this.#stop.signal.aborted) {
+        const ref = lacking[next++]!;
+        if (!await this.#copy(ref, peer, uuid, timeoutMs)) {
+          unconfirmed.add(ref.key);
+          ok = false;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(COPY_CONCURRENCY, lacking.length) }, copyNext));
+    if (this.#stop.signal.aborted) {
+      for (const ref of lacking) unconfirmed.add(ref.key);
+      return false;
+    }
+    // The copies must be durable there before this node lets go of its own.
+    try {
+      await peer.flush();
+    } catch (error) {
+      return giveUp(error, "flushing the copies");
+    }
+    return ok;
+  }
+
+  /** Copies one ref to `peer` unless it has it by now; false when the copy did not land. */
+  async #copy(
+    ref: BlockRef,
+    peer: BlockStore,
+    uuid: string,
+    timeoutMs: number,
+  ): Promise<boolean> {
+    let data: Uint8Array;
+    try {
+      data = await this.#options.local.getBlock(ref);
+    } catch (error) {
+      // Deleted here since the listing (its volume freed it): nothing to move. A copy that
+      // fails its checksum is not spread; the other holders' copies stand, and this one stays
+      // for the repair.
+      if (isTorusError(error, ErrorCode.NotExist)) return true;
+      log.warn(`rebalance: ${ref} cannot be read here: ${errorMessage(error)}`);
+      return false;
+    }
+    await this.#pace(data.length);
+    try {
+      await peer.putBlock(ref, data, { ifAbsent: true, timeoutMs });
+    } catch (error) {
+      if (isTorusError(error, ErrorCode.Exists)) return true;
+      this.#progress.failedCalls++;
+      log.debug(`rebalance: copying ${ref} to ${uuid} failed: ${errorMessage(error)}`);
+      return false;
+    }
+    const p = this.#progress;
+    p.sentBlocks++;
+    p.passSentBlocks++;
+    p.sentBytes += data.length;
+    return true;
+  }
+
+  /** Waits until `bytes` more fit the rate bound. */
+  async #pace(bytes: number): Promise<void> {
+    const rate = this.#options.rateBytesPerSecond;
+    if (rate <= 0) return;
+    const now = this.#options.clock.nowMs();
+    const start = Math.max(now, this.#nextCopyMs);
+    this.#nextCopyMs = start + bytes / rate * 1_000;
+    if (start > now) {
+      await this.#options.clock.sleep(start - now, this.#stop.signal).catch(() => {});
+    }
+  }
+
+  async #deleteSurplus(refs: readonly BlockRef[]): Promise<void> {
+    for (const ref of refs) {
+      if (this.#stop.signal.aborted) return;
+      try {
+        await this.#options.local.deleteBlock(ref);
+      } catch (error) {
+        if (!isTorusError(error, ErrorCode.NotExist)) throw error;
+        continue;
+      }
+      this.#progress.deletedBlocks++;
+      this.#progress.passDeletedBlocks++;
+    }
+  }
+}

@@ -1,0 +1,311 @@
+/**
+ * The rebalancer over real TDP servers on loopback: after each kind of ring change, passes on
+ * every node leave every block on exactly the first R peers of its permutation with its bytes;
+ * surplus copies go only after the holders confirmed; a newer copy at a holder is never
+ * overwritten; a silent holder keeps the surplus in place; copies keep to the rate bound. Also
+ * the distributor's writes while blocks are still where the old ring put them.
+ */
+
+import assert from "node:assert/strict";
+import { type BlockRef, systemClock } from "../core/mod.ts";
+import { isModifiable, type ModifiableRing } from "../ring/mod.ts";
+import { ForwardingStore, patternBlock, testRef } from "../storage/mod.ts";
+import type { PeerDirectory } from "./peer_directory.ts";
+import type { PeerStore } from "./protocols/protocol.ts";
+import { Rebalancer } from "./rebalancer.ts";
+import { BLOCK, TestCluster } from "./test_cluster.ts";
+
+const BLOCKS = 40;
+
+function refs(): BlockRef[] {
+  return Array.from({ length: BLOCKS }, (_, i) => testRef(i, 3));
+}
+
+function modifiable(cluster: TestCluster): ModifiableRing {
+  assert.ok(isModifiable(cluster.ring));
+  return cluster.ring;
+}
+
+/** Writes BLOCKS blocks through a client distributor under the current ring. */
+async function writeBlocks(cluster: TestCluster): Promise<void> {
+  const distributor = await cluster.distributor();
+  for (const [i, ref] of refs().entries()) await distributor.putBlock(ref, patternBlock(BLOCK, i));
+  await distributor.close();
+}
+
+/** Rebalancers of every started peer (members and removed ones alike). */
+function rebalancers(cluster: TestCluster, rateBytesPerSecond = 0): Rebalancer[] {
+  return cluster.uuids.map((self, i) =>
+    new Rebalancer({
+      self,
+      local: cluster.stores[i]!,
+      ring: () => cluster.ring,
+      peers: cluster.directory(self),
+      clock: systemClock,
+      rateBytesPerSecond,
+      batchRefs: 7,
+      callTimeoutMs: 500,
+    })
+  );
+}
+
+/** Passes on every node until one round is complete everywhere and moved nothing. */
+async function settle(all: readonly Rebalancer[]): Promise<void> {
+  for (let round = 0; round < 5; round++) {
+    const before = all.reduce(
+      (n, r) => n + r.progress().sentBlocks + r.progress().deletedBlocks,
+      0,
+    );
+    const results = [];
+    for (const rebalancer of all) results.push(await rebalancer.pass());
+    const after = all.reduce((n, r) => n + r.progress().sentBlocks + r.progress().deletedBlocks, 0);
+    if (results.every((r) => r.complete) && after === before) return;
+  }
+  assert.fail("the rebalancers did not settle in 5 rounds");
+}
+
+/** Every block is on exactly its ring holders, with its bytes. */
+async function assertPlaced(cluster: TestCluster, changed?: BlockRef): Promise<void> {
+  for (const [i, ref] of refs().entries()) {
+    if (ref.key === changed?.key) continue;
+    const want = [...cluster.ring.getHolders(ref)].sort();
+    assert.deepEqual((await cluster.holdersOf(ref)).sort(), want, `holders of ${ref}`);
+    for (const uuid of want) {
+      assert.deepEqual(await cluster.storeOf(uuid).getBlock(ref), patternBlock(BLOCK, i));
+    }
+  }
+}
+
+function test(name: string, fn: (cluster: TestCluster) => Promise<void>): void {
+  Deno.test(`Rebalancer: ${name}`, async () => {
+    const cluster = await TestCluster.start(3, 2, 128);
+    try {
+      await writeBlocks(cluster);
+      await fn(cluster);
+    } finally {
+      await cluster.close();
+    }
+  });
+}
+
+test("a balanced cluster moves nothing", async (cluster) => {
+  const all = rebalancers(cluster);
+  await settle(all);
+  assert.equal(all.reduce((n, r) => n + r.progress().sentBlocks, 0), 0);
+  await assertPlaced(cluster);
+});
+
+test("a peer added: blocks move to it and leave the peers no longer holders", async (cluster) => {
+  const added = await cluster.startPeer();
+  cluster.ring = modifiable(cluster).addPeers([added]);
+  const all = rebalancers(cluster);
+  await settle(all);
+  await assertPlaced(cluster);
+  assert.ok(cluster.stores[3]!.usedBlocks() > 0, "the new peer holds blocks");
+  assert.ok(all.reduce((n, r) => n + r.progress().deletedBlocks, 0) > 0, "surplus deleted");
+});
+
+test("a peer removed: its blocks drain off and it ends empty", async (cluster) => {
+  cluster.ring = modifiable(cluster).removePeers(["peer-1"]);
+  await settle(rebalancers(cluster));
+  await assertPlaced(cluster);
+  assert.equal(cluster.stores[1]!.usedBlocks(), 0);
+});
+
+test("a dead peer forced out: the others bring every block back to 2 copies", async (cluster) => {
+  await cluster.stop("peer-2");
+  // Its disk is gone with it.
+  for await (const ref of cluster.stores[2]!.blockRefs()) await cluster.stores[2]!.deleteBlock(ref);
+  cluster.ring = modifiable(cluster).removePeers(["peer-2"]);
+  const living = rebalancers(cluster).filter((_, i) => i !== 2);
+  await settle(living);
+  await assertPlaced(cluster);
+});
+
+test("replication raised to 3 and lowered to 1", async (cluster) => {
+  cluster.ring = modifiable(cluster).changeReplication(3);
+  await settle(rebalancers(cluster));
+  await assertPlaced(cluster);
+  cluster.ring = modifiable(cluster).changeReplication(1);
+  await settle(rebalancers(cluster));
+  await assertPlaced(cluster);
+  assert.equal(cluster.stores.reduce((n, s) => n + s.usedBlocks(), 0), BLOCKS);
+});
+
+test("a holder that already has newer bytes keeps them", async (cluster) => {
+  const added = await cluster.startPeer();
+  cluster.ring = modifiable(cluster).addPeers([added]);
+  // A writer on the new ring put a newer version at the new peer before any rebalancer ran.
+  const moved = refs().filter((ref) => cluster.ring.getHolders(ref).includes(added.uuid));
+  assert.ok(moved.length > 0);
+  const newer = patternBlock(BLOCK, 999);
+  await cluster.stores[3]!.putBlock(moved[0]!, newer);
+  await settle(rebalancers(cluster));
+  assert.deepEqual(await cluster.stores[3]!.getBlock(moved[0]!), newer);
+});
+
+/** A peer whose `hasBlocks` answers "lacking" for everything: a block that arrived after the check. */
+class LateAnswers extends ForwardingStore implements PeerStore {
+  readonly address: string;
+  constructor(inner: PeerStore) {
+    super(inner);
+    this.address = inner.address;
+  }
+  hasBlocks(refs: readonly BlockRef[]): Promise<boolean[]> {
+    return Promise.resolve(refs.map(() => false));
+  }
+  refreshCounts(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+test("a copy that lands after a writer's newer bytes does not replace them", async (cluster) => {
+  const added = await cluster.startPeer();
+  cluster.ring = modifiable(cluster).addPeers([added]);
+  const moved = refs().filter((ref) => cluster.ring.getHolders(ref).includes(added.uuid));
+  const newer = patternBlock(BLOCK, 999);
+  await cluster.stores[3]!.putBlock(moved[0]!, newer);
+  const directory = cluster.directory();
+  const peers: PeerDirectory = {
+    storeOf: (uuid) => {
+      const store = directory.storeOf(uuid);
+      return store === null ? null : new LateAnswers(store);
+    },
+    unreachable: () => Promise.resolve(),
+    close: () => Promise.resolve(),
+  };
+  for (const [i, self] of cluster.uuids.entries()) {
+    const rebalancer = new Rebalancer({
+      self,
+      local: cluster.stores[i]!,
+      ring: () => cluster.ring,
+      peers,
+      clock: systemClock,
+      rateBytesPerSecond: 0,
+    });
+    assert.equal((await rebalancer.pass()).complete, true);
+  }
+  assert.deepEqual(await cluster.stores[3]!.getBlock(moved[0]!), newer);
+  await assertPlaced(cluster, moved[0]);
+});
+
+test("a holder that does not answer: surplus stays, the pass is incomplete", async (cluster) => {
+  cluster.ring = modifiable(cluster).removePeers(["peer-1"]);
+  await cluster.stop("peer-0");
+  const leaving = rebalancers(cluster)[1]!;
+  const heldBefore = new Set<string>();
+  for await (const ref of cluster.stores[1]!.blockRefs()) heldBefore.add(ref.key);
+  const result = await leaving.pass();
+  assert.equal(result.complete, false);
+  let kept = 0;
+  for (const ref of refs()) {
+    if (!heldBefore.has(ref.key)) continue;
+    if (cluster.ring.getHolders(ref).includes("peer-0")) {
+      assert.ok(await cluster.stores[1]!.hasBlock(ref), `${ref}: kept for the silent holder`);
+      kept++;
+    } else {
+      assert.equal(await cluster.stores[1]!.hasBlock(ref), false, `${ref}: confirmed, dropped`);
+    }
+  }
+  assert.ok(kept > 0);
+  await cluster.restart("peer-0");
+  await settle(rebalancers(cluster));
+  await assertPlaced(cluster);
+});
+
+test("copies keep to --rebalance-rate", async (cluster) => {
+  const added = await cluster.startPeer();
+  cluster.ring = modifiable(cluster).addPeers([added]);
+  const rate = 16 * BLOCK; // 16 blocks a second
+  const all = rebalancers(cluster, rate);
+  const startMs = Date.now();
+  for (const rebalancer of all) await rebalancer.pass();
+  const sent = all.reduce((n, r) => n + r.progress().sentBlocks, 0);
+  assert.ok(sent >= 8, `${sent} blocks copied`);
+  // Each node paces itself: the busiest one needs (its blocks - 1) / 16 seconds at least.
+  const busiest = Math.max(...all.map((r) => r.progress().sentBlocks));
+  const elapsedMs = Date.now() - startMs;
+  assert.ok(elapsedMs >= (busiest - 1) / 16 * 1000 - 50, `${busiest} blocks in ${elapsedMs} ms`);
+});
+
+test("the loop marks the node rebalancing until a pass under the new ring ends", async (cluster) => {
+  const all = rebalancers(cluster);
+  for (const r of all) r.start();
+  try {
+    await waitFor(() => all.every((r) => !r.progress().rebalancing));
+    const added = await cluster.startPeer();
+    cluster.ring = modifiable(cluster).addPeers([added]);
+    const late = rebalancers(cluster).slice(3);
+    for (const r of late) r.start();
+    for (const r of all) r.ringChanged();
+    assert.ok(all.some((r) => r.progress().rebalancing), "a ring change is seen at once");
+    await waitFor(() => [...all, ...late].every((r) => !r.progress().rebalancing));
+    await assertPlaced(cluster);
+    for (const r of late) await r.stop();
+  } finally {
+    for (const r of all) await r.stop();
+  }
+});
+
+test("writes through the distributor while blocks are still where the old ring put them", async (cluster) => {
+  const added = await cluster.startPeer();
+  const added2 = await cluster.startPeer();
+  cluster.ring = modifiable(cluster).addPeers([added, added2]);
+  const distributor = await cluster.distributor({ moving: true });
+  try {
+    // Range writes of blocks whose new holders lack them (one or both): each holder gets the
+    // whole block, never a block of zeros around the range.
+    const change = new Uint8Array(512).fill(0xee);
+    for (const [i, ref] of refs().entries()) {
+      await distributor.writeAt(ref, 1024, change);
+      const want = patternBlock(BLOCK, i);
+      want.set(change, 1024);
+      for (const uuid of cluster.ring.getHolders(ref)) {
+        assert.deepEqual(await cluster.storeOf(uuid).getBlock(ref), want, `${ref} at ${uuid}`);
+      }
+    }
+    await distributor.flush();
+    assert.ok(distributor.stats.pulledBlocks > 0, "some blocks had no copy at any new holder");
+    // The rebalancers then find the holders complete and drop the old copies.
+    await settle(rebalancers(cluster));
+    for (const [i, ref] of refs().entries()) {
+      const want = patternBlock(BLOCK, i);
+      want.set(change, 1024);
+      for (const uuid of cluster.ring.getHolders(ref)) {
+        assert.deepEqual(await cluster.storeOf(uuid).getBlock(ref), want);
+      }
+      assert.deepEqual(
+        (await cluster.holdersOf(ref)).sort(),
+        [...cluster.ring.getHolders(ref)].sort(),
+      );
+    }
+  } finally {
+    await distributor.close();
+  }
+});
+
+test("while blocks move, a range write of a block no node has creates it, as in any store", async (cluster) => {
+  const distributor = await cluster.distributor({ moving: true });
+  try {
+    const ref = testRef(1, 9);
+    await distributor.writeAt(ref, 512, new Uint8Array(512).fill(3));
+    const want = new Uint8Array(BLOCK);
+    want.fill(3, 512, 1024);
+    assert.deepEqual(
+      (await cluster.holdersOf(ref)).sort(),
+      [...cluster.ring.getHolders(ref)].sort(),
+    );
+    assert.deepEqual(await distributor.getBlock(ref), want);
+    assert.equal(distributor.stats.pulledBlocks, 0);
+  } finally {
+    await distributor.close();
+  }
+});
+
+async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) assert.fail("timed out");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
