@@ -16,6 +16,9 @@
  *   was the head's, so its blocks are kept by the rule above.
  * - Any metadata record that cannot be read stops the pass: deleting blocks of a volume we cannot
  *   see would be data loss.
+ * - In a cluster each node scans its own store and reads roots and maps through the cluster
+ *   (`reader`): a root is "missing" only when every holder says so, and a map that cannot be
+ *   read keeps every block it might name.
  * @module
  */
 
@@ -55,7 +58,14 @@ export interface GcResult {
 /** Options of {@link collectGarbage}. */
 export interface GcOptions {
   readonly metadata: MetadataService;
+  /** The store whose blocks are scanned and deleted (a cluster node's own). */
   readonly store: BlockStore;
+  /**
+   * Where roots and maps are read (default: `store`). On a cluster node this is the cluster (the
+   * distributor): a generation's root and maps are on their own holders, seldom on the node whose
+   * blocks are scanned, and a map read from the wrong store would find nothing and keep nothing.
+   */
+  readonly reader?: BlockStore;
   /** Stops the pass early (nothing half-done is left: deletes are independent). */
   readonly signal?: AbortSignal;
 }
@@ -163,7 +173,7 @@ async function gatherLiveness(
 export async function collectGarbage(options: GcOptions): Promise<GcResult> {
   const { metadata, store, signal } = options;
   const geometry = mapGeometry(store.blockSizeBytes);
-  const { highestId, volumes } = await gatherLiveness(metadata, store, geometry);
+  const { highestId, volumes } = await gatherLiveness(metadata, options.reader ?? store, geometry);
   let scanned = 0;
   let deleted = 0;
   for await (const ref of store.blockRefs()) {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { assertSameBytes, SeededRandom, systemClock, testSeed } from "../core/mod.ts";
+import { assertSameBytes, BlockType, SeededRandom, systemClock, testSeed } from "../core/mod.ts";
 import { createMetadataService, MemoryKvStore, type MetadataService } from "../metadata/mod.ts";
 import { MemoryBlockStore } from "../storage/mod.ts";
 import { LeaseKeeper } from "../server/mod.ts";
@@ -218,6 +218,32 @@ Deno.test("gc: random histories keep every head and snapshot readable", async ()
       }
     }
     await device.close();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("gc: a cluster node keeps its snapshot blocks whose maps are on other nodes", async () => {
+  const t = await setup();
+  try {
+    await t.mds.volumes.createBlockVolume("db", 4 * BLOCK);
+    await write(t.service, "db", 0, new Uint8Array(4 * BLOCK).fill(1));
+    await t.service.createSnapshot("db", "ones");
+    await write(t.service, "db", 0, new Uint8Array(BLOCK).fill(2));
+    // This node holds the snapshot's data blocks; their root and map chunk are elsewhere.
+    const node = new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 100 });
+    for await (const ref of t.store.blockRefs()) {
+      if (ref.type === BlockType.Data) await node.putBlock(ref, await t.store.getBlock(ref));
+    }
+    const held = node.usedBlocks();
+    assert.ok(held >= 4);
+    const result = await collectGarbage({ metadata: t.mds, store: node, reader: t.store });
+    assert.equal(result.deleted, 0, "every block is live, read through the cluster");
+    assert.equal(node.usedBlocks(), held);
+    // Once the snapshot is gone its replaced block goes from this node too.
+    await t.mds.snapshots.deleteSnapshot(2, "ones");
+    const after = await collectGarbage({ metadata: t.mds, store: node, reader: t.store });
+    assert.equal(after.deleted, 1);
   } finally {
     await t.close();
   }

@@ -186,7 +186,7 @@ export async function startNode(options: NodeOptions): Promise<Node> {
       mode: 0o600,
     });
     if (options.gcIntervalMs > 0) {
-      gcLoop = runGc(options, stopGc.signal);
+      gcLoop = runGc(options, member, stopGc.signal);
     }
   } catch (error) {
     await close().catch(() => {});
@@ -213,12 +213,18 @@ function listenOrExplain(
 }
 
 /** Collects garbage every interval until stopped; a failed pass is logged and retried later. */
-async function runGc(options: NodeOptions, signal: AbortSignal): Promise<void> {
+async function runGc(
+  options: NodeOptions,
+  member: ClusterMember | null,
+  signal: AbortSignal,
+): Promise<void> {
   while (!signal.aborted) {
     await options.clock.sleep(options.gcIntervalMs, signal).catch(() => {});
     if (signal.aborted) return;
     try {
-      await collectGarbage({ metadata: options.metadata, store: options.store, signal });
+      // A cluster node scans its own blocks and reads the volumes' maps from the cluster.
+      const reader = member?.distributor ?? options.store;
+      await collectGarbage({ metadata: options.metadata, store: options.store, reader, signal });
     } catch (error) {
       if (!signal.aborted) log.warn(`garbage collection failed: ${errorMessage(error)}`);
     }
