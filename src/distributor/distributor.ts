@@ -42,6 +42,12 @@ import { DistributorStats } from "./stats.ts";
 
 const log = logger("distributor");
 
+/** Times a change is placed again after holders said they know a newer ring. */
+const RING_RETRIES = 3;
+
+/** Sends a change to one store, stamped with the ring version it was placed by. */
+type Send = (store: BlockStore, stamp: { readonly ringVersion: number }) => Promise<void>;
+
 /** Rounds of the `block` read level; the per-peer deadline doubles each round. */
 const BLOCK_LEVEL_ROUNDS = 3;
 
@@ -54,6 +60,11 @@ export interface DistributorOptions {
   readonly local: BlockStore | null;
   /** The current ring (a watcher keeps it fresh). */
   readonly ring: () => Ring;
+  /**
+   * Reads the ring again now (a holder refused a change placed by an older ring than it knows);
+   * absent: the watcher's ring is all there is.
+   */
+  readonly refreshRing?: () => Promise<void>;
   readonly peers: PeerDirectory;
   /**
    * Registered nodes that are not ring members (removed ones still draining): reads and pulls
@@ -126,6 +137,9 @@ export class Distributor implements BlockStore {
   readonly #stopResync = new AbortController();
   /** Peers that did not answer lately, until when (see SUSPECT_MS). */
   readonly #suspects = new Map<string, number>();
+  /** Changes that levels one/local acknowledged and could not place by a newer ring. */
+  #lostChanges: string[] = [];
+  #ringRefresh: Promise<void> | null = null;
   /** Stores that took a change since the last flush. */
   readonly #unflushed = new Set<BlockStore>();
   readonly #calls = new InFlight();
@@ -337,7 +351,11 @@ export class Distributor implements BlockStore {
   putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
     // A copy now: attempts outlive this call at levels one/local, the caller's buffer may change.
     const copy = data.slice();
-    return this.#change(ref, options, (store) => store.putBlock(ref, copy, options));
+    return this.#change(
+      ref,
+      options,
+      (store, stamp) => store.putBlock(ref, copy, { ...options, ...stamp }),
+    );
   }
 
   writeAt(
@@ -351,8 +369,10 @@ export class Distributor implements BlockStore {
     return this.#change(
       ref,
       options,
-      (store) => store.writeAt(ref, offsetBytes, copy, sent),
-      { creating: (store) => store.writeAt(ref, offsetBytes, copy, options) },
+      (store, stamp) => store.writeAt(ref, offsetBytes, copy, { ...sent, ...stamp }),
+      {
+        creating: (store, stamp) => store.writeAt(ref, offsetBytes, copy, { ...options, ...stamp }),
+      },
     );
   }
 
@@ -366,8 +386,11 @@ export class Distributor implements BlockStore {
     return this.#change(
       ref,
       options,
-      (store) => store.zeroAt(ref, offsetBytes, lengthBytes, sent),
-      { creating: (store) => store.zeroAt(ref, offsetBytes, lengthBytes, options) },
+      (store, stamp) => store.zeroAt(ref, offsetBytes, lengthBytes, { ...sent, ...stamp }),
+      {
+        creating: (store, stamp) =>
+          store.zeroAt(ref, offsetBytes, lengthBytes, { ...options, ...stamp }),
+      },
     );
   }
 
@@ -381,9 +404,12 @@ export class Distributor implements BlockStore {
   }
 
   deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
-    return this.#change(ref, options, (store) => store.deleteBlock(ref, options), {
-      tolerateMissing: true,
-    });
+    return this.#change(
+      ref,
+      options,
+      (store, stamp) => store.deleteBlock(ref, { ...options, ...stamp }),
+      { tolerateMissing: true },
+    );
   }
 
   /**
@@ -396,28 +422,51 @@ export class Distributor implements BlockStore {
   #change(
     ref: BlockRef,
     options: BlockCallOptions | undefined,
-    send: (store: BlockStore) => Promise<void>,
+    send: Send,
     kind: ChangeKind = {},
   ): Promise<void> {
     return this.#guard(async () => {
       options?.signal?.throwIfAborted();
       try {
-        await this.#changeOnce(ref, send, kind);
+        await this.#changeByNewestRing(ref, send, kind);
       } catch (error) {
         if (kind.creating === undefined || !isTorusError(error, ErrorCode.NotExist)) throw error;
         // Every holder lacks the block: it is still where an earlier ring placed it, and comes
         // from there first; when no node has it, the write creates it, as in any store.
         const pulled = await this.#pullToHolders(ref);
-        await this.#changeOnce(ref, pulled ? send : kind.creating, kind);
+        await this.#changeByNewestRing(ref, pulled ? send : kind.creating, kind);
       }
     });
   }
 
-  async #changeOnce(
-    ref: BlockRef,
-    send: (store: BlockStore) => Promise<void>,
-    kind: ChangeKind,
-  ): Promise<void> {
+  /**
+   * A change placed by this distributor's ring; a holder that knows a newer ring refuses it
+   * (`compare_failed`, FencedStore), and the change is placed again by the ring read anew.
+   */
+  async #changeByNewestRing(ref: BlockRef, send: Send, kind: ChangeKind): Promise<void> {
+    for (let attempt = 1;; attempt++) {
+      const version = this.#options.ring().version;
+      try {
+        return await this.#changeOnce(ref, send, kind);
+      } catch (error) {
+        if (!isTorusError(error, ErrorCode.CompareFailed) || attempt >= RING_RETRIES) throw error;
+        await this.#newerRing(version);
+      }
+    }
+  }
+
+  /** Reads the ring again (once for all callers at a time) when it is still `version`. */
+  async #newerRing(version: number): Promise<void> {
+    if (this.#options.ring().version !== version) return;
+    this.#ringRefresh ??= (this.#options.refreshRing?.() ?? Promise.resolve()).finally(() => {
+      this.#ringRefresh = null;
+    });
+    await this.#ringRefresh.catch((error) => {
+      log.warn(`reading the ring again failed: ${errorMessage(error)}`);
+    });
+  }
+
+  async #changeOnce(ref: BlockRef, send: Send, kind: ChangeKind): Promise<void> {
     this.#cache.drop(ref.key);
     // A repair of this ref is writing its good copy: changes wait, in call order.
     for (let repair = this.#repairs.get(ref.key); repair !== undefined;) {
@@ -425,10 +474,12 @@ export class Distributor implements BlockStore {
       repair = this.#repairs.get(ref.key);
     }
     this.#cache.drop(ref.key);
-    const holders = this.#holders(ref);
+    const ring = this.#options.ring();
+    const holders = ring.memberUuids().length === 0 ? [] : ring.getHolders(ref);
     if (holders.length === 0) throw unavailable(`no peer can hold ${ref}: the ring is empty`);
-    const attempts = holders.map((uuid) => this.#sendTo(uuid, ref, send));
-    const settled = this.#trackChange(ref, holders, attempts, kind.tolerateMissing ?? false);
+    const stamp = { ringVersion: ring.version };
+    const attempts = holders.map((uuid) => this.#sendTo(uuid, ref, (store) => send(store, stamp)));
+    const settled = this.#trackChange(ref, holders, attempts, kind, send);
     await this.#acknowledged(ref, holders, attempts, kind, settled);
   }
 
@@ -472,18 +523,36 @@ export class Distributor implements BlockStore {
     ref: BlockRef,
     holders: readonly string[],
     attempts: readonly Promise<unknown>[],
-    tolerateMissing: boolean,
+    kind: ChangeKind,
+    send: Send,
   ): Promise<void> {
     const key = ref.key;
+    const version = this.#options.ring().version;
     this.#changesInFlight.set(key, (this.#changesInFlight.get(key) ?? 0) + 1);
     const settled = Promise.all(attempts).then((results) => {
-      this.#noteMissed(ref, holders, results, tolerateMissing);
+      this.#noteMissed(ref, holders, results, kind.tolerateMissing ?? false);
       const left = (this.#changesInFlight.get(key) ?? 1) - 1;
       if (left === 0) this.#changesInFlight.delete(key);
       else this.#changesInFlight.set(key, left);
+      // Levels one/local returned at a first acknowledgement: a holder that refused the ring
+      // the change was placed by gets it placed again here, by the newer ring.
+      const refusedRing = results.some((r) => isTorusError(r, ErrorCode.CompareFailed));
+      if (refusedRing && this.#options.writeLevel !== "all" && results.some((r) => r === null)) {
+        this.#keepInBackground(this.#placeAgain(ref, send, kind, version));
+      }
     });
     this.#keepInBackground(settled);
     return settled;
+  }
+
+  /** A change some holders took under an older ring, sent again by the newest one. */
+  async #placeAgain(ref: BlockRef, send: Send, kind: ChangeKind, version: number): Promise<void> {
+    try {
+      await this.#newerRing(version);
+      await this.#changeByNewestRing(ref, send, kind);
+    } catch (error) {
+      this.#lostChanges.push(`${ref}: ${errorMessage(error)}`);
+    }
   }
 
   /** Waits for the acknowledgements the write level asks for; throws the change's failure. */
@@ -499,6 +568,8 @@ export class Distributor implements BlockStore {
     const selfIndex = this.#options.self === null ? -1 : holders.indexOf(this.#options.self);
     if (level === "all") {
       let results: readonly unknown[] = await Promise.all(attempts);
+      const refusedRing = results.find((r) => isTorusError(r, ErrorCode.CompareFailed));
+      if (refusedRing !== undefined) throw refusedRing;
       if (kind.creating) results = await this.#fillMissing(ref, holders, results, settled);
       this.#throwUnlessDone(ref, holders, results, tolerateMissing);
       return;
@@ -577,6 +648,9 @@ export class Distributor implements BlockStore {
     results: readonly unknown[],
     tolerateMissing: boolean,
   ): void {
+    // A holder knows a newer ring: the change is placed again by it (#changeByNewestRing).
+    const refusedRing = results.find((r) => isTorusError(r, ErrorCode.CompareFailed));
+    if (refusedRing !== undefined) throw refusedRing;
     const missing = results.filter((r) => isTorusError(r, ErrorCode.NotExist)).length;
     if (tolerateMissing && missing > 0 && missing < results.length) {
       results = results.map((r) => isTorusError(r, ErrorCode.NotExist) ? null : r);
@@ -621,7 +695,10 @@ export class Distributor implements BlockStore {
   ): void {
     const took = (r: unknown) =>
       r === null || tolerateMissing && isTorusError(r, ErrorCode.NotExist);
-    const missed = holders.filter((_, i) => !took(results[i]));
+    // A holder that refused the ring the change was placed by gets it again by the newer ring.
+    const missed = holders.filter((_, i) =>
+      !took(results[i]) && !isTorusError(results[i], ErrorCode.CompareFailed)
+    );
     if (missed.length === 0 || missed.length === holders.length) return;
     const entry = this.#divergent.get(ref.key) ?? { ref, stale: new Set<string>() };
     for (const uuid of missed) entry.stale.add(uuid);
@@ -840,6 +917,13 @@ export class Distributor implements BlockStore {
     const failed = results.flatMap((r, i) =>
       r.status === "rejected" ? [`${stores[i]!.name}: ${errorMessage(r.reason)}`] : []
     );
+    const lost = this.#lostChanges.splice(0);
+    if (lost.length > 0) {
+      throw outcomeUnknown(
+        `${lost.length} change(s) acknowledged at level ${this.#options.writeLevel} could not be ` +
+          `placed by the newer ring: ${lost.slice(0, 3).join("; ")}`,
+      );
+    }
     if (failed.length > 0) throw unavailable(`flush failed at ${failed.join("; ")}`);
   }
 
@@ -973,7 +1057,7 @@ interface ChangeKind {
    * A range write or zeroing: while blocks move the holders are sent it with `mustExist` (see
    * #rangeOptions), and this is the same call without, for when no node has the block.
    */
-  readonly creating?: (store: BlockStore) => Promise<void>;
+  readonly creating?: Send;
 }
 
 /** Whether `data` matches the expected CRC (or none is expected). */

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { crc32, ErrorCode, isTorusError } from "../core/mod.ts";
 import { blockStoreContract, patternBlock, testRef } from "../storage/mod.ts";
-import { BLOCK, holdAll, TestCluster } from "./test_cluster.ts";
+import { BLOCK, flipByteOf, holdAll, TestCluster } from "./test_cluster.ts";
 
 const capacityReason = "a cluster is full when a holder is, not at an exact count of blocks";
 
@@ -251,31 +251,3 @@ test(
   },
   true,
 );
-
-/** Flips byte `at` of the first occurrence of `needle` in any file under `dir`. */
-async function flipByteOf(dir: string, needle: Uint8Array, at: number): Promise<boolean> {
-  for await (const entry of Deno.readDir(dir)) {
-    if (!entry.isFile) continue;
-    const path = `${dir}/${entry.name}`;
-    const bytes = await Deno.readFile(path);
-    const found = indexOf(bytes, needle);
-    if (found < 0) continue;
-    const file = await Deno.open(path, { write: true });
-    try {
-      await file.seek(found + at, Deno.SeekMode.Start);
-      await file.write(new Uint8Array([bytes[found + at]! ^ 0x40]));
-    } finally {
-      file.close();
-    }
-    return true;
-  }
-  return false;
-}
-
-function indexOf(haystack: Uint8Array, needle: Uint8Array): number {
-  outer: for (let i = 0; i + needle.length <= haystack.length; i++) {
-    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
-    return i;
-  }
-  return -1;
-}

@@ -302,6 +302,48 @@ test("while blocks move, a range write of a block no node has creates it, as in 
   }
 });
 
+for (const writeLevel of ["all", "one"] as const) {
+  test(`level ${writeLevel}: a writer on an older ring is refused by nodes that know the newer one, reads the ring again, and its change lands on the newer ring's holders`, async (cluster) => {
+    const old = cluster.ring;
+    const added = await cluster.startPeer();
+    cluster.ring = modifiable(cluster).addPeers([added]);
+    cluster.nodeRingVersion = cluster.ring.version;
+    let seen = old;
+    let refreshes = 0;
+    const distributor = await cluster.distributor({
+      writeLevel,
+      ring: () => seen,
+      refreshRing: () => {
+        refreshes++;
+        seen = cluster.ring;
+        return Promise.resolve();
+      },
+    });
+    try {
+      // A block the added peer now holds with one of its old holders: placed by the old ring,
+      // the change would miss the added peer.
+      const ref = refs().find((ref) => {
+        const holders = cluster.ring.getHolders(ref);
+        return holders.includes(added.uuid) && old.getHolders(ref).some((u) => holders.includes(u));
+      })!;
+      await settle(rebalancers(cluster));
+      // The old holder that stays has not seen the new ring: it takes the change (at level one
+      // that is the acknowledgement); the one that left refuses it.
+      const staying = old.getHolders(ref).find((u) => cluster.ring.getHolders(ref).includes(u))!;
+      cluster.laggingNodes.add(staying);
+      const newer = patternBlock(BLOCK, 4242);
+      await distributor.putBlock(ref, newer);
+      await distributor.flush();
+      assert.equal(refreshes, 1);
+      for (const uuid of cluster.ring.getHolders(ref)) {
+        assert.deepEqual(await cluster.storeOf(uuid).getBlock(ref), newer, uuid);
+      }
+    } finally {
+      await distributor.close();
+    }
+  });
+}
+
 async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!condition()) {

@@ -4,15 +4,19 @@
  * @module
  */
 
-import { type BlockRef, systemClock } from "../core/mod.ts";
+import { type BlockRef, ErrorCode, systemClock, TorusError } from "../core/mod.ts";
 import type { PeerInfo } from "../models/mod.ts";
 import { createRing, type Ring, RingType } from "../ring/mod.ts";
 import {
+  type BlockCallOptions,
   type BlockStore,
   FileBlockStore,
+  ForwardingStore,
   HeldStore,
   type IoHold,
   MemoryBlockStore,
+  type PutOptions,
+  type RangeWriteOptions,
 } from "../storage/mod.ts";
 import { Distributor, type DistributorOptions } from "./distributor.ts";
 import { DialingPeerDirectory } from "./peer_directory.ts";
@@ -66,13 +70,25 @@ export class TestCluster {
     );
     const server = await this.#protocol.listen("tdp://127.0.0.1:0", {
       identity: { clusterId: CLUSTER, blockSizeBytes, nodeName: uuid },
-      store,
+      store: new RingCheckedStore(store, () => this.#ringVersionAt(uuid)),
     });
     this.stores.push(store);
     this.servers.push(server);
     this.uuids.push(uuid);
     this.addresses.set(uuid, server.address);
     return peerInfo(uuid, server.address);
+  }
+
+  /**
+   * The ring version the nodes know (0: they check none): a change placed by an older one is
+   * refused with `compare_failed`, as a node's FencedStore does.
+   */
+  nodeRingVersion = 0;
+  /** Nodes that have not seen a ring yet (they check none). */
+  readonly laggingNodes = new Set<string>();
+
+  #ringVersionAt(uuid: string): number {
+    return this.laggingNodes.has(uuid) ? 0 : this.nodeRingVersion;
   }
 
   /** Where every peer started is served (ring member or not). */
@@ -98,6 +114,9 @@ export class TestCluster {
       cacheBytes?: number;
       /** Blocks may not be where the ring puts them (DistributorOptions.moving). */
       moving?: boolean;
+      /** The ring this distributor follows (default: the cluster's), and how it reads it again. */
+      ring?: () => Ring;
+      refreshRing?: () => Promise<void>;
     } = {},
   ): Promise<Distributor> {
     const directory = this.directory();
@@ -105,7 +124,8 @@ export class TestCluster {
       blockSizeBytes: BLOCK,
       self: options.self === undefined ? null : this.uuids[options.self]!,
       local: options.self === undefined ? null : this.stores[options.self]!,
-      ring: () => this.ring,
+      ring: options.ring ?? (() => this.ring),
+      ...(options.refreshRing ? { refreshRing: options.refreshRing } : {}),
       peers: directory,
       // As a node's registered peers: the ones started and not (or no longer) in the ring.
       outsideRing: () => this.uuids.filter((uuid) => !this.ring.memberUuids().includes(uuid)),
@@ -151,7 +171,7 @@ export class TestCluster {
     const address = this.addresses.get(uuid)!;
     this.servers[i] = await this.#protocol.listen(address, {
       identity: { clusterId: CLUSTER, blockSizeBytes: BLOCK, nodeName: uuid },
-      store: this.stores[i]!,
+      store: new RingCheckedStore(this.stores[i]!, () => this.#ringVersionAt(uuid)),
     });
   }
 
@@ -160,6 +180,53 @@ export class TestCluster {
     for (const server of this.servers) await server?.close();
     for (const store of this.stores) await store.close();
     for (const dir of this.dirs) await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Refuses changes placed by a ring older than `nodeRingVersion()` (as FencedStore does). */
+class RingCheckedStore extends ForwardingStore {
+  readonly #nodeRingVersion: () => number;
+
+  constructor(inner: BlockStore, nodeRingVersion: () => number) {
+    super(inner);
+    this.#nodeRingVersion = nodeRingVersion;
+  }
+
+  #check(options: BlockCallOptions | undefined): void {
+    const version = options?.ringVersion ?? 0;
+    if (version > 0 && version < this.#nodeRingVersion()) {
+      throw new TorusError(ErrorCode.CompareFailed, `ring ${version} < ${this.#nodeRingVersion()}`);
+    }
+  }
+
+  override async putBlock(ref: BlockRef, data: Uint8Array, options?: PutOptions): Promise<void> {
+    this.#check(options);
+    await super.putBlock(ref, data, options);
+  }
+
+  override async writeAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    data: Uint8Array,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
+    this.#check(options);
+    await super.writeAt(ref, offsetBytes, data, options);
+  }
+
+  override async zeroAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    lengthBytes: number,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
+    this.#check(options);
+    await super.zeroAt(ref, offsetBytes, lengthBytes, options);
+  }
+
+  override async deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
+    this.#check(options);
+    await super.deleteBlock(ref, options);
   }
 }
 
@@ -184,4 +251,32 @@ export function holdAll(stores: readonly HeldStore[]): IoHold {
     laterOperations: () => holds.reduce((sum, h) => sum + h.laterOperations(), 0),
     release: () => holds.forEach((h) => h.release()),
   };
+}
+
+/** Flips byte `at` of the first occurrence of `needle` in any file under `dir`. */
+export async function flipByteOf(dir: string, needle: Uint8Array, at: number): Promise<boolean> {
+  for await (const entry of Deno.readDir(dir)) {
+    if (!entry.isFile) continue;
+    const path = `${dir}/${entry.name}`;
+    const bytes = await Deno.readFile(path);
+    const found = indexOf(bytes, needle);
+    if (found < 0) continue;
+    const file = await Deno.open(path, { write: true });
+    try {
+      await file.seek(found + at, Deno.SeekMode.Start);
+      await file.write(new Uint8Array([bytes[found + at]! ^ 0x40]));
+    } finally {
+      file.close();
+    }
+    return true;
+  }
+  return false;
+}
+
+function indexOf(haystack: Uint8Array, needle: Uint8Array): number {
+  outer: for (let i = 0; i + needle.length <= haystack.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
 }

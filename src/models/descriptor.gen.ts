@@ -311,6 +311,10 @@ export const descriptor: INamespace = {
             "ifAbsent": {
               "type": "bool",
               "id": 4
+            },
+            "ringVersion": {
+              "type": "uint64",
+              "id": 5
             }
           }
         },
@@ -386,6 +390,10 @@ export const descriptor: INamespace = {
             "fenceToken": {
               "type": "uint64",
               "id": 2
+            },
+            "ringVersion": {
+              "type": "uint64",
+              "id": 3
             }
           }
         },
@@ -534,6 +542,10 @@ export const descriptor: INamespace = {
             "mustExist": {
               "type": "bool",
               "id": 6
+            },
+            "ringVersion": {
+              "type": "uint64",
+              "id": 7
             }
           }
         },
@@ -562,6 +574,10 @@ export const descriptor: INamespace = {
             "mustExist": {
               "type": "bool",
               "id": 6
+            },
+            "ringVersion": {
+              "type": "uint64",
+              "id": 7
             }
           }
         },

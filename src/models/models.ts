@@ -106,6 +106,11 @@ export interface PutBlockRequest {
   fenceToken: bigint;
   /** Refuse refs already stored (false or absent: replace; decoding always fills it). */
   ifAbsent?: boolean;
+  /**
+   * The ring version the sender placed the change by; a node knowing a newer ring refuses it
+   * (0n or absent: none; decoding always fills it).
+   */
+  ringVersion?: bigint;
 }
 export interface PutResponse extends StoreCounts {
   ok: boolean;
@@ -123,6 +128,8 @@ export interface RebalanceCheckResponse extends ReplyError, StoreCounts {
 export interface DeleteBlockRequest {
   refs: BlockRefMessage[];
   fenceToken: bigint;
+  /** As in PutBlockRequest. */
+  ringVersion?: bigint;
 }
 export interface DeleteBlockResponse extends ReplyError, StoreCounts {
   ok: boolean;
@@ -150,6 +157,8 @@ export interface WriteAtRequest {
   fenceToken: bigint;
   /** Refuse an absent ref (false or absent: create it; decoding always fills it). */
   mustExist?: boolean;
+  /** As in PutBlockRequest. */
+  ringVersion?: bigint;
 }
 export interface ZeroAtRequest {
   blockRef: BlockRefMessage | null;
@@ -159,6 +168,8 @@ export interface ZeroAtRequest {
   fenceToken: bigint;
   /** As in WriteAtRequest. */
   mustExist?: boolean;
+  /** As in PutBlockRequest. */
+  ringVersion?: bigint;
 }
 /** FlushRequest, CountsRequest and ListRefsRequest have no fields. */
 export type EmptyRequest = Record<string, never>;

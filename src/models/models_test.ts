@@ -128,6 +128,7 @@ const samples: [Codec<unknown>, unknown][] = [
     blocks: [new Uint8Array(512).fill(7), new Uint8Array()],
     fenceToken: U64_MAX,
     ifAbsent: true,
+    ringVersion: U64_MAX,
   }],
   [PutResponseCodec, { ok: true, err: "", errorCode: "", usedBlocks: 3n, totalBlocks: 4n }],
   [RebalanceCheckRequestCodec, { blockRefs: [{ volume: 5n, inode: 6n, block: 7n }] }],
@@ -139,7 +140,12 @@ const samples: [Codec<unknown>, unknown][] = [
     usedBlocks: 1n,
     totalBlocks: 2n,
   }],
-  [DeleteBlockRequestCodec, { refs: [], fenceToken: 7n }],
+  [DeleteBlockRequestCodec, { refs: [], fenceToken: 7n, ringVersion: 0n }],
+  [DeleteBlockRequestCodec, {
+    refs: [{ volume: 1n, inode: 2n, block: 3n }],
+    fenceToken: 0n,
+    ringVersion: (1n << 53n) + 1n,
+  }],
   [DeleteBlockResponseCodec, {
     ok: false,
     errorCode: "not_exist",
@@ -182,6 +188,7 @@ const samples: [Codec<unknown>, unknown][] = [
     fresh: true,
     fenceToken: (1n << 53n) + 1n,
     mustExist: false,
+    ringVersion: 1n,
   }],
   [ZeroAtRequestCodec, {
     blockRef: null,
@@ -190,6 +197,7 @@ const samples: [Codec<unknown>, unknown][] = [
     fresh: false,
     fenceToken: 0n,
     mustExist: true,
+    ringVersion: U64_MAX,
   }],
   [FlushRequestCodec, {}],
   [CountsRequestCodec, {}],
@@ -408,4 +416,27 @@ Deno.test("fields added to the original's messages leave its bytes unchanged", (
     totalBlocks: 2n,
   });
   assert.equal(hex(reply), "0801120109" + "2801" + "3002");
+});
+
+Deno.test("ring_version has its own field number on every change request", () => {
+  const hex = (bytes: Uint8Array) =>
+    Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  // PutBlockRequest 5, DeleteBlockRequest 3, WriteAtRequest and ZeroAtRequest 7; varint 1.
+  const put = PutBlockRequestCodec.encode({
+    refs: [],
+    blocks: [],
+    fenceToken: 0n,
+    ringVersion: 1n,
+  });
+  assert.equal(hex(put), "2801");
+  assert.equal(
+    hex(DeleteBlockRequestCodec.encode({ refs: [], fenceToken: 0n, ringVersion: 1n })),
+    "1801",
+  );
+  const range = { blockRef: null, offsetBytes: 0, fresh: false, fenceToken: 0n, ringVersion: 1n };
+  assert.equal(hex(WriteAtRequestCodec.encode({ ...range, data: new Uint8Array() })), "3801");
+  assert.equal(hex(ZeroAtRequestCodec.encode({ ...range, lengthBytes: 0 })), "3801");
+  // A request without the field (an older sender) reads as no version.
+  assert.equal(PutBlockRequestCodec.decode(new Uint8Array([0x18, 0x02])).ringVersion, 0n);
+  assert.equal(PutBlockRequestCodec.decode(new Uint8Array([0x18, 0x02])).fenceToken, 2n);
 });

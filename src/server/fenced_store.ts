@@ -5,6 +5,13 @@
  * therefore cannot change data, even before it notices. A higher token is recorded durably before
  * the first change that carries it goes to the store, so a restarted node still refuses the older
  * writer. Changes without a token (copies by the rebalancer and repair) pass.
+ *
+ * It also refuses, with `compare_failed`, a change placed by a ring older than the node's: after a
+ * ring change the rebalancer hands blocks to their new holders and deletes the old copies, so a
+ * writer still on the old ring could change a copy that is about to go (or already went) and the
+ * new holders would miss it. The writer (the distributor) reads the ring again and sends the
+ * change to the new holders. Changes without a ring version (local calls, copies by the rebalancer
+ * and repair) pass, as do versions equal to or newer than the node's; reads are never refused.
  * @module
  */
 
@@ -102,21 +109,51 @@ export class FencedStore extends ForwardingStore {
   /** Per volume: the durable recording of a new token, which its changes wait for. */
   readonly #recording = new Map<number, Promise<void>>();
   #saving: Promise<void> = Promise.resolve();
+  /** The version of the ring this node knows now (0: none). */
+  readonly #ringVersion: () => number;
 
-  private constructor(inner: BlockStore, records: FenceRecords, tokens: Map<number, number>) {
+  private constructor(
+    inner: BlockStore,
+    records: FenceRecords,
+    tokens: Map<number, number>,
+    ringVersion: () => number,
+  ) {
     super(inner);
     this.#records = records;
     this.#tokens = tokens;
+    this.#ringVersion = ringVersion;
   }
 
-  /** Wraps `inner` with the tokens `records` hold. */
-  static async open(inner: BlockStore, records: FenceRecords): Promise<FencedStore> {
-    return new FencedStore(inner, records, await records.load());
+  /**
+   * Wraps `inner` with the tokens `records` hold; `ringVersion` answers the version of the ring
+   * this node knows now (changes placed by an older one are refused).
+   */
+  static async open(
+    inner: BlockStore,
+    records: FenceRecords,
+    ringVersion: () => number = () => 0,
+  ): Promise<FencedStore> {
+    return new FencedStore(inner, records, await records.load(), ringVersion);
   }
 
   /** The highest token accepted for `volume` (0: none). */
   tokenOf(volume: number): number {
     return this.#tokens.get(volume) ?? 0;
+  }
+
+  /**
+   * `compare_failed` for a change placed by a ring older than this node's; null when it may go
+   * on (no version, or one at least as new).
+   */
+  #staleRing(options: BlockCallOptions | undefined): TorusError | null {
+    const version = options?.ringVersion ?? 0;
+    if (!(version > 0)) return null;
+    const current = this.#ringVersion();
+    if (version >= current) return null;
+    return new TorusError(
+      ErrorCode.CompareFailed,
+      `ring version ${version} is older than this node's ${current}: read the ring again`,
+    );
   }
 
   /**
@@ -159,6 +196,9 @@ export class FencedStore extends ForwardingStore {
     data: Uint8Array | null,
     change: (data: Uint8Array | null) => Promise<void>,
   ): Promise<void> {
+    // Before the fence: a refused change records no token and never reaches the store.
+    const stale = this.#staleRing(options);
+    if (stale !== null) return Promise.reject(stale);
     const gate = this.#gate(ref, options);
     if (gate === null) return change(data);
     // The caller may reuse its buffer as soon as this returns.

@@ -122,3 +122,90 @@ Deno.test("FencedStore: garbage, truncated and oversized record files are refuse
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+async function rejectsCompareFailed(promise: Promise<unknown>, message?: RegExp): Promise<void> {
+  const error = await promise.then(() => null, (e: unknown) => e);
+  assert.ok(
+    isTorusError(error, ErrorCode.CompareFailed),
+    `expected compare_failed, got ${String(error)}`,
+  );
+  if (message !== undefined) assert.match(error.message, message);
+}
+
+Deno.test("FencedStore: a change placed by an older ring is refused and changes nothing", async () => {
+  const records = new MemoryFenceRecords();
+  const inner = new HeldStore(memory());
+  const store = await FencedStore.open(inner, records, () => 5);
+  await store.putBlock(testRef(1), new Uint8Array([1]), { ringVersion: 5, fenceToken: 2 });
+  const calls = inner.fenceTokens.length;
+  const saves = records.saves;
+  const stale = { ringVersion: 4 };
+  await rejectsCompareFailed(
+    store.putBlock(testRef(1), new Uint8Array([2]), stale),
+    /^ring version 4 is older than this node's 5: read the ring again$/,
+  );
+  await rejectsCompareFailed(store.putBlock(testRef(2), new Uint8Array([2]), stale));
+  await rejectsCompareFailed(store.writeAt(testRef(1), 0, new Uint8Array([3]), stale));
+  await rejectsCompareFailed(store.writeAt(testRef(3), 0, new Uint8Array([3]), { ringVersion: 1 }));
+  await rejectsCompareFailed(store.zeroAt(testRef(1), 0, 1, stale));
+  await rejectsCompareFailed(store.deleteBlock(testRef(1), stale));
+  // With a newer fencing token too: refused before the fence, so that token is not recorded.
+  await rejectsCompareFailed(store.deleteBlock(testRef(1), { ringVersion: 4, fenceToken: 9 }));
+  assert.equal(inner.fenceTokens.length, calls, "a refused change reached the store");
+  assert.equal(records.saves, saves, "a refused change recorded its fencing token");
+  assert.equal(store.tokenOf(2), 2);
+  const expected = new Uint8Array(BLOCK);
+  expected[0] = 1;
+  assert.deepEqual(await inner.getBlock(testRef(1)), expected);
+  assert.equal(await inner.hasBlock(testRef(2)), false);
+  assert.equal(await inner.hasBlock(testRef(3)), false);
+  assert.equal(inner.usedBlocks(), 1);
+});
+
+Deno.test("FencedStore: an equal, newer or absent ring version passes, against the ring of now", async () => {
+  let nodeRing = 5;
+  const inner = new HeldStore(memory());
+  const store = await FencedStore.open(inner, new MemoryFenceRecords(), () => nodeRing);
+  await store.putBlock(testRef(1), new Uint8Array([1]), { ringVersion: 5 });
+  await store.writeAt(testRef(1), 1, new Uint8Array([2]), { ringVersion: 6 });
+  await store.zeroAt(testRef(1), 0, 1, { ringVersion: 0 });
+  await store.writeAt(testRef(1), 2, new Uint8Array([3]));
+  await store.putBlock(testRef(2), new Uint8Array([4]), { ringVersion: 2 ** 40 });
+  await store.deleteBlock(testRef(2), { ringVersion: 5 });
+  assert.deepEqual((await inner.getBlock(testRef(1))).subarray(0, 3), new Uint8Array([0, 2, 3]));
+  assert.deepEqual(inner.ringVersions, [5, 6, 0, undefined, 2 ** 40, 5], "passed on as given");
+  // The node learns a newer ring: what was current a moment ago is now old.
+  nodeRing = 7;
+  await rejectsCompareFailed(store.zeroAt(testRef(1), 0, 1, { ringVersion: 6 }), /6 .* 7/);
+  await store.zeroAt(testRef(1), 0, 2, { ringVersion: 7 });
+  await store.deleteBlock(testRef(1), { ringVersion: 8 });
+  assert.equal(inner.usedBlocks(), 0);
+  // A ring version does not get past the fence: an older token is still refused as locked.
+  await store.putBlock(testRef(1), new Uint8Array([1]), { ringVersion: 7, fenceToken: 4 });
+  await rejectsLocked(
+    store.putBlock(testRef(1), new Uint8Array([1]), { ringVersion: 9, fenceToken: 3 }),
+  );
+});
+
+Deno.test("FencedStore: reads are never refused for their ring version", async () => {
+  const inner = memory();
+  const store = await FencedStore.open(inner, new MemoryFenceRecords(), () => 9);
+  await inner.putBlock(testRef(1), new Uint8Array([5]));
+  const old = { ringVersion: 1 };
+  assert.equal((await store.getBlock(testRef(1), old))[0], 5);
+  assert.equal(await store.hasBlock(testRef(1), old), true);
+  const into = new Uint8Array(1);
+  await store.readAt(testRef(1), 0, into, old);
+  assert.equal(into[0], 5);
+});
+
+Deno.test("FencedStore: without a ring version source no change is refused for its version", async () => {
+  const inner = memory();
+  const store = await FencedStore.open(inner, new MemoryFenceRecords());
+  await store.putBlock(testRef(1), new Uint8Array([1]), { ringVersion: 1 });
+  await store.writeAt(testRef(1), 0, new Uint8Array([2]), { ringVersion: 3 });
+  await store.zeroAt(testRef(1), 1, 1, { ringVersion: 2 });
+  assert.equal((await inner.getBlock(testRef(1)))[0], 2);
+  await store.deleteBlock(testRef(1), { ringVersion: 1 });
+  assert.equal(inner.usedBlocks(), 0);
+});

@@ -12,10 +12,11 @@ import type { IoHold } from "./storage_contract.ts";
 
 /**
  * A store whose next call can be held (the contract's holdNextIo, at the level of store calls),
- * and which records the fencing tokens of the changes it got.
+ * and which records the fencing tokens and ring versions of the changes it got.
  */
 export class HeldStore extends ForwardingStore {
   readonly fenceTokens: (number | undefined)[] = [];
+  readonly ringVersions: (number | undefined)[] = [];
   #hold: { gate: Promise<void>; arrived: () => void; later: number } | null = null;
   #armed = false;
   #all: IoHold | null = null;
@@ -61,6 +62,7 @@ export class HeldStore extends ForwardingStore {
 
   #fenced(options?: BlockCallOptions): void {
     this.fenceTokens.push(options?.fenceToken);
+    this.ringVersions.push(options?.ringVersion);
   }
 
   override getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {

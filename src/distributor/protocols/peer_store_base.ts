@@ -142,3 +142,15 @@ export function wireU32(value: number, what: string): number {
   }
   return value;
 }
+
+/**
+ * The ring version a change carries (`ringVersion`), as the wire's u64 (0 for none); `invalid` if
+ * it is not a non-negative safe integer.
+ */
+export function wireRingVersion(options?: PeerCallOptions): number {
+  const version = options?.ringVersion ?? 0;
+  if (!Number.isSafeInteger(version) || version < 0) {
+    throw invalid(`ring version ${version} is invalid`);
+  }
+  return version;
+}

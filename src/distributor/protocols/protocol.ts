@@ -20,7 +20,8 @@
  *   connection; the server goes on serving every other.
  * - `usedBlocks()` and `totalBlocks()` answer from the latest reply (each reply of a store call
  *   carries the remote counts), so they are as fresh as the last call.
- * - Writes carry the writer's fencing token (`fenceToken`) to the remote store, which decides.
+ * - Writes carry the writer's fencing token (`fenceToken`) and the version of the ring they were
+ *   placed by (`ringVersion`) to the remote store, which decides (`locked`, `compare_failed`).
  * @module
  */
 

@@ -11,16 +11,20 @@
  */
 
 import assert from "node:assert/strict";
-import { type BlockRef, ErrorCode, isTorusError } from "../../core/mod.ts";
+import { type BlockRef, ErrorCode, isTorusError, TorusError } from "../../core/mod.ts";
 import {
+  type BlockCallOptions,
   type BlockStore,
   blockStoreContract,
   type ContractFixture,
   FileBlockStore,
+  ForwardingStore,
   HeldStore,
   type IoHold,
   MemoryBlockStore,
   patternBlock,
+  type PutOptions,
+  type RangeWriteOptions,
   testRef,
 } from "../../storage/mod.ts";
 import type { PeerIdentity, PeerProtocol, PeerServer, PeerStore } from "./protocol.ts";
@@ -222,6 +226,114 @@ function registerProtocolTests(name: string, makeProtocol: () => PeerProtocol): 
       await served.close();
     }
   });
+
+  test("a change carries its ring version to the remote store", async (protocol) => {
+    const store = new HeldStore(new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 4 }));
+    const served = await serveStore(protocol, store);
+    try {
+      const { client } = served;
+      await client.putBlock(testRef(1), new Uint8Array(1), { ringVersion: 3 });
+      await client.writeAt(testRef(1), 0, new Uint8Array(1), { ringVersion: 2 ** 40 + 3 });
+      await client.zeroAt(testRef(1), 0, 1, { ringVersion: 9, fenceToken: 4 });
+      await client.deleteBlock(testRef(1), { ringVersion: Number.MAX_SAFE_INTEGER });
+      await client.putBlock(testRef(2), new Uint8Array(1), { ringVersion: 0, fenceToken: 5 });
+      assert.deepEqual(store.ringVersions, [
+        3,
+        2 ** 40 + 3,
+        9,
+        Number.MAX_SAFE_INTEGER,
+        undefined,
+      ]);
+      assert.deepEqual(store.fenceTokens, [undefined, undefined, 4, undefined, 5]);
+      // A version no wire can carry is refused before it is sent.
+      for (const ringVersion of [-1, 1.5, 2 ** 53]) {
+        const error = await client.putBlock(testRef(3), new Uint8Array(1), { ringVersion })
+          .then(() => null, (e: unknown) => e);
+        assert.ok(isTorusError(error, ErrorCode.Invalid), `${ringVersion}: ${String(error)}`);
+      }
+      assert.equal(store.ringVersions.length, 5, "an invalid version was sent");
+    } finally {
+      await served.close();
+    }
+  });
+
+  test("a change refused for an older ring comes back as compare_failed", async (protocol) => {
+    const inner = new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 4 });
+    const served = await serveStore(protocol, new RingCheckingStore(inner, 5));
+    try {
+      const { client } = served;
+      await client.putBlock(testRef(1), patternBlock(BLOCK, 1), { ringVersion: 5 });
+      const old = { ringVersion: 4 };
+      const refused: [string, Promise<void>][] = [
+        ["put", client.putBlock(testRef(2), new Uint8Array(1), old)],
+        ["writeAt", client.writeAt(testRef(1), 0, new Uint8Array(1), old)],
+        ["zeroAt", client.zeroAt(testRef(1), 0, 1, old)],
+        ["deleteBlock", client.deleteBlock(testRef(1), old)],
+      ];
+      for (const [what, call] of refused) {
+        const error = await call.then(() => null, (e: unknown) => e);
+        assert.ok(isTorusError(error, ErrorCode.CompareFailed), `${what}: ${String(error)}`);
+        assert.match(error.message, /ring version 4 is older than 5/);
+      }
+      assert.deepEqual(await client.getBlock(testRef(1)), patternBlock(BLOCK, 1));
+      assert.equal(await client.hasBlock(testRef(2)), false);
+      // The connection goes on: the same change by the current ring lands.
+      await client.deleteBlock(testRef(1), { ringVersion: 5 });
+      assert.equal(inner.usedBlocks(), 0);
+    } finally {
+      await served.close();
+    }
+  });
+}
+
+/** Refuses changes whose ring version is older than `current`, as a data node's store does. */
+class RingCheckingStore extends ForwardingStore {
+  readonly #current: number;
+
+  constructor(inner: BlockStore, current: number) {
+    super(inner);
+    this.#current = current;
+  }
+
+  #check(options: BlockCallOptions | undefined): void {
+    const version = options?.ringVersion ?? 0;
+    if (version > 0 && version < this.#current) {
+      throw new TorusError(
+        ErrorCode.CompareFailed,
+        `ring version ${version} is older than ${this.#current}`,
+      );
+    }
+  }
+
+  override async putBlock(ref: BlockRef, data: Uint8Array, options?: PutOptions): Promise<void> {
+    this.#check(options);
+    await super.putBlock(ref, data, options);
+  }
+
+  override async writeAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    data: Uint8Array,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
+    this.#check(options);
+    await super.writeAt(ref, offsetBytes, data, options);
+  }
+
+  override async zeroAt(
+    ref: BlockRef,
+    offsetBytes: number,
+    lengthBytes: number,
+    options?: RangeWriteOptions,
+  ): Promise<void> {
+    this.#check(options);
+    await super.zeroAt(ref, offsetBytes, lengthBytes, options);
+  }
+
+  override async deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
+    this.#check(options);
+    await super.deleteBlock(ref, options);
+  }
 }
 
 /** Inputs no protocol accepts as a first message. */

@@ -28,7 +28,7 @@ import {
 } from "../../../models/mod.ts";
 import type { PutOptions, RangeWriteOptions } from "../../../storage/mod.ts";
 import { tcpNetwork } from "../network.ts";
-import { PeerStoreBase, wireU32 } from "../peer_store_base.ts";
+import { PeerStoreBase, wireRingVersion, wireU32 } from "../peer_store_base.ts";
 import type { PeerCallOptions, PeerDialOptions } from "../protocol.ts";
 import {
   errorOfFailure,
@@ -95,6 +95,7 @@ export class GrpcPeerStore extends PeerStoreBase {
       blocks: [data.slice()],
       fenceToken: fenceOf(options),
       ifAbsent: options?.ifAbsent ?? false,
+      ringVersion: BigInt(wireRingVersion(options)),
     };
     await this.#change(ref, rpcs.PutBlock, request, options);
   }
@@ -147,6 +148,7 @@ export class GrpcPeerStore extends PeerStoreBase {
       fresh: options?.fresh ?? false,
       fenceToken: fenceOf(options),
       mustExist: options?.mustExist ?? false,
+      ringVersion: BigInt(wireRingVersion(options)),
     };
     await this.#change(ref, rpcs.WriteAt, request, options);
   }
@@ -164,12 +166,17 @@ export class GrpcPeerStore extends PeerStoreBase {
       fresh: options?.fresh ?? false,
       fenceToken: fenceOf(options),
       mustExist: options?.mustExist ?? false,
+      ringVersion: BigInt(wireRingVersion(options)),
     };
     await this.#change(ref, rpcs.ZeroAt, request, options);
   }
 
   async deleteBlock(ref: BlockRef, options?: PeerCallOptions): Promise<void> {
-    const request = { refs: [blockRefToMessage(ref)], fenceToken: fenceOf(options) };
+    const request = {
+      refs: [blockRefToMessage(ref)],
+      fenceToken: fenceOf(options),
+      ringVersion: BigInt(wireRingVersion(options)),
+    };
     await this.#change(ref, rpcs.DeleteBlock, request, options);
   }
 

@@ -187,7 +187,7 @@ export class GrpcServer implements PeerServer {
         if (request.refs.length !== request.blocks.length) {
           throw invalid(`${request.refs.length} refs for ${request.blocks.length} blocks`);
         }
-        const options = { ...fenced(request.fenceToken), ifAbsent: request.ifAbsent ?? false };
+        const options = { ...changeOptions(request), ifAbsent: request.ifAbsent ?? false };
         // In order, as the original did; the first failure ends the call.
         for (const [i, ref] of request.refs.entries()) {
           await store.putBlock(refOf(ref), request.blocks[i]!, options);
@@ -195,13 +195,13 @@ export class GrpcServer implements PeerServer {
         return { ...this.#ok(rpcs.PutBlock), ok: true };
       }),
       DeleteBlock: this.#unary(rpcs.DeleteBlock, async (request) => {
-        const options = fenced(request.fenceToken);
+        const options = changeOptions(request);
         for (const ref of request.refs) await store.deleteBlock(refOf(ref), options);
         return { ...this.#ok(rpcs.DeleteBlock), ok: true };
       }),
       WriteAt: this.#unary(rpcs.WriteAt, async (request) => {
         const options = {
-          ...fenced(request.fenceToken),
+          ...changeOptions(request),
           fresh: request.fresh,
           mustExist: request.mustExist ?? false,
         };
@@ -210,7 +210,7 @@ export class GrpcServer implements PeerServer {
       }),
       ZeroAt: this.#unary(rpcs.ZeroAt, async (request) => {
         const options = {
-          ...fenced(request.fenceToken),
+          ...changeOptions(request),
           fresh: request.fresh,
           mustExist: request.mustExist ?? false,
         };
@@ -373,9 +373,24 @@ function boundedRefs(messages: readonly BlockRefMessage[]): BlockRef[] {
   return messages.map(refOf);
 }
 
-/** Options carrying a fencing token (none for 0); `invalid` beyond a safe integer. */
-function fenced(token: bigint): BlockCallOptions | undefined {
-  if (token === 0n) return undefined;
-  if (token > BigInt(Number.MAX_SAFE_INTEGER)) throw invalid(`fencing token ${token} is too large`);
-  return { fenceToken: Number(token) };
+/**
+ * Options carrying a change's fencing token and ring version (each left out when 0); `invalid`
+ * beyond a safe integer.
+ */
+function changeOptions(
+  request: { readonly fenceToken: bigint; readonly ringVersion?: bigint },
+): BlockCallOptions | undefined {
+  const fenceToken = safeU64(request.fenceToken, "fencing token");
+  const ringVersion = safeU64(request.ringVersion ?? 0n, "ring version");
+  if (fenceToken === 0 && ringVersion === 0) return undefined;
+  return {
+    ...(fenceToken === 0 ? {} : { fenceToken }),
+    ...(ringVersion === 0 ? {} : { ringVersion }),
+  };
+}
+
+/** A uint64 field as a number; `invalid` beyond a safe integer. */
+function safeU64(value: bigint, what: string): number {
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw invalid(`${what} ${value} is too large`);
+  return Number(value);
 }

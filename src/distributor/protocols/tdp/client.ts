@@ -20,7 +20,7 @@ import {
 } from "../../../core/mod.ts";
 import type { PutOptions, RangeWriteOptions } from "../../../storage/mod.ts";
 import type { StreamNetwork } from "../network.ts";
-import { PeerStoreBase, wireU32 } from "../peer_store_base.ts";
+import { PeerStoreBase, wireRingVersion, wireU32 } from "../peer_store_base.ts";
 import type { PeerCallOptions, PeerDialOptions } from "../protocol.ts";
 import {
   BodyReader,
@@ -97,6 +97,7 @@ export class TdpPeerStore extends PeerStoreBase {
       op: Op.Put,
       ref,
       fence: options?.fenceToken ?? 0,
+      ring: wireRingVersion(options),
       ifAbsent: options?.ifAbsent ?? false,
       data: data.slice(),
     };
@@ -148,6 +149,7 @@ export class TdpPeerStore extends PeerStoreBase {
       op: Op.WriteAt,
       ref,
       fence: options?.fenceToken ?? 0,
+      ring: wireRingVersion(options),
       fresh: options?.fresh ?? false,
       mustExist: options?.mustExist ?? false,
       offsetBytes: wireU32(offsetBytes, "offset"),
@@ -166,6 +168,7 @@ export class TdpPeerStore extends PeerStoreBase {
       op: Op.ZeroAt,
       ref,
       fence: options?.fenceToken ?? 0,
+      ring: wireRingVersion(options),
       fresh: options?.fresh ?? false,
       mustExist: options?.mustExist ?? false,
       offsetBytes: wireU32(offsetBytes, "offset"),
@@ -175,7 +178,13 @@ export class TdpPeerStore extends PeerStoreBase {
   }
 
   async deleteBlock(ref: BlockRef, options?: PeerCallOptions): Promise<void> {
-    await this.#call({ op: Op.Delete, ref, fence: options?.fenceToken ?? 0 }, true, options);
+    const request: Request = {
+      op: Op.Delete,
+      ref,
+      fence: options?.fenceToken ?? 0,
+      ring: wireRingVersion(options),
+    };
+    await this.#call(request, true, options);
   }
 
   async flush(): Promise<void> {

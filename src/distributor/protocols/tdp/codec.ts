@@ -13,7 +13,26 @@
  * answers with its own HELLO or an error and closes. Then requests with ids of the client's choice,
  * many in flight; replies come in any order. An ok reply to a store call starts with the store's
  * counts (used u64, total u64); an error reply (status = an error code number) carries a UTF-8
- * message. Refs are the 24-byte BlockRef form; fencing tokens are u64, 0 for none.
+ * message. Refs are the 24-byte BlockRef form; fencing tokens and ring versions are u64, 0 for
+ * none.
+ *
+ * Request bodies (offsets in the body; `data` runs to the end of the body):
+ *
+ * ```
+ * GET                 0 ref  24 u32 expected CRC-32
+ * PUT                 0 ref  24 u64 fence  32 u64 ring  40 data
+ * HAS                 0 u32 count  4 refs
+ * READ_AT             0 ref  24 u32 offset  28 u32 length
+ * WRITE_AT            0 ref  24 u64 fence  32 u64 ring  40 u32 offset  44 data
+ * ZERO_AT             0 ref  24 u64 fence  32 u64 ring  40 u32 offset  44 u32 length
+ * DELETE              0 ref  24 u64 fence  32 u64 ring
+ * LIST_NEXT           0 u32 cursor  4 u32 max refs
+ * LIST_CLOSE          0 u32 cursor
+ * PING, FLUSH, COUNTS, LIST_OPEN: empty
+ * ```
+ *
+ * `fence` is the writer's fencing token; `ring` the version of the ring the sender placed the
+ * change by, which a node that knows a newer ring refuses with `compare_failed`.
  *
  * Request flags are per opcode ({@link Flag}); every other bit is zero:
  *
@@ -41,7 +60,8 @@ import {
   TorusError,
 } from "../../../core/mod.ts";
 
-export const TDP_VERSION = 1;
+/** 2: changes carry the sender's ring version; range writes and puts carry mustExist and ifAbsent. */
+export const TDP_VERSION = 2;
 export const TDP_MAGIC = 0x5444;
 export const TDP_HEADER_BYTES = 16;
 /** Body bound before the handshake settled the block size. */
@@ -262,6 +282,7 @@ export type Request =
     readonly op: typeof Op.Put;
     readonly ref: BlockRef;
     readonly fence: number;
+    readonly ring: number;
     readonly ifAbsent: boolean;
     readonly data: Uint8Array;
   }
@@ -276,6 +297,7 @@ export type Request =
     readonly op: typeof Op.WriteAt;
     readonly ref: BlockRef;
     readonly fence: number;
+    readonly ring: number;
     readonly fresh: boolean;
     readonly mustExist: boolean;
     readonly offsetBytes: number;
@@ -285,12 +307,18 @@ export type Request =
     readonly op: typeof Op.ZeroAt;
     readonly ref: BlockRef;
     readonly fence: number;
+    readonly ring: number;
     readonly fresh: boolean;
     readonly mustExist: boolean;
     readonly offsetBytes: number;
     readonly lengthBytes: number;
   }
-  | { readonly op: typeof Op.Delete; readonly ref: BlockRef; readonly fence: number }
+  | {
+    readonly op: typeof Op.Delete;
+    readonly ref: BlockRef;
+    readonly fence: number;
+    readonly ring: number;
+  }
   | { readonly op: typeof Op.Flush }
   | { readonly op: typeof Op.Counts }
   | { readonly op: typeof Op.ListOpen }
@@ -317,6 +345,7 @@ export function encodeRequest(request: Request, requestId: number): Uint8Array[]
     case Op.Put:
       request.ref.writeTo(fixed, TDP_HEADER_BYTES);
       putU64(view, 24, request.fence);
+      putU64(view, 32, request.ring);
       if (request.ifAbsent) flags |= Flag.IfAbsent;
       data = request.data;
       break;
@@ -334,20 +363,23 @@ export function encodeRequest(request: Request, requestId: number): Uint8Array[]
     case Op.WriteAt:
       request.ref.writeTo(fixed, TDP_HEADER_BYTES);
       putU64(view, 24, request.fence);
-      view.setUint32(32, request.offsetBytes, true);
+      putU64(view, 32, request.ring);
+      view.setUint32(40, request.offsetBytes, true);
       flags |= rangeFlags(request);
       data = request.data;
       break;
     case Op.ZeroAt:
       request.ref.writeTo(fixed, TDP_HEADER_BYTES);
       putU64(view, 24, request.fence);
-      view.setUint32(32, request.offsetBytes, true);
-      view.setUint32(36, request.lengthBytes, true);
+      putU64(view, 32, request.ring);
+      view.setUint32(40, request.offsetBytes, true);
+      view.setUint32(44, request.lengthBytes, true);
       flags |= rangeFlags(request);
       break;
     case Op.Delete:
       request.ref.writeTo(fixed, TDP_HEADER_BYTES);
       putU64(view, 24, request.fence);
+      putU64(view, 32, request.ring);
       break;
     case Op.ListNext:
       view.setUint32(0, request.cursor, true);
@@ -374,15 +406,15 @@ function fixedBytesOf(request: Request): number {
       return BLOCK_REF_BYTES + 4;
     case Op.Put:
     case Op.Delete:
-      return BLOCK_REF_BYTES + 8;
+      return BLOCK_REF_BYTES + 16;
     case Op.Has:
       return 4 + request.refs.length * BLOCK_REF_BYTES;
     case Op.ReadAt:
       return BLOCK_REF_BYTES + 8;
     case Op.WriteAt:
-      return BLOCK_REF_BYTES + 12;
+      return BLOCK_REF_BYTES + 20;
     case Op.ZeroAt:
-      return BLOCK_REF_BYTES + 16;
+      return BLOCK_REF_BYTES + 24;
     case Op.ListNext:
       return 8;
     case Op.ListClose:
@@ -419,8 +451,9 @@ export function decodeRequest(header: FrameHeader, body: Uint8Array): Request {
     case Op.Put: {
       const ref = reader.ref();
       const fence = reader.u64();
+      const ring = reader.u64();
       const ifAbsent = (header.flags & Flag.IfAbsent) !== 0;
-      request = { op: Op.Put, ref, fence, ifAbsent, data: reader.rest() };
+      request = { op: Op.Put, ref, fence, ring, ifAbsent, data: reader.rest() };
       break;
     }
     case Op.Has: {
@@ -442,10 +475,12 @@ export function decodeRequest(header: FrameHeader, body: Uint8Array): Request {
     case Op.WriteAt: {
       const ref = reader.ref();
       const fence = reader.u64();
+      const ring = reader.u64();
       request = {
         op: Op.WriteAt,
         ref,
         fence,
+        ring,
         fresh,
         mustExist,
         offsetBytes: reader.u32(),
@@ -456,14 +491,18 @@ export function decodeRequest(header: FrameHeader, body: Uint8Array): Request {
     case Op.ZeroAt: {
       const ref = reader.ref();
       const fence = reader.u64();
+      const ring = reader.u64();
       const offsetBytes = reader.u32();
       const lengthBytes = reader.u32();
-      request = { op: Op.ZeroAt, ref, fence, fresh, mustExist, offsetBytes, lengthBytes };
+      request = { op: Op.ZeroAt, ref, fence, ring, fresh, mustExist, offsetBytes, lengthBytes };
       break;
     }
-    case Op.Delete:
-      request = { op: Op.Delete, ref: reader.ref(), fence: reader.u64() };
+    case Op.Delete: {
+      const ref = reader.ref();
+      const fence = reader.u64();
+      request = { op: Op.Delete, ref, fence, ring: reader.u64() };
       break;
+    }
     case Op.ListNext:
       request = { op: Op.ListNext, cursor: reader.u32(), maxRefs: reader.u32() };
       break;

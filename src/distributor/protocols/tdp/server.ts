@@ -307,7 +307,7 @@ class ServerConnection {
       }
       case Op.Put:
         return store.putBlock(request.ref, request.data, {
-          ...fenced(request.fence),
+          ...changeOptions(request),
           ifAbsent: request.ifAbsent,
         }).then(() => []);
       case Op.Has:
@@ -325,18 +325,18 @@ class ServerConnection {
       }
       case Op.WriteAt:
         return store.writeAt(request.ref, request.offsetBytes, request.data, {
-          ...fenced(request.fence),
+          ...changeOptions(request),
           fresh: request.fresh,
           mustExist: request.mustExist,
         }).then(() => []);
       case Op.ZeroAt:
         return store.zeroAt(request.ref, request.offsetBytes, request.lengthBytes, {
-          ...fenced(request.fence),
+          ...changeOptions(request),
           fresh: request.fresh,
           mustExist: request.mustExist,
         }).then(() => []);
       case Op.Delete:
-        return store.deleteBlock(request.ref, fenced(request.fence)).then(() => []);
+        return store.deleteBlock(request.ref, changeOptions(request)).then(() => []);
       case Op.Flush:
         return store.flush().then(() => []);
       case Op.ListOpen:
@@ -400,9 +400,15 @@ class ServerConnection {
   }
 }
 
-/** Options carrying a request's fencing token (none for 0). */
-function fenced(fence: number): BlockCallOptions | undefined {
-  return fence === 0 ? undefined : { fenceToken: fence };
+/** Options carrying a change's fencing token and ring version (each left out when 0). */
+function changeOptions(
+  request: { readonly fence: number; readonly ring: number },
+): BlockCallOptions | undefined {
+  if (request.fence === 0 && request.ring === 0) return undefined;
+  return {
+    ...(request.fence === 0 ? {} : { fenceToken: request.fence }),
+    ...(request.ring === 0 ? {} : { ringVersion: request.ring }),
+  };
 }
 
 /** Bit i of byte i/8, LSB first (the original's RebalanceCheck layout). */

@@ -32,14 +32,30 @@ const requests: Request[] = [
   { op: Op.Ping },
   { op: Op.Get, ref },
   { op: Op.Get, ref, expectedCrc32: 0xdeadbeef },
-  { op: Op.Put, ref, fence: 2 ** 52 + 1, ifAbsent: false, data: new Uint8Array([1, 2, 3]) },
-  { op: Op.Put, ref, fence: 0, ifAbsent: true, data: new Uint8Array([4]) },
+  {
+    op: Op.Put,
+    ref,
+    fence: 2 ** 52 + 1,
+    ring: 0,
+    ifAbsent: false,
+    data: new Uint8Array([1, 2, 3]),
+  },
+  { op: Op.Put, ref, fence: 0, ring: 7, ifAbsent: true, data: new Uint8Array([4]) },
+  {
+    op: Op.Put,
+    ref,
+    fence: 4,
+    ring: Number.MAX_SAFE_INTEGER,
+    ifAbsent: false,
+    data: new Uint8Array(),
+  },
   { op: Op.Has, refs: [ref, testRef(1), testRef(2)] },
   { op: Op.ReadAt, ref, offsetBytes: 4096, lengthBytes: 512 },
   {
     op: Op.WriteAt,
     ref,
     fence: 3,
+    ring: 0,
     fresh: true,
     mustExist: false,
     offsetBytes: 7,
@@ -49,6 +65,7 @@ const requests: Request[] = [
     op: Op.WriteAt,
     ref,
     fence: 0,
+    ring: 2 ** 40 + 5,
     fresh: false,
     mustExist: true,
     offsetBytes: 0,
@@ -58,6 +75,7 @@ const requests: Request[] = [
     op: Op.WriteAt,
     ref,
     fence: 1,
+    ring: 1,
     fresh: true,
     mustExist: true,
     offsetBytes: 9,
@@ -67,14 +85,35 @@ const requests: Request[] = [
     op: Op.ZeroAt,
     ref,
     fence: 0,
+    ring: 0,
     fresh: false,
     mustExist: false,
     offsetBytes: 8,
     lengthBytes: 100,
   },
-  { op: Op.ZeroAt, ref, fence: 5, fresh: false, mustExist: true, offsetBytes: 1, lengthBytes: 2 },
-  { op: Op.ZeroAt, ref, fence: 0, fresh: true, mustExist: true, offsetBytes: 0, lengthBytes: 3 },
-  { op: Op.Delete, ref, fence: 12 },
+  {
+    op: Op.ZeroAt,
+    ref,
+    fence: 5,
+    ring: 9,
+    fresh: false,
+    mustExist: true,
+    offsetBytes: 1,
+    lengthBytes: 2,
+  },
+  {
+    op: Op.ZeroAt,
+    ref,
+    fence: 0,
+    ring: Number.MAX_SAFE_INTEGER,
+    fresh: true,
+    mustExist: true,
+    offsetBytes: 0,
+    lengthBytes: 3,
+  },
+  { op: Op.Delete, ref, fence: 12, ring: 0 },
+  { op: Op.Delete, ref, fence: 0, ring: 3 },
+  { op: Op.Delete, ref, fence: 2 ** 33, ring: 2 ** 33 + 1 },
   { op: Op.Flush },
   { op: Op.Counts },
   { op: Op.ListOpen },
@@ -113,13 +152,13 @@ Deno.test("TDP codec: every request survives a round trip", () => {
 Deno.test("TDP codec: the option flags are their bits of the header, per opcode", () => {
   const flagsOf = (request: Request) => readHeader(frameOf(request), 0, false, 1 << 20).flags;
   const data = new Uint8Array([1]);
-  const put = { op: Op.Put, ref, fence: 0, data } as const;
+  const put = { op: Op.Put, ref, fence: 0, ring: 0, data } as const;
   assert.equal(flagsOf({ ...put, ifAbsent: false }), 0);
   assert.equal(flagsOf({ ...put, ifAbsent: true }), Flag.IfAbsent);
   assert.equal(Flag.IfAbsent, 0x01);
   assert.equal(Flag.MustExist, 0x02);
-  const write = { op: Op.WriteAt, ref, fence: 0, offsetBytes: 0, data } as const;
-  const zero = { op: Op.ZeroAt, ref, fence: 0, offsetBytes: 0, lengthBytes: 1 } as const;
+  const write = { op: Op.WriteAt, ref, fence: 0, ring: 0, offsetBytes: 0, data } as const;
+  const zero = { op: Op.ZeroAt, ref, fence: 0, ring: 0, offsetBytes: 0, lengthBytes: 1 } as const;
   for (const base of [write, zero]) {
     for (const fresh of [false, true]) {
       for (const mustExist of [false, true]) {
@@ -154,6 +193,86 @@ Deno.test("TDP codec: a truncated or padded body of every request is a frame err
       const padded = new Uint8Array(body.length + 1);
       padded.set(body);
       assert.throws(() => decodeRequest(header, padded), TdpFrameError, `op ${request.op} padded`);
+    }
+  }
+});
+
+Deno.test("TDP codec: a change's ring version is the u64 after its fence", () => {
+  const changes: Request[] = [
+    { op: Op.Put, ref, fence: 3, ring: 2 ** 40 + 7, ifAbsent: false, data: new Uint8Array([9]) },
+    {
+      op: Op.WriteAt,
+      ref,
+      fence: 3,
+      ring: 2 ** 40 + 7,
+      fresh: false,
+      mustExist: false,
+      offsetBytes: 5,
+      data: new Uint8Array([9]),
+    },
+    {
+      op: Op.ZeroAt,
+      ref,
+      fence: 3,
+      ring: 2 ** 40 + 7,
+      fresh: false,
+      mustExist: false,
+      offsetBytes: 5,
+      lengthBytes: 6,
+    },
+    { op: Op.Delete, ref, fence: 3, ring: 2 ** 40 + 7 },
+  ];
+  for (const request of changes) {
+    const body = frameOf(request).subarray(TDP_HEADER_BYTES);
+    const view = new DataView(body.buffer, body.byteOffset, body.byteLength);
+    assert.equal(view.getBigUint64(24, true), 3n, `op ${request.op} fence`);
+    assert.equal(view.getBigUint64(32, true), 2n ** 40n + 7n, `op ${request.op} ring`);
+    if (request.op === Op.WriteAt || request.op === Op.ZeroAt) {
+      assert.equal(view.getUint32(40, true), 5, `op ${request.op} offset`);
+    }
+    if (request.op === Op.ZeroAt) assert.equal(view.getUint32(44, true), 6);
+  }
+});
+
+Deno.test("TDP codec: a change body one byte short of its fixed fields is a frame error", () => {
+  // The fixed fields run to the ring version (PUT, DELETE) or to the offset and length.
+  const fixedBytes: [Request, number][] = [
+    [{ op: Op.Put, ref, fence: 1, ring: 2, ifAbsent: false, data: new Uint8Array() }, 40],
+    [{ op: Op.Delete, ref, fence: 1, ring: 2 }, 40],
+    [{
+      op: Op.WriteAt,
+      ref,
+      fence: 1,
+      ring: 2,
+      fresh: false,
+      mustExist: false,
+      offsetBytes: 0,
+      data: new Uint8Array(),
+    }, 44],
+    [{
+      op: Op.ZeroAt,
+      ref,
+      fence: 1,
+      ring: 2,
+      fresh: false,
+      mustExist: false,
+      offsetBytes: 0,
+      lengthBytes: 1,
+    }, 48],
+  ];
+  for (const [request, fixed] of fixedBytes) {
+    const frame = frameOf(request);
+    const header = readHeader(frame, 0, false, 1 << 20);
+    const body = frame.subarray(TDP_HEADER_BYTES);
+    assert.equal(body.length, fixed, `op ${request.op} body`);
+    assert.ok(decodeRequest(header, body).op === request.op);
+    // Cut inside the ring version (an older sender's body without it), and one byte short.
+    for (const cut of [32, 33, 39, fixed - 1]) {
+      assert.throws(
+        () => decodeRequest(header, body.subarray(0, cut)),
+        TdpFrameError,
+        `op ${request.op} cut to ${cut}`,
+      );
     }
   }
 });
@@ -298,14 +417,14 @@ Deno.test("TDP server: a request before HELLO, or a refused HELLO, ends the conn
   await withServer(async (port, store) => {
     const before = await rawExchange(
       port,
-      frameOf({ op: Op.Put, ref, fence: 0, ifAbsent: false, data: new Uint8Array(1) }),
+      frameOf({ op: Op.Put, ref, fence: 0, ring: 0, ifAbsent: false, data: new Uint8Array(1) }),
     );
     assert.equal(before.length, 0);
     const refused = await rawExchange(
       port,
       concat(
         helloFrame("other"),
-        frameOf({ op: Op.Put, ref, fence: 0, ifAbsent: false, data: new Uint8Array(1) }),
+        frameOf({ op: Op.Put, ref, fence: 0, ring: 0, ifAbsent: false, data: new Uint8Array(1) }),
       ),
     );
     const header = readHeader(refused, 0, true, 4096);
@@ -324,7 +443,14 @@ function onlyHelloReply(answer: Uint8Array): boolean {
 
 Deno.test("TDP server: a frame cut short by the end of the stream stores nothing", async () => {
   await withServer(async (port, store) => {
-    const put = frameOf({ op: Op.Put, ref, fence: 0, ifAbsent: false, data: new Uint8Array(10) });
+    const put = frameOf({
+      op: Op.Put,
+      ref,
+      fence: 0,
+      ring: 0,
+      ifAbsent: false,
+      data: new Uint8Array(10),
+    });
     for (const cut of [3, 10, put.length - 1]) {
       const answer = await rawExchange(port, concat(helloFrame(), put.subarray(0, cut)), true);
       assert.ok(onlyHelloReply(answer), `cut at ${cut}`);
@@ -335,7 +461,14 @@ Deno.test("TDP server: a frame cut short by the end of the stream stores nothing
 
 Deno.test("TDP server: a frame that stops arriving halfway closes the connection", async () => {
   await withServer(async (port, store) => {
-    const put = frameOf({ op: Op.Put, ref, fence: 0, ifAbsent: false, data: new Uint8Array(10) });
+    const put = frameOf({
+      op: Op.Put,
+      ref,
+      fence: 0,
+      ring: 0,
+      ifAbsent: false,
+      data: new Uint8Array(10),
+    });
     const started = Date.now();
     const answer = await rawExchange(port, concat(helloFrame(), put.subarray(0, put.length - 3)));
     assert.ok(onlyHelloReply(answer));
