@@ -76,6 +76,7 @@ export type ClusterSettings =
     | "writeLevel"
     | "readCacheBytes"
     | "rebalanceRateBytesPerSecond"
+    | "scrub"
   >
   & { readonly peerAddress: string };
 

@@ -58,6 +58,7 @@ export function clusterReport(member: ClusterMember): ClusterReport {
       rebalancing: peer.rebalanceInfo?.rebalancing ?? false,
     })),
     rebalance: member.rebalancer?.progress() ?? null,
+    scrub: member.scrubber?.progress() ?? null,
     heartbeats: member.heartbeatCount,
     distributor: {
       blockRequests: stats.blockRequests,

@@ -83,6 +83,8 @@ export const serveFlags = {
   "write-level": { type: "string", default: "all" },
   "read-cache-size": { type: "string", default: "50MiB" },
   "rebalance-rate": { type: "string", default: "100MiB" },
+  "scrub-interval": { type: "string", default: "24h" },
+  "scrub-rate": { type: "string", default: "16MiB" },
   "debug-init": { type: "boolean", default: false },
 } as const;
 
@@ -107,8 +109,8 @@ export function expandNbdFlag(args: readonly string[]): string[] {
 const help =
   `Usage: torus serve [--data-dir DIR] [--size SIZE|N%] [--nbd [ADDR]] [--host H [--port P]]
                    [-C ENDPOINTS --peer-address URL [--auto-join] [--read-level L]
-                   [--write-level L] [--read-cache-size SIZE] [--rebalance-rate SIZE]]
-                   [metadata flags]
+                   [--write-level L] [--read-cache-size SIZE] [--rebalance-rate SIZE]
+                   [--scrub-interval D] [--scrub-rate SIZE]] [metadata flags]
 
 Runs a storage node on DIR (default $TORUS_DATA_DIR or ./torus-data). Without -C it is a
 single-node cluster on the embedded metadata store in DIR, initialised on first start
@@ -155,6 +157,9 @@ and writes its volumes' blocks to the ring's holders of each block (replication 
   --rebalance-rate SIZE  bytes per second this node copies to peers after a ring change
                    (default 100MiB; 0 for no bound). Client I/O shares the same links
                    and disks: a lower rate keeps its latency, a higher one heals sooner.
+  --scrub-interval D  how often this node re-reads all its blocks to find copies damaged
+                   on disk and replace them from another holder (default 24h; 0: never)
+  --scrub-rate SIZE  bytes per second the scrubber reads (default 16MiB; 0 for no bound)
   --debug-init     initialise the cluster on etcd when it is not (block size 512 KiB, block
                    spec crc,base, a ketama ring of replication 2), as torus ctl init would
 
@@ -304,6 +309,13 @@ function clusterSettingsOf(values: Record<string, unknown>): ClusterSettings | n
     "--rebalance-rate",
     () => parseSize(String(values["rebalance-rate"])),
   );
+  const scrub = {
+    intervalMs: flagValue(
+      "--scrub-interval",
+      () => parseDuration(String(values["scrub-interval"])),
+    ),
+    rateBytesPerSecond: flagValue("--scrub-rate", () => parseSize(String(values["scrub-rate"]))),
+  };
   try {
     const scheme = /^([a-z]+):\/\//i.exec(address)?.[1] ?? "";
     const protocol = protocols.find((p) => p.scheme === scheme.toLowerCase());
@@ -322,6 +334,7 @@ function clusterSettingsOf(values: Record<string, unknown>): ClusterSettings | n
       writeLevel,
       readCacheBytes,
       rebalanceRateBytesPerSecond,
+      scrub,
     };
   } catch (error) {
     throw new UsageError(`--peer-address ${address}: ${(error as Error).message}`);

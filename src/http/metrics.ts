@@ -223,6 +223,31 @@ export class NodeMetrics {
       "Surplus copies this node deleted once their holders confirmed them",
       [],
     ),
+    scrubbedBlocks: this.#clusterCounter(
+      "torus_scrub_scrubbed_blocks_total",
+      "Blocks of this node the scrubber read and verified",
+      [],
+    ),
+    scrubDamaged: this.#clusterCounter(
+      "torus_scrub_damaged_blocks_total",
+      "Copies on this node the scrubber found damaged",
+      [],
+    ),
+    scrubRepaired: this.#clusterCounter(
+      "torus_scrub_repaired_blocks_total",
+      "Damaged copies the scrubber replaced from another holder",
+      [],
+    ),
+    scrubUnrepaired: this.#clusterCounter(
+      "torus_scrub_unrepaired_blocks_total",
+      "Damaged copies no other holder had a good copy of when found",
+      [],
+    ),
+    scrubPasses: this.#clusterCounter(
+      "torus_scrub_passes_total",
+      "Complete scrub passes over this node's blocks",
+      [],
+    ),
     rebalanceFailures: this.#clusterCounter(
       "torus_distributor_rebalance_rpc_failures",
       "Rebalance calls to peers that failed (the pass tries again)",
@@ -317,6 +342,14 @@ export class NodeMetrics {
     m.resyncedBlocks.inc(d.resyncedBlocks);
     m.staleBlocks.set(d.staleBlocks);
     m.pulledBlocks.inc(d.pulledBlocks);
+    const scrub = cluster.scrub;
+    if (scrub !== null) {
+      m.scrubbedBlocks.inc(scrub.scrubbedBlocks);
+      m.scrubDamaged.inc(scrub.damagedBlocks);
+      m.scrubRepaired.inc(scrub.repairedBlocks);
+      m.scrubUnrepaired.inc(scrub.unrepairedBlocks);
+      m.scrubPasses.inc(scrub.passes);
+    }
     const r = cluster.rebalance;
     if (r === null) return;
     m.rebalancing.set(r.rebalancing ? 1 : 0);

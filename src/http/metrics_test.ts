@@ -126,6 +126,11 @@ Deno.test("metrics: a cluster node shows the original's distributor and server n
       `torus_rebalance_sent_bytes_total ${9 * 524288}`,
       "torus_rebalance_deleted_blocks_total 6",
       "torus_distributor_rebalance_rpc_failures 1",
+      "torus_scrub_scrubbed_blocks_total 40",
+      "torus_scrub_damaged_blocks_total 3",
+      "torus_scrub_repaired_blocks_total 2",
+      "torus_scrub_unrepaired_blocks_total 1",
+      "torus_scrub_passes_total 2",
     ]
   ) {
     assert.ok(lines.includes(expected), `missing ${expected} in\n${lines.join("\n")}`);

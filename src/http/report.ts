@@ -97,6 +97,18 @@ export interface RebalanceReport {
   readonly passes: number;
 }
 
+/** What a node's scrubber did (src/distributor/scrubber.ts: ScrubProgress). */
+export interface ScrubReport {
+  readonly passes: number;
+  readonly scrubbedBlocks: number;
+  readonly damagedBlocks: number;
+  readonly repairedBlocks: number;
+  readonly unrepairedBlocks: number;
+  readonly passScannedBlocks: number;
+  readonly passTotalBlocks: number;
+  readonly lastFinishMs: number | null;
+}
+
 /** What a cluster node (or client) knows of the cluster and its distributor's counters. */
 export interface ClusterReport {
   /** Where peers reach this node; null for a client. */
@@ -120,6 +132,8 @@ export interface ClusterReport {
   }[];
   /** This node's rebalancer (null for a client). */
   readonly rebalance: RebalanceReport | null;
+  /** This node's scrubber (null for a client). */
+  readonly scrub: ScrubReport | null;
   readonly heartbeats: number;
   readonly distributor: {
     readonly blockRequests: number;

@@ -57,6 +57,16 @@ export function clusterSection(): ClusterReport {
       failedCalls: 1,
       passes: 3,
     },
+    scrub: {
+      passes: 2,
+      scrubbedBlocks: 40,
+      damagedBlocks: 3,
+      repairedBlocks: 2,
+      unrepairedBlocks: 1,
+      passScannedBlocks: 8,
+      passTotalBlocks: 20,
+      lastFinishMs: 1_700_000_000_000,
+    },
   };
 }
 

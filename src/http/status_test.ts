@@ -156,6 +156,7 @@ Deno.test("status: a cluster node shows its peer address, the ring, the peers, t
     "heartbeats",
     "distributor",
     "rebalance",
+    "scrub",
   ]);
   assert.equal(parsed.cluster.peerAddress, "tdp://10.0.0.1:40000");
   assert.deepEqual(parsed.cluster.ring, {
@@ -169,4 +170,5 @@ Deno.test("status: a cluster node shows its peer address, the ring, the peers, t
   assert.equal(parsed.cluster.rebalance.rebalancing, true);
   assert.equal(parsed.cluster.rebalance.passScannedBlocks, 5);
   assert.equal(parsed.cluster.peers[1].rebalancing, true);
+  assert.equal(parsed.cluster.scrub.damagedBlocks, 3);
 });

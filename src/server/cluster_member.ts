@@ -17,6 +17,7 @@ import {
   type PeerServer,
   type ReadLevel,
   Rebalancer,
+  Scrubber,
   type WriteLevel,
 } from "../distributor/mod.ts";
 import type { MetadataService, Subscription } from "../metadata/mod.ts";
@@ -35,7 +36,7 @@ const log = logger("cluster");
 const READ_ATTEMPT_TIMEOUT_MS = 1_000;
 
 /** The peer protocol version this node registers (PeerInfo.protocol_version). */
-export const PEER_PROTOCOL_VERSION = 1n;
+export const PEER_PROTOCOL_VERSION = 2n;
 
 /** Options of {@link ClusterMember.start}. */
 export interface ClusterMemberOptions {
@@ -61,6 +62,8 @@ export interface ClusterMemberOptions {
   readonly readCacheBytes: number;
   /** Bytes per second the rebalancer may copy to peers (0: no bound). */
   readonly rebalanceRateBytesPerSecond: number;
+  /** How the scrubber re-reads this node's blocks (a node only; interval 0: never). */
+  readonly scrub?: { readonly intervalMs: number; readonly rateBytesPerSecond: number };
   readonly clock: Clock;
   /** Deadline of one read attempt at one peer (default 1 s); changes use the call deadline. */
   readonly peerTimeoutMs?: number;
@@ -72,6 +75,8 @@ export class ClusterMember {
   readonly distributor: Distributor;
   /** Moves this node's blocks after ring changes; null for a client. */
   readonly rebalancer: Rebalancer | null;
+  /** Re-reads this node's blocks and repairs damaged copies; null for a client. */
+  readonly scrubber: Scrubber | null;
   /** The server peers reach this node's store by; null for a client. */
   readonly server: PeerServer | null;
   readonly #options: ClusterMemberOptions;
@@ -92,6 +97,7 @@ export class ClusterMember {
     directory: DialingPeerDirectory,
     distributor: Distributor,
     rebalancer: Rebalancer | null,
+    scrubber: Scrubber | null,
   ) {
     this.#options = options;
     this.server = server;
@@ -99,6 +105,7 @@ export class ClusterMember {
     this.#directory = directory;
     this.distributor = distributor;
     this.rebalancer = rebalancer;
+    this.scrubber = scrubber;
   }
 
   /** Serves peers, registers, follows the ring (and joins it when asked). */
@@ -111,13 +118,18 @@ export class ClusterMember {
     ]);
     const identity = { clusterId, blockSizeBytes: global.blockSizeBytes, nodeName: options.uuid };
     const node = options.node;
+    // Set once started; the closures below read it (a peer's call may come before).
+    let member: ClusterMember | null = null;
     // Peers and this node's own distributor change the store only through the fence.
-    const fenced = node === null ? null : await FencedStore.open(node.local, node.fenceRecords);
+    // Changes placed by an older ring than this node follows are refused: the sender reads the
+    // ring again (a block may have moved on from here).
+    const fenced = node === null
+      ? null
+      : await FencedStore.open(node.local, node.fenceRecords, () => member?.ring().version ?? 0);
     const server = node === null || fenced === null ? null : await protocolOf(
       options.protocols,
       node.peerAddress,
     ).listen(node.peerAddress, { identity, store: fenced });
-    let member: ClusterMember | null = null;
     try {
       const directory = new DialingPeerDirectory(
         options.protocols,
@@ -133,6 +145,7 @@ export class ClusterMember {
         ring: () => member!.ring(),
         peers: directory,
         outsideRing: () => member?.outsideRing() ?? [],
+        refreshRing: () => member?.refreshRing() ?? Promise.resolve(),
         moving: () => member?.moving() ?? true,
         readLevel: options.readLevel,
         writeLevel: options.writeLevel,
@@ -148,6 +161,15 @@ export class ClusterMember {
         clock: options.clock,
         rateBytesPerSecond: options.rebalanceRateBytesPerSecond,
       });
+      const scrubber = fenced === null ? null : new Scrubber({
+        self: options.uuid,
+        local: fenced,
+        ring: () => member!.ring(),
+        peers: directory,
+        clock: options.clock,
+        intervalMs: options.scrub?.intervalMs ?? 0,
+        rateBytesPerSecond: options.scrub?.rateBytesPerSecond ?? 0,
+      });
       member = new ClusterMember(
         options,
         server,
@@ -155,6 +177,7 @@ export class ClusterMember {
         directory,
         distributor,
         rebalancer,
+        scrubber,
       );
       await member.#begin();
       return member;
@@ -167,20 +190,32 @@ export class ClusterMember {
 
   async #begin(): Promise<void> {
     this.#ringWatch = await this.#options.metadata.cluster.watchRing((message) => {
-      this.#ring = ringFromMessage(message);
-      this.rebalancer?.ringChanged();
-      // Tell the others at once that this node is rebalancing (list-peers, their moving()).
-      void this.#heartbeat().catch(() => {});
+      this.#takeRing(ringFromMessage(message));
     }, { onError: (error) => log.error(`the ring watch ended: ${errorMessage(error)}`) });
     await this.#heartbeat();
     if (this.#options.autoJoin && this.server !== null) await this.#join();
     this.rebalancer?.start();
+    this.scrubber?.start();
     this.#heartbeats = this.#beat();
   }
 
   /** The current ring. */
   ring(): Ring {
     return this.#ring;
+  }
+
+  /** Reads the ring from the metadata service now (a peer knows a newer one than the watch). */
+  async refreshRing(): Promise<void> {
+    this.#takeRing(ringFromMessage(await this.#options.metadata.cluster.getRing()));
+  }
+
+  /** Follows `ring` unless it is older than the one followed (the watch and reads may race). */
+  #takeRing(ring: Ring): void {
+    if (ring.version <= this.#ring.version) return;
+    this.#ring = ring;
+    this.rebalancer?.ringChanged();
+    // Tell the others at once that this node is rebalancing (list-peers, their moving()).
+    void this.#heartbeat().catch(() => {});
   }
 
   /** The peers registered at the last heartbeat. */
@@ -296,6 +331,7 @@ export class ClusterMember {
     this.#stop.abort();
     await this.#heartbeats;
     await this.rebalancer?.stop();
+    await this.scrubber?.stop();
     await this.#ringWatch?.unsubscribe().catch(() => {});
     if (this.server !== null) {
       await this.#options.metadata.peers.unregisterPeer(this.#options.uuid).catch((error) => {
