@@ -317,6 +317,21 @@ async function waitForPeers(
   }
 }
 
+/**
+ * The bytes all nodes hold once their counts settle: at least `atLeastBytes`, and the same in
+ * two tables a heartbeat and more apart (a node's count is as of its last heartbeat).
+ */
+async function settledUsage(meta: readonly string[], atLeastBytes: number): Promise<number> {
+  let last = -1;
+  for (let round = 0; round < 20; round++) {
+    const total = totalUsedBytes(await peerTable(meta));
+    if (total === last && total >= atLeastBytes) return total;
+    last = total;
+    await new Promise((resolve) => setTimeout(resolve, 6_000));
+  }
+  return assert.fail(`the nodes' usage did not settle (last ${last} bytes)`);
+}
+
 async function uuidOf(node: E2eNode): Promise<string> {
   return (await Deno.readTextFile(`${node.dataDir}/metadata/uuid`)).trim();
 }
@@ -347,11 +362,7 @@ e2eTest(
     await randomFile(input, size);
     await runOk("nbdcopy", ["--flush", input, a.uri("r")]);
     // Two copies of every block of the volume (data, map and root), as the nodes count them.
-    let copiesBytes = 0;
-    await waitForPeers(meta, "the usage of the written volume", (table) => {
-      copiesBytes = totalUsedBytes(table);
-      return copiesBytes >= 2 * size;
-    });
+    const copiesBytes = await settledUsage(meta, 2 * size);
 
     await using d = await cluster.startNode(slow);
     const added = await uuidOf(d);
@@ -406,11 +417,7 @@ e2eTest(
     const input = `${a.dir}/in.bin`;
     await randomFile(input, 16 * MiB);
     await runOk("nbdcopy", ["--flush", input, a.uri("k")]);
-    let copiesBytes = 0;
-    await waitForPeers(meta, "the usage of the written volume", (table) => {
-      copiesBytes = totalUsedBytes(table);
-      return copiesBytes >= 2 * 16 * MiB;
-    });
+    const copiesBytes = await settledUsage(meta, 2 * 16 * MiB);
     const dead = await uuidOf(c);
     await c.stop("SIGKILL");
     await cluster.ctl("peer", "remove", "--force", dead);
