@@ -59,6 +59,10 @@ export function clusterReport(member: ClusterMember): ClusterReport {
     })),
     rebalance: member.rebalancer?.progress() ?? null,
     scrub: member.scrubber?.progress() ?? null,
+    fence: member.fence === null ? null : {
+      refusedStaleWriters: member.fence.refusedStaleWriters,
+      refusedStaleRing: member.fence.refusedStaleRing,
+    },
     heartbeats: member.heartbeatCount,
     distributor: {
       blockRequests: stats.blockRequests,

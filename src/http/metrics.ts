@@ -248,6 +248,16 @@ export class NodeMetrics {
       "Complete scrub passes over this node's blocks",
       [],
     ),
+    refusedStaleWriters: this.#clusterCounter(
+      "torus_server_refused_stale_writer_changes_total",
+      "Changes refused from writers whose volume lock was taken over (older fencing token)",
+      [],
+    ),
+    refusedStaleRing: this.#clusterCounter(
+      "torus_server_refused_stale_ring_changes_total",
+      "Changes refused because they were placed by a ring older than this node's",
+      [],
+    ),
     rebalanceFailures: this.#clusterCounter(
       "torus_distributor_rebalance_rpc_failures",
       "Rebalance calls to peers that failed (the pass tries again)",
@@ -342,6 +352,10 @@ export class NodeMetrics {
     m.resyncedBlocks.inc(d.resyncedBlocks);
     m.staleBlocks.set(d.staleBlocks);
     m.pulledBlocks.inc(d.pulledBlocks);
+    if (cluster.fence !== null) {
+      m.refusedStaleWriters.inc(cluster.fence.refusedStaleWriters);
+      m.refusedStaleRing.inc(cluster.fence.refusedStaleRing);
+    }
     const scrub = cluster.scrub;
     if (scrub !== null) {
       m.scrubbedBlocks.inc(scrub.scrubbedBlocks);

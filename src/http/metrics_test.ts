@@ -131,6 +131,8 @@ Deno.test("metrics: a cluster node shows the original's distributor and server n
       "torus_scrub_repaired_blocks_total 2",
       "torus_scrub_unrepaired_blocks_total 1",
       "torus_scrub_passes_total 2",
+      "torus_server_refused_stale_writer_changes_total 4",
+      "torus_server_refused_stale_ring_changes_total 5",
     ]
   ) {
     assert.ok(lines.includes(expected), `missing ${expected} in\n${lines.join("\n")}`);

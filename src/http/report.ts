@@ -134,6 +134,13 @@ export interface ClusterReport {
   readonly rebalance: RebalanceReport | null;
   /** This node's scrubber (null for a client). */
   readonly scrub: ScrubReport | null;
+  /** Changes this node's fence refused (null for a client). */
+  readonly fence: {
+    /** From writers whose volume lock was taken over (an older fencing token). */
+    readonly refusedStaleWriters: number;
+    /** Placed by a ring older than this node's (the sender reads the ring again). */
+    readonly refusedStaleRing: number;
+  } | null;
   readonly heartbeats: number;
   readonly distributor: {
     readonly blockRequests: number;

@@ -67,6 +67,7 @@ export function clusterSection(): ClusterReport {
       passTotalBlocks: 20,
       lastFinishMs: 1_700_000_000_000,
     },
+    fence: { refusedStaleWriters: 4, refusedStaleRing: 5 },
   };
 }
 

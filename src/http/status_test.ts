@@ -157,6 +157,7 @@ Deno.test("status: a cluster node shows its peer address, the ring, the peers, t
     "distributor",
     "rebalance",
     "scrub",
+    "fence",
   ]);
   assert.equal(parsed.cluster.peerAddress, "tdp://10.0.0.1:40000");
   assert.deepEqual(parsed.cluster.ring, {

@@ -77,6 +77,8 @@ export class ClusterMember {
   readonly rebalancer: Rebalancer | null;
   /** Re-reads this node's blocks and repairs damaged copies; null for a client. */
   readonly scrubber: Scrubber | null;
+  /** This node's store behind its fence (what peers and its own distributor change); null for a client. */
+  readonly fence: FencedStore | null;
   /** The server peers reach this node's store by; null for a client. */
   readonly server: PeerServer | null;
   readonly #options: ClusterMemberOptions;
@@ -98,6 +100,7 @@ export class ClusterMember {
     distributor: Distributor,
     rebalancer: Rebalancer | null,
     scrubber: Scrubber | null,
+    fence: FencedStore | null,
   ) {
     this.#options = options;
     this.server = server;
@@ -106,6 +109,7 @@ export class ClusterMember {
     this.distributor = distributor;
     this.rebalancer = rebalancer;
     this.scrubber = scrubber;
+    this.fence = fence;
   }
 
   /** Serves peers, registers, follows the ring (and joins it when asked). */
@@ -178,6 +182,7 @@ export class ClusterMember {
         distributor,
         rebalancer,
         scrubber,
+        fenced,
       );
       await member.#begin();
       return member;

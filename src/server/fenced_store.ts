@@ -111,6 +111,10 @@ export class FencedStore extends ForwardingStore {
   #saving: Promise<void> = Promise.resolve();
   /** The version of the ring this node knows now (0: none). */
   readonly #ringVersion: () => number;
+  /** Changes refused from writers that lost their lock (`locked`). */
+  refusedStaleWriters = 0;
+  /** Changes refused because they were placed by an older ring (`compare_failed`). */
+  refusedStaleRing = 0;
 
   private constructor(
     inner: BlockStore,
@@ -150,6 +154,7 @@ export class FencedStore extends ForwardingStore {
     if (!(version > 0)) return null;
     const current = this.#ringVersion();
     if (version >= current) return null;
+    this.refusedStaleRing++;
     return new TorusError(
       ErrorCode.CompareFailed,
       `ring version ${version} is older than this node's ${current}: read the ring again`,
@@ -167,6 +172,7 @@ export class FencedStore extends ForwardingStore {
     const volume = ref.volume;
     const newest = this.#tokens.get(volume) ?? 0;
     if (token < newest) {
+      this.refusedStaleWriters++;
       return Promise.reject(
         new TorusError(
           ErrorCode.Locked,

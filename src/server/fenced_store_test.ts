@@ -32,6 +32,7 @@ Deno.test("FencedStore: a writer older than the newest seen is refused on every 
   await rejectsLocked(store.zeroAt(testRef(1), 0, 1, { fenceToken: 1 }));
   await rejectsLocked(store.deleteBlock(testRef(1), { fenceToken: 2 }));
   assert.equal((await inner.getBlock(testRef(1)))[0], 2, "no refused change landed");
+  assert.equal(store.refusedStaleWriters, 4, "each refusal is counted (/status, /metrics)");
   // The same token and unfenced changes (rebalance, repair) pass; another volume is its own.
   await store.writeAt(testRef(1), 0, new Uint8Array([4]), { fenceToken: 9 });
   await store.writeAt(testRef(1), 0, new Uint8Array([5]));
@@ -152,6 +153,7 @@ Deno.test("FencedStore: a change placed by an older ring is refused and changes 
   // With a newer fencing token too: refused before the fence, so that token is not recorded.
   await rejectsCompareFailed(store.deleteBlock(testRef(1), { ringVersion: 4, fenceToken: 9 }));
   assert.equal(inner.fenceTokens.length, calls, "a refused change reached the store");
+  assert.equal(store.refusedStaleRing, 7, "each refusal is counted (/status, /metrics)");
   assert.equal(records.saves, saves, "a refused change recorded its fencing token");
   assert.equal(store.tokenOf(2), 2);
   const expected = new Uint8Array(BLOCK);

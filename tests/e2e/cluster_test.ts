@@ -7,6 +7,10 @@
  */
 
 import assert from "node:assert/strict";
+import { connStream, NbdClient } from "../../src/block/mod.ts";
+import { openMetadata } from "../../src/cli/mod.ts";
+import { BlockRef, ErrorCode, isTorusError } from "../../src/core/mod.ts";
+import { TdpProtocol } from "../../src/distributor/mod.ts";
 import { runCommand } from "../support/nbd_fixture.ts";
 import { runTorus, startTorusProcess } from "../support/torus_process.ts";
 import { etcdAvailable, testEtcd } from "../support/test_etcd.ts";
@@ -292,7 +296,13 @@ e2eTest(
 /** The peer table, as `torus ctl list-peers --json` prints it. */
 async function peerTable(meta: readonly string[]): Promise<{
   balanced: boolean;
-  peers: { uuid: string; member: string; usedBytes: number; rebalancing: boolean }[];
+  peers: {
+    uuid: string;
+    address: string;
+    member: string;
+    usedBytes: number;
+    rebalancing: boolean;
+  }[];
 }> {
   const listed = await runTorus(["ctl", "list-peers", "--json", ...meta]);
   assert.equal(listed.code, 0, listed.stderr);
@@ -431,5 +441,110 @@ e2eTest(
     );
     await runOk("nbdcopy", [b.uri("k"), `${b.dir}/out.bin`]);
     assert.ok(await sameFiles(input, `${b.dir}/out.bin`), "the volume reads back");
+  },
+);
+
+/** The `cluster.fence` counters of a node's /status. */
+async function fenceRefusals(node: E2eNode): Promise<number> {
+  const http = node.serve.http!;
+  const response = await fetch(`http://${http.hostname}:${http.port}/status`);
+  const status = await response.json() as { cluster: { fence: { refusedStaleWriters: number } } };
+  return status.cluster.fence.refusedStaleWriters;
+}
+
+/**
+ * Sends a change of volume `name` with fencing token 1 (older than any writer's since) to every
+ * node over TDP, as a writer that lost its lock but has not noticed: each must refuse it
+ * (`locked`) and count it.
+ */
+async function assertNodesRefuseOldToken(
+  meta: readonly string[],
+  nodes: readonly E2eNode[],
+  name: string,
+): Promise<void> {
+  await using metadata = await openMetadata({ etcd: meta[1]!, "metadata-prefix": meta[3]! });
+  const clusterId = await metadata.service.cluster.clusterId();
+  const { blockSizeBytes } = await metadata.service.cluster.globalMetadata();
+  const volume = (await metadata.service.volumes.getVolume(name)).id;
+  const peers = (await peerTable(meta)).peers;
+  const ref = new BlockRef({ volume, inode: 1n, index: 0n });
+  for (const node of nodes) {
+    const before = await fenceRefusals(node);
+    const uuid = await uuidOf(node);
+    const address = peers.find((p) => p.uuid === uuid)!.address;
+    const peer = new TdpProtocol().dial(address, {
+      identity: { clusterId, blockSizeBytes, nodeName: "stale-writer" },
+      callTimeoutMs: 5_000,
+    });
+    try {
+      await assert.rejects(
+        peer.writeAt(ref, 0, new Uint8Array(512).fill(0x44), { fenceToken: 1 }),
+        (error: unknown) => isTorusError(error, ErrorCode.Locked),
+        `${address} refuses the old token`,
+      );
+    } finally {
+      await peer.close();
+    }
+    assert.equal(await fenceRefusals(node), before + 1, "the refusal is counted");
+  }
+}
+
+e2eTest(
+  "a stale writer (its lease expired while it was SIGSTOPped) cannot change the volume when it " +
+    "resumes: the new writer's data stands",
+  { tools: etcdAvailable() ? [] : ["etcd"] },
+  async () => {
+    await using cluster = await Cluster.init();
+    const http = { extra: ["--host", "127.0.0.1", "--port", "0"] };
+    await using a = await cluster.startNode(http);
+    await using b = await cluster.startNode(http);
+    await cluster.ctl("volume", "create-block", "f", "4MiB");
+    const port = freePort();
+    await using stale = await startTorusProcess(
+      ["blk", "nbdserve", ...cluster.meta, "-l", `127.0.0.1:${port}`],
+      /Ready\./,
+    );
+    const writer = await NbdClient.connect(
+      connStream(await Deno.connect({ hostname: "127.0.0.1", port })),
+      { exportName: "f" },
+    );
+    const first = new Uint8Array(64 * 1024).fill(0x11);
+    await writer.writeAt(0, first);
+    await writer.flush();
+
+    Deno.kill(stale.child.pid, "SIGSTOP");
+    let stopped = true;
+    try {
+      // Past the lease (30 s): the volume's lock is free for another writer.
+      await new Promise((resolve) => setTimeout(resolve, 36_000));
+      const taker = await a.connect("f");
+      const second = new Uint8Array(64 * 1024).fill(0x22);
+      await taker.writeAt(0, second);
+      await taker.flush();
+      // The stale writer's requests wait in its socket while it is stopped.
+      const late = Array.from(
+        { length: 16 },
+        (_, i) => writer.writeAt(i * 4096, new Uint8Array(4096).fill(0x33)),
+      );
+      Deno.kill(stale.child.pid, "SIGCONT");
+      stopped = false;
+      const results = await Promise.allSettled([...late, writer.flush()]);
+      const succeeded = results.filter((r) => r.status === "fulfilled").length;
+      assert.equal(succeeded, 0, "every request of the stale writer fails");
+      const seen = new Uint8Array(64 * 1024);
+      await taker.readAt(0, seen);
+      assert.ok(seen.every((byte) => byte === 0x22), "the new writer's data stands");
+      // The stale process noticed its lost lease itself (it checks the lease's deadline on
+      // its own clock). The data nodes are the second line: a change with the old writer's
+      // fencing token sent to them straight over TDP is refused and changes nothing.
+      await assertNodesRefuseOldToken(cluster.meta, [a, b], "f");
+      const after = new Uint8Array(64 * 1024);
+      await taker.readAt(0, after);
+      assert.ok(after.every((byte) => byte === 0x22), "the old token changed nothing");
+      await taker.close();
+    } finally {
+      if (stopped) Deno.kill(stale.child.pid, "SIGCONT");
+      await writer.close().catch(() => {});
+    }
   },
 );
