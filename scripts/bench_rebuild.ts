@@ -435,6 +435,8 @@ interface RebuildResult {
   /** Each living node holds one copy of every block. */
   readonly usageOk: boolean;
   readonly usage: string;
+  /** CPU of the two nodes left while they rebuilt (shares of a core). */
+  readonly cpu: string;
 }
 
 async function rebuild(dir: string, config: Config): Promise<RebuildResult> {
@@ -477,6 +479,7 @@ async function rebuild(dir: string, config: Config): Promise<RebuildResult> {
       fromRingSeconds: (movement.finishMs - movement.ringSeenMs) / 1000,
       usageOk: usage.ok,
       usage: `${usage.statuses.map((s) => s.usedBlocks).join(" + ")} blocks (want ${each} each)`,
+      cpu: formatShares(movement.cpuShares),
     };
     log(
       `rebuild: ${(result.movedBytes / MiB).toFixed(1)} MiB in ${
@@ -626,6 +629,8 @@ interface LatencyCase {
   readonly fio: { p50Ns: number; p99Ns: number };
   /** The quiet run it is compared with (null: it is one). */
   readonly quiet: LatencyCase | null;
+  /** CPU of the three first nodes over the reads counted (shares of a core). */
+  readonly cpu: string;
   /** Whatever did not go as expected. */
   readonly note: string;
 }
@@ -643,8 +648,14 @@ async function latencyUnderRebalance(
     const total = await settledBlocks(cluster.nodes, 2 * volumeBlocks(config));
     log(`${label}: settled at ${total} blocks on 3 nodes; quiet run`);
 
+    const cpuBefore = cluster.nodes.map((node) => cpuSecondsOf(node.child.pid));
+    const quietStarted = Date.now();
     const quietFio = new LatencyFio(cluster.uri(0), config, `${dir}/quiet`, config.runtimeSeconds);
     const quietRun = await quietFio.result(false);
+    const quietSeconds = (Date.now() - quietStarted) / 1000;
+    const quietCpu = cluster.nodes.map((node, i) =>
+      (cpuSecondsOf(node.child.pid) - cpuBefore[i]!) / quietSeconds
+    );
     const quietMs = quietRun.completions.map((c) => c.ms);
     const quiet: LatencyCase = {
       label: `quiet (3 nodes, --rebalance-rate ${rate})`,
@@ -655,6 +666,7 @@ async function latencyUnderRebalance(
       movedBytes: null,
       fio: quietRun.fio,
       quiet: null,
+      cpu: formatShares(quietCpu),
       note: "",
     };
 
@@ -697,6 +709,7 @@ async function latencyUnderRebalance(
       movedBytes: movement.sentBytes,
       fio: busyRun.fio,
       quiet,
+      cpu: formatShares(movement.cpuShares),
       note: usage.ok
         ? ""
         : `usage after the move: ${
@@ -755,7 +768,8 @@ function printReport(
   console.log(
     "Rebuild: 3 nodes, --rebalance-rate 0, one SIGKILLed and `torus ctl peer remove --force`d; " +
       "until the 2 left each hold one copy of every block (moved = their rebalancers' sentBytes; " +
-      "MB/s over the time from the ring change)",
+      "MB/s over the time from the ring change; node CPU: each living node's CPU over that time, " +
+      "100% = one core)",
   );
   console.log("");
   const rebuildMB = rebuilt.movedBytes / MB / rebuilt.fromRingSeconds;
@@ -768,6 +782,7 @@ function printReport(
     tcpMB.toFixed(0),
     formatRatio(rebuildMB, tcpMB),
     rebuilt.usageOk ? "yes" : `no: ${rebuilt.usage}`,
+    rebuilt.cpu,
   ];
   const rebuildHeader = [
     "rebuild",
@@ -778,13 +793,15 @@ function printReport(
     "raw TCP MB/s",
     "rebuild / raw TCP",
     "one copy each",
+    "node CPU",
   ];
   for (const line of labelledTable(rebuildHeader, [rebuildRow])) console.log(line);
   console.log("");
   console.log(
     `Client latency: fio 4k randread QD1 through node 1's NBD server; quiet for ` +
       `${config.runtimeSeconds} s, then the reads completed while a 4th node joined and blocks ` +
-      `moved (first node on the new ring to the last pass's end); completion latency`,
+      `moved (first node on the new ring to the last pass's end); completion latency; node 1-3 ` +
+      `CPU: the first three nodes' CPU over the run or the window, 100% = one core`,
   );
   console.log("");
   const latencyRows = latency.map((c) => {
@@ -801,12 +818,13 @@ function printReport(
       c.quiet === null ? "-" : formatRatio(c.window.p50Ns, reference.window.p50Ns),
       c.quiet === null ? "-" : formatRatio(c.window.p99Ns, reference.window.p99Ns),
       `${formatUs(c.fio.p50Ns)} / ${formatUs(c.fio.p99Ns)}`,
+      c.cpu,
     ];
   });
   const latencyHeader = [
     "case",
     "moved MB",
-    "seconds",
+    "window s",
     "reads",
     "IOPS",
     "p50 µs",
@@ -815,6 +833,7 @@ function printReport(
     "p50 / quiet",
     "p99 / quiet",
     "fio whole run p50 / p99 µs",
+    "node 1-3 CPU",
   ];
   for (const line of labelledTable(latencyHeader, latencyRows)) console.log(line);
   for (const c of latency) if (c.note !== "") console.log(`\nNote (${c.label}): ${c.note}`);

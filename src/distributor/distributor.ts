@@ -738,6 +738,7 @@ export class Distributor implements BlockStore {
    * blocks of the peers that answer are then written in parallel.
    */
   async #resyncPass(): Promise<void> {
+    this.#dropFormerHolders();
     const entries = [...this.#divergent.values()];
     const reachable = await this.#probe(entries);
     if (reachable.size === 0) return;
@@ -746,6 +747,19 @@ export class Distributor implements BlockStore {
       while (next < entries.length) await this.#resyncOne(entries[next++]!, reachable);
     };
     await Promise.all(Array.from({ length: Math.min(RESYNC_CONCURRENCY, entries.length) }, worker));
+  }
+
+  /**
+   * A stale holder that is no longer a holder of its ref (the ring changed: it was removed, or
+   * the block moved) has nothing to catch up: the ref's holders now are the ones that count, and
+   * the rebalancer gives a new one the block from a holder that has every change.
+   */
+  #dropFormerHolders(): void {
+    for (const [key, entry] of this.#divergent) {
+      const holders = this.#holders(entry.ref);
+      for (const uuid of [...entry.stale]) if (!holders.includes(uuid)) entry.stale.delete(uuid);
+      if (entry.stale.size === 0) this.#divergent.delete(key);
+    }
   }
 
   /** The stale holders of `entries` that answer a probe now. */

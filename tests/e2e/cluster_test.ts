@@ -548,3 +548,133 @@ e2eTest(
     }
   },
 );
+
+e2eTest(
+  "five nodes at replication 3: fio's crc32c-verified writes through torus blk nbdserve verify " +
+    "again through a node's server, and again with two nodes SIGKILLed",
+  { tools: etcdAvailable() ? ["fio"] : ["etcd", "fio"] },
+  async () => {
+    await using cluster = await Cluster.init();
+    const nodes: E2eNode[] = [];
+    try {
+      for (let i = 0; i < 5; i++) nodes.push(await cluster.startNode());
+      await cluster.ctl("ring", "set-replication", "3");
+      await cluster.ctl("volume", "create-block", "five", "16MiB");
+      const port = freePort();
+      await using client = await startTorusProcess(
+        ["blk", "nbdserve", ...cluster.meta, "-l", `127.0.0.1:${port}`],
+        /Ready\./,
+      );
+      const job = (uri: string) => [
+        "--ioengine=nbd",
+        `--uri=${uri}`,
+        "--name=five",
+        "--rw=randwrite",
+        "--bssplit=4k/60:64k/30:1m/10",
+        "--iodepth=8",
+        "--size=16M",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--verify_state_save=0",
+        "--end_fsync=1",
+        "--randrepeat=1",
+        "--output-format=json",
+      ];
+      const written = await fio([...job(`nbd://127.0.0.1:${port}/five`), "--do_verify=1"]);
+      assert.ok(written.write.io_bytes >= 16 * MiB, "fio wrote the whole volume");
+      assert.equal(await client.stop(), 0, client.output());
+      const viaNode = await fio([...job(nodes[3]!.uri("five")), "--verify_only"]);
+      assert.ok(viaNode.read.io_bytes >= 16 * MiB, "fio verified it through node 4");
+      await nodes[0]!.stop("SIGKILL");
+      await nodes[1]!.stop("SIGKILL");
+      const degraded = await fio([...job(nodes[4]!.uri("five")), "--verify_only"]);
+      assert.ok(degraded.read.io_bytes >= 16 * MiB, "and through node 5 with two nodes dead");
+    } finally {
+      for (const node of nodes) await node[Symbol.asyncDispose]();
+    }
+  },
+);
+
+interface FioJob {
+  error: number;
+  read: { io_bytes: number };
+  write: { io_bytes: number };
+}
+
+/** Runs fio and returns its job report; fails on any error or verify failure. */
+async function fio(args: string[]): Promise<FioJob> {
+  const result = await runCommand("fio", args);
+  assert.equal(result.code, 0, `fio ${args.join(" ")}\n${result.stdout}\n${result.stderr}`);
+  const report = JSON.parse(result.stdout.slice(result.stdout.indexOf("{")));
+  const job = report.jobs[0] as FioJob;
+  assert.equal(job.error, 0, result.stdout);
+  return job;
+}
+
+e2eTest(
+  "a node SIGKILLed during a write stream at replication 2: every flushed write reads back, and " +
+    "after peer remove --force the stream goes on and the cluster is back to 2 copies",
+  { tools: etcdAvailable() ? [] : ["etcd"] },
+  async () => {
+    await using cluster = await Cluster.init();
+    const meta = cluster.meta;
+    await using a = await cluster.startNode();
+    await using b = await cluster.startNode();
+    await using c = await cluster.startNode();
+    const chunk = 64 * 1024;
+    const chunks = 256; // 16 MiB
+    await cluster.ctl("volume", "create-block", "stream", "16MiB");
+    const writer = await a.connect("stream");
+    const pattern = (i: number) => new Uint8Array(chunk).fill(1 + (i % 250));
+    let flushed = -1;
+    let next = 0;
+    const dead = await uuidOf(c);
+    try {
+      // Write and flush in groups of 8 chunks; node C dies a third of the way in.
+      while (next < chunks) {
+        if (next === 80) await c.stop("SIGKILL");
+        try {
+          for (let i = next; i < next + 8; i++) await writer.writeAt(i * chunk, pattern(i));
+          await writer.flush();
+          flushed = next + 7;
+          next += 8;
+        } catch {
+          // Writes to blocks C holds fail at level `all` until C is out of the ring.
+          break;
+        }
+      }
+      assert.ok(flushed >= 79, `${flushed + 1} chunks were flushed before the kill`);
+      // Every flushed chunk reads back with C dead.
+      for (let i = 0; i <= flushed; i++) {
+        const seen = new Uint8Array(chunk);
+        await writer.readAt(i * chunk, seen);
+        assert.ok(seen.every((byte) => byte === 1 + (i % 250)), `chunk ${i} after the kill`);
+      }
+      await cluster.ctl("peer", "remove", "--force", dead);
+      // The stream goes on where it stopped, to the ring without C.
+      for (let i = flushed + 1; i < chunks; i++) await writer.writeAt(i * chunk, pattern(i));
+      await writer.flush();
+    } finally {
+      await writer.close();
+    }
+    const living = [await uuidOf(a), await uuidOf(b)];
+    const total = await settledUsage(meta, 2 * 16 * MiB);
+    await waitForPeers(
+      meta,
+      "two copies of everything on the living nodes",
+      (table) =>
+        table.balanced &&
+        living.every((uuid) => usedBytesOf(table, uuid) === usedBytesOf(table, living[0]!)),
+    );
+    assert.ok(total > 0);
+    await runOk("nbdcopy", [b.uri("stream"), `${b.dir}/out.bin`]);
+    const back = await Deno.readFile(`${b.dir}/out.bin`);
+    for (let i = 0; i < chunks; i++) {
+      const at = i * chunk;
+      assert.ok(
+        back.subarray(at, at + chunk).every((byte) => byte === 1 + (i % 250)),
+        `chunk ${i}`,
+      );
+    }
+  },
+);
