@@ -21,6 +21,8 @@ import {
   ExitCode,
   type HostPort,
   type Io,
+  metadataFlagOptions,
+  metadataFlagsHelp,
   parseFlags,
   parseHostPort,
   processEnv,
@@ -56,7 +58,7 @@ import {
 } from "../block/mod.ts";
 import { readServeInfo, type ServeInfo } from "./node.ts";
 import { NBD_DEFAULT_ADDRESS } from "./serve.ts";
-import { nbdserveCommand } from "./blk_nbdserve.ts";
+import { clusterNbdSettingsOf, nbdserveCommand, startClusterNbd } from "./blk_nbdserve.ts";
 
 /** What a running attachment offers the command (KernelAttachment, or a test's fake). */
 export type Attachment = Pick<
@@ -73,6 +75,14 @@ export interface BlkDeps {
   detach(devicePath: string): Promise<void>;
   /** Calls `handler` on every SIGINT or SIGTERM until the returned function is called. */
   onStopSignal(handler: (signal: Deno.Signal) => void): () => void;
+  /** A cluster client serving the cluster's volumes on a loopback port (`attach -C`). */
+  startClusterNbd(values: Record<string, unknown>): Promise<ClusterNbdServer>;
+}
+
+/** What `attach -C` needs of the in-process cluster client (ClusterNbd, or a test's fake). */
+export interface ClusterNbdServer {
+  readonly address: HostPort;
+  close(): Promise<void>;
 }
 
 /** The real machine. */
@@ -81,6 +91,8 @@ export const realBlkDeps: BlkDeps = {
   readServeInfo,
   attach: (options) => attachKernelNbd(options),
   detach: (devicePath) => detachKernelNbd(devicePath),
+  startClusterNbd: (values) =>
+    startClusterNbd(values, clusterNbdSettingsOf(values), { hostname: "127.0.0.1", port: 0 }),
   onStopSignal(handler) {
     const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
     const listeners = signals.map((signal) => {
@@ -104,9 +116,12 @@ export interface AttachRequest {
 }
 
 const attachFlags = {
+  ...metadataFlagOptions,
   timeout: { type: "string" },
   nbd: { type: "string" },
-  "data-dir": { type: "string" },
+  "read-level": { type: "string" },
+  "write-level": { type: "string" },
+  "read-cache-size": { type: "string" },
 } as const;
 
 /**
@@ -254,6 +269,30 @@ async function attachTo(
   }
 }
 
+/**
+ * `attach -C`: a cluster client in this process serves the volume on a loopback port, the kernel
+ * is attached to it, and once detached the client flushes, unlocks and leaves.
+ */
+async function runClusterAttach(
+  request: AttachRequest,
+  values: Record<string, unknown>,
+  deps: BlkDeps,
+  io: Io,
+): Promise<number> {
+  if (request.server !== null) {
+    throw new UsageError(
+      "-C serves the volume from this process; an nbd:// URI or --nbd names another server: " +
+        "give one or the other",
+    );
+  }
+  const client = await deps.startClusterNbd(values);
+  try {
+    return await runAttach({ ...request, server: client.address }, deps, io);
+  } finally {
+    await client.close();
+  }
+}
+
 /** Attaches, then serves until detached; see the module doc. */
 async function runAttach(request: AttachRequest, deps: BlkDeps, io: Io): Promise<number> {
   const resolved = await resolveTarget(request, deps.readServeInfo);
@@ -311,7 +350,7 @@ function reportEnd(devicePath: string, end: AttachEnd, io: Io): number {
 
 /** The usage line of attach under `path` (`blk attach`, `blk nbd attach`), wrapped. */
 function attachUsage(path: string): string {
-  const first = `torus ${path} [--nbd HOST:PORT] [--data-dir DIR] [--timeout D]`;
+  const first = `torus ${path} [--nbd HOST:PORT | -C ENDPOINTS] [--data-dir DIR] [--timeout D]`;
   return `${first}\n${" ".repeat(`Usage: torus ${path} `.length)}` +
     "[nbd://HOST[:PORT]/]VOLUME[@SNAPSHOT] [/dev/nbdX]";
 }
@@ -322,7 +361,11 @@ volume is an NBD export: of torus serve started with --nbd, or of any NBD server
 VOLUME@SNAPSHOT attaches a snapshot, read-only.
 
 Which server: the one of an nbd:// URI or of --nbd; otherwise the torus serve running on the
-data dir (its serve.json names its NBD address); otherwise ${NBD_DEFAULT_ADDRESS}.
+data dir (its serve.json names its NBD address); otherwise ${NBD_DEFAULT_ADDRESS}. With -C (a
+cluster's etcd) this process is the server: a cluster client with no store of its own, as
+torus blk nbdserve, on a loopback port only the kernel uses; reads and writes go straight to the
+nodes holding each block, and a flush returns once every holder has the data durably. It holds
+the volume's lock while attached.
 
 The handshake runs here; the connection is then handed to the kernel, which serves
 /dev/nbdX (the first free one when none is given) with 4096-byte blocks and the flush, FUA
@@ -332,6 +375,9 @@ and it exits 0. A second signal detaches without waiting for the flush. Needs ro
 kernel's nbd module (modprobe nbd).
 
   --nbd HOST:PORT   the NBD server (default: see above)
+  -C ENDPOINTS      serve the volume from this process as a client of that cluster (see
+                    above); --read-level, --write-level and --read-cache-size as for
+                    torus blk nbdserve, and the metadata flags below
   --data-dir DIR    the data dir whose serve to use (default $TORUS_DATA_DIR or ./torus-data)
   --timeout D       fail requests the server has not answered within D, in whole seconds (30s,
                     2m; default: wait forever). A timeout ends the connection: from then on
@@ -342,10 +388,12 @@ function attachCommand(deps: BlkDeps, usage = attachUsage("blk attach")): Comman
   return {
     name: "attach",
     summary: "Attach a volume (an NBD export) to a kernel /dev/nbdX",
-    help: `Usage: ${usage}\n\n${attachBody}`,
+    help: `Usage: ${usage}\n\n${attachBody}\n${metadataFlagsHelp}`,
     run(args, io) {
       const { values, positionals } = parseFlags(args, attachFlags);
-      return runAttach(parseAttachRequest(positionals, values, deps.env), deps, io);
+      const request = parseAttachRequest(positionals, values, deps.env);
+      if (typeof values.etcd !== "string") return runAttach(request, deps, io);
+      return runClusterAttach(request, values, deps, io);
     },
   };
 }

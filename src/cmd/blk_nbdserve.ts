@@ -20,8 +20,12 @@ import {
   UsageError,
 } from "../cli/mod.ts";
 import { CryptoRandom, parseSize, randomUuid, systemClock } from "../core/mod.ts";
-import type { MetadataService } from "../metadata/mod.ts";
-import { parseReadLevel, parseWriteLevel } from "../distributor/mod.ts";
+import {
+  parseReadLevel,
+  parseWriteLevel,
+  type ReadLevel,
+  type WriteLevel,
+} from "../distributor/mod.ts";
 import { NbdServer, VolumeService } from "../block/mod.ts";
 import { ClusterMember, LeaseKeeper } from "../server/mod.ts";
 import { NBD_DEFAULT_ADDRESS, peerProtocols, waitForStopSignal } from "./serve.ts";
@@ -54,8 +58,15 @@ are flushed and unlocked.
 ${metadataFlagsHelp}
 `;
 
-async function nbdserve(values: Record<string, unknown>, io: Io): Promise<number> {
-  const listen = parseHostPort(String(values.listen), "--listen address", { listen: true });
+/** Settings of a cluster client's NBD server, from its flags. */
+export interface ClusterNbdSettings {
+  readonly readLevel: ReadLevel;
+  readonly writeLevel: WriteLevel;
+  readonly readCacheBytes: number;
+}
+
+/** `--read-level`, `--write-level` and `--read-cache-size`; UsageError when wrong. */
+export function clusterNbdSettingsOf(values: Record<string, unknown>): ClusterNbdSettings {
   const usage = <T>(flag: string, parse: () => T): T => {
     try {
       return parse();
@@ -63,22 +74,49 @@ async function nbdserve(values: Record<string, unknown>, io: Io): Promise<number
       throw new UsageError(`${flag}: ${(error as Error).message}`);
     }
   };
-  const readLevel = usage("--read-level", () => parseReadLevel(String(values["read-level"])));
-  const writeLevel = usage("--write-level", () => parseWriteLevel(String(values["write-level"])));
-  const readCacheBytes = usage(
-    "--read-cache-size",
-    () => parseSize(String(values["read-cache-size"])),
-  );
-  if (typeof values.etcd !== "string") {
-    throw new UsageError(
-      "nbdserve reaches a cluster's nodes: give -C (the cluster's etcd). A single node serves " +
-        "its volumes with 'torus serve --nbd'",
-    );
-  }
-  await using metadata = await openMetadata(values);
+  return {
+    readLevel: usage("--read-level", () => parseReadLevel(String(values["read-level"] ?? "block"))),
+    writeLevel: usage(
+      "--write-level",
+      () => parseWriteLevel(String(values["write-level"] ?? "all")),
+    ),
+    readCacheBytes: usage(
+      "--read-cache-size",
+      () => parseSize(String(values["read-cache-size"] ?? "50MiB")),
+    ),
+  };
+}
+
+/** A running cluster client with an NBD server over its volumes (see startClusterNbd). */
+export interface ClusterNbd {
+  /** The client's UUID (its volume locks' holder). */
+  readonly uuid: string;
+  /** Where its NBD server listens. */
+  readonly address: HostPort;
+  readonly member: ClusterMember;
+  /** Stops the NBD server, flushes and unlocks the volumes, leaves the cluster. Idempotent. */
+  close(): Promise<void>;
+}
+
+/**
+ * Joins the cluster of the metadata flags in `values` as a client (no store) and serves its
+ * volumes over NBD at `listen`: `torus blk nbdserve`, and `torus blk attach -C`, which attaches
+ * the kernel to it.
+ */
+export async function startClusterNbd(
+  values: Record<string, unknown>,
+  settings: ClusterNbdSettings,
+  listen: HostPort,
+): Promise<ClusterNbd> {
+  const metadata = await openMetadata(values);
   const uuid = randomUuid(new CryptoRandom());
-  const leases = await LeaseKeeper.start({ leases: metadata.service.leases, clock: systemClock });
+  const closers: (() => Promise<void>)[] = [() => metadata.close()];
+  const closeAll = async () => {
+    for (const close of closers.splice(0).reverse()) await close().catch(() => {});
+  };
   try {
+    const leases = await LeaseKeeper.start({ leases: metadata.service.leases, clock: systemClock });
+    closers.push(() => leases.close());
     const member = await ClusterMember.start({
       uuid,
       metadata: metadata.service,
@@ -86,53 +124,53 @@ async function nbdserve(values: Record<string, unknown>, io: Io): Promise<number
       node: null,
       protocols: peerProtocols(),
       autoJoin: false,
-      readLevel,
-      writeLevel,
-      readCacheBytes,
+      ...settings,
       rebalanceRateBytesPerSecond: 0,
       clock: systemClock,
     });
-    try {
-      return await serveVolumes({ uuid, metadata: metadata.service, leases, member, listen, io });
-    } finally {
-      await member.close();
-    }
-  } finally {
-    await leases.close();
+    closers.push(() => member.close());
+    const volumes = new VolumeService({
+      metadata: metadata.service,
+      store: member.distributor,
+      leases,
+      holder: uuid,
+      exclusiveHolder: false,
+      clock: systemClock,
+    });
+    closers.push(() => volumes.close());
+    const nbd = new NbdServer({
+      exports: {
+        list: () => volumes.exportNames(),
+        open: (name, openOptions) => volumes.openDevice(name, openOptions ?? {}),
+      },
+    });
+    closers.push(() => nbd.close());
+    const address = nbd.listen(listen);
+    let closing: Promise<void> | null = null;
+    return { uuid, address, member, close: () => closing ??= closeAll() };
+  } catch (error) {
+    await closeAll();
+    throw error;
   }
 }
 
-async function serveVolumes(options: {
-  uuid: string;
-  metadata: MetadataService;
-  leases: LeaseKeeper;
-  member: ClusterMember;
-  listen: HostPort;
-  io: Io;
-}): Promise<number> {
-  const { uuid, metadata, leases, member, io } = options;
-  const volumes = new VolumeService({
-    metadata,
-    store: member.distributor,
-    leases,
-    holder: uuid,
-    exclusiveHolder: false,
-    clock: systemClock,
-  });
-  const nbd = new NbdServer({
-    exports: {
-      list: () => volumes.exportNames(),
-      open: (name, openOptions) => volumes.openDevice(name, openOptions ?? {}),
-    },
-  });
+async function nbdserve(values: Record<string, unknown>, io: Io): Promise<number> {
+  const listen = parseHostPort(String(values.listen), "--listen address", { listen: true });
+  const settings = clusterNbdSettingsOf(values);
+  if (typeof values.etcd !== "string") {
+    throw new UsageError(
+      "nbdserve reaches a cluster's nodes: give -C (the cluster's etcd). A single node serves " +
+        "its volumes with 'torus serve --nbd'",
+    );
+  }
+  const stopSignal = waitForStopSignal();
+  const client = await startClusterNbd(values, settings, listen);
   try {
-    const stopSignal = waitForStopSignal();
-    const address = nbd.listen(options.listen);
-    const ring = member.ring();
+    const ring = client.member.ring();
     io.stdout(
       [
-        `torus blk nbdserve: client ${uuid}`,
-        `  NBD:         ${formatHostPort(address)} (export names: VOLUME, VOLUME@SNAPSHOT)`,
+        `torus blk nbdserve: client ${client.uuid}`,
+        `  NBD:         ${formatHostPort(client.address)} (export names: VOLUME, VOLUME@SNAPSHOT)`,
         `  cluster:     ring version ${ring.version}, ${ring.memberUuids().length} nodes, ` +
         `replication ${ring.replication}`,
         `Ready. Stop with Ctrl-C (SIGINT) or SIGTERM.`,
@@ -142,8 +180,7 @@ async function serveVolumes(options: {
     const signal = await stopSignal;
     io.stdout(`Received ${signal}: closing volumes and stopping\n`);
   } finally {
-    await nbd.close();
-    await volumes.close();
+    await client.close();
   }
   return ExitCode.Ok;
 }

@@ -68,6 +68,8 @@ interface FakeMachine {
   deps: BlkDeps;
   attached: AttachOptions[];
   detached: string[];
+  /** The flags each in-process cluster client was started with, and whether it was closed. */
+  clusterClients: { values: Record<string, unknown>; closed: boolean; attachedBefore: number }[];
   /** Fires a stop signal at the running attach. */
   signal(name: Deno.Signal): void;
   last(): ReturnType<typeof fakeAttachment>;
@@ -85,6 +87,7 @@ function fakeMachine(
   const attached: AttachOptions[] = [];
   const detached: string[] = [];
   const attachments: ReturnType<typeof fakeAttachment>[] = [];
+  const clusterClients: FakeMachine["clusterClients"] = [];
   let handler: ((signal: Deno.Signal) => void) | null = null;
   const deps: BlkDeps = {
     env: { get: (name) => options.env?.[name] },
@@ -106,11 +109,24 @@ function fakeMachine(
       handler = h;
       return () => handler = null;
     },
+    startClusterNbd(values) {
+      const client = { values, closed: false, attachedBefore: attached.length };
+      clusterClients.push(client);
+      return Promise.resolve({
+        address: { hostname: "127.0.0.1", port: 45678 },
+        close: () => {
+          // Closed only once the device is detached (the kernel's flush reached it first).
+          client.closed = attachments.every((a) => a.detaches.length > 0);
+          return Promise.resolve();
+        },
+      });
+    },
   };
   return {
     deps,
     attached,
     detached,
+    clusterClients,
     signal: (name) => handler?.(name),
     last: () => attachments.at(-1)!,
   };
@@ -332,10 +348,49 @@ Deno.test("blk nbdserve: without -C, or with a bad level or address, a usage err
 Deno.test("blk: help texts name the forms the parser takes", async () => {
   const help = async (args: string[]) => (await blk(fakeMachine(), args, () => {})).out;
   assert.match(await help(["--help"]), /attach +Attach a volume/);
-  assert.match(await help(["attach", "--help"]), /^Usage: torus blk attach \[--nbd HOST:PORT\]/);
+  assert.match(
+    await help(["attach", "--help"]),
+    /^Usage: torus blk attach \[--nbd HOST:PORT \| -C ENDPOINTS\]/,
+  );
   assert.match(await help(["nbd", "attach", "--help"]), /^Usage: torus blk nbd attach /);
   assert.match(await help(["nbd", "detach", "--help"]), /^Usage: torus blk nbd detach \/dev\/nbdX/);
   const nbd = await help(["nbd", "--help"]);
   assert.match(nbd, /torus blk nbd -d\|--detach \/dev\/nbdX/);
   assert.match(nbd, /torus blk nbd \[flags\] VOLUME \[\/dev\/nbdX\]/);
+});
+
+Deno.test("blk attach -C: a cluster client in this process serves the volume; closed after the detach", async () => {
+  const machine = fakeMachine();
+  const result = await blk(machine, [
+    "attach",
+    "db",
+    "-C",
+    "10.0.0.1:2379",
+    "--write-level",
+    "one",
+  ]);
+  assert.equal(result.code, 0, result.err);
+  assert.equal(machine.clusterClients.length, 1);
+  const [client] = machine.clusterClients;
+  assert.equal(client!.values.etcd, "10.0.0.1:2379");
+  assert.equal(client!.values["write-level"], "one");
+  assert.equal(client!.attachedBefore, 0, "the client runs before the kernel attaches");
+  assert.deepEqual(machine.attached[0]!.target, {
+    hostname: "127.0.0.1",
+    port: 45678,
+    exportName: "db",
+  });
+  assert.ok(client!.closed, "the client closes after the device is detached");
+  assert.match(result.out, /Detached \/dev\/nbd\d/);
+});
+
+Deno.test("blk attach -C: another server named too is a usage error, and nothing starts", async () => {
+  const machine = fakeMachine();
+  for (const args of [["nbd://h:1/db", "-C", "e:2379"], ["db", "--nbd", "h:1", "-C", "e:2379"]]) {
+    const result = await blk(machine, ["attach", ...args]);
+    assert.equal(result.code, 2, result.out);
+    assert.match(result.err, /-C serves the volume from this process/);
+  }
+  assert.equal(machine.clusterClients.length, 0);
+  assert.equal(machine.attached.length, 0);
 });
