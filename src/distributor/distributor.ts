@@ -37,6 +37,7 @@ import type { Ring } from "../ring/mod.ts";
 import type { BlockCallOptions, BlockStore, RangeWriteOptions } from "../storage/mod.ts";
 import type { ReadLevel, WriteLevel } from "./levels.ts";
 import type { PeerDirectory } from "./peer_directory.ts";
+import type { PeerStore } from "./protocols/protocol.ts";
 import { ReadCache } from "./read_cache.ts";
 import { DistributorStats } from "./stats.ts";
 
@@ -91,7 +92,22 @@ interface Source {
   readonly uuid: string;
   readonly store: BlockStore;
   readonly local: boolean;
+  /** The peer's client (null for this node's own store). */
+  readonly peer: PeerStore | null;
 }
+
+/** What a peer took since its last flush, and which instance of it took it. */
+interface Taken {
+  readonly uuid: string;
+  readonly peer: PeerStore;
+  readonly instance: string | null;
+  readonly refs: Map<string, BlockRef>;
+  /** More refs than TAKEN_REFS_MAX: which ones a restart lost cannot be told. */
+  overflow: boolean;
+}
+
+/** Refs remembered per peer between flushes (the volume flushes well before). */
+const TAKEN_REFS_MAX = 1 << 18;
 
 /** Holders of a ref that missed changes the others took, until they get a whole copy. */
 interface Divergence {
@@ -140,6 +156,10 @@ export class Distributor implements BlockStore {
   /** Changes that levels one/local acknowledged and could not place by a newer ring. */
   #lostChanges: string[] = [];
   #ringRefresh: Promise<void> | null = null;
+  /** Per peer store: what it took since its last flush (see #lostByRestart). */
+  readonly #takenSinceFlush = new Map<BlockStore, Taken>();
+  /** Why the next flush must fail: a peer lost changes that cannot be told apart. */
+  #unknownLoss: string | null = null;
   /** Stores that took a change since the last flush. */
   readonly #unflushed = new Set<BlockStore>();
   readonly #calls = new InFlight();
@@ -501,6 +521,7 @@ export class Distributor implements BlockStore {
     return send(source.store).then(() => {
       this.#noteAnswer(source, null);
       this.#unflushed.add(source.store);
+      this.#noteTaken(source, ref);
       return null;
     }, (error: unknown) => {
       this.#noteAnswer(source, error);
@@ -820,6 +841,7 @@ export class Distributor implements BlockStore {
         await source.store.putBlock(ref, copy, options);
       }
       this.#unflushed.add(source.store);
+      this.#noteTaken(source, ref);
       stale.delete(uuid);
       this.stats.resyncedBlocks++;
       log.info(`${uuid} has ${ref} again`);
@@ -918,9 +940,20 @@ export class Distributor implements BlockStore {
   async #flushAll(): Promise<void> {
     await this.#backgroundSettled();
     if (this.#divergent.size > 0) await this.#resyncPass();
-    const stores = [...this.#unflushed];
-    this.#unflushed.clear();
-    const results = await Promise.allSettled(stores.map((store) => store.flush()));
+    let { stores, results } = await this.#flushStores();
+    // A peer that restarted since it took changes may have lost them (a power loss): they are
+    // written there again from a holder that has them, and flushed, before this flush counts.
+    if (this.#divergent.size > 0) {
+      await this.#resyncPass();
+      const again = await this.#flushStores();
+      stores = [...stores, ...again.stores];
+      results = [...results, ...again.results];
+    }
+    if (this.#unknownLoss !== null) {
+      const why = this.#unknownLoss;
+      this.#unknownLoss = null;
+      throw outcomeUnknown(why);
+    }
     if (this.#divergent.size > 0) {
       const holders = new Set([...this.#divergent.values()].flatMap((d) => [...d.stale]));
       throw unavailable(
@@ -939,6 +972,86 @@ export class Distributor implements BlockStore {
       );
     }
     if (failed.length > 0) throw unavailable(`flush failed at ${failed.join("; ")}`);
+  }
+
+  /**
+   * Flushes every store that took a change since the last flush; a peer found to be another
+   * instance than the one that took its changes has them marked missing (#lostByRestart).
+   */
+  async #flushStores(): Promise<{ stores: BlockStore[]; results: PromiseSettledResult<void>[] }> {
+    const stores = [...this.#unflushed];
+    this.#unflushed.clear();
+    const taken = stores.map((store) => this.#takenSinceFlush.get(store));
+    for (const store of stores) this.#takenSinceFlush.delete(store);
+    const results = await Promise.allSettled(stores.map((store) => flushOnceAgain(store)));
+    results.forEach((result, i) => {
+      const entry = taken[i];
+      if (entry === undefined) return;
+      if (entry.peer.instance !== entry.instance) this.#lostByRestart(entry);
+      else if (result.status === "rejected") this.#keepTaken(stores[i]!, entry);
+    });
+    return { stores, results };
+  }
+
+  /** Remembers that `source` took a change of `ref` (peers only: for #lostByRestart). */
+  #noteTaken(source: Source, ref: BlockRef): void {
+    const peer = source.peer;
+    if (peer === null) return;
+    let taken = this.#takenSinceFlush.get(source.store);
+    if (taken !== undefined && taken.instance !== peer.instance) {
+      // It restarted between two changes: the earlier ones may be gone already.
+      this.#lostByRestart(taken);
+      taken = undefined;
+    }
+    if (taken === undefined) {
+      taken = {
+        uuid: source.uuid,
+        peer,
+        instance: peer.instance,
+        refs: new Map(),
+        overflow: false,
+      };
+      this.#takenSinceFlush.set(source.store, taken);
+    }
+    if (taken.refs.size < TAKEN_REFS_MAX) taken.refs.set(ref.key, ref);
+    else taken.overflow = true;
+  }
+
+  /** Puts back what a store took when its flush failed (it is still unflushed). */
+  #keepTaken(store: BlockStore, entry: Taken): void {
+    const current = this.#takenSinceFlush.get(store);
+    if (current === undefined) {
+      this.#takenSinceFlush.set(store, entry);
+      return;
+    }
+    if (current.instance !== entry.instance) {
+      this.#lostByRestart(entry);
+      return;
+    }
+    for (const [key, ref] of entry.refs) current.refs.set(key, ref);
+    current.overflow ||= entry.overflow;
+  }
+
+  /**
+   * Peer `entry.uuid` restarted after it took the changes of `entry` and before they were
+   * flushed: it is stale for each of those refs (it still holds), so reads pass it over and
+   * the resync writes it a whole copy from a holder that has every change.
+   */
+  #lostByRestart(entry: Taken): void {
+    log.warn(
+      `${entry.uuid} restarted with ${entry.refs.size} unflushed change(s): writing them again`,
+    );
+    if (entry.overflow) {
+      this.#unknownLoss = `${entry.uuid} restarted with more than ${TAKEN_REFS_MAX} unflushed ` +
+        `changes: which of them it lost cannot be told`;
+    }
+    for (const ref of entry.refs.values()) {
+      if (!this.#holders(ref).includes(entry.uuid)) continue;
+      const divergence = this.#divergent.get(ref.key) ?? { ref, stale: new Set<string>() };
+      divergence.stale.add(entry.uuid);
+      this.#divergent.set(ref.key, divergence);
+    }
+    this.#startResync();
   }
 
   async #backgroundSettled(): Promise<void> {
@@ -1056,10 +1169,10 @@ export class Distributor implements BlockStore {
 
   #sourceOf(uuid: string): Source | null {
     if (uuid === this.#options.self && this.#options.local !== null) {
-      return { uuid, store: this.#options.local, local: true };
+      return { uuid, store: this.#options.local, local: true, peer: null };
     }
     const store = this.#options.peers.storeOf(uuid);
-    return store === null ? null : { uuid, store, local: false };
+    return store === null ? null : { uuid, store, local: false, peer: store };
   }
 }
 
@@ -1072,6 +1185,19 @@ interface ChangeKind {
    * #rangeOptions), and this is the same call without, for when no node has the block.
    */
   readonly creating?: Send;
+}
+
+/**
+ * Flushes `store`, and once more when the first attempt found no answer: a peer that restarted
+ * is reached on a new connection the second time (a flush may be repeated).
+ */
+async function flushOnceAgain(store: BlockStore): Promise<void> {
+  try {
+    await store.flush();
+  } catch (error) {
+    if (!isTorusError(error, ErrorCode.Unavailable)) throw error;
+    await store.flush();
+  }
 }
 
 /** Whether `data` matches the expected CRC (or none is expected). */

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { crc32, ErrorCode, isTorusError } from "../core/mod.ts";
+import { type BlockRef, crc32, ErrorCode, isTorusError } from "../core/mod.ts";
 import { blockStoreContract, patternBlock, testRef } from "../storage/mod.ts";
 import { BLOCK, flipByteOf, holdAll, TestCluster } from "./test_cluster.ts";
 
@@ -251,3 +251,41 @@ test(
   },
   true,
 );
+
+/** Deletes from `uuid`'s store the refs it took: what a power loss does to unflushed changes. */
+async function loseUnflushed(cluster: TestCluster, uuid: string, refs: BlockRef[]) {
+  const store = cluster.storeOf(uuid);
+  for (const ref of refs) await store.deleteBlock(ref).catch(() => {});
+}
+
+test("a holder that restarted and lost unflushed changes gets them again before a flush succeeds", async (cluster) => {
+  const writer = await cluster.distributor();
+  const refs = Array.from({ length: 10 }, (_, i) => testRef(i, 40));
+  for (const [i, ref] of refs.entries()) await writer.putBlock(ref, patternBlock(BLOCK, i));
+  const victim = cluster.uuids[1]!;
+  const held = refs.filter((ref) => cluster.ring.getHolders(ref).includes(victim));
+  assert.ok(held.length > 0);
+  await cluster.stop(victim);
+  await loseUnflushed(cluster, victim, held);
+  await cluster.restart(victim);
+  await writer.flush();
+  for (const [i, ref] of refs.entries()) {
+    for (const uuid of cluster.ring.getHolders(ref)) {
+      assert.deepEqual(await cluster.storeOf(uuid).getBlock(ref), patternBlock(BLOCK, i), uuid);
+    }
+  }
+  await writer.close();
+});
+
+test("both holders restarted and lost unflushed changes: the flush fails", async (cluster) => {
+  const writer = await cluster.distributor();
+  const ref = testRef(3, 41);
+  await writer.putBlock(ref, patternBlock(BLOCK, 3));
+  for (const uuid of cluster.ring.getHolders(ref)) {
+    await cluster.stop(uuid);
+    await loseUnflushed(cluster, uuid, [ref]);
+    await cluster.restart(uuid);
+  }
+  await assert.rejects(writer.flush(), /lack copies|restarted/);
+  await writer.close().catch(() => {});
+});

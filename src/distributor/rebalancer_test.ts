@@ -147,9 +147,11 @@ test("a holder that already has newer bytes keeps them", async (cluster) => {
 /** A peer whose `hasBlocks` answers "lacking" for everything: a block that arrived after the check. */
 class LateAnswers extends ForwardingStore implements PeerStore {
   readonly address: string;
+  readonly instance: string | null;
   constructor(inner: PeerStore) {
     super(inner);
     this.address = inner.address;
+    this.instance = inner.instance;
   }
   hasBlocks(refs: readonly BlockRef[]): Promise<boolean[]> {
     return Promise.resolve(refs.map(() => false));

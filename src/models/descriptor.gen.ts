@@ -474,6 +474,10 @@ export const descriptor: INamespace = {
             "totalBlocks": {
               "type": "uint64",
               "id": 8
+            },
+            "instance": {
+              "type": "string",
+              "id": 9
             }
           }
         },

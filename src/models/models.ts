@@ -140,7 +140,10 @@ export interface HelloRequest {
   blockSizeBytes: number;
   nodeName: string;
 }
-export interface HelloResponse extends ReplyError, StoreCounts, HelloRequest {}
+export interface HelloResponse extends ReplyError, StoreCounts, HelloRequest {
+  /** The server's instance, new at every start ("" from an older server). */
+  instance?: string;
+}
 export interface ReadAtRequest {
   blockRef: BlockRefMessage | null;
   offsetBytes: number;

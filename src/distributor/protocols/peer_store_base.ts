@@ -23,6 +23,8 @@ export abstract class PeerStoreBase implements PeerStore {
   readonly blockSizeBytes: number;
   /** The remote counts from the latest reply. */
   protected counts: RemoteCounts = { usedBlocks: 0, totalBlocks: 0 };
+  /** The server instance of the latest handshake (null before the first). */
+  protected serverInstance: string | null = null;
   readonly #calls = new InFlight();
   readonly #protocol: string;
   #closed = false;
@@ -36,6 +38,10 @@ export abstract class PeerStoreBase implements PeerStore {
     this.name = address;
     this.blockSizeBytes = blockSizeBytes;
     this.#protocol = protocol;
+  }
+
+  get instance(): string | null {
+    return this.serverInstance;
   }
 
   usedBlocks(): number {

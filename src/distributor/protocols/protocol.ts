@@ -45,6 +45,12 @@ export type PeerCallOptions = BlockCallOptions;
 export interface PeerStore extends BlockStore {
   /** The peer's address as a URL (`tdp://10.0.0.2:40000`). */
   readonly address: string;
+  /**
+   * The peer server's instance as of the latest handshake: a new one each time it starts (null
+   * before the first call). Changes it acknowledged under an older instance and had not flushed
+   * may be gone (a power loss): the distributor copies them there again before a flush counts.
+   */
+  readonly instance: string | null;
   /** For each ref, whether the peer holds it (the rebalancer's check, one round trip). */
   hasBlocks(refs: readonly BlockRef[], options?: PeerCallOptions): Promise<boolean[]>;
   /** Asks the peer for its current counts (refreshes usedBlocks()/totalBlocks()). */

@@ -148,14 +148,17 @@ function registerProtocolTests(name: string, makeProtocol: () => PeerProtocol): 
     }
   });
 
-  test("a lost server fails calls; a new one on the port is connected to", async (protocol) => {
+  test("a lost server fails calls; a new one on the port is connected to, and is another instance", async (protocol) => {
     const first = new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 4 });
     const server = await protocol.listen(`${protocol.scheme}://127.0.0.1:0`, {
       identity,
       store: first,
     });
     const client = protocol.dial(server.address, { identity, callTimeoutMs: 2_000 });
+    assert.equal(client.instance, null, "no handshake yet");
     await client.putBlock(testRef(1), patternBlock(BLOCK, 1));
+    const firstInstance = client.instance;
+    assert.ok(firstInstance !== null && firstInstance !== "", "the server said its instance");
     await server.close();
     const error = await client.getBlock(testRef(1)).then(() => null, (e: unknown) => e);
     assert.ok(isTorusError(error, ErrorCode.Unavailable), `got ${String(error)}`);
@@ -164,6 +167,8 @@ function registerProtocolTests(name: string, makeProtocol: () => PeerProtocol): 
     const again = await protocol.listen(server.address, { identity, store: second });
     try {
       assert.deepEqual(await client.getBlock(testRef(1)), patternBlock(BLOCK, 2));
+      // The restarted server is another instance: what the first took unflushed may be gone.
+      assert.ok(client.instance !== null && client.instance !== firstInstance, "a new instance");
     } finally {
       await client.close();
       await again.close();

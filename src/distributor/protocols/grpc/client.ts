@@ -334,6 +334,7 @@ export class GrpcPeerStore extends PeerStoreBase {
       const mismatch = identityMismatch(reply, identity);
       if (mismatch !== null) throw unavailable(`${this.address}: ${mismatch}`);
       this.#takeCounts(reply);
+      this.serverInstance = reply.instance ?? "";
       return channel;
     } catch (error) {
       channel.close();

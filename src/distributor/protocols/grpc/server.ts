@@ -55,6 +55,8 @@ export class GrpcServer implements PeerServer {
   readonly address: string;
   readonly #store: BlockStore;
   readonly #identity: PeerIdentity;
+  /** New at every start: clients tell a restarted peer by it. */
+  readonly #instance = crypto.randomUUID();
   readonly #grpc: grpc.Server;
   readonly #listener: net.Server;
   readonly #sockets = new Set<net.Socket>();
@@ -263,7 +265,11 @@ export class GrpcServer implements PeerServer {
       log.warn(`refusing ${JSON.stringify(request.nodeName)}: ${mismatch}`);
       return rpcs.Hello.failed(wireFailure(ErrorCode.Invalid, mismatch), this.#counts());
     }
-    return { ...this.#ok(rpcs.Hello), ...wireIdentity(this.#identity) };
+    return {
+      ...this.#ok(rpcs.Hello),
+      ...wireIdentity(this.#identity),
+      instance: this.#instance,
+    };
   }
 
   /** A successful reply of `method` with the store's counts (fields to be filled in). */

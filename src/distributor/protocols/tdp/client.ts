@@ -257,6 +257,7 @@ export class TdpPeerStore extends PeerStoreBase {
     const connecting = ClientConnection.open(this.#options, this.address, deadlineMs).then(
       (connection) => {
         this.counts = connection.helloCounts;
+        this.serverInstance = connection.helloInstance;
         connection.ended.then(() => {
           if (this.#connection === connecting) this.#connection = null;
         });
@@ -286,6 +287,8 @@ class ClientConnection {
   readonly ended: Promise<void>;
   #end!: () => void;
   helloCounts: StoreCounts = { usedBlocks: 0, totalBlocks: 0 };
+  /** The server's instance, from its HELLO. */
+  helloInstance = "";
 
   private constructor(stream: ByteStream, clock: Clock, address: string) {
     this.#stream = stream;
@@ -326,6 +329,7 @@ class ClientConnection {
       blockSizeBytes: identity.blockSizeBytes,
       clusterId: identity.clusterId,
       nodeName: identity.nodeName,
+      instance: "",
     }, 0));
     const reply = await this.#withDeadline(this.#reader.next(), deadlineMs, "HELLO");
     if (reply === null) throw unavailable(`${this.#address} closed the connection during HELLO`);
@@ -336,6 +340,7 @@ class ClientConnection {
     const reader = new BodyReader(reply.body, "HELLO reply");
     this.helloCounts = readCounts(reader);
     const theirs = decodeHello(reader.rest());
+    this.helloInstance = theirs.instance;
     const mismatch = helloMismatch(theirs, identity);
     if (mismatch !== null) throw unavailable(`${this.#address}: ${mismatch}`);
     this.#reader.bodyMaxBytes = tdpBodyMaxBytes(identity.blockSizeBytes);

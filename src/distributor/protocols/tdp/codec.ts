@@ -210,6 +210,11 @@ export interface Hello {
   readonly blockSizeBytes: number;
   readonly clusterId: string;
   readonly nodeName: string;
+  /**
+   * The server's instance: new every time it starts (a client says ""). A client that sees
+   * another one than before knows the peer restarted and may have lost what it had not flushed.
+   */
+  readonly instance: string;
 }
 
 const encoder = new TextEncoder();
@@ -219,7 +224,8 @@ const decoder = new TextDecoder("utf-8", { fatal: true });
 export function encodeHello(hello: Hello): Uint8Array {
   const cluster = boundedText(hello.clusterId, "cluster id");
   const name = boundedText(hello.nodeName, "node name");
-  const body = new Uint8Array(12 + cluster.length + name.length);
+  const instance = boundedText(hello.instance, "instance");
+  const body = new Uint8Array(14 + cluster.length + name.length + instance.length);
   const view = new DataView(body.buffer);
   view.setUint16(0, hello.version, true);
   view.setUint16(2, 0, true);
@@ -228,6 +234,8 @@ export function encodeHello(hello: Hello): Uint8Array {
   body.set(cluster, 10);
   view.setUint16(10 + cluster.length, name.length, true);
   body.set(name, 12 + cluster.length);
+  view.setUint16(12 + cluster.length + name.length, instance.length, true);
+  body.set(instance, 14 + cluster.length + name.length);
   return body;
 }
 
@@ -255,8 +263,9 @@ export function decodeHello(body: Uint8Array): Hello {
   const blockSizeBytes = reader.u32();
   const clusterId = reader.text(reader.u16());
   const nodeName = reader.text(reader.u16());
+  const instance = reader.text(reader.u16());
   reader.end();
-  return { version, blockSizeBytes, clusterId, nodeName };
+  return { version, blockSizeBytes, clusterId, nodeName, instance };
 }
 
 /** The store's counts at the head of every ok reply to a store call. */

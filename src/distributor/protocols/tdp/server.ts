@@ -52,6 +52,8 @@ export interface TdpServerOptions extends PeerServeOptions {
   readonly clock: Clock;
   /** How long a frame may take to arrive once it began. */
   readonly frameTimeoutMs: number;
+  /** This server's instance, said in HELLO (set by TdpServer: new at every start). */
+  readonly instance?: string;
 }
 
 /** Why a HELLO is refused, or null when it is acceptable. */
@@ -80,7 +82,9 @@ export class TdpServer implements PeerServer {
 
   private constructor(listener: StreamListener, options: TdpServerOptions) {
     this.#listener = listener;
-    this.#options = options;
+    // A new instance at every start: clients tell a restarted peer from one that was there all
+    // along (a restart may have lost changes it had not flushed).
+    this.#options = { ...options, instance: options.instance ?? crypto.randomUUID() };
     const host = listener.hostname.includes(":") ? `[${listener.hostname}]` : listener.hostname;
     this.address = `tdp://${host}:${listener.port}`;
     this.#accepting = this.#accept();
@@ -233,6 +237,7 @@ class ServerConnection {
       blockSizeBytes: this.#identity.blockSizeBytes,
       clusterId: this.#identity.clusterId,
       nodeName: this.#identity.nodeName,
+      instance: this.#options.instance ?? "",
     });
     this.#writer.send(encodeOkReply(Op.Hello, frame.header.requestId, [this.#counts(), ours]));
     this.#reader.bodyMaxBytes = tdpBodyMaxBytes(this.#identity.blockSizeBytes);

@@ -319,7 +319,13 @@ Deno.test("TDP codec: random bytes never decode into anything but a frame error"
 });
 
 Deno.test("TDP codec: HELLO round trip and garbage", () => {
-  const hello = { version: TDP_VERSION, blockSizeBytes: 4096, clusterId: "c-1", nodeName: "n é" };
+  const hello = {
+    version: TDP_VERSION,
+    blockSizeBytes: 4096,
+    clusterId: "c-1",
+    nodeName: "n é",
+    instance: "i-1",
+  };
   assert.deepEqual(decodeHello(encodeHello(hello)), hello);
   const [header, body] = encodeHelloRequest(hello, 0);
   assert.equal(readHeader(header!, 0, false, 1024).op, Op.Hello);
@@ -394,7 +400,7 @@ async function rawExchange(
 
 function helloFrame(clusterId = "raw"): Uint8Array {
   const [header, body] = encodeHelloRequest(
-    { version: TDP_VERSION, blockSizeBytes: 4096, clusterId, nodeName: "raw" },
+    { version: TDP_VERSION, blockSizeBytes: 4096, clusterId, nodeName: "raw", instance: "" },
     0,
   );
   const frame = new Uint8Array(header!.length + body!.length);
