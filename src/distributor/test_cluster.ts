@@ -4,23 +4,20 @@
  * @module
  */
 
-import { type BlockRef, ErrorCode, systemClock, TorusError } from "../core/mod.ts";
+import { type BlockRef, systemClock } from "../core/mod.ts";
 import type { PeerInfo } from "../models/mod.ts";
 import { createRing, type Ring, RingType } from "../ring/mod.ts";
 import {
-  type BlockCallOptions,
   type BlockStore,
   FileBlockStore,
-  ForwardingStore,
   HeldStore,
   type IoHold,
   MemoryBlockStore,
-  type PutOptions,
-  type RangeWriteOptions,
 } from "../storage/mod.ts";
 import { Distributor, type DistributorOptions } from "./distributor.ts";
 import { DialingPeerDirectory } from "./peer_directory.ts";
 import type { PeerServer } from "./protocols/protocol.ts";
+import { RingCheckedStore } from "./protocols/ring_checked_store.ts";
 import { TdpProtocol } from "./protocols/tdp/mod.ts";
 import type { ReadLevel, WriteLevel } from "./levels.ts";
 
@@ -180,53 +177,6 @@ export class TestCluster {
     for (const server of this.servers) await server?.close();
     for (const store of this.stores) await store.close();
     for (const dir of this.dirs) await Deno.remove(dir, { recursive: true });
-  }
-}
-
-/** Refuses changes placed by a ring older than `nodeRingVersion()` (as FencedStore does). */
-class RingCheckedStore extends ForwardingStore {
-  readonly #nodeRingVersion: () => number;
-
-  constructor(inner: BlockStore, nodeRingVersion: () => number) {
-    super(inner);
-    this.#nodeRingVersion = nodeRingVersion;
-  }
-
-  #check(options: BlockCallOptions | undefined): void {
-    const version = options?.ringVersion ?? 0;
-    if (version > 0 && version < this.#nodeRingVersion()) {
-      throw new TorusError(ErrorCode.CompareFailed, `ring ${version} < ${this.#nodeRingVersion()}`);
-    }
-  }
-
-  override async putBlock(ref: BlockRef, data: Uint8Array, options?: PutOptions): Promise<void> {
-    this.#check(options);
-    await super.putBlock(ref, data, options);
-  }
-
-  override async writeAt(
-    ref: BlockRef,
-    offsetBytes: number,
-    data: Uint8Array,
-    options?: RangeWriteOptions,
-  ): Promise<void> {
-    this.#check(options);
-    await super.writeAt(ref, offsetBytes, data, options);
-  }
-
-  override async zeroAt(
-    ref: BlockRef,
-    offsetBytes: number,
-    lengthBytes: number,
-    options?: RangeWriteOptions,
-  ): Promise<void> {
-    this.#check(options);
-    await super.zeroAt(ref, offsetBytes, lengthBytes, options);
-  }
-
-  override async deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
-    this.#check(options);
-    await super.deleteBlock(ref, options);
   }
 }
 

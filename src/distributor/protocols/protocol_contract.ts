@@ -11,23 +11,20 @@
  */
 
 import assert from "node:assert/strict";
-import { type BlockRef, ErrorCode, isTorusError, TorusError } from "../../core/mod.ts";
+import { type BlockRef, ErrorCode, isTorusError } from "../../core/mod.ts";
 import {
-  type BlockCallOptions,
   type BlockStore,
   blockStoreContract,
   type ContractFixture,
   FileBlockStore,
-  ForwardingStore,
   HeldStore,
   type IoHold,
   MemoryBlockStore,
   patternBlock,
-  type PutOptions,
-  type RangeWriteOptions,
   testRef,
 } from "../../storage/mod.ts";
 import type { PeerIdentity, PeerProtocol, PeerServer, PeerStore } from "./protocol.ts";
+import { RingCheckedStore } from "./ring_checked_store.ts";
 
 const BLOCK = 4096;
 const identity: PeerIdentity = {
@@ -264,7 +261,7 @@ function registerProtocolTests(name: string, makeProtocol: () => PeerProtocol): 
 
   test("a change refused for an older ring comes back as compare_failed", async (protocol) => {
     const inner = new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 4 });
-    const served = await serveStore(protocol, new RingCheckingStore(inner, 5));
+    const served = await serveStore(protocol, new RingCheckedStore(inner, () => 5));
     try {
       const { client } = served;
       await client.putBlock(testRef(1), patternBlock(BLOCK, 1), { ringVersion: 5 });
@@ -289,56 +286,6 @@ function registerProtocolTests(name: string, makeProtocol: () => PeerProtocol): 
       await served.close();
     }
   });
-}
-
-/** Refuses changes whose ring version is older than `current`, as a data node's store does. */
-class RingCheckingStore extends ForwardingStore {
-  readonly #current: number;
-
-  constructor(inner: BlockStore, current: number) {
-    super(inner);
-    this.#current = current;
-  }
-
-  #check(options: BlockCallOptions | undefined): void {
-    const version = options?.ringVersion ?? 0;
-    if (version > 0 && version < this.#current) {
-      throw new TorusError(
-        ErrorCode.CompareFailed,
-        `ring version ${version} is older than ${this.#current}`,
-      );
-    }
-  }
-
-  override async putBlock(ref: BlockRef, data: Uint8Array, options?: PutOptions): Promise<void> {
-    this.#check(options);
-    await super.putBlock(ref, data, options);
-  }
-
-  override async writeAt(
-    ref: BlockRef,
-    offsetBytes: number,
-    data: Uint8Array,
-    options?: RangeWriteOptions,
-  ): Promise<void> {
-    this.#check(options);
-    await super.writeAt(ref, offsetBytes, data, options);
-  }
-
-  override async zeroAt(
-    ref: BlockRef,
-    offsetBytes: number,
-    lengthBytes: number,
-    options?: RangeWriteOptions,
-  ): Promise<void> {
-    this.#check(options);
-    await super.zeroAt(ref, offsetBytes, lengthBytes, options);
-  }
-
-  override async deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
-    this.#check(options);
-    await super.deleteBlock(ref, options);
-  }
 }
 
 /** Inputs no protocol accepts as a first message. */
