@@ -18,6 +18,7 @@ export * from "./limits.ts";
 export * from "./in_flight.ts";
 export * from "./log.ts";
 export * from "./names.ts";
+export * from "./pacer.ts";
 export * from "./random.ts";
 export * from "./shared_run.ts";
 export * from "./sizes.ts";

@@ -28,6 +28,7 @@ import {
   errorMessage,
   isTorusError,
   logger,
+  Pacer,
 } from "../core/mod.ts";
 import type { Ring } from "../ring/mod.ts";
 import type { BlockStore } from "../storage/mod.ts";
@@ -114,11 +115,12 @@ export class Rebalancer {
     failedCalls: 0,
     passes: 0,
   };
-  /** When the pacing allows the next copy to start (ms since the epoch). */
-  #nextCopyMs = 0;
+
+  readonly #pacer: Pacer;
 
   constructor(options: RebalancerOptions) {
     this.#options = options;
+    this.#pacer = new Pacer(options.rateBytesPerSecond, options.clock);
   }
 
   /** Starts passes in the background (see the module doc). */
@@ -319,7 +321,7 @@ export class Rebalancer {
       log.warn(`rebalance: ${ref} cannot be read here: ${errorMessage(error)}`);
       return false;
     }
-    await this.#pace(data.length);
+    await this.#pacer.wait(data.length, this.#stop.signal);
     try {
       await peer.putBlock(ref, data, { ifAbsent: true, timeoutMs });
     } catch (error) {
@@ -333,18 +335,6 @@ export class Rebalancer {
     p.passSentBlocks++;
     p.sentBytes += data.length;
     return true;
-  }
-
-  /** Waits until `bytes` more fit the rate bound. */
-  async #pace(bytes: number): Promise<void> {
-    const rate = this.#options.rateBytesPerSecond;
-    if (rate <= 0) return;
-    const now = this.#options.clock.nowMs();
-    const start = Math.max(now, this.#nextCopyMs);
-    this.#nextCopyMs = start + bytes / rate * 1_000;
-    if (start > now) {
-      await this.#options.clock.sleep(start - now, this.#stop.signal).catch(() => {});
-    }
   }
 
   async #deleteSurplus(refs: readonly BlockRef[]): Promise<void> {

@@ -25,6 +25,7 @@ import {
   errorMessage,
   isTorusError,
   logger,
+  Pacer,
 } from "../core/mod.ts";
 import type { Ring } from "../ring/mod.ts";
 import type { BlockStore } from "../storage/mod.ts";
@@ -74,7 +75,6 @@ export class Scrubber {
   readonly #options: ScrubberOptions;
   readonly #stop = new AbortController();
   #running: Promise<void> | null = null;
-  #nextReadMs = 0;
   #progress = {
     passes: 0,
     scrubbedBlocks: 0,
@@ -86,8 +86,11 @@ export class Scrubber {
     lastFinishMs: null as number | null,
   };
 
+  readonly #pacer: Pacer;
+
   constructor(options: ScrubberOptions) {
     this.#options = options;
+    this.#pacer = new Pacer(options.rateBytesPerSecond, options.clock);
   }
 
   start(): void {
@@ -126,7 +129,7 @@ export class Scrubber {
     p.passTotalBlocks = this.#options.local.usedBlocks();
     for await (const ref of this.#options.local.blockRefs()) {
       if (this.#stop.signal.aborted) return;
-      await this.#pace(this.#options.local.blockSizeBytes);
+      await this.#pacer.wait(this.#options.local.blockSizeBytes, this.#stop.signal);
       await this.#scrub(ref);
       p.passScannedBlocks++;
     }
@@ -195,17 +198,6 @@ export class Scrubber {
       });
     } catch {
       return null;
-    }
-  }
-
-  async #pace(bytes: number): Promise<void> {
-    const rate = this.#options.rateBytesPerSecond;
-    if (rate <= 0) return;
-    const now = this.#options.clock.nowMs();
-    const start = Math.max(now, this.#nextReadMs);
-    this.#nextReadMs = start + bytes / rate * 1_000;
-    if (start > now) {
-      await this.#options.clock.sleep(start - now, this.#stop.signal).catch(() => {});
     }
   }
 }
