@@ -38,6 +38,7 @@ import type { BlockCallOptions, BlockStore, RangeWriteOptions } from "../storage
 import type { ReadLevel, WriteLevel } from "./levels.ts";
 import type { PeerDirectory } from "./peer_directory.ts";
 import type { PeerStore } from "./protocols/protocol.ts";
+import { StaleMarkRecorder, type StaleMarkStore } from "./stale_marks.ts";
 import { ReadCache } from "./read_cache.ts";
 import { DistributorStats } from "./stats.ts";
 
@@ -78,6 +79,16 @@ export interface DistributorOptions {
    * an absent block, as in any store. Absent: never.
    */
   readonly moving?: () => boolean;
+  /**
+   * Where marks of holders that missed changes are kept durably (the metadata service), so they
+   * outlive this distributor; absent: in memory only (a flush then fails while any are left).
+   */
+  readonly staleMarks?: StaleMarkStore;
+  /**
+   * Level `all` with a holder not answering: a change counts once this many holders took it and
+   * the others are durably marked stale (needs `staleMarks`). Absent: every holder (R).
+   */
+  readonly minCopies?: number;
   readonly readLevel: ReadLevel;
   readonly writeLevel: WriteLevel;
   /** Bytes of blocks read from peers kept in memory (0: none). */
@@ -156,6 +167,8 @@ export class Distributor implements BlockStore {
   /** Changes that levels one/local acknowledged and could not place by a newer ring. */
   #lostChanges: string[] = [];
   #ringRefresh: Promise<void> | null = null;
+  /** Records marks durably (null without `staleMarks`). */
+  readonly #marks: StaleMarkRecorder | null;
   /** Per peer store: what it took since its last flush (see #lostByRestart). */
   readonly #takenSinceFlush = new Map<BlockStore, Taken>();
   /** Why the next flush must fail: a peer lost changes that cannot be told apart. */
@@ -169,6 +182,7 @@ export class Distributor implements BlockStore {
     this.#options = options;
     this.blockSizeBytes = options.blockSizeBytes;
     this.#cache = new ReadCache(options.readCacheBytes, options.blockSizeBytes);
+    this.#marks = options.staleMarks ? new StaleMarkRecorder(options.staleMarks) : null;
   }
 
   // ---- reads ---------------------------------------------------------------------------------
@@ -252,8 +266,7 @@ export class Distributor implements BlockStore {
   ): Promise<{ value: T; source: Source; corrupt: string[] }> {
     const order = this.#readOrder(ref);
     // Holders that missed changes are no source, and their silence decides nothing.
-    const stale = this.#divergent.get(ref.key)?.stale;
-    const holders = new Set(this.#holders(ref).filter((uuid) => !stale?.has(uuid)));
+    const holders = new Set(this.#holders(ref).filter((uuid) => !this.#isStaleAt(ref, uuid)));
     const misses: Miss[] = [];
     // Address lookups started by peers that could not be reached (see PeerDirectory).
     const lookups: Promise<void>[] = [];
@@ -592,6 +605,7 @@ export class Distributor implements BlockStore {
       const refusedRing = results.find((r) => isTorusError(r, ErrorCode.CompareFailed));
       if (refusedRing !== undefined) throw refusedRing;
       if (kind.creating) results = await this.#fillMissing(ref, holders, results, settled);
+      if (await this.#enoughWithMarks(ref, holders, results, tolerateMissing, settled)) return;
       this.#throwUnlessDone(ref, holders, results, tolerateMissing);
       return;
     }
@@ -602,6 +616,40 @@ export class Distributor implements BlockStore {
     if (first === null) {
       this.#throwUnlessDone(ref, holders, await Promise.all(attempts), tolerateMissing);
     }
+  }
+
+  /**
+   * Level `all` with `minCopies`: when only silent holders (down, stopped, cut off) missed the
+   * change and at least `minCopies` took it, it counts once the missed ones are durably marked
+   * stale (they are resynchronised when they answer). False when that does not apply.
+   */
+  async #enoughWithMarks(
+    ref: BlockRef,
+    holders: readonly string[],
+    results: readonly unknown[],
+    tolerateMissing: boolean,
+    settled: Promise<void>,
+  ): Promise<boolean> {
+    if (this.#marks === null || this.#options.minCopies === undefined) return false;
+    const took = (r: unknown) =>
+      r === null || tolerateMissing && isTorusError(r, ErrorCode.NotExist);
+    const missed = holders.filter((_, i) => !took(results[i]));
+    if (missed.length === 0) return false;
+    const silent = (r: unknown) =>
+      isTorusError(r, ErrorCode.Unavailable) || isTorusError(r, ErrorCode.OutcomeUnknown);
+    if (!results.every((r) => took(r) || silent(r))) return false;
+    if (holders.length - missed.length < this.#minCopies(holders)) return false;
+    await settled;
+    try {
+      await Promise.all(missed.map((uuid) => this.#marks!.record(ref, uuid)));
+    } catch (error) {
+      throw outcomeUnknown(
+        `a change of ${ref} reached ${holders.length - missed.length} of ${holders.length} ` +
+          `holders and the others could not be marked as lacking it: ${errorMessage(error)}`,
+      );
+    }
+    this.stats.degradedWrites++;
+    return true;
   }
 
   /**
@@ -727,6 +775,7 @@ export class Distributor implements BlockStore {
       log.error(`every holder of ${ref} missed a change: its copies may differ`);
     }
     this.#divergent.set(ref.key, entry);
+    for (const uuid of missed) this.#recordMark(ref, uuid);
     // A holder that lacks the whole block is a new one (the ring changed): routine, not a fault.
     const lacked = holders.every((_, i) =>
       took(results[i]) || isTorusError(results[i], ErrorCode.NotExist)
@@ -735,6 +784,89 @@ export class Distributor implements BlockStore {
       `${[...missed].join(", ")} missed a change of ${ref}; resynchronising when reachable`,
     );
     this.#startResync();
+  }
+
+  /** Records durably that `uuid` lacks changes of `ref` (a failure is retried at the flush). */
+  #recordMark(ref: BlockRef, uuid: string): void {
+    if (this.#marks === null) return;
+    this.#keepInBackground(
+      this.#marks.record(ref, uuid).catch((error) => {
+        log.warn(`recording that ${uuid} lacks ${ref} failed: ${errorMessage(error)}`);
+      }),
+    );
+  }
+
+  /** How many holders must have a change for it to count (`minCopies`, else all of them). */
+  #minCopies(holders: readonly string[]): number {
+    const min = this.#options.minCopies;
+    return this.#marks === null || min === undefined
+      ? holders.length
+      : Math.min(min, holders.length);
+  }
+
+  /**
+   * Divergences a flush cannot accept: not durably marked (the mark could not be recorded, or
+   * there is no durable store), or with fewer fresh holders than `minCopies`.
+   */
+  async #unsafeDivergences(): Promise<Divergence[]> {
+    const unsafe: Divergence[] = [];
+    for (const entry of this.#divergent.values()) {
+      const holders = this.#holders(entry.ref);
+      const fresh = holders.filter((uuid) => !this.#isStaleAt(entry.ref, uuid));
+      if (this.#marks === null || fresh.length < this.#minCopies(holders)) {
+        unsafe.push(entry);
+        continue;
+      }
+      try {
+        await Promise.all([...entry.stale].map((uuid) => this.#marks!.record(entry.ref, uuid)));
+      } catch {
+        unsafe.push(entry);
+      }
+    }
+    return unsafe;
+  }
+
+  /**
+   * Takes over the durable marks of volume `volumeId` (its writer opens it: the marks of an
+   * earlier writer that stopped are now this one's to resynchronise). A node marked for the whole
+   * volume is listed for the volume's blocks it holds.
+   */
+  async adoptStaleMarks(volumeId: number): Promise<void> {
+    const marks = this.#marks;
+    if (marks === null) return;
+    for (const record of await marks.store.list(volumeId)) {
+      let refs = record.refs;
+      if (record.wholeVolume) {
+        const listed = await this.#refsAt(record.node, volumeId);
+        if (listed === null) continue; // not reachable now: reads keep passing it over
+        refs = listed;
+        marks.adoptWhole(volumeId, record.node, refs);
+      }
+      for (const ref of refs) {
+        const entry = this.#divergent.get(ref.key) ?? { ref, stale: new Set<string>() };
+        entry.stale.add(record.node);
+        this.#divergent.set(ref.key, entry);
+        marks.adopt(ref, record.node);
+      }
+      log.info(
+        `volume ${volumeId}: ${record.node} lacks changes of ${refs.length} block(s) ` +
+          `(marked by an earlier writer); resynchronising`,
+      );
+    }
+    if (this.#divergent.size > 0) this.#startResync();
+  }
+
+  /** The refs of volume `volumeId` that `uuid` holds; null when it cannot be asked. */
+  async #refsAt(uuid: string, volumeId: number): Promise<BlockRef[] | null> {
+    const source = this.#sourceOf(uuid);
+    if (source === null) return null;
+    const refs: BlockRef[] = [];
+    try {
+      for await (const ref of source.store.blockRefs()) if (ref.volume === volumeId) refs.push(ref);
+    } catch {
+      return null;
+    }
+    return refs;
   }
 
   /** Tries the stale holders again every RESYNC_INTERVAL_MS while any are left. */
@@ -778,7 +910,11 @@ export class Distributor implements BlockStore {
   #dropFormerHolders(): void {
     for (const [key, entry] of this.#divergent) {
       const holders = this.#holders(entry.ref);
-      for (const uuid of [...entry.stale]) if (!holders.includes(uuid)) entry.stale.delete(uuid);
+      for (const uuid of [...entry.stale]) {
+        if (holders.includes(uuid)) continue;
+        entry.stale.delete(uuid);
+        this.#marks?.release(entry.ref, uuid);
+      }
       if (entry.stale.size === 0) this.#divergent.delete(key);
     }
   }
@@ -826,7 +962,8 @@ export class Distributor implements BlockStore {
     while (this.#changesInFlight.has(ref.key)) await this.#options.clock.sleep(1);
     const holders = this.#holders(ref);
     for (const uuid of [...stale]) if (!holders.includes(uuid)) stale.delete(uuid);
-    const good = holders.filter((uuid) => !stale.has(uuid));
+    for (const uuid of [...stale]) if (!holders.includes(uuid)) this.#marks?.release(ref, uuid);
+    const good = holders.filter((uuid) => !stale.has(uuid) && !this.#isStaleAt(ref, uuid));
     const targets = [...stale].filter((uuid) => reachable.has(uuid));
     const copy = targets.length === 0 ? null : await this.#copyFrom(ref, good);
     for (const uuid of targets) {
@@ -843,6 +980,7 @@ export class Distributor implements BlockStore {
       this.#unflushed.add(source.store);
       this.#noteTaken(source, ref);
       stale.delete(uuid);
+      this.#marks?.release(ref, uuid);
       this.stats.resyncedBlocks++;
       log.info(`${uuid} has ${ref} again`);
     }
@@ -940,30 +1078,26 @@ export class Distributor implements BlockStore {
   async #flushAll(): Promise<void> {
     await this.#backgroundSettled();
     if (this.#divergent.size > 0) await this.#resyncPass();
-    let { stores, results } = await this.#flushStores();
+    const failed = await this.#flushStores();
     // A peer that restarted since it took changes may have lost them (a power loss): they are
     // written there again from a holder that has them, and flushed, before this flush counts.
     if (this.#divergent.size > 0) {
       await this.#resyncPass();
-      const again = await this.#flushStores();
-      stores = [...stores, ...again.stores];
-      results = [...results, ...again.results];
+      failed.push(...await this.#flushStores());
     }
     if (this.#unknownLoss !== null) {
       const why = this.#unknownLoss;
       this.#unknownLoss = null;
       throw outcomeUnknown(why);
     }
-    if (this.#divergent.size > 0) {
-      const holders = new Set([...this.#divergent.values()].flatMap((d) => [...d.stale]));
+    const unsafe = await this.#unsafeDivergences();
+    if (unsafe.length > 0) {
+      const holders = new Set(unsafe.flatMap((d) => [...d.stale]));
       throw unavailable(
-        `${this.#divergent.size} block(s) lack copies at ${[...holders].join(", ")}, which ` +
+        `${unsafe.length} block(s) lack copies at ${[...holders].join(", ")}, which ` +
           `could not be reached; they are written again as soon as they can be`,
       );
     }
-    const failed = results.flatMap((r, i) =>
-      r.status === "rejected" ? [`${stores[i]!.name}: ${errorMessage(r.reason)}`] : []
-    );
     const lost = this.#lostChanges.splice(0);
     if (lost.length > 0) {
       throw outcomeUnknown(
@@ -978,19 +1112,28 @@ export class Distributor implements BlockStore {
    * Flushes every store that took a change since the last flush; a peer found to be another
    * instance than the one that took its changes has them marked missing (#lostByRestart).
    */
-  async #flushStores(): Promise<{ stores: BlockStore[]; results: PromiseSettledResult<void>[] }> {
+  async #flushStores(): Promise<string[]> {
     const stores = [...this.#unflushed];
     this.#unflushed.clear();
     const taken = stores.map((store) => this.#takenSinceFlush.get(store));
     for (const store of stores) this.#takenSinceFlush.delete(store);
     const results = await Promise.allSettled(stores.map((store) => flushOnceAgain(store)));
+    const failed: string[] = [];
     results.forEach((result, i) => {
       const entry = taken[i];
-      if (entry === undefined) return;
-      if (entry.peer.instance !== entry.instance) this.#lostByRestart(entry);
-      else if (result.status === "rejected") this.#keepTaken(stores[i]!, entry);
+      const store = stores[i]!;
+      if (entry !== undefined && entry.peer.instance !== entry.instance) {
+        this.#lostByRestart(entry);
+        return;
+      }
+      if (result.status === "fulfilled") return;
+      if (entry !== undefined) this.#keepTaken(store, entry);
+      // A peer that acknowledged nothing since its last flush (its changes went unanswered, so
+      // it is marked stale for them) owes this flush nothing.
+      const owesNothing = entry === undefined && store !== this.#options.local;
+      if (!owesNothing) failed.push(`${store.name}: ${errorMessage(result.reason)}`);
     });
-    return { stores, results };
+    return failed;
   }
 
   /** Remembers that `source` took a change of `ref` (peers only: for #lostByRestart). */
@@ -1151,8 +1294,7 @@ export class Distributor implements BlockStore {
     if (ring.memberUuids().length === 0) return [];
     const { peers, replication } = ring.getPeers(ref);
     // Holders that missed changes of this ref serve none of its reads until they are resynced.
-    const stale = this.#divergent.get(ref.key)?.stale;
-    const holders = peers.slice(0, replication).filter((p) => stale === undefined || !stale.has(p));
+    const holders = peers.slice(0, replication).filter((p) => !this.#isStaleAt(ref, p));
     const self = this.#options.self;
     const members = new Set(peers);
     const outside = (this.#options.outsideRing?.() ?? []).filter((uuid) => !members.has(uuid));
@@ -1165,6 +1307,12 @@ export class Distributor implements BlockStore {
     const silent = ordered.filter((uuid) => this.#isSuspect(uuid));
     return [...answering, ...silent].map((uuid) => this.#sourceOf(uuid))
       .filter((s): s is Source => s !== null);
+  }
+
+  /** Whether `uuid` lacks changes of `ref` (known here, or marked durably by any writer). */
+  #isStaleAt(ref: BlockRef, uuid: string): boolean {
+    return (this.#divergent.get(ref.key)?.stale.has(uuid) ?? false) ||
+      (this.#options.staleMarks?.isStale(ref, uuid) ?? false);
   }
 
   #sourceOf(uuid: string): Source | null {

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { type BlockRef, crc32, ErrorCode, isTorusError } from "../core/mod.ts";
 import { blockStoreContract, patternBlock, testRef } from "../storage/mod.ts";
-import { BLOCK, flipByteOf, holdAll, TestCluster } from "./test_cluster.ts";
+import { BLOCK, flipByteOf, holdAll, MemoryStaleMarks, TestCluster } from "./test_cluster.ts";
 
 const capacityReason = "a cluster is full when a holder is, not at an exact count of blocks";
 
@@ -288,4 +288,70 @@ test("both holders restarted and lost unflushed changes: the flush fails", async
   }
   await assert.rejects(writer.flush(), /lack copies|restarted/);
   await writer.close().catch(() => {});
+});
+
+test("with durable marks and min copies 1, level all goes on with a holder down; the mark is recorded, and cleared once it is back", async (cluster) => {
+  const marks = new MemoryStaleMarks();
+  const writer = await cluster.distributor({ staleMarks: marks, minCopies: 1 });
+  const refs = Array.from({ length: 8 }, (_, i) => testRef(i, 50));
+  const down = cluster.uuids[2]!;
+  const onDown = refs.filter((ref) => cluster.ring.getHolders(ref).includes(down));
+  assert.ok(onDown.length > 0);
+  await cluster.stop(down);
+  for (const [i, ref] of refs.entries()) await writer.putBlock(ref, patternBlock(BLOCK, i));
+  await writer.flush();
+  assert.deepEqual((marks.marked().get(down) ?? []).sort(), onDown.map((r) => r.key).sort());
+  assert.ok(writer.stats.degradedWrites >= onDown.length);
+  await cluster.restart(down);
+  await writer.flush(); // the resync pass writes the holder what it missed
+  for (const ref of onDown) {
+    assert.deepEqual(
+      await cluster.storeOf(down).getBlock(ref),
+      patternBlock(BLOCK, refs.indexOf(ref)),
+    );
+  }
+  await writer.close();
+  assert.equal(marks.marked().get(down), undefined, "marks removed after the resync");
+});
+
+test("without min copies a holder down still fails level all, and marks that cannot be recorded fail the write", async (cluster) => {
+  const marks = new MemoryStaleMarks();
+  const strict = await cluster.distributor({ staleMarks: marks });
+  const down = cluster.uuids[0]!;
+  const ref = Array.from({ length: 8 }, (_, i) => testRef(i, 51))
+    .find((r) => cluster.ring.getHolders(r).includes(down))!;
+  await cluster.stop(down);
+  await assert.rejects(strict.putBlock(ref, patternBlock(BLOCK, 1)), /reached 1 of 2/);
+  await strict.close().catch(() => {});
+  const degraded = await cluster.distributor({ staleMarks: marks, minCopies: 1 });
+  marks.failAdds = true;
+  await assert.rejects(degraded.putBlock(ref, patternBlock(BLOCK, 2)), /could not be marked/);
+  await degraded.close().catch(() => {});
+});
+
+test("a writer that stopped with a holder marked stale: reads pass the holder over, and the next writer adopts and clears the marks", async (cluster) => {
+  const marks = new MemoryStaleMarks();
+  const first = await cluster.distributor({ staleMarks: marks, minCopies: 1 });
+  const ref = testRef(1, 52);
+  const [a, b] = cluster.ring.getHolders(ref);
+  await first.putBlock(ref, patternBlock(BLOCK, 1));
+  await first.flush();
+  await cluster.stop(b!);
+  await first.putBlock(ref, patternBlock(BLOCK, 2)); // b misses it, durably marked
+  await first.flush();
+  await first.close().catch(() => {}); // b still down: its resync could not run
+  await cluster.restart(b!);
+  // b still has version 1: a reader that knows the marks never reads it, even when a is gone.
+  const reader = await cluster.distributor({ staleMarks: marks, minCopies: 1 });
+  assert.deepEqual(await reader.getBlock(ref), patternBlock(BLOCK, 2));
+  await cluster.stop(a!);
+  await assert.rejects(reader.getBlock(ref), /unavailable|no peer|not stored/i);
+  await cluster.restart(a!);
+  await reader.close();
+  const next = await cluster.distributor({ staleMarks: marks, minCopies: 1 });
+  await next.adoptStaleMarks(ref.volume);
+  await next.flush();
+  assert.deepEqual(await cluster.storeOf(b!).getBlock(ref), patternBlock(BLOCK, 2));
+  await next.close();
+  assert.equal(marks.marked().size, 0, "the adopted marks are cleared");
 });

@@ -62,6 +62,11 @@ export interface RebalancerOptions {
   readonly idleRecheckMs?: number;
   readonly retryMs?: number;
   readonly callTimeoutMs?: number;
+  /**
+   * Whether `node` is durably marked as lacking changes of `ref` (stale_marks.ts): such a copy is
+   * never pushed, and such a holder never confirms a copy (its copy is older).
+   */
+  readonly isStale?: (ref: BlockRef, node: string) => boolean;
 }
 
 /** Progress and totals, for heartbeats, metrics and /status. */
@@ -239,9 +244,15 @@ export class Rebalancer {
     const self = this.#options.self;
     const wanted = new Map<string, BlockRef[]>();
     const surplus: BlockRef[] = [];
+    const isStale = this.#options.isStale ?? (() => false);
+    // Refs this node's copy is stale for: left to the writer's resync, never spread or dropped.
+    const unconfirmed = new Set<string>();
     for (const ref of batch) {
+      if (isStale(ref, self)) continue;
       const holders = ring.getHolders(ref);
       if (!holders.includes(self)) surplus.push(ref);
+      // A stale holder has an older copy: it confirms nothing, and gets no push (ifAbsent).
+      if (holders.some((uuid) => isStale(ref, uuid))) unconfirmed.add(ref.key);
       for (const uuid of holders) {
         if (uuid === self) continue;
         const refs = wanted.get(uuid) ?? [];
@@ -250,7 +261,6 @@ export class Rebalancer {
       }
     }
     // Refs some holder may still lack: their surplus copy here must stay.
-    const unconfirmed = new Set<string>();
     const results = await Promise.all(
       [...wanted].map(([uuid, refs]) => this.#fillHolder(uuid, refs, unconfirmed)),
     );

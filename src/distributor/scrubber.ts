@@ -50,6 +50,8 @@ export interface ScrubberOptions {
   /** Time from the start of one pass to the start of the next. */
   readonly intervalMs: number;
   readonly callTimeoutMs?: number;
+  /** Whether `node` is durably marked as lacking changes of `ref`: never a source of repair. */
+  readonly isStale?: (ref: BlockRef, node: string) => boolean;
 }
 
 /** Counters since start, and the pass in progress. */
@@ -182,7 +184,7 @@ export class Scrubber {
     const ring = this.#options.ring();
     if (ring.memberUuids().length === 0) return null;
     for (const uuid of ring.getHolders(ref)) {
-      if (uuid === this.#options.self) continue;
+      if (uuid === this.#options.self || this.#options.isStale?.(ref, uuid)) continue;
       const store = this.#options.peers.storeOf(uuid);
       if (store === null) continue;
       const bytes = await this.#read(store, ref);

@@ -26,4 +26,6 @@ export class DistributorStats {
   resyncedBlocks = 0;
   /** Blocks copied to their holders from where an earlier ring placed them, on a write (ours) */
   pulledBlocks = 0;
+  /** Changes that counted with fewer holders than R, the others durably marked stale (ours) */
+  degradedWrites = 0;
 }

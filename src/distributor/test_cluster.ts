@@ -18,6 +18,7 @@ import { Distributor, type DistributorOptions } from "./distributor.ts";
 import { DialingPeerDirectory } from "./peer_directory.ts";
 import type { PeerServer } from "./protocols/protocol.ts";
 import { RingCheckedStore } from "./protocols/ring_checked_store.ts";
+import type { StaleMarkRecord, StaleMarkStore } from "./stale_marks.ts";
 import { TdpProtocol } from "./protocols/tdp/mod.ts";
 import type { ReadLevel, WriteLevel } from "./levels.ts";
 
@@ -114,6 +115,9 @@ export class TestCluster {
       /** The ring this distributor follows (default: the cluster's), and how it reads it again. */
       ring?: () => Ring;
       refreshRing?: () => Promise<void>;
+      /** Durable marks (DistributorOptions.staleMarks) and the copies a change needs. */
+      staleMarks?: StaleMarkStore;
+      minCopies?: number;
     } = {},
   ): Promise<Distributor> {
     const directory = this.directory();
@@ -127,6 +131,8 @@ export class TestCluster {
       // As a node's registered peers: the ones started and not (or no longer) in the ring.
       outsideRing: () => this.uuids.filter((uuid) => !this.ring.memberUuids().includes(uuid)),
       moving: () => options.moving ?? false,
+      ...(options.staleMarks ? { staleMarks: options.staleMarks } : {}),
+      ...(options.minCopies !== undefined ? { minCopies: options.minCopies } : {}),
       readLevel: options.readLevel ?? "block",
       writeLevel: options.writeLevel ?? "all",
       readCacheBytes: options.cacheBytes ?? 0,
@@ -177,6 +183,61 @@ export class TestCluster {
     for (const server of this.servers) await server?.close();
     for (const store of this.stores) await store.close();
     for (const dir of this.dirs) await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Stale marks in memory, as the metadata service keeps them (a test double). */
+export class MemoryStaleMarks implements StaleMarkStore {
+  readonly #records = new Map<
+    string,
+    { volumeId: number; node: string; refs: Map<string, BlockRef> }
+  >();
+  /** Calls of add, to see that marks were recorded. */
+  adds = 0;
+  /** Fail every add from now on (the metadata service cannot be reached). */
+  failAdds = false;
+
+  add(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void> {
+    this.adds++;
+    if (this.failAdds) return Promise.reject(new Error("metadata unreachable"));
+    const key = `${volumeId} ${node}`;
+    const record = this.#records.get(key) ?? { volumeId, node, refs: new Map() };
+    for (const ref of refs) record.refs.set(ref.key, ref);
+    this.#records.set(key, record);
+    return Promise.resolve();
+  }
+
+  remove(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void> {
+    const key = `${volumeId} ${node}`;
+    const record = this.#records.get(key);
+    for (const ref of refs) record?.refs.delete(ref.key);
+    if (record !== undefined && record.refs.size === 0) this.#records.delete(key);
+    return Promise.resolve();
+  }
+
+  clear(volumeId: number, node: string): Promise<void> {
+    this.#records.delete(`${volumeId} ${node}`);
+    return Promise.resolve();
+  }
+
+  list(volumeId: number): Promise<StaleMarkRecord[]> {
+    return Promise.resolve(
+      [...this.#records.values()].filter((r) => r.volumeId === volumeId).map((r) => ({
+        volumeId: r.volumeId,
+        node: r.node,
+        refs: [...r.refs.values()],
+        wholeVolume: false,
+      })),
+    );
+  }
+
+  isStale(ref: BlockRef, node: string): boolean {
+    return this.#records.get(`${ref.volume} ${node}`)?.refs.has(ref.key) ?? false;
+  }
+
+  /** Marks now: `node` → ref keys. */
+  marked(): Map<string, string[]> {
+    return new Map([...this.#records.values()].map((r) => [r.node, [...r.refs.keys()]]));
   }
 }
 
