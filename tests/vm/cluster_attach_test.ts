@@ -24,7 +24,7 @@ const MiB = 1024 * 1024;
 const VOLUME_SIZE = 64 * MiB;
 /** Where the guest writes each file of its data disk on the volume (see the guest script). */
 const PATTERN_AT = 40 * MiB;
-const TAIL_AT = 57 * MiB;
+const TAIL_AT = 56 * MiB;
 
 function skipReason(): string | null {
   if (vmSkipReason !== null) return vmSkipReason;
@@ -103,8 +103,11 @@ Deno.test({
           ports.join(" "),
         { disk: { image, mountPoint: "/vmdata" }, timeoutSeconds: 1200 },
       );
+      // Tries of the attach that found etcd too slow for its 3 s (see the guest script).
+      for (const note of guest.steps.filter((line) => line.startsWith("VMTEST-NOTE"))) {
+        console.warn(note);
+      }
       assertGuestOk(guest);
-      console.log(guest.lines.filter((l) => /^(VMTEST|attach:|GUEST)/.test(l)).join("\n"));
 
       // The attach has unlocked the volume, or node A could not open it for write.
       const bytes = await readVolume(a);
