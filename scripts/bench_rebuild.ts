@@ -18,6 +18,7 @@
  * Prints Markdown tables; results in docs/benchmarks.md.
  *
  *   deno run -A scripts/bench_rebuild.ts [--volume-mib N] [--runtime S] [--quick]
+ *                                        [--only rebuild|latency]
  * @module
  */
 
@@ -33,6 +34,8 @@ const MiB = 1024 * KiB;
 const MB = 1_000_000;
 /** The default `--rebalance-rate` of `torus serve`. */
 const DEFAULT_RATE = "100MiB";
+/** How long blocks may take to move after a ring change before the bench gives up. */
+const MOVE_TIMEOUT_MS = 180_000;
 /** How often the nodes' /status is read while blocks move. */
 const POLL_MS = 100;
 
@@ -42,6 +45,14 @@ interface Config {
   readonly runtimeSeconds: number;
   /** Raw TCP runs of about a second each. */
   readonly tcpRounds: number;
+  /** Only this part after raw TCP (`rebuild` or `latency`); null for both. */
+  readonly only: "rebuild" | "latency" | null;
+}
+
+function onlyOf(text: string | undefined): Config["only"] {
+  if (text === undefined) return null;
+  if (text === "rebuild" || text === "latency") return text;
+  throw new Error("--only wants rebuild or latency");
 }
 
 function configOf(args: string[]): Config {
@@ -51,6 +62,7 @@ function configOf(args: string[]): Config {
       quick: { type: "boolean", default: false },
       "volume-mib": { type: "string" },
       runtime: { type: "string" },
+      only: { type: "string" },
     },
   });
   const positive = (text: string | undefined, fallback: number, name: string) => {
@@ -64,6 +76,7 @@ function configOf(args: string[]): Config {
     volumeBytes: positive(values["volume-mib"], quick ? 64 : 256, "volume-mib") * MiB,
     runtimeSeconds: positive(values.runtime, quick ? 3 : 10, "runtime"),
     tcpRounds: quick ? 1 : 3,
+    only: onlyOf(values.only),
   };
 }
 
@@ -73,6 +86,11 @@ function log(text: string): void {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** The last lines of a process's output. */
+function tail(text: string, lines = 25): string {
+  return text.trimEnd().split("\n").slice(-lines).join("\n");
 }
 
 function freePort(): number {
@@ -182,6 +200,9 @@ async function uuidOf(node: ServeProcess): Promise<string> {
 /** etcd, `torus ctl init`, nodes at one `--rebalance-rate`, and a volume `bench`. */
 class BenchCluster {
   readonly nodes: ServeProcess[] = [];
+  /** Nodes that exited, with their exit code; and those the bench killed on purpose. */
+  readonly #exited = new Map<ServeProcess, number>();
+  readonly #killed = new Set<ServeProcess>();
   /** The metadata flags (-C, --metadata-prefix) of commands run on this cluster. */
   readonly meta: readonly string[];
   readonly #dispose: () => Promise<void>;
@@ -257,7 +278,28 @@ class BenchCluster {
       readyTimeoutMs: 120_000,
     });
     this.nodes.push(node);
+    void node.child.status.then((status) => this.#exited.set(node, status.code));
     return node;
+  }
+
+  /** SIGKILLs `node` (its exit is then no failure). */
+  async kill(node: ServeProcess): Promise<void> {
+    this.#killed.add(node);
+    await node.kill();
+  }
+
+  /** A node that exited without being killed, with the end of its output; null while none. */
+  failure(): Error | null {
+    for (const [node, code] of this.#exited) {
+      if (this.#killed.has(node)) continue;
+      return new Error(`node ${node.dataDir} exited with ${code}:\n${tail(node.output())}`);
+    }
+    return null;
+  }
+
+  /** The end of every node's output, for an error message. */
+  tails(): string {
+    return this.nodes.map((node) => `--- ${node.dataDir}:\n${tail(node.output())}`).join("\n");
   }
 
   /** The NBD URI of the volume on node `i`. */
@@ -267,6 +309,7 @@ class BenchCluster {
   }
 
   async stop(): Promise<void> {
+    this.nodes.forEach((node) => this.#killed.add(node));
     for (const node of this.nodes) await node.stop().catch(() => {});
     await this.#dispose();
   }
@@ -353,6 +396,7 @@ async function watchMovement(
   fromVersion: number,
   timeoutMs: number,
   failed: () => Error | null,
+  describe: () => string,
 ): Promise<Movement> {
   const deadline = Date.now() + timeoutMs;
   const cpu = () => nodes.map((node) => cpuSecondsOf(node.child.pid));
@@ -393,7 +437,9 @@ async function watchMovement(
       };
     }
     if (Date.now() > deadline) {
-      throw new Error(`the nodes did not finish moving blocks: ${JSON.stringify(statuses)}`);
+      throw new Error(
+        `the nodes did not finish moving blocks: ${JSON.stringify(statuses)}\n${describe()}`,
+      );
     }
     await sleep(seen === null ? 10 : POLL_MS);
   }
@@ -450,7 +496,7 @@ async function rebuild(dir: string, config: Config): Promise<RebuildResult> {
     const before = await Promise.all(living.map(statusOf));
     const fromVersion = Math.max(...before.map((s) => s.ringVersion));
     const dead = await uuidOf(c);
-    await c.kill();
+    await cluster.kill(c);
     log(`SIGKILLed node ${dead}, forcing it out`);
     const commandMs = Date.now();
     let removeError: Error | null = null;
@@ -462,8 +508,9 @@ async function rebuild(dir: string, config: Config): Promise<RebuildResult> {
       living,
       before,
       fromVersion,
-      600_000,
-      () => removeError,
+      MOVE_TIMEOUT_MS,
+      () => cluster.failure() ?? removeError,
+      () => cluster.tails(),
     );
     await removing;
     if (removeError !== null) throw removeError;
@@ -683,7 +730,14 @@ async function latencyUnderRebalance(
       const adding = cluster.addNode().catch((error) => {
         addError = error instanceof Error ? error : new Error(String(error));
       });
-      movement = await watchMovement(old, before, fromVersion, 600_000, () => addError);
+      movement = await watchMovement(
+        old,
+        before,
+        fromVersion,
+        MOVE_TIMEOUT_MS,
+        () => cluster.failure() ?? addError,
+        () => cluster.tails(),
+      );
       await adding;
       if (addError !== null) throw addError;
       await sleep(1_000);
@@ -747,7 +801,7 @@ function formatRatio(value: number, reference: number): string {
 function printReport(
   config: Config,
   tcp: readonly number[],
-  rebuilt: RebuildResult,
+  rebuilt: RebuildResult | null,
   latency: readonly LatencyCase[],
   load: { before: string; after: string },
 ): void {
@@ -764,6 +818,11 @@ function printReport(
   console.log("");
   const tcpRow = ["raw TCP, loopback", formatSpread(tcp.map((t) => t / MB), 0)];
   for (const line of labelledTable(["reference", "MB/s"], [tcpRow])) console.log(line);
+  if (rebuilt !== null) printRebuild(config, tcpMB, rebuilt);
+  if (latency.length > 0) printLatency(config, latency);
+}
+
+function printRebuild(config: Config, tcpMB: number, rebuilt: RebuildResult): void {
   console.log("");
   console.log(
     "Rebuild: 3 nodes, --rebalance-rate 0, one SIGKILLed and `torus ctl peer remove --force`d; " +
@@ -796,6 +855,10 @@ function printReport(
     "node CPU",
   ];
   for (const line of labelledTable(rebuildHeader, [rebuildRow])) console.log(line);
+  if (!rebuilt.usageOk) console.log(`\nNote (rebuild): usage ${rebuilt.usage}`);
+}
+
+function printLatency(config: Config, latency: readonly LatencyCase[]): void {
   console.log("");
   console.log(
     `Client latency: fio 4k randread QD1 through node 1's NBD server; quiet for ` +
@@ -837,7 +900,6 @@ function printReport(
   ];
   for (const line of labelledTable(latencyHeader, latencyRows)) console.log(line);
   for (const c of latency) if (c.note !== "") console.log(`\nNote (${c.label}): ${c.note}`);
-  if (!rebuilt.usageOk) console.log(`\nNote (rebuild): usage ${rebuilt.usage}`);
 }
 
 async function main(): Promise<number> {
@@ -855,8 +917,8 @@ async function main(): Promise<number> {
     const tcp: number[] = [];
     for (let i = 0; i < config.tcpRounds; i++) tcp.push(await tcpThroughput(1_000));
     log(`raw TCP: ${tcp.map((t) => (t / MB).toFixed(0)).join(", ")} MB/s`);
-    const rebuilt = await rebuild(`${dir}/rebuild`, config);
-    const latency = [
+    const rebuilt = config.only === "latency" ? null : await rebuild(`${dir}/rebuild`, config);
+    const latency = config.only === "rebuild" ? [] : [
       ...await latencyUnderRebalance(`${dir}/default`, config, DEFAULT_RATE, "default rate"),
       ...await latencyUnderRebalance(`${dir}/unbounded`, config, "0", "unbounded"),
     ];

@@ -93,6 +93,11 @@ export interface VolumeServiceOptions {
    * of waiting up to a lease TTL for it to expire. Fencing keeps the dead run from publishing.
    */
   readonly exclusiveHolder?: boolean;
+  /**
+   * Called once this process holds a volume's lock, before it reads or writes the volume: a
+   * cluster's distributor takes over what an earlier writer left to finish (its stale marks).
+   */
+  readonly onLocked?: (volumeId: number) => Promise<void>;
 }
 
 /** A volume open for write here, shared by its handles. */
@@ -207,6 +212,7 @@ export class VolumeService {
   readonly #store: BlockStore;
   readonly #leases: LeaseKeeper;
   readonly #holder: string;
+  readonly #onLocked: ((volumeId: number) => Promise<void>) | undefined;
   readonly #clock: Clock;
   readonly #random: Random;
   readonly #geometry: MapGeometry;
@@ -224,6 +230,7 @@ export class VolumeService {
     this.#store = options.store;
     this.#leases = options.leases;
     this.#holder = options.holder;
+    this.#onLocked = options.onLocked;
     this.#clock = options.clock;
     this.#random = options.random ?? new CryptoRandom();
     this.#geometry = mapGeometry(options.store.blockSizeBytes);
@@ -279,6 +286,7 @@ export class VolumeService {
     checkMappableSize(info.sizeBytes, this.#geometry);
     const lock = await this.#lock(info.id);
     try {
+      await this.#onLocked?.(info.id);
       const state = await this.#metadata.blockVolumes.headState(info.id);
       const generation = Number(state.head.inode);
       // Every change of this writer carries its lock's fencing token (ADR 0005, section 7).

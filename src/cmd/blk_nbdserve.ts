@@ -21,6 +21,7 @@ import {
 } from "../cli/mod.ts";
 import { CryptoRandom, parseSize, randomUuid, systemClock } from "../core/mod.ts";
 import {
+  parseMinCopies,
   parseReadLevel,
   parseWriteLevel,
   type ReadLevel,
@@ -36,6 +37,7 @@ const flags = {
   "read-level": { type: "string", default: "block" },
   "write-level": { type: "string", default: "all" },
   "read-cache-size": { type: "string", default: "50MiB" },
+  "min-copies": { type: "string" },
 } as const;
 
 const help = `Usage: torus blk nbdserve -C ENDPOINTS [-l ADDR] [--read-level L] [--write-level L]
@@ -54,6 +56,7 @@ are flushed and unlocked.
   --read-level L   block (default), seq or spread (see torus serve --help)
   --write-level L  all (default), one or local (see torus serve --help)
   --read-cache-size SIZE  blocks read from the nodes kept in memory (default 50MiB)
+  --min-copies N   holders a write needs when others do not answer (see torus serve --help)
 
 ${metadataFlagsHelp}
 `;
@@ -63,6 +66,8 @@ export interface ClusterNbdSettings {
   readonly readLevel: ReadLevel;
   readonly writeLevel: WriteLevel;
   readonly readCacheBytes: number;
+  /** ClusterMemberOptions.minCopies. */
+  readonly minCopies: number;
 }
 
 /** `--read-level`, `--write-level` and `--read-cache-size`; UsageError when wrong. */
@@ -84,6 +89,7 @@ export function clusterNbdSettingsOf(values: Record<string, unknown>): ClusterNb
       "--read-cache-size",
       () => parseSize(String(values["read-cache-size"] ?? "50MiB")),
     ),
+    minCopies: usage("--min-copies", () => parseMinCopies(values["min-copies"])),
   };
 }
 
@@ -136,6 +142,8 @@ export async function startClusterNbd(
       holder: uuid,
       exclusiveHolder: false,
       clock: systemClock,
+      // A volume's new writer finishes what an earlier one left (holders marked stale).
+      onLocked: (id) => member.distributor.adoptStaleMarks(id),
     });
     closers.push(() => volumes.close());
     const nbd = new NbdServer({

@@ -77,6 +77,7 @@ export type ClusterSettings =
     | "readCacheBytes"
     | "rebalanceRateBytesPerSecond"
     | "scrub"
+    | "minCopies"
   >
   & { readonly peerAddress: string };
 
@@ -124,6 +125,8 @@ export async function startNode(options: NodeOptions): Promise<Node> {
     // The caller holds the data-dir lock: locks of this node's UUID under another lease are
     // left by an earlier run that died, and are released rather than waited for.
     exclusiveHolder: true,
+    // A volume's new writer finishes what an earlier one left (holders marked stale).
+    ...(member ? { onLocked: (id: number) => member!.distributor.adoptStaleMarks(id) } : {}),
     clock: options.clock,
     ...(options.random ? { random: options.random } : {}),
   });

@@ -76,6 +76,8 @@ export function clusterReport(member: ClusterMember): ClusterReport {
       resyncedBlocks: stats.resyncedBlocks,
       staleBlocks: member.distributor.staleBlocks(),
       pulledBlocks: stats.pulledBlocks,
+      degradedWrites: stats.degradedWrites,
+      markedBlocks: member.staleMarks.markedBlocks(),
     },
   };
 }

@@ -55,6 +55,7 @@ import { makeDirectoryDurable, readFileBounded, writeFileAtomic } from "../sys/m
 import { type ClusterSettings, startNode } from "./node.ts";
 import {
   GrpcProtocol,
+  parseMinCopies,
   parsePeerUrl,
   parseReadLevel,
   parseWriteLevel,
@@ -85,6 +86,7 @@ export const serveFlags = {
   "rebalance-rate": { type: "string", default: "100MiB" },
   "scrub-interval": { type: "string", default: "24h" },
   "scrub-rate": { type: "string", default: "16MiB" },
+  "min-copies": { type: "string" },
   "debug-init": { type: "boolean", default: false },
 } as const;
 
@@ -110,7 +112,8 @@ const help =
   `Usage: torus serve [--data-dir DIR] [--size SIZE|N%] [--nbd [ADDR]] [--host H [--port P]]
                    [-C ENDPOINTS --peer-address URL [--auto-join] [--read-level L]
                    [--write-level L] [--read-cache-size SIZE] [--rebalance-rate SIZE]
-                   [--scrub-interval D] [--scrub-rate SIZE]] [metadata flags]
+                   [--scrub-interval D] [--scrub-rate SIZE] [--min-copies N]]
+                   [metadata flags]
 
 Runs a storage node on DIR (default $TORUS_DATA_DIR or ./torus-data). Without -C it is a
 single-node cluster on the embedded metadata store in DIR, initialised on first start
@@ -160,6 +163,11 @@ and writes its volumes' blocks to the ring's holders of each block (replication 
   --scrub-interval D  how often this node re-reads all its blocks to find copies damaged
                    on disk and replace them from another holder (default 24h; 0: never)
   --scrub-rate SIZE  bytes per second the scrubber reads (default 16MiB; 0 for no bound)
+  --min-copies N   at write level all, how many holders a write needs when others do not
+                   answer (down, stopped, cut off): those are recorded in etcd as lacking
+                   the block and caught up when back, and nothing reads their copy meanwhile.
+                   majority (default: 1 of 2, 2 of 3) or a number; the replication to make
+                   writes fail while any holder is down
   --debug-init     initialise the cluster on etcd when it is not (block size 512 KiB, block
                    spec crc,base, a ketama ring of replication 2), as torus ctl init would
 
@@ -309,6 +317,7 @@ function clusterSettingsOf(values: Record<string, unknown>): ClusterSettings | n
     "--rebalance-rate",
     () => parseSize(String(values["rebalance-rate"])),
   );
+  const minCopies = flagValue("--min-copies", () => parseMinCopies(values["min-copies"]));
   const scrub = {
     intervalMs: flagValue(
       "--scrub-interval",
@@ -335,6 +344,7 @@ function clusterSettingsOf(values: Record<string, unknown>): ClusterSettings | n
       readCacheBytes,
       rebalanceRateBytesPerSecond,
       scrub,
+      minCopies,
     };
   } catch (error) {
     throw new UsageError(`--peer-address ${address}: ${(error as Error).message}`);

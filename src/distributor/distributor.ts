@@ -799,9 +799,9 @@ export class Distributor implements BlockStore {
   /** How many holders must have a change for it to count (`minCopies`, else all of them). */
   #minCopies(holders: readonly string[]): number {
     const min = this.#options.minCopies;
-    return this.#marks === null || min === undefined
-      ? holders.length
-      : Math.min(min, holders.length);
+    if (this.#marks === null || min === undefined) return holders.length;
+    if (min === 0) return holders.length - Math.floor(holders.length / 2);
+    return Math.min(min, holders.length);
   }
 
   /**

@@ -43,3 +43,13 @@ export function parseWriteLevel(text: string): WriteLevel {
   }
   return level;
 }
+
+/** `--min-copies N|majority` (default majority, which is 0 for the distributor). */
+export function parseMinCopies(value: unknown): number {
+  if (value === undefined || value === "majority") return 0;
+  const text = String(value);
+  if (!/^[1-9][0-9]?$/.test(text)) {
+    throw invalid(`"${text}" is not a whole number 1..99 or majority`);
+  }
+  return Number(text);
+}

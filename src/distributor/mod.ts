@@ -10,6 +10,7 @@ export * from "./peer_directory.ts";
 export * from "./read_cache.ts";
 export * from "./rebalancer.ts";
 export * from "./scrubber.ts";
+export * from "./stale_marks.ts";
 export * from "./stats.ts";
 export * from "./protocols/network.ts";
 export * from "./protocols/protocol.ts";

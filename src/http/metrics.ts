@@ -188,6 +188,16 @@ export class NodeMetrics {
       "Blocks copied to new holders from where an earlier ring placed them, on a write",
       [],
     ),
+    degradedWrites: this.#clusterCounter(
+      "torus_distributor_degraded_writes",
+      "Changes that counted with fewer holders than the replication, the others marked stale",
+      [],
+    ),
+    markedBlocks: this.#clusterGauge(
+      "torus_distributor_marked_blocks",
+      "Blocks some node is durably marked as lacking changes of (cluster-wide)",
+      [],
+    ),
     rebalancing: this.#clusterGauge(
       "torus_rebalance_rebalancing",
       "1 while this node has not applied the last ring change it saw",
@@ -352,6 +362,8 @@ export class NodeMetrics {
     m.resyncedBlocks.inc(d.resyncedBlocks);
     m.staleBlocks.set(d.staleBlocks);
     m.pulledBlocks.inc(d.pulledBlocks);
+    m.degradedWrites.inc(d.degradedWrites);
+    m.markedBlocks.set(d.markedBlocks);
     if (cluster.fence !== null) {
       m.refusedStaleWriters.inc(cluster.fence.refusedStaleWriters);
       m.refusedStaleRing.inc(cluster.fence.refusedStaleRing);

@@ -118,6 +118,8 @@ Deno.test("metrics: a cluster node shows the original's distributor and server n
       "torus_distributor_resynced_blocks 4",
       "torus_distributor_stale_blocks 2",
       "torus_distributor_pulled_blocks 3",
+      "torus_distributor_degraded_writes 6",
+      "torus_distributor_marked_blocks 7",
       "torus_rebalance_rebalancing 1",
       "torus_rebalance_ring_version 4",
       "torus_rebalance_pass_scanned_blocks 5",

@@ -156,6 +156,10 @@ export interface ClusterReport {
     readonly staleBlocks: number;
     /** Blocks copied to new holders from where an earlier ring placed them, on a write. */
     readonly pulledBlocks: number;
+    /** Changes that counted with fewer holders than R (the others durably marked stale). */
+    readonly degradedWrites: number;
+    /** Blocks some node is durably marked as lacking changes of, cluster-wide (etcd). */
+    readonly markedBlocks: number;
   };
 }
 

@@ -42,6 +42,8 @@ export function clusterSection(): ClusterReport {
       resyncedBlocks: 4,
       staleBlocks: 2,
       pulledBlocks: 3,
+      degradedWrites: 6,
+      markedBlocks: 7,
     },
     rebalance: {
       rebalancing: true,

@@ -17,6 +17,7 @@
 
 import {
   checkNameLookup,
+  checkVolumeId,
   hasInvisibleOrControl,
   INodeRef,
   invalid,
@@ -169,6 +170,46 @@ export class MetadataKeys {
   snapshot(volumeId: number, name: string): string {
     return `${this.snapshotsDir(volumeId)}${checkNameLookup(name, "snapshot")}`;
   }
+  /** Directory of the stale marks of every volume (stale_marks.ts). */
+  staleDir(): string {
+    return `${this.prefix}stale/`;
+  }
+  /** Directory of the stale marks of volume `id`: one record per node that lacks changes. */
+  staleVolumeDir(volumeId: number): string {
+    return `${this.staleDir()}${volumeHex(checkStaleVolumeId(volumeId))}/`;
+  }
+  /** Binary stale record (stale_marks.ts) of `node` for volume `id`; the UUID canonical. */
+  staleRecord(volumeId: number, node: string): string {
+    return `${this.staleVolumeDir(volumeId)}${parseUuid(node, "node UUID")}`;
+  }
+  /**
+   * The volume and node a stale record's key names: `stale/<hex id>/<canonical UUID>`, exactly
+   * as {@link staleRecord} builds it. Any other key throws `invalid` naming it.
+   */
+  parseStaleRecord(key: string): { volumeId: number; node: string } {
+    const bad = (why: string) => invalid(`stale record key ${quoteForMessage(key, 200)}: ${why}`);
+    if (!key.startsWith(this.staleDir())) throw bad(`not under ${this.staleDir()}`);
+    const segments = key.slice(this.staleDir().length).split("/");
+    if (segments.length !== 2) throw bad("expected <volume id>/<node UUID>");
+    const [hex, node] = segments as [string, string];
+    if (!/^[1-9a-f][0-9a-f]{0,9}$/.test(hex) || parseInt(hex, 16) > VOLUME_ID_MAX) {
+      throw bad("the volume id is not a canonical hex id in range");
+    }
+    let canonical: string;
+    try {
+      canonical = parseUuid(node, "node UUID");
+    } catch {
+      throw bad("the node is not a UUID");
+    }
+    if (canonical !== node) throw bad("the node UUID is not in its canonical (lowercase) form");
+    return { volumeId: parseInt(hex, 16), node };
+  }
+}
+
+/** Checks the volume id of a stale mark: a volume id in range, and not 0 (which names none). */
+function checkStaleVolumeId(volumeId: number): number {
+  if (checkVolumeId(volumeId) === 0) throw invalid("volume id 0 names no volume");
+  return volumeId;
 }
 
 /** Encodes an unsigned counter as 8 bytes little-endian (volume minter, INode counter, ids). */

@@ -159,3 +159,37 @@ Deno.test("snapshots round-trip as the original's JSON; garbage is invalid", () 
     )
   );
 });
+
+Deno.test("stale record keys: built and parsed alike, anything else refused", () => {
+  const keys = new MetadataKeys("/p/");
+  const node = "6f1a52b4-3c1e-4d5f-9a1b-0c2d3e4f5a6b";
+  assert.equal(keys.staleDir(), "/p/stale/");
+  assert.equal(keys.staleVolumeDir(0x2a), "/p/stale/2a/");
+  assert.equal(keys.staleRecord(0x2a, node.toUpperCase()), `/p/stale/2a/${node}`);
+  assert.ok(!keys.staleRecord(0x20, node).startsWith(keys.staleVolumeDir(2)));
+  assert.deepEqual(keys.parseStaleRecord(`/p/stale/2a/${node}`), { volumeId: 0x2a, node });
+  const top = 2 ** 40 - 1;
+  assert.deepEqual(keys.parseStaleRecord(keys.staleRecord(top, node)), { volumeId: top, node });
+  for (const volumeId of [0, -1, 1.5, 2 ** 40, Number.NaN]) {
+    throwsInvalid(() => keys.staleVolumeDir(volumeId));
+  }
+  for (const bad of ["u-1", "a/b", "", "00000000-0000-0000-0000-000000000000"]) {
+    throwsInvalid(() => keys.staleRecord(2, bad));
+  }
+  for (
+    const bad of [
+      `/q/stale/2/${node}`,
+      `/p/stale/2/`,
+      `/p/stale/2/${node}/x`,
+      `/p/stale/02/${node}`,
+      `/p/stale/0/${node}`,
+      `/p/stale/2A/${node}`,
+      `/p/stale/10000000000/${node}`,
+      `/p/stale/2/${node.toUpperCase()}`,
+      `/p/stale/2/{${node}}`,
+      `/p/stale/${node}`,
+    ]
+  ) {
+    throwsInvalid(() => keys.parseStaleRecord(bad));
+  }
+});

@@ -12,6 +12,8 @@
  *   the writer lock (a {@link VolumeLock} handle with a fencing token) and publication of a new
  *   head fenced to one acquisition of the lock.
  * - {@link SnapshotMetadata}: named pointers to past heads: save, list, delete, restore.
+ * - {@link StaleMarkMetadata}: durable stale marks: the blocks a holder lacks changes of, recorded
+ *   by the writer before it acknowledges a write, followed by every node, removed after a resync.
  *
  * {@link MetadataService} bundles the roles over one KvStore (service.ts builds it); the same code
  * runs on etcd, the embedded store and the in-memory store, so they cannot drift apart.
@@ -26,7 +28,7 @@
  * @module
  */
 
-import type { ErrorCode, INodeRef } from "../core/mod.ts";
+import type { BlockRef, ErrorCode, INodeRef } from "../core/mod.ts";
 import type { PeerInfo, Ring as RingMessage } from "../models/mod.ts";
 import type { KvStore, LeaseId } from "./kv.ts";
 import type { BlockSpecLayer, GlobalMetadata, MetadataKeys, Snapshot } from "./keys.ts";
@@ -336,6 +338,85 @@ export interface VolumeRequestMetadata {
   >;
 }
 
+/** One node's stale marks for one volume (`stale/<volume hex>/<node UUID>`). */
+export interface StaleRecord {
+  readonly volumeId: number;
+  /** The node (its UUID, canonical lowercase) that lacks changes. */
+  readonly node: string;
+  /**
+   * The blocks it lacks changes of (sorted by type, volume, INode, index; distinct), empty when
+   * `wholeVolume`.
+   */
+  readonly refs: readonly BlockRef[];
+  /** More than STALE_REFS_MAX refs were marked: every block of the volume at that node is suspect. */
+  readonly wholeVolume: boolean;
+}
+
+/**
+ * A change seen by {@link StaleMarkMetadata.watch}: a record as written (`removed` false), or the
+ * removal of the node's record for the volume (`removed` true, `refs` empty, `wholeVolume` false):
+ * the node has no marks left for it. A removal may come for a record that was never delivered
+ * (its value was undecodable and skipped).
+ */
+export interface StaleRecordChange extends StaleRecord {
+  readonly removed: boolean;
+}
+
+/** Options of {@link StaleMarkMetadata.watch}. */
+export interface StaleWatchOptions {
+  /** Called once if the watch breaks for good (store closed or unreachable, history compacted). */
+  readonly onError?: (error: Error) => void;
+  /** Called when the watch has delivered every change up to store `revision` (WatchOptions). */
+  readonly onProgress?: (revision: number) => void;
+}
+
+/**
+ * Durable stale marks. When a write reaches some holders of a block and not others, the others
+ * lack changes: they are marked stale for the block here before the write is acknowledged, so the
+ * mark outlives the writer; every node follows the marks (`watch`) and passes marked holders over
+ * when it reads; a resync that gave the node a whole copy removes them.
+ *
+ * Marks of one volume and node are one record, changed by compare-and-swap, so concurrent changes
+ * merge; a record keeps at most STALE_REFS_MAX refs (about 768 KiB), past that it becomes
+ * `wholeVolume`. Deleting a volume deletes its marks in the same transaction; marks cannot be
+ * added to a volume that does not exist (`not_exist`), so none outlive it. Checks: the volume id
+ * (not 0), the node UUID and that every ref is of the volume (`invalid` otherwise).
+ */
+export interface StaleMarkMetadata {
+  /**
+   * Adds marks (all refs of `volumeId`; `invalid` otherwise). Merged by compare-and-swap; past
+   * STALE_REFS_MAX refs the record becomes wholeVolume. Idempotent: marks already recorded (or a
+   * wholeVolume record) write nothing. `not_exist` when the volume does not exist. An undecodable
+   * record is replaced by a wholeVolume one (logged): what it meant cannot be known, so every
+   * block is suspect.
+   */
+  add(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void>;
+  /**
+   * Removes marks of refs (a no-op for refs not marked, and for a wholeVolume record). Deletes
+   * the key when no ref is left. `invalid` when the record is undecodable (a whole-volume resync
+   * and `clear` are then needed).
+   */
+  remove(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void>;
+  /** Removes the node's whole record for the volume (after a whole-volume resync). */
+  clear(volumeId: number, node: string): Promise<void>;
+  /**
+   * The records of one volume, sorted by node ([] for a volume without marks, or unknown). One
+   * undecodable record fails the whole call with `invalid` naming its key: with it, nobody can
+   * tell which blocks are current.
+   */
+  list(volumeId: number): Promise<StaleRecord[]>;
+  /**
+   * Every record now (read in one transaction), then every change from that revision on, in
+   * revision order (as watchRing): `onRecord` gets a record when it is written and a removal when
+   * its key goes. Undecodable values and malformed keys are logged and skipped; a subscriber that
+   * throws is logged, the watch goes on.
+   */
+  watch(
+    onRecord: (change: StaleRecordChange) => void,
+    options?: StaleWatchOptions,
+  ): Promise<Subscription>;
+}
+
 /** Every role over one KvStore. */
 export interface MetadataService extends AsyncDisposable {
   readonly cluster: ClusterMetadata;
@@ -345,6 +426,7 @@ export interface MetadataService extends AsyncDisposable {
   readonly blockVolumes: BlockVolumeMetadata;
   readonly snapshots: SnapshotMetadata;
   readonly requests: VolumeRequestMetadata;
+  readonly staleMarks: StaleMarkMetadata;
   /** The key layout in use (prefix included). */
   readonly keys: MetadataKeys;
   /** The store underneath (for tests and the debug dump). */

@@ -10,10 +10,12 @@
 
 import assert from "node:assert/strict";
 import {
+  BlockRef,
   type Clock,
   ErrorCode,
   INodeRef,
   isTorusError,
+  logger,
   SeededRandom,
   systemClock,
   testSeed,
@@ -28,8 +30,9 @@ import {
 } from "../models/mod.ts";
 import type { KvStore } from "./kv.ts";
 import { decodeU64, encodeU64 } from "./keys.ts";
-import type { MetadataService } from "./metadata.ts";
+import type { MetadataService, StaleRecord, StaleRecordChange } from "./metadata.ts";
 import { createMetadataService } from "./service.ts";
+import { encodeStaleMarks, STALE_REFS_MAX, StaleMarkMetadataImpl } from "./stale_marks.ts";
 
 /** Connections to one backing store, created per test. */
 export interface ContractBackend {
@@ -148,6 +151,7 @@ export function metadataServiceContract(
   registerVolumeTests(test);
   registerLockTests(test, options);
   registerSnapshotTests(test);
+  registerStaleMarkTests(test);
 }
 
 type TestFn = (title: string, body: (f: Fixture) => Promise<void>) => void;
@@ -840,5 +844,278 @@ function registerSnapshotTests(test: TestFn): void {
     await assertCode(mds.snapshots.saveSnapshot(id, "a@b"), ErrorCode.Invalid);
     await mds.volumes.deleteVolume("v");
     await assertCode(mds.snapshots.listSnapshots(id), ErrorCode.NotExist);
+  });
+}
+
+const NODE_A = "6f1a52b4-3c1e-4d5f-9a1b-0c2d3e4f5a6b";
+const NODE_B = "0b8e2c1d-4a5f-4e6b-8c7d-9e0f1a2b3c4d";
+const NODE_C = "c0ffee00-1111-4222-8333-444455556666";
+const NODE_NAMES: Record<string, string> = { [NODE_A]: "A", [NODE_B]: "B", [NODE_C]: "C" };
+
+/** Data refs of `volume`, INode 7, at `indexes`. */
+function refsOf(volume: number, ...indexes: number[]): BlockRef[] {
+  return indexes.map((index) => new BlockRef({ volume, inode: 7n, index }));
+}
+
+/** `v<id> <node letter> <indexes>|whole|removed`, to compare records and changes at a glance. */
+function describeStale(record: StaleRecord | StaleRecordChange): string {
+  const node = NODE_NAMES[record.node] ?? record.node;
+  const what = "removed" in record && record.removed
+    ? "removed"
+    : record.wholeVolume
+    ? "whole"
+    : record.refs.map((ref) => String(ref.index)).join(",");
+  return `v${record.volumeId.toString(16)} ${node} ${what}`;
+}
+
+async function staleOf(mds: MetadataService, volumeId: number): Promise<string[]> {
+  return (await mds.staleMarks.list(volumeId)).map(describeStale);
+}
+
+function literally(text: string): RegExp {
+  return new RegExp(text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&"));
+}
+
+/** A stale record value built by hand: version, flags, count, then the refs' bytes. */
+function staleValue(version: number, flags: number, count: number, refs: BlockRef[]): Uint8Array {
+  const bytes = new Uint8Array(6 + refs.length * 24);
+  bytes[0] = version;
+  bytes[1] = flags;
+  new DataView(bytes.buffer).setUint32(2, count, true);
+  refs.forEach((ref, i) => ref.writeTo(bytes, 6 + i * 24));
+  return bytes;
+}
+
+function registerStaleMarkTests(test: TestFn): void {
+  test("stale marks: add, list, remove and clear, in the documented layout", async (f) => {
+    const { mds, prefix } = f;
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    assert.deepEqual(await mds.staleMarks.list(id), []);
+    await mds.staleMarks.add(id, NODE_A.toUpperCase(), refsOf(id, 3, 1, 3));
+    const key = `${prefix}stale/${id.toString(16)}/${NODE_A}`;
+    assert.equal(mds.keys.staleRecord(id, NODE_A), key);
+    const stored = await mds.kv.get(key);
+    assert.ok(stored);
+    assert.deepEqual([...stored.value.subarray(0, 6)], [1, 0, 2, 0, 0, 0]);
+    assert.equal(stored.value.length, 6 + 2 * 24);
+    assert.deepEqual(stored.value.subarray(6, 30), refsOf(id, 1)[0]!.toBytes());
+    const [record] = await mds.staleMarks.list(id);
+    assert.deepEqual(
+      [record!.volumeId, record!.node, record!.wholeVolume, record!.refs.map((r) => r.key)],
+      [id, NODE_A, false, refsOf(id, 1, 3).map((r) => r.key)],
+    );
+    // Idempotent: marks already recorded write nothing.
+    await mds.staleMarks.add(id, NODE_A, refsOf(id, 1));
+    await mds.staleMarks.add(id, NODE_A, []);
+    assert.equal((await mds.kv.get(key))!.modRevision, stored.modRevision);
+    await mds.staleMarks.add(id, NODE_B, refsOf(id, 2));
+    await mds.staleMarks.add(id, NODE_A, refsOf(id, 2));
+    assert.deepEqual(await staleOf(mds, id), ["v2 B 2", "v2 A 1,2,3"], "sorted by node");
+    // Removing refs not marked is a no-op; removing the last ref deletes the key.
+    await mds.staleMarks.remove(id, NODE_A, refsOf(id, 1, 9));
+    assert.deepEqual(await staleOf(mds, id), ["v2 B 2", "v2 A 2,3"]);
+    await mds.staleMarks.remove(id, NODE_A, refsOf(id, 3, 2));
+    assert.equal(await mds.kv.get(key), null);
+    await mds.staleMarks.remove(id, NODE_A, refsOf(id, 2));
+    assert.deepEqual(await staleOf(mds, id), ["v2 B 2"]);
+    await mds.staleMarks.clear(id, NODE_B);
+    await mds.staleMarks.clear(id, NODE_B);
+    assert.deepEqual(await mds.staleMarks.list(id), []);
+    assert.deepEqual(await mds.kv.range(mds.keys.staleDir()), []);
+  });
+
+  test("stale marks: ids, UUIDs and refs of another volume are refused", async ({ mds }) => {
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    const marks = mds.staleMarks;
+    await assertCode(marks.add(id, NODE_A, refsOf(id + 1, 1)), ErrorCode.Invalid, /another volume/);
+    await assertCode(
+      marks.add(id, NODE_A, [...refsOf(id, 1), ...refsOf(99, 1)]),
+      ErrorCode.Invalid,
+      /another volume/,
+    );
+    await assertCode(marks.remove(id, NODE_A, refsOf(id + 1, 1)), ErrorCode.Invalid);
+    for (const node of ["", "a/b", "not-a-uuid", "00000000-0000-0000-0000-000000000000"]) {
+      await assertCode(marks.add(id, node, refsOf(id, 1)), ErrorCode.Invalid, /UUID/);
+      await assertCode(marks.clear(id, node), ErrorCode.Invalid, /UUID/);
+    }
+    for (const volumeId of [0, -1, 1.5, 2 ** 40]) {
+      await assertCode(marks.add(volumeId, NODE_A, []), ErrorCode.Invalid, /volume id/);
+      await assertCode(marks.list(volumeId), ErrorCode.Invalid, /volume id/);
+    }
+    // A volume that does not exist gets no marks.
+    await assertCode(marks.add(99, NODE_A, refsOf(99, 1)), ErrorCode.NotExist, /volume id 99/);
+    assert.deepEqual(await marks.list(99), []);
+    assert.deepEqual(await mds.kv.range(mds.keys.staleDir()), []);
+  });
+
+  test("stale marks: concurrent adds and removes merge, every one lands", async (f) => {
+    const { mds } = f;
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    const services = [mds, await f.other(), await f.other()];
+    await Promise.all(
+      Array.from(
+        { length: 9 },
+        (_, i) => services[i % 3]!.staleMarks.add(id, NODE_A, refsOf(id, 2 * i, 2 * i + 1)),
+      ),
+    );
+    const all = Array.from({ length: 18 }, (_, i) => i);
+    assert.deepEqual(await staleOf(mds, id), [`v2 A ${all.join(",")}`]);
+    await Promise.all(
+      all.filter((i) => i % 2 === 0).map((i, n) =>
+        services[n % 3]!.staleMarks.remove(id, NODE_A, refsOf(id, i))
+      ),
+    );
+    assert.deepEqual(await staleOf(mds, id), [
+      `v2 A ${all.filter((i) => i % 2 === 1).join(",")}`,
+    ]);
+  });
+
+  test("stale marks: past the most refs a record turns whole-volume", async ({ mds }) => {
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    const context = {
+      kv: mds.kv,
+      keys: mds.keys,
+      clock: systemClock,
+      random: new SeededRandom(1),
+      log: logger("metadata"),
+    };
+    assert.throws(() => new StaleMarkMetadataImpl(context, { refsMax: 0 }), /1\.\.32768/);
+    const small = new StaleMarkMetadataImpl(context, { refsMax: 4 });
+    await small.add(id, NODE_A, refsOf(id, 1, 2, 3));
+    await small.add(id, NODE_A, refsOf(id, 3, 4));
+    assert.deepEqual(await staleOf(mds, id), ["v2 A 1,2,3,4"]);
+    await small.add(id, NODE_A, refsOf(id, 5));
+    assert.deepEqual(await staleOf(mds, id), ["v2 A whole"]);
+    const key = mds.keys.staleRecord(id, NODE_A);
+    const whole = (await mds.kv.get(key))!;
+    assert.deepEqual([...whole.value], [1, 1, 0, 0, 0, 0]);
+    // A whole-volume record covers every add and only `clear` ends it.
+    await small.add(id, NODE_A, refsOf(id, 6));
+    await small.remove(id, NODE_A, refsOf(id, 1, 5, 6));
+    assert.equal((await mds.kv.get(key))!.modRevision, whole.modRevision);
+    await small.clear(id, NODE_A);
+    assert.deepEqual(await staleOf(mds, id), []);
+    // The built-in maximum: a full record (about 768 KiB) is stored and read back whole.
+    const many = Array.from(
+      { length: STALE_REFS_MAX },
+      (_, index) => new BlockRef({ volume: id, inode: 2n, index }),
+    );
+    await mds.staleMarks.add(id, NODE_B, many);
+    const [full] = await mds.staleMarks.list(id);
+    assert.equal(full!.refs.length, STALE_REFS_MAX);
+    assert.equal(full!.wholeVolume, false);
+    assert.equal(full!.refs[STALE_REFS_MAX - 1]!.index, BigInt(STALE_REFS_MAX - 1));
+    await mds.staleMarks.add(id, NODE_B, refsOf(id, 1));
+    assert.deepEqual(await staleOf(mds, id), ["v2 B whole"]);
+  });
+
+  test("stale marks: deleteVolume deletes the volume's marks and no other's", async (f) => {
+    const { mds, prefix } = f;
+    await mds.cluster.init(initOptions);
+    const two = await mds.volumes.createBlockVolume("two", 4096);
+    await mds.kv.put(`${prefix}meta/volumeminter`, encodeU64(0x1fn));
+    const twenty = await mds.volumes.createBlockVolume("thirty-two", 4096);
+    assert.deepEqual([two.id, twenty.id], [2, 0x20]);
+    await mds.staleMarks.add(2, NODE_A, refsOf(2, 1));
+    await mds.staleMarks.add(2, NODE_B, refsOf(2, 1));
+    await mds.staleMarks.add(0x20, NODE_A, refsOf(0x20, 1));
+    await mds.volumes.deleteVolume("two");
+    assert.deepEqual(await mds.kv.range(`${prefix}stale/2/`), []);
+    assert.deepEqual(await staleOf(mds, 0x20), ["v20 A 1"]);
+    await assertCode(mds.staleMarks.add(2, NODE_A, refsOf(2, 1)), ErrorCode.NotExist);
+    assert.deepEqual(await mds.kv.range(`${prefix}stale/2/`), []);
+    await mds.cluster.wipe();
+    assert.deepEqual(await mds.kv.range(mds.keys.staleDir()), []);
+  });
+
+  test("stale marks: a watch delivers the records, then every change in order", async (f) => {
+    const { mds, prefix } = f;
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    const directory = `${prefix}stale/${id.toString(16)}/`;
+    await mds.staleMarks.add(id, NODE_A, refsOf(id, 1));
+    await mds.kv.put(`${directory}${NODE_C}`, encoder.encode("garbage"));
+    const seen: string[] = [];
+    const sub = await mds.staleMarks.watch((change) => seen.push(describeStale(change)));
+    assert.deepEqual(seen, ["v2 A 1"], "the undecodable record of C is skipped");
+    const writer = await f.other();
+    await writer.staleMarks.add(id, NODE_B, refsOf(id, 2));
+    await writer.staleMarks.add(id, NODE_A, refsOf(id, 3));
+    await writer.kv.put(`${directory}${NODE_B}`, staleValue(9, 0, 0, []));
+    await writer.kv.put(
+      `${prefix}stale/zz/${NODE_B}`,
+      encodeStaleMarks({
+        refs: [],
+        wholeVolume: true,
+      }),
+    );
+    await writer.kv.put(
+      `${directory}${NODE_B.toUpperCase()}`,
+      encodeStaleMarks({
+        refs: [],
+        wholeVolume: true,
+      }),
+    );
+    await writer.staleMarks.remove(id, NODE_A, refsOf(id, 1, 3));
+    await writer.staleMarks.clear(id, NODE_B);
+    // An undecodable record is replaced by a whole-volume one: every block is suspect.
+    await writer.staleMarks.add(id, NODE_C, refsOf(id, 4));
+    await waitFor("C's record", 5_000, () => Promise.resolve(seen.length >= 6));
+    assert.deepEqual(seen, [
+      "v2 A 1",
+      "v2 B 2",
+      "v2 A 1,3",
+      "v2 A removed",
+      "v2 B removed",
+      "v2 C whole",
+    ]);
+    await sub.unsubscribe();
+    await writer.staleMarks.add(id, NODE_A, refsOf(id, 5));
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(seen.length, 6);
+  });
+
+  test("stale marks: garbage is refused by list and remove, naming the key", async (f) => {
+    const { mds, prefix } = f;
+    await mds.cluster.init(initOptions);
+    const { id } = await mds.volumes.createBlockVolume("v", 4096);
+    const key = mds.keys.staleRecord(id, NODE_C);
+    const garbage: [Uint8Array, RegExp][] = [
+      [new Uint8Array(0), /shorter than/],
+      [encoder.encode("garbage"), /unknown format version/],
+      [staleValue(2, 0, 1, refsOf(id, 1)), /unknown format version 2/],
+      [staleValue(1, 2, 1, refsOf(id, 1)), /unknown flags/],
+      [staleValue(1, 0, 2, refsOf(id, 1)), /do not hold exactly 2 refs/],
+      [staleValue(1, 0, 1, refsOf(id, 1, 2)), /do not hold exactly 1 refs/],
+      [staleValue(1, 0, STALE_REFS_MAX + 1, []), /more than 32768/],
+      [staleValue(1, 1, 1, refsOf(id, 1)), /whole-volume record lists refs/],
+      [staleValue(1, 0, 0, []), /marks nothing/],
+      [staleValue(1, 0, 2, refsOf(id, 2, 1)), /not sorted and distinct/],
+      [staleValue(1, 0, 2, refsOf(id, 1, 1)), /not sorted and distinct/],
+      [staleValue(1, 0, 1, refsOf(id + 1, 1)), /not a block of volume id 2/],
+    ];
+    for (const [value, reason] of garbage) {
+      await mds.kv.put(key, value);
+      await assertCode(mds.staleMarks.list(id), ErrorCode.Invalid, literally(key));
+      await assertCode(mds.staleMarks.list(id), ErrorCode.Invalid, reason);
+      await assertCode(mds.staleMarks.remove(id, NODE_C, refsOf(id, 1)), ErrorCode.Invalid);
+    }
+    // `add` cannot tell what the garbage meant: the whole volume becomes suspect.
+    await mds.staleMarks.add(id, NODE_C, refsOf(id, 1));
+    assert.deepEqual(await staleOf(mds, id), ["v2 C whole"]);
+    await mds.staleMarks.clear(id, NODE_C);
+    // Keys that no builder makes are refused too.
+    const whole = encodeStaleMarks({ refs: [], wholeVolume: true });
+    for (const bad of [NODE_C.toUpperCase(), "x", `${NODE_C}/x`]) {
+      const badKey = `${prefix}stale/${id.toString(16)}/${bad}`;
+      await mds.kv.put(badKey, whole);
+      await assertCode(mds.staleMarks.list(id), ErrorCode.Invalid, literally(badKey));
+      await mds.kv.delete(badKey);
+    }
+    assert.deepEqual(await mds.staleMarks.list(id), []);
   });
 }

@@ -4,10 +4,10 @@
  * This is the only module that talks to etcd or opens the metadata database.
  *
  * On top of it, the metadata service: cluster settings, the ring, peers, leases, volumes, volume
- * locks and snapshots, written once over KvStore, so etcd, the embedded store and (in unit tests)
+ * locks, snapshots and stale marks (stale_marks.ts), written once over KvStore, so etcd, the embedded store and (in unit tests)
  * the in-memory store (kv_memory.ts) run the same code. Role interfaces are in metadata.ts
  * (ClusterMetadata, LeaseMetadata, PeerMetadata, VolumeMetadata, BlockVolumeMetadata,
- * SnapshotMetadata) and `createMetadataService` (service.ts) composes them. The key layout and
+ * SnapshotMetadata, StaleMarkMetadata) and `createMetadataService` (service.ts) composes them. The key layout and
  * value encodings (the original's, under a configurable prefix) are in keys.ts.
  * @module
  */
@@ -33,6 +33,13 @@ export * from "./service.ts";
 export { CAS_ATTEMPTS_MAX, notInitialised } from "./context.ts";
 export { checkInitOptions, checkRingSuccessor } from "./cluster.ts";
 export { BLOCK_VOLUME_TYPE, checkVolumeSize } from "./volumes.ts";
+export {
+  compareBlockRefs,
+  decodeStaleMarks,
+  encodeStaleMarks,
+  STALE_REFS_MAX,
+  type StaleMarks,
+} from "./stale_marks.ts";
 
 /**
  * Opens the etcd driver (etcd.ts). npm:etcd3 and gRPC load on first use only: they cost about

@@ -12,6 +12,7 @@ import type { MetadataContext } from "./context.ts";
 import { ClusterMetadataImpl, LeaseMetadataImpl, PeerMetadataImpl } from "./cluster.ts";
 import { BlockVolumeMetadataImpl, SnapshotMetadataImpl, VolumeMetadataImpl } from "./volumes.ts";
 import { VolumeRequestMetadataImpl } from "./requests.ts";
+import { StaleMarkMetadataImpl } from "./stale_marks.ts";
 import type { MetadataService } from "./metadata.ts";
 
 /** Options of {@link createMetadataService}. */
@@ -60,6 +61,7 @@ export function createMetadataService(
     blockVolumes: new BlockVolumeMetadataImpl(context),
     snapshots: new SnapshotMetadataImpl(context),
     requests: new VolumeRequestMetadataImpl(context),
+    staleMarks: new StaleMarkMetadataImpl(context),
     keys: context.keys,
     kv,
     close,

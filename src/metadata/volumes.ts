@@ -300,6 +300,8 @@ export class VolumeMetadataImpl implements VolumeMetadata {
           del(nameKey),
           del(keys.volumeRecord(id)),
           { type: "deletePrefix", prefix: keys.volumeMetaDir(id) },
+          // A deleted volume has no stale marks (and none can be added: no volume record).
+          { type: "deletePrefix", prefix: keys.staleVolumeDir(id) },
           ...(parentOps?.success ?? []),
         ],
         failure: [get(nameKey), get(keys.lock(id))],

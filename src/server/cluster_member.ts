@@ -25,6 +25,7 @@ import type { PeerInfo, RebalanceInfo } from "../models/mod.ts";
 import { isModifiable, type Ring, ringFromMessage } from "../ring/mod.ts";
 import type { BlockStore } from "../storage/mod.ts";
 import { FencedStore, type FenceRecords } from "./fenced_store.ts";
+import { WatchedStaleMarks } from "./watched_stale_marks.ts";
 import type { LeaseKeeper } from "./lease_keeper.ts";
 
 const log = logger("cluster");
@@ -62,6 +63,11 @@ export interface ClusterMemberOptions {
   readonly readCacheBytes: number;
   /** Bytes per second the rebalancer may copy to peers (0: no bound). */
   readonly rebalanceRateBytesPerSecond: number;
+  /**
+   * Holders a change needs at level `all` when others do not answer (those are durably marked
+   * stale): 0 a majority of them (the default), R every one (writes fail while one is down).
+   */
+  readonly minCopies?: number;
   /** How the scrubber re-reads this node's blocks (a node only; interval 0: never). */
   readonly scrub?: { readonly intervalMs: number; readonly rateBytesPerSecond: number };
   readonly clock: Clock;
@@ -79,6 +85,8 @@ export class ClusterMember {
   readonly scrubber: Scrubber | null;
   /** This node's store behind its fence (what peers and its own distributor change); null for a client. */
   readonly fence: FencedStore | null;
+  /** The durable marks of holders that missed changes, as followed here. */
+  readonly staleMarks: WatchedStaleMarks;
   /** The server peers reach this node's store by; null for a client. */
   readonly server: PeerServer | null;
   readonly #options: ClusterMemberOptions;
@@ -101,6 +109,7 @@ export class ClusterMember {
     rebalancer: Rebalancer | null,
     scrubber: Scrubber | null,
     fence: FencedStore | null,
+    staleMarks: WatchedStaleMarks,
   ) {
     this.#options = options;
     this.server = server;
@@ -110,6 +119,7 @@ export class ClusterMember {
     this.rebalancer = rebalancer;
     this.scrubber = scrubber;
     this.fence = fence;
+    this.staleMarks = staleMarks;
   }
 
   /** Serves peers, registers, follows the ring (and joins it when asked). */
@@ -124,6 +134,7 @@ export class ClusterMember {
     const node = options.node;
     // Set once started; the closures below read it (a peer's call may come before).
     let member: ClusterMember | null = null;
+    const staleMarks = await WatchedStaleMarks.start(metadata);
     // Peers and this node's own distributor change the store only through the fence.
     // Changes placed by an older ring than this node follows are refused: the sender reads the
     // ring again (a block may have moved on from here).
@@ -149,6 +160,8 @@ export class ClusterMember {
         ring: () => member!.ring(),
         peers: directory,
         outsideRing: () => member?.outsideRing() ?? [],
+        staleMarks,
+        minCopies: options.minCopies ?? 0,
         refreshRing: () => member?.refreshRing() ?? Promise.resolve(),
         moving: () => member?.moving() ?? true,
         readLevel: options.readLevel,
@@ -164,6 +177,7 @@ export class ClusterMember {
         peers: directory,
         clock: options.clock,
         rateBytesPerSecond: options.rebalanceRateBytesPerSecond,
+        isStale: (ref, uuid) => staleMarks.isStale(ref, uuid),
       });
       const scrubber = fenced === null ? null : new Scrubber({
         self: options.uuid,
@@ -173,6 +187,7 @@ export class ClusterMember {
         clock: options.clock,
         intervalMs: options.scrub?.intervalMs ?? 0,
         rateBytesPerSecond: options.scrub?.rateBytesPerSecond ?? 0,
+        isStale: (ref, uuid) => staleMarks.isStale(ref, uuid),
       });
       member = new ClusterMember(
         options,
@@ -183,12 +198,14 @@ export class ClusterMember {
         rebalancer,
         scrubber,
         fenced,
+        staleMarks,
       );
       await member.#begin();
       return member;
     } catch (error) {
       await member?.close().catch(() => {});
       await server?.close();
+      await staleMarks.close();
       throw error;
     }
   }
@@ -344,6 +361,7 @@ export class ClusterMember {
       });
     }
     await this.distributor.close();
+    await this.staleMarks.close();
     await this.#directory.close();
     await this.server?.close();
   }
