@@ -168,6 +168,7 @@ const samples: [Codec<unknown>, unknown][] = [
     nodeName: "",
     usedBlocks: U64_MAX,
     totalBlocks: U64_MAX,
+    instance: "7c1e-é",
   }],
   [ReadAtRequestCodec, {
     blockRef: { volume: 1n, inode: 2n, block: 3n },
