@@ -10,15 +10,15 @@
  *    are the sum of their rebalancers' `sentBytes`. Goal: at least half of raw TCP.
  * 3. Client latency during a rebalance: fio 4k randread QD1 through one node's NBD server, first
  *    on a quiet cluster, then while a fourth node joins (`--auto-join`) and blocks move to it, at
- *    the default `--rebalance-rate` (100MiB) and unbounded (0), one fresh cluster each. fio logs
- *    every read's completion latency with a Unix timestamp, so the percentiles are of the reads
- *    that completed while the nodes were moving blocks (from the first node seeing the new ring to
- *    the end of the last node's pass), not of the whole fio run.
+ *    the default `--rebalance-rate` (100MiB) and unbounded (0) (or the `--rates` given), one fresh
+ *    cluster each. fio logs every read's completion latency with a Unix timestamp, so the
+ *    percentiles are of the reads that completed while the nodes were moving blocks (from the
+ *    first node seeing the new ring to the end of the last node's pass), not of the whole run.
  *
  * Prints Markdown tables; results in docs/benchmarks.md.
  *
  *   deno run -A scripts/bench_rebuild.ts [--volume-mib N] [--runtime S] [--quick]
- *                                        [--only rebuild|latency]
+ *                                        [--only rebuild|latency] [--rates 100MiB,0]
  * @module
  */
 
@@ -45,6 +45,8 @@ interface Config {
   readonly runtimeSeconds: number;
   /** Raw TCP runs of about a second each. */
   readonly tcpRounds: number;
+  /** The `--rebalance-rate` of each latency cluster. */
+  readonly rates: readonly string[];
   /** Only this part after raw TCP (`rebuild` or `latency`); null for both. */
   readonly only: "rebuild" | "latency" | null;
 }
@@ -63,6 +65,7 @@ function configOf(args: string[]): Config {
       "volume-mib": { type: "string" },
       runtime: { type: "string" },
       only: { type: "string" },
+      rates: { type: "string" },
     },
   });
   const positive = (text: string | undefined, fallback: number, name: string) => {
@@ -77,6 +80,8 @@ function configOf(args: string[]): Config {
     runtimeSeconds: positive(values.runtime, quick ? 3 : 10, "runtime"),
     tcpRounds: quick ? 1 : 3,
     only: onlyOf(values.only),
+    rates: (values.rates ?? `${DEFAULT_RATE},0`).split(",").map((rate) => rate.trim())
+      .filter((rate) => rate !== ""),
   };
 }
 
@@ -687,8 +692,8 @@ async function latencyUnderRebalance(
   dir: string,
   config: Config,
   rate: string,
-  label: string,
 ): Promise<LatencyCase[]> {
+  const label = `--rebalance-rate ${rate}`;
   const cluster = await BenchCluster.start(dir, config, rate, 3);
   try {
     await fill(cluster, config);
@@ -918,10 +923,12 @@ async function main(): Promise<number> {
     for (let i = 0; i < config.tcpRounds; i++) tcp.push(await tcpThroughput(1_000));
     log(`raw TCP: ${tcp.map((t) => (t / MB).toFixed(0)).join(", ")} MB/s`);
     const rebuilt = config.only === "latency" ? null : await rebuild(`${dir}/rebuild`, config);
-    const latency = config.only === "rebuild" ? [] : [
-      ...await latencyUnderRebalance(`${dir}/default`, config, DEFAULT_RATE, "default rate"),
-      ...await latencyUnderRebalance(`${dir}/unbounded`, config, "0", "unbounded"),
-    ];
+    const latency: LatencyCase[] = [];
+    if (config.only !== "rebuild") {
+      for (const [i, rate] of config.rates.entries()) {
+        latency.push(...await latencyUnderRebalance(`${dir}/latency${i}`, config, rate));
+      }
+    }
     printReport(config, tcp, rebuilt, latency, { before: loadBefore, after: await loadAverage() });
     return 0;
   } finally {

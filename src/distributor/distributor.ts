@@ -275,6 +275,12 @@ export class Distributor implements BlockStore {
       try {
         const value = await attempt(source.store, timeoutMs);
         this.#noteAnswer(source, null);
+        // A peer that restarted since it took changes of this ref may have lost them: its answer
+        // is not taken, and it is stale for the ref until resynchronised.
+        if (this.#restartedSinceTaking(source, ref)) {
+          misses.push({ uuid: source.uuid, holder: false, error: unavailable("restarted") });
+          return null;
+        }
         return { value, source };
       } catch (error) {
         if (isFatal(error)) throw error;
@@ -1136,6 +1142,19 @@ export class Distributor implements BlockStore {
     return failed;
   }
 
+  /**
+   * Whether peer `source` is another instance than the one that took changes since its last
+   * flush, and `ref` was one of them (its changes are then marked missing there: #lostByRestart).
+   */
+  #restartedSinceTaking(source: Source, ref: BlockRef): boolean {
+    if (source.peer === null) return false;
+    const taken = this.#takenSinceFlush.get(source.store);
+    if (taken === undefined || taken.instance === source.peer.instance) return false;
+    this.#takenSinceFlush.delete(source.store);
+    this.#lostByRestart(taken);
+    return taken.refs.has(ref.key) || taken.overflow;
+  }
+
   /** Remembers that `source` took a change of `ref` (peers only: for #lostByRestart). */
   #noteTaken(source: Source, ref: BlockRef): void {
     const peer = source.peer;
@@ -1193,6 +1212,7 @@ export class Distributor implements BlockStore {
       const divergence = this.#divergent.get(ref.key) ?? { ref, stale: new Set<string>() };
       divergence.stale.add(entry.uuid);
       this.#divergent.set(ref.key, divergence);
+      this.#recordMark(ref, entry.uuid);
     }
     this.#startResync();
   }

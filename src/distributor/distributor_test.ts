@@ -355,3 +355,21 @@ test("a writer that stopped with a holder marked stale: reads pass the holder ov
   await next.close();
   assert.equal(marks.marked().size, 0, "the adopted marks are cleared");
 });
+
+test("a holder that restarted and lost an unflushed change is not read before the flush notices", async (cluster) => {
+  const writer = await cluster.distributor();
+  const ref = testRef(5, 42);
+  await writer.putBlock(ref, patternBlock(BLOCK, 1));
+  await writer.flush();
+  await writer.putBlock(ref, patternBlock(BLOCK, 2)); // acknowledged, not flushed
+  const [first] = cluster.ring.getHolders(ref); // a client reads the first holder first
+  await cluster.stop(first!);
+  await cluster.storeOf(first!).putBlock(ref, patternBlock(BLOCK, 1)); // power loss: v2 gone
+  await cluster.restart(first!);
+  // The client has seen its connection end: the read reaches the restarted server at once.
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.deepEqual(await writer.getBlock(ref), patternBlock(BLOCK, 2), "never the older copy");
+  await writer.flush();
+  assert.deepEqual(await cluster.storeOf(first!).getBlock(ref), patternBlock(BLOCK, 2));
+  await writer.close();
+});
