@@ -32,6 +32,7 @@ const root = new URL("../", import.meta.url).pathname;
 export const programBenches: readonly string[] = [
   "scripts/bench_nbd.ts",
   "scripts/bench_cluster.ts",
+  "scripts/bench_rebuild.ts",
 ];
 const sizeTag = /\[([^\]/]+)\/iter\]\s*$/;
 

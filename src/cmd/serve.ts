@@ -83,7 +83,7 @@ export const serveFlags = {
   "read-level": { type: "string", default: "block" },
   "write-level": { type: "string", default: "all" },
   "read-cache-size": { type: "string", default: "50MiB" },
-  "rebalance-rate": { type: "string", default: "100MiB" },
+  "rebalance-rate": { type: "string", default: "16MiB" },
   "scrub-interval": { type: "string", default: "24h" },
   "scrub-rate": { type: "string", default: "16MiB" },
   "min-copies": { type: "string" },
@@ -158,7 +158,7 @@ and writes its volumes' blocks to the ring's holders of each block (replication 
                    local (when this node's copy is written)
   --read-cache-size SIZE  blocks read from peers kept in memory (default 50MiB)
   --rebalance-rate SIZE  bytes per second this node copies to peers after a ring change
-                   (default 100MiB; 0 for no bound). Client I/O shares the same links
+                   (default 16MiB; 0 for no bound). Client I/O shares the same links
                    and disks: a lower rate keeps its latency, a higher one heals sooner.
   --scrub-interval D  how often this node re-reads all its blocks to find copies damaged
                    on disk and replace them from another holder (default 24h; 0: never)
