@@ -51,6 +51,8 @@ export class StaleMarkRecorder {
   /** `node ref.key` of marks recorded (or being recorded) and not removed since. */
   readonly #recorded = new Map<string, Promise<void>>();
   #batches = new Map<string, PendingBatch>();
+  /** Removals on their way, by `node ref.key`: a new mark of the same waits for its removal. */
+  readonly #removals = new Map<string, Promise<void>>();
   readonly #inFlight = new Set<Promise<unknown>>();
 
   constructor(store: StaleMarkStore) {
@@ -66,6 +68,9 @@ export class StaleMarkRecorder {
     const key = `${node} ${ref.key}`;
     const known = this.#recorded.get(key);
     if (known !== undefined) return known;
+    // A removal of the same mark still on its way would take the new one with it: after it.
+    const removing = this.#removals.get(key);
+    if (removing !== undefined) return removing.then(() => this.record(ref, node));
     const batchKey = `${ref.volume} ${node}`;
     let batch = this.#batches.get(batchKey);
     if (batch === undefined) {
@@ -132,9 +137,13 @@ export class StaleMarkRecorder {
       }
       return;
     }
-    const removal = recorded.then(() => this.#store.remove(ref.volume, node, [ref])).catch(
-      (error) => log.warn(`removing the stale mark of ${ref} at ${node}: ${errorMessage(error)}`),
-    );
+    const removal: Promise<void> = recorded.then(() => this.#store.remove(ref.volume, node, [ref]))
+      .catch((error) =>
+        log.warn(`removing the stale mark of ${ref} at ${node}: ${errorMessage(error)}`)
+      ).finally(() => {
+        if (this.#removals.get(key) === removal) this.#removals.delete(key);
+      });
+    this.#removals.set(key, removal);
     this.#track(removal);
   }
 
