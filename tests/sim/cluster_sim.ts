@@ -25,6 +25,7 @@ import {
   isTorusError,
   ManualClock,
   SeededRandom,
+  setLogSink,
 } from "../../src/core/mod.ts";
 import {
   DialingPeerDirectory,
@@ -92,6 +93,8 @@ export async function runSimulation(seed: number, steps: number): Promise<SimRes
   const protocol = new TdpProtocol(network, clock);
   const log: string[] = [];
   const note = (text: string) => log.push(`[${clock.nowMs() - 1_700_000_000_000} ms] ${text}`);
+  // The nodes' and the writer's log lines join the run's log (without their wall-clock time).
+  setLogSink((line) => note(line.slice(line.indexOf(" ") + 1)));
 
   const nodes: SimNode[] = [];
   const peers: PeerInfo[] = [];
@@ -297,6 +300,7 @@ export async function runSimulation(seed: number, steps: number): Promise<SimRes
   await drive(closing);
   await directory.close();
   for (const n of nodes) if (n.server !== null) await drive(n.server.close());
+  setLogSink((line) => Deno.stderr.writeSync(new TextEncoder().encode(line + "\n")));
 
   return { seed, steps: step, failure, log };
 }
