@@ -277,8 +277,8 @@ export class Distributor implements BlockStore {
         this.#noteAnswer(source, null);
         // A peer that restarted since it took changes of this ref may have lost them: its answer
         // is not taken, and it is stale for the ref until resynchronised.
-        if (this.#restartedSinceTaking(source, ref)) {
-          misses.push({ uuid: source.uuid, holder: false, error: unavailable("restarted") });
+        if (this.#restartedSinceTaking(source, ref) || this.#isStaleAt(ref, source.uuid)) {
+          misses.push({ uuid: source.uuid, holder: false, error: unavailable("lacks changes") });
           return null;
         }
         return { value, source };
@@ -1023,11 +1023,19 @@ export class Distributor implements BlockStore {
     for (const uuid of holders) {
       const source = this.#sourceOf(uuid);
       if (source === null) continue;
+      let answer: Uint8Array | null | undefined;
       try {
-        return await source.store.getBlock(ref, { timeoutMs: this.#options.peerTimeoutMs });
+        answer = await source.store.getBlock(ref, { timeoutMs: this.#options.peerTimeoutMs });
       } catch (error) {
-        if (isTorusError(error, ErrorCode.NotExist)) missing++;
+        answer = isTorusError(error, ErrorCode.NotExist) ? null : undefined;
       }
+      // A holder that restarted since it took changes of this ref may have lost them: neither
+      // its copy nor its "not stored" counts (it is stale for the ref from now on).
+      // ...and neither does one found stale for it while this read was out (the same, found
+      // by another call).
+      if (this.#restartedSinceTaking(source, ref) || this.#isStaleAt(ref, uuid)) continue;
+      if (answer === null) missing++;
+      else if (answer !== undefined) return answer;
     }
     if (holders.length > 0 && missing === holders.length) return null;
     throw unavailable(`no holder in step with the others could give ${ref}`);
@@ -1119,10 +1127,16 @@ export class Distributor implements BlockStore {
    * instance than the one that took its changes has them marked missing (#lostByRestart).
    */
   async #flushStores(): Promise<string[]> {
-    const stores = [...this.#unflushed];
+    // A peer out of the ring (removed, or forced out dead) owes nothing: its blocks' holders now
+    // are others, which have every change (or get it from the rebalancer).
+    const members = new Set(this.#members());
+    const stores = [...this.#unflushed].filter((store) => {
+      const entry = this.#takenSinceFlush.get(store);
+      return entry === undefined || members.has(entry.uuid);
+    });
     this.#unflushed.clear();
     const taken = stores.map((store) => this.#takenSinceFlush.get(store));
-    for (const store of stores) this.#takenSinceFlush.delete(store);
+    this.#takenSinceFlush.clear();
     const results = await Promise.allSettled(stores.map((store) => flushOnceAgain(store)));
     const failed: string[] = [];
     results.forEach((result, i) => {
@@ -1137,7 +1151,10 @@ export class Distributor implements BlockStore {
       // A peer that acknowledged nothing since its last flush (its changes went unanswered, so
       // it is marked stale for them) owes this flush nothing.
       const owesNothing = entry === undefined && store !== this.#options.local;
-      if (!owesNothing) failed.push(`${store.name}: ${errorMessage(result.reason)}`);
+      if (owesNothing) return;
+      failed.push(`${store.name}: ${errorMessage(result.reason)}`);
+      // Still unflushed: the next flush must try it again, not forget it.
+      this.#unflushed.add(store);
     });
     return failed;
   }

@@ -373,3 +373,16 @@ test("a holder that restarted and lost an unflushed change is not read before th
   assert.deepEqual(await cluster.storeOf(first!).getBlock(ref), patternBlock(BLOCK, 2));
   await writer.close();
 });
+
+test("a flush that failed at a holder keeps it owed: the next flush does not report success while it is down", async (cluster) => {
+  const writer = await cluster.distributor();
+  const ref = testRef(2, 43);
+  await writer.putBlock(ref, patternBlock(BLOCK, 2)); // both holders took it, neither flushed
+  const [, second] = cluster.ring.getHolders(ref);
+  await cluster.stop(second!);
+  await assert.rejects(writer.flush(), /flush failed/);
+  await assert.rejects(writer.flush(), /flush failed/, "still owed while the holder is down");
+  await cluster.restart(second!);
+  await writer.flush();
+  await writer.close();
+});
