@@ -31,11 +31,18 @@ import {
   DialingPeerDirectory,
   Distributor,
   type PeerServer,
+  Rebalancer,
   TdpProtocol,
 } from "../../src/distributor/mod.ts";
 import { MemoryStaleMarks } from "../../src/distributor/test_cluster.ts";
 import type { PeerInfo } from "../../src/models/mod.ts";
-import { createRing, type Ring, RingType } from "../../src/ring/mod.ts";
+import {
+  createRing,
+  isModifiable,
+  type ModifiableRing,
+  type Ring,
+  RingType,
+} from "../../src/ring/mod.ts";
 import { FencedStore, MemoryFenceRecords } from "../../src/server/mod.ts";
 import { SimDisk } from "./sim_disk.ts";
 import { SimNetwork } from "./sim_network.ts";
@@ -58,6 +65,11 @@ interface SimNode {
   readonly disk: SimDisk;
   server: PeerServer | null;
   cut: boolean;
+  /** The ring as this node has seen it (a watch lags behind the change). */
+  ring: Ring;
+  rebalancer: Rebalancer | null;
+  /** The rebalancer's clients of the other nodes. */
+  peers: DialingPeerDirectory | null;
 }
 
 /** Per block: the versions a read may see. */
@@ -84,23 +96,39 @@ function versionOf(bytes: Uint8Array): number {
   return new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true);
 }
 
+/** What a run may do besides writes, reads, flushes, cuts, power losses and delays. */
+export interface SimOptions {
+  /** Add a fourth node to the ring and take it out again, with every node's rebalancer on. */
+  readonly ringChanges?: boolean;
+}
+
 /** Runs the simulation of `seed` for `steps` steps. */
-export async function runSimulation(seed: number, steps: number): Promise<SimResult> {
+export async function runSimulation(
+  seed: number,
+  steps: number,
+  options: SimOptions = {},
+): Promise<SimResult> {
   const random = new SeededRandom(seed);
   const clock = new ManualClock(1_700_000_000_000);
   const network = new SimNetwork(clock);
   network.delayMs = () => (random.chance(0.3) ? random.int(5) : 0);
   const protocol = new TdpProtocol(network, clock);
   const log: string[] = [];
-  const note = (text: string) => log.push(`[${clock.nowMs() - 1_700_000_000_000} ms] ${text}`);
+  const trace = Deno.env.get("TORUS_SIM_TRACE") !== undefined;
+  const note = (text: string) => {
+    const line = `[${clock.nowMs() - 1_700_000_000_000} ms] ${text}`;
+    log.push(line);
+    // TORUS_SIM_TRACE=1 prints the log as it goes (for a run that never ends).
+    if (trace) console.error(line);
+  };
   // The nodes' and the writer's log lines join the run's log (without their wall-clock time).
   setLogSink((line) => note(line.slice(line.indexOf(" ") + 1)));
 
   const nodes: SimNode[] = [];
   const peers: PeerInfo[] = [];
-  for (let i = 0; i < NODES; i++) {
+  // One node more than the ring starts with: a ring change adds it, another takes it out again.
+  for (let i = 0; i <= NODES; i++) {
     const uuid = `node-${i}`;
-    nodes.push({ uuid, disk: new SimDisk(BLOCK, 64), server: null, cut: false });
     peers.push({
       uuid,
       address: `tdp://${uuid}:40000`,
@@ -112,22 +140,82 @@ export async function runSimulation(seed: number, steps: number): Promise<SimRes
       protocolVersion: 2n,
     });
   }
-  const ring: Ring = createRing(RingType.Ketama, { version: 1, replication: 2, peers });
+  const small = createRing(RingType.Ketama, {
+    version: 1,
+    replication: 2,
+    peers: peers.slice(0, NODES),
+  });
+  if (!isModifiable(small)) throw new Error("ketama rings change");
+  let ring: ModifiableRing = small;
+  for (const peer of peers) {
+    nodes.push({
+      uuid: peer.uuid,
+      disk: new SimDisk(BLOCK, 64),
+      server: null,
+      cut: false,
+      ring,
+      rebalancer: null,
+      peers: null,
+    });
+  }
+  let writerRing: Ring = ring;
   const identity = (name: string) => ({
     clusterId: CLUSTER,
     blockSizeBytes: BLOCK,
     nodeName: name,
   });
+  const marks = new MemoryStaleMarks();
   const start = async (node: SimNode) => {
-    const fenced = await FencedStore.open(node.disk.store(), new MemoryFenceRecords(), () => 1);
+    const fenced = await FencedStore.open(
+      node.disk.store(),
+      new MemoryFenceRecords(),
+      () => node.ring.version,
+    );
     node.server = await protocol.listen(`tdp://${node.uuid}:40000`, {
       identity: identity(node.uuid),
       store: fenced,
     });
+    node.peers = new DialingPeerDirectory(
+      [protocol],
+      (uuid) => `tdp://${uuid}:40000`,
+      { identity: identity(node.uuid), callTimeoutMs: 200 },
+      () => Promise.resolve(),
+      clock,
+    );
+    node.rebalancer = new Rebalancer({
+      self: node.uuid,
+      local: fenced,
+      ring: () => node.ring,
+      peers: node.peers,
+      clock,
+      rateBytesPerSecond: 0,
+      callTimeoutMs: 200,
+      isStale: (ref, uuid) => marks.isStale(ref, uuid),
+    });
+    node.rebalancer.start();
   };
-  for (const node of nodes) await start(node);
-
-  const marks = new MemoryStaleMarks();
+  const stop = async (node: SimNode) => {
+    network.cut(node.uuid);
+    if (node.rebalancer !== null) await drive(node.rebalancer.stop());
+    node.rebalancer = null;
+    if (node.peers !== null) await drive(node.peers.close());
+    node.peers = null;
+    if (node.server !== null) await drive(node.server.close());
+    node.server = null;
+  };
+  /** Each node (and the writer) sees a new ring after its own delay, as a watch delivers it. */
+  const changeRing = (next: ModifiableRing) => {
+    ring = next;
+    for (const node of nodes) {
+      void clock.sleep(random.int(40)).then(() => {
+        if (node.ring.version < next.version) node.ring = next;
+        node.rebalancer?.ringChanged();
+      }).catch(() => {});
+    }
+    void clock.sleep(random.int(40)).then(() => {
+      if (writerRing.version < next.version) writerRing = next;
+    }).catch(() => {});
+  };
   const directory = new DialingPeerDirectory(
     [protocol],
     (uuid) => `tdp://${uuid}:40000`,
@@ -139,7 +227,13 @@ export async function runSimulation(seed: number, steps: number): Promise<SimRes
     blockSizeBytes: BLOCK,
     self: null,
     local: null,
-    ring: () => ring,
+    ring: () => writerRing,
+    refreshRing: () => {
+      writerRing = ring;
+      return Promise.resolve();
+    },
+    // Blocks may be where an older ring put them at any time in this run.
+    moving: () => true,
     peers: directory,
     readLevel: "block",
     writeLevel: "all",
@@ -149,6 +243,7 @@ export async function runSimulation(seed: number, steps: number): Promise<SimRes
     staleMarks: marks,
     minCopies: 1,
   });
+  for (const node of nodes) await start(node);
 
   const refs = Array.from(
     { length: REFS },
@@ -196,6 +291,7 @@ export async function runSimulation(seed: number, steps: number): Promise<SimRes
   let step = 0;
   for (; step < steps && failure === null; step++) {
     const roll = random.int(100);
+    if (trace) note(`step ${step}: roll ${roll}`);
     const ref = refs[random.int(REFS)]!;
     const entry = model.get(ref.key)!;
     if (roll < 40) {
@@ -204,7 +300,7 @@ export async function runSimulation(seed: number, steps: number): Promise<SimRes
       const result = await drive(writer.putBlock(ref, versionBytes(ref, version)));
       if (result.ok) entry.possible = new Set([version]);
       else entry.possible.add(version);
-      if (ring.getHolders(ref).some((uuid) => marks.isStale(ref, uuid))) {
+      if (writerRing.getHolders(ref).some((uuid) => marks.isStale(ref, uuid))) {
         entry.degradedSinceFlush = true;
       }
       note(`put ${ref} v${version}: ${result.ok ? "ok" : errorMessage(result.error)}`);
@@ -228,23 +324,26 @@ export async function runSimulation(seed: number, steps: number): Promise<SimRes
         powerLossesSinceFlush = new Set();
       }
       note(`flush: ${result.ok ? "ok" : errorMessage(result.error)}`);
-    } else {
+    } else if (roll < 97 || !options.ringChanges) {
       await fault(random.int(4));
+    } else {
+      const added = ring.memberUuids().includes(peers[NODES]!.uuid);
+      changeRing(added ? ring.removePeers([peers[NODES]!.uuid]) : ring.addPeers([peers[NODES]!]));
+      note(`ring version ${ring.version}: ${added ? "without" : "with"} ${peers[NODES]!.uuid}`);
     }
     await clock.advance(random.int(50));
   }
 
   async function fault(kind: number): Promise<void> {
-    const node = nodes[random.int(NODES)]!;
+    const node = nodes[random.int(nodes.length)]!;
+    if (trace) note(`fault ${kind} at ${node.uuid}`);
     const faulty = nodes.filter((n) => n.cut || n.server === null);
     if (kind === 0 && faulty.length === 0) {
       network.cut(node.uuid);
       node.cut = true;
       note(`cut ${node.uuid}`);
     } else if (kind === 1 && faulty.length === 0) {
-      network.cut(node.uuid);
-      if (node.server !== null) await drive(node.server.close());
-      node.server = null;
+      await stop(node);
       const lost = await node.disk.crash(random);
       powerLossesSinceFlush.add(node.uuid);
       note(`power loss at ${node.uuid} (${lost} unflushed change(s) lost)`);
@@ -258,12 +357,18 @@ export async function runSimulation(seed: number, steps: number): Promise<SimRes
     }
   }
 
-  // The end: every node back, a flush, then every block read and its holders compared.
+  // The end: every node back and on the newest ring, the rebalancers done, a flush, then every
+  // block read and its holders compared.
   for (const n of nodes) {
     network.heal(n.uuid);
+    n.cut = false;
     if (n.server === null) await start(n);
   }
   await clock.advance(5_000);
+  for (let wait = 0; wait < 60; wait++) {
+    if (nodes.every((n) => n.rebalancer?.progress().rebalancing === false)) break;
+    await clock.advance(1_000);
+  }
   let flushed = false;
   for (let attempt = 0; attempt < 5 && !flushed; attempt++) {
     const result = await drive(writer.flush());
@@ -288,6 +393,7 @@ export async function runSimulation(seed: number, steps: number): Promise<SimRes
       }
       checkRead(ref, result.value, "end");
       for (const holder of ring.getHolders(ref)) {
+        if (!nodes.every((n) => n.rebalancer?.progress().rebalancing === false)) break;
         const disk = nodes.find((n) => n.uuid === holder)!.disk;
         const there = await disk.has(ref) ? versionOf(await disk.get(ref)) : -1;
         if (there !== versionOf(result.value)) {
@@ -298,8 +404,8 @@ export async function runSimulation(seed: number, steps: number): Promise<SimRes
   }
   const closing = writer.close().catch(() => {});
   await drive(closing);
-  await directory.close();
-  for (const n of nodes) if (n.server !== null) await drive(n.server.close());
+  await drive(directory.close());
+  for (const n of nodes) await stop(n);
   setLogSink((line) => Deno.stderr.writeSync(new TextEncoder().encode(line + "\n")));
 
   return { seed, steps: step, failure, log };
