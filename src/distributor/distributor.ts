@@ -394,6 +394,7 @@ export class Distributor implements BlockStore {
       ref,
       options,
       (store, stamp) => store.putBlock(ref, copy, { ...options, ...stamp }),
+      { replacesWhole: true },
     );
   }
 
@@ -447,7 +448,7 @@ export class Distributor implements BlockStore {
       ref,
       options,
       (store, stamp) => store.deleteBlock(ref, { ...options, ...stamp }),
-      { tolerateMissing: true },
+      { tolerateMissing: true, replacesWhole: true },
     );
   }
 
@@ -570,6 +571,7 @@ export class Distributor implements BlockStore {
     const version = this.#options.ring().version;
     this.#changesInFlight.set(key, (this.#changesInFlight.get(key) ?? 0) + 1);
     const settled = Promise.all(attempts).then((results) => {
+      if (kind.replacesWhole) this.#freshAgain(ref, holders, results);
       this.#noteMissed(ref, holders, results, kind.tolerateMissing ?? false);
       const left = (this.#changesInFlight.get(key) ?? 1) - 1;
       if (left === 0) this.#changesInFlight.delete(key);
@@ -762,6 +764,20 @@ export class Distributor implements BlockStore {
    * stale for this ref. Reads pass them over and a flush fails until they have a whole copy
    * again (see #resync). When no holder took it, nothing diverged that can be told apart.
    */
+  /**
+   * A whole-block put (or a delete) replaces everything a holder had: one that took it has every
+   * change of the ref again, whatever it missed before, and is stale for it no more.
+   */
+  #freshAgain(ref: BlockRef, holders: readonly string[], results: readonly unknown[]): void {
+    const entry = this.#divergent.get(ref.key);
+    if (entry === undefined) return;
+    holders.forEach((uuid, i) => {
+      if (results[i] !== null || !entry.stale.delete(uuid)) return;
+      this.#marks?.release(ref, uuid);
+    });
+    if (entry.stale.size === 0) this.#divergent.delete(ref.key);
+  }
+
   #noteMissed(
     ref: BlockRef,
     holders: readonly string[],
@@ -1365,6 +1381,8 @@ export class Distributor implements BlockStore {
 interface ChangeKind {
   /** A delete: a holder without the ref counts as done, unless all lack it. */
   readonly tolerateMissing?: boolean;
+  /** A whole-block put or a delete: a holder that takes it has the whole ref (#freshAgain). */
+  readonly replacesWhole?: boolean;
   /**
    * A range write or zeroing: while blocks move the holders are sent it with `mustExist` (see
    * #rangeOptions), and this is the same call without, for when no node has the block.
