@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { runCommand, runOk, sameBytes } from "../support/nbd_fixture.ts";
-import { closeQuietly, E2eNode, e2eTest, MiB, randomFile, readAll } from "./e2e_support.ts";
+import { closeQuietly, E2eNode, e2eTest, fio, MiB, randomFile, readAll } from "./e2e_support.ts";
 
 interface NbdInfoExport {
   "export-name": string;
@@ -215,22 +215,6 @@ e2eTest(
     assert.doesNotMatch(node.output(), / E \| /, "serve logged no error");
   },
 );
-
-interface FioJob {
-  error: number;
-  read: { io_bytes: number };
-  write: { io_bytes: number };
-}
-
-/** Runs fio and returns its (grouped) job report; fails on any error or verify failure. */
-async function fio(args: string[]): Promise<FioJob> {
-  const result = await runCommand("fio", args);
-  assert.equal(result.code, 0, `fio ${args.join(" ")}\n${result.stdout}\n${result.stderr}`);
-  const report = JSON.parse(result.stdout.slice(result.stdout.indexOf("{")));
-  const job = report.jobs[0] as FioJob;
-  assert.equal(job.error, 0, result.stdout);
-  return job;
-}
 
 /** Whether two files hold the same bytes (compared a few MiB at a time). */
 async function sameFiles(a: string, b: string): Promise<boolean> {

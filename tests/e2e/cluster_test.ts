@@ -14,7 +14,7 @@ import { TdpProtocol } from "../../src/distributor/mod.ts";
 import { runCommand } from "../support/nbd_fixture.ts";
 import { runTorus, startTorusProcess } from "../support/torus_process.ts";
 import { etcdAvailable, testEtcd } from "../support/test_etcd.ts";
-import { E2eNode, e2eTest, MiB, randomFile } from "./e2e_support.ts";
+import { E2eNode, e2eTest, fio, MiB, randomFile } from "./e2e_support.ts";
 
 async function runOk(command: string, args: string[]): Promise<void> {
   const result = await runCommand(command, args);
@@ -669,22 +669,6 @@ e2eTest(
     }
   },
 );
-
-interface FioJob {
-  error: number;
-  read: { io_bytes: number };
-  write: { io_bytes: number };
-}
-
-/** Runs fio and returns its job report; fails on any error or verify failure. */
-async function fio(args: string[]): Promise<FioJob> {
-  const result = await runCommand("fio", args);
-  assert.equal(result.code, 0, `fio ${args.join(" ")}\n${result.stdout}\n${result.stderr}`);
-  const report = JSON.parse(result.stdout.slice(result.stdout.indexOf("{")));
-  const job = report.jobs[0] as FioJob;
-  assert.equal(job.error, 0, result.stdout);
-  return job;
-}
 
 e2eTest(
   "a node SIGKILLed during a write stream at replication 2: every flushed write reads back, and " +

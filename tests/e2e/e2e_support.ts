@@ -8,7 +8,9 @@
  * @module
  */
 
+import assert from "node:assert/strict";
 import { NbdClient } from "../../src/block/mod.ts";
+import { runCommand } from "../support/nbd_fixture.ts";
 import { hasCommand } from "../support/packages.ts";
 import { runTorus, type ServeProcess, startServe } from "../support/torus_process.ts";
 export { randomFile } from "../support/nbd_fixture.ts";
@@ -204,4 +206,21 @@ export function assertEqualBytes(actual: Uint8Array, expected: Uint8Array, what:
         `got ${actual[at]}, expected ${expected[at]} (lengths ${actual.length}/${expected.length})`,
     );
   }
+}
+
+/** The part of fio's JSON job report the tests read. */
+export interface FioJob {
+  error: number;
+  read: { io_bytes: number };
+  write: { io_bytes: number };
+}
+
+/** Runs fio and returns its (grouped) job report; fails on any error or verify failure. */
+export async function fio(args: string[]): Promise<FioJob> {
+  const result = await runCommand("fio", args);
+  assert.equal(result.code, 0, `fio ${args.join(" ")}\n${result.stdout}\n${result.stderr}`);
+  const report = JSON.parse(result.stdout.slice(result.stdout.indexOf("{")));
+  const job = report.jobs[0] as FioJob;
+  assert.equal(job.error, 0, result.stdout);
+  return job;
 }
