@@ -11,6 +11,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { freePort } from "../tests/support/etcd.ts";
 import { hasCommand } from "../tests/support/packages.ts";
 import { testEtcd } from "../tests/support/test_etcd.ts";
 import {
@@ -27,6 +28,7 @@ import {
   labelledTable,
   median,
   parseFio,
+  wholeNumberFlag,
   type Workload,
   workloads,
 } from "./bench_nbd_report.ts";
@@ -52,26 +54,13 @@ function configOf(args: string[]): Config {
       filter: { type: "string" },
     },
   });
-  const positive = (text: string | undefined, fallback: number, name: string) => {
-    if (text === undefined) return fallback;
-    const value = Number(text);
-    if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} wants a whole number`);
-    return value;
-  };
   const quick = values.quick;
   return {
-    volumeBytes: positive(values["volume-mib"], quick ? 64 : 1024, "volume-mib") * MiB,
-    runtimeSeconds: positive(values.runtime, quick ? 1 : 10, "runtime"),
-    rounds: positive(values.rounds, quick ? 1 : 2, "rounds"),
+    volumeBytes: wholeNumberFlag(values["volume-mib"], quick ? 64 : 1024, "volume-mib") * MiB,
+    runtimeSeconds: wholeNumberFlag(values.runtime, quick ? 1 : 10, "runtime"),
+    rounds: wholeNumberFlag(values.rounds, quick ? 1 : 2, "rounds"),
     filter: values.filter ?? null,
   };
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr;
-  listener.close();
-  return port;
 }
 
 async function output(command: string, args: string[]): Promise<string> {

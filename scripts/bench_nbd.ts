@@ -31,6 +31,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { freePort } from "../tests/support/etcd.ts";
 import { hasCommand } from "../tests/support/packages.ts";
 import { ctlOk, type ServeProcess, startServe } from "../tests/support/torus_process.ts";
 import {
@@ -46,6 +47,7 @@ import {
   parseWriteChars,
   type Sample,
   throughputTable,
+  wholeNumberFlag,
   type Workload,
   workloads,
   writeAmplification,
@@ -86,13 +88,6 @@ interface BenchServer {
   /** Empties the process's own caches (torus: a clean restart); no-op for the references. */
   restart(): Promise<void>;
   stop(): Promise<void>;
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr;
-  listener.close();
-  return port;
 }
 
 async function waitForPort(port: number, child: Deno.ChildProcess, name: string): Promise<void> {
@@ -661,16 +656,10 @@ export function configOf(args: string[]): BenchConfig {
     },
   });
   const quick = values.quick;
-  const positive = (text: string | undefined, fallback: number, name: string) => {
-    if (text === undefined) return fallback;
-    const value = Number(text);
-    if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} wants a whole number`);
-    return value;
-  };
   return {
-    exportBytes: positive(values["export-mib"], quick ? 64 : 4096, "export-mib") * MiB,
-    runtimeSeconds: positive(values.runtime, quick ? 1 : 10, "runtime"),
-    rounds: positive(values.rounds, quick ? 1 : 2, "rounds"),
+    exportBytes: wholeNumberFlag(values["export-mib"], quick ? 64 : 4096, "export-mib") * MiB,
+    runtimeSeconds: wholeNumberFlag(values.runtime, quick ? 1 : 10, "runtime"),
+    rounds: wholeNumberFlag(values.rounds, quick ? 1 : 2, "rounds"),
     filter: values.filter ?? null,
     amplificationVolumes: quick ? [64 * MiB, 256 * MiB] : [GiB, 16 * GiB],
     coldReads: quick ? 64 : 2000,

@@ -296,3 +296,11 @@ export function amplificationTable(
 export function labelledTable(header: string[], rows: string[][]): string[] {
   return table(header, rows);
 }
+
+/** A flag's whole number of at least 1, `fallback` when absent (benchmark programs' flags). */
+export function wholeNumberFlag(text: string | undefined, fallback: number, name: string): number {
+  if (text === undefined) return fallback;
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} wants a whole number`);
+  return value;
+}

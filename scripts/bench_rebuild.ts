@@ -23,10 +23,18 @@
  */
 
 import { parseArgs } from "node:util";
+import { freePort } from "../tests/support/etcd.ts";
 import { hasCommand } from "../tests/support/packages.ts";
 import { testEtcd } from "../tests/support/test_etcd.ts";
 import { runTorus, type ServeProcess, startServe } from "../tests/support/torus_process.ts";
-import { fioArgs, formatSpread, labelledTable, median, workloads } from "./bench_nbd_report.ts";
+import {
+  fioArgs,
+  formatSpread,
+  labelledTable,
+  median,
+  wholeNumberFlag,
+  workloads,
+} from "./bench_nbd_report.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -68,16 +76,10 @@ function configOf(args: string[]): Config {
       rates: { type: "string" },
     },
   });
-  const positive = (text: string | undefined, fallback: number, name: string) => {
-    if (text === undefined) return fallback;
-    const value = Number(text);
-    if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} wants a whole number`);
-    return value;
-  };
   const quick = values.quick;
   return {
-    volumeBytes: positive(values["volume-mib"], quick ? 64 : 256, "volume-mib") * MiB,
-    runtimeSeconds: positive(values.runtime, quick ? 3 : 10, "runtime"),
+    volumeBytes: wholeNumberFlag(values["volume-mib"], quick ? 64 : 256, "volume-mib") * MiB,
+    runtimeSeconds: wholeNumberFlag(values.runtime, quick ? 3 : 10, "runtime"),
     tcpRounds: quick ? 1 : 3,
     only: onlyOf(values.only),
     rates: (values.rates ?? `${DEFAULT_RATE},0`).split(",").map((rate) => rate.trim())
@@ -96,13 +98,6 @@ function sleep(ms: number): Promise<void> {
 /** The last lines of a process's output. */
 function tail(text: string, lines = 25): string {
   return text.trimEnd().split("\n").slice(-lines).join("\n");
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr;
-  listener.close();
-  return port;
 }
 
 async function loadAverage(): Promise<string> {

@@ -116,11 +116,6 @@ export class StaleMarkRecorder {
   /** Per `volume node` of an adopted whole-volume record: the refs not yet resynchronised. */
   readonly #wholeLeft = new Map<string, Set<string>>();
 
-  /** Whether the mark of `node` for `ref` was recorded (or is being). */
-  has(ref: BlockRef, node: string): boolean {
-    return this.#recorded.has(`${node} ${ref.key}`);
-  }
-
   /** Removes the mark after a resync; a failure is logged (the mark stays, which is safe). */
   release(ref: BlockRef, node: string): void {
     const key = `${node} ${ref.key}`;

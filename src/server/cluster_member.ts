@@ -264,9 +264,23 @@ export class ClusterMember {
 
   /** Registered nodes with an address that are not ring members (removed ones draining). */
   outsideRing(): readonly string[] {
-    const members = new Set(this.#ring.memberUuids());
-    return [...this.#addresses.keys()].filter((uuid) => !members.has(uuid));
+    // Asked on every read: worked out again only when the ring or the registrations changed.
+    if (this.#outside.ring !== this.#ring || this.#outside.addresses !== this.#addresses) {
+      const members = new Set(this.#ring.memberUuids());
+      this.#outside = {
+        ring: this.#ring,
+        addresses: this.#addresses,
+        uuids: [...this.#addresses.keys()].filter((uuid) => !members.has(uuid)),
+      };
+    }
+    return this.#outside.uuids;
   }
+
+  #outside: {
+    ring: Ring | null;
+    addresses: ReadonlyMap<string, string> | null;
+    uuids: readonly string[];
+  } = { ring: null, addresses: null, uuids: [] };
 
   /** The address to reach `uuid` at: its registration, else what the ring recorded. */
   addressOf(uuid: string): string | null {

@@ -13,19 +13,13 @@ import { BlockRef, ErrorCode, isTorusError } from "../../src/core/mod.ts";
 import { TdpProtocol } from "../../src/distributor/mod.ts";
 import { runCommand } from "../support/nbd_fixture.ts";
 import { runTorus, startTorusProcess } from "../support/torus_process.ts";
+import { freePort } from "../support/etcd.ts";
 import { etcdAvailable, testEtcd } from "../support/test_etcd.ts";
 import { E2eNode, e2eTest, fio, MiB, randomFile } from "./e2e_support.ts";
 
 async function runOk(command: string, args: string[]): Promise<void> {
   const result = await runCommand(command, args);
   assert.equal(result.code, 0, `${command} ${args.join(" ")}: ${result.stdout}${result.stderr}`);
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr;
-  listener.close();
-  return port;
 }
 
 async function sameFiles(a: string, b: string): Promise<boolean> {
