@@ -80,6 +80,14 @@ export interface DistributorOptions {
    */
   readonly moving?: () => boolean;
   /**
+   * Nodes that may hold copies the current ring puts elsewhere (they have not finished applying
+   * it, or are out of the ring with blocks left). Every change of a ref is sent to those of them
+   * that are not its holders too, so a copy they keep (and may hold again under a later ring)
+   * never falls behind unnoticed: a range write or whole put there only changes a copy they
+   * have (`mustExist`), and one that misses it is marked stale. Absent: none.
+   */
+  readonly unsettled?: () => readonly string[];
+  /**
    * Where marks of holders that missed changes are kept durably (the metadata service), so they
    * outlive this distributor; absent: in memory only (a flush then fails while any are left).
    */
@@ -143,6 +151,8 @@ interface Miss {
   readonly uuid: string;
   readonly holder: boolean;
   readonly error: unknown;
+  /** It has a copy, one that lacks changes (marked stale): the block is not absent. */
+  readonly staleCopy?: boolean;
 }
 
 /** A BlockStore over the cluster. */
@@ -278,7 +288,12 @@ export class Distributor implements BlockStore {
         // A peer that restarted since it took changes of this ref may have lost them: its answer
         // is not taken, and it is stale for the ref until resynchronised.
         if (this.#restartedSinceTaking(source, ref) || this.#isStaleAt(ref, source.uuid)) {
-          misses.push({ uuid: source.uuid, holder: false, error: unavailable("lacks changes") });
+          misses.push({
+            uuid: source.uuid,
+            holder: false,
+            error: unavailable("has a copy that lacks changes"),
+            staleCopy: true,
+          });
           return null;
         }
         return { value, source };
@@ -370,7 +385,10 @@ export class Distributor implements BlockStore {
     if (holders.size === 0) return unavailable(`no peer can hold ${ref}: the ring is empty`);
     const everyHolderAnswered = [...holders].every((uuid) => answered.has(uuid));
     const codes = new Set(fromHolders.map((m) => isTorusError(m.error) ? m.error.code : "other"));
-    if (everyHolderAnswered && codes.size === 1 && codes.has(ErrorCode.NotExist)) {
+    // Holders without the block while a marked node has a copy: the block moved (a ring change)
+    // and its newer copies are not here yet, or were lost; not absent either way.
+    const staleCopy = misses.some((m) => m.staleCopy);
+    if (everyHolderAnswered && codes.size === 1 && codes.has(ErrorCode.NotExist) && !staleCopy) {
       return new TorusError(ErrorCode.NotExist, `${ref} is not stored (${detail})`);
     }
     if (everyHolderAnswered && codes.size === 1 && codes.has(ErrorCode.Invalid)) {
@@ -394,7 +412,13 @@ export class Distributor implements BlockStore {
       ref,
       options,
       (store, stamp) => store.putBlock(ref, copy, { ...options, ...stamp }),
-      { replacesWhole: true },
+      {
+        replacesWhole: true,
+        extraReplacesWhole: true,
+        // A node that merely may keep a copy: the whole block over the copy it has, if any.
+        toExtra: (store, stamp) =>
+          store.writeAt(ref, 0, copy, { ...options, mustExist: true, ...stamp }),
+      },
     );
   }
 
@@ -412,6 +436,11 @@ export class Distributor implements BlockStore {
       (store, stamp) => store.writeAt(ref, offsetBytes, copy, { ...sent, ...stamp }),
       {
         creating: (store, stamp) => store.writeAt(ref, offsetBytes, copy, { ...options, ...stamp }),
+        extraReplacesWhole: options?.fresh ?? false,
+        toExtra: (store, stamp) =>
+          options?.fresh
+            ? extraDelete(store, ref, options, stamp)
+            : store.writeAt(ref, offsetBytes, copy, { ...options, mustExist: true, ...stamp }),
       },
     );
   }
@@ -430,6 +459,15 @@ export class Distributor implements BlockStore {
       {
         creating: (store, stamp) =>
           store.zeroAt(ref, offsetBytes, lengthBytes, { ...options, ...stamp }),
+        extraReplacesWhole: options?.fresh ?? false,
+        toExtra: (store, stamp) =>
+          options?.fresh
+            ? extraDelete(store, ref, options, stamp)
+            : store.zeroAt(ref, offsetBytes, lengthBytes, {
+              ...options,
+              mustExist: true,
+              ...stamp,
+            }),
       },
     );
   }
@@ -448,7 +486,12 @@ export class Distributor implements BlockStore {
       ref,
       options,
       (store, stamp) => store.deleteBlock(ref, { ...options, ...stamp }),
-      { tolerateMissing: true, replacesWhole: true },
+      {
+        tolerateMissing: true,
+        replacesWhole: true,
+        extraReplacesWhole: true,
+        toExtra: (store, stamp) => extraDelete(store, ref, options, stamp),
+      },
     );
   }
 
@@ -473,7 +516,7 @@ export class Distributor implements BlockStore {
         if (kind.creating === undefined || !isTorusError(error, ErrorCode.NotExist)) throw error;
         // Every holder lacks the block: it is still where an earlier ring placed it, and comes
         // from there first; when no node has it, the write creates it, as in any store.
-        const pulled = await this.#pullToHolders(ref);
+        const pulled = await this.#pullByNewestRing(ref);
         await this.#changeByNewestRing(ref, pulled ? send : kind.creating, kind);
       }
     });
@@ -519,8 +562,20 @@ export class Distributor implements BlockStore {
     if (holders.length === 0) throw unavailable(`no peer can hold ${ref}: the ring is empty`);
     const stamp = { ringVersion: ring.version };
     const attempts = holders.map((uuid) => this.#sendTo(uuid, ref, (store) => send(store, stamp)));
-    const settled = this.#trackChange(ref, holders, attempts, kind, send);
-    await this.#acknowledged(ref, holders, attempts, kind, settled);
+    const toExtra = kind.toExtra;
+    const extras = toExtra === undefined ? [] : this.#extras(holders);
+    const extraAttempts = extras.map((uuid) =>
+      this.#sendTo(uuid, ref, (store) => toExtra!(store, stamp))
+    );
+    const placement: Placement = { holders, attempts, extras, extraAttempts };
+    const settled = this.#trackChange(ref, placement, kind, send);
+    await this.#acknowledged(ref, placement, kind, settled);
+  }
+
+  /** The nodes besides `holders` that may keep a copy (see DistributorOptions.unsettled). */
+  #extras(holders: readonly string[]): readonly string[] {
+    const unsettled = this.#options.unsettled?.() ?? [];
+    return unsettled.length === 0 ? [] : unsettled.filter((uuid) => !holders.includes(uuid));
   }
 
   /** One holder's attempt; resolves to null or the error (never rejects). */
@@ -562,23 +617,35 @@ export class Distributor implements BlockStore {
    */
   #trackChange(
     ref: BlockRef,
-    holders: readonly string[],
-    attempts: readonly Promise<unknown>[],
+    placement: Placement,
     kind: ChangeKind,
     send: Send,
   ): Promise<void> {
     const key = ref.key;
     const version = this.#options.ring().version;
+    const { holders, extras } = placement;
     this.#changesInFlight.set(key, (this.#changesInFlight.get(key) ?? 0) + 1);
-    const settled = Promise.all(attempts).then((results) => {
+    const settled = Promise.all([
+      Promise.all(placement.attempts),
+      Promise.all(placement.extraAttempts),
+    ]).then(([holderResults, extraResults]) => {
+      const results = holderResults;
       if (kind.replacesWhole) this.#freshAgain(ref, holders, results);
+      // An extra without a copy lacks nothing; one that took a whole replacement is current.
+      const extraCurrent = extraResults.map((r) =>
+        isTorusError(r, ErrorCode.NotExist) || r === null && kind.extraReplacesWhole ? null : r ?? 0
+      );
+      this.#freshAgain(ref, extras, extraCurrent);
       this.#noteMissed(ref, holders, results, kind.tolerateMissing ?? false);
+      this.#noteMissedExtras(ref, results, extras, extraResults);
       const left = (this.#changesInFlight.get(key) ?? 1) - 1;
       if (left === 0) this.#changesInFlight.delete(key);
       else this.#changesInFlight.set(key, left);
       // Levels one/local returned at a first acknowledgement: a holder that refused the ring
       // the change was placed by gets it placed again here, by the newer ring.
-      const refusedRing = results.some((r) => isTorusError(r, ErrorCode.CompareFailed));
+      const refusedRing = [...results, ...extraResults].some((r) =>
+        isTorusError(r, ErrorCode.CompareFailed)
+      );
       if (refusedRing && this.#options.writeLevel !== "all" && results.some((r) => r === null)) {
         this.#keepInBackground(this.#placeAgain(ref, send, kind, version));
       }
@@ -600,21 +667,26 @@ export class Distributor implements BlockStore {
   /** Waits for the acknowledgements the write level asks for; throws the change's failure. */
   async #acknowledged(
     ref: BlockRef,
-    holders: readonly string[],
-    attempts: readonly Promise<unknown>[],
+    placement: Placement,
     kind: ChangeKind,
     settled: Promise<void>,
   ): Promise<void> {
+    const { holders, attempts } = placement;
     const level = this.#options.writeLevel;
     const tolerateMissing = kind.tolerateMissing ?? false;
     const selfIndex = this.#options.self === null ? -1 : holders.indexOf(this.#options.self);
     if (level === "all") {
       let results: readonly unknown[] = await Promise.all(attempts);
-      const refusedRing = results.find((r) => isTorusError(r, ErrorCode.CompareFailed));
+      const extraResults = await Promise.all(placement.extraAttempts);
+      const refusedRing = [...results, ...extraResults].find((r) =>
+        isTorusError(r, ErrorCode.CompareFailed)
+      );
       if (refusedRing !== undefined) throw refusedRing;
       if (kind.creating) results = await this.#fillMissing(ref, holders, results, settled);
-      if (await this.#enoughWithMarks(ref, holders, results, tolerateMissing, settled)) return;
-      this.#throwUnlessDone(ref, holders, results, tolerateMissing);
+      if (!await this.#enoughWithMarks(ref, holders, results, tolerateMissing, settled)) {
+        this.#throwUnlessDone(ref, holders, results, tolerateMissing);
+      }
+      await this.#extrasMarked(ref, placement.extras, extraResults, settled);
       return;
     }
     // one / local: the first acknowledgement (this node's own for `local`) returns; the others
@@ -683,6 +755,19 @@ export class Distributor implements BlockStore {
     );
   }
 
+  /** #pullToHolders, placed again by a newer ring when a holder knows one. */
+  async #pullByNewestRing(ref: BlockRef): Promise<boolean> {
+    for (let attempt = 1;; attempt++) {
+      const version = this.#options.ring().version;
+      try {
+        return await this.#pullToHolders(ref);
+      } catch (error) {
+        if (!isTorusError(error, ErrorCode.CompareFailed) || attempt >= RING_RETRIES) throw error;
+        await this.#newerRing(version);
+      }
+    }
+  }
+
   /**
    * Every holder of `ref` lacks it: the block is still where an earlier ring placed it (the rest
    * of the permutation, or a registered node out of the ring). Copies it from there to the
@@ -701,11 +786,15 @@ export class Distributor implements BlockStore {
       if (elsewhere.length === 0) return false;
       const copy = await this.#copyFrom(ref, elsewhere.map((s) => s.uuid));
       if (copy === null) return false;
+      const options = {
+        ifAbsent: true,
+        timeoutMs: this.#options.peerTimeoutMs,
+        ringVersion: this.#options.ring().version,
+      };
       await Promise.all(holders.map(async (uuid) => {
         const source = this.#sourceOf(uuid);
         if (source === null) throw unavailable(`no address known for peer ${uuid}`);
-        const timeoutMs = this.#options.peerTimeoutMs;
-        await source.store.putBlock(ref, copy, { ifAbsent: true, timeoutMs }).catch((error) => {
+        await source.store.putBlock(ref, copy, options).catch((error) => {
           if (!isTorusError(error, ErrorCode.Exists)) throw error;
         });
         this.#unflushed.add(source.store);
@@ -818,6 +907,54 @@ export class Distributor implements BlockStore {
     );
   }
 
+  /**
+   * After a change some holder took: extras (see `unsettled`) that could not be told it (neither
+   * took it nor answered that they have no copy) may keep an older copy. They are stale for the
+   * ref, marked durably like holders, and the resync deletes their copy (or writes them a whole
+   * one if they are holders again by then).
+   */
+  #noteMissedExtras(
+    ref: BlockRef,
+    results: readonly unknown[],
+    extras: readonly string[],
+    extraResults: readonly unknown[],
+  ): void {
+    if (extras.length === 0 || !results.some((r) => r === null)) return;
+    const missed = extras.filter((_, i) => extraMissed(extraResults[i]));
+    if (missed.length === 0) return;
+    this.#markStale(ref, missed);
+    log.debug(`${missed.join(", ")} may keep an older copy of ${ref} than its holders`);
+  }
+
+  /** Level `all`: the extras that missed the change are durably marked before it counts. */
+  async #extrasMarked(
+    ref: BlockRef,
+    extras: readonly string[],
+    extraResults: readonly unknown[],
+    settled: Promise<void>,
+  ): Promise<void> {
+    const missed = extras.filter((_, i) => extraMissed(extraResults[i]));
+    if (missed.length === 0 || this.#marks === null) return;
+    await settled;
+    try {
+      await Promise.all(missed.map((uuid) => this.#marks!.record(ref, uuid)));
+    } catch (error) {
+      throw outcomeUnknown(
+        `${ref} changed at its holders, and ${missed.join(", ")}, which may keep an older ` +
+          `copy, could not be marked as lacking the change: ${errorMessage(error)}`,
+      );
+    }
+  }
+
+  /** Adds `uuids` to the stale nodes of `ref`, records the marks and starts a resync. */
+  #markStale(ref: BlockRef, uuids: readonly string[]): void {
+    const entry = this.#divergent.get(ref.key) ?? { ref, stale: new Set<string>() };
+    for (const uuid of uuids) entry.stale.add(uuid);
+    this.#divergent.set(ref.key, entry);
+    for (const uuid of uuids) this.#recordMark(ref, uuid);
+    this.#startResync();
+  }
+
   /** How many holders must have a change for it to count (`minCopies`, else all of them). */
   #minCopies(holders: readonly string[]): number {
     const min = this.#options.minCopies;
@@ -925,15 +1062,19 @@ export class Distributor implements BlockStore {
   }
 
   /**
-   * A stale holder that is no longer a holder of its ref (the ring changed: it was removed, or
-   * the block moved) has nothing to catch up: the ref's holders now are the ones that count, and
-   * the rebalancer gives a new one the block from a holder that has every change.
+   * A stale node that is gone (neither a ring member nor a registered node out of the ring) has
+   * nothing to catch up. One still there that is no holder of the ref may keep its older copy,
+   * and could be a holder again under a later ring: it stays stale until its copy is deleted.
    */
   #dropFormerHolders(): void {
+    const present = new Set([
+      ...this.#members(),
+      ...(this.#options.outsideRing?.() ?? []),
+      ...(this.#options.unsettled?.() ?? []),
+    ]);
     for (const [key, entry] of this.#divergent) {
-      const holders = this.#holders(entry.ref);
       for (const uuid of [...entry.stale]) {
-        if (holders.includes(uuid)) continue;
+        if (present.has(uuid)) continue;
         entry.stale.delete(uuid);
         this.#marks?.release(entry.ref, uuid);
       }
@@ -975,24 +1116,29 @@ export class Distributor implements BlockStore {
   }
 
   /**
-   * Writes a whole good copy of the ref (or its absence) to its stale holders in `reachable`,
-   * while its changes wait (the repair rule). A holder no longer a holder (the ring changed) is
-   * dropped.
+   * Writes a whole good copy of the ref (or its absence) to its stale holders in `reachable`, and
+   * deletes the older copies of stale nodes that are no holders, while the ref's changes wait
+   * (the repair rule). Each call carries the ring version: a node that knows a newer ring (where
+   * it may hold the ref) refuses, and is tried again by the newer ring.
    */
   async #resync(entry: Divergence, reachable: ReadonlySet<string>): Promise<void> {
     const { ref, stale } = entry;
     while (this.#changesInFlight.has(ref.key)) await this.#options.clock.sleep(1);
+    const ring = this.#options.ring();
     const holders = this.#holders(ref);
-    for (const uuid of [...stale]) if (!holders.includes(uuid)) stale.delete(uuid);
-    for (const uuid of [...stale]) if (!holders.includes(uuid)) this.#marks?.release(ref, uuid);
     const good = holders.filter((uuid) => !stale.has(uuid) && !this.#isStaleAt(ref, uuid));
-    const targets = [...stale].filter((uuid) => reachable.has(uuid));
-    const copy = targets.length === 0 ? null : await this.#copyFrom(ref, good);
+    let targets = [...stale].filter((uuid) => reachable.has(uuid));
+    if (targets.length === 0) return;
+    const copy = await this.#copyFrom(ref, good);
+    // An older copy off the holders goes only once a holder has the block: the ring may have
+    // changed since, and its new holders may not have it yet (the node that took the change
+    // pushes it there). Until then it stays, marked.
+    if (copy === null) targets = targets.filter((uuid) => holders.includes(uuid));
     for (const uuid of targets) {
       const source = this.#sourceOf(uuid);
       if (source === null) continue;
-      const options = { timeoutMs: this.#options.peerTimeoutMs };
-      if (copy === null) {
+      const options = { timeoutMs: this.#options.peerTimeoutMs, ringVersion: ring.version };
+      if (copy === null || !holders.includes(uuid)) {
         await source.store.deleteBlock(ref, options).catch((error) => {
           if (!isTorusError(error, ErrorCode.NotExist)) throw error;
         });
@@ -1084,10 +1230,14 @@ export class Distributor implements BlockStore {
       expected,
       (store, timeoutMs) => store.getBlock(ref, { ...expected, timeoutMs }),
     );
+    const ringVersion = this.#options.ring().version;
     for (const uuid of holders) {
       const source = this.#sourceOf(uuid);
       if (source === null) continue;
-      await source.store.putBlock(ref, value, { timeoutMs: this.#options.peerTimeoutMs });
+      await source.store.putBlock(ref, value, {
+        timeoutMs: this.#options.peerTimeoutMs,
+        ringVersion,
+      });
       this.#unflushed.add(source.store);
       this.stats.repairedBlocks++;
       log.info(`repaired the copy of ${ref} at ${uuid}`);
@@ -1163,6 +1313,15 @@ export class Distributor implements BlockStore {
         return;
       }
       if (result.status === "fulfilled") return;
+      // A node that took the changes as an extra only (no holder of any of them) is not one of
+      // the copies a flush counts: its copies may now lack them, and are marked instead.
+      if (
+        entry !== undefined && [...entry.refs.values()].every((ref) => !this.#holds(entry, ref))
+      ) {
+        if (entry.overflow) this.#unknownLoss = `${entry.uuid} failed a flush: ${result.reason}`;
+        for (const ref of entry.refs.values()) this.#markStale(ref, [entry.uuid]);
+        return;
+      }
       if (entry !== undefined) this.#keepTaken(store, entry);
       // A peer that acknowledged nothing since its last flush (its changes went unanswered, so
       // it is marked stale for them) owes this flush nothing.
@@ -1212,6 +1371,11 @@ export class Distributor implements BlockStore {
     else taken.overflow = true;
   }
 
+  /** Whether the peer of `entry` is a holder of `ref` under the current ring. */
+  #holds(entry: Taken, ref: BlockRef): boolean {
+    return this.#holders(ref).includes(entry.uuid);
+  }
+
   /** Puts back what a store took when its flush failed (it is still unflushed). */
   #keepTaken(store: BlockStore, entry: Taken): void {
     const current = this.#takenSinceFlush.get(store);
@@ -1240,14 +1404,8 @@ export class Distributor implements BlockStore {
       this.#unknownLoss = `${entry.uuid} restarted with more than ${TAKEN_REFS_MAX} unflushed ` +
         `changes: which of them it lost cannot be told`;
     }
-    for (const ref of entry.refs.values()) {
-      if (!this.#holders(ref).includes(entry.uuid)) continue;
-      const divergence = this.#divergent.get(ref.key) ?? { ref, stale: new Set<string>() };
-      divergence.stale.add(entry.uuid);
-      this.#divergent.set(ref.key, divergence);
-      this.#recordMark(ref, entry.uuid);
-    }
-    this.#startResync();
+    // A node that took them as an extra (no holder) may keep the older copy: marked all the same.
+    for (const ref of entry.refs.values()) this.#markStale(ref, [entry.uuid]);
   }
 
   async #backgroundSettled(): Promise<void> {
@@ -1388,6 +1546,38 @@ interface ChangeKind {
    * #rangeOptions), and this is the same call without, for when no node has the block.
    */
   readonly creating?: Send;
+  /**
+   * The change as sent to a node that is no holder but may keep a copy (`unsettled`): it changes
+   * only a copy that is there (`not_exist` otherwise, which is fine). A fresh write or a delete
+   * deletes the copy (everything in it is replaced).
+   */
+  readonly toExtra?: Send;
+  /** `toExtra` leaves a node that took it with the whole ref (or none of it). */
+  readonly extraReplacesWhole?: boolean;
+}
+
+/** Where one change went: its holders and the extras (see `unsettled`), with their attempts. */
+interface Placement {
+  readonly holders: readonly string[];
+  readonly attempts: readonly Promise<unknown>[];
+  readonly extras: readonly string[];
+  readonly extraAttempts: readonly Promise<unknown>[];
+}
+
+/** Whether an extra's answer leaves it with a copy that may lack the change. */
+function extraMissed(result: unknown): boolean {
+  return result !== null && !isTorusError(result, ErrorCode.NotExist) &&
+    !isTorusError(result, ErrorCode.CompareFailed);
+}
+
+/** A delete at a node that may keep a copy; none there is `not_exist`, as for any extra. */
+function extraDelete(
+  store: BlockStore,
+  ref: BlockRef,
+  options: BlockCallOptions | undefined,
+  stamp: { readonly ringVersion: number },
+): Promise<void> {
+  return store.deleteBlock(ref, { ...options, ...stamp });
 }
 
 /**

@@ -262,15 +262,24 @@ export class Rebalancer {
     }
     // Refs some holder may still lack: their surplus copy here must stay.
     const results = await Promise.all(
-      [...wanted].map(([uuid, refs]) => this.#fillHolder(uuid, refs, unconfirmed)),
+      [...wanted].map(([uuid, refs]) => this.#fillHolder(ring, uuid, refs, unconfirmed)),
     );
-    await this.#deleteSurplus(surplus.filter((ref) => !unconfirmed.has(ref.key)));
+    const deletable = surplus.filter((ref) => !unconfirmed.has(ref.key));
+    await this.#deleteSurplus(deletable);
     this.#progress.passScannedBlocks += batch.length;
-    return results.every((ok) => ok);
+    // A surplus copy kept (a holder is marked stale, so it confirms nothing) leaves the pass
+    // incomplete: a balanced node holds no copy the ring puts elsewhere, so writers stop sending
+    // it changes (distributor `unsettled`), and a kept copy would fall behind unnoticed.
+    return results.every((ok) => ok) && deletable.length === surplus.length;
   }
 
   /** Gives holder `uuid` the refs it lacks; adds the ones it may still lack to `unconfirmed`. */
-  async #fillHolder(uuid: string, refs: readonly BlockRef[], unconfirmed: Set<string>) {
+  async #fillHolder(
+    ring: Ring,
+    uuid: string,
+    refs: readonly BlockRef[],
+    unconfirmed: Set<string>,
+  ) {
     const peer = this.#options.peers.storeOf(uuid);
     const timeoutMs = this.#options.callTimeoutMs ?? CALL_TIMEOUT_MS;
     const giveUp = (error: unknown, what: string) => {
@@ -293,7 +302,7 @@ export class Rebalancer {
     const copyNext = async () => {
       while (next < lacking.length && !this.#stop.signal.aborted) {
         const ref = lacking[next++]!;
-        if (!await this.#copy(ref, peer, uuid, timeoutMs)) {
+        if (!await this.#copy(ref, peer, uuid, { timeoutMs, ringVersion: ring.version })) {
           unconfirmed.add(ref.key);
           ok = false;
         }
@@ -318,7 +327,7 @@ export class Rebalancer {
     ref: BlockRef,
     peer: BlockStore,
     uuid: string,
-    timeoutMs: number,
+    call: { readonly timeoutMs: number; readonly ringVersion: number },
   ): Promise<boolean> {
     let data: Uint8Array;
     try {
@@ -333,7 +342,9 @@ export class Rebalancer {
     }
     await this.#pacer.wait(data.length, this.#stop.signal);
     try {
-      await peer.putBlock(ref, data, { ifAbsent: true, timeoutMs });
+      // Placed by this ring: a holder that knows a newer one (where it may hold no copy of the
+      // ref) refuses, so a node balanced under the newer ring never gets a surplus copy.
+      await peer.putBlock(ref, data, { ifAbsent: true, ...call });
     } catch (error) {
       if (isTorusError(error, ErrorCode.Exists)) return true;
       this.#progress.failedCalls++;

@@ -13,7 +13,7 @@ import { ForwardingStore, patternBlock, testRef } from "../storage/mod.ts";
 import type { PeerDirectory } from "./peer_directory.ts";
 import type { PeerStore } from "./protocols/protocol.ts";
 import { Rebalancer } from "./rebalancer.ts";
-import { BLOCK, TestCluster } from "./test_cluster.ts";
+import { BLOCK, MemoryStaleMarks, TestCluster } from "./test_cluster.ts";
 
 const BLOCKS = 40;
 
@@ -34,7 +34,11 @@ async function writeBlocks(cluster: TestCluster): Promise<void> {
 }
 
 /** Rebalancers of every started peer (members and removed ones alike). */
-function rebalancers(cluster: TestCluster, rateBytesPerSecond = 0): Rebalancer[] {
+function rebalancers(
+  cluster: TestCluster,
+  rateBytesPerSecond = 0,
+  isStale?: (ref: BlockRef, uuid: string) => boolean,
+): Rebalancer[] {
   return cluster.uuids.map((self, i) =>
     new Rebalancer({
       self,
@@ -45,6 +49,7 @@ function rebalancers(cluster: TestCluster, rateBytesPerSecond = 0): Rebalancer[]
       rateBytesPerSecond,
       batchRefs: 7,
       callTimeoutMs: 500,
+      ...(isStale ? { isStale } : {}),
     })
   );
 }
@@ -345,6 +350,147 @@ for (const writeLevel of ["all", "one"] as const) {
     }
   });
 }
+
+/**
+ * Ring A, then B with a peer added: a block one of whose A holders (`kept`) is no B holder, which
+ * has not dropped its copy yet (no rebalancer ran). Sets the cluster to B.
+ */
+async function ringAtoB(cluster: TestCluster) {
+  const ringA = modifiable(cluster);
+  const added = await cluster.startPeer();
+  const ringB = ringA.addPeers([added]);
+  const ref = refs().find((r) =>
+    ringA.getHolders(r).some((u) => !ringB.getHolders(r).includes(u))
+  )!;
+  const kept = ringA.getHolders(ref).find((u) => !ringB.getHolders(ref).includes(u))!;
+  cluster.ring = ringB;
+  cluster.nodeRingVersion = ringB.version;
+  return { ringA, ringB, added, ref, kept };
+}
+
+test("a ring that goes A→B→A: a node that kept its copy under B took B's changes, and serves them when it holds the block again", async (cluster) => {
+  const { ringA, ringB, added, ref, kept } = await ringAtoB(cluster);
+  // Every node may keep copies B puts elsewhere (none has applied B).
+  const writer = await cluster.distributor({ moving: true, unsettled: () => cluster.uuids });
+  const newer = patternBlock(BLOCK, 777);
+  const range = new Uint8Array(100).fill(0xab);
+  try {
+    await writer.putBlock(ref, newer);
+    await writer.writeAt(ref, 200, range);
+    await writer.flush();
+  } finally {
+    await writer.close();
+  }
+  newer.set(range, 200);
+  for (const uuid of cluster.uuids) {
+    const store = cluster.storeOf(uuid);
+    if (ringB.getHolders(ref).includes(uuid) || ringA.getHolders(ref).includes(uuid)) {
+      assert.deepEqual(await store.getBlock(ref), newer, `${uuid}: every copy has the changes`);
+    } else {
+      assert.equal(await store.hasBlock(ref), false, `${uuid}: no copy made where there was none`);
+    }
+  }
+  // Back to A: `kept` holds the block again and reads its own copy first.
+  cluster.ring = ringB.removePeers([added.uuid]);
+  cluster.nodeRingVersion = cluster.ring.version;
+  const reader = await cluster.distributor({ self: cluster.uuids.indexOf(kept) });
+  try {
+    assert.deepEqual(await reader.getBlock(ref), newer);
+    assert.equal(reader.stats.localBlocks, 1);
+  } finally {
+    await reader.close();
+  }
+});
+
+test("a node that may keep a copy and misses a change is marked before the change counts; its copy goes once a holder has the block", async (cluster) => {
+  const { ref, kept } = await ringAtoB(cluster);
+  const marks = new MemoryStaleMarks();
+  await cluster.stop(kept);
+  const writer = await cluster.distributor({
+    moving: true,
+    unsettled: () => cluster.uuids,
+    staleMarks: marks,
+    minCopies: 1,
+  });
+  try {
+    const newer = patternBlock(BLOCK, 778);
+    await writer.putBlock(ref, newer);
+    assert.ok(marks.isStale(ref, kept), "marked before the put returned");
+    await writer.flush();
+    // Its older copy is passed over by reads.
+    assert.deepEqual(await writer.getBlock(ref), newer);
+    await cluster.restart(kept);
+    await waitFor(() => !marks.isStale(ref, kept));
+    assert.equal(await cluster.storeOf(kept).hasBlock(ref), false, "the older copy deleted");
+    for (const uuid of cluster.ring.getHolders(ref)) {
+      assert.deepEqual(await cluster.storeOf(uuid).getBlock(ref), newer, uuid);
+    }
+  } finally {
+    await writer.close();
+  }
+});
+
+test("an older copy off the holders stays (marked) while no holder has the block yet", async (cluster) => {
+  const { ref, kept } = await ringAtoB(cluster);
+  // B's holders lack the block (its newer copy is still on its way, at another old holder), and
+  // `kept` was marked by an earlier writer.
+  for (const uuid of cluster.ring.getHolders(ref)) {
+    const store = cluster.storeOf(uuid);
+    if (await store.hasBlock(ref)) await store.deleteBlock(ref);
+  }
+  const marks = new MemoryStaleMarks();
+  await marks.add(ref.volume, kept, [ref]);
+  const writer = await cluster.distributor({
+    unsettled: () => cluster.uuids,
+    staleMarks: marks,
+    minCopies: 1,
+  });
+  try {
+    await writer.adoptStaleMarks(ref.volume);
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    assert.ok(await cluster.storeOf(kept).hasBlock(ref), "kept while no holder has the block");
+    assert.ok(marks.isStale(ref, kept), "still marked");
+    // The block reaches a holder: the older copy goes.
+    const holder = cluster.ring.getHolders(ref)[0]!;
+    await cluster.storeOf(holder).putBlock(ref, patternBlock(BLOCK, 5));
+    await waitFor(() => !marks.isStale(ref, kept));
+    assert.equal(await cluster.storeOf(kept).hasBlock(ref), false);
+  } finally {
+    await writer.close();
+  }
+});
+
+test("a surplus copy kept for a holder marked stale leaves the pass incomplete", async (cluster) => {
+  cluster.ring = modifiable(cluster).removePeers(["peer-1"]);
+  const marks = new MemoryStaleMarks();
+  let surplus: BlockRef | null = null;
+  for await (const held of cluster.stores[1]!.blockRefs()) surplus ??= held;
+  assert.ok(surplus !== null);
+  const holder = cluster.ring.getHolders(surplus)[0]!;
+  await marks.add(surplus.volume, holder, [surplus]);
+  const leaving = rebalancers(cluster, 0, (r, uuid) => marks.isStale(r, uuid))[1]!;
+  assert.equal((await leaving.pass()).complete, false);
+  assert.ok(await cluster.stores[1]!.hasBlock(surplus), "kept: the marked holder confirms nothing");
+  await marks.remove(surplus.volume, holder, [surplus]);
+  assert.equal((await leaving.pass()).complete, true);
+  assert.equal(await cluster.stores[1]!.hasBlock(surplus), false);
+});
+
+test("a copy placed by an older ring is refused by a node that knows a newer one", async (cluster) => {
+  const old = cluster.ring;
+  const added = await cluster.startPeer();
+  cluster.ring = modifiable(cluster).addPeers([added]);
+  // The nodes know a ring newer still; this rebalancer follows the one before.
+  cluster.nodeRingVersion = cluster.ring.version + 1;
+  const behind = rebalancers(cluster)[3]!;
+  for (const uuid of old.memberUuids()) {
+    const lagging = rebalancers(cluster)[cluster.uuids.indexOf(uuid)]!;
+    assert.equal((await lagging.pass()).complete, false, `${uuid}: its copies were refused`);
+    assert.ok(lagging.progress().failedCalls > 0);
+  }
+  assert.equal(cluster.stores[3]!.usedBlocks(), 0, "no copy reached the added peer");
+  assert.equal((await behind.pass()).complete, true);
+});
 
 async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

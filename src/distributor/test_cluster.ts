@@ -112,6 +112,8 @@ export class TestCluster {
       cacheBytes?: number;
       /** Blocks may not be where the ring puts them (DistributorOptions.moving). */
       moving?: boolean;
+      /** Nodes that may keep copies the ring puts elsewhere (DistributorOptions.unsettled). */
+      unsettled?: () => readonly string[];
       /** The ring this distributor follows (default: the cluster's), and how it reads it again. */
       ring?: () => Ring;
       refreshRing?: () => Promise<void>;
@@ -131,6 +133,7 @@ export class TestCluster {
       // As a node's registered peers: the ones started and not (or no longer) in the ring.
       outsideRing: () => this.uuids.filter((uuid) => !this.ring.memberUuids().includes(uuid)),
       moving: () => options.moving ?? false,
+      ...(options.unsettled ? { unsettled: options.unsettled } : {}),
       ...(options.staleMarks ? { staleMarks: options.staleMarks } : {}),
       ...(options.minCopies !== undefined ? { minCopies: options.minCopies } : {}),
       readLevel: options.readLevel ?? "block",

@@ -34,6 +34,7 @@ import {
 import type { LeaseId, WatchEvent } from "./kv.ts";
 import {
   decodeGlobalMetadata,
+  decodeU64,
   encodeGlobalMetadata,
   encodeU64,
   type GlobalMetadata,
@@ -292,6 +293,38 @@ export class PeerMetadataImpl implements PeerMetadata {
     await this.#context.kv.delete(this.#context.keys.node(uuid));
   }
 
+  async recordBalanced(uuid: string, ringVersion: number): Promise<void> {
+    if (!Number.isSafeInteger(ringVersion) || ringVersion < 0) {
+      throw invalid(`bad ring version ${ringVersion}`);
+    }
+    const key = this.#context.keys.balanced(uuid);
+    await casLoop(this.#context, "balanced record", async () => {
+      const entry = await this.#context.kv.get(key);
+      const recorded = entry === null ? -1n : decodeBalanced(entry.value);
+      if (recorded >= BigInt(ringVersion)) return undefined;
+      const swapped = await this.#context.kv.txn({
+        compare: [entry === null ? absent(key) : unchanged(key, entry.modRevision)],
+        success: [put(key, encodeU64(BigInt(ringVersion)))],
+      });
+      return swapped.succeeded ? undefined : RETRY;
+    });
+  }
+
+  async balancedRings(): Promise<Map<string, number>> {
+    const { kv, keys, log } = this.#context;
+    const rings = new Map<string, number>();
+    for (const entry of await kv.range(keys.balancedDir())) {
+      const uuid = entry.key.slice(keys.balancedDir().length);
+      const version = decodeBalanced(entry.value);
+      if (version < 0n || version > BigInt(Number.MAX_SAFE_INTEGER)) {
+        log.warn(`skipping invalid balanced record ${entry.key}`);
+        continue;
+      }
+      rings.set(uuid, Number(version));
+    }
+    return rings;
+  }
+
   async listPeers(options: ListPeersOptions = {}): Promise<PeerInfo[]> {
     const { kv, keys, clock, log } = this.#context;
     const entries = await kv.range(keys.nodesDir());
@@ -312,6 +345,11 @@ export class PeerMetadataImpl implements PeerMetadata {
     }
     return peers;
   }
+}
+
+/** A `balanced/<uuid>` value; -1 when it is not 8 bytes (a record to skip). */
+function decodeBalanced(value: Uint8Array): bigint {
+  return value.length === 8 ? decodeU64(value, "balanced ring version") : -1n;
 }
 
 /**

@@ -103,6 +103,17 @@ export class MetadataKeys {
   node(uuid: string): string {
     return `${this.nodesDir()}${parseUuid(uuid, "peer UUID")}`;
   }
+  /**
+   * Directory of the ring version each node last finished applying (8-byte LE, no lease: it
+   * outlives the node's registration, so a writer knows it while the node is down).
+   */
+  balancedDir(): string {
+    return `${this.prefix}balanced/`;
+  }
+  /** The ring version node `uuid` last finished applying. */
+  balanced(uuid: string): string {
+    return `${this.balancedDir()}${parseUuid(uuid, "peer UUID")}`;
+  }
   /** Directory of the name → id index. */
   volumeNamesDir(): string {
     return `${this.prefix}volumes/`;

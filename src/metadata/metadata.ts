@@ -127,6 +127,14 @@ export interface PeerMetadata {
   unregisterPeer(uuid: string): Promise<void>;
   /** Registered peers (clients included), sorted by UUID; stale and undecodable ones skipped. */
   listPeers(options?: ListPeersOptions): Promise<PeerInfo[]>;
+  /**
+   * Records that node `uuid` finished applying ring `ringVersion`: it holds no copy the ring puts
+   * elsewhere. Kept without a lease (`balanced/<uuid>`), so writers know it while the node is
+   * down; a lower version than the one recorded is ignored.
+   */
+  recordBalanced(uuid: string, ringVersion: number): Promise<void>;
+  /** The ring version each node last recorded as balanced; undecodable records skipped. */
+  balancedRings(): Promise<Map<string, number>>;
 }
 
 /** A volume as the catalogue knows it. */

@@ -325,6 +325,21 @@ function registerPeerTests(test: TestFn, options: MetadataContractOptions): void
     assert.equal((await mds.peers.listPeers()).length, 1);
   });
 
+  test("balanced ring versions outlive registrations and never go back", async (f) => {
+    const { mds, prefix } = f;
+    assert.deepEqual(await mds.peers.balancedRings(), new Map());
+    await mds.peers.recordBalanced(uuidA, 3);
+    await mds.peers.recordBalanced(uuidB, 7);
+    await mds.peers.recordBalanced(uuidA, 2); // older: ignored
+    assert.deepEqual(await mds.peers.balancedRings(), new Map([[uuidA, 3], [uuidB, 7]]));
+    await mds.peers.recordBalanced(uuidA, 4);
+    assert.equal((await mds.peers.balancedRings()).get(uuidA), 4);
+    await mds.kv.put(`${prefix}balanced/${uuidB}`, encoder.encode("junk"));
+    assert.deepEqual(await mds.peers.balancedRings(), new Map([[uuidA, 4]]));
+    await assertCode(mds.peers.recordBalanced(uuidA, -1), ErrorCode.Invalid);
+    await assertCode(mds.peers.recordBalanced("not-a-uuid", 1), ErrorCode.Invalid);
+  });
+
   test("undecodable registrations are skipped, bad uuids rejected", async ({ mds, prefix }) => {
     const lease = await mds.leases.grant(60_000);
     await mds.kv.put(`${prefix}nodes/junk`, encoder.encode("\xff\xff\xff"));

@@ -164,6 +164,7 @@ export class ClusterMember {
         minCopies: options.minCopies ?? 0,
         refreshRing: () => member?.refreshRing() ?? Promise.resolve(),
         moving: () => member?.moving() ?? true,
+        unsettled: () => member?.unsettled() ?? [],
         readLevel: options.readLevel,
         writeLevel: options.writeLevel,
         readCacheBytes: options.readCacheBytes,
@@ -246,21 +247,55 @@ export class ClusterMember {
   }
 
   /**
-   * Whether blocks may not yet be where the ring puts them: a registered member has not applied
-   * the current ring (it is rebalancing, reported an older ring, or reported none yet), or a
-   * node out of the ring still holds blocks. Range writes are then sent with `mustExist`, so a
-   * new holder without the block refuses instead of making a block of zeros (distributor.ts).
+   * Whether blocks may not yet be where the ring puts them: some node is unsettled (see
+   * {@link unsettled}). Range writes are then sent with `mustExist`, so a new holder without the
+   * block refuses instead of making a block of zeros (distributor.ts).
    */
   moving(): boolean {
+    return this.unsettled().length > 0;
+  }
+
+  /**
+   * Nodes that may hold copies the current ring puts elsewhere: ring members that have not
+   * finished applying it (rebalancing, on an older ring, or down since before they recorded it
+   * as balanced), and registered nodes out of the ring that still hold blocks. The distributor
+   * sends them every change too while any are listed, so a copy they keep never falls behind
+   * (ADR 0006 §3a).
+   */
+  unsettled(): readonly string[] {
+    if (this.#unsettled.ring === this.#ring && this.#unsettled.peers === this.#peers) {
+      return this.#unsettled.uuids;
+    }
     const ring = this.#ring;
     const members = new Set(ring.memberUuids());
-    return this.#peers.some((peer) => {
-      if (peer.address === "") return false;
-      if (!members.has(peer.uuid)) return peer.usedBlocks > 0n;
-      const info = peer.rebalanceInfo;
-      return info === null || info.rebalancing || (info.ringVersion ?? 0n) < BigInt(ring.version);
-    });
+    const registered = new Map(
+      this.#peers.filter((peer) => peer.address !== "").map((peer) => [peer.uuid, peer]),
+    );
+    const uuids: string[] = [];
+    for (const uuid of members) {
+      const peer = registered.get(uuid);
+      const info = peer?.rebalanceInfo ?? null;
+      const settled = peer === undefined
+        ? (this.#balanced.get(uuid) ?? -1) >= ring.version
+        : info !== null && !info.rebalancing && (info.ringVersion ?? 0n) >= BigInt(ring.version);
+      if (!settled) uuids.push(uuid);
+    }
+    for (const peer of registered.values()) {
+      if (!members.has(peer.uuid) && peer.usedBlocks > 0n) uuids.push(peer.uuid);
+    }
+    this.#unsettled = { ring, peers: this.#peers, uuids };
+    return uuids;
   }
+
+  #unsettled: { ring: Ring | null; peers: readonly PeerInfo[] | null; uuids: readonly string[] } = {
+    ring: null,
+    peers: null,
+    uuids: [],
+  };
+  /** The ring version each node last recorded as balanced (metadata `balanced/`). */
+  #balanced = new Map<string, number>();
+  /** The version this node last recorded as balanced. */
+  #recordedBalanced = -1;
 
   /** Registered nodes with an address that are not ring members (removed ones draining). */
   outsideRing(): readonly string[] {
@@ -335,14 +370,32 @@ export class ClusterMember {
   async #heartbeat(): Promise<void> {
     if (this.server !== null) {
       await this.#options.metadata.peers.registerPeer(this.info(), this.#options.leases.lease);
+      await this.#recordBalanced();
     }
     await this.refreshPeers();
     this.heartbeatCount++;
   }
 
+  /**
+   * Records durably that this node finished applying the ring (writers then stop sending it the
+   * changes of blocks it does not hold, even while it is down).
+   */
+  async #recordBalanced(): Promise<void> {
+    const progress = this.rebalancer?.progress();
+    if (progress === undefined || progress.rebalancing) return;
+    if (progress.ringVersion <= this.#recordedBalanced) return;
+    await this.#options.metadata.peers.recordBalanced(this.#options.uuid, progress.ringVersion);
+    this.#recordedBalanced = progress.ringVersion;
+  }
+
   /** Reads the registered peers again (their addresses, counts and states). */
   async refreshPeers(): Promise<void> {
-    this.#peers = await this.#options.metadata.peers.listPeers();
+    const [peers, balanced] = await Promise.all([
+      this.#options.metadata.peers.listPeers(),
+      this.#options.metadata.peers.balancedRings(),
+    ]);
+    this.#balanced = balanced;
+    this.#peers = peers;
     this.#addresses = new Map(
       this.#peers.filter((p) => p.address !== "").map((p) => [p.uuid, p.address]),
     );

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { systemClock } from "../core/mod.ts";
 import { TdpProtocol } from "../distributor/mod.ts";
 import { createMetadataService, MemoryKvStore, type MetadataService } from "../metadata/mod.ts";
-import { createRing, RingType } from "../ring/mod.ts";
+import { createRing, isModifiable, ringFromMessage, RingType } from "../ring/mod.ts";
 import { MemoryBlockStore, patternBlock, testRef } from "../storage/mod.ts";
 import { ClusterMember } from "./cluster_member.ts";
 import { MemoryFenceRecords } from "./fenced_store.ts";
@@ -34,6 +34,7 @@ function start(
   leases: LeaseKeeper,
   uuid: string,
   local: MemoryBlockStore,
+  heartbeatMs = 600_000,
 ): Promise<ClusterMember> {
   return ClusterMember.start({
     uuid,
@@ -48,8 +49,8 @@ function start(
     rebalanceRateBytesPerSecond: 0,
     clock: systemClock,
     peerTimeoutMs: 500,
-    // No heartbeat during the test: addresses change only when a failed call asks for them.
-    heartbeatMs: 600_000,
+    // No heartbeat during the first test: addresses change only when a failed call asks for them.
+    heartbeatMs,
   });
 }
 
@@ -86,6 +87,60 @@ Deno.test("ClusterMember: join, replicate, find a member on its new port, unregi
       assert.deepEqual(await writer.getBlock(testRef(i)), patternBlock(BLOCK, i), `block ${i}`);
     }
     assert.deepEqual((await metadata.peers.listPeers()).map((p) => p.uuid), [m(0), m(2)]);
+  } finally {
+    for (const member of members) await member.close().catch(() => {});
+    await leases.close();
+    await metadata.close();
+  }
+});
+
+Deno.test("ClusterMember: nodes record the ring they finished applying; a down member is unsettled only when the ring changed since", async () => {
+  const { metadata, leases } = await cluster();
+  const stores = [0, 1].map(() => new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 64 }));
+  const members: ClusterMember[] = [];
+  const settled = async (member: ClusterMember, want: readonly string[]) => {
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      await member.refreshPeers();
+      if (JSON.stringify([...member.unsettled()].sort()) === JSON.stringify(want)) return;
+      if (Date.now() > deadline) assert.fail(`unsettled ${member.unsettled()}, want ${want}`);
+      await new Promise((resolve) => setTimeout(resolve, 30));
+    }
+  };
+  try {
+    for (const [i, store] of stores.entries()) {
+      members.push(await start(metadata, leases, m(i), store, 30));
+    }
+    await settled(members[0]!, []);
+    assert.equal(members[0]!.moving(), false);
+    const version = members[0]!.ring().version;
+    const recorded = await metadata.peers.balancedRings();
+    assert.equal(recorded.get(m(0)), version);
+    assert.equal(recorded.get(m(1)), version);
+    // m1 goes down: it recorded the current ring, so it keeps no copy the ring puts elsewhere.
+    await members[1]!.close();
+    members.pop();
+    await settled(members[0]!, []);
+    // The ring changes while m1 is down (a member added that never ran): both are unsettled.
+    await metadata.cluster.updateRing((current) => {
+      const ring = ringFromMessage(current);
+      assert.ok(isModifiable(ring));
+      return ring.addPeers([{
+        uuid: m(5),
+        address: "tdp://127.0.0.1:1",
+        lastSeen: 0n,
+        totalBlocks: 64n,
+        usedBlocks: 0n,
+        timedOut: false,
+        rebalanceInfo: null,
+        protocolVersion: 2n,
+      }]).toMessage();
+    });
+    await members[0]!.refreshRing();
+    // m0 applies it (and records that); m1 and m5 stay unsettled.
+    await settled(members[0]!, [m(1), m(5)]);
+    assert.equal(members[0]!.moving(), true);
+    assert.equal((await metadata.peers.balancedRings()).get(m(0)), members[0]!.ring().version);
   } finally {
     for (const member of members) await member.close().catch(() => {});
     await leases.close();

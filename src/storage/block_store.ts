@@ -64,7 +64,7 @@ export interface BlockCallOptions {
   /**
    * Changes only: the version of the ring the sender placed this change by (the distributor's).
    * A cluster node that knows a newer ring refuses it with `compare_failed`; 0 or absent is no
-   * version (local calls, copies by the rebalancer and repair). Local stores ignore it.
+   * version (local calls, the scrubber's repairs). Local stores ignore it.
    */
   ringVersion?: number;
 }

@@ -25,24 +25,16 @@ Deno.test(`simulation: ${seeds.length} seeded runs of a 3-node cluster with cuts
   }
 });
 
-Deno.test({
-  name: "simulation: ring changes (a fourth node added and taken out again) with the rebalancers " +
-    "on (ignored: a ring that goes A→B→A while a block is written under B leaves a node that " +
-    "kept a surplus copy under A with an older copy it serves again under A; found by this " +
-    "simulation, seed 7; the fix, versions of copies or writes to the previous ring's holders " +
-    "while blocks move, is the next step of the cluster issue)",
-  ignore: Deno.env.get("TORUS_SIM_RING_CHANGES") === undefined,
-  async fn() {
-    for (const seed of seeds) {
-      const result = await runSimulation(seed, steps, { ringChanges: true });
-      assert.equal(
-        result.failure,
-        null,
-        `seed ${seed} (replay: TORUS_SIM_SEED=${seed} TORUS_SIM_RING_CHANGES=1): ` +
-          `${result.failure}\n${result.log.slice(-40).join("\n")}`,
-      );
-    }
-  },
+Deno.test(`simulation: ${seeds.length} seeded runs with ring changes (a fourth node added and taken out again, A→B→A) and every node's rebalancer on`, async () => {
+  for (const seed of seeds) {
+    const result = await runSimulation(seed, steps, { ringChanges: true });
+    assert.equal(
+      result.failure,
+      null,
+      `seed ${seed} (replay: TORUS_SIM_SEED=${seed}, --filter "ring changes"): ` +
+        `${result.failure}\n${result.log.slice(-40).join("\n")}`,
+    );
+  }
 });
 
 Deno.test("simulation: a seed replays exactly", async () => {

@@ -68,6 +68,11 @@ export class SimDisk {
     return this.#live.hasBlock(ref);
   }
 
+  /** Blocks on this disk (live state), as a heartbeat reports them. */
+  usedBlocks(): number {
+    return this.#live.usedBlocks();
+  }
+
   get(ref: BlockRef): Promise<Uint8Array> {
     return this.#live.getBlock(ref);
   }
