@@ -15,3 +15,4 @@ export * from "./gc.ts";
 export * from "./transfer.ts";
 export * from "./memory_device.ts";
 export * from "./nbd/mod.ts";
+export * from "./aoe/mod.ts";

@@ -17,3 +17,4 @@ export * from "./libc.ts";
 export * from "./lock_file.ts";
 export * from "./ioctl.ts";
 export * from "./socket.ts";
+export * from "./packet_socket.ts";
