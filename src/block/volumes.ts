@@ -95,9 +95,10 @@ export interface VolumeServiceOptions {
   readonly exclusiveHolder?: boolean;
   /**
    * Called once this process holds a volume's lock, before it reads or writes the volume: a
-   * cluster's distributor takes over what an earlier writer left to finish (its stale marks).
+   * cluster's distributor fences the volume at every node with the lock's token and takes over
+   * what an earlier writer left to finish (its stale marks).
    */
-  readonly onLocked?: (volumeId: number) => Promise<void>;
+  readonly onLocked?: (volumeId: number, fencingToken: bigint) => Promise<void>;
 }
 
 /** A volume open for write here, shared by its handles. */
@@ -212,7 +213,7 @@ export class VolumeService {
   readonly #store: BlockStore;
   readonly #leases: LeaseKeeper;
   readonly #holder: string;
-  readonly #onLocked: ((volumeId: number) => Promise<void>) | undefined;
+  readonly #onLocked: ((volumeId: number, fencingToken: bigint) => Promise<void>) | undefined;
   readonly #clock: Clock;
   readonly #random: Random;
   readonly #geometry: MapGeometry;
@@ -286,7 +287,7 @@ export class VolumeService {
     checkMappableSize(info.sizeBytes, this.#geometry);
     const lock = await this.#lock(info.id);
     try {
-      await this.#onLocked?.(info.id);
+      await this.#onLocked?.(info.id, lock.fencingToken);
       const state = await this.#metadata.blockVolumes.headState(info.id);
       const generation = Number(state.head.inode);
       // Every change of this writer carries its lock's fencing token (ADR 0005, section 7).

@@ -142,8 +142,8 @@ export async function startClusterNbd(
       holder: uuid,
       exclusiveHolder: false,
       clock: systemClock,
-      // A volume's new writer finishes what an earlier one left (holders marked stale).
-      onLocked: (id) => member.distributor.adoptStaleMarks(id),
+      // A volume's new writer fences it at every node and finishes what an earlier one left.
+      onLocked: (id, token) => member.distributor.takeOver(id, token),
     });
     closers.push(() => volumes.close());
     const nbd = new NbdServer({

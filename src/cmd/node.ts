@@ -125,8 +125,10 @@ export async function startNode(options: NodeOptions): Promise<Node> {
     // The caller holds the data-dir lock: locks of this node's UUID under another lease are
     // left by an earlier run that died, and are released rather than waited for.
     exclusiveHolder: true,
-    // A volume's new writer finishes what an earlier one left (holders marked stale).
-    ...(member ? { onLocked: (id: number) => member!.distributor.adoptStaleMarks(id) } : {}),
+    // A volume's new writer fences it at every node and finishes what an earlier one left.
+    ...(member
+      ? { onLocked: (id: number, token: bigint) => member!.distributor.takeOver(id, token) }
+      : {}),
     clock: options.clock,
     ...(options.random ? { random: options.random } : {}),
   });

@@ -20,7 +20,7 @@
  */
 
 import {
-  type BlockRef,
+  BlockRef,
   type Clock,
   closed,
   crc32,
@@ -125,6 +125,9 @@ interface Taken {
   overflow: boolean;
 }
 
+/** The instance #takers records for this node's own store (it restarts with this process). */
+const LOCAL_INSTANCE = "local";
+
 /** Refs remembered per peer between flushes (the volume flushes well before). */
 const TAKEN_REFS_MAX = 1 << 18;
 
@@ -132,6 +135,17 @@ const TAKEN_REFS_MAX = 1 << 18;
 interface Divergence {
   readonly ref: BlockRef;
   readonly stale: Set<string>;
+  /**
+   * Where a whole good copy comes from: the nodes that took the ref's changes since the last
+   * flush, when a restart lost some (see #lostByRestart); absent: the holders not stale.
+   */
+  sources?: Set<string>;
+  /**
+   * Every node that took the ref's changes since the last flush restarted (two faults): no copy
+   * is known to be current. The resync makes the holders agree with the first of them, in ring
+   * order, that has the block, rather than leave them different.
+   */
+  reconcile?: boolean;
 }
 
 /** How often holders that missed changes are tried again. */
@@ -177,6 +191,21 @@ export class Distributor implements BlockStore {
   /** Changes that levels one/local acknowledged and could not place by a newer ring. */
   #lostChanges: string[] = [];
   #ringRefresh: Promise<void> | null = null;
+  /**
+   * Per ref changed since the last successful flush: the nodes that took its changes, and the
+   * instance of each that did (see #lostByRestart). Past TAKEN_REFS_MAX refs: overflow.
+   */
+  readonly #takers = new Map<string, Map<string, string | null>>();
+  #takersOverflow = false;
+  /** Volumes another writer took from this one (a node refused its token). */
+  readonly #lostVolumes = new Set<number>();
+  /** Per volume this process took over (fenceVolume): its lock's fencing token. */
+  readonly #fenceTokens = new Map<number, number>();
+  /** `volume node` of nodes a writer could not fence (see fenceVolume), with its token. */
+  readonly #pendingWhole = new Map<
+    string,
+    { volumeId: number; uuid: string; token: number; refs: readonly BlockRef[] }
+  >();
   /** Records marks durably (null without `staleMarks`). */
   readonly #marks: StaleMarkRecorder | null;
   /** Per peer store: what it took since its last flush (see #lostByRestart). */
@@ -305,7 +334,14 @@ export class Distributor implements BlockStore {
       }
     };
     const found = await this.#readByLevel(ref, order, holders, tryOne, lookups);
-    if (found === null) throw this.#readFailure(ref, misses, holders);
+    if (found === null) {
+      // While blocks move, holders without the block decide nothing when a node that may keep
+      // it (a holder marked stale, a node off the holders) could not say: the block may be there.
+      const uncertain = this.#moving() &&
+        (holders.size < this.#holders(ref).length ||
+          misses.some((m) => !m.holder && !isTorusError(m.error, ErrorCode.NotExist)));
+      throw this.#readFailure(ref, misses, holders, uncertain);
+    }
     const corrupt = misses.filter((m) =>
       m.holder && isTorusError(m.error, ErrorCode.BlockUnavailable)
     )
@@ -377,7 +413,12 @@ export class Distributor implements BlockStore {
   }
 
   /** The error of a read no source could serve (see the module doc for the rules). */
-  #readFailure(ref: BlockRef, misses: readonly Miss[], holders: ReadonlySet<string>): TorusError {
+  #readFailure(
+    ref: BlockRef,
+    misses: readonly Miss[],
+    holders: ReadonlySet<string>,
+    uncertain: boolean,
+  ): TorusError {
     this.stats.requestFailures++;
     const fromHolders = misses.filter((m) => m.holder);
     const answered = new Set(fromHolders.map((m) => m.uuid));
@@ -387,7 +428,7 @@ export class Distributor implements BlockStore {
     const codes = new Set(fromHolders.map((m) => isTorusError(m.error) ? m.error.code : "other"));
     // Holders without the block while a marked node has a copy: the block moved (a ring change)
     // and its newer copies are not here yet, or were lost; not absent either way.
-    const staleCopy = misses.some((m) => m.staleCopy);
+    const staleCopy = misses.some((m) => m.staleCopy) || uncertain;
     if (everyHolderAnswered && codes.size === 1 && codes.has(ErrorCode.NotExist) && !staleCopy) {
       return new TorusError(ErrorCode.NotExist, `${ref} is not stored (${detail})`);
     }
@@ -477,7 +518,7 @@ export class Distributor implements BlockStore {
    * that is not `fresh` must not make a block of zeros at a holder the block has not reached.
    */
   #rangeOptions(options: RangeWriteOptions | undefined): RangeWriteOptions | undefined {
-    if (options?.fresh || !(this.#options.moving?.() ?? false)) return options;
+    if (options?.fresh || !this.#moving()) return options;
     return { ...options, mustExist: true };
   }
 
@@ -572,6 +613,26 @@ export class Distributor implements BlockStore {
     await this.#acknowledged(ref, placement, kind, settled);
   }
 
+  /**
+   * What this distributor's own copies (pulls, resyncs, repairs) carry: the ring version they
+   * were placed by, and the fencing token of the ref's volume when this process took it over
+   * (fenceVolume): a stale writer's resync must not put an old copy over the new writer's data.
+   */
+  #internalStamp(
+    ref: BlockRef,
+    ring: Ring = this.#options.ring(),
+  ): { ringVersion: number; fenceToken?: number } {
+    const token = this.#fenceTokens.get(ref.volume);
+    return token === undefined
+      ? { ringVersion: ring.version }
+      : { ringVersion: ring.version, fenceToken: token };
+  }
+
+  /** Whether blocks may not yet be where the ring puts them (DistributorOptions.moving). */
+  #moving(): boolean {
+    return this.#options.moving?.() ?? false;
+  }
+
   /** The nodes besides `holders` that may keep a copy (see DistributorOptions.unsettled). */
   #extras(holders: readonly string[]): readonly string[] {
     const unsettled = this.#options.unsettled?.() ?? [];
@@ -630,14 +691,28 @@ export class Distributor implements BlockStore {
       Promise.all(placement.extraAttempts),
     ]).then(([holderResults, extraResults]) => {
       const results = holderResults;
-      if (kind.replacesWhole) this.#freshAgain(ref, holders, results);
+      if (kind.replacesWhole) {
+        this.#freshAgain(ref, holders, results);
+        // The holders that took it have the whole ref now: good copies come from them again.
+        const entry = this.#divergent.get(ref.key);
+        if (entry !== undefined && results.some((r) => r === null)) {
+          delete entry.sources;
+          entry.reconcile = false;
+        }
+      }
       // An extra without a copy lacks nothing; one that took a whole replacement is current.
       const extraCurrent = extraResults.map((r) =>
         isTorusError(r, ErrorCode.NotExist) || r === null && kind.extraReplacesWhole ? null : r ?? 0
       );
       this.#freshAgain(ref, extras, extraCurrent);
-      this.#noteMissed(ref, holders, results, kind.tolerateMissing ?? false);
-      this.#noteMissedExtras(ref, results, extras, extraResults);
+      if ([...results, ...extraResults].some((r) => isTorusError(r, ErrorCode.Locked))) {
+        // A node refused this writer's token: another writer took the volume. What this one
+        // saw of it decides nothing any more (marks it recorded now would mislead the new one).
+        this.#lostVolume(ref.volume);
+      } else {
+        this.#noteMissed(ref, holders, results, kind.tolerateMissing ?? false);
+        this.#noteMissedExtras(ref, results, extras, extraResults);
+      }
       const left = (this.#changesInFlight.get(key) ?? 1) - 1;
       if (left === 0) this.#changesInFlight.delete(key);
       else this.#changesInFlight.set(key, left);
@@ -789,7 +864,7 @@ export class Distributor implements BlockStore {
       const options = {
         ifAbsent: true,
         timeoutMs: this.#options.peerTimeoutMs,
-        ringVersion: this.#options.ring().version,
+        ...this.#internalStamp(ref),
       };
       await Promise.all(holders.map(async (uuid) => {
         const source = this.#sourceOf(uuid);
@@ -899,7 +974,7 @@ export class Distributor implements BlockStore {
 
   /** Records durably that `uuid` lacks changes of `ref` (a failure is retried at the flush). */
   #recordMark(ref: BlockRef, uuid: string): void {
-    if (this.#marks === null) return;
+    if (this.#marks === null || this.#lostVolumes.has(ref.volume)) return;
     this.#keepInBackground(
       this.#marks.record(ref, uuid).catch((error) => {
         log.warn(`recording that ${uuid} lacks ${ref} failed: ${errorMessage(error)}`);
@@ -919,7 +994,16 @@ export class Distributor implements BlockStore {
     extras: readonly string[],
     extraResults: readonly unknown[],
   ): void {
-    if (extras.length === 0 || !results.some((r) => r === null)) return;
+    if (extras.length === 0) return;
+    if (!results.some((r) => r === null)) {
+      // Every holder lacks the block: it is still where an earlier ring put them, at these
+      // extras, and is pulled from them (#pullToHolders).
+      if (results.every((r) => isTorusError(r, ErrorCode.NotExist))) return;
+      // No holder took it, some extras did: their copies are ahead of the holders', which stand.
+      const ahead = extras.filter((_, i) => extraResults[i] === null);
+      if (ahead.length > 0) this.#markStale(ref, ahead);
+      return;
+    }
     const missed = extras.filter((_, i) => extraMissed(extraResults[i]));
     if (missed.length === 0) return;
     this.#markStale(ref, missed);
@@ -946,8 +1030,26 @@ export class Distributor implements BlockStore {
     }
   }
 
+  /**
+   * Another writer took volume `volumeId` (a node refused this one's token): its divergences
+   * are dropped here, unresolved and unreleased (the new writer adopts the durable marks), and
+   * no mark is recorded for it any more.
+   */
+  #lostVolume(volumeId: number): void {
+    if (this.#lostVolumes.has(volumeId)) return;
+    this.#lostVolumes.add(volumeId);
+    log.warn(`volume ${volumeId} was taken over by another writer`);
+    for (const [key, entry] of this.#divergent) {
+      if (entry.ref.volume === volumeId) this.#divergent.delete(key);
+    }
+    for (const [key, pending] of this.#pendingWhole) {
+      if (pending.volumeId === volumeId) this.#pendingWhole.delete(key);
+    }
+  }
+
   /** Adds `uuids` to the stale nodes of `ref`, records the marks and starts a resync. */
   #markStale(ref: BlockRef, uuids: readonly string[]): void {
+    if (this.#lostVolumes.has(ref.volume)) return;
     const entry = this.#divergent.get(ref.key) ?? { ref, stale: new Set<string>() };
     for (const uuid of uuids) entry.stale.add(uuid);
     this.#divergent.set(ref.key, entry);
@@ -1001,18 +1103,148 @@ export class Distributor implements BlockStore {
         refs = listed;
         marks.adoptWhole(volumeId, record.node, refs);
       }
-      for (const ref of refs) {
-        const entry = this.#divergent.get(ref.key) ?? { ref, stale: new Set<string>() };
-        entry.stale.add(record.node);
-        this.#divergent.set(ref.key, entry);
-        marks.adopt(ref, record.node);
-      }
+      this.#adoptRefs(record.node, refs);
       log.info(
         `volume ${volumeId}: ${record.node} lacks changes of ${refs.length} block(s) ` +
           `(marked by an earlier writer); resynchronising`,
       );
     }
     if (this.#divergent.size > 0) this.#startResync();
+  }
+
+  /**
+   * What a volume's new writer does once it holds the lock (fencing token `token`), before it
+   * reads or writes: fences the volume everywhere, then adopts the marks earlier writers left.
+   */
+  async takeOver(volumeId: number, token: bigint): Promise<void> {
+    await this.fenceVolume(volumeId, Number(token));
+    await this.adoptStaleMarks(volumeId);
+  }
+
+  /**
+   * Marks of the volumes this process took over that it did not record (an earlier writer that
+   * resumed recorded them, or another node): adopted from the watched records (no I/O), so the
+   * resync gives those nodes whole copies instead of leaving them passed over for good.
+   */
+  #adoptWatchedMarks(): void {
+    const marks = this.#marks;
+    const watched = marks?.store.watched;
+    if (marks === null || watched === undefined) return;
+    for (const [volumeId, token] of this.#fenceTokens) {
+      for (const record of watched.call(marks.store, volumeId)) {
+        const key = `${volumeId} ${record.node}`;
+        if (record.wholeVolume) {
+          if (!this.#pendingWhole.has(key) && !marks.adoptingWhole(volumeId, record.node)) {
+            this.#pendingWhole.set(key, { volumeId, uuid: record.node, token, refs: [] });
+          }
+          continue;
+        }
+        const unknown = record.refs.filter((ref) =>
+          !(this.#divergent.get(ref.key)?.stale.has(record.node) ?? false)
+        );
+        if (unknown.length > 0) this.#adoptRefs(record.node, unknown);
+      }
+    }
+    if (this.#divergent.size > 0 || this.#pendingWhole.size > 0) this.#startResync();
+  }
+
+  /** Makes `node` stale here for `refs`, whose durable marks exist already. */
+  #adoptRefs(node: string, refs: readonly BlockRef[]): void {
+    for (const ref of refs) {
+      const entry = this.#divergent.get(ref.key) ?? { ref, stale: new Set<string>() };
+      entry.stale.add(node);
+      this.#divergent.set(ref.key, entry);
+      this.#marks?.adopt(ref, node);
+    }
+  }
+
+  /**
+   * Fences volume `volumeId` for the writer whose lock has fencing token `token`, at every node
+   * that may hold its blocks (ring members, and nodes out of the ring or unsettled): each records
+   * the token durably, so an earlier writer (its lease expired while it was stopped) cannot change
+   * a block there, even one this writer never writes (ADR 0005 §7). A node that cannot be reached
+   * is marked stale for the whole volume, durably, before this returns: it serves nothing of the
+   * volume until it is fenced and resynchronised (the resync loop does both once it answers).
+   * `locked` when a node knows a newer writer.
+   */
+  async fenceVolume(volumeId: number, token: number): Promise<void> {
+    this.#lostVolumes.delete(volumeId);
+    this.#fenceTokens.set(volumeId, Math.max(token, this.#fenceTokens.get(volumeId) ?? 0));
+    const nodes = [
+      ...new Set([
+        ...this.#members(),
+        ...(this.#options.outsideRing?.() ?? []),
+        ...(this.#options.unsettled?.() ?? []),
+      ]),
+    ];
+    const results = await Promise.all(nodes.map((uuid) => this.#fenceAt(uuid, volumeId, token)));
+    const newer = results.find((r) => isTorusError(r, ErrorCode.Locked));
+    if (newer !== undefined) throw newer;
+    const unfenced = nodes.filter((_, i) => results[i] !== null);
+    if (unfenced.length === 0) return;
+    const why = unfenced.map((uuid) => `${uuid}: ${errorMessage(results[nodes.indexOf(uuid)])}`);
+    if (this.#marks === null) {
+      throw unavailable(`volume ${volumeId} could not be fenced at ${why.join("; ")}`);
+    }
+    // Blocks already marked there may be ones it lacks altogether (it missed their first
+    // write): listing its blocks when it is back would not name them, so they are kept.
+    const before = await this.#marks.store.list(volumeId);
+    await Promise.all(unfenced.map((uuid) => this.#marks!.recordWholeVolume(volumeId, uuid)));
+    for (const uuid of unfenced) {
+      const refs = before.find((record) => record.node === uuid)?.refs ?? [];
+      this.#pendingWhole.set(`${volumeId} ${uuid}`, { volumeId, uuid, token, refs });
+    }
+    log.warn(
+      `volume ${volumeId}: not fenced at ${why.join("; ")}; every block there is suspect ` +
+        `until it answers and is resynchronised`,
+    );
+    this.#startResync();
+  }
+
+  /**
+   * Fences `volumeId` at `uuid` and flushes it: what an earlier writer left there unflushed (and
+   * may have acknowledged) is durable before this writer reads it. Null when done, else the error.
+   */
+  async #fenceAt(uuid: string, volumeId: number, token: number): Promise<unknown> {
+    const source = this.#sourceOf(uuid);
+    if (source === null) return unavailable(`no address known for ${uuid}`);
+    try {
+      // Any change carrying the token fences (the node records it before it looks at the block):
+      // one that must find a block that never exists changes nothing.
+      await source.store.zeroAt(fenceProbeRef(volumeId), 0, 1, {
+        mustExist: true,
+        fenceToken: token,
+        timeoutMs: PROBE_TIMEOUT_MS,
+      }).catch((error) => {
+        if (!isTorusError(error, ErrorCode.NotExist)) throw error;
+      });
+      await flushOnceAgain(source.store);
+      return null;
+    } catch (error) {
+      return error;
+    }
+  }
+
+  /**
+   * Nodes a new writer could not fence: once one answers, it is fenced, its blocks of the volume
+   * are listed and each is resynchronised (then the whole-volume mark goes).
+   */
+  async #adoptPendingWhole(): Promise<void> {
+    for (const [key, pending] of [...this.#pendingWhole]) {
+      if (await this.#fenceAt(pending.uuid, pending.volumeId, pending.token) !== null) continue;
+      const listed = await this.#refsAt(pending.uuid, pending.volumeId);
+      if (listed === null) continue;
+      const refs = [
+        ...new Map([...listed, ...pending.refs].map((ref) => [ref.key, ref])).values(),
+      ];
+      this.#pendingWhole.delete(key);
+      this.#marks?.adoptWhole(pending.volumeId, pending.uuid, refs);
+      this.#adoptRefs(pending.uuid, refs);
+      log.info(
+        `volume ${pending.volumeId}: ${pending.uuid} fenced; resynchronising its ${refs.length} ` +
+          `block(s)`,
+      );
+    }
   }
 
   /** The refs of volume `volumeId` that `uuid` holds; null when it cannot be asked. */
@@ -1031,10 +1263,11 @@ export class Distributor implements BlockStore {
   /** Tries the stale holders again every RESYNC_INTERVAL_MS while any are left. */
   #startResync(): void {
     if (this.#resyncing !== null) return;
+    const left = () => this.#divergent.size > 0 || this.#pendingWhole.size > 0;
     this.#resyncing = (async () => {
-      while (this.#divergent.size > 0 && !this.#stopResync.signal.aborted) {
+      while (left() && !this.#stopResync.signal.aborted) {
         await this.#resyncPass();
-        if (this.#divergent.size === 0) break;
+        if (!left()) break;
         await this.#options.clock.sleep(RESYNC_INTERVAL_MS, this.#stopResync.signal).catch(
           () => {},
         );
@@ -1050,6 +1283,7 @@ export class Distributor implements BlockStore {
    * blocks of the peers that answer are then written in parallel.
    */
   async #resyncPass(): Promise<void> {
+    if (this.#pendingWhole.size > 0) await this.#adoptPendingWhole();
     this.#dropFormerHolders();
     const entries = [...this.#divergent.values()];
     const reachable = await this.#probe(entries);
@@ -1126,10 +1360,19 @@ export class Distributor implements BlockStore {
     while (this.#changesInFlight.has(ref.key)) await this.#options.clock.sleep(1);
     const ring = this.#options.ring();
     const holders = this.#holders(ref);
-    const good = holders.filter((uuid) => !stale.has(uuid) && !this.#isStaleAt(ref, uuid));
+    // Every holder is stale and nothing says where the changes went (two faults, or marks an
+    // earlier writer left): the holders are made to agree rather than left unreadable.
+    const noneFresh = entry.sources === undefined &&
+      holders.every((uuid) => stale.has(uuid) || this.#isStaleAt(ref, uuid));
+    if (entry.reconcile || noneFresh) await this.#chooseSource(entry, holders, noneFresh);
+    const candidates = entry.sources === undefined ? holders : [...entry.sources];
+    const good = candidates.filter((uuid) => !stale.has(uuid) && !this.#isStaleAt(ref, uuid));
     let targets = [...stale].filter((uuid) => reachable.has(uuid));
     if (targets.length === 0) return;
     const copy = await this.#copyFrom(ref, good);
+    // While blocks move, holders without the block decide nothing (it may not have reached
+    // them yet): the stale copies stay, marked, until it has.
+    if (copy === null && this.#moving()) return;
     // An older copy off the holders goes only once a holder has the block: the ring may have
     // changed since, and its new holders may not have it yet (the node that took the change
     // pushes it there). Until then it stays, marked.
@@ -1137,7 +1380,7 @@ export class Distributor implements BlockStore {
     for (const uuid of targets) {
       const source = this.#sourceOf(uuid);
       if (source === null) continue;
-      const options = { timeoutMs: this.#options.peerTimeoutMs, ringVersion: ring.version };
+      const options = { timeoutMs: this.#options.peerTimeoutMs, ...this.#internalStamp(ref, ring) };
       if (copy === null || !holders.includes(uuid)) {
         await source.store.deleteBlock(ref, options).catch((error) => {
           if (!isTorusError(error, ErrorCode.NotExist)) throw error;
@@ -1153,6 +1396,46 @@ export class Distributor implements BlockStore {
       log.info(`${uuid} has ${ref} again`);
     }
     if (stale.size === 0) this.#divergent.delete(ref.key);
+  }
+
+  /**
+   * For an entry to reconcile: the first holder (ring order) not stale that has the block becomes
+   * the source, and the other holders are stale for the ref until they have its copy.
+   */
+  async #chooseSource(
+    entry: Divergence,
+    holders: readonly string[],
+    staleToo: boolean,
+  ): Promise<void> {
+    const { ref, stale } = entry;
+    const timeoutMs = this.#options.peerTimeoutMs;
+    for (const uuid of holders) {
+      if (!staleToo && (stale.has(uuid) || this.#isStaleAt(ref, uuid))) continue;
+      // A node no writer could fence may hold an earlier writer's late changes: never the winner.
+      if (this.#wholeSuspect(ref.volume, uuid)) continue;
+      const has = await this.#sourceOf(uuid)?.store.hasBlock(ref, { timeoutMs }).catch(() => null);
+      if (has === null || has === undefined) return; // cannot tell yet: the next pass tries again
+      if (!has) continue;
+      log.warn(`${ref}: no copy is known to have every change; ${uuid}'s copy wins`);
+      // Changes acknowledged before may be gone with the others: the next flush says so.
+      this.#unknownLoss ??= `${ref}: no copy is known to have every acknowledged change ` +
+        `(the nodes that took them restarted or missed them); ${uuid}'s copy was kept`;
+      this.#markStale(ref, holders.filter((other) => other !== uuid && !stale.has(other)));
+      entry.sources = new Set([uuid]);
+      entry.reconcile = false;
+      // The winner is a source now, whatever it was marked for.
+      stale.delete(uuid);
+      this.#marks?.release(ref, uuid);
+      return;
+    }
+  }
+
+  /** Whether every block of `volumeId` at `uuid` is suspect (a whole-volume mark). */
+  #wholeSuspect(volumeId: number, uuid: string): boolean {
+    if (this.#pendingWhole.has(`${volumeId} ${uuid}`)) return true;
+    if (this.#marks?.adoptingWhole(volumeId, uuid)) return true;
+    const watched = this.#marks?.store.watched?.(volumeId) ?? [];
+    return watched.some((record) => record.node === uuid && record.wholeVolume);
   }
 
   // ---- peers that do not answer ---------------------------------------------------------------
@@ -1230,14 +1513,11 @@ export class Distributor implements BlockStore {
       expected,
       (store, timeoutMs) => store.getBlock(ref, { ...expected, timeoutMs }),
     );
-    const ringVersion = this.#options.ring().version;
+    const stamp = this.#internalStamp(ref);
     for (const uuid of holders) {
       const source = this.#sourceOf(uuid);
       if (source === null) continue;
-      await source.store.putBlock(ref, value, {
-        timeoutMs: this.#options.peerTimeoutMs,
-        ringVersion,
-      });
+      await source.store.putBlock(ref, value, { timeoutMs: this.#options.peerTimeoutMs, ...stamp });
       this.#unflushed.add(source.store);
       this.stats.repairedBlocks++;
       log.info(`repaired the copy of ${ref} at ${uuid}`);
@@ -1257,6 +1537,7 @@ export class Distributor implements BlockStore {
    */
   async #flushAll(): Promise<void> {
     await this.#backgroundSettled();
+    this.#adoptWatchedMarks();
     if (this.#divergent.size > 0) await this.#resyncPass();
     const failed = await this.#flushStores();
     // A peer that restarted since it took changes may have lost them (a power loss): they are
@@ -1286,6 +1567,9 @@ export class Distributor implements BlockStore {
       );
     }
     if (failed.length > 0) throw unavailable(`flush failed at ${failed.join("; ")}`);
+    // Every change so far is durable where it counts: who took what matters no more.
+    this.#takers.clear();
+    this.#takersOverflow = false;
   }
 
   /**
@@ -1302,6 +1586,8 @@ export class Distributor implements BlockStore {
     });
     this.#unflushed.clear();
     const taken = stores.map((store) => this.#takenSinceFlush.get(store));
+    // Every record, those of peers out of the ring too: they may be the only nodes that took the
+    // changes a restarted peer lost (#lostByRestart).
     this.#takenSinceFlush.clear();
     const results = await Promise.allSettled(stores.map((store) => flushOnceAgain(store)));
     const failed: string[] = [];
@@ -1350,6 +1636,7 @@ export class Distributor implements BlockStore {
   /** Remembers that `source` took a change of `ref` (peers only: for #lostByRestart). */
   #noteTaken(source: Source, ref: BlockRef): void {
     const peer = source.peer;
+    this.#noteTaker(source.uuid, peer === null ? LOCAL_INSTANCE : peer.instance, ref);
     if (peer === null) return;
     let taken = this.#takenSinceFlush.get(source.store);
     if (taken !== undefined && taken.instance !== peer.instance) {
@@ -1376,6 +1663,20 @@ export class Distributor implements BlockStore {
     return this.#holders(ref).includes(entry.uuid);
   }
 
+  /** Remembers who took a change of `ref` until the next successful flush (#takersOf). */
+  #noteTaker(uuid: string, instance: string | null, ref: BlockRef): void {
+    let takers = this.#takers.get(ref.key);
+    if (takers === undefined) {
+      if (this.#takers.size >= TAKEN_REFS_MAX) {
+        this.#takersOverflow = true;
+        return;
+      }
+      takers = new Map();
+      this.#takers.set(ref.key, takers);
+    }
+    takers.set(uuid, instance);
+  }
+
   /** Puts back what a store took when its flush failed (it is still unflushed). */
   #keepTaken(store: BlockStore, entry: Taken): void {
     const current = this.#takenSinceFlush.get(store);
@@ -1394,7 +1695,7 @@ export class Distributor implements BlockStore {
   /**
    * Peer `entry.uuid` restarted after it took the changes of `entry` and before they were
    * flushed: it is stale for each of those refs (it still holds), so reads pass it over and
-   * the resync writes it a whole copy from a holder that has every change.
+   * the resync writes it a whole copy from a node that took every change (#takers).
    */
   #lostByRestart(entry: Taken): void {
     log.warn(
@@ -1405,7 +1706,50 @@ export class Distributor implements BlockStore {
         `changes: which of them it lost cannot be told`;
     }
     // A node that took them as an extra (no holder) may keep the older copy: marked all the same.
-    for (const ref of entry.refs.values()) this.#markStale(ref, [entry.uuid]);
+    for (const ref of entry.refs.values()) {
+      if (this.#takersOverflow) {
+        this.#markStale(ref, [entry.uuid]); // who took what cannot be told: the holders decide
+        continue;
+      }
+      this.#markLost(ref, entry.uuid, this.#takersOf(ref, entry.uuid));
+    }
+  }
+
+  /**
+   * The nodes that took changes of `ref` since the last successful flush and are still the
+   * instance that took them (this node's own store always is), `lost` aside.
+   */
+  #takersOf(ref: BlockRef, lost: string): string[] {
+    const takers: string[] = [];
+    for (const [uuid, instance] of this.#takers.get(ref.key) ?? []) {
+      // One that missed a later change is no source either.
+      if (uuid === lost || this.#isStaleAt(ref, uuid)) continue;
+      if (instance === LOCAL_INSTANCE || this.#sourceOf(uuid)?.peer?.instance === instance) {
+        takers.push(uuid);
+      }
+    }
+    return takers;
+  }
+
+  /**
+   * `lost` may have lost changes of `ref` that `takers` took. A holder that took none of them got
+   * its copy some other way since the last flush: from a rebalancer, perhaps from `lost` itself
+   * before the loss was noticed. It is stale too, and the takers are the sources of the resync.
+   */
+  #markLost(ref: BlockRef, lost: string, takers: readonly string[]): void {
+    const stale = [lost];
+    if (takers.length > 0) {
+      for (const uuid of this.#holders(ref)) {
+        if (uuid !== lost && !takers.includes(uuid)) stale.push(uuid);
+      }
+    }
+    this.#markStale(ref, stale);
+    const entry = this.#divergent.get(ref.key)!;
+    if (takers.length === 0) {
+      entry.reconcile = true;
+      return;
+    }
+    entry.sources = new Set([...(entry.sources ?? []), ...takers]);
   }
 
   async #backgroundSettled(): Promise<void> {
@@ -1562,6 +1906,14 @@ interface Placement {
   readonly attempts: readonly Promise<unknown>[];
   readonly extras: readonly string[];
   readonly extraAttempts: readonly Promise<unknown>[];
+}
+
+/**
+ * A ref no block ever has (generation 0 is no generation, volume_format.ts): the target of the
+ * change that fences a volume at a node without changing anything.
+ */
+function fenceProbeRef(volumeId: number): BlockRef {
+  return new BlockRef({ volume: volumeId, inode: 0n, index: 0n });
 }
 
 /** Whether an extra's answer leaves it with a copy that may lack the change. */

@@ -386,3 +386,51 @@ test("a flush that failed at a holder keeps it owed: the next flush does not rep
   await writer.flush();
   await writer.close();
 });
+
+test("a mark another process records for a volume this writer took over is adopted at the next flush and resolved", async (cluster) => {
+  const marks = new MemoryStaleMarks();
+  const writer = await cluster.distributor({ staleMarks: marks, minCopies: 1 });
+  const ref = testRef(3, 60);
+  const [, b] = cluster.ring.getHolders(ref);
+  await writer.takeOver(ref.volume, 5n);
+  await writer.putBlock(ref, patternBlock(BLOCK, 7));
+  await writer.flush();
+  // An earlier writer that resumed marks b (it thinks b lost changes), and b's copy is older.
+  await cluster.storeOf(b!).putBlock(ref, patternBlock(BLOCK, 6));
+  await marks.add(ref.volume, b!, [ref]);
+  await writer.flush();
+  await waitUntil(() => !marks.isStale(ref, b!));
+  assert.deepEqual(await cluster.storeOf(b!).getBlock(ref), patternBlock(BLOCK, 7));
+  await writer.close();
+});
+
+test("every holder marked and no record of who took the changes: the holders are made to agree on one copy", async (cluster) => {
+  const marks = new MemoryStaleMarks();
+  const writer = await cluster.distributor({ staleMarks: marks, minCopies: 1 });
+  const ref = testRef(3, 61);
+  const [a, b] = cluster.ring.getHolders(ref);
+  await cluster.storeOf(a!).putBlock(ref, patternBlock(BLOCK, 1));
+  await cluster.storeOf(b!).putBlock(ref, patternBlock(BLOCK, 2));
+  await marks.add(ref.volume, a!, [ref]);
+  await marks.add(ref.volume, b!, [ref]);
+  await writer.takeOver(ref.volume, 5n);
+  // Changes may be gone with the copy that lost: the flush says so, once.
+  await assert.rejects(
+    writer.flush(),
+    (error: unknown) => isTorusError(error, ErrorCode.OutcomeUnknown),
+  );
+  await writer.flush();
+  await waitUntil(() => !marks.isStale(ref, a!) && !marks.isStale(ref, b!));
+  const copies = [await cluster.storeOf(a!).getBlock(ref), await cluster.storeOf(b!).getBlock(ref)];
+  assert.deepEqual(copies[0], copies[1], "the holders agree");
+  assert.deepEqual(await writer.getBlock(ref), copies[0]);
+  await writer.close();
+});
+
+async function waitUntil(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) assert.fail("timed out");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}

@@ -9,7 +9,12 @@
  *    the meantime (from a writer, which writes to the new holders, or from another old holder)
  *    keeps its bytes, so a copy never puts back older bytes over newer ones.
  * 3. The holders that took copies are flushed; only then are this node's surplus copies (refs it
- *    is no longer a holder of) deleted, and only those every desired holder confirmed.
+ *    is no longer a holder of) deleted, and only those every desired holder confirmed: it has the
+ *    block (`hasBlocks`) and its copy has the same bytes as this one (read back and compared). A
+ *    holder can have an older copy than this one: another node that lost unflushed changes in a
+ *    power loss may have pushed its copy there first, before any writer noticed the loss. Then
+ *    this copy, which may be the only current one, stays (the pass is incomplete, so writers keep
+ *    sending it changes) until the holders agree with it.
  * A batch whose holder did not answer leaves its surplus refs in place and the pass incomplete;
  * the next pass (after RETRY_MS) tries again. A ring change during a pass ends it and starts one
  * under the new ring. A complete pass under the current ring makes the node balanced; it then
@@ -90,6 +95,8 @@ export interface RebalanceProgress {
   readonly deletedBlocks: number;
   readonly failedCalls: number;
   readonly passes: number;
+  /** Surplus copies kept because a holder's copy had other bytes (see the module doc). */
+  readonly differingCopies: number;
 }
 
 /** The result of one pass. */
@@ -119,6 +126,7 @@ export class Rebalancer {
     deletedBlocks: 0,
     failedCalls: 0,
     passes: 0,
+    differingCopies: 0,
   };
 
   readonly #pacer: Pacer;
@@ -154,6 +162,7 @@ export class Rebalancer {
       deletedBlocks: p.deletedBlocks,
       failedCalls: p.failedCalls,
       passes: p.passes,
+      differingCopies: p.differingCopies,
     };
   }
 
@@ -264,7 +273,8 @@ export class Rebalancer {
     const results = await Promise.all(
       [...wanted].map(([uuid, refs]) => this.#fillHolder(ring, uuid, refs, unconfirmed)),
     );
-    const deletable = surplus.filter((ref) => !unconfirmed.has(ref.key));
+    const confirmed = surplus.filter((ref) => !unconfirmed.has(ref.key));
+    const deletable = await this.#sameAtHolders(ring, confirmed);
     await this.#deleteSurplus(deletable);
     this.#progress.passScannedBlocks += batch.length;
     // A surplus copy kept (a holder is marked stale, so it confirms nothing) leaves the pass
@@ -358,6 +368,57 @@ export class Rebalancer {
     return true;
   }
 
+  /**
+   * The refs of `refs` whose every holder has the same bytes as this node's copy (see the module
+   * doc, step 3). A copy here that cannot be read (a checksum failure) holds nothing worth
+   * keeping once the holders have the block.
+   */
+  async #sameAtHolders(ring: Ring, refs: readonly BlockRef[]): Promise<BlockRef[]> {
+    const same: BlockRef[] = [];
+    const timeoutMs = this.#options.callTimeoutMs ?? CALL_TIMEOUT_MS;
+    for (const ref of refs) {
+      if (this.#stop.signal.aborted) break;
+      let mine: Uint8Array;
+      try {
+        mine = await this.#options.local.getBlock(ref);
+      } catch (error) {
+        if (
+          isTorusError(error, ErrorCode.NotExist) || isTorusError(error, ErrorCode.BlockUnavailable)
+        ) {
+          same.push(ref);
+        }
+        continue;
+      }
+      if (await this.#everyHolderHas(ring, ref, mine, timeoutMs)) same.push(ref);
+      else this.#progress.differingCopies++;
+    }
+    return same;
+  }
+
+  async #everyHolderHas(
+    ring: Ring,
+    ref: BlockRef,
+    mine: Uint8Array,
+    timeoutMs: number,
+  ): Promise<boolean> {
+    for (const uuid of ring.getHolders(ref)) {
+      const peer = this.#options.peers.storeOf(uuid);
+      if (peer === null) return false;
+      await this.#pacer.wait(mine.length, this.#stop.signal);
+      try {
+        const theirs = await peer.getBlock(ref, { timeoutMs });
+        if (!equalBytes(theirs, mine)) {
+          log.warn(`${ref}: the copy at ${uuid} differs from this node's; keeping this one`);
+          return false;
+        }
+      } catch (error) {
+        log.debug(`rebalance: reading ${ref} back from ${uuid} failed: ${errorMessage(error)}`);
+        return false;
+      }
+    }
+    return true;
+  }
+
   async #deleteSurplus(refs: readonly BlockRef[]): Promise<void> {
     for (const ref of refs) {
       if (this.#stop.signal.aborted) return;
@@ -371,4 +432,10 @@ export class Rebalancer {
       this.#progress.passDeletedBlocks++;
     }
   }
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { type BlockRef, systemClock } from "../core/mod.ts";
 import { isModifiable, type ModifiableRing } from "../ring/mod.ts";
-import { ForwardingStore, patternBlock, testRef } from "../storage/mod.ts";
+import { type BlockStore, ForwardingStore, patternBlock, testRef } from "../storage/mod.ts";
 import type { PeerDirectory } from "./peer_directory.ts";
 import type { PeerStore } from "./protocols/protocol.ts";
 import { Rebalancer } from "./rebalancer.ts";
@@ -140,13 +140,50 @@ test("replication raised to 3 and lowered to 1", async (cluster) => {
 test("a holder that already has newer bytes keeps them", async (cluster) => {
   const added = await cluster.startPeer();
   cluster.ring = modifiable(cluster).addPeers([added]);
-  // A writer on the new ring put a newer version at the new peer before any rebalancer ran.
+  // A writer on the new ring put a newer version at the new peer before any rebalancer ran (and,
+  // as writers do while nodes are unsettled, at every node that kept a copy).
   const moved = refs().filter((ref) => cluster.ring.getHolders(ref).includes(added.uuid));
   assert.ok(moved.length > 0);
   const newer = patternBlock(BLOCK, 999);
-  await cluster.stores[3]!.putBlock(moved[0]!, newer);
-  await settle(rebalancers(cluster));
+  for (const store of cluster.stores) {
+    if (store === cluster.stores[3] || await store.hasBlock(moved[0]!)) {
+      await store.putBlock(moved[0]!, newer);
+    }
+  }
+  const all = rebalancers(cluster);
+  await settle(all);
   assert.deepEqual(await cluster.stores[3]!.getBlock(moved[0]!), newer);
+});
+
+test("a surplus copy whose holder has other bytes stays, and the pass is incomplete", async (cluster) => {
+  // A node that lost unflushed changes in a power loss pushed its older copy to a new holder
+  // before any writer noticed; this node's copy (the current one) must not go.
+  const added = await cluster.startPeer();
+  cluster.ring = modifiable(cluster).addPeers([added]);
+  const ref = refs().find((r) => cluster.ring.getHolders(r).includes(added.uuid))!;
+  const leaving = cluster.uuids.find((uuid, i) =>
+    i < 3 && !cluster.ring.getHolders(ref).includes(uuid)
+  );
+  const leavingIndex = leaving === undefined ? -1 : cluster.uuids.indexOf(leaving);
+  if (leavingIndex < 0 || !await cluster.stores[leavingIndex]!.hasBlock(ref)) {
+    // Every old holder stays one: pick another block.
+    return;
+  }
+  const current = patternBlock(BLOCK, 4321);
+  await cluster.stores[leavingIndex]!.putBlock(ref, current);
+  for (const uuid of cluster.ring.getHolders(ref)) {
+    await cluster.storeOf(uuid).putBlock(ref, patternBlock(BLOCK, 1234)); // older bytes
+  }
+  const rebalancer = rebalancers(cluster)[leavingIndex]!;
+  assert.equal((await rebalancer.pass()).complete, false);
+  assert.deepEqual(await cluster.stores[leavingIndex]!.getBlock(ref), current, "kept");
+  assert.ok(rebalancer.progress().differingCopies > 0);
+  // Once the holders have the same bytes, the copy goes.
+  for (const uuid of cluster.ring.getHolders(ref)) {
+    await cluster.storeOf(uuid).putBlock(ref, current);
+  }
+  await rebalancer.pass();
+  assert.equal(await cluster.stores[leavingIndex]!.hasBlock(ref), false);
 });
 
 /** A peer whose `hasBlocks` answers "lacking" for everything: a block that arrived after the check. */
@@ -166,12 +203,40 @@ class LateAnswers extends ForwardingStore implements PeerStore {
   }
 }
 
+/** A store whose reads of `ref` return its bytes and then run `change` (a writer's change). */
+class ChangedAfterRead extends ForwardingStore {
+  readonly #ref: BlockRef;
+  readonly #change: () => Promise<void>;
+  constructor(inner: BlockStore, ref: BlockRef, change: () => Promise<void>) {
+    super(inner);
+    this.#ref = ref;
+    this.#change = change;
+  }
+  override async getBlock(ref: BlockRef): Promise<Uint8Array> {
+    const bytes = await super.getBlock(ref);
+    if (ref.key === this.#ref.key) await this.#change();
+    return bytes;
+  }
+}
+
 test("a copy that lands after a writer's newer bytes does not replace them", async (cluster) => {
   const added = await cluster.startPeer();
   cluster.ring = modifiable(cluster).addPeers([added]);
   const moved = refs().filter((ref) => cluster.ring.getHolders(ref).includes(added.uuid));
   const newer = patternBlock(BLOCK, 999);
   await cluster.stores[3]!.putBlock(moved[0]!, newer);
+  // The writer's change reaches every node that has the block right after the first rebalancer
+  // read its copy for the push (a writer sends changes to nodes that may keep copies too): that
+  // push carries old bytes.
+  let changed = false;
+  const change = async () => {
+    if (changed) return;
+    changed = true;
+    for (const store of cluster.stores) {
+      if (await store.hasBlock(moved[0]!)) await store.putBlock(moved[0]!, newer);
+    }
+  };
+  const locals = cluster.stores.map((store) => new ChangedAfterRead(store, moved[0]!, change));
   const directory = cluster.directory();
   const peers: PeerDirectory = {
     storeOf: (uuid) => {
@@ -184,7 +249,7 @@ test("a copy that lands after a writer's newer bytes does not replace them", asy
   for (const [i, self] of cluster.uuids.entries()) {
     const rebalancer = new Rebalancer({
       self,
-      local: cluster.stores[i]!,
+      local: locals[i]!,
       ring: () => cluster.ring,
       peers,
       clock: systemClock,
@@ -258,7 +323,7 @@ test("writes through the distributor while blocks are still where the old ring p
   const added = await cluster.startPeer();
   const added2 = await cluster.startPeer();
   cluster.ring = modifiable(cluster).addPeers([added, added2]);
-  const distributor = await cluster.distributor({ moving: true });
+  const distributor = await cluster.distributor({ moving: true, unsettled: () => cluster.uuids });
   try {
     // Range writes of blocks whose new holders lack them (one or both): each holder gets the
     // whole block, never a block of zeros around the range.
@@ -455,6 +520,40 @@ test("an older copy off the holders stays (marked) while no holder has the block
     await cluster.storeOf(holder).putBlock(ref, patternBlock(BLOCK, 5));
     await waitFor(() => !marks.isStale(ref, kept));
     assert.equal(await cluster.storeOf(kept).hasBlock(ref), false);
+  } finally {
+    await writer.close();
+  }
+});
+
+test("a holder that restarted without its unflushed change, and pushed its older copy to a new holder before the writer noticed: the writer rewrites both from the node that took the change", async (cluster) => {
+  const ringA = modifiable(cluster);
+  const added = await cluster.startPeer();
+  const ringB = ringA.addPeers([added]);
+  // A block that moves from {lost, kept} to {lost, added}.
+  const ref = refs().find((r) => {
+    const a = ringA.getHolders(r);
+    const b = ringB.getHolders(r);
+    return b.includes(added.uuid) && a.some((u) => b.includes(u));
+  })!;
+  const lost = ringA.getHolders(ref).find((u) => ringB.getHolders(ref).includes(u))!;
+  const kept = ringA.getHolders(ref).find((u) => u !== lost)!;
+  const writer = await cluster.distributor({ unsettled: () => cluster.uuids });
+  try {
+    const older = await cluster.storeOf(lost).getBlock(ref);
+    const current = patternBlock(BLOCK, 2468);
+    await writer.putBlock(ref, current);
+    // The ring changes; `lost` loses power before any flush (its copy is the older one again,
+    // under a new instance) and its rebalancer pushes that copy to the new holder.
+    cluster.ring = ringB;
+    await cluster.stop(lost);
+    await cluster.storeOf(lost).putBlock(ref, older);
+    await cluster.restart(lost);
+    await cluster.storeOf(added.uuid).putBlock(ref, older);
+    await writer.flush();
+    for (const uuid of ringB.getHolders(ref)) {
+      assert.deepEqual(await cluster.storeOf(uuid).getBlock(ref), current, uuid);
+    }
+    assert.deepEqual(await cluster.storeOf(kept).getBlock(ref), current);
   } finally {
     await writer.close();
   }

@@ -25,8 +25,16 @@ export interface StaleMarkRecord {
 
 /** Where the marks are kept (the metadata service, through the node's cluster member). */
 export interface StaleMarkStore {
-  /** Durably records that `node` lacks changes of `refs` (all of volume `volumeId`). */
-  add(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void>;
+  /**
+   * Durably records that `node` lacks changes of `refs` (all of volume `volumeId`), or with
+   * `wholeVolume`, of every block of the volume.
+   */
+  add(
+    volumeId: number,
+    node: string,
+    refs: readonly BlockRef[],
+    options?: { readonly wholeVolume?: boolean },
+  ): Promise<void>;
   /** Removes marks after the node got whole copies. */
   remove(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void>;
   /** Removes the node's whole record for the volume (after a whole-volume resync). */
@@ -35,6 +43,11 @@ export interface StaleMarkStore {
   list(volumeId: number): Promise<StaleMarkRecord[]>;
   /** Whether `node` is marked stale for `ref` now (the watched records: no I/O). */
   isStale(ref: BlockRef, node: string): boolean;
+  /**
+   * The records of volume `volumeId` as the watch last saw them (no I/O): a volume's writer
+   * takes over marks other processes recorded (an earlier writer that resumed) and resyncs them.
+   */
+  watched?(volumeId: number): StaleMarkRecord[];
 }
 
 /** A mark not yet durable: the refs of one volume and node, and who waits for them. */
@@ -92,6 +105,16 @@ export class StaleMarkRecorder {
     });
     this.#recorded.set(key, recorded);
     return recorded;
+  }
+
+  /** Records durably that every block of volume `volumeId` at `node` is suspect. */
+  recordWholeVolume(volumeId: number, node: string): Promise<void> {
+    return this.#store.add(volumeId, node, [], { wholeVolume: true });
+  }
+
+  /** Whether a whole-volume record of `node` for `volumeId` is being resynchronised here. */
+  adoptingWhole(volumeId: number, node: string): boolean {
+    return this.#wholeLeft.has(`${volumeId} ${node}`);
   }
 
   /** Forgets that a mark was recorded (an adopted one: it is durable already). */

@@ -13,7 +13,7 @@ const log = logger("cluster");
 
 /** One volume's marks at one node, as last seen by the watch. */
 interface Marks {
-  readonly refs: ReadonlySet<string>;
+  readonly refs: ReadonlyMap<string, BlockRef>;
   readonly wholeVolume: boolean;
 }
 
@@ -38,7 +38,7 @@ export class WatchedStaleMarks implements StaleMarkStore {
         return;
       }
       marks.#marks.set(key, {
-        refs: new Set(change.refs.map((ref) => ref.key)),
+        refs: new Map(change.refs.map((ref) => [ref.key, ref])),
         wholeVolume: change.wholeVolume,
       });
     }, {
@@ -52,6 +52,21 @@ export class WatchedStaleMarks implements StaleMarkStore {
     return marks !== undefined && (marks.wholeVolume || marks.refs.has(ref.key));
   }
 
+  watched(volumeId: number): StaleMarkRecord[] {
+    const records: StaleMarkRecord[] = [];
+    const prefix = `${volumeId} `;
+    for (const [key, marks] of this.#marks) {
+      if (!key.startsWith(prefix)) continue;
+      records.push({
+        volumeId,
+        node: key.slice(prefix.length),
+        refs: [...marks.refs.values()],
+        wholeVolume: marks.wholeVolume,
+      });
+    }
+    return records;
+  }
+
   /** Marked blocks now (whole-volume records count one), for /status. */
   markedBlocks(): number {
     let count = 0;
@@ -59,8 +74,13 @@ export class WatchedStaleMarks implements StaleMarkStore {
     return count;
   }
 
-  add(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void> {
-    return this.#metadata.staleMarks.add(volumeId, node, refs);
+  add(
+    volumeId: number,
+    node: string,
+    refs: readonly BlockRef[],
+    options: { readonly wholeVolume?: boolean } = {},
+  ): Promise<void> {
+    return this.#metadata.staleMarks.add(volumeId, node, refs, options);
   }
 
   remove(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void> {

@@ -533,7 +533,8 @@ async function assertNodesRefuseOldToken(
   const { blockSizeBytes } = await metadata.service.cluster.globalMetadata();
   const volume = (await metadata.service.volumes.getVolume(name)).id;
   const peers = (await peerTable(meta)).peers;
-  const ref = new BlockRef({ volume, inode: 1n, index: 0n });
+  // A block the new writer never wrote: the fence at takeover covers it too.
+  const ref = new BlockRef({ volume, inode: 1n, index: 7n });
   for (const node of nodes) {
     const before = await fenceRefusals(node);
     const uuid = await uuidOf(node);
@@ -564,6 +565,9 @@ e2eTest(
     const http = { extra: ["--host", "127.0.0.1", "--port", "0"] };
     await using a = await cluster.startNode(http);
     await using b = await cluster.startNode(http);
+    // A third node: the new writer fences the volume at every node when it takes the lock (that
+    // it reaches even nodes it never writes to is shown by src/server/fence_volume_test.ts).
+    await using c = await cluster.startNode(http);
     await cluster.ctl("volume", "create-block", "f", "4MiB");
     const port = freePort();
     await using stale = await startTorusProcess(
@@ -606,7 +610,7 @@ e2eTest(
       // The stale process noticed its lost lease itself (it checks the lease's deadline on
       // its own clock). The data nodes are the second line: a change with the old writer's
       // fencing token sent to them straight over TDP is refused and changes nothing.
-      await assertNodesRefuseOldToken(cluster.meta, [a, b], "f");
+      await assertNodesRefuseOldToken(cluster.meta, [a, b, c], "f");
       const after = new Uint8Array(64 * 1024);
       await taker.readAt(0, after);
       assert.ok(after.every((byte) => byte === 0x22), "the old token changed nothing");

@@ -74,6 +74,8 @@ interface SimNode {
   rebalancer: Rebalancer | null;
   /** The rebalancer's clients of the other nodes. */
   peers: DialingPeerDirectory | null;
+  /** The highest fencing token per volume, kept durably beside the node's store. */
+  readonly fences: MemoryFenceRecords;
 }
 
 /** Per block: the versions a read may see. */
@@ -85,6 +87,12 @@ interface BlockModel {
   atFlush: Set<number>;
   /** A write since the last flush counted with one fresh copy (the other holder marked). */
   degradedSinceFlush: boolean;
+  /**
+   * Versions an earlier writer left unflushed when a node had lost power: a new writer cannot
+   * tell which its holders kept, so any of them may be read (and holders may differ) until the
+   * block is written again. Null when there are none.
+   */
+  uncertain: Set<number> | null;
 }
 
 function versionBytes(ref: BlockRef, version: number): Uint8Array {
@@ -104,6 +112,12 @@ function versionOf(bytes: Uint8Array): number {
 export interface SimOptions {
   /** Add a fourth node to the ring and take it out again, with every node's rebalancer on. */
   readonly ringChanges?: boolean;
+  /**
+   * Hand the volume to a new writer now and then (a higher fencing token, fenceVolume and the
+   * adoption of marks); the earlier one is left running, as a stopped process that resumes, and
+   * tries writes that must all fail and never be read.
+   */
+  readonly handoffs?: boolean;
 }
 
 /** Runs the simulation of `seed` for `steps` steps. */
@@ -116,7 +130,8 @@ export async function runSimulation(
   const clock = new ManualClock(1_700_000_000_000);
   const network = new SimNetwork(clock);
   network.delayMs = () => (random.chance(0.3) ? random.int(5) : 0);
-  const protocol = new TdpProtocol(network, clock);
+  // Each host dials through its own view of the network, so cuts and partitions know both ends.
+  const protocolOf = (host: string) => new TdpProtocol(network.as(host), clock);
   const log: string[] = [];
   const trace = Deno.env.get("TORUS_SIM_TRACE") !== undefined;
   const note = (text: string) => {
@@ -160,6 +175,7 @@ export async function runSimulation(
       ring,
       rebalancer: null,
       peers: null,
+      fences: new MemoryFenceRecords(),
     });
   }
   let writerRing: Ring = ring;
@@ -191,9 +207,10 @@ export async function runSimulation(
   const start = async (node: SimNode) => {
     const fenced = await FencedStore.open(
       node.disk.store(),
-      new MemoryFenceRecords(),
+      node.fences,
       () => node.ring.version,
     );
+    const protocol = protocolOf(node.uuid);
     node.server = await protocol.listen(`tdp://${node.uuid}:40000`, {
       identity: identity(node.uuid),
       store: fenced,
@@ -240,39 +257,47 @@ export async function runSimulation(
     }).catch(() => {});
   };
   const directory = new DialingPeerDirectory(
-    [protocol],
+    [protocolOf("writer")],
     (uuid) => `tdp://${uuid}:40000`,
     { identity: identity("writer"), callTimeoutMs: 200 },
     () => Promise.resolve(),
     clock,
   );
-  const writer = new Distributor({
-    blockSizeBytes: BLOCK,
-    self: null,
-    local: null,
-    ring: () => writerRing,
-    refreshRing: () => {
-      writerRing = ring;
-      return Promise.resolve();
-    },
-    // Blocks may be where an older ring put them at any time in this run.
-    moving: () => true,
-    unsettled,
-    // Registered nodes out of the ring: the ones running (a node's registration lapses when it
-    // is down).
-    outsideRing: () => {
-      const members = new Set(writerRing.memberUuids());
-      return nodes.filter((n) => !members.has(n.uuid) && n.server !== null).map((n) => n.uuid);
-    },
-    peers: directory,
-    readLevel: "block",
-    writeLevel: "all",
-    readCacheBytes: 0,
-    peerTimeoutMs: 100,
-    clock,
-    staleMarks: marks,
-    minCopies: 1,
-  });
+  const makeWriter = () =>
+    new Distributor({
+      blockSizeBytes: BLOCK,
+      self: null,
+      local: null,
+      ring: () => writerRing,
+      refreshRing: () => {
+        writerRing = ring;
+        return Promise.resolve();
+      },
+      // Blocks may be where an older ring put them at any time in this run.
+      moving: () => true,
+      unsettled,
+      // Registered nodes out of the ring: the ones running (a node's registration lapses when it
+      // is down).
+      outsideRing: () => {
+        const members = new Set(writerRing.memberUuids());
+        return nodes.filter((n) => !members.has(n.uuid) && n.server !== null).map((n) => n.uuid);
+      },
+      peers: directory,
+      readLevel: "block",
+      writeLevel: "all",
+      readCacheBytes: 0,
+      peerTimeoutMs: 100,
+      clock,
+      staleMarks: marks,
+      minCopies: 1,
+    });
+  let writer = makeWriter();
+  let token = 1;
+  /** The writer the volume was taken from last, still running; and its token. */
+  let stale: Distributor | null = null;
+  let staleToken = 0;
+  /** Versions only a stale writer wrote: never to be read. */
+  const forbidden = new Set<number>();
   for (const node of nodes) await start(node);
 
   const refs = Array.from(
@@ -285,11 +310,15 @@ export async function runSimulation(
       sinceFlush: new Set(),
       atFlush: new Set([0]),
       degradedSinceFlush: false,
+      uncertain: null,
     }]),
   );
   let nextVersion = 1;
   let powerLossesSinceFlush = new Set<string>();
   let failure: string | null = null;
+  let partitioned = false;
+  /** A new writer could fence neither holder of some blocks (see takeOver). */
+  let unfencedTwice = false;
 
   /** Runs `call` while time moves on in steps of 1 ms (deadlines fire); at most 30 s. */
   const drive = async <T>(
@@ -305,12 +334,45 @@ export async function runSimulation(
   // marked: a power loss of every fresh copy may take them, as a disk's cache would.
   const allowed = (entry: BlockModel): Set<number> => {
     const losses = powerLossesSinceFlush.size;
-    if (losses === 0 || (losses === 1 && !entry.degradedSinceFlush)) return entry.possible;
-    return new Set([...entry.possible, ...entry.sinceFlush, ...entry.atFlush]);
+    const base = losses === 0 || (losses === 1 && !entry.degradedSinceFlush)
+      ? entry.possible
+      : new Set([...entry.possible, ...entry.sinceFlush, ...entry.atFlush]);
+    return entry.uncertain === null ? base : new Set([...base, ...entry.uncertain]);
   };
+
+  const takeOver = async (): Promise<void> => {
+    const result = await drive(writer.takeOver(9, BigInt(token)));
+    note(`writer ${token} takes the volume: ${result.ok ? "ok" : errorMessage(result.error)}`);
+    if (!result.ok) return;
+    // Two nodes it could not fence (one cut off, one partitioned from the writer): beyond what
+    // R = 2 promises; a block held by both may stay unavailable.
+    if (marks.watched(9).filter((record) => record.wholeVolume).length >= 2) unfencedTwice = true;
+    // Every node it reached flushed what the earlier writer left. Unless a node lost power since
+    // the last flush (then the holders may disagree, and nobody can tell which copy is newer),
+    // that is a flush point.
+    for (const e of model.values()) {
+      if (powerLossesSinceFlush.size > 0 && e.sinceFlush.size > 0) {
+        e.uncertain = new Set([
+          ...(e.uncertain ?? []),
+          ...e.possible,
+          ...e.sinceFlush,
+          ...e.atFlush,
+        ]);
+      }
+      e.atFlush = new Set(e.possible);
+      e.sinceFlush = new Set();
+      e.degradedSinceFlush = false;
+    }
+    powerLossesSinceFlush = new Set();
+  };
+  await takeOver();
 
   const checkRead = (ref: BlockRef, bytes: Uint8Array, when: string) => {
     const version = versionOf(bytes);
+    if (forbidden.has(version)) {
+      failure ??=
+        `${when}: ${ref} read version ${version}, written by a writer that lost the volume`;
+    }
     const entry = model.get(ref.key)!;
     const ok = allowed(entry);
     if (!ok.has(version)) {
@@ -324,12 +386,31 @@ export async function runSimulation(
     if (trace) note(`step ${step}: roll ${roll}`);
     const ref = refs[random.int(REFS)]!;
     const entry = model.get(ref.key)!;
-    if (roll < 40) {
+    if (roll < 40 && stale !== null && random.chance(0.2)) {
+      const version = nextVersion++;
+      forbidden.add(version);
+      const result = await drive(
+        stale.putBlock(ref, versionBytes(ref, version), { fenceToken: staleToken }),
+      );
+      note(
+        `stale writer ${staleToken}: put ${ref} v${version}: ${
+          result.ok ? "ok" : errorMessage(result.error)
+        }`,
+      );
+      // Fenced nodes refuse it. It may still land on a node the new writer could not fence (cut
+      // off when it took the volume: marked stale for the whole volume), with the other holder
+      // silent; the stale writer has no lease to tell it (a real one checks its lease's deadline
+      // before it acknowledges). What must hold is that its versions are never read.
+    } else if (roll < 40) {
       const version = nextVersion++;
       entry.sinceFlush.add(version);
-      const result = await drive(writer.putBlock(ref, versionBytes(ref, version)));
-      if (result.ok) entry.possible = new Set([version]);
-      else entry.possible.add(version);
+      const result = await drive(
+        writer.putBlock(ref, versionBytes(ref, version), { fenceToken: token }),
+      );
+      if (result.ok) {
+        entry.possible = new Set([version]);
+        entry.uncertain = null;
+      } else entry.possible.add(version);
       if (writerRing.getHolders(ref).some((uuid) => marks.isStale(ref, uuid))) {
         entry.degradedSinceFlush = true;
       }
@@ -355,8 +436,28 @@ export async function runSimulation(
         powerLossesSinceFlush = new Set();
       }
       note(`flush: ${result.ok ? "ok" : errorMessage(result.error)}`);
-    } else if (roll < 97 || !options.ringChanges) {
-      await fault(random.int(4));
+      if (!result.ok && isTorusError(result.error, ErrorCode.OutcomeUnknown)) {
+        // The flush says acknowledged changes may be gone (reported once, as fsync does): what
+        // was written since the last good flush may read old until it is written again.
+        for (const e of model.values()) {
+          if (e.sinceFlush.size === 0) continue;
+          e.uncertain = new Set([
+            ...(e.uncertain ?? []),
+            ...e.possible,
+            ...e.sinceFlush,
+            ...e.atFlush,
+          ]);
+        }
+      }
+    } else if (roll < 97 || !(options.ringChanges || options.handoffs)) {
+      await fault(random.int(5));
+    } else if (options.handoffs) {
+      // The writer stops (its lease runs out); the next one takes the volume with a higher token.
+      stale = writer;
+      staleToken = token;
+      token++;
+      writer = makeWriter();
+      await takeOver();
     } else {
       const added = ring.memberUuids().includes(peers[NODES]!.uuid);
       changeRing(added ? ring.removePeers([peers[NODES]!.uuid]) : ring.addPeers([peers[NODES]!]));
@@ -364,6 +465,15 @@ export async function runSimulation(
     }
     await clock.advance(random.int(50));
     recordBalanced();
+    // TORUS_SIM_WATCH=N (with TORUS_SIM_TRACE) follows the copies of block N step by step.
+    const watched = Deno.env.get("TORUS_SIM_WATCH");
+    if (trace && watched !== undefined) {
+      note(
+        `  watch: ${await copiesOf(refs[Number(watched)]!)}; stale: ${
+          nodes.filter((n) => marks.isStale(refs[Number(watched)]!, n.uuid)).map((n) => n.uuid)
+        }; holders: ${writerRing.getHolders(refs[Number(watched)]!)}`,
+      );
+    }
   }
 
   /** Which version each node holds of `ref` (for TORUS_SIM_TRACE). */
@@ -381,7 +491,15 @@ export async function runSimulation(
     const node = nodes[random.int(nodes.length)]!;
     if (trace) note(`fault ${kind} at ${node.uuid}`);
     const faulty = nodes.filter((n) => n.cut || n.server === null);
-    if (kind === 0 && faulty.length === 0) {
+    if (kind === 4) {
+      // Two hosts that cannot reach each other while both reach the rest: two nodes (their
+      // rebalancers), or a node and the writer.
+      const others = [...nodes.filter((n) => n !== node).map((n) => n.uuid), "writer"];
+      const other = others[random.int(others.length)]!;
+      network.partition(node.uuid, other);
+      partitioned = true;
+      note(`partition ${node.uuid} | ${other}`);
+    } else if (kind === 0 && faulty.length === 0) {
       network.cut(node.uuid);
       node.cut = true;
       note(`cut ${node.uuid}`);
@@ -397,16 +515,21 @@ export async function runSimulation(
         if (n.server === null) await start(n);
         note(`${n.uuid} back`);
       }
+      if (partitioned) note("partitions healed");
+      network.join();
+      partitioned = false;
     }
   }
 
-  // The end: every node back and on the newest ring, the rebalancers done, a flush, then every
-  // block read and its holders compared.
+  // The end: every node back and on the newest ring, the partitions healed, the rebalancers done,
+  // a flush; then every block read (a torn copy is repaired from a good one), a flush that waits
+  // for those repairs, and every block's holders compared.
   for (const n of nodes) {
     network.heal(n.uuid);
     n.cut = false;
     if (n.server === null) await start(n);
   }
+  network.join();
   await clock.advance(5_000);
   for (let wait = 0; wait < 60; wait++) {
     if (nodes.every((n) => n.rebalancer?.progress().rebalancing === false)) break;
@@ -421,36 +544,58 @@ export async function runSimulation(
   }
   const anyDegraded = [...model.values()].some((e) => e.degradedSinceFlush);
   const losses = powerLossesSinceFlush.size;
-  if (failure === null && !flushed && (losses === 0 || (losses === 1 && !anyDegraded))) {
+  const withinPromise = !unfencedTwice && (losses === 0 || (losses === 1 && !anyDegraded));
+  if (failure === null && !flushed && withinPromise) {
     failure = "the final flush failed with every node back and at most one power loss";
   }
+  const read = new Map<string, Uint8Array>();
   if (failure === null && flushed) {
     for (const ref of refs) {
       const result = await drive(writer.getBlock(ref));
       const entry = model.get(ref.key)!;
-      if (!result.ok) {
-        // Two nodes lost power since the last good flush (beyond what R = 2 promises): a block
-        // whose every copy may lack changes is unavailable rather than served old.
-        const beyondPromise = losses >= 2 && isTorusError(result.error, ErrorCode.Unavailable);
-        const absent = isTorusError(result.error, ErrorCode.NotExist) && allowed(entry).has(0);
-        if (!absent && !beyondPromise) {
-          failure = `end: ${ref}: ${errorMessage(result.error)}`;
-        }
+      note(
+        `end: get ${ref}: ${
+          result.ok ? `v${versionOf(result.value)}` : errorMessage(result.error)
+        }`,
+      );
+      if (result.ok) {
+        checkRead(ref, result.value, "end");
+        read.set(ref.key, result.value);
         continue;
       }
-      checkRead(ref, result.value, "end");
-      for (const holder of ring.getHolders(ref)) {
-        if (!nodes.every((n) => n.rebalancer?.progress().rebalancing === false)) break;
-        const disk = nodes.find((n) => n.uuid === holder)!.disk;
-        const there = await disk.has(ref) ? versionOf(await disk.get(ref)) : -1;
-        if (there !== versionOf(result.value)) {
-          failure ??= `end: ${ref} is v${versionOf(result.value)} but ${holder} holds v${there}`;
-        }
+      // Beyond what R = 2 promises (two nodes lost power since the last good flush, or one did
+      // and it had the only fresh copy): a block whose every copy may lack changes, or is torn,
+      // is unavailable rather than served old.
+      const beyond = losses >= 2 || losses === 1 && entry.degradedSinceFlush || unfencedTwice;
+      const unavailableNow = isTorusError(result.error, ErrorCode.Unavailable) ||
+        isTorusError(result.error, ErrorCode.BlockUnavailable);
+      const absent = isTorusError(result.error, ErrorCode.NotExist) && allowed(entry).has(0);
+      if (!absent && !(beyond && unavailableNow)) {
+        failure = `end: ${ref}: ${errorMessage(result.error)}`;
+      }
+    }
+    const repaired = await drive(writer.flush());
+    if (!repaired.ok) note(`flush after the reads: ${errorMessage(repaired.error)}`);
+  }
+  const settledAll = nodes.every((n) => n.rebalancer?.progress().rebalancing === false);
+  for (const ref of refs) {
+    const value = read.get(ref.key);
+    if (value === undefined || !settledAll || model.get(ref.key)!.uncertain !== null) continue;
+    for (const holder of ring.getHolders(ref)) {
+      const disk = nodes.find((n) => n.uuid === holder)!.disk;
+      const there = await disk.has(ref)
+        ? (disk.isTorn(ref) ? "torn" : `v${versionOf(await disk.get(ref))}`)
+        : "nothing";
+      if (there !== `v${versionOf(value)}`) {
+        failure ??= `end: ${ref} is v${versionOf(value)} but ${holder} holds ${there}`;
       }
     }
   }
+  const torn = nodes.reduce((n, node) => n + node.disk.tornCopies, 0);
+  if (torn > 0) note(`${torn} cop${torn === 1 ? "y" : "ies"} came back torn from power losses`);
   const closing = writer.close().catch(() => {});
   await drive(closing);
+  if (stale !== null) await drive(stale.close().catch(() => {}));
   await drive(directory.close());
   for (const n of nodes) await stop(n);
   setLogSink((line) => Deno.stderr.writeSync(new TextEncoder().encode(line + "\n")));

@@ -1,8 +1,10 @@
 /**
  * An in-memory StreamNetwork for the simulation: byte pipes between named hosts, with faults the
- * simulation injects from its seed: a host cut off (its connections end, new ones are refused)
- * and brought back, and delays of delivery (by the simulation's clock). Nothing here reads the
- * real clock or the OS, so a seed replays the same run.
+ * simulation injects from its seed: a host cut off from every other (its connections end, new
+ * ones either way are refused) and brought back, two hosts partitioned from each other while both
+ * still reach the rest, and delays of delivery (by the simulation's clock). Each host dials
+ * through its own view ({@link SimNetwork.as}), so a connection knows both its ends. Nothing here
+ * reads the real clock or the OS, so a seed replays the same run.
  * @module
  */
 
@@ -144,6 +146,8 @@ export class SimNetwork implements StreamNetwork {
   readonly #listeners = new Map<string, SimListener>();
   readonly #open = new Set<PipeEnd>();
   readonly #cut = new Set<string>();
+  /** Pairs of hosts that cannot reach each other ("a|b", sorted). */
+  readonly #partitions = new Set<string>();
   /** Delivery delay of each write (ms), drawn by the simulation. */
   delayMs: () => number = () => 0;
 
@@ -151,17 +155,31 @@ export class SimNetwork implements StreamNetwork {
     this.clock = clock;
   }
 
-  /** The host a client's connections come from (every caller of `connect`). */
+  /** The host connections made through the network itself (not a host's view) come from. */
   static readonly CLIENT = "client";
 
-  connect(hostname: string, port: number, _timeoutMs: number): Promise<ByteStream> {
+  connect(hostname: string, port: number, timeoutMs: number): Promise<ByteStream> {
+    return this.#connect(SimNetwork.CLIENT, hostname, port, timeoutMs);
+  }
+
+  /** The network as host `host` dials: its connections are cut and partitioned with it. */
+  as(host: string): StreamNetwork {
+    return {
+      connect: (hostname, port, timeoutMs) => this.#connect(host, hostname, port, timeoutMs),
+      listen: (hostname, port) => this.listen(hostname, port),
+    };
+  }
+
+  #connect(from: string, hostname: string, port: number, _timeoutMs: number): Promise<ByteStream> {
     const listener = this.#listeners.get(`${hostname}:${port}`);
-    if (listener === undefined || listener.closed || this.#cut.has(hostname)) {
+    const blocked = this.#cut.has(hostname) || this.#cut.has(from) ||
+      this.#partitions.has(pairKey(from, hostname));
+    if (listener === undefined || listener.closed || blocked) {
       return Promise.reject(unavailable(`cannot connect to ${hostname}:${port}`));
     }
     const toServer = new Channel();
     const toClient = new Channel();
-    const hosts = [SimNetwork.CLIENT, hostname];
+    const hosts = [from, hostname];
     const client = new PipeEnd(toClient, toServer, this, hosts);
     const server = new PipeEnd(toServer, toClient, this, hosts);
     this.#open.add(client);
@@ -189,8 +207,25 @@ export class SimNetwork implements StreamNetwork {
     this.#cut.delete(host);
   }
 
+  /** Ends the connections between `a` and `b` and refuses new ones until {@link join}. */
+  partition(a: string, b: string): void {
+    this.#partitions.add(pairKey(a, b));
+    for (const end of [...this.#open]) {
+      if (end.hosts.includes(a) && end.hosts.includes(b)) end.close();
+    }
+  }
+
+  /** Ends every partition. */
+  join(): void {
+    this.#partitions.clear();
+  }
+
   /** Called by a pipe end that closed. */
   forget(end: PipeEnd): void {
     this.#open.delete(end);
   }
+}
+
+function pairKey(a: string, b: string): string {
+  return a < b ? `${a}|${b}` : `${b}|${a}`;
 }
