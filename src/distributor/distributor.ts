@@ -204,7 +204,7 @@ export class Distributor implements BlockStore {
   /** `volume node` of nodes a writer could not fence (see fenceVolume), with its token. */
   readonly #pendingWhole = new Map<
     string,
-    { volumeId: number; uuid: string; token: number; refs: readonly BlockRef[] }
+    { volumeId: number; uuid: string; token: number; resync: boolean }
   >();
   /** Records marks durably (null without `staleMarks`). */
   readonly #marks: StaleMarkRecorder | null;
@@ -1135,7 +1135,7 @@ export class Distributor implements BlockStore {
         const key = `${volumeId} ${record.node}`;
         if (record.wholeVolume) {
           if (!this.#pendingWhole.has(key) && !marks.adoptingWhole(volumeId, record.node)) {
-            this.#pendingWhole.set(key, { volumeId, uuid: record.node, token, refs: [] });
+            this.#pendingWhole.set(key, { volumeId, uuid: record.node, token, resync: true });
           }
           continue;
         }
@@ -1163,9 +1163,9 @@ export class Distributor implements BlockStore {
    * that may hold its blocks (ring members, and nodes out of the ring or unsettled): each records
    * the token durably, so an earlier writer (its lease expired while it was stopped) cannot change
    * a block there, even one this writer never writes (ADR 0005 §7). A node that cannot be reached
-   * is marked stale for the whole volume, durably, before this returns: it serves nothing of the
-   * volume until it is fenced and resynchronised (the resync loop does both once it answers).
-   * `locked` when a node knows a newer writer.
+   * now is fenced by the resync loop as soon as it answers (and by this writer's first change
+   * there); until then an earlier writer that reaches it could still change it (ADR 0005 §7 says
+   * why it is not marked for the whole volume). `locked` when a node knows a newer writer.
    */
   async fenceVolume(volumeId: number, token: number): Promise<void> {
     this.#lostVolumes.delete(volumeId);
@@ -1183,21 +1183,10 @@ export class Distributor implements BlockStore {
     const unfenced = nodes.filter((_, i) => results[i] !== null);
     if (unfenced.length === 0) return;
     const why = unfenced.map((uuid) => `${uuid}: ${errorMessage(results[nodes.indexOf(uuid)])}`);
-    if (this.#marks === null) {
-      throw unavailable(`volume ${volumeId} could not be fenced at ${why.join("; ")}`);
-    }
-    // Blocks already marked there may be ones it lacks altogether (it missed their first
-    // write): listing its blocks when it is back would not name them, so they are kept.
-    const before = await this.#marks.store.list(volumeId);
-    await Promise.all(unfenced.map((uuid) => this.#marks!.recordWholeVolume(volumeId, uuid)));
     for (const uuid of unfenced) {
-      const refs = before.find((record) => record.node === uuid)?.refs ?? [];
-      this.#pendingWhole.set(`${volumeId} ${uuid}`, { volumeId, uuid, token, refs });
+      this.#pendingWhole.set(`${volumeId} ${uuid}`, { volumeId, uuid, token, resync: false });
     }
-    log.warn(
-      `volume ${volumeId}: not fenced at ${why.join("; ")}; every block there is suspect ` +
-        `until it answers and is resynchronised`,
-    );
+    log.warn(`volume ${volumeId}: not fenced yet at ${why.join("; ")}; again when it answers`);
     this.#startResync();
   }
 
@@ -1226,17 +1215,20 @@ export class Distributor implements BlockStore {
   }
 
   /**
-   * Nodes a new writer could not fence: once one answers, it is fenced, its blocks of the volume
-   * are listed and each is resynchronised (then the whole-volume mark goes).
+   * Nodes a new writer could not fence, and whole-volume marks of the volumes it took over: once
+   * the node answers, it is fenced; for a mark, its blocks of the volume are listed and each is
+   * resynchronised (then the mark goes).
    */
   async #adoptPendingWhole(): Promise<void> {
     for (const [key, pending] of [...this.#pendingWhole]) {
       if (await this.#fenceAt(pending.uuid, pending.volumeId, pending.token) !== null) continue;
-      const listed = await this.#refsAt(pending.uuid, pending.volumeId);
-      if (listed === null) continue;
-      const refs = [
-        ...new Map([...listed, ...pending.refs].map((ref) => [ref.key, ref])).values(),
-      ];
+      if (!pending.resync) {
+        this.#pendingWhole.delete(key);
+        log.info(`volume ${pending.volumeId}: ${pending.uuid} fenced`);
+        continue;
+      }
+      const refs = await this.#refsAt(pending.uuid, pending.volumeId);
+      if (refs === null) continue;
       this.#pendingWhole.delete(key);
       this.#marks?.adoptWhole(pending.volumeId, pending.uuid, refs);
       this.#adoptRefs(pending.uuid, refs);
@@ -1432,7 +1424,7 @@ export class Distributor implements BlockStore {
 
   /** Whether every block of `volumeId` at `uuid` is suspect (a whole-volume mark). */
   #wholeSuspect(volumeId: number, uuid: string): boolean {
-    if (this.#pendingWhole.has(`${volumeId} ${uuid}`)) return true;
+    if (this.#pendingWhole.get(`${volumeId} ${uuid}`)?.resync) return true;
     if (this.#marks?.adoptingWhole(volumeId, uuid)) return true;
     const watched = this.#marks?.store.watched?.(volumeId) ?? [];
     return watched.some((record) => record.node === uuid && record.wholeVolume);

@@ -107,11 +107,6 @@ export class StaleMarkRecorder {
     return recorded;
   }
 
-  /** Records durably that every block of volume `volumeId` at `node` is suspect. */
-  recordWholeVolume(volumeId: number, node: string): Promise<void> {
-    return this.#store.add(volumeId, node, [], { wholeVolume: true });
-  }
-
   /** Whether a whole-volume record of `node` for `volumeId` is being resynchronised here. */
   adoptingWhole(volumeId: number, node: string): boolean {
     return this.#wholeLeft.has(`${volumeId} ${node}`);

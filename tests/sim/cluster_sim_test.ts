@@ -9,7 +9,7 @@
  */
 
 import assert from "node:assert/strict";
-import { runSimulation } from "./cluster_sim.ts";
+import { runSimulation, type SimOptions } from "./cluster_sim.ts";
 
 const oneSeed = Deno.env.get("TORUS_SIM_SEED");
 const seeds = oneSeed !== undefined
@@ -19,55 +19,34 @@ const steps = Number(Deno.env.get("TORUS_SIM_STEPS") ?? 150);
 /** TORUS_SIM_PROGRESS=1 names each seed as it starts (to find one that never ends). */
 const progress = Deno.env.get("TORUS_SIM_PROGRESS") !== undefined;
 
-Deno.test(`simulation: ${seeds.length} seeded runs of a 3-node cluster with cuts, power losses and delays`, async () => {
+/** Runs every seed of one kind; `filter` is what `--filter` takes to run this kind alone. */
+async function runSeeds(kind: string, filter: string, options: SimOptions): Promise<void> {
+  const dump = Deno.env.get("TORUS_SIM_DUMP");
   for (const seed of seeds) {
-    if (progress) console.error(`seed ${seed}`);
-    const result = await runSimulation(seed, steps);
-    const dump = Deno.env.get("TORUS_SIM_DUMP");
+    if (progress) console.error(`seed ${seed} (${kind})`);
+    const result = await runSimulation(seed, steps, options);
     if (dump !== undefined) {
-      await Deno.writeTextFile(`${dump}/plain-${seed}.txt`, result.log.join("\n"));
+      await Deno.writeTextFile(`${dump}/${kind}-${seed}.txt`, result.log.join("\n"));
     }
     assert.equal(
       result.failure,
       null,
-      `seed ${seed} (replay: TORUS_SIM_SEED=${seed}): ${result.failure}\n` +
-        result.log.slice(-40).join("\n"),
+      `seed ${seed} (replay: TORUS_SIM_SEED=${seed}, --filter "${filter}"): ` +
+        `${result.failure}\n${result.log.slice(-40).join("\n")}`,
     );
   }
+}
+
+Deno.test(`simulation: ${seeds.length} seeded runs of a 3-node cluster with cuts, power losses and delays`, async () => {
+  await runSeeds("plain", "cuts, power", {});
 });
 
 Deno.test(`simulation: ${seeds.length} seeded runs with ring changes (a fourth node added and taken out again, A→B→A) and every node's rebalancer on`, async () => {
-  for (const seed of seeds) {
-    if (progress) console.error(`seed ${seed} (ring changes)`);
-    const result = await runSimulation(seed, steps, { ringChanges: true });
-    const dump = Deno.env.get("TORUS_SIM_DUMP");
-    if (dump !== undefined) {
-      await Deno.writeTextFile(`${dump}/ring-${seed}.txt`, result.log.join("\n"));
-    }
-    assert.equal(
-      result.failure,
-      null,
-      `seed ${seed} (replay: TORUS_SIM_SEED=${seed}, --filter "ring changes"): ` +
-        `${result.failure}\n${result.log.slice(-40).join("\n")}`,
-    );
-  }
+  await runSeeds("ring", "ring changes", { ringChanges: true });
 });
 
 Deno.test(`simulation: ${seeds.length} seeded runs with the volume handed to new writers (each earlier one left running, its writes refused and never read)`, async () => {
-  for (const seed of seeds) {
-    if (progress) console.error(`seed ${seed} (handoffs)`);
-    const result = await runSimulation(seed, steps, { handoffs: true });
-    const dump = Deno.env.get("TORUS_SIM_DUMP");
-    if (dump !== undefined) {
-      await Deno.writeTextFile(`${dump}/handoffs-${seed}.txt`, result.log.join("\n"));
-    }
-    assert.equal(
-      result.failure,
-      null,
-      `seed ${seed} (replay: TORUS_SIM_SEED=${seed}, --filter "new writers"): ` +
-        `${result.failure}\n${result.log.slice(-40).join("\n")}`,
-    );
-  }
+  await runSeeds("handoffs", "new writers", { handoffs: true });
 });
 
 Deno.test("simulation: a seed replays exactly", async () => {
