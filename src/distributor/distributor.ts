@@ -423,7 +423,13 @@ export class Distributor implements BlockStore {
     const fromHolders = misses.filter((m) => m.holder);
     const answered = new Set(fromHolders.map((m) => m.uuid));
     const detail = misses.map((m) => `${m.uuid}: ${errorMessage(m.error)}`).join("; ");
-    if (holders.size === 0) return unavailable(`no peer can hold ${ref}: the ring is empty`);
+    if (holders.size === 0) {
+      // `holders` are the ones not marked stale: the ring may have members, all of them marked.
+      const why = this.#holders(ref).length === 0
+        ? "the ring is empty"
+        : "every holder lacks changes of it and none could be brought up to date yet";
+      return unavailable(`no peer can serve ${ref}: ${why}${detail ? ` (${detail})` : ""}`);
+    }
     const everyHolderAnswered = [...holders].every((uuid) => answered.has(uuid));
     const codes = new Set(fromHolders.map((m) => isTorusError(m.error) ? m.error.code : "other"));
     // Holders without the block while a marked node has a copy: the block moved (a ring change)
@@ -1356,15 +1362,21 @@ export class Distributor implements BlockStore {
     // earlier writer left): the holders are made to agree rather than left unreadable.
     const noneFresh = entry.sources === undefined &&
       holders.every((uuid) => stale.has(uuid) || this.#isStaleAt(ref, uuid));
-    if (entry.reconcile || noneFresh) await this.#chooseSource(entry, holders, noneFresh);
+    if (entry.reconcile || noneFresh) {
+      await this.#chooseSource(entry, holders, noneFresh || entry.reconcile === true);
+    }
     const candidates = entry.sources === undefined ? holders : [...entry.sources];
     const good = candidates.filter((uuid) => !stale.has(uuid) && !this.#isStaleAt(ref, uuid));
     let targets = [...stale].filter((uuid) => reachable.has(uuid));
     if (targets.length === 0) return;
     const copy = await this.#copyFrom(ref, good);
     // While blocks move, holders without the block decide nothing (it may not have reached
-    // them yet): the stale copies stay, marked, until it has.
-    if (copy === null && this.#moving()) return;
+    // them yet): the stale copies stay, marked, until it has. When no node that is not stale has
+    // it at all, the stale copies are all there is: the next pass makes one of them win.
+    if (copy === null && this.#moving()) {
+      if (await this.#noFreshCopyAnywhere(ref, stale)) entry.reconcile = true;
+      return;
+    }
     // An older copy off the holders goes only once a holder has the block: the ring may have
     // changed since, and its new holders may not have it yet (the node that took the change
     // pushes it there). Until then it stays, marked.
@@ -1391,8 +1403,24 @@ export class Distributor implements BlockStore {
   }
 
   /**
+   * Whether no node that is not stale for `ref` has a copy (each answered): then only the stale
+   * copies are left of the block.
+   */
+  async #noFreshCopyAnywhere(ref: BlockRef, stale: ReadonlySet<string>): Promise<boolean> {
+    const timeoutMs = this.#options.peerTimeoutMs;
+    for (const source of this.#readOrder(ref)) {
+      if (stale.has(source.uuid) || this.#isStaleAt(ref, source.uuid)) continue;
+      const has = await source.store.hasBlock(ref, { timeoutMs }).catch(() => null);
+      if (has !== false) return false; // it has one, or cannot tell: nothing to decide yet
+    }
+    return [...stale].length > 0;
+  }
+
+  /**
    * For an entry to reconcile: the first holder (ring order) not stale that has the block becomes
-   * the source, and the other holders are stale for the ref until they have its copy.
+   * the source, and the other holders are stale for the ref until they have its copy. With
+   * `staleToo` (no fresh copy anywhere), stale holders and then stale nodes off the holders are
+   * candidates too.
    */
   async #chooseSource(
     entry: Divergence,
@@ -1401,8 +1429,15 @@ export class Distributor implements BlockStore {
   ): Promise<void> {
     const { ref, stale } = entry;
     const timeoutMs = this.#options.peerTimeoutMs;
-    for (const uuid of holders) {
-      if (!staleToo && (stale.has(uuid) || this.#isStaleAt(ref, uuid))) continue;
+    const isStale = (uuid: string) => stale.has(uuid) || this.#isStaleAt(ref, uuid);
+    // Holders not stale first, in ring order; then (staleToo) stale holders and stale nodes off
+    // the holders.
+    const candidates = [
+      ...holders.filter((uuid) => !isStale(uuid)),
+      ...(staleToo ? holders.filter(isStale) : []),
+      ...(staleToo ? [...stale].filter((uuid) => !holders.includes(uuid)) : []),
+    ];
+    for (const uuid of candidates) {
       // A node no writer could fence may hold an earlier writer's late changes: never the winner.
       if (this.#wholeSuspect(ref.volume, uuid)) continue;
       const has = await this.#sourceOf(uuid)?.store.hasBlock(ref, { timeoutMs }).catch(() => null);
