@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type BlockRef, systemClock } from "../core/mod.ts";
+import { type BlockRef, ErrorCode, isTorusError, systemClock } from "../core/mod.ts";
 import { isModifiable, type ModifiableRing } from "../ring/mod.ts";
 import { type BlockStore, ForwardingStore, patternBlock, testRef } from "../storage/mod.ts";
 import type { PeerDirectory } from "./peer_directory.ts";
@@ -554,6 +554,37 @@ test("a holder that restarted without its unflushed change, and pushed its older
       assert.deepEqual(await cluster.storeOf(uuid).getBlock(ref), current, uuid);
     }
     assert.deepEqual(await cluster.storeOf(kept).getBlock(ref), current);
+  } finally {
+    await writer.close();
+  }
+});
+
+test("while a block moves, when its only copies are marked stale, one of them wins rather than the resync waiting forever", async (cluster) => {
+  const { ringB, added, ref, kept } = await ringAtoB(cluster);
+  const staying = ringB.getHolders(ref).find((uuid) => uuid !== added.uuid)!;
+  // The new holder lacks the block; both copies (the one that stays a holder, and the one that
+  // does not) are marked by an earlier writer.
+  const marks = new MemoryStaleMarks();
+  await marks.add(ref.volume, kept, [ref]);
+  await marks.add(ref.volume, staying, [ref]);
+  const expected = await cluster.storeOf(staying).getBlock(ref);
+  const writer = await cluster.distributor({
+    moving: true,
+    unsettled: () => cluster.uuids,
+    staleMarks: marks,
+    minCopies: 1,
+  });
+  try {
+    await writer.adoptStaleMarks(ref.volume);
+    await waitFor(() => !marks.isStale(ref, staying) && !marks.isStale(ref, kept));
+    await waitFor(() => marks.marked().size === 0);
+    assert.deepEqual(await cluster.storeOf(added.uuid).getBlock(ref), expected);
+    // The loss of whatever the marks stood for is reported once.
+    await assert.rejects(
+      writer.flush(),
+      (error: unknown) => isTorusError(error, ErrorCode.OutcomeUnknown),
+    );
+    await writer.flush();
   } finally {
     await writer.close();
   }
