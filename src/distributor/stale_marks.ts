@@ -25,16 +25,8 @@ export interface StaleMarkRecord {
 
 /** Where the marks are kept (the metadata service, through the node's cluster member). */
 export interface StaleMarkStore {
-  /**
-   * Durably records that `node` lacks changes of `refs` (all of volume `volumeId`), or with
-   * `wholeVolume`, of every block of the volume.
-   */
-  add(
-    volumeId: number,
-    node: string,
-    refs: readonly BlockRef[],
-    options?: { readonly wholeVolume?: boolean },
-  ): Promise<void>;
+  /** Durably records that `node` lacks changes of `refs` (all of volume `volumeId`). */
+  add(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void>;
   /** Removes marks after the node got whole copies. */
   remove(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void>;
   /** Removes the node's whole record for the volume (after a whole-volume resync). */

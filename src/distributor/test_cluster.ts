@@ -193,29 +193,19 @@ export class TestCluster {
 export class MemoryStaleMarks implements StaleMarkStore {
   readonly #records = new Map<
     string,
-    { volumeId: number; node: string; refs: Map<string, BlockRef>; wholeVolume: boolean }
+    { volumeId: number; node: string; refs: Map<string, BlockRef> }
   >();
   /** Calls of add, to see that marks were recorded. */
   adds = 0;
   /** Fail every add from now on (the metadata service cannot be reached). */
   failAdds = false;
 
-  add(
-    volumeId: number,
-    node: string,
-    refs: readonly BlockRef[],
-    options: { readonly wholeVolume?: boolean } = {},
-  ): Promise<void> {
+  add(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void> {
     this.adds++;
     if (this.failAdds) return Promise.reject(new Error("metadata unreachable"));
     const key = `${volumeId} ${node}`;
-    const record = this.#records.get(key) ??
-      { volumeId, node, refs: new Map(), wholeVolume: false };
-    if (options.wholeVolume) {
-      record.wholeVolume = true;
-      record.refs.clear();
-    }
-    if (!record.wholeVolume) { for (const ref of refs) record.refs.set(ref.key, ref); }
+    const record = this.#records.get(key) ?? { volumeId, node, refs: new Map() };
+    for (const ref of refs) record.refs.set(ref.key, ref);
     this.#records.set(key, record);
     return Promise.resolve();
   }
@@ -223,7 +213,6 @@ export class MemoryStaleMarks implements StaleMarkStore {
   remove(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void> {
     const key = `${volumeId} ${node}`;
     const record = this.#records.get(key);
-    if (record?.wholeVolume) return Promise.resolve(); // only clear ends it
     for (const ref of refs) record?.refs.delete(ref.key);
     if (record !== undefined && record.refs.size === 0) this.#records.delete(key);
     return Promise.resolve();
@@ -240,7 +229,7 @@ export class MemoryStaleMarks implements StaleMarkStore {
         volumeId: r.volumeId,
         node: r.node,
         refs: [...r.refs.values()],
-        wholeVolume: r.wholeVolume,
+        wholeVolume: false,
       })),
     );
   }
@@ -250,13 +239,12 @@ export class MemoryStaleMarks implements StaleMarkStore {
       volumeId: r.volumeId,
       node: r.node,
       refs: [...r.refs.values()],
-      wholeVolume: r.wholeVolume,
+      wholeVolume: false,
     }));
   }
 
   isStale(ref: BlockRef, node: string): boolean {
-    const record = this.#records.get(`${ref.volume} ${node}`);
-    return record !== undefined && (record.wholeVolume || record.refs.has(ref.key));
+    return this.#records.get(`${ref.volume} ${node}`)?.refs.has(ref.key) ?? false;
   }
 
   /** Marks now: `node` → ref keys. */

@@ -378,15 +378,6 @@ export interface StaleWatchOptions {
   readonly onProgress?: (revision: number) => void;
 }
 
-/** Options of {@link StaleMarkMetadata.add}. */
-export interface StaleAddOptions {
-  /**
-   * Mark every block of the volume at the node (its copies cannot be trusted at all: it could not
-   * be fenced when a new writer took the volume). `refs` may then be empty.
-   */
-  readonly wholeVolume?: boolean;
-}
-
 /**
  * Durable stale marks. When a write reaches some holders of a block and not others, the others
  * lack changes: they are marked stale for the block here before the write is acknowledged, so the
@@ -407,12 +398,7 @@ export interface StaleMarkMetadata {
    * record is replaced by a wholeVolume one (logged): what it meant cannot be known, so every
    * block is suspect.
    */
-  add(
-    volumeId: number,
-    node: string,
-    refs: readonly BlockRef[],
-    options?: StaleAddOptions,
-  ): Promise<void>;
+  add(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void>;
   /**
    * Removes marks of refs (a no-op for refs not marked, and for a wholeVolume record). Deletes
    * the key when no ref is left. `invalid` when the record is undecodable (a whole-volume resync

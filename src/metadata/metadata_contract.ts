@@ -1028,25 +1028,6 @@ function registerStaleMarkTests(test: TestFn): void {
     assert.deepEqual(await staleOf(mds, id), ["v2 B whole"]);
   });
 
-  test("stale marks: a whole-volume mark asked for directly (a node a new writer could not fence)", async ({ mds }) => {
-    await mds.cluster.init(initOptions);
-    const { id } = await mds.volumes.createBlockVolume("v", 4096);
-    await mds.staleMarks.add(id, NODE_A, [], { wholeVolume: true });
-    assert.deepEqual(await staleOf(mds, id), ["v2 A whole"]);
-    const key = mds.keys.staleRecord(id, NODE_A);
-    const before = (await mds.kv.get(key))!.modRevision;
-    await mds.staleMarks.add(id, NODE_A, [], { wholeVolume: true }); // already: writes nothing
-    assert.equal((await mds.kv.get(key))!.modRevision, before);
-    // Over a record of refs it takes the whole volume.
-    await mds.staleMarks.add(id, NODE_B, refsOf(id, 1, 2));
-    await mds.staleMarks.add(id, NODE_B, refsOf(id, 3), { wholeVolume: true });
-    assert.deepEqual((await staleOf(mds, id)).sort(), ["v2 A whole", "v2 B whole"]);
-    await assertCode(
-      mds.staleMarks.add(id + 1, NODE_A, [], { wholeVolume: true }),
-      ErrorCode.NotExist,
-    );
-  });
-
   test("stale marks: deleteVolume deletes the volume's marks and no other's", async (f) => {
     const { mds, prefix } = f;
     await mds.cluster.init(initOptions);

@@ -46,7 +46,6 @@ import {
   unchanged,
 } from "./context.ts";
 import type {
-  StaleAddOptions,
   StaleMarkMetadata,
   StaleRecord,
   StaleRecordChange,
@@ -178,15 +177,6 @@ function merged(
 }
 
 const WHOLE_VOLUME: StaleMarks = { refs: [], wholeVolume: true };
-
-/** The record's marks, or null when it cannot be decoded. */
-function decodedOrNull(bytes: Uint8Array, key: string, volumeId: number): StaleMarks | null {
-  try {
-    return decodeStaleMarks(bytes, key, volumeId);
-  } catch {
-    return null;
-  }
-}
 const NO_MARKS: StaleMarks = { refs: [], wholeVolume: false };
 
 function del(key: string): TxnOp {
@@ -207,25 +197,17 @@ export class StaleMarkMetadataImpl implements StaleMarkMetadata {
     this.#refsMax = refsMax;
   }
 
-  async add(
-    volumeId: number,
-    node: string,
-    refs: readonly BlockRef[],
-    options: StaleAddOptions = {},
-  ): Promise<void> {
+  async add(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void> {
     const { kv, keys, log } = this.#context;
     const key = keys.staleRecord(volumeId, node);
     const adding = checkedRefs(volumeId, refs);
-    const whole = options.wholeVolume === true;
-    if (adding.length === 0 && !whole) return;
+    if (adding.length === 0) return;
     const volumeKey = keys.volumeRecord(volumeId);
     await casLoop(this.#context, `marking ${node} stale in volume ${volumeId}`, async () => {
       const entry = await kv.get(key);
       let next: StaleMarks | null;
       if (entry === null) {
-        next = whole ? WHOLE_VOLUME : merged(NO_MARKS, adding, this.#refsMax);
-      } else if (whole) {
-        next = decodedOrNull(entry.value, key, volumeId)?.wholeVolume ? null : WHOLE_VOLUME;
+        next = merged(NO_MARKS, adding, this.#refsMax);
       } else {
         try {
           next = merged(decodeStaleMarks(entry.value, key, volumeId), adding, this.#refsMax);

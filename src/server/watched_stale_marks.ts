@@ -74,13 +74,8 @@ export class WatchedStaleMarks implements StaleMarkStore {
     return count;
   }
 
-  add(
-    volumeId: number,
-    node: string,
-    refs: readonly BlockRef[],
-    options: { readonly wholeVolume?: boolean } = {},
-  ): Promise<void> {
-    return this.#metadata.staleMarks.add(volumeId, node, refs, options);
+  add(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void> {
+    return this.#metadata.staleMarks.add(volumeId, node, refs);
   }
 
   remove(volumeId: number, node: string, refs: readonly BlockRef[]): Promise<void> {
