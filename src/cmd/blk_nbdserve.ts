@@ -93,27 +93,27 @@ export function clusterNbdSettingsOf(values: Record<string, unknown>): ClusterNb
   };
 }
 
-/** A running cluster client with an NBD server over its volumes (see startClusterNbd). */
-export interface ClusterNbd {
+/** A running cluster client: a member with no store and its volumes (see startClusterClient). */
+export interface ClusterClient {
   /** The client's UUID (its volume locks' holder). */
   readonly uuid: string;
-  /** Where its NBD server listens. */
-  readonly address: HostPort;
   readonly member: ClusterMember;
-  /** Stops the NBD server, flushes and unlocks the volumes, leaves the cluster. Idempotent. */
+  readonly volumes: VolumeService;
+  /** Runs `close` first when the client closes (a front end over its volumes). */
+  beforeClose(close: () => Promise<void>): void;
+  /** Flushes and unlocks the volumes, leaves the cluster. Idempotent. */
   close(): Promise<void>;
 }
 
 /**
- * Joins the cluster of the metadata flags in `values` as a client (no store) and serves its
- * volumes over NBD at `listen`: `torus blk nbdserve`, and `torus blk attach -C`, which attaches
- * the kernel to it.
+ * Joins the cluster of the metadata flags in `values` as a client (no store): the volumes of
+ * `torus blk nbdserve`, `torus blk attach -C` and `torus aoe -C`, read and written through the
+ * distributor, each locked by this client while open for write.
  */
-export async function startClusterNbd(
+export async function startClusterClient(
   values: Record<string, unknown>,
   settings: ClusterNbdSettings,
-  listen: HostPort,
-): Promise<ClusterNbd> {
+): Promise<ClusterClient> {
   const metadata = await openMetadata(values);
   const uuid = randomUuid(new CryptoRandom());
   const closers: (() => Promise<void>)[] = [() => metadata.close()];
@@ -146,18 +146,55 @@ export async function startClusterNbd(
       onLocked: (id, token) => member.distributor.takeOver(id, token),
     });
     closers.push(() => volumes.close());
+    let closing: Promise<void> | null = null;
+    return {
+      uuid,
+      member,
+      volumes,
+      beforeClose: (close) => closers.push(close),
+      close: () => closing ??= closeAll(),
+    };
+  } catch (error) {
+    await closeAll();
+    throw error;
+  }
+}
+
+/** A running cluster client with an NBD server over its volumes (see startClusterNbd). */
+export interface ClusterNbd {
+  /** The client's UUID (its volume locks' holder). */
+  readonly uuid: string;
+  /** Where its NBD server listens. */
+  readonly address: HostPort;
+  readonly member: ClusterMember;
+  /** Stops the NBD server, flushes and unlocks the volumes, leaves the cluster. Idempotent. */
+  close(): Promise<void>;
+}
+
+/**
+ * Joins the cluster of the metadata flags in `values` as a client (no store) and serves its
+ * volumes over NBD at `listen`: `torus blk nbdserve`, and `torus blk attach -C`, which attaches
+ * the kernel to it.
+ */
+export async function startClusterNbd(
+  values: Record<string, unknown>,
+  settings: ClusterNbdSettings,
+  listen: HostPort,
+): Promise<ClusterNbd> {
+  const client = await startClusterClient(values, settings);
+  try {
+    const { volumes } = client;
     const nbd = new NbdServer({
       exports: {
         list: () => volumes.exportNames(),
         open: (name, openOptions) => volumes.openDevice(name, openOptions ?? {}),
       },
     });
-    closers.push(() => nbd.close());
+    client.beforeClose(() => nbd.close());
     const address = nbd.listen(listen);
-    let closing: Promise<void> | null = null;
-    return { uuid, address, member, close: () => closing ??= closeAll() };
+    return { uuid: client.uuid, address, member: client.member, close: () => client.close() };
   } catch (error) {
-    await closeAll();
+    await client.close();
     throw error;
   }
 }

@@ -4,7 +4,8 @@
  * @module
  */
 
-import { type Command, notImplementedCommand } from "../cli/mod.ts";
+import type { Command } from "../cli/mod.ts";
+import { aoeCommand } from "./aoe.ts";
 import { blkCommand } from "./blk.ts";
 import { ctlCommand, defaultCtlDeps } from "./ctl/mod.ts";
 import { ringtoolCommand } from "./ringtool.ts";
@@ -16,11 +17,7 @@ export const commands: readonly Command[] = [
   serveCommand,
   ctlCommand(defaultCtlDeps(() => commands)),
   blkCommand(),
-  notImplementedCommand(
-    "aoe",
-    "Serve a volume as an ATA-over-Ethernet target",
-    "the ATA-over-Ethernet issue",
-  ),
+  aoeCommand,
   ringtoolCommand,
   versionCommand,
 ];

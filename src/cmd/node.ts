@@ -25,6 +25,7 @@ import {
   LeaseKeeper,
 } from "../server/mod.ts";
 import { collectGarbage, NbdServer, VolumeService } from "../block/mod.ts";
+import { type AoeExport, type AoeExportSpec, startAoeExport } from "./aoe_export.ts";
 import { formatHostPort, type HostPort } from "../cli/mod.ts";
 import { HttpStatusServer, type MetadataReport } from "../http/mod.ts";
 import { ServeReporter } from "./node_report.ts";
@@ -57,6 +58,8 @@ export interface NodeOptions {
   readonly nbd: HostPort | null;
   /** Where the HTTP status server listens; null for none. */
   readonly http: HostPort | null;
+  /** Volumes served as AoE targets (`--aoe`), and their background flush period. */
+  readonly aoe?: { readonly exports: readonly AoeExportSpec[]; readonly syncIntervalMs: number };
   /** Period of garbage collection; 0 disables it. */
   readonly gcIntervalMs: number;
   /**
@@ -90,6 +93,8 @@ export interface Node extends AsyncDisposable {
   readonly httpAddress: HostPort | null;
   /** The node's place in the cluster, or null for a single node. */
   readonly member: ClusterMember | null;
+  /** The AoE targets it serves. */
+  readonly aoeExports: readonly AoeExport[];
   close(): Promise<void>;
 }
 
@@ -136,6 +141,7 @@ export async function startNode(options: NodeOptions): Promise<Node> {
   let nbdAddress: HostPort | null = null;
   let http: HttpStatusServer | null = null;
   let httpAddress: HostPort | null = null;
+  const aoeExports: AoeExport[] = [];
   const stopGc = new AbortController();
   let gcLoop: Promise<void> = Promise.resolve();
   const close = async () => {
@@ -144,6 +150,7 @@ export async function startNode(options: NodeOptions): Promise<Node> {
     await Deno.remove(`${options.dataDir}/${SERVE_INFO_FILE}`).catch(() => {});
     await http?.close();
     await nbd?.close();
+    await closeAoeExports(aoeExports);
     await volumes.close();
     await member?.close();
     await leases.close();
@@ -162,6 +169,14 @@ export async function startNode(options: NodeOptions): Promise<Node> {
       const address = nbd.listen(options.nbd);
       nbdAddress = { hostname: address.hostname, port: address.port };
     }
+    for (const spec of options.aoe?.exports ?? []) {
+      aoeExports.push(
+        await startAoeExport(volumes, spec, {
+          syncIntervalMs: options.aoe!.syncIntervalMs,
+          clock: options.clock,
+        }),
+      );
+    }
     if (options.http !== null) {
       http = new HttpStatusServer({
         clock: options.clock,
@@ -174,6 +189,7 @@ export async function startNode(options: NodeOptions): Promise<Node> {
           metadataWhere: options.metadataWhere,
           volumes,
           nbd: nbd === null || nbdAddress === null ? null : { server: nbd, address: nbdAddress },
+          aoe: aoeExports,
           member,
         }),
       });
@@ -198,7 +214,26 @@ export async function startNode(options: NodeOptions): Promise<Node> {
     await close().catch(() => {});
     throw error;
   }
-  return { volumes, nbdAddress, httpAddress, member, close, [Symbol.asyncDispose]: close };
+  return {
+    volumes,
+    nbdAddress,
+    httpAddress,
+    member,
+    aoeExports,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+/** Stops every AoE target and releases its volume; a failure is logged, the rest still close. */
+async function closeAoeExports(exports: readonly AoeExport[]): Promise<void> {
+  await Promise.all(exports.map(async (exported) => {
+    try {
+      await exported.close();
+    } catch (error) {
+      log.error(`AoE e${exported.spec.major}.${exported.spec.minor}: ${errorMessage(error)}`);
+    }
+  }));
 }
 
 /** Listens with `listen`; a refusal (port taken, unknown host) names what and where. */

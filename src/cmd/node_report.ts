@@ -10,6 +10,7 @@ import { NBD_COMMAND_LABELS, type NbdServer, type VolumeService } from "../block
 import { formatHostPort, type HostPort } from "../cli/mod.ts";
 import { VERSION } from "../core/mod.ts";
 import type {
+  AoeReport,
   ClusterReport,
   LiveReport,
   MetadataReport,
@@ -22,6 +23,7 @@ import type { MetadataService } from "../metadata/mod.ts";
 import type { MonitoredBlockStore } from "../storage/mod.ts";
 import type { ClusterMember } from "../server/mod.ts";
 import { ringTypeNames } from "../ring/mod.ts";
+import type { AoeExport } from "./aoe_export.ts";
 
 /** The parts of a node that {@link ServeReporter} reads. */
 export interface ServeReporterParts {
@@ -33,6 +35,8 @@ export interface ServeReporterParts {
   readonly metadataWhere: MetadataReport;
   readonly volumes: VolumeService;
   readonly nbd: { readonly server: NbdServer; readonly address: HostPort } | null;
+  /** The AoE targets (read at each report: they are started after the reporter is made). */
+  readonly aoe: readonly AoeExport[];
   /** The node's place in the cluster; null for a single node. */
   readonly member: ClusterMember | null;
 }
@@ -103,6 +107,7 @@ export class ServeReporter implements NodeReporter {
       store: storeReport(parts.store),
       metadata: parts.metadataWhere,
       nbd: parts.nbd === null ? null : nbdReport(parts.nbd.server, parts.nbd.address),
+      aoe: parts.aoe.map(aoeReport),
       openVolumes: parts.volumes.openVolumes().map((volume) => ({
         ...volume,
         fencingToken: volume.fencingToken.toString(),
@@ -156,6 +161,19 @@ function orNull(read: () => number): number | null {
   } catch {
     return null;
   }
+}
+
+function aoeReport(exported: AoeExport): AoeReport {
+  const { spec } = exported;
+  return {
+    volume: spec.volume,
+    interface: spec.interfaceName,
+    mac: exported.mac,
+    address: `e${spec.major}.${spec.minor}`,
+    readOnly: exported.readOnly,
+    sectorsPerFrame: exported.sectorsPerFrame,
+    counters: { ...exported.stats() },
+  };
 }
 
 function nbdReport(server: NbdServer, address: HostPort): NbdReport {

@@ -54,6 +54,13 @@ import { FileBlockStore } from "../storage/mod.ts";
 import { makeDirectoryDurable, readFileBounded, writeFileAtomic } from "../sys/mod.ts";
 import { type ClusterSettings, startNode } from "./node.ts";
 import {
+  type AoeExport,
+  type AoeExportSpec,
+  checkAoeExportSpecs,
+  describeAoeExport,
+  parseAoeExportSpec,
+} from "./aoe_export.ts";
+import {
   GrpcProtocol,
   parseMinCopies,
   parsePeerUrl,
@@ -78,6 +85,8 @@ export const serveFlags = {
   host: { type: "string" },
   port: { type: "string" },
   "gc-interval": { type: "string", default: "5m" },
+  aoe: { type: "string", multiple: true },
+  "aoe-sync-interval": { type: "string", default: "5s" },
   "peer-address": { type: "string" },
   "auto-join": { type: "boolean", default: false },
   "read-level": { type: "string", default: "block" },
@@ -110,6 +119,7 @@ export function expandNbdFlag(args: readonly string[]): string[] {
 
 const help =
   `Usage: torus serve [--data-dir DIR] [--size SIZE|N%] [--nbd [ADDR]] [--host H [--port P]]
+                   [--aoe VOLUME:INTERFACE:MAJOR.MINOR]... [--aoe-sync-interval D]
                    [-C ENDPOINTS --peer-address URL [--auto-join] [--read-level L]
                    [--write-level L] [--read-cache-size SIZE] [--rebalance-rate SIZE]
                    [--scrub-interval D] [--scrub-rate SIZE] [--min-copies N]]
@@ -146,6 +156,11 @@ and writes its volumes' blocks to the ring's holders of each block (replication 
                    reaches it sees the node's volumes and counters (it changes nothing).
   --port P         the HTTP port (default ${HTTP_PORT_DEFAULT}; 0 picks a free port, printed)
   --gc-interval D  how often unreferenced blocks are reclaimed (default 5m; 0 turns it off)
+  --aoe VOLUME:INTERFACE:MAJOR.MINOR  serve VOLUME (or VOLUME@SNAPSHOT, read-only) as the
+                   ATA-over-Ethernet target eMAJOR.MINOR on INTERFACE (raw Ethernet, root);
+                   repeatable. The volume stays open for write here while serve runs.
+  --aoe-sync-interval D  how often AoE targets flush writes the initiator did not flush
+                   (default 5s; 0: only ATA FLUSH CACHE and stopping flush)
   --peer-address URL  where the other nodes reach this one: tdp://HOST:PORT (the binary
                    peer protocol) or http://HOST:PORT (gRPC, about ten times slower); port
                    40000 when left out. HOST must be an address the peers can reach, not
@@ -266,6 +281,8 @@ interface ServeOptions {
   readonly gcIntervalMs: number;
   /** The cluster flags, checked; null without --peer-address. */
   readonly cluster: ClusterSettings | null;
+  /** `--aoe` and `--aoe-sync-interval`. */
+  readonly aoe: { readonly exports: readonly AoeExportSpec[]; readonly syncIntervalMs: number };
 }
 
 /** The peer protocols a node speaks, by URL scheme (`tdp://`, `http://` for gRPC). */
@@ -362,7 +379,19 @@ function serveOptionsOf(values: Record<string, unknown>): ServeOptions {
   } catch (error) {
     throw new UsageError(`--gc-interval: ${(error as Error).message}`);
   }
-  return { nbd, http, gcIntervalMs, cluster: clusterSettingsOf(values) };
+  return { nbd, http, gcIntervalMs, cluster: clusterSettingsOf(values), aoe: aoeOptionsOf(values) };
+}
+
+/** `--aoe VOLUME:INTERFACE:MAJOR.MINOR` (repeatable) and `--aoe-sync-interval D`. */
+function aoeOptionsOf(values: Record<string, unknown>): ServeOptions["aoe"] {
+  const texts = Array.isArray(values.aoe) ? values.aoe.map(String) : [];
+  const exports = texts.map(parseAoeExportSpec);
+  checkAoeExportSpecs(exports);
+  const syncIntervalMs = flagValue(
+    "--aoe-sync-interval",
+    () => parseDuration(String(values["aoe-sync-interval"] ?? "5s")),
+  );
+  return { exports, syncIntervalMs };
 }
 
 /** `--host H [--port P]`: where HTTP listens; `--port` alone is a mistake, not ignored. */
@@ -379,7 +408,15 @@ function httpAddressOf(values: Record<string, unknown>): HostPort | null {
   return { hostname: parseHost(values.host, "--host"), port };
 }
 
-async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
+/**
+ * Runs the node of `values` until SIGINT/SIGTERM. `program` names it in the banner and in the
+ * data-dir lock (`torus aoe` runs a single node this way too).
+ */
+export async function serve(
+  values: Record<string, unknown>,
+  io: Io,
+  program = "torus serve",
+): Promise<number> {
   const options = serveOptionsOf(values);
   // The same data dir rule as every command (an empty --data-dir or $TORUS_DATA_DIR is a usage
   // error), and "/" stays "/".
@@ -398,14 +435,14 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
   const spaceWarning = checkStoreSpace(sizeBytes, { ...request, space, where: dataDir });
   // The lock comes before anything is created: the loser of a start race creates nothing and
   // names the winner.
-  using _dataDirLock = await lockDataDir(dataDir, "torus serve");
+  using _dataDirLock = await lockDataDir(dataDir, program);
   await makeDirectoryDurable(`${dataDir}/metadata`, 0o700);
   await makeDirectoryDurable(`${dataDir}/block`, 0o700);
   const uuid = await nodeUuid(dataDir);
   await using metadata = await openNodeMetadata({ ...values, "data-dir": dataDir }, io);
   const global = await metadata.service.cluster.globalMetadata();
   checkBlocks(global.blockSizeBytes);
-  if (spaceWarning !== null) io.stderr(`torus serve: ${spaceWarning}\n`);
+  if (spaceWarning !== null) io.stderr(`${program}: ${spaceWarning}\n`);
   const store = await FileBlockStore.open({
     dir: `${dataDir}/block`,
     blockSizeBytes: global.blockSizeBytes,
@@ -427,6 +464,7 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
         : { kind: "embedded", path: metadata.backend.path },
       gcIntervalMs: options.gcIntervalMs,
       cluster: options.cluster,
+      aoe: options.aoe,
     });
     const where = metadata.backend.kind === "etcd"
       ? `etcd ${metadata.backend.endpoints.join(",")}`
@@ -439,13 +477,14 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
       : `http://${formatHostPort(node.httpAddress)} (/status, /metrics, /healthz)`;
     io.stdout(
       [
-        `torus serve: node ${uuid}`,
+        `${program}: node ${uuid}`,
         `  data dir:    ${escapeText(dataDir)}`,
         `  block store: ${store.totalBlocks()} blocks of ${formatSize(store.blockSizeBytes)} ` +
         `(${formatSize(store.totalBlocks() * store.blockSizeBytes)}), ${store.usedBlocks()} used`,
         `  metadata:    ${escapeText(where)}`,
         `  NBD:         ${nbd}`,
         `  HTTP:        ${http}`,
+        ...aoeLines(node.aoeExports),
         `  peers:       ${peersLine(node.member)}`,
         `Ready. Stop with Ctrl-C (SIGINT) or SIGTERM.`,
         "",
@@ -457,6 +496,11 @@ async function serve(values: Record<string, unknown>, io: Io): Promise<number> {
     await store.close();
   }
   return ExitCode.Ok;
+}
+
+/** The "AoE:" lines of the start banner (none without --aoe). */
+function aoeLines(exports: readonly AoeExport[]): string[] {
+  return exports.map((exported) => `  AoE:         ${escapeText(describeAoeExport(exported))}`);
 }
 
 /** The "peers:" line of the start banner. */

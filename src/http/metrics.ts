@@ -22,6 +22,39 @@ export const METRICS_CONTENT_TYPE = Registry.PROMETHEUS_CONTENT_TYPE;
 type StoreLabel = "storage";
 type PeerLabel = "peer";
 
+/** The AoE targets' counters: AoeTargetStats field, metric name, help. */
+const AOE_COUNTERS: readonly (readonly [string, string, string])[] = [
+  ["framesReceived", "torus_aoe_frames_received_total", "AoE frames the target received"],
+  ["repliesSent", "torus_aoe_replies_sent_total", "AoE replies sent (the advertisement included)"],
+  [
+    "ignored",
+    "torus_aoe_frames_ignored_total",
+    "AoE frames for other targets, responses, config tests that did not match",
+  ],
+  [
+    "malformed",
+    "torus_aoe_frames_malformed_total",
+    "AoE frames dropped because they did not parse (truncated, oversized, garbage)",
+  ],
+  [
+    "busyDropped",
+    "torus_aoe_frames_busy_dropped_total",
+    "AoE requests dropped because the advertised buffer count was in flight",
+  ],
+  [
+    "duplicates",
+    "torus_aoe_duplicates_total",
+    "Retransmitted AoE requests answered from the reply cache, not applied again",
+  ],
+  ["ataErrors", "torus_aoe_ata_errors_total", "AoE replies with an ATA error status"],
+  ["aoeErrors", "torus_aoe_aoe_errors_total", "AoE replies with an AoE error code"],
+  ["bytesRead", "torus_aoe_read_bytes_total", "Bytes returned by AoE reads"],
+  ["bytesWritten", "torus_aoe_written_bytes_total", "Bytes stored by AoE writes"],
+  ["flushes", "torus_aoe_flushes_total", "Device flushes of the target (ATA, periodic, stop)"],
+  ["syncFailures", "torus_aoe_sync_failures_total", "Periodic flushes of the target that failed"],
+  ["sendFailures", "torus_aoe_send_failures_total", "AoE replies the interface refused"],
+];
+
 /** A registry of the node's metrics; see the module doc. */
 export class NodeMetrics {
   readonly #registry = new Registry();
@@ -125,6 +158,17 @@ export class NodeMetrics {
     readBytes: this.#counter("torus_nbd_read_bytes_total", "Bytes returned by NBD reads", []),
     writtenBytes: this.#counter("torus_nbd_written_bytes_total", "Bytes stored by NBD writes", []),
   };
+  /** One counter per AoeTargetStats field, by target. */
+  readonly #aoe = new Map(
+    AOE_COUNTERS.map(([field, name, help]) => [
+      field,
+      this.#counter<"target" | "interface" | "volume">(name, help, [
+        "target",
+        "interface",
+        "volume",
+      ]),
+    ]),
+  );
 
   readonly #cluster = {
     heartbeats: this.#clusterCounter("torus_server_heartbeats", "Heartbeats of this node", []),
@@ -329,6 +373,7 @@ export class NodeMetrics {
       this.#volumes.openFiles.set(labels, volume.handles);
       this.#volumes.writtenBytes.inc(labels, volume.writtenBytes);
     }
+    this.#updateAoe(live);
     const nbd = live.nbd;
     if (nbd === null) return;
     this.#nbd.connections.set(nbd.connectionsOpen);
@@ -340,6 +385,13 @@ export class NodeMetrics {
     this.#nbd.protocolErrors.inc(nbd.protocolErrors);
     this.#nbd.readBytes.inc(nbd.readBytes);
     this.#nbd.writtenBytes.inc(nbd.writtenBytes);
+  }
+
+  #updateAoe(live: LiveReport): void {
+    for (const target of live.aoe) {
+      const labels = { target: target.address, interface: target.interface, volume: target.volume };
+      for (const [field, counter] of this.#aoe) counter.inc(labels, target.counters[field] ?? 0);
+    }
   }
 
   #updateCluster(live: LiveReport): void {

@@ -60,6 +60,7 @@ Deno.test("metrics: each render shows only the present (a closed volume's series
       failure: "block store current failed: flush failed: EIO",
     },
     nbd: null,
+    aoe: [],
   });
   const second = samples(await metrics.render(later));
   assert.ok(!second.some((line) => line.includes('volume="db"')), second.join("\n"));
@@ -72,6 +73,58 @@ Deno.test("metrics: each render shows only the present (a closed volume's series
   // NBD off: no connections, no requests.
   assert.ok(second.includes("torus_nbd_connections 0"));
   assert.ok(!second.some((line) => line.startsWith("torus_nbd_requests_total{")));
+});
+
+Deno.test("metrics: each AoE target's counters, by target, interface and volume", async () => {
+  const counters = {
+    framesReceived: 40,
+    repliesSent: 31,
+    ignored: 2,
+    malformed: 5,
+    busyDropped: 1,
+    duplicates: 3,
+    ataErrors: 4,
+    aoeErrors: 6,
+    bytesRead: 4096,
+    bytesWritten: 8192,
+    flushes: 7,
+    syncFailures: 0,
+    sendFailures: 0,
+  };
+  const target = {
+    volume: "db",
+    interface: "eth1",
+    mac: "02:00:00:00:00:01",
+    address: "e1.2",
+    readOnly: false,
+    sectorsPerFrame: 2,
+    counters,
+  };
+  const lines = samples(await new NodeMetrics().render(liveReport({ aoe: [target] })));
+  const labels = '{target="e1.2",interface="eth1",volume="db"}';
+  for (
+    const [name, value] of [
+      ["frames_received", 40],
+      ["replies_sent", 31],
+      ["frames_ignored", 2],
+      ["frames_malformed", 5],
+      ["frames_busy_dropped", 1],
+      ["duplicates", 3],
+      ["ata_errors", 4],
+      ["aoe_errors", 6],
+      ["read_bytes", 4096],
+      ["written_bytes", 8192],
+      ["flushes", 7],
+      ["sync_failures", 0],
+      ["send_failures", 0],
+    ] as const
+  ) {
+    const expected = `torus_aoe_${name}_total${labels} ${value}`;
+    assert.ok(lines.includes(expected), `missing "${expected}" in:\n${lines.join("\n")}`);
+  }
+  // Without targets, no AoE series at all.
+  const none = samples(await new NodeMetrics().render(liveReport()));
+  assert.ok(!none.some((line) => line.startsWith("torus_aoe_")), none.join("\n"));
 });
 
 Deno.test("metrics: a volume name with quotes, backslashes and a newline is escaped", async () => {

@@ -78,6 +78,21 @@ export interface NbdReport {
   readonly writtenBytes: number;
 }
 
+/** One AoE target (`--aoe`): where it is and its counters (block/aoe/target.ts). */
+export interface AoeReport {
+  /** `VOLUME` or `VOLUME@SNAPSHOT`. */
+  readonly volume: string;
+  readonly interface: string;
+  /** aa:bb:cc:dd:ee:ff of the interface. */
+  readonly mac: string;
+  /** `eMAJOR.MINOR` (shelf.slot). */
+  readonly address: string;
+  readonly readOnly: boolean;
+  readonly sectorsPerFrame: number;
+  /** The target's counters (AoeTargetStats). */
+  readonly counters: Readonly<Record<string, number>>;
+}
+
 /** What a node's rebalancer did (src/distributor/rebalancer.ts: RebalanceProgress). */
 export interface RebalanceReport {
   /** A ring change has not been fully applied by this node yet. */
@@ -176,6 +191,8 @@ export interface LiveReport {
   readonly metadata: MetadataReport;
   /** Null when the node serves no NBD (`--nbd` not given). */
   readonly nbd: NbdReport | null;
+  /** The AoE targets (empty without `--aoe`). */
+  readonly aoe: readonly AoeReport[];
   readonly openVolumes: readonly OpenVolumeReport[];
   /** Null for a single node (no -C and --peer-address). */
   readonly cluster: ClusterReport | null;

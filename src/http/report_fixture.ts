@@ -112,6 +112,7 @@ export function liveReport(change: Partial<LiveReport> = {}): LiveReport {
       readBytes: 45056,
       writtenBytes: 28672,
     },
+    aoe: [],
     openVolumes: [{
       name: "db",
       id: 2,

@@ -58,6 +58,7 @@ Deno.test("status: a failed store, no NBD, etcd that does not answer", () => {
     },
     metadata: { kind: "etcd", endpoints: ["10.0.0.1:2379", "10.0.0.2:2379"] },
     nbd: null,
+    aoe: [],
     openVolumes: [],
   });
   const status = nodeStatus({

@@ -26,7 +26,20 @@ export const requiredPackages: readonly Requirement[] = [
   { command: "qemu-nbd", debianPackage: "qemu-utils" },
   { command: "nbdkit", debianPackage: "nbdkit" },
   { command: "fio", debianPackage: "fio" },
+  // A third-party AoE target and tools, and a dissector, for the interop tests of src/block/aoe.
+  { command: "vblade", debianPackage: "vblade" },
+  { command: "aoeping", debianPackage: "aoetools" },
+  { command: "aoecfg", debianPackage: "aoetools" },
+  { command: "tshark", debianPackage: "tshark" },
 ];
+
+/**
+ * Answers to the questions packages ask while installing (debconf), so apt-get never waits for
+ * a terminal: tshark asks whether non-root users may capture (no).
+ */
+const debconfAnswers: Readonly<Record<string, string>> = {
+  tshark: "wireshark-common wireshark-common/install-setuid boolean false\n",
+};
 
 /** Whether `command` is on PATH. */
 export function hasCommand(command: string): boolean {
@@ -42,14 +55,30 @@ export function hasCommand(command: string): boolean {
   return false;
 }
 
-async function run(args: string[]): Promise<boolean> {
+/** Runs `args` without a terminal's debconf front end, `stdin` (if given) as its input. */
+async function run(args: string[], stdin?: string): Promise<boolean> {
   const child = new Deno.Command(args[0]!, {
     args: args.slice(1),
     env: { DEBIAN_FRONTEND: "noninteractive" },
+    stdin: stdin === undefined ? "inherit" : "piped",
     stdout: "inherit",
     stderr: "inherit",
-  });
-  return (await child.output()).success;
+  }).spawn();
+  if (stdin !== undefined) {
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(stdin));
+    await writer.close();
+  }
+  return (await child.status).success;
+}
+
+/** Preseeds the debconf answers of the packages about to be installed (see debconfAnswers). */
+async function preseed(packages: readonly string[]): Promise<void> {
+  const answers = packages.flatMap((name) => debconfAnswers[name] ?? []);
+  if (answers.length === 0 || !hasCommand("debconf-set-selections")) return;
+  if (!await run(["debconf-set-selections"], answers.join(""))) {
+    console.error("tests: debconf-set-selections failed; apt-get may ask questions");
+  }
 }
 
 /** Installs the packages of missing commands with apt-get when running as root. */
@@ -66,6 +95,7 @@ export async function ensurePackages(requirements: readonly Requirement[]): Prom
     return;
   }
   console.error(`tests: installing ${packages.join(" ")} with apt-get`);
+  await preseed(packages);
   const install = ["apt-get", "install", "-y", "--no-install-recommends", ...packages];
   if (await run(install)) return;
   // A fresh machine may have no package lists yet.

@@ -27,8 +27,8 @@
  *   sectors than fit a frame at our MTU (the count we advertise), write data that disagrees with
  *   the sector count, a READ/WRITE whose E flag disagrees with the EXT command or whose W flag
  *   disagrees with the direction. ATA errors (status DRDY|ERR) for what a disk would refuse: an
- *   unknown command (ABRT), a range past the end (IDNF|ABRT, as vblade), a write to a read-only
- *   device and device failures (ABRT). The split matters to the Linux driver: it fails the I/O at
+ *   unknown command (ABRT), a range past the end (IDNF|ABRT; vblade sets IDNF alone), a write
+ *   to a read-only device and device failures (ABRT). The split matters to the Linux driver: it fails the I/O at
  *   once on an ATA error, but only logs an AoE error and retransmits until the device is declared
  *   dead. A closed device is AoE error 3 (device unavailable).
  * - Many requests in flight: each frame is handled as it arrives, up to `bufferCount` (which the
