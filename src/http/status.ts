@@ -8,7 +8,13 @@
  * @module
  */
 
-import type { ClusterReport, LiveReport, OpenVolumeReport, VolumeReport } from "./report.ts";
+import type {
+  AoeReport,
+  ClusterReport,
+  LiveReport,
+  OpenVolumeReport,
+  VolumeReport,
+} from "./report.ts";
 
 /** What {@link nodeStatus} renders. */
 export interface StatusInput {
@@ -53,6 +59,8 @@ export interface NodeStatus {
     readonly connectionsAccepted: number;
     readonly openVolumes: readonly OpenVolumeReport[];
   } | null;
+  /** The AoE targets this node serves (`--aoe`), with their counters. */
+  readonly aoe: readonly AoeReport[];
   readonly volumes: readonly VolumeStatus[] | null;
   /** The ring, the registered peers and the distributor's counters; null for a single node. */
   readonly cluster: ClusterReport | null;
@@ -104,6 +112,7 @@ export function nodeStatus(input: StatusInput): NodeStatus {
       connectionsAccepted: live.nbd.connectionsAccepted,
       openVolumes: live.openVolumes,
     },
+    aoe: live.aoe,
     volumes: input.volumes === null ? null : input.volumes.map((volume) => ({
       ...volume,
       open: openIds.has(volume.id),

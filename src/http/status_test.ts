@@ -91,7 +91,16 @@ Deno.test("status: the document has every key of the schema in docs/http.md and 
   });
   assert.ok(text.endsWith("}\n"));
   const parsed = JSON.parse(text);
-  assert.deepEqual(Object.keys(parsed), ["node", "store", "metadata", "nbd", "volumes", "cluster"]);
+  assert.deepEqual(Object.keys(parsed), [
+    "node",
+    "store",
+    "metadata",
+    "nbd",
+    "aoe",
+    "volumes",
+    "cluster",
+  ]);
+  assert.deepEqual(parsed.aoe, [], "no --aoe: no targets");
   assert.equal(parsed.cluster, null, "a single node has no cluster section");
   assert.deepEqual(Object.keys(parsed.node), [
     "uuid",
