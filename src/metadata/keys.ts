@@ -130,6 +130,22 @@ export class MetadataKeys {
   volumeRecord(volumeId: number): string {
     return `${this.volumeIdsDir()}${volumeHex(volumeId)}`;
   }
+  /** Directory of every volume's {@link volumeMetaDir} (ends with `/`). */
+  volumeMetaDirs(): string {
+    return `${this.prefix}volumemeta/`;
+  }
+  /**
+   * The volume whose lock `key` is (`volumemeta/<hex id>/blocklock`, as {@link lock} builds
+   * it); null for any other key.
+   */
+  lockVolume(key: string): number | null {
+    const match = /^([1-9a-f][0-9a-f]{0,9})\/blocklock$/.exec(
+      key.startsWith(this.volumeMetaDirs()) ? key.slice(this.volumeMetaDirs().length) : "",
+    );
+    if (match === null) return null;
+    const volumeId = parseInt(match[1]!, 16);
+    return volumeId <= VOLUME_ID_MAX ? volumeId : null;
+  }
   /** Directory of everything else about volume `id` (ends with `/`). */
   volumeMetaDir(volumeId: number): string {
     return `${this.prefix}volumemeta/${volumeHex(volumeId)}/`;

@@ -242,6 +242,12 @@ export type LockStatus =
     readonly fencingToken: bigint;
   };
 
+/** A volume lock taken, as {@link BlockVolumeMetadata.watchLocks} delivers it. */
+export interface LockTaken {
+  readonly volumeId: number;
+  readonly fencingToken: bigint;
+}
+
 /** Per-volume state of block volumes. */
 export interface BlockVolumeMetadata {
   /** Hands out the next INode id of the volume (atomic increment, retried on races). */
@@ -267,6 +273,17 @@ export interface BlockVolumeMetadata {
   unlock(lock: VolumeLock): Promise<void>;
   /** Whether the volume is locked and by whom. */
   lockStatus(volumeId: number): Promise<LockStatus>;
+  /**
+   * Follows the volume locks taken: `onLock` gets every lock held when the watch starts, then
+   * every lock taken afterwards, in revision order, each with its fencing token (releases are
+   * not delivered). Storage nodes use it to refuse an earlier writer of a volume as soon as a new
+   * one holds the lock, even before the new writer reaches them (ADR 0005, section 7). A
+   * callback that throws is logged; the watch goes on.
+   */
+  watchLocks(
+    onLock: (lock: LockTaken) => void,
+    options?: StaleWatchOptions,
+  ): Promise<Subscription>;
   /** The volume record, head and base, read together. */
   headState(volumeId: number): Promise<HeadState>;
   /**

@@ -624,6 +624,41 @@ function registerLockTests(test: TestFn, options: MetadataContractOptions): void
     },
   );
 
+  test("a lock watch delivers the locks held, then each lock taken, with its token", async (f) => {
+    const { mds, prefix } = f;
+    await mds.cluster.init(initOptions);
+    const a = (await mds.volumes.createBlockVolume("a", 4096)).id;
+    const b = (await mds.volumes.createBlockVolume("b", 4096)).id;
+    const lease = await mds.leases.grant(60_000);
+    const first = await mds.blockVolumes.lock(a, { uuid: "one", lease });
+    const seen: string[] = [];
+    const sub = await mds.blockVolumes.watchLocks((lock) => {
+      seen.push(`v${lock.volumeId} ${lock.fencingToken}`);
+    });
+    assert.deepEqual(seen, [`v${a} ${first.fencingToken}`], "the lock held at the start");
+    const writer = await f.other();
+    const writerLease = await writer.leases.grant(60_000);
+    const onB = await writer.blockVolumes.lock(b, { uuid: "two", lease: writerLease });
+    // Neither a release, nor a head, nor a key that only looks like a lock is a lock taken.
+    await mds.blockVolumes.unlock(first);
+    await writer.blockVolumes.publishHead(onB, new INodeRef(b, 2n));
+    await writer.kv.put(`${prefix}volumemeta/${a.toString(16)}/blocklock/x`, encoder.encode("x"));
+    await writer.kv.put(`${prefix}volumemeta/zz/blocklock`, encoder.encode("x"));
+    const again = await writer.blockVolumes.lock(a, { uuid: "two", lease: writerLease });
+    await waitFor("the second lock of a", 5_000, () => Promise.resolve(seen.length >= 3));
+    assert.deepEqual(seen, [
+      `v${a} ${first.fencingToken}`,
+      `v${b} ${onB.fencingToken}`,
+      `v${a} ${again.fencingToken}`,
+    ]);
+    assert.ok(again.fencingToken > first.fencingToken);
+    await sub.unsubscribe();
+    await writer.blockVolumes.unlock(again);
+    await writer.blockVolumes.lock(a, { uuid: "three", lease: writerLease });
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(seen.length, 3, "nothing after unsubscribe");
+  });
+
   test("after a revoke and a re-lock with the same UUID, the old handle is fenced", async (f) => {
     const { mds } = f;
     await mds.cluster.init(initOptions);

@@ -24,6 +24,7 @@ import {
   checkVolumeId,
   checkVolumeSizeBytes,
   ErrorCode,
+  errorMessage,
   exists,
   INodeRef,
   invalid,
@@ -32,7 +33,7 @@ import {
   VOLUME_ID_MAX,
 } from "../core/mod.ts";
 import { type Volume, VolumeCodec } from "../models/mod.ts";
-import type { Compare, KvEntry, TxnOp, TxnResponse } from "./kv.ts";
+import type { Compare, KvEntry, TxnOp, TxnResponse, WatchEvent } from "./kv.ts";
 import {
   checkLockHolder,
   decodeSnapshot,
@@ -63,7 +64,10 @@ import type {
   InvalidRecord,
   LockHolder,
   LockStatus,
+  LockTaken,
   SnapshotMetadata,
+  StaleWatchOptions,
+  Subscription,
   VolumeInfo,
   VolumeLock,
   VolumeMetadata,
@@ -398,6 +402,41 @@ export class BlockVolumeMetadataImpl implements BlockVolumeMetadata {
 
   constructor(context: MetadataContext) {
     this.#context = context;
+  }
+
+  async watchLocks(
+    onLock: (lock: LockTaken) => void,
+    options: StaleWatchOptions = {},
+  ): Promise<Subscription> {
+    const { kv, keys, log } = this.#context;
+    const directory = keys.volumeMetaDirs();
+    const deliver = (key: string, createRevision: number) => {
+      const volumeId = keys.lockVolume(key);
+      if (volumeId === null) return;
+      try {
+        onLock({ volumeId, fencingToken: BigInt(createRevision) });
+      } catch (error) {
+        // A subscriber's bug must not end the watch for every other subscriber.
+        log.error(`lock subscriber failed on volume ${volumeId}: ${errorMessage(error)}`);
+      }
+    };
+    // One transaction reads the locks and the store revision, so the watch starts exactly after
+    // what was read (as watchRing). The directory holds more than locks: only they are taken.
+    const snapshot = await kv.txn({ compare: [], success: [{ type: "range", prefix: directory }] });
+    const first = snapshot.results[0];
+    if (first?.type === "range") {
+      for (const entry of first.entries) deliver(entry.key, entry.createRevision);
+    }
+    const watch = await kv.watchPrefix(directory, (events: readonly WatchEvent[]) => {
+      // A lock key is only ever created (put if absent) and deleted, so a put is a new lock
+      // and its revision the lock's fencing token (its create revision).
+      for (const event of events) if (event.type === "put") deliver(event.key, event.modRevision);
+    }, {
+      fromRevision: snapshot.revision + 1,
+      ...(options.onError ? { onError: options.onError } : {}),
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+    });
+    return { unsubscribe: () => watch.close() };
   }
 
   async commitINodeIndex(volumeId: number): Promise<bigint> {

@@ -95,6 +95,7 @@ export class ClusterMember {
   #addresses = new Map<string, string>();
   #peers: PeerInfo[] = [];
   #ringWatch: Subscription | null = null;
+  #lockWatch: Subscription | null = null;
   readonly #stop = new AbortController();
   #heartbeats: Promise<void> = Promise.resolve();
   /** Heartbeats done (torus_server_heartbeats). */
@@ -141,10 +142,19 @@ export class ClusterMember {
     const fenced = node === null
       ? null
       : await FencedStore.open(node.local, node.fenceRecords, () => member?.ring().version ?? 0);
-    const server = node === null || fenced === null ? null : await protocolOf(
-      options.protocols,
-      node.peerAddress,
-    ).listen(node.peerAddress, { identity, store: fenced });
+    // Before serving: the locks held now fence earlier writers from the first call on.
+    const lockWatch = fenced === null ? null : await followLocks(metadata, fenced);
+    let server: PeerServer | null;
+    try {
+      server = node === null || fenced === null ? null : await protocolOf(
+        options.protocols,
+        node.peerAddress,
+      ).listen(node.peerAddress, { identity, store: fenced });
+    } catch (error) {
+      await lockWatch?.unsubscribe().catch(() => {});
+      await staleMarks.close();
+      throw error;
+    }
     try {
       const directory = new DialingPeerDirectory(
         options.protocols,
@@ -201,10 +211,12 @@ export class ClusterMember {
         fenced,
         staleMarks,
       );
+      member.#lockWatch = lockWatch;
       await member.#begin();
       return member;
     } catch (error) {
       await member?.close().catch(() => {});
+      await lockWatch?.unsubscribe().catch(() => {});
       await server?.close();
       await staleMarks.close();
       throw error;
@@ -422,6 +434,7 @@ export class ClusterMember {
     await this.rebalancer?.stop();
     await this.scrubber?.stop();
     await this.#ringWatch?.unsubscribe().catch(() => {});
+    await this.#lockWatch?.unsubscribe().catch(() => {});
     if (this.server !== null) {
       await this.#options.metadata.peers.unregisterPeer(this.#options.uuid).catch((error) => {
         log.warn(`unregistering failed: ${errorMessage(error)}`);
@@ -432,6 +445,18 @@ export class ClusterMember {
     await this.#directory.close();
     await this.server?.close();
   }
+}
+
+/**
+ * Records every new writer's token in `fence` as soon as it holds the lock, so an earlier writer
+ * is refused here even before the new one reaches this node (ADR 0005, section 7).
+ */
+function followLocks(metadata: MetadataService, fence: FencedStore): Promise<Subscription> {
+  return metadata.blockVolumes.watchLocks((lock) => {
+    fence.learn(lock.volumeId, Number(lock.fencingToken)).catch((error) => {
+      log.error(`recording the fencing token of volume ${lock.volumeId}: ${errorMessage(error)}`);
+    });
+  }, { onError: (error) => log.error(`the lock watch ended: ${errorMessage(error)}`) });
 }
 
 /** The protocol of `address`'s scheme. */

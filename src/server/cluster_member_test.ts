@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { systemClock } from "../core/mod.ts";
+import { BlockRef, isTorusError, systemClock } from "../core/mod.ts";
 import { TdpProtocol } from "../distributor/mod.ts";
 import { createMetadataService, MemoryKvStore, type MetadataService } from "../metadata/mod.ts";
 import { createRing, isModifiable, ringFromMessage, RingType } from "../ring/mod.ts";
@@ -145,5 +145,37 @@ Deno.test("ClusterMember: nodes record the ring they finished applying; a down m
     for (const member of members) await member.close().catch(() => {});
     await leases.close();
     await metadata.close();
+  }
+});
+
+Deno.test("ClusterMember: a node refuses an earlier writer as soon as a new one holds the lock", async () => {
+  const { metadata, leases } = await cluster();
+  const store = new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 64 });
+  const member = await start(metadata, leases, m(0), store);
+  try {
+    const fence = member.fence!;
+    const { id } = await metadata.volumes.createBlockVolume("v", 1 << 20);
+    const ref = new BlockRef({ volume: id, inode: 3n, index: 1n });
+    const lease = await metadata.leases.grant(60_000);
+    const earlier = await metadata.blockVolumes.lock(id, { uuid: "earlier", lease });
+    const earlierToken = Number(earlier.fencingToken);
+    await fence.putBlock(ref, patternBlock(BLOCK, 1), { fenceToken: earlierToken });
+    // The writer's lease goes (it stopped); a new writer takes the lock and has not written
+    // to this node yet. The node learns its token from the metadata service alone.
+    await metadata.leases.revoke(lease);
+    const newer = await metadata.blockVolumes.lock(id, { uuid: "newer", lease: leases.lease });
+    const deadline = Date.now() + 5_000;
+    while (fence.tokenOf(id) < Number(newer.fencingToken) && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.equal(fence.tokenOf(id), Number(newer.fencingToken));
+    await assert.rejects(
+      fence.putBlock(ref, patternBlock(BLOCK, 2), { fenceToken: earlierToken }),
+      (error: unknown) => isTorusError(error, "locked"),
+    );
+    assert.deepEqual(await store.getBlock(ref), patternBlock(BLOCK, 1), "the copy is unchanged");
+  } finally {
+    await member.close();
+    await leases.close();
   }
 });

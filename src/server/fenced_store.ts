@@ -146,6 +146,19 @@ export class FencedStore extends ForwardingStore {
   }
 
   /**
+   * Learns that `volume` has a writer with `token` (from the metadata service's lock watch):
+   * changes with older tokens are refused from now on, and durably once this resolves. An older
+   * or known token changes nothing.
+   */
+  learn(volume: number, token: number): Promise<void> {
+    if (!(Number.isSafeInteger(token) && token > 0)) {
+      return Promise.reject(invalid(`fencing token ${token} is not a positive integer`));
+    }
+    if (token <= (this.#tokens.get(volume) ?? 0)) return Promise.resolve();
+    return this.#record(volume, token);
+  }
+
+  /**
    * `compare_failed` for a change placed by a ring older than this node's; null when it may go
    * on (no version, or one at least as new).
    */
@@ -181,18 +194,22 @@ export class FencedStore extends ForwardingStore {
         ),
       );
     }
-    if (token > newest) {
-      // Older writers are refused from now on, before the record is even written.
-      this.#tokens.set(volume, token);
-      const tokens = new Map(this.#tokens);
-      // Saves run one after another, so an older set never overwrites a newer one.
-      this.#saving = this.#saving.catch(() => {}).then(() => this.#records.save(tokens));
-      const recorded: Promise<void> = this.#saving.finally(() => {
-        if (this.#recording.get(volume) === recorded) this.#recording.delete(volume);
-      });
-      this.#recording.set(volume, recorded);
-    }
+    if (token > newest) void this.#record(volume, token).catch(() => {});
     return this.#recording.get(volume) ?? null;
+  }
+
+  /** Makes `token` the newest of `volume` now, and durable when the returned promise resolves. */
+  #record(volume: number, token: number): Promise<void> {
+    // Older writers are refused from now on, before the record is even written.
+    this.#tokens.set(volume, token);
+    const tokens = new Map(this.#tokens);
+    // Saves run one after another, so an older set never overwrites a newer one.
+    this.#saving = this.#saving.catch(() => {}).then(() => this.#records.save(tokens));
+    const recorded: Promise<void> = this.#saving.finally(() => {
+      if (this.#recording.get(volume) === recorded) this.#recording.delete(volume);
+    });
+    this.#recording.set(volume, recorded);
+    return recorded;
   }
 
   /** Runs `change` now or after the gate; `data` is copied when the change has to wait. */

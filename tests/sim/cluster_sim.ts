@@ -76,6 +76,8 @@ interface SimNode {
   peers: DialingPeerDirectory | null;
   /** The highest fencing token per volume, kept durably beside the node's store. */
   readonly fences: MemoryFenceRecords;
+  /** The running node's fence (null while it is down). */
+  fence: FencedStore | null;
 }
 
 /** Per block: the versions a read may see. */
@@ -176,6 +178,7 @@ export async function runSimulation(
       rebalancer: null,
       peers: null,
       fences: new MemoryFenceRecords(),
+      fence: null,
     });
   }
   let writerRing: Ring = ring;
@@ -204,12 +207,18 @@ export async function runSimulation(
     nodeName: name,
   });
   const marks = new MemoryStaleMarks();
+  /** The token of the volume's lock in the metadata service (the writer's, once it took it). */
+  let lockToken = 1;
   const start = async (node: SimNode) => {
     const fenced = await FencedStore.open(
       node.disk.store(),
       node.fences,
       () => node.ring.version,
     );
+    // A node follows the volume locks (ClusterMember's lock watch): it starts with the lock
+    // held now.
+    await fenced.learn(9, lockToken);
+    node.fence = fenced;
     const protocol = protocolOf(node.uuid);
     node.server = await protocol.listen(`tdp://${node.uuid}:40000`, {
       identity: identity(node.uuid),
@@ -242,6 +251,7 @@ export async function runSimulation(
     node.peers = null;
     if (node.server !== null) await drive(node.server.close());
     node.server = null;
+    node.fence = null;
   };
   /** Each node (and the writer) sees a new ring after its own delay, as a watch delivers it. */
   const changeRing = (next: ModifiableRing) => {
@@ -383,15 +393,10 @@ export async function runSimulation(
     const entry = model.get(ref.key)!;
     if (roll < 40 && stale !== null && random.chance(0.2)) {
       const version = nextVersion++;
-      // A holder the new writer has not fenced yet (it could not reach it when it took the
-      // volume, and has not since) still takes the stale writer's changes: the gap ADR 0005 §7
-      // names. Otherwise the version must never be read.
-      const unfenced = writerRing.getHolders(ref).some((uuid) =>
-        (nodes.find((n) => n.uuid === uuid)!.fences.saved.get(9) ?? 0) < token
-      );
-      if (unfenced) {
-        entry.uncertain = new Set([...(entry.uncertain ?? []), ...entry.possible, version]);
-      } else forbidden.add(version);
+      // Every node learnt the new writer's token from the lock watch (a node that was down, before
+      // it served again): the version must never be read. Without the watch, a holder the new
+      // writer could not reach when it took the volume took such changes (ADR 0005 §7).
+      forbidden.add(version);
       const result = await drive(
         stale.putBlock(ref, versionBytes(ref, version), { fenceToken: staleToken }),
       );
@@ -459,6 +464,10 @@ export async function runSimulation(
       staleToken = token;
       token++;
       writer = makeWriter();
+      // The new writer holds the lock: every running node learns its token from the lock watch
+      // (the watch's lag is not modelled); a node that is down learns it when it starts.
+      lockToken = token;
+      for (const node of nodes) await node.fence?.learn(9, lockToken);
       await takeOver();
     } else {
       const added = ring.memberUuids().includes(peers[NODES]!.uuid);
