@@ -72,7 +72,8 @@ for write while served: no other writer (a second target, an NBD writer) can ope
 
 Writes are acknowledged when stored, like a disk's write cache: an ATA FLUSH CACHE that
 succeeded makes them durable, and so do the periodic sync and stopping. SIGINT or SIGTERM stops
-it cleanly: requests in flight are answered, the volume is flushed and unlocked.
+it cleanly: requests in flight are answered, the volume is flushed and unlocked. If the interface
+goes down or away, it stops the same way and exits 1 (for a supervisor to restart it).
 
 Without -C it is the single node of its data dir, as torus serve (the embedded metadata, no
 etcd); the data dir must not be in use by torus serve, whose own AoE flag serves AoE next to NBD.
@@ -166,6 +167,7 @@ async function aoe(values: Record<string, unknown>, positionals: string[], io: I
       },
       io,
       "torus aoe",
+      { exitWhenAoeFails: true },
     );
   }
   refuseFlags(values, SINGLE_NODE_FLAGS, "is a single node's flag: not with -C");
@@ -196,8 +198,13 @@ async function serveFromCluster(
         "",
       ].join("\n"),
     );
-    const signal = await stopSignal;
-    io.stdout(`Received ${signal}: answering requests in flight, flushing and unlocking\n`);
+    const stop = await Promise.race([stopSignal, exported.failed]);
+    if (stop instanceof Error) {
+      // Nothing is served any more: exit (a supervisor restarts it), cleanly.
+      io.stderr(`torus aoe: ${stop.message}; stopping\n`);
+      return ExitCode.Failure;
+    }
+    io.stdout(`Received ${stop}: answering requests in flight, flushing and unlocking\n`);
   } finally {
     // The target's final flush is awaited before the client goes: its failure is the exit's.
     try {

@@ -42,6 +42,8 @@ export interface AoeExport {
   readonly sizeBytes: number;
   readonly readOnly: boolean;
   stats(): AoeTargetStats;
+  /** Resolves with why the target stopped serving on its own (its link failed). */
+  readonly failed: Promise<Error>;
   /** Stops the target and releases the volume. Idempotent. */
   close(): Promise<void>;
 }
@@ -176,6 +178,9 @@ function exportOf(
     sizeBytes: device.sizeBytes,
     readOnly: device.readOnly,
     stats: () => target.stats,
+    failed: target.failed.then((why) =>
+      new Error(`AoE e${spec.major}.${spec.minor} on ${spec.interfaceName}: ${why.message}`)
+    ),
     close: () => closing ??= close(),
   };
 }

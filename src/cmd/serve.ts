@@ -416,8 +416,10 @@ export async function serve(
   values: Record<string, unknown>,
   io: Io,
   program = "torus serve",
+  options: { readonly exitWhenAoeFails?: boolean } = {},
 ): Promise<number> {
-  const options = serveOptionsOf(values);
+  const exitWhenAoeFails = options.exitWhenAoeFails ?? false;
+  const serveOptions = serveOptionsOf(values);
   // The same data dir rule as every command (an empty --data-dir or $TORUS_DATA_DIR is a usage
   // error), and "/" stays "/".
   const dataDir = dataDirOf(values, processEnv).replace(/(.)\/+$/, "$1");
@@ -457,14 +459,14 @@ export async function serve(
       metadata: metadata.service,
       store,
       clock: systemClock,
-      nbd: options.nbd,
-      http: options.http,
+      nbd: serveOptions.nbd,
+      http: serveOptions.http,
       metadataWhere: metadata.backend.kind === "etcd"
         ? { kind: "etcd", endpoints: metadata.backend.endpoints }
         : { kind: "embedded", path: metadata.backend.path },
-      gcIntervalMs: options.gcIntervalMs,
-      cluster: options.cluster,
-      aoe: options.aoe,
+      gcIntervalMs: serveOptions.gcIntervalMs,
+      cluster: serveOptions.cluster,
+      aoe: serveOptions.aoe,
     });
     const where = metadata.backend.kind === "etcd"
       ? `etcd ${metadata.backend.endpoints.join(",")}`
@@ -490,8 +492,16 @@ export async function serve(
         "",
       ].join("\n"),
     );
-    const signal = await stopSignal;
-    io.stdout(`Received ${signal}: closing volumes, flushing the block store and stopping\n`);
+    const targetFailed = exitWhenAoeFails
+      ? Promise.race(node.aoeExports.map((exported) => exported.failed))
+      : new Promise<never>(() => {});
+    const stop = await Promise.race([stopSignal, targetFailed]);
+    if (stop instanceof Error) {
+      // Nothing is served any more: exit (a supervisor restarts it), cleanly.
+      io.stderr(`${program}: ${stop.message}; stopping\n`);
+      return ExitCode.Failure;
+    }
+    io.stdout(`Received ${stop}: closing volumes, flushing the block store and stopping\n`);
   } finally {
     await store.close();
   }

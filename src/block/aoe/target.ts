@@ -263,6 +263,13 @@ export class AoeTarget {
   #stopping = false;
   #stopped: Promise<void> | null = null;
   #receiving: Promise<void> = Promise.resolve();
+  #fail!: (why: Error) => void;
+  /**
+   * Resolves with why the target stopped serving on its own: its link failed or was closed under
+   * it. Never resolves while it serves, nor after `stop()`. The owner decides what to do (the
+   * `torus aoe` process exits non-zero, so a supervisor restarts it).
+   */
+  readonly failed: Promise<Error> = new Promise((resolve) => this.#fail = resolve);
   #syncing: Promise<void> = Promise.resolve();
   #syncAbort = new AbortController();
 
@@ -377,9 +384,15 @@ export class AoeTarget {
         this.#log.error(
           `${this.#port.name}: receiving failed, target stops: ${errorMessage(error)}`,
         );
+        if (!this.#stopping) {
+          this.#fail(new Error(`receiving on ${this.#port.name} failed: ${errorMessage(error)}`));
+        }
         return;
       }
-      if (frame === null) return;
+      if (frame === null) {
+        if (!this.#stopping) this.#fail(new Error(`${this.#port.name} was closed`));
+        return;
+      }
       this.#stats.framesReceived++;
       if (this.#stopping) this.#stats.ignored++;
       else this.#accept(frame);

@@ -1015,3 +1015,20 @@ Deno.test("target: start twice is refused", async () => {
   );
   await f.close();
 });
+
+Deno.test("AoE target: a link closed under it resolves failed (the owner exits); stop never does", async () => {
+  const f = await fixture();
+  const pending = Symbol("pending");
+  const within = <T>(promise: Promise<T>, ms: number) =>
+    Promise.race([promise, new Promise<typeof pending>((r) => setTimeout(() => r(pending), ms))]);
+  assert.equal(await within(f.target.failed, 50), pending, "serving: not failed");
+  await f.targetPort.close();
+  const why = await within(f.target.failed, 2_000);
+  assert.ok(why instanceof Error, "the link closed: failed resolves");
+  assert.match(why.message, /was closed/);
+  await f.close();
+
+  const g = await fixture();
+  await g.close();
+  assert.equal(await within(g.target.failed, 50), pending, "stopped: never failed");
+});
