@@ -107,8 +107,23 @@ interface OpenVolume {
   readonly volume: BlockVolume;
   readonly lock: VolumeLock;
   handles: number;
+  /** Who holds the one handle allowed while it is open exclusively (an AoE target), or null. */
+  exclusiveFor: string | null;
   requests: Subscription | null;
   closing: Promise<void> | null;
+}
+
+/** Options of {@link VolumeService.openDevice}. */
+export interface OpenDeviceOptions {
+  /** Open read-only (the head as published; snapshots always are). */
+  readOnly?: boolean;
+  /**
+   * Open for write as the only writer in this process too, named so (`AoE target e1.2 on
+   * eth0`): refused (`locked`) while other handles are open for write, and other opens for write
+   * are refused while it is. An AoE initiator's filesystem and an NBD client's must not share a
+   * disk; NBD connections to one volume do share it (multi-conn).
+   */
+  exclusiveFor?: string;
 }
 
 /** A volume open for write in this process, as {@link VolumeService.openVolumes} reports it. */
@@ -128,6 +143,24 @@ export interface OpenVolumeState {
   readonly writtenBytes: number;
   /** The fencing token of its lock acquisition. */
   readonly fencingToken: bigint;
+}
+
+/** `locked` when `exclusiveFor` (or the volume's exclusive holder) rules out another handle. */
+function checkExclusive(name: string, open: OpenVolume, exclusiveFor: string | undefined): void {
+  if (open.exclusiveFor !== null) {
+    throw new TorusError(
+      ErrorCode.Locked,
+      `volume ${name} is served here by the ${open.exclusiveFor}: no other writer may open it`,
+    );
+  }
+  if (exclusiveFor !== undefined && open.handles > 0) {
+    throw new TorusError(
+      ErrorCode.Locked,
+      `volume ${name} is open for write here (${open.handles} handle${
+        open.handles === 1 ? "" : "s"
+      }, such as NBD connections): the ${exclusiveFor} must be its only writer`,
+    );
+  }
 }
 
 /** Splits `VOLUME@SNAPSHOT` (the first `@`); the snapshot is null for a plain volume name. */
@@ -255,15 +288,18 @@ export class VolumeService {
    * Opens `VOLUME` for write or `VOLUME@SNAPSHOT` read-only. Each call returns its own handle;
    * close it when done.
    */
-  async openDevice(spec: string, options: { readOnly?: boolean } = {}): Promise<Device> {
+  async openDevice(spec: string, options: OpenDeviceOptions = {}): Promise<Device> {
     const { volume, snapshot } = parseVolumeSpec(spec);
     if (snapshot !== null) return await this.openSnapshot(volume, snapshot);
     if (options.readOnly) return await this.openHeadReadOnly(volume);
-    return await this.openWritable(volume);
+    return await this.openWritable(volume, options.exclusiveFor);
   }
 
-  /** Opens volume `name` for write (a handle on the one BlockVolume of this process). */
-  async openWritable(name: string): Promise<Device> {
+  /**
+   * Opens volume `name` for write (a handle on the one BlockVolume of this process); with
+   * `exclusiveFor`, as its only writer here (OpenDeviceOptions.exclusiveFor).
+   */
+  async openWritable(name: string, exclusiveFor?: string): Promise<Device> {
     this.#checkOpen();
     const info = await this.#metadata.volumes.getVolume(name);
     let opening = this.#open.get(info.id);
@@ -277,10 +313,16 @@ export class VolumeService {
     if (open.closing !== null) {
       // The last handle is closing it: wait, then open afresh.
       await open.closing.catch(() => {});
-      return await this.openWritable(name);
+      return await this.openWritable(name, exclusiveFor);
     }
+    checkExclusive(name, open, exclusiveFor);
     open.handles++;
-    return new VolumeHandle(open.volume, () => this.#release(open));
+    if (exclusiveFor === undefined) return new VolumeHandle(open.volume, () => this.#release(open));
+    open.exclusiveFor = exclusiveFor;
+    return new VolumeHandle(open.volume, () => {
+      open.exclusiveFor = null;
+      return this.#release(open);
+    });
   }
 
   async #openVolume(info: VolumeInfo): Promise<OpenVolume> {
@@ -300,6 +342,7 @@ export class VolumeService {
         info: state.volume,
         lock,
         handles: 0,
+        exclusiveFor: null,
         requests: null,
         closing: null,
         volume: new BlockVolume({

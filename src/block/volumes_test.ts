@@ -100,6 +100,40 @@ Deno.test("volumes: written data survives close and reopen; handles share one vo
   }
 });
 
+Deno.test("volumes: an exclusive handle (an AoE target) is the only writer here; others wait their turn", async () => {
+  const { mds, store, kv } = await cluster();
+  await mds.volumes.createBlockVolume("db", 4 * BLOCK);
+  const a = await node(kv, store, { holder: "node-a" });
+  const isLocked = (pattern: RegExp) => (error: unknown) =>
+    isTorusError(error, "locked") && pattern.test(error.message);
+  try {
+    const nbd = await a.service.openDevice("db");
+    await assert.rejects(
+      a.service.openDevice("db", { exclusiveFor: "AoE target e1.2 on eth0" }),
+      isLocked(/open for write here \(1 handle, such as NBD connections\)/),
+    );
+    await nbd.close();
+    const target = await a.service.openDevice("db", { exclusiveFor: "AoE target e1.2 on eth0" });
+    await target.writeAt(0, fill(BLOCK, 3));
+    await assert.rejects(
+      a.service.openDevice("db"),
+      isLocked(/served here by the AoE target e1.2/),
+    );
+    await assert.rejects(
+      a.service.openDevice("db", { exclusiveFor: "AoE target e1.3 on eth1" }),
+      isLocked(/served here by the AoE target e1.2/),
+    );
+    // Reading the head or a snapshot is no write: allowed.
+    await (await a.service.openDevice("db", { readOnly: true })).close();
+    await target.close();
+    const after = await a.service.openDevice("db");
+    assertSameBytes(await readAll(after), new Uint8Array(4 * BLOCK).fill(3, 0, BLOCK));
+    await after.close();
+  } finally {
+    await a.close();
+  }
+});
+
 Deno.test("volumes: every change of a writer carries its lock's fencing token, a newer one after a takeover", async () => {
   const { mds, kv } = await cluster();
   const store = new HeldStore(new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 1000 }));

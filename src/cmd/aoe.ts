@@ -38,6 +38,7 @@ import { serve, waitForStopSignal } from "./serve.ts";
 const flags = {
   ...metadataFlagOptions,
   "sync-interval": { type: "string" },
+  "write-cache": { type: "boolean" },
   flush: { type: "string" },
   // A single node's flags (as torus serve's).
   size: { type: "string" },
@@ -57,7 +58,7 @@ const CLUSTER_FLAGS = ["read-level", "write-level", "read-cache-size", "min-copi
 /** Where the aoe driver takes the names of devices to forget. */
 export const AOE_DRIVER_FLUSH_PATH = "/dev/etherd/flush";
 
-const help = `Usage: torus aoe VOLUME INTERFACE MAJOR MINOR [--sync-interval D]
+const help = `Usage: torus aoe VOLUME INTERFACE MAJOR MINOR [--write-cache [--sync-interval D]]
                  [--data-dir DIR] [--size SIZE|N%] [--host H [--port P]] [--gc-interval D]
                  [-C ENDPOINTS [--read-level L] [--write-level L] [--read-cache-size SIZE]
                   [--min-copies N]] [metadata flags]
@@ -67,21 +68,25 @@ Serves VOLUME (or VOLUME@SNAPSHOT, read-only) as the ATA-over-Ethernet target eM
 (shelf MAJOR 0-65534, slot MINOR 0-254) on the Ethernet interface INTERFACE, through a raw
 socket (root). Initiators on that Ethernet segment (the Linux aoe driver:
 /dev/etherd/eMAJOR.MINOR) find it by broadcast; every target of a segment needs its own
-MAJOR.MINOR. The volume is locked
-for write while served: no other writer (a second target, an NBD writer) can open it.
+MAJOR.MINOR. The volume is locked for write while served: no other writer (a second target,
+an NBD writer) can open it.
 
-Writes are acknowledged when stored, like a disk's write cache: an ATA FLUSH CACHE that
-succeeded makes them durable, and so do the periodic sync and stopping. SIGINT or SIGTERM stops
-it cleanly: requests in flight are answered, the volume is flushed and unlocked. If the interface
-goes down or away, it stops the same way and exits 1 (for a supervisor to restart it).
+Each write is durable when it is answered (write-through): the Linux aoe driver never sends
+ATA FLUSH CACHE, so a guest's fsync is only safe this way. With --write-cache, writes are
+answered when stored, like a disk's write cache (IDENTIFY then says so): an ATA FLUSH CACHE
+that succeeded makes them durable, and so do the periodic sync and stopping. SIGINT or SIGTERM
+stops it cleanly: requests in flight are answered, the volume is flushed and unlocked. If the
+interface goes down or away, it stops the same way and exits 1 (for a supervisor to restart it).
 
 Without -C it is the single node of its data dir, as torus serve (the embedded metadata, no
 etcd); the data dir must not be in use by torus serve, whose own AoE flag serves AoE next to NBD.
 With -C (the cluster's etcd) it is a client with no store: blocks go straight to the nodes
 that hold them, and a FLUSH CACHE that succeeded is durable on every holder.
 
-  --sync-interval D  how often writes the initiator did not flush are made durable
-                   (default 5s; 0: only FLUSH CACHE and stopping)
+  --write-cache    answer writes before they are durable (faster; for initiators that send
+                   FLUSH CACHE, or data that may lose its last seconds)
+  --sync-interval D  with --write-cache, how often writes the initiator did not flush are
+                   made durable (default 5s; 0: only FLUSH CACHE and stopping)
   --flush eX.Y|all   on an initiator machine: make its aoe driver forget device eX.Y (or
                    every device that is down) whose target went away, then exit
   --size, --host, --port, --gc-interval  the single node's, as torus serve's (see its --help)
@@ -164,6 +169,7 @@ async function aoe(values: Record<string, unknown>, positionals: string[], io: I
         "gc-interval": values["gc-interval"] ?? "5m",
         aoe: [`${spec.volume}:${spec.interfaceName}:${spec.major}.${spec.minor}`],
         "aoe-sync-interval": syncInterval,
+        "aoe-write-cache": values["write-cache"] === true,
       },
       io,
       "torus aoe",
@@ -186,7 +192,11 @@ async function serveFromCluster(
   const client = await startClusterClient(values, settings);
   let exported: AoeExport | null = null;
   try {
-    exported = await startAoeExport(client.volumes, spec, { syncIntervalMs, clock: systemClock });
+    exported = await startAoeExport(client.volumes, spec, {
+      syncIntervalMs,
+      writeCache: values["write-cache"] === true,
+      clock: systemClock,
+    });
     const ring = client.member.ring();
     io.stdout(
       [

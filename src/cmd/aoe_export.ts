@@ -12,7 +12,7 @@
  */
 
 import { UsageError } from "../cli/mod.ts";
-import { type Clock, ErrorCode, errorMessage, TorusError } from "../core/mod.ts";
+import { type Clock, ErrorCode, errorMessage, logger, TorusError } from "../core/mod.ts";
 import type { Device, VolumeService } from "../block/mod.ts";
 import {
   AOE_BROADCAST_MAJOR,
@@ -21,6 +21,8 @@ import {
   type AoeTargetStats,
   PacketFramePort,
 } from "../block/aoe/mod.ts";
+
+const log = logger("aoe");
 
 /** One volume on one interface at one shelf.slot. */
 export interface AoeExportSpec {
@@ -41,6 +43,8 @@ export interface AoeExport {
   readonly sectorsPerFrame: number;
   readonly sizeBytes: number;
   readonly readOnly: boolean;
+  /** Writes are durable when answered (no write cache). */
+  readonly writeThrough: boolean;
   stats(): AoeTargetStats;
   /** Resolves with why the target stopped serving on its own (its link failed). */
   readonly failed: Promise<Error>;
@@ -116,6 +120,11 @@ export function checkAoeExportSpecs(specs: readonly AoeExportSpec[]): void {
 export interface AoeExportOptions {
   /** Period of the target's background flush (0: none). */
   readonly syncIntervalMs: number;
+  /**
+   * Writes answered before they are durable, made so by FLUSH CACHE and the periodic flush
+   * (AoeTargetOptions.writeThrough, negated). Off by default: the Linux driver never flushes.
+   */
+  readonly writeCache?: boolean;
   readonly clock: Clock;
   /** Opens the link (tests pass another FramePort maker). */
   readonly openPort?: (interfaceName: string) => PacketFramePort;
@@ -127,7 +136,10 @@ export async function startAoeExport(
   spec: AoeExportSpec,
   options: AoeExportOptions,
 ): Promise<AoeExport> {
-  const device = await volumes.openDevice(spec.volume);
+  // The target is the volume's only writer here: an NBD client of the same node is refused.
+  const device = await volumes.openDevice(spec.volume, {
+    exclusiveFor: `AoE target e${spec.major}.${spec.minor} on ${spec.interfaceName}`,
+  });
   let port: PacketFramePort;
   try {
     port = (options.openPort ?? ((name) => PacketFramePort.open(name)))(spec.interfaceName);
@@ -146,6 +158,7 @@ export async function startAoeExport(
     minor: spec.minor,
     serial: serialOf(spec),
     syncIntervalMs: options.syncIntervalMs,
+    writeThrough: !(options.writeCache ?? false),
     clock: options.clock,
   });
   try {
@@ -169,6 +182,8 @@ function exportOf(
     let stopError: unknown = null;
     await target.stop().catch((error) => stopError = error);
     await device.close();
+    // The counters' last word (a cluster client has no /metrics to read them from).
+    log.info(`e${spec.major}.${spec.minor} stopped: ${formatStats(target.stats)}`);
     if (stopError !== null) throw stopError;
   };
   return {
@@ -177,12 +192,17 @@ function exportOf(
     sectorsPerFrame: target.sectorsPerFrame,
     sizeBytes: device.sizeBytes,
     readOnly: device.readOnly,
+    writeThrough: target.writeThrough,
     stats: () => target.stats,
     failed: target.failed.then((why) =>
       new Error(`AoE e${spec.major}.${spec.minor} on ${spec.interfaceName}: ${why.message}`)
     ),
     close: () => closing ??= close(),
   };
+}
+
+function formatStats(stats: AoeTargetStats): string {
+  return Object.entries(stats).map(([name, value]) => `${name} ${value}`).join(", ");
 }
 
 /** IDENTIFY's serial (20 characters at most): the volume's name, else its address. */
@@ -195,5 +215,8 @@ function serialOf(spec: AoeExportSpec): string {
 export function describeAoeExport(exported: AoeExport): string {
   const { spec } = exported;
   return `${spec.volume} on ${spec.interfaceName} (${exported.mac}) as e${spec.major}.${spec.minor}` +
-    `${exported.readOnly ? " read-only" : ""}, ${exported.sectorsPerFrame} sectors per frame`;
+    `${exported.readOnly ? " read-only" : ""}, ${exported.sectorsPerFrame} sectors per frame, ` +
+    (exported.writeThrough
+      ? "write-through"
+      : "write cache (durable at FLUSH CACHE and each sync interval)");
 }

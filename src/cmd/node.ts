@@ -59,7 +59,11 @@ export interface NodeOptions {
   /** Where the HTTP status server listens; null for none. */
   readonly http: HostPort | null;
   /** Volumes served as AoE targets (`--aoe`), and their background flush period. */
-  readonly aoe?: { readonly exports: readonly AoeExportSpec[]; readonly syncIntervalMs: number };
+  readonly aoe?: {
+    readonly exports: readonly AoeExportSpec[];
+    readonly syncIntervalMs: number;
+    readonly writeCache: boolean;
+  };
   /** Period of garbage collection; 0 disables it. */
   readonly gcIntervalMs: number;
   /**
@@ -173,6 +177,7 @@ export async function startNode(options: NodeOptions): Promise<Node> {
       aoeExports.push(
         await startAoeExport(volumes, spec, {
           syncIntervalMs: options.aoe!.syncIntervalMs,
+          writeCache: options.aoe!.writeCache,
           clock: options.clock,
         }),
       );

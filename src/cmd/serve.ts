@@ -87,6 +87,7 @@ export const serveFlags = {
   "gc-interval": { type: "string", default: "5m" },
   aoe: { type: "string", multiple: true },
   "aoe-sync-interval": { type: "string", default: "5s" },
+  "aoe-write-cache": { type: "boolean", default: false },
   "peer-address": { type: "string" },
   "auto-join": { type: "boolean", default: false },
   "read-level": { type: "string", default: "block" },
@@ -119,7 +120,8 @@ export function expandNbdFlag(args: readonly string[]): string[] {
 
 const help =
   `Usage: torus serve [--data-dir DIR] [--size SIZE|N%] [--nbd [ADDR]] [--host H [--port P]]
-                   [--aoe VOLUME:INTERFACE:MAJOR.MINOR]... [--aoe-sync-interval D]
+                   [--aoe VOLUME:INTERFACE:MAJOR.MINOR]... [--aoe-write-cache]
+                   [--aoe-sync-interval D]
                    [-C ENDPOINTS --peer-address URL [--auto-join] [--read-level L]
                    [--write-level L] [--read-cache-size SIZE] [--rebalance-rate SIZE]
                    [--scrub-interval D] [--scrub-rate SIZE] [--min-copies N]]
@@ -159,8 +161,11 @@ and writes its volumes' blocks to the ring's holders of each block (replication 
   --aoe VOLUME:INTERFACE:MAJOR.MINOR  serve VOLUME (or VOLUME@SNAPSHOT, read-only) as the
                    ATA-over-Ethernet target eMAJOR.MINOR on INTERFACE (raw Ethernet, root);
                    repeatable. The volume stays open for write here while serve runs.
-  --aoe-sync-interval D  how often AoE targets flush writes the initiator did not flush
-                   (default 5s; 0: only ATA FLUSH CACHE and stopping flush)
+  --aoe-write-cache  AoE targets answer writes before they are durable, made so by ATA FLUSH
+                   CACHE and every --aoe-sync-interval (default: each write is durable
+                   when answered, since the Linux aoe driver never sends FLUSH CACHE)
+  --aoe-sync-interval D  with --aoe-write-cache, how often writes the initiator did not flush
+                   are made durable (default 5s; 0: only FLUSH CACHE and stopping)
   --peer-address URL  where the other nodes reach this one: tdp://HOST:PORT (the binary
                    peer protocol) or http://HOST:PORT (gRPC, about ten times slower); port
                    40000 when left out. HOST must be an address the peers can reach, not
@@ -282,7 +287,11 @@ interface ServeOptions {
   /** The cluster flags, checked; null without --peer-address. */
   readonly cluster: ClusterSettings | null;
   /** `--aoe` and `--aoe-sync-interval`. */
-  readonly aoe: { readonly exports: readonly AoeExportSpec[]; readonly syncIntervalMs: number };
+  readonly aoe: {
+    readonly exports: readonly AoeExportSpec[];
+    readonly syncIntervalMs: number;
+    readonly writeCache: boolean;
+  };
 }
 
 /** The peer protocols a node speaks, by URL scheme (`tdp://`, `http://` for gRPC). */
@@ -391,7 +400,7 @@ function aoeOptionsOf(values: Record<string, unknown>): ServeOptions["aoe"] {
     "--aoe-sync-interval",
     () => parseDuration(String(values["aoe-sync-interval"] ?? "5s")),
   );
-  return { exports, syncIntervalMs };
+  return { exports, syncIntervalMs, writeCache: values["aoe-write-cache"] === true };
 }
 
 /** `--host H [--port P]`: where HTTP listens; `--port` alone is a mistake, not ignored. */

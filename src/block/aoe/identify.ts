@@ -71,6 +71,11 @@ export interface IdentifyOptions {
   firmwareRevision: string;
   /** Model (up to 40 characters kept; default "torus AoE"). */
   model?: string;
+  /**
+   * Whether the volatile write cache is enabled (default true). Off for a write-through target:
+   * every write is durable when answered, as the page then says.
+   */
+  writeCacheEnabled?: boolean;
 }
 
 /** Builds the IDENTIFY DEVICE page for a device. */
@@ -95,7 +100,10 @@ export function buildIdentifyPage(options: IdentifyOptions): Uint8Array {
     Word.ValidSignature | Word.FlushCacheExt | Word.FlushCache | Word.Lba48,
   );
   setWord(Word.CommandSetExtension, Word.ValidSignature);
-  setWord(Word.CommandSet1Enabled, Word.WriteCache | Word.PowerManagement);
+  setWord(
+    Word.CommandSet1Enabled,
+    (options.writeCacheEnabled ?? true ? Word.WriteCache : 0) | Word.PowerManagement,
+  );
   setWord(Word.CommandSet2Enabled, Word.FlushCacheExt | Word.FlushCache | Word.Lba48);
   setWord(Word.CommandSetDefault, Word.ValidSignature);
   view.setUint32(Word.Lba28Capacity * 2, Math.min(sectors, LBA28_CAPACITY_MAX), true);

@@ -41,7 +41,9 @@
  *   bytes (an initiator restarted) from being swallowed.
  * - Durability: writes are acknowledged when the device resolved them, which is not durable; ATA
  *   FLUSH, a periodic flush every `syncIntervalMs` while writes happened since the last flush, and
- *   `stop()` make them so. The IDENTIFY page advertises a write cache so initiators send flushes.
+ *   `stop()` make them so. The IDENTIFY page advertises a write cache so initiators send flushes
+ *   (the Linux aoe driver never does: `writeThrough` answers each write once it is durable, a FUA
+ *   write, and IDENTIFY then says the write cache is off).
  *   A failed periodic flush is logged and counted; the next period tries again.
  * @module
  */
@@ -138,6 +140,12 @@ export interface AoeTargetOptions {
   model?: string;
   /** Period of the background flush; 0 turns it off (default AOE_SYNC_INTERVAL_MS). */
   syncIntervalMs?: number;
+  /**
+   * Answer a write only once it is durable (a FUA write), and say in IDENTIFY that the write
+   * cache is off (default false). The Linux aoe driver never sends FLUSH CACHE: without this, a
+   * guest's fsync is durable only at the next periodic flush.
+   */
+  writeThrough?: boolean;
   /** Remembered replies for retransmitted writes (default 1024). */
   replyCacheEntries?: number;
   /** How long a remembered reply stays valid (default 30 s). */
@@ -241,6 +249,8 @@ export class AoeTarget {
   readonly sectorsPerFrame: number;
   readonly bufferCount: number;
   readonly firmwareVersion: number;
+  /** Writes are durable when answered (AoeTargetOptions.writeThrough). */
+  readonly writeThrough: boolean;
   #device: Device;
   #port: FramePort;
   #clock: Clock;
@@ -297,6 +307,7 @@ export class AoeTarget {
     checkRange(this.#deviceSectors, 0, ATA_LBA48_SECTORS_MAX, "device size in sectors");
     this.major = major;
     this.minor = minor;
+    this.writeThrough = options.writeThrough ?? false;
     this.#device = device;
     this.#port = port;
     this.#clock = options.clock ?? systemClock;
@@ -307,6 +318,7 @@ export class AoeTarget {
       serial: options.serial ?? `torus-${major}.${minor}`,
       firmwareRevision: options.firmwareRevision ?? VERSION.split("-")[0]!,
       ...(options.model === undefined ? {} : { model: options.model }),
+      writeCacheEnabled: !this.writeThrough,
     });
     this.#replies = new ReplyCache(
       options.replyCacheEntries ?? AOE_REPLY_CACHE_ENTRIES_DEFAULT,
@@ -559,6 +571,7 @@ export class AoeTarget {
       await this.#device.writeAt(
         transfer.lba * AOE_SECTOR_BYTES,
         request.data.subarray(0, lengthBytes),
+        this.writeThrough ? { fua: true } : {},
       );
     } catch (error) {
       return this.#deviceError(request, error, "write");

@@ -66,6 +66,7 @@ function recordingLog(): Logger & { lines: string[] } {
 /** A Device that counts calls, can hold writes at a gate and can fail flushes or reads. */
 class CountingDevice implements Device {
   writes = 0;
+  fuaWrites = 0;
   flushes = 0;
   flushError: Error | null = null;
   readError: Error | null = null;
@@ -102,6 +103,7 @@ class CountingDevice implements Device {
 
   async writeAt(offsetBytes: number, data: Uint8Array, options?: DeviceWriteOptions) {
     this.writes++;
+    if (options?.fua === true) this.fuaWrites++;
     if (this.writeError !== null) throw this.writeError;
     const copy = data.slice();
     if (this.#gate !== null) await this.#gate;
@@ -1031,4 +1033,21 @@ Deno.test("AoE target: a link closed under it resolves failed (the owner exits);
   const g = await fixture();
   await g.close();
   assert.equal(await within(g.target.failed, 50), pending, "stopped: never failed");
+});
+
+Deno.test("AoE target: write-through answers each write once durable (FUA), IDENTIFY says no write cache", async () => {
+  for (const writeThrough of [false, true]) {
+    const f = await fixture({ target: { writeThrough } });
+    try {
+      const address = { mac: f.targetPort.mac, major: 1, minor: 2 };
+      const identity = await f.initiator.identify(address);
+      assert.equal(identity.writeCacheSupported, true);
+      assert.equal(identity.writeCacheEnabled, !writeThrough, `writeThrough ${writeThrough}`);
+      await f.initiator.writeSectors(f.info, 8, new Uint8Array(4 * 512).fill(9));
+      assert.equal(f.device.writes, 2, "two frames of two sectors");
+      assert.equal(f.device.fuaWrites, writeThrough ? 2 : 0, `writeThrough ${writeThrough}`);
+    } finally {
+      await f.close();
+    }
+  }
 });
