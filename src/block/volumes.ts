@@ -327,7 +327,15 @@ export class VolumeService {
 
   async #openVolume(info: VolumeInfo): Promise<OpenVolume> {
     checkMappableSize(info.sizeBytes, this.#geometry);
-    const lock = await this.#lock(info.id);
+    const lock = await this.#lock(info.id).catch((error: unknown) => {
+      // The metadata service names the volume by id; the user knows its name.
+      if (!isTorusError(error, ErrorCode.Locked)) throw error;
+      throw new TorusError(
+        ErrorCode.Locked,
+        `volume ${info.name} is open for write elsewhere: ${errorMessage(error)}`,
+        { cause: error },
+      );
+    });
     try {
       await this.#onLocked?.(info.id, lock.fencingToken);
       const state = await this.#metadata.blockVolumes.headState(info.id);

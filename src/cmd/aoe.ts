@@ -28,6 +28,7 @@ import {
   type AoeExportSpec,
   checkInterfaceName,
   describeAoeExport,
+  openAoePort,
   parseShelf,
   parseSlot,
   startAoeExport,
@@ -160,6 +161,9 @@ async function aoe(values: Record<string, unknown>, positionals: string[], io: I
     throw new UsageError(`--sync-interval: ${(error as Error).message}`);
   }
   const backend = await resolveBackend(values);
+  // The interface is checked before the node starts or the cluster is joined: a typo fails at
+  // once, with nothing locked or created.
+  await openAoePort(spec.interfaceName).close();
   if (backend.kind === "embedded") {
     refuseFlags(values, CLUSTER_FLAGS, "is a cluster client's flag: it needs -C");
     return await serve(

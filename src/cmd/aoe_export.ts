@@ -130,26 +130,43 @@ export interface AoeExportOptions {
   readonly openPort?: (interfaceName: string) => PacketFramePort;
 }
 
+/**
+ * Opens the raw socket of `interfaceName`; a failure says which interface and why, in one line
+ * (`not_exist` for no such interface).
+ */
+export function openAoePort(
+  interfaceName: string,
+  open: (interfaceName: string) => PacketFramePort = (name) => PacketFramePort.open(name),
+): PacketFramePort {
+  try {
+    return open(interfaceName);
+  } catch (error) {
+    const message = errorMessage(error);
+    throw new TorusError(
+      error instanceof TorusError ? error.code : ErrorCode.Unavailable,
+      message.includes(interfaceName) ? message : `interface ${interfaceName}: ${message}`,
+      { cause: error },
+    );
+  }
+}
+
 /** Opens the volume and starts its target; nothing stays open when it fails. */
 export async function startAoeExport(
   volumes: VolumeService,
   spec: AoeExportSpec,
   options: AoeExportOptions,
 ): Promise<AoeExport> {
-  // The target is the volume's only writer here: an NBD client of the same node is refused.
-  const device = await volumes.openDevice(spec.volume, {
-    exclusiveFor: `AoE target e${spec.major}.${spec.minor} on ${spec.interfaceName}`,
-  });
-  let port: PacketFramePort;
+  // The link first: a missing interface (or no permission for raw sockets) takes no lock.
+  const port = openAoePort(spec.interfaceName, options.openPort);
+  let device: Device;
   try {
-    port = (options.openPort ?? ((name) => PacketFramePort.open(name)))(spec.interfaceName);
+    // The target is the volume's only writer here: an NBD client of the same node is refused.
+    device = await volumes.openDevice(spec.volume, {
+      exclusiveFor: `AoE target e${spec.major}.${spec.minor} on ${spec.interfaceName}`,
+    });
   } catch (error) {
-    await device.close().catch(() => {});
-    throw new TorusError(
-      error instanceof TorusError ? error.code : ErrorCode.Unavailable,
-      `AoE on interface ${spec.interfaceName}: ${errorMessage(error)}`,
-      { cause: error },
-    );
+    await port.close().catch(() => {});
+    throw error;
   }
   const target = new AoeTarget({
     device,
