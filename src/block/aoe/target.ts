@@ -65,7 +65,7 @@ import {
   VERSION,
 } from "../../core/mod.ts";
 import type { Device } from "../device.ts";
-import { buildIdentifyPage } from "./identify.ts";
+import { buildIdentifyPage, type IdentifyOptions } from "./identify.ts";
 import {
   AOE_ETHERTYPE,
   BROADCAST_MAC,
@@ -257,6 +257,7 @@ export class AoeTarget {
   #log: Logger;
   #deviceSectors: number;
   #identifyPage: Uint8Array;
+  readonly #identifyOptions: Omit<IdentifyOptions, "sectors">;
   #configString: Uint8Array;
   /** The longest config string a reply carries at the port's MTU (at most 1024). */
   #configStringMaxBytes: number;
@@ -313,12 +314,15 @@ export class AoeTarget {
     this.#clock = options.clock ?? systemClock;
     this.#log = options.log ?? logger("aoe");
     this.#configString = configString.slice();
-    this.#identifyPage = buildIdentifyPage({
-      sectors: this.#deviceSectors,
+    this.#identifyOptions = {
       serial: options.serial ?? `torus-${major}.${minor}`,
       firmwareRevision: options.firmwareRevision ?? VERSION.split("-")[0]!,
       ...(options.model === undefined ? {} : { model: options.model }),
       writeCacheEnabled: !this.writeThrough,
+    };
+    this.#identifyPage = buildIdentifyPage({
+      ...this.#identifyOptions,
+      sectors: this.#deviceSectors,
     });
     this.#replies = new ReplyCache(
       options.replyCacheEntries ?? AOE_REPLY_CACHE_ENTRIES_DEFAULT,
@@ -528,10 +532,31 @@ export class AoeTarget {
     }
   }
 
+  /**
+   * The device's size in sectors now: a volume grown while served (torus ctl volume resize) is
+   * seen by the next IDENTIFY, which the Linux driver sends on `aoe-revalidate`.
+   */
+  #currentSectors(): number {
+    const sectors = Math.min(
+      Math.floor(this.#device.sizeBytes / AOE_SECTOR_BYTES),
+      ATA_LBA48_SECTORS_MAX,
+    );
+    if (sectors !== this.#deviceSectors) {
+      this.#deviceSectors = sectors;
+      this.#identifyPage = buildIdentifyPage({ ...this.#identifyOptions, sectors });
+    }
+    return sectors;
+  }
+
+  #currentIdentifyPage(): Uint8Array {
+    this.#currentSectors();
+    return this.#identifyPage;
+  }
+
   #handleAta(request: AtaRequest): Promise<Uint8Array> {
     switch (request.ata.commandStatus) {
       case AtaCommand.IdentifyDevice:
-        return Promise.resolve(this.#ataReply(request, {}, this.#identifyPage));
+        return Promise.resolve(this.#ataReply(request, {}, this.#currentIdentifyPage()));
       case AtaCommand.ReadSectors:
       case AtaCommand.ReadSectorsExt:
         return this.#read(request);
@@ -611,7 +636,7 @@ export class AoeTarget {
       return this.#aoeError(request, AoeError.BadArgument);
     }
     const lba = ataLba(ata, lba48);
-    if (lba + sectors > this.#deviceSectors) {
+    if (lba + sectors > this.#currentSectors()) {
       return this.#ataError(request, AtaErrorBit.IdNotFound | AtaErrorBit.Abort);
     }
     if (write && this.#device.readOnly) return this.#ataError(request, AtaErrorBit.Abort);

@@ -76,8 +76,11 @@ class CountingDevice implements Device {
 
   constructor(readonly inner: MemoryDevice) {}
 
+  /** The size reported instead of the inner device's (a volume grown while served). */
+  sizeOverride: number | null = null;
+
   get sizeBytes(): number {
-    return this.inner.sizeBytes;
+    return this.sizeOverride ?? this.inner.sizeBytes;
   }
   get readOnly(): boolean {
     return this.inner.readOnly;
@@ -1049,5 +1052,26 @@ Deno.test("AoE target: write-through answers each write once durable (FUA), IDEN
     } finally {
       await f.close();
     }
+  }
+});
+
+Deno.test("AoE target: a device grown while served shows its new size at the next IDENTIFY", async () => {
+  const f = await fixture({ sizeBytes: 8 * MiB });
+  try {
+    const address = { mac: f.targetPort.mac, major: 1, minor: 2 };
+    f.device.sizeOverride = 4 * MiB;
+    assert.equal((await f.initiator.identify(address)).lba48Sectors, (4 * MiB) / 512);
+    const beyond = (4 * MiB) / 512;
+    await assert.rejects(
+      f.initiator.writeSectors(f.info, beyond, new Uint8Array(512).fill(1)),
+      "past the end before the growth",
+    );
+    f.device.sizeOverride = 8 * MiB;
+    assert.equal((await f.initiator.identify(address)).lba48Sectors, (8 * MiB) / 512);
+    await f.initiator.writeSectors(f.info, beyond, new Uint8Array(512).fill(1));
+    const back = await f.initiator.readSectors(f.info, beyond, 1);
+    assert.deepEqual(back, new Uint8Array(512).fill(1));
+  } finally {
+    await f.close();
   }
 });
