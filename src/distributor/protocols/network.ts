@@ -31,6 +31,30 @@ function closedListener(error: unknown): boolean {
   return error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted;
 }
 
+/**
+ * Yields what `accept` returns until the listener is closed. A failed accept that did not close
+ * it (out of file descriptors, a connection reset before it was taken) is retried after a pause,
+ * so a node keeps serving its peers once the condition passes.
+ */
+export async function* acceptEach<C, T>(
+  accept: () => Promise<C>,
+  isClosed: () => boolean,
+  prepare: (conn: C) => T,
+  retryMs = ACCEPT_RETRY_MS,
+): AsyncGenerator<T> {
+  for (;;) {
+    let conn: C;
+    try {
+      conn = await accept();
+    } catch (error) {
+      if (isClosed() || closedListener(error)) return;
+      await new Promise((resolve) => setTimeout(resolve, retryMs));
+      continue;
+    }
+    yield prepare(conn);
+  }
+}
+
 /** TCP through Deno, with Nagle's algorithm off (frames are small and wait on each other). */
 export const tcpNetwork: StreamNetwork = {
   async connect(hostname, port, timeoutMs) {
@@ -71,22 +95,15 @@ export const tcpNetwork: StreamNetwork = {
           // Already closed.
         }
       },
-      async *[Symbol.asyncIterator]() {
-        for (;;) {
-          let conn: Deno.TcpConn;
-          try {
-            conn = await listener.accept();
-          } catch (error) {
-            if (closed || closedListener(error)) return;
-            // Out of file descriptors or a connection reset before it was taken: the listener
-            // still works, so a node keeps serving its peers once the condition passes.
-            await new Promise((resolve) => setTimeout(resolve, ACCEPT_RETRY_MS));
-            continue;
-          }
-          conn.setNoDelay(true);
-          yield conn;
-        }
-      },
+      [Symbol.asyncIterator]: () =>
+        acceptEach(
+          () => listener.accept(),
+          () => closed,
+          (conn) => {
+            conn.setNoDelay(true);
+            return conn;
+          },
+        ),
     };
   },
 };
