@@ -13,14 +13,15 @@
 
 import { UsageError } from "../cli/mod.ts";
 import { type Clock, ErrorCode, errorMessage, logger, TorusError } from "../core/mod.ts";
-import type { Device, VolumeService } from "../block/mod.ts";
 import {
   AOE_BROADCAST_MAJOR,
   AOE_BROADCAST_MINOR,
   AoeTarget,
   type AoeTargetStats,
+  type Device,
   PacketFramePort,
-} from "../block/aoe/mod.ts";
+  type VolumeService,
+} from "../block/mod.ts";
 
 const log = logger("aoe");
 

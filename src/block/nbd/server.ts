@@ -47,6 +47,7 @@ import {
   NBD_REQUESTS_IN_FLIGHT_MAX,
   systemClock,
 } from "../../core/mod.ts";
+import { acceptEach } from "../../distributor/mod.ts";
 import { BufferPool } from "./buffer_pool.ts";
 import type { NbdExports } from "./exports.ts";
 import { type NegotiatedExport, serverHandshake } from "./server_handshake.ts";
@@ -54,6 +55,9 @@ import { type ByteStream, connStream, StreamReader } from "./stream.ts";
 import { type NbdServerStats, newServerStats, Transmission } from "./transmission.ts";
 
 export { NBD_COMMAND_LABELS, type NbdServerStats } from "./transmission.ts";
+
+/** Accept failures are logged at most this often (they are retried every 100 ms). */
+const ACCEPT_ERROR_LOG_INTERVAL_MS = 10_000;
 
 /** Options of {@link NbdServer}. */
 export interface NbdServerOptions {
@@ -187,13 +191,22 @@ export class NbdServer implements AsyncDisposable {
   }
 
   async #acceptLoop(listener: Deno.Listener): Promise<void> {
-    try {
-      for await (const conn of listener) {
-        void this.serve(connStream(conn));
-      }
-    } catch (error) {
-      if (!this.#closing) this.#log.error(`NBD listener failed: ${errorMessage(error)}`);
-    }
+    // A failed accept (out of file descriptors, a connection reset before it was taken) does not
+    // end serving: the server takes clients again once the condition passes.
+    let lastLogMs = 0;
+    const onRetry = (error: unknown) => {
+      if (Date.now() - lastLogMs < ACCEPT_ERROR_LOG_INTERVAL_MS) return;
+      lastLogMs = Date.now();
+      this.#log.error(`NBD accept failed, retrying: ${errorMessage(error)}`);
+    };
+    const conns = acceptEach(
+      () => listener.accept(),
+      () => this.#closing !== null,
+      (conn: Deno.Conn) => conn,
+      undefined,
+      onRetry,
+    );
+    for await (const conn of conns) void this.serve(connStream(conn));
   }
 
   async #serveConnection(connection: Connection): Promise<void> {

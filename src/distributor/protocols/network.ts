@@ -41,6 +41,7 @@ export async function* acceptEach<C, T>(
   isClosed: () => boolean,
   prepare: (conn: C) => T,
   retryMs = ACCEPT_RETRY_MS,
+  onRetry: (error: unknown) => void = () => {},
 ): AsyncGenerator<T> {
   for (;;) {
     let conn: C;
@@ -48,6 +49,7 @@ export async function* acceptEach<C, T>(
       conn = await accept();
     } catch (error) {
       if (isClosed() || closedListener(error)) return;
+      onRetry(error);
       await new Promise((resolve) => setTimeout(resolve, retryMs));
       continue;
     }
