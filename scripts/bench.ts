@@ -33,6 +33,7 @@ export const programBenches: readonly string[] = [
   "scripts/bench_nbd.ts",
   "scripts/bench_cluster.ts",
   "scripts/bench_rebuild.ts",
+  "scripts/bench_aoe.ts",
 ];
 const sizeTag = /\[([^\]/]+)\/iter\]\s*$/;
 

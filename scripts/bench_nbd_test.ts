@@ -110,7 +110,12 @@ Deno.test("bench_nbd: options and the runner's choice of benches", () => {
   assert.throws(() => configOf(["--rounds", "0"]), /whole number/);
   assert.deepEqual(selectBenches([], undefined), {
     benchFiles: null,
-    programs: [PROGRAM, "scripts/bench_cluster.ts", "scripts/bench_rebuild.ts"],
+    programs: [
+      PROGRAM,
+      "scripts/bench_cluster.ts",
+      "scripts/bench_rebuild.ts",
+      "scripts/bench_aoe.ts",
+    ],
   });
   assert.deepEqual(selectBenches([], "x"), { benchFiles: null, programs: [] });
   assert.deepEqual(selectBenches(["src/a_bench.ts", PROGRAM], undefined), {

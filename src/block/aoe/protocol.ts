@@ -463,6 +463,18 @@ export function sectorsPerFrame(mtu: number): number {
   return Math.max(0, Math.min(0xff, Math.floor(dataBytes / AOE_SECTOR_BYTES)));
 }
 
+/**
+ * The sectors per frame a target offers at `mtu`: what fits, rounded down to whole 4 KiB pages
+ * when at least one fits (16 at MTU 9000, not 17), so a page-aligned request of the initiator
+ * stays aligned frame after frame (the Linux driver uses the smaller of this and what its own
+ * MTU allows); storage with 4 KiB sectors then never merges a partial one.
+ */
+export function offeredSectorsPerFrame(mtu: number): number {
+  const fit = sectorsPerFrame(mtu);
+  const page = 4096 / AOE_SECTOR_BYTES;
+  return fit >= page ? fit - (fit % page) : fit;
+}
+
 /** Whether a MAC is the broadcast address. */
 export function isBroadcastMac(mac: Uint8Array): boolean {
   return mac.length === 6 && mac.every((byte) => byte === 0xff);

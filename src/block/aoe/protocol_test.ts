@@ -22,6 +22,7 @@ import {
   encodeAtaFrame,
   encodeConfigFrame,
   formatMac,
+  offeredSectorsPerFrame,
   parseAoeHeader,
   parseAoeRequest,
   parseAoeResponse,
@@ -91,6 +92,11 @@ Deno.test("protocol: sectors per frame follow the MTU (22 bytes of AoE and ATA h
   assert.equal(sectorsPerFrame(22 + 511), 0);
   assert.equal(sectorsPerFrame(22 + 3 * 512), 3);
   assert.equal(sectorsPerFrame(1_000_000), 255, "the config reply's count is one byte");
+  assert.equal(offeredSectorsPerFrame(1500), 2, "fewer than a page: all that fits");
+  assert.equal(offeredSectorsPerFrame(9000), 16, "whole pages at MTU 9000");
+  assert.equal(offeredSectorsPerFrame(22 + 8 * 512), 8);
+  assert.equal(offeredSectorsPerFrame(22 + 7 * 512), 7);
+  assert.equal(offeredSectorsPerFrame(1_000_000), 248);
 });
 
 Deno.test("protocol: an ATA request has the spec's byte layout and round-trips", () => {

@@ -102,10 +102,10 @@ import {
   encodeConfigFrame,
   formatMac,
   isBroadcastMac,
+  offeredSectorsPerFrame,
   parseAoeHeader,
   parseAoeRequest,
   sameMac,
-  sectorsPerFrame,
 } from "./protocol.ts";
 
 /** Requests a target handles at once unless told otherwise (advertised as its buffer count). */
@@ -300,7 +300,7 @@ export class AoeTarget {
       port.mtu + ETHERNET_HEADER_BYTES - AOE_CONFIG_STRING_OFFSET,
     );
     checkRange(configString.length, 0, this.#configStringMaxBytes, "AoE config string length");
-    this.sectorsPerFrame = sectorsPerFrame(port.mtu);
+    this.sectorsPerFrame = offeredSectorsPerFrame(port.mtu);
     if (this.sectorsPerFrame < 1) {
       throw invalid(`MTU ${port.mtu} of ${port.name} cannot carry one 512-byte sector per frame`);
     }
