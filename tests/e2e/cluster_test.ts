@@ -246,7 +246,7 @@ e2eTest(
     await using cluster = await Cluster.init();
     // Two nodes at replication 2: each holds every block.
     await using a = await cluster.startNode();
-    await using c = await cluster.startNode();
+    await using c = await cluster.startNode({ extra: ["--host", "127.0.0.1", "--port", "0"] });
     const size = 4 * MiB;
     await cluster.ctl("volume", "create-block", "m", "4MiB");
     const port = freePort();
@@ -274,6 +274,16 @@ e2eTest(
     await viaC.readAt(0, seen);
     assert.ok(seen.every((byte) => byte === 0x02), "C never serves a block it missed");
     await viaC.flush();
+    // The catch-up runs in the background while the volume is open (a busy machine takes its
+    // time): A may go only once no block is marked any more, else only A has the current data.
+    await waitUntil("C caught up (no block marked)", 60_000, async () => {
+      const http = c.serve.http!;
+      const response = await fetch(`http://${http.hostname}:${http.port}/status`);
+      const status = await response.json() as {
+        cluster: { distributor: { markedBlocks: number } };
+      };
+      return status.cluster.distributor.markedBlocks === 0;
+    });
     await viaC.close();
     // A gone: C alone has every block, current.
     await a.stop("SIGKILL");
@@ -284,6 +294,15 @@ e2eTest(
     await last.close();
   },
 );
+
+/** Polls `check` every 200 ms until it holds; fails naming `what` after `timeoutMs`. */
+async function waitUntil(what: string, timeoutMs: number, check: () => Promise<boolean>) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
 
 /** Calls `attempt` every second until it succeeds or `timeoutMs` passed (then its error). */
 async function retryUntil<T>(attempt: () => Promise<T>, timeoutMs: number): Promise<T> {
