@@ -22,7 +22,14 @@ import {
   resolveBackend,
   UsageError,
 } from "../cli/mod.ts";
-import { ErrorCode, escapeText, parseDuration, systemClock, TorusError } from "../core/mod.ts";
+import {
+  ErrorCode,
+  escapeText,
+  HTTP_PORT_DEFAULT,
+  parseDuration,
+  systemClock,
+  TorusError,
+} from "../core/mod.ts";
 import {
   type AoeExport,
   type AoeExportSpec,
@@ -33,8 +40,8 @@ import {
   parseSlot,
   startAoeExport,
 } from "./aoe_export.ts";
-import { clusterNbdSettingsOf, startClusterClient } from "./blk_nbdserve.ts";
-import { serve, waitForStopSignal } from "./serve.ts";
+import { clusterNbdSettingsOf, httpLine, startClusterClient } from "./blk_nbdserve.ts";
+import { httpAddressOf, serve, waitForStopSignal } from "./serve.ts";
 
 const flags = {
   ...metadataFlagOptions,
@@ -53,14 +60,14 @@ const flags = {
   "min-copies": { type: "string" },
 } as const;
 
-const SINGLE_NODE_FLAGS = ["size", "host", "port", "gc-interval"] as const;
+const SINGLE_NODE_FLAGS = ["size", "gc-interval"] as const;
 const CLUSTER_FLAGS = ["read-level", "write-level", "read-cache-size", "min-copies"] as const;
 
 /** Where the aoe driver takes the names of devices to forget. */
 export const AOE_DRIVER_FLUSH_PATH = "/dev/etherd/flush";
 
 const help = `Usage: torus aoe VOLUME INTERFACE MAJOR MINOR [--write-cache [--sync-interval D]]
-                 [--data-dir DIR] [--size SIZE|N%] [--host H [--port P]] [--gc-interval D]
+                 [--host H [--port P]] [--data-dir DIR] [--size SIZE|N%] [--gc-interval D]
                  [-C ENDPOINTS [--read-level L] [--write-level L] [--read-cache-size SIZE]
                   [--min-copies N]] [metadata flags]
        torus aoe --flush eMAJOR.MINOR|all
@@ -90,7 +97,10 @@ that hold them, and a FLUSH CACHE that succeeded is durable on every holder.
                    made durable (default 5s; 0: only FLUSH CACHE and stopping)
   --flush eX.Y|all   on an initiator machine: make its aoe driver forget device eX.Y (or
                    every device that is down) whose target went away, then exit
-  --size, --host, --port, --gc-interval  the single node's, as torus serve's (see its --help)
+  --host H         serve the status over HTTP on host H (/status, /metrics with the target's
+                   torus_aoe_* counters, /healthz); no HTTP without it
+  --port P         the HTTP port (default ${HTTP_PORT_DEFAULT}; 0 picks a free port, printed)
+  --size, --gc-interval  the single node's, as torus serve's (see its --help)
   --read-level, --write-level, --read-cache-size, --min-copies  the cluster client's, as
                    torus blk nbdserve's (see its --help)
 
@@ -192,6 +202,7 @@ async function serveFromCluster(
   io: Io,
 ): Promise<number> {
   const settings = clusterNbdSettingsOf(values);
+  const http = httpAddressOf(values);
   const stopSignal = waitForStopSignal();
   const client = await startClusterClient(values, settings);
   let exported: AoeExport | null = null;
@@ -201,11 +212,16 @@ async function serveFromCluster(
       writeCache: values["write-cache"] === true,
       clock: systemClock,
     });
+    const target = exported;
+    const httpAddress = http === null
+      ? null
+      : client.serveHttp(http, { nbd: () => null, aoe: () => [target] });
     const ring = client.member.ring();
     io.stdout(
       [
         `torus aoe: client ${client.uuid}`,
         `  AoE:         ${escapeText(describeAoeExport(exported))}`,
+        `  HTTP:        ${httpLine(httpAddress)}`,
         `  cluster:     ring version ${ring.version}, ${ring.memberUuids().length} nodes, ` +
         `replication ${ring.replication}`,
         `Ready. Stop with Ctrl-C (SIGINT) or SIGTERM.`,

@@ -7,6 +7,7 @@
  */
 
 import {
+  type BackendSpec,
   type Command,
   ExitCode,
   formatHostPort,
@@ -19,7 +20,13 @@ import {
   parseHostPort,
   UsageError,
 } from "../cli/mod.ts";
-import { CryptoRandom, parseSize, randomUuid, systemClock } from "../core/mod.ts";
+import {
+  CryptoRandom,
+  HTTP_PORT_DEFAULT,
+  parseSize,
+  randomUuid,
+  systemClock,
+} from "../core/mod.ts";
 import {
   parseMinCopies,
   parseReadLevel,
@@ -29,7 +36,10 @@ import {
 } from "../distributor/mod.ts";
 import { NbdServer, VolumeService } from "../block/mod.ts";
 import { ClusterMember, LeaseKeeper } from "../server/mod.ts";
-import { NBD_DEFAULT_ADDRESS, peerProtocols, waitForStopSignal } from "./serve.ts";
+import { HttpStatusServer, type MetadataReport } from "../http/mod.ts";
+import type { AoeExport } from "./aoe_export.ts";
+import { ServeReporter } from "./node_report.ts";
+import { httpAddressOf, NBD_DEFAULT_ADDRESS, peerProtocols, waitForStopSignal } from "./serve.ts";
 
 const flags = {
   ...metadataFlagOptions,
@@ -38,9 +48,12 @@ const flags = {
   "write-level": { type: "string", default: "all" },
   "read-cache-size": { type: "string", default: "50MiB" },
   "min-copies": { type: "string" },
+  host: { type: "string" },
+  port: { type: "string" },
 } as const;
 
-const help = `Usage: torus blk nbdserve -C ENDPOINTS [-l ADDR] [--read-level L] [--write-level L]
+const help = `Usage: torus blk nbdserve -C ENDPOINTS [-l ADDR] [--host H [--port P]]
+                            [--read-level L] [--write-level L]
                             [--read-cache-size SIZE] [metadata flags]
 
 Serves the cluster's block volumes over NBD from this machine, without a store of its own: every
@@ -53,6 +66,9 @@ are flushed and unlocked.
   -l, --listen ADDR  where NBD listens (HOST:PORT or PORT; default ${NBD_DEFAULT_ADDRESS}).
                    Listening on another address than loopback lets any machine that reaches
                    it read and write every volume.
+  --host H         serve this client's status over HTTP on host H (/status, /metrics,
+                   /healthz, as torus serve's, without a store); no HTTP without it
+  --port P         the HTTP port (default ${HTTP_PORT_DEFAULT}; 0 picks a free port, printed)
   --read-level L   block (default), seq or spread (see torus serve --help)
   --write-level L  all (default), one or local (see torus serve --help)
   --read-cache-size SIZE  blocks read from the nodes kept in memory (default 50MiB)
@@ -99,6 +115,12 @@ export interface ClusterClient {
   readonly uuid: string;
   readonly member: ClusterMember;
   readonly volumes: VolumeService;
+  /**
+   * Serves the client's status over HTTP at `address` (`/status`, `/metrics`, `/healthz`, as a
+   * node's, without a store): its volumes, the cluster as it sees it, and the front ends in
+   * `frontEnds` (read at each request). Closed with the client. Returns where it listens.
+   */
+  serveHttp(address: HostPort, frontEnds: ClientFrontEnds): HostPort;
   /** Runs `close` first when the client closes (a front end over its volumes). */
   beforeClose(close: () => Promise<void>): void;
   /** Flushes and unlocks the volumes, leaves the cluster. Idempotent. */
@@ -147,10 +169,35 @@ export async function startClusterClient(
     });
     closers.push(() => volumes.close());
     let closing: Promise<void> | null = null;
+    const startedAtMs = systemClock.nowMs();
     return {
       uuid,
       member,
       volumes,
+      serveHttp: (address, frontEnds) => {
+        const http = new HttpStatusServer({
+          clock: systemClock,
+          reporter: new ServeReporter({
+            uuid,
+            dataDir: null,
+            startedAtMs,
+            store: null,
+            metadata: metadata.service,
+            metadataWhere: metadataReportOf(metadata.backend),
+            volumes,
+            get nbd() {
+              return frontEnds.nbd();
+            },
+            get aoe() {
+              return frontEnds.aoe();
+            },
+            member,
+          }),
+        });
+        const at = http.listen(address);
+        closers.push(() => http.close());
+        return { hostname: at.hostname, port: at.port };
+      },
       beforeClose: (close) => closers.push(close),
       close: () => closing ??= closeAll(),
     };
@@ -160,12 +207,34 @@ export async function startClusterClient(
   }
 }
 
+/** The "HTTP:" line of a client's banner. */
+export function httpLine(address: HostPort | null): string {
+  return address === null
+    ? "off (--host to serve /status, /metrics, /healthz)"
+    : `http://${formatHostPort(address)} (/status, /metrics, /healthz)`;
+}
+
+/** The front ends of a cluster client, for its status (read at each request). */
+export interface ClientFrontEnds {
+  nbd(): { readonly server: NbdServer; readonly address: HostPort } | null;
+  aoe(): readonly AoeExport[];
+}
+
+/** Where the metadata lives, as `/status` says it. */
+function metadataReportOf(backend: BackendSpec): MetadataReport {
+  return backend.kind === "etcd"
+    ? { kind: "etcd", endpoints: backend.endpoints }
+    : { kind: "embedded", path: backend.path };
+}
+
 /** A running cluster client with an NBD server over its volumes (see startClusterNbd). */
 export interface ClusterNbd {
   /** The client's UUID (its volume locks' holder). */
   readonly uuid: string;
   /** Where its NBD server listens. */
   readonly address: HostPort;
+  /** Where its HTTP status server listens, or null for none. */
+  readonly httpAddress: HostPort | null;
   readonly member: ClusterMember;
   /** Stops the NBD server, flushes and unlocks the volumes, leaves the cluster. Idempotent. */
   close(): Promise<void>;
@@ -180,6 +249,7 @@ export async function startClusterNbd(
   values: Record<string, unknown>,
   settings: ClusterNbdSettings,
   listen: HostPort,
+  http: HostPort | null = null,
 ): Promise<ClusterNbd> {
   const client = await startClusterClient(values, settings);
   try {
@@ -192,7 +262,17 @@ export async function startClusterNbd(
     });
     client.beforeClose(() => nbd.close());
     const address = nbd.listen(listen);
-    return { uuid: client.uuid, address, member: client.member, close: () => client.close() };
+    const httpAddress = http === null ? null : client.serveHttp(http, {
+      nbd: () => ({ server: nbd, address }),
+      aoe: () => [],
+    });
+    return {
+      uuid: client.uuid,
+      address,
+      httpAddress,
+      member: client.member,
+      close: () => client.close(),
+    };
   } catch (error) {
     await client.close();
     throw error;
@@ -209,13 +289,14 @@ async function nbdserve(values: Record<string, unknown>, io: Io): Promise<number
     );
   }
   const stopSignal = waitForStopSignal();
-  const client = await startClusterNbd(values, settings, listen);
+  const client = await startClusterNbd(values, settings, listen, httpAddressOf(values));
   try {
     const ring = client.member.ring();
     io.stdout(
       [
         `torus blk nbdserve: client ${client.uuid}`,
         `  NBD:         ${formatHostPort(client.address)} (export names: VOLUME, VOLUME@SNAPSHOT)`,
+        `  HTTP:        ${httpLine(client.httpAddress)}`,
         `  cluster:     ring version ${ring.version}, ${ring.memberUuids().length} nodes, ` +
         `replication ${ring.replication}`,
         `Ready. Stop with Ctrl-C (SIGINT) or SIGTERM.`,

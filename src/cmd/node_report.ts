@@ -28,9 +28,11 @@ import type { AoeExport } from "./aoe_export.ts";
 /** The parts of a node that {@link ServeReporter} reads. */
 export interface ServeReporterParts {
   readonly uuid: string;
-  readonly dataDir: string;
+  /** Null for a cluster client (`torus blk nbdserve`, `torus aoe -C`). */
+  readonly dataDir: string | null;
   readonly startedAtMs: number;
-  readonly store: MonitoredBlockStore;
+  /** Null for a cluster client: it has no store of its own. */
+  readonly store: MonitoredBlockStore | null;
   readonly metadata: MetadataService;
   readonly metadataWhere: MetadataReport;
   readonly volumes: VolumeService;
@@ -104,7 +106,7 @@ export class ServeReporter implements NodeReporter {
         pid: Deno.pid,
         startedAtMs: parts.startedAtMs,
       },
-      store: storeReport(parts.store),
+      store: parts.store === null ? null : storeReport(parts.store),
       metadata: parts.metadataWhere,
       nbd: parts.nbd === null ? null : nbdReport(parts.nbd.server, parts.nbd.address),
       aoe: parts.aoe.map(aoeReport),

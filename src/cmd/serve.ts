@@ -404,7 +404,7 @@ function aoeOptionsOf(values: Record<string, unknown>): ServeOptions["aoe"] {
 }
 
 /** `--host H [--port P]`: where HTTP listens; `--port` alone is a mistake, not ignored. */
-function httpAddressOf(values: Record<string, unknown>): HostPort | null {
+export function httpAddressOf(values: Record<string, unknown>): HostPort | null {
   const port = typeof values.port === "string"
     ? parsePort(values.port, "--port", { listen: true })
     : HTTP_PORT_DEFAULT;

@@ -442,6 +442,7 @@ export class NodeMetrics {
 
   #updateStore(live: LiveReport): void {
     const store = live.store;
+    if (store === null) return;
     const labels = { storage: store.name };
     const m = this.#storage;
     if (store.usedBlocks !== null) m.blocks.set(labels, store.usedBlocks);

@@ -54,7 +54,7 @@ Deno.test("metrics: each render shows only the present (a closed volume's series
   const later = liveReport({
     openVolumes: [],
     store: {
-      ...liveReport().store,
+      ...liveReport().store!,
       totalBlocks: null,
       usedBlocks: null,
       failure: "block store current failed: flush failed: EIO",
@@ -143,8 +143,8 @@ Deno.test("metrics: renders started together each show their own moment", async 
   const at = (reads: number) =>
     liveReport({
       store: {
-        ...liveReport().store,
-        counters: { ...liveReport().store.counters, readBlocks: reads },
+        ...liveReport().store!,
+        counters: { ...liveReport().store!.counters, readBlocks: reads },
       },
     });
   const [a, b] = await Promise.all([metrics.render(at(100)), metrics.render(at(200))]);
@@ -192,4 +192,11 @@ Deno.test("metrics: a cluster node shows the original's distributor and server n
   ) {
     assert.ok(lines.includes(expected), `missing ${expected} in\n${lines.join("\n")}`);
   }
+});
+
+Deno.test("metrics: a cluster client (no store) has no storage series, and the rest as a node", async () => {
+  const lines = samples(await new NodeMetrics().render(liveReport({ store: null })));
+  assert.ok(!lines.some((line) => line.startsWith("torus_storage_")), lines.join("\n"));
+  assert.ok(lines.includes("torus_nbd_connections 2"), lines.join("\n"));
+  assert.ok(lines.includes('torus_server_open_files{volume="db"} 2'), lines.join("\n"));
 });

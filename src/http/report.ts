@@ -182,12 +182,14 @@ export interface LiveReport {
   readonly node: {
     readonly uuid: string;
     readonly version: string;
-    readonly dataDir: string;
+    /** Null for a cluster client (`torus blk nbdserve`, `torus aoe -C`): it has no data dir. */
+    readonly dataDir: string | null;
     readonly pid: number;
     /** When the node started serving (epoch ms). */
     readonly startedAtMs: number;
   };
-  readonly store: StoreReport;
+  /** Null for a cluster client, which has no store of its own. */
+  readonly store: StoreReport | null;
   readonly metadata: MetadataReport;
   /** Null when the node serves no NBD (`--nbd` not given). */
   readonly nbd: NbdReport | null;

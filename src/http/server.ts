@@ -123,7 +123,7 @@ export class HttpStatusServer implements AsyncDisposable {
   }
 
   async #healthz(): Promise<Response> {
-    const failure = this.#reporter.live().store.failure;
+    const failure = this.#reporter.live().store?.failure ?? null;
     if (failure !== null) return textResponse(503, errorMessage(new Error(failure)));
     try {
       await this.#withDeadline(this.#reporter.checkMetadata(), "a metadata read");

@@ -33,7 +33,7 @@ Deno.test("http: /healthz is 503 with one line when the store failed or metadata
   reporter.liveNow = () =>
     liveReport({
       store: {
-        ...liveReport().store,
+        ...liveReport().store!,
         failure: "block store current failed: flush failed: input/output error",
       },
     });

@@ -13,6 +13,7 @@ import type {
   ClusterReport,
   LiveReport,
   OpenVolumeReport,
+  StoreReport,
   VolumeReport,
 } from "./report.ts";
 
@@ -31,11 +32,13 @@ export interface NodeStatus {
   readonly node: {
     readonly uuid: string;
     readonly version: string;
-    readonly dataDir: string;
+    /** Null for a cluster client. */
+    readonly dataDir: string | null;
     readonly pid: number;
     readonly startedAt: string;
     readonly uptimeSeconds: number;
   };
+  /** Null for a cluster client (no store of its own). */
   readonly store: {
     readonly name: string;
     readonly kind: string;
@@ -46,7 +49,8 @@ export interface NodeStatus {
     readonly usedBytes: number | null;
     readonly failed: boolean;
     readonly failure: string | null;
-  };
+  } | null;
+
   readonly metadata:
     & ({ readonly kind: "embedded"; readonly path: string } | {
       readonly kind: "etcd";
@@ -74,12 +78,25 @@ export interface VolumeStatus extends VolumeReport {
   readonly locked: boolean;
 }
 
+function storeStatus(store: StoreReport): NonNullable<NodeStatus["store"]> {
+  const blocksToBytes = (blocks: number | null) =>
+    blocks === null ? null : blocks * store.blockSizeBytes;
+  return {
+    name: store.name,
+    kind: store.kind,
+    blockSizeBytes: store.blockSizeBytes,
+    totalBlocks: store.totalBlocks,
+    usedBlocks: store.usedBlocks,
+    totalBytes: blocksToBytes(store.totalBlocks),
+    usedBytes: blocksToBytes(store.usedBlocks),
+    failed: store.failure !== null,
+    failure: store.failure,
+  };
+}
+
 /** Renders the `/status` document. */
 export function nodeStatus(input: StatusInput): NodeStatus {
   const { live } = input;
-  const store = live.store;
-  const blocksToBytes = (blocks: number | null) =>
-    blocks === null ? null : blocks * store.blockSizeBytes;
   const openIds = new Set(live.openVolumes.map((volume) => volume.id));
   return {
     node: {
@@ -90,17 +107,7 @@ export function nodeStatus(input: StatusInput): NodeStatus {
       startedAt: new Date(live.node.startedAtMs).toISOString(),
       uptimeSeconds: Math.max(0, Math.round(input.nowMs - live.node.startedAtMs) / 1000),
     },
-    store: {
-      name: store.name,
-      kind: store.kind,
-      blockSizeBytes: store.blockSizeBytes,
-      totalBlocks: store.totalBlocks,
-      usedBlocks: store.usedBlocks,
-      totalBytes: blocksToBytes(store.totalBlocks),
-      usedBytes: blocksToBytes(store.usedBlocks),
-      failed: store.failure !== null,
-      failure: store.failure,
-    },
+    store: live.store === null ? null : storeStatus(live.store),
     metadata: {
       ...live.metadata,
       usable: input.metadataError === null,

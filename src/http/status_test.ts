@@ -51,7 +51,7 @@ Deno.test("status: every section of a working node, volumes joined with what is 
 Deno.test("status: a failed store, no NBD, etcd that does not answer", () => {
   const live = liveReport({
     store: {
-      ...liveReport().store,
+      ...liveReport().store!,
       totalBlocks: null,
       usedBlocks: null,
       failure: "block store current failed: flush failed: EIO",
@@ -67,10 +67,11 @@ Deno.test("status: a failed store, no NBD, etcd that does not answer", () => {
     metadataError: "no answer to the volume list within 5000 ms",
     nowMs: startedAtMs,
   });
-  assert.equal(status.store.failed, true);
-  assert.equal(status.store.failure, "block store current failed: flush failed: EIO");
-  assert.equal(status.store.totalBytes, null);
-  assert.equal(status.store.usedBytes, null);
+  const store = status.store!;
+  assert.equal(store.failed, true);
+  assert.equal(store.failure, "block store current failed: flush failed: EIO");
+  assert.equal(store.totalBytes, null);
+  assert.equal(store.usedBytes, null);
   assert.deepEqual(status.metadata, {
     kind: "etcd",
     endpoints: ["10.0.0.1:2379", "10.0.0.2:2379"],
@@ -182,4 +183,28 @@ Deno.test("status: a cluster node shows its peer address, the ring, the peers, t
   assert.equal(parsed.cluster.rebalance.passScannedBlocks, 5);
   assert.equal(parsed.cluster.peers[1].rebalancing, true);
   assert.equal(parsed.cluster.scrub.damagedBlocks, 3);
+});
+
+Deno.test("status: a cluster client has no store and no data dir, and says so with null", () => {
+  const live = liveReport({
+    node: { ...liveReport().node, dataDir: null },
+    store: null,
+  });
+  const status = nodeStatus({ live, volumes: null, metadataError: null, nowMs: startedAtMs });
+  assert.equal(status.store, null);
+  assert.equal(status.node.dataDir, null);
+  assert.deepEqual(
+    Object.keys(
+      JSON.parse(renderStatus({ live, volumes: null, metadataError: null, nowMs: startedAtMs })),
+    ),
+    [
+      "node",
+      "store",
+      "metadata",
+      "nbd",
+      "aoe",
+      "volumes",
+      "cluster",
+    ],
+  );
 });

@@ -92,8 +92,8 @@ Deno.test("aoe process: a cluster client's flag without -C is a usage error, exi
 Deno.test("aoe process: a single node's flag with -C is a usage error, exit 2", async () => {
   // Refused before etcd is contacted: nothing listens on port 1.
   await assertUsageError(
-    ["aoe", "vol", "eth0", "1", "2", "-C", "127.0.0.1:1", "--port", "9000"],
-    "--port is a single node's flag: not with -C",
+    ["aoe", "vol", "eth0", "1", "2", "-C", "127.0.0.1:1", "--size", "9GiB"],
+    "--size is a single node's flag: not with -C",
   );
 });
 

@@ -252,7 +252,10 @@ if (!etcdAvailable()) {
     // Both ends in the test's namespace: the client must reach etcd and the nodes on loopback.
     const pair = await lab.addVethPair();
     const other = await lab.addVethPair();
-    const target = await startTorusIn(lab, null, ["aoe", "vol", pair.a.name, "1", "2", ...meta]);
+    const target = await startTorusIn(lab, null, [
+      ...["aoe", "vol", pair.a.name, "1", "2", ...meta],
+      ...["--host", "127.0.0.1", "--port", "0"],
+    ]);
     assert.match(target.output(), /cluster: +ring version \d+, 3 nodes, replication 2/);
     const model = new VolumeModel(sectors);
     const ranges = planRanges(random, sectors, 40);
@@ -262,6 +265,25 @@ if (!etcdAvailable()) {
       await initiator.flush(info);
       await checkRanges(initiator, info, model, ranges);
     });
+    // The client's own status server: no store, its target and what it carried.
+    const httpPort = Number(/HTTP: +http:\/\/127\.0\.0\.1:(\d+)/.exec(target.output())?.[1]);
+    assert.ok(httpPort > 0, `the banner names the HTTP server:\n${target.output()}`);
+    const status = await (await fetch(`http://127.0.0.1:${httpPort}/status`)).json() as {
+      store: unknown;
+      node: { dataDir: unknown };
+      aoe: { address: string; counters: { bytesWritten: number } }[];
+    };
+    assert.equal(status.store, null, "a client has no store");
+    assert.equal(status.node.dataDir, null);
+    assert.equal(status.aoe[0]?.address, "e1.2");
+    const written = ranges.reduce((sum, range) => sum + range.sectors * 512, 0);
+    assert.equal(status.aoe[0]?.counters.bytesWritten, written, "every byte written counted");
+    const metrics = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+    assert.match(
+      metrics,
+      new RegExp(`^torus_aoe_written_bytes_total\\{target="e1\\.2",[^}]*\\} ${written}$`, "m"),
+    );
+    assert.equal((await fetch(`http://127.0.0.1:${httpPort}/healthz`)).status, 200);
 
     const nbdPort = freePort();
     await using nbdserve = await startTorusProcess(
