@@ -48,7 +48,7 @@ import {
   type AoeTargetInfo,
 } from "../src/block/aoe/initiator.ts";
 import { PacketFramePort } from "../src/block/aoe/packet_port.ts";
-import { ETHERNET_MIN_FRAME_BYTES, type FramePort } from "../src/block/aoe/port.ts";
+import { ETHERNET_MIN_FRAME_BYTES } from "../src/block/aoe/port.ts";
 import {
   AOE_ATA_DATA_OFFSET,
   AOE_SECTOR_BYTES,
@@ -59,6 +59,7 @@ import {
 import { AoeTarget } from "../src/block/aoe/target.ts";
 import { NetnsLab, netnsSkipReason, type VethEnd } from "../tests/support/netns.ts";
 import { hasCommand } from "../tests/support/packages.ts";
+import { ForwardingFramePort } from "../tests/support/forwarding_port.ts";
 import { ctlOk } from "../tests/support/torus_process.ts";
 import { formatSpread, labelledTable, median, wholeNumberFlag } from "./bench_nbd_report.ts";
 
@@ -434,29 +435,17 @@ export function ataTag(frame: Uint8Array): number | null {
  * Between the initiator and its PacketFramePort: {@link repairFrame} on every frame received,
  * and a {@link FrameWindow} on the ATA requests sent.
  */
-class RepairingPort implements FramePort {
+class RepairingPort extends ForwardingFramePort {
   readonly repairs = new Map<string, number>();
   readonly window = new FrameWindow();
 
-  constructor(readonly inner: FramePort) {}
-
-  get name(): string {
-    return this.inner.name;
-  }
-  get mac(): Uint8Array {
-    return this.inner.mac;
-  }
-  get mtu(): number {
-    return this.inner.mtu;
-  }
-
-  async send(frame: Uint8Array): Promise<void> {
+  override async send(frame: Uint8Array): Promise<void> {
     const tag = ataTag(frame);
     if (tag !== null) await this.window.enter(tag);
     await this.inner.send(frame);
   }
 
-  async receive(): Promise<Uint8Array | null> {
+  override async receive(): Promise<Uint8Array | null> {
     const received = await this.inner.receive();
     if (received === null) return null;
     const { frame, repair } = repairFrame(received);
@@ -466,10 +455,6 @@ class RepairingPort implements FramePort {
       this.window.leave(tag);
     }
     return frame;
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 

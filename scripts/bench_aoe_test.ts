@@ -222,11 +222,17 @@ Deno.test({
     const output = await child.output();
     const text = new TextDecoder().decode(output.stdout);
     assert.equal(output.code, 0, `${text}\n${new TextDecoder().decode(output.stderr)}`);
-    const row = /^\| 4k randread QD16 IOPS +\| +(\d+)[^|]*\| +(\d+)[^|]*\| +([\d.]+)x/m.exec(text);
-    assert.ok(row, `no row for torus and vblade:\n${text}`);
-    assert.ok(Number(row[1]) > 0 && Number(row[2]) > 0, row[0]);
-    assert.match(text, /write runs end with: torus FLUSH CACHE EXT, vblade FLUSH CACHE/);
-    assert.match(text, /torus: none; vblade: \d+ short reply padded/);
+    // Columns: torus, torus --write-cache, vblade, then the two ratios.
+    const row =
+      /^\| 4k randread QD16 IOPS +\| +(\d+)[^|]*\| +(\d+)[^|]*\| +(\d+)[^|]*\| +([\d.]+)x[^|]*\| +([\d.]+)x/m
+        .exec(text);
+    assert.ok(row, `no row for torus, torus-wc and vblade:\n${text}`);
+    assert.ok(Number(row[1]) > 0 && Number(row[2]) > 0 && Number(row[3]) > 0, row[0]);
+    assert.match(
+      text,
+      /write runs end with: torus FLUSH CACHE EXT, torus-wc FLUSH CACHE EXT, vblade FLUSH CACHE/,
+    );
+    assert.match(text, /torus: none; torus-wc: none; vblade: \d+ short reply padded/);
     // NetnsLab names what it makes after the pid: trs-PID-… namespaces, trsPID36-… links.
     const links = await ip(["-o", "link", "show"]);
     assert.ok(!links.includes(`trs${child.pid.toString(36)}-`), `links left behind:\n${links}`);

@@ -2,6 +2,9 @@ import assert from "node:assert/strict";
 import { clusterSection, liveReport, volumeReports } from "./report_fixture.ts";
 import { nodeStatus, renderStatus } from "./status.ts";
 
+/** The top-level keys of `/status`, in order (docs/http.md). */
+const STATUS_KEYS = ["node", "store", "metadata", "nbd", "aoe", "volumes", "cluster"];
+
 const startedAtMs = liveReport().node.startedAtMs;
 
 Deno.test("status: every section of a working node, volumes joined with what is open here", () => {
@@ -92,15 +95,7 @@ Deno.test("status: the document has every key of the schema in docs/http.md and 
   });
   assert.ok(text.endsWith("}\n"));
   const parsed = JSON.parse(text);
-  assert.deepEqual(Object.keys(parsed), [
-    "node",
-    "store",
-    "metadata",
-    "nbd",
-    "aoe",
-    "volumes",
-    "cluster",
-  ]);
+  assert.deepEqual(Object.keys(parsed), STATUS_KEYS);
   assert.deepEqual(parsed.aoe, [], "no --aoe: no targets");
   assert.equal(parsed.cluster, null, "a single node has no cluster section");
   assert.deepEqual(Object.keys(parsed.node), [
@@ -197,14 +192,6 @@ Deno.test("status: a cluster client has no store and no data dir, and says so wi
     Object.keys(
       JSON.parse(renderStatus({ live, volumes: null, metadataError: null, nowMs: startedAtMs })),
     ),
-    [
-      "node",
-      "store",
-      "metadata",
-      "nbd",
-      "aoe",
-      "volumes",
-      "cluster",
-    ],
+    STATUS_KEYS,
   );
 });

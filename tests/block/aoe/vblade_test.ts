@@ -34,7 +34,7 @@ import {
   type AtaReply,
 } from "../../../src/block/aoe/initiator.ts";
 import { PacketFramePort } from "../../../src/block/aoe/packet_port.ts";
-import { ETHERNET_MIN_FRAME_BYTES, type FramePort } from "../../../src/block/aoe/port.ts";
+import { ETHERNET_MIN_FRAME_BYTES } from "../../../src/block/aoe/port.ts";
 import {
   AOE_ATA_DATA_OFFSET,
   AOE_SECTOR_BYTES,
@@ -48,6 +48,7 @@ import {
 import { AoeTarget } from "../../../src/block/aoe/target.ts";
 import { linkInfo, type NetnsLab, netnsTest, type VethEnd } from "../../support/netns.ts";
 import { hasCommand } from "../../support/packages.ts";
+import { ForwardingFramePort } from "../../support/forwarding_port.ts";
 
 const SHELF = 7;
 const SLOT = 3;
@@ -129,34 +130,14 @@ interface Answers {
  * the Linux driver ignores; either is recorded in `repairs`, so the tests can assert which
  * targets needed them. Nothing else is changed.
  */
-class TolerantPort implements FramePort {
+class TolerantPort extends ForwardingFramePort {
   readonly repairs = new Set<string>();
   /** The padding bytes of the last write reply zeroed, until taken. */
   #zeroedPadding: Uint8Array | null = null;
 
-  constructor(readonly inner: FramePort) {}
-
-  get name(): string {
-    return this.inner.name;
-  }
-  get mac(): Uint8Array {
-    return this.inner.mac;
-  }
-  get mtu(): number {
-    return this.inner.mtu;
-  }
-
-  send(frame: Uint8Array): Promise<void> {
-    return this.inner.send(frame);
-  }
-
-  async receive(): Promise<Uint8Array | null> {
+  override async receive(): Promise<Uint8Array | null> {
     const frame = await this.inner.receive();
     return frame === null ? null : this.#repair(frame);
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 
   /** The padding zeroed since the last call, or null when none was. */
