@@ -42,7 +42,6 @@ export interface AoeExport {
   /** The interface's MAC, as aa:bb:cc:dd:ee:ff. */
   readonly mac: string;
   readonly sectorsPerFrame: number;
-  readonly sizeBytes: number;
   readonly readOnly: boolean;
   /** Writes are durable when answered (no write cache). */
   readonly writeThrough: boolean;
@@ -127,20 +126,15 @@ export interface AoeExportOptions {
    */
   readonly writeCache?: boolean;
   readonly clock: Clock;
-  /** Opens the link (tests pass another FramePort maker). */
-  readonly openPort?: (interfaceName: string) => PacketFramePort;
 }
 
 /**
  * Opens the raw socket of `interfaceName`; a failure says which interface and why, in one line
  * (`not_exist` for no such interface).
  */
-export function openAoePort(
-  interfaceName: string,
-  open: (interfaceName: string) => PacketFramePort = (name) => PacketFramePort.open(name),
-): PacketFramePort {
+export function openAoePort(interfaceName: string): PacketFramePort {
   try {
-    return open(interfaceName);
+    return PacketFramePort.open(interfaceName);
   } catch (error) {
     const message = errorMessage(error);
     throw new TorusError(
@@ -158,7 +152,7 @@ export async function startAoeExport(
   options: AoeExportOptions,
 ): Promise<AoeExport> {
   // The link first: a missing interface (or no permission for raw sockets) takes no lock.
-  const port = openAoePort(spec.interfaceName, options.openPort);
+  const port = openAoePort(spec.interfaceName);
   let device: Device;
   try {
     // The target is the volume's only writer here: an NBD client of the same node is refused.
@@ -208,7 +202,6 @@ function exportOf(
     spec,
     mac: [...port.mac].map((byte) => byte.toString(16).padStart(2, "0")).join(":"),
     sectorsPerFrame: target.sectorsPerFrame,
-    sizeBytes: device.sizeBytes,
     readOnly: device.readOnly,
     writeThrough: target.writeThrough,
     stats: () => target.stats,

@@ -57,6 +57,26 @@ async function tempDir(): Promise<{ path: string } & AsyncDisposable> {
 }
 
 /** A new data dir with its single-node cluster and one block volume, made by torus ctl. */
+/**
+ * A fresh data dir with volume "vol" of `size`, and `torus ARGS` (given the interface) started with
+ * that data dir in a namespace of its own, on end a of a new veth pair; the test has end b.
+ */
+async function startInNamespace(
+  lab: NetnsLab,
+  dataDir: string,
+  size: string,
+  args: (iface: string) => string[],
+) {
+  await createVolume(dataDir, "vol", size);
+  const namespace = await lab.addNamespace();
+  const pair = await lab.addVethPair({ namespaceA: namespace });
+  const process = await startTorusIn(lab, namespace, [
+    ...args(pair.a.name),
+    ...["--data-dir", dataDir, "--size", STORE_SIZE],
+  ]);
+  return { namespace, pair, process };
+}
+
 async function createVolume(dataDir: string, name: string, size: string): Promise<void> {
   await ctlOk(dataDir, ["init"]);
   await ctlOk(dataDir, ["volume", "create-block", name, size]);
@@ -70,19 +90,8 @@ await netnsTest(
     const random = new SeededRandom(seed);
     await using dir = await tempDir();
     const dataDir = `${dir.path}/data`;
-    await createVolume(dataDir, "vol", "64MiB");
-    const namespace = await lab.addNamespace();
-    const pair = await lab.addVethPair({ namespaceA: namespace });
-    const target = await startTorusIn(lab, namespace, [
-      "aoe",
-      "vol",
-      pair.a.name,
-      "1",
-      "2",
-      "--data-dir",
-      dataDir,
-      "--size",
-      STORE_SIZE,
+    const { pair, process: target } = await startInNamespace(lab, dataDir, "64MiB", (iface) => [
+      ...["aoe", "vol", iface, "1", "2"],
     ]);
     assert.match(target.output(), new RegExp(`AoE: +vol on ${pair.a.name} \\(.*\\) as e1\\.2`));
     const model = new VolumeModel(VOLUME_SECTORS);
@@ -173,23 +182,9 @@ await netnsTest(
     const random = new SeededRandom(seed ^ 0x5eed);
     await using dir = await tempDir();
     const dataDir = `${dir.path}/data`;
-    await createVolume(dataDir, "vol", "64MiB");
-    const namespace = await lab.addNamespace();
-    const pair = await lab.addVethPair({ namespaceA: namespace });
     // A write cache with no periodic flush: only the initiator's FLUSH makes writes durable.
-    const target = await startTorusIn(lab, namespace, [
-      "aoe",
-      "vol",
-      pair.a.name,
-      "1",
-      "2",
-      "--data-dir",
-      dataDir,
-      "--size",
-      STORE_SIZE,
-      "--write-cache",
-      "--sync-interval",
-      "0",
+    const { pair, process: target } = await startInNamespace(lab, dataDir, "64MiB", (iface) => [
+      ...["aoe", "vol", iface, "1", "2", "--write-cache", "--sync-interval", "0"],
     ]);
     const model = new VolumeModel(VOLUME_SECTORS);
     const flushedRanges = planRanges(random, VOLUME_SECTORS, 40);
@@ -344,24 +339,11 @@ await netnsTest(
     await using dir = await tempDir();
     const dataDir = `${dir.path}/data`;
     const sectors = 16 * MiB / AOE_SECTOR_BYTES;
-    await createVolume(dataDir, "vol", "16MiB");
-    const namespace = await lab.addNamespace();
-    const pair = await lab.addVethPair({ namespaceA: namespace });
-    const serve = await startTorusIn(lab, namespace, [
-      "serve",
-      "--data-dir",
-      dataDir,
-      "--size",
-      STORE_SIZE,
-      "--aoe",
-      `vol:${pair.a.name}:3.4`,
-      "--nbd",
-      "127.0.0.1:0",
-      "--host",
-      "127.0.0.1",
-      "--port",
-      "0",
+    const started = await startInNamespace(lab, dataDir, "16MiB", (iface) => [
+      ...["serve", "--aoe", `vol:${iface}:3.4`, "--nbd", "127.0.0.1:0"],
+      ...["--host", "127.0.0.1", "--port", "0"],
     ]);
+    const { namespace, pair, process: serve } = started;
     assert.match(serve.output(), new RegExp(`AoE: +vol on ${pair.a.name} \\(.*\\) as e3\\.4`));
     const http = bannerAddress(serve.output(), "HTTP");
     const model = new VolumeModel(sectors);
