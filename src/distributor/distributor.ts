@@ -1410,10 +1410,27 @@ export class Distributor implements BlockStore {
     const timeoutMs = this.#options.peerTimeoutMs;
     for (const source of this.#readOrder(ref)) {
       if (stale.has(source.uuid) || this.#isStaleAt(ref, source.uuid)) continue;
-      const has = await source.store.hasBlock(ref, { timeoutMs }).catch(() => null);
+      const has = await this.#hasGoodCopy(source, ref, timeoutMs);
       if (has !== false) return false; // it has one, or cannot tell: nothing to decide yet
     }
     return [...stale].length > 0;
+  }
+
+  /**
+   * Whether `source` holds a copy of `ref` that reads back whole (null: it cannot tell now). A
+   * copy that fails its checksums (torn by a power loss before a flush) counts as none: it must
+   * never win a reconciliation over a readable, older copy elsewhere.
+   */
+  async #hasGoodCopy(source: Source, ref: BlockRef, timeoutMs: number): Promise<boolean | null> {
+    try {
+      if (!await source.store.hasBlock(ref, { timeoutMs })) return false;
+      await source.store.getBlock(ref, { timeoutMs });
+      return true;
+    } catch (error) {
+      if (isTorusError(error, ErrorCode.NotExist)) return false;
+      if (isTorusError(error, ErrorCode.BlockUnavailable)) return false;
+      return null;
+    }
   }
 
   /**
@@ -1440,8 +1457,9 @@ export class Distributor implements BlockStore {
     for (const uuid of candidates) {
       // A node no writer could fence may hold an earlier writer's late changes: never the winner.
       if (this.#wholeSuspect(ref.volume, uuid)) continue;
-      const has = await this.#sourceOf(uuid)?.store.hasBlock(ref, { timeoutMs }).catch(() => null);
-      if (has === null || has === undefined) return; // cannot tell yet: the next pass tries again
+      const source = this.#sourceOf(uuid);
+      const has = source === null ? null : await this.#hasGoodCopy(source, ref, timeoutMs);
+      if (has === null) return; // cannot tell yet: the next pass tries again
       if (!has) continue;
       log.warn(`${ref}: no copy is known to have every change; ${uuid}'s copy wins`);
       // Changes acknowledged before may be gone with the others: the next flush says so.

@@ -5,18 +5,21 @@
  * @module
  */
 
-import type { BlockRef } from "../core/mod.ts";
+import { type BlockRef, blockUnavailable } from "../core/mod.ts";
 import type { BlockCallOptions, PutOptions, RangeWriteOptions } from "./block_store.ts";
 import { ForwardingStore } from "./forwarding_store.ts";
 import type { IoHold } from "./storage_contract.ts";
 
 /**
  * A store whose next call can be held (the contract's holdNextIo, at the level of store calls),
- * and which records the fencing tokens and ring versions of the changes it got.
+ * and which records the fencing tokens and ring versions of the changes it got. A ref can be
+ * torn: its reads then fail their checksums, as a copy torn by a power loss does, until it is
+ * written whole or deleted.
  */
 export class HeldStore extends ForwardingStore {
   readonly fenceTokens: (number | undefined)[] = [];
   readonly ringVersions: (number | undefined)[] = [];
+  readonly #torn = new Set<string>();
   #hold: { gate: Promise<void>; arrived: () => void; later: number } | null = null;
   #armed = false;
   #all: IoHold | null = null;
@@ -60,17 +63,34 @@ export class HeldStore extends ForwardingStore {
     return call();
   }
 
+  /** Makes reads of `ref` fail their checksums until it is put again or deleted. */
+  tear(ref: BlockRef): void {
+    this.#torn.add(ref.key);
+  }
+
+  #checkTorn(ref: BlockRef): void {
+    if (this.#torn.has(ref.key)) {
+      throw blockUnavailable(`${ref}: a sector failed its checksum (torn in a test)`);
+    }
+  }
+
   #fenced(options?: BlockCallOptions): void {
     this.fenceTokens.push(options?.fenceToken);
     this.ringVersions.push(options?.ringVersion);
   }
 
   override getBlock(ref: BlockRef, options?: BlockCallOptions): Promise<Uint8Array> {
-    return this.#pass(() => this.inner.getBlock(ref, options));
+    return this.#pass(() => {
+      this.#checkTorn(ref);
+      return this.inner.getBlock(ref, options);
+    });
   }
   override putBlock(ref: BlockRef, data: Uint8Array, options?: PutOptions): Promise<void> {
     this.#fenced(options);
-    return this.#pass(() => this.inner.putBlock(ref, data, options));
+    return this.#pass(async () => {
+      await this.inner.putBlock(ref, data, options);
+      this.#torn.delete(ref.key);
+    });
   }
   override hasBlock(ref: BlockRef, options?: BlockCallOptions): Promise<boolean> {
     return this.#pass(() => this.inner.hasBlock(ref, options));
@@ -81,7 +101,10 @@ export class HeldStore extends ForwardingStore {
     into: Uint8Array,
     options?: BlockCallOptions,
   ): Promise<void> {
-    return this.#pass(() => this.inner.readAt(ref, offsetBytes, into, options));
+    return this.#pass(() => {
+      this.#checkTorn(ref);
+      return this.inner.readAt(ref, offsetBytes, into, options);
+    });
   }
   override writeAt(
     ref: BlockRef,
@@ -103,7 +126,10 @@ export class HeldStore extends ForwardingStore {
   }
   override deleteBlock(ref: BlockRef, options?: BlockCallOptions): Promise<void> {
     this.#fenced(options);
-    return this.#pass(() => this.inner.deleteBlock(ref, options));
+    return this.#pass(async () => {
+      await this.inner.deleteBlock(ref, options);
+      this.#torn.delete(ref.key);
+    });
   }
   override flush(): Promise<void> {
     return this.#pass(() => this.inner.flush());
