@@ -69,7 +69,11 @@ const symbols = {
   },
 } as const satisfies Deno.ForeignLibraryInterface;
 
-type AioSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];
+/**
+ * The system calls an AIO writer makes: libc's, or a test's stand-ins
+ * ({@link wrapAioCallsForTesting}).
+ */
+export type AioCalls = Deno.DynamicLibrary<typeof symbols>["symbols"];
 
 /** One write waiting for, or in, a batch. */
 interface QueuedWrite {
@@ -82,7 +86,7 @@ interface QueuedWrite {
 
 /** One AIO context and the queue of writes that feeds it. */
 class AioWriter {
-  readonly #calls: AioSymbols;
+  readonly #calls: AioCalls;
   readonly #numbers: { setup: bigint; submit: bigint; getevents: bigint };
   readonly #context: bigint;
   #queue: QueuedWrite[] = [];
@@ -97,7 +101,7 @@ class AioWriter {
   readonly #noWait = new Uint8Array(16);
 
   constructor(
-    calls: AioSymbols,
+    calls: AioCalls,
     numbers: { setup: bigint; submit: bigint; getevents: bigint },
     context: bigint,
   ) {
@@ -115,7 +119,8 @@ class AioWriter {
     const numbers = AIO_SYSCALLS[Deno.build.arch];
     if (numbers === undefined) return null;
     try {
-      const calls = Deno.dlopen("libc.so.6", symbols).symbols;
+      const libcCalls = Deno.dlopen("libc.so.6", symbols).symbols;
+      const calls = wrapCalls === null ? libcCalls : wrapCalls(libcCalls);
       const context = new BigUint64Array(1);
       const result = calls.io_setup(
         numbers.setup,
@@ -256,6 +261,7 @@ function pointerValue(bytes: Uint8Array): bigint {
 
 let writer: AioWriter | null | undefined;
 let disabled = false;
+let wrapCalls: ((calls: AioCalls) => AioCalls) | null = null;
 
 /** The process's AIO writer, opened on first use; null where AIO is not available. */
 function aioWriter(): AioWriter | null {
@@ -275,6 +281,17 @@ export function aioAvailable(): boolean {
  */
 export function disableAioForTesting(off: boolean): void {
   disabled = off;
+}
+
+/**
+ * Makes the writer opened next call `wrap(libc's calls)` (null: libc's own again) and lets the
+ * current one go (its context stays until the process ends, like every context): tests fail,
+ * shorten or delay io_submit and io_getevents with it, to reach the paths a healthy kernel never
+ * takes. Production never sets it, and a writer reads it only when it opens.
+ */
+export function wrapAioCallsForTesting(wrap: ((calls: AioCalls) => AioCalls) | null): void {
+  wrapCalls = wrap;
+  writer = undefined;
 }
 
 /**

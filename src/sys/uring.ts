@@ -14,8 +14,10 @@
  *   ring; reads issued while every ring is busy form the next batches.
  * - The kernel reads into the ring's own buffers, copied to the caller's after completion: a ring
  *   whose completions cannot all be collected is dropped with its buffers, so a late completion
- *   can never write into memory a caller got back. Reads over {@link URING_READ_BYTES_MAX} take
- *   the plain path.
+ *   can never write into memory a caller got back. A dropped ring stays referenced until the
+ *   process ends: were its buffers collected, the allocator would hand their memory to the next
+ *   caller's buffer, and a late read would land there. Reads over {@link URING_READ_BYTES_MAX}
+ *   take the plain path.
  * - A read that failed or came back short is finished by the plain nonblocking `preadFull`, which
  *   names the errno of a failure and reads to the end: callers see exactly what preadFull gives.
  *   Where io_uring is missing or refused (old kernel, seccomp, `kernel.io_uring_disabled`), every
@@ -58,6 +60,8 @@ const symbols = {
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type UringSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];
+/** io_uring_enter as rings call it: libc's, or a test's ({@link wrapUringEnterForTesting}). */
+export type UringEnter = UringSymbols["io_uring_enter"];
 
 /** One read waiting for, or in, a batch. */
 interface QueuedRead {
@@ -70,7 +74,7 @@ interface QueuedRead {
 
 /** One io_uring: its submission and completion rings, mapped. */
 class Ring {
-  readonly #calls: UringSymbols;
+  readonly #enter: UringEnter;
   readonly #fd: number;
   readonly #sqes: DataView;
   readonly #sqTail: Uint32Array;
@@ -86,8 +90,8 @@ class Ring {
     Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#buffers)),
   );
 
-  private constructor(calls: UringSymbols, fd: number, params: DataView) {
-    this.#calls = calls;
+  private constructor(calls: UringSymbols, enter: UringEnter, fd: number, params: DataView) {
+    this.#enter = enter;
     this.#fd = fd;
     const sqEntries = params.getUint32(0, true);
     const cqEntries = params.getUint32(4, true);
@@ -111,8 +115,8 @@ class Ring {
     this.#cqes = new DataView(rings, cq(5), CQE_BYTES * cqEntries);
   }
 
-  /** A ring of RING_ENTRIES, or null when the kernel refuses one. */
-  static open(calls: UringSymbols): Ring | null {
+  /** A ring of RING_ENTRIES entered through `enter`, or null when the kernel refuses one. */
+  static open(calls: UringSymbols, enter: UringEnter): Ring | null {
     const params = new Uint8Array(120);
     const fd = Number(calls.io_uring_setup(SYS_IO_URING_SETUP, RING_ENTRIES, params));
     if (fd < 0) return null;
@@ -120,7 +124,7 @@ class Ring {
       const view = new DataView(params.buffer);
       const singleMmap = (view.getUint32(20, true) & 1) !== 0;
       if (!singleMmap) throw new Error("io_uring without IORING_FEAT_SINGLE_MMAP");
-      return new Ring(calls, fd, view);
+      return new Ring(calls, enter, fd, view);
     } catch {
       calls.close(fd);
       return null;
@@ -154,7 +158,7 @@ class Ring {
     // The first enter submits and waits for all; a wait cut short (a signal) is repeated.
     for (let attempt = 0; seen < count && attempt < ENTER_ATTEMPTS; attempt++) {
       const entered = Number(
-        await this.#calls.io_uring_enter(
+        await this.#enter(
           SYS_IO_URING_ENTER,
           this.#fd,
           submit,
@@ -235,9 +239,10 @@ class UringReader {
     if (Deno.build.os !== "linux") return null;
     try {
       const calls = Deno.dlopen("libc.so.6", symbols).symbols;
+      const enter = wrapEnter === null ? calls.io_uring_enter : wrapEnter(calls.io_uring_enter);
       const rings: Ring[] = [];
       for (let i = 0; i < RINGS; i++) {
-        const ring = Ring.open(calls);
+        const ring = Ring.open(calls, enter);
         if (ring === null) break;
         rings.push(ring);
       }
@@ -283,15 +288,8 @@ class UringReader {
     } catch {
       results = null;
     }
-    // A ring whose completions could not all be read is dropped, buffers and all: a late one
-    // could land in a later batch. With no ring left, what waits takes the plain path.
-    if (results !== null) {
-      this.#free.push(ring);
-    } else if (--this.#rings === 0) {
-      for (const read of this.#queue.splice(0)) {
-        preadFull(read.fd, read.into, read.offsetBytes).then(read.resolve, read.reject);
-      }
-    }
+    if (results !== null) this.#free.push(ring);
+    else this.#drop(ring);
     this.#schedule();
     for (const [i, read] of batch.entries()) {
       const got = results?.[i] ?? -1;
@@ -308,10 +306,26 @@ class UringReader {
       }
     }
   }
+
+  /**
+   * Drops a ring whose completions could not all be read, buffers and all: a late one could
+   * land in a later batch. Kept referenced, so the kernel can only ever write into its buffers.
+   * With no ring left, what waits takes the plain path.
+   */
+  #drop(ring: Ring): void {
+    droppedRings.push(ring);
+    if (--this.#rings > 0) return;
+    for (const read of this.#queue.splice(0)) {
+      preadFull(read.fd, read.into, read.offsetBytes).then(read.resolve, read.reject);
+    }
+  }
 }
 
 let reader: UringReader | null | undefined;
 let disabled = false;
+let wrapEnter: ((enter: UringEnter) => UringEnter) | null = null;
+/** Rings dropped with reads possibly in flight: kept so their buffers are never reused. */
+const droppedRings: Ring[] = [];
 
 function uringReader(): UringReader | null {
   if (disabled) return null;
@@ -327,6 +341,17 @@ export function uringAvailable(): boolean {
 /** Turns io_uring reads off (true) or on again, for tests and benchmarks. */
 export function disableUringForTesting(off: boolean): void {
   disabled = off;
+}
+
+/**
+ * Makes the rings opened next enter through `wrap(libc's io_uring_enter)` (null: libc's own again)
+ * and lets the current rings go (their descriptors stay open): tests fail, delay or
+ * watch the enters with it, to reach the paths a healthy kernel never takes. Production never
+ * sets it, and it is read only when rings open.
+ */
+export function wrapUringEnterForTesting(wrap: ((enter: UringEnter) => UringEnter) | null): void {
+  wrapEnter = wrap;
+  reader = undefined;
 }
 
 /**
