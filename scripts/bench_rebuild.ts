@@ -1,13 +1,23 @@
 /**
  * The rebalance benchmark of the cluster issue, in one run:
  *
- * 1. Raw TCP: loopback throughput in this process (Deno.listen/Deno.connect, 512 KiB writes, the
- *    bytes counted at the reader), the reference the rebuild is held against.
+ * 1. References, measured in the same run: raw TCP (loopback throughput in this process,
+ *    Deno.listen/Deno.connect, 512 KiB writes, the bytes counted at the reader), the goal's
+ *    reference; and the storage of the file system the nodes' data dirs are on, since a rebuild
+ *    reads blocks from one node's files and writes and syncs them into another's: sequential
+ *    writes of 512 KiB with an fdatasync every SYNC_EVERY_BLOCKS blocks (the cadence a rebuilding
+ *    node's store is flushed at), and sequential 512 KiB reads of a file in the page cache and of
+ *    one dropped from it (posix_fadvise DONTNEED, checked with fincore). The rebuild's ratio to
+ *    each, and to the smallest ("the bound"), shows which resource it is held by.
  * 2. Rebuild after a node loss: three `torus serve` nodes at replication 2 with
  *    `--rebalance-rate 0`, a volume written whole with fio; one node SIGKILLed and forced out
  *    (`torus ctl peer remove --force`), then timed until the two left each hold one copy of every
  *    block (their /status: rebalance pass complete under the new ring, store usage). Bytes moved
- *    are the sum of their rebalancers' `sentBytes`. Goal: at least half of raw TCP.
+ *    are the sum of their rebalancers' `sentBytes`. Goal: at least half of raw TCP. The disk
+ *    under the data dirs is watched meanwhile (/sys/dev/block/MAJ:MIN/stat): bytes read and
+ *    written, busy time; and the nodes' store flushes are counted. A last line says where the
+ *    rebuild stood: the nodes' CPU per MB moved (and the most the machine's cores carry at that
+ *    cost), the disk's busy share, and whether the blocks came from the page cache.
  * 3. Client latency during a rebalance: fio 4k randread QD1 through one node's NBD server, first
  *    on a quiet cluster, then while a fourth node joins (`--auto-join`) and blocks move to it, at
  *    the default `--rebalance-rate` (100MiB) and unbounded (0) (or the `--rates` given), one fresh
@@ -27,6 +37,16 @@ import { freePort } from "../tests/support/etcd.ts";
 import { hasCommand } from "../tests/support/packages.ts";
 import { testEtcd } from "../tests/support/test_etcd.ts";
 import { runTorus, type ServeProcess, startServe } from "../tests/support/torus_process.ts";
+import {
+  Advice,
+  close,
+  fadvise,
+  fdatasync,
+  open,
+  OpenFlags,
+  preadFull,
+  pwriteFull,
+} from "../src/sys/libc.ts";
 import {
   fioArgs,
   formatSpread,
@@ -51,8 +71,10 @@ interface Config {
   readonly volumeBytes: number;
   /** Seconds of the quiet fio run. */
   readonly runtimeSeconds: number;
-  /** Raw TCP runs of about a second each. */
+  /** Raw TCP runs of about a second each, and storage reference rounds. */
   readonly tcpRounds: number;
+  /** The size of the storage references' file (the volume, at least 256 MiB). */
+  readonly storageBytes: number;
   /** The `--rebalance-rate` of each latency cluster. */
   readonly rates: readonly string[];
   /** Only this part after raw TCP (`rebuild` or `latency`); null for both. */
@@ -77,8 +99,10 @@ function configOf(args: string[]): Config {
     },
   });
   const quick = values.quick;
+  const volumeBytes = wholeNumberFlag(values["volume-mib"], quick ? 64 : 256, "volume-mib") * MiB;
   return {
-    volumeBytes: wholeNumberFlag(values["volume-mib"], quick ? 64 : 256, "volume-mib") * MiB,
+    volumeBytes,
+    storageBytes: Math.max(256 * MiB, volumeBytes),
     runtimeSeconds: wholeNumberFlag(values.runtime, quick ? 3 : 10, "runtime"),
     tcpRounds: quick ? 1 : 3,
     only: onlyOf(values.only),
@@ -147,6 +171,173 @@ async function tcpThroughput(ms: number): Promise<number> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 1b. Storage references
+
+/** The block size of the nodes' stores (the default) and of the storage references' I/O. */
+const BLOCK_BYTES = 512 * KiB;
+
+/**
+ * Blocks the write reference writes between two fdatasyncs: the cadence a node's store is synced
+ * at while it takes a rebuild's copies. A pusher's rebalancer (src/distributor/rebalancer.ts)
+ * looks at its refs in batches of BATCH_REFS_DEFAULT (512); per batch it copies to each other
+ * holder the refs that holder lacks (COPY_CONCURRENCY, 8, in flight), then calls that holder's
+ * `flush`, which on the file store (src/storage/file.ts `#syncAndRetire`) is an fdatasync of the
+ * data file and of the sums file, then the map entries written and the map file fdatasynced.
+ * Whole-block puts never trigger a flush of their own (the store's flush after
+ * UNFLUSHED_BYTES_SOFT_MAX counts journal bytes of range writes only). In this rebuild (three
+ * nodes at replication 2, one lost) the two left hold every block, and a pusher's batch of 512
+ * refs has about half that the other lacks (the refs it shared with the lost node): one flush of
+ * the holder per about 256 blocks (128 MiB) received. The rebuild row counts the flushes.
+ */
+const SYNC_EVERY_BLOCKS = 256;
+
+/** What one round of the storage references measured. */
+interface StorageRound {
+  /** Sequential 512 KiB writes of a new file, an fdatasync every SYNC_EVERY_BLOCKS and at the end. */
+  readonly writeBytesPerSecond: number;
+  /** Sequential 512 KiB reads of that file while it is in the page cache. */
+  readonly cachedReadBytesPerSecond: number;
+  /** The same after posix_fadvise DONTNEED dropped it; null when that could not be checked. */
+  readonly uncachedReadBytesPerSecond: number | null;
+  /** Shares of the file in the page cache (fincore) before each read; null without fincore. */
+  readonly residentBeforeCached: number | null;
+  readonly residentBeforeUncached: number | null;
+}
+
+/** Share of `path`'s bytes in the page cache (fincore, which does not read the file). */
+async function residentShare(path: string): Promise<number | null> {
+  if (!hasCommand("fincore")) return null;
+  const text = await output("fincore", [
+    "--bytes",
+    "--noheadings",
+    "--raw",
+    "--output",
+    "RES,SIZE",
+    path,
+  ]);
+  const [resident, size] = text.trim().split(/\s+/).map(Number);
+  if (resident === undefined || size === undefined || !(size > 0)) return null;
+  return resident / size;
+}
+
+/**
+ * A dropped file whose share still cached is above this is no uncached reference (a file system
+ * that keeps its pages, or memory pressure making nothing of it either way).
+ */
+const EVICTED_SHARE_MAX = 0.02;
+
+/**
+ * One round of the storage references on a new file `path` of `bytes` in the nodes' file system:
+ * write, read cached, drop from the page cache, read again; the file is removed after.
+ */
+async function storageRound(path: string, bytes: number): Promise<StorageRound> {
+  const block = new Uint8Array(BLOCK_BYTES);
+  // Incompressible bytes, as fio writes them through the volume.
+  for (let i = 0; i < block.length; i += 65_536) {
+    crypto.getRandomValues(block.subarray(i, i + 65_536));
+  }
+  const blocks = Math.ceil(bytes / BLOCK_BYTES);
+  const fd = open(path, OpenFlags.O_RDWR | OpenFlags.O_CREAT | OpenFlags.O_TRUNC);
+  try {
+    let started = performance.now();
+    for (let i = 0; i < blocks; i++) {
+      await pwriteFull(fd, block, i * BLOCK_BYTES);
+      if ((i + 1) % SYNC_EVERY_BLOCKS === 0) await fdatasync(fd);
+    }
+    await fdatasync(fd);
+    const writeBytesPerSecond = blocks * BLOCK_BYTES / ((performance.now() - started) / 1000);
+
+    const readAll = async () => {
+      started = performance.now();
+      for (let i = 0; i < blocks; i++) {
+        const n = await preadFull(fd, block, i * BLOCK_BYTES);
+        if (n !== BLOCK_BYTES) throw new Error(`${path}: read ${n} bytes of block ${i}`);
+      }
+      return blocks * BLOCK_BYTES / ((performance.now() - started) / 1000);
+    };
+    const residentBeforeCached = await residentShare(path);
+    const cachedReadBytesPerSecond = await readAll();
+    // Its pages are clean (synced above), so DONTNEED drops them all; fincore tells if it did.
+    fadvise(fd, { advice: Advice.POSIX_FADV_DONTNEED });
+    const residentBeforeUncached = await residentShare(path);
+    const evicted = residentBeforeUncached !== null && residentBeforeUncached <= EVICTED_SHARE_MAX;
+    const uncachedReadBytesPerSecond = evicted ? await readAll() : null;
+    return {
+      writeBytesPerSecond,
+      cachedReadBytesPerSecond,
+      uncachedReadBytesPerSecond,
+      residentBeforeCached,
+      residentBeforeUncached,
+    };
+  } finally {
+    close(fd);
+    await Deno.remove(path).catch(() => {});
+  }
+}
+
+/** The storage references of the run, one entry per kind, a value per round. */
+interface StorageReferences {
+  readonly fileBytes: number;
+  readonly dir: string;
+  readonly rounds: readonly StorageRound[];
+}
+
+async function storageReferences(dir: string, config: Config): Promise<StorageReferences> {
+  const rounds: StorageRound[] = [];
+  for (let i = 0; i < config.tcpRounds; i++) {
+    rounds.push(await storageRound(`${dir}/storage-reference-${i}`, config.storageBytes));
+  }
+  return { fileBytes: config.storageBytes, dir, rounds };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The disk under the data dirs
+
+/** Counters of a block device (/sys/dev/block/MAJ:MIN/stat; sectors are 512 bytes there). */
+interface DiskCounters {
+  readonly readBytes: number;
+  readonly writeBytes: number;
+  /** Milliseconds the device had I/O in flight (field 10, io_ticks). */
+  readonly busyMs: number;
+}
+
+/** The stat file of the block device `path` is on, or null (no such device: tmpfs, overlay). */
+function diskStatPathOf(path: string): string | null {
+  const dev = Deno.statSync(path).dev;
+  // Linux's dev_t: major in bits 8-19 (and 32-43), minor in bits 0-7 and 20-31.
+  const major = ((dev >> 8) & 0xfff) + Math.floor(dev / 2 ** 32) * 0x1000;
+  const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+  const stat = `/sys/dev/block/${major}:${minor}/stat`;
+  try {
+    Deno.statSync(stat);
+    return stat;
+  } catch {
+    return null;
+  }
+}
+
+function diskCountersOf(statPath: string | null): DiskCounters | null {
+  if (statPath === null) return null;
+  try {
+    const fields = Deno.readTextFileSync(statPath).trim().split(/\s+/).map(Number);
+    if (fields.length < 10 || fields.some((f) => !Number.isFinite(f))) return null;
+    return { readBytes: fields[2]! * 512, writeBytes: fields[6]! * 512, busyMs: fields[9]! };
+  } catch {
+    return null;
+  }
+}
+
+/** The disk's work between two readings (null if either is missing). */
+function diskDelta(from: DiskCounters | null, to: DiskCounters | null): DiskCounters | null {
+  if (from === null || to === null) return null;
+  return {
+    readBytes: to.readBytes - from.readBytes,
+    writeBytes: to.writeBytes - from.writeBytes,
+    busyMs: to.busyMs - from.busyMs,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
 // The cluster
 
 /** What the bench reads of a node's /status. */
@@ -191,6 +382,15 @@ async function statusOf(node: ServeProcess): Promise<NodeStatus> {
     ringVersion,
     rebalance,
   };
+}
+
+/** Flushes the node's store completed since it started (its /metrics); NaN when not there. */
+async function flushesOf(node: ServeProcess): Promise<number> {
+  if (node.http === undefined) return NaN;
+  const response = await fetch(`http://${node.http.hostname}:${node.http.port}/metrics`);
+  const text = await response.text();
+  const match = /^torus_storage_flushes\{[^}]*\} (\d+)$/m.exec(text);
+  return response.ok && match ? Number(match[1]) : NaN;
 }
 
 async function uuidOf(node: ServeProcess): Promise<string> {
@@ -383,6 +583,11 @@ interface Movement {
   readonly sentBytes: number;
   /** CPU each node used from the ring change to the poll that saw the last pass end, per second. */
   readonly cpuShares: readonly number[];
+  /** CPU seconds each node used over the same time (all its threads). */
+  readonly cpuSeconds: readonly number[];
+  /** The disk's work over the same time (null: `disk` gave none), and that time in ms. */
+  readonly disk: DiskCounters | null;
+  readonly sampledMs: number;
   readonly statuses: readonly NodeStatus[];
 }
 
@@ -397,23 +602,25 @@ async function watchMovement(
   timeoutMs: number,
   failed: () => Error | null,
   describe: () => string,
+  disk: () => DiskCounters | null = () => null,
 ): Promise<Movement> {
   const deadline = Date.now() + timeoutMs;
   const cpu = () => nodes.map((node) => cpuSecondsOf(node.child.pid));
-  let unseen = { ms: Date.now(), cpu: cpu() };
-  let seen: { ms: number; cpu: number[] } | null = null;
+  let unseen = { ms: Date.now(), cpu: cpu(), disk: disk() };
+  let seen: { ms: number; cpu: number[]; disk: DiskCounters | null } | null = null;
   const finished: (number | null)[] = nodes.map(() => null);
   for (;;) {
     const error = failed();
     if (error !== null) throw error;
     const polledMs = Date.now();
     const polledCpu = cpu();
+    const polledDisk = disk();
     const statuses = await Promise.all(nodes.map(statusOf));
     if (seen === null) {
       if (statuses.some((s) => s.ringVersion > fromVersion)) {
-        seen = { ms: (unseen.ms + polledMs) / 2, cpu: unseen.cpu };
+        seen = { ms: (unseen.ms + polledMs) / 2, cpu: unseen.cpu, disk: unseen.disk };
       } else {
-        unseen = { ms: polledMs, cpu: polledCpu };
+        unseen = { ms: polledMs, cpu: polledCpu, disk: polledDisk };
       }
     }
     statuses.forEach((s, i) => {
@@ -433,6 +640,9 @@ async function watchMovement(
           0,
         ),
         cpuShares: cpu().map((c, i) => (c - seenCpu[i]!) / seconds),
+        cpuSeconds: cpu().map((c, i) => c - seenCpu[i]!),
+        disk: diskDelta(seen.disk, disk()),
+        sampledMs: seconds * 1000,
         statuses,
       };
     }
@@ -481,8 +691,14 @@ interface RebuildResult {
   /** Each living node holds one copy of every block. */
   readonly usageOk: boolean;
   readonly usage: string;
-  /** CPU of the two nodes left while they rebuilt (shares of a core). */
+  /** CPU of the two nodes left while they rebuilt (shares of a core), and its sum in seconds. */
   readonly cpu: string;
+  readonly cpuSeconds: number;
+  /** The disk under the data dirs meanwhile (null: not a block device), over `diskSeconds`. */
+  readonly disk: DiskCounters | null;
+  readonly diskSeconds: number;
+  /** Flushes each living node's store completed meanwhile. */
+  readonly flushes: readonly number[];
 }
 
 async function rebuild(dir: string, config: Config): Promise<RebuildResult> {
@@ -494,6 +710,7 @@ async function rebuild(dir: string, config: Config): Promise<RebuildResult> {
     const [a, b, c] = cluster.nodes as [ServeProcess, ServeProcess, ServeProcess];
     const living = [a, b];
     const before = await Promise.all(living.map(statusOf));
+    const flushesBefore = await Promise.all(living.map(flushesOf));
     const fromVersion = Math.max(...before.map((s) => s.ringVersion));
     const dead = await uuidOf(c);
     await cluster.kill(c);
@@ -504,6 +721,7 @@ async function rebuild(dir: string, config: Config): Promise<RebuildResult> {
       .then((result) => {
         if (result.code !== 0) removeError = new Error(`peer remove: ${result.stderr}`);
       });
+    const diskStat = diskStatPathOf(a.dataDir);
     const movement = await watchMovement(
       living,
       before,
@@ -511,6 +729,7 @@ async function rebuild(dir: string, config: Config): Promise<RebuildResult> {
       MOVE_TIMEOUT_MS,
       () => cluster.failure() ?? removeError,
       () => cluster.tails(),
+      () => diskCountersOf(diskStat),
     );
     await removing;
     if (removeError !== null) throw removeError;
@@ -527,6 +746,10 @@ async function rebuild(dir: string, config: Config): Promise<RebuildResult> {
       usageOk: usage.ok,
       usage: `${usage.statuses.map((s) => s.usedBlocks).join(" + ")} blocks (want ${each} each)`,
       cpu: formatShares(movement.cpuShares),
+      cpuSeconds: movement.cpuSeconds.reduce((sum, c) => sum + c, 0),
+      disk: movement.disk,
+      diskSeconds: movement.sampledMs / 1000,
+      flushes: (await Promise.all(living.map(flushesOf))).map((f, i) => f - flushesBefore[i]!),
     };
     log(
       `rebuild: ${(result.movedBytes / MiB).toFixed(1)} MiB in ${
@@ -798,40 +1021,106 @@ function formatRatio(value: number, reference: number): string {
     : "-";
 }
 
+/** One reference of the run: its label and its value per round (bytes a second). */
+interface Reference {
+  readonly label: string;
+  readonly bytesPerSecond: readonly number[];
+  /** Why there is no value (printed instead of one). */
+  readonly missing: string | null;
+}
+
+const DROPPED_READ_LABEL = "storage read, dropped from the cache";
+
+function referencesOf(tcp: readonly number[], storage: StorageReferences): Reference[] {
+  const rounds = storage.rounds;
+  const dropped = rounds.map((r) => r.uncachedReadBytesPerSecond)
+    .filter((v): v is number => v !== null);
+  const notDropped = rounds.find((r) => r.uncachedReadBytesPerSecond === null);
+  return [
+    { label: "raw TCP, loopback", bytesPerSecond: tcp, missing: null },
+    {
+      label: `storage write, fdatasync every ${SYNC_EVERY_BLOCKS} blocks`,
+      bytesPerSecond: rounds.map((r) => r.writeBytesPerSecond),
+      missing: null,
+    },
+    {
+      label: "storage read, page cache",
+      bytesPerSecond: rounds.map((r) => r.cachedReadBytesPerSecond),
+      missing: null,
+    },
+    {
+      label: DROPPED_READ_LABEL,
+      // Every round's file must have been checked out of the cache, or the row says why not.
+      bytesPerSecond: notDropped === undefined ? dropped : [],
+      missing: notDropped === undefined
+        ? null
+        : notDropped.residentBeforeUncached === null
+        ? "not measured: no fincore to check the drop"
+        : `not measured: ${formatShare(notDropped.residentBeforeUncached)} still cached after ` +
+          "DONTNEED",
+    },
+  ];
+}
+
+function formatShare(share: number | null): string {
+  return share === null ? "?" : `${(share * 100).toFixed(0)}%`;
+}
+
 function printReport(
   config: Config,
   tcp: readonly number[],
+  storage: StorageReferences,
   rebuilt: RebuildResult | null,
   latency: readonly LatencyCase[],
   load: { before: string; after: string },
 ): void {
-  const tcpMB = median(tcp) / MB;
   console.log(
     `torus rebalance benchmark: ${config.volumeBytes / MiB} MiB volume, replication 2, loopback; ` +
       `load average ${load.before} before, ${load.after} after`,
   );
   console.log("");
   console.log(
-    `Raw TCP: one loopback connection in one Deno process (Deno.listen/Deno.connect), 512 KiB ` +
-      `writes, bytes counted at the reader; ${config.tcpRounds} run(s) of 1 s, median (range)`,
+    `References, median (range) of ${config.tcpRounds} round(s). Raw TCP: one loopback ` +
+      `connection in one Deno process (Deno.listen/Deno.connect), 512 KiB writes, bytes counted ` +
+      `at the reader, 1 s a round. Storage: a new ${storage.fileBytes / MiB} MiB file a round in ` +
+      `the file system of the nodes' data dirs (${storage.dir}), one 512 KiB pwrite or pread at a ` +
+      `time in order: written with an fdatasync every ${SYNC_EVERY_BLOCKS} blocks (the cadence ` +
+      `a rebuilding node's store is flushed at) and at the end; read back while cached (page ` +
+      `cache share before: ${
+        storage.rounds.map((r) => formatShare(r.residentBeforeCached)).join(", ")
+      }), ` +
+      `then after posix_fadvise DONTNEED (share left: ${
+        storage.rounds.map((r) => formatShare(r.residentBeforeUncached)).join(", ")
+      }; fincore)`,
   );
   console.log("");
-  const tcpRow = ["raw TCP, loopback", formatSpread(tcp.map((t) => t / MB), 0)];
-  for (const line of labelledTable(["reference", "MB/s"], [tcpRow])) console.log(line);
-  if (rebuilt !== null) printRebuild(config, tcpMB, rebuilt);
+  const references = referencesOf(tcp, storage);
+  const referenceRows = references.map((r) => [
+    r.label,
+    r.missing ?? formatSpread(r.bytesPerSecond.map((v) => v / MB), 0),
+  ]);
+  for (const line of labelledTable(["reference", "MB/s"], referenceRows)) console.log(line);
+  if (rebuilt !== null) printRebuild(config, references, rebuilt);
   if (latency.length > 0) printLatency(config, latency);
 }
 
-function printRebuild(config: Config, tcpMB: number, rebuilt: RebuildResult): void {
+function printRebuild(
+  config: Config,
+  references: readonly Reference[],
+  rebuilt: RebuildResult,
+): void {
+  const tcpMB = median(references[0]!.bytesPerSecond) / MB;
   console.log("");
   console.log(
     "Rebuild: 3 nodes, --rebalance-rate 0, one SIGKILLed and `torus ctl peer remove --force`d; " +
       "until the 2 left each hold one copy of every block (moved = their rebalancers' sentBytes; " +
       "MB/s over the time from the ring change; node CPU: each living node's CPU over that time, " +
-      "100% = one core)",
+      "100% = one core; disk: the device under the data dirs over that time, whatever else " +
+      "used it too; flushes: each living node's store flushes)",
   );
   console.log("");
   const rebuildMB = rebuilt.movedBytes / MB / rebuilt.fromRingSeconds;
+  const disk = rebuilt.disk;
   const rebuildRow = [
     `${config.volumeBytes / MiB} MiB volume`,
     (rebuilt.movedBytes / MB).toFixed(1),
@@ -842,6 +1131,12 @@ function printRebuild(config: Config, tcpMB: number, rebuilt: RebuildResult): vo
     formatRatio(rebuildMB, tcpMB),
     rebuilt.usageOk ? "yes" : `no: ${rebuilt.usage}`,
     rebuilt.cpu,
+    disk === null ? "-" : (disk.readBytes / MB).toFixed(1),
+    disk === null ? "-" : (disk.writeBytes / MB).toFixed(1),
+    disk === null || !(rebuilt.diskSeconds > 0)
+      ? "-"
+      : `${(disk.busyMs / 10 / rebuilt.diskSeconds).toFixed(0)}%`,
+    rebuilt.flushes.join(" + "),
   ];
   const rebuildHeader = [
     "rebuild",
@@ -853,9 +1148,94 @@ function printRebuild(config: Config, tcpMB: number, rebuilt: RebuildResult): vo
     "rebuild / raw TCP",
     "one copy each",
     "node CPU",
+    "disk read MB",
+    "disk written MB",
+    "disk busy",
+    "flushes",
   ];
   for (const line of labelledTable(rebuildHeader, [rebuildRow])) console.log(line);
   if (!rebuilt.usageOk) console.log(`\nNote (rebuild): usage ${rebuilt.usage}`);
+
+  // The rebuild against each reference, and against the smallest measured: what holds it.
+  const measured = references.filter((r) => r.missing === null && r.bytesPerSecond.length > 0);
+  const bound = measured.reduce<Reference | null>(
+    (low, r) => low === null || median(r.bytesPerSecond) < median(low.bytesPerSecond) ? r : low,
+    null,
+  );
+  const rows = references.map((r) => {
+    const referenceMB = r.missing === null ? median(r.bytesPerSecond) / MB : NaN;
+    return [
+      r.label,
+      r.missing === null ? referenceMB.toFixed(0) : "-",
+      rebuildMB.toFixed(0),
+      formatRatio(rebuildMB, referenceMB),
+    ];
+  });
+  if (bound !== null) {
+    const boundMB = median(bound.bytesPerSecond) / MB;
+    rows.push([
+      `the bound: the smallest (${bound.label})`,
+      boundMB.toFixed(0),
+      rebuildMB.toFixed(0),
+      formatRatio(rebuildMB, boundMB),
+    ]);
+  }
+  console.log("");
+  console.log(
+    "The rebuild against each reference (medians) and against the smallest of them, the bound",
+  );
+  console.log("");
+  const ratioHeader = ["rebuild against", "reference MB/s", "rebuild MB/s", "rebuild / reference"];
+  for (const line of labelledTable(ratioHeader, rows)) console.log(line);
+  console.log("");
+  console.log(`Where it stood: ${heldBy(rebuilt, rebuildMB, measured)}`);
+}
+
+/**
+ * The rebuild's other resources, as a sentence: the nodes' CPU per MB moved and the most this
+ * machine's cores carry at that cost; the disk's busy share and what it read. When it read
+ * (almost) nothing, the blocks came from the page cache and the dropped-cache read reference did
+ * not apply to this run: the smallest of the others is named.
+ */
+function heldBy(
+  rebuilt: RebuildResult,
+  rebuildMB: number,
+  measured: readonly Reference[],
+): string {
+  const movedMB = rebuilt.movedBytes / MB;
+  const cores = navigator.hardwareConcurrency;
+  const parts: string[] = [];
+  if (Number.isFinite(rebuilt.cpuSeconds) && movedMB > 0) {
+    const cpuMsPerMB = rebuilt.cpuSeconds * 1000 / movedMB;
+    const ceilingMB = cores * 1000 / cpuMsPerMB;
+    parts.push(
+      `the two nodes used ${cpuMsPerMB.toFixed(1)} ms of CPU per MB moved (all their threads), ` +
+        `so this machine's ${cores} cores would carry at most ${ceilingMB.toFixed(0)} MB/s at ` +
+        `that cost if nothing else ran (the rebuild: ${formatRatio(rebuildMB, ceilingMB)} of it)`,
+    );
+  }
+  const disk = rebuilt.disk;
+  if (disk !== null && rebuilt.diskSeconds > 0) {
+    const fromCache = disk.readBytes < 0.05 * rebuilt.movedBytes;
+    parts.push(
+      `the disk was busy ${(disk.busyMs / 10 / rebuilt.diskSeconds).toFixed(0)}% of the time, ` +
+        `wrote ${(disk.writeBytes / MB).toFixed(0)} MB and read ` +
+        `${(disk.readBytes / MB).toFixed(0)} MB` +
+        (fromCache ? " (the blocks came from the page cache)" : ""),
+    );
+    const applied = measured.filter((r) => r.label !== DROPPED_READ_LABEL);
+    if (fromCache && applied.length < measured.length && applied.length > 0) {
+      const low = applied.reduce((a, r) =>
+        median(r.bytesPerSecond) < median(a.bytesPerSecond) ? r : a
+      );
+      const lowMB = median(low.bytesPerSecond) / MB;
+      parts.push(
+        `so the dropped-cache read did not apply; of the references it did use, the smallest is ` +
+          `${low.label} (${lowMB.toFixed(0)} MB/s; the rebuild: ${formatRatio(rebuildMB, lowMB)})`,
+      );
+    }
+  }
+  return parts.length === 0 ? "-" : parts.join("; ");
 }
 
 function printLatency(config: Config, latency: readonly LatencyCase[]): void {
@@ -917,6 +1297,14 @@ async function main(): Promise<number> {
     const tcp: number[] = [];
     for (let i = 0; i < config.tcpRounds; i++) tcp.push(await tcpThroughput(1_000));
     log(`raw TCP: ${tcp.map((t) => (t / MB).toFixed(0)).join(", ")} MB/s`);
+    const storage = await storageReferences(dir, config);
+    const mbps = (values: (number | null)[]) =>
+      values.map((v) => v === null ? "-" : (v / MB).toFixed(0)).join(", ");
+    log(
+      `storage: write ${mbps(storage.rounds.map((r) => r.writeBytesPerSecond))}, read cached ${
+        mbps(storage.rounds.map((r) => r.cachedReadBytesPerSecond))
+      }, read dropped ${mbps(storage.rounds.map((r) => r.uncachedReadBytesPerSecond))} MB/s`,
+    );
     const rebuilt = config.only === "latency" ? null : await rebuild(`${dir}/rebuild`, config);
     const latency: LatencyCase[] = [];
     if (config.only !== "rebuild") {
@@ -924,7 +1312,10 @@ async function main(): Promise<number> {
         latency.push(...await latencyUnderRebalance(`${dir}/latency${i}`, config, rate));
       }
     }
-    printReport(config, tcp, rebuilt, latency, { before: loadBefore, after: await loadAverage() });
+    printReport(config, tcp, storage, rebuilt, latency, {
+      before: loadBefore,
+      after: await loadAverage(),
+    });
     return 0;
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});

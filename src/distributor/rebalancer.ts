@@ -15,6 +15,8 @@
  *    power loss may have pushed its copy there first, before any writer noticed the loss. Then
  *    this copy, which may be the only current one, stays (the pass is incomplete, so writers keep
  *    sending it changes) until the holders agree with it.
+ * Step 3 of a batch runs while the next batch goes through steps 1 and 2 (one batch in step 3 at
+ * a time): copies do not stop while a holder syncs its disk.
  * A batch whose holder did not answer leaves its surplus refs in place and the pass incomplete;
  * the next pass (after RETRY_MS) tries again. A ring change during a pass ends it and starts one
  * under the new ring. A complete pass under the current ring makes the node balanced; it then
@@ -227,16 +229,32 @@ export class Rebalancer {
     const batchRefs = this.#options.batchRefs ?? BATCH_REFS_DEFAULT;
     let complete = true;
     let batch: BlockRef[] = [];
-    for await (const ref of this.#options.local.blockRefs()) {
-      batch.push(ref);
-      if (batch.length < batchRefs) continue;
-      if (!await this.#batch(ring, batch)) complete = false;
-      batch = [];
-      if (this.#stop.signal.aborted || this.#options.ring().version !== ring.version) {
-        return { complete: false };
+    // A batch's holders flush (and its surplus copies are checked and deleted) while the next
+    // batch's copies go on, one batch finishing at a time: copying does not wait for the disks.
+    let finishing: Promise<boolean> = Promise.resolve(true);
+    const copyThenFinish = async (refs: readonly BlockRef[]) => {
+      const finish = await this.#batch(ring, refs);
+      if (!await finishing) complete = false;
+      finishing = finish();
+      // Awaited below; until then a failure must not count as unhandled.
+      finishing.catch(() => {});
+    };
+    try {
+      for await (const ref of this.#options.local.blockRefs()) {
+        batch.push(ref);
+        if (batch.length < batchRefs) continue;
+        await copyThenFinish(batch);
+        batch = [];
+        if (this.#stop.signal.aborted || this.#options.ring().version !== ring.version) {
+          await finishing;
+          return { complete: false };
+        }
       }
+      if (batch.length > 0) await copyThenFinish(batch);
+      if (!await finishing) complete = false;
+    } finally {
+      await finishing.catch(() => {});
     }
-    if (batch.length > 0 && !await this.#batch(ring, batch)) complete = false;
     await this.#options.local.flush();
     if (complete) {
       p.lastFinishMs = this.#options.clock.nowMs();
@@ -246,10 +264,11 @@ export class Rebalancer {
   }
 
   /**
-   * Copies the refs of `batch` that their holders lack and deletes this node's surplus copies the
-   * holders all confirmed. Returns whether every holder answered and took its copies.
+   * Copies the refs of `batch` that their holders lack; returns the rest of the batch, to run
+   * next: flush the holders that took copies, then delete this node's surplus copies the holders
+   * all confirmed, resolving to whether every holder answered and took its copies.
    */
-  async #batch(ring: Ring, batch: readonly BlockRef[]): Promise<boolean> {
+  async #batch(ring: Ring, batch: readonly BlockRef[]): Promise<() => Promise<boolean>> {
     const self = this.#options.self;
     const wanted = new Map<string, BlockRef[]>();
     const surplus: BlockRef[] = [];
@@ -270,26 +289,33 @@ export class Rebalancer {
       }
     }
     // Refs some holder may still lack: their surplus copy here must stay.
-    const results = await Promise.all(
+    const flushes = await Promise.all(
       [...wanted].map(([uuid, refs]) => this.#fillHolder(ring, uuid, refs, unconfirmed)),
     );
-    const confirmed = surplus.filter((ref) => !unconfirmed.has(ref.key));
-    const deletable = await this.#sameAtHolders(ring, confirmed);
-    await this.#deleteSurplus(deletable);
-    this.#progress.passScannedBlocks += batch.length;
-    // A surplus copy kept (a holder is marked stale, so it confirms nothing) leaves the pass
-    // incomplete: a balanced node holds no copy the ring puts elsewhere, so writers stop sending
-    // it changes (distributor `unsettled`), and a kept copy would fall behind unnoticed.
-    return results.every((ok) => ok) && deletable.length === surplus.length;
+    return async () => {
+      const results = await Promise.all(flushes.map((flush) => flush()));
+      const confirmed = surplus.filter((ref) => !unconfirmed.has(ref.key));
+      const deletable = await this.#sameAtHolders(ring, confirmed);
+      await this.#deleteSurplus(deletable);
+      this.#progress.passScannedBlocks += batch.length;
+      // A surplus copy kept (a holder is marked stale, so it confirms nothing) leaves the pass
+      // incomplete: a balanced node holds no copy the ring puts elsewhere, so writers stop sending
+      // it changes (distributor `unsettled`), and a kept copy would fall behind unnoticed.
+      return results.every((ok) => ok) && deletable.length === surplus.length;
+    };
   }
 
-  /** Gives holder `uuid` the refs it lacks; adds the ones it may still lack to `unconfirmed`. */
+  /**
+   * Gives holder `uuid` the refs it lacks; adds the ones it may still lack to `unconfirmed`.
+   * Returns what is left to do: flush the holder when it took copies (resolving to whether every
+   * copy landed and was flushed).
+   */
   async #fillHolder(
     ring: Ring,
     uuid: string,
     refs: readonly BlockRef[],
     unconfirmed: Set<string>,
-  ) {
+  ): Promise<() => Promise<boolean>> {
     const peer = this.#options.peers.storeOf(uuid);
     const timeoutMs = this.#options.callTimeoutMs ?? CALL_TIMEOUT_MS;
     const giveUp = (error: unknown, what: string) => {
@@ -298,15 +324,16 @@ export class Rebalancer {
       for (const ref of refs) unconfirmed.add(ref.key);
       return false;
     };
-    if (peer === null) return giveUp(new Error("no address known"), "reaching it");
+    const done = (ok: boolean) => () => Promise.resolve(ok);
+    if (peer === null) return done(giveUp(new Error("no address known"), "reaching it"));
     let has: boolean[];
     try {
       has = await peer.hasBlocks(refs, { timeoutMs });
     } catch (error) {
-      return giveUp(error, "asking which blocks it has");
+      return done(giveUp(error, "asking which blocks it has"));
     }
     const lacking = refs.filter((_, i) => !has[i]);
-    if (lacking.length === 0) return true;
+    if (lacking.length === 0) return done(true);
     let ok = true;
     let next = 0;
     const copyNext = async () => {
@@ -321,15 +348,17 @@ export class Rebalancer {
     await Promise.all(Array.from({ length: Math.min(COPY_CONCURRENCY, lacking.length) }, copyNext));
     if (this.#stop.signal.aborted) {
       for (const ref of lacking) unconfirmed.add(ref.key);
-      return false;
+      return done(false);
     }
     // The copies must be durable there before this node lets go of its own.
-    try {
-      await peer.flush();
-    } catch (error) {
-      return giveUp(error, "flushing the copies");
-    }
-    return ok;
+    return async () => {
+      try {
+        await peer.flush();
+      } catch (error) {
+        return giveUp(error, "flushing the copies");
+      }
+      return ok;
+    };
   }
 
   /** Copies one ref to `peer` unless it has it by now; false when the copy did not land. */
