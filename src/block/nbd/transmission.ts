@@ -45,6 +45,7 @@
  * @module
  */
 
+import { setImmediate } from "node:timers";
 import {
   closed,
   errorMessage,
@@ -725,7 +726,10 @@ export class Transmission {
     this.#completed.push(request);
     if (!this.#writing && !this.#writeQueued) {
       this.#writeQueued = true;
-      queueMicrotask(this.#writeRepliesTask);
+      // With other requests still running, replies wait for the event loop's next turn, so
+      // those that complete meanwhile leave in the same write (each write wakes the client).
+      if (this.#inFlight > this.#completed.length) setImmediate(this.#writeRepliesTask);
+      else queueMicrotask(this.#writeRepliesTask);
     }
   }
 

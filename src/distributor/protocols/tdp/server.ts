@@ -159,10 +159,15 @@ class ServerConnection {
       peer: this.#peer,
       bodyMaxBytes: TDP_HELLO_BODY_MAX_BYTES,
     });
-    this.#writer = new FrameWriter(stream, (error) => {
-      log.debug(`writing to ${this.#peer} failed: ${errorMessage(error)}`);
-      this.#closeStream();
-    });
+    this.#writer = new FrameWriter(
+      stream,
+      (error) => {
+        log.debug(`writing to ${this.#peer} failed: ${errorMessage(error)}`);
+        this.#closeStream();
+      },
+      // The reply being sent is still counted until it settles.
+      () => this.#inFlight > 1,
+    );
   }
 
   run(): Promise<void> {
