@@ -8,18 +8,14 @@
 import assert from "node:assert/strict";
 import {
   blockUnavailable,
-  type ByteStream,
   closed,
   ErrorCode,
   invalid,
-  logger,
   ManualClock,
   NBD_CLOSE_GRACE_MS,
   TorusError,
 } from "../../src/core/mod.ts";
 import { type Device, MemoryDevice } from "../../src/block/mod.ts";
-import { BufferPool } from "../../src/block/nbd/buffer_pool.ts";
-import { newServerStats, Transmission } from "../../src/block/nbd/transmission.ts";
 import { assertBytes, patternBytes, rejectsWithCode } from "../../src/block/device_contract.ts";
 import {
   NBD_CMD_DISC,
@@ -404,77 +400,4 @@ Deno.test("nbd transmission: server close does not wait forever for a client tha
   await closing;
   assert.equal(nbd.server.stats.connectionsOpen, 0);
   assert.equal(nbd.exports.openDevices, 0);
-});
-
-/** A device whose write number i (from 0) completes i * 3 promise hops after the gate opens. */
-class StaggeredDevice extends MemoryDevice {
-  /** Writes begun (each waits at the gate). */
-  started = 0;
-  #gate: Promise<void>;
-  open!: () => void;
-
-  constructor(sizeBytes: number) {
-    super({ sizeBytes });
-    this.#gate = new Promise((resolve) => this.open = resolve);
-  }
-
-  override async writeAt(offsetBytes: number, data: Uint8Array): Promise<void> {
-    const hops = 3 * this.started++;
-    await this.#gate;
-    for (let i = 0; i < hops; i++) await Promise.resolve();
-    await super.writeAt(offsetBytes, data);
-  }
-}
-
-Deno.test("nbd transmission: replies that complete in one turn leave in one write", async () => {
-  const requests = [0, 1, 2, 3, 4, 5].map((handle) =>
-    requestBytes({
-      type: NBD_CMD_WRITE,
-      handle,
-      offsetBytes: handle * 4096,
-      payload: new Uint8Array(4096).fill(handle),
-    })
-  );
-  const input = new Uint8Array(64 * 1024);
-  let end = 0;
-  for (const request of requests) {
-    input.set(request, end);
-    end += request.length;
-  }
-  const writes: Uint8Array[] = [];
-  let closeStream = () => {};
-  const ended = new Promise<null>((resolve) => closeStream = () => resolve(null));
-  const stream: ByteStream = {
-    read: () => ended,
-    write: (data) => {
-      writes.push(data.slice());
-      return Promise.resolve(data.length);
-    },
-    close: () => closeStream(),
-  };
-  const device = new StaggeredDevice(MiB);
-  const transmission = new Transmission({
-    stream,
-    device,
-    readOnly: false,
-    structuredReplies: false,
-    metaContextId: null,
-    input,
-    start: 0,
-    end,
-    pool: new BufferPool({ retainedBytesMax: MiB }),
-    stats: newServerStats(),
-    log: logger("test"),
-    requestsInFlightMax: 64,
-    bufferedBytesMax: 16 * MiB,
-  });
-  const running = transmission.run();
-  await eventually(() => device.started === 6, "every write reached the device");
-  assert.equal(writes.length, 0);
-  device.open();
-  await eventually(() => writes.reduce((sum, w) => sum + w.length, 0) === 6 * 16, "all replies");
-  // Six simple replies of 16 bytes, in the order their writes completed, in one write.
-  assert.deepEqual(writes.map((w) => w.length), [96]);
-  closeStream();
-  await running;
 });

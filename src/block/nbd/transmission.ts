@@ -45,7 +45,6 @@
  * @module
  */
 
-import { setImmediate } from "node:timers";
 import {
   closed,
   errorMessage,
@@ -726,10 +725,7 @@ export class Transmission {
     this.#completed.push(request);
     if (!this.#writing && !this.#writeQueued) {
       this.#writeQueued = true;
-      // With other requests still running, replies wait for the event loop's next turn, so
-      // those that complete meanwhile leave in the same write (each write wakes the client).
-      if (this.#inFlight > this.#completed.length) setImmediate(this.#writeRepliesTask);
-      else queueMicrotask(this.#writeRepliesTask);
+      queueMicrotask(this.#writeRepliesTask);
     }
   }
 
