@@ -1423,7 +1423,10 @@ export class Distributor implements BlockStore {
    */
   async #hasGoodCopy(source: Source, ref: BlockRef, timeoutMs: number): Promise<boolean | null> {
     try {
+      // Asked first: a read of a block a node lacks need not fail with not_exist, and any other
+      // failure means "cannot tell" (the new-writers simulation, seed 13, fails without it).
       if (!await source.store.hasBlock(ref, { timeoutMs })) return false;
+      // Then read back: a checksum failure shows only on a read.
       await source.store.getBlock(ref, { timeoutMs });
       return true;
     } catch (error) {
