@@ -9,8 +9,10 @@
  *    the meantime (from a writer, which writes to the new holders, or from another old holder)
  *    keeps its bytes, so a copy never puts back older bytes over newer ones.
  * 3. The holders that took copies are flushed; only then are this node's surplus copies (refs it
- *    is no longer a holder of) deleted, and only those every desired holder confirmed: it has the
- *    block (`hasBlocks`) and its copy has the same bytes as this one (read back and compared). A
+ *    is no longer a holder of) deleted, and only those every desired holder confirmed: it took
+ *    this node's copy in this batch and flushed it without restarting in between (the server
+ *    instance of its handshake is unchanged), or its copy has the same bytes as this one (read
+ *    back and compared). A
  *    holder can have an older copy than this one: another node that lost unflushed changes in a
  *    power loss may have pushed its copy there first, before any writer noticed the loss. Then
  *    this copy, which may be the only current one, stays (the pass is incomplete, so writers keep
@@ -40,6 +42,7 @@ import {
 import type { Ring } from "../ring/mod.ts";
 import type { BlockStore } from "../storage/mod.ts";
 import type { PeerDirectory } from "./peer_directory.ts";
+import type { PeerStore } from "./protocols/protocol.ts";
 
 const log = logger("rebalance");
 
@@ -99,6 +102,16 @@ export interface RebalanceProgress {
   readonly passes: number;
   /** Surplus copies kept because a holder's copy had other bytes (see the module doc). */
   readonly differingCopies: number;
+}
+
+/**
+ * Copies a batch put at holders: `${uuid} ${ref key}` → the peer client and the server instance it
+ * had before the put. While both are still current, the holder's copy is this node's bytes.
+ */
+type TakenCopies = Map<string, { readonly peer: PeerStore; readonly instance: string }>;
+
+function takenKey(uuid: string, ref: BlockRef): string {
+  return `${uuid} ${ref.key}`;
 }
 
 /** The result of one pass. */
@@ -289,13 +302,14 @@ export class Rebalancer {
       }
     }
     // Refs some holder may still lack: their surplus copy here must stay.
+    const taken: TakenCopies = new Map();
     const flushes = await Promise.all(
-      [...wanted].map(([uuid, refs]) => this.#fillHolder(ring, uuid, refs, unconfirmed)),
+      [...wanted].map(([uuid, refs]) => this.#fillHolder(ring, uuid, refs, unconfirmed, taken)),
     );
     return async () => {
       const results = await Promise.all(flushes.map((flush) => flush()));
       const confirmed = surplus.filter((ref) => !unconfirmed.has(ref.key));
-      const deletable = await this.#sameAtHolders(ring, confirmed);
+      const deletable = await this.#sameAtHolders(ring, confirmed, taken);
       await this.#deleteSurplus(deletable);
       this.#progress.passScannedBlocks += batch.length;
       // A surplus copy kept (a holder is marked stale, so it confirms nothing) leaves the pass
@@ -315,6 +329,7 @@ export class Rebalancer {
     uuid: string,
     refs: readonly BlockRef[],
     unconfirmed: Set<string>,
+    taken: TakenCopies,
   ): Promise<() => Promise<boolean>> {
     const peer = this.#options.peers.storeOf(uuid);
     const timeoutMs = this.#options.callTimeoutMs ?? CALL_TIMEOUT_MS;
@@ -339,9 +354,13 @@ export class Rebalancer {
     const copyNext = async () => {
       while (next < lacking.length && !this.#stop.signal.aborted) {
         const ref = lacking[next++]!;
-        if (!await this.#copy(ref, peer, uuid, { timeoutMs, ringVersion: ring.version })) {
+        const instance = peer.instance;
+        const copied = await this.#copy(ref, peer, uuid, { timeoutMs, ringVersion: ring.version });
+        if (copied === "failed") {
           unconfirmed.add(ref.key);
           ok = false;
+        } else if (copied === "put" && instance !== null) {
+          taken.set(takenKey(uuid, ref), { peer, instance });
         }
       }
     };
@@ -361,13 +380,17 @@ export class Rebalancer {
     };
   }
 
-  /** Copies one ref to `peer` unless it has it by now; false when the copy did not land. */
+  /**
+   * Copies one ref to `peer` unless it has it by now: "put" when the peer took this node's bytes,
+   * "skipped" when there was nothing to put (it had the ref, or this node no longer has it),
+   * "failed" when the copy did not land.
+   */
   async #copy(
     ref: BlockRef,
     peer: BlockStore,
     uuid: string,
     call: { readonly timeoutMs: number; readonly ringVersion: number },
-  ): Promise<boolean> {
+  ): Promise<"put" | "skipped" | "failed"> {
     let data: Uint8Array;
     try {
       data = await this.#options.local.getBlock(ref);
@@ -375,9 +398,9 @@ export class Rebalancer {
       // Deleted here since the listing (its volume freed it): nothing to move. A copy that
       // fails its checksum is not spread; the other holders' copies stand, and this one stays
       // for the repair.
-      if (isTorusError(error, ErrorCode.NotExist)) return true;
+      if (isTorusError(error, ErrorCode.NotExist)) return "skipped";
       log.warn(`rebalance: ${ref} cannot be read here: ${errorMessage(error)}`);
-      return false;
+      return "failed";
     }
     await this.#pacer.wait(data.length, this.#stop.signal);
     try {
@@ -385,16 +408,16 @@ export class Rebalancer {
       // ref) refuses, so a node balanced under the newer ring never gets a surplus copy.
       await peer.putBlock(ref, data, { ifAbsent: true, ...call });
     } catch (error) {
-      if (isTorusError(error, ErrorCode.Exists)) return true;
+      if (isTorusError(error, ErrorCode.Exists)) return "skipped";
       this.#progress.failedCalls++;
       log.debug(`rebalance: copying ${ref} to ${uuid} failed: ${errorMessage(error)}`);
-      return false;
+      return "failed";
     }
     const p = this.#progress;
     p.sentBlocks++;
     p.passSentBlocks++;
     p.sentBytes += data.length;
-    return true;
+    return "put";
   }
 
   /**
@@ -402,35 +425,55 @@ export class Rebalancer {
    * doc, step 3). A copy here that cannot be read (a checksum failure) holds nothing worth
    * keeping once the holders have the block.
    */
-  async #sameAtHolders(ring: Ring, refs: readonly BlockRef[]): Promise<BlockRef[]> {
+  async #sameAtHolders(
+    ring: Ring,
+    refs: readonly BlockRef[],
+    taken: TakenCopies,
+  ): Promise<BlockRef[]> {
     const same: BlockRef[] = [];
-    const timeoutMs = this.#options.callTimeoutMs ?? CALL_TIMEOUT_MS;
-    for (const ref of refs) {
-      if (this.#stop.signal.aborted) break;
-      let mine: Uint8Array;
-      try {
-        mine = await this.#options.local.getBlock(ref);
-      } catch (error) {
-        if (
-          isTorusError(error, ErrorCode.NotExist) || isTorusError(error, ErrorCode.BlockUnavailable)
-        ) {
-          same.push(ref);
-        }
-        continue;
+    let next = 0;
+    const checkNext = async () => {
+      while (next < refs.length && !this.#stop.signal.aborted) {
+        const ref = refs[next++]!;
+        if (await this.#sameAtHoldersOf(ring, ref, taken)) same.push(ref);
       }
-      if (await this.#everyHolderHas(ring, ref, mine, timeoutMs)) same.push(ref);
-      else this.#progress.differingCopies++;
-    }
+    };
+    // Read-backs of several refs at once: each waits for a peer's disk and a round trip.
+    await Promise.all(Array.from({ length: Math.min(COPY_CONCURRENCY, refs.length) }, checkNext));
     return same;
   }
 
+  /** Whether every holder of `ref` has this node's bytes (see {@link #sameAtHolders}). */
+  async #sameAtHoldersOf(ring: Ring, ref: BlockRef, taken: TakenCopies): Promise<boolean> {
+    // A holder that took this node's copy in this batch, flushed it and did not restart since
+    // has these bytes: reading them back would only move them over the network again.
+    const unproven = ring.getHolders(ref).filter((uuid) => {
+      const copy = taken.get(takenKey(uuid, ref));
+      if (copy === undefined) return true;
+      return this.#options.peers.storeOf(uuid) !== copy.peer ||
+        copy.peer.instance !== copy.instance;
+    });
+    if (unproven.length === 0) return true;
+    const timeoutMs = this.#options.callTimeoutMs ?? CALL_TIMEOUT_MS;
+    let mine: Uint8Array;
+    try {
+      mine = await this.#options.local.getBlock(ref);
+    } catch (error) {
+      return isTorusError(error, ErrorCode.NotExist) ||
+        isTorusError(error, ErrorCode.BlockUnavailable);
+    }
+    if (await this.#everyHolderHas(unproven, ref, mine, timeoutMs)) return true;
+    this.#progress.differingCopies++;
+    return false;
+  }
+
   async #everyHolderHas(
-    ring: Ring,
+    holders: readonly string[],
     ref: BlockRef,
     mine: Uint8Array,
     timeoutMs: number,
   ): Promise<boolean> {
-    for (const uuid of ring.getHolders(ref)) {
+    for (const uuid of holders) {
       const peer = this.#options.peers.storeOf(uuid);
       if (peer === null) return false;
       await this.#pacer.wait(mine.length, this.#stop.signal);

@@ -629,3 +629,115 @@ async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<vo
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
+
+/**
+ * A peer client that counts block reads and, with `loseCopies`, acts as a holder that restarts
+ * right after each put without the copy (it was not flushed): a new instance, and no block.
+ */
+class WatchedHolder extends ForwardingStore implements PeerStore {
+  readonly address: string;
+  readonly #peer: PeerStore;
+  reads = 0;
+  restarts = 0;
+  loseCopies = false;
+  constructor(peer: PeerStore) {
+    super(peer);
+    this.#peer = peer;
+    this.address = peer.address;
+  }
+  get instance(): string | null {
+    const instance = this.#peer.instance;
+    return instance === null ? null : `${instance}/${this.restarts}`;
+  }
+  override getBlock(ref: BlockRef, options?: { timeoutMs?: number }): Promise<Uint8Array> {
+    this.reads++;
+    return super.getBlock(ref, options);
+  }
+  override async putBlock(
+    ref: BlockRef,
+    data: Uint8Array,
+    options?: { ifAbsent?: boolean },
+  ): Promise<void> {
+    await super.putBlock(ref, data, options);
+    if (!this.loseCopies) return;
+    await this.#peer.deleteBlock(ref);
+    this.restarts++;
+  }
+  hasBlocks(refs: readonly BlockRef[]): Promise<boolean[]> {
+    return this.#peer.hasBlocks(refs);
+  }
+  refreshCounts(): Promise<void> {
+    return this.#peer.refreshCounts();
+  }
+}
+
+/** A directory handing out one WatchedHolder per peer. */
+function watchedDirectory(cluster: TestCluster, self: string): {
+  peers: PeerDirectory;
+  holders: Map<string, WatchedHolder>;
+} {
+  const directory = cluster.directory(self);
+  const holders = new Map<string, WatchedHolder>();
+  const peers: PeerDirectory = {
+    storeOf: (uuid) => {
+      const store = directory.storeOf(uuid);
+      if (store === null) return null;
+      let holder = holders.get(uuid);
+      if (holder === undefined) holders.set(uuid, holder = new WatchedHolder(store));
+      return holder;
+    },
+    unreachable: () => Promise.resolve(),
+    close: () => directory.close(),
+  };
+  return { peers, holders };
+}
+
+function drainingRebalancer(cluster: TestCluster, peers: PeerDirectory): Rebalancer {
+  return new Rebalancer({
+    self: "peer-1",
+    local: cluster.stores[1]!,
+    ring: () => cluster.ring,
+    peers,
+    clock: systemClock,
+    rateBytesPerSecond: 0,
+    batchRefs: 7,
+    callTimeoutMs: 500,
+  });
+}
+
+test("a drained copy is read back only from holders that did not take it from this node", async (cluster) => {
+  cluster.ring = modifiable(cluster).removePeers(["peer-1"]);
+  const held = cluster.stores[1]!.usedBlocks();
+  assert.ok(held > 0);
+  const { peers, holders } = watchedDirectory(cluster, "peer-1");
+  try {
+    assert.equal((await drainingRebalancer(cluster, peers).pass()).complete, true);
+    // Two holders per block now: the other old holder had it (read back), the third took this
+    // node's copy (not read back).
+    const reads = [...holders.values()].reduce((n, holder) => n + holder.reads, 0);
+    assert.equal(reads, held);
+    assert.equal(cluster.stores[1]!.usedBlocks(), 0);
+    await assertPlaced(cluster);
+  } finally {
+    await peers.close();
+  }
+});
+
+test("a holder that restarted without the copy it took: the surplus copy stays", async (cluster) => {
+  cluster.ring = modifiable(cluster).removePeers(["peer-1"]);
+  const before: BlockRef[] = [];
+  for await (const ref of cluster.stores[1]!.blockRefs()) before.push(ref);
+  const { peers, holders } = watchedDirectory(cluster, "peer-1");
+  try {
+    for (const uuid of ["peer-0", "peer-2"]) peers.storeOf(uuid);
+    for (const holder of holders.values()) holder.loseCopies = true;
+    assert.equal((await drainingRebalancer(cluster, peers).pass()).complete, false);
+    for (const ref of before) {
+      assert.ok(await cluster.stores[1]!.hasBlock(ref), `${ref}: kept, its new holder lost it`);
+    }
+  } finally {
+    await peers.close();
+  }
+  await settle(rebalancers(cluster));
+  await assertPlaced(cluster);
+});
