@@ -12,6 +12,13 @@ const decoder = new TextDecoder();
 /** The environment every child gets. */
 const childEnv = { RUST_BACKTRACE: "0", NO_COLOR: "1" };
 
+/**
+ * Extra `deno run` flags for every child, from TORUS_CHILD_DENO_FLAGS (space-separated): how a
+ * benchmark's processes get profiled, e.g. `--v8-flags=--perf-basic-prof` for `perf record`.
+ */
+const childDenoFlags = (Deno.env.get("TORUS_CHILD_DENO_FLAGS") ?? "").split(" ")
+  .filter((flag) => flag !== "");
+
 /** What a finished command printed. */
 export interface TorusOutput {
   readonly code: number;
@@ -25,7 +32,7 @@ export async function runTorus(
   options: { stdin?: Uint8Array; env?: Record<string, string>; stdoutBytes?: boolean } = {},
 ): Promise<TorusOutput & { stdoutRaw: Uint8Array }> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}main.ts`, ...args],
+    args: ["run", "-A", ...childDenoFlags, `${root}main.ts`, ...args],
     env: { ...childEnv, ...options.env },
     stdin: options.stdin === undefined ? "null" : "piped",
     stdout: "piped",
@@ -100,7 +107,7 @@ export async function startTorusProcess(
   readyTimeoutMs = 60_000,
 ): Promise<TorusProcess> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}main.ts`, ...args],
+    args: ["run", "-A", ...childDenoFlags, `${root}main.ts`, ...args],
     env: childEnv,
     stdin: "null",
     stdout: "piped",
