@@ -1061,8 +1061,14 @@ export class FileBlockStore implements BlockStore {
     await this.#writer.written();
     await this.#files.map.datasync();
     const checkpoint = this.#journal.checkpoint;
+    const seq = Math.max(lastSeq, checkpoint.seq);
+    // Records appended from now on must follow the checkpoint's seq, or a later replay (which
+    // reads only records with growing seqs after it) stops at the first of them. With nothing
+    // replayed, the entries' highest generation can be below it: the last records before the
+    // checkpoint were range writes, installs or deletes, whose seqs no entry carries.
+    this.#nextGeneration = Math.max(this.#nextGeneration, seq + 1);
     await this.#journal.setCheckpoint({
-      seq: Math.max(lastSeq, checkpoint.seq),
+      seq,
       position: this.#journal.head,
       epoch: checkpoint.epoch + 1,
     });

@@ -401,6 +401,10 @@ export class Journal {
       const failed = Promise.reject(this.#failure);
       return { admitted: failed, written: failed, data: null };
     }
+    // Replay reads records while their seqs grow: one out of order would end it there, losing
+    // every record after it, flushed or not. Refused loudly instead.
+    const last = Math.max(this.#writtenSeq, this.#placedSeq, this.#queue.at(-1)?.seq ?? 0);
+    assert(record.seq > last, `journal record seq ${record.seq} does not follow ${last}`);
     const bytes = encodeRecord(record, this.#checkpoint.epoch, this.#recordBuffer(record));
     assert(2 * bytes.length <= this.regionBytes, "a record fits the journal with room to wrap");
     let pending!: Pending;

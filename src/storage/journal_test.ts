@@ -140,3 +140,14 @@ Deno.test("journal: a lone append is written soon without a sync; close writes w
     await assert.rejects(journal.sync(), "closed");
   });
 });
+
+Deno.test("journal: a record whose seq does not follow the last one is refused", async () => {
+  await withJournal(async (journal) => {
+    await journal.append(writeRecord(5)).admitted;
+    // Replay would stop at it and lose every record after it: refused, not written.
+    assert.throws(() => journal.append(writeRecord(5)), /does not follow 5/);
+    assert.throws(() => journal.append(writeRecord(3)), /does not follow 5/);
+    await journal.append(writeRecord(6)).admitted;
+    assert.equal(await journal.sync(), 6);
+  });
+});
