@@ -270,7 +270,17 @@ export class FileBlockStore implements BlockStore {
   /** Records up to this seq are applied; the journal may drop what precedes the position. */
   #applied: { seq: number; position: number };
   #applying: Promise<void> | null = null;
-  #checkpointing: Promise<void> | null = null;
+  /**
+   * One checkpoint at a time; a call while one runs gets the next, which starts after it and
+   * moves past everything applied by then (the running one took the applied position it began
+   * with: an apply that ended meanwhile would otherwise wait for another apply to be checkpointed,
+   * and with the journal full and everything applied, none ever comes).
+   */
+  readonly #checkpoints = new SharedRun(() =>
+    this.#syncAndCheckpoint().catch((error) => {
+      throw this.#fail("journal checkpoint failed", error);
+    })
+  );
   /** Refs whose range writes wait for a creation or an edge merge in progress. */
   readonly #barriers = new Map<string, Promise<void>>();
   /** Deleted copies whose entries are zeroed once their delete record is durable. */
@@ -302,7 +312,10 @@ export class FileBlockStore implements BlockStore {
       seq: extra.journal.checkpoint.seq,
       position: extra.journal.checkpoint.position,
     };
-    this.#journal.onFull = () => void this.#flushNow().catch(() => {});
+    // Records wait for room: flush what is placed (the applier then checkpoints past it), and
+    // checkpoint past what is applied already.
+    this.#journal.onFull = () =>
+      void this.#flushNow().then(() => this.#checkpointApplied()).catch(() => {});
     // Pushed from the top down, so puts fill the file from its start; slots from `#fresh` on are
     // handed out in order after the free stack is empty.
     this.#free = new Uint32Array(files.slotCount);
@@ -951,7 +964,9 @@ export class FileBlockStore implements BlockStore {
     }
     const last = batch[batch.length - 1]!;
     this.#applied = { seq: last.seq, position: Math.max(this.#applied.position, last.end) };
-    if (this.#journal.usedBytes > this.#journal.regionBytes / 2) void this.#checkpoint();
+    if (this.#journal.usedBytes > this.#journal.regionBytes / 2 || this.#journal.waitingForRoom) {
+      void this.#checkpoint().catch(() => {});
+    }
   }
 
   /**
@@ -1019,12 +1034,13 @@ export class FileBlockStore implements BlockStore {
    * then the checkpoint moves past them. One runs at a time.
    */
   #checkpoint(): Promise<void> {
-    this.#checkpointing ??= this.#syncAndCheckpoint().catch((error) => {
-      throw this.#fail("journal checkpoint failed", error);
-    }).finally(() => {
-      this.#checkpointing = null;
-    });
-    return this.#checkpointing;
+    return this.#checkpoints.next();
+  }
+
+  /** Checkpoints when applied records hold journal space. */
+  #checkpointApplied(): Promise<void> {
+    if (this.#applied.position <= this.#journal.checkpoint.position) return Promise.resolve();
+    return this.#checkpoint();
   }
 
   async #syncAndCheckpoint(): Promise<void> {
@@ -1584,7 +1600,7 @@ export class FileBlockStore implements BlockStore {
           else this.#scheduleApply();
           if (this.#failure !== null) break;
         }
-        if (this.#checkpointing !== null) await this.#checkpointing.catch(() => {});
+        await this.#checkpoints.running?.catch(() => {});
         if (this.#failure === null) await this.#checkpoint();
       }
     } finally {
