@@ -205,14 +205,16 @@ e2eTest(
       "--group_reporting",
       "--output-format=json",
     ];
-    const written = await fio([...job(), "--do_verify=1"]);
-    assert.ok(written.read.io_bytes > 0, "fio verified by reading back");
-    assert.ok(written.write.io_bytes >= 48 * MiB, "fio wrote every region");
-    // end_fsync made every job's writes durable: the same job verifies them after a SIGKILL.
-    await node.restart("SIGKILL");
-    const verified = await fio([...job(), "--verify_only"]);
-    assert.ok(verified.read.io_bytes >= 48 * MiB, `fio re-read ${verified.read.io_bytes} bytes`);
-    assert.doesNotMatch(node.output(), / E \| /, "serve logged no error");
+    await node.keepOnFailure(async () => {
+      const written = await fio([...job(), "--do_verify=1"]);
+      assert.ok(written.read.io_bytes > 0, "fio verified by reading back");
+      assert.ok(written.write.io_bytes >= 48 * MiB, "fio wrote every region");
+      // end_fsync made every job's writes durable: the same job verifies them after a SIGKILL.
+      await node.restart("SIGKILL");
+      const verified = await fio([...job(), "--verify_only"]);
+      assert.ok(verified.read.io_bytes >= 48 * MiB, `fio re-read ${verified.read.io_bytes} bytes`);
+      assert.doesNotMatch(node.output(), / E \| /, "serve logged no error");
+    });
   },
 );
 

@@ -206,38 +206,40 @@ e2eTest(
     await using node = await E2eNode.start();
     await node.createVolume("crash", "64MiB");
     const model = new SectorModel();
-    for (let round = 1; round <= ROUNDS; round++) {
-      const count = 100 + random.int(500);
-      const client = await node.connect("crash");
-      // A snapshot first: every block's first write in the round is then a copy-up into the new
-      // generation, a map change that only a FLUSH (or FUA) makes durable.
-      const snapshot = `crash@r${round}`;
-      const snapshotImage = model.current.slice();
-      try {
-        await node.ctl("block", "snapshot", "create", snapshot);
-        await runUntilKill(client, model, { random, count });
-        await node.restart("SIGKILL");
-      } finally {
-        await closeQuietly(client);
+    await node.keepOnFailure(async () => {
+      for (let round = 1; round <= ROUNDS; round++) {
+        const count = 100 + random.int(500);
+        const client = await node.connect("crash");
+        // A snapshot first: every block's first write in the round is then a copy-up into the new
+        // generation, a map change that only a FLUSH (or FUA) makes durable.
+        const snapshot = `crash@r${round}`;
+        const snapshotImage = model.current.slice();
+        try {
+          await node.ctl("block", "snapshot", "create", snapshot);
+          await runUntilKill(client, model, { random, count });
+          await node.restart("SIGKILL");
+        } finally {
+          await closeQuietly(client);
+        }
+        const reader = await node.connect("crash");
+        try {
+          // A read error fails the test as surely as a wrong byte.
+          const image = await readAll(reader);
+          model.check(image, `round ${round} (killed after ${count} requests)`);
+          model.restart(image);
+        } finally {
+          await closeQuietly(reader);
+        }
+        const snapshotReader = await node.connect(snapshot);
+        try {
+          assertEqualBytes(await readAll(snapshotReader), snapshotImage, `snapshot ${snapshot}`);
+        } finally {
+          await closeQuietly(snapshotReader);
+        }
+        // A clean stop before the next round: its journal checkpoint must not confuse the replay
+        // after the next kill (records once got seqs below a clean stop's checkpoint).
+        if (round % 2 === 1 && round < ROUNDS) await node.restart("SIGTERM");
       }
-      const reader = await node.connect("crash");
-      try {
-        // A read error fails the test as surely as a wrong byte.
-        const image = await readAll(reader);
-        model.check(image, `round ${round} (killed after ${count} requests)`);
-        model.restart(image);
-      } finally {
-        await closeQuietly(reader);
-      }
-      const snapshotReader = await node.connect(snapshot);
-      try {
-        assertEqualBytes(await readAll(snapshotReader), snapshotImage, `snapshot ${snapshot}`);
-      } finally {
-        await closeQuietly(snapshotReader);
-      }
-      // A clean stop before the next round: its journal checkpoint must not confuse the replay
-      // after the next kill (records once got seqs below a clean stop's checkpoint).
-      if (round % 2 === 1 && round < ROUNDS) await node.restart("SIGTERM");
-    }
+    });
   },
 );

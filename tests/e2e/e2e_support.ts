@@ -168,6 +168,26 @@ export class E2eNode implements AsyncDisposable {
     return Number(match[1]);
   }
 
+  /**
+   * Runs `body`; if it throws, the node's files (data dir and every serve's output, in
+   * `serve.log`) are kept under /tmp/torus-e2e-failed-* for whoever looks into it (a CI run's
+   * temp dirs are otherwise gone), then the error is thrown on.
+   */
+  async keepOnFailure<T>(body: () => Promise<T>): Promise<T> {
+    try {
+      return await body();
+    } catch (error) {
+      await this.#serve.kill();
+      const kept = `/tmp/torus-e2e-failed-${Date.now()}`;
+      const copied = await new Deno.Command("cp", { args: ["-a", this.dir, kept] }).output();
+      if (copied.success) {
+        await Deno.writeTextFile(`${kept}/serve.log`, this.output());
+        console.error(`the node's files and serve.log are kept in ${kept}`);
+      }
+      throw error;
+    }
+  }
+
   async [Symbol.asyncDispose](): Promise<void> {
     await this.#serve.kill();
     if (this.#ownsDir) await Deno.remove(this.dir, { recursive: true }).catch(() => {});
