@@ -12,11 +12,10 @@
  *    is no longer a holder of) deleted, and only those every desired holder confirmed: it took
  *    this node's copy in this batch and flushed it without restarting in between (the server
  *    instance of its handshake is unchanged), or its copy has the same bytes as this one (read
- *    back and compared). A
- *    holder can have an older copy than this one: another node that lost unflushed changes in a
- *    power loss may have pushed its copy there first, before any writer noticed the loss. Then
- *    this copy, which may be the only current one, stays (the pass is incomplete, so writers keep
- *    sending it changes) until the holders agree with it.
+ *    back and compared). A holder can have an older copy than this one: another node that lost
+ *    unflushed changes in a power loss may have pushed its copy there first, before any writer
+ *    noticed the loss. Then this copy, which may be the only current one, stays (the pass is
+ *    incomplete, so writers keep sending it changes) until the holders agree with it.
  * Step 3 of a batch runs while the next batch goes through steps 1 and 2 (one batch in step 3 at
  * a time): copies do not stop while a holder syncs its disk.
  * A batch whose holder did not answer leaves its surplus refs in place and the pass incomplete;

@@ -312,10 +312,7 @@ export class FileBlockStore implements BlockStore {
       seq: extra.journal.checkpoint.seq,
       position: extra.journal.checkpoint.position,
     };
-    // Records wait for room: flush what is placed (the applier then checkpoints past it), and
-    // checkpoint past what is applied already.
-    this.#journal.onFull = () =>
-      void this.#flushNow().then(() => this.#checkpointApplied()).catch(() => {});
+    this.#journal.onFull = () => void this.#flushNow().catch(() => {});
     // Pushed from the top down, so puts fill the file from its start; slots from `#fresh` on are
     // handed out in order after the free stack is empty.
     this.#free = new Uint32Array(files.slotCount);
@@ -964,7 +961,7 @@ export class FileBlockStore implements BlockStore {
     }
     const last = batch[batch.length - 1]!;
     this.#applied = { seq: last.seq, position: Math.max(this.#applied.position, last.end) };
-    if (this.#journal.usedBytes > this.#journal.regionBytes / 2 || this.#journal.waitingForRoom) {
+    if (this.#journal.usedBytes > this.#journal.regionBytes / 2) {
       void this.#checkpoint().catch(() => {});
     }
   }
@@ -1035,12 +1032,6 @@ export class FileBlockStore implements BlockStore {
    */
   #checkpoint(): Promise<void> {
     return this.#checkpoints.next();
-  }
-
-  /** Checkpoints when applied records hold journal space. */
-  #checkpointApplied(): Promise<void> {
-    if (this.#applied.position <= this.#journal.checkpoint.position) return Promise.resolve();
-    return this.#checkpoint();
   }
 
   async #syncAndCheckpoint(): Promise<void> {

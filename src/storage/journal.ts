@@ -384,11 +384,6 @@ export class Journal {
     }
   }
 
-  /** Whether appended records wait for a checkpoint to make room (see {@link onFull}). */
-  get waitingForRoom(): boolean {
-    return this.#queue.length > 0;
-  }
-
   /** Bytes of the region in use (appended, not yet released by a checkpoint). */
   get usedBytes(): number {
     return this.#reservedEnd - this.#checkpoint.position;
