@@ -222,9 +222,24 @@ class ServerConnection {
     }
   }
 
-  /** Reads the client's HELLO and answers it; false if the connection must end. */
+  /**
+   * Reads the client's HELLO and answers it; false if the connection must end. A peer says HELLO
+   * as soon as it connects; a connection that sends nothing (an NBD client at the wrong port waits
+   * for a greeting that never comes) is closed after the frame timeout, so neither end hangs.
+   */
   async #handshake(): Promise<boolean> {
-    const frame = await this.#reader.next();
+    const { clock, frameTimeoutMs } = this.#options;
+    const deadline = new AbortController();
+    clock.sleep(frameTimeoutMs, deadline.signal).then(() => {
+      log.warn(`closing a connection that sent no HELLO in ${frameTimeoutMs} ms`);
+      this.#closeStream();
+    }, () => {});
+    let frame;
+    try {
+      frame = await this.#reader.next();
+    } finally {
+      deadline.abort();
+    }
     if (frame === null) return false;
     if (frame.header.op !== Op.Hello) throw new TdpFrameError("the first frame is not HELLO");
     const hello = decodeHello(frame.body);

@@ -483,6 +483,17 @@ Deno.test("TDP server: a frame that stops arriving halfway closes the connection
   }, 200);
 });
 
+Deno.test("TDP server: a connection that never says HELLO is closed after the frame timeout", async () => {
+  await withServer(async (port) => {
+    // What an NBD client pointed at the TDP port does: wait for a greeting, send nothing.
+    const started = Date.now();
+    assert.equal((await rawExchange(port, new Uint8Array(0))).length, 0);
+    assert.ok(Date.now() - started < 4_000);
+    // A HELLO that starts but never ends is closed the same way.
+    assert.equal((await rawExchange(port, helloFrame().subarray(0, 5))).length, 0);
+  }, 200);
+});
+
 Deno.test("TDP server: an oversized frame or a bad body closes the connection", async () => {
   await withServer(async (port, store) => {
     const oversized = frameOf({ op: Op.Flush });
