@@ -178,6 +178,11 @@ export const NBD_BUFFER_POOL_RETAINED_BYTES_MAX = 128 * 1024 * 1024;
 /** NBD: a client must finish option haggling within this time, or it is disconnected. */
 export const NBD_HANDSHAKE_TIMEOUT_MS = 30_000;
 /**
+ * NBD client: the server must greet and finish the handshake within this time. A port that is not
+ * an NBD server (HTTP, TDP) may never speak; a client must not wait for it forever.
+ */
+export const NBD_CLIENT_HANDSHAKE_TIMEOUT_MS = 10_000;
+/**
  * NBD server shutdown: how long connections get to receive the replies to their requests in
  * flight before they are closed anyway (a client that stopped reading must not stall shutdown).
  */

@@ -170,6 +170,34 @@ Deno.test("dump and load say what to do when no data path exists", async () => {
     assert.equal(unreachable.code, 1);
     assert.match(unreachable.stderr, /cannot reach NBD server 127\.0\.0\.1:1/);
 
+    // A port that accepts and never speaks (a node's HTTP or TDP port given by mistake): the
+    // handshake's deadline ends the wait with one line, not a hang.
+    using silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const held: Deno.Conn[] = [];
+    const accepting = (async () => {
+      for await (const conn of silent) held.push(conn);
+    })();
+    const mute = await runTorus([
+      "ctl",
+      "block",
+      "dump",
+      "v",
+      `${dir}/o`,
+      "--nbd",
+      `127.0.0.1:${silent.addr.port}`,
+      "--data-dir",
+      data,
+    ]);
+    for (const conn of held) conn.close();
+    silent.close();
+    await accepting.catch(() => {});
+    assert.equal(mute.code, 1);
+    assert.match(
+      mute.stderr,
+      /did not finish the NBD handshake within 10 s \(is it an NBD server\?\)/,
+    );
+    assert.equal(mute.stderr.trim().split("\n").length, 1, mute.stderr);
+
     const missing = await runTorus([
       "ctl",
       "block",

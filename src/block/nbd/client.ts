@@ -66,7 +66,12 @@ import type {
   DeviceWriteOptions,
   WriteZeroesOptions,
 } from "../device.ts";
-import { type NbdExportInfo, NbdNegotiation } from "./client_handshake.ts";
+import {
+  type HandshakeDeadline,
+  type NbdExportInfo,
+  NbdNegotiation,
+  withHandshakeDeadline,
+} from "./client_handshake.ts";
 import { nbdErrnoName, torusErrorOfErrno } from "./errno.ts";
 import {
   type BlockStatusDescriptor,
@@ -120,6 +125,8 @@ export interface NbdClientOptions {
   structuredReplies?: boolean;
   /** With structured replies, select `base:allocation` so `extents` asks the server (default true). */
   blockStatus?: boolean;
+  /** How long the server gets to finish the handshake (default NBD_CLIENT_HANDSHAKE_TIMEOUT_MS). */
+  handshake?: HandshakeDeadline;
 }
 
 interface Pending {
@@ -201,11 +208,17 @@ export class NbdClient implements Device {
 
   /** Negotiates `exportName` on `stream` and starts the transmission phase. */
   static async connect(stream: ByteStream, options: NbdClientOptions): Promise<NbdClient> {
-    let negotiation: NbdNegotiation | null = null;
     try {
-      negotiation = await NbdNegotiation.start(stream);
-      const { structured, contextId } = await negotiateExtensions(negotiation, options);
-      const info = await negotiation.go(options.exportName);
+      const { negotiation, info, structured, contextId } = await withHandshakeDeadline(
+        stream,
+        options.handshake ?? {},
+        async () => {
+          const negotiation = await NbdNegotiation.start(stream);
+          const extensions = await negotiateExtensions(negotiation, options);
+          const info = await negotiation.go(options.exportName);
+          return { negotiation, info, ...extensions };
+        },
+      );
       return new NbdClient(negotiation, info, {
         inFlightMax: options.requestsInFlightMax ?? NBD_REQUESTS_IN_FLIGHT_MAX,
         structured,

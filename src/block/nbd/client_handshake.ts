@@ -13,7 +13,15 @@
  * @module
  */
 
-import { ErrorCode, invalid, TorusError } from "../../core/mod.ts";
+import {
+  type Clock,
+  ErrorCode,
+  invalid,
+  NBD_CLIENT_HANDSHAKE_TIMEOUT_MS,
+  systemClock,
+  TorusError,
+  unavailable,
+} from "../../core/mod.ts";
 import {
   type BlockSizeConstraints,
   decodeExportNameReply,
@@ -364,12 +372,60 @@ function optionErrorCode(replyType: number): ErrorCode {
   }
 }
 
-/** Handshake only: picks `name` and returns what the server said (for kernel attach). */
-export async function nbdHandshake(stream: ByteStream, name: string): Promise<NbdExportInfo> {
-  const negotiation = await NbdNegotiation.start(stream);
-  const info = await negotiation.go(name);
-  if (negotiation.reader.end > negotiation.reader.start) {
-    throw invalid("NBD server sent data after the handshake");
+/** How long a client gives the server to finish the handshake, and the time source. */
+export interface HandshakeDeadline {
+  /** Default NBD_CLIENT_HANDSHAKE_TIMEOUT_MS. */
+  readonly timeoutMs?: number;
+  readonly clock?: Clock;
+}
+
+/**
+ * Runs a client's side of the handshake (`negotiate`) under a deadline: when it passes, the
+ * stream is closed and the call fails with `unavailable`, naming the likely cause (a port that
+ * is not an NBD server never greets).
+ */
+export async function withHandshakeDeadline<T>(
+  stream: ByteStream,
+  deadline: HandshakeDeadline,
+  negotiate: () => Promise<T>,
+): Promise<T> {
+  const timeoutMs = deadline.timeoutMs ?? NBD_CLIENT_HANDSHAKE_TIMEOUT_MS;
+  const clock = deadline.clock ?? systemClock;
+  const stop = new AbortController();
+  let expired = false;
+  clock.sleep(timeoutMs, stop.signal).then(() => {
+    expired = true;
+    try {
+      stream.close();
+    } catch {
+      // Already closed.
+    }
+  }, () => {});
+  try {
+    return await negotiate();
+  } catch (error) {
+    if (!expired) throw error;
+    throw unavailable(
+      `the server did not finish the NBD handshake within ${timeoutMs / 1000} s ` +
+        `(is it an NBD server?)`,
+    );
+  } finally {
+    stop.abort();
   }
-  return info;
+}
+
+/** Handshake only: picks `name` and returns what the server said (for kernel attach). */
+export function nbdHandshake(
+  stream: ByteStream,
+  name: string,
+  deadline: HandshakeDeadline = {},
+): Promise<NbdExportInfo> {
+  return withHandshakeDeadline(stream, deadline, async () => {
+    const negotiation = await NbdNegotiation.start(stream);
+    const info = await negotiation.go(name);
+    if (negotiation.reader.end > negotiation.reader.start) {
+      throw invalid("NBD server sent data after the handshake");
+    }
+    return info;
+  });
 }
