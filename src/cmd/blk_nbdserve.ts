@@ -38,6 +38,7 @@ import { NbdServer, VolumeService } from "../block/mod.ts";
 import { ClusterMember, LeaseKeeper } from "../server/mod.ts";
 import { HttpStatusServer, type MetadataReport } from "../http/mod.ts";
 import type { AoeExport } from "./aoe_export.ts";
+import { listenOrExplain } from "./listen.ts";
 import { ServeReporter } from "./node_report.ts";
 import { httpAddressOf, NBD_DEFAULT_ADDRESS, peerProtocols, waitForStopSignal } from "./serve.ts";
 
@@ -194,7 +195,7 @@ export async function startClusterClient(
             member,
           }),
         });
-        const at = http.listen(address);
+        const at = listenOrExplain("the HTTP status server", address, (a) => http.listen(a));
         closers.push(() => http.close());
         return { hostname: at.hostname, port: at.port };
       },
@@ -261,7 +262,7 @@ export async function startClusterNbd(
       },
     });
     client.beforeClose(() => nbd.close());
-    const address = nbd.listen(listen);
+    const address = listenOrExplain("the NBD server", listen, (at) => nbd.listen(at));
     const httpAddress = http === null ? null : client.serveHttp(http, {
       nbd: () => ({ server: nbd, address }),
       aoe: () => [],

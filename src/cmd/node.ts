@@ -25,6 +25,7 @@ import {
   LeaseKeeper,
 } from "../server/mod.ts";
 import { collectGarbage, NbdServer, VolumeService } from "../block/mod.ts";
+import { listenOrExplain } from "./listen.ts";
 import { type AoeExport, type AoeExportSpec, startAoeExport } from "./aoe_export.ts";
 import { formatHostPort, type HostPort } from "../cli/mod.ts";
 import { HttpStatusServer, type MetadataReport } from "../http/mod.ts";
@@ -170,7 +171,7 @@ export async function startNode(options: NodeOptions): Promise<Node> {
           open: (name, openOptions) => volumes.openDevice(name, openOptions ?? {}),
         },
       });
-      const address = nbd.listen(options.nbd);
+      const address = listenOrExplain("the NBD server", options.nbd, (at) => nbd!.listen(at));
       nbdAddress = { hostname: address.hostname, port: address.port };
     }
     for (const spec of options.aoe?.exports ?? []) {
@@ -239,23 +240,6 @@ async function closeAoeExports(exports: readonly AoeExport[]): Promise<void> {
       log.error(`AoE e${exported.spec.major}.${exported.spec.minor}: ${errorMessage(error)}`);
     }
   }));
-}
-
-/** Listens with `listen`; a refusal (port taken, unknown host) names what and where. */
-function listenOrExplain(
-  what: string,
-  address: HostPort,
-  listen: (address: HostPort) => Deno.NetAddr,
-): Deno.NetAddr {
-  try {
-    return listen(address);
-  } catch (error) {
-    throw new TorusError(
-      ErrorCode.Unavailable,
-      `${what} cannot listen on ${formatHostPort(address)}: ${errorMessage(error)}`,
-      { cause: error },
-    );
-  }
 }
 
 /** Collects garbage every interval until stopped; a failed pass is logged and retried later. */

@@ -264,7 +264,7 @@ async function serveBriefly(dataDir: string, args: string[]) {
   return { code: output.code, stderr: decoder.decode(output.stderr) };
 }
 
-Deno.test("serve --host/--port: bad values are usage errors; a port in use fails in one line", async () => {
+Deno.test("serve --host/--port: bad values are usage errors; a port in use (HTTP or NBD) fails in one line", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "torus-serve-http-" });
   const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   try {
@@ -301,6 +301,13 @@ Deno.test("serve --host/--port: bad values are usage errors; a port in use fails
     assert.equal(
       inUse.stderr,
       `torus serve: the HTTP status server cannot listen on 127.0.0.1:${port}: ` +
+        `Address already in use (os error 98) (unavailable)\n`,
+    );
+    const nbdInUse = await serveWith("--nbd", `127.0.0.1:${port}`);
+    assert.equal(nbdInUse.code, 1, nbdInUse.stderr);
+    assert.equal(
+      nbdInUse.stderr,
+      `torus serve: the NBD server cannot listen on 127.0.0.1:${port}: ` +
         `Address already in use (os error 98) (unavailable)\n`,
     );
   } finally {
