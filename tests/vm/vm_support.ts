@@ -162,3 +162,79 @@ export function assertGuestOk(guest: GuestRun): void {
   assert.equal(guest.code, 0, guest.context);
   assert.ok(guest.steps.includes("VMTEST-OK"), guest.context);
 }
+
+/** Options of {@link startGuest}. */
+export interface StartedGuestOptions extends GuestOptions {
+  /** Host 127.0.0.1 ports forwarded to guest ports (guest servers listen on 0.0.0.0). */
+  readonly forward?: readonly { readonly hostPort: number; readonly guestPort: number }[];
+}
+
+/** A guest started by {@link startGuest}, running until its command ends or its power is cut. */
+export interface StartedGuest {
+  /** Ends with the run (the exit status is 125 when the power was cut). */
+  readonly done: Promise<GuestRun>;
+  /**
+   * Cuts the power: SIGKILLs qemu, so the guest's page cache and every write its kernel had not
+   * handed to the virtual disk are gone. Resolves with what the guest printed until then.
+   */
+  powerCut(): Promise<GuestRun>;
+}
+
+/**
+ * Starts the shell command `command` in the guest and returns at once (see {@link runGuest});
+ * for a guest that serves something the test talks to through `forward`.
+ */
+export async function startGuest(
+  command: string,
+  options: StartedGuestOptions,
+): Promise<StartedGuest> {
+  assert.ok(vmTools !== null, "no VM tools");
+  const pidDir = await Deno.makeTempDir({ prefix: "torus-vm-pid-" });
+  const pidFile = `${pidDir}/qemu.pid`;
+  const disk = options.disk;
+  const child = new Deno.Command("nice", {
+    args: [
+      "-n",
+      "10",
+      `${vmTools}/vm-run.sh`,
+      ...(disk === undefined ? [] : ["--disk", `${disk.image}:${disk.mountPoint}`]),
+      ...(options.forward ?? []).flatMap((f) => ["--fwd", `${f.hostPort}:${f.guestPort}`]),
+      "--pidfile",
+      pidFile,
+      "--",
+      command,
+    ],
+    cwd: root,
+    env: { TIMEOUT: String(options.timeoutSeconds) },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const done = child.output().then((result) => {
+    const output = decoder.decode(result.stdout) + decoder.decode(result.stderr);
+    const lines = output.split("\n").map((line) => line.trimEnd());
+    const steps = lines.filter((line) => line.startsWith("VMTEST-"));
+    const context = `exit ${result.code}; steps:\n${steps.join("\n")}\n--- output tail:\n` +
+      lines.slice(-60).join("\n");
+    return { code: result.code, lines, steps, context };
+  }).finally(() => Deno.remove(pidDir, { recursive: true }).catch(() => {}));
+  const powerCut = async () => {
+    const deadline = Date.now() + 60_000;
+    let pid = NaN;
+    while (!(pid > 0) && Date.now() < deadline) {
+      pid = Number((await Deno.readTextFile(pidFile).catch(() => "")).trim());
+      if (!(pid > 0)) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    if (pid > 0) {
+      try {
+        Deno.kill(pid, "SIGKILL");
+      } catch {
+        // qemu ended meanwhile.
+      }
+    } else {
+      child.kill("SIGKILL");
+    }
+    return await done;
+  };
+  return { done, powerCut };
+}
