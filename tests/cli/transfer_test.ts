@@ -156,17 +156,9 @@ Deno.test("dump and load say what to do when no data path exists", async () => {
     assert.match(noStore.stderr, /has no block store: run torus serve there first/);
     assert.equal(noStore.stdout, "");
 
-    const unreachable = await runTorus([
-      "ctl",
-      "block",
-      "dump",
-      "v",
-      `${dir}/o`,
-      "--nbd",
-      "127.0.0.1:1",
-      "--data-dir",
-      data,
-    ]);
+    const dumpVia = (nbd: string) =>
+      runTorus(["ctl", "block", "dump", "v", `${dir}/o`, "--nbd", nbd, "--data-dir", data]);
+    const unreachable = await dumpVia("127.0.0.1:1");
     assert.equal(unreachable.code, 1);
     assert.match(unreachable.stderr, /cannot reach NBD server 127\.0\.0\.1:1/);
 
@@ -177,17 +169,7 @@ Deno.test("dump and load say what to do when no data path exists", async () => {
     const accepting = (async () => {
       for await (const conn of silent) held.push(conn);
     })();
-    const mute = await runTorus([
-      "ctl",
-      "block",
-      "dump",
-      "v",
-      `${dir}/o`,
-      "--nbd",
-      `127.0.0.1:${silent.addr.port}`,
-      "--data-dir",
-      data,
-    ]);
+    const mute = await dumpVia(`127.0.0.1:${silent.addr.port}`);
     for (const conn of held) conn.close();
     silent.close();
     await accepting.catch(() => {});
