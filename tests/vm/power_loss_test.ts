@@ -83,7 +83,8 @@ async function connect(port: number): Promise<NbdClient> {
         handshake: { timeoutMs: 30_000 },
       });
     } catch (error) {
-      if (Date.now() > deadline) throw error;
+      // Until serve listens, qemu's forward accepts and closes; a refusal is serve's answer.
+      if (Date.now() > deadline || /NBD server refused/.test(String(error))) throw error;
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
   }
