@@ -1,14 +1,16 @@
 /**
  * Real power loss. `torus serve` runs inside a Debian kernel (vm-run.sh, qemu TCG) on an ext4 data
- * disk; a client on the host writes through a forwarded NBD port, with a FLUSH after each round,
- * and keeps writing after the last one while qemu is SIGKILLed: the guest's page cache is gone and
- * only what the guest's kernel handed to its virtual disk survives. Booted again on the same disk,
- * serve must return every byte the flushes covered, and each sector written after the last flush
- * as its old or one of its new contents, never anything else and never an I/O error.
+ * disk; a client on the host writes through a forwarded NBD port, with a FLUSH after each round.
+ * qemu is SIGKILLed the moment the last FLUSH is acknowledged, with writes it does not cover in
+ * flight: the guest's page cache is gone and only what the guest's kernel handed to its virtual
+ * disk survives. Booted again on the same disk, serve must return every byte the flushes covered,
+ * and each sector written after the last flush as its old or one of its new contents, never
+ * anything else and never an I/O error.
  *
  * A SIGKILL of a process on the host keeps the page cache, so it cannot see a missing fdatasync;
- * this test can (it fails with the journal's sync taken out). Skipped, saying why in its name,
- * when the VM cannot run here.
+ * this test can. It failed with the journal's fdatasync taken out, with the data file's before a
+ * checkpoint taken out, and with the metadata store's `synchronous = FULL` turned off. Skipped,
+ * saying why in its name, when the VM cannot run here.
  * @module
  */
 
