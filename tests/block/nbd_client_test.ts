@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { ErrorCode, isTorusError } from "../../src/core/mod.ts";
 import { connStream } from "../../src/block/nbd/stream.ts";
+import { silentListener, withinMs } from "../support/deadlines.ts";
 import { type Device, MemoryDevice, NbdClient, NbdNegotiation } from "../../src/block/mod.ts";
 import {
   assertBytes,
@@ -92,50 +93,26 @@ Deno.test("nbd client: a lost connection fails calls in flight with unavailable"
   await client.close();
 });
 
-/** `promise`, or a rejection saying it hung when it takes longer than `ms`. */
-async function within<T>(ms: number, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hung = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`still waiting after ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, hung]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 Deno.test("nbd client: a server that never greets fails the handshake at its deadline", async () => {
-  using silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const held: Deno.Conn[] = [];
-  const accepting = (async () => {
-    for await (const conn of silent) held.push(conn);
-  })();
+  await using silent = silentListener();
   const handshake = { timeoutMs: 200 };
-  const connect = () => Deno.connect({ hostname: "127.0.0.1", port: silent.addr.port });
-  try {
-    const started = Date.now();
-    await assert.rejects(
-      within(
-        5_000,
-        NbdClient.connect(connStream(await connect()), { exportName: "vol", handshake }),
-      ),
-      (error: Error) => {
-        assert.ok(isTorusError(error, ErrorCode.Unavailable), String(error));
-        assert.match(error.message, /did not finish the NBD handshake within 0\.2 s/);
-        return true;
-      },
-    );
-    await assert.rejects(
-      within(5_000, nbdHandshake(connStream(await connect()), "vol", handshake)),
-      /did not finish the NBD handshake/,
-    );
-    assert.ok(Date.now() - started < 5_000);
-  } finally {
-    for (const conn of held) conn.close();
-    silent.close();
-    await accepting.catch(() => {});
-  }
+  const connect = async () =>
+    connStream(await Deno.connect({ hostname: "127.0.0.1", port: silent.port }));
+  const hung = () => "the handshake did not end";
+  const started = Date.now();
+  await assert.rejects(
+    withinMs(NbdClient.connect(await connect(), { exportName: "vol", handshake }), 5_000, hung),
+    (error: Error) => {
+      assert.ok(isTorusError(error, ErrorCode.Unavailable), String(error));
+      assert.match(error.message, /did not finish the NBD handshake within 0\.2 s/);
+      return true;
+    },
+  );
+  await assert.rejects(
+    withinMs(nbdHandshake(await connect(), "vol", handshake), 5_000, hung),
+    /did not finish the NBD handshake/,
+  );
+  assert.ok(Date.now() - started < 5_000);
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { assertSameBytes } from "../../src/core/mod.ts";
 import { ctlOk, runTorus, startServe } from "../support/torus_process.ts";
+import { silentListener } from "../support/deadlines.ts";
 
 const MiB = 1024 * 1024;
 
@@ -164,15 +165,8 @@ Deno.test("dump and load say what to do when no data path exists", async () => {
 
     // A port that accepts and never speaks (a node's HTTP or TDP port given by mistake): the
     // handshake's deadline ends the wait with one line, not a hang.
-    using silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const held: Deno.Conn[] = [];
-    const accepting = (async () => {
-      for await (const conn of silent) held.push(conn);
-    })();
-    const mute = await dumpVia(`127.0.0.1:${silent.addr.port}`);
-    for (const conn of held) conn.close();
-    silent.close();
-    await accepting.catch(() => {});
+    await using silent = silentListener();
+    const mute = await dumpVia(`127.0.0.1:${silent.port}`);
     assert.equal(mute.code, 1);
     assert.match(
       mute.stderr,

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { silentListener } from "../support/deadlines.ts";
 import assert from "node:assert/strict";
 import { Etcd3 } from "etcd3";
 import { isTorusError } from "../../src/core/mod.ts";
@@ -62,27 +63,16 @@ Deno.test({
   name: "etcd: a server that accepts connections but never answers fails the open in time",
   ...base,
   fn: async () => {
-    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const held: Deno.Conn[] = [];
-    const accepting = (async () => {
-      for await (const conn of listener) held.push(conn);
-    })();
-    try {
-      const port = (listener.addr as Deno.NetAddr).port;
-      const started = Date.now();
-      await assert.rejects(
-        openEtcdKv({ endpoints: [`127.0.0.1:${port}`], connectTimeoutMs: 1_000 }),
-        isUnavailable,
-      );
-      const tookMs = Date.now() - started;
-      // The point is a bounded failure near the 1 s connect timeout rather than a hang (or the
-      // library's own minutes-long default); the margin absorbs a loaded machine's scheduling.
-      assert.ok(tookMs >= 900 && tookMs < 8_000, `took ${tookMs} ms`);
-    } finally {
-      listener.close();
-      await accepting.catch(() => {});
-      for (const conn of held) conn.close();
-    }
+    await using silent = silentListener();
+    const started = Date.now();
+    await assert.rejects(
+      openEtcdKv({ endpoints: [`127.0.0.1:${silent.port}`], connectTimeoutMs: 1_000 }),
+      isUnavailable,
+    );
+    const tookMs = Date.now() - started;
+    // The point is a bounded failure near the 1 s connect timeout rather than a hang (or the
+    // library's own minutes-long default); the margin absorbs a loaded machine's scheduling.
+    assert.ok(tookMs >= 900 && tookMs < 8_000, `took ${tookMs} ms`);
   },
 });
 

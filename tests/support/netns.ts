@@ -17,6 +17,8 @@
  * @module
  */
 
+import { withinMs } from "./deadlines.ts";
+
 /** Whether tests can make namespaces and veth pairs here, and if not, why. */
 export type NetnsCheck = { available: true } | { available: false; reason: string };
 
@@ -319,16 +321,3 @@ export async function netnsTest(
 let skipPrinted = false;
 /** How long a {@link netnsTest} may run. */
 const NETNS_TEST_TIMEOUT_MS = 30_000;
-
-/** `promise`, or a failure saying what did not happen when it has not settled within `ms`. */
-export async function withinMs<T>(promise: Promise<T>, ms: number, what: () => string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what()} within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}

@@ -13,14 +13,8 @@ import {
   type PacketSocket,
 } from "../../src/sys/packet_socket.ts";
 import { spawnFramePeer } from "../support/aoe_frame_peer.ts";
-import {
-  ip,
-  linkInfo,
-  type NetnsLab,
-  netnsTest,
-  type VethOptions,
-  withinMs,
-} from "../support/netns.ts";
+import { ip, linkInfo, type NetnsLab, netnsTest, type VethOptions } from "../support/netns.ts";
+import { withinMs } from "../support/deadlines.ts";
 
 const AOE = 0x88a2;
 const OTHER_ETHERTYPE = 0x88b5; // IEEE "local experimental"
