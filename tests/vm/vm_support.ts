@@ -136,25 +136,42 @@ export interface GuestOptions {
   readonly timeoutSeconds: number;
 }
 
-/** Runs the shell command `command` in the guest (the project's root is its cwd). */
-export async function runGuest(command: string, options: GuestOptions): Promise<GuestRun> {
+/** vm-run.sh's arguments for `command`, with the options' disk (and forwarded ports, pidfile). */
+function vmRunArgs(
+  command: string,
+  options: GuestOptions & { forward?: StartedGuestOptions["forward"]; pidFile?: string },
+): string[] {
   assert.ok(vmTools !== null, "no VM tools");
   const disk = options.disk;
   // Emulation is a CPU hog: at low priority it slows the tests running beside it less.
-  const vm = await run("nice", [
+  return [
     "-n",
     "10",
     `${vmTools}/vm-run.sh`,
     ...(disk === undefined ? [] : ["--disk", `${disk.image}:${disk.mountPoint}`]),
+    ...(options.forward ?? []).flatMap((f) => ["--fwd", `${f.hostPort}:${f.guestPort}`]),
+    ...(options.pidFile === undefined ? [] : ["--pidfile", options.pidFile]),
     "--",
     command,
-  ], { TIMEOUT: String(options.timeoutSeconds) });
+  ];
+}
+
+/** A run's exit status and console output as a {@link GuestRun}. */
+function guestRunOf(code: number, output: string): GuestRun {
   // The guest's console ends lines with CR LF.
-  const lines = vm.output.split("\n").map((line) => line.trimEnd());
+  const lines = output.split("\n").map((line) => line.trimEnd());
   const steps = lines.filter((line) => line.startsWith("VMTEST-"));
-  const context = `exit ${vm.code}; steps:\n${steps.join("\n")}\n--- output tail:\n` +
+  const context = `exit ${code}; steps:\n${steps.join("\n")}\n--- output tail:\n` +
     lines.slice(-60).join("\n");
-  return { code: vm.code, lines, steps, context };
+  return { code, lines, steps, context };
+}
+
+/** Runs the shell command `command` in the guest (the project's root is its cwd). */
+export async function runGuest(command: string, options: GuestOptions): Promise<GuestRun> {
+  const vm = await run("nice", vmRunArgs(command, options), {
+    TIMEOUT: String(options.timeoutSeconds),
+  });
+  return guestRunOf(vm.code, vm.output);
 }
 
 /** Fails unless the guest exited 0 and printed VMTEST-OK. */
@@ -188,36 +205,19 @@ export async function startGuest(
   command: string,
   options: StartedGuestOptions,
 ): Promise<StartedGuest> {
-  assert.ok(vmTools !== null, "no VM tools");
   const pidDir = await Deno.makeTempDir({ prefix: "torus-vm-pid-" });
   const pidFile = `${pidDir}/qemu.pid`;
-  const disk = options.disk;
   const child = new Deno.Command("nice", {
-    args: [
-      "-n",
-      "10",
-      `${vmTools}/vm-run.sh`,
-      ...(disk === undefined ? [] : ["--disk", `${disk.image}:${disk.mountPoint}`]),
-      ...(options.forward ?? []).flatMap((f) => ["--fwd", `${f.hostPort}:${f.guestPort}`]),
-      "--pidfile",
-      pidFile,
-      "--",
-      command,
-    ],
+    args: vmRunArgs(command, { ...options, pidFile }),
     cwd: root,
     env: { TIMEOUT: String(options.timeoutSeconds) },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const done = child.output().then((result) => {
-    const output = decoder.decode(result.stdout) + decoder.decode(result.stderr);
-    const lines = output.split("\n").map((line) => line.trimEnd());
-    const steps = lines.filter((line) => line.startsWith("VMTEST-"));
-    const context = `exit ${result.code}; steps:\n${steps.join("\n")}\n--- output tail:\n` +
-      lines.slice(-60).join("\n");
-    return { code: result.code, lines, steps, context };
-  }).finally(() => Deno.remove(pidDir, { recursive: true }).catch(() => {}));
+  const done = child.output().then((result) =>
+    guestRunOf(result.code, decoder.decode(result.stdout) + decoder.decode(result.stderr))
+  ).finally(() => Deno.remove(pidDir, { recursive: true }).catch(() => {}));
   const powerCut = async () => {
     const deadline = Date.now() + 60_000;
     let pid = NaN;
