@@ -260,8 +260,6 @@ Deno.test({
         );
       }
       assert.deepEqual(problems.slice(0, 20), [], `${problems.length} sectors broke the promise`);
-      const flushedSectors = written.model.durable.filter((id) => id > 0).length;
-      assert.ok(flushedSectors > 0, "the flushed rounds wrote sectors");
     } finally {
       await Deno.remove(work, { recursive: true });
     }
