@@ -72,6 +72,7 @@ import {
   assert,
   type BlockRef,
   blockUnavailable,
+  type Clock,
   closed,
   crc32,
   ErrorCode,
@@ -83,6 +84,7 @@ import {
   logger,
   notExist,
   SharedRun,
+  systemClock,
   TorusError,
   verifyEnabled,
 } from "../core/mod.ts";
@@ -142,6 +144,16 @@ export interface FileBlockStoreOptions {
   sizeBytes: number | "existing";
   /** The file system, for every file operation. Default: the real one (SysFileIo). */
   io?: FileIo;
+  /**
+   * Times the store's own waits (a journal batch's, a background flush's). Default: the real
+   * clock; a test passes the clock of its simulated machine so a seed replays exactly.
+   */
+  clock?: Clock;
+  /**
+   * How long range writes may stay unflushed (and so unapplied) when nobody flushes, in ms.
+   * Default 5 s. Tests shorten it to meet background flushes among their own calls.
+   */
+  backgroundFlushMs?: number;
 }
 
 /** Staging buffers kept for reuse by puts (each one block). */
@@ -183,7 +195,7 @@ interface Unapplied {
  * (records are applied in place only once a flush made them durable).
  */
 const UNFLUSHED_BYTES_SOFT_MAX = 64 * 1024 * 1024;
-/** How long records may stay unapplied and unflushed when nobody flushes. */
+/** How long records may stay unapplied and unflushed when nobody flushes (the default). */
 const BACKGROUND_FLUSH_MS = 5_000;
 /** Refs the applier works on at once. */
 const APPLY_CONCURRENCY = 128;
@@ -289,13 +301,15 @@ export class FileBlockStore implements BlockStore {
   readonly #pinned = new Map<number, number>();
   /** Pinned slots released meanwhile: free once unpinned. */
   readonly #releaseDeferred = new Set<number>();
-  #backgroundFlush: ReturnType<typeof setTimeout> | null = null;
+  #backgroundFlush: AbortController | null = null;
+  readonly #clock: Clock;
+  readonly #backgroundFlushMs: number;
 
   /** Use {@link FileBlockStore.open}. */
   private constructor(
     files: StoreFiles,
     loaded: LoadedIndex,
-    extra: { sums: SumsFile; journal: Journal },
+    extra: { sums: SumsFile; journal: Journal; clock: Clock; backgroundFlushMs: number },
   ) {
     assert(files.highWater !== null, "a store opens with a settled high-water mark");
     this.name = files.name;
@@ -307,6 +321,8 @@ export class FileBlockStore implements BlockStore {
     this.#nextGeneration = loaded.maxGeneration + 1;
     this.#sums = extra.sums;
     this.#journal = extra.journal;
+    this.#clock = extra.clock;
+    this.#backgroundFlushMs = extra.backgroundFlushMs;
     this.#sectorBytes = extra.sums.sectorBytes;
     this.#applied = {
       seq: extra.journal.checkpoint.seq,
@@ -345,6 +361,7 @@ export class FileBlockStore implements BlockStore {
       throw invalid(`invalid store size: ${options.sizeBytes} bytes`);
     }
     const io = options.io ?? new SysFileIo();
+    const clock = options.clock ?? systemClock;
     if (existing && !(await io.exists(`${options.dir}/map-${name}.blk`))) {
       throw notExist(`there is no block store ${name} in ${options.dir}`);
     }
@@ -373,6 +390,7 @@ export class FileBlockStore implements BlockStore {
           slotCount * options.blockSizeBytes,
           options.blockSizeBytes,
         ),
+        clock,
       });
       let loaded: LoadedIndex;
       let summary: JournalSummary;
@@ -408,7 +426,12 @@ export class FileBlockStore implements BlockStore {
       });
       await sums.resize(slotCount);
       await settleHighWater(files, loaded);
-      const store = new FileBlockStore(files, loaded, { sums, journal });
+      const store = new FileBlockStore(files, loaded, {
+        sums,
+        journal,
+        clock,
+        backgroundFlushMs: options.backgroundFlushMs ?? BACKGROUND_FLUSH_MS,
+      });
       await store.#replay(summary);
       // In the background: the first reads after a restart then find their sums in memory.
       store.#sumsPreloaded = sums.preload(
@@ -922,11 +945,15 @@ export class FileBlockStore implements BlockStore {
   /** Flushes on its own a while after the last write, so records do not wait unapplied for long. */
   #scheduleBackgroundFlush(): void {
     if (this.#backgroundFlush !== null) return;
-    this.#backgroundFlush = setTimeout(() => {
+    const timer = new AbortController();
+    this.#backgroundFlush = timer;
+    this.#clock.sleep(this.#backgroundFlushMs, timer.signal).then(() => {
       this.#backgroundFlush = null;
       if (this.#closing || this.#failure !== null || this.#unapplied.length === 0) return;
       void this.#flushNow().catch(() => {});
-    }, BACKGROUND_FLUSH_MS);
+    }, () => {
+      if (this.#backgroundFlush === timer) this.#backgroundFlush = null;
+    });
   }
 
   // ---- applying durable records, checkpoints, replay ---------------------------------------
@@ -1580,7 +1607,7 @@ export class FileBlockStore implements BlockStore {
     while (this.#opsInFlight > 0) {
       await new Promise<void>((resolve) => this.#drainWaiters.push(resolve));
     }
-    if (this.#backgroundFlush !== null) clearTimeout(this.#backgroundFlush);
+    this.#backgroundFlush?.abort();
     try {
       if (this.#failure === null) {
         await this.#flushNow();

@@ -205,3 +205,46 @@ Deno.test("CacheHitRate: reads that keep missing the page cache stop trying it, 
   for (let i = 0; i < 40; i++) rate.saw(true);
   assert.equal(rate.worthTrying(), true);
 });
+
+/** When a wait of `waitMs` ended among 8 writes in flight, under `seed`: writes done before it. */
+async function writesBeforeWaitEnded(seed: number, waitMs: number): Promise<number> {
+  let done = 0;
+  let seen = -1;
+  await withPowerLoss(seed, async (io, dir) => {
+    const file = await io.open(`${dir}/f`, { create: true });
+    const writes = Array.from({ length: 8 }, (_, i) => file.write(block(i), i * 4096));
+    const wait = io.clock.sleep(waitMs).then(() => void (seen = done));
+    await Promise.all([...writes.map((w) => w.then(() => void done++)), wait]);
+    await file.close();
+  });
+  return seen;
+}
+
+Deno.test("PowerLossFileIo: its clock's waits end among the operations, replayably", async () => {
+  // One operation counts as a millisecond: a wait of 5 ms ends after at least 5 of them.
+  const soon = await Promise.all([1, 2, 3, 4, 5, 6].map((seed) => writesBeforeWaitEnded(seed, 0)));
+  assert.deepEqual(
+    await Promise.all([1, 2, 3, 4, 5, 6].map((seed) => writesBeforeWaitEnded(seed, 0))),
+    soon,
+  );
+  assert.ok(new Set(soon).size > 1, `a wait of 0 ms ends at a seeded point: ${soon}`);
+  for (const seed of [1, 2, 3, 4]) {
+    // The open counts too: 5 operations are the open and 4 writes.
+    assert.ok((await writesBeforeWaitEnded(seed, 5)) >= 4);
+    // Nothing else waiting: time jumps to the wait's end.
+    assert.equal(await writesBeforeWaitEnded(seed, 1_000), 8);
+  }
+});
+
+Deno.test("PowerLossFileIo: an aborted wait ends at once, a cut rejects the others", async () => {
+  await withPowerLoss(6, async (io) => {
+    const abort = new AbortController();
+    const aborted = io.clock.sleep(50, abort.signal);
+    const pending = io.clock.sleep(50);
+    abort.abort(new Error("not needed"));
+    await assert.rejects(aborted, /not needed/);
+    await io.cut();
+    await assert.rejects(pending, /power cut/);
+    await assert.rejects(io.clock.sleep(1), /power cut/);
+  });
+});

@@ -25,7 +25,16 @@
  * @module
  */
 
-import { assert, BLOCK_REF_BYTES, BlockRef, crc32c, invalid, joinedBytes } from "../core/mod.ts";
+import {
+  assert,
+  BLOCK_REF_BYTES,
+  BlockRef,
+  type Clock,
+  crc32c,
+  invalid,
+  joinedBytes,
+  systemClock,
+} from "../core/mod.ts";
 import type { FileIo, IoFile } from "./file_io.ts";
 
 /**
@@ -258,8 +267,10 @@ export class Journal {
   #batch: Pending[] = [];
   #writing: Promise<void> | null = null;
   #scheduled = false;
-  /** The delayed start of a small batch's write (see #schedule). */
-  #batchTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Cancels the delayed start of a small batch's write (see #schedule). */
+  #batchTimer: AbortController | null = null;
+  /** Times that delay: a test's clock decides when it ends, so a seed replays exactly. */
+  readonly #clock: Clock;
   #closing = false;
   /** Where small records are encoded (see #recordBuffer). */
   #slab = new Uint8Array(SLAB_BYTES);
@@ -271,10 +282,11 @@ export class Journal {
   private constructor(
     path: string,
     file: IoFile,
-    state: { regionBytes: number; checkpoint: Checkpoint; counter: number },
+    state: { regionBytes: number; checkpoint: Checkpoint; counter: number; clock: Clock },
   ) {
     this.path = path;
     this.#file = file;
+    this.#clock = state.clock;
     this.regionBytes = state.regionBytes;
     this.#checkpoint = state.checkpoint;
     this.#checkpointCounter = state.counter;
@@ -286,12 +298,13 @@ export class Journal {
 
   /**
    * Opens (creating when absent, with `regionBytes`) the journal at `path` of the store whose id
-   * is `storeId`. A journal of another store, or a damaged header, is refused.
+   * is `storeId`. A journal of another store, or a damaged header, is refused. `clock` times
+   * the short wait of a small batch (default: the real one).
    */
   static async open(
     io: FileIo,
     path: string,
-    options: { storeId: Uint8Array; regionBytes: number },
+    options: { storeId: Uint8Array; regionBytes: number; clock?: Clock },
   ): Promise<Journal> {
     if (!(await io.exists(path))) {
       // Made whole under another name and renamed: a crash never leaves a half-made journal.
@@ -313,7 +326,7 @@ export class Journal {
       if ((await file.sizeBytes()) < HEADER_PAGE_BYTES + state.regionBytes) {
         throw invalid(`${path} is shorter than its region`);
       }
-      return new Journal(path, file, state);
+      return new Journal(path, file, { ...state, clock: options.clock ?? systemClock });
     } catch (error) {
       await file.close();
       throw error;
@@ -483,13 +496,22 @@ export class Journal {
     const eager = waited || this.#writtenWaiters.length > 0 || this.#closing ||
       this.#batch.length >= BATCH_RECORDS_EAGER;
     if (!eager) {
-      this.#batchTimer ??= setTimeout(() => {
-        this.#batchTimer = null;
-        this.#schedule(true);
-      }, BATCH_DELAY_MS);
+      if (this.#batchTimer === null) {
+        const timer = new AbortController();
+        this.#batchTimer = timer;
+        this.#clock.sleep(BATCH_DELAY_MS, timer.signal).then(() => {
+          if (this.#batchTimer !== timer) return;
+          this.#batchTimer = null;
+          this.#schedule(true);
+        }, () => {
+          // Cancelled (the write started another way), or the clock is gone: a sync or the
+          // next append starts the write then.
+          if (this.#batchTimer === timer) this.#batchTimer = null;
+        });
+      }
       return;
     }
-    if (this.#batchTimer !== null) clearTimeout(this.#batchTimer);
+    this.#batchTimer?.abort();
     this.#batchTimer = null;
     this.#scheduled = true;
     queueMicrotask(() => {

@@ -31,7 +31,7 @@
  */
 
 import { setImmediate } from "node:timers";
-import { assert, ErrorCode, type Random, TorusError } from "../core/mod.ts";
+import { assert, type Clock, ErrorCode, type Random, TorusError } from "../core/mod.ts";
 import { type FileIo, type IoFile, type OpenFileOptions, parentDir } from "./file_io.ts";
 
 /** Options of {@link PowerLossFileIo}. */
@@ -128,6 +128,10 @@ class GrowingBytes {
 /** One operation waiting for its turn. */
 interface Waiting {
   run(): Promise<unknown>;
+  /** Set when its turn came (a cancelled wait is then left to finish). */
+  started?: boolean;
+  /** For a clock's wait: the operation count before which it does not end. */
+  notBefore?: number;
   resolve(value: unknown): void;
   reject(error: unknown): void;
   /** For writes: the file and range, to flag overlapping writes. */
@@ -173,6 +177,18 @@ export class PowerLossFileIo implements FileIo {
   #progress: { operations: number; resolve: () => void }[] = [];
   #cut: Promise<PowerCutReport> | null = null;
   readonly #cutDone = Promise.withResolvers<PowerCutReport>();
+
+  /**
+   * The simulated machine's clock, for the code under test. Its time is the operation count
+   * (one operation, one millisecond): a wait of `ms` ends as one of the operations the seeded
+   * Random picks once `ms` more have run, or at once when nothing else waits (time passes while
+   * the machine idles). When a timer fires among the file operations thus replays from the seed
+   * too. A cut rejects the waits.
+   */
+  readonly clock: Clock = {
+    nowMs: () => this.#operations,
+    sleep: (ms, signal) => this.#sleep(ms, signal),
+  };
 
   constructor(inner: FileIo, options: PowerLossOptions) {
     this.#inner = inner;
@@ -280,6 +296,40 @@ export class PowerLossFileIo implements FileIo {
     });
   }
 
+  #sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    if (this.#cut !== null) return Promise.reject(powerCutError());
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        if (wait.started) return;
+        const at = this.#waiting.indexOf(wait);
+        if (at >= 0) this.#waiting.splice(at, 1);
+        reject(signal?.reason);
+      };
+      const wait: Waiting = {
+        run: () => Promise.resolve(),
+        notBefore: this.#operations + Math.ceil(Math.max(0, ms)),
+        resolve: () => {
+          signal?.removeEventListener("abort", onAbort);
+          resolve();
+        },
+        reject: (error) => {
+          signal?.removeEventListener("abort", onAbort);
+          reject(error);
+        },
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.#waiting.push(wait);
+      this.#startPump();
+    });
+  }
+
+  #startPump(): void {
+    if (this.#running) return;
+    this.#running = true;
+    void this.#pump();
+  }
+
   /** Runs `run` in its turn (see the module doc); `write` marks a write for hazard checks. */
   #schedule<T>(run: () => Promise<T>, write?: Waiting["write"]): Promise<T> {
     if (this.#cut !== null) return Promise.reject(powerCutError());
@@ -292,10 +342,7 @@ export class PowerLossFileIo implements FileIo {
         ...(write === undefined ? {} : { write }),
       });
     });
-    if (!this.#running) {
-      this.#running = true;
-      void this.#pump();
-    }
+    this.#startPump();
     return result;
   }
 
@@ -322,7 +369,7 @@ export class PowerLossFileIo implements FileIo {
         void this.cut();
         break;
       }
-      const next = this.#waiting[this.#random.int(this.#waiting.length)]!;
+      const next = this.#pickNext();
       this.#operations++;
       this.#current = this.#runOne(next);
       await this.#current;
@@ -330,6 +377,14 @@ export class PowerLossFileIo implements FileIo {
     }
     this.#running = false;
     this.#wakeDrivers();
+  }
+
+  /** A random operation among those that may run now (see {@link clock}). */
+  #pickNext(): Waiting {
+    const due = this.#waiting.filter((w) => (w.notBefore ?? 0) <= this.#operations);
+    if (due.length > 0) return due[this.#random.int(due.length)]!;
+    // Only waits that end later: time jumps to the first of them.
+    return this.#waiting.reduce((a, b) => a.notBefore! <= b.notBefore! ? a : b);
   }
 
   /** Resumes the drivers whose operations ran (all when nothing waits); whether any was. */
@@ -343,6 +398,7 @@ export class PowerLossFileIo implements FileIo {
   }
 
   async #runOne(next: Waiting): Promise<void> {
+    next.started = true;
     try {
       next.resolve(await next.run());
     } catch (error) {

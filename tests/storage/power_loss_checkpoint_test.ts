@@ -32,7 +32,7 @@ async function open(dir: string, io: PowerLossFileIo | null): Promise<FileBlockS
     dir,
     blockSizeBytes: BLOCK_BYTES,
     sizeBytes: SLOTS * BLOCK_BYTES,
-    ...(io === null ? {} : { io }),
+    ...(io === null ? {} : { io, clock: io.clock }),
   });
 }
 

@@ -40,12 +40,16 @@ function keyRef(key: number): BlockRef {
 
 /** Per key: the states since the last covered one (index 0), each with the op that made it. */
 class Model {
-  #history = new Map<number, { state: State; op: number; done: boolean }[]>();
+  #history = new Map<number, { state: State; op: number; done: boolean; what: string }[]>();
+  /** Every state each key ever had in this run, for failure messages. */
+  #past: { key: number; op: number; state: State }[] = [];
   #nextOp = 1;
 
   constructor(base: Map<number, State>) {
     for (let key = 0; key < KEYS; key++) {
-      this.#history.set(key, [{ state: base.get(key) ?? null, op: 0, done: true }]);
+      const state = base.get(key) ?? null;
+      this.#history.set(key, [{ state, op: 0, done: true, what: "reopened" }]);
+      this.#past.push({ key, op: 0, state });
     }
   }
 
@@ -53,10 +57,11 @@ class Model {
     return this.#history.get(key)!.at(-1)!.state;
   }
 
-  /** Records an op on `key` leading to `state`; returns its id. */
-  issue(key: number, state: State): number {
+  /** Records an op on `key` (described by `what`) leading to `state`; returns its id. */
+  issue(key: number, state: State, what: string): number {
     const op = this.#nextOp++;
-    this.#history.get(key)!.push({ state, op, done: false });
+    this.#history.get(key)!.push({ state, op, done: false, what });
+    this.#past.push({ key, op, state });
     return op;
   }
 
@@ -95,6 +100,21 @@ class Model {
   allowed(key: number): State[] {
     return this.#history.get(key)!.map((entry) => entry.state);
   }
+
+  /** For a failure message: the ops behind the allowed states of `key`. */
+  allowedOps(key: number): string {
+    return this.#history.get(key)!.map((e) => `#${e.op} ${e.what}${e.done ? "" : " (running)"}`)
+      .join("; ");
+  }
+
+  /** For a failure message: which earlier state (of any key) holds this sector's bytes. */
+  whoseSector(sector: number, sum: number): string {
+    const found = this.#past.filter(({ state }) =>
+      state !== null &&
+      crc32(state.subarray(sector * SECTOR, (sector + 1) * SECTOR)) === sum
+    );
+    return found.map(({ key, op }) => `k${key}#${op}`).join("/");
+  }
 }
 
 /**
@@ -115,7 +135,8 @@ function madeOf(bytes: Uint8Array, allowed: State[]): boolean {
 }
 
 /** For a failure message: which allowed states each sector matches. */
-function describe(bytes: Uint8Array, allowed: State[]): string {
+function describe(bytes: Uint8Array, key: number, model: Model): string {
+  const allowed = model.allowed(key);
   const sectors: string[] = [];
   for (let sector = 0; sector < BLOCK_BYTES / SECTOR; sector++) {
     const part = bytes.subarray(sector * SECTOR, (sector + 1) * SECTOR);
@@ -126,9 +147,13 @@ function describe(bytes: Uint8Array, allowed: State[]): string {
         ? String(i)
         : ""
     ).filter((m) => m !== "");
-    sectors.push(`${sector}:${zero}[${matches.join(",")}]`);
+    const elsewhere = matches.length === 0 && zero === "data"
+      ? ` from ${model.whoseSector(sector, crc32(part)) || "nowhere"}`
+      : "";
+    sectors.push(`${sector}:${zero}[${matches.join(",")}]${elsewhere}`);
   }
-  return `${sectors.join(" ")}; ${allowed.map((s) => s === null ? "absent" : "p").join(",")}`;
+  const states = allowed.map((s) => s === null ? "absent" : "p").join(",");
+  return `${sectors.join(" ")}; ${states}; ops: ${model.allowedOps(key)}`;
 }
 
 /** What a key holds now: its bytes, null (absent) or "torn". */
@@ -165,7 +190,7 @@ async function verify(
     } else {
       assert.ok(
         madeOf(state, allowed),
-        `${where}: key ${key} holds sectors no write left there (${describe(state, allowed)})`,
+        `${where}: key ${key} holds sectors no write left there (${describe(state, key, model)})`,
       );
       seen.set(key, state);
     }
@@ -234,13 +259,16 @@ function mutate(
   const roll = random.float();
   let next: State;
   let call: () => Promise<void>;
+  let what: string;
   if (roll < 0.15) {
     next = random.bytes(BLOCK_BYTES);
     const data = next;
     call = () => store.putBlock(keyRef(key), data);
+    what = "put";
   } else if (roll < 0.25) {
     next = null;
     call = () => store.deleteBlock(keyRef(key));
+    what = "delete";
   } else {
     const fresh = random.chance(0.15);
     const aligned = random.chance(0.6);
@@ -256,8 +284,9 @@ function mutate(
     call = data === null
       ? () => store.zeroAt(keyRef(key), offset, length, options)
       : () => store.writeAt(keyRef(key), offset, data, options);
+    what = `${data === null ? "zeroAt" : "writeAt"} ${offset}+${length}${fresh ? " fresh" : ""}`;
   }
-  const op = model.issue(key, next);
+  const op = model.issue(key, next, what);
   return call().then(() => model.complete(key, op), (error) => {
     if (context.io.isCut) return;
     const noEffect = isTorusError(error, ErrorCode.OutOfSpace) ||
@@ -267,13 +296,18 @@ function mutate(
   });
 }
 
-async function openOrCut(dir: string, io?: PowerLossFileIo): Promise<FileBlockStore | null> {
+async function openOrCut(
+  dir: string,
+  io?: PowerLossFileIo,
+  backgroundFlushMs?: number,
+): Promise<FileBlockStore | null> {
   try {
     return await FileBlockStore.open({
       dir,
       blockSizeBytes: BLOCK_BYTES,
       sizeBytes: SLOTS * BLOCK_BYTES,
-      ...(io ? { io } : {}),
+      ...(io ? { io, clock: io.clock } : {}),
+      ...(backgroundFlushMs === undefined ? {} : { backgroundFlushMs }),
     });
   } catch (error) {
     if (io === undefined || !io.isCut) throw error;
@@ -295,7 +329,8 @@ async function runSeed(seed: number): Promise<void> {
         random: new SeededRandom(random.nextU32()),
         ...(cutEarly ? { cutBeforeOperation: 1 + random.int(60) } : {}),
       });
-      const store = await openOrCut(dir, io);
+      // The clock counts operations: the store flushes on its own among the workload's calls.
+      const store = await openOrCut(dir, io, 5 + random.int(200));
       const seen = store === null ? null : await verify(store, model, `${where} (reopened)`, io);
       if (store === null || seen === null) {
         await io.whenCut();

@@ -219,6 +219,7 @@ async function openOrCut(dir: string, io: PowerLossFileIo): Promise<FileBlockSto
       blockSizeBytes: BLOCK_BYTES,
       sizeBytes: SLOTS * BLOCK_BYTES,
       io,
+      clock: io.clock,
     });
   } catch (error) {
     if (!io.isCut) throw error;
