@@ -221,17 +221,13 @@ async function writesBeforeWaitEnded(seed: number, waitMs: number): Promise<numb
 }
 
 Deno.test("PowerLossFileIo: its clock's waits end among the operations, replayably", async () => {
-  // One operation counts as a millisecond: a wait of 5 ms ends after at least 5 of them.
-  const soon = await Promise.all([1, 2, 3, 4, 5, 6].map((seed) => writesBeforeWaitEnded(seed, 0)));
-  assert.deepEqual(
-    await Promise.all([1, 2, 3, 4, 5, 6].map((seed) => writesBeforeWaitEnded(seed, 0))),
-    soon,
-  );
-  assert.ok(new Set(soon).size > 1, `a wait of 0 ms ends at a seeded point: ${soon}`);
-  for (const seed of [1, 2, 3, 4]) {
-    // The open counts too: 5 operations are the open and 4 writes.
-    assert.ok((await writesBeforeWaitEnded(seed, 5)) >= 4);
-    // Nothing else waiting: time jumps to the wait's end.
+  const seeds = [1, 2, 3, 4, 5, 6];
+  const soon = await Promise.all(seeds.map((seed) => writesBeforeWaitEnded(seed, 2)));
+  assert.deepEqual(await Promise.all(seeds.map((seed) => writesBeforeWaitEnded(seed, 2))), soon);
+  assert.ok(new Set(soon).size > 1, `a wait ends at a seeded point: ${soon}`);
+  assert.ok(soon.some((writes) => writes < 8), `a short wait can end first: ${soon}`);
+  for (const seed of seeds) {
+    // It ends after the writes, as nothing else waits then: time jumps to its end.
     assert.equal(await writesBeforeWaitEnded(seed, 1_000), 8);
   }
 });

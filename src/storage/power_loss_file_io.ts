@@ -57,6 +57,9 @@ export interface PowerCutReport {
   otherDropped: number;
 }
 
+/** The most operations one millisecond of the simulated clock lasts (see `clock`). */
+const OPERATIONS_PER_MS_MAX = 8;
+
 /** Largest file this layer holds in memory. */
 const FILE_BYTES_MAX = 256 * 1024 * 1024;
 
@@ -179,11 +182,11 @@ export class PowerLossFileIo implements FileIo {
   readonly #cutDone = Promise.withResolvers<PowerCutReport>();
 
   /**
-   * The simulated machine's clock, for the code under test. Its time is the operation count
-   * (one operation, one millisecond): a wait of `ms` ends as one of the operations the seeded
-   * Random picks once `ms` more have run, or at once when nothing else waits (time passes while
-   * the machine idles). When a timer fires among the file operations thus replays from the seed
-   * too. A cut rejects the waits.
+   * The simulated machine's clock, for the code under test. Its time is counted in operations,
+   * and how long one takes varies as on a loaded machine: a wait of `ms` may end once a seeded
+   * number between 0 and 8·`ms` more have run, as one of the operations the seeded Random picks
+   * then, or at once when nothing else waits (time passes while the machine idles). When a timer
+   * fires among the file operations thus replays from the seed too. A cut rejects the waits.
    */
   readonly clock: Clock = {
     nowMs: () => this.#operations,
@@ -299,6 +302,7 @@ export class PowerLossFileIo implements FileIo {
   #sleep(ms: number, signal?: AbortSignal): Promise<void> {
     if (this.#cut !== null) return Promise.reject(powerCutError());
     if (signal?.aborted) return Promise.reject(signal.reason);
+    ms = Math.max(0, ms);
     return new Promise<void>((resolve, reject) => {
       const onAbort = () => {
         if (wait.started) return;
@@ -308,7 +312,7 @@ export class PowerLossFileIo implements FileIo {
       };
       const wait: Waiting = {
         run: () => Promise.resolve(),
-        notBefore: this.#operations + Math.ceil(Math.max(0, ms)),
+        notBefore: this.#operations + this.#random.int(OPERATIONS_PER_MS_MAX * Math.ceil(ms) + 1),
         resolve: () => {
           signal?.removeEventListener("abort", onAbort);
           resolve();
