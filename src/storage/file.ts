@@ -98,6 +98,8 @@ import {
   JournalKind,
   type JournalRecord,
   journalRegionBytesFor,
+  RECORD_ALIGN_BYTES,
+  recordBytesOf,
 } from "./journal.ts";
 import {
   sectorMatches,
@@ -154,6 +156,12 @@ export interface FileBlockStoreOptions {
    * Default 5 s. Tests shorten it to meet background flushes among their own calls.
    */
   backgroundFlushMs?: number;
+  /**
+   * Size of the journal's record region when the store is created (later opens keep what the
+   * journal has). Default: 1/16 of the store, 4 MiB to 256 MiB. Tests make it small so the
+   * journal wraps and checkpoints often; at least 8 whole-block records.
+   */
+  journalRegionBytes?: number;
 }
 
 /** Staging buffers kept for reuse by puts (each one block). */
@@ -186,6 +194,8 @@ interface Unapplied {
   readonly key: Uint32Array;
   /** Null for a delete. */
   readonly range: PendingRange | null;
+  /** For a range: the slot and generation of the copy it was appended for. */
+  readonly copy?: { readonly slot: number; readonly generation: number };
   /** Where the record ends in the journal, once written. */
   end: number;
 }
@@ -386,10 +396,7 @@ export class FileBlockStore implements BlockStore {
       };
       journal = await Journal.open(io, `${options.dir}/journal-${name}.blk`, {
         storeId: files.storeId,
-        regionBytes: journalRegionBytesFor(
-          slotCount * options.blockSizeBytes,
-          options.blockSizeBytes,
-        ),
+        regionBytes: journalRegionBytesOf(options, slotCount),
         clock,
       });
       let loaded: LoadedIndex;
@@ -884,7 +891,11 @@ export class FileBlockStore implements BlockStore {
       this.#overlay.set(refKey, records);
     }
     records.push(pending);
-    return this.#appendRecord({ seq, refKey, key: key.slice(), range: pending, end: 0 }, {
+    const slot = this.#index.find(key);
+    assert(slot >= 0, "a range is appended for a stored copy");
+    const copy = { slot, generation: this.#index.generations[slot]! };
+    const unapplied = { seq, refKey, key: key.slice(), range: pending, copy, end: 0 };
+    return this.#appendRecord(unapplied, {
       seq,
       kind: pending.kind,
       flags: pending.reset ? JournalFlag.Reset : 0,
@@ -994,17 +1005,34 @@ export class FileBlockStore implements BlockStore {
   }
 
   /**
-   * Applies the records of one ref (in seq order) to its current slot: the final bytes of every
-   * sector they touch are written once, then the sums record. Records older than the copy (a
-   * put or delete came after them) and deletes have nothing left to do here.
+   * Applies the records of one ref (in seq order) to the copies they were made for: per copy,
+   * the final bytes of every sector they touch are written once, then the sums record.
+   * - The current copy gets its records.
+   * - So does a copy deleted since, while its delete is not durable (Deleting): its entry is
+   *   durable and stays so until then, and the checkpoint after this apply ends the replay of
+   *   these records, so a power loss that takes the delete must find them applied in place.
+   * - A copy a put replaced gets nothing: the checkpoint makes the new copy durable first.
+   * Deletes have nothing left to do here.
    */
   async #applyToSlot(records: readonly Unapplied[]): Promise<void> {
-    const slot = this.#index.find(records[0]!.key);
-    if (slot >= 0) {
-      const generation = this.#index.generations[slot]!;
-      const ranges = records.filter((r) => r.range !== null && r.seq > generation)
-        .map((r) => r.range!);
-      if (ranges.length > 0) await this.#writeRanges(slot, generation, ranges);
+    const index = this.#index;
+    let from = 0;
+    while (from < records.length) {
+      const copy = records[from]!.copy;
+      let to = from + 1;
+      while (
+        to < records.length &&
+        records[to]!.copy?.slot === copy?.slot &&
+        records[to]!.copy?.generation === copy?.generation
+      ) to++;
+      const holds = copy !== undefined && index.generations[copy.slot] === copy.generation &&
+        (index.find(records[from]!.key) === copy.slot ||
+          index.states[copy.slot] === SlotState.Deleting);
+      if (holds) {
+        const ranges = records.slice(from, to).map((r) => r.range!);
+        await this.#writeRanges(copy.slot, copy.generation, ranges);
+      }
+      from = to;
     }
     // Readers now find these bytes in the slot; they leave the overlay.
     const refKey = records[0]!.refKey;
@@ -1319,11 +1347,17 @@ export class FileBlockStore implements BlockStore {
 
   /** Enters the failed state (see the module doc) and returns the error to throw. */
   #fail(what: string, error: unknown): TorusError {
-    this.#failure ??= new TorusError(
-      ErrorCode.Unavailable,
-      `block store ${this.name} failed: ${what}: ${errorMessage(error)}`,
-      { cause: error },
-    );
+    if (this.#failure === null) {
+      this.#failure = new TorusError(
+        ErrorCode.Unavailable,
+        `block store ${this.name} failed: ${what}: ${errorMessage(error)}`,
+        { cause: error },
+      );
+      // Nothing will make room in the journal or free a slot now: calls waiting for either
+      // fail instead of waiting forever.
+      this.#journal.fail(this.#failure);
+      this.#wakeSlotWaiters();
+    }
     log.error(this.#failure.message);
     return this.#failure;
   }
@@ -1936,6 +1970,19 @@ function finalSectors(
     i = j;
   }
   return { runs, changed: [...content.keys()].sort((a, b) => a - b) };
+}
+
+/** The journal region a new store of `slotCount` slots gets (see `journalRegionBytes`). */
+function journalRegionBytesOf(options: FileBlockStoreOptions, slotCount: number): number {
+  const wanted = options.journalRegionBytes;
+  if (wanted === undefined) {
+    return journalRegionBytesFor(slotCount * options.blockSizeBytes, options.blockSizeBytes);
+  }
+  const least = 8 * recordBytesOf(options.blockSizeBytes);
+  if (!Number.isSafeInteger(wanted) || wanted < least) {
+    throw invalid(`a journal of ${wanted} bytes is too small: at least ${least}`);
+  }
+  return Math.ceil(wanted / RECORD_ALIGN_BYTES) * RECORD_ALIGN_BYTES;
 }
 
 /** What a range write asks for besides its bytes. */

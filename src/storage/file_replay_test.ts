@@ -117,3 +117,85 @@ Deno.test("a range flushed after a clean restart survives a kill", async () => {
     await Deno.remove(crashed, { recursive: true });
   }
 });
+
+/**
+ * Delays the journal's datasync by running `duringSync` first, and holds the journal's record
+ * writes (not its checkpoint page) once `holdRecords` is set.
+ */
+class JournalGate extends HookedFileIo {
+  duringSync: (() => void) | null = null;
+  holdRecords = false;
+  readonly #waiting: (() => void)[] = [];
+  constructor() {
+    super(new SysFileIo(), (path) => {
+      if (!path.includes("/journal-")) return {};
+      return {
+        datasync: (file) => {
+          const run = this.duringSync;
+          this.duringSync = null;
+          run?.();
+          return file.datasync();
+        },
+        write: async (file, bytes, at) => {
+          // The checkpoint records live in the first page, before the record region.
+          if (this.holdRecords && at >= 4096) {
+            await new Promise<void>((go) => this.#waiting.push(go));
+          }
+          return file.write(bytes, at);
+        },
+      };
+    });
+  }
+  release(): void {
+    this.holdRecords = false;
+    for (const go of this.#waiting.splice(0)) go();
+  }
+}
+
+Deno.test("a flushed range survives a kill when a delete of its block was not flushed", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "torus-replay-" });
+  const crashed = await Deno.makeTempDir({ prefix: "torus-replay-" });
+  // Big blocks: a few whole-block records fill half the journal, so an apply checkpoints.
+  const big = 512 * 1024;
+  const options = { dir, blockSizeBytes: big, sizeBytes: big * 16 };
+  const ref = (index: number) => new BlockRef({ volume: 1, inode: 1, index });
+  const gate = new JournalGate();
+  const range = new Uint8Array(SECTOR).fill(0xab);
+  const store = await FileBlockStore.open({ ...options, io: gate });
+  try {
+    await store.putBlock(ref(0), new Uint8Array(big).fill(1));
+    for (let i = 1; i <= 4; i++) await store.putBlock(ref(i), new Uint8Array(big).fill(i));
+    await store.flush();
+    await store.writeAt(ref(0), 0, range);
+    for (let i = 1; i <= 4; i++) await store.writeAt(ref(i), 0, new Uint8Array(big).fill(0x10));
+    // The delete comes while the flush syncs the journal: the range is durable, the delete not
+    // (its record is never written). The apply after the flush checkpoints past the range.
+    let deleted: Promise<void> | null = null;
+    gate.duringSync = () => {
+      gate.holdRecords = true;
+      deleted = store.deleteBlock(ref(0));
+    };
+    await store.flush();
+    assert.ok(deleted !== null, "the delete ran during the flush");
+    await deleted;
+    await store.applied();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    await copyStoreFiles(dir, crashed);
+  } finally {
+    gate.release();
+    await store.close();
+  }
+  const reopened = await FileBlockStore.open({ ...options, dir: crashed });
+  try {
+    const got = await reopened.getBlock(ref(0)).catch((error) => error);
+    if (got instanceof Uint8Array) {
+      assert.deepEqual(got.subarray(0, SECTOR), range, "the flushed range is there");
+    } else {
+      assert.match(String(got), /not found/, "or the block is gone, as the delete said");
+    }
+  } finally {
+    await reopened.close();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(crashed, { recursive: true });
+  }
+});

@@ -23,6 +23,7 @@ import {
   testRef,
 } from "./storage_contract.ts";
 import { SysFileIo } from "./sys_file_io.ts";
+import { HookedFileIo } from "./hooked_file_io.ts";
 
 const BLOCK = 4096;
 
@@ -383,6 +384,10 @@ fileTest("invalid options are refused with invalid", async () => {
       FileBlockStore.open({ ...options, sizeBytes: 2 ** 60 }),
       ErrorCode.Invalid,
     );
+    await rejectsWithCode(
+      FileBlockStore.open({ ...options, journalRegionBytes: 4 * BLOCK }),
+      ErrorCode.Invalid,
+    );
   } finally {
     await cleanup();
   }
@@ -734,3 +739,38 @@ fileTest(
     }
   },
 );
+
+fileTest("writes waiting for room in the journal fail when the store fails", async () => {
+  const { options, cleanup } = await tempStore({ journalRegionBytes: 8 * (BLOCK + 64) });
+  // Once armed, the journal's syncs hang until the test fails them: no flush ends, so no room
+  // is made.
+  let armed = false;
+  const syncs: ((error: Error) => void)[] = [];
+  const io = new HookedFileIo(new SysFileIo(), (path) => ({
+    datasync: (file) => {
+      if (!armed || !path.includes("/journal-")) return file.datasync();
+      return new Promise<void>((_, reject) => syncs.push(reject));
+    },
+  }));
+  const store = await FileBlockStore.open({ ...options, io });
+  try {
+    const ref = testRef(0);
+    await store.putBlock(ref, new Uint8Array(BLOCK));
+    armed = true;
+    const writes = Array.from(
+      { length: 12 },
+      (_, i) => store.writeAt(ref, 0, new Uint8Array(BLOCK).fill(i)).then(() => "placed", String),
+    );
+    const flush = store.flush().then(() => "flushed", String);
+    while (syncs.length === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    for (const fail of syncs) fail(new Error("EIO"));
+    assert.match(await flush, /failed/);
+    const timeout = new Promise<string>((resolve) => setTimeout(() => resolve("hung"), 5_000));
+    const outcomes = await Promise.race([Promise.all(writes), timeout]);
+    assert.notEqual(outcomes, "hung", "a write waiting for room never settled");
+    assert.ok((outcomes as string[]).some((outcome) => /failed/.test(outcome)), String(outcomes));
+  } finally {
+    await store.close().catch(() => {});
+    await cleanup();
+  }
+});

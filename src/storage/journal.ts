@@ -610,6 +610,19 @@ export class Journal {
     this.#admit();
   }
 
+  /**
+   * The engine failed: records still waiting for room, and syncs waiting for writes, fail with
+   * `error` now (nothing would make room or write for them again), as does every later call.
+   */
+  fail(error: Error): void {
+    this.#failure ??= error;
+    for (const pending of this.#queue.splice(0)) {
+      pending.reject(error);
+      pending.admitted?.reject(error);
+    }
+    for (const waiter of this.#writtenWaiters.splice(0)) waiter.reject(error);
+  }
+
   /** Writes the placed records, waits for writes in flight, then closes the file. */
   async close(): Promise<void> {
     this.#closing = true;
