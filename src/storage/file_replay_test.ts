@@ -125,6 +125,8 @@ Deno.test("a range flushed after a clean restart survives a kill", async () => {
 class JournalGate extends HookedFileIo {
   duringSync: (() => void) | null = null;
   holdRecords = false;
+  /** Checkpoints written (to the journal's first page). */
+  checkpoints = 0;
   readonly #waiting: (() => void)[] = [];
   constructor() {
     super(new SysFileIo(), (path) => {
@@ -141,7 +143,8 @@ class JournalGate extends HookedFileIo {
           if (this.holdRecords && at >= 4096) {
             await new Promise<void>((go) => this.#waiting.push(go));
           }
-          return file.write(bytes, at);
+          await file.write(bytes, at);
+          if (at < 4096) this.checkpoints++;
         },
       };
     });
@@ -175,11 +178,15 @@ Deno.test("a flushed range survives a kill when a delete of its block was not fl
       gate.holdRecords = true;
       deleted = store.deleteBlock(ref(0));
     };
+    const checkpoints = gate.checkpoints;
     await store.flush();
     assert.ok(deleted !== null, "the delete ran during the flush");
     await deleted;
     await store.applied();
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    for (let waitedMs = 0; gate.checkpoints === checkpoints; waitedMs += 10) {
+      assert.ok(waitedMs < 10_000, "the apply after the flush checkpoints");
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
     await copyStoreFiles(dir, crashed);
   } finally {
     gate.release();
