@@ -538,6 +538,12 @@ export class Journal {
           await this.#writeRun(runStart, run);
           run = [];
           runStart = pending.position;
+        } else if (run.length > 0 && pending.position % this.regionBytes === 0) {
+          // The records before it ended at the region's last byte (no wrap record needed):
+          // this one goes at the region's start, not after them past its end.
+          await this.#writeRun(runStart, run);
+          run = [];
+          runStart = pending.position;
         }
         run.push(pending.bytes);
       }
@@ -559,7 +565,10 @@ export class Journal {
 
   async #writeRun(start: number, parts: Uint8Array[]): Promise<void> {
     if (parts.length === 0) return;
-    await this.#file.write(joinedBytes(parts), HEADER_PAGE_BYTES + (start % this.regionBytes));
+    const bytes = joinedBytes(parts);
+    const physical = start % this.regionBytes;
+    assert(physical + bytes.length <= this.regionBytes, "a journal write ends past the region");
+    await this.#file.write(bytes, HEADER_PAGE_BYTES + physical);
   }
 
   /**

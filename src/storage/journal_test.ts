@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { BlockRef } from "../core/mod.ts";
 import { HookedFileIo } from "./hooked_file_io.ts";
-import { Journal, JournalKind, type JournalRecord } from "./journal.ts";
+import { Journal, JournalKind, type JournalRecord, recordBytesOf } from "./journal.ts";
 import { SysFileIo } from "./sys_file_io.ts";
 
 /** Passes calls through; writes wait for `release()` while `holding`; logs what completed. */
@@ -150,4 +150,38 @@ Deno.test("journal: a record whose seq does not follow the last one is refused",
     await journal.append(writeRecord(6)).admitted;
     assert.equal(await journal.sync(), 6);
   });
+});
+
+Deno.test("journal: a batch that reaches the region's end exactly goes on at its start", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "torus-journal-" });
+  const path = `${dir}/journal-test.blk`;
+  const options = { storeId: new Uint8Array(16).fill(7), regionBytes: 10 * recordBytesOf(4096) };
+  const record = recordBytesOf(4096);
+  try {
+    const journal = await Journal.open(new SysFileIo(), path, options);
+    for (let seq = 1; seq <= 8; seq++) journal.append(writeRecord(seq));
+    await journal.sync();
+    const epoch = journal.checkpoint.epoch;
+    await journal.setCheckpoint({ seq: 5, position: 5 * record, epoch });
+    // One batch: seqs 9 and 10 fill the region to its last byte, 11 to 14 start it again. No
+    // wrap record is needed, so nothing but the position says where the region ends.
+    for (let seq = 9; seq <= 14; seq++) journal.append(writeRecord(seq));
+    await journal.sync();
+    await journal.close();
+    const reopened = await Journal.open(new SysFileIo(), path, options);
+    try {
+      const seqs: number[] = [];
+      for await (const replayed of reopened.replay()) {
+        assert.deepEqual(replayed.data, writeRecord(replayed.seq).data);
+        seqs.push(replayed.seq);
+      }
+      assert.deepEqual(seqs, [6, 7, 8, 9, 10, 11, 12, 13, 14]);
+      const sizeBytes = (await Deno.stat(path)).size;
+      assert.equal(sizeBytes, 4096 + options.regionBytes, "nothing is written past the region");
+    } finally {
+      await reopened.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
