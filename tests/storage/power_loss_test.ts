@@ -212,7 +212,11 @@ async function workload(
 }
 
 /** Opens the store over `io`; null when the power was cut during the open. */
-async function openOrCut(dir: string, io: PowerLossFileIo): Promise<FileBlockStore | null> {
+async function openOrCut(
+  dir: string,
+  io: PowerLossFileIo,
+  journalRegionBytes: number | undefined,
+): Promise<FileBlockStore | null> {
   try {
     return await FileBlockStore.open({
       dir,
@@ -220,6 +224,7 @@ async function openOrCut(dir: string, io: PowerLossFileIo): Promise<FileBlockSto
       sizeBytes: SLOTS * BLOCK_BYTES,
       io,
       clock: io.clock,
+      ...(journalRegionBytes === undefined ? {} : { journalRegionBytes }),
     });
   } catch (error) {
     if (!io.isCut) throw error;
@@ -234,6 +239,9 @@ async function runSeed(seed: number): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "torus-power-" });
   const model = new Model(1);
   let io: PowerLossFileIo | null = null;
+  // Half the seeds get the smallest journal (8 whole-block records): its install and delete
+  // records then wrap it and checkpoint within one workload.
+  const journalRegionBytes = random.chance(0.5) ? 8 * (BLOCK_BYTES + 64) : undefined;
   try {
     for (let cut = 0; cut < CUTS; cut++) {
       const where = `seed ${seed}, power cut ${cut + 1}`;
@@ -243,7 +251,7 @@ async function runSeed(seed: number): Promise<void> {
         random: new SeededRandom(random.nextU32()),
         ...(cutEarly ? { cutBeforeOperation: 1 + random.int(40) } : {}),
       });
-      const store = await openOrCut(dir, io);
+      const store = await openOrCut(dir, io, journalRegionBytes);
       const observed = store === null
         ? null
         : await verify(store, { model, where: `${where} (reopened)`, io });
