@@ -16,9 +16,11 @@
  *   keeps its entry (Retiring) until a flush has made the new entry durable, then its entry is
  *   zeroed and synced, and only then is the slot reused. Reopening therefore finds the old or the
  *   new copy (the highest generation that verifies wins), never a mix and never another block's.
- * - A delete zeroes the entries of the ref (current and not yet retired old copies). The deleted
- *   slot is reused only once its zeroed entry was written (Clearing), so a process kill never
- *   leaves an entry naming another block's bytes; old copies wait for the next flush (Dead).
+ * - A delete zeroes the entry of the ref's current copy once the delete's journal record is
+ *   durable (Deleting, then Clearing); the slot is reused only once that zeroed entry was
+ *   written, so a process kill never leaves an entry naming another block's bytes. Not yet
+ *   retired old copies keep their entries until a flush retires them (Dead): when the current
+ *   copy's entry never became durable, a power loss that takes the delete finds the old copy.
  * - `flush` = fdatasync of the data file, write of every changed entry, fdatasync of the map
  *   (then the retirement above). A failed sync or entry write puts the store in a failed state
  *   (every later call throws `unavailable`): after a writeback error the kernel may have dropped
@@ -1430,8 +1432,11 @@ export class FileBlockStore implements BlockStore {
   }
 
   /**
-   * Takes stored `slot` out of the index: its entry and those of its ref's retiring copies are
-   * zeroed; the slot is reused once its zero entry was written, the old copies after a flush.
+   * Takes stored `slot` out of the index: its entry is zeroed (once the delete is durable, for a
+   * delete) and the slot reused once that zero entry was written. Its ref's retiring copies turn
+   * Dead: their entries stay until a flush retires them like any old copy. A power loss that
+   * takes the delete may then need them: when the newest copy's entry was not durable yet, the
+   * newest durable copy is an old one.
    */
   #removeStored(slot: number, deleteSeq: number | null = null): void {
     const index = this.#index;
@@ -1451,7 +1456,6 @@ export class FileBlockStore implements BlockStore {
       link = index.older[old]!;
       index.older[old] = 0;
       index.states[old] = SlotState.Dead;
-      this.#writer.markDirty(old);
     }
     index.older[slot] = 0;
   }

@@ -230,7 +230,7 @@ export class MapWriter {
 /** Whether a slot in `state` has a used entry on disk (else its entry is zero). */
 function hasEntry(state: number): boolean {
   return state === SlotState.Stored || state === SlotState.Retiring ||
-    state === SlotState.Deleting;
+    state === SlotState.Dead || state === SlotState.Deleting;
 }
 
 /**

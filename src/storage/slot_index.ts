@@ -28,7 +28,10 @@ export const SlotState = {
   Stored: 2,
   /** An older copy of a stored ref: its entry stays until a flush made the newer one durable. */
   Retiring: 3,
-  /** An older copy whose ref was deleted: entry being zeroed, slot free after the next flush. */
+  /**
+   * An older copy whose ref was deleted: its entry stays until a flush retires it (as Retiring),
+   * so a power loss that takes the delete and the newest copy's entry finds the durable state.
+   */
   Dead: 4,
   /** A deleted or dropped copy: entry being zeroed, slot free once that write completed. */
   Clearing: 5,

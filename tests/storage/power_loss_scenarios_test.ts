@@ -83,6 +83,28 @@ Deno.test("power loss: a retired copy stays gone when its replacement is deleted
   });
 });
 
+Deno.test("power loss: a deleted ref's old copy keeps its entry until a flush retires it (Dead)", async () => {
+  await forEachSeed(null, async (dir, io, seed) => {
+    const store = await openStore(dir, io);
+    // Created by a range write: its creation and record stay in the journal (no checkpoint).
+    await store.writeAt(keyRef(1), 0, blockOf(50));
+    await store.flush();
+    await store.putBlock(keyRef(1), blockOf(101));
+    await store.flush();
+    // 201 replaces 101 and is deleted, with no flush: 101's entry is the durable state. Zeroed
+    // at the delete, a cut that also took 201's entry and the delete left no copy, and replay
+    // made the block of op 50 again.
+    await store.putBlock(keyRef(1), blockOf(201));
+    await store.deleteBlock(keyRef(1));
+    await store.indexWritten();
+    await io.cut();
+    const reopened = await openStore(dir);
+    const state = await stateOf(reopened, 1);
+    await reopened.close();
+    assert.ok([101, 201, ABSENT].includes(state), `seed ${seed}: key 1 came back as op ${state}`);
+  });
+});
+
 Deno.test("power loss: a superseded copy cleared at open stays gone (map sync after clearing)", async () => {
   // A store whose map holds two entries of key 1 (a kill during a replace, before its flush).
   const template = await Deno.makeTempDir({ prefix: "torus-power-template-" });
