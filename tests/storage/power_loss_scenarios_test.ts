@@ -41,6 +41,21 @@ async function stateOf(store: FileBlockStore, key: number): Promise<number> {
   }
 }
 
+/** Deletes key 1, waits for the map writer, cuts the power: what the reopened store shows. */
+async function deleteThenCut(
+  store: FileBlockStore,
+  io: PowerLossFileIo,
+  dir: string,
+): Promise<number> {
+  await store.deleteBlock(keyRef(1));
+  await store.indexWritten();
+  await io.cut();
+  const reopened = await openStore(dir);
+  const state = await stateOf(reopened, 1);
+  await reopened.close();
+  return state;
+}
+
 /** Runs `scenario` once per seed in a fresh copy of `template` (or an empty dir). */
 async function forEachSeed(
   template: string | null,
@@ -73,12 +88,7 @@ Deno.test("power loss: a retired copy stays gone when its replacement is deleted
     await store.putBlock(keyRef(1), blockOf(201));
     // Covers 201 and retires the slot of 101: its entry is zeroed, durably, before reuse.
     await store.flush();
-    await store.deleteBlock(keyRef(1));
-    await store.indexWritten();
-    await io.cut();
-    const reopened = await openStore(dir);
-    const state = await stateOf(reopened, 1);
-    await reopened.close();
+    const state = await deleteThenCut(store, io, dir);
     assert.ok([201, ABSENT].includes(state), `seed ${seed}: key 1 came back as op ${state}`);
   });
 });
@@ -95,12 +105,7 @@ Deno.test("power loss: a deleted ref's old copy keeps its entry until a flush re
     // at the delete, a cut that also took 201's entry and the delete left no copy, and replay
     // made the block of op 50 again.
     await store.putBlock(keyRef(1), blockOf(201));
-    await store.deleteBlock(keyRef(1));
-    await store.indexWritten();
-    await io.cut();
-    const reopened = await openStore(dir);
-    const state = await stateOf(reopened, 1);
-    await reopened.close();
+    const state = await deleteThenCut(store, io, dir);
     assert.ok([101, 201, ABSENT].includes(state), `seed ${seed}: key 1 came back as op ${state}`);
   });
 });
@@ -123,12 +128,7 @@ Deno.test("power loss: a superseded copy cleared at open stays gone (map sync af
       // Opening keeps 201 and zeroes the entry of 101; then 201 is deleted.
       const opened = await openStore(dir, io);
       assert.equal(await stateOf(opened, 1), 201);
-      await opened.deleteBlock(keyRef(1));
-      await opened.indexWritten();
-      await io.cut();
-      const reopened = await openStore(dir);
-      const state = await stateOf(reopened, 1);
-      await reopened.close();
+      const state = await deleteThenCut(opened, io, dir);
       assert.ok([201, ABSENT].includes(state), `seed ${seed}: key 1 came back as op ${state}`);
     });
     await Deno.remove(killed, { recursive: true });
