@@ -13,6 +13,22 @@ export interface Clock {
   nowMs(): number;
   /** Resolves after `ms`; rejects with the signal's reason when aborted. */
   sleep(ms: number, signal?: AbortSignal): Promise<void>;
+  /**
+   * Calls `fire` after `ms` unless the returned cancel ran first. The cheap form of a
+   * cancellable wait, for timers set and cancelled on every write.
+   */
+  after(ms: number, fire: () => void): () => void;
+}
+
+/** `after` from a clock's `sleep` (for clocks whose timers are not on a hot path). */
+export function afterBySleep(
+  clock: Pick<Clock, "sleep">,
+  ms: number,
+  fire: () => void,
+): () => void {
+  const cancel = new AbortController();
+  clock.sleep(ms, cancel.signal).then(fire, () => {});
+  return () => cancel.abort();
 }
 
 /** The real clock. */
@@ -31,6 +47,10 @@ export const systemClock: Clock = {
       };
       signal?.addEventListener("abort", onAbort, { once: true });
     }),
+  after: (ms, fire) => {
+    const timer = setTimeout(fire, ms);
+    return () => clearTimeout(timer);
+  },
 };
 
 interface Sleeper {
@@ -80,6 +100,10 @@ export class ManualClock implements Clock {
       this.#sleepers.push(sleeper);
       signal?.addEventListener("abort", onAbort, { once: true });
     });
+  }
+
+  after(ms: number, fire: () => void): () => void {
+    return afterBySleep(this, ms, fire);
   }
 
   /** Moves time forward by `ms`, waking every sleeper whose deadline has passed, in order. */

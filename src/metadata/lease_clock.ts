@@ -103,4 +103,5 @@ export function leaseClockOf(clock: Clock, bootId = "boot-of-test-clock"): Lease
 export const monotonicClock: Clock = {
   nowMs: () => performance.timeOrigin + performance.now(),
   sleep: (ms, signal) => systemClock.sleep(ms, signal),
+  after: (ms, fire) => systemClock.after(ms, fire),
 };

@@ -61,6 +61,9 @@ class OffsetClock implements Clock {
   sleep(ms: number, signal?: AbortSignal): Promise<void> {
     return systemClock.sleep(ms, signal);
   }
+  after(ms: number, fire: () => void): () => void {
+    return systemClock.after(ms, fire);
+  }
 }
 
 interface Fixture {

@@ -313,7 +313,8 @@ export class FileBlockStore implements BlockStore {
   readonly #pinned = new Map<number, number>();
   /** Pinned slots released meanwhile: free once unpinned. */
   readonly #releaseDeferred = new Set<number>();
-  #backgroundFlush: AbortController | null = null;
+  /** Cancels the pending background flush. */
+  #backgroundFlush: (() => void) | null = null;
   readonly #clock: Clock;
   readonly #backgroundFlushMs: number;
 
@@ -958,14 +959,10 @@ export class FileBlockStore implements BlockStore {
   /** Flushes on its own a while after the last write, so records do not wait unapplied for long. */
   #scheduleBackgroundFlush(): void {
     if (this.#backgroundFlush !== null) return;
-    const timer = new AbortController();
-    this.#backgroundFlush = timer;
-    this.#clock.sleep(this.#backgroundFlushMs, timer.signal).then(() => {
+    this.#backgroundFlush = this.#clock.after(this.#backgroundFlushMs, () => {
       this.#backgroundFlush = null;
       if (this.#closing || this.#failure !== null || this.#unapplied.length === 0) return;
       void this.#flushNow().catch(() => {});
-    }, () => {
-      if (this.#backgroundFlush === timer) this.#backgroundFlush = null;
     });
   }
 
@@ -1645,7 +1642,7 @@ export class FileBlockStore implements BlockStore {
     while (this.#opsInFlight > 0) {
       await new Promise<void>((resolve) => this.#drainWaiters.push(resolve));
     }
-    this.#backgroundFlush?.abort();
+    this.#backgroundFlush?.();
     try {
       if (this.#failure === null) {
         await this.#flushNow();

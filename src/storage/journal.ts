@@ -268,7 +268,7 @@ export class Journal {
   #writing: Promise<void> | null = null;
   #scheduled = false;
   /** Cancels the delayed start of a small batch's write (see #schedule). */
-  #batchTimer: AbortController | null = null;
+  #batchTimer: (() => void) | null = null;
   /** Times that delay: a test's clock decides when it ends, so a seed replays exactly. */
   readonly #clock: Clock;
   #closing = false;
@@ -496,22 +496,13 @@ export class Journal {
     const eager = waited || this.#writtenWaiters.length > 0 || this.#closing ||
       this.#batch.length >= BATCH_RECORDS_EAGER;
     if (!eager) {
-      if (this.#batchTimer === null) {
-        const timer = new AbortController();
-        this.#batchTimer = timer;
-        this.#clock.sleep(BATCH_DELAY_MS, timer.signal).then(() => {
-          if (this.#batchTimer !== timer) return;
-          this.#batchTimer = null;
-          this.#schedule(true);
-        }, () => {
-          // Cancelled (the write started another way), or the clock is gone: a sync or the
-          // next append starts the write then.
-          if (this.#batchTimer === timer) this.#batchTimer = null;
-        });
-      }
+      this.#batchTimer ??= this.#clock.after(BATCH_DELAY_MS, () => {
+        this.#batchTimer = null;
+        this.#schedule(true);
+      });
       return;
     }
-    this.#batchTimer?.abort();
+    this.#batchTimer?.();
     this.#batchTimer = null;
     this.#scheduled = true;
     queueMicrotask(() => {

@@ -31,7 +31,14 @@
  */
 
 import { setImmediate } from "node:timers";
-import { assert, type Clock, ErrorCode, type Random, TorusError } from "../core/mod.ts";
+import {
+  afterBySleep,
+  assert,
+  type Clock,
+  ErrorCode,
+  type Random,
+  TorusError,
+} from "../core/mod.ts";
 import { type FileIo, type IoFile, type OpenFileOptions, parentDir } from "./file_io.ts";
 
 /** Options of {@link PowerLossFileIo}. */
@@ -191,6 +198,7 @@ export class PowerLossFileIo implements FileIo {
   readonly clock: Clock = {
     nowMs: () => this.#operations,
     sleep: (ms, signal) => this.#sleep(ms, signal),
+    after: (ms, fire) => afterBySleep(this.clock, ms, fire),
   };
 
   constructor(inner: FileIo, options: PowerLossOptions) {
