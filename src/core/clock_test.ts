@@ -97,3 +97,20 @@ Deno.test("systemClock sleeps for real and honours abort", async () => {
   await assert.rejects(sleeping, /cancelled/);
   await assert.rejects(systemClock.sleep(10, AbortSignal.abort(new Error("pre"))), /pre/);
 });
+
+Deno.test("after fires once its time passed unless cancelled (ManualClock and systemClock)", async () => {
+  const clock = new ManualClock();
+  const fired: string[] = [];
+  clock.after(10, () => fired.push("kept"));
+  const cancel = clock.after(10, () => fired.push("cancelled"));
+  cancel();
+  await clock.advance(9);
+  assert.deepEqual(fired, []);
+  await clock.advance(1);
+  assert.deepEqual(fired, ["kept"]);
+  const real: string[] = [];
+  systemClock.after(5, () => real.push("kept"));
+  systemClock.after(5, () => real.push("cancelled"))();
+  await new Promise((resolve) => setTimeout(resolve, 30));
+  assert.deepEqual(real, ["kept"]);
+});
