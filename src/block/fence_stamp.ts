@@ -29,6 +29,11 @@ export class FenceStampedStore extends ForwardingStore {
     return { ...options, fenceToken: this.fenceToken } as T;
   }
 
+  /** Reads carry no token: a read done at once passes straight through too. */
+  readCachedAt(ref: BlockRef, offsetBytes: number, into: Uint8Array): boolean {
+    return this.inner.readCachedAt?.(ref, offsetBytes, into) ?? false;
+  }
+
   override putBlock(ref: BlockRef, data: Uint8Array, options?: PutOptions): Promise<void> {
     return this.inner.putBlock(ref, data, this.#stamp(options));
   }

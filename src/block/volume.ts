@@ -56,6 +56,9 @@ import { blockPieces, mergeExtents, type ReadSource } from "./volume_reader.ts";
 /** The preferred I/O size of every volume: one checksummed sector of the store. */
 export const VOLUME_PREFERRED_IO_BYTES = 4096;
 
+/** What a read completed at once returns. */
+const RESOLVED: Promise<void> = Promise.resolve();
+
 /** What a generation change needs from the volume service. */
 export interface GenerationChange {
   /** The new generation (from the volume's INode counter). */
@@ -219,6 +222,7 @@ export class BlockVolume implements Device {
     } catch (error) {
       return Promise.reject(error);
     }
+    if (this.readCachedAt(offsetBytes, into, options)) return RESOLVED;
     return this.#operation(options, async () => {
       const reads: Promise<void>[] = [];
       for (const piece of blockPieces(offsetBytes, into.length, this.#blockSizeBytes)) {
@@ -227,6 +231,31 @@ export class BlockVolume implements Device {
       }
       await Promise.all(reads);
     });
+  }
+
+  /**
+   * {@link readAt} done now, when it can be without waiting: a range inside one block whose map
+   * entry is loaded and whose bytes the store has in memory (BlockStore.readCachedAt). False
+   * otherwise, with nothing changed but `into`: readAt then takes its asynchronous path, which
+   * also reports every error (a closed or failed volume, a bad range, an unreadable sector).
+   * Nothing here yields, so no generation change or trim can come between the lookup and the
+   * read; a cached QD1 read costs no promise chain (ADR 0004, section 7).
+   */
+  readCachedAt(offsetBytes: number, into: Uint8Array, options?: DeviceCallOptions): boolean {
+    if (this.#failure !== null || this.#closePromise !== null || this.#gate !== null) return false;
+    if (options?.signal?.aborted === true || into.length === 0) return false;
+    if (offsetBytes < 0 || offsetBytes + into.length > this.#sizeBytes) return false;
+    const index = Math.floor(offsetBytes / this.#blockSizeBytes);
+    const offsetInBlock = offsetBytes - index * this.#blockSizeBytes;
+    if (offsetInBlock + into.length > this.#blockSizeBytes) return false;
+    const entry = this.#map.entryIfLoaded(index);
+    if (entry === undefined || (entry === ENTRY_UNWRITTEN && this.#parent !== null)) return false;
+    if (entry === ENTRY_ZERO || entry === ENTRY_UNWRITTEN) {
+      into.fill(0);
+      return true;
+    }
+    const ref = dataRef(this.volume, entry, index);
+    return this.#store.readCachedAt?.(ref, offsetInBlock, into) ?? false;
   }
 
   async #readPiece(index: number, offsetInBlock: number, into: Uint8Array): Promise<void> {

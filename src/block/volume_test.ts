@@ -209,3 +209,20 @@ Deno.test("volume: a FLUSH of a 1 TiB volume writes a few KiB of block map, not 
     assertSameBytes(back, sector);
   }
 });
+
+Deno.test("volume: a read done at once answers what readAt does, or declines", async () => {
+  const store = new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 40 });
+  const volume = await createVolume(store, { sizeBytes: 4 * BLOCK });
+  const data = new Uint8Array(BLOCK).map((_, i) => (i * 7) & 0xff);
+  await volume.writeAt(BLOCK, data);
+  const read = (offset: number, length: number) => {
+    const into = new Uint8Array(length).fill(0xaa);
+    return volume.readCachedAt(offset, into) ? into : null;
+  };
+  assert.deepEqual(read(BLOCK + 100, SECTOR), data.subarray(100, 100 + SECTOR));
+  assert.deepEqual(read(2 * BLOCK, SECTOR), new Uint8Array(SECTOR), "never written: zeros");
+  assert.equal(read(BLOCK - 1, 2), null, "two blocks");
+  assert.equal(read(4 * BLOCK - 1, 2), null, "past the end");
+  await volume.close();
+  assert.equal(read(BLOCK, SECTOR), null, "closed");
+});

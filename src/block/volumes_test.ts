@@ -314,6 +314,12 @@ Deno.test("volumes: a clone reads its snapshot until it writes its own data", as
     await mds.volumes.createClone("copy", 2, "v1");
     const copy = await a.service.openWritable("copy");
     assertSameBytes(await readAll(copy), fill(3 * BLOCK, 4));
+    // Block by block too, its map now loaded (a read inside one block may be done at once).
+    for (let index = 0; index < 3; index++) {
+      const one = new Uint8Array(BLOCK);
+      await copy.readAt(index * BLOCK, one);
+      assertSameBytes(one, fill(3 * BLOCK, 4).subarray(index * BLOCK, (index + 1) * BLOCK));
+    }
     await copy.writeAt(BLOCK + 10, fill(20, 7));
     await copy.trim(2 * BLOCK, BLOCK);
     const expected = fill(3 * BLOCK, 4);

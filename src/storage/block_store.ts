@@ -112,6 +112,16 @@ export interface BlockStore {
     options?: BlockCallOptions,
   ): Promise<void>;
   /**
+   * Optional: `readAt` completed now, without waiting, when the bytes are in memory. True when
+   * `into` holds exactly what `readAt` would have returned (verified the same way); false when it
+   * could not be done without waiting or failed in any way, with `into` in any state, nothing
+   * counted and no error: the caller then calls `readAt`, which waits and reports. It saves a
+   * cached read the promises and event-loop turns of the asynchronous path (the small-read path
+   * of block volumes, ADR 0004). A wrapper offers it only when it would pass reads through
+   * unchanged (ForwardingStore does not, so a subclass that changes `readAt` is never bypassed).
+   */
+  readCachedAt?(ref: BlockRef, offsetBytes: number, into: Uint8Array): boolean;
+  /**
    * Writes `data` into `ref` at `offsetBytes`, creating the block when absent (unless
    * `mustExist`: then `not_exist`).
    */

@@ -285,6 +285,8 @@ export class FileBlockStore implements BlockStore {
   readonly #sums: SumsFile;
   readonly #journal: Journal;
   readonly #sectorBytes: number;
+  /** The key words of {@link readCachedAt}, which never yields while it uses them. */
+  readonly #cachedReadKey = new Uint32Array(REF_WORDS);
   /** Unapplied range records per ref key, in seq order (what reads lay over the slot). */
   readonly #overlay = new Map<string, PendingRange[]>();
   /** Every unapplied record in seq order. */
@@ -621,16 +623,10 @@ export class FileBlockStore implements BlockStore {
           `(a power loss took them before a flush)`,
       );
     }
-    let low = -1;
-    let high = -1;
-    for (let i = 0; i < count; i++) {
-      if (covered[i] || record.sums[first + i] === SUM_ZERO) continue;
-      if (low < 0) low = i;
-      high = i;
-    }
-    if (low >= 0) {
-      const target = span.subarray(low * sectorBytes, (high + 1) * sectorBytes);
-      const at = slotOffsetBytes(copy.slot, this.blockSizeBytes) + (first + low) * sectorBytes;
+    const run = sectorsToRead(record.sums, covered, first);
+    if (run !== null) {
+      const target = span.subarray(run.low * sectorBytes, (run.high + 1) * sectorBytes);
+      const at = slotOffsetBytes(copy.slot, this.blockSizeBytes) + (first + run.low) * sectorBytes;
       try {
         const got = await this.#files.data.read(target, at);
         if (got !== target.length) {
@@ -644,20 +640,49 @@ export class FileBlockStore implements BlockStore {
       }
       if (changed()) return false;
     }
-    for (let i = 0; i < count; i++) {
-      if (covered[i]) continue;
-      const sum = record.sums[first + i]!;
-      const sector = span.subarray(i * sectorBytes, (i + 1) * sectorBytes);
-      if (sum === SUM_ZERO) {
-        sector.fill(0);
-      } else if (!sectorMatches(sector, sum)) {
-        if (changed()) return false;
-        throw blockUnavailable(
-          `block ${copy.ref} in slot ${copy.slot}: sector ${first + i} failed its checksum` +
-            (sum === SUM_UNKNOWN ? " (its contents were lost before a flush)" : ""),
-        );
-      }
+    const bad = verifySpan(span, record.sums, covered, first, sectorBytes);
+    if (bad >= 0) {
+      if (changed()) return false;
+      const sum = record.sums[first + bad];
+      throw blockUnavailable(
+        `block ${copy.ref} in slot ${copy.slot}: sector ${first + bad} failed its checksum` +
+          (sum === SUM_UNKNOWN ? " (its contents were lost before a flush)" : ""),
+      );
     }
+    return true;
+  }
+
+  /**
+   * {@link readAt} done now, when everything it needs is in memory: the slot's sums in their
+   * cache and its sectors in the page cache (the overlay is memory already). Nothing here waits,
+   * so the copy cannot change meanwhile; anything unusual (a miss, a bad sector, a reset record,
+   * a closed or failed store) answers false and leaves it to readAt, which waits and reports.
+   */
+  readCachedAt(ref: BlockRef, offsetBytes: number, into: Uint8Array): boolean {
+    if (this.#closing || this.#failure !== null) return false;
+    const sectorBytes = this.#sectorBytes;
+    const first = offsetBytes / sectorBytes;
+    const count = into.length / sectorBytes;
+    if (!Number.isInteger(first) || !Number.isInteger(count) || count === 0) return false;
+    if (first < 0 || (first + count) * sectorBytes > this.blockSizeBytes) return false;
+    const slot = this.#index.find(SlotIndex.keyOf(ref, this.#cachedReadKey));
+    if (slot < 0) return false;
+    const generation = this.#index.generations[slot]!;
+    const record = this.#sums.peek(slot);
+    if (record === undefined || record.generation !== generation) return false;
+    const overlay = this.#overlay.size === 0 ? [] : this.#overlayOf(ref.key, generation);
+    if (overlay.some((pending) => pending.reset)) return false;
+    const covered = coveredSectors(overlay, first, count, sectorBytes);
+    const run = sectorsToRead(record.sums, covered, first);
+    if (run !== null) {
+      const target = into.subarray(run.low * sectorBytes, (run.high + 1) * sectorBytes);
+      const at = slotOffsetBytes(slot, this.blockSizeBytes) + (first + run.low) * sectorBytes;
+      if (!this.#files.data.readCached(target, at)) return false;
+    }
+    if (verifySpan(into, record.sums, covered, first, sectorBytes) >= 0) return false;
+    applyOverlay(into, offsetBytes, overlay);
+    this.stats.readBlocks++;
+    this.stats.readBytes += into.length;
     return true;
   }
 
@@ -1915,6 +1940,47 @@ function coveredSectors(
     for (let sector = from; sector < to; sector++) covered[sector - first] = true;
   }
   return covered;
+}
+
+/**
+ * The first and last of the sectors of `covered` (from sector `first`) that must come from the
+ * data file: neither covered by the overlay nor zero. Null when none must.
+ */
+function sectorsToRead(
+  sums: Uint32Array,
+  covered: readonly boolean[],
+  first: number,
+): { low: number; high: number } | null {
+  let low = -1;
+  let high = -1;
+  for (let i = 0; i < covered.length; i++) {
+    if (covered[i] || sums[first + i] === SUM_ZERO) continue;
+    if (low < 0) low = i;
+    high = i;
+  }
+  return low < 0 ? null : { low, high };
+}
+
+/**
+ * Fills the zero sectors of `span` (from sector `first`) and verifies the others it read, except
+ * those the overlay covers. Returns the index in `span` of the first sector that failed its
+ * checksum, or -1.
+ */
+function verifySpan(
+  span: Uint8Array,
+  sums: Uint32Array,
+  covered: readonly boolean[],
+  first: number,
+  sectorBytes: number,
+): number {
+  for (let i = 0; i < covered.length; i++) {
+    if (covered[i]) continue;
+    const sum = sums[first + i]!;
+    const sector = span.subarray(i * sectorBytes, (i + 1) * sectorBytes);
+    if (sum === SUM_ZERO) sector.fill(0);
+    else if (!sectorMatches(sector, sum)) return i;
+  }
+  return -1;
 }
 
 /** Lays `overlay` (in order) over `span`, which holds the block's bytes from `spanOffset`. */

@@ -38,6 +38,13 @@ export interface IoFile {
   readonly path: string;
   /** Reads into `into` from `offsetBytes`; returns the bytes read (fewer only at end of file). */
   read(into: Uint8Array, offsetBytes: number): Promise<number>;
+  /**
+   * Fills all of `into` from `offsetBytes` now, from memory, without waiting (the page cache):
+   * true when it did; false when it could not (not in memory, past the end, closed, any error),
+   * with `into` in any state and nothing else changed: the caller then calls `read`, which
+   * reports real errors. An implementation that cannot read without waiting returns false.
+   */
+  readCached(into: Uint8Array, offsetBytes: number): boolean;
   /** Writes all of `bytes` at `offsetBytes`. */
   write(bytes: Uint8Array, offsetBytes: number): Promise<void>;
   /** Makes the file's written bytes and size durable (fdatasync). */

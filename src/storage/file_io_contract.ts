@@ -59,6 +59,19 @@ export function fileIoContract(name: string, factory: () => Promise<FileIoFixtur
     await file.close();
   });
 
+  test("readCached fills whole from memory or declines", async ({ io, dir }) => {
+    const file = await io.open(`${dir}/f`, { create: true });
+    const data = bytes(8192, 3);
+    await file.write(data, 0);
+    const into = new Uint8Array(4096);
+    if (file.readCached(into, 4096)) assert.deepEqual(into, data.subarray(4096));
+    // Never a short read: past the end it declines.
+    assert.equal(file.readCached(new Uint8Array(100), 8150), false);
+    assert.equal(file.readCached(new Uint8Array(100), 20_000), false);
+    await file.close();
+    assert.equal(file.readCached(new Uint8Array(1), 0), false, "closed");
+  });
+
   test("writes in flight together on disjoint ranges all land", async ({ io, dir }) => {
     const file = await io.open(`${dir}/f`, { create: true });
     await Promise.all(Array.from({ length: 16 }, (_, i) => file.write(bytes(512, i), i * 512)));

@@ -21,6 +21,21 @@ fileIoContract("PowerLossFileIo", async () => ({
   ...(await tempDir()),
 }));
 
+Deno.test("SysFileIo: readCached copies what the page cache holds", async () => {
+  const { dir, cleanup } = await tempDir();
+  try {
+    const file = await new SysFileIo().open(`${dir}/f`, { create: true });
+    const data = Uint8Array.from({ length: 8192 }, (_, i) => (i * 13) & 0xff);
+    await file.write(data, 0);
+    const into = new Uint8Array(4096);
+    assert.equal(file.readCached(into, 4096), true, "just written: in the page cache");
+    assert.deepEqual(into, data.subarray(4096));
+    await file.close();
+  } finally {
+    await cleanup();
+  }
+});
+
 /** Runs `body` with a fresh power-loss layer over the real file system in a temp dir. */
 async function withPowerLoss(
   seed: number,

@@ -65,12 +65,18 @@ class HoldingFileIo implements FileIo {
     return await operation();
   }
 
+  /** A read done at once cannot wait at the gate: none while a hold is armed or held. */
+  get quiet(): boolean {
+    return this.#armed === null && !this.#holding;
+  }
+
   async open(path: string, options?: OpenFileOptions): Promise<IoFile> {
     const file = await this.pass(() => this.#inner.open(path, options));
     const pass = <T>(operation: () => Promise<T>) => this.pass(operation);
     return {
       path: file.path,
       read: (into, offset) => pass(() => file.read(into, offset)),
+      readCached: (into, offset) => this.quiet && file.readCached(into, offset),
       write: (bytes, offset) => pass(() => file.write(bytes, offset)),
       datasync: () => pass(() => file.datasync()),
       sync: () => pass(() => file.sync()),

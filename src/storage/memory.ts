@@ -102,6 +102,14 @@ export class MemoryBlockStore implements BlockStore {
     });
   }
 
+  readCachedAt(ref: BlockRef, offsetBytes: number, into: Uint8Array): boolean {
+    const entry = this.#blocks?.get(ref.key);
+    if (entry === undefined || offsetBytes < 0) return false;
+    if (offsetBytes + into.length > this.blockSizeBytes) return false;
+    into.set(entry.data.subarray(offsetBytes, offsetBytes + into.length));
+    return true;
+  }
+
   writeAt(
     ref: BlockRef,
     offsetBytes: number,

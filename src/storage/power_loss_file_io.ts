@@ -580,6 +580,11 @@ class PowerLossFile implements IoFile {
     return this.#io.schedule(() => this.#inner.read(into, offsetBytes));
   }
 
+  /** Never: every read takes its turn in the seeded schedule, so a seed replays exactly. */
+  readCached(): boolean {
+    return false;
+  }
+
   write(bytes: Uint8Array, offsetBytes: number): Promise<void> {
     const range = { inode: this.#inode, start: offsetBytes, end: offsetBytes + bytes.length };
     return this.#io.schedule(async () => {

@@ -34,6 +34,34 @@ export function registerRangeTests(test: Register): void {
   registerRangeBoundsTests(test);
   registerRangeOrderTests(test);
   registerRangeDurabilityTests(test);
+  registerCachedReadTests(test);
+}
+
+function registerCachedReadTests(test: Register): void {
+  test("readCachedAt, where offered, reads what readAt reads or declines", async ({ store }) => {
+    if (store.readCachedAt === undefined) return;
+    const size = store.blockSizeBytes;
+    const whole = patternBlock(size, 41);
+    await store.putBlock(testRef(1), whole);
+    await store.writeAt(testRef(2), 0, whole.subarray(0, size / 2));
+    const ranges: [number, number][] = [[0, size], [0, size / 2], [size / 2, size / 2], [7, 100]];
+    for (const ref of [testRef(1), testRef(2)]) {
+      for (const [offset, length] of ranges) {
+        const expected = new Uint8Array(length);
+        await store.readAt(ref, offset, expected);
+        const into = new Uint8Array(length).fill(0xaa);
+        if (store.readCachedAt(ref, offset, into)) {
+          assert.deepEqual(into, expected, `${ref} ${length} bytes at ${offset}`);
+        }
+      }
+    }
+    assert.equal(store.readCachedAt(testRef(9), 0, new Uint8Array(size)), false, "absent ref");
+    assert.equal(store.readCachedAt(testRef(1), size - 1, new Uint8Array(2)), false, "past end");
+    await store.deleteBlock(testRef(1));
+    assert.equal(store.readCachedAt(testRef(1), 0, new Uint8Array(size)), false, "deleted");
+    await store.close();
+    assert.equal(store.readCachedAt(testRef(2), 0, new Uint8Array(size)), false, "closed");
+  });
 }
 
 function registerRangeDataTests(test: Register): void {

@@ -146,6 +146,19 @@ export class SumsFile {
     for (const slot of this.#cache.keys()) if (slot >= slotCount) this.#cache.delete(slot);
   }
 
+  /**
+   * The cached record of `slot`, not a copy: the caller only reads it, before it yields. Undefined
+   * when it is not cached (then {@link read}).
+   */
+  peek(slot: number): Readonly<SumsRecord> | undefined {
+    const cached = this.#cache.get(slot);
+    if (cached !== undefined) {
+      this.#cache.delete(slot);
+      this.#cache.set(slot, cached);
+    }
+    return cached;
+  }
+
   /** The record of `slot` (a copy the caller may change). */
   async read(slot: number): Promise<SumsRecord> {
     const cached = this.#cache.get(slot);

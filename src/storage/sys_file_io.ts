@@ -94,6 +94,13 @@ class SysFile implements IoFile {
     return done + await batchedPreadFull(fd, into.subarray(done), offsetBytes + done);
   }
 
+  readCached(into: Uint8Array, offsetBytes: number): boolean {
+    if (this.#fd === null || !this.#cacheHits.worthTrying()) return false;
+    const cached = preadNowait(this.#fd, into, offsetBytes);
+    this.#cacheHits.saw(cached >= 0);
+    return cached === into.length;
+  }
+
   async write(bytes: Uint8Array, offsetBytes: number): Promise<void> {
     await batchedPwrite(this.#open(), bytes, offsetBytes);
   }
