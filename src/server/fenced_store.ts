@@ -229,6 +229,11 @@ export class FencedStore extends ForwardingStore {
     return gate.then(() => change(copy));
   }
 
+  /** Reads are not fenced: one done at once passes straight through too. */
+  readCachedAt(ref: BlockRef, offsetBytes: number, into: Uint8Array): boolean {
+    return this.inner.readCachedAt?.(ref, offsetBytes, into) ?? false;
+  }
+
   override putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
     return this.#fenced(ref, options, data, (d) => this.inner.putBlock(ref, d!, options));
   }

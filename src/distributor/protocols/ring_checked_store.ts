@@ -33,6 +33,11 @@ export class RingCheckedStore extends ForwardingStore {
     }
   }
 
+  /** Reads are not fenced: one done at once passes straight through too. */
+  readCachedAt(ref: BlockRef, offsetBytes: number, into: Uint8Array): boolean {
+    return this.inner.readCachedAt?.(ref, offsetBytes, into) ?? false;
+  }
+
   override async putBlock(ref: BlockRef, data: Uint8Array, options?: PutOptions): Promise<void> {
     this.#check(options);
     await super.putBlock(ref, data, options);

@@ -281,11 +281,17 @@ class ServerConnection {
     if (op === Op.Hello) throw new TdpFrameError("HELLO after the handshake");
     const request = decodeRequest(frame.header, frame.body);
     this.#inFlight++;
-    let reply: Promise<Uint8Array[]>;
+    let reply: Promise<Uint8Array[]> | Uint8Array[];
     try {
       reply = this.#call(request);
     } catch (error) {
       reply = Promise.reject(error);
+    }
+    if (Array.isArray(reply)) {
+      // Done at once (a read from memory): no promise to wait for.
+      this.#writer.send(encodeOkReply(op, requestId, [this.#counts(), ...reply]));
+      this.#settled();
+      return;
     }
     reply.then(
       (parts) => this.#writer.send(encodeOkReply(op, requestId, [this.#counts(), ...parts])),
@@ -317,8 +323,11 @@ class ServerConnection {
     );
   }
 
-  /** The store call of `request`; resolves to the reply's parts after the counts. */
-  #call(request: Request): Promise<Uint8Array[]> {
+  /**
+   * The store call of `request`; resolves to the reply's parts after the counts, or returns them
+   * when the call was done at once.
+   */
+  #call(request: Request): Promise<Uint8Array[]> | Uint8Array[] {
     const store = this.#store;
     switch (request.op) {
       case Op.Ping:
@@ -346,6 +355,7 @@ class ServerConnection {
           );
         }
         const into = new Uint8Array(request.lengthBytes);
+        if (store.readCachedAt?.(request.ref, request.offsetBytes, into) === true) return [into];
         return store.readAt(request.ref, request.offsetBytes, into).then(() => [into]);
       }
       case Op.WriteAt:
