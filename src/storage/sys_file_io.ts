@@ -72,6 +72,11 @@ class SysFile implements IoFile {
   readonly path: string;
   #fd: number | null;
   readonly #cacheHits = new CacheHitRate();
+  /**
+   * Where {@link readCached} last missed, or -1: the read that follows it there (the caller's
+   * fallback) skips a second no-wait attempt, which would only miss again and count twice.
+   */
+  #missedAt = -1;
 
   constructor(path: string, fd: number) {
     this.path = path;
@@ -86,7 +91,9 @@ class SysFile implements IoFile {
   async read(into: Uint8Array, offsetBytes: number): Promise<number> {
     const fd = this.#open();
     // What the page cache holds is copied at once; only the rest waits for a pool thread.
-    const tried = this.#cacheHits.worthTrying();
+    const justMissed = this.#missedAt === offsetBytes;
+    this.#missedAt = -1;
+    const tried = !justMissed && this.#cacheHits.worthTrying();
     const cached = tried ? preadNowait(fd, into, offsetBytes) : -1;
     if (tried) this.#cacheHits.saw(cached >= 0);
     if (cached === into.length || cached === 0) return cached;
@@ -98,7 +105,9 @@ class SysFile implements IoFile {
     if (this.#fd === null || !this.#cacheHits.worthTrying()) return false;
     const cached = preadNowait(this.#fd, into, offsetBytes);
     this.#cacheHits.saw(cached >= 0);
-    return cached === into.length;
+    if (cached === into.length) return true;
+    this.#missedAt = offsetBytes;
+    return false;
   }
 
   async write(bytes: Uint8Array, offsetBytes: number): Promise<void> {
