@@ -9,33 +9,12 @@ import assert from "node:assert/strict";
 import { ErrorCode } from "../core/mod.ts";
 import { FileBlockStore } from "./file.ts";
 import { HEADER_BYTES } from "./file_format.ts";
-import { HookedFileIo } from "./hooked_file_io.ts";
+import { DataGate, HookedFileIo } from "./hooked_file_io.ts";
 import { patternBlock, rejectsWithCode, testRef } from "./storage_contract.ts";
 import { SysFileIo } from "./sys_file_io.ts";
 
 const SECTOR = 4096;
 const BLOCK = 4 * SECTOR;
-
-/** Holds the writes to the data file (the applier's in-place writes) while `held` is set. */
-class DataGate extends HookedFileIo {
-  held = false;
-  readonly #waiting: (() => void)[] = [];
-  constructor() {
-    super(new SysFileIo(), (path) => {
-      if (!path.includes("/data-")) return {};
-      return {
-        write: async (file, bytes, at) => {
-          if (this.held) await new Promise<void>((go) => this.#waiting.push(go));
-          return file.write(bytes, at);
-        },
-      };
-    });
-  }
-  release(): void {
-    this.held = false;
-    for (const go of this.#waiting.splice(0)) go();
-  }
-}
 
 async function withStore(
   body: (store: FileBlockStore, gate: DataGate, dir: string) => Promise<void>,

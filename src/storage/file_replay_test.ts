@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { BlockRef } from "../core/mod.ts";
 import { FileBlockStore } from "./file.ts";
-import { HookedFileIo } from "./hooked_file_io.ts";
+import { DataGate, HookedFileIo } from "./hooked_file_io.ts";
 import { SysFileIo } from "./sys_file_io.ts";
 
 const SECTOR = 4096;
@@ -19,27 +19,6 @@ function pattern(seed: number): Uint8Array {
   const bytes = new Uint8Array(BLOCK);
   for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 31 + seed * 7) & 0xff;
   return bytes;
-}
-
-/** Holds writes to the data file while `held` is set (the applier's writes, after a flush). */
-class DataGate extends HookedFileIo {
-  held = false;
-  readonly #waiting: (() => void)[] = [];
-  constructor() {
-    super(new SysFileIo(), (path) => {
-      if (!path.includes("/data-")) return {};
-      return {
-        write: async (file, bytes, at) => {
-          if (this.held) await new Promise<void>((go) => this.#waiting.push(go));
-          return file.write(bytes, at);
-        },
-      };
-    });
-  }
-  release(): void {
-    this.held = false;
-    for (const go of this.#waiting.splice(0)) go();
-  }
 }
 
 async function copyStoreFiles(from: string, to: string): Promise<void> {

@@ -6,6 +6,7 @@
  */
 
 import type { FileIo, IoFile, OpenFileOptions } from "./file_io.ts";
+import { SysFileIo } from "./sys_file_io.ts";
 
 /** Replacements for some calls of one open file; each gets the real file to call through. */
 export interface FileHooks {
@@ -62,5 +63,29 @@ export class HookedFileIo implements FileIo {
 
   syncDirectory(path: string): Promise<void> {
     return this.#inner.syncDirectory(path);
+  }
+}
+
+/**
+ * The real file system with the writes to a store's data file (the applier's in-place writes)
+ * held while `held` is set: what only the journal and the overlay hold meanwhile can be tested.
+ */
+export class DataGate extends HookedFileIo {
+  held = false;
+  readonly #waiting: (() => void)[] = [];
+  constructor() {
+    super(new SysFileIo(), (path) => {
+      if (!path.includes("/data-")) return {};
+      return {
+        write: async (file, bytes, at) => {
+          if (this.held) await new Promise<void>((go) => this.#waiting.push(go));
+          return file.write(bytes, at);
+        },
+      };
+    });
+  }
+  release(): void {
+    this.held = false;
+    for (const go of this.#waiting.splice(0)) go();
   }
 }
