@@ -63,9 +63,6 @@ import {
 import { VolumeMap } from "./volume_map.ts";
 import { type ReadSource, VolumeReader } from "./volume_reader.ts";
 
-/** What a read completed at once returns. */
-const RESOLVED: Promise<void> = Promise.resolve();
-
 const log = logger("volumes");
 
 /** Separates a volume from a snapshot in export names: `VOLUME@SNAPSHOT`. */
@@ -756,10 +753,6 @@ class VolumeHandle implements Device {
   }
 
   readAt(offsetBytes: number, into: Uint8Array, options?: DeviceCallOptions): Promise<void> {
-    // A read done at once is never in flight: nothing for close to wait for.
-    if (this.#closed === null && this.#volume.readCachedAt(offsetBytes, into, options)) {
-      return RESOLVED;
-    }
     return this.#call(() => this.#volume.readAt(offsetBytes, into, options));
   }
   writeAt(offsetBytes: number, data: Uint8Array, options?: DeviceWriteOptions): Promise<void> {
