@@ -1,8 +1,9 @@
 /**
  * Moving a whole device to and from a byte stream (`torus ctl block dump` and `load`), sparse:
  * ranges a device knows to be zero (its `extents`: a volume's block map, or NBD block status
- * through an NbdClient) are never read, data ranges that read as all zeros still become holes
- * (for devices that cannot tell), and zero chunks of an input are never written.
+ * through an NbdClient) are never read; inside what is read, and inside a load's input, every
+ * aligned 4 KiB that is all zeros is skipped (a hole in a dump, no write and no block in a load),
+ * as `qemu-img convert` does by default, so a sparse image stays sparse whatever carried it.
  * Reads run a few chunks ahead of the writes, so a remote device (NBD) keeps a pipeline full.
  * @module
  */
@@ -12,6 +13,11 @@ import type { Device } from "./device.ts";
 
 /** Bytes moved per read or write. */
 export const TRANSFER_CHUNK_BYTES = 4 * 1024 * 1024;
+/**
+ * Zero runs this long, aligned to it, are skipped inside data: the sector of the volumes' checksums
+ * and the block size NBD clients prefer (qemu-img convert's default `-S 4k`).
+ */
+export const SPARSE_RUN_BYTES = 4096;
 /** Chunks read ahead of the one being written. */
 const READ_AHEAD_CHUNKS = 4;
 
@@ -87,20 +93,50 @@ type ChunkPiece = Uint8Array | number;
 /** A chunk as pieces in order: only the ranges the device does not know to be zero are read. */
 function chunkOf(device: Device, offset: number, length: number): Promise<ChunkPiece[]> {
   return device.extents(offset, length).then((extents) =>
-    Promise.all(extents.map(async (extent): Promise<ChunkPiece> => {
-      if (extent.zero) return extent.lengthBytes;
+    Promise.all(extents.map(async (extent): Promise<ChunkPiece[]> => {
+      if (extent.zero) return [extent.lengthBytes];
       const bytes = new Uint8Array(extent.lengthBytes);
       await device.readAt(extent.offsetBytes, bytes);
-      // A device that cannot tell (NBD without block status) still leaves holes where it
-      // reads zeros.
-      return isAllZero(bytes) ? bytes.length : bytes;
+      // A device that cannot tell (NBD without block status), or a block holding some zeros,
+      // still leaves holes where it reads zeros.
+      return splitZeroRuns(bytes, extent.offsetBytes);
     }))
-  );
+  ).then((pieces) => pieces.flat());
 }
 
 /**
- * Writes `source` into `device` from offset 0 and flushes; chunks that are all zeros are skipped
- * (the device must read as zeros where nothing is written: a new volume does). Fails with the
+ * `bytes`, which sit at `offsetBytes` of a device, as pieces in order: the lengths of zero runs
+ * (every `runBytes` window aligned to the device's offsets that is all zeros, merged) and the data
+ * between them (views of `bytes`, merged).
+ */
+export function splitZeroRuns(
+  bytes: Uint8Array,
+  offsetBytes: number,
+  runBytes = SPARSE_RUN_BYTES,
+): ChunkPiece[] {
+  const pieces: ChunkPiece[] = [];
+  let pieceStart = 0;
+  let pieceZero = false;
+  let at = 0;
+  while (at < bytes.length) {
+    const end = Math.min(bytes.length, at + runBytes - ((offsetBytes + at) % runBytes));
+    const zero = isAllZero(bytes.subarray(at, end));
+    if (at > 0 && zero !== pieceZero) {
+      pieces.push(pieceZero ? at - pieceStart : bytes.subarray(pieceStart, at));
+      pieceStart = at;
+    }
+    pieceZero = zero;
+    at = end;
+  }
+  if (bytes.length > 0) {
+    pieces.push(pieceZero ? at - pieceStart : bytes.subarray(pieceStart, at));
+  }
+  return pieces;
+}
+
+/**
+ * Writes `source` into `device` from offset 0 and flushes; zero runs ({@link splitZeroRuns}) are
+ * skipped (the device must read as zeros where nothing is written: a new volume does). Fails with the
  * device's `invalid` when the input is longer than the device.
  */
 export async function loadDevice(
@@ -121,11 +157,20 @@ export async function loadDevice(
     if (offset + filled > device.sizeBytes) {
       throw invalid(`the input is longer than the device (${device.sizeBytes} bytes)`);
     }
-    if (!isAllZero(data)) {
-      const write = device.writeAt(offset, data);
+    const chunkWrites: Promise<void>[] = [];
+    let at = offset;
+    for (const piece of splitZeroRuns(data, offset)) {
+      if (typeof piece !== "number") {
+        chunkWrites.push(device.writeAt(at, piece));
+        dataBytes += piece.length;
+      }
+      at += typeof piece === "number" ? piece : piece.length;
+    }
+    if (chunkWrites.length > 0) {
+      // One entry per chunk, so at most READ_AHEAD_CHUNKS chunks are held, however many writes.
+      const write = Promise.all(chunkWrites).then(() => {});
       writes.add(write);
       void write.then(() => writes.delete(write), () => {});
-      dataBytes += filled;
       if (writes.size >= READ_AHEAD_CHUNKS) await Promise.race(writes);
     }
     offset += filled;

@@ -4,7 +4,7 @@ import { MemoryBlockStore } from "../storage/mod.ts";
 import { BlockVolume } from "./volume.ts";
 import { decodeRoot, encodeRoot, mapGeometry, rootRef } from "./volume_format.ts";
 import { VolumeMap } from "./volume_map.ts";
-import { dumpDevice, isAllZero, loadDevice } from "./transfer.ts";
+import { dumpDevice, isAllZero, loadDevice, splitZeroRuns } from "./transfer.ts";
 
 const BLOCK = 64 * 1024;
 
@@ -108,4 +108,85 @@ Deno.test("transfer: isAllZero looks at every byte, aligned or not", () => {
     assert.equal(isAllZero(bytes.subarray(1)), at === 0, `byte ${at}, unaligned view`);
     bytes[at] = 0;
   }
+});
+
+Deno.test("transfer: splitZeroRuns keeps every byte, aligned 4 KiB zero windows become lengths", () => {
+  const seed = testSeed();
+  const random = new SeededRandom(seed);
+  const between = (low: number, high: number) => low + random.int(high - low + 1);
+  for (let round = 0; round < 200; round++) {
+    const bytes = new Uint8Array(between(0, 40_000));
+    // Data in a few places, some of them a single byte at a window's edge.
+    for (let i = between(0, 6); i > 0 && bytes.length > 0; i--) {
+      const at = between(0, bytes.length - 1);
+      bytes.fill(1 + between(0, 254), at, Math.min(bytes.length, at + between(1, 9000)));
+    }
+    const offset = between(0, 3) * 4096 + between(0, 1) * between(1, 4095);
+    const pieces = splitZeroRuns(bytes, offset);
+    const context = `seed ${seed}, round ${round}, ${bytes.length} bytes at ${offset}`;
+    const rebuilt = new Uint8Array(bytes.length);
+    let at = 0;
+    let previousZero: boolean | null = null;
+    for (const piece of pieces) {
+      const zero = typeof piece === "number";
+      assert.notEqual(zero, previousZero, `${context}: pieces of one kind are merged`);
+      previousZero = zero;
+      if (zero) {
+        assert.ok(isAllZero(bytes.subarray(at, at + piece)), `${context}: a zero piece is zeros`);
+        at += piece;
+      } else {
+        rebuilt.set(piece, at);
+        at += piece.length;
+      }
+    }
+    assert.equal(at, bytes.length, context);
+    assertSameBytes(rebuilt, bytes, context);
+    // Every data piece is made of aligned windows holding a non-zero byte (the ends may be cut).
+    at = 0;
+    for (const piece of pieces) {
+      if (typeof piece === "number") {
+        at += piece;
+        continue;
+      }
+      for (let window = at; window < at + piece.length;) {
+        const end = Math.min(at + piece.length, window + 4096 - ((offset + window) % 4096));
+        assert.ok(!isAllZero(bytes.subarray(window, end)), `${context}: zeros at ${window} sent`);
+        window = end;
+      }
+      at += piece.length;
+    }
+  }
+});
+
+Deno.test("transfer: a load stores only the 4 KiB windows that hold data", async () => {
+  const size = 16 * BLOCK;
+  const image = new Uint8Array(size);
+  image.fill(7, BLOCK + 100, BLOCK + 3100); // inside one window
+  image.fill(9, 5 * BLOCK + 3 * 4096, 5 * BLOCK + 4 * 4096 + 1); // one window and one byte
+  image[15 * BLOCK + 4095] = 1; // the last byte of a window
+  const target = await newVolume(size);
+  // One chunk for the whole image: the zeros around the data are inside the chunk.
+  const loaded = await loadDevice(memorySource(image), target, { chunkBytes: size });
+  assert.equal(loaded.totalBytes, size);
+  assert.equal(loaded.dataBytes, 4 * 4096, "only the windows holding data were written");
+  const allocated = (await target.extents(0, size)).filter((extent) => !extent.zero)
+    .map((extent) => [extent.offsetBytes / BLOCK, extent.lengthBytes / BLOCK]);
+  assert.deepEqual(allocated, [[1, 1], [5, 1], [15, 1]], "blocks without data hold nothing");
+  const back = new Uint8Array(size);
+  await target.readAt(0, back);
+  assertSameBytes(back, image);
+});
+
+Deno.test("transfer: a dump leaves holes for zero windows inside allocated blocks", async () => {
+  const size = 4 * BLOCK;
+  const source = await newVolume(size);
+  const data = new Uint8Array(4096).fill(3);
+  await source.writeAt(BLOCK + 8192, data); // block 1 is allocated; 60 KiB of it reads as zeros
+  const out = memorySink();
+  const dumped = await dumpDevice(source, out.sink);
+  assert.equal(dumped.dataBytes, 4096);
+  assert.equal(out.zeroBytes(), size - 4096);
+  const expected = new Uint8Array(size);
+  expected.set(data, BLOCK + 8192);
+  assertSameBytes(out.bytes(), expected);
 });

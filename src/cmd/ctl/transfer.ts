@@ -49,7 +49,6 @@ import {
   type Device,
   dumpDevice,
   type DumpSink,
-  isAllZero,
   loadDevice,
   type LoadSource,
   mapGeometry,
@@ -67,8 +66,6 @@ import { readServeInfo } from "../node.ts";
 import { expandNbdFlag, nodeUuid } from "../serve.ts";
 import { type CtlDeps, expectPositionals, metadataFlagsOf, withMetadata } from "./common.ts";
 
-/** The granularity of holes inside data a dump writes into a regular file. */
-const HOLE_PIECE_BYTES = 64 * 1024;
 /** Zeros written to a stream for a zero range, a piece at a time. */
 const ZERO_PIECE_BYTES = 1024 * 1024;
 /** How long a failed load waits for the server to let go of the volume it deletes. */
@@ -251,14 +248,8 @@ async function fileSink(
   if (!regular) return { sink: streamSink(file), finish: async () => {} };
   return {
     sink: {
-      async write(data) {
-        // Zero pieces inside a chunk that holds data become holes as well.
-        for (let at = 0; at < data.length; at += HOLE_PIECE_BYTES) {
-          const piece = data.subarray(at, at + HOLE_PIECE_BYTES);
-          if (isAllZero(piece)) await file.seek(piece.length, Deno.SeekMode.Current);
-          else await writeAll(file, piece);
-        }
-      },
+      // dumpDevice hands zero runs inside data to zeros() already.
+      write: (data) => writeAll(file, data),
       async zeros(lengthBytes) {
         await file.seek(lengthBytes, Deno.SeekMode.Current);
       },
