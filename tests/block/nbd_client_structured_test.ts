@@ -147,9 +147,10 @@ Deno.test("nbd client structured: a dump reads only data, holes are skipped unre
       assert.equal(read, 64 * KiB + 4 * KiB + 4 * KiB);
       assert.equal(result.dataBytes, read);
     } else {
-      // The zero-detection fallback reads everything, and still finds the zeros.
+      // The zero-detection fallback reads everything, and still finds the zeros, 4 KiB at a
+      // time: only the same data pages are written out.
       assert.equal(read, 16 * MiB);
-      assert.equal(result.dataBytes, 2 * 4 * MiB);
+      assert.equal(result.dataBytes, 64 * KiB + 4 * KiB + 4 * KiB);
     }
   }
 });
