@@ -104,10 +104,12 @@ import {
   recordBytesOf,
 } from "./journal.ts";
 import {
+  matchesEntryCrc,
   sectorMatches,
   sectorSum,
   SUM_UNKNOWN,
   SUM_ZERO,
+  sumsDigest,
   sumsOfBlock,
   type SumsRecord,
   unknownSums,
@@ -1317,7 +1319,7 @@ export class FileBlockStore implements BlockStore {
       const written = this.#files.data.write(put.block, offset);
       // Checksums are computed while a worker thread writes the same (unchanging) bytes.
       const sums = sumsOfBlock(put.block, this.#sectorBytes, put.generation);
-      const blockCrc = crc32(put.block);
+      const blockCrc = sumsDigest(sums.sums);
       await Promise.all([written, this.#sums.write(slot, sums)]);
       this.#dataUnsynced = true;
       this.#sumsUnsynced = true;
@@ -1918,7 +1920,8 @@ async function writeInitialSums(
     if (index.states[slot] !== SlotState.Stored) continue;
     const generation = index.generations[slot]!;
     const got = await files.data.read(block, slotOffsetBytes(slot, files.blockSizeBytes));
-    const intact = got === block.length && crc32(block) === index.crcs[slot];
+    const intact = got === block.length &&
+      matchesEntryCrc(block, index.crcs[slot]!, sums.sectorBytes);
     const record = intact
       ? sumsOfBlock(block, sums.sectorBytes, generation)
       : unknownSums(generation, sums.sectors);

@@ -22,14 +22,17 @@
  *
  * Index entry: `[0:24]` BlockRef, `[24:32]` generation (a store-wide sequence number; the
  * highest verified one wins when a ref has several entries), `[32:40]` slot number (equal to the
- * entry's position: catches misdirected writes), `[40:44]` CRC-32 (IEEE) of the whole block
- * (verified on every read), `[44:60]` zero, `[60:64]` CRC-32C of `[0:60]` (a torn entry never
- * verifies). An all-zero entry marks a free slot.
+ * entry's position: catches misdirected writes), `[40:44]` the block's content check, `[44:60]`
+ * zero, `[60:64]` CRC-32C of `[0:60]` (a torn entry never verifies). An all-zero entry marks a
+ * free slot.
  *
- * Blocks are checksummed with CRC-32 (IEEE), not CRC-32C: @node-rs/crc32 computes it 1.4-2x as
- * fast on this hardware (docs/adr/0001-block-file-io.md), and it is the checksum the blockset's
- * crc layer passes as `expectedCrc32`, so one pass both verifies a read and answers that check.
- * The small header and entry checksums use CRC-32C, which detects more errors in short messages.
+ * The content check is read only when a store has no sums file (sector_sums.ts), to judge which
+ * copies survived: a put's entry holds the CRC-32C of its sector sums (`sumsDigest`: computed from
+ * the sums the put makes anyway, so no second pass over the block), an entry written by a build
+ * before that the CRC-32 (IEEE) of the whole block, and a block created by a range write 0. Reads
+ * verify sectors against the sums file, and the CRC-32 a caller passes as `expectedCrc32` is
+ * computed over what was read. The small header and entry checksums use CRC-32C, which detects
+ * more errors in short messages.
  * @module
  */
 
@@ -187,7 +190,7 @@ export interface IndexEntry {
   ref: BlockRef;
   generation: number;
   slot: number;
-  /** CRC-32 (IEEE) of the whole block. */
+  /** The block's content check (see the module doc): not a CRC-32 of the block since sums. */
   crc32: number;
 }
 

@@ -24,7 +24,6 @@ import { setImmediate } from "node:timers";
 import {
   BLOCK_SIZE_MAX_BYTES,
   BLOCK_SIZE_MIN_BYTES,
-  crc32,
   ErrorCode,
   invalid,
   STORE_SLOTS_MAX,
@@ -49,6 +48,7 @@ import {
   STORE_ID_BYTES,
 } from "./file_format.ts";
 import { highWaterStepSlots } from "./map_writer.ts";
+import { matchesEntryCrc, sectorSizeOf } from "./sector_sums.ts";
 import { SlotIndex, SlotState } from "./slot_index.ts";
 
 /** Slots never counted as capacity, so a replacement always finds room. */
@@ -369,7 +369,8 @@ export function crcVerifier(files: StoreFiles): BlockVerifier {
   const block = new Uint8Array(files.blockSizeBytes);
   return async (slot, index) => {
     const got = await files.data.read(block, slotOffsetBytes(slot, files.blockSizeBytes));
-    return got === block.length && crc32(block) === index.crcs[slot];
+    return got === block.length &&
+      matchesEntryCrc(block, index.crcs[slot]!, sectorSizeOf(files.blockSizeBytes));
   };
 }
 

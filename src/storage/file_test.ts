@@ -5,10 +5,18 @@
  */
 
 import assert from "node:assert/strict";
-import { ErrorCode, isTorusError, SeededRandom, STORE_SLOTS_MAX, testSeed } from "../core/mod.ts";
+import {
+  crc32,
+  ErrorCode,
+  isTorusError,
+  SeededRandom,
+  STORE_SLOTS_MAX,
+  testSeed,
+} from "../core/mod.ts";
 import { FileBlockStore, type FileBlockStoreOptions, SPARE_SLOTS } from "./file.ts";
 import {
   decodeEntry,
+  encodeEntry,
   ENTRY_BYTES,
   EntryState,
   FORMAT_VERSION,
@@ -156,6 +164,49 @@ async function patchFile(path: string, offset: number, bytes: Uint8Array): Promi
   await file.seek(offset, Deno.SeekMode.Start);
   await file.write(bytes);
 }
+
+/**
+ * Rewrites the content check of `key`'s entry on disk to the CRC-32 of `block`: the entry a build
+ * before sums digests wrote.
+ */
+async function writeLegacyEntryCrc(mapPath: string, key: string, block: Uint8Array): Promise<void> {
+  const slot = await slotOnDisk(mapPath, key);
+  assert.ok(slot >= 0);
+  const at = HEADER_BYTES + slot * ENTRY_BYTES;
+  const map = await Deno.readFile(mapPath);
+  const decoded = decodeEntry(map, at, slot);
+  assert.equal(decoded.state, EntryState.Used);
+  const entry = new Uint8Array(ENTRY_BYTES);
+  encodeEntry({ ...decoded.entry, crc32: crc32(block) }, entry);
+  await patchFile(mapPath, at, entry);
+}
+
+fileTest("a store that lost its sums file keeps the put blocks its entries verify", async () => {
+  const { options, cleanup } = await tempStore();
+  try {
+    const store = await FileBlockStore.open(options);
+    for (const n of [1, 2, 3]) await store.putBlock(testRef(n), patternBlock(BLOCK, n));
+    await store.close();
+    // Block 2's entry as a build before sums digests wrote it; block 3's bytes damaged.
+    await writeLegacyEntryCrc(store.mapPath, testRef(2).key, patternBlock(BLOCK, 2));
+    const slot3 = await slotOnDisk(store.mapPath, testRef(3).key);
+    await patchFile(
+      store.dataPath,
+      HEADER_BYTES + slot3 * BLOCK + 7,
+      new Uint8Array([0xff ^ patternBlock(BLOCK, 3)[7]!]),
+    );
+    await Deno.remove(`${options.dir}/sums-current.blk`);
+    const reopened = await FileBlockStore.open(options);
+    assert.deepEqual(await reopened.getBlock(testRef(1)), patternBlock(BLOCK, 1));
+    assert.deepEqual(await reopened.getBlock(testRef(2)), patternBlock(BLOCK, 2));
+    // The damaged copy stays, unreadable: never vanished (read as zeros) and never returned.
+    assert.equal(await reopened.hasBlock(testRef(3)), true);
+    await rejectsWithCode(reopened.getBlock(testRef(3)), ErrorCode.BlockUnavailable);
+    await reopened.close();
+  } finally {
+    await cleanup();
+  }
+});
 
 fileTest("damaged block bytes on disk are block_unavailable, never data", async () => {
   const { options, cleanup } = await tempStore();

@@ -18,7 +18,7 @@
  * @module
  */
 
-import { assert, crc32c } from "../core/mod.ts";
+import { assert, crc32, crc32c } from "../core/mod.ts";
 
 /** A sector: what one checksum covers and what a range write rounds to. */
 export function sectorSizeOf(blockSizeBytes: number): number {
@@ -92,6 +92,27 @@ export function sumsOfBlock(
     sums[i] = sectorSum(block.subarray(i * sectorBytes, (i + 1) * sectorBytes));
   }
   return { generation, sums };
+}
+
+/**
+ * The content check a put's index entry carries: a CRC-32C over the block's sector sums (each
+ * little-endian), a digest of its bytes computed from the sums the put makes anyway. It replaced a
+ * CRC-32 over the whole block, a second pass over every byte of every put (7% of the server's
+ * main thread under 1 MiB writes) for a check only a store that lost its sums file reads.
+ */
+export function sumsDigest(sums: Uint32Array): number {
+  // The array's own bytes: Deno runs on little-endian machines only (x86-64, arm64).
+  return crc32c(new Uint8Array(sums.buffer, sums.byteOffset, sums.byteLength));
+}
+
+/**
+ * Whether `block` matches the content check `entryCrc` of its index entry: the digest of its
+ * sector sums ({@link sumsDigest}), or, in an entry written by a build before that, the CRC-32
+ * of the whole block.
+ */
+export function matchesEntryCrc(block: Uint8Array, entryCrc: number, sectorBytes: number): boolean {
+  if (sumsDigest(sumsOfBlock(block, sectorBytes, 0).sums) === entryCrc) return true;
+  return crc32(block) === entryCrc;
 }
 
 /** Encodes `record` into `target` (a record-sized buffer). */
