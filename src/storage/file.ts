@@ -1920,11 +1920,9 @@ async function writeInitialSums(
     if (index.states[slot] !== SlotState.Stored) continue;
     const generation = index.generations[slot]!;
     const got = await files.data.read(block, slotOffsetBytes(slot, files.blockSizeBytes));
-    const intact = got === block.length &&
-      matchesEntryCrc(block, index.crcs[slot]!, sums.sectorBytes);
-    const record = intact
-      ? sumsOfBlock(block, sums.sectorBytes, generation)
-      : unknownSums(generation, sums.sectors);
+    const made = sumsOfBlock(block, sums.sectorBytes, generation);
+    const intact = got === block.length && matchesEntryCrc(block, made.sums, index.crcs[slot]!);
+    const record = intact ? made : unknownSums(generation, sums.sectors);
     await sums.write(slot, record);
   }
 }

@@ -48,7 +48,7 @@ import {
   STORE_ID_BYTES,
 } from "./file_format.ts";
 import { highWaterStepSlots } from "./map_writer.ts";
-import { matchesEntryCrc, sectorSizeOf } from "./sector_sums.ts";
+import { matchesEntryCrc, sectorSizeOf, sumsOfBlock } from "./sector_sums.ts";
 import { SlotIndex, SlotState } from "./slot_index.ts";
 
 /** Slots never counted as capacity, so a replacement always finds room. */
@@ -369,8 +369,9 @@ export function crcVerifier(files: StoreFiles): BlockVerifier {
   const block = new Uint8Array(files.blockSizeBytes);
   return async (slot, index) => {
     const got = await files.data.read(block, slotOffsetBytes(slot, files.blockSizeBytes));
-    return got === block.length &&
-      matchesEntryCrc(block, index.crcs[slot]!, sectorSizeOf(files.blockSizeBytes));
+    if (got !== block.length) return false;
+    const sums = sumsOfBlock(block, sectorSizeOf(files.blockSizeBytes), 0).sums;
+    return matchesEntryCrc(block, sums, index.crcs[slot]!);
   };
 }
 

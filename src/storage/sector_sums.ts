@@ -106,13 +106,13 @@ export function sumsDigest(sums: Uint32Array): number {
 }
 
 /**
- * Whether `block` matches the content check `entryCrc` of its index entry: the digest of its
- * sector sums ({@link sumsDigest}), or, in an entry written by a build before that, the CRC-32
- * of the whole block.
+ * Whether `block`, whose sector sums are `sums`, matches the content check `entryCrc` of its index
+ * entry: the digest of its sums ({@link sumsDigest}), or, in an entry written by a build before
+ * that, the CRC-32 of the whole block. The caller computes the sums, so a caller that keeps them
+ * (a store rebuilding its sums file) makes them once.
  */
-export function matchesEntryCrc(block: Uint8Array, entryCrc: number, sectorBytes: number): boolean {
-  if (sumsDigest(sumsOfBlock(block, sectorBytes, 0).sums) === entryCrc) return true;
-  return crc32(block) === entryCrc;
+export function matchesEntryCrc(block: Uint8Array, sums: Uint32Array, entryCrc: number): boolean {
+  return sumsDigest(sums) === entryCrc || crc32(block) === entryCrc;
 }
 
 /** Encodes `record` into `target` (a record-sized buffer). */
