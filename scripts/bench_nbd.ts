@@ -36,6 +36,7 @@ import { hasCommand } from "../tests/support/packages.ts";
 import { ctlOk, type ServeProcess, startServe } from "../tests/support/torus_process.ts";
 import {
   amplificationTable,
+  costTable,
   type DiskBytes,
   fioArgs,
   type FioResult,
@@ -43,9 +44,13 @@ import {
   formatSpread,
   labelledTable,
   parseBlockStat,
+  parseContextSwitches,
+  parseCpuTicks,
   parseFio,
   parseWriteChars,
+  type ProcessCost,
   type Sample,
+  switchesBetween,
   throughputTable,
   wholeNumberFlag,
   type Workload,
@@ -111,6 +116,42 @@ function delay(ms: number): Promise<void> {
 
 async function writeCallBytes(pid: number): Promise<number> {
   return parseWriteChars(await Deno.readTextFile(`/proc/${pid}/io`));
+}
+
+/** USER_HZ, the unit of /proc's CPU times: 100 on every Linux architecture. */
+const CLOCK_TICKS_PER_SECOND = 100;
+
+/** A process's CPU ticks and its threads' context switches so far. */
+interface CostSnapshot {
+  readonly cpuTicks: number;
+  readonly switches: Map<string, number>;
+}
+
+async function costSnapshot(pid: number): Promise<CostSnapshot | null> {
+  try {
+    const cpuTicks = parseCpuTicks(await Deno.readTextFile(`/proc/${pid}/stat`));
+    const switches = new Map<string, number>();
+    for await (const task of Deno.readDir(`/proc/${pid}/task`)) {
+      const status = await Deno.readTextFile(`/proc/${pid}/task/${task.name}/status`)
+        .catch((error) => {
+          if (error instanceof Deno.errors.NotFound) return null; // the thread just ended
+          throw error;
+        });
+      if (status !== null) switches.set(task.name, parseContextSwitches(status));
+    }
+    return { cpuTicks, switches };
+  } catch (error) {
+    log(`no CPU accounting for process ${pid}: ${error}`);
+    return null;
+  }
+}
+
+function costBetween(before: CostSnapshot | null, after: CostSnapshot | null): ProcessCost | null {
+  if (before === null || after === null) return null;
+  return {
+    cpuMs: (after.cpuTicks - before.cpuTicks) * 1000 / CLOCK_TICKS_PER_SECOND,
+    contextSwitches: switchesBetween(before.switches, after.switches),
+  };
 }
 
 async function output(command: string, args: string[]): Promise<string> {
@@ -329,8 +370,11 @@ async function measure(
   await disk.sync();
   const before = await disk.bytes();
   const callsBefore = await writeCallBytes(server.pid());
+  const costBefore = await costSnapshot(server.pid());
   const fio = await runFio(run);
+  // The writes the run left to apply in place are part of its cost, as they are of its bytes.
   if (writes(run.workload)) await settle(server);
+  const cost = costBetween(costBefore, await costSnapshot(server.pid()));
   const callBytes = await writeCallBytes(server.pid()) - callsBefore;
   // Everything the run dirtied reaches the disk before the counters are read.
   await disk.sync();
@@ -342,6 +386,7 @@ async function measure(
     diskWriteBytes: after === null || before === null ? null : after.writeBytes - before.writeBytes,
     diskReadBytes: after === null || before === null ? null : after.readBytes - before.readBytes,
     writeCallBytes: callBytes,
+    cost,
   };
 }
 
@@ -480,8 +525,16 @@ function amplificationRows(samples: readonly Sample[]): string[][] {
 function coldReadRows(samples: readonly Sample[], servers: readonly string[]): string[][] {
   return servers.map((server) => {
     const runs = samples.filter((s) => s.server === server);
-    const perRead = runs.map((s) => (s.diskReadBytes ?? NaN) / (s.fio.readBytes / 4096));
-    return [server, formatSpread(runs.map((s) => s.fio.iops)), formatSpread(perRead)];
+    const reads = (s: Sample) => s.fio.readBytes / 4096;
+    const perRead = runs.map((s) => (s.diskReadBytes ?? NaN) / reads(s));
+    const withCost = runs.filter((s) => s.cost !== null);
+    return [
+      server,
+      formatSpread(runs.map((s) => s.fio.iops)),
+      formatSpread(perRead),
+      formatSpread(withCost.map((s) => s.cost!.cpuMs * 1000 / reads(s))),
+      formatSpread(withCost.map((s) => s.cost!.contextSwitches / reads(s)), 1),
+    ];
   });
 }
 
@@ -617,13 +670,20 @@ function formatReport(
     "",
     "Disk bytes written per byte fio wrote (the bench disk's counters, dirty pages synced)",
     ...amplificationTable(report.samples, names),
+    "",
+    "Where the time goes: each server process's CPU (all threads, µs) and context switches per " +
+    "I/O, from /proc; median (min–max) over rounds",
+    ...costTable(report.samples, names),
   ];
   if (report.cold.length > 0) {
     lines.push(
       "",
       `Cold 4 KiB random reads at QD1 (${config.coldReads} per run, page cache of the ` +
         "server's files dropped, torus restarted): bytes read from the disk per read",
-      ...labelledTable(["server", "IOPS", "disk bytes per read"], coldReadRows(report.cold, names)),
+      ...labelledTable(
+        ["server", "IOPS", "disk bytes per read", "CPU µs/read", "switches/read"],
+        coldReadRows(report.cold, names),
+      ),
     );
   }
   if (report.amplified.length > 0) {

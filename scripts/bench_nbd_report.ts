@@ -166,6 +166,51 @@ export function parseWriteChars(text: string): number {
   return Number(match[1]);
 }
 
+/**
+ * User plus system CPU time, in clock ticks, of a whole process (every thread, exited ones
+ * included) from /proc/<pid>/stat: fields 14 and 15, counted after the `)` that ends the command
+ * name (which may itself hold spaces and parentheses).
+ */
+export function parseCpuTicks(text: string): number {
+  const end = text.lastIndexOf(")");
+  const fields = end < 0 ? [] : text.slice(end + 2).trim().split(/\s+/);
+  // After the name: state is field 3, so utime (14) and stime (15) are the 12th and 13th here.
+  const ticks = [fields[11], fields[12]].map((
+    f,
+  ) => (f !== undefined && /^\d+$/.test(f) ? Number(f) : NaN));
+  if (ticks.some((t) => !Number.isSafeInteger(t))) {
+    throw new Error(`unexpected /proc/<pid>/stat: ${text.slice(0, 100)}`);
+  }
+  return ticks[0]! + ticks[1]!;
+}
+
+/** Voluntary plus involuntary context switches of one thread, from /proc/<pid>/task/<tid>/status. */
+export function parseContextSwitches(text: string): number {
+  const voluntary = /^voluntary_ctxt_switches:\s+(\d+)$/m.exec(text);
+  const involuntary = /^nonvoluntary_ctxt_switches:\s+(\d+)$/m.exec(text);
+  if (!voluntary || !involuntary) throw new Error("no context switches in /proc/<pid>/status");
+  return Number(voluntary[1]) + Number(involuntary[1]);
+}
+
+/**
+ * Context switches between two snapshots of a process's threads (thread id → switches so far):
+ * a thread born meanwhile counts from zero; one that ended meanwhile is lost (a lower bound).
+ */
+export function switchesBetween(
+  before: ReadonlyMap<string, number>,
+  after: ReadonlyMap<string, number>,
+): number {
+  let switches = 0;
+  for (const [thread, count] of after) switches += count - (before.get(thread) ?? 0);
+  return switches;
+}
+
+/** What a server process spent during a run (from /proc). */
+export interface ProcessCost {
+  readonly cpuMs: number;
+  readonly contextSwitches: number;
+}
+
 /** One measured run of one workload against one server. */
 export interface Sample {
   readonly workload: string;
@@ -180,6 +225,39 @@ export interface Sample {
   readonly diskReadBytes: number | null;
   /** Bytes the server passed to write system calls during the run. */
   readonly writeCallBytes: number;
+  /** The server process's CPU and context switches during the run; null where /proc lacks them. */
+  readonly cost: ProcessCost | null;
+}
+
+/** I/Os fio made in a sample (reads and writes of the workload's block size). */
+export function iosOf(sample: Sample, workload: Workload): number {
+  return (sample.fio.readBytes + sample.fio.writeBytes) / workload.blockBytes;
+}
+
+/**
+ * Where each server's time went, per I/O: µs of CPU (all its threads) and context switches,
+ * median (and range) over rounds, per workload. Read it with the throughput table: a server that
+ * spends its CPU is bound by it, one that switches often is bound by wake-ups.
+ */
+export function costTable(samples: readonly Sample[], servers: readonly string[]): string[] {
+  const rows: string[][] = [];
+  for (const workload of workloads) {
+    const ofWorkload = samples.filter((s) => s.workload === workload.name && s.cost !== null);
+    if (ofWorkload.length === 0) continue;
+    const per = (server: string, of: (cost: ProcessCost) => number) =>
+      ofWorkload.filter((s) => s.server === server && iosOf(s, workload) > 0)
+        .map((s) => of(s.cost!) / iosOf(s, workload));
+    rows.push([
+      workload.name,
+      ...servers.map((server) => formatSpread(per(server, (c) => c.cpuMs * 1000))),
+      ...servers.map((server) => formatSpread(per(server, (c) => c.contextSwitches), 1)),
+    ]);
+  }
+  return table([
+    "workload",
+    ...servers.map((s) => `${s} CPU µs/IO`),
+    ...servers.map((s) => `${s} switches/IO`),
+  ], rows);
 }
 
 /** Median (the lower middle of an even count) of `values`; NaN when empty. */

@@ -9,14 +9,18 @@ import { hasCommand } from "../tests/support/packages.ts";
 import { selectBenches } from "./bench.ts";
 import { configOf } from "./bench_nbd.ts";
 import {
+  costTable,
   fioArgs,
   formatSpread,
   median,
   parseBlockStat,
+  parseContextSwitches,
+  parseCpuTicks,
   parseFio,
   parseWriteChars,
   roundRatios,
   type Sample,
+  switchesBetween,
   throughputTable,
   workloads,
   writeAmplification,
@@ -72,6 +76,7 @@ Deno.test("bench_nbd: medians, spreads and per-round ratios", () => {
     diskWriteBytes: disk,
     diskReadBytes: 0,
     writeCallBytes: 0,
+    cost: null,
   });
   const samples = [
     sample("torus", 0, 200, 2500),
@@ -87,6 +92,60 @@ Deno.test("bench_nbd: medians, spreads and per-round ratios", () => {
     table,
     /\| 4k randwrite QD1 +\| +200 \(200–300\) \| +100 \(100–200\) \| +1\.50x \(1\.50–2\.00\)/,
   );
+});
+
+Deno.test("bench_nbd: a process's CPU and context switches from /proc, and garbage refused", () => {
+  // The command name may hold spaces and parentheses: fields count from the last ")".
+  const stat = "4242 (V8 (worker) 1) S 1 4242 4242 0 -1 4194560 9 0 0 0 1234 567 0 0 20 0 12 0";
+  assert.equal(parseCpuTicks(stat), 1234 + 567);
+  assert.ok(parseCpuTicks(Deno.readTextFileSync("/proc/self/stat")) >= 0, "this process's own");
+  const garbage = [
+    "",
+    "no parenthesis at all 1 2 3",
+    "1 (x) S 1 2",
+    "1 (x) S 1 2 3 4 5 6 7 8 9 -5 6",
+  ];
+  garbage.push(`1 (x) S ${"9".repeat(400)} `.repeat(20), "1 (x)", stat.slice(0, 60));
+  garbage.push(`1 (x) S${" 1".repeat(10)} ${"9".repeat(400)} 5`, `1 (x) S${" 1".repeat(10)} 1e3 5`);
+  for (const text of garbage) assert.throws(() => parseCpuTicks(text), /unexpected/, text);
+
+  const status = "Name:\tdeno\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+  assert.equal(parseContextSwitches(status), 127);
+  assert.ok(parseContextSwitches(Deno.readTextFileSync("/proc/self/status")) > 0);
+  for (const text of ["", "voluntary_ctxt_switches:\t1\n", "garbage\u0000\n".repeat(1000)]) {
+    assert.throws(() => parseContextSwitches(text), /no context switches/);
+  }
+  // A thread born during the run counts from zero; one that ended is lost (a lower bound).
+  const before = new Map([["10", 100], ["11", 50], ["12", 9]]);
+  const after = new Map([["10", 130], ["11", 55], ["13", 4]]);
+  assert.equal(switchesBetween(before, after), 30 + 5 + 4);
+});
+
+Deno.test("bench_nbd: CPU and switches per I/O, per workload and server", () => {
+  const sample = (server: string, round: number, cpuMs: number, switches: number): Sample => ({
+    workload: "4k randread QD1",
+    server,
+    round,
+    // 10000 reads of 4 KiB.
+    fio: { iops: 0, mibPerSecond: 0, readBytes: 10000 * 4096, writeBytes: 0, meanLatencyUs: 0 },
+    diskWriteBytes: null,
+    diskReadBytes: null,
+    writeCallBytes: 0,
+    cost: { cpuMs, contextSwitches: switches },
+  });
+  const samples = [
+    sample("torus", 0, 1000, 20000),
+    sample("torus", 1, 1200, 30000),
+    sample("qemu-nbd", 0, 700, 31000),
+    { ...sample("qemu-nbd", 1, 0, 0), cost: null },
+  ];
+  const table = costTable(samples, ["torus", "qemu-nbd"]).join("\n");
+  assert.match(table, /torus CPU µs\/IO \| qemu-nbd CPU µs\/IO \| torus switches\/IO/);
+  assert.match(
+    table,
+    /\| 4k randread QD1 \| +100 \(100–120\) \| +70 \| +2\.0 \(2\.0–3\.0\) \| +3\.1 \|/,
+  );
+  assert.equal(costTable([{ ...samples[0]!, cost: null }], ["torus"]).length, 2, "no rows");
 });
 
 Deno.test("bench_nbd: fio's command line for a workload", () => {
@@ -146,6 +205,11 @@ Deno.test({
     assert.ok(row, `no throughput row for torus, qemu-nbd and nbdkit:\n${text}`);
     assert.ok(row.slice(1).every((iops) => Number(iops) > 0), row[0]);
     assert.match(text, /Cold 4 KiB random reads/);
+    const cost =
+      /^\| 4k randwrite QD32 fsync=32 +\| +(\d+)[^|]*\| +(\d+)[^|]*\| +(\d+)[^|]*\| +([\d.]+)/m
+        .exec(text.slice(text.indexOf("Where the time goes")));
+    assert.ok(cost, `no CPU and switches row:\n${text}`);
+    assert.ok(cost.slice(1, 4).every((us) => Number(us) > 0), `every server spent CPU: ${cost[0]}`);
     assert.match(text, /\| 256MiB steady +\| +\d+/, "the write amplification part ran");
   },
 });
