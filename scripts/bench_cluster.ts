@@ -28,10 +28,12 @@ import {
   labelledTable,
   median,
   parseFio,
+  type ProcessCost,
   wholeNumberFlag,
   type Workload,
   workloads,
 } from "./bench_nbd_report.ts";
+import { measuringCost, sumCosts } from "./proc_cost.ts";
 
 const MiB = 1024 * 1024;
 
@@ -79,6 +81,8 @@ function log(text: string): void {
 /** Three nodes, a volume, and the client's NBD server in front of them. */
 async function startCluster(dir: string, config: Config): Promise<{
   uri: string;
+  clientPid: number;
+  nodePids: number[];
   stop(): Promise<void>;
 }> {
   const etcd = await testEtcd();
@@ -117,7 +121,12 @@ async function startCluster(dir: string, config: Config): Promise<{
       ["blk", "nbdserve", ...meta, "-l", `127.0.0.1:${port}`],
       /Ready\./,
     );
-    return { uri: `nbd://127.0.0.1:${port}/bench`, stop };
+    return {
+      uri: `nbd://127.0.0.1:${port}/bench`,
+      clientPid: client.child.pid,
+      nodePids: nodes.map((node) => node.child.pid),
+      stop,
+    };
   } catch (error) {
     await stop().catch(() => {});
     throw error;
@@ -126,6 +135,7 @@ async function startCluster(dir: string, config: Config): Promise<{
 
 async function startQemuNbd(file: string, sizeBytes: number): Promise<{
   uri: string;
+  pid: number;
   stop(): Promise<void>;
 }> {
   await Deno.writeFile(file, new Uint8Array(0));
@@ -147,6 +157,7 @@ async function startQemuNbd(file: string, sizeBytes: number): Promise<{
   }
   return {
     uri: `nbd://127.0.0.1:${port}/bench`,
+    pid: child.pid,
     async stop() {
       child.kill("SIGTERM");
       await child.status;
@@ -185,7 +196,7 @@ async function main(): Promise<number> {
   try {
     const cluster = await startCluster(dir, config);
     const qemu = await startQemuNbd(`${dir}/qemu.raw`, config.volumeBytes);
-    const results = new Map<string, { cluster: FioResult[]; qemu: FioResult[] }>();
+    const results = new Map<string, Results>();
     try {
       log("filling both exports");
       await fill(cluster.uri, config);
@@ -195,19 +206,27 @@ async function main(): Promise<number> {
       );
       for (let round = 0; round < config.rounds; round++) {
         for (const workload of chosen) {
-          const entry = results.get(workload.name) ?? { cluster: [], qemu: [] };
+          const entry = results.get(workload.name) ?? { workload, cluster: [], qemu: [] };
           results.set(workload.name, entry);
           // Alternating which server goes first spreads the machine's drift over both.
           const order = round % 2 === 0
             ? ["cluster", "qemu"] as const
             : ["qemu", "cluster"] as const;
           for (const which of order) {
-            const result = await fio(
-              which === "cluster" ? cluster.uri : qemu.uri,
-              workload,
-              config,
+            const pids = which === "cluster"
+              ? [cluster.clientPid, ...cluster.nodePids]
+              : [qemu.pid];
+            const { result, costs } = await measuringCost(
+              pids,
+              log,
+              () => fio(which === "cluster" ? cluster.uri : qemu.uri, workload, config),
             );
-            entry[which].push(result);
+            entry[which].push({
+              fio: result,
+              // The client's own, then the nodes' together (qemu-nbd is one process: "client").
+              client: costs[0]!,
+              nodes: which === "cluster" ? sumCosts(costs.slice(1)) : null,
+            });
             log(`round ${round + 1} ${workload.name} ${which}: ${result.iops.toFixed(0)} IOPS`);
           }
         }
@@ -223,16 +242,61 @@ async function main(): Promise<number> {
   }
 }
 
-function printReport(
-  results: Map<string, { cluster: FioResult[]; qemu: FioResult[] }>,
-  config: Config,
-): void {
+/** One fio run and what the processes behind the export spent during it. */
+interface Run {
+  readonly fio: FioResult;
+  /** The client process (for qemu-nbd: qemu-nbd itself). */
+  readonly client: ProcessCost | null;
+  /** The three nodes together (null for qemu-nbd). */
+  readonly nodes: ProcessCost | null;
+}
+
+/** A workload's runs through the cluster and through qemu-nbd, round by round. */
+interface Results {
+  readonly workload: Workload;
+  readonly cluster: Run[];
+  readonly qemu: Run[];
+}
+
+/** Per I/O of `run`: what `of` picks from `cost` divided by fio's I/O count; null if unknown. */
+function perIo(
+  run: Run,
+  workload: Workload,
+  cost: ProcessCost | null,
+  of: (cost: ProcessCost) => number,
+): number | null {
+  const ios = (run.fio.readBytes + run.fio.writeBytes) / workload.blockBytes;
+  return cost === null || ios === 0 ? null : of(cost) / ios;
+}
+
+/** CPU µs and context switches per I/O: the client, the nodes together, and qemu-nbd. */
+function costRows(results: Map<string, Results>): string[][] {
+  return [...results.values()].map(({ workload, cluster, qemu }) => {
+    const spread = (values: (number | null)[], digits: number) =>
+      formatSpread(values.filter((v): v is number => v !== null), digits);
+    const cpu = (cost: ProcessCost) => cost.cpuMs * 1000;
+    const switches = (cost: ProcessCost) => cost.contextSwitches;
+    return [
+      workload.name,
+      spread(cluster.map((r) => perIo(r, workload, r.client, cpu)), 0),
+      spread(cluster.map((r) => perIo(r, workload, r.nodes, cpu)), 0),
+      spread(qemu.map((r) => perIo(r, workload, r.client, cpu)), 0),
+      spread(cluster.map((r) => perIo(r, workload, r.client, switches)), 1),
+      spread(cluster.map((r) => perIo(r, workload, r.nodes, switches)), 1),
+      spread(qemu.map((r) => perIo(r, workload, r.client, switches)), 1),
+    ];
+  });
+}
+
+function printReport(results: Map<string, Results>, config: Config): void {
   console.log(
     `fio through torus blk nbdserve, 3 nodes at replication 2 (loopback), against qemu-nbd on a ` +
       `file; ${config.volumeBytes / MiB} MiB, ${config.runtimeSeconds} s per run, ` +
       `${config.rounds} round(s); median IOPS and MiB/s, ratio torus/qemu-nbd (range over rounds)`,
   );
-  const rows = [...results].map(([name, { cluster, qemu }]) => {
+  const rows = [...results].map(([name, runs]) => {
+    const cluster = runs.cluster.map((r) => r.fio);
+    const qemu = runs.qemu.map((r) => r.fio);
     const ratios = cluster.map((c, i) => c.iops / Math.max(1, qemu[i]!.iops));
     return [
       name,
@@ -248,6 +312,13 @@ function printReport(
   for (const line of labelledTable(["workload", "torus cluster", "qemu-nbd", "ratio"], rows)) {
     console.log(line);
   }
+  console.log(
+    "\nWhere the time goes: CPU (all threads, µs) and context switches per I/O, from /proc; the " +
+      "three nodes together; median (min–max) over rounds",
+  );
+  const header = ["workload", "client CPU µs/IO", "nodes CPU µs/IO", "qemu-nbd CPU µs/IO"];
+  header.push("client switches/IO", "nodes switches/IO", "qemu-nbd switches/IO");
+  for (const line of labelledTable(header, costRows(results))) console.log(line);
 }
 
 if (import.meta.main) {

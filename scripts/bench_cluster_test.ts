@@ -25,5 +25,11 @@ Deno.test({
     );
     assert.ok(row, `no row for the cluster and qemu-nbd:\n${text}`);
     assert.ok(Number(row[1]) > 0 && Number(row[2]) > 0, row[0]);
+    const where = text.slice(text.indexOf("Where the time goes"));
+    const cost = /^\| 4k randwrite QD32 fsync=32 +\| +(\d+)[^|]*\| +(\d+)[^|]*\| +(\d+)/m.exec(
+      where,
+    );
+    assert.ok(cost, `no CPU row for the client, the nodes and qemu-nbd:\n${text}`);
+    assert.ok(cost.slice(1).every((us) => Number(us) > 0), `each spent CPU: ${cost[0]}`);
   },
 });

@@ -44,13 +44,9 @@ import {
   formatSpread,
   labelledTable,
   parseBlockStat,
-  parseContextSwitches,
-  parseCpuTicks,
   parseFio,
   parseWriteChars,
-  type ProcessCost,
   type Sample,
-  switchesBetween,
   throughputTable,
   wholeNumberFlag,
   type Workload,
@@ -58,6 +54,7 @@ import {
   writeAmplification,
   writes,
 } from "./bench_nbd_report.ts";
+import { measuringCost } from "./proc_cost.ts";
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -116,42 +113,6 @@ function delay(ms: number): Promise<void> {
 
 async function writeCallBytes(pid: number): Promise<number> {
   return parseWriteChars(await Deno.readTextFile(`/proc/${pid}/io`));
-}
-
-/** USER_HZ, the unit of /proc's CPU times: 100 on every Linux architecture. */
-const CLOCK_TICKS_PER_SECOND = 100;
-
-/** A process's CPU ticks and its threads' context switches so far. */
-interface CostSnapshot {
-  readonly cpuTicks: number;
-  readonly switches: Map<string, number>;
-}
-
-async function costSnapshot(pid: number): Promise<CostSnapshot | null> {
-  try {
-    const cpuTicks = parseCpuTicks(await Deno.readTextFile(`/proc/${pid}/stat`));
-    const switches = new Map<string, number>();
-    for await (const task of Deno.readDir(`/proc/${pid}/task`)) {
-      const status = await Deno.readTextFile(`/proc/${pid}/task/${task.name}/status`)
-        .catch((error) => {
-          if (error instanceof Deno.errors.NotFound) return null; // the thread just ended
-          throw error;
-        });
-      if (status !== null) switches.set(task.name, parseContextSwitches(status));
-    }
-    return { cpuTicks, switches };
-  } catch (error) {
-    log(`no CPU accounting for process ${pid}: ${error}`);
-    return null;
-  }
-}
-
-function costBetween(before: CostSnapshot | null, after: CostSnapshot | null): ProcessCost | null {
-  if (before === null || after === null) return null;
-  return {
-    cpuMs: (after.cpuTicks - before.cpuTicks) * 1000 / CLOCK_TICKS_PER_SECOND,
-    contextSwitches: switchesBetween(before.switches, after.switches),
-  };
 }
 
 async function output(command: string, args: string[]): Promise<string> {
@@ -370,11 +331,13 @@ async function measure(
   await disk.sync();
   const before = await disk.bytes();
   const callsBefore = await writeCallBytes(server.pid());
-  const costBefore = await costSnapshot(server.pid());
-  const fio = await runFio(run);
-  // The writes the run left to apply in place are part of its cost, as they are of its bytes.
-  if (writes(run.workload)) await settle(server);
-  const cost = costBetween(costBefore, await costSnapshot(server.pid()));
+  const { result: fio, costs } = await measuringCost([server.pid()], log, async () => {
+    const fio = await runFio(run);
+    // The writes the run left to apply in place are part of its cost, as they are of its bytes.
+    if (writes(run.workload)) await settle(server);
+    return fio;
+  });
+  const cost = costs[0]!;
   const callBytes = await writeCallBytes(server.pid()) - callsBefore;
   // Everything the run dirtied reaches the disk before the counters are read.
   await disk.sync();

@@ -1,0 +1,55 @@
+/** What a process spent, from /proc (proc_cost.ts): real snapshots, sums, and a missing process. */
+
+import assert from "node:assert/strict";
+import { costBetween, costSnapshot, measuringCost, sumCosts } from "./proc_cost.ts";
+
+const noErrors = (text: string) => assert.fail(text);
+
+Deno.test("proc_cost: a busy stretch of this process shows as its CPU", async () => {
+  const { result, costs } = await measuringCost([Deno.pid], noErrors, () => {
+    const until = performance.now() + 300;
+    let spins = 0;
+    while (performance.now() < until) spins++;
+    return Promise.resolve(spins);
+  });
+  assert.ok(result > 0);
+  const cost = costs[0];
+  assert.ok(cost !== null && cost !== undefined, "a cost");
+  // 300 ms of spinning, counted in 10 ms ticks.
+  assert.ok(cost.cpuMs >= 200 && cost.cpuMs <= 2000, `cpuMs ${cost.cpuMs}`);
+  assert.ok(cost.contextSwitches >= 0);
+});
+
+Deno.test("proc_cost: a process that is gone gives no cost, and says so", async () => {
+  const said: string[] = [];
+  // Beyond pid_max (at most 2^22 on Linux): no such process.
+  assert.equal(await costSnapshot(1 << 23, (text) => said.push(text)), null);
+  assert.match(said.join("\n"), /no CPU accounting for process 8388608/);
+  const own = await costSnapshot(Deno.pid, noErrors);
+  assert.equal(costBetween(own, null), null);
+  assert.equal(costBetween(null, own), null);
+});
+
+Deno.test("proc_cost: costs add up, and one unknown makes the sum unknown", () => {
+  const a = { cpuMs: 10, contextSwitches: 3 };
+  const b = { cpuMs: 5, contextSwitches: 4 };
+  assert.deepEqual(sumCosts([a, b]), { cpuMs: 15, contextSwitches: 7 });
+  assert.equal(sumCosts([a, null]), null);
+  assert.deepEqual(sumCosts([]), { cpuMs: 0, contextSwitches: 0 });
+});
+
+Deno.test("proc_cost: a thread that ends before the body does keeps its switches", async () => {
+  const sleeps = 200;
+  const source = `let n = 0; const tick = () => (++n < ${sleeps} ? setTimeout(tick, 3) : ` +
+    `postMessage("done")); tick();`;
+  const url = `data:application/javascript,${encodeURIComponent(source)}`;
+  const { costs } = await measuringCost([Deno.pid], noErrors, async () => {
+    const worker = new Worker(url, { type: "module" });
+    await new Promise((resolve) => worker.onmessage = resolve);
+    worker.terminate();
+    // The worker's thread is gone well before the body ends: only polls saw its switches.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  });
+  const switches = costs[0]?.contextSwitches ?? 0;
+  assert.ok(switches >= sleeps / 2, `${switches} switches, the worker slept ${sleeps} times`);
+});
