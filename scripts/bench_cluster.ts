@@ -3,7 +3,9 @@
  * against three `torus serve` nodes at replication 2 on loopback, and against qemu-nbd serving a
  * file, in the same run, the same workloads as the single-node table (bench_nbd.ts) but the cold
  * one (dropping the page cache of three nodes is not what that row measures). The goal of the
- * cluster issue: every ratio at least 0.5. Results in docs/benchmarks.md.
+ * cluster issue: every ratio at least 0.5. With every run, where the time went: the CPU and context
+ * switches per I/O of the client, of the three nodes together and of qemu-nbd
+ * (scripts/proc_cost.ts). Results in docs/benchmarks.md.
  *
  *   deno run -A scripts/bench_cluster.ts [--quick] [--volume-mib N] [--runtime S] [--rounds N]
  *                                        [--filter TEXT]

@@ -11,13 +11,15 @@
  *    over rounds, and per-round ratios of torus to each reference. Every export is filled with
  *    1 MiB writes first, so reads read data. With each write workload, the disk bytes written
  *    per byte fio wrote (every write run ends with a FLUSH; torus's in-place writes that follow
- *    are waited for).
+ *    are waited for). With every run, where the time went: each server process's CPU and
+ *    context switches per I/O (scripts/proc_cost.ts).
  * 2. Write amplification of torus alone, 4 KiB random writes with a FLUSH every 32, on a small
  *    and a large sparse volume (1 GiB and 16 GiB): the first pass over the fresh volume (blocks
  *    created on first touch) and the steady state (every block written once before).
  * 3. Cold reads: each server's files dropped from the page cache (fdatasync, then
  *    posix_fadvise DONTNEED through `dd iflag=nocache count=0`; no global drop_caches), torus
- *    restarted (its caches empty), then 4 KiB random reads at QD1: disk bytes read per read.
+ *    restarted (its caches empty), then 4 KiB random reads at QD1: disk bytes read per read, and
+ *    CPU and context switches per read.
  *
  * Servers: torus serve (the default engine, store in a temp data dir); qemu-nbd `-f raw
  * --cache=writeback --aio=threads` (qemu-nbd's defaults, spelled out: page cache, FLUSH =
