@@ -644,7 +644,7 @@ function formatReport(
     lines.push(
       "",
       `Cold 4 KiB random reads at QD1 (${config.coldReads} per run, page cache of the ` +
-        "server's files dropped, torus restarted): bytes read from the disk per read",
+        "server's files dropped, torus restarted): disk bytes, CPU and context switches per read",
       ...labelledTable(
         ["server", "IOPS", "disk bytes per read", "CPU µs/read", "switches/read"],
         coldReadRows(report.cold, names),
