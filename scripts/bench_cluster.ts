@@ -27,6 +27,7 @@ import {
   fioArgs,
   type FioResult,
   formatSpread,
+  iosOf,
   labelledTable,
   median,
   parseFio,
@@ -267,7 +268,7 @@ function perIo(
   cost: ProcessCost | null,
   of: (cost: ProcessCost) => number,
 ): number | null {
-  const ios = (run.fio.readBytes + run.fio.writeBytes) / workload.blockBytes;
+  const ios = iosOf(run.fio, workload);
   return cost === null || ios === 0 ? null : of(cost) / ios;
 }
 

@@ -175,13 +175,15 @@ export function parseCpuTicks(text: string): number {
   const end = text.lastIndexOf(")");
   const fields = end < 0 ? [] : text.slice(end + 2).trim().split(/\s+/);
   // After the name: state is field 3, so utime (14) and stime (15) are the 12th and 13th here.
-  const ticks = [fields[11], fields[12]].map((
-    f,
-  ) => (f !== undefined && /^\d+$/.test(f) ? Number(f) : NaN));
+  const ticks = [fields[11], fields[12]].map(wholeNumberOrNaN);
   if (ticks.some((t) => !Number.isSafeInteger(t))) {
     throw new Error(`unexpected /proc/<pid>/stat: ${text.slice(0, 100)}`);
   }
   return ticks[0]! + ticks[1]!;
+}
+
+function wholeNumberOrNaN(text: string | undefined): number {
+  return text !== undefined && /^\d+$/.test(text) ? Number(text) : NaN;
 }
 
 /** Voluntary plus involuntary context switches of one thread, from /proc/<pid>/task/<tid>/status. */
@@ -229,9 +231,9 @@ export interface Sample {
   readonly cost: ProcessCost | null;
 }
 
-/** I/Os fio made in a sample (reads and writes of the workload's block size). */
-export function iosOf(sample: Sample, workload: Workload): number {
-  return (sample.fio.readBytes + sample.fio.writeBytes) / workload.blockBytes;
+/** I/Os fio made in a run (reads and writes of the workload's block size). */
+export function iosOf(fio: FioResult, workload: Workload): number {
+  return (fio.readBytes + fio.writeBytes) / workload.blockBytes;
 }
 
 /**
@@ -245,8 +247,8 @@ export function costTable(samples: readonly Sample[], servers: readonly string[]
     const ofWorkload = samples.filter((s) => s.workload === workload.name && s.cost !== null);
     if (ofWorkload.length === 0) continue;
     const per = (server: string, of: (cost: ProcessCost) => number) =>
-      ofWorkload.filter((s) => s.server === server && iosOf(s, workload) > 0)
-        .map((s) => of(s.cost!) / iosOf(s, workload));
+      ofWorkload.filter((s) => s.server === server && iosOf(s.fio, workload) > 0)
+        .map((s) => of(s.cost!) / iosOf(s.fio, workload));
     rows.push([
       workload.name,
       ...servers.map((server) => formatSpread(per(server, (c) => c.cpuMs * 1000))),
