@@ -81,6 +81,9 @@ async function preseed(packages: readonly string[]): Promise<void> {
   }
 }
 
+/** How long apt-get waits for a dpkg lock another process holds. */
+const APT_LOCK_WAIT_SECONDS = 600;
+
 /** Installs the packages of missing commands with apt-get when running as root. */
 export async function ensurePackages(requirements: readonly Requirement[]): Promise<void> {
   const missing = requirements.filter((r) => !hasCommand(r.command));
@@ -96,10 +99,13 @@ export async function ensurePackages(requirements: readonly Requirement[]): Prom
   }
   console.error(`tests: installing ${packages.join(" ")} with apt-get`);
   await preseed(packages);
-  const install = ["apt-get", "install", "-y", "--no-install-recommends", ...packages];
+  // A lock held by another process (a fresh machine's apt timers) is waited for, not failed on.
+  const waitForLock = ["-o", `DPkg::Lock::Timeout=${APT_LOCK_WAIT_SECONDS}`];
+  const install = ["apt-get", ...waitForLock, "install", "-y", "--no-install-recommends"];
+  install.push(...packages);
   if (await run(install)) return;
   // A fresh machine may have no package lists yet.
-  if (await run(["apt-get", "update"]) && await run(install)) return;
+  if (await run(["apt-get", ...waitForLock, "update"]) && await run(install)) return;
   console.error(`tests: apt-get could not install ${packages.join(" ")}`);
 }
 

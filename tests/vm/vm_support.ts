@@ -55,11 +55,35 @@ export async function run(
   };
 }
 
+/** apt's words when another process (an install beside it, a fresh machine's apt-daily) has the lock. */
+const DPKG_LOCK = /dpkg frontend lock|could not get lock|dpkg was interrupted/i;
+/** How long the setup waits for a held dpkg lock before it gives up (and the VM tests skip). */
+const DPKG_LOCK_WAIT_MS = 10 * 60_000;
+const DPKG_LOCK_RETRY_MS = 5_000;
+
+/**
+ * Runs the tool's cached setup. A dpkg lock held by another process fails apt at once, so the
+ * setup is tried again until the lock is free: on a fresh machine, `npm test` installing
+ * packages (or the system's own apt timers) must not make the VM tests skip.
+ */
+export async function vmSetup(
+  tools: string,
+  wait = { totalMs: DPKG_LOCK_WAIT_MS, retryMs: DPKG_LOCK_RETRY_MS },
+): Promise<{ code: number; output: string }> {
+  const deadline = Date.now() + wait.totalMs;
+  for (let said = false;; said = true) {
+    const setup = await run(`${tools}/vm-blockdev.sh`, ["setup"]);
+    if (setup.code === 0 || !DPKG_LOCK.test(setup.output) || Date.now() > deadline) return setup;
+    if (!said) console.error("tests: vm-blockdev.sh setup waits for the dpkg lock");
+    await new Promise((resolve) => setTimeout(resolve, wait.retryMs));
+  }
+}
+
 /** Why the VM cannot run here, or null when it can (runs the tool's cached setup). */
 async function whyNoVm(tools: string | null): Promise<string | null> {
   if (tools === null) return "no shared/tools/vm-run.sh beside the checkout ($TORUS_VM_BLOCKDEV)";
   if (Deno.build.os !== "linux" || Deno.build.arch !== "x86_64") return "not x86-64 Linux";
-  const setup = await run(`${tools}/vm-blockdev.sh`, ["setup"]);
+  const setup = await vmSetup(tools);
   if (setup.code !== 0) {
     const last = setup.output.trim().split("\n").at(-1) ?? "";
     return `qemu or the guest kernel cannot be installed (vm-blockdev.sh setup: ${last})`;
