@@ -79,10 +79,16 @@ export async function measuringCost<T>(
   onError: (text: string) => void,
   body: () => Promise<T>,
 ): Promise<{ result: T; costs: (ProcessCost | null)[] }> {
-  const before = await Promise.all(pids.map((pid) => costSnapshot(pid, onError)));
+  // A process that cannot be read is said once, not at every look.
+  const said = new Set<string>();
+  const tell = (text: string) => {
+    if (!said.has(text)) onError(text);
+    said.add(text);
+  };
+  const before = await Promise.all(pids.map((pid) => costSnapshot(pid, tell)));
   const seen = pids.map(() => new Map<string, number>());
   const look = async () => {
-    const now = await Promise.all(pids.map((pid) => costSnapshot(pid, onError)));
+    const now = await Promise.all(pids.map((pid) => costSnapshot(pid, tell)));
     now.forEach((snapshot, i) => {
       for (const [thread, count] of snapshot?.switches ?? []) seen[i]!.set(thread, count);
     });
@@ -108,10 +114,10 @@ export async function measuringCost<T>(
     await poller;
   }
   const after = await look();
+  // The end's CPU, and every switch any look saw.
   const costs = pids.map((_, i) => {
-    const cost = costBetween(before[i]!, after[i]!);
-    if (cost === null) return null;
-    return { ...cost, contextSwitches: switchesBetween(before[i]!.switches, seen[i]!) };
+    const end = after[i]!;
+    return costBetween(before[i]!, end === null ? null : { ...end, switches: seen[i]! });
   });
   return { result, costs };
 }

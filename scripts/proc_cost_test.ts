@@ -53,3 +53,15 @@ Deno.test("proc_cost: a thread that ends before the body does keeps its switches
   const switches = costs[0]?.contextSwitches ?? 0;
   assert.ok(switches >= sleeps / 2, `${switches} switches, the worker slept ${sleeps} times`);
 });
+
+Deno.test("proc_cost: a process that cannot be read is said once, whatever the looks", async () => {
+  const said: string[] = [];
+  const { costs } = await measuringCost(
+    [1 << 23, Deno.pid],
+    (text) => said.push(text),
+    () => new Promise((resolve) => setTimeout(resolve, 700)),
+  );
+  assert.equal(said.length, 1, said.join("\n"));
+  assert.equal(costs[0], null);
+  assert.ok(costs[1] !== null, "the readable process still has its cost");
+});

@@ -99,7 +99,8 @@ export async function ensurePackages(requirements: readonly Requirement[]): Prom
   }
   console.error(`tests: installing ${packages.join(" ")} with apt-get`);
   await preseed(packages);
-  // A lock held by another process (a fresh machine's apt timers) is waited for, not failed on.
+  // A dpkg lock another process holds (another installer, the system's apt timers) is waited
+  // for, not failed on.
   const waitForLock = ["-o", `DPkg::Lock::Timeout=${APT_LOCK_WAIT_SECONDS}`];
   const install = ["apt-get", ...waitForLock, "install", "-y", "--no-install-recommends"];
   install.push(...packages);
