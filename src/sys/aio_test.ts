@@ -313,6 +313,45 @@ function halveWrites(iocbPointers: AllowSharedBufferSource | null, count: number
   }
 }
 
+/** Counts io_submit calls and the most that were in the kernel at once. */
+function submitsInFlight(
+  log: { submits: number; inFlight: number; most: number },
+): (calls: AioCalls) => AioCalls {
+  return (calls) => ({
+    ...calls,
+    io_submit: async (...args) => {
+      log.submits++;
+      log.most = Math.max(log.most, ++log.inFlight);
+      try {
+        return await calls.io_submit(...args);
+      } finally {
+        log.inFlight--;
+      }
+    },
+  });
+}
+
+Deno.test("batchedPwrite: large writes to one file go to the kernel one batch at a time", async () => {
+  if (!batching()) return;
+  // Parallel buffered writes to one ext4 file copy one at a time and spin on its inode lock.
+  const log = { submits: 0, inFlight: 0, most: 0 };
+  await withAioCalls(submitsInFlight(log), async () => {
+    await withFiles(1, async ([fd]) => {
+      const random = new SeededRandom(testSeed());
+      const writeBytes = 2 * BATCHED_WRITE_BYTES_MAX;
+      const expected = random.bytes(16 * writeBytes);
+      await Promise.all(Array.from({ length: 16 }, (_, i) => {
+        const at = i * writeBytes;
+        return batchedPwrite(fd!, expected.subarray(at, at + writeBytes), at);
+      }));
+      await assertFileHolds(fd!, expected);
+    });
+  });
+  assert.ok(log.submits >= 1, "large writes went through AIO");
+  assert.ok(log.submits < 16, `batched: ${log.submits} io_submit calls for 16 writes`);
+  assert.equal(log.most, 1, "one batch in the kernel at a time");
+});
+
 Deno.test("batchedPwrite: events not posted by io_submit are waited for, and settle their writes", async () => {
   if (!batching()) return;
   const log = callLog();
