@@ -639,6 +639,13 @@ function parentOf(path: string): string {
   return slash <= 0 ? (slash === 0 ? "/" : ".") : path.slice(0, slash);
 }
 
+/**
+ * A new journal's region is written with zeros once, not only allocated: appends into fallocated
+ * (unwritten) extents made ext4 convert them at writeback and journal that change, and the first
+ * pass over the region was measured slower than later ones (docs/benchmarks.md, 2026-12-02).
+ */
+const ZERO_FILL_CHUNK_BYTES = 4 * 1024 * 1024;
+
 async function createJournal(
   file: IoFile,
   options: { storeId: Uint8Array; regionBytes: number },
@@ -655,6 +662,11 @@ async function createJournal(
   await file.truncate(0);
   await file.truncate(HEADER_PAGE_BYTES + options.regionBytes);
   await file.allocate(0, HEADER_PAGE_BYTES + options.regionBytes);
+  const zeros = new Uint8Array(Math.min(ZERO_FILL_CHUNK_BYTES, options.regionBytes));
+  for (let at = 0; at < options.regionBytes; at += zeros.length) {
+    const length = Math.min(zeros.length, options.regionBytes - at);
+    await file.write(zeros.subarray(0, length), HEADER_PAGE_BYTES + at);
+  }
   await file.write(header, 0);
   await file.sync();
 }

@@ -152,6 +152,33 @@ Deno.test("journal: a record whose seq does not follow the last one is refused",
   });
 });
 
+Deno.test("journal: a new journal's region is written whole when it is made", async () => {
+  // Allocated only (fallocate), every first append would land in an unwritten extent: ext4
+  // converts it at writeback and each fdatasync commits that metadata. Written once, appends
+  // never change the file's layout.
+  const dir = await Deno.makeTempDir({ prefix: "torus-journal-" });
+  const path = `${dir}/journal-test.blk`;
+  const regionBytes = 3 * 1024 * 1024 + recordBytesOf(4096);
+  const written = new Map<number, number>();
+  const io = new HookedFileIo(new SysFileIo(), (opened) => ({
+    write: (file, bytes, at) => {
+      if (opened.endsWith(".tmp")) written.set(at, bytes.length);
+      return file.write(bytes, at);
+    },
+  }));
+  try {
+    const journal = await Journal.open(io, path, { storeId: new Uint8Array(16), regionBytes });
+    await journal.close();
+    let covered = 4096;
+    for (const [at, length] of [...written].sort((a, b) => a[0] - b[0])) {
+      if (at <= covered) covered = Math.max(covered, at + length);
+    }
+    assert.equal(covered, 4096 + regionBytes, "every byte of the region was written");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("journal: a batch that reaches the region's end exactly goes on at its start", async () => {
   const dir = await Deno.makeTempDir({ prefix: "torus-journal-" });
   const path = `${dir}/journal-test.blk`;
