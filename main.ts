@@ -7,6 +7,7 @@
 import { type Command, ExitCode, type Io, processIo, runCommand } from "./src/cli/mod.ts";
 import { escapeText } from "./src/core/mod.ts";
 import { commands } from "./src/cmd/mod.ts";
+import { tuneMallocForLargeBuffers } from "./src/sys/mod.ts";
 
 function topLevelHelp(): string {
   const width = Math.max(...commands.map((c) => c.name.length), "help".length);
@@ -60,5 +61,8 @@ function help(args: string[], io: Io): number {
 }
 
 if (import.meta.main) {
+  // Every torus process moves block-sized buffers (a client with no store too: its copies of
+  // each block it sends to the holders), and fresh ones cost page faults (see the function).
+  tuneMallocForLargeBuffers();
   Deno.exit(await main(Deno.args));
 }
