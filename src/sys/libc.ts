@@ -505,7 +505,9 @@ let mallocTuned = false;
  * fresh block-sized buffer (V8 allocates its memory with calloc); by default glibc serves such
  * sizes with mmap and gives them back with munmap, so each read faults in 128 new pages per
  * 512 KiB, which measured 2-3x slower than reading into reused memory on this VM
- * (docs/adr/0001-block-file-io.md). Process-wide and idempotent; the cost is memory that stays
+ * (docs/adr/0001-block-file-io.md). The same holds for every block-sized copy, so main.ts calls
+ * this at the start of every torus process (the cluster's client, which has no store, copies each
+ * block it sends to the holders). Process-wide and idempotent; the cost is memory that stays
  * mapped (up to TRIM_THRESHOLD_BYTES of free heap) after a burst.
  */
 export function tuneMallocForLargeBuffers(): void {
