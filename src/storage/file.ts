@@ -384,6 +384,8 @@ export class FileBlockStore implements BlockStore {
     }
     let slotCount = Math.floor(sizeBytes / options.blockSizeBytes);
     // Every get returns a fresh block-sized buffer: keep their memory out of mmap/munmap churn.
+    // The torus binary does this at start (main.ts); this covers stores opened by other programs
+    // (the storage benchmarks, tests).
     tuneMallocForLargeBuffers();
     const files = await openStoreFiles(io, {
       dir: options.dir,
