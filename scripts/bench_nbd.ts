@@ -16,10 +16,13 @@
  * 2. Write amplification of torus alone, 4 KiB random writes with a FLUSH every 32, on a small
  *    and a large sparse volume (1 GiB and 16 GiB): the first pass over the fresh volume (blocks
  *    created on first touch) and the steady state (every block written once before).
- * 3. Cold reads: each server's files dropped from the page cache (fdatasync, then
- *    posix_fadvise DONTNEED through `dd iflag=nocache count=0`; no global drop_caches), torus
- *    restarted (its caches empty), then 4 KiB random reads at QD1: disk bytes read per read, and
- *    CPU and context switches per read.
+ * 3. Cold reads: torus restarted (its caches empty), a warm-up of 2000 I/Os of the same workload
+ *    against every server (a new process runs its code unoptimized at first: a cost paid once
+ *    per start, not per cold read; `--no-warm-up` leaves it out), then each server's files
+ *    dropped from the page cache (fdatasync, then posix_fadvise DONTNEED through
+ *    `dd iflag=nocache count=0`; no global drop_caches), then 4 KiB random reads at QD1: disk
+ *    bytes read per read, and CPU and context switches per read. The cold 70/30 workload of
+ *    part 1 starts the same way.
  *
  * Servers: torus serve (the default engine, store in a temp data dir); qemu-nbd `-f raw
  * --cache=writeback --aio=threads` (qemu-nbd's defaults, spelled out: page cache, FLUSH =
@@ -28,6 +31,7 @@
  *
  * Usage: deno run -A scripts/bench_nbd.ts [--quick] [--runtime S] [--rounds N] [--filter TEXT]
  *          [--export-mib N] [--dir DIR] [--json FILE] [--no-amplification] [--no-cold-reads]
+ *          [--no-warm-up]
  * `--quick` (CI smoke test): small exports, 1 s per run, one round.
  * @module
  */
@@ -76,6 +80,8 @@ export interface BenchConfig {
   /** The two volume sizes of the write amplification part. */
   readonly amplificationVolumes: readonly number[];
   readonly coldReads: number;
+  /** I/Os of a cold workload run after a restart, before the page cache is dropped (0: none). */
+  readonly coldWarmUpIos: number;
   readonly amplification: boolean;
   readonly coldReadPart: boolean;
   readonly dir: string | null;
@@ -317,17 +323,28 @@ async function settle(server: BenchServer): Promise<void> {
   }
 }
 
+/**
+ * Runs the workload of `run` for `ios` I/Os against a server that was just started: a new
+ * process runs its code unoptimized at first (V8 compiles the hot paths as they run), which is
+ * what a long-running server pays once, not per cold read. The page cache is dropped after it.
+ */
+async function warmUp(run: FioRun, ios: number): Promise<void> {
+  await runFio({ uri: run.uri, workload: run.workload, sizeBytes: run.sizeBytes, numberIos: ios });
+}
+
 /** One fio run with the disk's counters around it. */
 async function measure(
   server: BenchServer,
   disk: BenchDisk,
   run: FioRun,
   label: { workload: string; round: number },
+  warmUpIos = 0,
 ): Promise<Sample> {
   if (run.workload.cold) {
     await server.restart();
-    await dropPageCache(await server.files());
     run = { ...run, uri: server.uri() };
+    if (warmUpIos > 0) await warmUp(run, warmUpIos);
+    await dropPageCache(await server.files());
   }
   // Earlier runs' dirty pages go to the disk now, not during this run.
   await disk.sync();
@@ -393,7 +410,8 @@ async function throughput(
           sizeBytes: config.exportBytes,
           runtimeSeconds: config.runtimeSeconds,
         };
-        const sample = await measure(server, disk, run, { workload: workload.name, round });
+        const label = { workload: workload.name, round };
+        const sample = await measure(server, disk, run, label, config.coldWarmUpIos);
         log(describeSample(sample));
         samples.push(sample);
       }
@@ -418,7 +436,8 @@ async function coldReads(
         sizeBytes: config.exportBytes,
         numberIos: config.coldReads,
       };
-      const sample = await measure(server, disk, run, { workload: workload.name, round });
+      const label = { workload: workload.name, round };
+      const sample = await measure(server, disk, run, label, config.coldWarmUpIos);
       log(`${describeSample(sample)}, ${sample.diskReadBytes} bytes read from the disk`);
       samples.push(sample);
     }
@@ -678,6 +697,7 @@ export function configOf(args: string[]): BenchConfig {
       json: { type: "string" },
       "no-amplification": { type: "boolean", default: false },
       "no-cold-reads": { type: "boolean", default: false },
+      "no-warm-up": { type: "boolean", default: false },
     },
   });
   const quick = values.quick;
@@ -688,6 +708,7 @@ export function configOf(args: string[]): BenchConfig {
     filter: values.filter ?? null,
     amplificationVolumes: quick ? [64 * MiB, 256 * MiB] : [GiB, 16 * GiB],
     coldReads: quick ? 64 : 2000,
+    coldWarmUpIos: values["no-warm-up"] ? 0 : quick ? 64 : 2000,
     amplification: !values["no-amplification"],
     coldReadPart: !values["no-cold-reads"],
     dir: values.dir ?? null,
@@ -698,6 +719,7 @@ export function configOf(args: string[]): BenchConfig {
 const USAGE =
   `Usage: deno run -A scripts/bench_nbd.ts [--quick] [--export-mib N] [--runtime SECONDS]
   [--rounds N] [--filter TEXT] [--dir DIR] [--json FILE] [--no-amplification] [--no-cold-reads]
+  [--no-warm-up]
 
 fio's nbd engine against torus serve, qemu-nbd and nbdkit in the same run (docs/benchmarks.md).`;
 

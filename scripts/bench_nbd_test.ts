@@ -167,6 +167,9 @@ Deno.test("bench_nbd: options and the runner's choice of benches", () => {
   assert.equal(quick.filter, "QD1");
   assert.equal(configOf([]).rounds, 2);
   assert.throws(() => configOf(["--rounds", "0"]), /whole number/);
+  assert.equal(configOf([]).coldWarmUpIos, 2000);
+  assert.equal(configOf(["--no-warm-up"]).coldWarmUpIos, 0);
+  assert.ok(quick.coldWarmUpIos > 0 && quick.coldWarmUpIos < 2000, "a short warm-up in CI");
   assert.deepEqual(selectBenches([], undefined), {
     benchFiles: null,
     programs: [
