@@ -150,6 +150,8 @@ interface Divergence {
 
 /** How often holders that missed changes are tried again. */
 const RESYNC_INTERVAL_MS = 1_000;
+/** Options of a change whose bytes are the distributor's own copy, which nothing changes. */
+const UNCHANGING = { unchangingData: true } as const;
 /** How long a resync waits for a stale holder to answer before it leaves it for the next pass. */
 const PROBE_TIMEOUT_MS = 1_000;
 /** Blocks resynchronised at once. */
@@ -454,17 +456,18 @@ export class Distributor implements BlockStore {
 
   putBlock(ref: BlockRef, data: Uint8Array, options?: BlockCallOptions): Promise<void> {
     // A copy now: attempts outlive this call at levels one/local, the caller's buffer may change.
+    // Nothing changes the copy, so the holders' peer stores send it as it is, not a copy each.
     const copy = data.slice();
     return this.#change(
       ref,
       options,
-      (store, stamp) => store.putBlock(ref, copy, { ...options, ...stamp }),
+      (store, stamp) => store.putBlock(ref, copy, { ...options, ...stamp, ...UNCHANGING }),
       {
         replacesWhole: true,
         extraReplacesWhole: true,
         // A node that merely may keep a copy: the whole block over the copy it has, if any.
         toExtra: (store, stamp) =>
-          store.writeAt(ref, 0, copy, { ...options, mustExist: true, ...stamp }),
+          store.writeAt(ref, 0, copy, { ...options, mustExist: true, ...stamp, ...UNCHANGING }),
       },
     );
   }
@@ -475,19 +478,26 @@ export class Distributor implements BlockStore {
     data: Uint8Array,
     options?: RangeWriteOptions,
   ): Promise<void> {
+    // As in putBlock: one copy, sent as it is to every holder.
     const copy = data.slice();
     const sent = this.#rangeOptions(options);
     return this.#change(
       ref,
       options,
-      (store, stamp) => store.writeAt(ref, offsetBytes, copy, { ...sent, ...stamp }),
+      (store, stamp) => store.writeAt(ref, offsetBytes, copy, { ...sent, ...stamp, ...UNCHANGING }),
       {
-        creating: (store, stamp) => store.writeAt(ref, offsetBytes, copy, { ...options, ...stamp }),
+        creating: (store, stamp) =>
+          store.writeAt(ref, offsetBytes, copy, { ...options, ...stamp, ...UNCHANGING }),
         extraReplacesWhole: options?.fresh ?? false,
         toExtra: (store, stamp) =>
           options?.fresh
             ? extraDelete(store, ref, options, stamp)
-            : store.writeAt(ref, offsetBytes, copy, { ...options, mustExist: true, ...stamp }),
+            : store.writeAt(ref, offsetBytes, copy, {
+              ...options,
+              mustExist: true,
+              ...stamp,
+              ...UNCHANGING,
+            }),
       },
     );
   }

@@ -6,7 +6,13 @@
 
 import assert from "node:assert/strict";
 import { type BlockRef, crc32, ErrorCode, isTorusError } from "../core/mod.ts";
-import { blockStoreContract, patternBlock, testRef } from "../storage/mod.ts";
+import {
+  type BlockCallOptions,
+  blockStoreContract,
+  patternBlock,
+  testRef,
+} from "../storage/mod.ts";
+import type { PeerDirectory } from "./peer_directory.ts";
 import { BLOCK, flipByteOf, holdAll, MemoryStaleMarks, TestCluster } from "./test_cluster.ts";
 
 const capacityReason = "a cluster is full when a holder is, not at an exact count of blocks";
@@ -457,3 +463,61 @@ async function waitUntil(condition: () => boolean, timeoutMs = 10_000): Promise<
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
+
+/** A change a peer client was asked to send: its bytes and options. */
+interface SentChange {
+  readonly data: Uint8Array;
+  readonly unchangingData: boolean | undefined;
+}
+
+/** Records the bytes and options of every putBlock and writeAt sent through `directory`. */
+function recordingChanges(directory: PeerDirectory, sent: SentChange[]): PeerDirectory {
+  return {
+    storeOf(uuid) {
+      const store = directory.storeOf(uuid);
+      if (store === null) return null;
+      return new Proxy(store, {
+        get(target, key) {
+          const value = Reflect.get(target, key, target);
+          // Methods run on the store itself (its private fields are not the proxy's).
+          if (typeof value !== "function") return value;
+          if (key !== "putBlock" && key !== "writeAt") return value.bind(target);
+          return (...args: unknown[]) => {
+            const data = args[key === "putBlock" ? 1 : 2] as Uint8Array;
+            const options = args[key === "putBlock" ? 2 : 3] as BlockCallOptions | undefined;
+            sent.push({ data, unchangingData: options?.unchangingData });
+            return (value as (...a: unknown[]) => Promise<void>).apply(target, args);
+          };
+        },
+      });
+    },
+    unreachable: (uuid) => directory.unreachable(uuid),
+    close: () => directory.close(),
+  };
+}
+
+test("a change's bytes are copied once and that copy goes to every holder as it is", async (cluster) => {
+  const sent: SentChange[] = [];
+  const distributor = await cluster.distributor({
+    wrapPeers: (directory) => recordingChanges(directory, sent),
+  });
+  const block = patternBlock(BLOCK, 3);
+  const range = new Uint8Array([1, 2, 3]);
+  await distributor.putBlock(testRef(1), block);
+  await distributor.writeAt(testRef(1), 100, range);
+  assert.equal(sent.length, 4, "two holders, two changes");
+  for (const [changes, callers] of [[sent.slice(0, 2), block], [sent.slice(2), range]] as const) {
+    // The copy is the distributor's own: the caller may change its buffer once the call returns.
+    assert.notEqual(changes[0]!.data, callers);
+    assert.deepEqual(changes[0]!.data, callers);
+    assert.equal(changes[1]!.data, changes[0]!.data, "both holders get the one copy");
+    assert.ok(changes.every((change) => change.unchangingData === true));
+  }
+  // And what the caller does with its buffers afterwards changes nothing stored.
+  block.fill(0);
+  range.fill(0);
+  const expected = patternBlock(BLOCK, 3);
+  expected.set([1, 2, 3], 100);
+  assert.deepEqual(await distributor.getBlock(testRef(1)), expected);
+  await distributor.close();
+});

@@ -15,7 +15,7 @@ import {
   MemoryBlockStore,
 } from "../storage/mod.ts";
 import { Distributor, type DistributorOptions } from "./distributor.ts";
-import { DialingPeerDirectory } from "./peer_directory.ts";
+import { DialingPeerDirectory, type PeerDirectory } from "./peer_directory.ts";
 import type { PeerServer } from "./protocols/protocol.ts";
 import { RingCheckedStore } from "./protocols/ring_checked_store.ts";
 import type { StaleMarkRecord, StaleMarkStore } from "./stale_marks.ts";
@@ -120,9 +120,12 @@ export class TestCluster {
       /** Durable marks (DistributorOptions.staleMarks) and the copies a change needs. */
       staleMarks?: StaleMarkStore;
       minCopies?: number;
+      /** Wraps the directory of peer clients (a test watching what is sent). */
+      wrapPeers?: (directory: PeerDirectory) => PeerDirectory;
     } = {},
   ): Promise<Distributor> {
-    const directory = this.directory();
+    const dialing = this.directory();
+    const directory = options.wrapPeers?.(dialing) ?? dialing;
     const distributorOptions: DistributorOptions = {
       blockSizeBytes: BLOCK,
       self: options.self === undefined ? null : this.uuids[options.self]!,

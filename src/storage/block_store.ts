@@ -67,6 +67,13 @@ export interface BlockCallOptions {
    * version (local calls, the scrubber's repairs). Local stores ignore it.
    */
   ringVersion?: number;
+  /**
+   * Changes only: the caller never changes the bytes it passes with this call, now or later (the
+   * distributor's own copy of a write). A store that would copy them, because it sends them after
+   * the call returned (a peer store's queued frame outlives a call that timed out), may keep
+   * them as they are. Absent: the caller may change its buffer once the call returns.
+   */
+  unchangingData?: boolean;
 }
 
 /** Options of range writes. */

@@ -160,3 +160,12 @@ export function wireRingVersion(options?: PeerCallOptions): number {
   }
   return version;
 }
+
+/**
+ * The bytes a change sends: the caller's own when it never changes them (`unchangingData`),
+ * else a copy made now, since a queued request may be written after its call returned (a call
+ * that timed out) and the caller may change its buffer from then on.
+ */
+export function sentData(data: Uint8Array, options?: PeerCallOptions): Uint8Array {
+  return options?.unchangingData === true ? data : data.slice();
+}

@@ -28,7 +28,7 @@ import {
 } from "../../../models/mod.ts";
 import type { PutOptions, RangeWriteOptions } from "../../../storage/mod.ts";
 import { tcpNetwork } from "../network.ts";
-import { PeerStoreBase, wireRingVersion, wireU32 } from "../peer_store_base.ts";
+import { PeerStoreBase, sentData, wireRingVersion, wireU32 } from "../peer_store_base.ts";
 import type { PeerCallOptions, PeerDialOptions } from "../protocol.ts";
 import {
   errorOfFailure,
@@ -87,12 +87,11 @@ export class GrpcPeerStore extends PeerStoreBase {
     data: Uint8Array,
     options?: PutOptions & PeerCallOptions,
   ): Promise<void> {
-    // A copy now: the caller may change its buffer as soon as this returns, and the call may
-    // wait for an earlier change of the same ref before it is encoded.
+    // The call may wait for an earlier change of the same ref before it is encoded.
     checkFits(data.length, this.blockSizeBytes);
     const request = {
       refs: [blockRefToMessage(ref)],
-      blocks: [data.slice()],
+      blocks: [sentData(data, options)],
       fenceToken: fenceOf(options),
       ifAbsent: options?.ifAbsent ?? false,
       ringVersion: BigInt(wireRingVersion(options)),
@@ -144,7 +143,7 @@ export class GrpcPeerStore extends PeerStoreBase {
     const request = {
       blockRef: blockRefToMessage(ref),
       offsetBytes: wireU32(offsetBytes, "offset"),
-      data: data.slice(),
+      data: sentData(data, options),
       fresh: options?.fresh ?? false,
       fenceToken: fenceOf(options),
       mustExist: options?.mustExist ?? false,

@@ -20,7 +20,7 @@ import {
 } from "../../../core/mod.ts";
 import type { PutOptions, RangeWriteOptions } from "../../../storage/mod.ts";
 import type { StreamNetwork } from "../network.ts";
-import { PeerStoreBase, wireRingVersion, wireU32 } from "../peer_store_base.ts";
+import { PeerStoreBase, sentData, wireRingVersion, wireU32 } from "../peer_store_base.ts";
 import type { PeerCallOptions, PeerDialOptions } from "../protocol.ts";
 import {
   BodyReader,
@@ -92,14 +92,13 @@ export class TdpPeerStore extends PeerStoreBase {
     data: Uint8Array,
     options?: PutOptions & PeerCallOptions,
   ): Promise<void> {
-    // A copy now: the caller may change its buffer as soon as this returns.
     const request: Request = {
       op: Op.Put,
       ref,
       fence: options?.fenceToken ?? 0,
       ring: wireRingVersion(options),
       ifAbsent: options?.ifAbsent ?? false,
-      data: data.slice(),
+      data: sentData(data, options),
     };
     await this.#call(request, true, options);
   }
@@ -153,7 +152,7 @@ export class TdpPeerStore extends PeerStoreBase {
       fresh: options?.fresh ?? false,
       mustExist: options?.mustExist ?? false,
       offsetBytes: wireU32(offsetBytes, "offset"),
-      data: data.slice(),
+      data: sentData(data, options),
     };
     await this.#call(request, true, options);
   }
