@@ -101,6 +101,32 @@ function registerProtocolTests(name: string, makeProtocol: () => PeerProtocol): 
   const test = (behaviour: string, fn: (protocol: PeerProtocol) => Promise<void>) =>
     Deno.test(`${name}: ${behaviour}`, () => fn(makeProtocol()));
 
+  test("a change's bytes are copied at the call, unless the caller never changes them", async (protocol) => {
+    const store = new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 4 });
+    const served = await serveStore(protocol, store);
+    try {
+      for (const unchangingData of [false, true]) {
+        // Without the promise the copy is what was passed; with it, the bytes go as they are.
+        const expected = unchangingData ? 2 : 1;
+        const block = new Uint8Array(BLOCK).fill(1);
+        // Changed right after the call began, before its request was written.
+        const put = served.client.putBlock(testRef(1), block, { unchangingData });
+        block.fill(2);
+        await put;
+        assert.deepEqual(await store.getBlock(testRef(1)), new Uint8Array(BLOCK).fill(expected));
+        const range = new Uint8Array(16).fill(1);
+        const written = served.client.writeAt(testRef(1), 0, range, { unchangingData });
+        range.fill(2);
+        await written;
+        const got = new Uint8Array(16);
+        await store.readAt(testRef(1), 0, got);
+        assert.deepEqual(got, new Uint8Array(16).fill(expected));
+      }
+    } finally {
+      await served.close();
+    }
+  });
+
   test("a client of another cluster or block size is refused with the reason", async (protocol) => {
     const store = new MemoryBlockStore({ blockSizeBytes: BLOCK, totalBlocks: 4 });
     const server = await protocol.listen(`${protocol.scheme}://127.0.0.1:0`, { identity, store });

@@ -556,38 +556,3 @@ Deno.test("TDP client: errors of the remote store keep their codes", async () =>
     }
   });
 });
-
-Deno.test("TDP client: a change's bytes are copied at the call, unless the caller never changes them", async () => {
-  const store = new MemoryBlockStore({ blockSizeBytes: 4096, totalBlocks: 4 });
-  const protocol = new TdpProtocol();
-  const identity = { clusterId: "copies", blockSizeBytes: 4096, nodeName: "server" };
-  const server = await protocol.listen("tdp://127.0.0.1:0", { identity, store });
-  const client = protocol.dial(server.address, {
-    identity: { ...identity, nodeName: "client" },
-    callTimeoutMs: 5_000,
-  });
-  try {
-    for (const unchangingData of [false, true]) {
-      const block = new Uint8Array(4096).fill(1);
-      // Changed right after the call began, before its frame was written.
-      const put = client.putBlock(ref, block, { unchangingData });
-      block.fill(2);
-      await put;
-      // Without the promise the copy is what was passed; with it, the bytes go as they are.
-      const expected = unchangingData ? 2 : 1;
-      assert.deepEqual(await store.getBlock(ref), new Uint8Array(4096).fill(expected));
-      await store.putBlock(testRef(1), new Uint8Array(4096));
-      const range = new Uint8Array(16).fill(1);
-      const written = client.writeAt(testRef(1), 0, range, { unchangingData });
-      range.fill(2);
-      await written;
-      const got = new Uint8Array(16);
-      await store.readAt(testRef(1), 0, got);
-      assert.deepEqual(got, new Uint8Array(16).fill(expected));
-    }
-  } finally {
-    await client.close();
-    await server.close();
-    await store.close();
-  }
-});
