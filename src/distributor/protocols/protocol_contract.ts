@@ -81,8 +81,12 @@ async function serveStore(
   protocol: PeerProtocol,
   store: BlockStore,
   clientIdentity: PeerIdentity = { ...identity, nodeName: "b" },
+  serverIdentity: PeerIdentity = identity,
 ): Promise<Served> {
-  const server = await protocol.listen(`${protocol.scheme}://127.0.0.1:0`, { identity, store });
+  const server = await protocol.listen(`${protocol.scheme}://127.0.0.1:0`, {
+    identity: serverIdentity,
+    store,
+  });
   const client = protocol.dial(server.address, { identity: clientIdentity, callTimeoutMs: 5_000 });
   // The contract reads totalBlocks() before its first call; a peer store knows it once asked.
   await client.refreshCounts();
@@ -95,6 +99,33 @@ async function serveStore(
       await store.close();
     },
   };
+}
+
+/** 16 whole-block puts and 16 range writes of 128 KiB at once, then each read back from `store`. */
+async function changeManyAtOnce(
+  client: BlockStore,
+  store: BlockStore,
+  blockBytes: number,
+): Promise<void> {
+  const rangeBytes = 128 * 1024;
+  const blocks = Array.from({ length: 16 }, (_, i) => patternBlock(blockBytes, i + 1));
+  const ranges = Array.from({ length: 16 }, (_, i) => patternBlock(rangeBytes, i + 100));
+  await Promise.all([
+    ...blocks.map((block, i) => client.putBlock(testRef(i), block)),
+    ...ranges.map((range, i) => client.writeAt(testRef(i + 16), rangeBytes, range)),
+  ]);
+  for (const [i, block] of blocks.entries()) {
+    assert.ok(equalBytes(await store.getBlock(testRef(i)), block), `block ${i}`);
+  }
+  for (const [i, range] of ranges.entries()) {
+    const stored = await store.getBlock(testRef(i + 16));
+    assert.ok(equalBytes(stored.subarray(rangeBytes, 2 * rangeBytes), range), `range ${i}`);
+    assert.ok(stored.subarray(0, rangeBytes).every((b) => b === 0), `zeros before range ${i}`);
+  }
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((byte, i) => byte === b[i]);
 }
 
 function registerProtocolTests(name: string, makeProtocol: () => PeerProtocol): void {
@@ -124,6 +155,30 @@ function registerProtocolTests(name: string, makeProtocol: () => PeerProtocol): 
       }
     } finally {
       await served.close();
+    }
+  });
+
+  test("block-sized changes in flight together on one connection each store their own bytes", async (protocol) => {
+    // A server may read every large body into one buffer (TDP does): the store copies it at
+    // the call, before the next frame is read. Many changes at once put that to the test.
+    const blockBytes = 512 * 1024;
+    const big = { ...identity, blockSizeBytes: blockBytes };
+    const dir = await Deno.makeTempDir({ prefix: "torus-peer-" });
+    const stores: BlockStore[] = [
+      new MemoryBlockStore({ blockSizeBytes: blockBytes, totalBlocks: 64 }),
+      await FileBlockStore.open({ dir, blockSizeBytes: blockBytes, sizeBytes: blockBytes * 65 }),
+    ];
+    try {
+      for (const store of stores) {
+        const served = await serveStore(protocol, store, { ...big, nodeName: "b" }, big);
+        try {
+          await changeManyAtOnce(served.client, store, blockBytes);
+        } finally {
+          await served.close();
+        }
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
   });
 

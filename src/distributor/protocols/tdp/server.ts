@@ -158,6 +158,8 @@ class ServerConnection {
       replies: false,
       peer: this.#peer,
       bodyMaxBytes: TDP_HELLO_BODY_MAX_BYTES,
+      // #dispatch passes a request's data to the store, which copies it at the call.
+      lendsLargeBodies: true,
     });
     this.#writer = new FrameWriter(
       stream,
