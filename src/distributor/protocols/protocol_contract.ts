@@ -101,7 +101,10 @@ async function serveStore(
   };
 }
 
-/** 16 whole-block puts and 16 range writes of 128 KiB at once, then each read back from `store`. */
+/**
+ * 16 whole-block puts, 16 range writes of 128 KiB and 64 of 4 KiB at once, then each read back
+ * from `store`.
+ */
 async function changeManyAtOnce(
   client: BlockStore,
   store: BlockStore,
@@ -110,9 +113,12 @@ async function changeManyAtOnce(
   const rangeBytes = 128 * 1024;
   const blocks = Array.from({ length: 16 }, (_, i) => patternBlock(blockBytes, i + 1));
   const ranges = Array.from({ length: 16 }, (_, i) => patternBlock(rangeBytes, i + 100));
+  const sectorBytes = 4096;
+  const sectors = Array.from({ length: 64 }, (_, i) => patternBlock(sectorBytes, i + 200));
   await Promise.all([
     ...blocks.map((block, i) => client.putBlock(testRef(i), block)),
     ...ranges.map((range, i) => client.writeAt(testRef(i + 16), rangeBytes, range)),
+    ...sectors.map((sector, i) => client.writeAt(testRef(32), i * sectorBytes, sector)),
   ]);
   for (const [i, block] of blocks.entries()) {
     assert.ok(equalBytes(await store.getBlock(testRef(i)), block), `block ${i}`);
@@ -121,6 +127,11 @@ async function changeManyAtOnce(
     const stored = await store.getBlock(testRef(i + 16));
     assert.ok(equalBytes(stored.subarray(rangeBytes, 2 * rangeBytes), range), `range ${i}`);
     assert.ok(stored.subarray(0, rangeBytes).every((b) => b === 0), `zeros before range ${i}`);
+  }
+  const small = await store.getBlock(testRef(32));
+  for (const [i, sector] of sectors.entries()) {
+    const stored = small.subarray(i * sectorBytes, (i + 1) * sectorBytes);
+    assert.ok(equalBytes(stored, sector), `sector ${i}`);
   }
 }
 
@@ -158,7 +169,7 @@ function registerProtocolTests(name: string, makeProtocol: () => PeerProtocol): 
     }
   });
 
-  test("block-sized changes in flight together on one connection each store their own bytes", async (protocol) => {
+  test("changes in flight together on one connection (blocks, large and small ranges) each store their own bytes", async (protocol) => {
     // A server may read every large body into one buffer (TDP does): the store copies it at
     // the call, before the next frame is read. Many changes at once put that to the test.
     const blockBytes = 512 * 1024;
